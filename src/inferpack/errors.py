@@ -1,0 +1,78 @@
+"""One error base for inferpack and a subclass per condition.
+
+No HTTP imports here: `inferpack.server.errors` is the single place that maps these to status codes.
+"""
+
+from __future__ import annotations
+
+
+class InferpackError(Exception):
+    """Base of every error inferpack raises on purpose. `hint` tells the user what to do next."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} ({self.hint})"
+
+
+class InvalidModelId(InferpackError):
+    """A model id outside the documented character set or length (e.g. path-like ids)."""
+
+
+class ModelNotFound(InferpackError):
+    """No model (or version) of that id exists in the repository or on this server."""
+
+
+class ModelNotReady(InferpackError):
+    """The model exists but is not loaded (unloaded, still loading, or its load failed)."""
+
+
+class ModelLoadFailed(InferpackError):
+    """Loading a model's files failed; the reason is kept and reported."""
+
+
+class RepositoryError(InferpackError):
+    """The model repository (layout, manifest, backend) is broken or unreachable."""
+
+
+class InvalidInput(InferpackError):
+    """A request whose body, tensors, shapes, datatypes or text cannot be used."""
+
+
+class PayloadTooLarge(InferpackError):
+    """A request body over the configured limit."""
+
+
+class Overloaded(InferpackError):
+    """A model's queue is full: the server sheds load instead of letting latency grow."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthorized(InferpackError):
+    """Missing or wrong bearer token."""
+
+
+class Forbidden(InferpackError):
+    """The operation is switched off (e.g. the repository API)."""
+
+
+class ShuttingDown(InferpackError):
+    """The server is draining and accepts no new work."""
+
+
+class CompileError(InferpackError):
+    """Tracing/compiling a model failed, or its output disagreed with eager mode."""
+
+
+class ConfigError(InferpackError):
+    """A settings file or plan file that cannot be used."""
+
+
+class PlanError(InferpackError):
+    """A placement problem with no feasible solution, or a malformed plan."""

@@ -1,0 +1,129 @@
+"""The placement plan: the one file format shared by the planner, the local fleet and Kubernetes rendering.
+
+A plan says which servers exist, on what kind of machine, and which models each server holds. A model held
+by several servers has several copies (for hot models and for availability). One server is one process
+locally and one pod (on its own node of `instance_type`) on Kubernetes.
+
+The format is JSON, versioned, validated with pydantic; unknown fields are rejected so a typo fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferpack.errors import ConfigError, PlanError
+
+Target = Literal["cpu", "cuda", "neuron"]
+PLAN_FORMAT_VERSION: Literal[1] = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Strict):
+    """What one server may use: CPU cores, memory, and accelerators of the group's kind."""
+
+    cpu: float = Field(gt=0, description="CPU cores (Kubernetes request/limit; local thread budget).")
+    memory_mb: int = Field(gt=0, description="Memory for the server process, model weights included.")
+    accelerators: int = Field(default=0, ge=0, description="GPUs or Neuron devices per server.")
+    accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator.")
+
+
+class ServerPlan(_Strict):
+    """One server: a name unique in the plan (DNS-1123 label) and the model ids it holds."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    models: list[str]
+    expected_rps: float | None = Field(default=None, ge=0, description="Planned request rate (planner).")
+
+
+class ServerGroup(_Strict):
+    """Servers of one machine kind: an instance type (or "local"), a target processor and resources."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    instance_type: str = "local"
+    target: Target = "cpu"
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    price_per_hour: float | None = Field(default=None, ge=0, description="Per server (instance), USD.")
+    resources: Resources
+    servers: list[ServerPlan]
+
+
+class Plan(_Strict):
+    """A whole placement. `placement()` gives model -> servers; `validate_against()` checks a model list."""
+
+    format_version: Literal[1] = PLAN_FORMAT_VERSION
+    created_by: str = Field(description="What made it: 'simple', 'milp', 'heuristic', or a person.")
+    repository: str | None = None
+    slo_p90_ms: float | None = None
+    cost_per_hour: float | None = None
+    lower_bound_per_hour: float | None = None
+    groups: list[ServerGroup]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Plan:
+        seen: set[str] = set()
+        for server in self.servers():
+            if server.name in seen:
+                raise ValueError(f"server name {server.name!r} appears twice")
+            seen.add(server.name)
+            if len(set(server.models)) != len(server.models):
+                raise ValueError(f"server {server.name!r} lists a model twice")
+        groups = [g.name for g in self.groups]
+        if len(set(groups)) != len(groups):
+            raise ValueError("group names must be unique")
+        return self
+
+    def servers(self) -> list[ServerPlan]:
+        """Every server of every group, in plan order."""
+        return [s for g in self.groups for s in g.servers]
+
+    def group_of(self, server_name: str) -> ServerGroup:
+        """The group that holds the named server."""
+        for group in self.groups:
+            if any(s.name == server_name for s in group.servers):
+                return group
+        raise PlanError(f"no server named {server_name!r} in the plan")
+
+    def placement(self) -> dict[str, list[str]]:
+        """Model id -> names of the servers holding a copy, in plan order."""
+        where: dict[str, list[str]] = defaultdict(list)
+        for server in self.servers():
+            for model in server.models:
+                where[model].append(server.name)
+        return dict(where)
+
+    def models(self) -> list[str]:
+        """Every distinct model id in the plan, sorted."""
+        return sorted(self.placement())
+
+    def validate_against(self, model_ids: list[str]) -> None:
+        """Raise PlanError if the plan holds a model not in `model_ids` or misses one of them."""
+        have, want = set(self.placement()), set(model_ids)
+        if extra := sorted(have - want):
+            raise PlanError(f"plan holds {len(extra)} model(s) not in the repository, e.g. {extra[:3]}")
+        if missing := sorted(want - have):
+            raise PlanError(f"plan misses {len(missing)} model(s) of the repository, e.g. {missing[:3]}")
+
+
+def load_plan(path: Path) -> Plan:
+    """Read and validate a plan file; errors name the file and what to fix."""
+    try:
+        return Plan.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"plan file {path} not found", hint="make one with `inferpack plan`") from exc
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"plan file {path} is not a valid plan: {exc}") from exc
+
+
+def save_plan(plan: Plan, path: Path) -> None:
+    """Write a plan as indented JSON (reviewable, diffable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.model_dump_json(indent=2, exclude_none=True) + "\n")

@@ -1,0 +1,140 @@
+"""Typed settings: one TOML config file plus `INFERPACK_*` environment overrides.
+
+Precedence (highest first): command-line flags (passed as init values), environment variables
+(`INFERPACK_SERVER__PORT=9000`, nested with `__`), the config file (`--config`, `INFERPACK_CONFIG`, or
+`./inferpack.toml` when present), then the defaults documented on each field.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from inferpack.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("inferpack.toml")
+_config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
+
+DTypeChoice = Literal["auto", "fp32", "bf16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingSettings(_Section):
+    """Per-model dynamic batching and load shedding."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch run in one forward.")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, description="How long the first request of a batch waits for company."
+    )
+    max_queue: int = Field(
+        default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
+    )
+
+
+class AuthSettings(_Section):
+    """Optional bearer-token auth. Health endpoints stay open for probes."""
+
+    tokens_file: Path | None = Field(
+        default=None, description="File with one inference token per line (blank lines and # ignored)."
+    )
+    tokens: list[str] = Field(default_factory=list, description="Inference tokens (prefer the file or env).")
+    admin_token: str | None = Field(
+        default=None, description="Token for the repository load/unload API (falls back to inference auth)."
+    )
+    repository_api: bool = Field(default=True, description="Switch the load/unload API off entirely.")
+
+
+class ServerSettings(_Section):
+    """One multi-model server process."""
+
+    repository: Path = Field(default=Path("demo-repo"), description="Model repository folder.")
+    models: list[str] | None = Field(
+        default=None, description="Models to load at start-up; None means every model in the repository."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    inference_threads: int = Field(
+        default=0, ge=0, description="Threads running forwards in parallel; 0 means one per core."
+    )
+    intra_op_threads: int = Field(
+        default=1, ge=1, description="torch intra-op threads per forward (1 keeps every core busy)."
+    )
+    dtype: DTypeChoice = Field(
+        default="auto", description="auto: bf16 where the CPU computes it natively, else fp32."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
+    max_sequence_length: int | None = Field(
+        default=None, ge=8, description="Cap on tokens per text (default: each model's manifest)."
+    )
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="SIGTERM: time to finish in-flight work.")
+    metrics_top_k: int = Field(
+        default=50, ge=0, description="Per-model metric labels for the K busiest models; the rest: 'other'."
+    )
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+
+class Settings(BaseSettings):
+    """Every setting inferpack reads, grouped by job. `inferpack config show` prints the effective values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INFERPACK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def resolve_config_path(config: Path | None) -> Path | None:
+    """The config file in force: the flag, else INFERPACK_CONFIG, else ./inferpack.toml when it exists."""
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} not found")
+        return config
+    env = os.environ.get("INFERPACK_CONFIG")
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"INFERPACK_CONFIG names {env}, which does not exist")
+        return Path(env)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the effective settings: `overrides` (e.g. CLI flags, nested dicts) beat env beat file."""
+    token = _config_path.set(resolve_config_path(config))
+    try:
+        return Settings(**(overrides or {}))
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    finally:
+        _config_path.reset(token)
