@@ -1,0 +1,92 @@
+"""Write rendered manifests as a kustomize base (the only I/O of rendering).
+
+Layout of `--out DIR`:
+
+    DIR/kustomization.yaml        resources: every file below (the base a team overlays)
+    DIR/00-namespace.yaml, 01-serviceaccount.yaml, servers/<server>.yaml, servers-policy.yaml,
+    DIR/router.yaml, prepull.yaml
+    DIR/bench/kustomization.yaml  the load-test Job, apart so that applying the base starts no test
+    DIR/bench/job.yaml
+
+Files are rewritten whole; a file of an earlier render that this one no longer makes (a server that left
+the plan) is removed, so `kubectl apply -k` never resurrects it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inferpack.deploy.options import LABEL_COMPONENT, LABEL_SERVER
+
+Manifest = dict[str, Any]
+HEADER = "# Rendered by `inferpack k8s render`; patch it with an overlay rather than editing it.\n"
+
+
+def file_for(manifest: Manifest) -> str:
+    """The base-relative file a manifest belongs in."""
+    kind = manifest["kind"]
+    labels = manifest["metadata"].get("labels", {})
+    component = labels.get(LABEL_COMPONENT)
+    if kind == "Namespace":
+        return "00-namespace.yaml"
+    if kind == "ServiceAccount":
+        return "01-serviceaccount.yaml"
+    if component == "server" and LABEL_SERVER in labels:
+        return f"servers/{labels[LABEL_SERVER]}.yaml"
+    if component == "server":
+        return "servers-policy.yaml"
+    if component == "router":
+        return "router.yaml"
+    if component == "prepull":
+        return "prepull.yaml"
+    if component == "bench":
+        return "bench/job.yaml"
+    return "other.yaml"
+
+
+def dump_documents(manifests: list[Manifest]) -> str:
+    """Manifests as one multi-document YAML text (key order kept as rendered, for readable review)."""
+    return HEADER + "".join(
+        "---\n" + yaml.safe_dump(m, sort_keys=False, default_flow_style=False, width=120) for m in manifests
+    )
+
+
+def kustomization(resources: list[str]) -> Manifest:
+    """A kustomization listing `resources`."""
+    return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
+
+
+def layout(base: list[Manifest], bench_job: Manifest | None) -> dict[str, str]:
+    """Relative path -> file text for the whole output folder (pure; `write_base` writes it)."""
+    files: dict[str, list[Manifest]] = {}
+    for manifest in base:
+        files.setdefault(file_for(manifest), []).append(manifest)
+    texts = {path: dump_documents(items) for path, items in files.items()}
+    texts["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(sorted(files)), sort_keys=False)
+    if bench_job is not None:
+        texts["bench/job.yaml"] = dump_documents([bench_job])
+        # The Job needs the namespace and ConfigMap of the base, which must be applied first.
+        texts["bench/kustomization.yaml"] = HEADER + yaml.safe_dump(
+            kustomization(["job.yaml"]), sort_keys=False
+        )
+    return texts
+
+
+def write_base(out: Path, base: list[Manifest], bench_job: Manifest | None = None) -> list[Path]:
+    """Write the folder; remove YAML files an earlier render left that this one did not make."""
+    texts = layout(base, bench_job)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for relative, text in sorted(texts.items()):
+        path = out / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(path)
+    for stale in out.rglob("*.yaml"):
+        relative = stale.relative_to(out).as_posix()
+        if relative not in texts and stale.read_text().startswith(HEADER):
+            stale.unlink()
+    return written

@@ -1,0 +1,417 @@
+"""Pure rendering: plan + server settings + options -> Kubernetes manifests (a list of dicts). No I/O.
+
+`render_manifests` gives the base that `inferpack k8s render` writes as a kustomize folder;
+`render_bench_job` gives the load-test Job, kept apart so applying the base never starts a load test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from inferpack.deploy.endpoints import ServerEndpoints, endpoints_json
+from inferpack.deploy.options import (
+    CONFIG_MOUNT,
+    DEFAULT_PORT,
+    LABEL_COMPONENT,
+    RenderOptions,
+    k8s_name,
+)
+from inferpack.deploy.servers import (
+    Manifest,
+    common_labels,
+    container_security_context,
+    http_probe,
+    model_peers,
+    node_selector,
+    pod_security_context,
+    render_server,
+    server_url,
+    tolerations,
+    writable_env,
+)
+from inferpack.errors import PlanError
+from inferpack.plan import Plan
+from inferpack.settings import ServerSettings
+
+PLACEMENT_CONFIGMAP = "inferpack-placement"
+SERVICE_ACCOUNT = "inferpack"
+ROUTER = "router"
+BENCH_JOB = "inferpack-bench"
+
+
+def _meta(name: str, component: str, options: RenderOptions, **extra: Any) -> Manifest:
+    return {
+        "name": name,
+        "namespace": options.namespace,
+        "labels": common_labels(component, options),
+        **extra,
+    }
+
+
+def effective_repository(plan: Plan, settings: ServerSettings, options: RenderOptions) -> str:
+    """The repository the pods use: the option, else the plan's, else the settings'."""
+    return options.repository or plan.repository or str(settings.repository)
+
+
+def plan_endpoints(plan: Plan, namespace: str) -> ServerEndpoints:
+    """Every plan server's in-cluster Service URL (the router's endpoints file)."""
+    return ServerEndpoints(servers={s.name: server_url(s.name, namespace) for s in plan.servers()})
+
+
+def render_namespace(options: RenderOptions) -> Manifest:
+    """The Namespace, labelled for the restricted Pod Security Standard that the pods meet."""
+    labels = {
+        **common_labels("namespace", options),
+        "kubernetes.io/metadata.name": options.namespace,
+        "pod-security.kubernetes.io/enforce": "restricted",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": options.namespace, "labels": labels},
+    }
+
+
+def render_service_account(options: RenderOptions) -> Manifest:
+    """The pods' identity; with `role_arn`, IRSA gives them that IAM role (S3 read access)."""
+    meta = _meta(SERVICE_ACCOUNT, "identity", options)
+    if options.role_arn:
+        meta["annotations"] = {"eks.amazonaws.com/role-arn": options.role_arn}
+    # The pods never call the Kubernetes API; IRSA injects its own projected token regardless.
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta,
+        "automountServiceAccountToken": False,
+    }
+
+
+def render_placement_configmap(plan: Plan, options: RenderOptions) -> Manifest:
+    """plan.json + endpoints.json for the router (format: `inferpack.deploy.endpoints`)."""
+    data = {
+        "plan.json": plan.model_dump_json(indent=2, exclude_none=True) + "\n",
+        "endpoints.json": endpoints_json(plan_endpoints(plan, options.namespace)),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(PLACEMENT_CONFIGMAP, ROUTER, options),
+        "data": data,
+    }
+
+
+def default_router_command() -> list[str]:
+    """The router's command line when `router_command` is not given."""
+    return [
+        "inferpack", "router",
+        "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
+        "--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json",
+        "--host", "0.0.0.0", "--port", str(DEFAULT_PORT),
+    ]  # fmt: skip
+
+
+def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> list[Manifest]:
+    """Router Deployment + Service (+ HPA, + PDB when it has more than one replica)."""
+    selector = {LABEL_COMPONENT: ROUTER}
+    labels = common_labels(ROUTER, options)
+    # A changed placement must roll the routers: hash the ConfigMap into the pod template.
+    digest = hashlib.sha256(json.dumps(placement["data"], sort_keys=True).encode()).hexdigest()[:16]
+    amounts = {"cpu": options.router_cpu, "memory": options.router_memory}
+    container: Manifest = {
+        "name": ROUTER,
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": list(options.router_command or default_router_command()),
+        "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+        "env": writable_env(),
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "readinessProbe": http_probe("/v2/health/ready", 5, 3),
+        "livenessProbe": http_probe("/v2/health/live", 10, 3),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(options.pre_stop_seconds)]}}},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "placement", "mountPath": f"{CONFIG_MOUNT}/placement", "readOnly": True},
+        ],
+    }
+    replicas = options.router_hpa.min_replicas if options.router_hpa else options.router_replicas
+    deployment: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ROUTER, ROUTER, options),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "inferpack.dev/placement-sha256": digest,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(DEFAULT_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "securityContext": pod_security_context(),
+                    "terminationGracePeriodSeconds": options.pre_stop_seconds + 30,
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "topology.kubernetes.io/zone",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": selector},
+                        }
+                    ],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
+                    ],
+                },
+            },
+        },
+    }
+    service: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ROUTER, ROUTER, options),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": DEFAULT_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    out = [deployment, service]
+    if options.router_hpa:
+        hpa = options.router_hpa
+        out.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": _meta(ROUTER, ROUTER, options),
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ROUTER},
+                    "minReplicas": hpa.min_replicas,
+                    "maxReplicas": hpa.max_replicas,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": hpa.cpu_utilization},
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    if replicas > 1:
+        out.append(_pdb(ROUTER, selector, options, {"minAvailable": 1}))
+    return out
+
+
+def _pdb(name: str, selector: dict[str, str], options: RenderOptions, budget: Manifest) -> Manifest:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, selector[LABEL_COMPONENT], options),
+        "spec": {**budget, "selector": {"matchLabels": selector}},
+    }
+
+
+def render_network_policy(options: RenderOptions) -> Manifest:
+    """Only the router and load-test pods (and Prometheus, when named) may reach the servers."""
+    sources: list[Manifest] = [
+        {
+            "podSelector": {
+                "matchExpressions": [{"key": LABEL_COMPONENT, "operator": "In", "values": [ROUTER, "bench"]}]
+            }
+        }
+    ]
+    if options.metrics_namespace:
+        sources.append(
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": options.metrics_namespace}}}
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta("servers-ingress", "server", options),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_COMPONENT: "server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": sources, "ports": [{"protocol": "TCP", "port": DEFAULT_PORT}]}],
+        },
+    }
+
+
+def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
+    """One DaemonSet per instance type that pulls the image on every such node before a server lands there.
+
+    The init container only runs `inferpack version` (proving the image starts); the pause container keeps
+    the pod alive at near-zero cost so new nodes of the type pull the image as soon as they join.
+    """
+    out: list[Manifest] = []
+    seen: set[tuple[str, str]] = set()
+    for group in plan.groups:
+        key = (group.instance_type, group.architecture)
+        if key in seen:
+            continue
+        seen.add(key)
+        name = k8s_name(
+            "prepull", group.instance_type.replace(".", "-") + f"-{group.architecture.replace('_', '-')}"
+        )
+        selector = {LABEL_COMPONENT: "prepull", "inferpack.dev/prepull": name}
+        small = {"cpu": "10m", "memory": "32Mi"}
+        tiny = {"requests": dict(small), "limits": dict(small)}
+        spec: Manifest = {
+            "securityContext": pod_security_context(),
+            "nodeSelector": node_selector(group),
+            "automountServiceAccountToken": False,
+            "initContainers": [
+                {
+                    "name": "pull",
+                    "image": options.image,
+                    "imagePullPolicy": options.image_pull_policy,
+                    "command": ["inferpack", "version"],
+                    "env": writable_env(),
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "512Mi"},
+                    },
+                    "securityContext": container_security_context(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "pause",
+                    "image": options.pause_image,
+                    "resources": tiny,
+                    "securityContext": container_security_context(),
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        }
+        if tol := tolerations(group):
+            spec["tolerations"] = tol
+        labels = {**common_labels("prepull", options), "inferpack.dev/prepull": name}
+        meta = _meta(name, "prepull", options)
+        meta["labels"] = labels
+        meta["annotations"] = {"inferpack.dev/instance-type": group.instance_type}
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "metadata": meta,
+                "spec": {
+                    "selector": {"matchLabels": selector},
+                    "template": {"metadata": {"labels": labels}, "spec": spec},
+                },
+            }
+        )
+    return out
+
+
+def render_manifests(
+    plan: Plan, settings: ServerSettings, options: RenderOptions | None = None
+) -> list[Manifest]:
+    """The base: Namespace, ServiceAccount, per-server Deployment+Service, server PDB and NetworkPolicy,
+    router (ConfigMap, Deployment, Service, optional HPA, PDB), and image pre-pull DaemonSets."""
+    options = options or RenderOptions()
+    if not plan.servers():
+        raise PlanError("the plan has no servers to render")
+    repository = effective_repository(plan, settings, options)
+    peers = model_peers(plan)
+    out: list[Manifest] = [render_namespace(options), render_service_account(options)]
+    for group in plan.groups:
+        for server in group.servers:
+            out += render_server(server, group, peers[server.name], repository, settings, options)
+    out.append(
+        _pdb(
+            "servers",
+            {LABEL_COMPONENT: "server"},
+            options,
+            {"maxUnavailable": options.server_max_unavailable},
+        )
+    )
+    out.append(render_network_policy(options))
+    placement = render_placement_configmap(plan, options)
+    out.append(placement)
+    out += render_router(plan, options, placement)
+    if options.prepull:
+        out += render_prepull(plan, options)
+    return out
+
+
+def default_bench_command(options: RenderOptions) -> list[str]:
+    """The worker's command line when `bench_command` is not given.
+
+    `$(INFERPACK_BENCH_WORKER_INDEX)` is expanded by the kubelet from the container's env (the Job's
+    completion index), so each worker knows its share of the traffic.
+    """
+    return [
+        "inferpack", "bench", "worker",
+        "--target", f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}",
+        "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
+        "--worker-index", "$(INFERPACK_BENCH_WORKER_INDEX)",
+        "--workers", str(options.bench_workers),
+    ]  # fmt: skip
+
+
+def render_bench_job(options: RenderOptions | None = None) -> Manifest:
+    """An Indexed Job of `bench_workers` load-test workers, all started together against the router.
+
+    Each worker prints its result (histograms included) to its log; `inferpack k8s collect` merges them.
+    """
+    options = options or RenderOptions()
+    n = options.bench_workers
+    labels = common_labels("bench", options)
+    amounts = {"cpu": options.bench_cpu, "memory": options.bench_memory}
+    index_ref = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    container: Manifest = {
+        "name": "worker",
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": list(options.bench_command or default_bench_command(options)),
+        "env": [
+            {"name": "INFERPACK_BENCH_WORKER_INDEX", "valueFrom": {"fieldRef": {"fieldPath": index_ref}}},
+            {"name": "INFERPACK_BENCH_WORKERS", "value": str(n)},
+            *writable_env(),
+        ],
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "placement", "mountPath": f"{CONFIG_MOUNT}/placement", "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(BENCH_JOB, "bench", options),
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": n,
+            # All workers at once: the offered load is the sum of theirs.
+            "parallelism": n,
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
+                    ],
+                },
+            },
+        },
+    }

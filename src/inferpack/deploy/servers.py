@@ -1,0 +1,322 @@
+"""Per-server manifests: one Deployment (one pod, on a node of the group's instance type) and one Service.
+
+A plan server is one pod. Copies of a model live on different servers, so the spread constraints say
+"keep me away from the servers that share a model with me", across zones first and hosts second.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from inferpack.deploy.options import (
+    ANNOTATION_MODELS,
+    ARCH_LABEL,
+    CACHE_MOUNT,
+    CONFIG_MOUNT,
+    DEFAULT_PORT,
+    HOSTNAME_LABEL,
+    INSTANCE_TYPE_LABEL,
+    LABEL_COMPONENT,
+    LABEL_GROUP,
+    LABEL_SERVER,
+    MODELS_MOUNT,
+    ZONE_LABEL,
+    RenderOptions,
+    k8s_name,
+)
+from inferpack.errors import PlanError
+from inferpack.plan import Plan, ServerGroup, ServerPlan
+from inferpack.settings import ServerSettings
+
+Manifest = dict[str, Any]
+ACCELERATOR_RESOURCE = {"cuda": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
+RUN_AS = 10001  # the non-root user the Containerfile creates
+
+
+def server_object_name(server_name: str) -> str:
+    """Deployment and Service name of a plan server (also its in-cluster DNS name)."""
+    return k8s_name("srv", server_name)
+
+
+def server_url(server_name: str, namespace: str) -> str:
+    """In-cluster base URL of a server's Service."""
+    return f"http://{server_object_name(server_name)}.{namespace}.svc.cluster.local:{DEFAULT_PORT}"
+
+
+def common_labels(component: str, options: RenderOptions) -> dict[str, str]:
+    """Labels on every object of a component; `extra_labels` let a team add its own (cost centre...)."""
+    return {
+        "app.kubernetes.io/name": "inferpack",
+        "app.kubernetes.io/part-of": "inferpack",
+        LABEL_COMPONENT: component,
+        **options.extra_labels,
+    }
+
+
+def pod_security_context() -> Manifest:
+    """Non-root, fixed ids (the image's user), RuntimeDefault seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Manifest:
+    """Read-only root filesystem, no privilege escalation, no capabilities."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def writable_env() -> list[Manifest]:
+    """With a read-only root, HOME and library caches must point at the writable /tmp volume."""
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp/mpl"},
+    ]
+
+
+def cpu_quantity(cores: float) -> str:
+    """Cores as a Kubernetes quantity: whole cores plain, fractions in millicores."""
+    milli = round(cores * 1000)
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def server_resources(group: ServerGroup) -> Manifest:
+    """Requests = limits (Guaranteed QoS: latency does not depend on neighbours), plus accelerators."""
+    res = group.resources
+    amounts: dict[str, str] = {"cpu": cpu_quantity(res.cpu), "memory": f"{res.memory_mb}Mi"}
+    if group.target in ACCELERATOR_RESOURCE:
+        if res.accelerators < 1:
+            raise PlanError(
+                f"group {group.name!r} targets {group.target} but asks for no accelerators",
+                hint="set resources.accelerators >= 1 for cuda/neuron groups",
+            )
+        amounts[ACCELERATOR_RESOURCE[group.target]] = str(res.accelerators)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def node_selector(group: ServerGroup) -> dict[str, str]:
+    """Pin to the plan's instance type and CPU architecture ("local" groups: architecture only)."""
+    selector = {ARCH_LABEL: "arm64" if group.architecture == "arm64" else "amd64"}
+    if group.instance_type != "local":
+        selector[INSTANCE_TYPE_LABEL] = group.instance_type
+    return selector
+
+
+def tolerations(group: ServerGroup) -> list[Manifest]:
+    """Accelerator node groups are usually tainted with the device resource name; tolerate that taint."""
+    if group.target not in ACCELERATOR_RESOURCE:
+        return []
+    return [{"key": ACCELERATOR_RESOURCE[group.target], "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def model_peers(plan: Plan) -> dict[str, list[str]]:
+    """Server name -> sorted names of the servers sharing at least one model with it (itself included)."""
+    peers: dict[str, set[str]] = {s.name: {s.name} for s in plan.servers()}
+    for holders in plan.placement().values():
+        for name in holders:
+            peers[name].update(holders)
+    return {name: sorted(group) for name, group in peers.items()}
+
+
+def spread_constraints(peers: list[str]) -> list[Manifest]:
+    """Spread the servers that hold copies of the same models across zones, then hosts.
+
+    ScheduleAnyway: a cluster with fewer zones than copies must still run every server.
+    """
+    selector = {"matchExpressions": [{"key": LABEL_SERVER, "operator": "In", "values": peers}]}
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector}
+        for key in (ZONE_LABEL, HOSTNAME_LABEL)
+    ]
+
+
+def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
+    """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start)."""
+    threads = max(1, math.floor(group.resources.cpu))
+    values: dict[str, str] = {
+        "INFERPACK_SERVER__DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
+        "INFERPACK_SERVER__INFERENCE_THREADS": str(settings.inference_threads or threads),
+        "INFERPACK_SERVER__INTRA_OP_THREADS": str(settings.intra_op_threads),
+        "INFERPACK_SERVER__DTYPE": settings.dtype,
+        "INFERPACK_SERVER__MAX_BODY_BYTES": str(settings.max_body_bytes),
+        "INFERPACK_SERVER__METRICS_TOP_K": str(settings.metrics_top_k),
+        "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
+        "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
+        "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
+        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(settings.auth.repository_api).lower(),
+        # torch sizes its pools from the host's cores unless told: tell it the pod's share.
+        "OMP_NUM_THREADS": str(settings.intra_op_threads),
+    }
+    if settings.max_sequence_length is not None:
+        values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
+    if options.auth_secret:
+        values["INFERPACK_SERVER__AUTH__TOKENS_FILE"] = f"{CONFIG_MOUNT}/auth/tokens"
+    env = [{"name": k, "value": v} for k, v in values.items()]
+    env += s3_env(options)
+    return env + writable_env()
+
+
+def s3_env(options: RenderOptions) -> list[Manifest]:
+    """Where the S3 backend caches and which endpoint/region it talks to (credentials come from IRSA)."""
+    env = [{"name": "INFERPACK_S3_CACHE_DIR", "value": CACHE_MOUNT}]
+    if options.s3_endpoint_url:
+        env.append({"name": "INFERPACK_S3_ENDPOINT_URL", "value": options.s3_endpoint_url})
+    if options.aws_region:
+        env.append({"name": "AWS_REGION", "value": options.aws_region})
+    return env
+
+
+def repository_arg(repository: str) -> str:
+    """The `--repository` the container gets: S3 URIs as they are, local paths under the volume mount."""
+    if repository.startswith("s3://"):
+        return repository
+    relative = repository.strip("/")
+    return MODELS_MOUNT if relative in ("", ".") else f"{MODELS_MOUNT}/{relative}"
+
+
+def server_volumes(repository: str, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts): writable /tmp and cache, the repository volume when not S3, auth tokens."""
+    cache: Manifest = {"name": "model-cache", "emptyDir": {}}
+    if options.model_cache_size_mb:
+        cache["emptyDir"] = {"sizeLimit": f"{options.model_cache_size_mb}Mi"}
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}, cache]
+    mounts: list[Manifest] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "model-cache", "mountPath": CACHE_MOUNT},
+    ]
+    if not repository.startswith("s3://"):
+        volumes.append(
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": options.repository_pvc, "readOnly": True},
+            }
+        )
+        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+    if options.auth_secret:
+        volumes.append({"name": "auth", "secret": {"secretName": options.auth_secret}})
+        mounts.append({"name": "auth", "mountPath": f"{CONFIG_MOUNT}/auth", "readOnly": True})
+    return volumes, mounts
+
+
+def http_probe(path: str, period: int, failures: int) -> Manifest:
+    """An HTTP GET probe on the named container port."""
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def grace_period_seconds(settings: ServerSettings, options: RenderOptions) -> int:
+    """Longer than preStop + drain, so the kubelet never SIGKILLs a server that is still draining."""
+    return options.pre_stop_seconds + math.ceil(settings.drain_timeout_s) + 10
+
+
+def render_server(
+    server: ServerPlan,
+    group: ServerGroup,
+    peers: list[str],
+    repository: str,
+    settings: ServerSettings,
+    options: RenderOptions,
+) -> list[Manifest]:
+    """The Deployment and Service of one plan server."""
+    name = server_object_name(server.name)
+    labels = common_labels("server", options)
+    selector = {LABEL_COMPONENT: "server", LABEL_SERVER: server.name}
+    pod_labels = {**labels, LABEL_SERVER: server.name, LABEL_GROUP: group.name}
+    annotations = {
+        ANNOTATION_MODELS: ",".join(server.models),
+        "inferpack.dev/instance-type": group.instance_type,
+        "inferpack.dev/target": group.target,
+    }
+    volumes, mounts = server_volumes(repository, options)
+    command = ["inferpack", "serve", "--repository", repository_arg(repository)]
+    command += ["--models", ",".join(server.models), "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]
+    container: Manifest = {
+        "name": "server",
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": command,
+        "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
+        "env": server_env(settings, group, options),
+        "resources": server_resources(group),
+        # Start-up pulls and loads every model (minutes on a cold cache); the startup probe holds the
+        # liveness probe back until then, and readiness says "all models loaded".
+        "startupProbe": http_probe("/v2/health/live", 5, 120),
+        "readinessProbe": http_probe("/v2/health/ready", 5, 3),
+        "livenessProbe": http_probe("/v2/health/live", 10, 3),
+        # The endpoints controller removes a terminating pod asynchronously; wait before SIGTERM so no new
+        # request is routed to a server that has begun to drain.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(options.pre_stop_seconds)]}}},
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    pod_spec: Manifest = {
+        "serviceAccountName": "inferpack",
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": grace_period_seconds(settings, options),
+        "nodeSelector": node_selector(group),
+        "topologySpreadConstraints": spread_constraints(peers),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if tol := tolerations(group):
+        pod_spec["tolerations"] = tol
+    deployment: Manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": options.namespace,
+            "labels": {**labels, LABEL_SERVER: server.name, LABEL_GROUP: group.name},
+            "annotations": annotations,
+        },
+        "spec": {
+            "replicas": 1,
+            # One pod per server: never run two copies of a server at once (memory is sized for one), so
+            # replace rather than surge; the copies on other servers keep the models served.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        **annotations,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(DEFAULT_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+    service: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": options.namespace,
+            "labels": {**labels, LABEL_SERVER: server.name},
+            "annotations": {ANNOTATION_MODELS: ",".join(server.models)},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": DEFAULT_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return [deployment, service]
