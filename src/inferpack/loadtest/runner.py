@@ -1,0 +1,344 @@
+"""The engine of one worker: sends requests on a load shape, records them, returns a BenchResult.
+
+One event loop, one httpx.AsyncClient with a connection per user (closed loop) or per in-flight slot
+(open loop). Latency is always measured from the intended send time with `time.perf_counter()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import httpx
+import numpy as np
+
+from inferpack import __version__
+from inferpack.loadtest import histograms as H
+from inferpack.loadtest.config import BenchConfig
+from inferpack.loadtest.protocol import MODEL_LOAD_HEADER, RequestBuilder, model_load, status_key
+from inferpack.loadtest.recorder import Recorder, Snapshot
+from inferpack.loadtest.result import BenchResult, RunMetadata, WorkerInfo
+from inferpack.loadtest.shapes import ClosedLoop, OpenLoop, intended_times, split_count, split_shape
+from inferpack.loadtest.targets import Router
+from inferpack.loadtest.traffic import ModelPicker, ReplayPicker, uniform_picker, zipf_picker
+
+ProgressFn = Callable[[Snapshot], None]
+
+# Requests/s one worker process sustained against a trivial endpoint on the reference machine (2-vCPU
+# EPYC; bench/bench_loadgen.py, docs/benchmarks.md). Runs above WARN_FRACTION of it get a warning.
+MEASURED_CEILING_RPS = 1500.0
+WARN_FRACTION = 0.7
+# A worker whose loop thread was busy this share of the run was probably the bottleneck itself.
+WARN_CPU_SHARE = 0.8
+# Open loop: the scheduler waking this late (p99) means the generator could not keep its schedule.
+WARN_SCHEDULE_LAG_MS = 10.0
+PROGRESS_PERIOD_S = 0.5
+
+
+class _Calls:
+    """Yields (base URL, model index) for each request: from a picker + router, or a fixed pair list."""
+
+    def __init__(self, config: BenchConfig, index: int, workers: int, rng: np.random.Generator) -> None:
+        self._pairs: list[tuple[str, int]] | None = None
+        self._pos = 0
+        if config.mode == "seq":
+            position = {m: i for i, m in enumerate(config.models)}
+            pairs = config.seq_pairs()
+            # Contiguous chunks keep each server's models in order within a worker.
+            lo = split_offset(len(pairs), workers, index)
+            hi = lo + split_count(len(pairs), workers, index)
+            self._pairs = [(url, position[m]) for url, m in pairs[lo:hi]]
+            return
+        n = len(config.models)
+        self._picker: ModelPicker
+        if config.traffic.kind == "zipf":
+            self._picker = zipf_picker(n, config.traffic.zipf_s, rng)
+        elif config.traffic.kind == "replay":
+            trace = config.traffic.trace or []
+            # Worker i replays every workers-th request: together the workers replay the whole trace.
+            self._picker = ReplayPicker(trace[index::workers] or trace)
+        else:
+            self._picker = uniform_picker(n, rng)
+        self._router = Router(config.target, config.models, rng)
+
+    @property
+    def total(self) -> int | None:
+        """Number of calls when finite (seq), else None."""
+        return None if self._pairs is None else len(self._pairs)
+
+    def next(self) -> tuple[str, int] | None:
+        """The next call, or None when a finite list is exhausted."""
+        if self._pairs is not None:
+            if self._pos >= len(self._pairs):
+                return None
+            self._pos += 1
+            return self._pairs[self._pos - 1]
+        i = self._picker.next_index()
+        if i is None:
+            return None
+        return self._router.url_for(i), i
+
+
+def split_offset(total: int, workers: int, index: int) -> int:
+    """Start of worker `index`'s contiguous chunk when `total` items are split by `split_count`."""
+    return sum(split_count(total, workers, i) for i in range(index))
+
+
+def versions() -> dict[str, str]:
+    """Versions that matter to the figures."""
+    out = {"inferpack": __version__, "python": platform.python_version()}
+    for pkg in ("httpx", "hdrhistogram", "uvloop"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """The generator's machine."""
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
+
+
+class Worker:
+    """Runs one worker's share of a BenchConfig."""
+
+    def __init__(self, config: BenchConfig, index: int = 0, workers: int = 1) -> None:
+        if not 0 <= index < workers:
+            raise ValueError(f"worker index {index} outside 0..{workers - 1}")
+        self.config = config
+        self.index = index
+        self.workers = workers
+        self.rng = np.random.default_rng([config.seed, index])
+        self.calls = _Calls(config, index, workers, self.rng)
+        self.shape = split_shape(config.shape, workers, index)
+        self.count = None if config.requests is None else split_count(config.requests, workers, index)
+        self.builder = RequestBuilder(config.api, config.question, config.context)
+        self.recorder: Recorder | None = None
+
+    def _concurrency(self) -> int:
+        if isinstance(self.shape, ClosedLoop):
+            return self.shape.users
+        return self.shape.max_in_flight
+
+    async def _send(
+        self, client: httpx.AsyncClient, rec: Recorder, call: tuple[str, int], intended: float
+    ) -> None:
+        url, model_index = call
+        req = self.builder.build(url, self.config.models[model_index])
+        sent = time.perf_counter()
+        error: str | None = None
+        load = None
+        try:
+            # One deadline for the whole exchange; httpx's own timeouts are per phase.
+            async with asyncio.timeout(self.config.timeout_s):
+                resp = await client.request(req.method, req.url, content=req.body)
+            error = status_key(resp.status_code)
+            load = model_load(resp.headers.get(MODEL_LOAD_HEADER))
+        except TimeoutError:
+            error = "timeout"
+        except httpx.ConnectError:
+            error = "connect error"
+        except httpx.HTTPError as exc:
+            error = f"transport {type(exc).__name__}"
+        rec.record(model_index, intended, sent, time.perf_counter(), error, load)
+
+    async def _closed(self, client: httpx.AsyncClient, rec: Recorder, end: float | None) -> None:
+        assert isinstance(self.shape, ClosedLoop)
+        tickets = [self.count]
+
+        async def user() -> None:
+            while True:
+                now = time.perf_counter()
+                if end is not None and now >= end:
+                    return
+                if tickets[0] is not None and now >= rec.measure_start:
+                    if tickets[0] <= 0:
+                        return
+                    tickets[0] -= 1
+                call = self.calls.next()
+                if call is None:
+                    return
+                # Closed loop: the next request is due exactly when the previous one finished.
+                await self._send(client, rec, call, now)
+
+        await asyncio.gather(*(user() for _ in range(self.shape.users)))
+
+    async def _open(self, client: httpx.AsyncClient, rec: Recorder, end: float | None) -> None:
+        assert isinstance(self.shape, OpenLoop)
+        slots = asyncio.Semaphore(self.shape.max_in_flight)
+        pending: set[asyncio.Task[None]] = set()
+        issued = 0
+
+        async def fire(call: tuple[str, int], intended: float) -> None:
+            # Waiting for a free slot is part of the latency: it is measured from `intended`.
+            async with slots:
+                await self._send(client, rec, call, intended)
+
+        phase = (self.index + 1) / self.workers
+        for offset in intended_times(self.shape, -self.config.warmup_s, self.rng, phase):
+            intended = rec.measure_start + offset
+            if end is not None and intended >= end:
+                break
+            if self.count is not None and offset >= 0:
+                if issued >= self.count:
+                    break
+                issued += 1
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)  # behind schedule: still let responses be processed
+            rec.record_schedule_lag(intended, time.perf_counter())
+            call = self.calls.next()
+            if call is None:
+                break
+            task = asyncio.create_task(fire(call, intended))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def run(
+        self, progress: ProgressFn | None = None, start_at_unix: float | None = None
+    ) -> BenchResult:
+        """Run this worker's share and return its result."""
+        if start_at_unix is not None:
+            # Wall clock only to line up workers' starts; every measured time uses perf_counter.
+            await asyncio.sleep(max(0.0, start_at_unix - time.time()))
+        conc = self._concurrency()
+        limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+        async with httpx.AsyncClient(limits=limits, timeout=None, trust_env=False) as client:
+            t_begin = time.perf_counter()
+            cpu_begin = time.thread_time()
+            started_at = datetime.now(UTC).isoformat(timespec="seconds")
+            measure_start = t_begin + self.config.warmup_s
+            start_unix = time.time() + self.config.warmup_s
+            rec = Recorder(self.config.models, measure_start, self.config.interval_s)
+            self.recorder = rec
+            end = None if self.config.duration_s is None else measure_start + self.config.duration_s
+            ticker = asyncio.create_task(self._tick(rec, progress)) if progress else None
+            try:
+                if isinstance(self.shape, ClosedLoop):
+                    await self._closed(client, rec, end)
+                else:
+                    await self._open(client, rec, end)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+            t_end = time.perf_counter()
+            cpu_s = time.thread_time() - cpu_begin
+        if progress is not None:
+            progress(rec.snapshot(t_end))
+        measured_s = max(rec.last_done, t_end if end is None else min(t_end, end)) - measure_start
+        info = WorkerInfo(
+            index=self.index,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            start_unix=start_unix,
+            measured_s=max(measured_s, 1e-9),
+            wall_s=t_end - t_begin,
+            cpu_s=cpu_s,
+            requests=rec.done,
+            warmup_requests=rec.warmup_requests,
+        )
+        result = BenchResult(
+            metadata=self._metadata(started_at),
+            workers=[info],
+            interval_s=self.config.interval_s,
+            histograms=rec.histograms(),
+            errors=dict(sorted(rec.errors.items())),
+            models=rec.model_stats(),
+            series=rec.series(),
+        )
+        result.warnings = generator_warnings(result, info)
+        result.summary = result.compute_summary()
+        return result
+
+    async def _tick(self, rec: Recorder, progress: ProgressFn) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_PERIOD_S)
+            progress(rec.snapshot(time.perf_counter()))
+
+    def _metadata(self, started_at: str) -> RunMetadata:
+        c = self.config
+        traffic: dict[str, Any] = {"kind": c.traffic.kind}
+        if c.traffic.kind == "zipf":
+            traffic["zipf_s"] = c.traffic.zipf_s
+        if c.traffic.trace:
+            traffic["trace_length"] = len(c.traffic.trace)
+        return RunMetadata(
+            mode=c.mode,
+            api=c.api,
+            target=c.target.description,
+            load_shape=c.shape.model_dump(),
+            load_description=c.shape.describe(),
+            traffic=traffic,
+            models=len(c.models),
+            warmup_s=c.warmup_s,
+            duration_s=c.duration_s,
+            requests=c.requests,
+            timeout_s=c.timeout_s,
+            started_at=started_at,
+            versions=versions(),
+            machine=machine(),
+        )
+
+
+def generator_warnings(result: BenchResult, info: WorkerInfo) -> list[str]:
+    """Signs that this worker, not the server, limited the run."""
+    out: list[str] = []
+    share = info.cpu_s / info.wall_s if info.wall_s > 0 else 0.0
+    if share >= WARN_CPU_SHARE:
+        out.append(
+            f"worker {info.index} ({info.hostname}) kept its event loop {share:.0%} busy: the generator "
+            "may have limited the rate; add --workers"
+        )
+    rate = info.requests / info.measured_s if info.measured_s > 0 else 0.0
+    if rate >= WARN_FRACTION * MEASURED_CEILING_RPS:
+        out.append(
+            f"worker {info.index} ran at {rate:.0f} req/s, near one worker's measured ceiling "
+            f"(~{MEASURED_CEILING_RPS:.0f} req/s, docs/benchmarks.md); add --workers"
+        )
+    lag = H.summarize(H.decode(result.histograms.schedule_lag))
+    if lag.count and lag.p99_ms > WARN_SCHEDULE_LAG_MS:
+        out.append(
+            f"worker {info.index}'s scheduler woke {lag.p99_ms:.1f} ms late at p99: it could not keep the "
+            "arrival schedule; add --workers"
+        )
+    return out
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (it lifts the generator's ceiling), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_worker(
+    config: BenchConfig,
+    index: int = 0,
+    workers: int = 1,
+    progress: ProgressFn | None = None,
+    start_at_unix: float | None = None,
+) -> BenchResult:
+    """Run one worker to completion on a fresh event loop (blocking)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(Worker(config, index, workers).run(progress, start_at_unix))

@@ -1,0 +1,128 @@
+"""Load shapes: when requests are sent.
+
+Closed loop: N users, each sends its next request when the previous one finished (the server's speed sets
+the rate). Open loop: requests are due at a schedule fixed in advance (constant or stepped rate, evenly
+spaced or Poisson), and latency is measured from the *intended* send time, so a stalled server (or a
+generator short of connections) cannot hide its delay: no coordinated omission.
+Everything here is pure: times are offsets in seconds from the start of measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferpack.errors import ConfigError
+
+Arrivals = Literal["constant", "poisson"]
+
+
+class Step(BaseModel):
+    """`rate` requests/s for `duration_s` seconds; the last step lasts until the run ends."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate: float = Field(gt=0)
+    duration_s: float | None = Field(default=None, gt=0)
+
+
+class ClosedLoop(BaseModel):
+    """N concurrent users, each with one request in flight at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["closed"] = "closed"
+    users: int = Field(ge=1)
+
+    def describe(self) -> str:
+        """One-line description for tables and reports."""
+        return f"closed loop, {self.users} user(s)"
+
+
+class OpenLoop(BaseModel):
+    """Arrivals on a fixed schedule, independent of how fast the server answers."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["open"] = "open"
+    steps: list[Step] = Field(min_length=1)
+    arrivals: Arrivals = "constant"
+    max_in_flight: int = Field(
+        default=1000, ge=1, description="Connections/requests in flight; later ones wait (and it counts)."
+    )
+
+    def describe(self) -> str:
+        """One-line description for tables and reports."""
+        if len(self.steps) == 1:
+            rate = f"{self.steps[0].rate:g} req/s"
+        else:
+            rate = " → ".join(f"{s.rate:g}/s×{s.duration_s or 0:g}s" for s in self.steps)
+        return f"open loop, {rate} ({self.arrivals} arrivals)"
+
+    def rate_at(self, t: float) -> float:
+        """Requests/s due at offset t (warm-up, t < 0, runs at the first step's rate)."""
+        if t < 0:
+            return self.steps[0].rate
+        for step in self.steps:
+            if step.duration_s is None or t < step.duration_s:
+                return step.rate
+            t -= step.duration_s
+        return self.steps[-1].rate
+
+
+LoadShape = ClosedLoop | OpenLoop
+
+
+def parse_steps(text: str) -> list[Step]:
+    """`"50"` (constant) or `"10s:50,20s:100,200"` / `"10:50,20:100"`: duration:rate pairs, the last one
+    may omit its duration."""
+    steps: list[Step] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                dur, rate = part.split(":", 1)
+                steps.append(Step(rate=float(rate), duration_s=float(dur.rstrip("s"))))
+            else:
+                steps.append(Step(rate=float(part)))
+        except ValueError as exc:
+            raise ConfigError(f"bad rate step {part!r}: use RATE or SECONDS:RATE") from exc
+    if not steps:
+        raise ConfigError("no rate given")
+    return steps
+
+
+def intended_times(
+    shape: OpenLoop, start: float, rng: np.random.Generator, phase: float = 0.0
+) -> Iterator[float]:
+    """Endless intended send offsets from `start` (negative during warm-up). `phase` (0..1) shifts the
+    first arrival so that several workers' evenly spaced streams interleave instead of colliding."""
+    t = start
+    first = True
+    while True:
+        rate = shape.rate_at(t)
+        if shape.arrivals == "poisson":
+            gap = float(rng.exponential(1.0 / rate))
+        else:
+            gap = (phase if first else 1.0) / rate
+        first = False
+        t += gap
+        yield t
+
+
+def split_shape(shape: LoadShape, workers: int, index: int) -> LoadShape:
+    """The share of the load that worker `index` of `workers` generates."""
+    if isinstance(shape, ClosedLoop):
+        users = shape.users // workers + (1 if index < shape.users % workers else 0)
+        if users < 1:
+            raise ConfigError(f"{shape.users} user(s) cannot be spread over {workers} workers")
+        return ClosedLoop(users=users)
+    steps = [Step(rate=s.rate / workers, duration_s=s.duration_s) for s in shape.steps]
+    in_flight = max(1, shape.max_in_flight // workers)
+    return OpenLoop(steps=steps, arrivals=shape.arrivals, max_in_flight=in_flight)
+
+
+def split_count(total: int, workers: int, index: int) -> int:
+    """Worker `index`'s share of `total` requests (shares differ by at most one)."""
+    return total // workers + (1 if index < total % workers else 0)

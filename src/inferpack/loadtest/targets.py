@@ -1,0 +1,116 @@
+"""Where requests go: one base URL (a router or a single server), a list of URLs, or client-side routing
+from a placement plan (model -> servers) plus a server map (server name -> URL).
+
+Server map file (JSON), written by the local fleet or by hand:
+
+    {"format_version": 1, "servers": {"server-0": "http://127.0.0.1:8101", "server-1": "http://..."}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferpack.errors import ConfigError
+from inferpack.plan import load_plan
+
+
+class ServerMap(BaseModel):
+    """Server name (as in the plan) -> base URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: Literal[1] = 1
+    servers: dict[str, str] = Field(min_length=1)
+
+    @field_validator("servers")
+    @classmethod
+    def _urls(cls, servers: dict[str, str]) -> dict[str, str]:
+        for name, url in servers.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"server {name!r}: {url!r} is not an http(s) URL")
+        return {name: url.rstrip("/") for name, url in servers.items()}
+
+
+def load_server_map(path: Path) -> ServerMap:
+    """Read and validate a server map file."""
+    try:
+        return ServerMap.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"server map {path} not found") from exc
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"server map {path} is not valid: {exc}") from exc
+
+
+class Target(BaseModel):
+    """Resolved target: either `urls` (any URL serves any model) or `placement` (model -> URLs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    urls: list[str] = Field(default_factory=list)
+    placement: dict[str, list[str]] | None = None
+    description: str = ""
+
+    def url_choices(self, model: str) -> list[str]:
+        """The base URLs that can answer `model`."""
+        if self.placement is None:
+            return self.urls
+        try:
+            return self.placement[model]
+        except KeyError as exc:
+            raise ConfigError(f"model {model!r} is on no server of the plan") from exc
+
+    def pairs(self, models: list[str]) -> list[tuple[str, str]]:
+        """(base URL, model) for every model of every server, server by server (the `seq` mode)."""
+        if self.placement is None:
+            return [(url, m) for url in self.urls for m in models]
+        by_url: dict[str, list[str]] = {}
+        for m in models:
+            for url in self.url_choices(m):
+                by_url.setdefault(url, []).append(m)
+        return [(url, m) for url, ms in by_url.items() for m in ms]
+
+
+class Router:
+    """Picks a base URL per request: the only one, or a seeded random choice among the copies."""
+
+    def __init__(self, target: Target, models: list[str], rng: np.random.Generator) -> None:
+        self._choices = [target.url_choices(m) for m in models]
+        self._rng = rng
+
+    def url_for(self, index: int) -> str:
+        """Base URL for the model at `index` of the model list."""
+        choices = self._choices[index]
+        if len(choices) == 1:
+            return choices[0]
+        return choices[int(self._rng.integers(len(choices)))]
+
+
+def resolve_target(
+    urls: list[str], plan_path: Path | None, server_map_path: Path | None
+) -> tuple[Target, list[str]]:
+    """Build the Target from CLI inputs; also returns the plan's model ids (empty without a plan)."""
+    if plan_path is not None:
+        if server_map_path is None:
+            raise ConfigError("--plan needs --server-map (server name -> URL)", hint="see docs/loadtest.md")
+        if urls:
+            raise ConfigError("give either --url or --plan/--server-map, not both")
+        plan = load_plan(plan_path)
+        smap = load_server_map(server_map_path)
+        missing = [s.name for s in plan.servers() if s.name not in smap.servers]
+        if missing:
+            raise ConfigError(f"server map {server_map_path} lacks plan server(s) {missing[:5]}")
+        placement = {m: [smap.servers[s] for s in names] for m, names in plan.placement().items()}
+        desc = f"plan {plan_path} via {server_map_path} ({len(plan.servers())} servers)"
+        return Target(placement=placement, description=desc), plan.models()
+    if not urls:
+        raise ConfigError("no target", hint="give --url URL (repeatable) or --plan and --server-map")
+    if server_map_path is not None:
+        raise ConfigError("--server-map is only used with --plan")
+    clean = [u.rstrip("/") for u in urls]
+    for u in clean:
+        if not u.startswith(("http://", "https://")):
+            raise ConfigError(f"{u!r} is not an http(s) URL")
+    return Target(urls=clean, description=", ".join(clean)), []
