@@ -180,12 +180,28 @@ def save_result(result: BenchResult, path: Path) -> None:
 
 
 def load_result(path: Path) -> BenchResult:
-    """Read a result file; the summary is recomputed from its histograms."""
+    """Read a result file, or a worker's log whose last JSON line is a result (a Kubernetes Job worker
+    prints its result to stdout). The summary is recomputed from the histograms."""
     try:
-        result = BenchResult.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"result file {path} not found") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read result file {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+        for line in reversed(text.splitlines()):
+            if line.startswith("{") and '"histograms"' in line:
+                try:
+                    data = json.loads(line)
+                    break
+                except json.JSONDecodeError:
+                    continue
+        if data is None:
+            raise ConfigError(f"{path} holds no inferpack bench result") from None
+    try:
+        result = BenchResult.model_validate(data)
+    except ValidationError as exc:
         raise ConfigError(f"{path} is not an inferpack bench result: {exc}") from exc
     result.summary = result.compute_summary()
     return result

@@ -91,26 +91,33 @@ class Router:
 def resolve_target(
     urls: list[str], plan_path: Path | None, server_map_path: Path | None
 ) -> tuple[Target, list[str]]:
-    """Build the Target from CLI inputs; also returns the plan's model ids (empty without a plan)."""
+    """Build the Target from CLI inputs; also returns the plan's model ids (empty without a plan).
+
+    plan + server map: client-side routing to each model's servers. plan + URL(s): the plan only names
+    the models and the URLs (e.g. the router) route. URL(s) alone: any URL serves any model.
+    """
+    plan_models: list[str] = []
     if plan_path is not None:
-        if server_map_path is None:
-            raise ConfigError("--plan needs --server-map (server name -> URL)", hint="see docs/loadtest.md")
-        if urls:
-            raise ConfigError("give either --url or --plan/--server-map, not both")
         plan = load_plan(plan_path)
-        smap = load_server_map(server_map_path)
-        missing = [s.name for s in plan.servers() if s.name not in smap.servers]
-        if missing:
-            raise ConfigError(f"server map {server_map_path} lacks plan server(s) {missing[:5]}")
-        placement = {m: [smap.servers[s] for s in names] for m, names in plan.placement().items()}
-        desc = f"plan {plan_path} via {server_map_path} ({len(plan.servers())} servers)"
-        return Target(placement=placement, description=desc), plan.models()
-    if not urls:
-        raise ConfigError("no target", hint="give --url URL (repeatable) or --plan and --server-map")
-    if server_map_path is not None:
+        plan_models = plan.models()
+        if server_map_path is not None:
+            if urls:
+                raise ConfigError("give either --url or --server-map with --plan, not both")
+            smap = load_server_map(server_map_path)
+            missing = [s.name for s in plan.servers() if s.name not in smap.servers]
+            if missing:
+                raise ConfigError(f"server map {server_map_path} lacks plan server(s) {missing[:5]}")
+            placement = {m: [smap.servers[s] for s in names] for m, names in plan.placement().items()}
+            desc = f"plan {plan_path.name} via {server_map_path.name} ({len(plan.servers())} servers)"
+            return Target(placement=placement, description=desc), plan_models
+    elif server_map_path is not None:
         raise ConfigError("--server-map is only used with --plan")
+    if not urls:
+        raise ConfigError(
+            "no target", hint="give --url URL (repeatable), or --plan with --server-map or --url"
+        )
     clean = [u.rstrip("/") for u in urls]
     for u in clean:
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"{u!r} is not an http(s) URL")
-    return Target(urls=clean, description=", ".join(clean)), []
+    return Target(urls=clean, description=", ".join(clean)), plan_models
