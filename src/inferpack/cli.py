@@ -12,6 +12,7 @@ from rich.console import Console
 
 from inferpack import __version__
 from inferpack.errors import InferpackError
+from inferpack.loadtest.cli import app as bench_app
 
 app = typer.Typer(
     name="inferpack",
@@ -19,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[
