@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from inferpack import __version__
 from inferpack.errors import InferpackError
 from inferpack.loadtest.cli import app as bench_app
+from inferpack.repository.manifest import Task
+from inferpack.settings import DTypeChoice, load_settings
 
 app = typer.Typer(
     name="inferpack",
@@ -20,18 +24,135 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+models_app = typer.Typer(help="Create and inspect models in a repository.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
+out = Console()
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file (default: ./inferpack.toml).")
 ]
 
 
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @app.command()
 def version() -> None:
     """Print the inferpack version."""
     print(__version__)
+
+
+@app.command()
+def serve(
+    repository: Annotated[
+        str | None, typer.Option(help="Model repository: a folder or s3://bucket/prefix.")
+    ] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model ids to load at start-up.")] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Load every model in the repository (default).")
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")] = None,
+    dtype: Annotated[DTypeChoice | None, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
+    lazy: Annotated[
+        bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
+    ] = None,
+    config: ConfigOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Start a multi-model server (seed-compatible /predictions API and Open Inference Protocol V2)."""
+    from inferpack.server.run import serve as run_server
+
+    server: dict[str, Any] = _drop_none(
+        {
+            "repository": repository,
+            "host": host,
+            "port": port,
+            "dtype": dtype,
+            "inference_threads": threads,
+            "lazy_load": lazy,
+        }
+    )
+    if models and all_models:
+        raise typer.BadParameter("use either --models or --all")
+    if models:
+        server["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    elif all_models:
+        server["models"] = None
+    settings = load_settings(config, {"server": server})
+    run_server(settings.server, log_level=log_level)
+
+
+@models_app.command("demo")
+def models_demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Repository folder to create models in.")] = Path(
+        "demo-repo"
+    ),
+    count: Annotated[int, typer.Option(help="How many unique models.")] = 10,
+    arch: Annotated[
+        str, typer.Option(help="minilm (real MiniLM weights) or bert-base (random, 110M).")
+    ] = "minilm",
+    task: Annotated[
+        str, typer.Option(help="question-answering, text-classification or feature-extraction.")
+    ] = ("question-answering"),
+    prefix: Annotated[str | None, typer.Option(help="Model id prefix (default: <arch>-<task>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for heads and perturbations.")] = 0,
+) -> None:
+    """Create N unique demo models offline (untrained heads; see docs/models.md)."""
+    from inferpack.repository.demo import make_demo_models
+
+    if arch not in ("minilm", "bert-base"):
+        raise typer.BadParameter("--arch must be minilm or bert-base")
+    if task not in ("question-answering", "text-classification", "feature-extraction"):
+        raise typer.BadParameter(
+            "--task must be question-answering, text-classification or feature-extraction"
+        )
+    task_name: Task = task  # type: ignore[assignment]
+    with _progress() as progress:
+        bar = progress.add_task(f"creating {count} {arch} models", total=count)
+        ids = make_demo_models(
+            out_dir,
+            count,
+            arch=arch,  # type: ignore[arg-type]
+            task=task_name,
+            prefix=prefix,
+            seed=seed,
+            progress=lambda _m: progress.advance(bar),
+        )
+        progress.update(bar, completed=count)
+    console.print(f"{len(ids)} models in {out_dir} ({ids[0]} .. {ids[-1]})")
+
+
+@models_app.command("list")
+def models_list(
+    repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),
+) -> None:
+    """List the models of a repository with their versions, formats and tasks."""
+    from inferpack.repository.local import LocalRepository
+
+    repo = LocalRepository(repository)
+    table = Table(title=f"models in {repo.describe()}")
+    for col in ("model", "versions", "latest format", "task", "dtype", "max seq"):
+        table.add_column(col)
+    for model_id in repo.model_ids():
+        m = repo.manifest(model_id)
+        versions = ",".join(str(v) for v in repo.versions(model_id))
+        table.add_row(model_id, versions, m.format, m.task, m.dtype, str(m.max_sequence_length))
+    out.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def main() -> None:

@@ -64,6 +64,9 @@ class ServerSettings(_Section):
     models: list[str] | None = Field(
         default=None, description="Models to load at start-up; None means every model in the repository."
     )
+    lazy_load: bool = Field(
+        default=False, description="Load a known but unloaded model on its first request (cold start)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     inference_threads: int = Field(

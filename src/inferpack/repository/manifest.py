@@ -1,0 +1,89 @@
+"""The per-version manifest (`manifest.json`): everything a server needs to load and run a model version."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inferpack.errors import RepositoryError
+
+Task = Literal["question-answering", "text-classification", "feature-extraction"]
+Format = Literal["safetensors", "torchscript"]
+DType = Literal["fp32", "bf16"]
+Quantization = Literal["none", "int8-dynamic"]
+TargetName = Literal["cpu", "cuda", "neuron"]
+TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
+MANIFEST_FILE = "manifest.json"
+
+
+class Footprint(BaseModel):
+    """Measured (never guessed) cost of holding the model loaded, filled in after a real load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resident_mb: float = Field(ge=0, description="Resident memory added by loading it (RSS delta).")
+    load_seconds: float = Field(ge=0, description="Wall time of a cold load, warm-up included.")
+    measured_on: str = Field(description="Hardware tag of the machine that measured it.")
+
+
+class Agreement(BaseModel):
+    """How closely a compiled version's outputs match eager fp32 (written by `inferpack compile`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_abs_diff: float
+    cosine: float = Field(description="Mean cosine similarity of output rows to eager fp32.")
+    tolerance: float
+    passed: bool
+
+
+class Manifest(BaseModel):
+    """What is in one version folder and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Format
+    task: Task
+    weights: str = Field(description="Weights file in the version folder: model.safetensors or model.pt.")
+    config: str | None = Field(
+        default="config.json", description="transformers architecture config (safetensors format)."
+    )
+    tokenizer: str = Field(
+        default="tokenizer.json",
+        description="Fast-tokenizer file, relative to the version folder; may point into <repo>/_shared/.",
+    )
+    max_sequence_length: int = Field(default=128, ge=8, le=4096)
+    dtype: DType = "fp32"
+    quantization: Quantization = "none"
+    target: TargetName = "cpu"
+    labels: list[str] | None = Field(default=None, description="Class names (text-classification).")
+    hidden_size: int | None = Field(default=None, ge=1, description="Width of embeddings (metadata).")
+    parameters: int | None = Field(default=None, ge=0, description="Parameter count.")
+    compiled_from: int | None = Field(default=None, description="Version this one was compiled from.")
+    agreement: Agreement | None = None
+    footprint: Footprint | None = None
+    description: str = ""
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse a manifest file; errors name the file."""
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise RepositoryError(f"manifest {path} not found") from exc
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise RepositoryError(f"manifest {path} is invalid: {exc}") from exc
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Write a manifest atomically (a reader never sees half a file)."""
+    text = manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

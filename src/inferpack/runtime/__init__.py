@@ -1,0 +1,1 @@
+"""The model runtime: task handlers, model loading (eager and TorchScript), the registry and the batcher."""

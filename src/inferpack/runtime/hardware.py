@@ -1,0 +1,69 @@
+"""Facts about the processor that decide defaults (bf16 where native) and tag measurements."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from inferpack.settings import DTypeChoice
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (x86 'flags', arm64 'Features'); empty when unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name, or the machine architecture when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 / AMX on x86, BF16 on arm64)."""
+    flags = cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
+
+
+def resolve_dtype(choice: DTypeChoice, device: str = "cpu") -> torch.dtype:
+    """The dtype `auto` means here: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if choice == "fp32":
+        return torch.float32
+    if choice == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity-aware, so containers and taskset are respected)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def hardware_tag() -> str:
+    """A short tag naming the machine a measurement came from."""
+    accel = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "none"
+    return f"{cpu_model()}|{platform.machine()}|{usable_cores()}c|{accel}|torch {torch.__version__}"

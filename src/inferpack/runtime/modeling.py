@@ -1,0 +1,265 @@
+"""Building and loading models: eager transformers modules from safetensors, and TorchScript files.
+
+Eager models are built on the `meta` device (no random init: ~20 ms instead of ~0.3-2 s) and filled from
+safetensors with `load_state_dict(assign=True)`. Each is wrapped in a small module that fixes the output
+contract per task (see `inferpack.runtime.tasks`), so eager and traced versions are interchangeable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import nn
+
+from inferpack.errors import ModelLoadFailed
+from inferpack.repository.local import ModelRepository
+from inferpack.repository.manifest import Manifest, Task
+from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
+from inferpack.settings import DTypeChoice
+
+ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TaskWrapper(nn.Module):
+    """Base of the task wrappers: holds the transformers module as `model`."""
+
+    model: nn.Module
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+
+class QAHead(TaskWrapper):
+    """Start/end logits stacked as [batch, tokens, 2]."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        start, end = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=False,
+        )[:2]
+        return torch.stack([start, end], dim=-1)
+
+
+class ClassifierHead(TaskWrapper):
+    """Class logits [batch, labels]."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=False,
+        )[0]
+
+
+class MeanPooler(TaskWrapper):
+    """Mean of the last hidden states over real tokens, L2-normalised (sentence-transformers style)."""
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        hidden = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=False,
+        )[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+
+
+_WRAPPERS: dict[Task, type[TaskWrapper]] = {
+    "question-answering": QAHead,
+    "text-classification": ClassifierHead,
+    "feature-extraction": MeanPooler,
+}
+
+
+def transformers_class(task: Task) -> Any:
+    """The transformers Auto class that builds the bare model of a task."""
+    import transformers
+
+    return {
+        "question-answering": transformers.AutoModelForQuestionAnswering,
+        "text-classification": transformers.AutoModelForSequenceClassification,
+        "feature-extraction": transformers.AutoModel,
+    }[task]
+
+
+def build_skeleton(config: dict[str, Any], task: Task) -> TaskWrapper:
+    """The task's transformers module on the meta device: the architecture without any weights."""
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers_class(task).from_config(cfg, attn_implementation="sdpa")
+    return _WRAPPERS[task](model)
+
+
+def fill_weights(wrapper: TaskWrapper, state: dict[str, torch.Tensor]) -> TaskWrapper:
+    """Assign weights to a meta skeleton and rebuild the non-persistent buffers the file does not hold."""
+    inner = wrapper.model
+    missing, _unexpected = inner.load_state_dict(state, strict=False, assign=True)
+    if missing:
+        raise ModelLoadFailed(f"weights file lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    for module in inner.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf.device.type != "meta":
+                continue
+            if name == "position_ids":
+                module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+            elif name == "token_type_ids":
+                module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
+            else:
+                raise ModelLoadFailed(f"buffer {name!r} has no value after loading the weights")
+    wrapper.eval()
+    return wrapper
+
+
+def build_eager(version_dir: Path, manifest: Manifest) -> TaskWrapper:
+    """An eager, task-wrapped fp32 module from a safetensors version folder."""
+    if manifest.config is None:
+        raise ModelLoadFailed("safetensors manifest names no architecture config")
+    config = json.loads((version_dir / manifest.config).read_text())
+    wrapper = build_skeleton(config, manifest.task)
+    return fill_weights(wrapper, load_file(str(version_dir / manifest.weights)))
+
+
+class _TokenizerCache:
+    """Tokenizers shared by every model using the same file and length (thousands of models, one vocab)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[tuple[Path, int], TextTokenizer] = {}
+
+    def get(self, path: Path, max_length: int) -> TextTokenizer:
+        key = (path, max_length)
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                found = TextTokenizer(Tokenizer.from_file(str(path)), max_length)
+                self._items[key] = found
+            return found
+
+
+TOKENIZERS = _TokenizerCache()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its callable, tokenizer and task handler. `predict` runs on a worker thread."""
+
+    model_id: str
+    version: int
+    manifest: Manifest
+    module: ModelCallable
+    tokenizer: TextTokenizer
+    handler: TaskHandler
+    dtype: torch.dtype
+    device: torch.device
+    hidden_size: int
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, batch: Encoded) -> torch.Tensor:
+        """Run the model on an encoded batch; returns float32 on the CPU."""
+        with torch.inference_mode():
+            out = self.module(
+                batch.input_ids.to(self.device),
+                batch.attention_mask.to(self.device),
+                batch.token_type_ids.to(self.device),
+            )
+        return out.float().cpu()
+
+    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+        """Tokenise, forward and post-process a batch of items (blocking; call off the event loop)."""
+        batch = self.tokenizer.encode(items)
+        return self.handler.decode(self.forward(batch), batch, items)
+
+
+def load_model(
+    repository: ModelRepository,
+    model_id: str,
+    version: int | None = None,
+    *,
+    dtype: DTypeChoice = "auto",
+    device: str = "cpu",
+    max_sequence_length: int | None = None,
+    warmup: bool = True,
+) -> LoadedModel:
+    """Load a version (default: latest) of a model, eager or TorchScript, and warm it up."""
+    started = time.perf_counter()
+    chosen = version if version is not None else repository.versions(model_id)[-1]
+    manifest = repository.manifest(model_id, chosen)
+    version_dir = repository.version_dir(model_id, chosen)
+    torch_device = torch.device(device)
+    try:
+        tokenizer = TOKENIZERS.get(
+            repository.resolve_file(model_id, chosen, manifest.tokenizer),
+            max_sequence_length or manifest.max_sequence_length,
+        )
+        module: ModelCallable
+        if manifest.format == "torchscript":
+            torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
+            scripted = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(version_dir / manifest.weights), map_location=torch_device
+            )
+            scripted.eval()
+            module = scripted
+            hidden = manifest.hidden_size or 0
+        else:
+            torch_dtype = resolve_dtype(dtype, device)
+            eager = build_eager(version_dir, manifest).to(device=torch_device, dtype=torch_dtype)
+            module = eager
+            hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
+    except ModelLoadFailed:
+        raise
+    except Exception as exc:  # any failure to read or build is the model's, not the server's
+        raise ModelLoadFailed(
+            f"model {model_id!r} v{chosen} failed to load: {type(exc).__name__}: {exc}"
+        ) from exc
+    loaded = LoadedModel(
+        model_id=model_id,
+        version=chosen,
+        manifest=manifest,
+        module=module,
+        tokenizer=tokenizer,
+        handler=handler_for(manifest.task, manifest.labels),
+        dtype=torch_dtype,
+        device=torch_device,
+        hidden_size=hidden,
+    )
+    if warmup:
+        _warm_up(loaded)
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """Two small forwards so the first real request does not pay for lazy initialisation (TorchScript)."""
+    item = TextInput("warm up", "warm up the model") if model.handler.pair_input else TextInput("warm up")
+    try:
+        for _ in range(2):
+            model.predict([item])
+    except Exception as exc:
+        raise ModelLoadFailed(
+            f"model {model.model_id!r} v{model.version} loaded but failed its first forward: {exc}"
+        ) from exc

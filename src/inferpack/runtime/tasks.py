@@ -1,0 +1,216 @@
+"""Task handlers: text in, tensors to the model, tensors out, answers back. One interface, three tasks.
+
+Every model, eager or TorchScript, is called as `module(input_ids, attention_mask, token_type_ids)` and
+returns one tensor whose meaning the task fixes (see `inferpack.runtime.modeling`):
+- question-answering: [batch, tokens, 2] start/end logits
+- text-classification: [batch, labels] logits
+- feature-extraction: [batch, hidden] mean-pooled, L2-normalised embeddings
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Encoding, Tokenizer
+
+from inferpack.errors import InvalidInput
+from inferpack.repository.manifest import Task
+
+MAX_ANSWER_TOKENS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class TextInput:
+    """One request item: a text, and for pair tasks (QA: question + context) a second text."""
+
+    text: str
+    text_pair: str | None = None
+
+
+@dataclass(slots=True)
+class Encoded:
+    """A dynamically padded batch, plus the encodings kept for post-processing (offsets)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+    encodings: list[Encoding]
+
+
+class TextTokenizer:
+    """A fast tokenizer set up for dynamic padding and truncation to `max_length` tokens.
+
+    Truncation cuts the second text (QA context) first; a first text longer than the limit falls back to
+    cutting both, so an overlong question still gets an answer instead of an error.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int) -> None:
+        self.max_length = max_length
+        # Two private copies: the shared original is never mutated, and each copy's settings stay fixed.
+        self._pair_first = self._configure(tokenizer, "only_second")
+        self._longest = self._configure(tokenizer, "longest_first")
+
+    def _configure(self, original: Tokenizer, strategy: str) -> Tokenizer:
+        tok = Tokenizer.from_str(original.to_str())
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length, strategy=strategy)
+        return tok
+
+    def encode(self, items: list[TextInput]) -> Encoded:
+        """Tokenise a batch and pad it to its longest member (not to max_length)."""
+        encodings = [self._encode_one(item) for item in items]
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(items), width), dtype=np.int64)
+        mask = np.zeros((len(items), width), dtype=np.int64)
+        types = np.zeros((len(items), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        return Encoded(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types), encodings)
+
+    def _encode_one(self, item: TextInput) -> Encoding:
+        if item.text_pair is None:
+            return self._longest.encode(item.text)
+        try:
+            return self._pair_first.encode(item.text, item.text_pair)
+        except Exception:  # the first text alone exceeds the limit: cut both instead
+            return self._longest.encode(item.text, item.text_pair)
+
+
+class TaskHandler(ABC):
+    """Pre- and post-processing for one task; `describe_*` feed the V2 model metadata."""
+
+    task: Task
+    pair_input: bool
+
+    @abstractmethod
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+        """Turn the model's output tensor into one result dict per item."""
+
+    @abstractmethod
+    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
+        """V2 metadata of the outputs: name, datatype, shape (-1 for the batch dimension)."""
+
+    def inputs_metadata(self) -> list[dict[str, Any]]:
+        """V2 metadata of the inputs (texts as BYTES)."""
+        names = ["question", "context"] if self.pair_input else ["text"]
+        return [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in names]
+
+
+class QuestionAnswering(TaskHandler):
+    """Extractive QA: the most likely answer span inside the context, with its probability."""
+
+    task: Task = "question-answering"
+    pair_input = True
+
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+        logits = output.float().numpy()
+        results = []
+        for row, (enc, item) in enumerate(zip(batch.encodings, items, strict=True)):
+            context = item.text_pair or ""
+            positions = np.array([i for i, s in enumerate(enc.sequence_ids) if s == 1], dtype=np.int64)
+            if positions.size == 0:  # context truncated away entirely
+                results.append({"answer": "", "score": 0.0, "start": 0, "end": 0})
+                continue
+            start = logits[row, positions, 0]
+            end = logits[row, positions, 1]
+            scores = start[:, None] + end[None, :]
+            span = np.subtract.outer(np.arange(positions.size), np.arange(positions.size))
+            allowed = (span <= 0) & (span > -MAX_ANSWER_TOKENS)  # end >= start, bounded length
+            scores = np.where(allowed, scores, -np.inf)
+            best = int(np.argmax(scores))
+            i, j = divmod(best, positions.size)
+            log_norm = _logsumexp(start) + _logsumexp(end)
+            char_start = enc.offsets[positions[i]][0]
+            char_end = enc.offsets[positions[j]][1]
+            results.append(
+                {
+                    "answer": context[char_start:char_end],
+                    "score": float(math.exp(float(scores[i, j]) - log_norm)),
+                    "start": int(char_start),
+                    "end": int(char_end),
+                }
+            )
+        return results
+
+    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
+        """answer (BYTES), score (FP32), start/end character offsets (INT64)."""
+        return [
+            {"name": "answer", "datatype": "BYTES", "shape": [-1]},
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "start", "datatype": "INT64", "shape": [-1]},
+            {"name": "end", "datatype": "INT64", "shape": [-1]},
+        ]
+
+
+class TextClassification(TaskHandler):
+    """Single text (or pair) -> label, score and the probability of every label."""
+
+    task: Task = "text-classification"
+    pair_input = False
+
+    def __init__(self, labels: list[str] | None) -> None:
+        self.labels = labels
+
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+        probs = torch.softmax(output.float(), dim=-1).numpy()
+        labels = self.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
+        best = probs.argmax(axis=1)
+        return [
+            {"label": labels[int(k)], "score": float(p[k]), "probabilities": p.astype(np.float32)}
+            for p, k in zip(probs, best, strict=True)
+        ]
+
+    def inputs_metadata(self) -> list[dict[str, Any]]:
+        """text, and an optional text_pair."""
+        return [
+            {"name": "text", "datatype": "BYTES", "shape": [-1]},
+            {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True},
+        ]
+
+    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
+        """label (BYTES), score (FP32), probabilities (FP32 [batch, labels])."""
+        n = len(labels) if labels else -1
+        return [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+        ]
+
+
+class FeatureExtraction(TaskHandler):
+    """Text -> a normalised sentence embedding (mean pooling over real tokens)."""
+
+    task: Task = "feature-extraction"
+    pair_input = False
+
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+        rows = output.float().numpy().astype(np.float32)
+        return [{"embedding": row} for row in rows]
+
+    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
+        """embedding (FP32 [batch, hidden])."""
+        return [{"name": "embedding", "datatype": "FP32", "shape": [-1, hidden_size]}]
+
+
+def handler_for(task: Task, labels: list[str] | None = None) -> TaskHandler:
+    """The handler of a task."""
+    if task == "question-answering":
+        return QuestionAnswering()
+    if task == "text-classification":
+        return TextClassification(labels)
+    if task == "feature-extraction":
+        return FeatureExtraction()
+    raise InvalidInput(f"unknown task {task!r}")
+
+
+def _logsumexp(values: np.ndarray[Any, Any]) -> float:
+    top = float(values.max())
+    return top + math.log(float(np.exp(values - top).sum()))

@@ -1,0 +1,74 @@
+"""The one place that maps inferpack errors to HTTP status codes and JSON bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inferpack import errors as e
+
+log = logging.getLogger("inferpack.server")
+
+STATUS: list[tuple[type[e.InferpackError], int]] = [
+    (e.InvalidModelId, 400),
+    (e.InvalidInput, 400),
+    (e.Unauthorized, 401),
+    (e.Forbidden, 403),
+    (e.ModelNotFound, 404),
+    (e.PayloadTooLarge, 413),
+    (e.Overloaded, 503),
+    (e.ModelNotReady, 503),
+    (e.ModelLoadFailed, 503),
+    (e.ShuttingDown, 503),
+]
+
+
+def status_of(exc: e.InferpackError) -> int:
+    """HTTP status for an inferpack error (500 for anything unexpected)."""
+    for cls, code in STATUS:
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+def error_response(exc: e.InferpackError) -> JSONResponse:
+    """A JSON error body `{"error": ..., "hint": ...}` with the right status and headers."""
+    body = {"error": exc.message}
+    if exc.hint:
+        body["hint"] = exc.hint
+    headers: dict[str, str] = {}
+    if isinstance(exc, e.Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if isinstance(exc, e.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status_of(exc), headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers: inferpack errors, request validation, plain HTTP errors, and the rest."""
+
+    async def on_inferpack(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, e.InferpackError)
+        return error_response(exc)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    app.add_exception_handler(e.InferpackError, on_inferpack)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

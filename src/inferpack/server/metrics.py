@@ -1,0 +1,117 @@
+"""Prometheus metrics for one server, in a registry of its own (no global state for tests to reset).
+
+Per-model labels are bounded: the first `top_k` models that serve traffic get their own label for the life
+of the process and every other model is counted as "other". Labels never move, so every series stays
+monotonic (a moving top-K would make counters jump backwards), and the series count stays <= top_k + 1
+however many thousands of models a server holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+OTHER = "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
+
+
+class LabelLimiter:
+    """Maps model ids to at most `top_k` distinct labels plus "other"."""
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k = top_k
+        self._admitted: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, model_id: str) -> str:
+        if model_id in self._admitted:
+            return model_id
+        with self._lock:
+            if len(self._admitted) < self.top_k:
+                self._admitted.add(model_id)
+                return model_id
+        return OTHER
+
+
+class ServerMetrics:
+    """Every metric the server exports."""
+
+    def __init__(self, top_k: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.label = LabelLimiter(top_k)
+        r = self.registry
+        self.requests = Counter(
+            "inferpack_requests",
+            "Inference requests by model, API and status code.",
+            ["model", "api", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "inferpack_request_duration_seconds",
+            "Server-side inference request latency (queue + batch + compute).",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "inferpack_queue_wait_seconds",
+            "Time the oldest request of a batch waited.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "inferpack_batch_compute_seconds",
+            "Tokenise + forward + decode time per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inferpack_batch_size", "Items per executed batch.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.loads = Counter("inferpack_model_loads", "Model loads by outcome.", ["outcome"], registry=r)
+        self.load_time = Histogram(
+            "inferpack_model_load_seconds",
+            "Model load time (read, build, warm up).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.shed = Counter(
+            "inferpack_requests_shed", "Requests refused because a queue was full.", registry=r
+        )
+        self.queue_depth = Gauge("inferpack_queue_depth", "Requests queued over all models.", registry=r)
+        self.models_loaded = Gauge("inferpack_models_loaded", "Models loaded and ready.", registry=r)
+        self.models_known = Gauge("inferpack_models_known", "Models in the repository.", registry=r)
+
+    def bind(
+        self, queue_depth: Callable[[], float], loaded: Callable[[], float], known: Callable[[], float]
+    ) -> None:
+        """Gauges read live values at scrape time."""
+        self.queue_depth.set_function(queue_depth)
+        self.models_loaded.set_function(loaded)
+        self.models_known.set_function(known)
+
+    def observe_request(self, model_id: str, api: str, code: int, seconds: float | None) -> None:
+        """Count one inference request (and its latency when it was served)."""
+        label = self.label(model_id)
+        self.requests.labels(label, api, str(code)).inc()
+        if seconds is not None:
+            self.latency.labels(label).observe(seconds)
+
+    def observe_batch(self, model_id: str, size: int, waited: float, compute: float) -> None:
+        """Record one executed batch (called by the batchers)."""
+        self.batch_size.observe(size)
+        self.queue_wait.observe(waited)
+        self.compute.observe(compute)
+
+    def observe_load(self, model_id: str, seconds: float, ok: bool) -> None:
+        """Record one model load."""
+        self.loads.labels("success" if ok else "failure").inc()
+        if ok:
+            self.load_time.observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
