@@ -188,7 +188,7 @@ class Worker:
             async with slots:
                 await self._send(client, rec, call, intended)
 
-        phase = (self.index + 1) / self.workers
+        phase = self.index / self.workers
         for offset in intended_times(self.shape, -self.config.warmup_s, self.rng, phase):
             intended = rec.measure_start + offset
             if end is not None and intended >= end:

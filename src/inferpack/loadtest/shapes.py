@@ -9,6 +9,7 @@ Everything here is pure: times are offsets in seconds from the start of measurem
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -93,22 +94,44 @@ def parse_steps(text: str) -> list[Step]:
     return steps
 
 
+def _segments(shape: OpenLoop, start: float) -> list[tuple[float, float, float]]:
+    """(begin, end, rate) pieces of the schedule from `start`; the last one never ends."""
+    out: list[tuple[float, float, float]] = []
+    # Warm-up runs at the first step's rate, as one piece with it, so no arrival is lost at offset 0.
+    begin, step_start = start, 0.0
+    for step in shape.steps:
+        end = math.inf if step.duration_s is None else step_start + step.duration_s
+        out.append((begin, end, step.rate))
+        if end == math.inf:
+            return out
+        begin = step_start = end
+    out.append((begin, math.inf, shape.steps[-1].rate))
+    return out
+
+
 def intended_times(
     shape: OpenLoop, start: float, rng: np.random.Generator, phase: float = 0.0
 ) -> Iterator[float]:
-    """Endless intended send offsets from `start` (negative during warm-up). `phase` (0..1) shifts the
-    first arrival so that several workers' evenly spaced streams interleave instead of colliding."""
-    t = start
-    first = True
-    while True:
-        rate = shape.rate_at(t)
+    """Endless intended send offsets from `start` (negative during warm-up). Constant arrivals are
+    computed per step as begin + (k + phase)/rate, so step boundaries are exact (no drift from summing
+    gaps). `phase` in [0, 1) shifts them so that several workers' streams interleave, not collide."""
+    for begin, end, rate in _segments(shape, start):
         if shape.arrivals == "poisson":
-            gap = float(rng.exponential(1.0 / rate))
+            # Memoryless: restarting the exponential clock at a step boundary keeps the process Poisson.
+            t = begin
+            while True:
+                t += float(rng.exponential(1.0 / rate))
+                if t >= end:
+                    break
+                yield t
         else:
-            gap = (phase if first else 1.0) / rate
-        first = False
-        t += gap
-        yield t
+            k = 0
+            while True:
+                t = begin + (k + phase) / rate
+                if t >= end:
+                    break
+                yield t
+                k += 1
 
 
 def split_shape(shape: LoadShape, workers: int, index: int) -> LoadShape:

@@ -1,0 +1,108 @@
+"""`inferpack bench` end to end through the command line, against the fake server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.loadtest import histograms as H
+from inferpack.loadtest.report import PLOTS
+from inferpack.loadtest.result import load_result
+
+from .conftest import FakeServer
+
+runner = CliRunner(env={"COLUMNS": "160"})  # wide enough that rich does not wrap table rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for command in ("run", "worker", "aggregate", "compare", "report"):
+        assert command in result.output
+    run_help = runner.invoke(app, ["bench", "run", "--help"])
+    assert run_help.exit_code == 0 and "--rate" in run_help.output
+
+
+def test_run_writes_json_table_and_report_with_plots(fake_server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "run", "--url", fake_server.url, "--num-models", "50", "--traffic", "zipf"]
+    args += ["--rate", "0.5:60,120", "--duration", "1.2", "--warmup", "0.2", "--interval", "0.25"]
+    args += ["--out", str(out), "--no-live"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for text in ("throughput", "P99", "slowest models", "latency (from intended send)"):
+        assert text in result.output
+    saved = load_result(out / "result.json")
+    assert saved.metadata.traffic == {"kind": "zipf", "zipf_s": 1.0}
+    assert saved.metadata.load_shape["kind"] == "open"
+    assert saved.metadata.versions["hdrhistogram"]
+    assert 100 <= saved.total_requests() <= 125  # 0.5 s at 60/s + 0.7 s at 120/s
+    raw = json.loads((out / "result.json").read_text())
+    assert H.decode(raw["histograms"]["latency"]).get_total_count() == saved.total_requests()
+    report = (out / "report.md").read_text()
+    for plot in PLOTS:
+        assert f"]({plot})" in report
+        data = (out / plot).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+
+
+def test_bad_options_exit_with_a_message(fake_server: FakeServer) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "run",
+            "--url",
+            fake_server.url,
+            "--num-models",
+            "3",
+            "--rate",
+            "5",
+            "--users",
+            "2",
+            "--no-live",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "not both" in str(result.exception)
+
+
+def test_worker_logs_aggregate_and_compare(fake_server: FakeServer, tmp_path: Path) -> None:
+    logs = []
+    for index in range(2):
+        args = ["bench", "worker", "--target", fake_server.url, "--num-models", "20", "--users", "4"]
+        args += ["--requests", "40", "--worker-index", str(index), "--workers", "2", "--progress", "none"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        log = tmp_path / f"worker-{index}.log"
+        log.write_text("some log line\n" + res.stdout)
+        logs.append(log)
+    merged_path = tmp_path / "merged.json"
+    res = runner.invoke(app, ["bench", "aggregate", *map(str, logs), "--out", str(merged_path)])
+    assert res.exit_code == 0, res.output
+    merged = load_result(merged_path)
+    assert merged.total_requests() == 40 and len(merged.workers) == 2
+    assert len(fake_server.calls) == 40
+    res = runner.invoke(app, ["bench", "compare", str(merged_path), str(logs[0])])
+    assert res.exit_code == 0, res.output
+    assert "throughput" in res.output and "P99" in res.output
+
+
+def test_local_worker_processes(fake_server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "run", "--url", fake_server.url, "--num-models", "100", "--mode", "seq"]
+    args += ["--users", "2", "--workers", "2", "--out", str(out), "--no-report"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    merged = load_result(out / "result.json")
+    parts = [load_result(out / "workers" / f"worker-{i}.json") for i in range(2)]
+    assert {w.pid for w in merged.workers} == {p.workers[0].pid for p in parts}
+    assert len({w.pid for w in merged.workers}) == 2
+    assert sorted(m for _, m in fake_server.calls) == sorted(merged.models)
+    assert len(fake_server.calls) == 100 == merged.total_requests()
+    assert H.same_counts(H.decode(merged.histograms.latency), H.merge(p.histograms.latency for p in parts))
