@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferpack import __version__
+from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.repository.manifest import Task
@@ -27,6 +28,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Create and inspect models in a repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+app.add_typer(k8s_app, name="k8s")
+app.add_typer(eks_app, name="eks")
+app.add_typer(image_app, name="image")
 console = Console(stderr=True)
 out = Console()
 
@@ -143,6 +147,18 @@ def models_list(
         versions = ",".join(str(v) for v in repo.versions(model_id))
         table.add_row(model_id, versions, m.format, m.task, m.dtype, str(m.max_sequence_length))
     out.print(table)
+
+
+@models_app.command("push")
+def models_push(
+    destination: Annotated[str, typer.Argument(help="s3://bucket/prefix to upload to.")],
+    repository: Annotated[Path, typer.Option(help="Local repository folder.")] = Path("demo-repo"),
+) -> None:
+    """Upload a local repository to S3 (unchanged files skipped; manifests last). See docs/kubernetes.md."""
+    from inferpack.repository.s3 import push_repository
+
+    counts = push_repository(repository, destination)
+    console.print(f"{destination}: uploaded {counts['uploaded']}, unchanged {counts['skipped']}")
 
 
 def _progress() -> Progress:

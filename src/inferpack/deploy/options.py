@@ -66,6 +66,7 @@ class RenderOptions:
     metrics_namespace: str | None = None
     bench_workers: int = 4
     bench_command: tuple[str, ...] | None = None
+    bench_args: tuple[str, ...] = ("--duration", "60")
     bench_cpu: str = "1"
     bench_memory: str = "1Gi"
     extra_labels: dict[str, str] = field(default_factory=dict)

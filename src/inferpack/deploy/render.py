@@ -107,7 +107,7 @@ def default_router_command() -> list[str]:
     return [
         "inferpack", "router",
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
-        "--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json",
+        "--server-map", f"{CONFIG_MOUNT}/placement/endpoints.json",
         "--host", "0.0.0.0", "--port", str(DEFAULT_PORT),
     ]  # fmt: skip
 
@@ -348,17 +348,17 @@ def render_manifests(
 
 
 def default_bench_command(options: RenderOptions) -> list[str]:
-    """The worker's command line when `bench_command` is not given.
+    """The worker's command line when `bench_command` is not given: `bench_args` appended.
 
-    `$(INFERPACK_BENCH_WORKER_INDEX)` is expanded by the kubelet from the container's env (the Job's
-    completion index), so each worker knows its share of the traffic.
+    The worker reads its index and the worker count from INFERPACK_BENCH_WORKER_INDEX / _WORKERS (set on
+    the container from the Job's completion index) and prints its result as one JSON line (`--out -`).
     """
     return [
         "inferpack", "bench", "worker",
-        "--target", f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}",
+        "--url", f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}",
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
-        "--worker-index", "$(INFERPACK_BENCH_WORKER_INDEX)",
-        "--workers", str(options.bench_workers),
+        "--out", "-", "--progress", "text",
+        *options.bench_args,
     ]  # fmt: skip
 
 

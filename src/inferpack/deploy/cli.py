@@ -1,0 +1,280 @@
+"""`inferpack k8s ...`, `inferpack eks ...` and `inferpack image ...`: parse flags, call one function of
+`inferpack.deploy`, print what happened. Every kubectl command is printed before it runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+
+from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
+from inferpack.deploy.image import build_commands, find_builder
+from inferpack.deploy.kubectl import Kubectl, run
+from inferpack.deploy.kustomize import HEADER, write_base
+from inferpack.deploy.options import HpaOptions, RenderOptions
+from inferpack.deploy.render import render_bench_job, render_manifests
+from inferpack.errors import ConfigError
+from inferpack.plan import load_plan
+from inferpack.settings import load_settings
+
+k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
+eks_app = typer.Typer(help="Amazon EKS cluster configs for a plan (eksctl, Karpenter).", no_args_is_help=True)
+image_app = typer.Typer(help="Build the inferpack container image.", no_args_is_help=True)
+console = Console(stderr=True)
+
+PlanOpt = Annotated[Path, typer.Option("--plan", help="Plan file (JSON) from `inferpack plan`.")]
+DirOpt = Annotated[Path, typer.Option("--dir", help="Folder written by `inferpack k8s render`.")]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes namespace.")]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: current).")]
+KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", help="kubeconfig file.")]
+KubectlOpt = Annotated[str, typer.Option("--kubectl", help="kubectl binary.")]
+
+
+def _json_list(text: str | None, flag: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} must be a JSON list of strings: {exc}") from exc
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{flag} must be a non-empty JSON list of strings")
+    return tuple(value)
+
+
+@k8s_app.command("render")
+def render(
+    plan: PlanOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the kustomize base.")] = Path("k8s"),
+    image: Annotated[str | None, typer.Option(help="Container image (registry/name:tag).")] = None,
+    namespace: NamespaceOpt = "inferpack",
+    repository: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix, or a path on the models PVC (default: plan's).")
+    ] = None,
+    role_arn: Annotated[
+        str | None, typer.Option(help="IAM role for the ServiceAccount (IRSA, S3 read).")
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint for the servers.")
+    ] = None,
+    aws_region: Annotated[str | None, typer.Option(help="AWS_REGION for the servers.")] = None,
+    router_replicas: Annotated[int, typer.Option(min=1, help="Router replicas (without --hpa).")] = 2,
+    hpa: Annotated[bool, typer.Option("--hpa/--no-hpa", help="Autoscale the router on CPU.")] = False,
+    hpa_max: Annotated[int, typer.Option(min=1, help="Most router replicas with --hpa.")] = 10,
+    bench_workers: Annotated[int, typer.Option(min=1, help="Load-test Job workers (pods).")] = 4,
+    bench_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra `bench worker` argument (repeatable; replaces --duration 60)."),
+    ] = None,
+    bench_command: Annotated[str | None, typer.Option(help="Whole worker command as a JSON list.")] = None,
+    router_command: Annotated[str | None, typer.Option(help="Whole router command as a JSON list.")] = None,
+    prepull: Annotated[
+        bool, typer.Option("--prepull/--no-prepull", help="Image pre-pull DaemonSets.")
+    ] = True,
+    auth_secret: Annotated[str | None, typer.Option(help="Secret with key `tokens` (bearer tokens).")] = None,
+    metrics_namespace: Annotated[
+        str | None, typer.Option(help="Namespace allowed to scrape servers.")
+    ] = None,
+    cache_size_mb: Annotated[
+        int | None, typer.Option(help="Size limit of each server's model cache.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML config (server settings).")
+    ] = None,
+) -> None:
+    """Render a plan to a kustomize base (`kubectl kustomize DIR` builds it; patch it with overlays)."""
+    the_plan = load_plan(plan)
+    settings = load_settings(config).server
+    defaults = RenderOptions()
+    options = RenderOptions(
+        image=image or defaults.image,
+        namespace=namespace,
+        repository=repository,
+        role_arn=role_arn,
+        s3_endpoint_url=s3_endpoint_url,
+        aws_region=aws_region,
+        router_replicas=router_replicas,
+        router_hpa=HpaOptions(min_replicas=router_replicas, max_replicas=max(hpa_max, router_replicas))
+        if hpa
+        else None,
+        bench_workers=bench_workers,
+        bench_args=tuple(bench_arg) if bench_arg else defaults.bench_args,
+        bench_command=_json_list(bench_command, "--bench-command"),
+        router_command=_json_list(router_command, "--router-command"),
+        prepull=prepull,
+        auth_secret=auth_secret,
+        metrics_namespace=metrics_namespace,
+        model_cache_size_mb=cache_size_mb,
+    )
+    manifests = render_manifests(the_plan, settings, options)
+    written = write_base(out, manifests, render_bench_job(options))
+    if image is None:
+        console.print(f"[yellow]note:[/] no --image given; using {options.image}, which no cluster can pull")
+    console.print(
+        f"{len(manifests)} objects for {len(the_plan.servers())} servers in {len(written)} files under {out}"
+    )
+    console.print(f"review: kubectl kustomize {out}    apply: inferpack k8s apply --dir {out}")
+
+
+def _kubectl(namespace: str, context: str | None, kubeconfig: Path | None, binary: str) -> Kubectl:
+    return Kubectl(namespace=namespace, context=context, kubeconfig=kubeconfig, binary=binary)
+
+
+def _check_dir(directory: Path) -> None:
+    kust = directory / "kustomization.yaml"
+    if not kust.is_file() or not kust.read_text().startswith(HEADER):
+        raise ConfigError(
+            f"{directory} holds no base rendered by inferpack", hint="run `inferpack k8s render`"
+        )
+
+
+@k8s_app.command("apply")
+def apply(
+    directory: DirOpt = Path("k8s"),
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+    dry_run: Annotated[
+        bool, typer.Option(help="Server-side dry run (validates against the cluster).")
+    ] = False,
+) -> None:
+    """Apply the rendered base and wait for every Deployment to roll out."""
+    _check_dir(directory)
+    run(_kubectl(namespace, context, kubeconfig, kubectl).apply(directory, server_dry_run=dry_run))
+
+
+@k8s_app.command("status")
+def status(
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """Show workloads, pods (and their nodes), services, autoscalers and disruption budgets."""
+    run(_kubectl(namespace, context, kubeconfig, kubectl).status())
+
+
+@k8s_app.command("logs")
+def logs(
+    server: Annotated[str | None, typer.Option(help="A plan server's name.")] = None,
+    component: Annotated[str, typer.Option(help="server, router, bench or prepull.")] = "server",
+    tail: Annotated[int, typer.Option(help="Lines per pod.")] = 200,
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """Print recent logs of one server or of every pod of a component."""
+    run(_kubectl(namespace, context, kubeconfig, kubectl).logs(server=server, component=component, tail=tail))
+
+
+@k8s_app.command("delete")
+def delete(
+    directory: DirOpt = Path("k8s"),
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """Delete the load-test Job and everything the base created (namespace included)."""
+    _check_dir(directory)
+    run(_kubectl(namespace, context, kubeconfig, kubectl).delete(directory))
+
+
+@k8s_app.command("bench")
+def bench(
+    directory: DirOpt = Path("k8s"),
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for the Job.")] = 3600,
+    out: Annotated[Path | None, typer.Option(help="Also collect the merged result into this folder.")] = None,
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """Run the load-test Job (rendered under DIR/bench) to completion; with --out, collect its result."""
+    _check_dir(directory)
+    driver = _kubectl(namespace, context, kubeconfig, kubectl)
+    run(driver.bench(directory, timeout))
+    if out is not None:
+        _collect(driver, out)
+
+
+def _collect(driver: Kubectl, out: Path) -> None:
+    from inferpack.deploy.collect import collect as collect_results
+    from inferpack.loadtest.display import result_tables
+
+    merged, path = collect_results(driver, out)
+    Console().print(result_tables(merged))
+    console.print(f"merged result of {len(merged.workers)} workers: {path}")
+
+
+@k8s_app.command("collect")
+def collect(
+    out: Annotated[Path, typer.Option(help="Folder for worker logs and the merged result.json.")] = Path(
+        "k8s-bench"
+    ),
+    namespace: NamespaceOpt = "inferpack",
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """Fetch every load-test worker's log and merge their histograms exactly into one result."""
+    _collect(_kubectl(namespace, context, kubeconfig, kubectl), out)
+
+
+@eks_app.command("cluster-config")
+def cluster_config(
+    plan: PlanOpt,
+    out: Annotated[Path | None, typer.Option(help="Write here (default: stdout).")] = None,
+    name: Annotated[str, typer.Option(help="Cluster name.")] = "inferpack",
+    region: Annotated[str, typer.Option(help="AWS region.")] = "us-east-1",
+    version: Annotated[str, typer.Option("--k8s-version", help="Kubernetes version.")] = "1.33",
+    karpenter: Annotated[
+        Path | None, typer.Option(help="Also write Karpenter NodePools for the same mix to this file.")
+    ] = None,
+) -> None:
+    """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
+    the_plan = load_plan(plan)
+    options = ClusterOptions(name=name, region=region, kubernetes_version=version)
+    text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
+    if out is None:
+        print(text, end="")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        console.print(f"eksctl config: {out}  (create: eksctl create cluster -f {out})")
+    if karpenter is not None:
+        pools = render_karpenter_node_pools(the_plan, options)
+        karpenter.parent.mkdir(parents=True, exist_ok=True)
+        karpenter.write_text("".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in pools))
+        console.print(f"Karpenter NodePools: {karpenter}")
+
+
+@image_app.command("build")
+def image_build(
+    tag: Annotated[str, typer.Option(help="Image name:tag.")] = "inferpack:latest",
+    variant: Annotated[str, typer.Option(help="cpu, cuda or neuron.")] = "cpu",
+    platform: Annotated[str | None, typer.Option(help="linux/amd64 or linux/arm64 (Graviton).")] = None,
+    base_image: Annotated[str | None, typer.Option(help="Override the Containerfile's base image.")] = None,
+    context_dir: Annotated[
+        Path, typer.Option("--context-dir", help="Build context (the source tree).")
+    ] = Path("."),
+    builder: Annotated[
+        str | None, typer.Option(help="docker, podman or buildah (default: first found).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the command only.")] = False,
+) -> None:
+    """Build the server image with docker, podman or buildah, whichever exists."""
+    tool = builder or find_builder()
+    cmd = build_commands(
+        tool, tag=tag, variant=variant, platform=platform, base_image=base_image, context=context_dir
+    )
+    if dry_run:
+        print(" ".join(cmd))
+        return
+    run([cmd])
