@@ -16,6 +16,7 @@ from inferpack import __version__
 from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
 from inferpack.loadtest.cli import app as bench_app
+from inferpack.planner.cli import plan_command
 from inferpack.repository.manifest import Task
 from inferpack.settings import DTypeChoice, load_settings
 
@@ -31,6 +32,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(eks_app, name="eks")
 app.add_typer(image_app, name="image")
+app.command("plan")(plan_command)
 console = Console(stderr=True)
 out = Console()
 

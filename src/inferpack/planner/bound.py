@@ -1,0 +1,190 @@
+"""A valid lower bound on the cost of any feasible plan, so the heuristic's optimality gap is known.
+
+Relaxation solved with HiGHS (a small MILP, or its LP relaxation):
+
+    minimise   sum_t price_t * n_t                   n_t >= 0 servers of type t (integer or not)
+    subject to sum_t z_gt = copies_g                  z_gt >= 0 copies of group g on type t
+               sum_g D_gtr * z_gt <= n_t              each resource r of each type t, in total
+               sum_g z_gt <= limit * n_t              models per server, in total
+               sum_{g big on t} z_gt <= n_t           a copy over half of some resource needs its own server
+               sum_t n_t >= max copies of one model   copies sit on different servers
+
+Every real plan gives a feasible point (n_t = its servers of type t, z = its copies), so the optimum is a
+lower bound. To keep the LP small for 10,000 models, models are grouped by class and by memory and rate
+rounded *down* to a geometric grid: smaller demands only relax the problem further, so the bound stays
+valid. When the MILP over integer n_t stops at its time limit, HiGHS's dual bound is still a valid bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from inferpack.planner.problem import EPS, FloatArray, IntArray, Problem, demand_matrix
+
+
+@dataclass
+class BoundResult:
+    """The bound (USD/h), whether HiGHS proved it for the relaxation, and a type preference per model."""
+
+    value: float
+    integer_servers: bool
+    preferred_types: IntArray  # (n,) a type for each model, from the relaxation's solution
+
+
+def _round_down(values: FloatArray, ratio: float) -> tuple[IntArray, FloatArray]:
+    """Bucket index and the bucket's lower edge on a geometric grid (0 stays 0 in its own bucket)."""
+    pos = values > 0
+    idx = np.full(values.shape, -(1 << 40), dtype=np.int64)
+    idx[pos] = np.floor(np.log(values[pos]) / np.log(ratio) + 1e-12).astype(np.int64)
+    rep = np.where(pos, np.power(ratio, idx.astype(np.float64)), 0.0)
+    # The float power can land a hair above the value; never round up.
+    return idx, np.minimum(rep, values)
+
+
+def new_highs(time_limit_s: float | None, threads: int = 1) -> highspy.Highs:
+    """A silent HiGHS instance with an optional time limit."""
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", threads)
+    if time_limit_s is not None:
+        h.setOptionValue("time_limit", float(max(time_limit_s, 0.01)))
+    return h
+
+
+def lower_bound(
+    problem: Problem,
+    *,
+    grid_ratio: float = 1.02,
+    integer_servers: bool | None = None,
+    time_limit_s: float = 5.0,
+) -> BoundResult:
+    """A lower bound on the cost per hour of any plan for `problem` (see the module docstring).
+
+    `integer_servers` None means: integer server counts when the relaxation is small (where they tighten
+    the bound cheaply), the LP otherwise."""
+    n_t = problem.n_types
+    mem_idx, mem_rep = _round_down(problem.memory_mb, grid_ratio)
+    rate_idx, rate_rep = _round_down(problem.rate_per_copy, grid_ratio)
+    keys = np.stack([problem.class_index, mem_idx, rate_idx], axis=1)
+    _, first, group_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    n_g = len(first)
+    copies_g = np.bincount(group_of, weights=problem.copies.astype(np.float64), minlength=n_g)
+    d = demand_matrix(problem.class_index[first], mem_rep[first], rate_rep[first], problem.coef)
+    fits = np.all(d <= 1.0 + EPS, axis=2) & (problem.max_models >= 1)
+    big = d.max(axis=2) > 0.5
+
+    # Columns: n_t first, then one z per feasible (group, type), in group-major order.
+    zg, zt = np.nonzero(fits)
+    n_z = len(zg)
+    if integer_servers is None:
+        integer_servers = n_z <= 5000
+    row_res = n_g  # + t*3 + r
+    row_cnt = n_g + 3 * n_t
+    row_big = n_g + 4 * n_t
+    row_tot = n_g + 5 * n_t
+    n_rows = row_tot + 1
+    limit = float(problem.max_models) if problem.max_models < (1 << 30) else 0.0
+
+    # Each z column has 6 slots (group, 3 resources, count, big); unused slots are dropped below.
+    z_rows = np.stack(
+        [zg, row_res + zt * 3, row_res + zt * 3 + 1, row_res + zt * 3 + 2, row_cnt + zt, row_big + zt], axis=1
+    )
+    z_vals = np.stack(
+        [
+            np.ones(n_z),
+            d[zg, zt, 0],
+            d[zg, zt, 1],
+            d[zg, zt, 2],
+            np.full(n_z, 1.0 if limit else 0.0),
+            big[zg, zt].astype(np.float64),
+        ],
+        axis=1,
+    )
+    t_ar = np.arange(n_t)
+    n_rows_of = np.stack(
+        [
+            row_res + t_ar * 3,
+            row_res + t_ar * 3 + 1,
+            row_res + t_ar * 3 + 2,
+            row_cnt + t_ar,
+            row_big + t_ar,
+            np.full(n_t, row_tot),
+        ],
+        axis=1,
+    )
+    n_vals = np.stack(
+        [-np.ones(n_t), -np.ones(n_t), -np.ones(n_t), np.full(n_t, -limit), -np.ones(n_t), np.ones(n_t)],
+        axis=1,
+    )
+    rows = np.concatenate([n_rows_of, z_rows]).astype(np.int32)
+    vals = np.concatenate([n_vals, z_vals])
+    keep = vals != 0
+    counts = keep.sum(axis=1)
+    start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+
+    lp = highspy.HighsLp()
+    lp.num_col_ = n_t + n_z
+    lp.num_row_ = n_rows
+    lp.col_cost_ = np.concatenate([problem.prices, np.zeros(n_z)])
+    lp.col_lower_ = np.zeros(n_t + n_z)
+    lp.col_upper_ = np.full(n_t + n_z, highspy.kHighsInf)
+    lower = np.full(n_rows, -highspy.kHighsInf)
+    upper = np.zeros(n_rows)
+    lower[:n_g] = copies_g
+    upper[:n_g] = copies_g
+    lower[row_tot] = float(problem.copies.max())
+    upper[row_tot] = highspy.kHighsInf
+    lp.row_lower_ = lower
+    lp.row_upper_ = upper
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = start
+    lp.a_matrix_.index_ = rows[keep]
+    lp.a_matrix_.value_ = vals[keep]
+    if integer_servers:
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * n_t + [highspy.HighsVarType.kContinuous] * n_z
+
+    h = new_highs(time_limit_s)
+    h.passModel(lp)
+    h.run()
+    info = h.getInfo()
+    status = h.getModelStatus()
+    if integer_servers:
+        value = float(info.mip_dual_bound)
+        if status == highspy.HighsModelStatus.kOptimal:
+            value = max(value, float(info.objective_function_value) * (1 - 1e-7))
+    else:
+        value = float(info.objective_function_value) if status == highspy.HighsModelStatus.kOptimal else 0.0
+    if not np.isfinite(value):
+        value = 0.0
+    # HiGHS solves to a relative tolerance: shave a hair so the bound never exceeds the true optimum.
+    value = max(0.0, value * (1 - 1e-6))
+
+    z = np.asarray(h.getSolution().col_value, dtype=np.float64)[n_t:] if n_z else np.zeros(0)
+    share = np.zeros((n_g, n_t))
+    if z.size == n_z:
+        share[zg, zt] = z
+    return BoundResult(value, integer_servers, _spread(share, group_of, problem))
+
+
+def _spread(share: FloatArray, group_of: IntArray, problem: Problem) -> IntArray:
+    """Give each model a type so that each group's models split over types like its LP copies do."""
+    n = problem.n_models
+    preferred = np.zeros(n, dtype=np.int64)
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(group_of[order])) + 1
+    for members in np.split(order, bounds):
+        if members.size == 0:
+            continue
+        g = int(group_of[members[0]])
+        weights = share[g]
+        if weights.sum() <= 0:
+            preferred[members] = int(np.argmax(problem.fits[members[0]]))
+            continue
+        cum = np.cumsum(weights / weights.sum()) * members.size
+        picks = np.searchsorted(cum, np.arange(members.size) + 0.5)
+        preferred[members] = np.minimum(picks, len(weights) - 1)
+    return preferred

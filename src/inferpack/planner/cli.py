@@ -1,0 +1,217 @@
+"""`inferpack plan`: read models, catalog and profiles, solve (or deal naively), print and write the plan.
+
+Registered in `inferpack.cli` with `app.command("plan")(plan_command)`. This module does the I/O and
+the timing; the planning itself is pure (`problem`, `solve`, `naive`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inferpack.errors import ConfigError
+from inferpack.plan import Plan, save_plan
+from inferpack.planner.catalog import load_catalog
+from inferpack.planner.inputs import read_models_csv, read_repository
+from inferpack.planner.naive import simple_plan
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
+from inferpack.planner.profiles import load_profiles
+from inferpack.planner.solve import solve, to_plan
+
+
+@contextlib.contextmanager
+def _quiet_fd1() -> Iterator[None]:
+    """HiGHS prints a banner straight to file descriptor 1 once per process; keep stdout clean."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no real fd 1 (embedded use): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def _read_models(
+    models: Path | None, repository: Path | None, model_class: str, rate_rps: float
+) -> list[ModelDemand]:
+    if (models is None) == (repository is None):
+        raise ConfigError("give exactly one of --models FILE.csv or --repository DIR")
+    if models is not None:
+        return read_models_csv(models, model_class)
+    assert repository is not None
+    return read_repository(repository, model_class, rate_rps)
+
+
+def plan_command(
+    models: Annotated[
+        Path | None, typer.Option("--models", help="CSV with columns id,memory_mb,rate_rps[,model_class].")
+    ] = None,
+    repository: Annotated[Path | None, typer.Option("--repository", help="Model repository folder.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan.")] = Path("plan.json"),
+    simple: Annotated[
+        bool, typer.Option("--simple", help="Naive plan: fill --servers local servers evenly.")
+    ] = False,
+    servers: Annotated[int | None, typer.Option("--servers", min=1, help="Servers (with --simple).")] = None,
+    copies: Annotated[int, typer.Option("--copies", min=1, help="Copies per model (with --simple).")] = 1,
+    profiles: Annotated[
+        list[Path] | None, typer.Option("--profiles", help="Profile file(s) from `inferpack profile`.")
+    ] = None,
+    no_reference_profiles: Annotated[
+        bool, typer.Option("--no-reference-profiles", help="Use only the --profiles files.")
+    ] = False,
+    catalog: Annotated[
+        list[Path] | None, typer.Option("--catalog", help="Catalog override file(s), applied in order.")
+    ] = None,
+    slo_p90_ms: Annotated[
+        float, typer.Option("--slo-p90-ms", min=0.001, help="P90 latency objective.")
+    ] = 100.0,
+    max_utilisation: Annotated[float, typer.Option("--max-utilisation", min=0.01, max=1.0)] = 0.8,
+    min_copies: Annotated[int, typer.Option("--min-copies", min=1, help="Copies on different servers.")] = 1,
+    max_models_per_server: Annotated[int | None, typer.Option("--max-models-per-server", min=1)] = None,
+    instance_types: Annotated[
+        str | None, typer.Option("--instance-types", help="Allowed types, comma-separated (c6i.*,inf2.*).")
+    ] = None,
+    model_class: Annotated[
+        str, typer.Option("--model-class", help="Class of models without one (a profile class).")
+    ] = "bert-base",
+    rate_rps: Annotated[
+        float, typer.Option("--rate-rps", min=0.0, help="Request rate per model (with --repository).")
+    ] = 1.0,
+    method: Annotated[
+        str, typer.Option("--method", help="auto (MILP when small), milp, or heuristic.")
+    ] = "auto",
+    time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.1, help="MILP time limit (s).")] = 30.0,
+) -> None:
+    """Plan which servers to run and which models each holds: cheapest mix of instance types within the
+    latency objective (default), or the naive even packing with --simple."""
+    console = Console()
+    demands = _read_models(models, repository, model_class, rate_rps)
+    repo_label = str(repository) if repository is not None else None
+    if simple:
+        if servers is None:
+            raise ConfigError("--simple needs --servers N")
+        cores = os.cpu_count() or 1
+        plan = simple_plan(
+            [d.id for d in demands],
+            servers,
+            copies,
+            cpu_per_server=max(cores / servers, 0.001),
+            memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
+            repository=repo_label,
+        )
+        save_plan(plan, out)
+        _print_simple(console, plan, out)
+        return
+    if method not in ("auto", "milp", "heuristic"):
+        raise ConfigError(f"--method must be auto, milp or heuristic, not {method!r}")
+    solver: Literal["auto", "milp", "heuristic"] = method  # type: ignore[assignment]
+    options = PlanOptions(
+        slo_p90_ms=slo_p90_ms,
+        max_utilisation=max_utilisation,
+        min_copies=min_copies,
+        max_models_per_server=max_models_per_server,
+        instance_types=_split(instance_types),
+    )
+    cat = load_catalog(catalog)
+    profs = load_profiles(profiles, use_reference=not no_reference_profiles)
+    start = time.perf_counter()
+    problem = build_problem(demands, cat, profs, options)
+    with _quiet_fd1():
+        solution = solve(problem, method=solver, milp_time_limit_s=time_limit_s)
+    elapsed = time.perf_counter() - start
+    plan = to_plan(
+        problem,
+        solution,
+        options,
+        repository=repo_label,
+        extra_metadata={"solve_time_s": round(elapsed, 3), "catalog": cat.provenance},
+    )
+    save_plan(plan, out)
+    _print_plan(console, plan, out)
+
+
+def _print_simple(console: Console, plan: Plan, out: Path) -> None:
+    table = Table(title="naive plan (--simple)")
+    for col in ("server", "models", "first models"):
+        table.add_column(col)
+    for server in plan.servers():
+        table.add_row(server.name, str(len(server.models)), ", ".join(server.models[:3]))
+    console.print(table)
+    console.print(f"wrote {out}")
+
+
+def _print_plan(console: Console, plan: Plan, out: Path) -> None:
+    meta = plan.metadata
+    table = Table(title=f"plan ({plan.created_by}), P90 objective {plan.slo_p90_ms:g} ms")
+    for col in (
+        "instance type",
+        "servers",
+        "copies",
+        "mem",
+        "cpu",
+        "accel mem",
+        "rps",
+        "P90 bound",
+        "USD/h",
+        "binding",
+    ):
+        left = col in ("instance type", "binding")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    for row in meta["groups"]:
+        p90 = row["predicted_p90_ms_max"]
+        table.add_row(
+            row["instance_type"],
+            str(row["servers"]),
+            str(row["copies"]),
+            f"{row['memory_util']:.0%}",
+            f"{row['compute_util']:.0%}",
+            f"{row['accelerator_memory_util']:.0%}" if row["accelerator_memory_util"] else "-",
+            f"{row['rps']:.1f}",
+            f"{p90:.0f} ms" if p90 is not None else "-",
+            f"{row['cost_per_hour']:.3f}",
+            row["binding"],
+        )
+    console.print(table)
+    cost = plan.cost_per_hour or 0.0
+    bound = plan.lower_bound_per_hour or 0.0
+    lines = [
+        f"cost: [bold]{cost:.3f} USD/h[/] over {len(plan.servers())} servers",
+        f"lower bound: {bound:.3f} USD/h, gap {meta['gap']:.1%}" + (" (optimal)" if meta["optimal"] else ""),
+        f"solver: {meta['method']}, {meta['solve_time_s']:.2f} s",
+    ]
+    if meta.get("cost_per_million_inferences") is not None:
+        lines.append(f"cost per million inferences: {meta['cost_per_million_inferences']:.4f} USD")
+    naive = meta.get("naive")
+    if naive:
+        lines.append(
+            f"naive packing: {naive['servers']} x {naive['instance_type']} "
+            f"(~{naive['models_per_server']:.0f} models each) = {naive['cost_per_hour']:.3f} USD/h; "
+            f"saving {naive['saving']:.1%}"
+        )
+    for line in lines:
+        console.print(line)
+    console.print(f"wrote {out}")

@@ -1,0 +1,127 @@
+"""The naive packings: `plan --simple` (fill N local servers evenly) and the reference's fixed
+N-models-per-server packing on one instance type, the baseline the cost planner reports its saving over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from inferpack.errors import PlanError
+from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
+from inferpack.planner.packing import Server
+from inferpack.planner.problem import EPS, Problem
+
+
+def round_robin(n_models: int, copies: list[int], servers: int) -> list[list[int]]:
+    """Deal copies to servers in turn, model by model: servers fill evenly (their model counts differ by
+    at most one) and the copies of one model land on consecutive, hence different, servers."""
+    if servers < 1:
+        raise PlanError("--servers must be at least 1")
+    if copies and max(copies) > servers:
+        raise PlanError(f"{max(copies)} copies of a model need at least {max(copies)} servers")
+    out: list[list[int]] = [[] for _ in range(servers)]
+    pos = 0
+    for i in range(n_models):
+        for _ in range(copies[i]):
+            out[pos % servers].append(i)
+            pos += 1
+    return out
+
+
+def simple_plan(
+    model_ids: list[str],
+    servers: int,
+    copies: int,
+    *,
+    cpu_per_server: float,
+    memory_mb_per_server: int,
+    repository: str | None = None,
+) -> Plan:
+    """The naive local plan of `inferpack plan --simple`: N servers of instance type "local", K copies of
+    each model on different servers, models dealt in order so every server holds about as many."""
+    if not model_ids:
+        raise PlanError("no models to plan")
+    if copies < 1:
+        raise PlanError("--copies must be at least 1")
+    dealt = round_robin(len(model_ids), [copies] * len(model_ids), servers)
+    width = len(str(servers - 1))
+    group = ServerGroup(
+        name="local",
+        instance_type="local",
+        resources=Resources(cpu=cpu_per_server, memory_mb=max(1, memory_mb_per_server)),
+        servers=[
+            ServerPlan(name=f"server-{k:0{width}d}", models=[model_ids[i] for i in members])
+            for k, members in enumerate(dealt)
+        ],
+    )
+    return Plan(
+        created_by="simple",
+        repository=repository,
+        groups=[group],
+        metadata={"servers": servers, "copies": copies},
+    )
+
+
+@dataclass
+class NaiveResult:
+    """The cheapest fixed-N-per-server packing on a single instance type."""
+
+    servers: list[Server]
+    type_index: int
+    models_per_server: float
+
+
+def _even_feasible(problem: Problem, t: int, n_servers: int) -> list[Server] | None:
+    if int(problem.copies.max()) > n_servers:
+        return None
+    # The same dealing as `round_robin`, vectorised: copy number p (in model order) goes to p mod N.
+    model_of_copy = np.repeat(np.arange(problem.n_models), problem.copies)
+    server_of_copy = np.arange(model_of_copy.size) % n_servers
+    if np.bincount(server_of_copy, minlength=n_servers).max() > problem.max_models:
+        return None
+    for r in range(3):
+        load = np.bincount(server_of_copy, weights=problem.demand[model_of_copy, t, r], minlength=n_servers)
+        if load.max() > 1.0 + EPS:
+            return None
+    members: list[list[int]] = [[] for _ in range(n_servers)]
+    for i, s in zip(model_of_copy.tolist(), server_of_copy.tolist(), strict=True):
+        members[s].append(i)
+    return [Server(t, m) for m in members if m]
+
+
+def naive_packing(problem: Problem, type_index: int) -> list[Server] | None:
+    """The fewest servers of one type that hold every model dealt evenly in listing order (the
+    reference's N models per server, with the planner's copies for hot models), or None if none do."""
+    if not problem.fits[:, type_index].all():
+        return None
+    d = problem.demand[:, type_index] * problem.copies[:, None]
+    lower = max(int(np.ceil(d.sum(axis=0).max() - 1e-9)), int(problem.copies.max()), 1)
+    total = int(problem.copies.sum())
+    n, prev = lower, lower - 1
+    # Scan upward from the volume bound in steps of ~1% so 10,000 models stay quick, then look back over
+    # the last step for the smallest N that works.
+    while prev < total:
+        n = min(n, total)
+        found = _even_feasible(problem, type_index, n)
+        if found is not None:
+            for m in range(prev + 1, n):
+                smaller = _even_feasible(problem, type_index, m)
+                if smaller is not None:
+                    return smaller
+            return found
+        prev, n = n, max(n + 1, int(n * 1.01))
+    return None
+
+
+def best_naive(problem: Problem) -> NaiveResult | None:
+    """The cheapest naive packing over all single instance types."""
+    best: NaiveResult | None = None
+    for t in range(problem.n_types):
+        packing = naive_packing(problem, t)
+        if packing is None:
+            continue
+        cost = len(packing) * float(problem.prices[t])
+        if best is None or cost < len(best.servers) * float(problem.prices[best.type_index]):
+            best = NaiveResult(packing, t, float(problem.copies.sum()) / len(packing))
+    return best

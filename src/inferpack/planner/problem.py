@@ -1,0 +1,270 @@
+"""The cost model: models + catalog + profiles + options -> a packing problem with normalised demands.
+
+Every server of instance type `t` has capacity 1 in three resources, and each copy of model `i` uses a
+fraction `D[i, t, r]` of it:
+
+- r=0 host memory: the model's footprint (its `memory_mb`, scaled by the profile of its class on `t`)
+  over the usable memory (instance memory x `max_memory_fraction`, minus the OS reserve and the server's
+  own overhead);
+- r=1 compute: the copy's request rate over the server's capacity at the latency objective (see
+  `queueing`), i.e. the share of rate x service time the objective allows;
+- r=2 accelerator memory: per device, since a model is placed on every device of its server.
+
+Plus a limit on the number of models per server, and copies of one model on different servers. A model
+hotter than `max_copy_load` of the best server gets extra copies, and its rate is split evenly between
+copies (the router spreads load across copies).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferpack.errors import PlanError
+from inferpack.planner.catalog import Catalog, InstanceType
+from inferpack.planner.profiles import DType, OperatingPoint, ProfileSet
+from inferpack.planner.queueing import max_rate_rps, p90_response_ms
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+RESOURCES = ("memory", "compute", "accelerator memory")
+_DEFAULT_DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
+EPS = 1e-9  # tolerance on capacity checks, so sums of floats that equal 1 still fit
+
+
+class PlanOptions(BaseModel):
+    """What the user asks of a plan (every `inferpack plan` option that shapes the problem)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slo_p90_ms: float = Field(default=100.0, gt=0, description="P90 latency objective per request.")
+    max_utilisation: float = Field(default=0.8, gt=0, le=1, description="Cap on worker utilisation.")
+    min_copies: int = Field(default=1, ge=1, description="Copies of every model, on different servers.")
+    max_models_per_server: int | None = Field(default=None, ge=1)
+    instance_types: list[str] | None = Field(
+        default=None, description="Allowed instance types (names or shell patterns); None: all."
+    )
+    reserved_memory_mb: float = Field(default=512.0, ge=0, description="Host memory kept for the OS.")
+    max_memory_fraction: float = Field(default=0.9, gt=0, le=1, description="Share of memory to fill.")
+    max_copy_load: float = Field(
+        default=0.5, gt=0, le=1, description="A copy may use at most this share of the best server."
+    )
+    dtypes: list[DType] = Field(
+        default_factory=lambda: list(_DEFAULT_DTYPES),
+        description="Operating points allowed (int8 is off by default: it needs a quality check).",
+    )
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """One model to place: its id, resident memory on CPU, expected request rate and class."""
+
+    id: str
+    memory_mb: float
+    rate_rps: float
+    model_class: str = "bert-base"
+
+
+@dataclass(frozen=True)
+class TypeChoice:
+    """How a class of models runs on an instance type: the chosen operating point and its capacity."""
+
+    point: OperatingPoint
+    workers: int
+    capacity_rps: float
+
+
+@dataclass
+class Problem:
+    """A packing problem in normalised form (see the module docstring)."""
+
+    model_ids: list[str]
+    model_classes: list[str]
+    class_index: IntArray  # (n,) index into model_classes... of each model
+    memory_mb: FloatArray  # (n,)
+    rate_per_copy: FloatArray  # (n,)
+    copies: IntArray  # (n,)
+    types: list[InstanceType]
+    prices: FloatArray  # (T,)
+    coef: FloatArray  # (C, T, 3): D[i,t,0]=mem*coef0, D[i,t,1]=rate*coef1, D[i,t,2]=mem*coef2
+    max_models: int
+    choices: dict[tuple[int, int], TypeChoice] = field(default_factory=dict)  # (class, type) -> choice
+    demand: FloatArray = field(init=False)  # (n, T, 3)
+    fits: BoolArray = field(init=False)  # (n, T): one copy fits an empty server of that type
+
+    def __post_init__(self) -> None:
+        self.demand = demand_matrix(self.class_index, self.memory_mb, self.rate_per_copy, self.coef)
+        self.fits = np.all(self.demand <= 1.0 + EPS, axis=2)
+        if self.max_models < 1:
+            self.fits[:] = False
+
+    @property
+    def n_models(self) -> int:
+        """Number of distinct models."""
+        return len(self.model_ids)
+
+    @property
+    def n_types(self) -> int:
+        """Number of instance types in play."""
+        return len(self.types)
+
+
+def demand_matrix(class_index: IntArray, mem: FloatArray, rate: FloatArray, coef: FloatArray) -> FloatArray:
+    """D[i, t, r] for models given by class, memory and per-copy rate (inf where a type cannot serve)."""
+    c = coef[class_index]  # (n, T, 3)
+    with np.errstate(invalid="ignore"):
+        d = np.stack(
+            [mem[:, None] * c[:, :, 0], rate[:, None] * c[:, :, 1], mem[:, None] * c[:, :, 2]], axis=2
+        )
+    # 0 * inf (a zero-rate model on a type that cannot meet the objective) is still "cannot serve".
+    return np.where(np.isnan(d), np.inf, d)
+
+
+def _allowed(name: str, patterns: list[str] | None) -> bool:
+    return patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _workers(inst: InstanceType, point: OperatingPoint, per_device: int) -> int:
+    if inst.target != "cpu" and inst.accelerator_count > 0:
+        return inst.accelerator_count * per_device
+    return inst.vcpus // point.threads
+
+
+def choose_point(
+    inst: InstanceType, points: list[OperatingPoint], per_device: int, options: PlanOptions
+) -> TypeChoice | None:
+    """The operating point with the highest capacity under the objective, or None if none meets it."""
+    best: TypeChoice | None = None
+    for point in points:
+        if point.dtype not in options.dtypes:
+            continue
+        workers = _workers(inst, point, per_device)
+        if workers < 1:
+            continue
+        cap = max_rate_rps(
+            workers, point.latency_ms, 1.0 / point.worker_rps(), options.slo_p90_ms, options.max_utilisation
+        )
+        if cap > 0 and (best is None or cap > best.capacity_rps):
+            best = TypeChoice(point=point, workers=workers, capacity_rps=cap)
+    return best
+
+
+def build_problem(
+    models: list[ModelDemand], catalog: Catalog, profiles: ProfileSet, options: PlanOptions
+) -> Problem:
+    """Turn models, catalog, profiles and options into a `Problem`; PlanError when no plan can exist."""
+    if not models:
+        raise PlanError("no models to plan")
+    if len({m.id for m in models}) != len(models):
+        raise PlanError("model ids must be unique")
+    classes = sorted({m.model_class for m in models})
+    missing = [c for c in classes if c not in profiles.classes]
+    if missing:
+        raise PlanError(f"no profile for model class(es) {missing}", hint="pass --profiles FILE")
+    types = [i for i in catalog.instances if _allowed(i.name, options.instance_types)]
+    types = [i for i in types if any(profiles.lookup(c, i.name) is not None for c in classes)]
+    if not types:
+        raise PlanError("no allowed instance type has a profile for these models")
+
+    n_c, n_t = len(classes), len(types)
+    coef = np.full((n_c, n_t, 3), np.inf)
+    overhead = np.zeros(n_t)
+    acc_overhead = np.zeros(n_t)
+    choices: dict[tuple[int, int], TypeChoice] = {}
+    for t, inst in enumerate(types):
+        for name in classes:
+            prof = profiles.lookup(name, inst.name)
+            if prof is not None:
+                overhead[t] = max(overhead[t], prof.server_overhead_mb)
+                acc_overhead[t] = max(acc_overhead[t], prof.accelerator_overhead_mb)
+    for t, inst in enumerate(types):
+        usable = inst.memory_mb * options.max_memory_fraction - options.reserved_memory_mb - overhead[t]
+        usable_acc = inst.accelerator_memory_mb - acc_overhead[t]
+        for c, name in enumerate(classes):
+            prof = profiles.lookup(name, inst.name)
+            if prof is None or usable <= 0:
+                continue
+            choice = choose_point(inst, prof.points, prof.workers_per_accelerator, options)
+            if choice is None:
+                continue
+            scale = 1.0 / profiles.classes[name].reference_memory_mb
+            if prof.accelerator_mb > 0:
+                if inst.accelerator_count == 0 or usable_acc <= 0:
+                    continue
+                acc_coef = scale * prof.accelerator_mb / usable_acc
+            else:
+                acc_coef = 0.0
+            coef[c, t] = (scale * prof.resident_mb / usable, 1.0 / choice.capacity_rps, acc_coef)
+            choices[(c, t)] = choice
+
+    class_of = {name: c for c, name in enumerate(classes)}
+    class_index = np.array([class_of[m.model_class] for m in models], dtype=np.int64)
+    mem = np.array([m.memory_mb for m in models], dtype=np.float64)
+    rate = np.array([m.rate_rps for m in models], dtype=np.float64)
+    if np.any(mem <= 0) or np.any(rate < 0):
+        raise PlanError("memory_mb must be > 0 and rate_rps >= 0 for every model")
+    copies = _copies(class_index, mem, rate, coef, options)
+    max_models = options.max_models_per_server or (1 << 30)
+    problem = Problem(
+        model_ids=[m.id for m in models],
+        model_classes=classes,
+        class_index=class_index,
+        memory_mb=mem,
+        rate_per_copy=rate / copies,
+        copies=copies,
+        types=types,
+        prices=np.array([i.price_per_hour for i in types], dtype=np.float64),
+        coef=coef,
+        max_models=max_models,
+        choices=choices,
+    )
+    homeless = np.flatnonzero(~problem.fits.any(axis=1))
+    if homeless.size:
+        ids = [problem.model_ids[i] for i in homeless[:3]]
+        raise PlanError(
+            f"{homeless.size} model(s) fit no allowed instance type (memory or latency), e.g. {ids}",
+            hint="allow larger instance types, relax --slo-p90-ms, or check memory_mb",
+        )
+    return problem
+
+
+def _copies(
+    class_index: IntArray, mem: FloatArray, rate: FloatArray, coef: FloatArray, options: PlanOptions
+) -> IntArray:
+    """Copies per model: at least `min_copies`, more for models hotter than `max_copy_load` of a server."""
+    n = len(mem)
+    copies = np.full(n, options.min_copies, dtype=np.int64)
+    # Capacity of the best type for each model's class, among types where the model's memory fits.
+    c = coef[class_index]
+    mem_ok = (mem[:, None] * c[:, :, 0] <= 1.0 + EPS) & (mem[:, None] * c[:, :, 2] <= 1.0 + EPS)
+    with np.errstate(divide="ignore"):
+        cap = np.where(mem_ok, 1.0 / c[:, :, 1], 0.0)
+    best = cap.max(axis=1) if cap.shape[1] else np.zeros(n)
+    hot = (rate > 0) & (best > 0)
+    need = np.ones(n, dtype=np.int64)
+    need[hot] = np.ceil(rate[hot] / (options.max_copy_load * best[hot]) - 1e-12).astype(np.int64)
+    return np.maximum(copies, need)
+
+
+def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> float | None:
+    """The P90 bound for a server of `type_index` holding `models` (the slowest class sets it)."""
+    if not models:
+        return None
+    worst = 0.0
+    classes = {int(problem.class_index[i]) for i in models}
+    load = float(problem.demand[models, type_index, 1].sum())  # share of capacity in use
+    for c in classes:
+        choice = problem.choices.get((c, type_index))
+        if choice is None:
+            return math.inf
+        service = 1.0 / choice.point.worker_rps()
+        rate = load * choice.capacity_rps
+        worst = max(worst, p90_response_ms(choice.workers, choice.point.latency_ms, service, rate))
+    return worst

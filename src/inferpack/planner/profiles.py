@@ -1,0 +1,169 @@
+"""Profile files: how fast and how big a class of models is on a given piece of hardware.
+
+`inferpack profile` writes these (one file per machine it runs on); the package ships a reference file
+for bert-base-class models on the catalog's instance types (built from published figures, see
+`data/reference_profiles.json`) plus the figures measured for MiniLM and a bert-base-shaped model on the
+development machine. The planner needs, per (model class, instance type): host and accelerator memory per
+loaded model, the server's own memory, and one or more operating points (batch size, threads, dtype,
+latency) from which it picks the cheapest one that keeps the latency objective.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferpack.errors import ConfigError
+
+DType = Literal["fp32", "bf16", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OperatingPoint(_Strict):
+    """One way to run the model: a batch of `batch_size` on a worker using `threads` intra-op threads."""
+
+    batch_size: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1, description="intra-op threads per worker (CPU cores it uses).")
+    dtype: DType = "fp32"
+    latency_ms: float = Field(gt=0, description="Median time to run one batch.")
+    throughput_rps: float | None = Field(
+        default=None, gt=0, description="Requests/s one worker sustains (default batch_size / latency)."
+    )
+
+    def worker_rps(self) -> float:
+        """Requests per second one worker sustains at this point."""
+        if self.throughput_rps is not None:
+            return self.throughput_rps
+        return self.batch_size * 1000.0 / self.latency_ms
+
+
+class HardwareTag(_Strict):
+    """What the profile ran on; `inferpack profile` fills this from the machine."""
+
+    cpu_model: str
+    architecture: Literal["x86_64", "arm64"]
+    cores: int = Field(gt=0, description="vCPUs seen by the process.")
+    accelerator: str | None = None
+    accelerator_count: int = Field(default=0, ge=0)
+    torch_version: str | None = None
+
+
+class ModelProfile(_Strict):
+    """One model class on one kind of hardware."""
+
+    model_class: str = Field(min_length=1, description="Architecture key, e.g. bert-base, minilm-l6.")
+    instance_types: list[str] = Field(
+        min_length=1, description="Catalog names or shell patterns this applies to (c6i.*, local)."
+    )
+    hardware: HardwareTag
+    cold_load_s: float = Field(ge=0, description="Load time of one model, from files to first answer.")
+    resident_mb: float = Field(gt=0, description="Host memory added by one loaded model.")
+    accelerator_mb: float = Field(default=0, ge=0, description="Device memory per model on each device.")
+    server_overhead_mb: float = Field(ge=0, description="Host memory of a server holding no model.")
+    accelerator_overhead_mb: float = Field(default=0, ge=0, description="Device memory per device, idle.")
+    workers_per_accelerator: int = Field(
+        default=1, ge=1, description="Parallel executors per device (NeuronCores per chip, streams per GPU)."
+    )
+    points: list[OperatingPoint] = Field(min_length=1)
+    peak_throughput_per_core: float | None = Field(default=None, gt=0, description="Requests/s per core.")
+    estimated: bool = Field(description="True when figures are estimates rather than measurements.")
+    source: str = Field(description="Where the figures come from (measurement command or citation).")
+
+    def matches(self, instance_type: str) -> bool:
+        """Whether this profile applies to the named instance type."""
+        return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
+
+
+class ModelClass(_Strict):
+    """A class of models sharing a shape: memory of a typical member lets the planner scale footprints."""
+
+    name: str = Field(min_length=1)
+    parameters: int | None = Field(default=None, gt=0)
+    reference_memory_mb: float = Field(
+        gt=0, description="Host memory of a typical member on CPU; footprints scale by memory_mb / this."
+    )
+    description: str = ""
+
+
+class ProfileFile(_Strict):
+    """A file of profiles (the format `inferpack profile` writes and `inferpack plan --profiles` reads)."""
+
+    format_version: Literal[1] = 1
+    kind: Literal["inferpack-profile"] = "inferpack-profile"
+    created_by: str
+    notes: str = ""
+    sources: list[str] = Field(default_factory=list)
+    model_classes: list[ModelClass] = Field(default_factory=list)
+    profiles: list[ModelProfile] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _classes_known(self) -> ProfileFile:
+        names = {c.name for c in self.model_classes}
+        for prof in self.profiles:
+            if prof.model_class not in names:
+                raise ValueError(f"profile for {prof.model_class!r} has no entry in model_classes")
+        return self
+
+
+class ProfileSet(BaseModel):
+    """Profiles merged from several files; later files win for the same (class, instance type)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes: dict[str, ModelClass]
+    profiles: list[ModelProfile]
+
+    def lookup(self, model_class: str, instance_type: str) -> ModelProfile | None:
+        """The last-given profile of `model_class` that applies to `instance_type`, or None."""
+        for prof in reversed(self.profiles):
+            if prof.model_class == model_class and prof.matches(instance_type):
+                return prof
+        return None
+
+
+def parse_profile_file(text: str, label: str) -> ProfileFile:
+    """Validate profile JSON text; errors name the file."""
+    try:
+        return ProfileFile.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"profile file {label} is not valid: {exc}") from exc
+
+
+def reference_profile_text() -> str:
+    """The shipped reference profiles' JSON text."""
+    return resources.files("inferpack.planner").joinpath("data/reference_profiles.json").read_text()
+
+
+def merge_profiles(files: list[ProfileFile]) -> ProfileSet:
+    """Combine files in order: later classes and profiles take precedence."""
+    classes: dict[str, ModelClass] = {}
+    profiles: list[ModelProfile] = []
+    for f in files:
+        classes.update({c.name: c for c in f.model_classes})
+        profiles.extend(f.profiles)
+    return ProfileSet(classes=classes, profiles=profiles)
+
+
+def load_profiles(paths: list[Path] | None = None, *, use_reference: bool = True) -> ProfileSet:
+    """The reference profiles (unless `use_reference` is False) followed by each given file."""
+    files: list[ProfileFile] = []
+    if use_reference:
+        files.append(parse_profile_file(reference_profile_text(), "reference"))
+    for path in paths or []:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read profile file {path}: {exc}") from exc
+        files.append(parse_profile_file(text, str(path)))
+    merged = merge_profiles(files)
+    if not merged.profiles:
+        raise ConfigError("no profiles given", hint="drop --no-reference-profiles or pass --profiles FILE")
+    return merged
