@@ -93,10 +93,28 @@ _WRAPPERS: dict[Task, type[TaskWrapper]] = {
 }
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def _transformers() -> Any:
+    """transformers, imported once under a lock: its lazy module is not safe to import from two load
+    threads at once (attributes go missing), and a module-level import would slow every CLI command."""
+    with _IMPORT_LOCK:
+        import transformers
+
+        for name in (
+            "AutoConfig",
+            "AutoModel",
+            "AutoModelForQuestionAnswering",
+            "AutoModelForSequenceClassification",
+        ):
+            getattr(transformers, name)  # resolve the lazy attributes while holding the lock
+        return transformers
+
+
 def transformers_class(task: Task) -> Any:
     """The transformers Auto class that builds the bare model of a task."""
-    import transformers
-
+    transformers = _transformers()
     return {
         "question-answering": transformers.AutoModelForQuestionAnswering,
         "text-classification": transformers.AutoModelForSequenceClassification,
@@ -106,9 +124,7 @@ def transformers_class(task: Task) -> Any:
 
 def build_skeleton(config: dict[str, Any], task: Task) -> TaskWrapper:
     """The task's transformers module on the meta device: the architecture without any weights."""
-    import transformers
-
-    cfg = transformers.AutoConfig.for_model(**config)
+    cfg = _transformers().AutoConfig.for_model(**config)
     with torch.device("meta"):
         model = transformers_class(task).from_config(cfg, attn_implementation="sdpa")
     return _WRAPPERS[task](model)

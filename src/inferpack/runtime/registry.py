@@ -130,7 +130,9 @@ class ModelRegistry:
                 except Exception as exc:
                     entry.state = "failed"
                     entry.reason = (
-                        exc.message if isinstance(exc, ModelLoadFailed) else f"{type(exc).__name__}: {exc}"
+                        exc.message
+                        if isinstance(exc, ModelLoadFailed)
+                        else f"model {model_id!r} failed to load: {type(exc).__name__}: {exc}"
                     )
                     if self._load_observer:
                         self._load_observer(model_id, time.perf_counter() - started, False)

@@ -1,0 +1,71 @@
+"""A real server on a real port (port 0: the OS picks a free one), run in a thread of the test process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from inferpack.server.app import create_app
+from inferpack.settings import ServerSettings
+
+
+class RunningServer:
+    """A uvicorn server in a background thread; `url` is its base URL once started."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        # poll for readiness (uvicorn sets `started` after the lifespan loaded the models)
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@contextmanager
+def running_server(repo: Path, **overrides: Any) -> Iterator[RunningServer]:
+    """Start a server on `repo` with settings overrides; stop it afterwards."""
+    settings = ServerSettings(repository=repo, **overrides)
+    server = RunningServer(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture(scope="module")
+def server(demo_repo: Path) -> Iterator[RunningServer]:
+    """One server holding every demo model (the broken one fails to load and is reported)."""
+    with running_server(demo_repo, inference_threads=2) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
