@@ -45,7 +45,10 @@ def mixed_plan() -> Plan:
                 instance_type="inf2.xlarge",
                 target="neuron",
                 resources=Resources(cpu=3, memory_mb=14000, accelerators=1),
-                servers=[ServerPlan(name="inf2-0", models=["m-7"]), ServerPlan(name="inf2-1", models=["m-7"])],
+                servers=[
+                    ServerPlan(name="inf2-0", models=["m-7"]),
+                    ServerPlan(name="inf2-1", models=["m-7"]),
+                ],
             ),
         ],
     )

@@ -22,6 +22,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 _UNREACHABLE = (
     "unable to connect to the server",
     "connection refused",
+    "was refused",
     "no such host",
     "the server could not find the requested resource",
     "no configuration has been provided",
@@ -124,7 +125,7 @@ def explain_failure(cmd: list[str], stderr: str) -> KubectlError:
     text = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
     low = stderr.lower()
     shown = " ".join(cmd)
-    if any(s in low for s in _NO_CONTEXT):
+    if any(s in low for s in _NO_CONTEXT) or ('context "' in low and "does not exist" in low):
         return KubectlError(f"`{shown}`: {text}", hint="list contexts with `kubectl config get-contexts`")
     if any(s in low for s in _UNREACHABLE):
         return KubectlError(

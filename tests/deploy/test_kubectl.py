@@ -1,0 +1,142 @@
+"""The kubectl driver: the exact command lines, the order they run in, and the errors a missing kubectl or
+an unreachable cluster give (with the real kubectl where it is installed; no API server exists here)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inferpack.deploy.kubectl import Kubectl, KubectlError, explain_failure, run
+
+
+def test_base_flags() -> None:
+    k = Kubectl(namespace="serving", context="prod-eks", kubeconfig=Path("/k/config"))
+    assert k.base() == [
+        "kubectl",
+        "--kubeconfig",
+        "/k/config",
+        "--context",
+        "prod-eks",
+        "--namespace",
+        "serving",
+    ]
+    assert Kubectl().base(namespaced=False) == ["kubectl"]
+
+
+def test_apply_status_logs_delete_command_lines() -> None:
+    k = Kubectl(namespace="serving", context="c1")
+    base = Path("out/k8s")
+    assert k.apply(base) == [
+        ["kubectl", "--context", "c1", "apply", "-k", "out/k8s"],
+        [
+            "kubectl", "--context", "c1", "--namespace", "serving", "rollout", "status", "deployment",
+            "-l", "app.kubernetes.io/part-of=inferpack", "--timeout=30m",
+        ],
+    ]  # fmt: skip
+    assert k.apply(base, server_dry_run=True) == [
+        ["kubectl", "--context", "c1", "apply", "-k", "out/k8s", "--dry-run=server"]
+    ]
+    status = k.status()
+    assert status[0][5:8] == ["get", "deployments,daemonsets,jobs,services,hpa,pdb", "-l"]
+    assert status[1][5:7] == ["get", "pods"]
+    assert "inferpack.dev/server=c7i-0" in k.logs(server="c7i-0")[0]
+    assert "app.kubernetes.io/component=router" in k.logs(component="router")[0]
+    assert k.delete(base) == [
+        [
+            "kubectl",
+            "--context",
+            "c1",
+            "--namespace",
+            "serving",
+            "delete",
+            "job",
+            "inferpack-bench",
+            "--ignore-not-found",
+        ],
+        ["kubectl", "--context", "c1", "delete", "-k", "out/k8s", "--ignore-not-found"],
+    ]
+
+
+def test_bench_replaces_the_job_then_waits() -> None:
+    cmds = Kubectl(namespace="serving").bench(Path("k8s"), 900)
+    assert cmds[0] == [
+        "kubectl", "--namespace", "serving", "delete", "job", "inferpack-bench",
+        "--ignore-not-found", "--wait=true",
+    ]  # fmt: skip
+    assert cmds[1] == ["kubectl", "apply", "-k", "k8s/bench"]
+    assert cmds[2][3:6] == ["wait", "--for=condition=complete", "job/inferpack-bench"]
+    assert cmds[2][-1] == "--timeout=900s"
+
+
+class FakeKubectl:
+    """Records what run() asks for and answers from a script (no cluster exists here)."""
+
+    def __init__(self, answers: list[tuple[int, str, str]]) -> None:
+        self.answers = answers
+        self.calls: list[list[str]] = []
+
+    def __call__(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        self.calls.append(cmd)
+        rc, out, err = self.answers.pop(0)
+        return subprocess.CompletedProcess(cmd, rc, out, err)
+
+
+def test_run_prints_each_command_and_stops_at_the_first_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeKubectl([(0, "ok\n", ""), (1, "", "Error from server (Forbidden): nope"), (0, "", "")])
+    echoed: list[str] = []
+    cmds = [["kubectl", "a"], ["kubectl", "b"], ["kubectl", "c"]]
+    with pytest.raises(KubectlError, match="Forbidden"):
+        run(cmds, runner=fake, echo=echoed.append)
+    assert fake.calls == cmds[:2]
+    assert echoed == ["$ kubectl a", "$ kubectl b"]
+    assert capsys.readouterr().out == "ok\n"
+
+
+def test_failures_are_explained() -> None:
+    unreachable = explain_failure(
+        ["kubectl", "get", "pods"], "The connection to the server localhost:8080 was refused"
+    )
+    assert (
+        "no cluster reachable" in unreachable.message and unreachable.hint and "context" in unreachable.hint
+    )
+    no_ctx = explain_failure(["kubectl"], 'error: context "x" does not exist in kubeconfig')
+    assert no_ctx.hint == "list contexts with `kubectl config get-contexts`"
+
+
+def test_missing_kubectl_is_a_clear_error() -> None:
+    with pytest.raises(KubectlError, match="not found on PATH"):
+        run([["/nonexistent/kubectl", "get", "pods"]])
+
+
+def test_real_kubectl_against_no_cluster(tmp_path: Path) -> None:
+    """The real kubectl, pointed at a closed loopback port: the driver reports 'no cluster reachable'."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
+current-context: nowhere
+"""
+    )
+    k = Kubectl(context="nowhere", kubeconfig=config, binary=kubectl)
+    with pytest.raises(KubectlError, match="no cluster reachable"):
+        run([[*k.status()[0], "--request-timeout=5s"]], echo=lambda _line: None)
+    with pytest.raises(KubectlError) as missing:
+        run(
+            [Kubectl(context="absent", kubeconfig=config, binary=kubectl).status()[0]],
+            echo=lambda _line: None,
+        )
+    assert missing.value.hint == "list contexts with `kubectl config get-contexts`"
