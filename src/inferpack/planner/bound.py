@@ -6,7 +6,7 @@ Relaxation solved with HiGHS (a small MILP, or its LP relaxation):
     subject to sum_t z_gt = copies_g                  z_gt >= 0 copies of group g on type t
                sum_g D_gtr * z_gt <= n_t              each resource r of each type t, in total
                sum_g z_gt <= limit * n_t              models per server, in total
-               sum_{g big on t} z_gt <= n_t           a copy over half of some resource needs its own server
+               sum_{g big in r on t} z_gt <= n_t      two copies over half of resource r cannot share a server
                sum_t n_t >= max copies of one model   copies sit on different servers
 
 Every real plan gives a feasible point (n_t = its servers of type t, z = its copies), so the optimum is a
@@ -75,51 +75,46 @@ def lower_bound(
     copies_g = np.bincount(group_of, weights=problem.copies.astype(np.float64), minlength=n_g)
     d = demand_matrix(problem.class_index[first], mem_rep[first], rate_rep[first], problem.coef)
     fits = np.all(d <= 1.0 + EPS, axis=2) & (problem.max_models >= 1)
-    big = d.max(axis=2) > 0.5
+    big = d > 0.5  # (G, T, 3): two such copies cannot share a server, in that resource
 
     # Columns: n_t first, then one z per feasible (group, type), in group-major order.
     zg, zt = np.nonzero(fits)
     n_z = len(zg)
     if integer_servers is None:
         integer_servers = n_z <= 5000
+    # Rows: groups, then per type: 3 resources, the model count, 3 "big copy" rows; then the total.
     row_res = n_g  # + t*3 + r
     row_cnt = n_g + 3 * n_t
-    row_big = n_g + 4 * n_t
-    row_tot = n_g + 5 * n_t
+    row_big = n_g + 4 * n_t  # + t*3 + r
+    row_tot = n_g + 7 * n_t
     n_rows = row_tot + 1
     limit = float(problem.max_models) if problem.max_models < (1 << 30) else 0.0
 
-    # Each z column has 6 slots (group, 3 resources, count, big); unused slots are dropped below.
-    z_rows = np.stack(
-        [zg, row_res + zt * 3, row_res + zt * 3 + 1, row_res + zt * 3 + 2, row_cnt + zt, row_big + zt], axis=1
-    )
+    # Each column has 8 slots; zero coefficients are dropped below.
+    res_rows = [row_res + zt * 3 + r for r in range(3)]
+    big_rows = [row_big + zt * 3 + r for r in range(3)]
+    z_rows = np.stack([zg, *res_rows, row_cnt + zt, *big_rows], axis=1)
     z_vals = np.stack(
         [
             np.ones(n_z),
-            d[zg, zt, 0],
-            d[zg, zt, 1],
-            d[zg, zt, 2],
+            *(d[zg, zt, r] for r in range(3)),
             np.full(n_z, 1.0 if limit else 0.0),
-            big[zg, zt].astype(np.float64),
+            *(big[zg, zt, r].astype(np.float64) for r in range(3)),
         ],
         axis=1,
     )
     t_ar = np.arange(n_t)
     n_rows_of = np.stack(
         [
-            row_res + t_ar * 3,
-            row_res + t_ar * 3 + 1,
-            row_res + t_ar * 3 + 2,
+            *(row_res + t_ar * 3 + r for r in range(3)),
             row_cnt + t_ar,
-            row_big + t_ar,
+            *(row_big + t_ar * 3 + r for r in range(3)),
             np.full(n_t, row_tot),
         ],
         axis=1,
     )
-    n_vals = np.stack(
-        [-np.ones(n_t), -np.ones(n_t), -np.ones(n_t), np.full(n_t, -limit), -np.ones(n_t), np.ones(n_t)],
-        axis=1,
-    )
+    minus = -np.ones(n_t)
+    n_vals = np.stack([minus, minus, minus, np.full(n_t, -limit), minus, minus, minus, -minus], axis=1)
     rows = np.concatenate([n_rows_of, z_rows]).astype(np.int32)
     vals = np.concatenate([n_vals, z_vals])
     keep = vals != 0

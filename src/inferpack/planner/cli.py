@@ -167,19 +167,9 @@ def _print_simple(console: Console, plan: Plan, out: Path) -> None:
 def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     meta = plan.metadata
     table = Table(title=f"plan ({plan.created_by}), P90 objective {plan.slo_p90_ms:g} ms")
-    for col in (
-        "instance type",
-        "servers",
-        "copies",
-        "mem",
-        "cpu",
-        "accel mem",
-        "rps",
-        "P90 bound",
-        "USD/h",
-        "binding",
-    ):
-        left = col in ("instance type", "binding")
+    columns = ("type", "servers", "copies", "mem", "cpu", "acc", "rps", "P90", "USD/h", "binding")
+    for col in columns:
+        left = col in ("type", "binding")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
     for row in meta["groups"]:
         p90 = row["predicted_p90_ms_max"]

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inferpack.errors import ConfigError, PlanError
+from inferpack.planner.catalog import load_catalog
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
+from inferpack.planner.profiles import load_profiles
+
+
+def test_shipped_catalog_covers_the_families_with_region_and_date() -> None:
+    catalog = load_catalog()
+    families = {i.family for i in catalog.instances}
+    assert {"c5", "c6i", "c7g", "g4dn", "g5", "inf1", "inf2"} <= families
+    assert any("us-east-1" in line for line in catalog.provenance)
+    graviton = catalog.get("c7g.xlarge")
+    assert graviton.architecture == "arm64" and graviton.price_per_hour > 0
+    assert catalog.get("inf2.xlarge").target == "neuron"
+    assert catalog.get("g5.xlarge").accelerator_count == 1
+
+
+def test_override_replaces_adds_and_removes(tmp_path: Path) -> None:
+    f = tmp_path / "mine.json"
+    f.write_text(
+        json.dumps(
+            {
+                "region": "eu-west-1",
+                "remove": ["g5.48xlarge"],
+                "instances": [
+                    {"name": "c6i.large", "vcpus": 2, "memory_mb": 4096, "price_per_hour": 0.01},
+                    {"name": "local", "vcpus": 2, "memory_mb": 24576, "price_per_hour": 0.0},
+                ],
+            }
+        )
+    )
+    catalog = load_catalog([f])
+    assert catalog.get("c6i.large").price_per_hour == 0.01
+    assert catalog.get("local").vcpus == 2
+    assert "g5.48xlarge" not in catalog.names()
+    assert catalog.provenance[-1].endswith("(eu-west-1)")
+    only = tmp_path / "only.json"
+    local = json.loads(catalog.get("local").model_dump_json())
+    only.write_text(json.dumps({"replace": True, "instances": [local]}))
+    assert load_catalog([only]).names() == ["local"]
+
+
+def test_bad_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "bad.json"
+    f.write_text('{"instances": [{"name": "x"}]}')
+    with pytest.raises(ConfigError, match="not a valid catalog"):
+        load_catalog([f])
+    f.write_text('{"remove": ["nope.large"]}')
+    with pytest.raises(ConfigError, match="not in the catalog"):
+        load_catalog([f])
+
+
+def test_reference_profiles_cover_every_catalog_type_and_cite_sources() -> None:
+    profiles = load_profiles()
+    for inst in load_catalog().instances:
+        prof = profiles.lookup("bert-base", inst.name)
+        assert prof is not None, inst.name
+        assert prof.source
+    assert profiles.lookup("minilm-l6", "local") is not None
+    assert any("awsdocs-neuron" in p.source for p in profiles.profiles)
+    assert any(p.estimated for p in profiles.profiles) and any(not p.estimated for p in profiles.profiles)
+
+
+def test_later_profile_files_win(tmp_path: Path) -> None:
+    base = load_profiles()
+    mine = json.loads(base.model_dump_json())
+    prof = next(p for p in mine["profiles"] if p["instance_types"] == ["inf2.*"])
+    prof["points"][0]["latency_ms"] = 1.0
+    f = tmp_path / "p.json"
+    f.write_text(
+        json.dumps(
+            {"created_by": "test", "model_classes": list(mine["classes"].values()), "profiles": [prof]}
+        )
+    )
+    merged = load_profiles([f])
+    found = merged.lookup("bert-base", "inf2.xlarge")
+    assert found is not None and found.points[0].latency_ms == 1.0
+
+
+def test_cpu_cannot_meet_a_tight_objective_but_accelerators_can() -> None:
+    models = [ModelDemand("a", 460, 10.0)]
+    problem = build_problem(models, load_catalog(), load_profiles(), PlanOptions(slo_p90_ms=15))
+    usable = {problem.types[t].family for t in range(problem.n_types) if problem.fits[0, t]}
+    assert usable and usable <= {"g4dn", "g5", "inf2"}
+    with pytest.raises(PlanError, match="fit no allowed instance type"):
+        options = PlanOptions(slo_p90_ms=2, instance_types=["c5.*"])
+        build_problem(models, load_catalog(), load_profiles(), options)
+
+
+def test_unknown_model_class_is_reported() -> None:
+    with pytest.raises(PlanError, match="no profile"):
+        build_problem([ModelDemand("a", 100, 1, "gpt-x")], load_catalog(), load_profiles(), PlanOptions())

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.errors import ConfigError, PlanError
+from inferpack.plan import load_plan
+from inferpack.planner.inputs import model_memory_mb, read_models_csv, read_repository
+from inferpack.planner.naive import simple_plan
+
+runner = CliRunner()
+
+
+def _csv(path: Path, n: int) -> Path:
+    lines = ["id,memory_mb,rate_rps"] + [f"model-{i},{440 + i},{3.0 / (i + 1):.4f}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _repo(root: Path) -> Path:
+    (root / "alpha" / "1").mkdir(parents=True)
+    (root / "alpha" / "2").mkdir()
+    (root / "alpha" / "2" / "manifest.json").write_text(json.dumps({"footprint": {"resident_mb": 321.5}}))
+    (root / "beta" / "1").mkdir(parents=True)
+    (root / "beta" / "1" / "model.safetensors").write_bytes(b"\0" * (10 * 2**20))
+    (root / "_shared" / "1").mkdir(parents=True)
+    (root / ".hidden" / "1").mkdir(parents=True)
+    (root / "empty").mkdir()
+    return root
+
+
+def test_plan_from_csv_writes_a_valid_plan_and_reports_gap_and_naive(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    result = runner.invoke(app, ["plan", "--models", str(_csv(tmp_path / "m.csv", 60)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "lower bound" in result.output and "naive packing" in result.output
+    plan = load_plan(out)
+    plan.validate_against([f"model-{i}" for i in range(60)])
+    assert plan.cost_per_hour is not None and plan.lower_bound_per_hour is not None
+    assert plan.lower_bound_per_hour <= plan.cost_per_hour + 1e-9
+    assert plan.metadata["solve_time_s"] >= 0
+    assert all(g.price_per_hour is not None and g.instance_type != "local" for g in plan.groups)
+
+
+def test_plan_milp_with_copies_and_allowed_types(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = ["plan", "--models", str(_csv(tmp_path / "m.csv", 6)), "--out", str(out), "--method", "milp"]
+    args += ["--min-copies", "2", "--instance-types", "c6i.*,c7g.*", "--slo-p90-ms", "300"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    assert plan.created_by == "milp"
+    assert all(len(servers) == 2 for servers in plan.placement().values())
+    assert all(g.instance_type.split(".")[0] in ("c6i", "c7g") for g in plan.groups)
+
+
+def test_simple_plan_fills_servers_evenly_with_copies_apart(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = ["plan", "--simple", "--servers", "3", "--copies", "2", "--repository", str(_repo(tmp_path / "r"))]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    assert plan.created_by == "simple"
+    assert [g.instance_type for g in plan.groups] == ["local"]
+    assert plan.placement() == {"alpha": ["server-0", "server-1"], "beta": ["server-0", "server-2"]}
+
+
+def test_simple_plan_even_counts_and_errors() -> None:
+    plan = simple_plan([f"m{i}" for i in range(10)], 4, 3, cpu_per_server=0.5, memory_mb_per_server=1000)
+    counts = [len(s.models) for s in plan.servers()]
+    assert sum(counts) == 30 and max(counts) - min(counts) <= 1
+    assert all(len(set(v)) == 3 for v in plan.placement().values())
+    with pytest.raises(PlanError, match="need at least"):
+        simple_plan(["a"], 2, 3, cpu_per_server=1, memory_mb_per_server=1)
+
+
+def test_cli_errors_are_inferpack_errors(tmp_path: Path) -> None:
+    csv = _csv(tmp_path / "m.csv", 3)
+    result = runner.invoke(app, ["plan", "--simple", "--models", str(csv)])
+    assert isinstance(result.exception, ConfigError)
+    result = runner.invoke(app, ["plan", "--models", str(csv), "--repository", str(tmp_path)])
+    assert isinstance(result.exception, ConfigError)
+    args = ["plan", "--models", str(csv), "--instance-types", "c5.*", "--slo-p90-ms", "5"]
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, PlanError)
+
+
+def test_repository_reading_uses_manifest_footprint_else_file_size(tmp_path: Path) -> None:
+    models = read_repository(_repo(tmp_path / "r"), "bert-base", 2.0)
+    assert [m.id for m in models] == ["alpha", "beta"]
+    assert models[0].memory_mb == 321.5
+    assert models[1].memory_mb == pytest.approx(model_memory_mb(tmp_path / "r" / "beta" / "1"))
+    assert 10 < models[1].memory_mb < 60
+    assert all(m.rate_rps == 2.0 for m in models)
+
+
+def test_csv_errors_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "m.csv"
+    f.write_text("id,memory_mb,rate_rps\na,100,1\nb,lots,1\n")
+    with pytest.raises(ConfigError, match=":3:"):
+        read_models_csv(f, "bert-base")
+    f.write_text("id,memory\na,1\n")
+    with pytest.raises(ConfigError, match="header"):
+        read_models_csv(f, "bert-base")
+    f.write_text("id,memory_mb,rate_rps,model_class\n../x,100,1,minilm-l6\n")
+    with pytest.raises(ConfigError, match="invalid model id"):
+        read_models_csv(f, "bert-base")
