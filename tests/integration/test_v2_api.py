@@ -9,8 +9,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tests.integration.conftest import RunningServer
 from tritonclient.utils import InferenceServerException
+
+from tests.integration.conftest import RunningServer
 
 
 def _qa_inputs(binary: bool, n: int = 1) -> list[triton.InferInput]:

@@ -1,0 +1,128 @@
+"""Server options against real servers: auth, repository API switch, lazy loading, graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inferpack.settings import AuthSettings
+from tests.integration.conftest import running_server
+
+
+def test_bearer_auth_for_inference_and_admin_token(demo_repo: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# tenants\nalpha-token\n\nbeta-token\n")
+    auth = AuthSettings(tokens_file=tokens, admin_token="root-token")
+    with running_server(demo_repo, models=["cls-0000"], auth=auth) as s, httpx.Client(base_url=s.url) as c:
+        assert c.get("/").status_code == 200 and c.get("/v2/health/ready").status_code == 200  # probes open
+        r = c.get("/predictions/cls-0000")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/predictions/cls-0000", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            c.get("/predictions/cls-0000", headers={"Authorization": "Bearer beta-token"}).status_code == 200
+        )
+        admin = c.post("/v2/repository/index", headers={"Authorization": "Bearer alpha-token"})
+        assert admin.status_code == 401  # inference tokens do not open the repository API
+        assert (
+            c.post("/v2/repository/index", headers={"Authorization": "Bearer root-token"}).status_code == 200
+        )
+
+
+def test_repository_api_can_be_switched_off(demo_repo: Path) -> None:
+    auth = AuthSettings(repository_api=False)
+    with running_server(demo_repo, models=["cls-0000"], auth=auth) as s, httpx.Client(base_url=s.url) as c:
+        r = c.post("/v2/repository/models/cls-0000/unload")
+        assert r.status_code == 403 and "switched off" in r.json()["error"]
+        assert c.get("/predictions/cls-0000").status_code == 200
+
+
+def test_lazy_load_marks_the_cold_request(demo_repo: Path) -> None:
+    with (
+        running_server(demo_repo, models=[], lazy_load=True) as s,
+        httpx.Client(base_url=s.url, timeout=60) as c,
+    ):
+        assert c.get("/v2/models/qa-0000/ready").status_code == 503
+        first = c.get("/predictions/qa-0000")
+        second = c.get("/predictions/qa-0000")
+        assert first.status_code == second.status_code == 200
+        assert first.headers["x-inferpack-model-load"] == "cold"
+        assert second.headers["x-inferpack-model-load"] == "warm"
+        assert c.get("/v2/models/qa-0000/ready").status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_requests_then_exits(demo_repo: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": "0"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inferpack.cli",
+            "serve",
+            "--repository",
+            str(demo_repo),
+            "--models",
+            "qa-0000",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.1)
+        statuses: list[int] = []
+        long_context = "The river runs past the mill and the old stone bridge. " * 30
+
+        def call() -> None:
+            r = httpx.post(
+                f"{url}/predictions/qa-0000", json={"seq_0": "What runs?", "seq_1": long_context}, timeout=60
+            )
+            statuses.append(r.status_code)
+
+        clients = [threading.Thread(target=call) for _ in range(16)]
+        for t in clients:
+            t.start()
+        # signal once the server has requests in flight (its metrics count queued work)
+        while "inferpack_queue_depth 0.0" in httpx.get(f"{url}/metrics").text and any(
+            t.is_alive() for t in clients
+        ):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        for t in clients:
+            t.join(timeout=60)
+        # uvicorn re-raises the signal after its graceful shutdown, so -SIGTERM is the normal exit status
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert statuses and all(code == 200 for code in statuses), statuses
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,138 @@
+"""The batcher with a controllable fake model: batching, shedding, cancellation, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from inferpack.errors import Overloaded, ShuttingDown
+from inferpack.runtime.batcher import InferencePool, ModelBatcher
+from inferpack.runtime.tasks import TextInput
+from inferpack.settings import BatchingSettings
+
+
+class GatedModel:
+    """predict() blocks until the test opens the gate; records every batch it ran."""
+
+    model_id = "fake"
+    version = 1
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[list[str]] = []
+        self.entered = threading.Semaphore(0)
+
+    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+        self.entered.release()
+        self.gate.wait(timeout=30)
+        self.batches.append([i.text for i in items])
+        return [{"echo": i.text} for i in items]
+
+
+async def _entered(model: GatedModel) -> None:
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.acquire)
+
+
+async def test_waiting_requests_form_one_batch() -> None:
+    model = GatedModel()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=8, max_wait_ms=0, max_queue=64))  # type: ignore[arg-type]
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)  # the only thread is busy with "a"
+    rest = [asyncio.create_task(batcher.submit(TextInput(t))) for t in "bcde"]
+    while batcher.queue_depth < 4:
+        await asyncio.sleep(0)
+    model.gate.set()
+    assert (await first)["echo"] == "a"
+    assert [r["echo"] for r in await asyncio.gather(*rest)] == list("bcde")
+    assert model.batches == [["a"], ["b", "c", "d", "e"]]
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_batches_are_capped_at_max_batch_size() -> None:
+    model = GatedModel()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=2, max_wait_ms=0, max_queue=64))  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(batcher.submit(TextInput(str(i)))) for i in range(5)]
+    await _entered(model)
+    model.gate.set()
+    await asyncio.gather(*tasks)
+    assert max(len(b) for b in model.batches) <= 2
+    assert sorted(x for b in model.batches for x in b) == [str(i) for i in range(5)]
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_full_queue_sheds_with_overloaded() -> None:
+    model = GatedModel()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=1, max_wait_ms=0, max_queue=2))  # type: ignore[arg-type]
+    running = asyncio.create_task(batcher.submit(TextInput("run")))
+    await _entered(model)
+    queued = [asyncio.create_task(batcher.submit(TextInput(f"q{i}"))) for i in range(2)]
+    while batcher.queue_depth < 2:
+        await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:
+        await batcher.submit(TextInput("too many"))
+    assert info.value.retry_after_s >= 1
+    model.gate.set()
+    await asyncio.gather(running, *queued)  # the admitted ones still complete
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_cancelled_requests_are_skipped() -> None:
+    model = GatedModel()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=8, max_wait_ms=0, max_queue=64))  # type: ignore[arg-type]
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    gone = asyncio.create_task(batcher.submit(TextInput("gone")))
+    kept = asyncio.create_task(batcher.submit(TextInput("kept")))
+    while batcher.queue_depth < 2:
+        await asyncio.sleep(0)
+    gone.cancel()
+    model.gate.set()
+    await first
+    assert (await kept)["echo"] == "kept"
+    assert ["gone"] not in model.batches and all("gone" not in b for b in model.batches)
+    await batcher.close()
+    pool.shutdown()
+
+
+async def test_close_drains_queued_work_then_refuses() -> None:
+    model = GatedModel()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=1, max_wait_ms=0, max_queue=8))  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(batcher.submit(TextInput(str(i)))) for i in range(3)]
+    await _entered(model)
+    closing = asyncio.create_task(batcher.close(drain=True))
+    await asyncio.sleep(0)
+    with pytest.raises(ShuttingDown):
+        await batcher.submit(TextInput("late"))
+    model.gate.set()
+    await closing
+    assert [t.result()["echo"] for t in tasks] == ["0", "1", "2"]
+    pool.shutdown()
+
+
+async def test_model_errors_reach_every_caller_and_the_batcher_survives() -> None:
+    class Failing(GatedModel):
+        def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+            if items[0].text == "boom":
+                raise RuntimeError("kaboom")
+            return super().predict(items)
+
+    model = Failing()
+    model.gate.set()
+    pool = InferencePool(threads=1)
+    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=4, max_wait_ms=0, max_queue=8))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="kaboom"):
+        await batcher.submit(TextInput("boom"))
+    assert (await batcher.submit(TextInput("fine")))["echo"] == "fine"
+    await batcher.close()
+    pool.shutdown()

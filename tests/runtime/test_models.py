@@ -1,0 +1,76 @@
+"""Demo models and the runtime on the real MiniLM weights: uniqueness, tasks, dtypes, truncation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inferpack.repository import LocalRepository
+from inferpack.repository.demo import make_demo_models
+from inferpack.runtime.modeling import load_model
+from inferpack.runtime.tasks import TextInput
+
+
+def test_demo_models_are_unique_and_idempotent(tmp_path: Path) -> None:
+    ids = make_demo_models(tmp_path, 3, task="feature-extraction", prefix="t")
+    assert ids == ["t-0000", "t-0001", "t-0002"]
+    assert make_demo_models(tmp_path, 3, task="feature-extraction", prefix="t") == ids  # nothing rewritten
+    repo = LocalRepository(tmp_path)
+    vecs = [
+        load_model(repo, m, dtype="fp32").predict([TextInput("the same sentence")])[0]["embedding"]
+        for m in ids
+    ]
+    assert not np.allclose(vecs[0], vecs[1]) and not np.allclose(vecs[1], vecs[2])
+    # a perturbation, not a different model: the real MiniLM semantics survive
+    assert float(np.dot(vecs[0], vecs[1])) > 0.9
+    manifest = repo.manifest(ids[0])
+    assert "untrained" in manifest.description and manifest.tokenizer.startswith("../../_shared/")
+
+
+def test_embeddings_are_meaningful(demo_repo: Path) -> None:
+    model = load_model(LocalRepository(demo_repo), "emb-0000", dtype="fp32")
+    a, b, c = (
+        r["embedding"]
+        for r in model.predict(
+            [
+                TextInput("A man is playing a guitar."),
+                TextInput("Someone plays an instrument."),
+                TextInput("The stock market fell today."),
+            ]
+        )
+    )
+    assert float(np.dot(a, b)) > float(np.dot(a, c))
+
+
+def test_bf16_agrees_with_fp32(demo_repo: Path) -> None:
+    repo = LocalRepository(demo_repo)
+    fp32 = load_model(repo, "emb-0000", dtype="fp32")
+    bf16 = load_model(repo, "emb-0000", dtype="bf16")
+    assert bf16.dtype == torch.bfloat16
+    texts = [
+        TextInput("inference at scale"),
+        TextInput("a much longer sentence about serving thousands of models"),
+    ]
+    for x, y in zip(fp32.predict(texts), bf16.predict(texts), strict=True):
+        assert float(np.dot(x["embedding"], y["embedding"])) > 0.999
+
+
+def test_dynamic_padding_gives_the_same_result_alone_or_batched(demo_repo: Path) -> None:
+    model = load_model(LocalRepository(demo_repo), "qa-0000", dtype="fp32")
+    short = TextInput("Who?", "Ann met Bob at noon.")
+    long = TextInput(
+        "Where did they meet?", "Ann met Bob at noon, by the fountain in the middle of the old square."
+    )
+    alone = model.predict([short])[0]
+    batched = model.predict([short, long])[0]
+    assert alone["answer"] == batched["answer"]
+    assert abs(alone["score"] - batched["score"]) < 1e-4
+
+
+def test_truncation_keeps_question_and_cuts_context(demo_repo: Path) -> None:
+    model = load_model(LocalRepository(demo_repo), "qa-0000", dtype="fp32", max_sequence_length=32)
+    batch = model.tokenizer.encode([TextInput("What is it?", "word " * 500)])
+    assert batch.input_ids.shape[1] == 32
+    assert model.predict([TextInput("q " * 100, "context " * 100)])[0]["answer"] is not None
