@@ -44,7 +44,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after a grace period (weed may ignore SIGTERM)."""
     if proc.poll() is not None:
         return
@@ -68,7 +68,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [str(WEED), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
     cmd += [f"-master.port={master}", f"-volume.port={volume}", "-filer", f"-filer.port={filer}"]
     cmd += ["-s3", f"-s3.port={s3}", f"-master.port.grpc={master_g}", f"-volume.port.grpc={volume_g}"]
-    cmd += [f"-filer.port.grpc={filer_g}", f"-s3.port.grpc={s3_g}", "-master.volumeSizeLimitMB=64"]
+    cmd += [
+        f"-filer.port.grpc={filer_g}",
+        f"-s3.port.grpc={s3_g}",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=64",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{s3}"
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
@@ -305,3 +310,80 @@ def test_models_push_cli(tmp_path: Path, bucket: str) -> None:
     assert "uploaded 12" in proc.stdout + proc.stderr
     assert open_s3_repository(f"s3://{bucket}/cli", cache_dir=tmp_path / "c").model_ids() == ["a", "b"]
     shutil.rmtree(tmp_path / "c")
+
+
+class _Server:
+    """A real server (uvicorn, port 0) in a thread, on a given repository object."""
+
+    def __init__(self, settings: Any, repository: Any) -> None:
+        import uvicorn
+
+        from inferpack.server.app import create_app
+
+        config = uvicorn.Config(
+            create_app(settings, repository), host="127.0.0.1", port=0, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 180
+        while not self.server.started:  # set after the lifespan loaded the start-up models
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+@pytest.mark.slow
+def test_server_from_s3_answers_and_restarts_from_cache_without_s3(tmp_path: Path, bucket: str) -> None:
+    """Push a real (demo MiniLM) repository, serve it from s3://, then serve it again with S3 gone."""
+    import httpx
+
+    from inferpack.repository.demo import make_demo_models
+    from inferpack.settings import ServerSettings
+
+    local = tmp_path / "repo"
+    ids = make_demo_models(local, 2, task="question-answering", prefix="s3qa")
+    push_repository(local, f"s3://{bucket}/zoo")
+    cache = tmp_path / "cache"
+    settings = ServerSettings(repository=tmp_path / "unused", models=ids, inference_threads=1)
+    params = {"seq_0": "How many trees?", "seq_1": "Alice planted seven apple trees behind the old mill."}
+
+    def ask(url: str) -> list[str]:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/v2/health/ready").status_code == 200
+            return [client.get(f"/predictions/{m}", params=params).json()["detail"] for m in ids]
+
+    with _Server(settings, open_s3_repository(f"s3://{bucket}/zoo", cache_dir=cache)) as from_s3:
+        answers = ask(from_s3.url)
+    assert all(a in params["seq_1"] for a in answers)
+    with _Server(settings, LocalRepository(local)) as from_disk:
+        assert ask(from_disk.url) == answers  # same files, same answers
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    offline_client = make_s3_client(f"http://127.0.0.1:{dead.getsockname()[1]}")
+    dead.close()
+    offline = S3Repository(parse_s3_uri(f"s3://{bucket}/zoo"), cache, offline_client)
+    with _Server(settings, offline) as restarted:
+        assert ask(restarted.url) == answers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ServerSettings.repository is a Path, which turns s3://b/p into s3:/b/p, so open_repository "
+    "never sees an s3:// URI; needs a str-typed (or URI-preserving) settings field",
+)
+def test_server_settings_keep_an_s3_repository_uri() -> None:
+    from inferpack.settings import load_settings
+
+    settings = load_settings(None, {"server": {"repository": "s3://bucket/prefix"}})
+    assert str(settings.server.repository) == "s3://bucket/prefix"
