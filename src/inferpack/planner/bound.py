@@ -32,6 +32,7 @@ class BoundResult:
     value: float
     integer_servers: bool
     preferred_types: IntArray  # (n,) a type for each model, from the relaxation's solution
+    servers_by_type: FloatArray  # (T,) the relaxation's server counts (n_t)
 
 
 def _round_down(values: FloatArray, ratio: float) -> tuple[IntArray, FloatArray]:
@@ -60,21 +61,29 @@ def lower_bound(
     grid_ratio: float = 1.02,
     integer_servers: bool | None = None,
     time_limit_s: float = 5.0,
+    max_columns: int = 60_000,
 ) -> BoundResult:
     """A lower bound on the cost per hour of any plan for `problem` (see the module docstring).
 
     `integer_servers` None means: integer server counts when the relaxation is small (where they tighten
     the bound cheaply), the LP otherwise."""
     n_t = problem.n_types
-    mem_idx, mem_rep = _round_down(problem.memory_mb, grid_ratio)
-    rate_idx, rate_rep = _round_down(problem.rate_per_copy, grid_ratio)
-    keys = np.stack([problem.class_index, mem_idx, rate_idx], axis=1)
-    _, first, group_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    # A coarser grid means fewer groups, a weaker but still valid bound, and a faster LP: coarsen until
+    # the LP is small enough to solve in a second or two.
+    for ratio in sorted({grid_ratio, 1.05, 1.1, 1.25, 1.5, 2.0}):
+        if ratio < grid_ratio:
+            continue
+        mem_idx, mem_rep = _round_down(problem.memory_mb, ratio)
+        rate_idx, rate_rep = _round_down(problem.rate_per_copy, ratio)
+        keys = np.stack([problem.class_index, mem_idx, rate_idx], axis=1)
+        _, first, group_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        d = demand_matrix(problem.class_index[first], mem_rep[first], rate_rep[first], problem.coef)
+        fits = np.all(d <= 1.0 + EPS, axis=2) & (problem.max_models >= 1)
+        if int(fits.sum()) <= max_columns:
+            break
     group_of = group_of.reshape(-1)
     n_g = len(first)
     copies_g = np.bincount(group_of, weights=problem.copies.astype(np.float64), minlength=n_g)
-    d = demand_matrix(problem.class_index[first], mem_rep[first], rate_rep[first], problem.coef)
-    fits = np.all(d <= 1.0 + EPS, axis=2) & (problem.max_models >= 1)
     big = d > 0.5  # (G, T, 3): two such copies cannot share a server, in that resource
 
     # Columns: n_t first, then one z per feasible (group, type), in group-major order.
@@ -143,6 +152,9 @@ def lower_bound(
         lp.integrality_ = [highspy.HighsVarType.kInteger] * n_t + [highspy.HighsVarType.kContinuous] * n_z
 
     h = new_highs(time_limit_s)
+    if not integer_servers:
+        # Interior point (with crossover) beats simplex by 2-5x on these wide, short LPs.
+        h.setOptionValue("solver", "ipm")
     h.passModel(lp)
     h.run()
     info = h.getInfo()
@@ -155,14 +167,31 @@ def lower_bound(
         value = float(info.objective_function_value) if status == highspy.HighsModelStatus.kOptimal else 0.0
     if not np.isfinite(value):
         value = 0.0
+    value = max(value, volume_bound(problem))
     # HiGHS solves to a relative tolerance: shave a hair so the bound never exceeds the true optimum.
     value = max(0.0, value * (1 - 1e-6))
 
-    z = np.asarray(h.getSolution().col_value, dtype=np.float64)[n_t:] if n_z else np.zeros(0)
+    cols = np.asarray(h.getSolution().col_value, dtype=np.float64)
     share = np.zeros((n_g, n_t))
-    if z.size == n_z:
-        share[zg, zt] = z
-    return BoundResult(value, integer_servers, _spread(share, group_of, problem))
+    servers = np.zeros(n_t)
+    if cols.size == n_t + n_z:
+        share[zg, zt] = cols[n_t:]
+        servers = cols[:n_t]
+    return BoundResult(value, integer_servers, _spread(share, group_of, problem), servers)
+
+
+def volume_bound(problem: Problem) -> float:
+    """A cheap valid bound: a server of price p whose resource r is a share u full costs at least p * u,
+    so each copy pays at least its cheapest price-weighted share of each resource (and of the model
+    limit); the largest of these sums bounds every plan."""
+    copies = problem.copies.astype(np.float64)
+    weighted = np.where(problem.fits[:, :, None], problem.demand * problem.prices[None, :, None], np.inf)
+    per_resource = (weighted.min(axis=1) * copies[:, None]).sum(axis=0)
+    if problem.max_models < (1 << 30):
+        cheapest = np.where(problem.fits, problem.prices[None, :], np.inf).min(axis=1)
+        per_resource = np.append(per_resource, float((cheapest * copies).sum()) / problem.max_models)
+    finite = per_resource[np.isfinite(per_resource)]
+    return float(finite.max()) * (1 - 1e-9) if finite.size else 0.0
 
 
 def _spread(share: FloatArray, group_of: IntArray, problem: Problem) -> IntArray:

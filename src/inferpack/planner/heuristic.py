@@ -88,14 +88,29 @@ def efficient_types(problem: Problem) -> IntArray:
     return np.asarray(np.argmin(score, axis=1), dtype=np.int64)
 
 
-def first_fit_decreasing(problem: Problem, preferred: IntArray) -> list[Server]:
-    """Place every copy by first fit in decreasing size; new servers use each model's preferred type."""
+def first_fit_decreasing(
+    problem: Problem, preferred: IntArray, preopen: list[int] | None = None
+) -> list[Server]:
+    """Place every copy by first fit in decreasing size; new servers use each model's preferred type.
+
+    `preopen` lists servers (by type) to open before placing anything, e.g. the LP's server counts
+    rounded: copies then fill those first, servers of the copy's preferred type before the others."""
     pref = np.where(problem.fits[np.arange(problem.n_models), preferred], preferred, efficient_types(problem))
     size = problem.demand[np.arange(problem.n_models), pref].max(axis=1)
     state = _State(problem)
+    for t in preopen or []:
+        state.open(t)
     for i in np.argsort(-size, kind="stable").tolist():
         k = int(problem.copies[i])
-        for s in state.candidates(i)[:k].tolist():
+        cands = state.candidates(i)
+        if preopen and cands.size:
+            # Servers of the preferred type first (where the relaxation put the model), and among them
+            # the one whose spare room lines up best with the model's demand (the dot-product rule for
+            # vector packing): memory-heavy cold models go where hot ones left memory free.
+            d = state.p.demand[i, state.stype[cands]]
+            score = (d * (1.0 - state.used[cands])).sum(axis=1) + (state.stype[cands] == pref[i]) * 10.0
+            cands = cands[np.argsort(-score, kind="stable")]
+        for s in cands[:k].tolist():
             state.add(i, s)
         while len(state.where[i]) < k:
             state.add(i, state.open(int(pref[i])))
@@ -188,19 +203,37 @@ def improve(
     return best
 
 
+def preopen_from_relaxation(servers_by_type: FloatArray, round_up: bool) -> list[int]:
+    """Servers to open first: the relaxation's count per type, rounded (accelerators first, as they
+    are the ones hot models need)."""
+    counts = np.ceil(servers_by_type - 1e-6) if round_up else np.floor(servers_by_type + 1e-6)
+    return [t for t in np.argsort(-servers_by_type).tolist() for _ in range(int(counts[t]))]
+
+
 def heuristic_packing(
-    problem: Problem, preferences: list[IntArray], max_rounds: int = 4, max_attempts: int = 400
+    problem: Problem,
+    preferences: list[IntArray],
+    max_rounds: int = 4,
+    max_attempts: int = 400,
+    servers_by_type: FloatArray | None = None,
 ) -> list[Server]:
-    """The cheapest packing found from each preferred-type assignment (FFD, then local search)."""
+    """The cheapest packing found from each start (FFD, then local search). Starts: each preferred-type
+    assignment given, the same with the relaxation's servers pre-opened (rounded up and down), and each
+    model's cheapest bottleneck type."""
     best: list[Server] | None = None
     best_cost = np.inf
+    starts: list[tuple[IntArray, list[int] | None]] = [(p, None) for p in preferences]
+    if servers_by_type is not None and preferences and servers_by_type.sum() > 0:
+        for up in (True, False):
+            starts.append((preferences[0], preopen_from_relaxation(servers_by_type, up)))
+    starts.append((efficient_types(problem), None))
     seen: set[bytes] = set()
-    for pref in [*preferences, efficient_types(problem)]:
-        key = pref.tobytes()
+    for pref, pre in starts:
+        key = pref.tobytes() + np.asarray(pre or [], dtype=np.int64).tobytes()
         if key in seen:
             continue
         seen.add(key)
-        packing = improve(problem, first_fit_decreasing(problem, pref), max_rounds, max_attempts)
+        packing = improve(problem, first_fit_decreasing(problem, pref, pre), max_rounds, max_attempts)
         cost = packing_cost(problem, packing)
         if cost < best_cost:
             best, best_cost = packing, cost

@@ -61,7 +61,12 @@ def solve(
 ) -> Solution:
     """Plan `problem`: heuristic always (it seeds the MILP), the MILP when small or asked for."""
     bound = lower_bound(problem, time_limit_s=bound_time_limit_s)
-    servers = heuristic_packing(problem, [bound.preferred_types], max_rounds=local_search_rounds)
+    servers = heuristic_packing(
+        problem,
+        [bound.preferred_types],
+        max_rounds=local_search_rounds,
+        servers_by_type=bound.servers_by_type,
+    )
     errors = check_packing(problem, servers)
     if errors:  # a bug, not a user error: never hand out a plan that breaks a constraint
         raise AssertionError("heuristic produced an invalid packing: " + "; ".join(errors[:5]))
