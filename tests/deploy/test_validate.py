@@ -116,7 +116,7 @@ def test_an_overlay_can_patch_the_base(plan: Plan, tmp_path: Path) -> None:
                 "resources": ["../base"],
                 "images": [
                     {
-                        "name": FULL.image,
+                        "name": "inferpack",  # the image name without its tag, as docs/kubernetes.md shows
                         "newName": "123.dkr.ecr.eu-west-1.amazonaws.com/inferpack",
                         "newTag": "1.2",
                     }

@@ -226,6 +226,30 @@ def test_version_sync_checks_files_and_survives_restart_without_s3(tmp_path: Pat
         offline.version_dir("b", 1)
 
 
+def test_listing_is_refreshed_after_its_ttl(tmp_path: Path, bucket: str) -> None:
+    local = make_local_repo(tmp_path / "repo")
+    push_repository(local, f"s3://{bucket}/ttl")
+    now = [100.0]
+    repo = S3Repository(
+        parse_s3_uri(f"s3://{bucket}/ttl"),
+        tmp_path / "cache",
+        make_s3_client(),
+        listing_ttl_s=30,
+        clock=lambda: now[0],
+    )
+    assert repo.model_ids() == ["a", "b"]
+    (local / "c" / "1").mkdir(parents=True)
+    (local / "c" / "1" / "manifest.json").write_text((local / "b" / "1" / "manifest.json").read_text())
+    (local / "c" / "1" / "model.safetensors").write_bytes(b"c")
+    push_repository(local, f"s3://{bucket}/ttl")
+    now[0] += 29
+    assert repo.model_ids() == ["a", "b"], "within the TTL the listing is reused"
+    now[0] += 2
+    assert repo.model_ids() == ["a", "b", "c"]
+    repo.refresh()
+    assert repo.versions("c") == [1]
+
+
 def test_checksum_mismatch_is_refused_and_leaves_no_partial_version(tmp_path: Path, bucket: str) -> None:
     client = make_s3_client()
     name, _, top = bucket.partition("/")

@@ -155,6 +155,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
         "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(settings.auth.repository_api).lower(),
+        "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
     }

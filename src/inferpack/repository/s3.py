@@ -26,6 +26,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ SYNC_RECORD = ".inferpack-sync.json"
 SHA256_META = "sha256"
 DOWNLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20
+LISTING_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,15 @@ def _error_code(exc: BaseException) -> str:
 class S3Repository(LocalRepository):
     """A read-only repository in S3, served from a local cache (see the module docstring)."""
 
-    def __init__(self, location: S3Location, cache_dir: Path, client: Any) -> None:
+    def __init__(
+        self,
+        location: S3Location,
+        cache_dir: Path,
+        client: Any,
+        *,
+        listing_ttl_s: float = LISTING_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         root = (
             cache_dir / location.bucket / location.prefix if location.prefix else cache_dir / location.bucket
         )
@@ -125,6 +136,11 @@ class S3Repository(LocalRepository):
         self.location = location
         self.client = client
         self._index: dict[str, list[int]] | None = None
+        self._listed_at = 0.0
+        # The listing is kept for `listing_ttl_s`, so versions pushed later are seen without a restart,
+        # while a burst of lookups (a server loading hundreds of models) costs one listing.
+        self._ttl = listing_ttl_s
+        self._clock = clock
 
     def describe(self) -> str:
         """The S3 URI and the cache folder."""
@@ -152,30 +168,33 @@ class S3Repository(LocalRepository):
         return {model_id: sorted(versions) for model_id, versions in found.items()}
 
     def _versions_index(self) -> dict[str, list[int]]:
-        """The listing, cached; when S3 cannot be reached, the versions already in the local cache."""
-        if self._index is None:
-            try:
-                self._index = self._list_index()
-            except Exception as exc:
-                if not _is_transport_error(exc) and _error_code(exc) not in ("NoSuchBucket", "AccessDenied"):
-                    raise RepositoryError(f"listing {self.location.uri()} failed: {exc}") from exc
-                cached = {
-                    entry.name: self._version_numbers(entry)
-                    for entry in (self.root.iterdir() if self.root.is_dir() else [])
-                    if entry.is_dir() and is_valid_model_id(entry.name)
-                }
-                cached = {k: v for k, v in cached.items() if v}
-                if not cached:
-                    raise RepositoryError(
-                        f"cannot list {self.location.uri()} and the cache {self.root} is empty: {exc}",
-                        hint=f"check the bucket, credentials and {ENDPOINT_ENV}",
-                    ) from exc
-                # Serving what is cached beats refusing to start when S3 has a bad minute.
-                log.warning(
-                    "S3 listing of %s failed (%s); serving the cached versions", self.location.uri(), exc
-                )
-                return cached
-        return self._index
+        """The listing, kept `listing_ttl_s`; when S3 cannot be listed, the last listing, else the cache."""
+        if self._index is not None and self._clock() - self._listed_at <= self._ttl:
+            return self._index
+        try:
+            self._index = self._list_index()
+            self._listed_at = self._clock()
+            return self._index
+        except Exception as exc:
+            if not _is_transport_error(exc) and _error_code(exc) not in ("NoSuchBucket", "AccessDenied"):
+                raise RepositoryError(f"listing {self.location.uri()} failed: {exc}") from exc
+            # Serving what we know beats refusing to start (or to serve) when S3 has a bad minute.
+            log.warning("S3 listing of %s failed (%s); using what is known", self.location.uri(), exc)
+            if self._index is not None:
+                self._listed_at = self._clock()  # try S3 again after another TTL, not on every call
+                return self._index
+            cached = {
+                entry.name: self._version_numbers(entry)
+                for entry in (self.root.iterdir() if self.root.is_dir() else [])
+                if entry.is_dir() and is_valid_model_id(entry.name)
+            }
+            cached = {k: v for k, v in cached.items() if v}
+            if not cached:
+                raise RepositoryError(
+                    f"cannot list {self.location.uri()} and the cache {self.root} is empty: {exc}",
+                    hint=f"check the bucket, credentials and {ENDPOINT_ENV}",
+                ) from exc
+            return cached
 
     def model_ids(self) -> list[str]:
         """Every model id with at least one version in the bucket."""
