@@ -1,0 +1,126 @@
+"""Planner benchmark: cost, lower bound, gap, saving over naive packing, and planning time.
+
+Plans N bert-base-class models with a skewed (lognormal) request-rate distribution over the shipped
+catalog and reference profiles, and prints the figures recorded in docs/benchmarks.md:
+
+    .venv/bin/python bench/bench_planner.py                      # 3,000 and 10,000 models, P90 100 ms
+    .venv/bin/python bench/bench_planner.py --models 3000 --slo-sweep 50,100,200,400
+
+Planning time (wall-clock, and CPU time of this process, since the cores may be shared) covers
+everything `inferpack plan` does after reading its inputs: building the problem, the lower bound, the
+heuristic and the naive baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+
+from inferpack.planner.catalog import load_catalog
+from inferpack.planner.packing import check_packing, packing_cost
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
+from inferpack.planner.profiles import load_profiles
+from inferpack.planner.solve import solve
+
+
+@contextlib.contextmanager
+def quiet_fd1() -> Iterator[None]:
+    """HiGHS prints a banner to fd 1 once per process; keep the benchmark's output clean."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def make_models(n: int, seed: int, median_rps: float, sigma: float) -> list[ModelDemand]:
+    """n bert-base-class models: memory 420-500 MB, rates lognormal (median, sigma), one per tenant."""
+    rng = np.random.default_rng(seed)
+    memory = rng.uniform(420, 500, n)
+    rates = rng.lognormal(np.log(median_rps), sigma, n)
+    return [ModelDemand(f"tenant-{i:05d}", float(memory[i]), float(rates[i])) for i in range(n)]
+
+
+def run(n: int, args: argparse.Namespace, slo_ms: float) -> dict[str, object]:
+    """Plan once and return the figures."""
+    models = make_models(n, args.seed, args.median_rps, args.sigma)
+    catalog, profiles = load_catalog(), load_profiles()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    problem = build_problem(models, catalog, profiles, PlanOptions(slo_p90_ms=slo_ms))
+    with quiet_fd1():
+        solution = solve(problem, method="heuristic")
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    assert check_packing(problem, solution.servers) == []
+    rates = np.array([m.rate_rps for m in models])
+    top = np.sort(rates)[::-1][: max(1, n // 100)].sum() / rates.sum()
+    naive_cost = packing_cost(problem, solution.naive.servers) if solution.naive else float("nan")
+    mix = Counter(problem.types[s.type_index].name for s in solution.servers)
+    return {
+        "models": n,
+        "slo_ms": slo_ms,
+        "total_rps": float(rates.sum()),
+        "top1pct_share": float(top),
+        "cost": solution.cost,
+        "bound": solution.lower_bound,
+        "gap": solution.gap,
+        "naive_cost": naive_cost,
+        "naive_type": problem.types[solution.naive.type_index].name if solution.naive else "-",
+        "naive_servers": len(solution.naive.servers) if solution.naive else 0,
+        "saving": 1 - solution.cost / naive_cost if solution.naive else float("nan"),
+        "mix": ", ".join(f"{count} x {name}" for name, count in sorted(mix.items())),
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+    }
+
+
+def main() -> None:
+    """Parse flags, run each size (and the optional objective sweep), print a table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="3000,10000", help="comma-separated model counts")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--median-rps", type=float, default=0.1, help="median request rate per model")
+    parser.add_argument("--sigma", type=float, default=1.8, help="lognormal sigma of the rates (skew)")
+    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--slo-sweep", default="", help="comma-separated objectives for a cost curve")
+    args = parser.parse_args()
+
+    print(f"cpu cores: {os.cpu_count()}; rates lognormal(median {args.median_rps}, sigma {args.sigma})")
+    for n in [int(x) for x in args.models.split(",") if x]:
+        r = run(n, args, args.slo_ms)
+        print(
+            f"\n{r['models']} models, P90 <= {r['slo_ms']:g} ms, total {r['total_rps']:.0f} req/s "
+            f"(top 1% of models: {r['top1pct_share']:.0%} of requests)\n"
+            f"  plan:        {r['cost']:.2f} USD/h  [{r['mix']}]\n"
+            f"  lower bound: {r['bound']:.2f} USD/h  gap {r['gap']:.1%}\n"
+            f"  naive:       {r['naive_cost']:.2f} USD/h  ({r['naive_servers']} x {r['naive_type']}, "
+            f"models dealt evenly)  saving {r['saving']:.1%}\n"
+            f"  planning time: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU"
+        )
+    sweep = [float(x) for x in args.slo_sweep.split(",") if x]
+    if sweep:
+        n = int(args.models.split(",")[0])
+        print(f"\ncost versus P90 objective ({n} models):")
+        print("  P90 ms | plan USD/h | bound | gap | naive USD/h | mix")
+        for slo in sweep:
+            r = run(n, args, slo)
+            print(
+                f"  {slo:6g} | {r['cost']:10.2f} | {r['bound']:5.2f} | {r['gap']:4.1%} | "
+                f"{r['naive_cost']:11.2f} | {r['mix']}"
+            )
+
+
+if __name__ == "__main__":
+    main()
