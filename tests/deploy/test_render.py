@@ -194,6 +194,31 @@ def test_service_account_irsa_and_prepull(plan: Plan) -> None:
     assert not by_kind(render_manifests(plan, ServerSettings(), RenderOptions(prepull=False)), "DaemonSet")
 
 
+def test_accelerator_groups_get_their_own_images(plan: Plan) -> None:
+    options = RenderOptions(
+        image="r/inferpack:cpu", cuda_image="r/inferpack:cuda", neuron_image="r/inferpack:neuron"
+    )
+    manifests = render_manifests(plan, ServerSettings(), options)
+    deployments = by_kind(manifests, "Deployment")
+    assert container(deployments["srv-g5-0"])["image"] == "r/inferpack:cuda"
+    assert container(deployments["srv-inf2-1"])["image"] == "r/inferpack:neuron"
+    assert container(deployments["srv-c7g-0"])["image"] == "r/inferpack:cpu"
+    assert container(deployments["router"])["image"] == "r/inferpack:cpu"
+    pulls = {
+        d["metadata"]["annotations"]["inferpack.dev/instance-type"]: d["spec"]["template"]["spec"][
+            "initContainers"
+        ][0]["image"]
+        for d in by_kind(manifests, "DaemonSet").values()
+    }
+    assert pulls == {
+        "c7i.2xlarge": "r/inferpack:cpu",
+        "c7g.xlarge": "r/inferpack:cpu",
+        "g5.xlarge": "r/inferpack:cuda",
+        "inf2.xlarge": "r/inferpack:neuron",
+    }
+    assert container(deployments["srv-g5-0"])["image"] == "r/inferpack:cuda"
+
+
 def test_local_repository_is_mounted_from_a_claim(plan: Plan) -> None:
     options = RenderOptions(repository="team/repo", repository_pvc="models-claim")
     dep = by_kind(render_manifests(plan, ServerSettings(), options), "Deployment")["srv-c7i-0"]

@@ -51,6 +51,10 @@ def render(
     plan: PlanOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the kustomize base.")] = Path("k8s"),
     image: Annotated[str | None, typer.Option(help="Container image (registry/name:tag).")] = None,
+    cuda_image: Annotated[str | None, typer.Option(help="Image for cuda groups (default: --image).")] = None,
+    neuron_image: Annotated[
+        str | None, typer.Option(help="Image for neuron groups (default: --image).")
+    ] = None,
     namespace: NamespaceOpt = "inferpack",
     repository: Annotated[
         str | None, typer.Option(help="s3://bucket/prefix, or a path on the models PVC (default: plan's).")
@@ -92,6 +96,8 @@ def render(
     defaults = RenderOptions()
     options = RenderOptions(
         image=image or defaults.image,
+        cuda_image=cuda_image,
+        neuron_image=neuron_image,
         namespace=namespace,
         repository=repository,
         role_arn=role_arn,

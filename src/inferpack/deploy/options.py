@@ -45,6 +45,8 @@ class RenderOptions:
     """
 
     image: str = f"inferpack:{__version__}"
+    cuda_image: str | None = None
+    neuron_image: str | None = None
     image_pull_policy: str = "IfNotPresent"
     namespace: str = "inferpack"
     repository: str | None = None
@@ -70,6 +72,16 @@ class RenderOptions:
     bench_cpu: str = "1"
     bench_memory: str = "1Gi"
     extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+def image_for(target: str, options: RenderOptions) -> str:
+    """The image of a target: servers on GPUs need the CUDA build of torch, Neuron the Neuron SDK's;
+    CPU servers (x86_64 and Graviton, through a multi-arch tag), the router and load tests use `image`."""
+    if target == "cuda" and options.cuda_image:
+        return options.cuda_image
+    if target == "neuron" and options.neuron_image:
+        return options.neuron_image
+    return options.image
 
 
 def k8s_name(prefix: str, name: str) -> str:

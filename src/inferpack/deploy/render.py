@@ -16,6 +16,7 @@ from inferpack.deploy.options import (
     DEFAULT_PORT,
     LABEL_COMPONENT,
     RenderOptions,
+    image_for,
     k8s_name,
 )
 from inferpack.deploy.servers import (
@@ -255,14 +256,15 @@ def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
     the pod alive at near-zero cost so new nodes of the type pull the image as soon as they join.
     """
     out: list[Manifest] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for group in plan.groups:
-        key = (group.instance_type, group.architecture)
+        key = (group.instance_type, group.architecture, group.target)
         if key in seen:
             continue
         seen.add(key)
         name = k8s_name(
-            "prepull", group.instance_type.replace(".", "-") + f"-{group.architecture.replace('_', '-')}"
+            "prepull",
+            group.instance_type.replace(".", "-") + f"-{group.architecture.replace('_', '-')}-{group.target}",
         )
         selector = {LABEL_COMPONENT: "prepull", "inferpack.dev/prepull": name}
         small = {"cpu": "10m", "memory": "32Mi"}
@@ -274,7 +276,7 @@ def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
             "initContainers": [
                 {
                     "name": "pull",
-                    "image": options.image,
+                    "image": image_for(group.target, options),
                     "imagePullPolicy": options.image_pull_policy,
                     "command": ["inferpack", "version"],
                     "env": writable_env(),

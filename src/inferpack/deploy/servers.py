@@ -23,6 +23,7 @@ from inferpack.deploy.options import (
     MODELS_MOUNT,
     ZONE_LABEL,
     RenderOptions,
+    image_for,
     k8s_name,
 )
 from inferpack.errors import PlanError
@@ -248,7 +249,7 @@ def render_server(
     command += ["--models", ",".join(server.models), "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]
     container: Manifest = {
         "name": "server",
-        "image": options.image,
+        "image": image_for(group.target, options),
         "imagePullPolicy": options.image_pull_policy,
         "command": command,
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
