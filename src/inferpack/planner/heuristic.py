@@ -104,11 +104,15 @@ def first_fit_decreasing(
         k = int(problem.copies[i])
         cands = state.candidates(i)
         if preopen and cands.size:
-            # Servers of the preferred type first (where the relaxation put the model), and among them
-            # the one whose spare room lines up best with the model's demand (the dot-product rule for
-            # vector packing): memory-heavy cold models go where hot ones left memory free.
+            # Pre-opened servers of the preferred type first (where the relaxation put the model), and
+            # among them the one whose spare room lines up best with the model's demand (the dot-product
+            # rule for vector packing): memory-heavy cold models go where hot ones left memory free.
+            # Servers opened later stay in first-fit order, so the overflow fills one server at a time
+            # and the last, part-full one can be right-sized to a smaller type.
             d = state.p.demand[i, state.stype[cands]]
-            score = (d * (1.0 - state.used[cands])).sum(axis=1) + (state.stype[cands] == pref[i]) * 10.0
+            pre = cands < len(preopen)
+            score = (d * (1.0 - state.used[cands])).sum(axis=1) * pre
+            score += (state.stype[cands] == pref[i]) * pre * 10.0 + pre * 10.0
             cands = cands[np.argsort(-score, kind="stable")]
         for s in cands[:k].tolist():
             state.add(i, s)
@@ -203,11 +207,21 @@ def improve(
     return best
 
 
-def preopen_from_relaxation(servers_by_type: FloatArray, round_up: bool) -> list[int]:
-    """Servers to open first: the relaxation's count per type, rounded (accelerators first, as they
-    are the ones hot models need)."""
-    counts = np.ceil(servers_by_type - 1e-6) if round_up else np.floor(servers_by_type + 1e-6)
+def preopen_from_relaxation(servers_by_type: FloatArray, floor_types: set[int] | None = None) -> list[int]:
+    """Servers to open first: the relaxation's count per type rounded up, except the types in
+    `floor_types` (None: every type), which are rounded down."""
+    down = set(range(len(servers_by_type))) if floor_types is None else floor_types
+    counts = [
+        np.floor(n + 1e-6) if t in down else np.ceil(n - 1e-6) for t, n in enumerate(servers_by_type.tolist())
+    ]
     return [t for t in np.argsort(-servers_by_type).tolist() for _ in range(int(counts[t]))]
+
+
+def rounding_variants(servers_by_type: FloatArray, max_types: int = 4) -> list[set[int] | None]:
+    """Roundings to try: all up, all down, and all up but one of the most fractional types down."""
+    frac = servers_by_type - np.floor(servers_by_type + 1e-6)
+    fractional = [int(t) for t in np.argsort(-frac) if frac[t] > 1e-6][:max_types]
+    return [set(), None, *({t} for t in fractional)]
 
 
 def heuristic_packing(
@@ -224,8 +238,8 @@ def heuristic_packing(
     best_cost = np.inf
     starts: list[tuple[IntArray, list[int] | None]] = [(p, None) for p in preferences]
     if servers_by_type is not None and preferences and servers_by_type.sum() > 0:
-        for up in (True, False):
-            starts.append((preferences[0], preopen_from_relaxation(servers_by_type, up)))
+        for floor_types in rounding_variants(servers_by_type):
+            starts.append((preferences[0], preopen_from_relaxation(servers_by_type, floor_types)))
     starts.append((efficient_types(problem), None))
     seen: set[bytes] = set()
     for pref, pre in starts:
