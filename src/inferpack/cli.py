@@ -15,6 +15,7 @@ from rich.table import Table
 from inferpack import __version__
 from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
+from inferpack.fleet.cli import register as register_fleet
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command
 from inferpack.repository.manifest import Task
@@ -33,6 +34,7 @@ app.add_typer(k8s_app, name="k8s")
 app.add_typer(eks_app, name="eks")
 app.add_typer(image_app, name="image")
 app.command("plan")(plan_command)
+register_fleet(app)  # up, status, logs, down, router, demo, config
 console = Console(stderr=True)
 out = Console()
 

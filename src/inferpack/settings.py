@@ -90,6 +90,49 @@ class ServerSettings(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
+ApiChoice = Literal["seed", "v2"]
+
+
+class FleetTestSettings(_Section):
+    """The load test `inferpack demo` runs through the router (see also `inferpack bench`)."""
+
+    models: int = Field(default=8, ge=1, description="Unique demo models to create.")
+    users: int = Field(default=4, ge=1, description="Closed-loop concurrent users.")
+    rate: float | None = Field(
+        default=None, gt=0, description="Open-loop request frequency (req/s); None runs a closed loop."
+    )
+    duration_s: float = Field(default=20.0, gt=0, description="Measured seconds of load.")
+    warmup_s: float = Field(default=2.0, ge=0, description="Seconds of load sent before measuring.")
+    workers: int = Field(default=1, ge=1, description="Load-generator processes.")
+    api: ApiChoice = Field(default="seed", description="seed (/predictions) or v2 (Open Inference Protocol).")
+
+
+class FleetSettings(_Section):
+    """The local fleet: server processes on this host behind one router (`inferpack up`)."""
+
+    run_dir: Path = Field(
+        default=Path(".inferpack/fleet"), description="State, plan, logs of the running fleet."
+    )
+    plan: Path | None = Field(default=None, description="Plan file; None makes a simple plan (below).")
+    servers: int = Field(default=2, ge=1, description="Servers of the simple plan.")
+    copies: int = Field(default=2, ge=1, description="Copies of each model in the simple plan.")
+    base_port: int = Field(
+        default=8101, ge=0, le=65535, description="Server i listens on base_port + i; 0 picks free ports."
+    )
+    router_port: int = Field(default=8100, ge=0, le=65535, description="Router port; 0 picks a free one.")
+    threads_per_server: int = Field(
+        default=0, ge=0, description="Inference threads per server; 0 splits the cores evenly (at least 1)."
+    )
+    ready_timeout_s: float = Field(default=180.0, gt=0, description="`up` fails if not ready by then.")
+    stop_timeout_s: float = Field(
+        default=20.0, ge=0, description="`down`: time to drain after SIGTERM before SIGKILL."
+    )
+    restart_backoff_s: float = Field(default=0.5, gt=0, description="First restart delay of a dead server.")
+    restart_backoff_max_s: float = Field(default=30.0, gt=0, description="Restart delay cap (doubling).")
+    upstream_timeout_s: float = Field(default=60.0, gt=0, description="Router: deadline per forwarded call.")
+    test: FleetTestSettings = Field(default_factory=FleetTestSettings)
+
+
 class Settings(BaseSettings):
     """Every setting inferpack reads, grouped by job. `inferpack config show` prints the effective values."""
 
@@ -101,6 +144,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,86 @@
+"""Placement and the router's choice of server: least outstanding requests among healthy copies.
+
+Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward and
+`mark_down`/`mark_up` from its failures and health probes. Everything runs on one event loop, so plain
+integers suffice (no locks).
+"""
+
+from __future__ import annotations
+
+from inferpack.plan import Plan
+
+
+class Balancer:
+    """Model -> servers holding it, with per-server outstanding counts and health."""
+
+    def __init__(self, placement: dict[str, list[str]]) -> None:
+        self.placement = {model: list(servers) for model, servers in placement.items()}
+        names = sorted({s for servers in self.placement.values() for s in servers})
+        self.outstanding: dict[str, int] = dict.fromkeys(names, 0)
+        self.forwarded: dict[str, int] = dict.fromkeys(names, 0)
+        self.healthy: dict[str, bool] = dict.fromkeys(names, True)
+        self._turn = 0
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> Balancer:
+        """A balancer for a plan's placement."""
+        return cls(plan.placement())
+
+    @property
+    def servers(self) -> list[str]:
+        """Every server that holds at least one model, sorted."""
+        return list(self.outstanding)
+
+    def holders(self, model: str) -> list[str] | None:
+        """Servers holding `model` in plan order, or None when no server holds it."""
+        return self.placement.get(model)
+
+    def choose(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> str | None:
+        """The server to send `model`'s next request to, or None when every holder is excluded.
+
+        Healthy holders come first; among them the fewest outstanding requests wins, ties taken in turn so
+        that an idle fleet still spreads its load. When every remaining holder is marked down they are
+        tried anyway: a mark may be older than the server's recovery, and a refused connection is cheap.
+        """
+        holders = self.placement.get(model)
+        if not holders:
+            return None
+        candidates = [s for s in holders if s not in exclude]
+        if not candidates:
+            return None
+        healthy = [s for s in candidates if self.healthy[s]]
+        pool = healthy or candidates
+        n = len(pool)
+        start = self._turn % n
+        self._turn += 1
+        best = pool[start]
+        for k in range(1, n):
+            server = pool[(start + k) % n]
+            if self.outstanding[server] < self.outstanding[best]:
+                best = server
+        return best
+
+    def acquire(self, server: str) -> None:
+        """A request to `server` starts."""
+        self.outstanding[server] += 1
+        self.forwarded[server] += 1
+
+    def release(self, server: str) -> None:
+        """A request to `server` ended (answered or failed)."""
+        self.outstanding[server] -= 1
+
+    def mark_down(self, server: str) -> None:
+        """Stop choosing `server` while others hold its models (a failed connection or probe)."""
+        self.healthy[server] = False
+
+    def mark_up(self, server: str) -> None:
+        """`server` answered its readiness probe again."""
+        self.healthy[server] = True
+
+    def ready(self) -> bool:
+        """Every placed model has at least one healthy copy."""
+        return all(any(self.healthy[s] for s in servers) for servers in self.placement.values())
+
+    def unavailable_models(self) -> list[str]:
+        """Models with no healthy copy, sorted."""
+        return sorted(m for m, servers in self.placement.items() if not any(self.healthy[s] for s in servers))

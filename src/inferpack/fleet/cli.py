@@ -1,0 +1,283 @@
+"""Commands of the local fleet: up, status, logs, down, router, demo, config show, and the hidden
+`fleet supervise`. Each parses flags into settings overrides and calls one function of `ops`/`demo`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from inferpack.fleet import ops
+from inferpack.fleet.state import FleetState, is_stale
+from inferpack.plan import load_plan
+from inferpack.settings import Settings, load_settings
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (default: ./inferpack.toml).")
+]
+RunDirOpt = Annotated[
+    Path | None, typer.Option("--run-dir", help="Run directory of the fleet (default: fleet.run_dir).")
+]
+
+fleet_app = typer.Typer(help="Internal commands of the local fleet.", hidden=True, no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _settings(config: Path | None, fleet: dict[str, Any], server: dict[str, Any] | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if fleet := _drop_none(fleet):
+        overrides["fleet"] = fleet
+    if server and (server := _drop_none(server)):
+        overrides["server"] = server
+    return load_settings(config, overrides)
+
+
+def _run_dir(config: Path | None, run_dir: Path | None) -> Path:
+    return run_dir if run_dir is not None else load_settings(config).fleet.run_dir
+
+
+def _fail(exc: ops.FleetError) -> None:
+    """Print the failing process's log tail (markup-free: logs contain brackets) before the error."""
+    if exc.log_tail:
+        console.rule("log tail")
+        console.print(escape(exc.log_tail), highlight=False)
+        console.rule()
+
+
+def up_command(
+    plan: Annotated[Path | None, typer.Option("--plan", help="Plan file (default: a simple plan).")] = None,
+    repository: Annotated[
+        Path | None, typer.Option(help="Model repository (default: server.repository).")
+    ] = None,
+    servers: Annotated[int | None, typer.Option(min=1, help="Servers of the simple plan.")] = None,
+    copies: Annotated[int | None, typer.Option(min=1, help="Copies per model in the simple plan.")] = None,
+    base_port: Annotated[int | None, typer.Option(help="First server port (0: free ports).")] = None,
+    router_port: Annotated[int | None, typer.Option(help="Router port (0: a free one).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads per server (0: split cores).")
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Start the local fleet (servers + router) in the background; return once all are ready."""
+    settings = _settings(
+        config,
+        {
+            "plan": plan,
+            "servers": servers,
+            "copies": copies,
+            "base_port": base_port,
+            "router_port": router_port,
+            "threads_per_server": threads,
+            "run_dir": run_dir,
+        },
+        {"repository": repository},
+    )
+    state = start_with_progress(settings, config)
+    print_summary(state, settings.fleet.run_dir)
+
+
+def start_with_progress(settings: Settings, config: Path | None, plan: Any = None) -> FleetState:
+    """`ops.up` with a live line per process; the failing log tail is printed on failure."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def show(state: FleetState) -> None:
+            for p in [*state.servers, state.router]:
+                if p.name not in tasks:
+                    tasks[p.name] = progress.add_task("", total=1)
+                label = f"{p.name:<10} :{p.port}  {len(p.models) or '-':>4} models  {p.status}"
+                progress.update(tasks[p.name], description=label, completed=p.status == "ready")
+
+        try:
+            return ops.up(settings, plan, config=config, on_progress=show)
+        except ops.FleetError as exc:
+            progress.stop()
+            _fail(exc)
+            raise
+
+
+def print_summary(state: FleetState, run_dir: Path) -> None:
+    """One line per server and the router's URL."""
+    table = Table(title="inferpack fleet")
+    for col in ("server", "pid", "url", "models", "threads"):
+        table.add_column(col)
+    for s in state.servers:
+        table.add_row(s.name, str(s.pid), s.url or "-", str(len(s.models)), str(s.threads))
+    out.print(table)
+    out.print(
+        f"router: [bold]{state.router.url}[/]   (run dir {run_dir}; `inferpack status`, `inferpack down`)"
+    )
+
+
+def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
+    """Show every fleet process: pid, port, models, ready, RSS, requests, restarts."""
+    _, state = ops.read_state(_run_dir(config, run_dir))
+    stale = is_stale(state)
+    table = Table(title=f"inferpack fleet: {state.phase}" + (" (STALE)" if stale else ""))
+    for col in ("server", "pid", "port", "models", "state", "ready", "RSS MB", "requests", "restarts"):
+        left = col in ("server", "models", "state")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("server", "state"))
+    for row in ops.status_rows(state):
+        models = f"{len(row.models)}: {row.models[0]}" if row.models else ""
+        models += " .." if len(row.models) > 1 else ""
+        table.add_row(
+            row.name,
+            str(row.pid) if row.alive else "-",
+            str(row.port),
+            models if row.role == "server" else "(all)",
+            row.status,
+            "[green]yes[/]" if row.ready else "[red]no[/]",
+            f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-",
+            f"{row.requests:.0f}" if row.requests is not None else "-",
+            str(row.restarts),
+        )
+    out.print(table)
+    if stale:
+        console.print(
+            "[yellow]stale state:[/] the supervisor is gone; `inferpack down` stops any leftover process "
+            "and marks the fleet stopped"
+        )
+    elif state.message:
+        console.print(escape(state.message))
+
+
+def logs_command(
+    server: Annotated[
+        str | None, typer.Argument(help="Process: a server name, router or supervisor.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="Lines of each log to show.")] = 40,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a process's log (all of them without SERVER); -f follows them."""
+    from inferpack.fleet.processes import tail
+
+    run, state = ops.read_state(_run_dir(config, run_dir))
+    files = ops.log_files(run, state, server)
+    for name, path in files:
+        if len(files) > 1:
+            out.rule(f"{name} ({path})")
+        text = tail(path, lines)
+        if text:
+            out.print(escape(text), highlight=False)
+    if follow:
+        try:
+            for name, line in ops.follow(files, lambda: False):
+                prefix = f"{name}: " if len(files) > 1 else ""
+                out.print(escape(prefix + line), highlight=False)
+        except KeyboardInterrupt:
+            return
+
+
+def down_command(
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for the supervisor before killing.")
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Stop the fleet: SIGTERM, servers drain in-flight requests, SIGKILL after the timeout."""
+    with console.status("stopping the fleet"):
+        state, left = ops.down(_run_dir(config, run_dir), timeout)
+    if left:
+        console.print(f"stopped {len(left)} leftover process(es): {', '.join(p.name for p in left)}")
+    console.print(f"fleet {state.phase}")
+
+
+def router_command(
+    plan: Annotated[Path, typer.Option(help="Plan file (which server holds which model).")],
+    server_map: Annotated[
+        Path, typer.Option("--server-map", help='Endpoints JSON {"format_version":1,"servers":{name: url}}.')
+    ],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8100,
+    upstream_timeout: Annotated[float, typer.Option(help="Deadline per forwarded request (s).")] = 60.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod)."""
+    from inferpack.deploy.endpoints import load_endpoints
+    from inferpack.fleet.router import serve_router
+
+    loaded = load_plan(plan)
+    endpoints = load_endpoints(server_map)
+    endpoints.check_covers(loaded)
+    serve_router(
+        loaded,
+        endpoints.servers,
+        host=host,
+        port=port,
+        upstream_timeout_s=upstream_timeout,
+        log_level=log_level,
+    )
+
+
+@fleet_app.command("supervise")
+def supervise_command(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory prepared by `up`.")],
+) -> None:
+    """Run and supervise the fleet of a run directory (started by `inferpack up`)."""
+    from inferpack.fleet.supervisor import supervise
+
+    sys.exit(supervise(run_dir))
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE as a flag would set it, e.g. fleet.servers=4."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """Print every effective setting and where it came from (default, file, env or flag)."""
+    from inferpack.fleet.configview import parse_assignments, show
+
+    path, rows = show(config, parse_assignments(set_ or []))
+    if as_json:
+        print(json.dumps({"config_file": str(path) if path else None, "settings": rows}, indent=1))
+        return
+    table = Table(title=f"effective settings (config file: {path or 'none'})")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("source")
+    colour = {"default": "dim", "file": "cyan", "env": "yellow", "flag": "green"}
+    for key, value, source in rows:
+        table.add_row(key, escape(json.dumps(value)), f"[{colour[source]}]{source}[/]")
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the fleet's commands to the main `inferpack` app."""
+    from inferpack.fleet.demo import demo_command
+
+    app.command("up")(up_command)
+    app.command("status")(status_command)
+    app.command("logs")(logs_command)
+    app.command("down")(down_command)
+    app.command("router")(router_command)
+    app.command("demo")(demo_command)
+    app.add_typer(config_app, name="config")
+    app.add_typer(fleet_app, name="fleet")

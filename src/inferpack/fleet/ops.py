@@ -1,0 +1,333 @@
+"""The Python API behind `inferpack up`, `status`, `logs` and `down`.
+
+`up` prepares the run directory (plan, endpoints, launch spec) and starts the supervisor detached (its own
+session, so closing the shell does not stop the fleet); every later command reads the state file the
+supervisor keeps, so they work from any shell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
+from inferpack.errors import ConfigError, InferpackError, PlanError
+from inferpack.fleet import processes as P
+from inferpack.fleet.state import (
+    FleetState,
+    ProcessState,
+    RunDir,
+    is_alive,
+    is_stale,
+    leftover_processes,
+    load_state,
+    save_state,
+)
+from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
+from inferpack.plan import Plan, load_plan, save_plan
+from inferpack.planner.naive import simple_plan
+from inferpack.repository.local import LocalRepository
+from inferpack.runtime.hardware import usable_cores
+from inferpack.settings import Settings
+
+POLL_S = 0.1
+
+
+class FleetError(InferpackError):
+    """The fleet could not start, or its state cannot be acted on. `log_tail` holds the failing log."""
+
+    def __init__(self, message: str, *, hint: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.log_tail = log_tail
+
+
+def local_plan(repository: Path, servers: int, copies: int) -> Plan:
+    """The naive plan for this machine (`inferpack plan --simple`): every model of the repository dealt
+    over `servers` local servers, `copies` copies each, cores and memory split evenly."""
+    ids = LocalRepository(repository).model_ids()
+    if not ids:
+        raise PlanError(f"no models in {repository}", hint="create some with `inferpack models demo`")
+    return simple_plan(
+        ids,
+        servers,
+        min(copies, servers),
+        cpu_per_server=max(usable_cores() / servers, 0.001),
+        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
+        repository=str(repository),
+    )
+
+
+def threads_per_server(configured: int, servers: int) -> int:
+    """Inference threads of each server: as configured, else the cores split evenly (at least one)."""
+    return configured or max(1, usable_cores() // max(servers, 1))
+
+
+def _ports(base_port: int, router_port: int, n: int) -> tuple[int, list[int]]:
+    """Router port and server ports: fixed (checked free) or picked by the OS when 0."""
+    router = router_port or P.free_port()
+    if base_port:
+        servers = [base_port + i for i in range(n)]
+    else:
+        servers = []
+        while len(servers) < n:
+            port = P.free_port()
+            if port != router and port not in servers:
+                servers.append(port)
+    busy = [p for p in [router, *servers] if P.port_in_use(p)]
+    if busy:
+        raise ConfigError(
+            f"port(s) {busy} already in use on 127.0.0.1",
+            hint="stop what listens there, or set fleet.base_port / fleet.router_port (0 picks free ports)",
+        )
+    return router, servers
+
+
+def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir, LaunchSpec]:
+    """Check the run directory is free and write plan.json, endpoints.json and launch.json into it."""
+    fleet = settings.fleet
+    run = RunDir(fleet.run_dir.resolve())
+    existing = load_state(run)
+    if existing is not None and existing.phase != "stopped":
+        if not is_stale(existing):
+            raise FleetError(
+                f"a fleet is already running from {run.root} (supervisor pid {existing.supervisor.pid})",
+                hint="inferpack down (or choose another fleet.run_dir)",
+            )
+        cleanup_stale(existing)
+    repository = Path(plan.repository) if plan.repository else settings.server.repository
+    known = set(LocalRepository(repository).model_ids())
+    if unknown := sorted(set(plan.models()) - known):
+        raise PlanError(f"the plan holds {len(unknown)} model(s) not in {repository}, e.g. {unknown[:3]}")
+    servers = [s for s in plan.servers() if s.models]
+    if not servers:
+        raise PlanError("the plan has no server holding a model")
+    router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
+    threads = threads_per_server(fleet.threads_per_server, len(servers))
+    run.prepare()
+    # A plan without empty servers: the router and the state only know servers that run.
+    used = {s.name for s in servers}
+    groups = [g.model_copy(update={"servers": [s for s in g.servers if s.name in used]}) for g in plan.groups]
+    kept = plan.model_copy(update={"groups": [g for g in groups if g.servers]})
+    save_plan(kept, run.plan_file)
+    save_endpoints(
+        ServerEndpoints(
+            servers={s.name: f"http://127.0.0.1:{p}" for s, p in zip(servers, ports, strict=True)}
+        ),
+        run.endpoints_file,
+    )
+    spec = LaunchSpec(
+        repository=str(repository.resolve()),
+        config=str(config.resolve()) if config is not None else None,
+        servers=[
+            ServerLaunch(name=s.name, port=p, models=s.models, threads=threads)
+            for s, p in zip(servers, ports, strict=True)
+        ],
+        router_port=router_port,
+        ready_timeout_s=fleet.ready_timeout_s,
+        stop_timeout_s=fleet.stop_timeout_s,
+        restart_backoff_s=fleet.restart_backoff_s,
+        restart_backoff_max_s=fleet.restart_backoff_max_s,
+        upstream_timeout_s=fleet.upstream_timeout_s,
+    )
+    launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
+    run.state_file.unlink(missing_ok=True)
+    return run, spec
+
+
+def up(
+    settings: Settings,
+    plan: Plan | None = None,
+    *,
+    config: Path | None = None,
+    on_progress: Callable[[FleetState], None] | None = None,
+) -> FleetState:
+    """Start the fleet and return its state once every server and the router are ready.
+
+    Without a plan: `fleet.plan` when set, else the simple plan of `fleet.servers` x `fleet.copies` over
+    the repository. Raises FleetError (with the failing process's log tail) when start-up fails.
+    """
+    fleet = settings.fleet
+    if plan is None:
+        if fleet.plan is not None:
+            plan = load_plan(fleet.plan)
+        else:
+            plan = local_plan(settings.server.repository, fleet.servers, fleet.copies)
+    run, spec = prepare(settings, plan, config)
+    supervisor = P.spawn(
+        [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root)],
+        run.log_path("supervisor"),
+        P.child_env(),
+        new_session=True,
+    )
+    deadline = time.monotonic() + spec.ready_timeout_s * 2 + 30
+    while True:
+        state = load_state(run)
+        if state is not None and on_progress is not None:
+            on_progress(state)
+        if state is not None and state.phase == "running":
+            return state
+        code = supervisor.poll()
+        if (state is not None and state.phase in ("failed", "stopped")) or code is not None:
+            supervisor.wait()
+            raise _start_failure(run, state)
+        if time.monotonic() > deadline:
+            supervisor.terminate()
+            supervisor.wait(spec.stop_timeout_s + 10)
+            raise _start_failure(run, load_state(run), f"the fleet was not ready within {deadline:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _start_failure(run: RunDir, state: FleetState | None, message: str | None = None) -> FleetError:
+    failed = next((p for p in (state.processes() if state else []) if p.status == "failed"), None)
+    name = failed.name if failed is not None else "supervisor"
+    why = message or (state.message if state and state.message else "the supervisor exited")
+    return FleetError(
+        f"the fleet did not start: {why}",
+        hint=f"full log: {run.log_path(name)}",
+        log_tail=P.tail(run.log_path(name), 30),
+    )
+
+
+def cleanup_stale(state: FleetState) -> list[ProcessState]:
+    """Stop what a dead supervisor left running (only processes whose pid and start time match)."""
+    left = leftover_processes(state)
+    procs = []
+    for p in left:
+        assert p.pid is not None
+        try:
+            procs.append(psutil.Process(p.pid))
+        except psutil.NoSuchProcess:
+            continue
+    P.terminate(procs, 10.0)
+    return left
+
+
+def read_state(run_dir: Path) -> tuple[RunDir, FleetState]:
+    """The run directory and its state; FleetError when no fleet was started there."""
+    run = RunDir(run_dir.resolve())
+    state = load_state(run)
+    if state is None:
+        raise FleetError(f"no fleet state in {run.root}", hint="start one with `inferpack up`")
+    return run, state
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """One line of `inferpack status`."""
+
+    name: str
+    role: str
+    pid: int | None
+    port: int | None
+    models: list[str]
+    status: str
+    alive: bool
+    ready: bool
+    rss_mb: float | None
+    requests: float | None
+    restarts: int
+
+
+def status_rows(state: FleetState) -> list[ProcessRow]:
+    """Live facts about every process: alive (pid and start time match), ready (probe), RSS, requests."""
+    rows = []
+    for p in [*state.servers, state.router]:
+        alive = is_alive(p.pid, p.create_time)
+        rss = None
+        if alive and p.pid is not None:
+            try:
+                rss = psutil.Process(p.pid).memory_info().rss / 2**20
+            except psutil.NoSuchProcess:
+                alive = False
+        ready = alive and p.url is not None and P.probe_ready(p.url)
+        metric = "inferpack_router_requests_total" if p.role == "router" else "inferpack_requests_total"
+        requests = P.scrape_requests(p.url, metric) if ready and p.url else None
+        rows.append(
+            ProcessRow(
+                p.name, p.role, p.pid, p.port, p.models, p.status, alive, ready, rss, requests, p.restarts
+            )
+        )
+    return rows
+
+
+def down(run_dir: Path, timeout_s: float | None = None) -> tuple[FleetState, list[ProcessState]]:
+    """Stop the fleet: SIGTERM the supervisor (it drains the router and servers, then kills stragglers),
+    wait for it; if it is gone or stuck, stop the recorded processes directly. Returns the final state and
+    the processes that had to be stopped here (leftovers)."""
+    run, state = read_state(run_dir)
+    sup = state.supervisor
+    wait_s = timeout_s if timeout_s is not None else _stop_timeout(run) * 2 + 15
+    if is_alive(sup.pid, sup.create_time):
+        assert sup.pid is not None
+        proc = psutil.Process(sup.pid)
+        proc.terminate()
+        try:
+            proc.wait(wait_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    final = load_state(run) or state
+    left = cleanup_stale(final)
+    if final.phase != "stopped":
+        final.phase = "stopped"
+        final.message = "stopped by `inferpack down` (supervisor was not running)"
+        for p in final.processes():
+            p.status, p.pid, p.create_time = "stopped", None, None
+        save_state(run, final)
+    return final, left
+
+
+def _stop_timeout(run: RunDir) -> float:
+    try:
+        return load_launch(run).stop_timeout_s
+    except ConfigError:
+        return 20.0
+
+
+def log_files(run: RunDir, state: FleetState, name: str | None) -> list[tuple[str, Path]]:
+    """(process name, log path) of one process, or of all of them (supervisor, router, servers)."""
+    names = ["supervisor", "router", *(s.name for s in state.servers)]
+    if name is not None:
+        if name not in names:
+            raise ConfigError(f"no process named {name!r}", hint=f"one of {', '.join(names)}")
+        names = [name]
+    return [(n, run.log_path(n)) for n in names]
+
+
+def follow(paths: list[tuple[str, Path]], stop: Callable[[], bool]) -> Iterator[tuple[str, str]]:
+    """Yield (process name, new line) as the log files grow, until `stop()` is true. A restarted process
+    appends to its file, so offsets only grow; a truncated file is read again from its start."""
+    offsets = {p: (p.stat().st_size if p.exists() else 0) for _, p in paths}
+    partial = dict.fromkeys(offsets, "")
+    while not stop():
+        quiet = True
+        for name, path in paths:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < offsets[path]:
+                offsets[path] = 0
+            if size == offsets[path]:
+                continue
+            quiet = False
+            with path.open("rb") as f:
+                f.seek(offsets[path])
+                data = f.read()
+            offsets[path] += len(data)
+            text = partial[path] + data.decode("utf-8", "replace")
+            *lines, partial[path] = text.split("\n")
+            for line in lines:
+                yield name, line
+        if quiet:
+            time.sleep(0.25)
+
+
+def supervisor_pid(state: FleetState) -> int | None:
+    """The supervisor's pid when it is alive."""
+    sup = state.supervisor
+    return sup.pid if is_alive(sup.pid, sup.create_time) else None

@@ -1,0 +1,158 @@
+"""Starting, probing and stopping the fleet's processes: command lines, environments, logs, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import psutil
+
+
+def python_cli() -> list[str]:
+    """How to run the inferpack CLI with this interpreter (works without the entry point on PATH)."""
+    return [sys.executable, "-m", "inferpack.cli"]
+
+
+def server_command(
+    *,
+    repository: str,
+    models: list[str],
+    port: int,
+    threads: int,
+    config: Path | None = None,
+    log_level: str = "info",
+) -> list[str]:
+    """argv of one server process holding `models` on `port` with `threads` inference threads."""
+    cmd = [*python_cli(), "serve", "--repository", repository, "--models", ",".join(models)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--log-level", log_level]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return cmd
+
+
+def router_command(
+    *, plan: Path, endpoints: Path, port: int, upstream_timeout_s: float, log_level: str = "info"
+) -> list[str]:
+    """argv of the router process (the same command a Kubernetes router pod runs)."""
+    return [
+        *python_cli(),
+        "router",
+        "--plan", str(plan),
+        "--server-map", str(endpoints),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--upstream-timeout", f"{upstream_timeout_s:g}",
+        "--log-level", log_level,
+    ]  # fmt: skip
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """Environment of a child: offline model loading, unbuffered logs, and thread pools sized to the split
+    (libraries that read these size their pools by core count otherwise, and servers would fight)."""
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = "1"
+        env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def spawn(
+    cmd: list[str], log_path: Path, env: dict[str, str], *, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` with stdout and stderr appended to `log_path` (a header line marks each start)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        log.write(f"==> starting: {' '.join(cmd)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=new_session,
+        )
+
+
+def probe_ready(url: str, timeout_s: float = 0.5) -> bool:
+    """True when `url`/v2/health/ready answers 200 (False on any failure)."""
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def free_port() -> int:
+    """A port free on loopback right now (the OS picks it). Another process may take it before we bind;
+    the caller's start-up check catches that."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_in_use(port: int) -> bool:
+    """True when something listens on loopback `port`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def terminate(procs: Iterable[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """SIGTERM every process (they drain), wait up to `timeout_s`, SIGKILL the rest; returns the killed."""
+    alive: list[psutil.Process] = []
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    _, stubborn = psutil.wait_procs(alive, timeout=timeout_s)
+    for proc in stubborn:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(stubborn, timeout=5.0)
+    return list(stubborn)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a text file ('' when it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of a Prometheus metric (all label sets) in an exposition text."""
+    total = 0.0
+    prefix_braced, prefix_plain = name + "{", name + " "
+    for line in text.splitlines():
+        if line.startswith((prefix_braced, prefix_plain)):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return total
+
+
+def scrape_requests(url: str, metric: str, timeout_s: float = 1.0) -> float | None:
+    """Sum of a request counter from `url`/metrics, or None when the process does not answer."""
+    try:
+        resp = httpx.get(f"{url}/metrics", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return metric_sum(resp.text, metric) if resp.status_code == 200 else None

@@ -1,0 +1,291 @@
+"""The supervisor: the background process `inferpack up` starts (`inferpack fleet supervise`).
+
+It owns the fleet: it starts every server, waits for each to be ready, then starts the router; it restarts
+a process that dies (doubling backoff, reset after a stable run) and records everything in the run
+directory's state file. On SIGTERM (`inferpack down`) it stops the router, then the servers (SIGTERM, drain,
+SIGKILL after the timeout), records phase "stopped" and exits. Being the servers' parent, it learns of a
+death at once (`poll`) and leaves no zombies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inferpack.errors import ConfigError
+from inferpack.fleet import processes as P
+from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
+
+log = logging.getLogger("inferpack.fleet.supervisor")
+TICK_S = 0.1
+# A process that stayed up this long before dying gets the initial backoff again (it was not crash-looping).
+STABLE_AFTER_S = 30.0
+
+
+class ServerLaunch(BaseModel):
+    """One server to run."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    port: int
+    models: list[str]
+    threads: int
+
+
+class LaunchSpec(BaseModel):
+    """Everything the supervisor needs, written by `up` into the run directory (launch.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+    repository: str
+    config: str | None = None
+    servers: list[ServerLaunch]
+    router_port: int
+    ready_timeout_s: float = 180.0
+    stop_timeout_s: float = 20.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    upstream_timeout_s: float = 60.0
+    log_level: str = "info"
+    supervisor_ready_probe_s: float = Field(default=0.5, gt=0)
+
+
+def launch_file(run: RunDir) -> Path:
+    """Where `up` writes the launch spec."""
+    return run.root / "launch.json"
+
+
+def load_launch(run: RunDir) -> LaunchSpec:
+    """Read the launch spec of a run directory."""
+    try:
+        return LaunchSpec.model_validate(json.loads(launch_file(run).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"{launch_file(run)} is missing or invalid: {exc}") from exc
+
+
+def next_backoff(previous_s: float | None, uptime_s: float, initial_s: float, max_s: float) -> float:
+    """Delay before restarting a process that died after `uptime_s` of running: the initial delay for a
+    first death or after a stable run, otherwise double the previous delay, capped."""
+    if previous_s is None or uptime_s >= STABLE_AFTER_S:
+        return initial_s
+    return min(previous_s * 2.0, max_s)
+
+
+@dataclass
+class _Child:
+    """A supervised process: its record in the state, its command and its restart bookkeeping."""
+
+    record: ProcessState
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    backoff_s: float | None = None
+    restart_at: float | None = None
+    ready_by: float = field(default=0.0)
+
+
+class Supervisor:
+    """Runs and watches the fleet described by a run directory."""
+
+    def __init__(self, run: RunDir, spec: LaunchSpec) -> None:
+        self.run = run
+        self.spec = spec
+        self.stop_requested = threading.Event()
+        config = Path(spec.config) if spec.config else None
+        self.servers = [
+            _Child(
+                ProcessState(name=s.name, role="server", port=s.port, models=s.models, threads=s.threads),
+                P.server_command(
+                    repository=spec.repository,
+                    models=s.models,
+                    port=s.port,
+                    threads=s.threads,
+                    config=config,
+                    log_level=spec.log_level,
+                ),
+                P.child_env(s.threads),
+            )
+            for s in spec.servers
+        ]
+        self.router = _Child(
+            ProcessState(name="router", role="router", port=spec.router_port),
+            P.router_command(
+                plan=run.plan_file,
+                endpoints=run.endpoints_file,
+                port=spec.router_port,
+                upstream_timeout_s=spec.upstream_timeout_s,
+                log_level="warning",
+            ),
+            P.child_env(),
+        )
+        me = psutil.Process()
+        self.state = FleetState(
+            supervisor=ProcessState(
+                name="supervisor", role="supervisor", pid=me.pid, create_time=me.create_time()
+            ),
+            router=self.router.record,
+            servers=[c.record for c in self.servers],
+        )
+
+    # --- helpers ------------------------------------------------------------------------------------------
+    def _save(self) -> None:
+        save_state(self.run, self.state)
+
+    def _start(self, child: _Child) -> None:
+        child.proc = P.spawn(child.cmd, self.run.log_path(child.record.name), child.env)
+        child.started = time.monotonic()
+        child.ready_by = child.started + self.spec.ready_timeout_s
+        child.restart_at = None
+        child.record.pid = child.proc.pid
+        child.record.create_time = start_time(child.proc.pid)
+        child.record.status = "starting"
+        log.info("started %s (pid %d)", child.record.name, child.proc.pid)
+
+    def _children(self) -> list[_Child]:
+        return [*self.servers, self.router]
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping the fleet", signum)
+        self.stop_requested.set()
+
+    # --- start-up -----------------------------------------------------------------------------------------
+    def _await_ready(self, children: list[_Child]) -> bool:
+        """Wait for `children` to answer their readiness probe; False (state says why) if one dies or
+        times out, or a stop is requested."""
+        pending = list(children)
+        while pending:
+            if self.stop_requested.is_set():
+                self.state.message = "stop requested during start-up"
+                return False
+            for child in list(pending):
+                assert child.proc is not None and child.record.url is not None
+                code = child.proc.poll()
+                if code is not None:
+                    child.record.status = "failed"
+                    child.record.last_exit = code
+                    self.state.message = f"{child.record.name} exited with status {code} during start-up"
+                    return False
+                if time.monotonic() > child.ready_by:
+                    child.record.status = "failed"
+                    self.state.message = (
+                        f"{child.record.name} was not ready within {self.spec.ready_timeout_s:g} s"
+                    )
+                    return False
+                if P.probe_ready(child.record.url, self.spec.supervisor_ready_probe_s):
+                    child.record.status = "ready"
+                    pending.remove(child)
+                    self._save()
+            self.stop_requested.wait(TICK_S)
+        return True
+
+    def start_fleet(self) -> bool:
+        """Servers first (all at once), then the router once every server is ready."""
+        self._save()
+        for child in self.servers:
+            self._start(child)
+        self._save()
+        if not self._await_ready(self.servers):
+            return False
+        self._start(self.router)
+        self._save()
+        if not self._await_ready([self.router]):
+            return False
+        self.state.phase = "running"
+        self.state.message = None
+        self._save()
+        return True
+
+    # --- supervision --------------------------------------------------------------------------------------
+    def tick(self, now: float) -> bool:
+        """One supervision pass; True when the state changed."""
+        changed = False
+        for child in self._children():
+            rec = child.record
+            if child.proc is not None and rec.status in ("starting", "ready"):
+                code = child.proc.poll()
+                if code is not None:
+                    uptime = now - child.started
+                    child.backoff_s = next_backoff(
+                        child.backoff_s, uptime, self.spec.restart_backoff_s, self.spec.restart_backoff_max_s
+                    )
+                    child.restart_at = now + child.backoff_s
+                    rec.status, rec.last_exit, rec.pid, rec.create_time = "restarting", code, None, None
+                    rec.message = (
+                        f"exited with status {code} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
+                    )
+                    log.warning("%s %s", rec.name, rec.message)
+                    changed = True
+                    continue
+            if rec.status == "restarting" and child.restart_at is not None and now >= child.restart_at:
+                rec.restarts += 1
+                self._start(child)
+                changed = True
+            elif (
+                rec.status == "starting"
+                and rec.url is not None
+                and P.probe_ready(rec.url, self.spec.supervisor_ready_probe_s)
+            ):
+                rec.status, rec.message = "ready", None
+                log.info("%s is ready again (restart %d)", rec.name, rec.restarts)
+                changed = True
+        return changed
+
+    def stop_fleet(self) -> None:
+        """Router first (no new traffic), then the servers in parallel; record phase "stopped"."""
+        self.state.phase = "stopping"
+        self._save()
+        for group in ([self.router], self.servers):
+            procs = []
+            for child in group:
+                if child.proc is not None and child.proc.poll() is None:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        procs.append(psutil.Process(child.proc.pid))
+            killed = P.terminate(procs, self.spec.stop_timeout_s)
+            for child in group:
+                if child.proc is not None:
+                    child.proc.poll()  # reap
+                    child.record.last_exit = child.proc.returncode
+                child.record.status = "stopped"
+                child.record.pid = child.record.create_time = None
+            for proc in killed:
+                log.warning("pid %d did not stop within %g s: killed", proc.pid, self.spec.stop_timeout_s)
+        self.state.phase = "stopped"
+        self._save()
+
+    def run_forever(self) -> int:
+        """Start, supervise until SIGTERM/SIGINT, stop. Exit status 1 when start-up failed."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        ok = self.start_fleet()
+        if not ok:
+            failure = self.state.message
+            self.stop_fleet()
+            self.state.phase = "failed" if not self.stop_requested.is_set() else "stopped"
+            self.state.message = failure
+            self._save()
+            return 1 if self.state.phase == "failed" else 0
+        log.info("fleet running: %d servers, router on port %d", len(self.servers), self.spec.router_port)
+        while not self.stop_requested.wait(TICK_S):
+            if self.tick(time.monotonic()):
+                self._save()
+        self.stop_fleet()
+        return 0
+
+
+def supervise(run_dir: Path) -> int:
+    """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe is noise
+    run = RunDir(run_dir)
+    return Supervisor(run, load_launch(run)).run_forever()
