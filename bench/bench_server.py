@@ -1,0 +1,185 @@
+"""Server throughput vs the hardware limit, fp32 and bf16, in one run on the same cores.
+
+1. Makes 10 unique MiniLM QA demo models (once, in bench/results/repo).
+2. The limit: the bare model's forward loop (tokenise + forward + decode, batch 1, the same request as the
+   load test) on one thread per core with one intra-op thread each, round-robin over the 10 models.
+3. The server: `inferpack serve` on those models, driven by wrk (an external HTTP load generator) with a Lua
+   script picking a random model per request, at several concurrencies.
+Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32.
+
+    .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16]
+
+Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import torch
+
+from inferpack.repository import LocalRepository
+from inferpack.repository.demo import make_demo_models
+from inferpack.runtime.hardware import cpu_model, usable_cores
+from inferpack.runtime.modeling import load_model
+from inferpack.runtime.tasks import TextInput
+
+QUESTION = "Which bridge did the engineers repair first?"
+CONTEXT = (
+    "After the spring floods the city engineers inspected every crossing on the river. They repaired the old "
+    "stone bridge near the mill first, because the school buses used it, and then moved on to the rail bridge."
+)
+ROOT = Path(__file__).resolve().parent / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bare_limit(repo: LocalRepository, ids: list[str], dtype: str, seconds: float) -> float:
+    """Requests/s of the forward loop alone: one thread per core, one intra-op thread each."""
+    models = [load_model(repo, m, dtype=dtype) for m in ids]  # type: ignore[arg-type]
+    item = [TextInput(QUESTION, CONTEXT)]
+    counts = [0] * usable_cores()
+
+    def loop(k: int) -> None:
+        torch.set_num_threads(1)
+        i = k
+        while time.perf_counter() < stop:
+            models[i % len(models)].predict(item)
+            i += 1
+            counts[k] += 1
+
+    for m in models:  # warm-up outside the timed window
+        m.predict(item)
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(counts))]
+    started = time.perf_counter()
+    stop = started + seconds
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
+    """bf16 vs fp32: share of identical QA answers and the max difference of answer scores."""
+    texts = [
+        TextInput(QUESTION, CONTEXT),
+        TextInput("Who used the bridge?", CONTEXT),
+        TextInput("What happened in spring?", CONTEXT),
+        TextInput("Where is the mill?", "The mill stands by the river, two miles north of the town centre."),
+    ]
+    same, diffs = 0, []
+    for m in ids:
+        a = load_model(repo, m, dtype="fp32").predict(texts)
+        b = load_model(repo, m, dtype="bf16").predict(texts)
+        for x, y in zip(a, b, strict=True):
+            same += x["answer"] == y["answer"]
+            diffs.append(abs(x["score"] - y["score"]))
+    return same / (len(ids) * len(texts)), max(diffs)
+
+
+def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str, float]:
+    """Run wrk with a random model per request; parse req/s and latency percentiles (ms)."""
+    path = f"?seq_0={quote(QUESTION)}&seq_1={quote(CONTEXT)}"
+    script = (
+        "math.randomseed(42)\nlocal models = {" + ",".join(f'"{m}"' for m in ids) + "}\n"
+        "request = function()\n  local m = models[math.random(#models)]\n"
+        f'  return wrk.format("GET", "/predictions/" .. m .. "{path}")\nend\n'
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", fh.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(fh.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50": ms("50"), "p90": ms("90"), "p99": ms("99"), "errors": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def run_server(repo: Path, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferpack.cli", "serve", "--repository", str(repo), "--port", str(port),
+         "--dtype", dtype, "--log-level", "warning"],
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    repo_dir = ROOT / "repo"
+    ids = make_demo_models(repo_dir, 10, prefix="bench-qa")
+    repo = LocalRepository(repo_dir)
+    print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
+    same, score_diff = agreement(repo, ids)
+    print(f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, max score diff {score_diff:.4f}")
+    rows = []
+    for dtype in args.dtypes.split(","):
+        limit = bare_limit(repo, ids, dtype, args.duration)
+        proc, url = run_server(repo_dir, dtype)
+        try:
+            for c in (int(x) for x in args.concurrency.split(",")):
+                wrk(url, ids, c, 2)  # warm-up
+                r = wrk(url, ids, c, args.duration)
+                rows.append((dtype, c, r, limit))
+                print(
+                    f"{dtype:5s} c={c:<3d} {r['rps']:7.1f} req/s  P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  "
+                    f"P99 {r['p99']:6.1f} ms  errors {int(r['errors'])}  limit {limit:6.1f} req/s  ratio {r['rps'] / limit:.2f}",
+                    flush=True,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    print("\nbest per dtype:")
+    for dtype in args.dtypes.split(","):
+        best = max((r for r in rows if r[0] == dtype), key=lambda r: r[2]["rps"])
+        print(f"  {dtype}: {best[2]['rps']:.1f} req/s at c={best[1]} = {best[2]['rps'] / best[3]:.2f} of the bare limit {best[3]:.1f}")
+    np.set_printoptions(precision=3)
+
+
+if __name__ == "__main__":
+    main()
