@@ -1,4 +1,7 @@
-"""`inferpack bench` end to end through the command line, against the fake server."""
+"""`inferpack bench` end to end through the command line, against the fake server.
+
+Most tests call the bench sub-app directly (the top-level CLI imports torch, seconds of start-up); one
+test checks that `inferpack bench` is registered."""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from inferpack.cli import app
 from inferpack.loadtest import histograms as H
+from inferpack.loadtest.cli import app
 from inferpack.loadtest.report import PLOTS
 from inferpack.loadtest.result import load_result
 
@@ -20,17 +23,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_help_lists_the_commands() -> None:
-    result = runner.invoke(app, ["bench", "--help"])
+    from inferpack.cli import app as inferpack_app
+
+    result = runner.invoke(inferpack_app, ["bench", "--help"])
     assert result.exit_code == 0
     for command in ("run", "worker", "aggregate", "compare", "report"):
         assert command in result.output
-    run_help = runner.invoke(app, ["bench", "run", "--help"])
+    run_help = runner.invoke(app, ["run", "--help"])
     assert run_help.exit_code == 0 and "--rate" in run_help.output
 
 
 def test_run_writes_json_table_and_report_with_plots(fake_server: FakeServer, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["bench", "run", "--url", fake_server.url, "--num-models", "50", "--traffic", "zipf"]
+    args = ["run", "--url", fake_server.url, "--num-models", "50", "--traffic", "zipf"]
     args += ["--rate", "0.5:60,120", "--duration", "1.2", "--warmup", "0.2", "--interval", "0.25"]
     args += ["--out", str(out), "--no-live"]
     result = runner.invoke(app, args)
@@ -52,22 +57,8 @@ def test_run_writes_json_table_and_report_with_plots(fake_server: FakeServer, tm
 
 
 def test_bad_options_exit_with_a_message(fake_server: FakeServer) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "bench",
-            "run",
-            "--url",
-            fake_server.url,
-            "--num-models",
-            "3",
-            "--rate",
-            "5",
-            "--users",
-            "2",
-            "--no-live",
-        ],
-    )
+    args = ["run", "--url", fake_server.url, "--num-models", "3", "--rate", "5", "--users", "2"]
+    result = runner.invoke(app, [*args, "--no-live"])
     assert result.exit_code != 0
     assert "not both" in str(result.exception)
 
@@ -75,7 +66,7 @@ def test_bad_options_exit_with_a_message(fake_server: FakeServer) -> None:
 def test_worker_logs_aggregate_and_compare(fake_server: FakeServer, tmp_path: Path) -> None:
     logs = []
     for index in range(2):
-        args = ["bench", "worker", "--target", fake_server.url, "--num-models", "20", "--users", "4"]
+        args = ["worker", "--target", fake_server.url, "--num-models", "20", "--users", "4"]
         args += ["--requests", "40", "--worker-index", str(index), "--workers", "2", "--progress", "none"]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
@@ -83,19 +74,19 @@ def test_worker_logs_aggregate_and_compare(fake_server: FakeServer, tmp_path: Pa
         log.write_text("some log line\n" + res.stdout)
         logs.append(log)
     merged_path = tmp_path / "merged.json"
-    res = runner.invoke(app, ["bench", "aggregate", *map(str, logs), "--out", str(merged_path)])
+    res = runner.invoke(app, ["aggregate", *map(str, logs), "--out", str(merged_path)])
     assert res.exit_code == 0, res.output
     merged = load_result(merged_path)
     assert merged.total_requests() == 40 and len(merged.workers) == 2
     assert len(fake_server.calls) == 40
-    res = runner.invoke(app, ["bench", "compare", str(merged_path), str(logs[0])])
+    res = runner.invoke(app, ["compare", str(merged_path), str(logs[0])])
     assert res.exit_code == 0, res.output
     assert "throughput" in res.output and "P99" in res.output
 
 
 def test_local_worker_processes(fake_server: FakeServer, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["bench", "run", "--url", fake_server.url, "--num-models", "100", "--mode", "seq"]
+    args = ["run", "--url", fake_server.url, "--num-models", "100", "--mode", "seq"]
     args += ["--users", "2", "--workers", "2", "--out", str(out), "--no-report"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -131,3 +131,15 @@ def test_aggregate_of_worker_results_is_exact() -> None:
     # The second worker's interval lands one slot later on the shared time axis.
     assert [(i.t_s, i.count) for i in merged.series] == [(0.0, 3001), (1.0, 501)]
     assert merged.window_s() == 2.0
+
+
+def test_fast_summaries_equal_hdrh_own_results() -> None:
+    h = H.new_histogram()
+    for v in np.concatenate([_samples(21, 4000, 3), _samples(22, 100, 900)]):
+        H.record_us(h, v)
+    wanted = [0.0, 1.0, 50.0, 90.0, 99.0, 99.9, 100.0]
+    assert H.percentiles(h, wanted) == {p: h.get_value_at_percentile(p) for p in wanted}
+    assert H.mean_us(h) == h.get_mean_value()
+    xs, ys = H.cdf(h)
+    assert ys[-1] == 1.0 and xs == sorted(xs)
+    assert xs[-1] * 1000 == h.get_value_at_percentile(100)

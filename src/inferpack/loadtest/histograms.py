@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 LOWEST_US = 1
@@ -76,16 +77,53 @@ class LatencySummary:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def _nonzero(hist: HdrHistogram) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and counts of the non-empty buckets (hdrh's own iterators walk every bucket in Python,
+    ~0.4 s per call on a 3-figure histogram; numpy finds the few hundred used ones at once)."""
+    counts = np.ctypeslib.as_array(hist.counts)[: hist.counts_len]
+    idx = np.flatnonzero(counts)
+    return idx, counts[idx].astype(np.int64)
+
+
+def percentiles(hist: HdrHistogram, wanted: Iterable[float]) -> dict[float, int]:
+    """Value at each percentile, identical to `HdrHistogram.get_value_at_percentile`."""
+    idx, counts = _nonzero(hist)
+    cum = np.cumsum(counts)
+    out: dict[float, int] = {}
+    for p in wanted:
+        if len(idx) == 0:
+            out[p] = 0
+            continue
+        target = hist.get_target_count_at_percentile(p)
+        k = min(int(np.searchsorted(cum, target, side="left")), len(idx) - 1)
+        value = hist.get_value_from_index(int(idx[k]))
+        equiv = hist.get_highest_equivalent_value(value) if p else hist.get_lowest_equivalent_value(value)
+        out[p] = int(equiv)
+    return out
+
+
+def mean_us(hist: HdrHistogram) -> float:
+    """Mean of the bucket midpoints, identical to `HdrHistogram.get_mean_value`."""
+    total = hist.get_total_count()
+    if not total:
+        return 0.0
+    idx, counts = _nonzero(hist)
+    acc = 0
+    for i, c in zip(idx.tolist(), counts.tolist(), strict=True):
+        acc += c * hist._hdr_median_equiv_value(hist.get_value_from_index(i))
+    return float(acc) / float(total)
+
+
 def summarize(hist: HdrHistogram) -> LatencySummary:
     """Percentiles of a histogram (zeros when it is empty)."""
     count = int(hist.get_total_count())
     if count == 0:
         return LatencySummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    p = hist.get_percentile_to_value_dict(list(PERCENTILES))
+    p = percentiles(hist, PERCENTILES)
     return LatencySummary(
         count=count,
         min_ms=hist.get_min_value() / 1000.0,
-        mean_ms=float(hist.get_mean_value()) / 1000.0,
+        mean_ms=mean_us(hist) / 1000.0,
         p50_ms=p[50.0] / 1000.0,
         p90_ms=p[90.0] / 1000.0,
         p95_ms=p[95.0] / 1000.0,
@@ -96,17 +134,13 @@ def summarize(hist: HdrHistogram) -> LatencySummary:
 
 
 def cdf(hist: HdrHistogram) -> tuple[list[float], list[float]]:
-    """(latency ms, cumulative fraction) at every recorded value, for a CDF plot."""
-    xs: list[float] = []
-    ys: list[float] = []
+    """(latency ms, cumulative fraction) at every non-empty bucket, for a CDF plot."""
     total = hist.get_total_count()
     if total == 0:
-        return xs, ys
-    seen = 0
-    for item in hist.get_recorded_iterator():
-        seen += item.count_at_value_iterated_to
-        xs.append(item.value_iterated_to / 1000.0)
-        ys.append(seen / total)
+        return [], []
+    idx, counts = _nonzero(hist)
+    xs = [hist.get_highest_equivalent_value(hist.get_value_from_index(i)) / 1000.0 for i in idx.tolist()]
+    ys = (np.cumsum(counts) / total).tolist()
     return xs, ys
 
 
@@ -114,4 +148,6 @@ def same_counts(a: HdrHistogram, b: HdrHistogram) -> bool:
     """True when both histograms hold the same count in every bucket (same layout required)."""
     if a.counts_len != b.counts_len or a.get_total_count() != b.get_total_count():
         return False
-    return all(a.get_count_at_index(i) == b.get_count_at_index(i) for i in range(a.counts_len))
+    ia, ca = _nonzero(a)
+    ib, cb = _nonzero(b)
+    return bool(np.array_equal(ia, ib) and np.array_equal(ca, cb))

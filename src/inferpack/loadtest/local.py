@@ -33,8 +33,8 @@ def snapshot_line(index: int, snap: Snapshot) -> str:
 def worker_command(
     config_path: Path, index: int, workers: int, out: Path, *, wait_go: bool = False
 ) -> list[str]:
-    """argv of one worker process (in a container: the same arguments after `inferpack`)."""
-    cmd = [sys.executable, "-m", "inferpack.cli", "bench", "worker", "--config", str(config_path)]
+    """argv of one worker process; in a container, `inferpack bench worker` with the same arguments."""
+    cmd = [sys.executable, "-m", "inferpack.loadtest", "worker", "--config", str(config_path)]
     cmd += ["--index", str(index), "--of", str(workers), "--out", str(out), "--progress", "jsonl"]
     if wait_go:
         cmd.append("--wait-go")
