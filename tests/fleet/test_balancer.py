@@ -1,0 +1,68 @@
+"""Least-outstanding choice among healthy copies (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from inferpack.fleet.balancer import Balancer
+
+PLACEMENT = {"a": ["s0", "s1"], "b": ["s1", "s2"], "c": ["s2"]}
+
+
+def test_unknown_model_has_no_holder() -> None:
+    b = Balancer(PLACEMENT)
+    assert b.holders("zzz") is None
+    assert b.choose("zzz") is None
+
+
+def test_idle_copies_share_the_load_in_turn() -> None:
+    b = Balancer(PLACEMENT)
+    picks = Counter(b.choose("a") for _ in range(10))
+    assert picks == {"s0": 5, "s1": 5}
+
+
+def test_least_outstanding_wins() -> None:
+    b = Balancer(PLACEMENT)
+    b.acquire("s0")
+    b.acquire("s0")
+    b.acquire("s1")
+    assert {b.choose("a") for _ in range(6)} == {"s1"}
+    b.release("s0")
+    b.release("s0")
+    assert {b.choose("a") for _ in range(6)} == {"s0"}
+    assert b.forwarded == {"s0": 2, "s1": 1, "s2": 0}
+
+
+def test_unhealthy_copy_is_avoided_until_back() -> None:
+    b = Balancer(PLACEMENT)
+    b.mark_down("s1")
+    assert {b.choose("a") for _ in range(4)} == {"s0"}
+    assert {b.choose("b") for _ in range(4)} == {"s2"}
+    b.mark_up("s1")
+    assert {b.choose("a") for _ in range(4)} == {"s0", "s1"}
+
+
+def test_when_every_copy_is_down_they_are_tried_anyway() -> None:
+    b = Balancer(PLACEMENT)
+    b.mark_down("s2")
+    assert b.choose("c") == "s2"
+    assert not b.ready()
+    assert b.unavailable_models() == ["c"]
+
+
+def test_exclude_gives_the_other_copy_then_none() -> None:
+    b = Balancer(PLACEMENT)
+    first = b.choose("a")
+    assert first is not None
+    second = b.choose("a", {first})
+    assert second is not None and second != first
+    assert b.choose("a", {first, second}) is None
+
+
+def test_ready_when_each_model_has_a_healthy_copy() -> None:
+    b = Balancer(PLACEMENT)
+    b.mark_down("s0")
+    assert b.ready()
+    b.mark_down("s1")
+    assert not b.ready()
+    assert b.unavailable_models() == ["a"]

@@ -1,0 +1,112 @@
+"""The fleet's preparation without processes: simple plan, thread split, ports, run directory files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from inferpack.errors import ConfigError, PlanError
+from inferpack.fleet import ops
+from inferpack.fleet.processes import metric_sum, server_command, tail
+from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
+from inferpack.fleet.supervisor import load_launch
+from inferpack.plan import load_plan
+from inferpack.settings import load_settings
+
+
+def test_local_plan_spreads_copies_on_different_servers(demo_repo: Path) -> None:
+    plan = ops.local_plan(demo_repo, servers=2, copies=2)
+    assert plan.created_by == "simple"
+    placement = plan.placement()
+    assert set(placement) == set(plan.models()) and len(placement) == 5
+    assert all(len(set(servers)) == 2 for servers in placement.values())
+    # more copies than servers is capped, not an error
+    assert all(len(s) == 1 for s in ops.local_plan(demo_repo, servers=1, copies=3).placement().values())
+
+
+def test_local_plan_of_an_empty_repository(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no models"):
+        ops.local_plan(tmp_path, 2, 2)
+
+
+def test_threads_split_the_cores() -> None:
+    cores = os.cpu_count() or 1
+    assert ops.threads_per_server(0, 2) == max(1, cores // 2)
+    assert ops.threads_per_server(0, 1000) == 1
+    assert ops.threads_per_server(3, 2) == 3
+
+
+def test_prepare_writes_plan_endpoints_and_launch(demo_repo: Path, tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        {"fleet": {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0, "threads_per_server": 1}},
+    )
+    plan = ops.local_plan(demo_repo, 3, 1)
+    run, spec = ops.prepare(settings, plan, None)
+    endpoints = json.loads(run.endpoints_file.read_text())
+    assert endpoints["format_version"] == 1
+    assert sorted(endpoints["servers"]) == [s.name for s in spec.servers]
+    ports = [s.port for s in spec.servers] + [spec.router_port]
+    assert len(set(ports)) == len(ports)
+    assert load_plan(run.plan_file).placement() == plan.placement()
+    assert load_launch(run) == spec
+    assert spec.servers[0].threads == 1
+
+
+def test_prepare_refuses_a_busy_port(demo_repo: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        settings = load_settings(None, {"fleet": {"run_dir": tmp_path, "router_port": busy, "base_port": 0}})
+        with pytest.raises(ConfigError, match="already in use"):
+            ops.prepare(settings, ops.local_plan(demo_repo, 2, 1), None)
+
+
+def test_prepare_refuses_a_running_fleet(demo_repo: Path, tmp_path: Path) -> None:
+    me = os.getpid()
+    save_state(
+        RunDir(tmp_path),
+        FleetState(
+            supervisor=ProcessState(name="supervisor", role="supervisor", pid=me, create_time=start_time(me)),
+            router=ProcessState(name="router", role="router"),
+            servers=[],
+        ),
+    )
+    settings = load_settings(None, {"fleet": {"run_dir": tmp_path, "base_port": 0, "router_port": 0}})
+    with pytest.raises(ops.FleetError, match="already running"):
+        ops.prepare(settings, ops.local_plan(demo_repo, 2, 1), None)
+
+
+def test_plan_with_unknown_models_is_refused(demo_repo: Path, tmp_path: Path) -> None:
+    plan = ops.local_plan(demo_repo, 2, 1)
+    plan.groups[0].servers[0].models.append("not-in-repo")
+    settings = load_settings(None, {"fleet": {"run_dir": tmp_path, "base_port": 0, "router_port": 0}})
+    with pytest.raises(PlanError, match="not in"):
+        ops.prepare(settings, plan, None)
+
+
+def test_helpers(tmp_path: Path) -> None:
+    cmd = server_command(repository="r", models=["a", "b"], port=1, threads=2)
+    assert cmd[-10:] == [
+        "--models",
+        "a,b",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "1",
+        "--threads",
+        "2",
+        "--log-level",
+        "info",
+    ]
+    text = 'x_total{a="1"} 2.0\nx_total{a="2"} 3.0\nx_total_created 5.0\n# x_total 9\n'
+    assert metric_sum(text, "x_total") == 5.0
+    log = tmp_path / "l.log"
+    log.write_text("\n".join(str(i) for i in range(100)))
+    assert tail(log, 3) == "97\n98\n99"
+    assert tail(tmp_path / "missing.log") == ""
