@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferpack import __version__
+from inferpack.compile.cli import compile_command
 from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
 from inferpack.fleet.cli import register as register_fleet
@@ -34,6 +35,7 @@ app.add_typer(k8s_app, name="k8s")
 app.add_typer(eks_app, name="eks")
 app.add_typer(image_app, name="image")
 app.command("plan")(plan_command)
+app.command("compile")(compile_command)
 register_fleet(app)  # up, status, logs, down, router, demo, config
 console = Console(stderr=True)
 out = Console()

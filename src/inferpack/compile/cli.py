@@ -1,0 +1,106 @@
+"""`inferpack compile`: flags -> CompileOptions -> compile_model per model -> a result table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from inferpack.compile.options import CompileOptions, QuantizeChoice
+from inferpack.errors import CompileError, InferpackError
+from inferpack.repository.local import LocalRepository
+from inferpack.repository.manifest import DType, TargetName
+
+if TYPE_CHECKING:  # the compiler imports torch and transformers: only when a compile actually runs
+    from inferpack.compile.compiler import CompileResult
+
+
+def compile_command(
+    model: Annotated[str | None, typer.Argument(help="Model id to compile (or use --all).")] = None,
+    repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),
+    target: Annotated[
+        TargetName, typer.Option(help="cpu, cuda (needs a GPU here) or neuron (needs the Neuron SDK).")
+    ] = "cpu",
+    dtype: Annotated[DType, typer.Option(help="fp32 or bf16 weights and compute.")] = "fp32",
+    quantize: Annotated[
+        QuantizeChoice, typer.Option(help="int8: dynamic int8 quantisation of Linear layers (CPU only).")
+    ] = "none",
+    version: Annotated[
+        int | None, typer.Option(help="Source version (default: the latest safetensors version).")
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Compile every model in the repository.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Store the result even when its agreement check fails.")
+    ] = False,
+    freeze: Annotated[
+        bool, typer.Option("--freeze/--no-freeze", help="torch.jit.freeze the traced graph (cpu, cuda).")
+    ] = True,
+) -> None:
+    """Trace a model to TorchScript for a target, check it against eager fp32, store it as a new version."""
+    if (model is None) == (not all_models):
+        raise typer.BadParameter("name one MODEL or pass --all")
+    if all_models and version is not None:
+        raise typer.BadParameter("--version names one model's version; it cannot be combined with --all")
+    repo = LocalRepository(repository)
+    options = CompileOptions(
+        target=target, dtype=dtype, quantize=quantize, source_version=version, force=force, freeze=freeze
+    )
+    out, err = Console(), Console(stderr=True)
+    from inferpack.compile.compiler import compile_model
+
+    if model is not None:
+        results: list[CompileResult | tuple[str, str]] = [compile_model(repo, model, options)]
+    else:
+        results = _compile_all(repo, options, err)
+    out.print(result_table(results, options))
+    failures = [r for r in results if isinstance(r, tuple)]
+    if failures:
+        raise CompileError(f"{len(failures)} of {len(results)} models failed to compile; see the table")
+
+
+def _compile_all(
+    repo: LocalRepository, options: CompileOptions, console: Console
+) -> list[CompileResult | tuple[str, str]]:
+    """Compile every model, one after another, with a progress bar; a failure does not stop the rest."""
+    from inferpack.compile.compiler import compile_model
+
+    ids = repo.model_ids()
+    results: list[CompileResult | tuple[str, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"compiling {len(ids)} models", total=len(ids))
+        for model_id in ids:
+            progress.update(bar, description=f"compiling {model_id}")
+            try:
+                results.append(compile_model(repo, model_id, options))
+            except InferpackError as exc:
+                results.append((model_id, exc.message))
+            progress.advance(bar)
+    return results
+
+
+def result_table(results: list[CompileResult | tuple[str, str]], options: CompileOptions) -> Table:
+    """One row per model: new version, variant, agreement with eager fp32 and compile time (or the error)."""
+    table = Table(title=f"compiled for {options.target}")
+    for col in ("model", "new version", "dtype", "max abs diff", "cosine", "check", "compile s"):
+        table.add_column(col, justify="right" if col not in ("model", "dtype", "check") else "left")
+    for r in results:
+        if isinstance(r, tuple):
+            table.add_row(r[0], "-", "-", "-", "-", f"[red]failed:[/] {r[1]}", "-")
+            continue
+        a = r.agreement
+        check = "passed" if a.passed else "[yellow]FAILED (forced)[/]"
+        table.add_row(
+            r.model_id,
+            f"{r.version} (from {r.source_version})",
+            r.variant,
+            f"{a.max_abs_diff:.2e}",
+            f"{a.cosine:.5f}",
+            check,
+            f"{r.seconds:.1f}",
+        )
+    return table

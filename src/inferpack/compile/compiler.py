@@ -1,0 +1,211 @@
+"""One compile run: eager fp32 model -> converted variant -> TorchScript for a target -> checked -> stored.
+
+The steps live in their own modules (examples, convert, trace, agreement, store); this module only orders
+them and decides, from the checks, whether the result may be stored.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from inferpack.compile.agreement import TOLERANCES, TRACE_FIDELITY, Comparison, compare, output_rows
+from inferpack.compile.convert import Variant, choose_variant, convert
+from inferpack.compile.examples import ExampleSet, build_examples, model_args, one_by_one, pad_to
+from inferpack.compile.options import CompileOptions
+from inferpack.compile.store import WEIGHTS_FILE, store_version
+from inferpack.compile.trace import device_for, jit_trace, neuron_trace
+from inferpack.errors import CompileError, InferpackError
+from inferpack.repository.local import LocalRepository
+from inferpack.repository.manifest import Agreement, Manifest, TargetName, Task
+from inferpack.runtime.modeling import TOKENIZERS, build_eager
+from inferpack.runtime.tasks import Encoded, handler_for
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """A stored compiled version and the evidence it was checked."""
+
+    model_id: str
+    source_version: int
+    version: int
+    path: Path
+    variant: str
+    target: TargetName
+    agreement: Agreement
+    trace_fidelity: Agreement
+    worst_cosine: float
+    seconds: float
+
+
+def source_version(repo: LocalRepository, model_id: str, requested: int | None) -> int:
+    """The version to compile from: the one asked for, or the latest safetensors version."""
+    if requested is not None:
+        manifest = repo.manifest(model_id, requested)
+        if manifest.format != "safetensors":
+            raise CompileError(
+                f"model {model_id!r} v{requested} is already {manifest.format}; "
+                "compile from a safetensors version",
+                hint=f"versions: {repo.versions(model_id)}; omit --version to use the latest safetensors one",
+            )
+        return requested
+    for version in reversed(repo.versions(model_id)):
+        if repo.manifest(model_id, version).format == "safetensors":
+            return version
+    raise CompileError(f"model {model_id!r} has no safetensors version to compile from")
+
+
+def compile_model(
+    repo: LocalRepository,
+    model_id: str,
+    options: CompileOptions,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+) -> CompileResult:
+    """Compile one model and store it as a new version; CompileError (nothing stored) on a failed check."""
+    started = clock()
+    variant = choose_variant(options.dtype, options.quantize, options.target)
+    device = device_for(options.target)  # fails before any work when the target is not available
+    src = source_version(repo, model_id, options.source_version)
+    manifest = repo.manifest(model_id, src)
+    try:
+        tokenizer = TOKENIZERS.get(
+            repo.resolve_file(model_id, src, manifest.tokenizer), manifest.max_sequence_length
+        )
+        eager = build_eager(repo.version_dir(model_id, src), manifest)
+    except InferpackError:
+        raise
+    except Exception as exc:  # a broken source is the model's problem; say which model
+        raise CompileError(
+            f"model {model_id!r} v{src} could not be built: {type(exc).__name__}: {exc}"
+        ) from exc
+    examples = build_examples(tokenizer, handler_for(manifest.task, manifest.labels).pair_input)
+    if options.target == "neuron":
+        examples = _static_shapes(examples, manifest.max_sequence_length)
+    converted = convert(eager, variant).to(device)
+    try:
+        traced = _trace(converted, examples.trace, options, device)
+        traced = _round_trip(traced, device)
+    except CompileError:
+        raise
+    except Exception as exc:
+        raise CompileError(
+            f"tracing {model_id!r} v{src} for {options.target} ({variant.label}) failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+    reference = _rows(eager, examples.checks, manifest.task, torch.device("cpu"))
+    same_variant = _rows(converted, examples.checks, manifest.task, device)
+    candidate = _rows(traced, examples.checks, manifest.task, device)
+    fidelity_cmp = compare(same_variant, candidate)
+    agreement_cmp = compare(reference, candidate)
+    fidelity = fidelity_cmp.judge(TRACE_FIDELITY[variant.label])
+    agreement = agreement_cmp.judge(TOLERANCES[variant.label])
+    _enforce(model_id, variant, fidelity, agreement, agreement_cmp, options.force)
+
+    hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009 - transformers config attribute
+    static = "" if options.target != "neuron" else f"; static input shape [1, {manifest.max_sequence_length}]"
+    new_manifest = Manifest(
+        format="torchscript",
+        task=manifest.task,
+        weights=WEIGHTS_FILE,
+        config=manifest.config,
+        tokenizer=manifest.tokenizer,
+        max_sequence_length=manifest.max_sequence_length,
+        dtype=variant.dtype,
+        quantization=variant.quantization,
+        target=options.target,
+        labels=manifest.labels,
+        hidden_size=hidden,
+        parameters=manifest.parameters,
+        compiled_from=src,
+        agreement=agreement,
+        description=f"TorchScript ({options.target}, {variant.label}) compiled by inferpack from v{src}"
+        f"{static}" + (f"; {manifest.description}" if manifest.description else ""),
+    )
+    version, path = store_version(repo, model_id, src, traced, new_manifest)
+    return CompileResult(
+        model_id=model_id,
+        source_version=src,
+        version=version,
+        path=path,
+        variant=variant.label,
+        target=options.target,
+        agreement=agreement,
+        trace_fidelity=fidelity,
+        worst_cosine=agreement_cmp.min_cosine,
+        seconds=clock() - started,
+    )
+
+
+def _static_shapes(examples: ExampleSet, width: int) -> ExampleSet:
+    """Batch-1 inputs padded to the maximum length: what a static-shape (Neuron) graph runs with."""
+    first = one_by_one((examples.trace,), width)[0]
+    return ExampleSet(trace=pad_to(first, width), checks=one_by_one(examples.checks, width))
+
+
+def _trace(
+    model: nn.Module, example: Encoded, options: CompileOptions, device: torch.device
+) -> torch.jit.ScriptModule:
+    args = model_args(example, device)
+    if options.target == "neuron":
+        return neuron_trace(model, args)
+    return jit_trace(model, args, freeze=options.freeze)
+
+
+def _round_trip(module: torch.jit.ScriptModule, device: torch.device) -> torch.jit.ScriptModule:
+    """Save and reload in memory, so the checks run on exactly what a server will load from `model.pt`."""
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    loaded: torch.jit.ScriptModule = torch.jit.load(buffer, map_location=device)  # type: ignore[no-untyped-call]
+    return loaded.eval()
+
+
+def _rows(
+    model: nn.Module | torch.jit.ScriptModule, batches: tuple[Encoded, ...], task: Task, device: torch.device
+) -> list[torch.Tensor]:
+    rows: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for batch in batches:
+            rows.extend(output_rows(model(*model_args(batch, device)), batch, task))
+    return rows
+
+
+def _enforce(
+    model_id: str,
+    variant: Variant,
+    fidelity: Agreement,
+    agreement: Agreement,
+    raw: Comparison,
+    force: bool,
+) -> None:
+    """Refuse to store a result that fails its checks (NaN outputs cannot be forced)."""
+    if not (math.isfinite(agreement.max_abs_diff) and math.isfinite(agreement.cosine)):
+        raise CompileError(f"{model_id!r} ({variant.label}) produced NaN or infinite outputs; nothing stored")
+    if force:
+        return
+    if not fidelity.passed:
+        raise CompileError(
+            f"the traced {variant.label} model of {model_id!r} does not reproduce its eager {variant.label} "
+            f"outputs on inputs of other lengths and batch sizes (max abs diff {fidelity.max_abs_diff:.3g} > "
+            f"{fidelity.tolerance:.3g}, or mean cosine {fidelity.cosine:.6f} too low): the trace baked in "
+            "something shape- or data-dependent; nothing stored",
+            hint="--force stores it anyway",
+        )
+    if not agreement.passed:
+        policy = TOLERANCES[variant.label]
+        raise CompileError(
+            f"{model_id!r} compiled to {variant.label} disagrees with eager fp32 beyond its tolerance: "
+            f"max abs diff {agreement.max_abs_diff:.3g} (allowed {agreement.tolerance:.3g}), mean cosine "
+            f"{agreement.cosine:.5f} (worst item {raw.min_cosine:.5f}; required >= {policy.min_cosine}); "
+            "nothing stored",
+            hint="--force stores it anyway, with the measured agreement in its manifest",
+        )

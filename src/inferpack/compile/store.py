@@ -1,0 +1,71 @@
+"""Storing a compiled model as a new version: `model.pt`, a copy of the architecture config, the tokenizer
+re-pointed from the new folder, and the manifest written last.
+
+The manifest is what makes a version folder a version (`LocalRepository` ignores folders without one), so
+writing it last means a reader never sees a half-written version; any failure removes the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from inferpack.repository.local import LocalRepository
+from inferpack.repository.manifest import MANIFEST_FILE, Manifest, write_manifest
+
+WEIGHTS_FILE = "model.pt"
+
+
+def repoint(source_dir: Path, relative: str, new_dir: Path) -> str:
+    """The path of a file named relative to `source_dir`, now relative to `new_dir` (a sibling folder)."""
+    target = (source_dir / relative).resolve()
+    return os.path.relpath(target, new_dir.resolve())
+
+
+def store_version(
+    repo: LocalRepository,
+    model_id: str,
+    source_version: int,
+    module: torch.jit.ScriptModule,
+    manifest: Manifest,
+) -> tuple[int, Path]:
+    """Write a new version folder holding `module` and `manifest` (with file references fixed up).
+
+    Files that live inside the source version (a private tokenizer, the config) are copied, so the new
+    version survives the source being deleted; files elsewhere (`<repo>/_shared/tokenizers/...`) are
+    referenced from the new folder. Returns the new version number and folder.
+    """
+    source = repo.manifest(model_id, source_version)
+    version, new_dir = repo.new_version_dir(model_id)
+    try:
+        torch.jit.save(module, str(new_dir / WEIGHTS_FILE))
+        tokenizer = _carry_file(repo, model_id, source_version, source.tokenizer, new_dir)
+        config = (
+            _carry_file(repo, model_id, source_version, source.config, new_dir)
+            if source.config is not None
+            else None
+        )
+        final = manifest.model_copy(
+            update={"weights": WEIGHTS_FILE, "tokenizer": tokenizer, "config": config}
+        )
+        write_manifest(new_dir / MANIFEST_FILE, final)
+    except BaseException:
+        # BaseException too: a Ctrl-C halfway through must not leave a folder behind either.
+        repo.remove_version(model_id, version)
+        raise
+    return version, new_dir
+
+
+def _carry_file(repo: LocalRepository, model_id: str, version: int, relative: str, new_dir: Path) -> str:
+    """Copy a file that lives in the source version folder; re-point one that lives elsewhere."""
+    source_dir = repo.version_dir(model_id, version)
+    path = repo.resolve_file(model_id, version, relative)  # refuses paths escaping the repository
+    if path.is_relative_to(source_dir.resolve()):
+        rel_inside = path.relative_to(source_dir.resolve())
+        (new_dir / rel_inside).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, new_dir / rel_inside)
+        return str(rel_inside)
+    return repoint(source_dir, relative, new_dir)
