@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,9 +40,9 @@ class BatchingSettings(_Section):
         default=0.0,
         ge=0,
         description=(
-            "Extra wait for a fuller batch once a thread is free. 0 (default): batches form from whatever "
-            "queued while every thread was busy, which costs no latency; CPUs gain little from bigger batches. "
-            "Raise it (e.g. 2-5 ms) on GPUs."
+            "Extra wait for a fuller batch once a thread is free. 0 (default): batches form from what "
+            "queued while every thread was busy, which costs no latency; CPUs gain little from bigger "
+            "batches. Raise it (e.g. 2-5 ms) on GPUs."
         ),
     )
     max_queue: int = Field(
@@ -66,7 +66,8 @@ class AuthSettings(_Section):
 class ServerSettings(_Section):
     """One multi-model server process."""
 
-    repository: Path = Field(default=Path("demo-repo"), description="Model repository folder.")
+    # a str, not a Path: Path("s3://b/p") would collapse the "//" and lose the scheme
+    repository: str = Field(default="demo-repo", description="Model repository: a folder or s3://bucket/prefix.")
     models: list[str] | None = Field(
         default=None, description="Models to load at start-up; None means every model in the repository."
     )
@@ -94,6 +95,11 @@ class ServerSettings(_Section):
     )
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @field_validator("repository", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 ApiChoice = Literal["seed", "v2"]

@@ -46,7 +46,7 @@ class RunningServer:
 @contextmanager
 def running_server(repo: Path, **overrides: Any) -> Iterator[RunningServer]:
     """Start a server on `repo` with settings overrides; stop it afterwards."""
-    settings = ServerSettings(repository=repo, **overrides)
+    settings = ServerSettings(repository=str(repo), **overrides)
     server = RunningServer(settings)
     server.start()
     try:

@@ -98,7 +98,7 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
                 hint="inferpack down (or choose another fleet.run_dir)",
             )
         cleanup_stale(existing)
-    repository = Path(plan.repository) if plan.repository else settings.server.repository
+    repository = Path(plan.repository or settings.server.repository)
     known = set(LocalRepository(repository).model_ids())
     if unknown := sorted(set(plan.models()) - known):
         raise PlanError(f"the plan holds {len(unknown)} model(s) not in {repository}, e.g. {unknown[:3]}")
@@ -155,7 +155,7 @@ def up(
         if fleet.plan is not None:
             plan = load_plan(fleet.plan)
         else:
-            plan = local_plan(settings.server.repository, fleet.servers, fleet.copies)
+            plan = local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
     run, spec = prepare(settings, plan, config)
     supervisor = P.spawn(
         [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root)],
