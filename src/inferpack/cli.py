@@ -18,7 +18,7 @@ from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
 from inferpack.fleet.cli import register as register_fleet
 from inferpack.loadtest.cli import app as bench_app
-from inferpack.planner.cli import plan_command
+from inferpack.planner.cli import plan_command, profile_command
 from inferpack.repository.manifest import Task
 from inferpack.settings import DTypeChoice, load_settings
 
@@ -36,6 +36,7 @@ app.add_typer(eks_app, name="eks")
 app.add_typer(image_app, name="image")
 app.command("plan")(plan_command)
 app.command("compile")(compile_command)
+app.command("profile")(profile_command)
 register_fleet(app)  # up, status, logs, down, router, demo, config
 console = Console(stderr=True)
 out = Console()

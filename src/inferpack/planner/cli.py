@@ -205,3 +205,109 @@ def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     for line in lines:
         console.print(line)
     console.print(f"wrote {out}")
+
+
+def _ints(value: str, flag: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{flag} takes comma-separated integers, not {value!r}") from exc
+    if not items or min(items) < 1:
+        raise ConfigError(f"{flag} needs positive integers")
+    return items
+
+
+def profile_command(
+    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder.")],
+    models: Annotated[
+        str | None, typer.Option("--models", help="Comma-separated model ids (default: all).")
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")
+    ] = "1,2,4,8",
+    threads: Annotated[
+        str, typer.Option("--threads", help="Comma-separated intra-op thread counts.")
+    ] = "1,2",
+    dtypes: Annotated[str, typer.Option("--dtypes", help="Comma-separated: fp32, bf16.")] = "fp32",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed forwards per point.")] = 10,
+    instance_type: Annotated[
+        list[str] | None,
+        typer.Option("--instance-type", help="Catalog name(s) this machine stands for (default: local)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
+        "profile.json"
+    ),
+) -> None:
+    """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
+    size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
+    import datetime
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
+    from inferpack.repository.local import open_repository
+
+    console = Console()
+    repo = open_repository(repository)
+    wanted = _split(models) or repo.model_ids()
+    unknown = [m for m in wanted if m not in repo.model_ids()]
+    if unknown:
+        raise ConfigError(f"not in {repository}: {unknown[:5]}")
+    allowed_dtypes = {"fp32", "bf16"}
+    dtype_list = _split(dtypes) or ["fp32"]
+    if set(dtype_list) - allowed_dtypes:
+        raise ConfigError(f"--dtypes takes fp32 and/or bf16, not {dtypes!r}")
+    request = ProfileRequest(
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        threads=_ints(threads, "--threads"),
+        dtypes=[d for d in ("fp32", "bf16") if d in dtype_list],  # typed as the Literal choices
+        repeats=repeats,
+        instance_types=instance_type or None,
+    )
+    steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("profiling", total=None)
+
+        def step(label: str) -> None:
+            bar.update(task, description=label, advance=1)
+
+        from inferpack.planner.profiler import group_by_architecture
+
+        bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    write_profile(profile, out)
+    table = Table(title=f"profile: {profile.notes}")
+    for col in (
+        "architecture",
+        "cold load",
+        "resident",
+        "dtype",
+        "threads",
+        "batch",
+        "latency",
+        "req/s/worker",
+    ):
+        table.add_column(col, justify="left" if col in ("architecture", "dtype") else "right")
+    for prof in profile.profiles:
+        for k, point in enumerate(prof.points):
+            table.add_row(
+                prof.model_class if k == 0 else "",
+                f"{prof.cold_load_s:.2f} s" if k == 0 else "",
+                f"{prof.resident_mb:.0f} MB" if k == 0 else "",
+                point.dtype,
+                str(point.threads),
+                str(point.batch_size),
+                f"{point.latency_ms:.1f} ms",
+                f"{point.worker_rps():.1f}",
+            )
+    console.print(table)
+    for key, reason in failed.items():
+        console.print(f"[yellow]skipped[/] {key}: {reason}")
+    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class <architecture>")

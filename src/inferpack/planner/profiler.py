@@ -1,0 +1,298 @@
+"""`inferpack profile`: measure models on this machine and write a profile file for the planner.
+
+Per architecture (models whose weights differ but whose shape does not are measured once): cold-load
+time, resident memory added (an RSS delta, measured), latency at each batch size, thread count and
+dtype, and peak throughput per core. The result is tagged with the hardware it ran on.
+
+Measurement needs a clock, an RSS reader and a model loader; they are parameters so the logic can be
+tested without timing real models.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from inferpack.errors import ConfigError, InferpackError, ModelLoadFailed
+from inferpack.planner.profiles import (
+    DType,
+    HardwareTag,
+    ModelClass,
+    ModelProfile,
+    OperatingPoint,
+    ProfileFile,
+)
+from inferpack.repository.local import ModelRepository
+from inferpack.runtime.hardware import cpu_model, usable_cores
+from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.tasks import TextInput
+
+MB = 2**20
+# Long enough to be truncated to any model's max_sequence_length, so latencies are at full length.
+_WORDS = (
+    "inferpack serves thousands of unique models behind one endpoint and plans the cheapest fleet "
+    "that keeps every request within its latency objective across instance types "
+) * 40
+
+Loader = Callable[[ModelRepository, str, DType], LoadedModel]
+
+
+@dataclass
+class ProfileRequest:
+    """What to measure."""
+
+    batch_sizes: list[int]
+    threads: list[int]
+    dtypes: list[DType]
+    repeats: int = 10
+    instance_types: list[str] | None = None  # catalog names this machine stands for; default "local"
+
+
+def default_loader(repository: ModelRepository, model_id: str, dtype: DType) -> LoadedModel:
+    """Load with the runtime (warm-up included, so the load time is files-to-first-answer)."""
+    if dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"dtype {dtype} cannot be profiled on CPU yet (use fp32 or bf16)")
+    return load_model(repository, model_id, dtype="bf16" if dtype == "bf16" else "fp32")
+
+
+def process_rss() -> int:
+    """Resident set size of this process, bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def architecture_key(repository: ModelRepository, model_id: str) -> str:
+    """A name for the model's shape: same key, same speed and size (weights may differ)."""
+    versions = repository.versions(model_id)
+    manifest = repository.manifest(model_id, versions[-1])
+    parts = [manifest.format, manifest.dtype, manifest.quantization, str(manifest.max_sequence_length)]
+    config: dict[str, Any] = {}
+    if manifest.config:
+        path = repository.version_dir(model_id, versions[-1]) / manifest.config
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            config = {}
+    if config:
+        shape = (
+            f"{config.get('model_type', 'model')}-l{config.get('num_hidden_layers')}"
+            f"-h{config.get('hidden_size')}-i{config.get('intermediate_size')}"
+        )
+    else:
+        shape = f"{manifest.task}-h{manifest.hidden_size}-p{manifest.parameters}"
+    return "-".join([shape, *[p for p in parts if p not in ("none",)]]).lower()
+
+
+def group_by_architecture(repository: ModelRepository, model_ids: list[str]) -> dict[str, list[str]]:
+    """Model ids per architecture key, in the given order."""
+    groups: dict[str, list[str]] = {}
+    for model_id in model_ids:
+        groups.setdefault(architecture_key(repository, model_id), []).append(model_id)
+    return groups
+
+
+def batch_of(model: LoadedModel, size: int) -> list[TextInput]:
+    """A batch of full-length inputs for the model's task."""
+    pair = model.handler.pair_input
+    item = TextInput("what does inferpack plan?", _WORDS) if pair else TextInput(_WORDS)
+    return [item] * size
+
+
+def time_forward(
+    model: LoadedModel, size: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median milliseconds of one forward of a batch of `size` (tokenised once, two warm-up runs)."""
+    encoded = model.tokenizer.encode(batch_of(model, size))
+    for _ in range(2):
+        model.forward(encoded)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = clock()
+        model.forward(encoded)
+        times.append((clock() - start) * 1000.0)
+    return float(statistics.median(times))
+
+
+def hardware() -> HardwareTag:
+    """This machine's tag (CPU only for now)."""
+    machine = platform.machine().lower()
+    arch = "arm64" if machine in ("arm64", "aarch64") else "x86_64"
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return HardwareTag(
+        cpu_model=cpu_model(),
+        architecture=arch,
+        cores=usable_cores(),
+        accelerator=accel,
+        accelerator_count=torch.cuda.device_count() if accel else 0,
+        torch_version=torch.__version__,
+    )
+
+
+@dataclass
+class Measured:
+    """One architecture's measurements, before they become a `ModelProfile`."""
+
+    key: str
+    model_ids: list[str]
+    cold_load_s: float
+    resident_mb: float
+    resident_from_second_model: bool
+    parameters: int | None
+    points: list[OperatingPoint]
+    failed: dict[str, str]
+
+
+def measure_architecture(
+    repository: ModelRepository,
+    key: str,
+    model_ids: list[str],
+    request: ProfileRequest,
+    *,
+    loader: Loader = default_loader,
+    rss: Callable[[], int] = process_rss,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[str], None] | None = None,
+) -> Measured:
+    """Load one or two models of an architecture and time it at every requested point.
+
+    Memory is the RSS delta of loading (and running) a model. The first model of a process also pays
+    one-off costs (kernels, tokenizer), so when a second model of the same shape exists its delta is
+    the one reported: the marginal memory of one more model on a server."""
+    first_dtype = request.dtypes[0]
+    loaded: list[tuple[LoadedModel, float, float]] = []
+    failed: dict[str, str] = {}
+    for model_id in model_ids:
+        if len(loaded) == 2:
+            break
+        before = rss()
+        start = clock()
+        try:
+            candidate = loader(repository, model_id, first_dtype)
+        except InferpackError as exc:  # a broken model is reported; its shape-mates stand in for it
+            failed[model_id] = str(exc)
+            continue
+        loaded.append((candidate, clock() - start, (rss() - before) / MB))
+    if not loaded:
+        raise ModelLoadFailed(f"no model of architecture {key} loads: {failed}")
+    model, load_s, resident = loaded[0]
+    from_second = len(loaded) > 1
+    if from_second:
+        _, load_s, resident = loaded[1]
+    del loaded, candidate
+    parameters = model.manifest.parameters
+    points: list[OperatingPoint] = []
+    old_threads = torch.get_num_threads()
+    try:
+        for dtype in request.dtypes:
+            if dtype != first_dtype:
+                del model
+                gc.collect()
+                model = loader(repository, model_ids[0], dtype)
+            for threads in request.threads:
+                torch.set_num_threads(threads)
+                for size in request.batch_sizes:
+                    if progress is not None:
+                        progress(f"{key}: {dtype}, {threads} thread(s), batch {size}")
+                    latency = time_forward(model, size, request.repeats, clock)
+                    points.append(
+                        OperatingPoint(batch_size=size, threads=threads, dtype=dtype, latency_ms=latency)
+                    )
+    finally:
+        torch.set_num_threads(old_threads)
+        del model
+        gc.collect()
+    return Measured(key, model_ids, load_s, max(resident, 1.0), from_second, parameters, points, failed)
+
+
+def to_profile_file(
+    measured: list[Measured], server_overhead_mb: float, request: ProfileRequest, tag: HardwareTag, when: str
+) -> ProfileFile:
+    """The profile file for a set of measurements."""
+    classes: list[ModelClass] = []
+    profiles: list[ModelProfile] = []
+    for m in measured:
+        one_thread = [p for p in m.points if p.threads == 1]
+        peak = max((p.worker_rps() for p in one_thread), default=None)
+        classes.append(
+            ModelClass(
+                name=m.key,
+                parameters=m.parameters or None,
+                reference_memory_mb=m.resident_mb,
+                description=f"measured from {', '.join(m.model_ids[:2])}",
+            )
+        )
+        memory_note = (
+            "second model's RSS delta" if m.resident_from_second_model else "first model's RSS delta"
+        )
+        profiles.append(
+            ModelProfile(
+                model_class=m.key,
+                instance_types=request.instance_types or ["local"],
+                hardware=tag,
+                cold_load_s=m.cold_load_s,
+                resident_mb=m.resident_mb,
+                server_overhead_mb=server_overhead_mb,
+                points=m.points,
+                peak_throughput_per_core=peak,
+                estimated=False,
+                source=(
+                    f"measured by `inferpack profile` on {when}: median of {request.repeats} forwards "
+                    f"at full sequence length; memory = {memory_note}; overhead = process RSS before loading"
+                ),
+            )
+        )
+    return ProfileFile(
+        created_by="inferpack profile",
+        notes=f"{tag.cpu_model}, {tag.cores} cores, torch {tag.torch_version}",
+        model_classes=classes,
+        profiles=profiles,
+    )
+
+
+def profile_repository(
+    repository: ModelRepository,
+    model_ids: list[str],
+    request: ProfileRequest,
+    *,
+    when: str,
+    loader: Loader = default_loader,
+    rss: Callable[[], int] = process_rss,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ProfileFile, dict[str, str]]:
+    """Measure every architecture among `model_ids`; returns the file and what failed (model id or
+    architecture -> reason)."""
+    if not model_ids:
+        raise ConfigError("no models to profile")
+    overhead = rss() / MB
+    groups = group_by_architecture(repository, model_ids)
+    measured: list[Measured] = []
+    failed: dict[str, str] = {}
+    for key, ids in groups.items():
+        try:
+            result = measure_architecture(
+                repository, key, ids, request, loader=loader, rss=rss, clock=clock, progress=progress
+            )
+        except InferpackError as exc:
+            failed[key] = str(exc)
+            continue
+        measured.append(result)
+        failed.update(result.failed)
+    if not measured:
+        raise ConfigError(f"no model could be profiled: {failed}")
+    return to_profile_file(measured, overhead, request, hardware(), when), failed
+
+
+def write_profile(profile: ProfileFile, path: Path) -> None:
+    """Write a profile file (indented JSON)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(profile.model_dump_json(indent=2, exclude_none=True) + "\n")

@@ -1,0 +1,78 @@
+"""The profiler: grouping by architecture, memory from the second model, the file it writes, and one
+real (small) measurement of the demo MiniLM models that the planner then uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.plan import load_plan
+from inferpack.planner.profiler import (
+    ProfileRequest,
+    group_by_architecture,
+    profile_repository,
+    write_profile,
+)
+from inferpack.planner.profiles import load_profiles
+from inferpack.repository.local import open_repository
+
+runner = CliRunner()
+
+
+def test_models_of_one_shape_are_measured_once(demo_repo: Path) -> None:
+    repo = open_repository(demo_repo)
+    groups = group_by_architecture(repo, repo.model_ids())
+    # All demo models share the MiniLM shape (heads differ by task, weights by model).
+    assert len(groups) == 1
+    (ids,) = groups.values()
+    assert set(ids) == set(repo.model_ids())
+
+
+def test_real_profile_skips_the_broken_model_and_feeds_the_planner(demo_repo: Path, tmp_path: Path) -> None:
+    repo = open_repository(demo_repo)
+    request = ProfileRequest(batch_sizes=[1, 2], threads=[1], dtypes=["fp32"], repeats=1)
+    profile, failed = profile_repository(repo, repo.model_ids(), request, when="test")
+    assert list(failed) == ["broken-0000"]  # sorted first; the next two models stand in for it
+    (prof,) = profile.profiles
+    assert prof.instance_types == ["local"] and not prof.estimated
+    assert [(p.batch_size, p.threads) for p in prof.points] == [(1, 1), (2, 1)]
+    assert all(p.latency_ms > 0 for p in prof.points)
+    assert prof.resident_mb >= 1 and prof.cold_load_s > 0 and prof.server_overhead_mb > 0
+    assert prof.peak_throughput_per_core is not None and prof.peak_throughput_per_core > 0
+    assert prof.hardware.cores >= 1 and prof.hardware.torch_version
+    assert "second model's RSS delta" in prof.source  # the marginal memory of one more model
+
+    path = tmp_path / "profile.json"
+    write_profile(profile, path)
+    merged = load_profiles([path], use_reference=False)
+    assert merged.lookup(prof.model_class, "local") is not None
+
+    catalog = tmp_path / "local.json"
+    local = {"name": "local", "vcpus": 2, "memory_mb": 24576, "price_per_hour": 1.0}
+    catalog.write_text(json.dumps({"instances": [local]}))
+    out = tmp_path / "plan.json"
+    args = ["plan", "--repository", str(demo_repo), "--profiles", str(path), "--no-reference-profiles"]
+    args += ["--catalog", str(catalog), "--instance-types", "local", "--model-class", prof.model_class]
+    args += ["--rate-rps", "0.5", "--slo-p90-ms", "5000", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    plan.validate_against(repo.model_ids())  # the plan reads the repository: the broken model is in it
+    assert {g.instance_type for g in plan.groups} == {"local"}
+
+
+def test_profile_cli_rejects_unknown_models_and_dtypes(demo_repo: Path) -> None:
+    result = runner.invoke(app, ["profile", "--repository", str(demo_repo), "--models", "nope"])
+    assert result.exception is not None and "not in" in str(result.exception)
+    result = runner.invoke(app, ["profile", "--repository", str(demo_repo), "--dtypes", "int4"])
+    assert result.exception is not None and "--dtypes" in str(result.exception)
+
+
+@pytest.mark.parametrize("flag", ["--batch-sizes", "--threads"])
+def test_profile_cli_rejects_bad_integer_lists(demo_repo: Path, flag: str) -> None:
+    result = runner.invoke(app, ["profile", "--repository", str(demo_repo), flag, "0,x"])
+    assert result.exception is not None and flag in str(result.exception)
