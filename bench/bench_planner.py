@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=1.8, help="lognormal sigma of the rates (skew)")
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--slo-sweep", default="", help="comma-separated objectives for a cost curve")
+    parser.add_argument("--plot", default="", help="write the cost curve (with --slo-sweep) to this PNG")
     args = parser.parse_args()
 
     print(f"cpu cores: {os.cpu_count()}; rates lognormal(median {args.median_rps}, sigma {args.sigma})")
@@ -114,12 +115,43 @@ def main() -> None:
         n = int(args.models.split(",")[0])
         print(f"\ncost versus P90 objective ({n} models):")
         print("  P90 ms | plan USD/h | bound | gap | naive USD/h | mix")
+        rows = []
         for slo in sweep:
             r = run(n, args, slo)
+            rows.append(r)
             print(
                 f"  {slo:6g} | {r['cost']:10.2f} | {r['bound']:5.2f} | {r['gap']:4.1%} | "
                 f"{r['naive_cost']:11.2f} | {r['mix']}"
             )
+
+        if args.plot:
+            plot_curve(rows, n, args.plot)
+
+
+def plot_curve(rows: list[dict[str, object]], n: int, path: str) -> None:
+    """Cost per hour of the plan, its lower bound and the naive packing versus the P90 objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slo = [float(str(r["slo_ms"])) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, style in (
+        ("naive_cost", "naive", "s--"),
+        ("cost", "plan", "o-"),
+        ("bound", "lower bound", "^:"),
+    ):
+        ax.plot(slo, [float(str(r[key])) for r in rows], style, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("P90 objective (ms)")
+    ax.set_ylabel("USD per hour")
+    ax.set_title(f"{n} bert-base-class models: cost versus latency objective")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
