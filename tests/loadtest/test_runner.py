@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.config import BenchConfig, TrafficSpec
 from inferpack.loadtest.result import aggregate
-from inferpack.loadtest.runner import run_worker
+from inferpack.loadtest.runner import Worker, new_event_loop, run_worker
 from inferpack.loadtest.shapes import ClosedLoop, OpenLoop, Step
 from inferpack.loadtest.targets import Target, resolve_target
 from inferpack.loadtest.traffic import numbered_models
@@ -166,3 +167,20 @@ def test_closed_loop_users_are_concurrent(fake_server: FakeServer) -> None:
     # Every answer takes >= 20 ms: one user cannot beat 50 req/s; five users overlap their waits.
     assert rates[1] < 50 * 1.05
     assert rates[5] > 2.5 * rates[1]
+
+
+def test_open_loop_never_sends_before_the_intended_time(fake_server: FakeServer) -> None:
+    config = BenchConfig(
+        target=Target(urls=[fake_server.url]),
+        models=["a"],
+        shape=OpenLoop(steps=[Step(rate=400)], arrivals="poisson"),
+        requests=200,
+    )
+    # uvloop rounds timers to whole milliseconds; a naive sleep sends many requests early (which would
+    # make latency from the intended time look shorter than it is).
+    worker = Worker(config)
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        result = runner.run(worker.run())
+    assert worker.recorder is not None
+    assert worker.recorder.early_sends == 0
+    assert H.decode(result.histograms.send_lag).get_total_count() == 200

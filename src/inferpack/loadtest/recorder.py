@@ -59,6 +59,7 @@ class Recorder:
         self.done = 0
         self.error_count = 0
         self.warmup_requests = 0
+        self.early_sends = 0  # sent before the intended time: a scheduler bug if ever non-zero
         self.last_done = measure_start
         self._recent = H.new_histogram(H.INTERVAL_SIG_FIGS)
         self._snap_done = 0
@@ -84,6 +85,8 @@ class Recorder:
             self.warmup_requests += 1
             return
         latency_us = (done - intended) * 1e6
+        if sent < intended:
+            self.early_sends += 1
         self.done += 1
         self.last_done = max(self.last_done, done)
         H.record_us(self.send_lag, (sent - intended) * 1e6)

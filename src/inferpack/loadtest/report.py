@@ -8,11 +8,22 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter
 
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import BenchResult
 
 PLOTS = ("throughput.png", "latency_over_time.png", "latency_cdf.png", "models.png")
+
+
+def _plain_log(ax: Axes, axis: str) -> None:
+    """Log scale with plain numbers (20, 50, 100) instead of 2x10^1 labels that collide."""
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # Label the 2x and 5x minor ticks too, so a range within one decade still has numbers.
+    target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
 
 
 def _throughput(result: BenchResult, path: Path) -> None:
@@ -45,7 +56,7 @@ def _latency_over_time(result: BenchResult, path: Path) -> None:
         ax.plot(t, values, label=key, linestyle=":" if key == "max" else "-")
     ax.set_xlabel("seconds since measurement start")
     ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
+    _plain_log(ax, "y")
     ax.set_title(f"Latency percentiles per {result.interval_s:g} s interval")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -80,8 +91,8 @@ def _models(result: BenchResult, path: Path) -> None:
     counts = [s.count for s in stats]
     if counts:
         left.plot(range(1, len(counts) + 1), counts, marker="." if len(counts) < 200 else None)
-        left.set_xscale("log")
-        left.set_yscale("log")
+        _plain_log(left, "x")
+        _plain_log(left, "y")
     left.set_xlabel("model rank by requests")
     left.set_ylabel("requests")
     left.set_title(f"Requests per model ({len(counts)} models asked)")
@@ -89,7 +100,7 @@ def _models(result: BenchResult, path: Path) -> None:
     ok = [s for s in stats if s.count > s.errors]
     if ok:
         right.scatter([s.count for s in ok], [s.mean_ms for s in ok], s=6, alpha=0.5)
-        right.set_xscale("log")
+        _plain_log(right, "x")
     right.set_xlabel("requests to the model")
     right.set_ylabel("mean latency (ms)")
     right.set_title("Per-model mean latency")

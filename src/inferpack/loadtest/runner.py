@@ -117,6 +117,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until `deadline` (perf_counter), never waking early: uvloop rounds timers to whole
+    milliseconds (a 0.3 ms sleep returns at once), so the last millisecond is spent yielding to the loop,
+    which keeps processing responses. Always yields at least once, even when already late."""
+    while True:
+        left = deadline - time.perf_counter()
+        if left > 0.0015:
+            await asyncio.sleep(left - 0.001)
+        else:
+            await asyncio.sleep(0)
+            if left <= 0 or time.perf_counter() >= deadline:
+                return
+
+
 class _Connections:
     """Connection slots over one aiohttp session. The slot is taken before the send time is read, so
     waiting for a free connection counts in open-loop latency but not in the service time."""
@@ -228,11 +242,7 @@ class Worker:
                 if issued >= self.count:
                     break
                 issued += 1
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # behind schedule: still let responses be processed
+            await _sleep_until(intended)
             rec.record_schedule_lag(intended, time.perf_counter())
             call = self.calls.next()
             if call is None:
