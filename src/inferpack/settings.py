@@ -74,6 +74,19 @@ class ServerSettings(_Section):
     lazy_load: bool = Field(
         default=False, description="Load a known but unloaded model on its first request (cold start)."
     )
+    memory_budget_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Model memory budget (measured tensor bytes); least-recently-used idle models are "
+        "evicted to fit. None: no limit.",
+    )
+    pinned_models: list[str] = Field(
+        default_factory=list, description="Models loaded at start and never evicted."
+    )
+    idle_unload_s: float | None = Field(
+        default=None, gt=0, description="Unload models unused for this long (None: never)."
+    )
+    max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     inference_threads: int = Field(

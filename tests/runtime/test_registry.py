@@ -40,7 +40,7 @@ class Loader:
         self.release_slow = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, repo: Any, model_id: str, version: int | None) -> Any:
+    def __call__(self, repo: Any, model_id: str, version: int | None, cold: bool = False) -> Any:
         with self.lock:
             self.calls[model_id] = self.calls.get(model_id, 0) + 1
         if model_id == "bad":
@@ -50,14 +50,31 @@ class Loader:
         return Echo(model_id)
 
 
-def _registry(loader: Loader, lazy: bool = False) -> ModelRegistry:
+def _registry(loader: Loader, lazy: bool = False, **settings: Any) -> ModelRegistry:
     return ModelRegistry(
-        Repo(["a", "b", "bad", "slow"]),  # type: ignore[arg-type]
-        ServerSettings(),
+        Repo(["a", "b", "c", "d", "bad", "slow"]),  # type: ignore[arg-type]
+        ServerSettings(lazy_load=lazy, **settings),
         InferencePool(2),
         loader=loader,  # type: ignore[arg-type]
-        lazy_load=lazy,
+        measure=lambda m: {id(m): MB},  # every fake model holds 1 MiB of its own
+        estimate=lambda model_id, version: MB,
+        clock=clock,
     )
+
+
+MB = 2**20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0  # every reading is a tick later: last_used orders strictly
+        return self.now
+
+
+clock = Clock()
 
 
 async def test_concurrent_first_requests_cause_exactly_one_load() -> None:
@@ -108,4 +125,70 @@ async def test_unknown_and_unloaded_models() -> None:
     assert registry.entry("a").state == "unavailable"
     with pytest.raises(ModelNotReady):
         await registry.ready_batcher("a")
+    await registry.close()
+
+
+async def test_budget_evicts_least_recently_used_and_stays_within_it() -> None:
+    registry = _registry(Loader(), lazy=True, memory_budget_mb=2)
+    for model in ("a", "b", "a", "c"):  # c must evict b (a was used more recently)
+        batcher, _ = await registry.ready_batcher(model)
+        await batcher.submit(TextInput("x"))
+        assert registry.ledger.total_bytes <= 2 * MB
+    assert registry.ready_models() == ["a", "c"]
+    assert registry.entry("b").state == "evicted" and "budget" in registry.entry("b").reason
+    assert registry.stats.evictions["budget"] == 1 and registry.stats.misses == 3 and registry.stats.hits == 1
+    await registry.close()
+
+
+async def test_hot_models_survive_a_stream_of_one_off_models() -> None:
+    registry = _registry(Loader(), lazy=True, memory_budget_mb=2)
+    for _ in range(3):
+        await registry.ready_batcher("a")  # a is hot: used repeatedly
+    for one_off in ("b", "c", "d", "b", "c"):
+        await registry.ready_batcher(one_off)
+        assert "a" in registry.ready_models()  # segmented LRU: once-used models go first
+    await registry.close()
+
+
+async def test_pinned_and_busy_models_are_never_evicted() -> None:
+    loader = Loader()
+    registry = _registry(loader, lazy=True, memory_budget_mb=2, pinned_models=["a"])
+    await registry.load("a")
+    slow = asyncio.create_task(registry.load("slow"))  # holds its lock while loading
+    while registry.entry("slow").state != "loading":
+        await asyncio.sleep(0)
+    loader.release_slow.set()
+    await slow
+    busy, _ = await registry.ready_batcher("slow")
+    gate = threading.Event()
+    original = busy.model.predict
+
+    def blocked(items: list[TextInput]) -> list[dict[str, Any]]:
+        gate.wait(timeout=30)
+        return original(items)
+
+    busy.model.predict = blocked  # type: ignore[method-assign]
+    running = asyncio.create_task(busy.submit(TextInput("x")))
+    while not busy.busy:
+        await asyncio.sleep(0)
+    from inferpack.errors import Overloaded
+
+    with pytest.raises(Overloaded, match="memory budget full"):
+        await registry.ready_batcher("b")  # a pinned, slow busy: nothing can go
+    assert registry.entry("b").state == "unavailable"
+    gate.set()
+    await running
+    await registry.ready_batcher("b")  # now slow is idle and goes
+    assert registry.ready_models() == ["a", "b"]
+    await registry.close()
+
+
+async def test_idle_models_are_unloaded() -> None:
+    registry = _registry(Loader(), lazy=True, idle_unload_s=5, pinned_models=["b"])
+    await registry.ready_batcher("a")
+    await registry.load("b")
+    assert await registry.evict_idle() == []  # fresh
+    clock.now += 10
+    assert await registry.evict_idle() == ["a"]
+    assert registry.entry("a").state == "evicted" and registry.ready_models() == ["b"]
     await registry.close()

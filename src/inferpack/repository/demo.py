@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,27 @@ def unique_weights(base: DemoBase, task: Task, model_id: str, seed: int) -> dict
     return out
 
 
+def is_tenant_specific(name: str, config: dict[str, Any]) -> bool:
+    """True for the tensors that differ between demo models: the top encoder layer and the task head."""
+    top = f"encoder.layer.{config['num_hidden_layers'] - 1}."
+    return top in name or name.startswith(("qa_outputs.", "classifier."))
+
+
+def _shared_base(repo: LocalRepository, tensors: dict[str, torch.Tensor]) -> Path:
+    """Store tensors common to many models once, named by the hash of the file's content."""
+    folder = repo.shared_dir() / "weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".tmp-{os.getpid()}.safetensors"
+    save_file(tensors, str(tmp))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+    target = folder / f"{digest}.safetensors"
+    if target.is_file():
+        tmp.unlink()
+    else:
+        tmp.replace(target)
+    return target
+
+
 def _shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
     """Store the tokenizer once per repository, named by content hash."""
     data = source.read_bytes()
@@ -128,10 +150,14 @@ def make_demo_models(
     prefix: str | None = None,
     seed: int = 0,
     max_sequence_length: int = 128,
+    share_base: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Create `count` unique demo models in the repository at `out`; returns their ids.
 
+    With `share_base` (default) the tensors common to all of them (everything but the top layer and the
+    head) are stored once in `_shared/weights/` and held once in memory by a server, as per-tenant
+    fine-tunes of one base would be; without it every model file holds all its weights.
     Existing models with the same ids are left alone (idempotent), so a demo can re-run cheaply.
     """
     if count < 1:
@@ -150,10 +176,18 @@ def make_demo_models(
     if task == "text-classification":
         config["id2label"] = dict(enumerate(DEMO_LABELS))
         config["label2id"] = {label: i for i, label in enumerate(DEMO_LABELS)}
-    params = sum(t.numel() for t in unique_weights(base, task, ids[0], seed).values())
+    first = unique_weights(base, task, ids[0], seed)
+    params = sum(t.numel() for t in first.values())
+    shared: list[str] = []
+    if share_base:
+        common = {k: v for k, v in first.items() if not is_tenant_specific(k, config)}
+        shared = [str(Path("..", "..", "_shared", "weights", _shared_base(repo, common).name))]
     for model_id in todo:
         _, vdir = repo.new_version_dir(model_id)
-        save_file(unique_weights(base, task, model_id, seed), str(vdir / "model.safetensors"))
+        weights = unique_weights(base, task, model_id, seed)
+        if share_base:
+            weights = {k: v for k, v in weights.items() if is_tenant_specific(k, config)}
+        save_file(weights, str(vdir / "model.safetensors"))
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         manifest = Manifest(
             format="safetensors",
@@ -161,6 +195,7 @@ def make_demo_models(
             weights="model.safetensors",
             config="config.json",
             tokenizer=str(Path("..", "..", "_shared", "tokenizers", tokenizer.name)),
+            shared_weights=shared,
             max_sequence_length=max_sequence_length,
             labels=DEMO_LABELS if task == "text-classification" else None,
             hidden_size=int(config["hidden_size"]),

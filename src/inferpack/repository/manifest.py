@@ -57,6 +57,11 @@ class Manifest(BaseModel):
         default="tokenizer.json",
         description="Fast-tokenizer file, relative to the version folder; may point into <repo>/_shared/.",
     )
+    shared_weights: list[str] = Field(
+        default_factory=list,
+        description="safetensors files of tensors shared with other models (e.g. a common base), relative "
+        "to the version folder, usually in <repo>/_shared/weights/; the model's own file overrides them.",
+    )
     max_sequence_length: int = Field(default=128, ge=8, le=4096)
     dtype: DType = "fp32"
     quantization: Quantization = "none"

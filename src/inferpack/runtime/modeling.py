@@ -24,6 +24,7 @@ from inferpack.errors import ModelLoadFailed
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest, Task
 from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.shared import SHARED, SharedGroup, SharedWeights, cast_floating
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
 from inferpack.settings import DTypeChoice
 
@@ -150,13 +151,32 @@ def fill_weights(wrapper: TaskWrapper, state: dict[str, torch.Tensor]) -> TaskWr
     return wrapper
 
 
-def build_eager(version_dir: Path, manifest: Manifest) -> TaskWrapper:
-    """An eager, task-wrapped fp32 module from a safetensors version folder."""
+def build_eager(
+    version_dir: Path,
+    manifest: Manifest,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    shared: list[SharedGroup] | None = None,
+) -> TaskWrapper:
+    """An eager, task-wrapped module from a safetensors version folder, in `dtype` on `device`.
+
+    Tensors of shared weight files come from `shared` (the process-wide cache: the same tensor objects for
+    every model of a base) or, when not given, are read from the manifest's `shared_weights` paths.
+    """
     if manifest.config is None:
         raise ModelLoadFailed("safetensors manifest names no architecture config")
+    target = device or torch.device("cpu")
     config = json.loads((version_dir / manifest.config).read_text())
     wrapper = build_skeleton(config, manifest.task)
-    return fill_weights(wrapper, load_file(str(version_dir / manifest.weights)))
+    state: dict[str, torch.Tensor] = {}
+    if shared is None:
+        shared = [SharedWeights().get(version_dir / rel, dtype, target) for rel in manifest.shared_weights]
+    for group in shared:
+        state.update(group.tensors)
+    own = load_file(str(version_dir / manifest.weights), device=str(target))
+    state.update(cast_floating(own, dtype))
+    return fill_weights(wrapper, state)
 
 
 class _TokenizerCache:
@@ -219,9 +239,13 @@ def load_model(
     dtype: DTypeChoice = "auto",
     device: str = "cpu",
     max_sequence_length: int | None = None,
-    warmup: bool = True,
+    warmup: bool | None = True,
 ) -> LoadedModel:
-    """Load a version (default: latest) of a model, eager or TorchScript, and warm it up."""
+    """Load a version (default: latest) of a model, eager or TorchScript, and warm it up.
+
+    `warmup=None` warms up TorchScript only (its first calls compile; an eager model's first request is
+    its own warm-up, which is what a cold request wants: the answer sooner, not two forwards first).
+    """
     started = time.perf_counter()
     chosen = version if version is not None else repository.versions(model_id)[-1]
     manifest = repository.manifest(model_id, chosen)
@@ -233,6 +257,7 @@ def load_model(
             max_sequence_length or manifest.max_sequence_length,
         )
         module: ModelCallable
+        groups: list[SharedGroup] = []
         if manifest.format == "torchscript":
             torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
@@ -243,7 +268,11 @@ def load_model(
             hidden = manifest.hidden_size or 0
         else:
             torch_dtype = resolve_dtype(dtype, device)
-            eager = build_eager(version_dir, manifest).to(device=torch_device, dtype=torch_dtype)
+            groups = [
+                SHARED.get(repository.resolve_file(model_id, chosen, rel), torch_dtype, torch_device)
+                for rel in manifest.shared_weights
+            ]
+            eager = build_eager(version_dir, manifest, dtype=torch_dtype, device=torch_device, shared=groups)
             module = eager
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
     except ModelLoadFailed:
@@ -262,8 +291,9 @@ def load_model(
         dtype=torch_dtype,
         device=torch_device,
         hidden_size=hidden,
+        extra={"shared": groups} if manifest.format == "safetensors" else {},
     )
-    if warmup:
+    if warmup or (warmup is None and manifest.format == "torchscript"):
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded

@@ -1,30 +1,44 @@
-"""The model registry: which models this server knows, their lifecycle, and their batchers.
+"""The model registry: which models this server knows, their lifecycle, their memory, and their batchers.
 
 States: `unavailable` (known, not loaded) -> `loading` -> `ready`; `failed` (with the reason) when a load
-fails; `unloading` while draining. Exactly one load runs per model at a time (a per-model lock: concurrent
-first requests wait for the same load), and a bounded number of loads run at once, so one slow load never
-blocks other models.
+fails; `unloading` while draining; `evicted` after the memory budget or the idle timer unloaded it.
+
+Policies:
+- single flight: one load per model at a time (a per-model lock; concurrent first requests share it), and a
+  bounded number of loads at once, so one slow load never blocks other models;
+- lazy loading (optional): a known model loads on its first request, which is marked cold;
+- a memory budget: before a load, least-recently-used idle models are evicted until the newcomer fits;
+  memory is what loaded models measurably hold (distinct tensor storages, shared ones counted once);
+- thrash protection (segmented LRU): a model loaded once and used once is evicted before any model that
+  has been used repeatedly, so a stream of one-off cold models cannot flush the hot set;
+- pinned models load at start and are never evicted; busy models (queued or running work) are never evicted;
+- idle unload (optional): models unused for `idle_unload_s` are unloaded in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inferpack.errors import ModelLoadFailed, ModelNotFound, ModelNotReady
+from inferpack.errors import ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.shared import SHARED
 from inferpack.settings import ServerSettings
 
-State = Literal["unavailable", "loading", "ready", "unloading", "failed"]
-Loader = Callable[[ModelRepository, str, int | None], LoadedModel]
+log = logging.getLogger("inferpack.registry")
+State = Literal["unavailable", "loading", "ready", "unloading", "failed", "evicted"]
+Loader = Callable[[ModelRepository, str, int | None, bool], LoadedModel]  # repo, id, version, cold
 LoadObserver = Callable[[str, float, bool], None]  # model, seconds, succeeded
+PROTECTED_AFTER_HITS = 2  # uses after which a model counts as hot (segmented LRU)
 
 
 @dataclass
@@ -39,10 +53,23 @@ class ModelEntry:
     batcher: ModelBatcher | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = 0.0
+    hits: int = 0  # uses since this load
+    memory_bytes: int = 0
+    load_seconds: float = 0.0
+
+
+@dataclass
+class RegistryStats:
+    """Counters the metrics read at scrape time."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: dict[str, int] = field(default_factory=lambda: {"budget": 0, "idle": 0})
+    load_failures: int = 0
 
 
 class ModelRegistry:
-    """Owns model lifecycles for one server."""
+    """Owns model lifecycles and memory for one server."""
 
     def __init__(
         self,
@@ -51,33 +78,63 @@ class ModelRegistry:
         pool: InferencePool,
         *,
         loader: Loader | None = None,
-        max_concurrent_loads: int = 2,
+        measure: Callable[[LoadedModel], Storages] | None = None,
+        estimate: Callable[[str, int | None], int] | None = None,
         batch_observer: BatchObserver | None = None,
         load_observer: LoadObserver | None = None,
-        lazy_load: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
         self.settings = settings
         self.pool = pool
-        self.lazy_load = lazy_load
+        self.lazy_load = settings.lazy_load
+        self.budget_bytes = int(settings.memory_budget_mb * 2**20) if settings.memory_budget_mb else None
+        self.pinned = set(settings.pinned_models)
+        self.ledger = MemoryLedger()
+        self.stats = RegistryStats()
         self._loader = loader or self._default_loader
-        self._load_slots = asyncio.Semaphore(max_concurrent_loads)
-        self._load_executor = ThreadPoolExecutor(max_workers=max_concurrent_loads, thread_name_prefix="load")
+        self._measure = measure or (lambda m: module_storages(m.module))
+        self._estimate = estimate or self._estimate_from_files
+        self._clock = clock
+        self._load_slots = asyncio.Semaphore(settings.max_concurrent_loads)
+        self._load_executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_loads, thread_name_prefix="load"
+        )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
         self._load_observer = load_observer
         self._known: set[str] = set()
+        self._idle_task: asyncio.Task[None] | None = None
         self.refresh()
 
-    def _default_loader(self, repository: ModelRepository, model_id: str, version: int | None) -> LoadedModel:
+    # loading helpers ------------------------------------------------------------------------------------
+    def _default_loader(
+        self, repository: ModelRepository, model_id: str, version: int | None, cold: bool
+    ) -> LoadedModel:
         return load_model(
             repository,
             model_id,
             version,
             dtype=self.settings.dtype,
             max_sequence_length=self.settings.max_sequence_length,
+            warmup=None if cold else True,  # a cold request is the warm-up of an eager model
         )
 
+    def _estimate_from_files(self, model_id: str, version: int | None) -> int:
+        """Bytes a load will add, before loading: the measured footprint when known, else file sizes
+        (shared files only when no loaded model holds them already)."""
+        manifest = self.repository.manifest(model_id, version)
+        if manifest.footprint is not None:
+            return int(manifest.footprint.resident_mb * 2**20)
+        chosen = version or self.repository.versions(model_id)[-1]
+        size = (self.repository.version_dir(model_id, chosen) / manifest.weights).stat().st_size
+        for rel in manifest.shared_weights:
+            path = self.repository.resolve_file(model_id, chosen, rel)
+            if not SHARED.holds(path):
+                size += path.stat().st_size
+        return size
+
+    # catalogue ------------------------------------------------------------------------------------------
     def refresh(self) -> list[str]:
         """Re-read the repository's model list (new models become known, loaded ones stay)."""
         self._known = set(self.repository.model_ids())
@@ -98,7 +155,7 @@ class ModelRegistry:
             if model_id not in self._known:
                 raise ModelNotFound(
                     f"model {model_id!r} not found on this server",
-                    hint="GET /v2/repository/index (POST) lists the models this server knows",
+                    hint="POST /v2/repository/index lists the models this server knows",
                 )
         return self._entries.setdefault(model_id, ModelEntry(model_id))
 
@@ -110,7 +167,14 @@ class ModelRegistry:
         """Ids of the loaded models."""
         return sorted(m for m, e in self._entries.items() if e.state == "ready")
 
-    async def load(self, model_id: str, version: int | None = None) -> tuple[ModelEntry, bool]:
+    def queue_depth(self) -> int:
+        """Requests queued over all loaded models."""
+        return sum(e.batcher.queue_depth for e in self._entries.values() if e.batcher is not None)
+
+    # lifecycle ------------------------------------------------------------------------------------------
+    async def load(
+        self, model_id: str, version: int | None = None, *, cold: bool = False
+    ) -> tuple[ModelEntry, bool]:
         """Load (single flight); returns the entry and whether this call did the load. Raises on failure."""
         entry = self.entry(model_id)
         if entry.state == "ready" and (version is None or version == entry.version):
@@ -119,51 +183,146 @@ class ModelRegistry:
             if entry.state == "ready" and (version is None or version == entry.version):
                 return entry, False  # someone else loaded it while we waited
             if entry.state == "ready":
-                await self._unload_locked(entry)
+                await self._unload_locked(entry, "unavailable")
             entry.state, entry.reason = "loading", ""
             started = time.perf_counter()
-            async with self._load_slots:
-                try:
+            try:
+                async with self._load_slots:
+                    if self.budget_bytes is not None:
+                        await self._make_room(self._estimate(model_id, version), exclude=model_id)
                     loaded = await asyncio.get_running_loop().run_in_executor(
-                        self._load_executor, self._loader, self.repository, model_id, version
+                        self._load_executor, self._loader, self.repository, model_id, version, cold
                     )
-                except Exception as exc:
-                    entry.state = "failed"
-                    entry.reason = (
-                        exc.message
-                        if isinstance(exc, ModelLoadFailed)
-                        else f"model {model_id!r} failed to load: {type(exc).__name__}: {exc}"
-                    )
-                    if self._load_observer:
-                        self._load_observer(model_id, time.perf_counter() - started, False)
-                    if isinstance(exc, ModelNotFound | ModelLoadFailed):
-                        raise
-                    raise ModelLoadFailed(entry.reason) from exc
-            entry.loaded = loaded
-            entry.version = loaded.version
+            except Exception as exc:
+                self._load_failed(entry, exc, time.perf_counter() - started)
+                if isinstance(exc, ModelNotFound | ModelLoadFailed | Overloaded):
+                    raise
+                raise ModelLoadFailed(entry.reason) from exc
+            self.ledger.add(model_id, self._measure(loaded))
+            entry.memory_bytes = self.ledger.model_bytes(model_id)
+            entry.loaded, entry.version = loaded, loaded.version
             entry.batcher = ModelBatcher(loaded, self.pool, self.settings.batching, self._batch_observer)
-            entry.state = "ready"
-            entry.last_used = time.monotonic()
+            entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
+            entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
-                self._load_observer(model_id, time.perf_counter() - started, True)
-            return entry, True
+                self._load_observer(model_id, entry.load_seconds, True)
+        if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
+            await self._make_room(0, exclude=model_id)  # the estimate was low: settle with the measurement
+        return entry, True
+
+    def _load_failed(self, entry: ModelEntry, exc: Exception, seconds: float) -> None:
+        if isinstance(exc, Overloaded):
+            entry.state, entry.reason = "unavailable", ""
+            return
+        entry.state = "failed"
+        entry.reason = (
+            exc.message
+            if isinstance(exc, ModelLoadFailed | ModelNotFound)
+            else f"model {entry.model_id!r} failed to load: {type(exc).__name__}: {exc}"
+        )
+        self.stats.load_failures += 1
+        if self._load_observer:
+            self._load_observer(entry.model_id, seconds, False)
 
     async def unload(self, model_id: str) -> None:
         """Drain and drop a model; its other requests finish first."""
         entry = self.entry(model_id)
         async with entry.lock:
-            await self._unload_locked(entry)
+            await self._unload_locked(entry, "unavailable")
 
-    async def _unload_locked(self, entry: ModelEntry) -> None:
+    async def _unload_locked(self, entry: ModelEntry, final: State, reason: str = "") -> None:
         if entry.state != "ready" or entry.batcher is None:
-            entry.state = "unavailable" if entry.state != "failed" else entry.state
+            if entry.state != "failed":
+                entry.state = final
             return
         entry.state = "unloading"
-        batcher = entry.batcher
-        await batcher.close(drain=True)
-        entry.batcher, entry.loaded, entry.version = None, None, None
-        entry.state, entry.reason = "unavailable", ""
+        await entry.batcher.close(drain=True)
+        self.ledger.remove(entry.model_id)
+        entry.batcher, entry.loaded, entry.version, entry.memory_bytes = None, None, None, 0
+        entry.state, entry.reason = final, reason
+        # hand the freed pages back to the OS off the event loop (malloc_trim can take milliseconds)
+        await asyncio.get_running_loop().run_in_executor(self._load_executor, release_free_memory)
 
+    # eviction -------------------------------------------------------------------------------------------
+    def _victims(self, exclude: str) -> list[ModelEntry]:
+        """Evictable models, first to go first: once-used (probation) before hot, each oldest first."""
+        candidates = [
+            e
+            for e in self._entries.values()
+            if e.state == "ready"
+            and e.model_id != exclude
+            and e.model_id not in self.pinned
+            and e.batcher is not None
+            and not e.batcher.busy
+            and not e.lock.locked()
+        ]
+        return sorted(candidates, key=lambda e: (e.hits >= PROTECTED_AFTER_HITS, e.last_used))
+
+    async def _make_room(self, needed: int, exclude: str) -> None:
+        """Evict until `needed` more bytes fit the budget; Overloaded when nothing more can go."""
+        assert self.budget_bytes is not None
+        while self.ledger.total_bytes + needed > self.budget_bytes:
+            victims = self._victims(exclude)
+            if not victims:
+                if needed == 0:
+                    return  # already loaded and nothing else can go: over budget until something idles
+                raise Overloaded(
+                    f"memory budget full: {self.ledger.total_bytes / 2**20:.0f} MiB of "
+                    f"{self.budget_bytes / 2**20:.0f} MiB held by busy or pinned models; cannot load "
+                    f"{exclude!r} ({needed / 2**20:.0f} MiB) now",
+                    retry_after_s=1.0,
+                    hint="retry shortly, raise server.memory_budget_mb, or move models to another server",
+                )
+            victim = victims[0]
+            async with victim.lock:
+                if victim.state == "ready" and victim.batcher is not None and not victim.batcher.busy:
+                    log.info(
+                        "evicting %s (%d bytes) to fit the memory budget",
+                        victim.model_id,
+                        victim.memory_bytes,
+                    )
+                    await self._unload_locked(victim, "evicted", "evicted to fit the memory budget")
+                    self.stats.evictions["budget"] += 1
+
+    async def evict_idle(self) -> list[str]:
+        """Unload every unpinned, idle model unused for `idle_unload_s`; returns their ids."""
+        limit = self.settings.idle_unload_s
+        if limit is None:
+            return []
+        now = self._clock()
+        done = []
+        for entry in list(self._entries.values()):
+            stale = now - entry.last_used >= limit
+            if (
+                entry.state == "ready"
+                and stale
+                and entry.model_id not in self.pinned
+                and not entry.lock.locked()
+            ):
+                async with entry.lock:
+                    if entry.batcher is not None and not entry.batcher.busy:
+                        await self._unload_locked(entry, "evicted", f"unloaded after {limit:g} s idle")
+                        self.stats.evictions["idle"] += 1
+                        done.append(entry.model_id)
+        return done
+
+    def start_background(self) -> None:
+        """Start the idle-unload timer (when configured)."""
+        limit = self.settings.idle_unload_s
+        if limit is None or self._idle_task is not None:
+            return
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(max(0.5, limit / 4))
+                try:
+                    await self.evict_idle()
+                except Exception:  # never let the timer die
+                    log.exception("idle unload failed")
+
+        self._idle_task = asyncio.get_running_loop().create_task(tick(), name="idle-unload")
+
+    # requests -------------------------------------------------------------------------------------------
     async def ready_batcher(self, model_id: str) -> tuple[ModelBatcher, bool]:
         """The batcher of a ready model (lazy-loading it when enabled); the flag says it was cold."""
         entry = self.entry(model_id)
@@ -175,14 +334,20 @@ class ModelRegistry:
                     entry.reason if failed else f"model {model_id!r} is {entry.state}",
                     hint=f"load it with POST /v2/repository/models/{model_id}/load",
                 )
-            entry, cold = await self.load(model_id)
-        entry.last_used = time.monotonic()
+            self.stats.misses += 1
+            entry, cold = await self.load(model_id, cold=True)
+        else:
+            self.stats.hits += 1
+        entry.last_used = self._clock()
+        entry.hits += 1
         assert entry.batcher is not None  # ready implies a batcher
         return entry.batcher, cold
 
     async def close(self) -> None:
-        """Drain every model and stop the load threads."""
+        """Stop the timer, drain every model, stop the load threads."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         for entry in list(self._entries.values()):
             async with entry.lock:
-                await self._unload_locked(entry)
+                await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)

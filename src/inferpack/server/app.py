@@ -85,19 +85,20 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         pool,
         batch_observer=metrics.observe_batch,
         load_observer=metrics.observe_load,
-        lazy_load=settings.lazy_load,
     )
     plane = DataPlane(registry, metrics)
     auth = Authenticator(settings.auth)
     metrics.bind(
-        queue_depth=lambda: float(sum(e.batcher.queue_depth for e in registry.entries() if e.batcher)),
+        queue_depth=lambda: float(registry.queue_depth()),
         loaded=lambda: float(len(registry.ready_models())),
         known=lambda: float(len(registry.entries())),
     )
+    metrics.bind_registry(registry.stats, lambda: registry.ledger.total_bytes, registry.budget_bytes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await _load_startup_models(plane, settings)
+        registry.start_background()
         plane.started = True
         log.info(
             "inferpack server ready: %d model(s) loaded, %d inference threads",
@@ -250,9 +251,13 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
 async def _load_startup_models(plane: DataPlane, settings: ServerSettings) -> None:
     """Load the configured models (all when none are named); failures are kept as state, not fatal."""
     registry = plane.registry
-    wanted = settings.models if settings.models is not None else registry.refresh()
-    if settings.lazy_load and settings.models is None:
-        return  # lazy servers load on first use
+    if settings.models is not None:
+        wanted = settings.models
+    elif settings.lazy_load:
+        wanted = []  # lazy servers load on first use
+    else:
+        wanted = registry.refresh()
+    pinned = [m for m in settings.pinned_models if m not in wanted]
 
     async def one(model_id: str) -> None:
         try:
@@ -260,6 +265,7 @@ async def _load_startup_models(plane: DataPlane, settings: ServerSettings) -> No
         except InferpackError as exc:
             log.error("model %s failed to load: %s", model_id, exc)
 
+    await asyncio.gather(*(one(m) for m in pinned))  # pinned first: they must fit the budget
     await asyncio.gather(*(one(m) for m in wanted))
 
 

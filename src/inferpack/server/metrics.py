@@ -9,9 +9,13 @@ however many thousands of models a server holds.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from inferpack.runtime.registry import RegistryStats
 
 OTHER = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -84,6 +88,7 @@ class ServerMetrics:
         self.queue_depth = Gauge("inferpack_queue_depth", "Requests queued over all models.", registry=r)
         self.models_loaded = Gauge("inferpack_models_loaded", "Models loaded and ready.", registry=r)
         self.models_known = Gauge("inferpack_models_known", "Models in the repository.", registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes etc.: RSS next to the model ledger
 
     def bind(
         self, queue_depth: Callable[[], float], loaded: Callable[[], float], known: Callable[[], float]
@@ -92,6 +97,10 @@ class ServerMetrics:
         self.queue_depth.set_function(queue_depth)
         self.models_loaded.set_function(loaded)
         self.models_known.set_function(known)
+
+    def bind_registry(self, stats: RegistryStats, memory: Callable[[], int], budget: int | None) -> None:
+        """Cache hits/misses, evictions and model memory, read from the registry at scrape time."""
+        self.registry.register(_RegistryCollector(stats, memory, budget))
 
     def observe_request(self, model_id: str, api: str, code: int, seconds: float | None) -> None:
         """Count one inference request (and its latency when it was served)."""
@@ -115,3 +124,30 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+class _RegistryCollector(Collector):
+    """Exports the registry's counters without mirroring them into prometheus objects on the hot path."""
+
+    def __init__(self, stats: RegistryStats, memory: Callable[[], int], budget: int | None) -> None:
+        self.stats = stats
+        self.memory = memory
+        self.budget = budget
+
+    def collect(self) -> Iterable[Metric]:
+        hits = CounterMetricFamily("inferpack_model_cache_hits", "Requests that found their model loaded.")
+        hits.add_metric([], self.stats.hits)
+        misses = CounterMetricFamily("inferpack_model_cache_misses", "Requests that had to load their model.")
+        misses.add_metric([], self.stats.misses)
+        evictions = CounterMetricFamily(
+            "inferpack_model_evictions", "Models unloaded by policy.", labels=["reason"]
+        )
+        for reason, count in sorted(self.stats.evictions.items()):
+            evictions.add_metric([reason], count)
+        memory = GaugeMetricFamily("inferpack_model_memory_bytes", "Tensor bytes held by loaded models.")
+        memory.add_metric([], self.memory())
+        yield from (hits, misses, evictions, memory)
+        if self.budget is not None:
+            budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
+            budget.add_metric([], self.budget)
+            yield budget
