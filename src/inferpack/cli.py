@@ -72,6 +72,11 @@ def serve(
     lazy: Annotated[
         bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
     ] = None,
+    memory_budget_mb: Annotated[
+        float | None, typer.Option(help="Model memory budget in MiB; LRU idle models are evicted to fit.")
+    ] = None,
+    pinned: Annotated[str | None, typer.Option(help="Comma-separated models never evicted.")] = None,
+    idle_unload_s: Annotated[float | None, typer.Option(help="Unload models idle this many seconds.")] = None,
     config: ConfigOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -86,6 +91,9 @@ def serve(
             "dtype": dtype,
             "inference_threads": threads,
             "lazy_load": lazy,
+            "memory_budget_mb": memory_budget_mb,
+            "idle_unload_s": idle_unload_s,
+            "pinned_models": [m.strip() for m in pinned.split(",") if m.strip()] if pinned else None,
         }
     )
     if models and all_models:
@@ -112,8 +120,15 @@ def models_demo(
     ] = ("question-answering"),
     prefix: Annotated[str | None, typer.Option(help="Model id prefix (default: <arch>-<task>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for heads and perturbations.")] = 0,
+    share_base: Annotated[
+        bool,
+        typer.Option(
+            "--share-base/--no-share-base",
+            help="Store the common base once in _shared/weights/ (per-tenant fine-tunes of one base).",
+        ),
+    ] = True,
 ) -> None:
-    """Create N unique demo models offline (untrained heads; see docs/models.md)."""
+    """Create N unique demo models offline (untrained heads; see docs/server.md)."""
     from inferpack.repository.demo import make_demo_models
 
     if arch not in ("minilm", "bert-base"):
@@ -130,6 +145,7 @@ def models_demo(
             count,
             arch=arch,  # type: ignore[arg-type]
             task=task_name,
+            share_base=share_base,
             prefix=prefix,
             seed=seed,
             progress=lambda _m: progress.advance(bar),
