@@ -45,9 +45,15 @@ def choose_variant(dtype: DType, quantize: QuantizeChoice, target: TargetName) -
     return Variant(dtype, "none")
 
 
-def convert(eager: nn.Module, variant: Variant) -> nn.Module:
-    """A converted copy of an eager fp32 module (the original stays fp32 as the agreement reference)."""
-    model = copy.deepcopy(eager).eval()
+def convert(eager: nn.Module, variant: Variant, device: torch.device) -> nn.Module:
+    """The variant of an eager fp32 CPU module on `device`; the original stays as the agreement reference.
+
+    fp32 on the CPU is the original itself (tracing and freezing never modify it), saving a copy of the
+    weights; every other variant works on a copy.
+    """
+    if variant == Variant("fp32", "none") and device.type == "cpu":
+        return eager.eval()
+    model = copy.deepcopy(eager).eval().to(device)
     if variant.quantization == "int8-dynamic":
         with warnings.catch_warnings():
             # torch.ao.quantization is deprecated in favour of torchao, which is not a dependency here; the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +42,9 @@ def store_version(
     source = repo.manifest(model_id, source_version)
     version, new_dir = repo.new_version_dir(model_id)
     try:
-        torch.jit.save(module, str(new_dir / WEIGHTS_FILE))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's notice; see trace.jit_trace
+            torch.jit.save(module, str(new_dir / WEIGHTS_FILE))
         tokenizer = _carry_file(repo, model_id, source_version, source.tokenizer, new_dir)
         config = (
             _carry_file(repo, model_id, source_version, source.config, new_dir)

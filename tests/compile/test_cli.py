@@ -1,0 +1,69 @@
+"""`inferpack compile` through the real CLI app: help, one model, --all, and a clear refusal."""
+
+from __future__ import annotations
+
+import re
+
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.errors import CompileError
+
+from .conftest import RepoFactory
+
+runner = CliRunner()
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_help_lists_the_options() -> None:
+    result = runner.invoke(app, ["compile", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    text = _plain(result.output)
+    for flag in ("--repository", "--target", "--dtype", "--quantize", "--version", "--all", "--force"):
+        assert flag in text
+    assert "cpu|cuda|neuron" in text
+
+
+def test_compiles_one_model_and_prints_the_table(repo_copy: RepoFactory) -> None:
+    repo = repo_copy("emb-0000")
+    result = runner.invoke(
+        app,
+        ["compile", "emb-0000", "--repository", str(repo.root), "--dtype", "bf16"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    text = _plain(result.output)
+    assert "emb-0000" in text and "2 (from 1)" in text and "bf16" in text and "passed" in text
+    assert repo.manifest("emb-0000", 2).dtype == "bf16"
+
+
+def test_all_compiles_every_model(repo_copy: RepoFactory) -> None:
+    repo = repo_copy("qa-0000", "cls-0000")
+    result = runner.invoke(
+        app,
+        ["compile", "--all", "--repository", str(repo.root), "--quantize", "int8"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    text = _plain(result.output)
+    assert "qa-0000" in text and "cls-0000" in text and "int8" in text
+    for model_id in ("qa-0000", "cls-0000"):
+        assert repo.manifest(model_id, 2).quantization == "int8-dynamic"
+
+
+def test_neither_model_nor_all_is_a_usage_error(repo_copy: RepoFactory) -> None:
+    result = runner.invoke(app, ["compile", "--repository", "nowhere"])
+    assert result.exit_code == 2
+    assert "--all" in _plain(result.output)
+
+
+def test_a_refused_compile_surfaces_the_compile_error(repo_copy: RepoFactory) -> None:
+    repo = repo_copy("qa-0000")
+    result = runner.invoke(app, ["compile", "qa-0000", "--repository", str(repo.root), "--target", "neuron"])
+    # main() turns InferpackError into a one-line message and exit status 2; the app itself raises it.
+    assert isinstance(result.exception, CompileError)
+    assert "Neuron SDK" in result.exception.message
+    assert repo.versions("qa-0000") == [1]
