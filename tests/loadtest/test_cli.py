@@ -5,6 +5,7 @@ test checks that `inferpack bench` is registered."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -97,3 +98,66 @@ def test_local_worker_processes(fake_server: FakeServer, tmp_path: Path) -> None
     assert sorted(m for _, m in fake_server.calls) == sorted(merged.models)
     assert len(fake_server.calls) == 100 == merged.total_requests()
     assert H.same_counts(H.decode(merged.histograms.latency), H.merge(p.histograms.latency for p in parts))
+
+
+def test_rnd_mode_sends_n_requests_at_the_set_rate(fake_server: FakeServer, tmp_path: Path) -> None:
+    out = tmp_path / "rnd"
+    args = ["run", "--url", fake_server.url, "--num-models", "1000", "--mode", "rnd", "--requests", "40"]
+    result = runner.invoke(app, [*args, "--rate", "80", "--out", str(out), "--no-report", "--no-live"])
+    assert result.exit_code == 0, result.output
+    saved = load_result(out / "result.json")
+    assert saved.metadata.mode == "rnd" and saved.metadata.load_shape["kind"] == "open"
+    assert saved.total_requests() == 40 == len(fake_server.calls)
+    # 40 requests due every 12.5 ms: the last is due at 0.4875 s, so the window is about half a second.
+    assert 0.48 <= saved.window_s() < 1.5
+
+
+def test_worker_from_flags_like_the_kubernetes_job(fake_server: FakeServer, tmp_path: Path) -> None:
+    plan = {
+        "created_by": "test",
+        "groups": [
+            {
+                "name": "g",
+                "resources": {"cpu": 1, "memory_mb": 512},
+                "servers": [{"name": "s0", "models": ["p", "q"]}, {"name": "s1", "models": ["r"]}],
+            }
+        ],
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    # The deploy package's Job runs: worker --target ROUTER --plan PLAN --worker-index I --workers N.
+    args = ["worker", "--target", fake_server.url, "--plan", str(tmp_path / "plan.json"), "--mode", "seq"]
+    result = runner.invoke(
+        app,
+        [*args, "--progress", "none"],
+        env={"INFERPACK_BENCH_WORKER_INDEX": "1", "INFERPACK_BENCH_WORKERS": "2", "COLUMNS": "160"},
+    )
+    assert result.exit_code == 0, result.output
+    # Worker 1 of 2 takes the second half of the plan's models, through the router URL.
+    assert [m for _, m in fake_server.calls] == ["r"]
+    line = result.stdout.strip().splitlines()[-1]
+    assert json.loads(line)["workers"][0]["index"] == 1
+
+
+def test_live_view_merges_workers_snapshots() -> None:
+    from rich.console import Console
+
+    from inferpack.loadtest.display import LiveView
+    from inferpack.loadtest.recorder import Snapshot
+
+    def snap(done: int, values_ms: list[float]) -> Snapshot:
+        h = H.new_histogram(H.INTERVAL_SIG_FIGS)
+        for v in values_ms:
+            H.record_us(h, v * 1000)
+        return Snapshot(1.0, done, 1, done, 1, 0.5, H.encode(h))
+
+    console = Console(record=True, width=120, file=io.StringIO())
+    view = LiveView(console, "t", duration_s=10, requests=None)
+    view.update(0, snap(10, [5.0] * 10))
+    view.update(1, snap(30, [50.0] * 30))
+    console.print(view._render())
+    text = console.export_text()
+    # 40 done, 2 errors, (10 + 30) / 0.5 s = 80 req/s; the P50 of all 40 samples is the slow worker's
+    # 50 ms (50.2: the top of its 2-figure bucket), not an average of the two workers' P50s.
+    row = next(line for line in text.splitlines() if "1.0/10s" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    assert cells == ["1.0/10s", "40", "2", "80", "50.2", "50.2", "50.2"]

@@ -13,6 +13,7 @@ from matplotlib.ticker import FuncFormatter
 
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import BenchResult
+from inferpack.loadtest.shapes import OpenLoop
 
 PLOTS = ("throughput.png", "latency_over_time.png", "latency_cdf.png", "models.png")
 
@@ -31,6 +32,13 @@ def _throughput(result: BenchResult, path: Path) -> None:
     t = [iv.t_s for iv in result.series]
     ax.plot(t, [iv.count / result.interval_s for iv in result.series], label="completed req/s")
     ax.plot(t, [iv.errors / result.interval_s for iv in result.series], label="errors/s", color="tab:red")
+    if result.metadata.load_shape.get("kind") == "open" and t:
+        # The offered load (the schedule): completions below it mean the server fell behind.
+        shape = OpenLoop.model_validate(result.metadata.load_shape)
+        end = result.metadata.duration_s or t[-1] + result.interval_s
+        xs = [x for x in t if x < end]
+        ys = [shape.rate_at(x) for x in xs]
+        ax.plot(xs, ys, label="offered req/s", color="gray", linestyle="--", drawstyle="steps-post")
     ax.set_xlabel("seconds since measurement start")
     ax.set_ylabel("requests/s")
     ax.set_title("Throughput over time")

@@ -169,7 +169,7 @@ class Worker:
         self.workers = workers
         self.rng = np.random.default_rng([config.seed, index])
         self.calls = _Calls(config, index, workers, self.rng)
-        self.shape = split_shape(config.shape, workers, index)
+        self.shape = split_shape(config.shape, workers, index, at_least_one_user=config.mode == "seq")
         self.count = None if config.requests is None else split_count(config.requests, workers, index)
         self.builder = RequestBuilder(config.api, config.question, config.context)
         self.recorder: Recorder | None = None

@@ -57,7 +57,9 @@ class OpenLoop(BaseModel):
         if len(self.steps) == 1:
             rate = f"{self.steps[0].rate:g} req/s"
         else:
-            rate = " → ".join(f"{s.rate:g}/s×{s.duration_s or 0:g}s" for s in self.steps)
+            rate = " → ".join(
+                f"{s.rate:g}/s" + (f" for {s.duration_s:g}s" if s.duration_s else "") for s in self.steps
+            )
         return f"open loop, {rate} ({self.arrivals} arrivals)"
 
     def rate_at(self, t: float) -> float:
@@ -134,12 +136,18 @@ def intended_times(
                 k += 1
 
 
-def split_shape(shape: LoadShape, workers: int, index: int) -> LoadShape:
-    """The share of the load that worker `index` of `workers` generates."""
+def split_shape(shape: LoadShape, workers: int, index: int, *, at_least_one_user: bool = False) -> LoadShape:
+    """The share of the load that worker `index` of `workers` generates. `at_least_one_user` (the seq
+    mode, where users only set concurrency, not load) gives every worker a user even when users < N."""
     if isinstance(shape, ClosedLoop):
         users = shape.users // workers + (1 if index < shape.users % workers else 0)
+        if at_least_one_user:
+            users = max(users, 1)
         if users < 1:
-            raise ConfigError(f"{shape.users} user(s) cannot be spread over {workers} workers")
+            raise ConfigError(
+                f"{shape.users} user(s) cannot be spread over {workers} workers",
+                hint="--users is the total over all workers: give at least one per worker",
+            )
         return ClosedLoop(users=users)
     steps = [Step(rate=s.rate / workers, duration_s=s.duration_s) for s in shape.steps]
     in_flight = max(1, shape.max_in_flight // workers)
