@@ -109,3 +109,10 @@ def test_csv_errors_name_the_line(tmp_path: Path) -> None:
     f.write_text("id,memory_mb,rate_rps,model_class\n../x,100,1,minilm-l6\n")
     with pytest.raises(ConfigError, match="invalid model id"):
         read_models_csv(f, "bert-base")
+
+
+def test_exact_milp_refuses_huge_problems(tmp_path: Path) -> None:
+    args = ["plan", "--models", str(_csv(tmp_path / "m.csv", 600)), "--method", "milp"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p.json")])
+    assert isinstance(result.exception, PlanError)
+    assert "binaries" in str(result.exception)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from inferpack.planner.bound import lower_bound
 from inferpack.planner.heuristic import heuristic_packing
 from inferpack.planner.milp import solve_milp
-from inferpack.planner.naive import naive_packing
+from inferpack.planner.naive import even_packing, naive_packing
 from inferpack.planner.packing import check_packing, packing_cost
 from inferpack.planner.problem import PlanOptions, Problem
 from inferpack.planner.solve import solve, to_plan
@@ -79,11 +79,15 @@ def test_naive_packing_is_valid_when_found(problem: Problem, t: int) -> None:
     assume(t < problem.n_types)
     packing = naive_packing(problem, t)
     if packing is None:
-        assert not problem.fits[:, t].all() or problem.copies.sum() > 0
+        # One copy per server always works when every model fits the type alone.
+        assert not problem.fits[:, t].all()
     else:
         assert check_packing(problem, packing) == []
         counts = [len(s.models) for s in packing]
         assert max(counts) - min(counts) <= 1
+        # The fewest servers: one fewer cannot hold the models dealt evenly.
+        if len(packing) > 1:
+            assert even_packing(problem, t, len(packing) - 1) is None
 
 
 def test_bound_is_tight_on_a_pure_volume_problem() -> None:

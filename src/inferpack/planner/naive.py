@@ -72,7 +72,8 @@ class NaiveResult:
     models_per_server: float
 
 
-def _even_feasible(problem: Problem, t: int, n_servers: int) -> list[Server] | None:
+def even_packing(problem: Problem, t: int, n_servers: int) -> list[Server] | None:
+    """Copies dealt evenly over `n_servers` servers of type `t`, or None if a server would overflow."""
     if int(problem.copies.max()) > n_servers:
         return None
     # The same dealing as `round_robin`, vectorised: copy number p (in model order) goes to p mod N.
@@ -103,10 +104,10 @@ def naive_packing(problem: Problem, type_index: int) -> list[Server] | None:
     # the last step for the smallest N that works.
     while prev < total:
         n = min(n, total)
-        found = _even_feasible(problem, type_index, n)
+        found = even_packing(problem, type_index, n)
         if found is not None:
             for m in range(prev + 1, n):
-                smaller = _even_feasible(problem, type_index, m)
+                smaller = even_packing(problem, type_index, m)
                 if smaller is not None:
                     return smaller
             return found

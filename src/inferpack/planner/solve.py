@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.planner.bound import lower_bound
 from inferpack.planner.heuristic import heuristic_packing
@@ -21,6 +22,7 @@ from inferpack.planner.packing import Server, binding_resource, check_packing, p
 from inferpack.planner.problem import PlanOptions, Problem, predicted_p90_ms
 
 Method = Literal["auto", "milp", "heuristic"]
+MAX_MILP_BINARIES = 50_000  # beyond this, building the model in Python alone takes many seconds
 
 
 @dataclass
@@ -74,8 +76,13 @@ def solve(
     lb = min(bound.value, cost)
     used: Literal["milp", "heuristic"] = "heuristic"
     optimal = cost <= lb * (1 + 1e-6) + 1e-9
-    small = milp_size(problem, slot_counts(problem, cost)) <= max_exact_binaries
-    if method == "milp" or (method == "auto" and small and not optimal):
+    size = milp_size(problem, slot_counts(problem, cost))
+    if method == "milp" and size > MAX_MILP_BINARIES:
+        raise PlanError(
+            f"the exact MILP would have {size:,} binaries (limit {MAX_MILP_BINARIES:,})",
+            hint="use --method heuristic (the gap to the lower bound is reported)",
+        )
+    if method == "milp" or (method == "auto" and size <= max_exact_binaries and not optimal):
         result = solve_milp(problem, servers, milp_time_limit_s)
         if check_packing(problem, result.servers):
             raise AssertionError("MILP produced an invalid packing")
