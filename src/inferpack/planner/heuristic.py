@@ -1,9 +1,11 @@
 """The fast heuristic: first-fit decreasing onto preferred instance types, then local search.
 
-1. Each model gets a preferred instance type (from the LP relaxation, from its cheapest bottleneck
-   share, or one type for all). Models are taken in decreasing order of their largest normalised demand;
-   each copy goes to the first open server of any type with room (copies on different servers), else to a
-   new server of the model's preferred type.
+1. Each model gets a preferred instance type (from the LP relaxation, or from its cheapest bottleneck
+   share). Optionally the relaxation's server counts, rounded, are opened first. Models are taken in
+   decreasing order of their largest normalised demand; each copy goes to a pre-opened server with room
+   (preferred type first, best dot-product match of demand and spare room), else to the first open
+   server of any type with room (copies always on different servers), else to a new server of the
+   model's preferred type.
 2. Local search, all moves keeping every constraint: empty the least-filled servers by moving their
    models elsewhere; merge pairs of small servers into one cheaper type; right-size each server to the
    cheapest type that still holds its models. Repeat while the cost falls (bounded by `max_rounds`).
