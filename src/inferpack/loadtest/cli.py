@@ -318,7 +318,11 @@ def compare(
     b: Annotated[Path, typer.Argument(help="Result JSON to compare with it.")],
 ) -> None:
     """Print the differences between two results (B relative to A)."""
-    Console().print(compare_table(load_result(a), load_result(b), a.name, b.name))
+    # Result files are usually all called result.json: name them by their folder then.
+    name_a, name_b = (
+        (a.name, b.name) if a.name != b.name else (str(a.parent / a.name), str(b.parent / b.name))
+    )
+    Console().print(compare_table(load_result(a), load_result(b), name_a, name_b))
 
 
 @app.command()

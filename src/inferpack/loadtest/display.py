@@ -145,10 +145,10 @@ def compare_table(a: BenchResult, b: BenchResult, name_a: str = "A", name_b: str
         ("requests", sa["requests"], sb["requests"]),
         ("error rate %", 100 * sa["error_rate"], 100 * sb["error_rate"]),
     ]
-    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"):
-        rows.append(
-            (f"latency {key.removesuffix('_ms').upper()} ms", sa["latency_ms"][key], sb["latency_ms"][key])
-        )
+    labels = {"p50_ms": "P50", "p90_ms": "P90", "p95_ms": "P95", "p99_ms": "P99", "p999_ms": "P99.9"}
+    labels |= {"max_ms": "max", "mean_ms": "mean"}
+    for key, label in labels.items():
+        rows.append((f"latency {label} ms", sa["latency_ms"][key], sb["latency_ms"][key]))
     for key in ("cold", "warm"):
         rows.append((f"{key} requests", sa[key], sb[key]))
     for name, va, vb in rows:
