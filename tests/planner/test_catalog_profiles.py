@@ -97,3 +97,20 @@ def test_cpu_cannot_meet_a_tight_objective_but_accelerators_can() -> None:
 def test_unknown_model_class_is_reported() -> None:
     with pytest.raises(PlanError, match="no profile"):
         build_problem([ModelDemand("a", 100, 1, "gpt-x")], load_catalog(), load_profiles(), PlanOptions())
+
+
+def test_reserved_cpus_and_request_overhead_lower_cpu_capacity() -> None:
+    models = [ModelDemand("a", 460, 1.0)]
+
+    def capacity(name: str, **kw: float) -> float:
+        problem = build_problem(models, load_catalog(), load_profiles(), PlanOptions(slo_p90_ms=400, **kw))
+        t = [i.name for i in problem.types].index(name)
+        return 1.0 / float(problem.coef[0, t, 1])
+
+    base = capacity("c6i.4xlarge")
+    assert capacity("c6i.4xlarge", reserved_cpus=4) < base
+    assert capacity("c6i.4xlarge", request_overhead_ms=20) < base
+    # On accelerators the host does the overhead: latency grows, device capacity does not shrink much.
+    inf2 = capacity("inf2.xlarge")
+    assert capacity("inf2.xlarge", request_overhead_ms=20) == pytest.approx(inf2, rel=0.05)
+    assert capacity("inf2.xlarge", reserved_cpus=2) == pytest.approx(inf2)

@@ -90,6 +90,12 @@ def plan_command(
         float, typer.Option("--slo-p90-ms", min=0.001, help="P90 latency objective.")
     ] = 100.0,
     max_utilisation: Annotated[float, typer.Option("--max-utilisation", min=0.01, max=1.0)] = 0.8,
+    reserved_cpus: Annotated[
+        float, typer.Option("--reserved-cpus", min=0.0, help="vCPUs per CPU server kept from the workers.")
+    ] = 0.0,
+    request_overhead_ms: Annotated[
+        float, typer.Option("--request-overhead-ms", min=0.0, help="CPU ms per request outside the forward.")
+    ] = 0.0,
     min_copies: Annotated[int, typer.Option("--min-copies", min=1, help="Copies on different servers.")] = 1,
     max_models_per_server: Annotated[int | None, typer.Option("--max-models-per-server", min=1)] = None,
     instance_types: Annotated[
@@ -132,6 +138,8 @@ def plan_command(
     options = PlanOptions(
         slo_p90_ms=slo_p90_ms,
         max_utilisation=max_utilisation,
+        reserved_cpus=reserved_cpus,
+        request_overhead_ms=request_overhead_ms,
         min_copies=min_copies,
         max_models_per_server=max_models_per_server,
         instance_types=_split(instance_types),

@@ -56,6 +56,16 @@ class PlanOptions(BaseModel):
     max_copy_load: float = Field(
         default=0.5, gt=0, le=1, description="A copy may use at most this share of the best server."
     )
+    reserved_cpus: float = Field(
+        default=0.0,
+        ge=0,
+        description="vCPUs per CPU server kept from the workers (HTTP, tokenising, a co-located router).",
+    )
+    request_overhead_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="CPU time per request outside the profiled forward (tokenising, HTTP, JSON).",
+    )
     dtypes: list[DType] = Field(
         default_factory=lambda: list(_DEFAULT_DTYPES),
         description="Operating points allowed (int8 is off by default: it needs a quality check).",
@@ -79,6 +89,8 @@ class TypeChoice:
     point: OperatingPoint
     workers: int
     capacity_rps: float
+    service_s: float  # per request per worker, overhead included
+    latency_ms: float  # one batch, overhead included
 
 
 @dataclass
@@ -131,10 +143,14 @@ def _allowed(name: str, patterns: list[str] | None) -> bool:
     return patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _workers(inst: InstanceType, point: OperatingPoint, per_device: int) -> int:
-    if inst.target != "cpu" and inst.accelerator_count > 0:
+def _on_accelerator(inst: InstanceType) -> bool:
+    return inst.target != "cpu" and inst.accelerator_count > 0
+
+
+def _workers(inst: InstanceType, point: OperatingPoint, per_device: int, reserved_cpus: float) -> int:
+    if _on_accelerator(inst):
         return inst.accelerator_count * per_device
-    return inst.vcpus // point.threads
+    return int((inst.vcpus - reserved_cpus + 1e-9) // point.threads)
 
 
 def choose_point(
@@ -145,14 +161,17 @@ def choose_point(
     for point in points:
         if point.dtype not in options.dtypes:
             continue
-        workers = _workers(inst, point, per_device)
+        workers = _workers(inst, point, per_device, options.reserved_cpus)
         if workers < 1:
             continue
-        cap = max_rate_rps(
-            workers, point.latency_ms, 1.0 / point.worker_rps(), options.slo_p90_ms, options.max_utilisation
-        )
+        overhead_ms = options.request_overhead_ms
+        # On CPU servers the per-request overhead runs on the workers' cores; on accelerator servers the
+        # host CPUs do it alongside the device, so it adds latency but not device time.
+        service = 1.0 / point.worker_rps() + (0.0 if _on_accelerator(inst) else overhead_ms / 1000.0)
+        latency = point.latency_ms + overhead_ms
+        cap = max_rate_rps(workers, latency, service, options.slo_p90_ms, options.max_utilisation)
         if cap > 0 and (best is None or cap > best.capacity_rps):
-            best = TypeChoice(point=point, workers=workers, capacity_rps=cap)
+            best = TypeChoice(point, workers, cap, service, latency)
     return best
 
 
@@ -264,7 +283,6 @@ def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> fl
         choice = problem.choices.get((c, type_index))
         if choice is None:
             return math.inf
-        service = 1.0 / choice.point.worker_rps()
         rate = load * choice.capacity_rps
-        worst = max(worst, p90_response_ms(choice.workers, choice.point.latency_ms, service, rate))
+        worst = max(worst, p90_response_ms(choice.workers, choice.latency_ms, choice.service_s, rate))
     return worst
