@@ -113,7 +113,7 @@ def models_demo(
     ),
     count: Annotated[int, typer.Option(help="How many unique models.")] = 10,
     arch: Annotated[
-        str, typer.Option(help="minilm (real MiniLM weights) or bert-base (random, 110M).")
+        str, typer.Option(help="minilm (real MiniLM weights), bert-base (random, 110M) or tiny (random, 4M).")
     ] = "minilm",
     task: Annotated[
         str, typer.Option(help="question-answering, text-classification or feature-extraction.")
@@ -131,8 +131,8 @@ def models_demo(
     """Create N unique demo models offline (untrained heads; see docs/server.md)."""
     from inferpack.repository.demo import make_demo_models
 
-    if arch not in ("minilm", "bert-base"):
-        raise typer.BadParameter("--arch must be minilm or bert-base")
+    if arch not in ("minilm", "bert-base", "tiny"):
+        raise typer.BadParameter("--arch must be minilm, bert-base or tiny")
     if task not in ("question-answering", "text-classification", "feature-extraction"):
         raise typer.BadParameter(
             "--task must be question-answering, text-classification or feature-extraction"

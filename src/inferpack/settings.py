@@ -67,7 +67,9 @@ class ServerSettings(_Section):
     """One multi-model server process."""
 
     # a str, not a Path: Path("s3://b/p") would collapse the "//" and lose the scheme
-    repository: str = Field(default="demo-repo", description="Model repository: a folder or s3://bucket/prefix.")
+    repository: str = Field(
+        default="demo-repo", description="Model repository: a folder or s3://bucket/prefix."
+    )
     models: list[str] | None = Field(
         default=None, description="Models to load at start-up; None means every model in the repository."
     )
@@ -87,6 +89,12 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    memory_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="When the budget is full of busy models, how long a load waits for one to go idle "
+        "before answering 503.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     inference_threads: int = Field(

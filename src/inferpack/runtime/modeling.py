@@ -113,6 +113,14 @@ def _transformers() -> Any:
         return transformers
 
 
+def preload_libraries() -> None:
+    """Import transformers and build one tiny BERT skeleton, so the first cold load in a lazy server does
+    not pay seconds of imports (module imports happen on first use inside transformers)."""
+    config = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
+    for task in _WRAPPERS:
+        build_skeleton({**config, "intermediate_size": 8, "vocab_size": 8}, task)
+
+
 def transformers_class(task: Task) -> Any:
     """The transformers Auto class that builds the bare model of a task."""
     transformers = _transformers()

@@ -261,8 +261,13 @@ class ModelRegistry:
     async def _make_room(self, needed: int, exclude: str) -> None:
         """Evict until `needed` more bytes fit the budget; Overloaded when nothing more can go."""
         assert self.budget_bytes is not None
+        give_up = time.monotonic() + self.settings.memory_wait_s
         while self.ledger.total_bytes + needed > self.budget_bytes:
             victims = self._victims(exclude)
+            if not victims and needed > 0 and time.monotonic() < give_up:
+                # every loaded model is busy or pinned: a busy one is usually idle within a forward or two
+                await asyncio.sleep(0.005)
+                continue
             if not victims:
                 if needed == 0:
                     return  # already loaded and nothing else can go: over budget until something idles

@@ -22,6 +22,7 @@ from inferpack.errors import InferpackError, InvalidInput, PayloadTooLarge
 from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.modeling import preload_libraries
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
@@ -97,6 +98,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # imports first, off the loop: a lazy server's first cold request should not pay for them
+        await asyncio.get_running_loop().run_in_executor(None, preload_libraries)
         await _load_startup_models(plane, settings)
         registry.start_background()
         plane.started = True
