@@ -143,3 +143,30 @@ def test_fast_summaries_equal_hdrh_own_results() -> None:
     xs, ys = H.cdf(h)
     assert ys[-1] == 1.0 and xs == sorted(xs)
     assert xs[-1] * 1000 == h.get_value_at_percentile(100)
+
+
+def test_aggregating_different_runs_warns() -> None:
+    r1, _ = _result(31, 10, 1000.0, 0)
+    r2, _ = _result(32, 10, 1000.0, 1)
+    assert not any("different runs" in w for w in aggregate([r1, r2]).warnings)
+    r2.metadata = r2.metadata.model_copy(update={"target": "elsewhere"})
+    assert any("different runs" in w for w in aggregate([r1, r2]).warnings)
+
+
+def test_generator_warnings_name_the_cause() -> None:
+    from inferpack.loadtest.runner import MEASURED_CEILING_RPS, generator_warnings
+
+    result, _ = _result(41, 100, 1000.0, 0)
+    calm = result.workers[0]
+    assert generator_warnings(result, calm) == []
+    busy = calm.model_copy(update={"cpu_s": 0.9})
+    assert any("busy" in w for w in generator_warnings(result, busy))
+    fast = calm.model_copy(update={"requests": int(MEASURED_CEILING_RPS), "measured_s": 1.0})
+    assert any("ceiling" in w for w in generator_warnings(result, fast))
+    lag = H.new_histogram()
+    for _ in range(100):
+        H.record_us(lag, 50_000)
+    late = result.model_copy(
+        update={"histograms": result.histograms.model_copy(update={"schedule_lag": H.encode(lag)})}
+    )
+    assert any("late" in w for w in generator_warnings(late, calm))

@@ -251,6 +251,14 @@ def aggregate(results: list[BenchResult]) -> BenchResult:
     first = results[0].metadata
     meta = first.model_copy(update={"models": max(r.metadata.models for r in results)})
     warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
+    runs = {
+        (r.metadata.mode, r.metadata.api, r.metadata.target, r.metadata.load_description) for r in results
+    }
+    if len(runs) > 1:
+        # Merging is still exact, but the figures then describe no single run.
+        warnings.append(
+            f"aggregated results of {len(runs)} different runs (mode, API, target or load differ)"
+        )
     merged = BenchResult(
         metadata=meta,
         workers=workers,
