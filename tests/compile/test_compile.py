@@ -107,7 +107,7 @@ def test_a_trace_that_bakes_in_values_is_caught(
 ) -> None:
     """A model whose Python reads a tensor value traces to a constant: right on the example only."""
     repo = repo_copy("cls-0000")
-    real_build = compiler.build_eager
+    from inferpack.runtime.modeling import build_eager as real_build
 
     class CountsTokens(TaskWrapper):
         def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -195,9 +195,10 @@ def test_impossible_combinations_are_refused(
 
 def _constants(module: torch.jit.ScriptModule) -> list[torch.Tensor]:
     """Tensors a frozen graph holds as constants instead of parameters."""
-    graph = module.graph  # type: ignore[attr-defined]
-    found = []
-    for node in graph.nodes():
+    found: list[torch.Tensor] = []
+    for node in module.graph.nodes():
         if node.kind() == "prim::Constant" and node.output().type().kind() == "TensorType":
-            found.append(node.output().toIValue())
+            value = node.output().toIValue()
+            assert isinstance(value, torch.Tensor)
+            found.append(value)
     return found
