@@ -154,6 +154,36 @@ def models_demo(
     console.print(f"{len(ids)} models in {out_dir} ({ids[0]} .. {ids[-1]})")
 
 
+@models_app.command("dedup")
+def models_dedup(
+    repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),
+    min_models: Annotated[int, typer.Option(help="Share a tensor found in at least this many models.")] = 2,
+    dry_run: Annotated[bool, typer.Option(help="Report what would be shared; change nothing.")] = False,
+) -> None:
+    """Store tensors identical across models (by content hash) once, in <repo>/_shared/weights/."""
+    from inferpack.repository.dedup import dedup_repository
+    from inferpack.repository.local import LocalRepository
+
+    repo = LocalRepository(repository)
+    with _progress() as progress:
+        bar = progress.add_task("hashing tensors", total=len(repo.model_ids()))
+        report = dedup_repository(
+            repo, min_models=min_models, dry_run=dry_run, progress=lambda _m: progress.advance(bar)
+        )
+    table = Table(title="dedup" + (" (dry run)" if dry_run else ""))
+    for col in ("models scanned", "models rewritten", "shared files", "MB before", "MB after"):
+        table.add_column(col, justify="right")
+    after = "-" if dry_run else f"{report.bytes_after / 1e6:.1f}"
+    table.add_row(
+        str(report.models_scanned),
+        str(report.models_rewritten),
+        str(len(report.shared_files)),
+        f"{report.bytes_before / 1e6:.1f}",
+        after,
+    )
+    out.print(table)
+
+
 @models_app.command("list")
 def models_list(
     repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),
