@@ -154,7 +154,7 @@ def test_aggregating_different_runs_warns() -> None:
 
 
 def test_generator_warnings_name_the_cause() -> None:
-    from inferpack.loadtest.runner import MEASURED_CEILING_RPS, generator_warnings
+    from inferpack.loadtest.ceiling import MEASURED_CEILING_RPS, generator_warnings
 
     result, _ = _result(41, 100, 1000.0, 0)
     calm = result.workers[0]

@@ -23,7 +23,7 @@ import numpy as np
 from yarl import URL
 
 from inferpack import __version__
-from inferpack.loadtest import histograms as H
+from inferpack.loadtest.ceiling import generator_warnings
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.protocol import MODEL_LOAD_HEADER, RequestBuilder, model_load, status_key
 from inferpack.loadtest.recorder import Recorder, Snapshot
@@ -34,15 +34,6 @@ from inferpack.loadtest.traffic import ModelPicker, ReplayPicker, uniform_picker
 
 ProgressFn = Callable[[Snapshot], None]
 
-# What one worker sustains with a whole core against a trivial endpoint: bench/bench_loadgen.py measured
-# 220-235 us of CPU per request in closed loop and 270-390 us in open loop on the 2-vCPU reference machine
-# (docs/benchmarks.md), i.e. ~3,000 req/s open loop. Runs above WARN_FRACTION of it get a warning.
-MEASURED_CEILING_RPS = 3000.0
-WARN_FRACTION = 0.7
-# A worker whose loop thread was busy this share of the run was probably the bottleneck itself.
-WARN_CPU_SHARE = 0.8
-# Open loop: the scheduler waking this late (p99) means the generator could not keep its schedule.
-WARN_SCHEDULE_LAG_MS = 10.0
 PROGRESS_PERIOD_S = 0.5
 
 
@@ -338,30 +329,6 @@ class Worker:
             versions=versions(),
             machine=machine(),
         )
-
-
-def generator_warnings(result: BenchResult, info: WorkerInfo) -> list[str]:
-    """Signs that this worker, not the server, limited the run."""
-    out: list[str] = []
-    share = info.cpu_s / info.wall_s if info.wall_s > 0 else 0.0
-    if share >= WARN_CPU_SHARE:
-        out.append(
-            f"worker {info.index} ({info.hostname}) kept its event loop {share:.0%} busy: the generator "
-            "may have limited the rate; add --workers"
-        )
-    rate = info.requests / info.measured_s if info.measured_s > 0 else 0.0
-    if rate >= WARN_FRACTION * MEASURED_CEILING_RPS:
-        out.append(
-            f"worker {info.index} ran at {rate:.0f} req/s, near one worker's measured ceiling "
-            f"(~{MEASURED_CEILING_RPS:.0f} req/s, docs/benchmarks.md); add --workers"
-        )
-    lag = H.summarize(H.decode(result.histograms.schedule_lag))
-    if lag.count and lag.p99_ms > WARN_SCHEDULE_LAG_MS:
-        out.append(
-            f"worker {info.index}'s scheduler woke {lag.p99_ms:.1f} ms late at p99: it could not keep the "
-            "arrival schedule; add --workers"
-        )
-    return out
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
