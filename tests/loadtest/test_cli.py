@@ -79,6 +79,7 @@ def test_worker_logs_aggregate_and_compare(fake_server: FakeServer, tmp_path: Pa
     assert res.exit_code == 0, res.output
     merged = load_result(merged_path)
     assert merged.total_requests() == 40 and len(merged.workers) == 2
+    assert "workers" in res.output and "loop busy" in res.output
     assert len(fake_server.calls) == 40
     res = runner.invoke(app, ["compare", str(merged_path), str(logs[0])])
     assert res.exit_code == 0, res.output

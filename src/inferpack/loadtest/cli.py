@@ -273,10 +273,14 @@ def worker(
         print(json.dumps({"event": "ready", "index": index}), flush=True)
         sys.stdin.readline()
 
+    last_line = [-1]
+
     def report(snap: Snapshot) -> None:
         if progress == "jsonl":
             print(snapshot_line(index, snap), flush=True)
-        elif progress == "text":
+        elif progress == "text" and int(snap.elapsed_s // 5) != last_line[0]:
+            # One line per 5 s: a Job's log stays readable over a long run.
+            last_line[0] = int(snap.elapsed_s // 5)
             print(
                 f"worker {index}: t={snap.elapsed_s:.1f}s done={snap.done} errors={snap.errors} "
                 f"rate={snap.new_done / snap.period_s:.0f}/s",

@@ -105,6 +105,15 @@ def result_tables(result: BenchResult, top: int = 10) -> Group:
             *(_ms(v) for v in (x.p50_ms, x.p90_ms, x.p95_ms, x.p99_ms, x.p999_ms, x.max_ms)),
         )
     parts: list[Any] = [head, lat]
+    if len(result.workers) > 1:
+        per = Table(title="workers")
+        for col in ("worker", "host", "requests", "req/s", "loop busy"):
+            per.add_column(col, justify="right" if col not in ("host",) else "left")
+        for w in result.workers:
+            rate = w.requests / w.measured_s if w.measured_s else 0.0
+            busy = w.cpu_s / w.wall_s if w.wall_s else 0.0
+            per.add_row(str(w.index), w.hostname, str(w.requests), f"{rate:.1f}", f"{busy:.0%}")
+        parts.append(per)
     if result.errors:
         err = Table(title="errors by status / kind")
         err.add_column("error")
