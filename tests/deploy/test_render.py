@@ -241,6 +241,9 @@ def test_bench_job_is_indexed_with_n_parallel_workers() -> None:
     assert "job-completion-index" in index["valueFrom"]["fieldRef"]["fieldPath"]
     assert {"name": "INFERPACK_BENCH_WORKERS", "value": "6"} in c["env"]
     assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "bench"
+    default = render_bench_job(RenderOptions(bench_workers=3))["spec"]["template"]["spec"]["containers"][0]
+    # --users is a total over the workers: every worker gets some, so `bench worker` accepts the shape
+    assert default["command"][default["command"].index("--users") + 1] == "12"
     custom = render_bench_job(RenderOptions(bench_command=("my-worker", "--x")))
     assert custom["spec"]["template"]["spec"]["containers"][0]["command"] == ["my-worker", "--x"]
 

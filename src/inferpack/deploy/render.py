@@ -355,11 +355,16 @@ def default_bench_command(options: RenderOptions) -> list[str]:
     The worker reads its index and the worker count from INFERPACK_BENCH_WORKER_INDEX / _WORKERS (set on
     the container from the Job's completion index) and prints its result as one JSON line (`--out -`).
     """
+    # --users is a total over all workers: give each worker 4 unless the caller chose a load shape
+    shape = (
+        [] if {"--users", "--rate"} & set(options.bench_args) else ["--users", str(4 * options.bench_workers)]
+    )
     return [
         "inferpack", "bench", "worker",
         "--url", f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}",
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
         "--out", "-", "--progress", "text",
+        *shape,
         *options.bench_args,
     ]  # fmt: skip
 
