@@ -1,20 +1,24 @@
-"""The router against fake upstreams (httpx.MockTransport): forwarding, choice, retries, 404, aggregation."""
+"""The router against real fake upstreams (tiny ASGI apps on uvicorn threads, loopback ports):
+forwarding, choice among copies, retries, 404, aggregation, metrics."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from inferpack.fleet.router import create_router_app, merge_index
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
-
-SERVERS = {"s0": 9100, "s1": 9101}
-URLS = {name: f"http://127.0.0.1:{port}" for name, port in SERVERS.items()}
 
 
 def _plan() -> Plan:
@@ -33,50 +37,102 @@ def _plan() -> Plan:
     )
 
 
+@dataclass
+class Seen:
+    """One request as an upstream received it."""
+
+    server: str
+    method: str
+    path: str
+    query: bytes
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
 class FakeServers:
-    """Upstream servers: answer inference with an echo, refuse connections for those in `down`."""
+    """Two upstream servers: record every request, answer inference with a binary echo."""
 
-    def __init__(self) -> None:
-        self.down: set[str] = set()
-        self.ready = {"s0": True, "s1": True}
-        self.seen: list[tuple[str, httpx.Request]] = []
+    ready: dict[str, bool] = field(default_factory=lambda: {"s0": True, "s1": True})
+    seen: list[Seen] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+    servers: dict[str, uvicorn.Server] = field(default_factory=dict)
+    threads: dict[str, threading.Thread] = field(default_factory=dict)
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        server = next(n for n, p in SERVERS.items() if p == request.url.port)
-        path = request.url.path
-        if path == "/v2/health/ready":
-            return httpx.Response(200 if self.ready[server] else 503, json={"ready": self.ready[server]})
-        if server in self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        self.seen.append((server, request))
-        if path == "/v2/repository/index":
-            models = {"s0": ["a", "b"], "s1": ["a", "c"]}[server]
-            return httpx.Response(200, json=[{"name": m, "state": "READY", "version": "1"} for m in models])
-        if path.endswith("/bad"):
-            return httpx.Response(400, json={"error": "bad input"})
-        return httpx.Response(
-            200,
-            content=b'{"x":1}\x00\x01binary',
-            headers={
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": "7",
-                "x-inferpack-model-load": "warm",
-                "x-served-by": server,
-            },
-        )
+    def app(self, name: str) -> Starlette:
+        async def handle(request: Request) -> Response:
+            path = request.url.path
+            if path == "/v2/health/ready":
+                ok = self.ready[name]
+                return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+            body = await request.body()
+            self.seen.append(
+                Seen(name, request.method, path, request.scope["query_string"], body, dict(request.headers))
+            )
+            if path == "/v2/repository/index":
+                models = {"s0": ["a", "b"], "s1": ["a", "c"]}[name]
+                return JSONResponse([{"name": m, "state": "READY", "version": "1"} for m in models])
+            if path.endswith("/bad"):
+                return JSONResponse({"error": "bad input"}, status_code=400)
+            return Response(
+                b'{"x":1}\x00\x01binary',
+                headers={
+                    "content-type": "application/octet-stream",
+                    "inference-header-content-length": "7",
+                    "x-inferpack-model-load": "warm",
+                    "x-served-by": name,
+                },
+            )
+
+        return Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
+
+    def start(self) -> None:
+        for name in ("s0", "s1"):
+            config = uvicorn.Config(self.app(name), host="127.0.0.1", port=0, log_level="warning")
+            server = uvicorn.Server(config)
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            _wait(lambda s=server: s.started, 10)  # type: ignore[misc]
+            self.servers[name], self.threads[name] = server, thread
+            self.urls[name] = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+    def kill(self, name: str) -> None:
+        """Stop a server: its port refuses connections from now on."""
+        self.servers[name].should_exit = True
+        self.threads[name].join(10)
+
+    def stop(self) -> None:
+        for name in self.servers:
+            self.kill(name)
+
+
+def _wait(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    """Poll a condition with a deadline (servers and probes run on other threads)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 @pytest.fixture
-def fake() -> FakeServers:
-    return FakeServers()
+def fake() -> Iterator[FakeServers]:
+    servers = FakeServers()
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def _router(fake: FakeServers, probe_interval_s: float) -> TestClient:
+    app = create_router_app(_plan(), fake.urls, probe_interval_s=probe_interval_s, upstream_timeout_s=5)
+    return TestClient(app)
 
 
 @pytest.fixture
 def client(fake: FakeServers) -> Iterator[TestClient]:
-    app = create_router_app(
-        _plan(), URLS, transport=httpx.MockTransport(fake), probe_interval_s=0.05, upstream_timeout_s=5
-    )
-    with TestClient(app) as c:
+    # No probe during a test (interval of an hour): each test decides what the router learns and when.
+    with _router(fake, 3600) as c:
         yield c
 
 
@@ -96,12 +152,12 @@ def test_forwards_method_path_query_body_and_headers_both_ways(client: TestClien
     assert resp.headers["inference-header-content-length"] == "7"
     assert resp.headers["x-inferpack-model-load"] == "warm"
     assert resp.headers["content-type"] == "application/octet-stream"
-    server, upstream = fake.seen[-1]
-    assert server == "s0"  # b is held by s0 only
+    upstream = fake.seen[-1]
+    assert upstream.server == "s0"  # b is held by s0 only
     assert upstream.method == "POST"
-    assert upstream.url.path == "/v2/models/b/versions/1/infer"
-    assert upstream.url.query == b"trace=yes"
-    assert upstream.content == body
+    assert upstream.path == "/v2/models/b/versions/1/infer"
+    assert upstream.query == b"trace=yes"
+    assert upstream.body == body
     assert upstream.headers["inference-header-content-length"] == "13"
     assert upstream.headers["authorization"] == "Bearer secret"
     assert upstream.headers["content-type"] == "application/octet-stream"
@@ -110,7 +166,7 @@ def test_forwards_method_path_query_body_and_headers_both_ways(client: TestClien
 def test_seed_get_with_query_and_error_status_passed_back(client: TestClient, fake: FakeServers) -> None:
     resp = client.get("/predictions/c", params={"seq_0": "who?", "seq_1": "Bob & Alice"})
     assert resp.status_code == 200 and resp.headers["x-served-by"] == "s1"
-    assert fake.seen[-1][1].url.params["seq_1"] == "Bob & Alice"
+    assert fake.seen[-1].query == b"seq_0=who%3F&seq_1=Bob+%26+Alice"  # the query string exactly as sent
     bad = client.get("/v2/models/c/bad")
     assert bad.status_code == 400 and bad.json() == {"error": "bad input"}
 
@@ -128,7 +184,8 @@ def test_copies_share_the_load(client: TestClient) -> None:
 
 
 def test_connection_failure_retries_on_the_other_copy(client: TestClient, fake: FakeServers) -> None:
-    fake.down.add("s0")
+    assert {client.get("/predictions/a").headers["x-served-by"] for _ in range(4)} == {"s0", "s1"}
+    fake.kill("s0")  # its pooled keep-alive connections die with it
     served = [client.get("/predictions/a") for _ in range(6)]
     assert all(r.status_code == 200 and r.headers["x-served-by"] == "s1" for r in served)
     metrics = client.get("/metrics").text
@@ -138,15 +195,18 @@ def test_connection_failure_retries_on_the_other_copy(client: TestClient, fake: 
     assert only.status_code == 503 and "'b'" in only.json()["error"]
 
 
-def test_probe_marks_servers_down_and_back(client: TestClient, fake: FakeServers) -> None:
-    balancer = client.app.state.balancer  # type: ignore[attr-defined]
-    fake.ready["s1"] = False
-    _wait(lambda: not balancer.healthy["s1"])
-    ready = client.get("/v2/health/ready")
-    assert ready.status_code == 503 and ready.json()["unavailable_models"] == ["c"]
-    fake.ready["s1"] = True
-    _wait(lambda: balancer.healthy["s1"])
-    assert client.get("/v2/health/ready").json() == {"ready": True, "servers": {"s0": True, "s1": True}}
+def test_probe_marks_servers_down_and_back(fake: FakeServers) -> None:
+    with _router(fake, 0.05) as client:
+        balancer = client.app.state.balancer  # type: ignore[attr-defined]
+        fake.ready["s1"] = False
+        _wait(lambda: not balancer.healthy["s1"])
+        ready = client.get("/v2/health/ready")
+        assert ready.status_code == 503 and ready.json()["unavailable_models"] == ["c"]
+        # while s1 is marked down, its models with another copy go there only
+        assert {client.get("/predictions/a").headers["x-served-by"] for _ in range(4)} == {"s0"}
+        fake.ready["s1"] = True
+        _wait(lambda: balancer.healthy["s1"])
+        assert client.get("/v2/health/ready").json() == {"ready": True, "servers": {"s0": True, "s1": True}}
 
 
 def test_repository_index_is_merged(client: TestClient) -> None:
@@ -160,7 +220,7 @@ def test_repository_index_is_merged(client: TestClient) -> None:
 
 def test_load_is_sent_to_every_copy(client: TestClient, fake: FakeServers) -> None:
     assert client.post("/v2/repository/models/a/load", content=b"{}").status_code == 200
-    hit = sorted(s for s, r in fake.seen if r.url.path == "/v2/repository/models/a/load")
+    hit = sorted(r.server for r in fake.seen if r.path == "/v2/repository/models/a/load")
     assert hit == ["s0", "s1"]
 
 
@@ -183,19 +243,18 @@ def test_merge_index_marks_missing_models() -> None:
 
 def test_plan_server_without_url_is_rejected() -> None:
     with pytest.raises(ValueError, match="no URL"):
-        create_router_app(_plan(), {"s0": URLS["s0"]})
-
-
-def _wait(condition: object, timeout_s: float = 5.0) -> None:
-    """Poll a condition (the probe runs on the app's own loop) with a deadline."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+        create_router_app(_plan(), {"s0": "http://127.0.0.1:1"})
 
 
 def test_json_bodies_roundtrip(client: TestClient, fake: FakeServers) -> None:
     payload = {"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["q"]}]}
     client.post("/v2/models/a/infer", json=payload)
-    assert json.loads(fake.seen[-1][1].content) == payload
+    assert json.loads(fake.seen[-1].body) == payload
+    assert fake.seen[-1].headers["content-type"] == "application/json"
+
+
+def test_no_cookies_or_client_headers_added(client: TestClient, fake: FakeServers) -> None:
+    client.get("/predictions/a", headers={"X-Custom": "1"})
+    sent = fake.seen[-1].headers
+    assert sent["x-custom"] == "1"
+    assert "cookie" not in sent and "accept-encoding" not in sent

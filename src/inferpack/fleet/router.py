@@ -2,8 +2,9 @@
 
 It forwards each model-scoped request (seed `/predictions/{model}`, V2 `/v2/models/{model}/...`) to a
 server holding that model, chosen by least outstanding requests among healthy copies (`balancer`), with
-one pooled keep-alive `httpx.AsyncClient` for all upstreams. A connection failure marks the server down
-and retries the request on another copy (inference is idempotent; a refused connection sent nothing).
+one pooled keep-alive client session for all upstreams (`upstream`). A connection failure marks the
+server down and retries the request on another copy (inference is idempotent; a refused connection sent
+nothing).
 Fleet-wide endpoints are answered here: aggregated readiness, the merged repository index, the router's
 own metrics. A background probe brings servers back once they answer `/v2/health/ready` again.
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from inferpack import __version__
 from inferpack.fleet.balancer import Balancer
+from inferpack.fleet.upstream import Failure, UpstreamClient
 from inferpack.plan import Plan
 
 log = logging.getLogger("inferpack.router")
@@ -52,6 +54,7 @@ _HOP = frozenset(
     }
 )
 _HOP_RESPONSE = _HOP | {"date", "server", "content-encoding"}
+_HOP_RESPONSE_BYTES = frozenset(h.encode() for h in _HOP_RESPONSE)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -108,15 +111,22 @@ def _json(status: int, body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+def _forwardable(scope: MutableMapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in scope["headers"]
+        if k.decode("latin-1").lower() not in _HOP
+    ]
+
+
 def create_router_app(
     plan: Plan,
     endpoints: dict[str, str],
     *,
     upstream_timeout_s: float = 60.0,
     probe_interval_s: float = 0.5,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs (`transport` replaces the network in tests)."""
+    """Build the router for a plan and its server URLs."""
     balancer = Balancer.from_plan(plan)
     missing = [s for s in balancer.servers if s not in endpoints]
     if missing:
@@ -124,30 +134,26 @@ def create_router_app(
     urls = {name: endpoints[name].rstrip("/") for name in balancer.servers}
     metrics = RouterMetrics()
     forwarded = {name: metrics.forwarded.labels(name) for name in balancer.servers}
-    client = httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(upstream_timeout_s, connect=min(2.0, upstream_timeout_s)),
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=30.0),
-        trust_env=False,  # loopback upstreams: a proxy from the environment must not capture them
-    )
+    client = UpstreamClient(upstream_timeout_s)
 
     async def probe(name: str) -> None:
         try:
-            resp = await client.get(f"{urls[name]}/v2/health/ready", timeout=2.0)
-            up = resp.status_code == 200
-        except httpx.HTTPError:
+            up = (await client.call("GET", f"{urls[name]}/v2/health/ready", timeout_s=2.0)).status == 200
+        except Failure:
             up = False
         if up != balancer.healthy[name]:
             log.warning("server %s is %s", name, "back" if up else "down")
         (balancer.mark_up if up else balancer.mark_down)(name)
 
     async def probe_loop() -> None:
+        # Servers start as healthy (the supervisor, or Kubernetes readiness, checked them before traffic).
         while True:
-            await asyncio.gather(*(probe(name) for name in balancer.servers))
             await asyncio.sleep(probe_interval_s)
+            await asyncio.gather(*(probe(name) for name in balancer.servers))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await client.start()
         task = asyncio.create_task(probe_loop())
         try:
             yield
@@ -155,20 +161,20 @@ def create_router_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await client.aclose()
+            await client.close()
 
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
 
-    async def forward(request: Request, model: str, *, idempotent: bool = True) -> Response:
+    async def forward(request: Request, model: str) -> Response:
         started = time.perf_counter()
-        response = await _forward(request, model, idempotent)
+        response = await _forward(request, model)
         metrics.count(response.status_code)
         metrics.latency.observe(time.perf_counter() - started)
         return response
 
-    async def _forward(request: Request, model: str, idempotent: bool) -> Response:
+    async def _forward(request: Request, model: str) -> Response:
         if balancer.holders(model) is None:
             return _json(
                 404,
@@ -181,43 +187,45 @@ def create_router_app(
         target = scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in _HOP]
+        headers = _forwardable(scope)
         body = await request.body()
         method = request.method
         tried: set[str] = set()
+        reconnected: set[str] = set()
         failure = "unreachable"
         while (server := balancer.choose(model, tried)) is not None:
-            if tried:
+            if tried or reconnected:
                 metrics.retries.inc()
-            tried.add(server)
             balancer.acquire(server)
             forwarded[server].inc()
             try:
-                upstream = await client.request(
-                    method, urls[server] + target, content=body or None, headers=headers
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout):
-                # Nothing reached the server: always safe to try another copy.
-                metrics.upstream_failures.labels(server, "connect").inc()
-                balancer.mark_down(server)
-                continue
-            except httpx.TimeoutException:
-                metrics.upstream_failures.labels(server, "timeout").inc()
-                return _json(
-                    504, {"error": f"server {server} did not answer within {upstream_timeout_s:g} s"}
-                )
-            except httpx.TransportError as exc:
-                # The connection broke mid-exchange (e.g. the server died): retry only what is idempotent.
-                metrics.upstream_failures.labels(server, "protocol").inc()
-                balancer.mark_down(server)
-                failure = f"server {server} dropped the connection ({type(exc).__name__})"
-                if idempotent:
+                upstream = await client.call(method, urls[server] + target, body or None, headers)
+            except Failure as exc:
+                metrics.upstream_failures.labels(server, exc.kind).inc()
+                if exc.kind == "timeout":
+                    # Not retried: a second copy would get the same slow request and double the load.
+                    return _json(
+                        504, {"error": f"server {server} did not answer within {upstream_timeout_s:g} s"}
+                    )
+                if exc.kind == "protocol" and exc.reused and server not in reconnected:
+                    # A pooled keep-alive connection the server had closed (e.g. it restarted): the
+                    # request never ran there; try the same server once on a fresh connection.
+                    reconnected.add(server)
                     continue
-                return _json(502, {"error": failure})
+                # Every model-scoped request here is idempotent (inference and reads), so any failure
+                # moves on to the next copy; a refused connection sent nothing at all.
+                tried.add(server)
+                balancer.mark_down(server)
+                failure = f"{server}: {exc}"
+                continue
             finally:
                 balancer.release(server)
-            out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_RESPONSE}
-            return Response(upstream.content, status_code=upstream.status_code, headers=out_headers)
+            response = Response(upstream.body, status_code=upstream.status)
+            response.raw_headers = [
+                *(h for h in upstream.headers if h[0] not in _HOP_RESPONSE_BYTES),
+                (b"content-length", str(len(upstream.body)).encode()),
+            ]
+            return response
         return _json(
             503,
             {
@@ -237,36 +245,35 @@ def create_router_app(
 
     @app.post("/v2/repository/models/{model_id}/{action}")
     async def repository_action(request: Request, model_id: str, action: str) -> Response:
-        # Load/unload changes state: every copy must do it, and a broken connection is not retried.
+        # Load/unload changes state: every copy must do it, and a failure is reported, not retried.
         holders = balancer.holders(model_id)
         if holders is None:
             return await forward(request, model_id)
         body = await request.body()
-        headers = [(k, v) for k, v in request.scope["headers"] if k.decode("latin-1").lower() not in _HOP]
+        headers = _forwardable(request.scope)
         path = request.scope["raw_path"].decode("latin-1")
         results = await asyncio.gather(
-            *(client.post(urls[s] + path, content=body, headers=headers) for s in holders),
-            return_exceptions=True,
+            *(client.call("POST", urls[s] + path, body, headers) for s in holders), return_exceptions=True
         )
         for server, result in zip(holders, results, strict=True):
             if isinstance(result, BaseException):
-                return _json(502, {"error": f"server {server}: {type(result).__name__}: {result}"})
-            if result.status_code >= 300:
-                return Response(result.content, status_code=result.status_code, media_type="application/json")
+                return _json(502, {"error": f"server {server}: {result}"})
+            if result.status >= 300:
+                return Response(result.body, status_code=result.status, media_type="application/json")
         return _json(200, {})
 
     # fleet-wide: answered here ----------------------------------------------------------------------------
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> Response:
         body = await request.body()
-        headers = [(k, v) for k, v in request.scope["headers"] if k.decode("latin-1").lower() not in _HOP]
+        headers = _forwardable(request.scope)
 
         async def one(name: str) -> list[dict[str, Any]]:
             try:
-                resp = await client.post(f"{urls[name]}/v2/repository/index", content=body, headers=headers)
-            except httpx.HTTPError:
+                resp = await client.call("POST", f"{urls[name]}/v2/repository/index", body, headers)
+            except Failure:
                 return []
-            return list(resp.json()) if resp.status_code == 200 else []
+            return list(json.loads(resp.body)) if resp.status == 200 else []
 
         indexes = await asyncio.gather(*(one(name) for name in balancer.servers))
         return JSONResponse(
