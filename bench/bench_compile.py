@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from inferpack.compile.agreement import compare, output_rows
+from inferpack.compile.agreement import compare, output_rows, same_answers
 from inferpack.compile.compiler import CompileResult, compile_model
 from inferpack.compile.convert import Variant, convert
 from inferpack.compile.examples import build_examples, model_args
@@ -36,7 +36,7 @@ from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Task
 from inferpack.runtime.hardware import cpu_has_native_bf16, hardware_tag
 from inferpack.runtime.modeling import TOKENIZERS, build_eager, load_model
-from inferpack.runtime.tasks import Encoded, TextInput, TextTokenizer
+from inferpack.runtime.tasks import Encoded, TextInput, TextTokenizer, handler_for
 
 Fn = Callable[..., Any]
 CPU = torch.device("cpu")
@@ -68,13 +68,15 @@ def time_round_robin(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def agreement_rows(fn: Fn, checks: tuple[Encoded, ...], task: Task) -> list[torch.Tensor]:
-    """Outputs on the compile check set, one row per item."""
-    rows: list[torch.Tensor] = []
+def check_outputs(fn: Fn, checks: tuple[Encoded, ...]) -> list[torch.Tensor]:
+    """Outputs on the compile check set, one tensor per batch."""
     with torch.inference_mode():
-        for batch in checks:
-            rows.extend(output_rows(fn(*model_args(batch, CPU)), batch, task))
-    return rows
+        return [fn(*model_args(batch, CPU)).float() for batch in checks]
+
+
+def rows(outputs: list[torch.Tensor], checks: tuple[Encoded, ...], task: Task) -> list[torch.Tensor]:
+    """One comparison row per item (see inferpack.compile.agreement.output_rows)."""
+    return [r for out, batch in zip(outputs, checks, strict=True) for r in output_rows(out, batch, task)]
 
 
 NEW_LENGTHS = (20, 36, 52, 68, 84, 100, 116, 28, 44, 60)
@@ -162,21 +164,26 @@ def main() -> None:
         batch = request(tokenizer, pair, args.tokens)
         medians = time_round_robin(fns, model_args(batch, CPU), args.rounds, args.calls)
 
-        checks = build_examples(tokenizer, pair).checks
-        reference = agreement_rows(eager, checks, task)
+        examples = build_examples(tokenizer, pair)
+        checks, handler = examples.checks, handler_for(task)
+        reference = check_outputs(eager, checks)
         print(f"# bench_compile: {task}, MiniLM demo, batch 1, {batch.input_ids.shape[1]} tokens, 1 thread")
         print(f"# {hardware_tag()}; native bf16: {cpu_has_native_bf16()}")
         print(f"# {args.rounds} rounds x {args.calls} calls per variant, round-robin; median per call")
         print()
-        print("| variant | median ms | speed vs eager fp32 | max abs diff | mean cosine | compile s |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| variant | median ms | speed vs eager fp32 | max abs diff | mean cosine | same answer | compile s |"
+        )
+        print("|---|---|---|---|---|---|---|")
         base = medians["eager fp32"]
         for name, fn in fns.items():
-            c = compare(reference, agreement_rows(fn, checks, task))
+            outputs = check_outputs(fn, checks)
+            c = compare(rows(reference, checks, task), rows(outputs, checks, task))
+            same = same_answers(handler, reference, outputs, checks, examples.check_items)
             seconds = f"{compiled[name].seconds:.1f}" if name in compiled else "-"
             print(
                 f"| {name} | {medians[name]:.1f} | {base / medians[name]:.2f}x "
-                f"| {c.max_abs_diff:.2e} | {c.cosine:.5f} | {seconds} |"
+                f"| {c.max_abs_diff:.2e} | {c.cosine:.5f} | {'-' if same is None else f'{same:.0%}'} | {seconds} |"
             )
 
         print()

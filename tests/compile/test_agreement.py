@@ -67,3 +67,18 @@ def test_embedding_rows_are_whole_vectors() -> None:
     out = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     rows = output_rows(out, _batch([[1, 1], [1, 0]]), "feature-extraction")
     assert [r.tolist() for r in rows] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+
+
+def test_same_answers_counts_unchanged_labels() -> None:
+    from inferpack.compile.agreement import same_answers
+    from inferpack.runtime.tasks import TextInput, handler_for
+
+    handler = handler_for("text-classification", ["no", "yes"])
+    batch = _batch([[1], [1]])
+    items = [[TextInput("a"), TextInput("b")]]
+    reference = [torch.tensor([[0.0, 1.0], [1.0, 0.0]])]
+    one_flipped = [torch.tensor([[0.0, 1.0], [0.0, 1.0]])]
+    assert same_answers(handler, reference, reference, [batch], items) == 1.0
+    assert same_answers(handler, reference, one_flipped, [batch], items) == 0.5
+    embed = handler_for("feature-extraction")
+    assert same_answers(embed, reference, one_flipped, [batch], items) is None

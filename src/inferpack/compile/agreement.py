@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from inferpack.repository.manifest import Agreement, Task
-from inferpack.runtime.tasks import Encoded
+from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,11 @@ class Tolerance:
     min_cosine: float
 
 
-# Measured on the MiniLM demo models (docs/compile.md): traced fp32 differs from eager by ~1e-6 relative;
-# bf16 by 1-5% of the output scale with cosine > 0.999; int8 dynamic by 25-85% with cosine 0.79-0.92 on
-# the untrained demo heads. fp32 and bf16 bounds sit well outside the measured spread and far inside a
-# broken trace's error. The int8 bound only rejects a broken conversion (cosine near 0): int8 always loses
-# quality, and the manifest records how much so a user decides per model.
+# Measured on the MiniLM demo models' check set (docs/compile.md): traced fp32 differs from eager by at
+# most ~1e-7 relative; bf16 by ~1% of the output scale with cosine > 0.9998; int8 dynamic by 23-41% with
+# mean cosine 0.80-0.93 on the untrained demo heads. fp32 and bf16 bounds sit well outside the measured
+# spread and far inside a broken trace's error. The int8 bound only rejects a broken conversion (cosine
+# near 0): int8 always loses quality, and the manifest records how much so a user decides per model.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(relative=1e-3, min_cosine=0.99999),
     "bf16": Tolerance(relative=0.15, min_cosine=0.995),
@@ -98,3 +98,28 @@ def compare(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]
     if any(c != c for c in cosines) or max_abs != max_abs:
         return Comparison(float("nan"), float("nan"), float("nan"), scale)
     return Comparison(max_abs, sum(cosines) / len(cosines), min(cosines), scale)
+
+
+def same_answers(
+    handler: TaskHandler,
+    reference: Sequence[torch.Tensor],
+    candidate: Sequence[torch.Tensor],
+    batches: Sequence[Encoded],
+    items: Sequence[list[TextInput]],
+) -> float | None:
+    """The fraction of check items whose served answer is unchanged: the same QA span, the same label.
+
+    Logit differences say little about whether a user sees a different answer; this decodes both outputs
+    with the task's own handler. None for embeddings, which have no discrete answer (see the cosine).
+    """
+    key = {"question-answering": ("start", "end"), "text-classification": ("label",)}.get(handler.task)
+    if key is None:
+        return None
+    same = total = 0
+    for ref, cand, batch, batch_items in zip(reference, candidate, batches, items, strict=True):
+        for r, c in zip(
+            handler.decode(ref, batch, batch_items), handler.decode(cand, batch, batch_items), strict=True
+        ):
+            same += all(r[k] == c[k] for k in key)
+            total += 1
+    return same / total

@@ -58,8 +58,10 @@ def compile_command(
         results = _compile_all(repo, options, err)
     out.print(result_table(results, options))
     failures = [r for r in results if isinstance(r, tuple)]
+    for model_id, reason in failures:
+        err.print(f"[red]{model_id}:[/] {reason}")
     if failures:
-        raise CompileError(f"{len(failures)} of {len(results)} models failed to compile; see the table")
+        raise CompileError(f"{len(failures)} of {len(results)} models failed to compile (reasons above)")
 
 
 def _compile_all(
@@ -84,23 +86,32 @@ def _compile_all(
 
 
 def result_table(results: list[CompileResult | tuple[str, str]], options: CompileOptions) -> Table:
-    """One row per model: new version, variant, agreement with eager fp32 and compile time (or the error)."""
+    """One row per model: new version, variant, agreement with eager fp32 (max abs diff, mean cosine, share
+    of check items with an unchanged answer) and compile time; failed models get a row marked failed (the
+    reasons are printed under the table, where long messages do not squeeze the columns)."""
     table = Table(title=f"compiled for {options.target}")
-    for col in ("model", "new version", "dtype", "max abs diff", "cosine", "check", "compile s"):
-        table.add_column(col, justify="right" if col not in ("model", "dtype", "check") else "left")
+    # Model ids are never cut (they are what a user copies); the other cells are short, headers may wrap.
+    table.add_column("model", no_wrap=True, min_width=max((len(_id(r)) for r in results), default=5))
+    for col in ("new", "from", "variant", "max abs diff", "cosine", "same answer", "check", "compile s"):
+        table.add_column(col, justify="left" if col in ("variant", "check") else "right")
     for r in results:
         if isinstance(r, tuple):
-            table.add_row(r[0], "-", "-", "-", "-", f"[red]failed:[/] {r[1]}", "-")
+            table.add_row(r[0], "-", "-", "-", "-", "-", "-", "[red]failed[/]", "-")
             continue
         a = r.agreement
-        check = "passed" if a.passed else "[yellow]FAILED (forced)[/]"
         table.add_row(
             r.model_id,
-            f"{r.version} (from {r.source_version})",
+            f"v{r.version}",
+            f"v{r.source_version}",
             r.variant,
             f"{a.max_abs_diff:.2e}",
             f"{a.cosine:.5f}",
-            check,
+            "-" if r.same_answers is None else f"{r.same_answers:.0%}",
+            "passed" if a.passed else "[yellow]failed (forced)[/]",
             f"{r.seconds:.1f}",
         )
     return table
+
+
+def _id(result: CompileResult | tuple[str, str]) -> str:
+    return result[0] if isinstance(result, tuple) else result.model_id

@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inferpack.compile.agreement import TOLERANCES, TRACE_FIDELITY, Comparison, compare, output_rows
+from inferpack.compile.agreement import (
+    TOLERANCES,
+    TRACE_FIDELITY,
+    Comparison,
+    compare,
+    output_rows,
+    same_answers,
+)
 from inferpack.compile.convert import Variant, choose_variant, convert
 from inferpack.compile.examples import ExampleSet, build_examples, model_args, one_by_one, pad_to
 from inferpack.compile.options import CompileOptions
@@ -43,6 +50,7 @@ class CompileResult:
     agreement: Agreement
     trace_fidelity: Agreement
     worst_cosine: float
+    same_answers: float | None
     seconds: float
 
 
@@ -87,7 +95,8 @@ def compile_model(
         raise CompileError(
             f"model {model_id!r} v{src} could not be built: {type(exc).__name__}: {exc}"
         ) from exc
-    examples = build_examples(tokenizer, handler_for(manifest.task, manifest.labels).pair_input)
+    handler = handler_for(manifest.task, manifest.labels)
+    examples = build_examples(tokenizer, handler.pair_input)
     if options.target == "neuron":
         examples = _static_shapes(examples, manifest.max_sequence_length)
     converted = convert(eager, variant, device)
@@ -102,14 +111,17 @@ def compile_model(
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
-    reference = _rows(eager, examples.checks, manifest.task, torch.device("cpu"))
-    # fp32 on the CPU converts to the eager module itself: its rows are the reference's.
-    same_variant = (
-        reference if converted is eager else _rows(converted, examples.checks, manifest.task, device)
+    reference = _outputs(eager, examples.checks, torch.device("cpu"))
+    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's.
+    same_variant = reference if converted is eager else _outputs(converted, examples.checks, device)
+    candidate = _outputs(traced, examples.checks, device)
+    fidelity_cmp = compare(
+        _rows(same_variant, examples.checks, manifest.task), _rows(candidate, examples.checks, manifest.task)
     )
-    candidate = _rows(traced, examples.checks, manifest.task, device)
-    fidelity_cmp = compare(same_variant, candidate)
-    agreement_cmp = compare(reference, candidate)
+    agreement_cmp = compare(
+        _rows(reference, examples.checks, manifest.task), _rows(candidate, examples.checks, manifest.task)
+    )
+    answers = same_answers(handler, reference, candidate, examples.checks, examples.check_items)
     fidelity = fidelity_cmp.judge(TRACE_FIDELITY[variant.label])
     agreement = agreement_cmp.judge(TOLERANCES[variant.label])
     _enforce(model_id, variant, fidelity, agreement, agreement_cmp, options.force)
@@ -145,6 +157,7 @@ def compile_model(
         agreement=agreement,
         trace_fidelity=fidelity,
         worst_cosine=agreement_cmp.min_cosine,
+        same_answers=answers,
         seconds=clock() - started,
     )
 
@@ -152,7 +165,11 @@ def compile_model(
 def _static_shapes(examples: ExampleSet, width: int) -> ExampleSet:
     """Batch-1 inputs padded to the maximum length: what a static-shape (Neuron) graph runs with."""
     first = one_by_one((examples.trace,), width)[0]
-    return ExampleSet(trace=pad_to(first, width), checks=one_by_one(examples.checks, width))
+    return ExampleSet(
+        trace=pad_to(first, width),
+        checks=one_by_one(examples.checks, width),
+        check_items=tuple([item] for batch in examples.check_items for item in batch),
+    )
 
 
 def _trace(
@@ -175,14 +192,16 @@ def _round_trip(module: torch.jit.ScriptModule, device: torch.device) -> torch.j
     return loaded.eval()
 
 
-def _rows(
-    model: nn.Module | torch.jit.ScriptModule, batches: tuple[Encoded, ...], task: Task, device: torch.device
+def _outputs(
+    model: nn.Module | torch.jit.ScriptModule, batches: tuple[Encoded, ...], device: torch.device
 ) -> list[torch.Tensor]:
-    rows: list[torch.Tensor] = []
+    """The model's output on each batch, as float32 on the CPU."""
     with torch.inference_mode():
-        for batch in batches:
-            rows.extend(output_rows(model(*model_args(batch, device)), batch, task))
-    return rows
+        return [model(*model_args(batch, device)).float().cpu() for batch in batches]
+
+
+def _rows(outputs: list[torch.Tensor], batches: tuple[Encoded, ...], task: Task) -> list[torch.Tensor]:
+    return [row for out, batch in zip(outputs, batches, strict=True) for row in output_rows(out, batch, task)]
 
 
 def _enforce(

@@ -59,10 +59,12 @@ _CHECK_BATCHES: tuple[tuple[tuple[str, str], ...], ...] = (
 
 @dataclass(frozen=True)
 class ExampleSet:
-    """The encoded trace example and the encoded held-out check batches of one task."""
+    """The encoded trace example, the encoded held-out check batches, and the check batches' items (to
+    decode answers from outputs)."""
 
     trace: Encoded
     checks: tuple[Encoded, ...]
+    check_items: tuple[list[TextInput], ...]
 
 
 def _items(pairs: tuple[tuple[str, str], ...], pair_input: bool) -> list[TextInput]:
@@ -73,8 +75,8 @@ def _items(pairs: tuple[tuple[str, str], ...], pair_input: bool) -> list[TextInp
 def build_examples(tokenizer: TextTokenizer, pair_input: bool) -> ExampleSet:
     """Encode the trace example and the check batches with the model's own tokenizer."""
     trace = tokenizer.encode(_items(_TRACE_TEXTS, pair_input))
-    checks = tuple(tokenizer.encode(_items(batch, pair_input)) for batch in _CHECK_BATCHES)
-    return ExampleSet(trace=trace, checks=checks)
+    items = tuple(_items(batch, pair_input) for batch in _CHECK_BATCHES)
+    return ExampleSet(trace=trace, checks=tuple(tokenizer.encode(i) for i in items), check_items=items)
 
 
 def pad_to(batch: Encoded, width: int) -> Encoded:
