@@ -9,8 +9,9 @@ these shared cores hits all of them alike; medians and ratios to eager fp32 are 
 absolute times across runs. Agreement is each variant's outputs vs eager fp32 on the compile check set.
 
 A second part loads each stored version with `load_model`, once without warm-up (its first three calls)
-and once with its two short warm-up calls (then the first call at each of ten lengths not seen before vs
-the second): what a first real request pays, and whether a new request length costs a re-specialisation.
+and once with its two short warm-up calls (then the first call at each of ten batch sizes and lengths not
+seen before vs the second): what a first real request pays, and whether a new shape costs a
+re-specialisation.
 Never part of the test run; figures go to docs/benchmarks.md.
 """
 
@@ -42,12 +43,11 @@ Fn = Callable[..., Any]
 CPU = torch.device("cpu")
 
 
-def request(tokenizer: TextTokenizer, pair: bool, tokens: int) -> Encoded:
-    """One request of about `tokens` tokens (batch 1)."""
+def request(tokenizer: TextTokenizer, pair: bool, tokens: int, batch: int = 1) -> Encoded:
+    """A batch of `batch` items of about `tokens` tokens each."""
     words = " ".join(["serving"] * max(1, tokens - (8 if pair else 2)))
-    return tokenizer.encode(
-        [TextInput("What does the text say about serving?", words) if pair else TextInput(words)]
-    )
+    item = TextInput("What does the text say about serving?", words) if pair else TextInput(words)
+    return tokenizer.encode([item] * batch)
 
 
 def time_round_robin(
@@ -79,7 +79,8 @@ def rows(outputs: list[torch.Tensor], checks: tuple[Encoded, ...], task: Task) -
     return [r for out, batch in zip(outputs, checks, strict=True) for r in output_rows(out, batch, task)]
 
 
-NEW_LENGTHS = (20, 36, 52, 68, 84, 100, 116, 28, 44, 60)
+# (batch, tokens) request shapes the model has not seen: the batcher sends batches as well as single items.
+NEW_SHAPES = ((1, 20), (1, 36), (1, 52), (1, 68), (1, 100), (1, 116), (2, 44), (4, 28), (8, 60), (3, 84))
 
 
 def cold_calls(
@@ -101,14 +102,14 @@ def first_vs_second(
     repo: LocalRepository, model_id: str, version: int, tokenizer: TextTokenizer, pair: bool
 ) -> tuple[float, float, float]:
     """After `load_model` (and its two short warm-up calls): ms of the very first real call, then the mean
-    and worst ratio of the first to the second call at each of ten lengths not seen before. A ratio near 1
-    means a new request length costs nothing extra (no re-specialisation or recompilation per shape)."""
+    and worst ratio of the first to the second call at each of ten (batch, length) shapes not seen before. A
+    ratio near 1 means a new request shape costs nothing extra (no re-specialisation or recompilation)."""
     loaded = load_model(repo, model_id, version, dtype="fp32")
     ratios = []
     very_first = 0.0
     with torch.inference_mode():
-        for i, tokens in enumerate(NEW_LENGTHS):
-            args = model_args(request(tokenizer, pair, tokens), CPU)
+        for i, (batch, tokens) in enumerate(NEW_SHAPES):
+            args = model_args(request(tokenizer, pair, tokens, batch), CPU)
             times = []
             for _ in range(2):
                 start = time.perf_counter()
@@ -188,7 +189,7 @@ def main() -> None:
 
         print()
         print("After load_model (its warm-up included): the first real call, and first/second call ratios at")
-        print(f"ten new lengths {list(NEW_LENGTHS)} (mean, worst)")
+        print(f"ten new (batch, tokens) shapes {list(NEW_SHAPES)} (mean, worst)")
         print()
         print("| variant | no warm-up: calls 1-3 ms | warmed: first call ms | mean first/second | worst |")
         print("|---|---|---|---|---|")

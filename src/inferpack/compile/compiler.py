@@ -34,7 +34,7 @@ from inferpack.errors import CompileError, InferpackError
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Agreement, Manifest, TargetName, Task
 from inferpack.runtime.modeling import TOKENIZERS, build_eager
-from inferpack.runtime.tasks import Encoded, handler_for
+from inferpack.runtime.tasks import Encoded, TaskHandler, handler_for
 
 
 @dataclass(frozen=True)
@@ -111,20 +111,8 @@ def compile_model(
             f"{type(exc).__name__}: {exc}"
         ) from exc
 
-    reference = _outputs(eager, examples.checks, torch.device("cpu"))
-    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's.
-    same_variant = reference if converted is eager else _outputs(converted, examples.checks, device)
-    candidate = _outputs(traced, examples.checks, device)
-    fidelity_cmp = compare(
-        _rows(same_variant, examples.checks, manifest.task), _rows(candidate, examples.checks, manifest.task)
-    )
-    agreement_cmp = compare(
-        _rows(reference, examples.checks, manifest.task), _rows(candidate, examples.checks, manifest.task)
-    )
-    answers = same_answers(handler, reference, candidate, examples.checks, examples.check_items)
-    fidelity = fidelity_cmp.judge(TRACE_FIDELITY[variant.label])
-    agreement = agreement_cmp.judge(TOLERANCES[variant.label])
-    _enforce(model_id, variant, fidelity, agreement, agreement_cmp, options.force)
+    checks = _check(eager, converted, traced, examples, handler, device, variant)
+    _enforce(model_id, variant, checks, options.force)
 
     hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009 - transformers config attribute
     static = "" if options.target != "neuron" else f"; static input shape [1, {manifest.max_sequence_length}]"
@@ -142,7 +130,7 @@ def compile_model(
         hidden_size=hidden,
         parameters=manifest.parameters,
         compiled_from=src,
-        agreement=agreement,
+        agreement=checks.agreement,
         description=f"TorchScript ({options.target}, {variant.label}) compiled by inferpack from v{src}"
         f"{static}" + (f"; {manifest.description}" if manifest.description else ""),
     )
@@ -154,10 +142,10 @@ def compile_model(
         path=path,
         variant=variant.label,
         target=options.target,
-        agreement=agreement,
-        trace_fidelity=fidelity,
-        worst_cosine=agreement_cmp.min_cosine,
-        same_answers=answers,
+        agreement=checks.agreement,
+        trace_fidelity=checks.fidelity,
+        worst_cosine=checks.raw.min_cosine,
+        same_answers=checks.same_answers,
         seconds=clock() - started,
     )
 
@@ -192,6 +180,42 @@ def _round_trip(module: torch.jit.ScriptModule, device: torch.device) -> torch.j
     return loaded.eval()
 
 
+@dataclass(frozen=True)
+class Checks:
+    """The evidence for one compiled module: fidelity to its own variant, agreement with eager fp32."""
+
+    fidelity: Agreement
+    agreement: Agreement
+    raw: Comparison
+    same_answers: float | None
+
+
+def _check(
+    eager: nn.Module,
+    converted: nn.Module,
+    traced: torch.jit.ScriptModule,
+    examples: ExampleSet,
+    handler: TaskHandler,
+    device: torch.device,
+    variant: Variant,
+) -> Checks:
+    """Run the three models on the held-out checks and compare (see inferpack.compile.agreement)."""
+    task = handler.task
+    reference = _outputs(eager, examples.checks, torch.device("cpu"))
+    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's.
+    same_variant = reference if converted is eager else _outputs(converted, examples.checks, device)
+    candidate = _outputs(traced, examples.checks, device)
+    candidate_rows = _rows(candidate, examples.checks, task)
+    fidelity = compare(_rows(same_variant, examples.checks, task), candidate_rows)
+    raw = compare(_rows(reference, examples.checks, task), candidate_rows)
+    return Checks(
+        fidelity=fidelity.judge(TRACE_FIDELITY[variant.label]),
+        agreement=raw.judge(TOLERANCES[variant.label]),
+        raw=raw,
+        same_answers=same_answers(handler, reference, candidate, examples.checks, examples.check_items),
+    )
+
+
 def _outputs(
     model: nn.Module | torch.jit.ScriptModule, batches: tuple[Encoded, ...], device: torch.device
 ) -> list[torch.Tensor]:
@@ -204,33 +228,32 @@ def _rows(outputs: list[torch.Tensor], batches: tuple[Encoded, ...], task: Task)
     return [row for out, batch in zip(outputs, batches, strict=True) for row in output_rows(out, batch, task)]
 
 
-def _enforce(
-    model_id: str,
-    variant: Variant,
-    fidelity: Agreement,
-    agreement: Agreement,
-    raw: Comparison,
-    force: bool,
-) -> None:
-    """Refuse to store a result that fails its checks (NaN outputs cannot be forced)."""
+def _enforce(model_id: str, variant: Variant, checks: Checks, force: bool) -> None:
+    """Refuse to store a result that fails its checks.
+
+    `force` overrides only the agreement with eager fp32 (a quality trade-off a user may accept). NaN
+    outputs and a trace that does not reproduce its own eager model (wrong answers on other request
+    shapes) are never stored.
+    """
+    fidelity, agreement = checks.fidelity, checks.agreement
     if not (math.isfinite(agreement.max_abs_diff) and math.isfinite(agreement.cosine)):
         raise CompileError(f"{model_id!r} ({variant.label}) produced NaN or infinite outputs; nothing stored")
-    if force:
-        return
     if not fidelity.passed:
+        policy = TRACE_FIDELITY[variant.label]
         raise CompileError(
             f"the traced {variant.label} model of {model_id!r} does not reproduce its eager {variant.label} "
-            f"outputs on inputs of other lengths and batch sizes (max abs diff {fidelity.max_abs_diff:.3g} > "
-            f"{fidelity.tolerance:.3g}, or mean cosine {fidelity.cosine:.6f} too low): the trace baked in "
-            "something shape- or data-dependent; nothing stored",
-            hint="--force stores it anyway",
+            f"outputs on inputs of other lengths and batch sizes: max abs diff {fidelity.max_abs_diff:.3g} "
+            f"(allowed {fidelity.tolerance:.3g}), mean cosine {fidelity.cosine:.6f} (required >= "
+            f"{policy.min_cosine}). The trace baked in something shape- or value-dependent; nothing stored",
+            hint="the model's forward must not turn tensors into Python values (int(), float(), .item(), "
+            "if on a tensor); --force does not override this check",
         )
-    if not agreement.passed:
+    if not agreement.passed and not force:
         policy = TOLERANCES[variant.label]
         raise CompileError(
             f"{model_id!r} compiled to {variant.label} disagrees with eager fp32 beyond its tolerance: "
             f"max abs diff {agreement.max_abs_diff:.3g} (allowed {agreement.tolerance:.3g}), mean cosine "
-            f"{agreement.cosine:.5f} (worst item {raw.min_cosine:.5f}; required >= {policy.min_cosine}); "
-            "nothing stored",
+            f"{agreement.cosine:.5f} (worst item {checks.raw.min_cosine:.5f}; required >= "
+            f"{policy.min_cosine}); nothing stored",
             hint="--force stores it anyway, with the measured agreement in its manifest",
         )
