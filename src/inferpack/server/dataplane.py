@@ -9,8 +9,9 @@ from typing import Any
 
 from inferpack import __version__
 from inferpack.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded
+from inferpack.repository.manifest import Manifest
 from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.tasks import TextInput, handler_for
+from inferpack.runtime.tasks import TaskHandler, TextInput, handler_for
 from inferpack.server import v2
 from inferpack.server.metrics import ServerMetrics
 
@@ -69,8 +70,7 @@ class DataPlane:
 
     async def seed_predict(self, model_id: str, seq_0: str, seq_1: str) -> tuple[Any, bool]:
         """The reference API: QA answers a question about a context; other tasks take seq_0 as the text."""
-        entry = self.registry.entry(model_id)
-        pair = self._pair_input(model_id, entry.version)
+        pair = self._handler(model_id, None).pair_input
         prediction = await self.predict(model_id, [TextInput(seq_0, seq_1 if pair else None)])
         result = prediction.results[0]
         if "answer" in result:
@@ -85,15 +85,13 @@ class DataPlane:
         self, model_id: str, version: int | None, body: bytes, header_length: str | None
     ) -> tuple[bytes, int | None, bool]:
         """A V2 inference: body in, (body, JSON header length or None, cold) out."""
-        self.registry.entry(model_id)  # unknown model -> 404 before parsing the body
+        handler = self._handler(model_id, version)  # unknown model -> 404 before parsing the body
         request = v2.parse_request(body, header_length)
-        meta = self.model_metadata(model_id, version)
-        pair = any(i["name"] == "context" for i in meta["inputs"])
-        items = v2.items_from_inputs(request.inputs, pair)
+        items = v2.items_from_inputs(request.inputs, handler.pair_input)
         prediction = await self.predict(model_id, items, version)
-        payload, head = v2.build_response(
-            model_id, prediction.version, request, prediction.results, meta["outputs"]
-        )
+        manifest = self._manifest(model_id, prediction.version)
+        outputs = handler.outputs_metadata(manifest.hidden_size or -1, manifest.labels)
+        payload, head = v2.build_response(model_id, prediction.version, request, prediction.results, outputs)
         return payload, head, prediction.cold
 
     # metadata -----------------------------------------------------------------------------------------
@@ -101,9 +99,22 @@ class DataPlane:
         if version not in self.registry.repository.versions(model_id):
             raise ModelNotFound(f"model {model_id!r} has no version {version}")
 
-    def _pair_input(self, model_id: str, version: int | None) -> bool:
-        manifest = self.registry.repository.manifest(model_id, version)
-        return handler_for(manifest.task, manifest.labels).pair_input
+    def _manifest(self, model_id: str, version: int | None) -> Manifest:
+        """The loaded model's manifest when it matches (no disk read on the request path), else the
+        repository's."""
+        loaded = self.registry.entry(model_id).loaded
+        if loaded is not None and version in (None, loaded.version):
+            return loaded.manifest
+        if version is not None:
+            self._check_version(model_id, version)
+        return self.registry.repository.manifest(model_id, version)
+
+    def _handler(self, model_id: str, version: int | None) -> TaskHandler:
+        loaded = self.registry.entry(model_id).loaded
+        if loaded is not None and version in (None, loaded.version):
+            return loaded.handler
+        manifest = self._manifest(model_id, version)
+        return handler_for(manifest.task, manifest.labels)
 
     def model_metadata(self, model_id: str, version: int | None = None) -> dict[str, Any]:
         """V2 model metadata from the manifest (works whether or not the model is loaded)."""
