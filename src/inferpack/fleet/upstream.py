@@ -1,9 +1,10 @@
 """The router's client to its servers: one aiohttp session, pooled keep-alive connections to every server.
 
 Why aiohttp and not httpx: forwarding is the router's whole per-request cost, and the client side
-dominates it. Measured on the dev machine (docs/benchmarks.md, "Router overhead"): the router costs ~2.6 ms
-of CPU per forwarded request with httpx 0.28 and ~0.5 ms with aiohttp (the load generator chose aiohttp
-for the same reason). Failures come out as one exception type with a kind the router acts on.
+dominates it. Measured on the dev machine against a trivial upstream (docs/benchmarks.md, "Router
+overhead"): the router process spent ~2.6 ms of CPU per forwarded request with httpx 0.28 and ~0.8 ms with
+aiohttp (the load generator chose aiohttp for the same reason). Failures come out as one exception type
+with a kind the router acts on.
 """
 
 from __future__ import annotations
