@@ -147,8 +147,8 @@ def _load_test(config: BenchConfig, workers: int, out_dir: Path) -> BenchResult:
 def per_server_table(loads: list[ServerLoad]) -> Table:
     """Requests per server with its share: how evenly the router spread the load."""
     total = sum(s.requests for s in loads) or 1
-    table = Table(title="per-server load (through the router, warm-up included)")
-    for col in ("server", "models", "requests", "share"):
+    table = Table(title="per-server load (via the router)")
+    for col in ("server", "models", "requests (with warm-up)", "share"):
         table.add_column(col, justify="left" if col == "server" else "right")
     for s in loads:
         table.add_row(s.name, str(s.models), str(s.requests), f"{s.requests / total:.1%}")
@@ -190,10 +190,10 @@ def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -
     ids = _create_models(repo, t.models)
     plan = make_plan(ids, fleet.servers, fleet.copies, repo)
     save_plan(plan, out_dir / "plan.json")
-    per_server = ", ".join(str(len(s.models)) for s in plan.servers())
+    per_server = " + ".join(str(len(s.models)) for s in plan.servers())
     console.print(
-        f"2/5 plan: {len(plan.servers())} servers holding {per_server} models, "
-        f"{plan.metadata['copies']} copies of each ({out_dir / 'plan.json'})"
+        f"2/5 plan: {len(plan.servers())} servers ({per_server} models), {plan.metadata['copies']} copies "
+        f"of each of {len(ids)} models ({out_dir / 'plan.json'})"
     )
     console.print("3/5 starting the fleet")
     state = start_with_progress(settings, config, plan)
