@@ -59,8 +59,8 @@ async def test_budget_holds_under_concurrent_load(tenant_repo: Path) -> None:
         for j in range(6):
             model = f"tenant-{(k + j) % 6:04d}"
             try:
-                batcher, _ = await registry.ready_batcher(model)
-                await batcher.submit(TextInput("Who?", "Ann met Bob."))
+                async with registry.use(model) as (batcher, _):
+                    await batcher.submit(TextInput("Who?", "Ann met Bob."))
             except Exception as exc:  # an Overloaded refusal is allowed, a budget breach is not
                 assert "memory budget full" in str(exc), exc
             peak = max(peak, registry.ledger.total_bytes)

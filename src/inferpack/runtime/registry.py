@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,6 +55,7 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = 0.0
     hits: int = 0  # uses since this load
+    reserved: int = 0  # requests holding the model (see ModelRegistry.use): never evicted meanwhile
     memory_bytes: int = 0
     load_seconds: float = 0.0
 
@@ -105,6 +107,7 @@ class ModelRegistry:
         self._load_observer = load_observer
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
+        self._claimed = 0  # bytes reserved by loads in progress
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -188,11 +191,18 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 async with self._load_slots:
+                    claim = 0
                     if self.budget_bytes is not None:
-                        await self._make_room(self._estimate(model_id, version), exclude=model_id)
-                    loaded = await asyncio.get_running_loop().run_in_executor(
-                        self._load_executor, self._loader, self.repository, model_id, version, cold
-                    )
+                        # a margin over the file sizes: buffers the files do not hold (position ids)
+                        claim = int(self._estimate(model_id, version) * 1.01) + 2**16
+                        await self._make_room(claim, exclude=model_id)
+                        self._claimed += claim  # loads in flight hold their share of the budget
+                    try:
+                        loaded = await asyncio.get_running_loop().run_in_executor(
+                            self._load_executor, self._loader, self.repository, model_id, version, cold
+                        )
+                    finally:
+                        self._claimed -= claim
             except Exception as exc:
                 self._load_failed(entry, exc, time.perf_counter() - started)
                 if isinstance(exc, ModelNotFound | ModelLoadFailed | Overloaded):
@@ -255,6 +265,7 @@ class ModelRegistry:
             and e.batcher is not None
             and not e.batcher.busy
             and not e.lock.locked()
+            and e.reserved == 0
         ]
         return sorted(candidates, key=lambda e: (e.hits >= PROTECTED_AFTER_HITS, e.last_used))
 
@@ -262,7 +273,7 @@ class ModelRegistry:
         """Evict until `needed` more bytes fit the budget; Overloaded when nothing more can go."""
         assert self.budget_bytes is not None
         give_up = time.monotonic() + self.settings.memory_wait_s
-        while self.ledger.total_bytes + needed > self.budget_bytes:
+        while self.ledger.total_bytes + self._claimed + needed > self.budget_bytes:
             victims = self._victims(exclude)
             if not victims and needed > 0 and time.monotonic() < give_up:
                 # every loaded model is busy or pinned: a busy one is usually idle within a forward or two
@@ -303,6 +314,7 @@ class ModelRegistry:
                 and stale
                 and entry.model_id not in self.pinned
                 and not entry.lock.locked()
+                and entry.reserved == 0
             ):
                 async with entry.lock:
                     if entry.batcher is not None and not entry.batcher.busy:
@@ -328,25 +340,41 @@ class ModelRegistry:
         self._idle_task = asyncio.get_running_loop().create_task(tick(), name="idle-unload")
 
     # requests -------------------------------------------------------------------------------------------
-    async def ready_batcher(self, model_id: str) -> tuple[ModelBatcher, bool]:
-        """The batcher of a ready model (lazy-loading it when enabled); the flag says it was cold."""
+    @asynccontextmanager
+    async def use(self, model_id: str) -> AsyncIterator[tuple[ModelBatcher, bool]]:
+        """Hold a ready model for one request: (batcher, cold). Lazy-loads when enabled. While held, the
+        model cannot be evicted, so a model loaded for a request is still there when the request is queued."""
         entry = self.entry(model_id)
+        entry.reserved += 1
+        try:
+            yield await self._acquire(entry)
+        finally:
+            entry.reserved -= 1
+
+    async def ready_batcher(self, model_id: str) -> tuple[ModelBatcher, bool]:
+        """The batcher of a ready model, without holding it (see `use`)."""
+        async with self.use(model_id) as got:
+            return got
+
+    async def _acquire(self, entry: ModelEntry) -> tuple[ModelBatcher, bool]:
         cold = False
-        if entry.state != "ready" or entry.batcher is None:
+        for _ in range(3):  # an explicit unload may race a lazy load; try again a couple of times
+            if entry.state == "ready" and entry.batcher is not None:
+                if not cold:
+                    self.stats.hits += 1
+                entry.last_used = self._clock()
+                entry.hits += 1
+                return entry.batcher, cold
             if not self.lazy_load:
                 failed = entry.state == "failed" and entry.reason
                 raise ModelNotReady(
-                    entry.reason if failed else f"model {model_id!r} is {entry.state}",
-                    hint=f"load it with POST /v2/repository/models/{model_id}/load",
+                    entry.reason if failed else f"model {entry.model_id!r} is {entry.state}",
+                    hint=f"load it with POST /v2/repository/models/{entry.model_id}/load",
                 )
             self.stats.misses += 1
-            entry, cold = await self.load(model_id, cold=True)
-        else:
-            self.stats.hits += 1
-        entry.last_used = self._clock()
-        entry.hits += 1
-        assert entry.batcher is not None  # ready implies a batcher
-        return entry.batcher, cold
+            _, loaded_now = await self.load(entry.model_id, cold=True)
+            cold = cold or loaded_now
+        raise ModelNotReady(f"model {entry.model_id!r} was unloaded while loading; retry")
 
     async def close(self) -> None:
         """Stop the timer, drain every model, stop the load threads."""

@@ -54,18 +54,18 @@ class DataPlane:
     # inference ----------------------------------------------------------------------------------------
     async def predict(self, model_id: str, items: list[TextInput], version: int | None = None) -> Prediction:
         """Run items through a model's batcher; all items of a request share the model version."""
-        batcher, cold = await self.registry.ready_batcher(model_id)
-        if version is not None and version != batcher.model.version:
-            self._check_version(model_id, version)
-            raise ModelNotReady(
-                f"model {model_id!r} version {version} is not the loaded one ({batcher.model.version})",
-                hint=f"load it with POST /v2/repository/models/{model_id}/load",
-            )
-        try:
-            results = await asyncio.gather(*(batcher.submit(item) for item in items))
-        except Overloaded:
-            self.metrics.shed.inc()
-            raise
+        async with self.registry.use(model_id) as (batcher, cold):
+            if version is not None and version != batcher.model.version:
+                self._check_version(model_id, version)
+                raise ModelNotReady(
+                    f"model {model_id!r} version {version} is not the loaded one ({batcher.model.version})",
+                    hint=f"load it with POST /v2/repository/models/{model_id}/load",
+                )
+            try:
+                results = await asyncio.gather(*(batcher.submit(item) for item in items))
+            except Overloaded:
+                self.metrics.shed.inc()
+                raise
         return Prediction(list(results), batcher.model.version, cold)
 
     async def seed_predict(self, model_id: str, seq_0: str, seq_1: str) -> tuple[Any, bool]:
