@@ -78,13 +78,12 @@ def fp32_compiled(compile_source_repo: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def qa_variants(compile_source_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Compiled:
-    """The QA model compiled to fp32, bf16 and int8 in one repository (versions 2, 3, 4)."""
+    """The QA model compiled to bf16 and int8 in one repository (versions 2, 3); fp32 is in fp32_compiled."""
     from inferpack.compile.compiler import compile_model
     from inferpack.compile.options import CompileOptions
 
     repo = _copy(compile_source_repo, tmp_path_factory.mktemp("variants"), ("qa-0000",))
     options = {
-        "fp32": CompileOptions(),
         "bf16": CompileOptions(dtype="bf16"),
         "int8": CompileOptions(quantize="int8"),
     }

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
+from inferpack.errors import CompileError
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest, write_manifest
 
 WEIGHTS_FILE = "model.pt"
 
 
-def repoint(source_dir: Path, relative: str, new_dir: Path) -> str:
-    """The path of a file named relative to `source_dir`, now relative to `new_dir` (a sibling folder)."""
-    target = (source_dir / relative).resolve()
-    return os.path.relpath(target, new_dir.resolve())
+def repoint(target: Path, new_dir: Path) -> str:
+    """The path of `target` as a manifest in `new_dir` names it (relative, so the repository can move)."""
+    return os.path.relpath(target.resolve(), new_dir.resolve())
 
 
 def store_version(
@@ -40,7 +40,16 @@ def store_version(
     referenced from the new folder. Returns the new version number and folder.
     """
     source = repo.manifest(model_id, source_version)
-    version, new_dir = repo.new_version_dir(model_id)
+    try:
+        version, new_dir = repo.new_version_dir(model_id)
+    except FileExistsError as exc:
+        # Version folders count once their manifest exists, so the next number's folder already being
+        # there means another compile of this model is writing it, or one was killed (kill -9) mid-write.
+        raise CompileError(
+            f"{exc.filename} already exists without a manifest: another compile of {model_id!r} is "
+            "writing it, or a killed one left it behind",
+            hint="wait for the other compile, or delete that folder if no compile is running",
+        ) from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's notice; see trace.jit_trace
@@ -71,4 +80,4 @@ def _carry_file(repo: LocalRepository, model_id: str, version: int, relative: st
         (new_dir / rel_inside).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, new_dir / rel_inside)
         return str(rel_inside)
-    return repoint(source_dir, relative, new_dir)
+    return repoint(path, new_dir)
