@@ -21,6 +21,7 @@ import pytest
 from inferpack.fleet import ops
 from inferpack.fleet.state import RunDir, is_alive, load_state
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
+from inferpack.settings import load_settings
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "inferpack.cli"]
@@ -206,3 +207,24 @@ def test_demo_end_to_end_small(tmp_path: Path) -> None:
         assert _ours(str(out)) == []
     finally:
         _reap(out / "fleet", str(out))
+
+
+def test_up_fails_with_the_server_log_tail(tiny_repo: Path, tmp_path: Path) -> None:
+    """A server that cannot start (its config is invalid) makes `up` fail, naming it, with its log tail,
+    and nothing is left running."""
+    run_dir = tmp_path / "run"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nmax_body_bytes = 1\n")  # below the allowed minimum: the server exits
+    settings = load_settings(
+        None, {"fleet": {"run_dir": run_dir, "base_port": 0, "router_port": 0, "ready_timeout_s": 120}}
+    )
+    try:
+        with pytest.raises(ops.FleetError) as info:
+            ops.up(settings, ops.local_plan(tiny_repo, 2, 1), config=bad)
+        assert "exited with status" in str(info.value)
+        assert "max_body_bytes" in info.value.log_tail
+        _, state = ops.read_state(run_dir)
+        assert state.phase == "failed"
+        assert not any(is_alive(p.pid, p.create_time) for p in [state.supervisor, *state.processes()])
+    finally:
+        _reap(run_dir, str(run_dir))

@@ -110,3 +110,51 @@ def test_helpers(tmp_path: Path) -> None:
     log.write_text("\n".join(str(i) for i in range(100)))
     assert tail(log, 3) == "97\n98\n99"
     assert tail(tmp_path / "missing.log") == ""
+
+
+def test_follow_yields_new_lines_of_every_log(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("old line\n")
+    got: list[tuple[str, str]] = []
+    stream = ops.follow([("a", a), ("b", b)], stop=lambda: len(got) >= 3)
+    with a.open("a") as f:
+        f.write("new 1\nnew 2\npartial")
+    b.write_text("from b\n")
+    for item in stream:
+        got.append(item)
+    assert sorted(got) == [("a", "new 1"), ("a", "new 2"), ("b", "from b")]  # the partial line waits
+
+
+def test_down_on_a_stale_fleet_stops_leftovers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        state = FleetState(
+            phase="running",
+            supervisor=ProcessState(name="supervisor", role="supervisor", pid=dead.pid, create_time=1.0),
+            router=ProcessState(name="router", role="router"),
+            servers=[
+                ProcessState(
+                    name="server-0", role="server", pid=child.pid, create_time=start_time(child.pid), port=1
+                )
+            ],
+        )
+        save_state(RunDir(tmp_path), state)
+        final, left = ops.down(tmp_path, timeout_s=5)
+        assert [p.name for p in left] == ["server-0"]
+        assert child.wait(timeout=15) is not None
+        assert final.phase == "stopped"
+        assert ops.read_state(tmp_path)[1].phase == "stopped"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_read_state_without_a_fleet(tmp_path: Path) -> None:
+    with pytest.raises(ops.FleetError, match="no fleet state"):
+        ops.read_state(tmp_path)

@@ -298,9 +298,16 @@ def log_files(run: RunDir, state: FleetState, name: str | None) -> list[tuple[st
 
 
 def follow(paths: list[tuple[str, Path]], stop: Callable[[], bool]) -> Iterator[tuple[str, str]]:
-    """Yield (process name, new line) as the log files grow, until `stop()` is true. A restarted process
-    appends to its file, so offsets only grow; a truncated file is read again from its start."""
+    """Yield (process name, new line) as the log files grow, until `stop()` is true. Lines count from the
+    moment of this call (not of the first `next`). A restarted process appends to its file, so offsets only
+    grow; a truncated file is read again from its start; a partial last line waits for its newline."""
     offsets = {p: (p.stat().st_size if p.exists() else 0) for _, p in paths}
+    return _follow(paths, offsets, stop)
+
+
+def _follow(
+    paths: list[tuple[str, Path]], offsets: dict[Path, int], stop: Callable[[], bool]
+) -> Iterator[tuple[str, str]]:
     partial = dict.fromkeys(offsets, "")
     while not stop():
         quiet = True

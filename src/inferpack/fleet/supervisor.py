@@ -256,7 +256,8 @@ class Supervisor:
                 if child.proc is not None:
                     child.proc.poll()  # reap
                     child.record.last_exit = child.proc.returncode
-                child.record.status = "stopped"
+                if child.record.status != "failed":  # keep which process made start-up fail
+                    child.record.status = "stopped"
                 child.record.pid = child.record.create_time = None
             for proc in killed:
                 log.warning("pid %d did not stop within %g s: killed", proc.pid, self.spec.stop_timeout_s)
