@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from inferpack.compile.options import CompileOptions, QuantizeChoice
 from inferpack.errors import CompileError, InferpackError
@@ -85,33 +87,39 @@ def _compile_all(
     return results
 
 
+COLUMNS = ("model", "new", "from", "variant", "max diff", "cosine", "answers", "check", "secs")
+
+
 def result_table(results: list[CompileResult | tuple[str, str]], options: CompileOptions) -> Table:
-    """One row per model: new version, variant, agreement with eager fp32 (max abs diff, mean cosine, share
-    of check items with an unchanged answer) and compile time; failed models get a row marked failed (the
-    reasons are printed under the table, where long messages do not squeeze the columns)."""
-    table = Table(title=f"compiled for {options.target}")
-    # Model ids are never cut (they are what a user copies); the other cells are short, headers may wrap.
-    table.add_column("model", no_wrap=True, min_width=max((len(_id(r)) for r in results), default=5))
-    for col in ("new", "from", "variant", "max abs diff", "cosine", "same answer", "check", "compile s"):
-        table.add_column(col, justify="left" if col in ("variant", "check") else "right")
-    for r in results:
-        if isinstance(r, tuple):
-            table.add_row(r[0], "-", "-", "-", "-", "-", "-", "[red]failed[/]", "-")
-            continue
-        a = r.agreement
-        table.add_row(
-            r.model_id,
-            f"v{r.version}",
-            f"v{r.source_version}",
-            r.variant,
-            f"{a.max_abs_diff:.2e}",
-            f"{a.cosine:.5f}",
-            "-" if r.same_answers is None else f"{r.same_answers:.0%}",
-            "passed" if a.passed else "[yellow]failed (forced)[/]",
-            f"{r.seconds:.1f}",
-        )
+    """One row per model: new and source version, variant, agreement with eager fp32 (max abs diff, mean
+    cosine, share of check items whose answer is unchanged) and compile time; failed models get a row
+    marked failed (the reasons are printed under the table, where long messages do not squeeze columns)."""
+    rows = [_row(r) for r in results]
+    # No vertical rules and every column at least as wide as its widest cell: an 80-column terminal (or a
+    # pipe, which rich treats as 80 columns) still shows every number and id in full.
+    table = Table(
+        title=f"compiled for {options.target}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+    )
+    for i, name in enumerate(COLUMNS):
+        width = max([len(name)] + [len(Text.from_markup(row[i]).plain) for row in rows])
+        table.add_column(name, justify="left" if i in (0, 3, 7) else "right", min_width=width, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
-def _id(result: CompileResult | tuple[str, str]) -> str:
-    return result[0] if isinstance(result, tuple) else result.model_id
+def _row(r: CompileResult | tuple[str, str]) -> list[str]:
+    if isinstance(r, tuple):
+        return [r[0], "-", "-", "-", "-", "-", "-", "[red]failed[/]", "-"]
+    a = r.agreement
+    return [
+        r.model_id,
+        f"v{r.version}",
+        f"v{r.source_version}",
+        r.variant,
+        f"{a.max_abs_diff:.2e}",
+        f"{a.cosine:.5f}",
+        "-" if r.same_answers is None else f"{r.same_answers:.0%}",
+        "passed" if a.passed else "[yellow]forced[/]",
+        f"{r.seconds:.1f}",
+    ]
