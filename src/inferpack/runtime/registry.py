@@ -135,7 +135,7 @@ class ModelRegistry:
             path = self.repository.resolve_file(model_id, chosen, rel)
             if not SHARED.holds(path):
                 size += path.stat().st_size
-        return size
+        return int(size * 1.01) + 2**16  # a margin: buffers the files do not hold (position ids)
 
     # catalogue ------------------------------------------------------------------------------------------
     def refresh(self) -> list[str]:
@@ -193,8 +193,7 @@ class ModelRegistry:
                 async with self._load_slots:
                     claim = 0
                     if self.budget_bytes is not None:
-                        # a margin over the file sizes: buffers the files do not hold (position ids)
-                        claim = int(self._estimate(model_id, version) * 1.01) + 2**16
+                        claim = self._estimate(model_id, version)
                         await self._make_room(claim, exclude=model_id)
                         self._claimed += claim  # loads in flight hold their share of the budget
                     try:
