@@ -135,6 +135,9 @@ class FleetTestSettings(_Section):
         default=None, gt=0, description="Open-loop request frequency (req/s); None runs a closed loop."
     )
     duration_s: float = Field(default=20.0, gt=0, description="Measured seconds of load.")
+    requests: int | None = Field(
+        default=None, ge=1, description="Measured requests instead of a duration (None: use duration_s)."
+    )
     warmup_s: float = Field(default=2.0, ge=0, description="Seconds of load sent before measuring.")
     workers: int = Field(default=1, ge=1, description="Load-generator processes.")
     api: ApiChoice = Field(default="seed", description="seed (/predictions) or v2 (Open Inference Protocol).")

@@ -158,3 +158,20 @@ def test_down_on_a_stale_fleet_stops_leftovers(tmp_path: Path) -> None:
 def test_read_state_without_a_fleet(tmp_path: Path) -> None:
     with pytest.raises(ops.FleetError, match="no fleet state"):
         ops.read_state(tmp_path)
+
+
+def test_demo_load_test_config_follows_the_test_settings() -> None:
+    from inferpack.fleet.demo import bench_config
+    from inferpack.loadtest.shapes import ClosedLoop, OpenLoop
+
+    closed = bench_config("http://r:1", ["a", "b"], load_settings(None, {"fleet": {"test": {"users": 3}}}))
+    assert isinstance(closed.shape, ClosedLoop) and closed.shape.users == 3
+    assert (closed.duration_s, closed.requests) == (20.0, None)
+    assert closed.target.urls == ["http://r:1"] and closed.models == ["a", "b"]
+    opened = bench_config(
+        "http://r:1",
+        ["a"],
+        load_settings(None, {"fleet": {"test": {"rate": 5, "requests": 50, "api": "v2"}}}),
+    )
+    assert isinstance(opened.shape, OpenLoop) and opened.shape.steps[0].rate == 5
+    assert (opened.duration_s, opened.requests, opened.api) == (None, 50, "v2")

@@ -80,7 +80,8 @@ def bench_config(router_url: str, models: list[str], settings: Settings) -> Benc
         target=Target(urls=[router_url], description=f"router {router_url}"),
         models=models,
         shape=shape,
-        duration_s=t.duration_s,
+        duration_s=None if t.requests is not None else t.duration_s,
+        requests=t.requests,
         warmup_s=t.warmup_s,
         timeout_s=30.0,
         interval_s=1.0,
@@ -115,7 +116,13 @@ def _load_test(config: BenchConfig, workers: int, out_dir: Path) -> BenchResult:
     from inferpack.loadtest.local import run_local
     from inferpack.loadtest.runner import run_worker
 
-    total = config.warmup_s + (config.duration_s or 0.0)
+    # The bar counts seconds (warm-up + duration), or measured requests when the run is sized by requests.
+    by_requests = config.requests is not None
+    total = (
+        float(config.requests)
+        if config.requests is not None
+        else config.warmup_s + (config.duration_s or 0.0)
+    )
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"), console=console
     ) as progress:
@@ -129,9 +136,10 @@ def _load_test(config: BenchConfig, workers: int, out_dir: Path) -> BenchResult:
             rps = sum(s.new_done / s.period_s for s in latest.values())
             elapsed = max(s.elapsed_s for s in latest.values())
             phase = "warm-up" if elapsed < 0 else "measuring"
+            position = (done if elapsed >= 0 else 0) if by_requests else config.warmup_s + elapsed
             progress.update(
                 bar,
-                completed=min(total, config.warmup_s + elapsed),
+                completed=min(total, position),
                 description=f"4/5 load test ({phase})",
                 stats=f"{done} done, {errors} errors, {rps:.0f} req/s",
             )
@@ -227,6 +235,7 @@ def demo_command(
     servers: Annotated[int | None, typer.Option(min=1, help="Server processes (default 2).")] = None,
     copies: Annotated[int | None, typer.Option(min=1, help="Copies of each model (default 2).")] = None,
     duration: Annotated[float | None, typer.Option(help="Measured seconds of load (default 20).")] = None,
+    requests: Annotated[int | None, typer.Option(min=1, help="Measured requests instead of seconds.")] = None,
     warmup: Annotated[float | None, typer.Option(help="Warm-up seconds (default 2).")] = None,
     users: Annotated[int | None, typer.Option(min=1, help="Closed-loop users (default 4).")] = None,
     rate: Annotated[float | None, typer.Option(help="Open-loop req/s instead of users.")] = None,
@@ -242,6 +251,7 @@ def demo_command(
     test: dict[str, Any] = {
         "models": models,
         "duration_s": duration,
+        "requests": requests,
         "warmup_s": warmup,
         "users": users,
         "rate": rate,

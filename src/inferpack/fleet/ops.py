@@ -331,9 +331,3 @@ def _follow(
                 yield name, line
         if quiet:
             time.sleep(0.25)
-
-
-def supervisor_pid(state: FleetState) -> int | None:
-    """The supervisor's pid when it is alive."""
-    sup = state.supervisor
-    return sup.pid if is_alive(sup.pid, sup.create_time) else None

@@ -262,6 +262,7 @@ class Supervisor:
             for proc in killed:
                 log.warning("pid %d did not stop within %g s: killed", proc.pid, self.spec.stop_timeout_s)
         self.state.phase = "stopped"
+        log.info("fleet stopped")
         self._save()
 
     def run_forever(self) -> int:
