@@ -1,48 +1,22 @@
 """Where requests go: one base URL (a router or a single server), a list of URLs, or client-side routing
 from a placement plan (model -> servers) plus a server map (server name -> URL).
 
-Server map file (JSON), written by the local fleet or by hand:
+The server map is the endpoints file (`inferpack.deploy.endpoints`) that the local fleet writes as
+`endpoints.json` and Kubernetes rendering puts in the placement ConfigMap:
 
     {"format_version": 1, "servers": {"server-0": "http://127.0.0.1:8101", "server-1": "http://..."}}
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from inferpack.deploy.endpoints import load_endpoints
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
-
-
-class ServerMap(BaseModel):
-    """Server name (as in the plan) -> base URL."""
-
-    model_config = ConfigDict(extra="forbid")
-    format_version: Literal[1] = 1
-    servers: dict[str, str] = Field(min_length=1)
-
-    @field_validator("servers")
-    @classmethod
-    def _urls(cls, servers: dict[str, str]) -> dict[str, str]:
-        for name, url in servers.items():
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"server {name!r}: {url!r} is not an http(s) URL")
-        return {name: url.rstrip("/") for name, url in servers.items()}
-
-
-def load_server_map(path: Path) -> ServerMap:
-    """Read and validate a server map file."""
-    try:
-        return ServerMap.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"server map {path} not found") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"server map {path} is not valid: {exc}") from exc
 
 
 class Target(BaseModel):
@@ -103,7 +77,7 @@ def resolve_target(
         if server_map_path is not None:
             if urls:
                 raise ConfigError("give either --url or --server-map with --plan, not both")
-            smap = load_server_map(server_map_path)
+            smap = load_endpoints(server_map_path)  # the fleet's and Kubernetes' endpoints.json
             missing = [s.name for s in plan.servers() if s.name not in smap.servers]
             if missing:
                 raise ConfigError(f"server map {server_map_path} lacks plan server(s) {missing[:5]}")
