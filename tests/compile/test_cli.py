@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from typer.testing import CliRunner
 
 from inferpack.cli import app
@@ -44,6 +45,7 @@ def test_compiles_one_model_and_prints_the_table(repo_copy: RepoFactory) -> None
     assert repo.manifest("emb-0000", 2).quantization == "int8-dynamic"
 
 
+@pytest.mark.slow  # two full compiles through the CLI: tens of seconds on a shared 2-core machine
 def test_all_compiles_every_model(repo_copy: RepoFactory) -> None:
     repo = repo_copy("qa-0000", "cls-0000")
     result = runner.invoke(
