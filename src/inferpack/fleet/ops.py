@@ -162,22 +162,29 @@ def up(
         P.child_env(),
         new_session=True,
     )
-    deadline = time.monotonic() + spec.ready_timeout_s * 2 + 30
-    while True:
-        state = load_state(run)
-        if state is not None and on_progress is not None:
-            on_progress(state)
-        if state is not None and state.phase == "running":
-            return state
-        code = supervisor.poll()
-        if (state is not None and state.phase in ("failed", "stopped")) or code is not None:
-            supervisor.wait()
-            raise _start_failure(run, state)
-        if time.monotonic() > deadline:
-            supervisor.terminate()
-            supervisor.wait(spec.stop_timeout_s + 10)
-            raise _start_failure(run, load_state(run), f"the fleet was not ready within {deadline:.0f} s")
-        time.sleep(POLL_S)
+    wait_s = spec.ready_timeout_s * 2 + 30  # servers, then the router, each within the ready timeout
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            state = load_state(run)
+            if state is not None and on_progress is not None:
+                on_progress(state)
+            if state is not None and state.phase == "running":
+                return state
+            code = supervisor.poll()
+            if (state is not None and state.phase in ("failed", "stopped")) or code is not None:
+                supervisor.wait()
+                raise _start_failure(run, load_state(run) or state)
+            if time.monotonic() > deadline:
+                supervisor.terminate()
+                supervisor.wait(spec.stop_timeout_s * 2 + 15)
+                raise _start_failure(run, load_state(run), f"the fleet was not ready within {wait_s:.0f} s")
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        # An interrupted start-up stops what it started rather than leave half a fleet in the background.
+        supervisor.terminate()
+        supervisor.wait(spec.stop_timeout_s * 2 + 15)
+        raise
 
 
 def _start_failure(run: RunDir, state: FleetState | None, message: str | None = None) -> FleetError:
