@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -230,6 +231,7 @@ def main() -> None:
         P.terminate([psutil.Process(p.pid) for p in procs if p.poll() is None], 10.0)
         for p in procs:
             p.wait()
+        shutil.rmtree(work, ignore_errors=True)  # the demo models are ~90 MB each
 
 
 if __name__ == "__main__":
