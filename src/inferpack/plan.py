@@ -9,14 +9,14 @@ The format is JSON, versioned, validated with pydantic; unknown fields are rejec
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from inferpack.errors import ConfigError, PlanError
+from inferpack.errors import PlanError
+from inferpack.jsonfile import read_json_model
 
 Target = Literal["cpu", "cuda", "neuron"]
 PLAN_FORMAT_VERSION: Literal[1] = 1
@@ -115,12 +115,7 @@ class Plan(_Strict):
 
 def load_plan(path: Path) -> Plan:
     """Read and validate a plan file; errors name the file and what to fix."""
-    try:
-        return Plan.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"plan file {path} not found", hint="make one with `inferpack plan`") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"plan file {path} is not a valid plan: {exc}") from exc
+    return read_json_model(path, Plan, "plan file", missing_hint="make one with `inferpack plan`")
 
 
 def save_plan(plan: Plan, path: Path) -> None:

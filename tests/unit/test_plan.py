@@ -51,7 +51,7 @@ def test_validate_against_names_missing_and_extra() -> None:
 
 def test_bad_plan_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{"created_by": "x", "groups": [], "typo": 1}')
-    with pytest.raises(ConfigError, match="not a valid plan"):
+    with pytest.raises(ConfigError, match="is not valid"):
         load_plan(tmp_path / "p.json")
     with pytest.raises(ConfigError, match="not found"):
         load_plan(tmp_path / "missing.json")

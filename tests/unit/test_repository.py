@@ -69,5 +69,5 @@ def test_invalid_manifest_names_the_file(tmp_path: Path) -> None:
     repo = LocalRepository(tmp_path)
     vdir = _version(repo, "m")
     (vdir / "manifest.json").write_text('{"format": "onnx"}')
-    with pytest.raises(RepositoryError, match=r"manifest\.json is invalid"):
+    with pytest.raises(RepositoryError, match=r"manifest\.json is not valid"):
         repo.manifest("m")

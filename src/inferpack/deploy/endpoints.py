@@ -22,9 +22,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inferpack.errors import ConfigError, PlanError
+from inferpack.errors import PlanError
+from inferpack.jsonfile import read_json_model
 from inferpack.plan import Plan
 
 ENDPOINTS_FORMAT_VERSION: Literal[1] = 1
@@ -59,12 +60,7 @@ class ServerEndpoints(BaseModel):
 
 def load_endpoints(path: Path) -> ServerEndpoints:
     """Read and validate an endpoints file."""
-    try:
-        return ServerEndpoints.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"endpoints file {path} not found") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"endpoints file {path} is not valid: {exc}") from exc
+    return read_json_model(path, ServerEndpoints, "endpoints file")
 
 
 def endpoints_json(endpoints: ServerEndpoints) -> str:

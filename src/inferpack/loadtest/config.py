@@ -3,13 +3,12 @@ config to N worker processes (or containers), each told its index, and each take
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from inferpack.errors import ConfigError
+from inferpack.jsonfile import read_json_model
 from inferpack.loadtest.protocol import DEFAULT_CONTEXT, DEFAULT_QUESTION, Api
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop
 from inferpack.loadtest.targets import Target
@@ -74,12 +73,7 @@ def save_config(config: BenchConfig, path: Path) -> None:
 
 def load_config(path: Path) -> BenchConfig:
     """Read a run config written by `save_config`."""
-    try:
-        return BenchConfig.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"bench config {path} not found") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"{path} is not a valid bench config: {exc}") from exc
+    return read_json_model(path, BenchConfig, "bench config")
 
 
 def is_open(shape: LoadShape) -> bool:

@@ -93,10 +93,9 @@ def dedup_repository(
     return report
 
 
-def _write_shared(repo: LocalRepository, source_model: str, names: set[str]) -> Path:
-    manifest = repo.manifest(source_model)
-    with safe_open(str(repo.version_dir(source_model) / manifest.weights), framework="pt") as fh:
-        tensors = {n: fh.get_tensor(n) for n in sorted(names)}
+def store_shared_tensors(repo: LocalRepository, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write tensors to `<repo>/_shared/weights/<sha256>.safetensors`, named by the file's content (so
+    the same set is stored once however often it is written); returns the file's path."""
     folder = repo.shared_dir() / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{os.getpid()}.safetensors"
@@ -107,6 +106,12 @@ def _write_shared(repo: LocalRepository, source_model: str, names: set[str]) -> 
     else:
         tmp.replace(target)
     return target
+
+
+def _write_shared(repo: LocalRepository, source_model: str, names: set[str]) -> Path:
+    manifest = repo.manifest(source_model)
+    with safe_open(str(repo.version_dir(source_model) / manifest.weights), framework="pt") as fh:
+        return store_shared_tensors(repo, {n: fh.get_tensor(n) for n in sorted(names)})
 
 
 def _rewrite_model(repo: LocalRepository, model_id: str, shared_path: Path, names: set[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inferpack.errors import RepositoryError
+from inferpack.repository.dedup import store_shared_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Manifest, Task, write_manifest
@@ -119,21 +119,6 @@ def is_tenant_specific(name: str, config: dict[str, Any]) -> bool:
     return top in name or name.startswith(("qa_outputs.", "classifier."))
 
 
-def _shared_base(repo: LocalRepository, tensors: dict[str, torch.Tensor]) -> Path:
-    """Store tensors common to many models once, named by the hash of the file's content."""
-    folder = repo.shared_dir() / "weights"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{os.getpid()}.safetensors"
-    save_file(tensors, str(tmp))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
-    target = folder / f"{digest}.safetensors"
-    if target.is_file():
-        tmp.unlink()
-    else:
-        tmp.replace(target)
-    return target
-
-
 def _shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
     """Store the tokenizer once per repository, named by content hash."""
     data = source.read_bytes()
@@ -185,7 +170,7 @@ def make_demo_models(
     share_base = share_base and arch != "tiny"
     if share_base:
         common = {k: v for k, v in first.items() if not is_tenant_specific(k, config)}
-        shared = [str(Path("..", "..", "_shared", "weights", _shared_base(repo, common).name))]
+        shared = [str(Path("..", "..", "_shared", "weights", store_shared_tensors(repo, common).name))]
     for model_id in todo:
         _, vdir = repo.new_version_dir(model_id)
         if arch == "tiny":  # every tiny model has its own random encoder: fully unique weights

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from inferpack.errors import RepositoryError
+from inferpack.jsonfile import read_json_model
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
@@ -77,12 +77,7 @@ class Manifest(BaseModel):
 
 def read_manifest(path: Path) -> Manifest:
     """Parse a manifest file; errors name the file."""
-    try:
-        return Manifest.model_validate(json.loads(path.read_text()))
-    except FileNotFoundError as exc:
-        raise RepositoryError(f"manifest {path} not found") from exc
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise RepositoryError(f"manifest {path} is invalid: {exc}") from exc
+    return read_json_model(path, Manifest, "manifest", error=RepositoryError)
 
 
 def write_manifest(path: Path, manifest: Manifest) -> None:

@@ -1,0 +1,31 @@
+"""Reading the project's JSON files (plans, endpoints, manifests, run configs) into pydantic models, with
+one wording for the errors: the file, what it should have been, and what to do next."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from inferpack.errors import ConfigError, InferpackError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_json_model(
+    path: Path,
+    model: type[M],
+    what: str,
+    *,
+    error: type[InferpackError] = ConfigError,
+    missing_hint: str | None = None,
+) -> M:
+    """Parse `path` as `model`; a missing or invalid file raises `error` naming the file and the problem."""
+    try:
+        return model.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise error(f"{what} {path} not found", hint=missing_hint) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
+        raise error(f"{what} {path} is not valid: {exc}") from exc
