@@ -74,3 +74,32 @@ def test_truncation_keeps_question_and_cuts_context(demo_repo: Path) -> None:
     batch = model.tokenizer.encode([TextInput("What is it?", "word " * 500)])
     assert batch.input_ids.shape[1] == 32
     assert model.predict([TextInput("q " * 100, "context " * 100)])[0]["answer"] is not None
+
+
+def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
+    import pytest
+
+    from inferpack.errors import ModelLoadFailed
+    from inferpack.repository.manifest import Agreement, Manifest, write_manifest
+    from inferpack.runtime.modeling import choose_version
+
+    make_demo_models(tmp_path, 1, task="feature-extraction", prefix="m")
+    repo = LocalRepository(tmp_path)
+
+    def add(**fields: object) -> int:
+        version, vdir = repo.new_version_dir("m-0000")
+        base = {"format": "torchscript", "task": "feature-extraction", "weights": "model.pt", "tokenizer": "../1/x"}
+        write_manifest(vdir / "manifest.json", Manifest.model_validate({**base, **fields}))
+        return version
+
+    failed = Agreement(max_abs_diff=1.0, cosine=0.5, tolerance=0.01, passed=False)
+    add(target="cuda")
+    add(quantization="int8-dynamic")
+    add(agreement=failed)
+    add(dtype="bf16")
+    assert choose_version(repo, "m-0000", "cpu", torch.float32) == 1  # none of the compiled ones suit
+    good = add()
+    assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
+    assert choose_version(repo, "m-0000", "cuda", torch.bfloat16) == 1
+    with pytest.raises(ModelLoadFailed, match="compiled for cuda"):
+        load_model(repo, "m-0000", 2)
