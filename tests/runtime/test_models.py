@@ -103,3 +103,21 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
     assert choose_version(repo, "m-0000", "cuda", torch.bfloat16) == 1
     with pytest.raises(ModelLoadFailed, match="compiled for cuda"):
         load_model(repo, "m-0000", 2)
+
+
+def test_recycled_shells_are_refilled_with_the_next_models_weights(demo_repo: Path) -> None:
+    from inferpack.runtime.modeling import SKELETONS, recycle
+
+    repo = LocalRepository(demo_repo)
+    texts = [TextInput("Who?", "Ann met Bob at the station.")]
+    first = load_model(repo, "qa-0000", dtype="fp32")
+    expected = load_model(repo, "qa-0001", dtype="fp32").predict(texts)
+    shell = first.module
+    recycle(first)
+    assert all(p.device.type == "meta" for p in shell.parameters())  # its weights are released
+    again = load_model(repo, "qa-0001", dtype="fp32")
+    assert again.module is shell  # reused, not rebuilt
+    got = again.predict(texts)
+    assert got[0]["answer"] == expected[0]["answer"]
+    assert abs(got[0]["score"] - expected[0]["score"]) < 1e-6
+    assert SKELETONS.take(again.module.skeleton_key) is None  # type: ignore[union-attr]

@@ -27,6 +27,8 @@ class Echo:
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
         self.version = 1
+        self.module = None
+        self.extra: dict[str, Any] = {}
 
     def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
         return [{"echo": f"{self.model_id}:{i.text}"} for i in items]

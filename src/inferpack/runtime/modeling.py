@@ -35,6 +35,7 @@ class TaskWrapper(nn.Module):
     """Base of the task wrappers: holds the transformers module as `model`."""
 
     model: nn.Module
+    skeleton_key: str = ""  # the architecture, for reusing the shell (see SkeletonPool)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -176,7 +177,8 @@ def build_eager(
         raise ModelLoadFailed("safetensors manifest names no architecture config")
     target = device or torch.device("cpu")
     config = json.loads((version_dir / manifest.config).read_text())
-    wrapper = build_skeleton(config, manifest.task)
+    key = skeleton_key(config, manifest.task)
+    wrapper = SKELETONS.take(key) or build_skeleton(config, manifest.task)
     state: dict[str, torch.Tensor] = {}
     if shared is None:
         shared = [SharedWeights().get(version_dir / rel, dtype, target) for rel in manifest.shared_weights]
@@ -184,7 +186,48 @@ def build_eager(
         state.update(group.tensors)
     own = load_file(str(version_dir / manifest.weights), device=str(target))
     state.update(cast_floating(own, dtype))
+    wrapper.skeleton_key = key
     return fill_weights(wrapper, state)
+
+
+def skeleton_key(config: dict[str, Any], task: Task) -> str:
+    """Identity of an architecture: the same key means a module shell can be refilled with the weights."""
+    return f"{task}|{json.dumps(config, sort_keys=True)}"
+
+
+class SkeletonPool:
+    """Module shells of unloaded models, emptied to the meta device and refilled by the next load of the
+    same architecture: a cold load then costs reading and assigning weights, not building a module tree
+    (about half of a MiniLM load here)."""
+
+    def __init__(self, per_architecture: int = 8) -> None:
+        self.per_architecture = per_architecture
+        self._lock = threading.Lock()
+        self._shells: dict[str, list[TaskWrapper]] = {}
+
+    def take(self, key: str) -> TaskWrapper | None:
+        """A shell for the architecture, or None."""
+        with self._lock:
+            shells = self._shells.get(key)
+            return shells.pop() if shells else None
+
+    def give(self, key: str, module: TaskWrapper) -> None:
+        """Empty a module (its tensors are released now) and keep it for reuse."""
+        module.to_empty(device="meta")
+        with self._lock:
+            shells = self._shells.setdefault(key, [])
+            if len(shells) < self.per_architecture:
+                shells.append(module)
+
+
+SKELETONS = SkeletonPool()
+
+
+def recycle(model: LoadedModel) -> None:
+    """After an unload (nothing runs on the model any more): keep its eager module shell for reuse."""
+    key = model.extra.get("skeleton")
+    if isinstance(key, str) and isinstance(model.module, TaskWrapper):
+        SKELETONS.give(key, model.module)
 
 
 class _TokenizerCache:
@@ -270,6 +313,7 @@ def load_model(
         )
         module: ModelCallable
         groups: list[SharedGroup] = []
+        skeleton = ""
         if manifest.format == "torchscript":
             torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
@@ -286,6 +330,7 @@ def load_model(
             ]
             eager = build_eager(version_dir, manifest, dtype=torch_dtype, device=torch_device, shared=groups)
             module = eager
+            skeleton = eager.skeleton_key
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
     except ModelLoadFailed:
         raise
@@ -303,7 +348,7 @@ def load_model(
         dtype=torch_dtype,
         device=torch_device,
         hidden_size=hidden,
-        extra={"shared": groups} if manifest.format == "safetensors" else {},
+        extra={"shared": groups, "skeleton": skeleton} if manifest.format == "safetensors" else {},
     )
     if warmup or (warmup is None and manifest.format == "torchscript"):
         _warm_up(loaded)
