@@ -22,12 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from inferpack.fleet.processes import wait_ready
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
 from inferpack.repository.demo import make_demo_models
@@ -106,16 +106,7 @@ def main() -> None:
         ],
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
+        wait_ready(url, server)
         out_dir = ROOT / f"density-{kind}-run"
         subprocess.run(
             [

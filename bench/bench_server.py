@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 import torch
 
+from inferpack.fleet.processes import wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
@@ -109,8 +109,21 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", fh.name, url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            fh.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     os.unlink(fh.name)
 
@@ -123,34 +136,48 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50": ms("50"), "p90": ms("90"), "p99": ms("99"), "errors": float(non2xx.group(1)) if non2xx else 0.0}
+    return {
+        "rps": rps,
+        "p50": ms("50"),
+        "p90": ms("90"),
+        "p99": ms("99"),
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
 
 
 def run_server(repo: Path, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferpack.cli", "serve", "--repository", str(repo), "--port", str(port),
-         "--dtype", dtype, "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "inferpack.cli",
+            "serve",
+            "--repository",
+            str(repo),
+            "--port",
+            str(port),
+            "--dtype",
+            dtype,
+            "--log-level",
+            "warning",
+        ],
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+    wait_ready(url, proc, timeout_s=180)
+    return proc, url
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--bf16-concurrency", default="1,2,4", help="bf16 is slow where the CPU lacks it natively")
+    parser.add_argument(
+        "--bf16-concurrency", default="1,2,4", help="bf16 is slow where the CPU lacks it natively"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -159,13 +186,18 @@ def main() -> None:
     repo = LocalRepository(repo_dir)
     print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
     same, score_diff = agreement(repo, ids)
-    print(f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, max score diff {score_diff:.4f}")
+    print(
+        f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, max score diff {score_diff:.4f}"
+    )
     rows = []
     for dtype in args.dtypes.split(","):
         limit1 = bare_limit(repo, ids, dtype, args.duration)
         limit8 = bare_limit(repo, ids, dtype, args.duration, batch=8)
         limit = max(limit1, limit8)
-        print(f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 -> limit {limit:.1f}", flush=True)
+        print(
+            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 -> limit {limit:.1f}",
+            flush=True,
+        )
         proc, url = run_server(repo_dir, dtype)
         try:
             levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
@@ -184,7 +216,9 @@ def main() -> None:
     print("\nbest per dtype:")
     for dtype in args.dtypes.split(","):
         best = max((r for r in rows if r[0] == dtype), key=lambda r: r[2]["rps"])
-        print(f"  {dtype}: {best[2]['rps']:.1f} req/s at c={best[1]} = {best[2]['rps'] / best[3]:.2f} of the bare limit {best[3]:.1f}")
+        print(
+            f"  {dtype}: {best[2]['rps']:.1f} req/s at c={best[1]} = {best[2]['rps'] / best[3]:.2f} of the bare limit {best[3]:.1f}"
+        )
     np.set_printoptions(precision=3)
 
 

@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from inferpack.fleet.processes import wait_ready
 from inferpack.settings import AuthSettings
 from tests.integration.conftest import running_server
 
@@ -90,15 +90,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(demo_repo: Path) -> None
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, proc)
         statuses: list[int] = []
         long_context = "The river runs past the mill and the old stone bridge. " * 30
 

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -96,6 +97,19 @@ def probe_ready(url: str, timeout_s: float = 0.5) -> bool:
         return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 120.0) -> None:
+    """Poll `url` until it is ready; RuntimeError when `proc` exits first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not probe_ready(url):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"the server at {url} exited with status {proc.returncode} before it was ready"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} was not ready within {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def free_port() -> int:
