@@ -176,13 +176,20 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument(
+        "--repository",
+        type=Path,
+        default=None,
+        help="serve this repository of 10 QA models instead (e.g. after `inferpack compile --all`: "
+        "servers and the bare loop then run each model's TorchScript version)",
+    )
+    parser.add_argument(
         "--bf16-concurrency", default="1,2,4", help="bf16 is slow where the CPU lacks it natively"
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
-    repo_dir = ROOT / "repo"
-    ids = make_demo_models(repo_dir, 10, prefix="bench-qa")
+    repo_dir = args.repository or ROOT / "repo"
+    ids = make_demo_models(repo_dir, 10, prefix="bench-qa")  # existing models are kept as they are
     repo = LocalRepository(repo_dir)
     print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
     same, score_diff = agreement(repo, ids)
