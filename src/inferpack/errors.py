@@ -74,5 +74,13 @@ class ConfigError(InferpackError):
     """A settings file or plan file that cannot be used."""
 
 
+class FleetError(InferpackError):
+    """The local fleet could not start, or its state cannot be acted on. `log_tail` holds the failing log."""
+
+    def __init__(self, message: str, *, hint: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.log_tail = log_tail
+
+
 class PlanError(InferpackError):
     """A placement problem with no feasible solution, or a malformed plan."""

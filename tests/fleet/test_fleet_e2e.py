@@ -18,6 +18,7 @@ import httpx
 import psutil
 import pytest
 
+from inferpack.errors import FleetError
 from inferpack.fleet import ops
 from inferpack.fleet.state import RunDir, is_alive, load_state
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
@@ -219,7 +220,7 @@ def test_up_fails_with_the_server_log_tail(tiny_repo: Path, tmp_path: Path) -> N
         None, {"fleet": {"run_dir": run_dir, "base_port": 0, "router_port": 0, "ready_timeout_s": 120}}
     )
     try:
-        with pytest.raises(ops.FleetError) as info:
+        with pytest.raises(FleetError) as info:
             ops.up(settings, ops.local_plan(tiny_repo, 2, 1), config=bad)
         assert "exited with status" in str(info.value)
         assert "max_body_bytes" in info.value.log_tail

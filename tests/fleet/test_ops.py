@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inferpack.errors import ConfigError, PlanError
+from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import ops
 from inferpack.fleet.processes import metric_sum, server_command, tail
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
@@ -78,7 +78,7 @@ def test_prepare_refuses_a_running_fleet(demo_repo: Path, tmp_path: Path) -> Non
         ),
     )
     settings = load_settings(None, {"fleet": {"run_dir": tmp_path, "base_port": 0, "router_port": 0}})
-    with pytest.raises(ops.FleetError, match="already running"):
+    with pytest.raises(FleetError, match="already running"):
         ops.prepare(settings, ops.local_plan(demo_repo, 2, 1), None)
 
 
@@ -156,7 +156,7 @@ def test_down_on_a_stale_fleet_stops_leftovers(tmp_path: Path) -> None:
 
 
 def test_read_state_without_a_fleet(tmp_path: Path) -> None:
-    with pytest.raises(ops.FleetError, match="no fleet state"):
+    with pytest.raises(FleetError, match="no fleet state"):
         ops.read_state(tmp_path)
 
 

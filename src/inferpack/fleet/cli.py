@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from inferpack.errors import FleetError
 from inferpack.fleet import ops
 from inferpack.fleet.state import FleetState, is_stale
 from inferpack.plan import load_plan
@@ -50,7 +51,7 @@ def _run_dir(config: Path | None, run_dir: Path | None) -> Path:
     return run_dir if run_dir is not None else load_settings(config).fleet.run_dir
 
 
-def _fail(exc: ops.FleetError) -> None:
+def _fail(exc: FleetError) -> None:
     """Print the failing process's log tail (markup-free: logs contain brackets) before the error."""
     if exc.log_tail:
         console.rule("log tail")
@@ -111,7 +112,7 @@ def start_with_progress(settings: Settings, config: Path | None, plan: Any = Non
 
         try:
             return ops.up(settings, plan, config=config, on_progress=show)
-        except ops.FleetError as exc:
+        except FleetError as exc:
             progress.stop()
             _fail(exc)
             raise

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
-from inferpack.errors import ConfigError, InferpackError, PlanError
+from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
 from inferpack.fleet.state import (
     FleetState,
@@ -34,14 +34,6 @@ from inferpack.repository.local import LocalRepository
 from inferpack.settings import Settings
 
 POLL_S = 0.1
-
-
-class FleetError(InferpackError):
-    """The fleet could not start, or its state cannot be acted on. `log_tail` holds the failing log."""
-
-    def __init__(self, message: str, *, hint: str | None = None, log_tail: str = "") -> None:
-        super().__init__(message, hint=hint)
-        self.log_tail = log_tail
 
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
