@@ -30,8 +30,9 @@ from inferpack.errors import ModelLoadFailed, ModelNotFound, ModelNotReady, Over
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, choose_version, load_model, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.settings import ServerSettings
 
@@ -126,10 +127,13 @@ class ModelRegistry:
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
         """Bytes a load will add, before loading: the measured footprint when known, else file sizes
         (shared files only when no loaded model holds them already)."""
-        manifest = self.repository.manifest(model_id, version)
+        # the version the loader will pick, not merely the newest (that may be a trace it will not serve)
+        chosen = version or choose_version(
+            self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype)
+        )
+        manifest = self.repository.manifest(model_id, chosen)
         if manifest.footprint is not None:
             return int(manifest.footprint.resident_mb * 2**20)
-        chosen = version or self.repository.versions(model_id)[-1]
         size = (self.repository.version_dir(model_id, chosen) / manifest.weights).stat().st_size
         for rel in manifest.shared_weights:
             path = self.repository.resolve_file(model_id, chosen, rel)
