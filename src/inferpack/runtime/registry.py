@@ -124,13 +124,14 @@ class ModelRegistry:
             warmup=None if cold else True,  # a cold request is the warm-up of an eager model
         )
 
+    def default_version(self, model_id: str) -> int:
+        """The version a load without a version picks here (not merely the newest: see choose_version)."""
+        return choose_version(self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype))
+
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
         """Bytes a load will add, before loading: the measured footprint when known, else file sizes
         (shared files only when no loaded model holds them already)."""
-        # the version the loader will pick, not merely the newest (that may be a trace it will not serve)
-        chosen = version or choose_version(
-            self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype)
-        )
+        chosen = version or self.default_version(model_id)
         manifest = self.repository.manifest(model_id, chosen)
         if manifest.footprint is not None:
             return int(manifest.footprint.resident_mb * 2**20)

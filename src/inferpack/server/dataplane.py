@@ -121,7 +121,7 @@ class DataPlane:
         entry = self.registry.entry(model_id)
         if version is not None:
             self._check_version(model_id, version)
-        chosen = version or entry.version
+        chosen = version or entry.version or self.registry.default_version(model_id)
         manifest = self.registry.repository.manifest(model_id, chosen)
         handler = handler_for(manifest.task, manifest.labels)
         versions = [str(v) for v in self.registry.repository.versions(model_id)]
