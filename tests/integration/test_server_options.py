@@ -118,3 +118,27 @@ def test_sigterm_finishes_in_flight_requests_then_exits(demo_repo: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_full_queue_sheds_with_503_and_retry_after(demo_repo: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inferpack.settings import BatchingSettings
+
+    batching = BatchingSettings(max_batch_size=1, max_wait_ms=0, max_queue=1)
+    with running_server(demo_repo, models=["qa-0000"], inference_threads=1, batching=batching) as s:
+        context = "The river runs past the mill and the old stone bridge. " * 20
+
+        def call(_: int) -> httpx.Response:
+            return httpx.post(
+                f"{s.url}/predictions/qa-0000", json={"seq_0": "What?", "seq_1": context}, timeout=60
+            )
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            responses = list(pool.map(call, range(12)))
+        shed = [r for r in responses if r.status_code == 503]
+        assert shed, [r.status_code for r in responses]
+        assert all(r.headers["retry-after"] == "1" and "queued" in r.json()["error"] for r in shed)
+        assert any(r.status_code == 200 for r in responses)
+        assert "inferpack_requests_shed_total" in httpx.get(f"{s.url}/metrics").text
+        assert httpx.get(f"{s.url}/predictions/qa-0000").status_code == 200  # still serving
