@@ -19,26 +19,18 @@ import json
 import random
 import re
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from inferpack.fleet.processes import wait_ready
+from inferpack.fleet.processes import free_port, python_cli, wait_ready
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
 from inferpack.repository.demo import make_demo_models
 
 ROOT = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -90,9 +82,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "inferpack.cli",
+            *python_cli(),
             "serve",
             "--repository",
             str(repo),
@@ -110,9 +100,7 @@ def main() -> None:
         out_dir = ROOT / f"density-{kind}-run"
         subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "inferpack.cli",
+                *python_cli(),
                 "bench",
                 "run",
                 "--url",

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from inferpack.fleet.processes import wait_ready
+from inferpack.fleet.processes import free_port, python_cli, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
@@ -45,12 +44,6 @@ CONTEXT = (
     "stone bridge near the mill first, because the school buses used it, and then moved on to the rail bridge."
 )
 ROOT = Path(__file__).resolve().parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bare_limit(repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1) -> float:
@@ -149,9 +142,7 @@ def run_server(repo: Path, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "inferpack.cli",
+            *python_cli(),
             "serve",
             "--repository",
             str(repo),

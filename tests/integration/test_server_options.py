@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from inferpack.fleet.processes import wait_ready
+from inferpack.fleet.processes import free_port, python_cli, wait_ready
 from inferpack.settings import AuthSettings
 from tests.integration.conftest import running_server
 
@@ -59,21 +57,13 @@ def test_lazy_load_marks_the_cold_request(demo_repo: Path) -> None:
         assert c.get("/v2/models/qa-0000/ready").status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_then_exits(demo_repo: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": "0"}
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "inferpack.cli",
+            *python_cli(),
             "serve",
             "--repository",
             str(demo_repo),

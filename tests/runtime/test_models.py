@@ -88,7 +88,12 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
 
     def add(**fields: object) -> int:
         version, vdir = repo.new_version_dir("m-0000")
-        base = {"format": "torchscript", "task": "feature-extraction", "weights": "model.pt", "tokenizer": "../1/x"}
+        base = {
+            "format": "torchscript",
+            "task": "feature-extraction",
+            "weights": "model.pt",
+            "tokenizer": "../1/x",
+        }
         write_manifest(vdir / "manifest.json", Manifest.model_validate({**base, **fields}))
         return version
 

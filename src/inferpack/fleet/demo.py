@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferpack.fleet import ops
-from inferpack.fleet.processes import scrape_requests, usable_cores
+from inferpack.fleet.processes import scrape_requests
 from inferpack.fleet.state import FleetState
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.recorder import Snapshot
@@ -28,6 +28,7 @@ from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import Target
 from inferpack.plan import Plan, save_plan
 from inferpack.planner.naive import simple_plan
+from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import ApiChoice, Settings, load_settings
 
 console = Console(stderr=True)

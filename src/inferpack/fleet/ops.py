@@ -31,6 +31,7 @@ from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, lo
 from inferpack.plan import Plan, load_plan, save_plan
 from inferpack.planner.naive import simple_plan
 from inferpack.repository.local import LocalRepository
+from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import Settings
 
 POLL_S = 0.1
@@ -46,7 +47,7 @@ def local_plan(repository: Path, servers: int, copies: int) -> Plan:
         ids,
         servers,
         min(copies, servers),
-        cpu_per_server=max(P.usable_cores() / servers, 0.001),
+        cpu_per_server=max(usable_cores() / servers, 0.001),
         memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
         repository=str(repository),
     )
@@ -54,7 +55,7 @@ def local_plan(repository: Path, servers: int, copies: int) -> Plan:
 
 def threads_per_server(configured: int, servers: int) -> int:
     """Inference threads of each server: as configured, else the cores split evenly (at least one)."""
-    return configured or max(1, P.usable_cores() // max(servers, 1))
+    return configured or max(1, usable_cores() // max(servers, 1))
 
 
 def _ports(base_port: int, router_port: int, n: int) -> tuple[int, list[int]]:

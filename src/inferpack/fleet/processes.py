@@ -15,15 +15,6 @@ import httpx
 import psutil
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (affinity-aware). Kept here rather than imported from the runtime,
-    whose module imports torch: the router and the fleet commands should start in well under a second."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def python_cli() -> list[str]:
     """How to run the inferpack CLI with this interpreter (works without the entry point on PATH)."""
     return [sys.executable, "-m", "inferpack.cli"]

@@ -1,4 +1,7 @@
-"""Facts about the processor that decide defaults (bf16 where native) and tag measurements."""
+"""Facts about the processor that decide defaults (bf16 where native) and tag measurements.
+
+torch is imported only inside the functions that need it, so torch-free callers (the fleet commands and
+the router, which must start in well under a second) can use `usable_cores` and `cpu_model`."""
 
 from __future__ import annotations
 
@@ -6,10 +9,12 @@ import functools
 import os
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from inferpack.settings import DTypeChoice
+
+if TYPE_CHECKING:
+    import torch
 
 
 @functools.cache
@@ -46,6 +51,8 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_dtype(choice: DTypeChoice, device: str = "cpu") -> torch.dtype:
     """The dtype `auto` means here: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    import torch
+
     if choice == "fp32":
         return torch.float32
     if choice == "bf16":
@@ -65,5 +72,7 @@ def usable_cores() -> int:
 
 def hardware_tag() -> str:
     """A short tag naming the machine a measurement came from."""
+    import torch
+
     accel = f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "none"
     return f"{cpu_model()}|{platform.machine()}|{usable_cores()}c|{accel}|torch {torch.__version__}"
