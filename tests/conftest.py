@@ -10,6 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The compute dtype numeric tests run in. Unset: both, on every machine, so the bf16 path (the default
+# where the CPU computes bf16 natively) and the fp32 path (the default elsewhere) are both exercised.
+# INFERPACK_TEST_DTYPE=fp32|bf16 forces one, and also sets the dtype of the shared test servers.
+FORCED_DTYPE = os.environ.get("INFERPACK_TEST_DTYPE") or None
+if FORCED_DTYPE not in (None, "fp32", "bf16"):
+    raise pytest.UsageError(f"INFERPACK_TEST_DTYPE must be fp32 or bf16, got {FORCED_DTYPE!r}")
+COMPUTE_DTYPES = [FORCED_DTYPE] if FORCED_DTYPE else ["fp32", "bf16"]
+SERVER_DTYPE = FORCED_DTYPE or "auto"
+
+
+@pytest.fixture(params=COMPUTE_DTYPES)
+def compute_dtype(request: pytest.FixtureRequest) -> str:
+    """Each compute dtype the numeric tests must hold in (see COMPUTE_DTYPES)."""
+    return str(request.param)
+
 
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -15,6 +15,7 @@ import uvicorn
 
 from inferpack.server.app import create_app
 from inferpack.settings import ServerSettings
+from tests.conftest import COMPUTE_DTYPES, SERVER_DTYPE
 
 
 class RunningServer:
@@ -46,7 +47,7 @@ class RunningServer:
 @contextmanager
 def running_server(repo: Path, **overrides: Any) -> Iterator[RunningServer]:
     """Start a server on `repo` with settings overrides; stop it afterwards."""
-    settings = ServerSettings(repository=str(repo), **overrides)
+    settings = ServerSettings(repository=str(repo), **{"dtype": SERVER_DTYPE, **overrides})
     server = RunningServer(settings)
     server.start()
     try:
@@ -63,6 +64,20 @@ def server(demo_repo: Path) -> Iterator[RunningServer]:
     """One server holding every demo model (the broken one fails to load and is reported)."""
     with running_server(demo_repo, inference_threads=2) as s:
         yield s
+
+
+@pytest.fixture(scope="module", params=COMPUTE_DTYPES)
+def numeric_server(demo_repo: Path, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """A server per compute dtype, for tests of numbers (norms, probabilities) that must hold in each."""
+    models = ["qa-0000", "cls-0000", "emb-0000"]
+    with running_server(demo_repo, inference_threads=1, models=models, dtype=request.param) as s:
+        yield s
+
+
+@pytest.fixture
+def numeric_client(numeric_server: RunningServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=numeric_server.url, timeout=60) as c:
+        yield c
 
 
 @pytest.fixture

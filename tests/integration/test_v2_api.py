@@ -62,12 +62,13 @@ def test_tritonclient_json_mode_matches_binary(tc: triton.InferenceServerClient)
     assert as_json.as_numpy("score")[0] == pytest.approx(as_binary.as_numpy("score")[0], rel=1e-5)
 
 
-def test_embeddings_and_classification(tc: triton.InferenceServerClient) -> None:
+def test_embeddings_and_classification(numeric_server: RunningServer) -> None:
+    tc = triton.InferenceServerClient(numeric_server.url.removeprefix("http://"))
     text = triton.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.array([b"a cat sat", b"a dog ran"], dtype=object))
     emb = tc.infer("emb-0000", [text]).as_numpy("embedding")
     assert emb.shape == (2, 384)
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
     probs = tc.infer("cls-0000", [text]).as_numpy("probabilities")
     assert probs.shape == (2, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -29,8 +29,8 @@ def test_demo_models_are_unique_and_idempotent(tmp_path: Path) -> None:
     assert "untrained" in manifest.description and manifest.tokenizer.startswith("../../_shared/")
 
 
-def test_embeddings_are_meaningful(demo_repo: Path) -> None:
-    model = load_model(LocalRepository(demo_repo), "emb-0000", dtype="fp32")
+def test_embeddings_are_meaningful(demo_repo: Path, compute_dtype: str) -> None:
+    model = load_model(LocalRepository(demo_repo), "emb-0000", dtype=compute_dtype)
     a, b, c = (
         r["embedding"]
         for r in model.predict(
@@ -42,6 +42,8 @@ def test_embeddings_are_meaningful(demo_repo: Path) -> None:
         )
     )
     assert float(np.dot(a, b)) > float(np.dot(a, c))
+    for row in (a, b, c):  # pooled and normalised in fp32, whatever the compute dtype
+        assert row.dtype == np.float32 and abs(float(np.linalg.norm(row)) - 1.0) < 1e-5
 
 
 def test_bf16_agrees_with_fp32(demo_repo: Path) -> None:

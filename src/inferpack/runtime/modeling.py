@@ -72,7 +72,8 @@ class ClassifierHead(TaskWrapper):
 
 
 class MeanPooler(TaskWrapper):
-    """Mean of the last hidden states over real tokens, L2-normalised (sentence-transformers style)."""
+    """Mean of the last hidden states over real tokens, L2-normalised (sentence-transformers style), in
+    fp32."""
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
@@ -83,6 +84,9 @@ class MeanPooler(TaskWrapper):
             token_type_ids=token_type_ids,
             return_dict=False,
         )[0]
+        # Pool and normalise in fp32 whatever the compute dtype: in bf16 the sum over tokens and the norm
+        # lose ~3 significant digits (norms of 0.995-1.0015 instead of 1).
+        hidden = hidden.float()
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
