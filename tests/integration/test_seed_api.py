@@ -14,7 +14,7 @@ def test_get_with_defaults_answers_from_the_default_context(client: httpx.Client
     assert r.status_code == 200
     answer = r.json()["detail"]
     assert isinstance(answer, str) and answer
-    from inferpack.server.app import DEFAULT_CONTEXT
+    from inferpack.server.seed import DEFAULT_CONTEXT
 
     assert answer in DEFAULT_CONTEXT
     assert r.headers["x-inferpack-model-load"] == "warm"

@@ -25,7 +25,7 @@ class GatedModel:
         self.batches: list[list[str]] = []
         self.entered = threading.Semaphore(0)
 
-    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         self.entered.release()
         self.gate.wait(timeout=30)
         self.batches.append([i.text for i in items])
@@ -122,10 +122,10 @@ async def test_close_drains_queued_work_then_refuses() -> None:
 
 async def test_model_errors_reach_every_caller_and_the_batcher_survives() -> None:
     class Failing(GatedModel):
-        def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+        def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
             if items[0].text == "boom":
                 raise RuntimeError("kaboom")
-            return super().predict(items)
+            return super().predict(items, raw)
 
     model = Failing()
     model.gate.set()
