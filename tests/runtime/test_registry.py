@@ -200,3 +200,40 @@ async def test_idle_models_are_unloaded() -> None:
     assert await registry.evict_idle() == ["a"]
     assert registry.entry("a").state == "evicted" and registry.ready_models() == ["b"]
     await registry.close()
+
+
+class OrderedLoader(Loader):
+    """Records the order in which loads start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def __call__(self, repo: Any, model_id: str, version: int | None, cold: bool = False) -> Any:
+        with self.lock:
+            self.order.append(model_id)
+        return super().__call__(repo, model_id, version, cold)
+
+
+async def test_startup_loads_pinned_first_then_every_model_and_keeps_failures() -> None:
+    loader = OrderedLoader()
+    loader.release_slow.set()
+    registry = _registry(loader, pinned_models=["d"])
+    await registry.load_startup()  # a failing model is kept as state, not raised
+    assert loader.order[0] == "d" and sorted(loader.order) == ["a", "b", "bad", "c", "d", "slow"]
+    assert registry.ready_models() == ["a", "b", "c", "d", "slow"]
+    assert registry.entry("bad").state == "failed" and "corrupt" in registry.entry("bad").reason
+    await registry.close()
+
+
+async def test_startup_loads_only_named_models_or_none_when_lazy() -> None:
+    loader = OrderedLoader()
+    registry = _registry(loader, models=["b", "a"], pinned_models=["c", "a"])
+    await registry.load_startup()
+    assert sorted(loader.order[:2]) == ["a", "c"] and loader.order[2:] == ["b"]  # pinned first, each once
+    await registry.close()
+    lazy = OrderedLoader()
+    registry = _registry(lazy, lazy=True, pinned_models=["c"])
+    await registry.load_startup()
+    assert lazy.order == ["c"] and registry.ready_models() == ["c"]
+    await registry.close()

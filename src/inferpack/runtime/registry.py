@@ -187,7 +187,8 @@ class ModelRegistry:
             wanted = []  # lazy servers load on first use
         else:
             wanted = self.refresh()
-        pinned = [m for m in self.settings.pinned_models if m not in wanted]
+        pinned = list(dict.fromkeys(self.settings.pinned_models))
+        wanted = [m for m in wanted if m not in self.pinned]
 
         async def one(model_id: str) -> None:
             try:
@@ -195,7 +196,7 @@ class ModelRegistry:
             except InferpackError as exc:
                 log.error("model %s failed to load: %s", model_id, exc)
 
-        await asyncio.gather(*(one(m) for m in pinned))
+        await asyncio.gather(*(one(m) for m in pinned))  # before the others, or they could fill the budget
         await asyncio.gather(*(one(m) for m in wanted))
 
     async def load(

@@ -39,7 +39,9 @@ def seed_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -
         async def call() -> Response:
             question = validate_text(fields.get("seq_0", DEFAULT_QUESTION), "seq_0")
             context = validate_text(fields.get("seq_1", DEFAULT_CONTEXT), "seq_1")
-            postprocess = parse_flag(fields.get("postprocess"), "postprocess")
+            postprocess = (
+                parse_flag(fields["postprocess"], "postprocess") if "postprocess" in fields else True
+            )
             model = plane.describe(model_id)
             item = TextInput(question, context if model.pair_input else None)
             prediction = await plane.infer(
@@ -89,10 +91,8 @@ def validate_text(value: str, field: str) -> str:
     return value
 
 
-def parse_flag(value: object, field: str, default: bool = True) -> bool:
-    """A boolean field: true/false/1/0 (any case) or a JSON boolean; absent means `default`."""
-    if value is None:
-        return default
+def parse_flag(value: object, field: str) -> bool:
+    """A boolean field's value: true/false/1/0 (any case) or a JSON boolean; anything else is InvalidInput."""
     if isinstance(value, bool):
         return value
     flag = _FLAGS.get(str(value).lower()) if isinstance(value, str | int) else None
