@@ -147,6 +147,8 @@ class TaskHandler(ABC):
         requests share one forward, each item is post-processed its own way after it."""
         if raw is None or not any(raw):
             return self.decode(output, batch, items)
+        if all(raw):
+            return self.raw(output, batch)
         results: list[Result] = [{} for _ in items]
         as_raw = [i for i, flag in enumerate(raw) if flag]
         decoded = [i for i, flag in enumerate(raw) if not flag]
