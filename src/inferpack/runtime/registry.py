@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from inferpack.errors import InferpackError, ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
+from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
@@ -129,18 +130,10 @@ class ModelRegistry:
         return choose_version(self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype))
 
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
-        """Bytes a load will add, before loading: the measured footprint when known, else file sizes
-        (shared files only when no loaded model holds them already)."""
+        """Bytes a load will add, before loading (see `repository.footprint`): shared files count only
+        when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
-        manifest = self.repository.manifest(model_id, chosen)
-        if manifest.footprint is not None:
-            return int(manifest.footprint.resident_mb * 2**20)
-        size = (self.repository.version_dir(model_id, chosen) / manifest.weights).stat().st_size
-        for rel in manifest.shared_weights:
-            path = self.repository.resolve_file(model_id, chosen, rel)
-            if not SHARED.holds(path):
-                size += path.stat().st_size
-        return int(size * 1.01) + 2**16  # a margin: buffers the files do not hold (position ids)
+        return estimate_resident_bytes(self.repository, model_id, chosen, already_held=SHARED.holds)
 
     # catalogue ------------------------------------------------------------------------------------------
     def refresh(self) -> list[str]:
