@@ -84,8 +84,25 @@ def test_simple_plan_even_counts_and_errors() -> None:
     counts = [len(s.models) for s in plan.servers()]
     assert sum(counts) == 30 and max(counts) - min(counts) <= 1
     assert all(len(set(v)) == 3 for v in plan.placement().values())
-    with pytest.raises(PlanError, match="need at least"):
-        simple_plan(["a"], 2, 3, cpu_per_server=1, memory_mb_per_server=1)
+    with pytest.raises(PlanError, match="no models"):
+        simple_plan([], 2, 1, cpu_per_server=1, memory_mb_per_server=1)
+
+
+def test_simple_plan_caps_copies_at_one_per_server() -> None:
+    plan = simple_plan(["a", "b"], 2, 3, cpu_per_server=1, memory_mb_per_server=1)
+    assert plan.placement() == {"a": ["server-0", "server-1"], "b": ["server-0", "server-1"]}
+    assert plan.metadata == {"servers": 2, "copies": 2, "copies_requested": 3}
+    exact = simple_plan(["a"], 2, 2, cpu_per_server=1, memory_mb_per_server=1)
+    assert "copies_requested" not in exact.metadata
+
+
+def test_the_cli_says_when_copies_are_capped(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = ["plan", "--simple", "--servers", "2", "--copies", "5", "--repository", str(_repo(tmp_path / "r"))]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 copies asked for, 2 placed" in result.output
+    assert all(len(s) == 2 for s in load_plan(out).placement().values())
 
 
 def test_cli_errors_are_inferpack_errors(tmp_path: Path) -> None:

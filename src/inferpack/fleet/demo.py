@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import psutil
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -27,8 +26,7 @@ from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import Target
 from inferpack.plan import Plan, save_plan
-from inferpack.planner.naive import simple_plan
-from inferpack.runtime.hardware import usable_cores
+from inferpack.planner.naive import local_simple_plan
 from inferpack.settings import ApiChoice, Settings, load_settings
 
 console = Console(stderr=True)
@@ -53,18 +51,6 @@ class DemoOutcome:
     report: Path
     result_file: Path
     plan: Plan
-
-
-def make_plan(ids: list[str], servers: int, copies: int, repository: Path) -> Plan:
-    """The simple plan for this machine (the planner's naive baseline)."""
-    return simple_plan(
-        ids,
-        servers,
-        min(copies, servers),
-        cpu_per_server=max(usable_cores() / servers, 0.001),
-        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
-        repository=str(repository),
-    )
 
 
 def bench_config(router_url: str, models: list[str], settings: Settings) -> BenchConfig:
@@ -197,7 +183,7 @@ def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     repo = out_dir / "repo"
     ids = _create_models(repo, t.models)
-    plan = make_plan(ids, fleet.servers, fleet.copies, repo)
+    plan = local_simple_plan(ids, fleet.servers, fleet.copies, repository=str(repo))
     save_plan(plan, out_dir / "plan.json")
     per_server = " + ".join(str(len(s.models)) for s in plan.servers())
     console.print(

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,7 +22,7 @@ from inferpack.errors import ConfigError
 from inferpack.plan import Plan, save_plan
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.inputs import read_models_csv, read_repository
-from inferpack.planner.naive import simple_plan
+from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
@@ -120,15 +119,7 @@ def plan_command(
     if simple:
         if servers is None:
             raise ConfigError("--simple needs --servers N")
-        cores = os.cpu_count() or 1
-        plan = simple_plan(
-            [d.id for d in demands],
-            servers,
-            copies,
-            cpu_per_server=max(cores / servers, 0.001),
-            memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
-            repository=repo_label,
-        )
+        plan = local_simple_plan([d.id for d in demands], servers, copies, repository=repo_label)
         save_plan(plan, out)
         _print_simple(console, plan, out)
         return
@@ -169,6 +160,11 @@ def _print_simple(console: Console, plan: Plan, out: Path) -> None:
     for server in plan.servers():
         table.add_row(server.name, str(len(server.models)), ", ".join(server.models[:3]))
     console.print(table)
+    if "copies_requested" in plan.metadata:
+        console.print(
+            f"[yellow]note:[/] {plan.metadata['copies_requested']} copies asked for, "
+            f"{plan.metadata['copies']} placed (one per server at most)"
+        )
     console.print(f"wrote {out}")
 
 
