@@ -208,7 +208,7 @@ def models_push(
     repository: Annotated[Path, typer.Option(help="Local repository folder.")] = Path("demo-repo"),
 ) -> None:
     """Upload a local repository to S3 (unchanged files skipped; manifests last). See docs/kubernetes.md."""
-    from inferpack.repository.s3 import push_repository
+    from inferpack.repository.s3push import push_repository
 
     counts = push_repository(repository, destination)
     console.print(f"{destination}: uploaded {counts['uploaded']}, unchanged {counts['skipped']}")

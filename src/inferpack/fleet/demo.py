@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from inferpack.fleet import ops
+from inferpack.fleet.display import print_summary, start_with_progress
 from inferpack.fleet.processes import scrape_requests
 from inferpack.fleet.state import FleetState
 from inferpack.loadtest.config import BenchConfig
@@ -174,7 +175,6 @@ def _append_fleet_section(report: Path, plan: Plan, loads: list[ServerLoad], sta
 
 def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -> DemoOutcome:
     """Run the whole demo; the fleet is brought down whatever happens."""
-    from inferpack.fleet.cli import print_summary, start_with_progress
     from inferpack.loadtest.display import result_tables
     from inferpack.loadtest.report import write_report
     from inferpack.loadtest.result import save_result

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from inferpack.repository.local import ModelRepository
+from inferpack.repository.folder import ModelRepository
 
 MB = 2**20
 FILE_MARGIN = 1.01  # buffers the weight files do not hold (position ids, token type ids)
