@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import psutil
 
-from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
+from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.fleet import processes as P
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.runner import run_worker

@@ -10,7 +10,6 @@ import hashlib
 import json
 from typing import Any
 
-from inferpack.deploy.endpoints import ServerEndpoints, endpoints_json
 from inferpack.deploy.options import (
     CONFIG_MOUNT,
     DEFAULT_PORT,
@@ -32,6 +31,7 @@ from inferpack.deploy.servers import (
     tolerations,
     writable_env,
 )
+from inferpack.endpoints import ServerEndpoints, endpoints_json
 from inferpack.errors import PlanError
 from inferpack.plan import Plan
 from inferpack.settings import ServerSettings
@@ -90,7 +90,7 @@ def render_service_account(options: RenderOptions) -> Manifest:
 
 
 def render_placement_configmap(plan: Plan, options: RenderOptions) -> Manifest:
-    """plan.json + endpoints.json for the router (format: `inferpack.deploy.endpoints`)."""
+    """plan.json + endpoints.json for the router (format: `inferpack.endpoints`)."""
     data = {
         "plan.json": plan.model_dump_json(indent=2, exclude_none=True) + "\n",
         "endpoints.json": endpoints_json(plan_endpoints(plan, options.namespace)),

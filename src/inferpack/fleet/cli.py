@@ -170,7 +170,7 @@ def router_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod)."""
-    from inferpack.deploy.endpoints import load_endpoints
+    from inferpack.endpoints import load_endpoints
     from inferpack.fleet.router import serve_router
 
     loaded = load_plan(plan)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
+from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
 from inferpack.fleet.state import (

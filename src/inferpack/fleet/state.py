@@ -4,7 +4,7 @@ Layout of a run directory:
 
     state.json        this module's FleetState; written only by the supervisor (atomically)
     plan.json         the placement in force (the shared plan format, `inferpack.plan`)
-    endpoints.json    server name -> URL (the format of `inferpack.deploy.endpoints`, read by the router)
+    endpoints.json    server name -> URL (the format of `inferpack.endpoints`, read by the router)
     logs/NAME.log     one log per server, plus router.log and supervisor.log (appended across restarts)
 
 A process is identified by its pid *and* its start time: a pid alone may have been reused by an unrelated

@@ -1,7 +1,7 @@
 """Where requests go: one base URL (a router or a single server), a list of URLs, or client-side routing
 from a placement plan (model -> servers) plus a server map (server name -> URL).
 
-The server map is the endpoints file (`inferpack.deploy.endpoints`) that the local fleet writes as
+The server map is the endpoints file (`inferpack.endpoints`) that the local fleet writes as
 `endpoints.json` and Kubernetes rendering puts in the placement ConfigMap:
 
     {"format_version": 1, "servers": {"server-0": "http://127.0.0.1:8101", "server-1": "http://..."}}
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferpack.deploy.endpoints import load_endpoints
+from inferpack.endpoints import load_endpoints
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
 
