@@ -107,6 +107,10 @@ def test_helpers(tmp_path: Path) -> None:
     ]
     text = 'x_total{a="1"} 2.0\nx_total{a="2"} 3.0\nx_total_created 5.0\n# x_total 9\n'
     assert metric_sum(text, "x_total") == 5.0
+    assert metric_sum(text, "x_total", {"a": "2"}) == 3.0
+    assert metric_sum(text, "x_total", {"a": "3"}) == 0.0
+    every = server_command(repository="r", models=None, port=1, threads=None, extra_args=["--lazy"])
+    assert "--models" not in every and "--threads" not in every and every[-1] == "--lazy"
     log = tmp_path / "l.log"
     log.write_text("\n".join(str(i) for i in range(100)))
     assert tail(log, 3) == "97\n98\n99"

@@ -29,7 +29,7 @@ from inferpack.planner.solve import solve, to_plan
 
 
 @contextlib.contextmanager
-def _quiet_fd1() -> Iterator[None]:
+def quiet_fd1() -> Iterator[None]:
     """HiGHS prints a banner straight to file descriptor 1 once per process; keep stdout clean."""
     sys.stdout.flush()
     try:
@@ -139,7 +139,7 @@ def plan_command(
     profs = load_profiles(profiles, use_reference=not no_reference_profiles)
     start = time.perf_counter()
     problem = build_problem(demands, cat, profs, options)
-    with _quiet_fd1():
+    with quiet_fd1():
         solution = solve(problem, method=solver, milp_time_limit_s=time_limit_s)
     elapsed = time.perf_counter() - start
     plan = to_plan(
