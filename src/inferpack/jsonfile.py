@@ -1,5 +1,6 @@
 """Reading the project's JSON files (plans, endpoints, manifests, run configs) into pydantic models, with
-one wording for the errors: the file, what it should have been, and what to do next."""
+one wording for the errors: the file, what it should have been, and what to do next; and `StrictModel`,
+the base of every model those files (and the typed options around them) are made of."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inferpack.errors import ConfigError, InferpackError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown fields: a misspelt key in a file is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def read_json_model(

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 
 STATE_FORMAT_VERSION: Literal[1] = 1
 Role = Literal["server", "router", "supervisor"]
@@ -29,11 +30,7 @@ ProcStatus = Literal["starting", "ready", "restarting", "failed", "stopped"]
 Phase = Literal["starting", "running", "failed", "stopping", "stopped"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ProcessState(_Strict):
+class ProcessState(StrictModel):
     """One process of the fleet as the supervisor last saw it."""
 
     name: str
@@ -54,7 +51,7 @@ class ProcessState(_Strict):
         return None if self.port is None else f"http://127.0.0.1:{self.port}"
 
 
-class FleetState(_Strict):
+class FleetState(StrictModel):
     """The whole fleet: supervisor, router and servers."""
 
     format_version: Literal[1] = STATE_FORMAT_VERSION

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.loadtest.protocol import DEFAULT_CONTEXT, DEFAULT_QUESTION, Api
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop
 from inferpack.loadtest.targets import Target
@@ -17,10 +17,9 @@ from inferpack.loadtest.traffic import TrafficKind
 Mode = Literal["seq", "rnd", "bmk"]
 
 
-class TrafficSpec(BaseModel):
+class TrafficSpec(StrictModel):
     """Which model each request asks for."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: TrafficKind = "uniform"
     zipf_s: float = Field(default=1.0, ge=0, description="Zipf exponent (1.0: classic; 0: uniform).")
     trace: list[int] | None = Field(
@@ -28,10 +27,9 @@ class TrafficSpec(BaseModel):
     )
 
 
-class BenchConfig(BaseModel):
+class BenchConfig(StrictModel):
     """A complete, self-contained run description (models and target already resolved)."""
 
-    model_config = ConfigDict(extra="forbid")
     mode: Mode = "bmk"
     api: Api = "seed"
     target: Target

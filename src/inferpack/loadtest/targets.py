@@ -12,17 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from inferpack.endpoints import load_endpoints
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 from inferpack.plan import load_plan
 
 
-class Target(BaseModel):
+class Target(StrictModel):
     """Resolved target: either `urls` (any URL serves any model) or `placement` (model -> URLs)."""
 
-    model_config = ConfigDict(extra="forbid")
     urls: list[str] = Field(default_factory=list)
     placement: dict[str, list[str]] | None = None
     description: str = ""

@@ -18,17 +18,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 from inferpack.plan import Target
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InstanceType(_Strict):
+class InstanceType(StrictModel):
     """One machine shape: CPU, memory, accelerators, and its price per hour."""
 
     name: str = Field(min_length=1, description="e.g. c6i.2xlarge, or 'local' for this host.")
@@ -47,7 +44,7 @@ class InstanceType(_Strict):
         return self.name.split(".", 1)[0]
 
 
-class CatalogFile(_Strict):
+class CatalogFile(StrictModel):
     """The on-disk format of a catalog or an override file."""
 
     format_version: Literal[1] = 1
@@ -62,7 +59,7 @@ class CatalogFile(_Strict):
     instances: list[InstanceType] = Field(default_factory=list)
 
 
-class Catalog(_Strict):
+class Catalog(StrictModel):
     """The effective catalog after overrides, with where its figures came from."""
 
     instances: list[InstanceType]

@@ -7,10 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from inferpack.errors import RepositoryError
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
@@ -21,20 +21,16 @@ TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature
 MANIFEST_FILE = "manifest.json"
 
 
-class Footprint(BaseModel):
+class Footprint(StrictModel):
     """Measured (never guessed) cost of holding the model loaded, filled in after a real load."""
-
-    model_config = ConfigDict(extra="forbid")
 
     resident_mb: float = Field(ge=0, description="Resident memory added by loading it (RSS delta).")
     load_seconds: float = Field(ge=0, description="Wall time of a cold load, warm-up included.")
     measured_on: str = Field(description="Hardware tag of the machine that measured it.")
 
 
-class Agreement(BaseModel):
+class Agreement(StrictModel):
     """How closely a compiled version's outputs match eager fp32 (written by `inferpack compile`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_abs_diff: float
     cosine: float = Field(description="Mean cosine similarity of output rows to eager fp32.")
@@ -42,10 +38,8 @@ class Agreement(BaseModel):
     passed: bool
 
 
-class Manifest(BaseModel):
+class Manifest(StrictModel):
     """What is in one version folder and how to run it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format: Format
     task: Task
