@@ -20,7 +20,7 @@ from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import numbered_models
 
 
@@ -57,7 +57,7 @@ def _start_server() -> tuple[SpawnProcess, str]:
 
 def _measure(url: str, shape: LoadShape, duration: float) -> BenchResult:
     config = BenchConfig(
-        target=Target(urls=[url]),
+        target=LoadTarget(urls=[url]),
         models=numbered_models("m", 1000),
         shape=shape,
         duration_s=duration,

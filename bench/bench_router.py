@@ -31,7 +31,7 @@ from inferpack.fleet import processes as P
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import usable_cores
@@ -42,7 +42,7 @@ def inference_load(url: str, models: list[str], users: int, duration_s: float) -
     config = BenchConfig(
         mode="bmk",
         api="seed",
-        target=Target(urls=[url], description=url),
+        target=LoadTarget(urls=[url], description=url),
         models=models,
         shape=ClosedLoop(users=users),
         duration_s=duration_s,

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel, read_json_model
 
-Target = Literal["cpu", "cuda", "neuron"]
+TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
 PLAN_FORMAT_VERSION: Literal[1] = 1
 
 
@@ -44,7 +44,7 @@ class ServerGroup(StrictModel):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     instance_type: str = "local"
-    target: Target = "cpu"
+    target: TargetName = "cpu"
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     price_per_hour: float | None = Field(default=None, ge=0, description="Per server (instance), USD.")
     resources: Resources

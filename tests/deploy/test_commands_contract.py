@@ -49,9 +49,17 @@ def test_every_rendered_inferpack_command_parses(plan: Plan) -> None:
     serve = parse(found["serve"]).params
     assert serve["repository"] == "s3://models-bucket/prod/repo" and serve["host"] == "0.0.0.0"
     router = parse(found["router"]).params
-    assert str(router["server_map"]).endswith("endpoints.json") and router["port"] == 8080
+    assert str(router["endpoints_file"]).endswith("endpoints.json") and router["port"] == 8080
     worker = parse(found["bench"]).params
     assert worker["out"] == "-" and worker["url"] == ["http://router.inferpack.svc.cluster.local:8080"]
+
+
+def test_older_flag_names_still_parse() -> None:
+    """`--server-map` was the endpoints file's flag before `--endpoints`; deployed manifests may use it."""
+    router = parse(["inferpack", "router", "--plan", "p.json", "--server-map", "e.json"]).params
+    assert str(router["endpoints_file"]) == "e.json"
+    argv = ["inferpack", "bench", "worker", "--plan", "p.json", "--server-map", "e.json"]
+    assert str(parse(argv).params["endpoints"]) == "e.json"
 
 
 def test_the_parser_rejects_an_unknown_flag() -> None:

@@ -108,7 +108,7 @@ def default_router_command() -> list[str]:
     return [
         "inferpack", "router",
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
-        "--server-map", f"{CONFIG_MOUNT}/placement/endpoints.json",
+        "--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json",
         "--host", "0.0.0.0", "--port", str(DEFAULT_PORT),
     ]  # fmt: skip
 

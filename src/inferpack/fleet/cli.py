@@ -161,8 +161,13 @@ def down_command(
 
 def router_command(
     plan: Annotated[Path, typer.Option(help="Plan file (which server holds which model).")],
-    server_map: Annotated[
-        Path, typer.Option("--server-map", help='Endpoints JSON {"format_version":1,"servers":{name: url}}.')
+    endpoints_file: Annotated[
+        Path,
+        typer.Option(
+            "--endpoints",
+            "--server-map",  # its older name, still accepted
+            help='Endpoints file {"format_version":1,"servers":{name: url}} (endpoints.json).',
+        ),
     ],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8100,
@@ -174,7 +179,7 @@ def router_command(
     from inferpack.fleet.router import serve_router
 
     loaded = load_plan(plan)
-    endpoints = load_endpoints(server_map)
+    endpoints = load_endpoints(endpoints_file)
     endpoints.check_covers(loaded)
     serve_router(
         loaded,

@@ -25,7 +25,7 @@ from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.recorder import Snapshot
 from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, save_plan
 from inferpack.planner.naive import local_simple_plan
 from inferpack.settings import ApiChoice, Settings, load_settings
@@ -65,7 +65,7 @@ def bench_config(router_url: str, models: list[str], settings: Settings) -> Benc
     return BenchConfig(
         mode="bmk",
         api=t.api,
-        target=Target(urls=[router_url], description=f"router {router_url}"),
+        target=LoadTarget(urls=[router_url], description=f"router {router_url}"),
         models=models,
         shape=shape,
         duration_s=None if t.requests is not None else t.duration_s,

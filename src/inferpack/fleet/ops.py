@@ -38,7 +38,7 @@ POLL_S = 0.1
 
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
-    """The naive plan for this machine (`inferpack plan --simple`): every model of the repository dealt
+    """The simple plan for this machine (`inferpack plan --simple`): every model of the repository dealt
     over `servers` local servers, `copies` copies each (at most one per server), cores and memory split
     evenly."""
     ids = LocalRepository(repository).model_ids()

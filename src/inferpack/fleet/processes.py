@@ -52,7 +52,7 @@ def router_command(
         *python_cli(),
         "router",
         "--plan", str(plan),
-        "--server-map", str(endpoints),
+        "--endpoints", str(endpoints),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--upstream-timeout", f"{upstream_timeout_s:g}",

@@ -91,7 +91,7 @@ class RunDir:
 
     @property
     def endpoints_file(self) -> Path:
-        """Server name -> URL, for the router (and for `inferpack bench --server-map`)."""
+        """Server name -> URL, for the router (and for `inferpack bench --endpoints`)."""
         return self.root / "endpoints.json"
 
     @property

@@ -33,9 +33,14 @@ UrlOpt = Annotated[
     list[str] | None,
     typer.Option("--url", "--target", help="Base URL of a router or server (repeatable)."),
 ]
-PlanOpt = Annotated[Path | None, typer.Option(help="Plan file: its models (and servers, with --server-map).")]
-MapOpt = Annotated[
-    Path | None, typer.Option(help='Server map JSON {"format_version":1,"servers":{name: url}}.')
+PlanOpt = Annotated[Path | None, typer.Option(help="Plan file: its models (and servers, with --endpoints).")]
+EndpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--endpoints",
+        "--server-map",  # its older name, still accepted
+        help='Endpoints file {"format_version":1,"servers":{name: url}} (the fleet\'s endpoints.json).',
+    ),
 ]
 ModeOpt = Annotated[str, typer.Option(help="seq: every model of every server once; rnd; bmk.")]
 ApiOpt = Annotated[str, typer.Option(help="seed (GET /predictions) or v2 (Open Inference Protocol).")]
@@ -71,7 +76,7 @@ def build_config(
     *,
     url: list[str] | None,
     plan: Path | None,
-    server_map: Path | None,
+    endpoints: Path | None,
     mode: str,
     api: str,
     models_file: Path | None,
@@ -98,7 +103,7 @@ def build_config(
     api_v: Api = _choice(api, ("seed", "v2"), "--api")  # type: ignore[assignment]
     kind: TrafficKind = _choice(traffic, ("uniform", "zipf", "replay"), "--traffic")  # type: ignore[assignment]
     arrivals_v: Arrivals = _choice(arrivals, ("constant", "poisson"), "--arrivals")  # type: ignore[assignment]
-    target, plan_models = resolve_target(url or [], plan, server_map)
+    target, plan_models = resolve_target(url or [], plan, endpoints)
     if models_file is not None:
         models = read_model_list(models_file)
     elif plan_models:
@@ -163,7 +168,7 @@ def _stderr() -> Console:
 def run(
     url: UrlOpt = None,
     plan: PlanOpt = None,
-    server_map: MapOpt = None,
+    endpoints: EndpointsOpt = None,
     mode: ModeOpt = "bmk",
     api: ApiOpt = "seed",
     models_file: ModelsFileOpt = None,
@@ -238,7 +243,7 @@ def worker(
     start_at: Annotated[float | None, typer.Option(help="Start at this Unix time (line up pods).")] = None,
     url: UrlOpt = None,
     plan: PlanOpt = None,
-    server_map: MapOpt = None,
+    endpoints: EndpointsOpt = None,
     mode: ModeOpt = "bmk",
     api: ApiOpt = "seed",
     models_file: ModelsFileOpt = None,

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.loadtest.protocol import DEFAULT_CONTEXT, DEFAULT_QUESTION, Api
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import TrafficKind
 
 Mode = Literal["seq", "rnd", "bmk"]
@@ -32,7 +32,7 @@ class BenchConfig(StrictModel):
 
     mode: Mode = "bmk"
     api: Api = "seed"
-    target: Target
+    target: LoadTarget
     models: list[str] = Field(min_length=1)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     shape: LoadShape = Field(default_factory=lambda: ClosedLoop(users=1), discriminator="kind")

@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel
-from inferpack.plan import Target
+from inferpack.plan import TargetName
 
 
 class InstanceType(StrictModel):
@@ -32,7 +32,7 @@ class InstanceType(StrictModel):
     vcpus: int = Field(gt=0)
     memory_mb: int = Field(gt=0)
     architecture: Literal["x86_64", "arm64"] = "x86_64"
-    target: Target = "cpu"
+    target: TargetName = "cpu"
     accelerator: str | None = Field(default=None, description="e.g. nvidia-t4, aws-inferentia2.")
     accelerator_count: int = Field(default=0, ge=0, description="GPUs or Inferentia chips.")
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator device.")

@@ -1,4 +1,4 @@
-"""`inferpack plan`: read models, catalog and profiles, solve (or deal naively), print and write the plan.
+"""`inferpack plan`: read models, catalog and profiles, solve (or deal a simple plan), print and write it.
 
 Registered in `inferpack.cli` with `app.command("plan")(plan_command)`. This module does the I/O and
 the timing; the planning itself is pure (`problem`, `solve`, `naive`).
@@ -72,7 +72,7 @@ def plan_command(
     repository: Annotated[Path | None, typer.Option("--repository", help="Model repository folder.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan.")] = Path("plan.json"),
     simple: Annotated[
-        bool, typer.Option("--simple", help="Naive plan: fill --servers local servers evenly.")
+        bool, typer.Option("--simple", help="Simple plan: fill --servers local servers evenly.")
     ] = False,
     servers: Annotated[int | None, typer.Option("--servers", min=1, help="Servers (with --simple).")] = None,
     copies: Annotated[int, typer.Option("--copies", min=1, help="Copies per model (with --simple).")] = 1,
@@ -112,7 +112,7 @@ def plan_command(
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.1, help="MILP time limit (s).")] = 30.0,
 ) -> None:
     """Plan which servers to run and which models each holds: cheapest mix of instance types within the
-    latency objective (default), or the naive even packing with --simple."""
+    latency objective (default), or the simple plan (models dealt evenly) with --simple."""
     console = Console()
     demands = _read_models(models, repository, model_class, rate_rps)
     repo_label = str(repository) if repository is not None else None
@@ -154,7 +154,7 @@ def plan_command(
 
 
 def _print_simple(console: Console, plan: Plan, out: Path) -> None:
-    table = Table(title="naive plan (--simple)")
+    table = Table(title="simple plan (--simple)")
     for col in ("server", "models", "first models"):
         table.add_column(col)
     for server in plan.servers():

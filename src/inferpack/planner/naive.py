@@ -1,5 +1,6 @@
-"""The naive packings: `plan --simple` (fill N local servers evenly) and the reference's fixed
-N-models-per-server packing on one instance type, the baseline the cost planner reports its saving over.
+"""Even dealing of models over servers, for two jobs: the simple plan of `plan --simple`, `up` and `demo`
+(fill N local servers evenly) and the naive packing (the reference's fixed N models per server on one
+instance type), the baseline the cost planner reports its saving over.
 
 All is pure but `local_simple_plan`, which reads this machine's cores and memory."""
 

@@ -11,12 +11,12 @@ from pydantic import Field
 
 from inferpack.errors import RepositoryError
 from inferpack.jsonfile import StrictModel, read_json_model
+from inferpack.plan import TargetName as TargetName  # one name for the processor kind, shared with plans
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
 DType = Literal["fp32", "bf16"]
 Quantization = Literal["none", "int8-dynamic"]
-TargetName = Literal["cpu", "cuda", "neuron"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
 MANIFEST_FILE = "manifest.json"
 
