@@ -22,11 +22,11 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from inferpack.fleet.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
+from inferpack.progress import counting_progress
 from inferpack.repository.demo import make_demo_models
 
 ROOT = Path(__file__).resolve().parent / "results"
@@ -55,9 +55,7 @@ def main() -> None:
 
     kind = f"{args.arch}-{'shared' if args.share_base else 'unique'}"
     repo = ROOT / f"density-{kind}"
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    ) as bar:
+    with counting_progress() as bar:
         task = bar.add_task(f"making {args.models} {kind} models", total=args.models)
         ids = make_demo_models(
             repo,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from inferpack import __version__
@@ -19,6 +19,7 @@ from inferpack.errors import InferpackError
 from inferpack.fleet.cli import register as register_fleet
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
+from inferpack.progress import counting_progress
 from inferpack.repository.manifest import Task
 from inferpack.settings import DTypeChoice, load_settings
 
@@ -215,13 +216,7 @@ def models_push(
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    return counting_progress(console)
 
 
 def main() -> None:

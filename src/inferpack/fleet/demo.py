@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from inferpack.fleet import ops
@@ -28,6 +28,7 @@ from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, save_plan
 from inferpack.planner.naive import local_simple_plan
+from inferpack.progress import counting_progress
 from inferpack.settings import ApiChoice, Settings, load_settings
 
 console = Console(stderr=True)
@@ -87,13 +88,7 @@ def _server_requests(state: FleetState) -> dict[str, float]:
 def _create_models(repo: Path, count: int) -> list[str]:
     from inferpack.repository.demo import make_demo_models
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with counting_progress(console) as progress:
         bar = progress.add_task(f"1/5 demo models in {repo}", total=count)
         ids = make_demo_models(repo, count, progress=lambda _m: progress.advance(bar))
         progress.update(bar, completed=count)

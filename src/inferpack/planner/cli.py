@@ -26,6 +26,7 @@ from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
+from inferpack.progress import counting_progress
 
 
 @contextlib.contextmanager
@@ -246,8 +247,6 @@ def profile_command(
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
     import datetime
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
     from inferpack.repository.local import open_repository
 
@@ -269,13 +268,7 @@ def profile_command(
         instance_types=instance_type or None,
     )
     steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with counting_progress(console) as bar:
         task = bar.add_task("profiling", total=None)
 
         def step(label: str) -> None:
