@@ -31,8 +31,19 @@ def read_json_model(
 ) -> M:
     """Parse `path` as `model`; a missing or invalid file raises `error` naming the file and the problem."""
     try:
-        return model.model_validate(json.loads(path.read_text()))
+        text = path.read_text()
     except FileNotFoundError as exc:
         raise error(f"{what} {path} not found", hint=missing_hint) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
+    except UnicodeDecodeError as exc:
         raise error(f"{what} {path} is not valid: {exc}") from exc
+    return parse_json_model(text, model, f"{what} {path}", error=error)
+
+
+def parse_json_model(
+    text: str, model: type[M], what: str, *, error: type[InferpackError] = ConfigError
+) -> M:
+    """Parse JSON `text` as `model`; invalid JSON or content raises `error` saying `what` is not valid."""
+    try:
+        return model.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise error(f"{what} is not valid: {exc}") from exc

@@ -13,15 +13,14 @@ Files are applied in the order given, so later files win.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from inferpack.errors import ConfigError
-from inferpack.jsonfile import StrictModel
+from inferpack.jsonfile import StrictModel, parse_json_model
 from inferpack.plan import TargetName
 
 
@@ -100,10 +99,7 @@ def merge_catalog(base: Catalog, override: CatalogFile, label: str) -> Catalog:
 
 def parse_catalog_file(text: str, label: str) -> CatalogFile:
     """Validate catalog JSON text; errors name the file."""
-    try:
-        return CatalogFile.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"catalog {label} is not a valid catalog file: {exc}") from exc
+    return parse_json_model(text, CatalogFile, f"catalog {label}")
 
 
 def default_catalog_text() -> str:

@@ -11,15 +11,14 @@ latency) from which it picks the cheapest one that keeps the latency objective.
 from __future__ import annotations
 
 import fnmatch
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from inferpack.errors import ConfigError
-from inferpack.jsonfile import StrictModel
+from inferpack.jsonfile import StrictModel, parse_json_model
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
@@ -126,10 +125,7 @@ class ProfileSet(StrictModel):
 
 def parse_profile_file(text: str, label: str) -> ProfileFile:
     """Validate profile JSON text; errors name the file."""
-    try:
-        return ProfileFile.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"profile file {label} is not valid: {exc}") from exc
+    return parse_json_model(text, ProfileFile, f"profile file {label}")
 
 
 def reference_profile_text() -> str:
