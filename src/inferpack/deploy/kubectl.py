@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inferpack.deploy.options import LABEL_COMPONENT, LABEL_PART_OF
-from inferpack.deploy.render import BENCH_JOB, ROUTER
+from inferpack.deploy.render import BENCH_JOB
 from inferpack.errors import InferpackError
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -107,10 +107,6 @@ class Kubectl:
     def pod_log(self, pod: str) -> list[str]:
         """One pod's stdout (a worker's last line is its result)."""
         return [*self.base(), "logs", pod, "-c", "worker"]
-
-    def router_rollout(self) -> list[str]:
-        """Wait for the router Deployment."""
-        return [*self.base(), "rollout", "status", f"deployment/{ROUTER}", "--timeout=10m"]
 
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]

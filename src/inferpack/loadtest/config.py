@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.loadtest.protocol import DEFAULT_CONTEXT, DEFAULT_QUESTION, Api
-from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop
+from inferpack.loadtest.shapes import ClosedLoop, LoadShape
 from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import TrafficKind
 
@@ -72,8 +72,3 @@ def save_config(config: BenchConfig, path: Path) -> None:
 def load_config(path: Path) -> BenchConfig:
     """Read a run config written by `save_config`."""
     return read_json_model(path, BenchConfig, "bench config")
-
-
-def is_open(shape: LoadShape) -> bool:
-    """True for open-loop shapes."""
-    return isinstance(shape, OpenLoop)
