@@ -1,7 +1,7 @@
 """A model repository in S3 (`s3://bucket/prefix`), served from a local cache that is filled on demand
 (the read-through cache; where the bucket is and how to reach it: `s3config`; publishing: `s3push`).
 
-The bucket holds the same layout as a local repository (see `inferpack.repository.local`) under `prefix/`.
+The bucket holds the same layout as a local repository (see `inferpack.repository.folder`) under `prefix/`.
 A version exists once its `manifest.json` exists, and `push_repository` uploads each version's manifest
 last, so a reader never sees a version whose weights are still on their way.
 
