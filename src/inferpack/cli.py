@@ -138,7 +138,9 @@ def models_demo(
     ] = None,
     seed_names: Annotated[
         bool,
-        typer.Option(help="Name the models model0..model{N-1}, as the reference does (--prefix: model)."),
+        typer.Option(
+            "--seed-names", help="Name the models model0..model{N-1} as the reference does (prefix: model)."
+        ),
     ] = False,
 ) -> None:
     """Create N unique demo models offline (untrained heads; see docs/server.md), or N copies of one model
