@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from inferpack.deploy.eks import ClusterOptions, render_eksctl_config
 from inferpack.deploy.kustomize import rendered_bench_namespace
 from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.render import (
@@ -233,3 +234,12 @@ def test_cli_logs_follow_status_server_and_bench_stop_idle(
 
     both, _ = _cli(fake_kubectl, "bench", "--idle", "--stop", "--dir", str(out))
     assert both.returncode == 2
+
+
+def test_eks_config_gives_load_tests_their_own_node_group(plan: Plan) -> None:
+    config = render_eksctl_config(plan, ClusterOptions(bench_instance_type="c7i.4xlarge", bench_nodes=2))
+    bench = next(g for g in config["managedNodeGroups"] if g["name"] == "bench")
+    assert bench["instanceType"] == "c7i.4xlarge" and bench["labels"] == {"inferpack.dev/role": "bench"}
+    assert (bench["desiredCapacity"], bench["minSize"], bench["maxSize"]) == (2, 0, 2)
+    plain = render_eksctl_config(plan)
+    assert all(g["name"] != "bench" for g in plain["managedNodeGroups"])

@@ -377,10 +377,21 @@ def cluster_config(
     karpenter: Annotated[
         Path | None, typer.Option(help="Also write Karpenter NodePools for the same mix to this file.")
     ] = None,
+    bench_instance_type: Annotated[
+        str | None,
+        typer.Option(help="A node group of this type for load tests (label inferpack.dev/role=bench)."),
+    ] = None,
+    bench_nodes: Annotated[int, typer.Option(min=1, help="Nodes of the load-test node group.")] = 1,
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
-    options = ClusterOptions(name=name, region=region, kubernetes_version=version)
+    options = ClusterOptions(
+        name=name,
+        region=region,
+        kubernetes_version=version,
+        bench_instance_type=bench_instance_type,
+        bench_nodes=bench_nodes,
+    )
     text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
     if out is None:
         print(text, end="")
