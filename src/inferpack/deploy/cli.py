@@ -38,8 +38,7 @@ ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig co
 KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", help="kubeconfig file.")]
 KubectlOpt = Annotated[str, typer.Option("--kubectl", help="kubectl binary.")]
 BenchNamespaceOpt = Annotated[
-    str | None,
-    typer.Option(help="Namespace of the load-test pods (default: the rendered one under --dir, else -n)."),
+    str | None, typer.Option(help="Namespace of the load-test pods (default: --namespace).")
 ]
 # `k8s exec` without a command: a login shell of the image (python:3.11-slim has bash).
 DEFAULT_EXEC_COMMAND = ["bash"]
@@ -312,7 +311,12 @@ def bench(
         bool, typer.Option("--stop", help="Only delete the load-test Job and its pods (or the idle pod).")
     ] = False,
     namespace: NamespaceOpt = "inferpack",
-    bench_namespace: BenchNamespaceOpt = None,
+    bench_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Namespace of the load-test pods (default: the one rendered under --dir, else -n)."
+        ),
+    ] = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",

@@ -232,7 +232,10 @@ def _check_binary(binary: str) -> None:
 
 
 def _attached_runner(cmd: list[str]) -> int:
-    return subprocess.run(cmd, check=False).returncode
+    try:
+        return subprocess.run(cmd, check=False).returncode
+    except KeyboardInterrupt:  # Ctrl-C ends `logs -f` (and reached kubectl too): no traceback
+        return 130
 
 
 def run_attached(
