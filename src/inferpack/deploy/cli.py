@@ -337,7 +337,7 @@ def bench(
             raise ConfigError(
                 f"{directory} has no bench-idle/ folder", hint="render it again with `inferpack k8s render`"
             )
-        run(driver.bench_idle(directory, min(timeout, 900)))
+        run(driver.bench_idle(directory, timeout))
         console.print(
             "idle test pod running: `inferpack k8s exec bench-0`; remove it: `inferpack k8s bench --stop`"
         )
