@@ -243,3 +243,53 @@ def test_eks_config_gives_load_tests_their_own_node_group(plan: Plan) -> None:
     assert (bench["desiredCapacity"], bench["minSize"], bench["maxSize"]) == (2, 0, 2)
     plain = render_eksctl_config(plan)
     assert all(g["name"] != "bench" for g in plain["managedNodeGroups"])
+
+
+def test_the_real_kubectl_accepts_every_new_command_line(tmp_path: Path) -> None:
+    """Each new command line, run by the real kubectl against a closed port, gets as far as trying to
+    reach the cluster: no flag, argument or `--for` condition is refused on the client side."""
+    import shutil
+    import socket
+
+    from inferpack.deploy.kubectl import Kubectl, KubectlError, run
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
+current-context: nowhere
+"""
+    )
+    k = Kubectl(kubeconfig=config, binary=kubectl, bench_namespace="loadtest")
+    lookup = k.exec_pod_lookup("bench-2")
+    assert lookup is not None
+    commands = [
+        k.exec("c7i-0", ["ls", "-la"], tty=False),
+        k.exec("bench-2", ["sh"], tty=False, pod="pod/inferpack-bench-2-x"),
+        lookup,
+        *k.logs(server="c7i-0", follow=True),
+        *k.status("c7i-0"),
+        k.bench_stop(),
+        k.bench_idle(tmp_path, 5)[2],
+    ]
+    for cmd in commands:
+        with pytest.raises(KubectlError, match="no cluster reachable"):
+            run([[*cmd[:1], "--request-timeout=5s", *cmd[1:]]], echo=lambda _line: None)
+    # the check is real: kubectl refuses a bad flag or condition before it tries the cluster
+    for bad in (
+        [*k.bench_stop(), "--no-such-flag"],
+        [*k.bench_idle(tmp_path, 5)[2][:-3], "--for=jsonpath={.status.ready", "job/x"],
+    ):
+        with pytest.raises(KubectlError) as refused:
+            run([bad], echo=lambda _line: None)
+        assert "no cluster reachable" not in refused.value.message
