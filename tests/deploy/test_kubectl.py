@@ -3,8 +3,6 @@ an unreachable cluster give (with the real kubectl where it is installed; no API
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -212,25 +210,9 @@ def test_missing_kubectl_is_a_clear_error() -> None:
         run([["/nonexistent/kubectl", "get", "pods"]])
 
 
-def test_real_kubectl_against_no_cluster(tmp_path: Path) -> None:
+def test_real_kubectl_against_no_cluster(no_cluster: tuple[str, Path]) -> None:
     """The real kubectl, pointed at a closed loopback port: the driver reports 'no cluster reachable'."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed here")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
-current-context: nowhere
-"""
-    )
+    kubectl, config = no_cluster
     k = Kubectl(context="nowhere", kubeconfig=config, binary=kubectl)
     with pytest.raises(KubectlError, match="no cluster reachable"):
         run([[*k.status()[0], "--request-timeout=5s"]], echo=lambda _line: None)

@@ -245,31 +245,14 @@ def test_eks_config_gives_load_tests_their_own_node_group(plan: Plan) -> None:
     assert all(g["name"] != "bench" for g in plain["managedNodeGroups"])
 
 
-def test_the_real_kubectl_accepts_every_new_command_line(tmp_path: Path) -> None:
+def test_the_real_kubectl_accepts_every_new_command_line(
+    no_cluster: tuple[str, Path], tmp_path: Path
+) -> None:
     """Each new command line, run by the real kubectl against a closed port, gets as far as trying to
     reach the cluster: no flag, argument or `--for` condition is refused on the client side."""
-    import shutil
-    import socket
-
     from inferpack.deploy.kubectl import Kubectl, KubectlError, run
 
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed here")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
-current-context: nowhere
-"""
-    )
+    kubectl, config = no_cluster
     k = Kubectl(kubeconfig=config, binary=kubectl, bench_namespace="loadtest")
     lookup = k.exec_pod_lookup("bench-2")
     assert lookup is not None
