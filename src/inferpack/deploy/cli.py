@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -269,8 +270,6 @@ def exec_command(
     """A shell (or CMD) in a server's pod, the router, or a load-test pod: `k8s exec c7i-0 -- ls /tmp`.
 
     `bench-0` is the idle test pod of `k8s bench --idle` (or worker 0 of a running load test)."""
-    import sys
-
     driver = _kubectl(namespace, context, kubeconfig, kubectl, bench_namespace)
     pod = None
     if (lookup := driver.exec_pod_lookup(target)) is not None:
