@@ -128,10 +128,29 @@ def models_demo(
             help="Store the common base once in _shared/weights/ (per-tenant fine-tunes of one base).",
         ),
     ] = True,
+    copies_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Make --count copies of this model instead (one set of weights on disk and in memory)."
+        ),
+    ] = None,
+    from_repo: Annotated[
+        Path | None, typer.Option("--from", help="Repository of the --copies-of model (default: --out).")
+    ] = None,
+    seed_names: Annotated[
+        bool,
+        typer.Option(
+            "--seed-names", help="Name the models model0..model{N-1} as the reference does (prefix: model)."
+        ),
+    ] = False,
 ) -> None:
-    """Create N unique demo models offline (untrained heads; see docs/server.md)."""
+    """Create N unique demo models offline (untrained heads; see docs/server.md), or N copies of one model
+    (--copies-of; the reference's benchmark set-up)."""
     from inferpack.repository.demo import make_demo_models
 
+    if copies_of is not None:
+        _models_copies(out_dir, copies_of, count, from_repo=from_repo, seed_names=seed_names, prefix=prefix)
+        return
     if arch not in ("minilm", "bert-base", "tiny"):
         raise typer.BadParameter("--arch must be minilm, bert-base or tiny")
     if task not in ("question-answering", "text-classification", "feature-extraction"):
@@ -150,9 +169,31 @@ def models_demo(
             prefix=prefix,
             seed=seed,
             progress=lambda _m: progress.advance(bar),
+            names=[f"{prefix or 'model'}{i}" for i in range(count)] if seed_names else None,
         )
         progress.update(bar, completed=count)
     console.print(f"{len(ids)} models in {out_dir} ({ids[0]} .. {ids[-1]})")
+
+
+def _models_copies(
+    out_dir: Path, source: str, count: int, *, from_repo: Path | None, seed_names: bool, prefix: str | None
+) -> None:
+    from inferpack.repository.copies import copy_ids, make_copies
+    from inferpack.repository.local import LocalRepository
+
+    ids = copy_ids(source, count, seed_names=seed_names, prefix=prefix)
+    repo = LocalRepository(out_dir)
+    with _progress() as progress:
+        bar = progress.add_task(f"copying {source} {count} times", total=count)
+        make_copies(
+            repo,
+            source,
+            ids,
+            source_repo=LocalRepository(from_repo) if from_repo is not None else None,
+            progress=lambda _m: progress.advance(bar),
+        )
+        progress.update(bar, completed=count)
+    console.print(f"{len(ids)} copies of {source} in {out_dir} ({ids[0]} .. {ids[-1]})")
 
 
 @models_app.command("dedup")

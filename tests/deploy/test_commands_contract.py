@@ -66,3 +66,14 @@ def test_the_parser_rejects_an_unknown_flag() -> None:
     """The contract check is real: a flag the CLI lacks fails."""
     with pytest.raises(Exception, match="No such option"):
         parse(["inferpack", "serve", "--no-such-flag", "1"])
+
+
+def test_the_seq_mode_worker_command_parses() -> None:
+    """`seq` in the cluster: the worker takes the endpoints file (per-server Services) instead of a URL."""
+    job = render_bench_job(RenderOptions(bench_namespace="loadtest", bench_args=("--mode", "seq")))
+    argv = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    params = parse(argv).params
+    assert params["mode"] == "seq" and not params["url"]
+    # the endpoints file, whatever the option's parameter is called
+    assert "/etc/inferpack/placement/endpoints.json" in {str(v) for v in params.values()}
+    assert str(params["plan"]) == "/etc/inferpack/placement/plan.json"

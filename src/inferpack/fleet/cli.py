@@ -1,4 +1,4 @@
-"""Commands of the local fleet: up, status, logs, down, router, demo, config show, and the hidden
+"""Commands of the local fleet: up, status, logs, exec, down, router, demo, config show, and the hidden
 `fleet supervise`. Each parses flags into settings overrides and calls one function of `ops`/`demo`."""
 
 from __future__ import annotations
@@ -144,6 +144,28 @@ def logs_command(
             return
 
 
+def exec_command(
+    server: Annotated[str, typer.Argument(help="A server of the fleet (or `router`).")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run after `--` (default: your shell).")
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A shell (or CMD) in a server's environment, in the run directory: `inferpack exec server-0 -- env`.
+
+    The environment is the running server's own (else the one it would start with); INFERPACK_EXEC_URL,
+    _PID, _LOG, _MODELS and INFERPACK_ROUTER_URL say where it is. The command's exit status is returned."""
+    from inferpack.fleet.shell import exec_spec, replace_process
+
+    run, state = ops.read_state(_run_dir(config, run_dir))
+    spec = exec_spec(run, state, server, command)
+    if sys.stdin.isatty():
+        how = "its environment" if spec.live else "the environment it starts with (not running)"
+        console.print(f"[dim]{server}: {' '.join(spec.argv)} in {how}, in {spec.cwd}[/]", highlight=False)
+    replace_process(spec)
+
+
 def down_command(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait for the supervisor before killing.")
@@ -235,6 +257,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
     app.command("logs")(logs_command)
     app.command("down")(down_command)
+    app.command("exec")(exec_command)
     app.command("router")(router_command)
     app.command("demo")(demo_command)
     app.add_typer(config_app, name="config")

@@ -49,6 +49,9 @@ ModelsFileOpt = Annotated[
 ]
 NumModelsOpt = Annotated[int | None, typer.Option(help="Synthetic ids PREFIX-00000... when no list.")]
 PrefixOpt = Annotated[str, typer.Option(help="Prefix of synthetic model ids.")]
+SeedNamesOpt = Annotated[
+    bool, typer.Option("--seed-names", help="Synthetic ids PREFIX0.. (the reference's model0..).")
+]
 TrafficOpt = Annotated[str, typer.Option(help="uniform, zipf or replay (--trace).")]
 ZipfOpt = Annotated[float, typer.Option("--zipf-s", help="Zipf exponent.")]
 TraceOpt = Annotated[Path | None, typer.Option(help="CSV of model ids to replay (column model_id).")]
@@ -83,6 +86,7 @@ def build_config(
     num_models: int | None,
     model_prefix: str,
     traffic: str,
+    seed_names: bool = False,
     zipf_s: float,
     trace: Path | None,
     users: int | None,
@@ -109,7 +113,7 @@ def build_config(
     elif plan_models:
         models = plan_models
     elif num_models is not None:
-        models = numbered_models(model_prefix, num_models)
+        models = numbered_models(model_prefix, num_models, seed_names=seed_names)
     else:
         models = []
     spec = TrafficSpec(kind=kind, zipf_s=zipf_s)
@@ -174,6 +178,7 @@ def run(
     models_file: ModelsFileOpt = None,
     num_models: NumModelsOpt = None,
     model_prefix: PrefixOpt = "model",
+    seed_names: SeedNamesOpt = False,
     traffic: TrafficOpt = "uniform",
     zipf_s: ZipfOpt = 1.0,
     trace: TraceOpt = None,
@@ -249,6 +254,7 @@ def worker(
     models_file: ModelsFileOpt = None,
     num_models: NumModelsOpt = None,
     model_prefix: PrefixOpt = "model",
+    seed_names: SeedNamesOpt = False,
     traffic: TrafficOpt = "uniform",
     zipf_s: ZipfOpt = 1.0,
     trace: TraceOpt = None,
