@@ -36,6 +36,8 @@ def read_json_model(
         raise error(f"{what} {path} not found", hint=missing_hint) from exc
     except UnicodeDecodeError as exc:
         raise error(f"{what} {path} is not valid: {exc}") from exc
+    except OSError as exc:  # e.g. PermissionError: say which file, never an anonymous internal error
+        raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
     return parse_json_model(text, model, f"{what} {path}", error=error)
 
 

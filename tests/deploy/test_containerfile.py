@@ -5,14 +5,20 @@ No image is built here: a build needs a container engine and a base image, which
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from inferpack.deploy.image import VARIANTS, build_commands
 from inferpack.deploy.servers import RUN_AS
+from inferpack.settings import load_settings
 
-CONTAINERFILE = Path(__file__).resolve().parents[2] / "Containerfile"
+ROOT = Path(__file__).resolve().parents[2]
+CONTAINERFILE = ROOT / "Containerfile"
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -29,7 +35,7 @@ def instructions() -> list[tuple[str, str]]:
 def test_runs_as_the_manifests_user_and_sets_the_cache() -> None:
     steps = instructions()
     assert ("USER", f"{RUN_AS}:{RUN_AS}") in steps
-    assert steps[-1] == ("CMD", '["inferpack", "--help"]')
+    assert steps[-1] == ("CMD", '["inferpack", "serve"]')  # the default serves; Kubernetes passes its own
     env = " ".join(rest for word, rest in steps if word == "ENV")
     assert "INFERPACK_S3_CACHE_DIR=/var/cache/inferpack" in env and "HF_HUB_OFFLINE=1" in env
     run = " ".join(rest for word, rest in steps if word == "RUN")
@@ -55,3 +61,57 @@ def test_run_scripts_are_valid_shell() -> None:
             proc = subprocess.run(["sh", "-n", "-c", rest], capture_output=True, text=True, check=False)
             assert proc.returncode == 0, proc.stderr
 
+
+def image_env() -> dict[str, str]:
+    """The image's ENV variables (KEY=VALUE pairs, as written in this Containerfile)."""
+    pairs = shlex.split(" ".join(rest for word, rest in instructions() if word == "ENV"))
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_the_default_command_serves_from_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {k: v for k, v in image_env().items() if k.startswith("INFERPACK_")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    server = load_settings(None, {"server": {}}).server  # what `inferpack serve` without flags runs with
+    assert (server.host, server.port, server.repository) == ("0.0.0.0", 8080, "/models")
+    monkeypatch.setenv("INFERPACK_SERVER__REPOSITORY", "s3://bucket/models")  # how a user points it
+    assert load_settings(None, {"server": {}}).server.repository == "s3://bucket/models"
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the build context leaves `path` out (the last matching pattern wins, `!` re-includes;
+    a pattern matching a folder covers what is inside it)."""
+    verdict = False
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.lstrip("!").replace("**/", "*")
+        if any(fnmatch.fnmatch(p, glob) for p in prefixes):
+            verdict = not negated
+    return verdict
+
+
+def test_the_build_context_holds_only_what_the_image_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".containerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert (ROOT / ".dockerignore").resolve() == (ROOT / ".containerignore").resolve()  # docker reads that
+    copied = [
+        src
+        for word, rest in instructions()
+        if word == "COPY" and "--from" not in rest
+        for src in rest.split()[:-1]
+    ]
+    for src in copied:
+        assert not ignored(src, patterns), src
+    assert not ignored("src/inferpack/cli.py", patterns)
+    for heavy in (
+        ".venv/lib/python3.11/site-packages/torch/lib/x.so",
+        "demo-repo/m/1/model.safetensors",
+        ".git",
+    ):
+        assert ignored(heavy, patterns), heavy
+    assert ignored("src/inferpack/__pycache__/cli.cpython-311.pyc", patterns)

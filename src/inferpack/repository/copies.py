@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from inferpack.errors import RepositoryError
 from inferpack.repository.dedup import store_shared_tensors
 from inferpack.repository.demo import store_shared_tokenizer
+from inferpack.repository.files import save_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import SHARED_DIR, LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest, write_manifest
@@ -80,7 +81,7 @@ def make_copies(
             shutil.copyfile(src.resolve_file(source, version, manifest.config), vdir / "config.json")
             copied = copied.model_copy(update={"config": "config.json"})
         if manifest.format == "safetensors":
-            save_file({}, str(vdir / WEIGHTS_FILE))  # nothing of its own: every tensor is shared
+            save_tensors({}, vdir / WEIGHTS_FILE)  # nothing of its own: every tensor is shared
             copied = copied.model_copy(
                 update={"weights": WEIGHTS_FILE, "shared_weights": [os.path.relpath(p, vdir) for p in shared]}
             )

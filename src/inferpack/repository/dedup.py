@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from inferpack.repository.files import save_tensors
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, write_manifest
 
@@ -99,7 +99,7 @@ def store_shared_tensors(repo: LocalRepository, tensors: dict[str, torch.Tensor]
     folder = repo.shared_dir() / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{os.getpid()}.safetensors"
-    save_file(tensors, str(tmp))
+    save_tensors(tensors, tmp)
     target = folder / f"{hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]}.safetensors"
     if target.is_file():
         tmp.unlink()
@@ -126,5 +126,5 @@ def _rewrite_model(repo: LocalRepository, model_id: str, shared_path: Path, name
     write_manifest(vdir / MANIFEST_FILE, manifest.model_copy(update={"shared_weights": [relative]}))
     # 2. then the own file shrinks to what is unique, atomically
     tmp = vdir / f".{manifest.weights}.tmp"
-    save_file(remainder, str(tmp))
+    save_tensors(remainder, tmp)
     tmp.replace(own_path)

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from inferpack.errors import RepositoryError
 from inferpack.repository.dedup import store_shared_tensors
+from inferpack.repository.files import save_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Manifest, Task, write_manifest
@@ -182,7 +183,7 @@ def make_demo_models(
         weights = unique_weights(base, task, model_id, seed)
         if share_base:
             weights = {k: v for k, v in weights.items() if is_tenant_specific(k, config)}
-        save_file(weights, str(vdir / "model.safetensors"))
+        save_tensors(weights, vdir / "model.safetensors")
         (vdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         manifest = Manifest(
             format="safetensors",

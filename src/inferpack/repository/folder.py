@@ -21,6 +21,7 @@ The served version is the highest-numbered one unless a version is asked for.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -127,6 +128,15 @@ class LocalRepository:
             raise RepositoryError(f"model {model_id!r} v{version} names {relative!r}, outside the repository")
         if not path.is_file():
             raise RepositoryError(f"model {model_id!r} v{version} names {relative!r}, which does not exist")
+        try:  # opened here so an unreadable file is named, not reported later as a confusing load error
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise RepositoryError(
+                f"model {model_id!r} v{version} cannot read {path}: {exc.strerror or exc}",
+                hint=f"the server runs as uid {os.geteuid()}: make the repository readable to it "
+                f"(e.g. chmod -R a+rX {self.root})",
+            ) from exc
         return path
 
     def new_version_dir(self, model_id: str) -> tuple[int, Path]:

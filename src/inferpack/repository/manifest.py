@@ -12,6 +12,7 @@ from pydantic import Field
 from inferpack.errors import RepositoryError
 from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.plan import TargetName as TargetName  # one name for the processor kind, shared with plans
+from inferpack.repository.files import umask_mode
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
@@ -78,6 +79,7 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write a manifest atomically (a reader never sees half a file)."""
     text = manifest.model_dump_json(indent=2, exclude_none=True) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-")
+    os.fchmod(fd, umask_mode())  # mkstemp's 0600 would hide the manifest from a server of another user
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

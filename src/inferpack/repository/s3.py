@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from inferpack.errors import ModelNotFound, RepositoryError
+from inferpack.repository.files import umask_mode
 from inferpack.repository.folder import SHARED_DIR, LocalRepository
 from inferpack.repository.ids import is_valid_model_id, validate_model_id
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest
@@ -272,6 +273,7 @@ class S3Repository(LocalRepository):
         md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        os.fchmod(fd, umask_mode())  # a cache shared between users reads like any other repository
         try:
             with os.fdopen(fd, "wb") as fh:
                 body = response["Body"]

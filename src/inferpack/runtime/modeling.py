@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from inferpack.errors import ModelLoadFailed
+from inferpack.errors import ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest, Task
 from inferpack.runtime.hardware import resolve_dtype
@@ -312,6 +312,9 @@ def load_model(
     version_dir = repository.version_dir(model_id, chosen)
     torch_device = torch.device(device)
     try:
+        for rel in (manifest.weights, manifest.config):  # missing or unreadable files fail here, by name
+            if rel is not None:
+                repository.resolve_file(model_id, chosen, rel)
         tokenizer = TOKENIZERS.get(
             repository.resolve_file(model_id, chosen, manifest.tokenizer),
             max_sequence_length or manifest.max_sequence_length,
@@ -339,6 +342,8 @@ def load_model(
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
     except ModelLoadFailed:
         raise
+    except RepositoryError as exc:  # already names the model and the file
+        raise ModelLoadFailed(exc.message, hint=exc.hint) from exc
     except Exception as exc:  # any failure to read or build is the model's, not the server's
         raise ModelLoadFailed(
             f"model {model_id!r} v{chosen} failed to load: {type(exc).__name__}: {exc}"

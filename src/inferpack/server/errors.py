@@ -24,6 +24,7 @@ STATUS: list[tuple[type[e.InferpackError], int]] = [
     (e.Overloaded, 503),
     (e.ModelNotReady, 503),
     (e.ModelLoadFailed, 503),
+    (e.RepositoryError, 503),  # e.g. an unreadable manifest: the server is at fault, not the request
     (e.ShuttingDown, 503),
 ]
 
