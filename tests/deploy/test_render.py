@@ -275,3 +275,30 @@ def test_names_stay_valid_dns_labels() -> None:
 
 def test_rendering_is_deterministic(plan: Plan) -> None:
     assert render_manifests(plan, ServerSettings()) == render_manifests(plan, ServerSettings())
+
+
+def test_bench_pods_get_the_servers_auth_token(plan: Plan) -> None:
+    """`--auth-secret` made every load-test request fail with 401: the workers now read the same Secret."""
+    options = RenderOptions(auth_secret="inferpack-tokens")
+    deployments = by_kind(render_manifests(plan, ServerSettings(), options), "Deployment").values()
+    servers = [
+        env_of(container(d))
+        for d in deployments
+        if "INFERPACK_SERVER__AUTH__TOKENS_FILE" in env_of(container(d))
+    ]
+    assert servers
+    server_volumes = [
+        v for d in deployments for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth"
+    ]
+    for opts in (options, RenderOptions(auth_secret="inferpack-tokens", bench_namespace="loadtest")):
+        pod = render_bench_job(opts)["spec"]["template"]["spec"]
+        worker = pod["containers"][0]
+        token_file = env_of(worker)["INFERPACK_BENCH_TOKEN_FILE"]
+        assert token_file == servers[0]["INFERPACK_SERVER__AUTH__TOKENS_FILE"]  # same mount, same key
+        mount = next(m for m in worker["volumeMounts"] if m["name"] == "auth")
+        assert token_file == f"{mount['mountPath']}/tokens" and mount["readOnly"]
+        assert next(v for v in pod["volumes"] if v["name"] == "auth") == server_volumes[0]
+        assert not any("token" in arg for arg in worker["command"])  # an env variable, never in argv
+    plain = render_bench_job(RenderOptions())["spec"]["template"]["spec"]
+    assert "INFERPACK_BENCH_TOKEN_FILE" not in env_of(plain["containers"][0])
+    assert all(v["name"] != "auth" for v in plain["volumes"])

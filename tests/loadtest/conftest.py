@@ -29,6 +29,7 @@ class FakeServer:
 
     def __init__(self, models: set[str] | None = None) -> None:
         self.models = models
+        self.token: str | None = None  # when set, answer 401 without `Authorization: Bearer <token>`
         self.calls: list[tuple[str, str]] = []
         self.loaded: set[str] = set()
         self.shed_every = 0
@@ -81,6 +82,11 @@ class FakeServer:
         else:
             return 404, headers, {"error": "no route"}
         self.calls.append((api, model))
+        if (
+            self.token is not None
+            and (b"authorization", f"Bearer {self.token}".encode()) not in scope["headers"]
+        ):
+            return 401, [*headers, (b"www-authenticate", b"Bearer")], {"error": "unauthorized"}
         if self.models is not None and model not in self.models:
             return 404, headers, {"error": f"model {model} not found"}
         if self.shed_every and len(self.calls) % self.shed_every == 0:

@@ -162,3 +162,28 @@ def test_live_view_merges_workers_snapshots() -> None:
     row = next(line for line in text.splitlines() if "1.0/10s" in line)
     cells = [c.strip() for c in row.split("│") if c.strip()]
     assert cells == ["1.0/10s", "40", "2", "80", "50.2", "50.2", "50.2"]
+
+
+def test_bench_sends_the_first_token_of_the_token_file(fake_server: FakeServer, tmp_path: Path) -> None:
+    fake_server.token = "tenant-token"
+    tokens = tmp_path / "tokens"  # the servers' tokens file format (the Secret key the Job mounts)
+    tokens.write_text("# inference tokens\n\ntenant-token\nother-token\n")
+    worker = ["worker", "--url", fake_server.url, "--num-models", "3", "--mode", "seq", "--progress", "none"]
+    refused = runner.invoke(app, worker)
+    assert refused.exit_code == 0, refused.output
+    assert json.loads(refused.stdout.strip().splitlines()[-1])["errors"] == {"http 401": 3}
+    # The Kubernetes Job sets INFERPACK_BENCH_TOKEN_FILE (a custom --bench-command gets it too).
+    sent = runner.invoke(app, worker, env={"INFERPACK_BENCH_TOKEN_FILE": str(tokens), "COLUMNS": "160"})
+    assert sent.exit_code == 0, sent.output
+    assert json.loads(sent.stdout.strip().splitlines()[-1])["errors"] == {}
+    # Local worker processes read the file themselves; the token is in no file they write.
+    out = tmp_path / "out"
+    args = ["run", "--url", fake_server.url, "--num-models", "10", "--mode", "seq", "--workers", "2"]
+    local = runner.invoke(app, [*args, "--token-file", str(tokens), "--out", str(out), "--no-report"])
+    assert local.exit_code == 0, local.output
+    assert load_result(out / "result.json").error_count() == 0
+    assert not [p for p in out.rglob("*") if p.is_file() and "tenant-token" in p.read_text()]
+    empty = tmp_path / "empty"
+    empty.write_text("# none\n")
+    bad = runner.invoke(app, [*worker, "--token-file", str(empty)])
+    assert bad.exit_code != 0 and "holds no token" in str(bad.exception or bad.output)

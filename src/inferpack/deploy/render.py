@@ -425,12 +425,21 @@ def _bench_pod_spec(options: RenderOptions, container: Manifest) -> Manifest:
         {"name": "tmp", "emptyDir": {}},
         {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
     ]
+    if options.auth_secret:  # the servers' Secret: a Secret of another namespace cannot be mounted
+        spec["volumes"].append({"name": "auth", "secret": {"secretName": options.auth_secret}})
     return spec
 
 
 def _bench_container(options: RenderOptions, command: list[str], workers: int) -> Manifest:
     amounts = {"cpu": options.bench_cpu, "memory": options.bench_memory}
     index_ref = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    # With --auth-secret the workers send the first token of the servers' own Secret (an env variable,
+    # so a custom --bench-command running `bench worker` gets it too); never on the command line.
+    auth: list[Manifest] = []
+    auth_mounts: list[Manifest] = []
+    if options.auth_secret:
+        auth = [{"name": "INFERPACK_BENCH_TOKEN_FILE", "value": f"{CONFIG_MOUNT}/auth/tokens"}]
+        auth_mounts = [{"name": "auth", "mountPath": f"{CONFIG_MOUNT}/auth", "readOnly": True}]
     return {
         "name": "worker",
         "image": options.image,
@@ -441,12 +450,14 @@ def _bench_container(options: RenderOptions, command: list[str], workers: int) -
             {"name": "INFERPACK_BENCH_WORKERS", "value": str(workers)},
             {"name": "INFERPACK_ROUTER_URL", "value": router_url(options)},
             *writable_env(),
+            *auth,
         ],
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "placement", "mountPath": f"{CONFIG_MOUNT}/placement", "readOnly": True},
+            *auth_mounts,
         ],
     }
 

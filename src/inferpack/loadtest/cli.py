@@ -22,6 +22,7 @@ from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import Arrivals, ClosedLoop, LoadShape, OpenLoop, parse_steps
 from inferpack.loadtest.targets import resolve_target
 from inferpack.loadtest.traffic import TrafficKind, numbered_models, read_model_list, read_trace
+from inferpack.tokens import read_token_file
 
 app = typer.Typer(
     help="Load and scale tests against any server speaking the seed API or Open Inference Protocol V2.",
@@ -67,6 +68,14 @@ IntervalOpt = Annotated[float, typer.Option(help="Time-series interval, seconds.
 SeedOpt = Annotated[int, typer.Option(help="Random seed (each worker derives its own).")]
 QuestionOpt = Annotated[str, typer.Option(help="Question text sent with every request.")]
 ContextOpt = Annotated[str, typer.Option(help="Context text sent with every request.")]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="INFERPACK_BENCH_TOKEN_FILE",
+        help="Tokens file (the server's format: one per line, # comments): its first token is sent as "
+        "`Authorization: Bearer`. Never written into configs or results.",
+    ),
+]
 
 
 def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
@@ -198,19 +207,21 @@ def run(
     out: Annotated[Path, typer.Option(help="Folder for result.json (and the report).")] = Path("bench-out"),
     report: Annotated[bool, typer.Option(help="Write report.md with PNG plots into --out.")] = True,
     live: Annotated[bool, typer.Option(help="Live progress display.")] = True,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Run a load test; print the result table; write result.json (and report.md + plots) into --out."""
     config = build_config(
-        **{k: v for k, v in locals().items() if k not in ("workers", "out", "report", "live")}
+        **{k: v for k, v in locals().items() if k not in ("workers", "out", "report", "live", "token_file")}
     )
+    token = bench_token(token_file)
     console = Console()
     view = LiveView(_stderr(), f"bench → {config.target.description}", config.duration_s, config.requests)
     result: BenchResult
     if live:
         with view:
-            result = _execute(config, workers, out, view.update)
+            result = _execute(config, workers, out, view.update, token_file, token)
     else:
-        result = _execute(config, workers, out, None)
+        result = _execute(config, workers, out, None, token_file, token)
     path = out / "result.json"
     save_result(result, path)
     console.print(result_tables(result))
@@ -221,13 +232,30 @@ def run(
         console.print(f"report: {write_report(result, out)}")
 
 
-def _execute(config: BenchConfig, workers: int, out: Path, progress: WorkerProgressFn | None) -> BenchResult:
+def bench_token(token_file: Path | None) -> str | None:
+    """The bearer token a load test sends: the first of `token_file`, or none without a file."""
+    if token_file is None:
+        return None
+    tokens = read_token_file(token_file)
+    if not tokens:
+        raise ConfigError(f"--token-file {token_file} holds no token")
+    return tokens[0]
+
+
+def _execute(
+    config: BenchConfig,
+    workers: int,
+    out: Path,
+    progress: WorkerProgressFn | None,
+    token_file: Path | None,
+    token: str | None,
+) -> BenchResult:
     if workers == 1:
         if progress is None:
-            return run_worker(config)
+            return run_worker(config, token=token)
         report = progress
-        return run_worker(config, progress=lambda snap: report(0, snap))
-    return run_local(config, workers, out / "workers", progress)
+        return run_worker(config, progress=lambda snap: report(0, snap), token=token)
+    return run_local(config, workers, out / "workers", progress, token_file)
 
 
 @app.command()
@@ -270,6 +298,7 @@ def worker(
     seed: SeedOpt = 0,
     question: QuestionOpt = DEFAULT_QUESTION,
     context: ContextOpt = DEFAULT_CONTEXT,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """One worker: its share (index of N) of a run; the command local workers and Kubernetes Jobs run."""
     _choice(progress, ("none", "text", "jsonl"), "--progress")
@@ -298,7 +327,8 @@ def worker(
                 file=sys.stderr,
             )
 
-    result = run_worker(config, index, of, None if progress == "none" else report, start_at)
+    token = bench_token(token_file)
+    result = run_worker(config, index, of, None if progress == "none" else report, start_at, token)
     if out == "-":
         result.summary = result.compute_summary()
         print(result.model_dump_json(), flush=True)
@@ -306,7 +336,17 @@ def worker(
         save_result(result, Path(out))
 
 
-_WORKER_ONLY = {"config_file", "index", "of", "out", "progress", "wait_go", "start_at", "config"}
+_WORKER_ONLY = {
+    "config_file",
+    "index",
+    "of",
+    "out",
+    "progress",
+    "wait_go",
+    "start_at",
+    "config",
+    "token_file",
+}
 
 
 @app.command("aggregate")

@@ -31,13 +31,21 @@ def snapshot_line(index: int, snap: Snapshot) -> str:
 
 
 def worker_command(
-    config_path: Path, index: int, workers: int, out: Path, *, wait_go: bool = False
+    config_path: Path,
+    index: int,
+    workers: int,
+    out: Path,
+    *,
+    wait_go: bool = False,
+    token_file: Path | None = None,
 ) -> list[str]:
     """argv of one worker process; in a container, `inferpack bench worker` with the same arguments."""
     cmd = [sys.executable, "-m", "inferpack.loadtest", "worker", "--config", str(config_path)]
     cmd += ["--index", str(index), "--of", str(workers), "--out", str(out), "--progress", "jsonl"]
     if wait_go:
         cmd.append("--wait-go")
+    if token_file is not None:
+        cmd += ["--token-file", str(token_file)]
     return cmd
 
 
@@ -53,9 +61,14 @@ def _pump(index: int, stream: IO[str], events: queue.Queue[tuple[int, dict[str, 
 
 
 def run_local(
-    config: BenchConfig, workers: int, out_dir: Path, progress: WorkerProgressFn | None = None
+    config: BenchConfig,
+    workers: int,
+    out_dir: Path,
+    progress: WorkerProgressFn | None = None,
+    token_file: Path | None = None,
 ) -> BenchResult:
-    """Run `workers` worker processes on this machine and return the aggregate of their results."""
+    """Run `workers` worker processes on this machine and return the aggregate of their results (each
+    reads its bearer token from `token_file` itself: the token never goes into an argv or a file here)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config_path = out_dir / "bench-config.json"
     save_config(config, config_path)
@@ -67,7 +80,7 @@ def run_local(
         for i in range(workers):
             with logs[i].open("w") as log:
                 proc = subprocess.Popen(
-                    worker_command(config_path, i, workers, outs[i], wait_go=True),
+                    worker_command(config_path, i, workers, outs[i], wait_go=True, token_file=token_file),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log,

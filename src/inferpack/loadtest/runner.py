@@ -148,7 +148,9 @@ class _Connections:
 class Worker:
     """Runs one worker's share of a BenchConfig."""
 
-    def __init__(self, config: BenchConfig, index: int = 0, workers: int = 1) -> None:
+    def __init__(
+        self, config: BenchConfig, index: int = 0, workers: int = 1, token: str | None = None
+    ) -> None:
         if not 0 <= index < workers:
             raise ValueError(f"worker index {index} outside 0..{workers - 1}")
         self.config = config
@@ -161,6 +163,8 @@ class Worker:
         self.builder = RequestBuilder(config.api, config.question, config.context)
         self.recorder: Recorder | None = None
         self._headers = {"Content-Type": "application/json"} if config.api == "v2" else {}
+        if token:  # kept out of the config: configs and results are written to disk, tokens never are
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def _concurrency(self) -> int:
         if isinstance(self.shape, ClosedLoop):
@@ -343,7 +347,8 @@ def run_worker(
     workers: int = 1,
     progress: ProgressFn | None = None,
     start_at_unix: float | None = None,
+    token: str | None = None,
 ) -> BenchResult:
-    """Run one worker to completion on a fresh event loop (blocking)."""
+    """Run one worker to completion on a fresh event loop (blocking); `token` is sent as a bearer token."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(Worker(config, index, workers).run(progress, start_at_unix))
+        return runner.run(Worker(config, index, workers, token).run(progress, start_at_unix))

@@ -12,20 +12,16 @@ from typing import Annotated
 
 from fastapi import Header
 
-from inferpack.errors import ConfigError, Forbidden, Unauthorized
+from inferpack.errors import Forbidden, Unauthorized
 from inferpack.settings import AuthSettings
+from inferpack.tokens import read_token_file
 
 
 def read_tokens(settings: AuthSettings) -> list[str]:
     """Inference tokens from the settings list and the tokens file (one per line, # comments)."""
     tokens = [t for t in settings.tokens if t]
     if settings.tokens_file is not None:
-        path = Path(settings.tokens_file)
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise ConfigError(f"auth tokens file {path} cannot be read: {exc}") from exc
-        tokens += [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+        tokens += read_token_file(Path(settings.tokens_file))
     return tokens
 
 
