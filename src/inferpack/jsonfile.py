@@ -4,6 +4,7 @@ the base of every model those files (and the typed options around them) are made
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import TypeVar
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from inferpack.errors import ConfigError, InferpackError
 
 M = TypeVar("M", bound=BaseModel)
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class StrictModel(BaseModel):
@@ -29,12 +31,15 @@ def read_json_model(
     error: type[InferpackError] = ConfigError,
     missing_hint: str | None = None,
 ) -> M:
-    """Parse `path` as `model`; a missing or invalid file raises `error` naming the file and the problem."""
+    """Parse `path` (JSON, or gzip-compressed JSON) as `model`; a missing or invalid file raises `error`
+    naming the file and the problem."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
+        # gzip-compressed files are read the same way (the Kubernetes placement ConfigMap's plan.json.gz)
+        text = (gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw).decode()
     except FileNotFoundError as exc:
         raise error(f"{what} {path} not found", hint=missing_hint) from exc
-    except UnicodeDecodeError as exc:
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as exc:
         raise error(f"{what} {path} is not valid: {exc}") from exc
     except OSError as exc:  # e.g. PermissionError: say which file, never an anonymous internal error
         raise error(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc

@@ -76,4 +76,4 @@ def test_the_seq_mode_worker_command_parses() -> None:
     assert params["mode"] == "seq" and not params["url"]
     # the endpoints file, whatever the option's parameter is called
     assert "/etc/inferpack/placement/endpoints.json" in {str(v) for v in params.values()}
-    assert str(params["plan"]) == "/etc/inferpack/placement/plan.json"
+    assert str(params["plan"]) == "/etc/inferpack/placement/plan.json.gz"

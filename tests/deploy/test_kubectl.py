@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from inferpack.deploy.kubectl import Kubectl, KubectlError, explain_failure, run, run_attached
+from inferpack.deploy.kubectl import (
+    SERVER_SIDE_APPLY,
+    Kubectl,
+    KubectlError,
+    explain_failure,
+    run,
+    run_attached,
+)
 
 
 def test_base_flags() -> None:
@@ -28,15 +35,16 @@ def test_base_flags() -> None:
 def test_apply_status_logs_delete_command_lines() -> None:
     k = Kubectl(namespace="serving", context="c1")
     base = Path("out/k8s")
+    assert SERVER_SIDE_APPLY == ("apply", "--server-side", "--field-manager=inferpack", "--force-conflicts")
     assert k.apply(base) == [
-        ["kubectl", "--context", "c1", "apply", "-k", "out/k8s"],
+        ["kubectl", "--context", "c1", *SERVER_SIDE_APPLY, "-k", "out/k8s"],
         [
             "kubectl", "--context", "c1", "--namespace", "serving", "rollout", "status", "deployment",
             "-l", "app.kubernetes.io/part-of=inferpack", "--timeout=30m",
         ],
     ]  # fmt: skip
     assert k.apply(base, server_dry_run=True) == [
-        ["kubectl", "--context", "c1", "apply", "-k", "out/k8s", "--dry-run=server"]
+        ["kubectl", "--context", "c1", *SERVER_SIDE_APPLY, "-k", "out/k8s", "--dry-run=server"]
     ]
     status = k.status()
     assert status[0][5:8] == ["get", "deployments,daemonsets,jobs,services,hpa,pdb", "-l"]
@@ -65,7 +73,7 @@ def test_bench_replaces_the_job_then_waits() -> None:
         "kubectl", "--namespace", "serving", "delete", "job", "inferpack-bench",
         "--ignore-not-found", "--cascade=foreground", "--wait=true",
     ]  # fmt: skip
-    assert cmds[1] == ["kubectl", "apply", "-k", "k8s/bench"]
+    assert cmds[1] == ["kubectl", *SERVER_SIDE_APPLY, "-k", "k8s/bench"]
     assert cmds[2][3:6] == ["wait", "--for=condition=complete", "job/inferpack-bench"]
     assert cmds[2][-1] == "--timeout=900s"
 
@@ -83,7 +91,7 @@ def test_bench_stop_removes_only_the_job_and_its_pods() -> None:
 def test_bench_idle_replaces_the_job_by_the_waiting_pod() -> None:
     cmds = Kubectl(namespace="serving").bench_idle(Path("k8s"), 300)
     assert cmds[0] == Kubectl(namespace="serving").bench_stop()
-    assert cmds[1] == ["kubectl", "apply", "-k", "k8s/bench-idle"]
+    assert cmds[1] == ["kubectl", *SERVER_SIDE_APPLY, "-k", "k8s/bench-idle"]
     assert cmds[2] == [
         "kubectl", "--namespace", "serving", "wait", "--for=jsonpath={.status.ready}=1",
         "job/inferpack-bench", "--timeout=300s",

@@ -55,7 +55,8 @@ def test_bench_namespace_and_node_selector(plan: Plan) -> None:
     assert placement["kind"] == "ConfigMap" and placement["metadata"]["namespace"] == "loadtest"
     base = render_manifests(plan, ServerSettings(), options)
     original = next(m for m in base if m["kind"] == "ConfigMap")
-    assert placement["data"] == original["data"]  # the same plan and (fully qualified) server URLs
+    # the same plan and (fully qualified) server URLs
+    assert (placement["data"], placement["binaryData"]) == (original["data"], original["binaryData"])
     netpol = next(m for m in base if m["kind"] == "NetworkPolicy")
     assert netpol["spec"]["ingress"][0]["from"][1] == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loadtest"}},
@@ -92,7 +93,7 @@ def test_seq_mode_visits_each_server_through_its_service(args: tuple[str, ...]) 
     c = _pod(render_bench_job(RenderOptions(bench_args=args)))["containers"][0]["command"]
     assert "--url" not in c
     assert c[c.index("--endpoints") + 1] == "/etc/inferpack/placement/endpoints.json"
-    assert c[c.index("--plan") + 1] == "/etc/inferpack/placement/plan.json"
+    assert c[c.index("--plan") + 1] == "/etc/inferpack/placement/plan.json.gz"
     other = _pod(render_bench_job(RenderOptions(bench_args=("--mode", "bmk"))))["containers"][0]["command"]
     assert "--url" in other and "--endpoints" not in other
 
@@ -221,10 +222,10 @@ def test_cli_logs_follow_status_server_and_bench_stop_idle(
     assert proc.returncode == 0, proc.stderr
     assert [c[2:4] if c[0] == "--namespace" else c[:2] for c in calls] == [
         ["delete", "job"],
-        ["apply", "-k"],
+        ["apply", "--server-side"],
         ["wait", "--for=jsonpath={.status.ready}=1"],
     ]
-    assert calls[1][2] == str(out / "bench-idle")
+    assert calls[1][-1] == str(out / "bench-idle")
     assert "inferpack k8s exec bench-0" in proc.stderr
 
     _, calls = _cli(fake_kubectl, "delete", "--dir", str(out))
@@ -264,6 +265,9 @@ def test_the_real_kubectl_accepts_every_new_command_line(
         *k.status("c7i-0"),
         k.bench_stop(),
         k.bench_idle(tmp_path, 5)[2],
+        k.apply(_tiny_base(tmp_path / "base"))[
+            0
+        ],  # server-side apply, its field manager and --force-conflicts
     ]
     for cmd in commands:
         with pytest.raises(KubectlError, match="no cluster reachable"):
@@ -276,3 +280,11 @@ def test_the_real_kubectl_accepts_every_new_command_line(
         with pytest.raises(KubectlError) as refused:
             run([bad], echo=lambda _line: None)
         assert "no cluster reachable" not in refused.value.message
+
+
+def _tiny_base(folder: Path) -> Path:
+    """A kustomize folder of one object, for `apply -k` (kubectl builds it before reaching the cluster)."""
+    folder.mkdir()
+    (folder / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
+    (folder / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+    return folder

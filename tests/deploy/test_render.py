@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 from typing import Any
 
 import pytest
 
 from inferpack.deploy.options import HpaOptions, RenderOptions, k8s_name
-from inferpack.deploy.render import plan_endpoints, render_bench_job, render_manifests
+from inferpack.deploy.placement import plan_endpoints
+from inferpack.deploy.render import render_bench_job, render_manifests
 from inferpack.deploy.servers import server_object_name
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
@@ -138,7 +141,9 @@ def test_router_placement_configmap_hpa_pdb_and_network_policy(plan: Plan) -> No
     options = RenderOptions(namespace="serving", router_hpa=HpaOptions(min_replicas=3, max_replicas=9))
     manifests = render_manifests(plan, ServerSettings(), options)
     cm = by_kind(manifests, "ConfigMap")["inferpack-placement"]
-    assert Plan.model_validate_json(cm["data"]["plan.json"]) == plan
+    assert (
+        Plan.model_validate_json(gzip.decompress(base64.b64decode(cm["binaryData"]["plan.json.gz"]))) == plan
+    )
     endpoints = plan_endpoints(plan, "serving")
     assert endpoints.model_validate_json(cm["data"]["endpoints.json"]) == endpoints
     assert endpoints.servers["c7i-0"] == "http://srv-c7i-0.serving.svc.cluster.local:8080"

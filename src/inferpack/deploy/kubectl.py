@@ -23,6 +23,11 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # `bench-3`: the load-test pod of completion index 3 (the idle test pod is `bench-0`).
 _BENCH_POD = re.compile(r"^bench-(\d+)$")
+# Server-side apply: no last-applied-configuration annotation (a copy of the whole object, which the
+# placement ConfigMap of ~10,000 models with long ids would push over the 262,144-byte annotation limit).
+# inferpack owns these objects: --force-conflicts takes fields back from hand edits, as a client-side apply
+# would overwrite them.
+SERVER_SIDE_APPLY = ("apply", "--server-side", "--field-manager=inferpack", "--force-conflicts")
 # kubectl's own words for "there is no cluster to talk to"; mapped to one clear error.
 _UNREACHABLE = (
     "unable to connect to the server",
@@ -76,7 +81,7 @@ class Kubectl:
 
     def apply(self, base_dir: Path, *, server_dry_run: bool = False) -> list[list[str]]:
         """Apply the rendered base, then wait for the router and every server to be rolled out."""
-        cmd = [*self.base(namespaced=False), "apply", "-k", str(base_dir)]
+        cmd = [*self.base(namespaced=False), *SERVER_SIDE_APPLY, "-k", str(base_dir)]
         if server_dry_run:
             return [[*cmd, "--dry-run=server"]]
         wait = [*self.base(), "rollout", "status", "deployment", "-l", f"{LABEL_PART_OF}=inferpack"]
@@ -174,7 +179,7 @@ class Kubectl:
     def _replace_job(self, folder: Path, condition: str, timeout_s: int) -> list[list[str]]:
         return [
             self.bench_stop(),
-            [*self.base(namespaced=False), "apply", "-k", str(folder)],
+            [*self.base(namespaced=False), *SERVER_SIDE_APPLY, "-k", str(folder)],
             [*self.bench_base(), "wait", condition, f"job/{BENCH_JOB}", f"--timeout={timeout_s}s"],
         ]
 

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from inferpack.deploy.options import (
@@ -19,6 +17,13 @@ from inferpack.deploy.options import (
     image_for,
     k8s_name,
 )
+from inferpack.deploy.placement import (
+    ENDPOINTS_PATH,
+    PLACEMENT_CONFIGMAP,
+    PLAN_PATH,
+    placement_digest,
+    render_placement_configmap,
+)
 from inferpack.deploy.servers import (
     Manifest,
     common_labels,
@@ -28,16 +33,13 @@ from inferpack.deploy.servers import (
     node_selector,
     pod_security_context,
     render_server,
-    server_url,
     tolerations,
     writable_env,
 )
-from inferpack.endpoints import ServerEndpoints, endpoints_json
 from inferpack.errors import PlanError
 from inferpack.plan import Plan
 from inferpack.settings import ServerSettings
 
-PLACEMENT_CONFIGMAP = "inferpack-placement"
 SERVICE_ACCOUNT = "inferpack"
 ROUTER = "router"
 BENCH_JOB = "inferpack-bench"
@@ -57,11 +59,6 @@ def _meta(
 def effective_repository(plan: Plan, settings: ServerSettings, options: RenderOptions) -> str:
     """The repository the pods use: the option, else the plan's, else the settings'."""
     return options.repository or plan.repository or str(settings.repository)
-
-
-def plan_endpoints(plan: Plan, namespace: str) -> ServerEndpoints:
-    """Every plan server's in-cluster Service URL (the router's endpoints file)."""
-    return ServerEndpoints(servers={s.name: server_url(s.name, namespace) for s in plan.servers()})
 
 
 def render_namespace(options: RenderOptions, name: str | None = None) -> Manifest:
@@ -94,27 +91,12 @@ def render_service_account(options: RenderOptions) -> Manifest:
     }
 
 
-def render_placement_configmap(plan: Plan, options: RenderOptions, namespace: str | None = None) -> Manifest:
-    """plan.json + endpoints.json for the router and the load tests (format: `inferpack.endpoints`);
-    `namespace` places a copy for load tests in their own namespace."""
-    data = {
-        "plan.json": plan.model_dump_json(indent=2, exclude_none=True) + "\n",
-        "endpoints.json": endpoints_json(plan_endpoints(plan, options.namespace)),
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(PLACEMENT_CONFIGMAP, ROUTER, options, namespace=namespace),
-        "data": data,
-    }
-
-
 def default_router_command() -> list[str]:
     """The router's command line when `router_command` is not given."""
     return [
         "inferpack", "router",
-        "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
-        "--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json",
+        "--plan", PLAN_PATH,
+        "--endpoints", ENDPOINTS_PATH,
         "--host", "0.0.0.0", "--port", str(DEFAULT_PORT),
     ]  # fmt: skip
 
@@ -124,7 +106,7 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
     selector = {LABEL_COMPONENT: ROUTER}
     labels = common_labels(ROUTER, options)
     # A changed placement must roll the routers: hash the ConfigMap into the pod template.
-    digest = hashlib.sha256(json.dumps(placement["data"], sort_keys=True).encode()).hexdigest()[:16]
+    digest = placement_digest(placement)
     amounts = {"cpu": options.router_cpu, "memory": options.router_memory}
     container: Manifest = {
         "name": ROUTER,
@@ -389,13 +371,13 @@ def default_bench_command(options: RenderOptions) -> list[str]:
         [] if {"--users", "--rate"} & set(options.bench_args) else ["--users", str(4 * options.bench_workers)]
     )
     if is_seq_mode(options.bench_args):
-        target = ["--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json"]
+        target = ["--endpoints", ENDPOINTS_PATH]
     else:
         target = ["--url", router_url(options)]
     return [
         "inferpack", "bench", "worker",
         *target,
-        "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
+        "--plan", PLAN_PATH,
         "--out", "-", "--progress", "text",
         *shape,
         *options.bench_args,
