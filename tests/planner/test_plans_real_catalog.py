@@ -56,8 +56,9 @@ def test_plan_file_respects_every_constraint(
         assert group.price_per_hour == inst.price_per_hour
         prof = PROFILES.lookup("bert-base", inst.name)
         assert prof is not None
-        usable = inst.memory_mb * options.max_memory_fraction - options.reserved_memory_mb
-        usable -= prof.server_overhead_mb
+        # every server fits its pod's memory (the EKS node's allocatable, not the instance's size)
+        assert group.resources.memory_mb < inst.memory_mb
+        usable = group.resources.memory_mb * options.max_memory_fraction - prof.server_overhead_mb
         t = problem.types.index(inst)
         for server in group.servers:
             assert limit is None or len(server.models) <= limit

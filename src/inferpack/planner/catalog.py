@@ -36,6 +36,12 @@ class InstanceType(StrictModel):
     accelerator_count: int = Field(default=0, ge=0, description="GPUs or Inferentia chips.")
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator device.")
     price_per_hour: float = Field(ge=0)
+    max_pods: int | None = Field(
+        default=None,
+        ge=1,
+        description="EKS max pods of this type (the EKS AMI's eni-max-pods.txt). Set: plans fit the EKS "
+        "node's allocatable CPU and memory (planner/allocatable.py); unset: the whole machine.",
+    )
 
     @property
     def family(self) -> str:
@@ -53,6 +59,7 @@ class CatalogFile(StrictModel):
     as_of: str | None = None
     source: str | None = None
     notes: str | None = None
+    max_pods_source: str | None = Field(default=None, description="Where the entries' max_pods come from.")
     replace: bool = Field(default=False, description="Discard the catalog so far and use only this file.")
     remove: list[str] = Field(default_factory=list, description="Names to drop from the catalog so far.")
     instances: list[InstanceType] = Field(default_factory=list)

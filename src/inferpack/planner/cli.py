@@ -20,6 +20,7 @@ from rich.table import Table
 
 from inferpack.errors import ConfigError
 from inferpack.plan import Plan, save_plan
+from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import local_simple_plan
@@ -96,6 +97,12 @@ def plan_command(
     request_overhead_ms: Annotated[
         float, typer.Option("--request-overhead-ms", min=0.0, help="CPU ms per request outside the forward.")
     ] = 0.0,
+    daemonset_cpu: Annotated[
+        float, typer.Option("--daemonset-cpu", min=0.0, help="CPU cores per EKS node kept for DaemonSets.")
+    ] = DAEMONSET_CPU,
+    daemonset_memory_mb: Annotated[
+        float, typer.Option("--daemonset-memory-mb", min=0.0, help="MiB per EKS node kept for DaemonSets.")
+    ] = DAEMONSET_MEMORY_MB,
     min_copies: Annotated[int, typer.Option("--min-copies", min=1, help="Copies on different servers.")] = 1,
     max_models_per_server: Annotated[int | None, typer.Option("--max-models-per-server", min=1)] = None,
     instance_types: Annotated[
@@ -132,6 +139,8 @@ def plan_command(
         max_utilisation=max_utilisation,
         reserved_cpus=reserved_cpus,
         request_overhead_ms=request_overhead_ms,
+        daemonset_cpu=daemonset_cpu,
+        daemonset_memory_mb=daemonset_memory_mb,
         min_copies=min_copies,
         max_models_per_server=max_models_per_server,
         instance_types=_split(instance_types),

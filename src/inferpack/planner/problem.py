@@ -4,8 +4,9 @@ Every server of instance type `t` has capacity 1 in three resources, and each co
 fraction `D[i, t, r]` of it:
 
 - r=0 host memory: the model's footprint (its `memory_mb`, scaled by the profile of its class on `t`)
-  over the usable memory (instance memory x `max_memory_fraction`, minus the OS reserve and the server's
-  own overhead);
+  over the usable memory: the server pod's memory (an EKS node's allocatable minus the DaemonSet
+  allowance, `allocatable.server_share`) x `max_memory_fraction`, minus the server's own overhead (a
+  type without `max_pods`: the whole instance, minus the OS reserve too);
 - r=1 compute: the copy's request rate over the server's capacity at the latency objective (see
   `queueing`), i.e. the share of rate x service time the objective allows;
 - r=2 accelerator memory: per device, since a model is placed on every device of its server.
@@ -27,6 +28,7 @@ from pydantic import Field
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel
+from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, NodeShare, server_share
 from inferpack.planner.catalog import Catalog, InstanceType
 from inferpack.planner.profiles import DType, OperatingPoint, ProfileSet
 from inferpack.planner.queueing import max_rate_rps, p90_response_ms
@@ -50,8 +52,23 @@ class PlanOptions(StrictModel):
     instance_types: list[str] | None = Field(
         default=None, description="Allowed instance types (names or shell patterns); None: all."
     )
-    reserved_memory_mb: float = Field(default=512.0, ge=0, description="Host memory kept for the OS.")
-    max_memory_fraction: float = Field(default=0.9, gt=0, le=1, description="Share of memory to fill.")
+    reserved_memory_mb: float = Field(
+        default=512.0,
+        ge=0,
+        description="Host memory kept for the OS on a type without max_pods (on EKS nodes kube-reserved and "
+        "the eviction threshold are that reserve).",
+    )
+    max_memory_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="Share of the server's memory to fill (the rest: working room)."
+    )
+    daemonset_cpu: float = Field(
+        default=DAEMONSET_CPU,
+        ge=0,
+        description="CPU cores per EKS node kept for DaemonSets (CNI, kube-proxy...).",
+    )
+    daemonset_memory_mb: float = Field(
+        default=DAEMONSET_MEMORY_MB, ge=0, description="Memory (MiB) per EKS node kept for DaemonSets."
+    )
     max_copy_load: float = Field(
         default=0.5, gt=0, le=1, description="A copy may use at most this share of the best server."
     )
@@ -146,10 +163,24 @@ def _on_accelerator(inst: InstanceType) -> bool:
     return inst.target != "cpu" and inst.accelerator_count > 0
 
 
-def _workers(inst: InstanceType, point: OperatingPoint, per_device: int, reserved_cpus: float) -> int:
+def server_resources(inst: InstanceType, options: PlanOptions) -> NodeShare:
+    """CPU and memory one server of this type may use (its pod's requests and limits on EKS)."""
+    return server_share(
+        inst, daemonset_cpu=options.daemonset_cpu, daemonset_memory_mb=options.daemonset_memory_mb
+    )
+
+
+def _workers(inst: InstanceType, point: OperatingPoint, per_device: int, options: PlanOptions) -> int:
     if _on_accelerator(inst):
         return inst.accelerator_count * per_device
-    return int((inst.vcpus - reserved_cpus + 1e-9) // point.threads)
+    # whole threads within the pod's CPU limit: more would be throttled by the CFS quota
+    return int((server_resources(inst, options).cpu - options.reserved_cpus + 1e-9) // point.threads)
+
+
+def usable_memory_mb(inst: InstanceType, options: PlanOptions) -> float:
+    """Memory the models and the server's overhead may fill on one server of this type."""
+    reserve = 0.0 if inst.max_pods is not None else options.reserved_memory_mb
+    return server_resources(inst, options).memory_mb * options.max_memory_fraction - reserve
 
 
 def choose_point(
@@ -160,7 +191,7 @@ def choose_point(
     for point in points:
         if point.dtype not in options.dtypes:
             continue
-        workers = _workers(inst, point, per_device, options.reserved_cpus)
+        workers = _workers(inst, point, per_device, options)
         if workers < 1:
             continue
         overhead_ms = options.request_overhead_ms
@@ -203,7 +234,7 @@ def build_problem(
                 overhead[t] = max(overhead[t], prof.server_overhead_mb)
                 acc_overhead[t] = max(acc_overhead[t], prof.accelerator_overhead_mb)
     for t, inst in enumerate(types):
-        usable = inst.memory_mb * options.max_memory_fraction - options.reserved_memory_mb - overhead[t]
+        usable = usable_memory_mb(inst, options) - overhead[t]
         usable_acc = inst.accelerator_memory_mb - acc_overhead[t]
         for c, name in enumerate(classes):
             prof = profiles.lookup(name, inst.name)

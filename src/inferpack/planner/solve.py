@@ -15,11 +15,12 @@ import numpy as np
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.planner.bound import lower_bound
+from inferpack.planner.catalog import InstanceType
 from inferpack.planner.heuristic import heuristic_packing
 from inferpack.planner.milp import milp_size, slot_counts, solve_milp
 from inferpack.planner.naive import NaiveResult, best_naive
 from inferpack.planner.packing import Server, binding_resource, check_packing, packing_cost, usage
-from inferpack.planner.problem import PlanOptions, Problem, predicted_p90_ms
+from inferpack.planner.problem import PlanOptions, Problem, predicted_p90_ms, server_resources
 
 Method = Literal["auto", "milp", "heuristic"]
 MAX_MILP_BINARIES = 50_000  # beyond this, building the model in Python alone takes many seconds
@@ -123,6 +124,18 @@ def group_rows(problem: Problem, servers: list[Server]) -> list[dict[str, Any]]:
     return rows
 
 
+def group_resources(inst: InstanceType, options: PlanOptions) -> Resources:
+    """A server's resources on this type (its pod's requests = limits): what an EKS node can allocate to
+    it, and every accelerator of the instance."""
+    share = server_resources(inst, options)
+    return Resources(
+        cpu=share.cpu,
+        memory_mb=int(share.memory_mb),
+        accelerators=inst.accelerator_count,
+        accelerator_memory_mb=inst.accelerator_memory_mb,
+    )
+
+
 def to_plan(
     problem: Problem,
     solution: Solution,
@@ -144,12 +157,7 @@ def to_plan(
                 target=inst.target,
                 architecture=inst.architecture,
                 price_per_hour=inst.price_per_hour,
-                resources=Resources(
-                    cpu=float(inst.vcpus),
-                    memory_mb=inst.memory_mb,
-                    accelerators=inst.accelerator_count,
-                    accelerator_memory_mb=inst.accelerator_memory_mb,
-                ),
+                resources=group_resources(inst, options),
                 servers=[
                     ServerPlan(
                         name=f"{name}-{k}",
