@@ -12,7 +12,7 @@ from inferpack.compile.compiler import compile_model
 from inferpack.compile.options import CompileOptions
 from inferpack.errors import CompileError
 from inferpack.repository.manifest import write_manifest
-from inferpack.runtime.modeling import TaskWrapper
+from inferpack.runtime.heads import TaskWrapper
 
 from .conftest import MODELS, Compiled, RepoFactory
 
@@ -114,7 +114,7 @@ def test_a_trace_that_bakes_in_values_is_caught(
 ) -> None:
     """A model whose Python reads a tensor value traces to a constant: right on the example only."""
     repo = repo_copy("cls-0000")
-    from inferpack.runtime.modeling import build_eager as real_build
+    from inferpack.runtime.skeletons import build_eager as real_build
 
     class CountsTokens(TaskWrapper):
         def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:

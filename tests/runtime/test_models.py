@@ -83,7 +83,7 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
 
     from inferpack.errors import ModelLoadFailed
     from inferpack.repository.manifest import Agreement, Manifest, write_manifest
-    from inferpack.runtime.modeling import choose_version
+    from inferpack.runtime.versions import choose_version
 
     make_demo_models(tmp_path, 1, task="feature-extraction", prefix="m")
     repo = LocalRepository(tmp_path)
@@ -113,7 +113,8 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
 
 
 def test_recycled_shells_are_refilled_with_the_next_models_weights(demo_repo: Path) -> None:
-    from inferpack.runtime.modeling import SKELETONS, recycle
+    from inferpack.runtime.modeling import recycle
+    from inferpack.runtime.skeletons import SKELETONS
 
     repo = LocalRepository(demo_repo)
     texts = [TextInput("Who?", "Ann met Bob at the station.")]

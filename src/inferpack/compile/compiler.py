@@ -33,7 +33,8 @@ from inferpack.compile.trace import device_for, jit_trace, neuron_trace
 from inferpack.errors import CompileError, InferpackError
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Agreement, Manifest, TargetName, Task
-from inferpack.runtime.modeling import TOKENIZERS, build_eager
+from inferpack.runtime.modeling import TOKENIZERS
+from inferpack.runtime.skeletons import build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, handler_for
 
 

@@ -32,8 +32,9 @@ from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, choose_version, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
+from inferpack.runtime.versions import choose_version
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
