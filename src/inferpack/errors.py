@@ -70,6 +70,10 @@ class CompileError(InferpackError):
     """Tracing/compiling a model failed, or its output disagreed with eager mode."""
 
 
+class ImportFailed(InferpackError):
+    """A model could not be imported (`inferpack models import`); the repository is left unchanged."""
+
+
 class ConfigError(InferpackError):
     """A settings file or plan file that cannot be used."""
 

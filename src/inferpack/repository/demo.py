@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from inferpack.repository.dedup import store_shared_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Manifest, Task, write_manifest
+from inferpack.repository.sharing import store_shared_tokenizer
 
 Arch = Literal["minilm", "bert-base", "tiny"]
 PERTURBATION = 0.02  # noise std relative to each top-layer tensor's own std
@@ -119,16 +119,6 @@ def is_tenant_specific(name: str, config: dict[str, Any]) -> bool:
     return top in name or name.startswith(("qa_outputs.", "classifier."))
 
 
-def _shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
-    """Store the tokenizer once per repository, named by content hash."""
-    data = source.read_bytes()
-    target = repo.shared_dir() / "tokenizers" / f"{hashlib.sha256(data).hexdigest()[:16]}.json"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return target
-
-
 def make_demo_models(
     out: Path,
     count: int,
@@ -158,7 +148,7 @@ def make_demo_models(
     if not todo:
         return ids
     base = load_base(arch, seed)
-    tokenizer = _shared_tokenizer(repo, base.tokenizer_file)
+    tokenizer = store_shared_tokenizer(repo, base.tokenizer_file)
     config = dict(base.config)
     config["architectures"] = [_architecture(task)]
     if task == "text-classification":

@@ -17,6 +17,7 @@ Format = Literal["safetensors", "torchscript"]
 DType = Literal["fp32", "bf16"]
 Quantization = Literal["none", "int8-dynamic"]
 TargetName = Literal["cpu", "cuda", "neuron"]
+Pooling = Literal["mean", "cls", "max"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
 MANIFEST_FILE = "manifest.json"
 
@@ -32,7 +33,9 @@ class Footprint(BaseModel):
 
 
 class Agreement(BaseModel):
-    """How closely a compiled version's outputs match eager fp32 (written by `inferpack compile`)."""
+    """How closely a version's outputs match a reference: eager fp32 for a compiled version (written by
+    `inferpack compile`), transformers' own model for an imported one (written by `inferpack models
+    import`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +74,18 @@ class Manifest(BaseModel):
     parameters: int | None = Field(default=None, ge=0, description="Parameter count.")
     compiled_from: int | None = Field(default=None, description="Version this one was compiled from.")
     agreement: Agreement | None = None
+    pooling: Pooling = Field(
+        default="mean",
+        description="feature-extraction: how token states become one embedding (sentence-transformers' "
+        "Pooling module): mean over real tokens, the first (CLS) token, or the max over real tokens.",
+    )
+    normalize: bool = Field(default=True, description="feature-extraction: L2-normalise the embedding.")
+    source: str | None = Field(
+        default=None, description="Where an imported version came from (a folder, hub id or file)."
+    )
+    source_fingerprint: str | None = Field(
+        default=None, description="Hash of the imported source's file names, sizes and config."
+    )
     footprint: Footprint | None = None
     description: str = ""
 

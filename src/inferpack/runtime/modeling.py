@@ -55,6 +55,12 @@ class _TokenizerCache:
                 self._items[key] = found
             return found
 
+    def discard(self, path: Path) -> None:
+        """Forget a file's tokenizers (a checked-then-moved import must not pin its staging copy)."""
+        with self._lock:
+            for key in [k for k in self._items if k[0] == path]:
+                del self._items[key]
+
 
 TOKENIZERS = _TokenizerCache()
 

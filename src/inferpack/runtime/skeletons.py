@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from inferpack.errors import ModelLoadFailed
-from inferpack.repository.manifest import Manifest, Task
-from inferpack.runtime.heads import WRAPPERS, TaskWrapper
+from inferpack.repository.manifest import TASKS, Manifest, Pooling, Task
+from inferpack.runtime.heads import TaskWrapper, make_head
 from inferpack.runtime.shared import SharedGroup, SharedWeights, cast_floating
 
 _IMPORT_LOCK = threading.Lock()
@@ -44,7 +44,7 @@ def preload_libraries() -> None:
     """Import transformers and build one tiny BERT skeleton, so the first cold load in a lazy server does
     not pay seconds of imports (module imports happen on first use inside transformers)."""
     config = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}
-    for task in WRAPPERS:
+    for task in TASKS:
         build_skeleton({**config, "intermediate_size": 8, "vocab_size": 8}, task)
 
 
@@ -58,12 +58,17 @@ def transformers_class(task: Task) -> Any:
     }[task]
 
 
-def build_skeleton(config: dict[str, Any], task: Task) -> TaskWrapper:
+def build_skeleton(
+    config: dict[str, Any], task: Task, *, pooling: Pooling = "mean", normalize: bool = True
+) -> TaskWrapper:
     """The task's transformers module on the meta device: the architecture without any weights."""
     cfg = _transformers().AutoConfig.for_model(**config)
     with torch.device("meta"):
-        model = transformers_class(task).from_config(cfg, attn_implementation="sdpa")
-    return WRAPPERS[task](model)
+        try:
+            model = transformers_class(task).from_config(cfg, attn_implementation="sdpa")
+        except ValueError:  # no SDPA attention for this architecture (DeBERTa-v2): its own attention
+            model = transformers_class(task).from_config(cfg, attn_implementation="eager")
+    return make_head(task, model, pooling=pooling, normalize=normalize)
 
 
 def fill_weights(wrapper: TaskWrapper, state: dict[str, torch.Tensor]) -> TaskWrapper:
@@ -103,8 +108,10 @@ def build_eager(
         raise ModelLoadFailed("safetensors manifest names no architecture config")
     target = device or torch.device("cpu")
     config = json.loads((version_dir / manifest.config).read_text())
-    key = skeleton_key(config, manifest.task)
-    wrapper = SKELETONS.take(key) or build_skeleton(config, manifest.task)
+    key = skeleton_key(config, manifest)
+    wrapper = SKELETONS.take(key) or build_skeleton(
+        config, manifest.task, pooling=manifest.pooling, normalize=manifest.normalize
+    )
     state: dict[str, torch.Tensor] = {}
     if shared is None:
         shared = [SharedWeights().get(version_dir / rel, dtype, target) for rel in manifest.shared_weights]
@@ -116,9 +123,12 @@ def build_eager(
     return fill_weights(wrapper, state)
 
 
-def skeleton_key(config: dict[str, Any], task: Task) -> str:
+def skeleton_key(config: dict[str, Any], manifest: Manifest) -> str:
     """Identity of an architecture: the same key means a module shell can be refilled with the weights."""
-    return f"{task}|{json.dumps(config, sort_keys=True)}"
+    head: str = manifest.task
+    if manifest.task == "feature-extraction":
+        head += f"|{manifest.pooling}|{manifest.normalize}"
+    return f"{head}|{json.dumps(config, sort_keys=True)}"
 
 
 class SkeletonPool:

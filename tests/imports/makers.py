@@ -1,0 +1,99 @@
+"""Hugging Face-format model folders made offline with transformers, for import tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inferpack.repository.demo import minilm_path
+
+SMALL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def bert_vocab_size() -> int:
+    return len((minilm_path() / "vocab.txt").read_text().splitlines())
+
+
+def make_config(arch: str, head: str, **extra: Any) -> Any:
+    """A small random config of an architecture (vocabulary: MiniLM's BERT vocab)."""
+    import transformers
+
+    vocab = bert_vocab_size()
+    common: dict[str, Any] = {"vocab_size": vocab, **extra}
+    if head == "ForSequenceClassification":
+        common.update(id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    if arch == "bert":
+        return transformers.BertConfig(**SMALL, **common)
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(
+            dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common
+        )
+    if arch == "roberta":
+        return transformers.RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=0, **common)
+    if arch == "xlm-roberta":
+        return transformers.XLMRobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=0, **common)
+    if arch == "electra":
+        return transformers.ElectraConfig(**SMALL, embedding_size=16, **common)
+    if arch == "deberta-v2":
+        return transformers.DebertaV2Config(
+            **SMALL,
+            type_vocab_size=0,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            **common,
+        )
+    raise ValueError(arch)
+
+
+def make_folder(
+    out: Path,
+    arch: str = "bert",
+    head: str = "ForQuestionAnswering",
+    *,
+    seed: int = 0,
+    weights: str = "safetensors",
+    tokenizer: str = "json",
+    **extra: Any,
+) -> Path:
+    """A save_pretrained folder: a random `arch` model with `head` ("ForQuestionAnswering",
+    "ForSequenceClassification" or "Model"), weights as safetensors or pytorch_model.bin, and the BERT
+    tokenizer as tokenizer.json ("json") or only the slow tokenizer's vocab.txt ("vocab")."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = make_config(arch, head, **extra)
+    cls = getattr(transformers, "AutoModel" if head == "Model" else f"AutoModel{head}")
+    model = cls.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if weights == "bin":
+        (out / "model.safetensors").unlink()
+        torch.save(model.state_dict(), out / "pytorch_model.bin")
+    src = minilm_path()
+    if tokenizer == "json":
+        shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+        shutil.copyfile(src / "tokenizer_config.json", out / "tokenizer_config.json")
+    else:
+        shutil.copyfile(src / "vocab.txt", out / "vocab.txt")
+        cls_name = "DistilBertTokenizer" if arch == "distilbert" else "BertTokenizer"
+        settings = {"tokenizer_class": cls_name, "do_lower_case": True, "model_max_length": 512}
+        (out / "tokenizer_config.json").write_text(json.dumps(settings))
+    return out
+
+
+def copy_minilm(out: Path) -> Path:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder."""
+    shutil.copytree(minilm_path(), out)
+    return out
