@@ -217,6 +217,7 @@ def _tokenizer(root: Path, folder: Path) -> Path | None:
     slow tokenizer's files are there (converted at import); ImportFailed when there is none."""
     for base in (root, folder):
         if (base / "tokenizer.json").is_file():
+            read_json(base / "tokenizer.json", "the fast tokenizer")  # a truncated copy is named here
             return base / "tokenizer.json"
     if any((root / name).is_file() for name in SLOW_TOKENIZER_FILES) or (root / "merges.txt").is_file():
         return None

@@ -86,11 +86,26 @@ def load_reference(model: FolderModel) -> torch.nn.Module:
     weights = ", ".join(p.name for p in model.weight_files)
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # the import's own progress is shown instead
+    # The import's own progress and its own error (below) replace transformers' bars and load report.
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    cls = transformers_class(model.task)
     try:
-        loaded, info = transformers_class(model.task).from_pretrained(
-            str(model.root), dtype=torch.float32, output_loading_info=True, local_files_only=True
-        )
+        try:
+            loaded, info = cls.from_pretrained(
+                str(model.root), dtype=torch.float32, output_loading_info=True, local_files_only=True
+            )
+        except RuntimeError as exc:
+            if "ignore_mismatched_sizes" not in str(exc):
+                raise
+            # Load again only to learn which tensors have other shapes; refused below all the same.
+            loaded, info = cls.from_pretrained(
+                str(model.root),
+                dtype=torch.float32,
+                output_loading_info=True,
+                local_files_only=True,
+                ignore_mismatched_sizes=True,
+            )
     except Exception as exc:
         raise ImportFailed(
             f"transformers cannot build the model in {model.root} from config.json and {weights}: "
@@ -98,18 +113,31 @@ def load_reference(model: FolderModel) -> torch.nn.Module:
             hint="the weights must be the ones saved with this config.json (same architecture and sizes)",
         ) from exc
     missing = list(info.get("missing_keys") or [])
+    if model.task == "feature-extraction":  # the encoder's pooler (absent in task checkpoints) goes unused
+        missing = [k for k in missing if "pooler." not in k]
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:
-        shown = ", ".join(str(k) for k in (missing or mismatched)[:3])
+        shown = ", ".join(_describe(k) for k in (missing or mismatched)[:3])
         raise ImportFailed(
             f"{weights} in {model.root} do not match config.json for {model.task}: "
             f"{len(missing)} tensor(s) missing, {len(mismatched)} of another shape (e.g. {shown})",
-            hint="import the weights saved with this config; a bare encoder has no task head: import it as "
-            "feature-extraction, or fine-tune and save the task model",
+            hint="import the weights saved with this config.json"
+            + (
+                "; a checkpoint without this task's head (a bare encoder) imports as feature-extraction"
+                if missing
+                else ""
+            ),
         )
     loaded.eval()
     module: torch.nn.Module = loaded
     return module
+
+
+def _describe(key: object) -> str:
+    """A missing key, or a mismatched one as `name (file shape -> config shape)`."""
+    if isinstance(key, tuple) and len(key) == 3:
+        return f"{key[0]} ({'x'.join(map(str, key[1]))} in the file, {'x'.join(map(str, key[2]))} by config)"
+    return str(key)
 
 
 def _short(exc: Exception, limit: int = 400) -> str:

@@ -82,6 +82,6 @@ def hub_snapshot(repo_id: str) -> Path:
     except Exception as exc:
         raise ImportFailed(
             f"{repo_id!r} is not in the Hugging Face cache {cache} and could not be downloaded: "
-            f"{type(exc).__name__}: {exc}",
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             hint="check the id and the network (or set HF_HUB_CACHE / HF_HOME to the cache that holds it)",
         ) from exc
