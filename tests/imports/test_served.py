@@ -88,6 +88,24 @@ def _transformers_embeddings(folder: Path) -> np.ndarray[Any, Any]:
     return np.stack(rows)
 
 
+def _v2(server: RunningServer, model: str, output: str, **inputs: list[str]) -> np.ndarray[Any, Any]:
+    """One V2 inference with the real tritonclient (binary tensors, its default)."""
+    tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    tensors = []
+    for name, values in inputs.items():
+        tensor = triton.InferInput(name, [len(values)], "BYTES")
+        tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
+        tensors.append(tensor)
+    return tc.infer(model, tensors).as_numpy(output)  # type: ignore[no-any-return]
+
+
+def _seed(server: RunningServer, model: str, *params: str) -> Any:
+    query = dict(zip(("seq_0", "seq_1"), params, strict=False))
+    response = httpx.get(f"{server.url}/predictions/{model}", params=query)
+    assert response.status_code == 200, response.text
+    return response.json()["detail"]
+
+
 def test_imported_versions_record_their_check(served: tuple[RunningServer, Path]) -> None:
     from inferpack.repository.local import LocalRepository
 
@@ -107,15 +125,8 @@ def test_question_answering_matches_transformers(
     server, _ = served
     expected = _transformers_qa(sources["bert-qa"])
     assert expected  # a real span of the context
-    seed = httpx.get(f"{server.url}/predictions/bert-qa", params={"seq_0": QUESTION, "seq_1": CONTEXT})
-    assert seed.status_code == 200, seed.text
-    assert seed.json()["detail"] == expected
-    tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    question = triton.InferInput("question", [1], "BYTES")
-    question.set_data_from_numpy(np.array([QUESTION.encode()], dtype=object))
-    context = triton.InferInput("context", [1], "BYTES")
-    context.set_data_from_numpy(np.array([CONTEXT.encode()], dtype=object))
-    answer = tc.infer("bert-qa", [question, context]).as_numpy("answer")[0].decode()
+    assert _seed(server, "bert-qa", QUESTION, CONTEXT) == expected
+    answer = _v2(server, "bert-qa", "answer", question=[QUESTION], context=[CONTEXT])[0].decode()
     assert answer == expected
 
 
@@ -124,15 +135,8 @@ def test_classification_matches_transformers(
 ) -> None:
     server, _ = served
     expected = _transformers_labels(sources["distil-cls"])
-    seed = [
-        httpx.get(f"{server.url}/predictions/distil-cls", params={"seq_0": t}).json()["detail"] for t in TEXTS
-    ]
-    assert seed == expected
-    tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    text = triton.InferInput("text", [len(TEXTS)], "BYTES")
-    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
-    labels = [x.decode() for x in tc.infer("distil-cls", [text]).as_numpy("label")]
-    assert labels == expected
+    assert [_seed(server, "distil-cls", t) for t in TEXTS] == expected
+    assert [x.decode() for x in _v2(server, "distil-cls", "label", text=TEXTS)] == expected
 
 
 def test_embeddings_match_sentence_transformers_recipe(
@@ -140,16 +144,8 @@ def test_embeddings_match_sentence_transformers_recipe(
 ) -> None:
     server, _ = served
     expected = _transformers_embeddings(sources["all-MiniLM-L6-v2"])
-    seed = np.array(
-        [
-            httpx.get(f"{server.url}/predictions/all-MiniLM-L6-v2", params={"seq_0": t}).json()["detail"]
-            for t in TEXTS
-        ]
-    )
-    tc = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    text = triton.InferInput("text", [len(TEXTS)], "BYTES")
-    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
-    v2 = tc.infer("all-MiniLM-L6-v2", [text]).as_numpy("embedding")
+    seed = np.array([_seed(server, "all-MiniLM-L6-v2", t) for t in TEXTS])
+    v2 = _v2(server, "all-MiniLM-L6-v2", "embedding", text=TEXTS)
     for got in (seed, v2):
         assert got.shape == (len(TEXTS), 384)
         cosine = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
