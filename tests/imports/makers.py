@@ -97,3 +97,34 @@ def copy_minilm(out: Path) -> Path:
     """The real all-MiniLM-L6-v2 sentence-transformers folder."""
     shutil.copytree(minilm_path(), out)
     return out
+
+
+def make_finetunes(base: Path, out: Path, count: int, *, prefix: str = "tenant") -> list[Path]:
+    """`count` fine-tunes of a base folder that froze every layer but the top one: each copy has its
+    own top encoder layer and task head (seeded noise), every other tensor identical to the base."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((base / "config.json").read_text())
+    layers = int(config.get("num_hidden_layers") or config.get("n_layers"))
+    tensors = load_file(str(base / "model.safetensors"))
+    folders = []
+    for i in range(count):
+        gen = torch.Generator().manual_seed(1000 + i)
+        tuned = {
+            name: (t + 0.02 * torch.randn(t.shape, generator=gen) if _is_tuned(name, layers) else t)
+            for name, t in tensors.items()
+        }
+        folder = out / f"{prefix}-{i:04d}"
+        folder.mkdir(parents=True)
+        save_file(tuned, str(folder / "model.safetensors"))
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            if (base / name).is_file():
+                shutil.copyfile(base / name, folder / name)
+        folders.append(folder)
+    return folders
+
+
+def _is_tuned(name: str, layers: int) -> bool:
+    return f"layer.{layers - 1}." in name or name.startswith(
+        ("qa_outputs.", "classifier.", "pre_classifier.")
+    )
