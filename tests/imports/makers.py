@@ -30,24 +30,25 @@ def make_config(arch: str, head: str, **extra: Any) -> Any:
     import transformers
 
     vocab = bert_vocab_size()
-    common: dict[str, Any] = {"vocab_size": vocab, **extra}
+    shape = {**SMALL, **{k: v for k, v in extra.items() if k in SMALL}}
+    common: dict[str, Any] = {"vocab_size": vocab, **{k: v for k, v in extra.items() if k not in SMALL}}
     if head == "ForSequenceClassification":
         common.update(id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
     if arch == "bert":
-        return transformers.BertConfig(**SMALL, **common)
+        return transformers.BertConfig(**shape, **common)
     if arch == "distilbert":
         return transformers.DistilBertConfig(
             dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common
         )
     if arch == "roberta":
-        return transformers.RobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=0, **common)
+        return transformers.RobertaConfig(**shape, type_vocab_size=1, pad_token_id=0, **common)
     if arch == "xlm-roberta":
-        return transformers.XLMRobertaConfig(**SMALL, type_vocab_size=1, pad_token_id=0, **common)
+        return transformers.XLMRobertaConfig(**shape, type_vocab_size=1, pad_token_id=0, **common)
     if arch == "electra":
-        return transformers.ElectraConfig(**SMALL, embedding_size=16, **common)
+        return transformers.ElectraConfig(**shape, embedding_size=16, **common)
     if arch == "deberta-v2":
         return transformers.DebertaV2Config(
-            **SMALL,
+            **shape,
             type_vocab_size=0,
             relative_attention=True,
             pos_att_type=["p2c", "c2p"],
