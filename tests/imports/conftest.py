@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.imports.makers import copy_minilm, make_folder
+from inferpack.imports.samples import copy_minilm, make_folder
 
 
 @pytest.fixture(scope="session")

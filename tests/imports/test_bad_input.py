@@ -60,7 +60,7 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...], tuple[str, 
         "bert-qa",
         _edit_config(intermediate_size=80),
         (),
-        ("model.safetensors", "do not match config.json", "32x64 in the file"),
+        ("model.safetensors", "do not match config.json", "in the file", "by config"),
     ),
     "unsupported architecture": (
         "bert-qa",

@@ -8,11 +8,11 @@ import pytest
 
 from inferpack.imports.bulk import import_list, read_list
 from inferpack.imports.importer import Importer
+from inferpack.imports.samples import make_finetunes, make_folder
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.modeling import load_model
 from inferpack.runtime.tasks import TextInput
 from tests.imports.conftest import CliRunner
-from tests.imports.makers import make_finetunes, make_folder
 
 
 def _size(root: Path) -> int:

@@ -11,10 +11,10 @@ import torch
 
 from inferpack.errors import ImportFailed
 from inferpack.imports.importer import Importer
+from inferpack.imports.samples import make_folder
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.modeling import load_model
 from inferpack.runtime.tasks import TextInput
-from tests.imports.makers import make_folder
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Agreement, Manifest, Task, write_manifest
 from inferpack.repository.sharing import GroupStore, store_shared_tokenizer
-from inferpack.runtime.modeling import TOKENIZERS, LoadedModel, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.tasks import TextInput
 
 STAGING_PREFIX = ".import-"
@@ -61,7 +61,8 @@ class ImportResult:
     agreement: Agreement | None
     seconds: float
     skipped: bool = False
-    shared_bytes: int = 0
+    shared_bytes: int = 0  # bytes of this version's tensors found in the shared store
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: transformers, check, store
 
 
 class Importer:
@@ -78,6 +79,7 @@ class Importer:
         self.share = share
         self.clock = clock
         self.groups = GroupStore(repo)
+        self._phases: dict[str, float] = {}
 
     def import_source(
         self,
@@ -126,15 +128,17 @@ class Importer:
         made_root = not self.repo.root.exists()
         staging = self._staging_root()
         try:
+            self._phases = {}
             agreement: Agreement | None
             if resolved.kind == "folder":
-                agreement, shared = self._import_folder(resolved, chosen, task, staging, print_)
+                agreement = self._import_folder(resolved, chosen, task, staging, print_)
             else:
                 assert tokenizer is not None and task is not None
-                agreement, shared = self._import_torchscript(
-                    resolved, chosen, task, tokenizer, staging, print_
-                )
-            version = self._move_in(chosen, staging / chosen / "1")
+                self._import_torchscript(resolved, chosen, task, tokenizer, staging, print_)
+                agreement = None  # no reference to compare with: the output shapes are checked
+            mark = self.clock()
+            version, shared = self._move_in(chosen, staging / chosen / "1")
+            self._phases["store"] = self._phases.get("store", 0.0) + self.clock() - mark
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             if made_root and not any(self.repo.root.iterdir()):
@@ -143,7 +147,7 @@ class Importer:
         shutil.rmtree(staging, ignore_errors=True)
         return ImportResult(
             chosen, version, self.repo.manifest(chosen, version).task, resolved.label, agreement,
-            self.clock() - started, shared_bytes=shared,
+            self.clock() - started, shared_bytes=shared, phases=dict(self._phases),
         )  # fmt: skip
 
     # -- staging -----------------------------------------------------------------------------------
@@ -156,11 +160,14 @@ class Importer:
 
     def _import_folder(
         self, source: Source, model_id: str, task: Task | None, staging: Path, print_: str
-    ) -> tuple[Agreement, int]:
+    ) -> Agreement:
+        mark = self.clock()
         model = inspect_folder(source.path, task)
         tokenizer = load_tokenizer(model)
         tok_text = tokenizer_json(model, tokenizer)
         reference = load_reference(model)
+        self._phases["transformers"] = self.clock() - mark
+        mark = self.clock()
         vdir = staging / model_id / "1"
         vdir.mkdir(parents=True)
         (vdir / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")
@@ -185,12 +192,15 @@ class Importer:
             description=f"imported from {source.label} ({_architecture(model)})",
         )
         write_manifest(vdir / MANIFEST_FILE, manifest)
+        self._phases["store"] = self.clock() - mark
+        mark = self.clock()
         items = check_items(model.task)
         expected = reference_outputs(reference, tokenizer, items, model.task, model.pooling, model.normalize)
         del reference
         agreement = self._check_staged(staging, model_id, items, expected)
         write_manifest(vdir / MANIFEST_FILE, manifest.model_copy(update={"agreement": agreement}))
-        return agreement, 0
+        self._phases["check"] = self.clock() - mark
+        return agreement
 
     def _check_staged(
         self, staging: Path, model_id: str, items: list[TextInput], expected: list[ReferenceOutput]
@@ -210,7 +220,6 @@ class Importer:
             rows = output_rows(loaded.forward(batch), batch, loaded.manifest.task)
         finally:
             recycle(loaded)
-            TOKENIZERS.discard((staging / model_id / "1" / "tokenizer.json").resolve())
         comparison = compare([r.row for r in expected], rows)
         agreement = comparison.judge(TOLERANCES["fp32"])
         if not agreement.passed:
@@ -225,7 +234,7 @@ class Importer:
 
     def _import_torchscript(
         self, source: Source, model_id: str, task: Task, tokenizer: Path, staging: Path, print_: str
-    ) -> tuple[None, int]:
+    ) -> None:
         vdir = staging / model_id / "1"
         vdir.mkdir(parents=True)
         shutil.copyfile(source.path, vdir / "model.pt")
@@ -242,11 +251,8 @@ class Importer:
         )
         write_manifest(vdir / MANIFEST_FILE, manifest)
         loaded = _load_staged(staging, model_id)
-        try:
-            items = check_items(task)
-            out = loaded.forward(loaded.tokenizer.encode(items))
-        finally:
-            TOKENIZERS.discard((staging / model_id / "1" / "tokenizer.json").resolve())
+        items = check_items(task)
+        out = loaded.forward(loaded.tokenizer.encode(items))
         wanted = {"question-answering": 3, "text-classification": 2, "feature-extraction": 2}[task]
         if out.dim() != wanted or out.shape[0] != len(items) or not bool(torch.isfinite(out).all()):
             raise ImportFailed(
@@ -256,15 +262,16 @@ class Importer:
             )
         hidden = int(out.shape[1]) if task == "feature-extraction" else None
         write_manifest(vdir / MANIFEST_FILE, manifest.model_copy(update={"hidden_size": hidden}))
-        return None, 0
 
     # -- moving in ---------------------------------------------------------------------------------
 
-    def _move_in(self, model_id: str, staged: Path) -> int:
-        """Share the tokenizer and known layer groups, then rename the staged version into place."""
+    def _move_in(self, model_id: str, staged: Path) -> tuple[int, int]:
+        """Share the tokenizer and known layer groups, then rename the staged version into place;
+        returns the version and the bytes of its tensors found in the shared store."""
         manifest = Manifest.model_validate_json((staged / MANIFEST_FILE).read_text())
         created: list[Path] = []
         first_seen: list[str] = []
+        shared_bytes = 0
         try:
             tokenizer = store_shared_tokenizer(self.repo, staged / manifest.tokenizer)
             (staged / manifest.tokenizer).unlink()
@@ -273,7 +280,7 @@ class Importer:
                 from safetensors.torch import load_file
 
                 split = self.groups.split(load_file(str(staged / manifest.weights)))
-                created, first_seen = split.created, split.first_seen
+                created, first_seen, shared_bytes = split.created, split.first_seen, split.shared_bytes
                 if split.shared:
                     save_file(split.own, str(staged / manifest.weights))
                     update["shared_weights"] = [_relative(p) for p in split.shared]
@@ -284,7 +291,7 @@ class Importer:
                 path.unlink(missing_ok=True)
             raise
         self.groups.note(first_seen)
-        return version
+        return version, shared_bytes
 
     def _rename(self, model_id: str, staged: Path) -> int:
         model_dir = self.repo.root / model_id

@@ -112,10 +112,10 @@ def load_reference(model: FolderModel) -> torch.nn.Module:
             f"{type(exc).__name__}: {_short(exc)}",
             hint="the weights must be the ones saved with this config.json (same architecture and sizes)",
         ) from exc
-    missing = list(info.get("missing_keys") or [])
+    missing = sorted(info.get("missing_keys") or [])  # sets in transformers: sorted for one message
     if model.task == "feature-extraction":  # the encoder's pooler (absent in task checkpoints) goes unused
         missing = [k for k in missing if "pooler." not in k]
-    mismatched = list(info.get("mismatched_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
     if missing or mismatched:
         shown = ", ".join(_describe(k) for k in (missing or mismatched)[:3])
         raise ImportFailed(

@@ -7,6 +7,7 @@ weights, wrapped in a task head from `inferpack.runtime.heads`); TorchScript ver
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -40,26 +41,24 @@ def recycle(model: LoadedModel) -> None:
 
 
 class _TokenizerCache:
-    """Tokenizers shared by every model using the same file and length (thousands of models, one vocab)."""
+    """Tokenizers shared by every model using the same tokenizer and length (thousands of models, one
+    vocab). Keyed by the file's content, not its path: copies of one tokenizer in many version folders
+    (or an import's staging folder) share one parsed tokenizer."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[tuple[Path, int], TextTokenizer] = {}
+        self._items: dict[tuple[str, int], TextTokenizer] = {}
 
     def get(self, path: Path, max_length: int) -> TextTokenizer:
-        key = (path, max_length)
+        """The tokenizer of a tokenizer.json file, set up for `max_length` tokens."""
+        text = path.read_text(encoding="utf-8")
+        key = (hashlib.sha256(text.encode()).hexdigest(), max_length)
         with self._lock:
             found = self._items.get(key)
             if found is None:
-                found = TextTokenizer(Tokenizer.from_file(str(path)), max_length)
+                found = TextTokenizer(Tokenizer.from_str(text), max_length)
                 self._items[key] = found
             return found
-
-    def discard(self, path: Path) -> None:
-        """Forget a file's tokenizers (a checked-then-moved import must not pin its staging copy)."""
-        with self._lock:
-            for key in [k for k in self._items if k[0] == path]:
-                del self._items[key]
 
 
 TOKENIZERS = _TokenizerCache()

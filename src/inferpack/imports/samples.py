@@ -1,4 +1,9 @@
-"""Hugging Face-format model folders made offline with transformers, for import tests."""
+"""Hugging Face-format model folders made offline with transformers: sources for the import tests, the
+import benchmark, and for trying `inferpack models import` without a model of one's own.
+
+Random-initialised small models of each supported architecture, with MiniLM's BERT vocabulary as their
+tokenizer (a tokenizer.json, or only the slow tokenizer's vocab.txt), and fine-tunes of one base that
+froze every layer but the top one."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 
 def bert_vocab_size() -> int:
+    """Entries in MiniLM's BERT vocabulary (every sample model uses it)."""
     return len((minilm_path() / "vocab.txt").read_text().splitlines())
 
 
@@ -95,7 +101,7 @@ def make_folder(
 
 
 def copy_minilm(out: Path) -> Path:
-    """The real all-MiniLM-L6-v2 sentence-transformers folder."""
+    """Copy the real all-MiniLM-L6-v2 sentence-transformers folder to `out`."""
     shutil.copytree(minilm_path(), out)
     return out
 
