@@ -74,8 +74,9 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...], tuple[str, 
         ("--task", "question-answering"),
         ("do not match config.json", "qa_outputs", "feature-extraction"),
     ),
-    "sentencepiece without its package": ("bert-qa", _sentencepiece_only, (), ("spm.model", "pip install")),
-    "tokenizer not convertible": ("bert-qa", _unconvertible, (), ("cannot be converted", "tokenizer.json")),
+    # without sentencepiece installed: "needs the Python package(s) ..."; with it: "cannot be converted"
+    "sentencepiece not convertible": ("bert-qa", _sentencepiece_only, (), ("spm.model", "tokenizer.json")),
+    "tokenizer not convertible": ("bert-qa", _unconvertible, (), ("cannot be converted", "merges.txt")),
     "exists with --no-new-version": ("bert-qa", lambda f: None, ("--no-new-version",), ("already exists",)),
     "truncated safetensors": (
         "bert-qa",

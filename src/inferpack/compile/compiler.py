@@ -128,6 +128,8 @@ def compile_model(
         quantization=variant.quantization,
         target=options.target,
         labels=manifest.labels,
+        pooling=manifest.pooling,  # baked into the trace; kept as metadata
+        normalize=manifest.normalize,
         hidden_size=hidden,
         parameters=manifest.parameters,
         compiled_from=src,

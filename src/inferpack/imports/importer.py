@@ -102,29 +102,13 @@ class Importer:
         chosen = validate_model_id(model_id or resolved.default_id)
         files = source_files(resolved.path) if resolved.kind == "folder" else [resolved.path]
         print_ = fingerprint(files, resolved.path if resolved.kind == "folder" else resolved.path.parent)
-        if self.repo.has_model(chosen):
+        if skip_if_imported and self._already_imported(chosen, resolved, print_):
             latest = self.repo.manifest(chosen)
-            if skip_if_imported and latest.source == resolved.label and latest.source_fingerprint == print_:
-                return ImportResult(
-                    chosen, self.repo.latest_version(chosen), latest.task, resolved.label, latest.agreement,
-                    self.clock() - started, skipped=True,
-                )  # fmt: skip
-            if not new_version:
-                raise ImportFailed(
-                    f"model {chosen!r} already exists in {self.repo.root} (versions "
-                    f"{self.repo.versions(chosen)}) and --no-new-version was given",
-                    hint="drop --no-new-version to add the next version, or pass another --id",
-                )
-        if resolved.kind == "torchscript":
-            if tokenizer is None or task is None:
-                raise ImportFailed(
-                    f"{resolved.path} is a TorchScript file: it needs --tokenizer and --task",
-                    hint="--tokenizer names a tokenizer.json or a folder with the tokenizer's files",
-                )
-        elif tokenizer is not None:
-            raise ImportFailed(
-                "--tokenizer is for TorchScript files; a model folder brings its own tokenizer"
-            )
+            return ImportResult(
+                chosen, self.repo.latest_version(chosen), latest.task, resolved.label, latest.agreement,
+                self.clock() - started, skipped=True,
+            )  # fmt: skip
+        self._refuse_early(chosen, resolved, task, tokenizer, new_version)
         made_root = not self.repo.root.exists()
         staging = self._staging_root()
         try:
@@ -149,6 +133,38 @@ class Importer:
             chosen, version, self.repo.manifest(chosen, version).task, resolved.label, agreement,
             self.clock() - started, shared_bytes=shared, phases=dict(self._phases),
         )  # fmt: skip
+
+    def _already_imported(self, model_id: str, source: Source, print_: str) -> bool:
+        """True when the model's latest version came from this source, unchanged (bulk resume)."""
+        if not self.repo.has_model(model_id):
+            return False
+        latest = self.repo.manifest(model_id)
+        return latest.source == source.label and latest.source_fingerprint == print_
+
+    def _refuse_early(
+        self,
+        model_id: str,
+        source: Source,
+        task: Task | None,
+        tokenizer: Path | None,
+        new_version: bool,
+    ) -> None:
+        """Refuse what needs no file read: an existing id with --no-new-version, misplaced options."""
+        if not new_version and self.repo.has_model(model_id):
+            raise ImportFailed(
+                f"model {model_id!r} already exists in {self.repo.root} (versions "
+                f"{self.repo.versions(model_id)}) and --no-new-version was given",
+                hint="drop --no-new-version to add the next version, or pass another --id",
+            )
+        if source.kind == "torchscript" and (tokenizer is None or task is None):
+            raise ImportFailed(
+                f"{source.path} is a TorchScript file: it needs --tokenizer and --task",
+                hint="--tokenizer names a tokenizer.json or a folder with the tokenizer's files",
+            )
+        if source.kind == "folder" and tokenizer is not None:
+            raise ImportFailed(
+                "--tokenizer is for TorchScript files; a model folder brings its own tokenizer"
+            )
 
     # -- staging -----------------------------------------------------------------------------------
 

@@ -56,8 +56,10 @@ def load_tokenizer(model: FolderModel) -> Any:
     except ImportFailed:
         raise
     except Exception as exc:
+        files = sorted(p.name for p in model.root.iterdir() if "token" in p.name or "vocab" in p.name or
+                       p.suffix in (".model", ".txt"))  # fmt: skip
         raise ImportFailed(
-            f"the tokenizer in {model.root} cannot be converted to tokenizer.json: "
+            f"the tokenizer in {model.root} ({', '.join(files)}) cannot be converted to tokenizer.json: "
             f"{type(exc).__name__}: {_short(exc)}",
             hint="save a fast tokenizer (tokenizer.json) next to the model: "
             "AutoTokenizer.from_pretrained(...).save_pretrained(DIR)",
