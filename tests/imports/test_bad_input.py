@@ -158,3 +158,18 @@ def test_models_list_shows_invalid_folders_with_reasons(
         (".import-0123456789ab", "interrupted import"),
     ]:
         assert name in text and reason in text, (name, reason)
+
+
+def test_help_names_every_option(cli: CliRunner) -> None:
+    result = cli("models", "import", "--help")
+    assert result.code == 0
+    for option in (
+        "--repository",
+        "--id",
+        "--task",
+        "--tokenizer",
+        "--no-new-version",
+        "--from-list",
+        "--share",
+    ):
+        assert option in result.out

@@ -117,6 +117,10 @@ def test_torchscript_file_with_tokenizer_and_task(tmp_path: Path) -> None:
     traced.save(str(tmp_path / "qa.pt"))
     with pytest.raises(ImportFailed, match="needs --tokenizer and --task"):
         Importer(repo).import_source(str(tmp_path / "qa.pt"))
+    with pytest.raises(ImportFailed, match=r"returns \(3, \d+, 2\) .* not a text-classification output"):
+        Importer(repo).import_source(
+            str(tmp_path / "qa.pt"), tokenizer=folder / "tokenizer.json", task="text-classification"
+        )
     result = Importer(repo).import_source(
         str(tmp_path / "qa.pt"), tokenizer=folder / "tokenizer.json", task="question-answering"
     )

@@ -268,7 +268,14 @@ class Importer:
         write_manifest(vdir / MANIFEST_FILE, manifest)
         loaded = _load_staged(staging, model_id)
         items = check_items(task)
-        out = loaded.forward(loaded.tokenizer.encode(items))
+        try:
+            out = loaded.forward(loaded.tokenizer.encode(items))
+        except Exception as exc:  # a module with another signature or input contract
+            raise ImportFailed(
+                f"{source.path} fails on a batch of {len(items)} texts: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                hint="a TorchScript model takes (input_ids, attention_mask, token_type_ids) int64 tensors",
+            ) from exc
         wanted = {"question-answering": 3, "text-classification": 2, "feature-extraction": 2}[task]
         if out.dim() != wanted or out.shape[0] != len(items) or not bool(torch.isfinite(out).all()):
             raise ImportFailed(
