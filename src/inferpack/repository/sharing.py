@@ -112,8 +112,14 @@ class GroupStore:
         if not digests:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / INDEX).open("a") as fh:
-            fh.write("".join(json.dumps({"digest": d}) + "\n" for d in digests))
+        path = self.folder / INDEX
+        start = ""
+        if path.is_file() and path.stat().st_size:
+            with path.open("rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                start = "" if fh.read(1) == b"\n" else "\n"  # end a torn last line first
+        with path.open("a") as fh:
+            fh.write(start + "".join(json.dumps({"digest": d}) + "\n" for d in digests))
         self._index().update(digests)
 
 
