@@ -40,7 +40,11 @@ def resolve_source(text: str, base: Path | None = None) -> Source:
             )
         return Source("torchscript", path.resolve(), str(path.resolve()), path.stem)
     if _HUB_ID.fullmatch(text) and not text.startswith((".", "/")):
-        folder = hub_snapshot(text)
+        try:
+            folder = hub_snapshot(text)
+        except ImportFailed as exc:  # perhaps a mistyped folder: say both
+            message = f"there is no folder or file {path}, and {exc.message}"
+            raise ImportFailed(message, hint=exc.hint) from exc
         return Source("folder", folder, f"hf://{text}", text.rsplit("/", 1)[-1])
     raise ImportFailed(
         f"{text!r} is neither a folder, a file nor a Hugging Face model id",
