@@ -18,25 +18,30 @@ from inferpack.runtime.tasks import TextInput
 
 
 @pytest.mark.parametrize(
-    ("arch", "head", "task"),
+    ("arch", "head", "task", "tokenizer"),
     [
-        ("distilbert", "ForQuestionAnswering", "question-answering"),
-        ("roberta", "ForSequenceClassification", "text-classification"),
-        ("xlm-roberta", "Model", "feature-extraction"),
-        ("electra", "ForQuestionAnswering", "question-answering"),
-        ("deberta-v2", "ForSequenceClassification", "text-classification"),
-        ("deberta-v2", "ForQuestionAnswering", "question-answering"),
+        ("distilbert", "ForQuestionAnswering", "question-answering", "json"),
+        ("roberta", "ForSequenceClassification", "text-classification", "json"),
+        ("xlm-roberta", "Model", "feature-extraction", "json"),
+        ("electra", "ForQuestionAnswering", "question-answering", "vocab"),
+        ("deberta-v2", "ForSequenceClassification", "text-classification", "json"),
+        ("deberta-v2", "ForQuestionAnswering", "question-answering", "json"),
+        # only a sentencepiece slow tokenizer: converted to tokenizer.json at import
+        ("xlm-roberta", "ForQuestionAnswering", "question-answering", "sentencepiece"),
+        ("deberta-v2", "ForSequenceClassification", "text-classification", "sentencepiece"),
     ],
 )
 def test_each_encoder_architecture_imports_and_matches_transformers(
-    arch: str, head: str, task: str, tmp_path: Path
+    arch: str, head: str, task: str, tokenizer: str, tmp_path: Path
 ) -> None:
-    folder = make_folder(tmp_path / f"{arch}-src", arch, head)
+    folder = make_folder(tmp_path / f"{arch}-src", arch, head, tokenizer=tokenizer)
     repo = LocalRepository(tmp_path / "repo")
     result = Importer(repo).import_source(str(folder), model_id=arch)
     assert result.task == task and result.version == 1
     assert result.agreement is not None and result.agreement.passed
     assert result.agreement.max_abs_diff <= 1e-4
+    if tokenizer != "json":
+        assert not (folder / "tokenizer.json").exists()  # converted: the repository holds one
     loaded = load_model(repo, arch, dtype="fp32")  # as a server loads it (warm-up forwards included)
     item = TextInput("Who won?", "Ann won the race.") if task == "question-answering" else TextInput("hi")
     assert loaded.predict([item, item])[0].keys()

@@ -47,9 +47,9 @@ def make_config(arch: str, head: str, **extra: Any) -> Any:
             dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128, **common
         )
     if arch == "roberta":
-        return transformers.RobertaConfig(**shape, type_vocab_size=1, pad_token_id=0, **common)
+        return transformers.RobertaConfig(**shape, **{"type_vocab_size": 1, "pad_token_id": 0, **common})
     if arch == "xlm-roberta":
-        return transformers.XLMRobertaConfig(**shape, type_vocab_size=1, pad_token_id=0, **common)
+        return transformers.XLMRobertaConfig(**shape, **{"type_vocab_size": 1, "pad_token_id": 0, **common})
     if arch == "electra":
         return transformers.ElectraConfig(**shape, embedding_size=16, **common)
     if arch == "deberta-v2":
@@ -76,10 +76,13 @@ def make_folder(
 ) -> Path:
     """A save_pretrained folder: a random `arch` model with `head` ("ForQuestionAnswering",
     "ForSequenceClassification" or "Model"), weights as safetensors or pytorch_model.bin, and the BERT
-    tokenizer as tokenizer.json ("json") or only the slow tokenizer's vocab.txt ("vocab")."""
+    tokenizer as tokenizer.json ("json") or only the slow tokenizer's vocab.txt ("vocab"), or
+    ("sentencepiece", xlm-roberta and deberta-v2) only a small sentencepiece model trained here."""
     import transformers
 
     torch.manual_seed(seed)
+    if tokenizer == "sentencepiece":
+        extra = {"pad_token_id": 1, **extra}  # <pad> of XLM-R's and DeBERTa's sentencepiece vocabularies
     config = make_config(arch, head, **extra)
     cls = getattr(transformers, "AutoModel" if head == "Model" else f"AutoModel{head}")
     model = cls.from_config(config)
@@ -89,7 +92,9 @@ def make_folder(
         (out / "model.safetensors").unlink()
         torch.save(model.state_dict(), out / "pytorch_model.bin")
     src = minilm_path()
-    if tokenizer == "json":
+    if tokenizer == "sentencepiece":
+        _write_sentencepiece(out, arch)
+    elif tokenizer == "json":
         shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
         shutil.copyfile(src / "tokenizer_config.json", out / "tokenizer_config.json")
     else:
@@ -135,3 +140,37 @@ def _is_tuned(name: str, layers: int) -> bool:
     return f"layer.{layers - 1}." in name or name.startswith(
         ("qa_outputs.", "classifier.", "pre_classifier.")
     )
+
+
+SPM_TEXT = (
+    "Who won the race in Paris after a long day on the road?",
+    "The museum is in Rome, near the river and the old market.",
+    "On a clear day the sky is blue; at dusk it is red.",
+    "What a lovely day for a walk; the parcel arrived broken and late.",
+)
+SPM_FILES = {
+    "xlm-roberta": ("sentencepiece.bpe.model", "XLMRobertaTokenizer"),
+    "deberta-v2": ("spm.model", "DebertaV2Tokenizer"),
+}
+
+
+def _write_sentencepiece(out: Path, arch: str) -> None:
+    """Only a slow tokenizer: a tiny unigram sentencepiece model (trained here, offline) and its
+    tokenizer_config.json, named as XLM-R and DeBERTa-v2 folders name them."""
+    import io
+
+    import sentencepiece  # type: ignore[import-untyped]
+
+    name, tokenizer_class = SPM_FILES[arch]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_TEXT * 10),
+        model_writer=model,
+        vocab_size=60,
+        hard_vocab_limit=False,
+        model_type="unigram",
+        minloglevel=2,
+    )
+    (out / name).write_bytes(model.getvalue())
+    settings = {"tokenizer_class": tokenizer_class, "model_max_length": 512}
+    (out / "tokenizer_config.json").write_text(json.dumps(settings))
