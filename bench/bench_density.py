@@ -17,25 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import signal
 import subprocess
 from pathlib import Path
 
 import httpx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from inferpack.fleet.processes import free_port, python_cli, wait_ready
+from inferpack.fleet.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
+from inferpack.progress import counting_progress
 from inferpack.repository.demo import make_demo_models
 
 ROOT = Path(__file__).resolve().parent / "results"
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    m = re.search(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -61,16 +55,14 @@ def main() -> None:
 
     kind = f"{args.arch}-{'shared' if args.share_base else 'unique'}"
     repo = ROOT / f"density-{kind}"
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    ) as bar:
+    with counting_progress() as bar:
         task = bar.add_task(f"making {args.models} {kind} models", total=args.models)
         ids = make_demo_models(
             repo,
             args.models,
             arch=args.arch,
             prefix=f"tenant-{kind}",
-            share_base=args.share_base,  # type: ignore[arg-type]
+            share_base=args.share_base,
             progress=lambda _m: bar.advance(task),
         )
     order = list(ids)
@@ -81,19 +73,14 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [
-            *python_cli(),
-            "serve",
-            "--repository",
-            str(repo),
-            "--port",
-            str(port),
-            "--lazy",
-            "--memory-budget-mb",
-            str(args.budget_mb),
-            "--log-level",
-            "warning",
-        ],
+        server_command(
+            repository=str(repo),
+            models=None,
+            port=port,
+            threads=None,
+            log_level="warning",
+            extra_args=["--lazy", "--memory-budget-mb", str(args.budget_mb)],
+        )
     )
     try:
         wait_ready(url, server)
@@ -135,30 +122,32 @@ def main() -> None:
     overall = result.latency()
     cold = H.summarize(H.decode(result.histograms.cold))
     warm = H.summarize(H.decode(result.histograms.warm))
-    hits = metric(text, "inferpack_model_cache_hits_total")
-    misses = metric(text, "inferpack_model_cache_misses_total")
-    loads = metric(text, "inferpack_model_load_seconds_count")
-    load_sum = metric(text, "inferpack_model_load_seconds_sum")
-    evictions = metric(text, "inferpack_model_evictions_total", '{reason="budget"}')
-    model_mem = metric(text, "inferpack_model_memory_bytes") / 2**20
+    hits = metric_sum(text, "inferpack_model_cache_hits_total")
+    misses = metric_sum(text, "inferpack_model_cache_misses_total")
+    loads = metric_sum(text, "inferpack_model_load_seconds_count")
+    load_sum = metric_sum(text, "inferpack_model_load_seconds_sum")
+    evictions = metric_sum(text, "inferpack_model_evictions_total", {"reason": "budget"})
+    model_mem = metric_sum(text, "inferpack_model_memory_bytes") / 2**20
     print(
-        f"\n{args.models} {kind} models, budget {args.budget_mb:.0f} MiB, Zipf s={args.zipf_s}, {args.rate:g} req/s "
-        f"offered for {args.duration:g} s (+{args.warmup:g} s warm-up)"
+        f"\n{args.models} {kind} models, budget {args.budget_mb:.0f} MiB, Zipf s={args.zipf_s}, "
+        f"{args.rate:g} req/s offered for {args.duration:g} s (+{args.warmup:g} s warm-up)"
     )
     print(f"throughput {result.throughput():.1f} req/s, errors {result.error_count()}")
     for name, s in (("all", overall), ("warm", warm), ("cold", cold)):
         print(
-            f"  {name:4s} n={s.count:6d}  P50 {s.p50_ms:7.1f} ms  P90 {s.p90_ms:7.1f} ms  P99 {s.p99_ms:7.1f} ms"
+            f"  {name:4s} n={s.count:6d}  P50 {s.p50_ms:7.1f} ms  P90 {s.p90_ms:7.1f} ms  "
+            f"P99 {s.p99_ms:7.1f} ms"
         )
+    hit_ratio = hits / max(1.0, hits + misses)
+    print(f"hit ratio {hit_ratio:.3f} ({hits:.0f} hits, {misses:.0f} misses over the whole run)")
+    mean_load_ms = 1000 * load_sum / max(1.0, loads)
     print(
-        f"hit ratio {hits / max(1.0, hits + misses):.3f} ({hits:.0f} hits, {misses:.0f} misses over the whole run)"
+        f"cold loads {loads:.0f} ({loads / (args.duration + args.warmup):.1f}/s), "
+        f"mean load {mean_load_ms:.1f} ms, evictions {evictions:.0f}"
     )
     print(
-        f"cold loads {loads:.0f} ({loads / (args.duration + args.warmup):.1f}/s), mean load {1000 * load_sum / max(1.0, loads):.1f} ms, "
-        f"evictions {evictions:.0f}"
-    )
-    print(
-        f"model memory at end {model_mem:.0f} MiB; server peak RSS {peak:.0f} MiB (budget {args.budget_mb:.0f} MiB for models)"
+        f"model memory at end {model_mem:.0f} MiB; server peak RSS {peak:.0f} MiB "
+        f"(budget {args.budget_mb:.0f} MiB for models)"
     )
     summary = {
         "models": args.models,
@@ -170,9 +159,9 @@ def main() -> None:
         "all": overall.as_dict(),
         "warm": warm.as_dict(),
         "cold": cold.as_dict(),
-        "hit_ratio": hits / max(1.0, hits + misses),
+        "hit_ratio": hit_ratio,
         "loads": loads,
-        "mean_load_ms": 1000 * load_sum / max(1.0, loads),
+        "mean_load_ms": mean_load_ms,
         "evictions": evictions,
         "peak_rss_mb": peak,
         "model_memory_mb": model_mem,

@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +33,7 @@ from inferpack.imports.samples import make_finetunes, make_folder
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.hardware import hardware_tag
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "small": {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 128},
     "minilm": {
         "hidden_size": 384,

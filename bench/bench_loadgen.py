@@ -12,17 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import socket
-import time
+from multiprocessing.context import SpawnProcess
 from typing import Any
 
-import httpx
-
+from inferpack.fleet.processes import free_port, wait_ready
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import numbered_models
 
 
@@ -48,33 +46,18 @@ def _serve(port: int) -> None:
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_server() -> tuple[mp.Process, str]:
-    port = _free_port()
+def _start_server() -> tuple[SpawnProcess, str]:
+    port = free_port()
     proc = mp.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     proc.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:  # poll readiness
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not proc.is_alive():
-            raise RuntimeError("trivial server did not start")
-        time.sleep(0.05)
+    wait_ready(url, timeout_s=20)  # the trivial app answers 200 on every path, readiness included
+    return proc, url
 
 
 def _measure(url: str, shape: LoadShape, duration: float) -> BenchResult:
     config = BenchConfig(
-        target=Target(urls=[url]),
+        target=LoadTarget(urls=[url]),
         models=numbered_models("m", 1000),
         shape=shape,
         duration_s=duration,

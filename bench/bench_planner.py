@@ -14,34 +14,18 @@ heuristic and the naive baseline.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 
 from inferpack.planner.catalog import load_catalog
+from inferpack.planner.cli import quiet_fd1
 from inferpack.planner.packing import check_packing, packing_cost
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve
-
-
-@contextlib.contextmanager
-def quiet_fd1() -> Iterator[None]:
-    """HiGHS prints a banner to fd 1 once per process; keep the benchmark's output clean."""
-    sys.stdout.flush()
-    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
 
 
 def make_models(n: int, seed: int, median_rps: float, sigma: float) -> list[ModelDemand]:

@@ -26,24 +26,15 @@ import httpx
 import numpy as np
 import psutil
 
-from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
+from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.fleet import processes as P
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
 from inferpack.repository.demo import make_demo_models
-
-
-def _wait_ready(url: str, proc: Any, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not P.probe_ready(url):
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with status {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} not ready within {timeout_s:g} s")
-        time.sleep(0.1)
+from inferpack.runtime.hardware import usable_cores
 
 
 def inference_load(url: str, models: list[str], users: int, duration_s: float) -> dict[str, float]:
@@ -51,7 +42,7 @@ def inference_load(url: str, models: list[str], users: int, duration_s: float) -
     config = BenchConfig(
         mode="bmk",
         api="seed",
-        target=Target(urls=[url], description=url),
+        target=LoadTarget(urls=[url], description=url),
         models=models,
         shape=ClosedLoop(users=users),
         duration_s=duration_s,
@@ -177,8 +168,8 @@ def main() -> None:
             P.child_env(),
         )
         procs.append(router)
-        _wait_ready(direct, server)
-        _wait_ready(routed, router)
+        P.wait_ready(direct, server, timeout_s=300)
+        P.wait_ready(routed, router, timeout_s=300)
         results: dict[str, dict[str, list[dict[str, float]]]] = {
             "inference": {"direct": [], "router": []},
             "forward_only": {"direct": [], "router": []},
@@ -221,7 +212,7 @@ def main() -> None:
             )
         summary["config"] = {
             **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "cpus": P.usable_cores(),
+            "cpus": usable_cores(),
             "rounds_raw": results,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

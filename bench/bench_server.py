@@ -31,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from inferpack.fleet.processes import free_port, python_cli, wait_ready
+from inferpack.fleet.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
@@ -40,8 +40,9 @@ from inferpack.runtime.tasks import TextInput
 
 QUESTION = "Which bridge did the engineers repair first?"
 CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the old "
-    "stone bridge near the mill first, because the school buses used it, and then moved on to the rail bridge."
+    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
+    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
+    "bridge."
 )
 ROOT = Path(__file__).resolve().parent / "results"
 
@@ -139,21 +140,17 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
 
 
 def run_server(repo: Path, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready."""
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            *python_cli(),
-            "serve",
-            "--repository",
-            str(repo),
-            "--port",
-            str(port),
-            "--dtype",
-            dtype,
-            "--log-level",
-            "warning",
-        ],
+    cmd = server_command(
+        repository=str(repo),
+        models=None,
+        port=port,
+        threads=None,
+        log_level="warning",
+        extra_args=["--dtype", dtype],
     )
+    proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
     return proc, url
@@ -185,7 +182,8 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
     same, score_diff = agreement(repo, ids)
     print(
-        f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, max score diff {score_diff:.4f}"
+        f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, "
+        f"max score diff {score_diff:.4f}"
     )
     rows = []
     for dtype in args.dtypes.split(","):
@@ -193,7 +191,8 @@ def main() -> None:
         limit8 = bare_limit(repo, ids, dtype, args.duration, batch=8)
         limit = max(limit1, limit8)
         print(
-            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 -> limit {limit:.1f}",
+            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 "
+            f"-> limit {limit:.1f}",
             flush=True,
         )
         proc, url = run_server(repo_dir, dtype)
@@ -204,8 +203,10 @@ def main() -> None:
                 r = wrk(url, ids, c, args.duration)
                 rows.append((dtype, c, r, limit))
                 print(
-                    f"{dtype:5s} c={c:<3d} {r['rps']:7.1f} req/s  P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  "
-                    f"P99 {r['p99']:6.1f} ms  errors {int(r['errors'])}  limit {limit:6.1f} req/s  ratio {r['rps'] / limit:.2f}",
+                    f"{dtype:5s} c={c:<3d} {r['rps']:7.1f} req/s  "
+                    f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
+                    f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
+                    f"ratio {r['rps'] / limit:.2f}",
                     flush=True,
                 )
         finally:
@@ -215,7 +216,8 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         best = max((r for r in rows if r[0] == dtype), key=lambda r: r[2]["rps"])
         print(
-            f"  {dtype}: {best[2]['rps']:.1f} req/s at c={best[1]} = {best[2]['rps'] / best[3]:.2f} of the bare limit {best[3]:.1f}"
+            f"  {dtype}: {best[2]['rps']:.1f} req/s at c={best[1]} = {best[2]['rps'] / best[3]:.2f} "
+            f"of the bare limit {best[3]:.1f}"
         )
     np.set_printoptions(precision=3)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from inferpack import __version__
@@ -20,6 +20,7 @@ from inferpack.fleet.cli import register as register_fleet
 from inferpack.imports.cli import import_command
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
+from inferpack.progress import counting_progress
 from inferpack.repository.manifest import Task
 from inferpack.settings import DTypeChoice, load_settings
 
@@ -129,10 +130,29 @@ def models_demo(
             help="Store the common base once in _shared/weights/ (per-tenant fine-tunes of one base).",
         ),
     ] = True,
+    copies_of: Annotated[
+        str | None,
+        typer.Option(
+            help="Make --count copies of this model instead (one set of weights on disk and in memory)."
+        ),
+    ] = None,
+    from_repo: Annotated[
+        Path | None, typer.Option("--from", help="Repository of the --copies-of model (default: --out).")
+    ] = None,
+    seed_names: Annotated[
+        bool,
+        typer.Option(
+            "--seed-names", help="Name the models model0..model{N-1} as the reference does (prefix: model)."
+        ),
+    ] = False,
 ) -> None:
-    """Create N unique demo models offline (untrained heads; see docs/server.md)."""
+    """Create N unique demo models offline (untrained heads; see docs/server.md), or N copies of one model
+    (--copies-of; the reference's benchmark set-up)."""
     from inferpack.repository.demo import make_demo_models
 
+    if copies_of is not None:
+        _models_copies(out_dir, copies_of, count, from_repo=from_repo, seed_names=seed_names, prefix=prefix)
+        return
     if arch not in ("minilm", "bert-base", "tiny"):
         raise typer.BadParameter("--arch must be minilm, bert-base or tiny")
     if task not in ("question-answering", "text-classification", "feature-extraction"):
@@ -151,9 +171,31 @@ def models_demo(
             prefix=prefix,
             seed=seed,
             progress=lambda _m: progress.advance(bar),
+            names=[f"{prefix or 'model'}{i}" for i in range(count)] if seed_names else None,
         )
         progress.update(bar, completed=count)
     console.print(f"{len(ids)} models in {out_dir} ({ids[0]} .. {ids[-1]})")
+
+
+def _models_copies(
+    out_dir: Path, source: str, count: int, *, from_repo: Path | None, seed_names: bool, prefix: str | None
+) -> None:
+    from inferpack.repository.copies import copy_ids, make_copies
+    from inferpack.repository.local import LocalRepository
+
+    ids = copy_ids(source, count, seed_names=seed_names, prefix=prefix)
+    repo = LocalRepository(out_dir)
+    with _progress() as progress:
+        bar = progress.add_task(f"copying {source} {count} times", total=count)
+        make_copies(
+            repo,
+            source,
+            ids,
+            source_repo=LocalRepository(from_repo) if from_repo is not None else None,
+            progress=lambda _m: progress.advance(bar),
+        )
+        progress.update(bar, completed=count)
+    console.print(f"{len(ids)} copies of {source} in {out_dir} ({ids[0]} .. {ids[-1]})")
 
 
 @models_app.command("dedup")
@@ -223,20 +265,14 @@ def models_push(
     repository: Annotated[Path, typer.Option(help="Local repository folder.")] = Path("demo-repo"),
 ) -> None:
     """Upload a local repository to S3 (unchanged files skipped; manifests last). See docs/kubernetes.md."""
-    from inferpack.repository.s3 import push_repository
+    from inferpack.repository.s3push import push_repository
 
     counts = push_repository(repository, destination)
     console.print(f"{destination}: uploaded {counts['uploaded']}, unchanged {counts['skipped']}")
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    return counting_progress(console)
 
 
 def main() -> None:

@@ -23,11 +23,26 @@ class InvalidModelId(InferpackError):
 
 
 class ModelNotFound(InferpackError):
-    """No model (or version) of that id exists in the repository or on this server."""
+    """No model (or version) of that id exists in the repository or on this server.
+
+    `model_id` is set when the model itself is unknown (listing the server's models helps), not merely one
+    of its versions; transports turn that into their own how-to.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model_id = model_id
 
 
 class ModelNotReady(InferpackError):
-    """The model exists but is not loaded (unloaded, still loading, or its load failed)."""
+    """The model exists but is not loaded (unloaded, still loading, or its load failed).
+
+    `model_id` is set when loading that model is the remedy; transports turn that into their own how-to.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model_id = model_id
 
 
 class ModelLoadFailed(InferpackError):

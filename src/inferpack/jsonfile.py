@@ -1,5 +1,6 @@
 """Reading the project's JSON files (plans, endpoints, manifests, run configs) into pydantic models, with
-one wording for the errors: the file, what it should have been, and what to do next."""
+one wording for the errors: the file, what it should have been, and what to do next; and `StrictModel`,
+the base of every model those files (and the typed options around them) are made of."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import json
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inferpack.errors import ConfigError, InferpackError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown fields: a misspelt key in a file is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def read_json_model(
@@ -24,8 +31,19 @@ def read_json_model(
 ) -> M:
     """Parse `path` as `model`; a missing or invalid file raises `error` naming the file and the problem."""
     try:
-        return model.model_validate(json.loads(path.read_text()))
+        text = path.read_text()
     except FileNotFoundError as exc:
         raise error(f"{what} {path} not found", hint=missing_hint) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
+    except UnicodeDecodeError as exc:
         raise error(f"{what} {path} is not valid: {exc}") from exc
+    return parse_json_model(text, model, f"{what} {path}", error=error)
+
+
+def parse_json_model(
+    text: str, model: type[M], what: str, *, error: type[InferpackError] = ConfigError
+) -> M:
+    """Parse JSON `text` as `model`; invalid JSON or content raises `error` saying `what` is not valid."""
+    try:
+        return model.model_validate(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise error(f"{what} is not valid: {exc}") from exc

@@ -13,20 +13,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from inferpack.errors import PlanError
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
 
-Target = Literal["cpu", "cuda", "neuron"]
+TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
 PLAN_FORMAT_VERSION: Literal[1] = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Resources(_Strict):
+class Resources(StrictModel):
     """What one server may use: CPU cores, memory, and accelerators of the group's kind."""
 
     cpu: float = Field(gt=0, description="CPU cores (Kubernetes request/limit; local thread budget).")
@@ -35,7 +31,7 @@ class Resources(_Strict):
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator.")
 
 
-class ServerPlan(_Strict):
+class ServerPlan(StrictModel):
     """One server: a name unique in the plan (DNS-1123 label) and the model ids it holds."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -43,19 +39,19 @@ class ServerPlan(_Strict):
     expected_rps: float | None = Field(default=None, ge=0, description="Planned request rate (planner).")
 
 
-class ServerGroup(_Strict):
+class ServerGroup(StrictModel):
     """Servers of one machine kind: an instance type (or "local"), a target processor and resources."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     instance_type: str = "local"
-    target: Target = "cpu"
+    target: TargetName = "cpu"
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     price_per_hour: float | None = Field(default=None, ge=0, description="Per server (instance), USD.")
     resources: Resources
     servers: list[ServerPlan]
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     """A whole placement. `placement()` gives model -> servers; `validate_against()` checks a model list."""
 
     format_version: Literal[1] = PLAN_FORMAT_VERSION

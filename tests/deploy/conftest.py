@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+from pathlib import Path
+
 import pytest
 
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
@@ -58,3 +62,27 @@ def mixed_plan() -> Plan:
 def plan() -> Plan:
     """The mixed plan."""
     return mixed_plan()
+
+
+@pytest.fixture
+def no_cluster(tmp_path: Path) -> tuple[str, Path]:
+    """(the real kubectl, a kubeconfig whose only context `nowhere` points at a closed loopback port):
+    kubectl then parses a command fully and fails only when it reaches for the cluster."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed here")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        f"""apiVersion: v1
+kind: Config
+clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
+current-context: nowhere
+"""
+    )
+    return kubectl, config

@@ -166,8 +166,8 @@ def test_cli_driver_refuses_a_folder_it_did_not_render(tmp_path: Path) -> None:
 
 
 def test_endpoints_file_round_trip(plan: Plan, tmp_path: Path) -> None:
-    from inferpack.deploy.endpoints import ServerEndpoints, load_endpoints, save_endpoints
     from inferpack.deploy.render import plan_endpoints
+    from inferpack.endpoints import ServerEndpoints, load_endpoints, save_endpoints
     from inferpack.errors import ConfigError, PlanError
 
     endpoints = plan_endpoints(plan, "ns")

@@ -49,12 +49,31 @@ def test_every_rendered_inferpack_command_parses(plan: Plan) -> None:
     serve = parse(found["serve"]).params
     assert serve["repository"] == "s3://models-bucket/prod/repo" and serve["host"] == "0.0.0.0"
     router = parse(found["router"]).params
-    assert str(router["server_map"]).endswith("endpoints.json") and router["port"] == 8080
+    assert str(router["endpoints_file"]).endswith("endpoints.json") and router["port"] == 8080
     worker = parse(found["bench"]).params
     assert worker["out"] == "-" and worker["url"] == ["http://router.inferpack.svc.cluster.local:8080"]
+
+
+def test_older_flag_names_still_parse() -> None:
+    """`--server-map` was the endpoints file's flag before `--endpoints`; deployed manifests may use it."""
+    router = parse(["inferpack", "router", "--plan", "p.json", "--server-map", "e.json"]).params
+    assert str(router["endpoints_file"]) == "e.json"
+    argv = ["inferpack", "bench", "worker", "--plan", "p.json", "--server-map", "e.json"]
+    assert str(parse(argv).params["endpoints"]) == "e.json"
 
 
 def test_the_parser_rejects_an_unknown_flag() -> None:
     """The contract check is real: a flag the CLI lacks fails."""
     with pytest.raises(Exception, match="No such option"):
         parse(["inferpack", "serve", "--no-such-flag", "1"])
+
+
+def test_the_seq_mode_worker_command_parses() -> None:
+    """`seq` in the cluster: the worker takes the endpoints file (per-server Services) instead of a URL."""
+    job = render_bench_job(RenderOptions(bench_namespace="loadtest", bench_args=("--mode", "seq")))
+    argv = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    params = parse(argv).params
+    assert params["mode"] == "seq" and not params["url"]
+    # the endpoints file, whatever the option's parameter is called
+    assert "/etc/inferpack/placement/endpoints.json" in {str(v) for v in params.values()}
+    assert str(params["plan"]) == "/etc/inferpack/placement/plan.json"

@@ -3,14 +3,12 @@ an unreachable cluster give (with the real kubectl where it is installed; no API
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from inferpack.deploy.kubectl import Kubectl, KubectlError, explain_failure, run
+from inferpack.deploy.kubectl import Kubectl, KubectlError, explain_failure, run, run_attached
 
 
 def test_base_flags() -> None:
@@ -65,11 +63,111 @@ def test_bench_replaces_the_job_then_waits() -> None:
     cmds = Kubectl(namespace="serving").bench(Path("k8s"), 900)
     assert cmds[0] == [
         "kubectl", "--namespace", "serving", "delete", "job", "inferpack-bench",
-        "--ignore-not-found", "--wait=true",
+        "--ignore-not-found", "--cascade=foreground", "--wait=true",
     ]  # fmt: skip
     assert cmds[1] == ["kubectl", "apply", "-k", "k8s/bench"]
     assert cmds[2][3:6] == ["wait", "--for=condition=complete", "job/inferpack-bench"]
     assert cmds[2][-1] == "--timeout=900s"
+
+
+def test_bench_stop_removes_only_the_job_and_its_pods() -> None:
+    k = Kubectl(namespace="serving", context="c1")
+    assert k.bench_stop() == [
+        "kubectl", "--context", "c1", "--namespace", "serving", "delete", "job", "inferpack-bench",
+        "--ignore-not-found", "--cascade=foreground", "--wait=true",
+    ]  # fmt: skip
+    # the base (servers, router, namespace) is never named: `delete -k` is only in `delete`
+    assert "-k" not in k.bench_stop()
+
+
+def test_bench_idle_replaces_the_job_by_the_waiting_pod() -> None:
+    cmds = Kubectl(namespace="serving").bench_idle(Path("k8s"), 300)
+    assert cmds[0] == Kubectl(namespace="serving").bench_stop()
+    assert cmds[1] == ["kubectl", "apply", "-k", "k8s/bench-idle"]
+    assert cmds[2] == [
+        "kubectl", "--namespace", "serving", "wait", "--for=jsonpath={.status.ready}=1",
+        "job/inferpack-bench", "--timeout=300s",
+    ]  # fmt: skip
+
+
+def test_a_bench_namespace_of_its_own() -> None:
+    k = Kubectl(namespace="serving", bench_namespace="loadtest")
+    assert k.bench_stop()[1:3] == ["--namespace", "loadtest"]
+    run_cmds = k.bench(Path("k8s"), 60)
+    assert run_cmds[0][1:3] == ["--namespace", "loadtest"] and run_cmds[2][1:3] == ["--namespace", "loadtest"]
+    assert k.bench_pods()[1:3] == ["--namespace", "loadtest"]
+    assert k.pod_log("p-0")[1:3] == ["--namespace", "loadtest"]
+    assert k.logs(component="bench")[0][1:3] == ["--namespace", "loadtest"]
+    assert k.logs(component="router")[0][1:3] == ["--namespace", "serving"]
+    # delete: the Job, then the bench folder (its Namespace and placement copy), then the base
+    assert k.delete(Path("k8s")) == [
+        ["kubectl", "--namespace", "loadtest", "delete", "job", "inferpack-bench", "--ignore-not-found"],
+        ["kubectl", "delete", "-k", "k8s/bench", "--ignore-not-found"],
+        ["kubectl", "delete", "-k", "k8s", "--ignore-not-found"],
+    ]
+    assert k.status()[-1] == [
+        "kubectl", "--namespace", "loadtest", "get", "jobs,pods", "-l", "app.kubernetes.io/part-of=inferpack",
+        "-o", "wide",
+    ]  # fmt: skip
+    same = Kubectl(namespace="serving", bench_namespace="serving")
+    assert len(same.delete(Path("k8s"))) == 2 and len(same.status()) == 2
+
+
+def test_exec_into_a_server_the_router_or_a_bench_pod() -> None:
+    k = Kubectl(namespace="serving", context="c1")
+    assert k.exec("c7i-0", ["bash"], tty=True) == [
+        "kubectl", "--context", "c1", "--namespace", "serving", "exec", "-i", "-t",
+        "deployment/srv-c7i-0", "-c", "server", "--", "bash",
+    ]  # fmt: skip
+    assert k.exec_pod_lookup("c7i-0") is None and k.exec_pod_lookup("router") is None
+    assert k.exec("router", ["ls", "/tmp"], tty=False)[5:] == [
+        "exec", "-i", "deployment/router", "-c", "router", "--", "ls", "/tmp",
+    ]  # fmt: skip
+    lookup = k.exec_pod_lookup("bench-3")
+    assert lookup == [
+        "kubectl", "--context", "c1", "--namespace", "serving", "get", "pods", "-l",
+        "batch.kubernetes.io/job-name=inferpack-bench,batch.kubernetes.io/job-completion-index=3",
+        "--field-selector=status.phase=Running", "-o", "name",
+    ]  # fmt: skip
+    assert k.exec("bench-3", ["sh"], tty=False, pod="pod/inferpack-bench-3-x7")[5:] == [
+        "exec", "-i", "pod/inferpack-bench-3-x7", "-c", "worker", "--", "sh",
+    ]  # fmt: skip
+    with pytest.raises(KubectlError):
+        k.exec("bench-3", ["sh"], tty=False)
+
+
+def test_logs_follow_one_target_and_status_of_one_server() -> None:
+    k = Kubectl(namespace="serving")
+    follow = k.logs(server="c7i-0", follow=True, tail=20)[0]
+    assert follow == [
+        "kubectl", "--namespace", "serving", "logs", "-l", "inferpack.dev/server=c7i-0", "--all-containers",
+        "--prefix", "--tail=20", "--follow", "--max-log-requests=50",
+    ]  # fmt: skip
+    assert "--follow" not in k.logs(server="c7i-0")[0]
+    assert "app.kubernetes.io/component=router" in k.logs(server="router")[0]
+    bench = k.logs(server="bench-1")[0]
+    assert "batch.kubernetes.io/job-name=inferpack-bench,batch.kubernetes.io/job-completion-index=1" in bench
+    assert k.status("c7i-0") == [
+        [
+            "kubectl", "--namespace", "serving", "get", "deployments,services,pods",
+            "-l", "inferpack.dev/server=c7i-0", "-o", "wide",
+        ],
+        ["kubectl", "--namespace", "serving", "describe", "pods", "-l", "inferpack.dev/server=c7i-0"],
+    ]  # fmt: skip
+
+
+def test_run_attached_passes_the_terminal_and_the_exit_status() -> None:
+    seen: list[list[str]] = []
+    echoed: list[str] = []
+
+    def runner(cmd: list[str]) -> int:
+        seen.append(cmd)
+        return 7
+
+    assert run_attached(["kubectl", "exec", "x"], echo=echoed.append, runner=runner) == 7
+    assert seen == [["kubectl", "exec", "x"]] and echoed == ["$ kubectl exec x"]
+    with pytest.raises(KubectlError, match="not found on PATH"):
+        run_attached(["/nonexistent/kubectl", "exec", "x"])
 
 
 class FakeKubectl:
@@ -112,25 +210,9 @@ def test_missing_kubectl_is_a_clear_error() -> None:
         run([["/nonexistent/kubectl", "get", "pods"]])
 
 
-def test_real_kubectl_against_no_cluster(tmp_path: Path) -> None:
+def test_real_kubectl_against_no_cluster(no_cluster: tuple[str, Path]) -> None:
     """The real kubectl, pointed at a closed loopback port: the driver reports 'no cluster reachable'."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed here")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters: [{{name: none, cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}}}]
-users: [{{name: u, user: {{token: t}}}}]
-contexts: [{{name: nowhere, context: {{cluster: none, user: u}}}}]
-current-context: nowhere
-"""
-    )
+    kubectl, config = no_cluster
     k = Kubectl(context="nowhere", kubeconfig=config, binary=kubectl)
     with pytest.raises(KubectlError, match="no cluster reachable"):
         run([[*k.status()[0], "--request-timeout=5s"]], echo=lambda _line: None)

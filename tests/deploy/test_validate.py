@@ -15,7 +15,12 @@ import yaml
 
 from inferpack.deploy.kustomize import write_base
 from inferpack.deploy.options import HpaOptions, RenderOptions
-from inferpack.deploy.render import render_bench_job, render_manifests
+from inferpack.deploy.render import (
+    render_bench_job,
+    render_bench_namespace,
+    render_idle_bench_job,
+    render_manifests,
+)
 from inferpack.plan import Plan
 from inferpack.settings import ServerSettings
 
@@ -28,12 +33,36 @@ FULL = RenderOptions(
     model_cache_size_mb=20000,
     s3_endpoint_url="http://minio.storage:9000",
     aws_region="eu-west-1",
+    # load tests in their own namespace, on their own nodes, in the reference's sequential mode
+    bench_namespace="loadtest",
+    bench_node_selector={"node.kubernetes.io/instance-type": "c7i.4xlarge", "team": "perf"},
+    bench_args=("--mode", "seq"),
 )
 LOCAL_REPO = RenderOptions(repository="repo", router_replicas=1, prepull=False)
 
 
+def _bench(plan: Plan, options: RenderOptions) -> list[dict[str, Any]]:
+    return [
+        render_bench_job(options),
+        *render_bench_namespace(plan, options),
+        render_idle_bench_job(options),
+    ]
+
+
 def _all(plan: Plan, options: RenderOptions) -> list[dict[str, Any]]:
-    return [*render_manifests(plan, ServerSettings(), options), render_bench_job(options)]
+    return [*render_manifests(plan, ServerSettings(), options), *_bench(plan, options)]
+
+
+def _write(plan: Plan, out: Path, options: RenderOptions) -> list[dict[str, Any]]:
+    manifests = render_manifests(plan, ServerSettings(), options)
+    write_base(
+        out,
+        manifests,
+        render_bench_job(options),
+        render_bench_namespace(plan, options),
+        render_idle_bench_job(options),
+    )
+    return manifests
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -62,7 +91,7 @@ def test_strict_validation_catches_a_typo(plan: Plan, version: str) -> None:
 def test_written_files_pass_the_validator_cli_without_warnings(
     plan: Plan, tmp_path: Path, version: str
 ) -> None:
-    write_base(tmp_path, render_manifests(plan, ServerSettings(), FULL), render_bench_job(FULL))
+    _write(plan, tmp_path, FULL)
     files = sorted(str(p) for p in tmp_path.rglob("*.yaml") if p.name != "kustomization.yaml")
     cli = Path(sys.executable).parent / "kubernetes-validate"
     proc = subprocess.run(
@@ -75,7 +104,9 @@ def test_written_files_pass_the_validator_cli_without_warnings(
     lines = (proc.stdout + proc.stderr).splitlines()
     bad = [line for line in lines if not line.startswith("INFO ")]
     assert proc.returncode == 0 and not bad, "\n".join(bad)
-    assert sum("passed" in line for line in lines) == len(_all(plan, FULL))
+    # bench/ and bench-idle/ each carry the bench namespace's objects
+    written = len(_all(plan, FULL)) + len(render_bench_namespace(plan, FULL))
+    assert sum("passed" in line for line in lines) == written
 
 
 def _kubectl() -> str:
@@ -87,8 +118,7 @@ def _kubectl() -> str:
 
 def test_kubectl_kustomize_builds_the_base_and_the_bench_job(plan: Plan, tmp_path: Path) -> None:
     kubectl = _kubectl()
-    manifests = render_manifests(plan, ServerSettings(), FULL)
-    write_base(tmp_path, manifests, render_bench_job(FULL))
+    manifests = _write(plan, tmp_path, FULL)
     built = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr
     docs = [d for d in yaml.safe_load_all(built.stdout) if d]
@@ -99,7 +129,18 @@ def test_kubectl_kustomize_builds_the_base_and_the_bench_job(plan: Plan, tmp_pat
         [kubectl, "kustomize", str(tmp_path / "bench")], capture_output=True, text=True, check=False
     )
     assert job.returncode == 0, job.stderr
-    assert [d["kind"] for d in yaml.safe_load_all(job.stdout) if d] == ["Job"]
+    # the bench namespace of its own comes first, with its copy of the placement ConfigMap
+    bench_docs = [d for d in yaml.safe_load_all(job.stdout) if d]
+    assert [d["kind"] for d in bench_docs] == ["Namespace", "ConfigMap", "Job"]
+    assert {d["metadata"].get("namespace", "loadtest") for d in bench_docs} == {"loadtest"}
+    idle = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path / "bench-idle")], capture_output=True, text=True, check=False
+    )
+    assert idle.returncode == 0, idle.stderr
+    idle_job = [d for d in yaml.safe_load_all(idle.stdout) if d][-1]
+    assert idle_job["kind"] == "Job" and idle_job["spec"]["parallelism"] == 1
+    for doc in [*bench_docs, idle_job]:
+        kubernetes_validate.validate(doc, "1.33.0", strict=True)
 
 
 def test_an_overlay_can_patch_the_base(plan: Plan, tmp_path: Path) -> None:

@@ -144,6 +144,19 @@ def test_up_route_kill_restart_down(tiny_repo: Path, fleet_dirs: tuple[Path, Pat
         assert "server-0" in status.stdout and "server-1" in status.stdout and "router" in status.stdout
         rows = {r.name: r for r in ops.status_rows(state)}
         assert all(r.alive and r.ready for r in rows.values())
+
+        # `inferpack exec`: a command in server-1's own environment and the run directory, which reaches
+        # the server it sits beside
+        probe = (
+            "import os, httpx; e = os.environ; "
+            "print(os.getcwd(), e['OMP_NUM_THREADS'], e['HF_HUB_OFFLINE'], e['INFERPACK_EXEC_MODELS']); "
+            "print(httpx.get(e['INFERPACK_EXEC_URL'] + '/v2/health/ready', trust_env=False).status_code)"
+        )
+        inside = _run(["exec", "server-1", "--run-dir", str(run_dir), "--", sys.executable, "-c", probe])
+        assert inside.returncode == 0, inside.stderr
+        where, ready = inside.stdout.splitlines()
+        assert where.split() == [str(run_dir.resolve()), "1", "1", ",".join(models[:3])]
+        assert ready == "200"
         assert sum(rows[s].requests or 0 for s in ("server-0", "server-1")) >= 2 * len(models)
 
         victim = state.server("server-0")

@@ -15,6 +15,7 @@ from inferpack.fleet.processes import metric_sum, server_command, tail
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.fleet.supervisor import load_launch
 from inferpack.plan import load_plan
+from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import load_settings
 
 
@@ -34,7 +35,7 @@ def test_local_plan_of_an_empty_repository(tmp_path: Path) -> None:
 
 
 def test_threads_split_the_cores() -> None:
-    cores = os.cpu_count() or 1
+    cores = usable_cores()  # the CPUs this process may run on (affinity), as the code counts them
     assert ops.threads_per_server(0, 2) == max(1, cores // 2)
     assert ops.threads_per_server(0, 1000) == 1
     assert ops.threads_per_server(3, 2) == 3
@@ -106,6 +107,10 @@ def test_helpers(tmp_path: Path) -> None:
     ]
     text = 'x_total{a="1"} 2.0\nx_total{a="2"} 3.0\nx_total_created 5.0\n# x_total 9\n'
     assert metric_sum(text, "x_total") == 5.0
+    assert metric_sum(text, "x_total", {"a": "2"}) == 3.0
+    assert metric_sum(text, "x_total", {"a": "3"}) == 0.0
+    every = server_command(repository="r", models=None, port=1, threads=None, extra_args=["--lazy"])
+    assert "--models" not in every and "--threads" not in every and every[-1] == "--lazy"
     log = tmp_path / "l.log"
     log.write_text("\n".join(str(i) for i in range(100)))
     assert tail(log, 3) == "97\n98\n99"

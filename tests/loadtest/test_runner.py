@@ -13,7 +13,7 @@ from inferpack.loadtest.config import BenchConfig, TrafficSpec
 from inferpack.loadtest.result import aggregate
 from inferpack.loadtest.runner import Worker, new_event_loop, run_worker
 from inferpack.loadtest.shapes import ClosedLoop, OpenLoop, Step
-from inferpack.loadtest.targets import Target, resolve_target
+from inferpack.loadtest.targets import LoadTarget, resolve_target
 from inferpack.loadtest.traffic import numbered_models
 from inferpack.plan import Plan, save_plan
 
@@ -60,7 +60,7 @@ def test_seq_visits_every_model_of_every_server_exactly_once(
 
 def test_seq_keeps_order_with_one_user(fake_server: FakeServer) -> None:
     models = numbered_models("m", 12)
-    config = BenchConfig(mode="seq", target=Target(urls=[fake_server.url]), models=models)
+    config = BenchConfig(mode="seq", target=LoadTarget(urls=[fake_server.url]), models=models)
     run_worker(config)
     assert [m for _, m in fake_server.calls] == models
 
@@ -72,7 +72,7 @@ def test_open_loop_latency_includes_queueing_while_the_server_stalls(fake_server
     # is the delay users see and must be in the latency.
     fake_server.stall(after_requests=20, seconds=stall_s)
     config = BenchConfig(
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=["a"],
         shape=OpenLoop(steps=[Step(rate=rate)], max_in_flight=2),
         requests=150,
@@ -101,7 +101,7 @@ def test_closed_loop_request_count_warmup_and_errors(fake_server: FakeServer) ->
     fake_server.models = {"m-0", "m-1"}
     fake_server.shed_every = 10
     config = BenchConfig(
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=["m-0", "m-1", "missing"],
         shape=ClosedLoop(users=4),
         requests=120,
@@ -123,7 +123,7 @@ def test_closed_loop_request_count_warmup_and_errors(fake_server: FakeServer) ->
 def test_v2_api_and_connect_errors(fake_server: FakeServer) -> None:
     config = BenchConfig(
         api="v2",
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=["x/y", "z"],
         shape=ClosedLoop(users=2),
         requests=20,
@@ -132,13 +132,13 @@ def test_v2_api_and_connect_errors(fake_server: FakeServer) -> None:
     assert result.errors == {}
     assert {api for api, _ in fake_server.calls} == {"v2"}
     assert {m for _, m in fake_server.calls} == {"x/y", "z"}
-    dead = config.model_copy(update={"target": Target(urls=["http://127.0.0.1:9"]), "requests": 3})
+    dead = config.model_copy(update={"target": LoadTarget(urls=["http://127.0.0.1:9"]), "requests": 3})
     assert run_worker(dead).errors == {"connect error": 3}
 
 
 def test_duration_run_with_zipf_over_10000_models(fake_server: FakeServer) -> None:
     config = BenchConfig(
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=numbered_models("m", 10_000),
         traffic=TrafficSpec(kind="zipf", zipf_s=1.2),
         shape=OpenLoop(steps=[Step(rate=200)]),
@@ -161,7 +161,7 @@ def test_closed_loop_users_are_concurrent(fake_server: FakeServer) -> None:
     rates = {}
     for users in (1, 5):
         config = BenchConfig(
-            target=Target(urls=[fake_server.url]), models=["a"], shape=ClosedLoop(users=users), requests=50
+            target=LoadTarget(urls=[fake_server.url]), models=["a"], shape=ClosedLoop(users=users), requests=50
         )
         rates[users] = run_worker(config).throughput()
     # Every answer takes >= 20 ms: one user cannot beat 50 req/s; five users overlap their waits.
@@ -171,7 +171,7 @@ def test_closed_loop_users_are_concurrent(fake_server: FakeServer) -> None:
 
 def test_open_loop_latency_is_never_shorter_than_service_time(fake_server: FakeServer) -> None:
     config = BenchConfig(
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=["a"],
         shape=OpenLoop(steps=[Step(rate=400)], arrivals="poisson"),
         requests=200,
@@ -195,7 +195,7 @@ def test_open_loop_latency_is_never_shorter_than_service_time(fake_server: FakeS
 def test_requests_past_the_deadline_are_timeouts(fake_server: FakeServer) -> None:
     fake_server.delay_s = 0.5
     config = BenchConfig(
-        target=Target(urls=[fake_server.url]),
+        target=LoadTarget(urls=[fake_server.url]),
         models=["a"],
         shape=ClosedLoop(users=3),
         requests=6,

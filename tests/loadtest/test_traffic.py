@@ -108,3 +108,8 @@ def test_numbered_models_sort_in_rank_order() -> None:
     ids = numbered_models("m", N_MODELS)
     assert len(set(ids)) == N_MODELS and ids == sorted(ids)
     assert ids[0] == "m-00000"
+
+
+def test_numbered_models_with_the_reference_names() -> None:
+    """`--seed-names`: the ids the reference's benchmark and `models demo --seed-names` use."""
+    assert numbered_models("model", 3, seed_names=True) == ["model0", "model1", "model2"]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,9 @@ from typer.testing import CliRunner
 from inferpack.cli import app
 from inferpack.errors import ConfigError, PlanError
 from inferpack.plan import load_plan
-from inferpack.planner.inputs import model_memory_mb, read_models_csv, read_repository
+from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import simple_plan
+from inferpack.repository.manifest import Footprint, Manifest, write_manifest
 
 runner = CliRunner()
 
@@ -21,15 +21,25 @@ def _csv(path: Path, n: int) -> Path:
     return path
 
 
+def _version(folder: Path, *, weights_bytes: int = 0, resident_mb: float | None = None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"\0" * weights_bytes)
+    footprint = (
+        Footprint(resident_mb=resident_mb, load_seconds=0.1, measured_on="test") if resident_mb else None
+    )
+    manifest = Manifest(format="safetensors", task="feature-extraction", weights="model.safetensors")
+    write_manifest(folder / "manifest.json", manifest.model_copy(update={"footprint": footprint}))
+
+
 def _repo(root: Path) -> Path:
-    (root / "alpha" / "1").mkdir(parents=True)
-    (root / "alpha" / "2").mkdir()
-    (root / "alpha" / "2" / "manifest.json").write_text(json.dumps({"footprint": {"resident_mb": 321.5}}))
-    (root / "beta" / "1").mkdir(parents=True)
-    (root / "beta" / "1" / "model.safetensors").write_bytes(b"\0" * (10 * 2**20))
-    (root / "_shared" / "1").mkdir(parents=True)
-    (root / ".hidden" / "1").mkdir(parents=True)
+    _version(root / "alpha" / "1", weights_bytes=1)
+    _version(root / "alpha" / "2", resident_mb=321.5)
+    _version(root / "beta" / "1", weights_bytes=10 * 2**20)
+    _version(root / "_shared" / "1")
+    _version(root / ".hidden" / "1")
+    _version(root / "a..b" / "1")
     (root / "empty").mkdir()
+    (root / "no-manifest" / "1").mkdir(parents=True)
     return root
 
 
@@ -74,8 +84,25 @@ def test_simple_plan_even_counts_and_errors() -> None:
     counts = [len(s.models) for s in plan.servers()]
     assert sum(counts) == 30 and max(counts) - min(counts) <= 1
     assert all(len(set(v)) == 3 for v in plan.placement().values())
-    with pytest.raises(PlanError, match="need at least"):
-        simple_plan(["a"], 2, 3, cpu_per_server=1, memory_mb_per_server=1)
+    with pytest.raises(PlanError, match="no models"):
+        simple_plan([], 2, 1, cpu_per_server=1, memory_mb_per_server=1)
+
+
+def test_simple_plan_caps_copies_at_one_per_server() -> None:
+    plan = simple_plan(["a", "b"], 2, 3, cpu_per_server=1, memory_mb_per_server=1)
+    assert plan.placement() == {"a": ["server-0", "server-1"], "b": ["server-0", "server-1"]}
+    assert plan.metadata == {"servers": 2, "copies": 2, "copies_requested": 3}
+    exact = simple_plan(["a"], 2, 2, cpu_per_server=1, memory_mb_per_server=1)
+    assert "copies_requested" not in exact.metadata
+
+
+def test_the_cli_says_when_copies_are_capped(tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    args = ["plan", "--simple", "--servers", "2", "--copies", "5", "--repository", str(_repo(tmp_path / "r"))]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "5 copies asked for, 2 placed" in result.output
+    assert all(len(s) == 2 for s in load_plan(out).placement().values())
 
 
 def test_cli_errors_are_inferpack_errors(tmp_path: Path) -> None:
@@ -91,10 +118,11 @@ def test_cli_errors_are_inferpack_errors(tmp_path: Path) -> None:
 
 def test_repository_reading_uses_manifest_footprint_else_file_size(tmp_path: Path) -> None:
     models = read_repository(_repo(tmp_path / "r"), "bert-base", 2.0)
+    # Only what the repository API lists: valid ids ("a..b" is not one) with a version holding a manifest.
     assert [m.id for m in models] == ["alpha", "beta"]
-    assert models[0].memory_mb == 321.5
-    assert models[1].memory_mb == pytest.approx(model_memory_mb(tmp_path / "r" / "beta" / "1"))
-    assert 10 < models[1].memory_mb < 60
+    assert models[0].memory_mb == 321.5  # the newest version's measured footprint
+    # The server's estimate (repository.footprint): the weights with a 1% margin and 64 KiB.
+    assert models[1].memory_mb == pytest.approx(10 * 1.01 + 1 / 16)
     assert all(m.rate_rps == 2.0 for m in models)
 
 
@@ -106,9 +134,10 @@ def test_csv_errors_name_the_line(tmp_path: Path) -> None:
     f.write_text("id,memory\na,1\n")
     with pytest.raises(ConfigError, match="header"):
         read_models_csv(f, "bert-base")
-    f.write_text("id,memory_mb,rate_rps,model_class\n../x,100,1,minilm-l6\n")
-    with pytest.raises(ConfigError, match="invalid model id"):
-        read_models_csv(f, "bert-base")
+    for bad in ("../x", "a..b"):  # the server's id rule (repository.ids), `..` included
+        f.write_text(f"id,memory_mb,rate_rps,model_class\n{bad},100,1,minilm-l6\n")
+        with pytest.raises(ConfigError, match="invalid model id"):
+            read_models_csv(f, "bert-base")
 
 
 def test_exact_milp_refuses_huge_problems(tmp_path: Path) -> None:

@@ -21,14 +21,9 @@ import pytest
 
 from inferpack.errors import ModelNotFound, RepositoryError
 from inferpack.repository.local import LocalRepository, open_repository
-from inferpack.repository.s3 import (
-    SYNC_RECORD,
-    S3Repository,
-    make_s3_client,
-    open_s3_repository,
-    parse_s3_uri,
-    push_repository,
-)
+from inferpack.repository.s3 import SYNC_RECORD, S3Repository, open_s3_repository
+from inferpack.repository.s3config import make_s3_client, parse_s3_uri
+from inferpack.repository.s3push import push_repository
 
 WEED = Path(sys.executable).parent / "weed"
 

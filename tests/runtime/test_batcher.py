@@ -23,12 +23,14 @@ class GatedModel:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.batches: list[list[str]] = []
+        self.raw_flags: list[list[bool] | None] = []
         self.entered = threading.Semaphore(0)
 
-    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         self.entered.release()
         self.gate.wait(timeout=30)
         self.batches.append([i.text for i in items])
+        self.raw_flags.append(raw)
         return [{"echo": i.text} for i in items]
 
 
@@ -36,19 +38,20 @@ async def _entered(model: GatedModel) -> None:
     await asyncio.get_running_loop().run_in_executor(None, model.entered.acquire)
 
 
-async def test_waiting_requests_form_one_batch() -> None:
+async def test_waiting_requests_form_one_batch_raw_or_decoded() -> None:
     model = GatedModel()
     pool = InferencePool(threads=1)
     batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=8, max_wait_ms=0, max_queue=64))  # type: ignore[arg-type]
     first = asyncio.create_task(batcher.submit(TextInput("a")))
     await _entered(model)  # the only thread is busy with "a"
-    rest = [asyncio.create_task(batcher.submit(TextInput(t))) for t in "bcde"]
+    rest = [asyncio.create_task(batcher.submit(TextInput(t), raw=t == "c")) for t in "bcde"]
     while batcher.queue_depth < 4:
         await asyncio.sleep(0)
     model.gate.set()
     assert (await first)["echo"] == "a"
     assert [r["echo"] for r in await asyncio.gather(*rest)] == list("bcde")
     assert model.batches == [["a"], ["b", "c", "d", "e"]]
+    assert model.raw_flags == [None, [False, True, False, False]]  # raw items share the decoded ones' batch
     await batcher.close()
     pool.shutdown()
 
@@ -122,10 +125,10 @@ async def test_close_drains_queued_work_then_refuses() -> None:
 
 async def test_model_errors_reach_every_caller_and_the_batcher_survives() -> None:
     class Failing(GatedModel):
-        def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+        def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
             if items[0].text == "boom":
                 raise RuntimeError("kaboom")
-            return super().predict(items)
+            return super().predict(items, raw)
 
     model = Failing()
     model.gate.set()

@@ -129,3 +129,24 @@ def test_recycled_shells_are_refilled_with_the_next_models_weights(demo_repo: Pa
     assert got[0]["answer"] == expected[0]["answer"]
     assert abs(got[0]["score"] - expected[0]["score"]) < 1e-6
     assert SKELETONS.take(again.module.skeleton_key) is None  # type: ignore[union-attr]
+
+
+def test_raw_outputs_are_fp32_rows_trimmed_to_each_items_tokens(demo_repo: Path) -> None:
+    repo = LocalRepository(demo_repo)
+    short = TextInput("Who?", "Ann met Bob at noon.")
+    long = TextInput("Where did they meet?", "Ann met Bob at noon, by the fountain in the old square.")
+    for dtype in ("fp32", "bf16"):
+        model = load_model(repo, "qa-0000", dtype=dtype)  # type: ignore[arg-type]
+        tokens = [len(e.ids) for e in model.tokenizer.encode([short, long]).encodings]
+        raw_short, decoded_long = model.predict([short, long], raw=[True, False])
+        assert decoded_long["answer"] == model.predict([long])[0]["answer"]  # the widest row: no padding
+        assert set(raw_short) == {"start_logits", "end_logits"}
+        assert raw_short["start_logits"].dtype == np.float32 and len(raw_short["start_logits"]) == tokens[0]
+        alone = model.predict([short], raw=[True])[0]
+        tolerance = 1e-4 if dtype == "fp32" else 0.1
+        np.testing.assert_allclose(raw_short["end_logits"], alone["end_logits"], atol=tolerance)
+    classifier = load_model(repo, "cls-0000", dtype="fp32")
+    (raw,) = classifier.predict([TextInput("a fine day")], raw=[True])
+    (decoded,) = classifier.predict([TextInput("a fine day")])
+    probs = np.exp(raw["logits"]) / np.exp(raw["logits"]).sum()
+    np.testing.assert_allclose(probs, decoded["probabilities"], rtol=1e-5)

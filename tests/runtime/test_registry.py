@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from inferpack.errors import ModelLoadFailed, ModelNotFound, ModelNotReady
-from inferpack.runtime.batcher import InferencePool
+from inferpack.runtime.batcher import InferencePool, ModelBatcher
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import ServerSettings
@@ -30,7 +30,7 @@ class Echo:
         self.module = None
         self.extra: dict[str, Any] = {}
 
-    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         return [{"echo": f"{self.model_id}:{i.text}"} for i in items]
 
 
@@ -67,6 +67,12 @@ def _registry(loader: Loader, lazy: bool = False, **settings: Any) -> ModelRegis
 MB = 2**20
 
 
+async def ready_batcher(registry: ModelRegistry, model_id: str) -> tuple[ModelBatcher, bool]:
+    """A ready model's batcher and whether this call loaded it, without holding the model afterwards."""
+    async with registry.use(model_id) as got:
+        return got
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -82,7 +88,7 @@ clock = Clock()
 async def test_concurrent_first_requests_cause_exactly_one_load() -> None:
     loader = Loader()
     registry = _registry(loader, lazy=True)
-    results = await asyncio.gather(*(registry.ready_batcher("a") for _ in range(20)))
+    results = await asyncio.gather(*(ready_batcher(registry, "a") for _ in range(20)))
     assert loader.calls == {"a": 1}
     assert sum(cold for _, cold in results) == 1  # exactly one caller paid for the load
     await registry.close()
@@ -97,7 +103,7 @@ async def test_failing_load_does_not_block_other_models() -> None:
     assert loaded and entry.state == "ready"
     assert registry.entry("bad").state == "failed" and "corrupt" in registry.entry("bad").reason
     with pytest.raises(ModelNotReady, match="corrupt"):
-        await registry.ready_batcher("bad")
+        await ready_batcher(registry, "bad")
     await registry.close()
 
 
@@ -119,21 +125,21 @@ async def test_unknown_and_unloaded_models() -> None:
     with pytest.raises(ModelNotFound):
         registry.entry("zzz")
     with pytest.raises(ModelNotReady, match="load it"):
-        await registry.ready_batcher("a")  # known but not loaded, lazy loading off
+        await ready_batcher(registry, "a")  # known but not loaded, lazy loading off
     await registry.load("a")
-    batcher, cold = await registry.ready_batcher("a")
+    batcher, cold = await ready_batcher(registry, "a")
     assert not cold and (await batcher.submit(TextInput("x")))["echo"] == "a:x"
     await registry.unload("a")
     assert registry.entry("a").state == "unavailable"
     with pytest.raises(ModelNotReady):
-        await registry.ready_batcher("a")
+        await ready_batcher(registry, "a")
     await registry.close()
 
 
 async def test_budget_evicts_least_recently_used_and_stays_within_it() -> None:
     registry = _registry(Loader(), lazy=True, memory_budget_mb=2)
     for model in ("a", "b", "a", "c"):  # c must evict b (a was used more recently)
-        batcher, _ = await registry.ready_batcher(model)
+        batcher, _ = await ready_batcher(registry, model)
         await batcher.submit(TextInput("x"))
         assert registry.ledger.total_bytes <= 2 * MB
     assert registry.ready_models() == ["a", "c"]
@@ -145,9 +151,9 @@ async def test_budget_evicts_least_recently_used_and_stays_within_it() -> None:
 async def test_hot_models_survive_a_stream_of_one_off_models() -> None:
     registry = _registry(Loader(), lazy=True, memory_budget_mb=2)
     for _ in range(3):
-        await registry.ready_batcher("a")  # a is hot: used repeatedly
+        await ready_batcher(registry, "a")  # a is hot: used repeatedly
     for one_off in ("b", "c", "d", "b", "c"):
-        await registry.ready_batcher(one_off)
+        await ready_batcher(registry, one_off)
         assert "a" in registry.ready_models()  # segmented LRU: once-used models go first
     await registry.close()
 
@@ -161,13 +167,13 @@ async def test_pinned_and_busy_models_are_never_evicted() -> None:
         await asyncio.sleep(0)
     loader.release_slow.set()
     await slow
-    busy, _ = await registry.ready_batcher("slow")
+    busy, _ = await ready_batcher(registry, "slow")
     gate = threading.Event()
     original = busy.model.predict
 
-    def blocked(items: list[TextInput]) -> list[dict[str, Any]]:
+    def blocked(items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         gate.wait(timeout=30)
-        return original(items)
+        return original(items, raw)
 
     busy.model.predict = blocked  # type: ignore[method-assign]
     running = asyncio.create_task(busy.submit(TextInput("x")))
@@ -176,21 +182,58 @@ async def test_pinned_and_busy_models_are_never_evicted() -> None:
     from inferpack.errors import Overloaded
 
     with pytest.raises(Overloaded, match="memory budget full"):
-        await registry.ready_batcher("b")  # a pinned, slow busy: nothing can go
+        await ready_batcher(registry, "b")  # a pinned, slow busy: nothing can go
     assert registry.entry("b").state == "unavailable"
     gate.set()
     await running
-    await registry.ready_batcher("b")  # now slow is idle and goes
+    await ready_batcher(registry, "b")  # now slow is idle and goes
     assert registry.ready_models() == ["a", "b"]
     await registry.close()
 
 
 async def test_idle_models_are_unloaded() -> None:
     registry = _registry(Loader(), lazy=True, idle_unload_s=5, pinned_models=["b"])
-    await registry.ready_batcher("a")
+    await ready_batcher(registry, "a")
     await registry.load("b")
     assert await registry.evict_idle() == []  # fresh
     clock.now += 10
     assert await registry.evict_idle() == ["a"]
     assert registry.entry("a").state == "evicted" and registry.ready_models() == ["b"]
+    await registry.close()
+
+
+class OrderedLoader(Loader):
+    """Records the order in which loads start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+
+    def __call__(self, repo: Any, model_id: str, version: int | None, cold: bool = False) -> Any:
+        with self.lock:
+            self.order.append(model_id)
+        return super().__call__(repo, model_id, version, cold)
+
+
+async def test_startup_loads_pinned_first_then_every_model_and_keeps_failures() -> None:
+    loader = OrderedLoader()
+    loader.release_slow.set()
+    registry = _registry(loader, pinned_models=["d"])
+    await registry.load_startup()  # a failing model is kept as state, not raised
+    assert loader.order[0] == "d" and sorted(loader.order) == ["a", "b", "bad", "c", "d", "slow"]
+    assert registry.ready_models() == ["a", "b", "c", "d", "slow"]
+    assert registry.entry("bad").state == "failed" and "corrupt" in registry.entry("bad").reason
+    await registry.close()
+
+
+async def test_startup_loads_only_named_models_or_none_when_lazy() -> None:
+    loader = OrderedLoader()
+    registry = _registry(loader, models=["b", "a"], pinned_models=["c", "a"])
+    await registry.load_startup()
+    assert sorted(loader.order[:2]) == ["a", "c"] and loader.order[2:] == ["b"]  # pinned first, each once
+    await registry.close()
+    lazy = OrderedLoader()
+    registry = _registry(lazy, lazy=True, pinned_models=["c"])
+    await registry.load_startup()
+    assert lazy.order == ["c"] and registry.ready_models() == ["c"]
     await registry.close()

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from inferpack.compile.options import CompileOptions, QuantizeChoice
 from inferpack.errors import CompileError, InferpackError
+from inferpack.progress import counting_progress
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import DType, TargetName
 
@@ -74,8 +74,7 @@ def _compile_all(
 
     ids = repo.model_ids()
     results: list[CompileResult | tuple[str, str]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with counting_progress(console) as progress:
         bar = progress.add_task(f"compiling {len(ids)} models", total=len(ids))
         for model_id in ids:
             progress.update(bar, description=f"compiling {model_id}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +14,15 @@ from rich.console import Console
 
 from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
 from inferpack.deploy.image import build_commands, find_builder
-from inferpack.deploy.kubectl import Kubectl, run
-from inferpack.deploy.kustomize import HEADER, write_base
-from inferpack.deploy.options import HpaOptions, RenderOptions
-from inferpack.deploy.render import render_bench_job, render_manifests
+from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached
+from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, write_base
+from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
+from inferpack.deploy.render import (
+    render_bench_job,
+    render_bench_namespace,
+    render_idle_bench_job,
+    render_manifests,
+)
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
 from inferpack.settings import load_settings
@@ -32,6 +38,21 @@ NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Kubernetes
 ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: current).")]
 KubeconfigOpt = Annotated[Path | None, typer.Option("--kubeconfig", help="kubeconfig file.")]
 KubectlOpt = Annotated[str, typer.Option("--kubectl", help="kubectl binary.")]
+BenchNamespaceOpt = Annotated[
+    str | None, typer.Option(help="Namespace of the load-test pods (default: --namespace).")
+]
+# `k8s exec` without a command: a login shell of the image (python:3.11-slim has bash).
+DEFAULT_EXEC_COMMAND = ["bash"]
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 def _json_list(text: str | None, flag: str) -> tuple[str, ...] | None:
@@ -75,6 +96,19 @@ def render(
         typer.Option(help="Extra `bench worker` argument (repeatable; replaces --duration 60)."),
     ] = None,
     bench_command: Annotated[str | None, typer.Option(help="Whole worker command as a JSON list.")] = None,
+    bench_namespace: Annotated[
+        str | None, typer.Option(help="Run load tests in this namespace (default: --namespace).")
+    ] = None,
+    bench_instance_type: Annotated[
+        str | None, typer.Option(help="Run load-test pods on nodes of this instance type only.")
+    ] = None,
+    bench_node_selector: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE node label for load-test pods (repeatable)."),
+    ] = None,
+    bench_idle_timeout: Annotated[
+        int, typer.Option(min=1, help="Seconds the idle test pod (`k8s bench --idle`) waits.")
+    ] = 86400,
     router_command: Annotated[str | None, typer.Option(help="Whole router command as a JSON list.")] = None,
     prepull: Annotated[
         bool, typer.Option("--prepull/--no-prepull", help="Image pre-pull DaemonSets.")
@@ -94,6 +128,9 @@ def render(
     the_plan = load_plan(plan)
     settings = load_settings(config).server
     defaults = RenderOptions()
+    selector = _key_values(bench_node_selector, "--bench-node-selector")
+    if bench_instance_type:
+        selector[INSTANCE_TYPE_LABEL] = bench_instance_type
     options = RenderOptions(
         image=image or defaults.image,
         cuda_image=cuda_image,
@@ -110,6 +147,9 @@ def render(
         bench_workers=bench_workers,
         bench_args=tuple(bench_arg) if bench_arg else defaults.bench_args,
         bench_command=_json_list(bench_command, "--bench-command"),
+        bench_namespace=bench_namespace,
+        bench_node_selector=selector,
+        bench_idle_seconds=bench_idle_timeout,
         router_command=_json_list(router_command, "--router-command"),
         prepull=prepull,
         auth_secret=auth_secret,
@@ -117,7 +157,13 @@ def render(
         model_cache_size_mb=cache_size_mb,
     )
     manifests = render_manifests(the_plan, settings, options)
-    written = write_base(out, manifests, render_bench_job(options))
+    written = write_base(
+        out,
+        manifests,
+        render_bench_job(options),
+        render_bench_namespace(the_plan, options),
+        render_idle_bench_job(options),
+    )
     if image is None:
         console.print(f"[yellow]note:[/] no --image given; using {options.image}, which no cluster can pull")
     console.print(
@@ -126,8 +172,23 @@ def render(
     console.print(f"review: kubectl kustomize {out}    apply: inferpack k8s apply --dir {out}")
 
 
-def _kubectl(namespace: str, context: str | None, kubeconfig: Path | None, binary: str) -> Kubectl:
-    return Kubectl(namespace=namespace, context=context, kubeconfig=kubeconfig, binary=binary)
+def _kubectl(
+    namespace: str,
+    context: str | None,
+    kubeconfig: Path | None,
+    binary: str,
+    bench_namespace: str | None = None,
+    directory: Path | None = None,
+) -> Kubectl:
+    if bench_namespace is None and directory is not None:
+        bench_namespace = rendered_bench_namespace(directory)
+    return Kubectl(
+        namespace=namespace,
+        context=context,
+        kubeconfig=kubeconfig,
+        binary=binary,
+        bench_namespace=bench_namespace,
+    )
 
 
 def _check_dir(directory: Path) -> None:
@@ -156,27 +217,71 @@ def apply(
 
 @k8s_app.command("status")
 def status(
+    server: Annotated[
+        str | None, typer.Argument(help="One plan server: its objects, and its pod described.")
+    ] = None,
     namespace: NamespaceOpt = "inferpack",
+    bench_namespace: BenchNamespaceOpt = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
 ) -> None:
-    """Show workloads, pods (and their nodes), services, autoscalers and disruption budgets."""
-    run(_kubectl(namespace, context, kubeconfig, kubectl).status())
+    """Show workloads, pods (and their nodes), services, autoscalers and disruption budgets; with SERVER,
+    that server's Deployment, Service and pod (described, with its events)."""
+    run(_kubectl(namespace, context, kubeconfig, kubectl, bench_namespace).status(server))
 
 
 @k8s_app.command("logs")
 def logs(
-    server: Annotated[str | None, typer.Option(help="A plan server's name.")] = None,
+    target: Annotated[
+        str | None, typer.Argument(help="A plan server's name, `router` or `bench-INDEX`.")
+    ] = None,
+    server: Annotated[str | None, typer.Option(help="A plan server's name (same as TARGET).")] = None,
     component: Annotated[str, typer.Option(help="server, router, bench or prepull.")] = "server",
     tail: Annotated[int, typer.Option(help="Lines per pod.")] = 200,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
     namespace: NamespaceOpt = "inferpack",
+    bench_namespace: BenchNamespaceOpt = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
 ) -> None:
-    """Print recent logs of one server or of every pod of a component."""
-    run(_kubectl(namespace, context, kubeconfig, kubectl).logs(server=server, component=component, tail=tail))
+    """Print recent logs of one pod (server, router, bench-INDEX) or of every pod of a component; -f
+    follows them."""
+    driver = _kubectl(namespace, context, kubeconfig, kubectl, bench_namespace)
+    commands = driver.logs(server=target or server, component=component, tail=tail, follow=follow)
+    if follow:
+        raise typer.Exit(run_attached(commands[0]))
+    run(commands)
+
+
+@k8s_app.command("exec")
+def exec_command(
+    target: Annotated[str, typer.Argument(help="A plan server's name, `router` or `bench-INDEX`.")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run after `--` (default: bash).")
+    ] = None,
+    namespace: NamespaceOpt = "inferpack",
+    bench_namespace: BenchNamespaceOpt = None,
+    context: ContextOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    kubectl: KubectlOpt = "kubectl",
+) -> None:
+    """A shell (or CMD) in a server's pod, the router, or a load-test pod: `k8s exec c7i-0 -- ls /tmp`.
+
+    `bench-0` is the idle test pod of `k8s bench --idle` (or worker 0 of a running load test)."""
+    driver = _kubectl(namespace, context, kubeconfig, kubectl, bench_namespace)
+    pod = None
+    if (lookup := driver.exec_pod_lookup(target)) is not None:
+        found = run([lookup], capture=True)[0].split()
+        if not found:
+            raise KubectlError(
+                f"no running pod for {target}",
+                hint="start the idle test pod with `inferpack k8s bench --idle`",
+            )
+        pod = found[0]
+    cmd = driver.exec(target, list(command or DEFAULT_EXEC_COMMAND), tty=sys.stdin.isatty(), pod=pod)
+    raise typer.Exit(run_attached(cmd))
 
 
 @k8s_app.command("delete")
@@ -187,9 +292,10 @@ def delete(
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
 ) -> None:
-    """Delete the load-test Job and everything the base created (namespace included)."""
+    """Delete the load-test Job and everything the base created (namespace included); to stop only the
+    load tests, use `inferpack k8s bench --stop`."""
     _check_dir(directory)
-    run(_kubectl(namespace, context, kubeconfig, kubectl).delete(directory))
+    run(_kubectl(namespace, context, kubeconfig, kubectl, directory=directory).delete(directory))
 
 
 @k8s_app.command("bench")
@@ -197,14 +303,44 @@ def bench(
     directory: DirOpt = Path("k8s"),
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the Job.")] = 3600,
     out: Annotated[Path | None, typer.Option(help="Also collect the merged result into this folder.")] = None,
+    idle: Annotated[
+        bool, typer.Option("--idle", help="Start one test pod that waits (then `k8s exec bench-0`).")
+    ] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Only delete the load-test Job and its pods (or the idle pod).")
+    ] = False,
     namespace: NamespaceOpt = "inferpack",
+    bench_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Namespace of the load-test pods (default: the one rendered under --dir, else -n)."
+        ),
+    ] = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
 ) -> None:
-    """Run the load-test Job (rendered under DIR/bench) to completion; with --out, collect its result."""
+    """Run the load-test Job (rendered under DIR/bench) to completion; with --out, collect its result.
+
+    --idle starts the idle test pod instead (DIR/bench-idle), --stop removes whichever runs."""
+    if idle and stop:
+        raise ConfigError("use either --idle or --stop")
+    rendered = directory if (directory / "kustomization.yaml").is_file() else None
+    driver = _kubectl(namespace, context, kubeconfig, kubectl, bench_namespace, rendered)
+    if stop:
+        run([driver.bench_stop()])
+        return
     _check_dir(directory)
-    driver = _kubectl(namespace, context, kubeconfig, kubectl)
+    if idle:
+        if not (directory / "bench-idle" / "kustomization.yaml").is_file():
+            raise ConfigError(
+                f"{directory} has no bench-idle/ folder", hint="render it again with `inferpack k8s render`"
+            )
+        run(driver.bench_idle(directory, timeout))
+        console.print(
+            "idle test pod running: `inferpack k8s exec bench-0`; remove it: `inferpack k8s bench --stop`"
+        )
+        return
     run(driver.bench(directory, timeout))
     if out is not None:
         _collect(driver, out)
@@ -225,12 +361,13 @@ def collect(
         "k8s-bench"
     ),
     namespace: NamespaceOpt = "inferpack",
+    bench_namespace: BenchNamespaceOpt = None,
     context: ContextOpt = None,
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
 ) -> None:
     """Fetch every load-test worker's log and merge their histograms exactly into one result."""
-    _collect(_kubectl(namespace, context, kubeconfig, kubectl), out)
+    _collect(_kubectl(namespace, context, kubeconfig, kubectl, bench_namespace), out)
 
 
 @eks_app.command("cluster-config")
@@ -243,10 +380,21 @@ def cluster_config(
     karpenter: Annotated[
         Path | None, typer.Option(help="Also write Karpenter NodePools for the same mix to this file.")
     ] = None,
+    bench_instance_type: Annotated[
+        str | None,
+        typer.Option(help="A node group of this type for load tests (label inferpack.dev/role=bench)."),
+    ] = None,
+    bench_nodes: Annotated[int, typer.Option(min=1, help="Nodes of the load-test node group.")] = 1,
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
-    options = ClusterOptions(name=name, region=region, kubernetes_version=version)
+    options = ClusterOptions(
+        name=name,
+        region=region,
+        kubernetes_version=version,
+        bench_instance_type=bench_instance_type,
+        bench_nodes=bench_nodes,
+    )
     text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
     if out is None:
         print(text, end="")

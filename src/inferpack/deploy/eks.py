@@ -31,6 +31,9 @@ class ClusterOptions:
     s3_policy_arn: str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"
     namespace: str = "inferpack"
     node_class: str = "inferpack"
+    # Load tests on nodes of their own (the reference's test_instance_type); None: on the system nodes.
+    bench_instance_type: str | None = None
+    bench_nodes: int = 1
 
 
 def _nodes_by_type(plan: Plan) -> dict[str, tuple[ServerGroup, int]]:
@@ -55,7 +58,8 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
     """An eksctl ClusterConfig (eksctl.io/v1alpha5): OIDC + the servers' IRSA role, one node group per type.
 
     AL2023 is the AMI family throughout; eksctl picks its NVIDIA or Neuron variant for GPU and Inferentia
-    instance types. A system node group runs the router, CoreDNS and the load-test pods.
+    instance types. A system node group runs the router, CoreDNS and the load-test pods, unless
+    `bench_instance_type` gives the load tests a node group of their own.
     """
     options = options or ClusterOptions()
     groups: list[Manifest] = [
@@ -84,6 +88,20 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
         if taints := _taints(group):
             node_group["taints"] = taints
         groups.append(node_group)
+    if options.bench_instance_type:
+        # Pods reach these nodes with `k8s render --bench-node-selector inferpack.dev/role=bench`.
+        groups.append(
+            {
+                "name": "bench",
+                "instanceType": options.bench_instance_type,
+                "amiFamily": "AmazonLinux2023",
+                "desiredCapacity": options.bench_nodes,
+                "minSize": 0,
+                "maxSize": options.bench_nodes,
+                "labels": {"inferpack.dev/role": "bench"},
+                "privateNetworking": True,
+            }
+        )
     config: Manifest = {
         "apiVersion": "eksctl.io/v1alpha5",
         "kind": "ClusterConfig",

@@ -6,6 +6,7 @@ Nothing here talks to the Kubernetes API directly: a platform team can read, cop
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -13,11 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferpack.deploy.options import LABEL_COMPONENT, LABEL_PART_OF
+from inferpack.deploy.options import LABEL_COMPONENT, LABEL_PART_OF, LABEL_SERVER
 from inferpack.deploy.render import BENCH_JOB, ROUTER
+from inferpack.deploy.servers import server_object_name
 from inferpack.errors import InferpackError
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# `bench-3`: the load-test pod of completion index 3 (the idle test pod is `bench-0`).
+_BENCH_POD = re.compile(r"^bench-(\d+)$")
 # kubectl's own words for "there is no cluster to talk to"; mapped to one clear error.
 _UNREACHABLE = (
     "unable to connect to the server",
@@ -45,6 +50,7 @@ class Kubectl:
     context: str | None = None
     kubeconfig: Path | None = None
     binary: str = "kubectl"
+    bench_namespace: str | None = None  # load tests' own namespace (None: `namespace`)
 
     def base(self, *, namespaced: bool = True) -> list[str]:
         """`kubectl [--kubeconfig F] [--context C] [--namespace N]`."""
@@ -57,6 +63,17 @@ class Kubectl:
             cmd += ["--namespace", self.namespace]
         return cmd
 
+    def bench_base(self) -> list[str]:
+        """`base()` in the load tests' namespace."""
+        return Kubectl(
+            self.bench_namespace or self.namespace, self.context, self.kubeconfig, self.binary
+        ).base()
+
+    @property
+    def separate_bench_namespace(self) -> bool:
+        """True when load tests run in a namespace of their own."""
+        return self.bench_namespace is not None and self.bench_namespace != self.namespace
+
     def apply(self, base_dir: Path, *, server_dry_run: bool = False) -> list[list[str]]:
         """Apply the rendered base, then wait for the router and every server to be rolled out."""
         cmd = [*self.base(namespaced=False), "apply", "-k", str(base_dir)]
@@ -65,52 +82,119 @@ class Kubectl:
         wait = [*self.base(), "rollout", "status", "deployment", "-l", f"{LABEL_PART_OF}=inferpack"]
         return [cmd, [*wait, "--timeout=30m"]]
 
-    def status(self) -> list[list[str]]:
-        """What is running: workloads, pods (with nodes), services, autoscalers, budgets."""
+    def status(self, server: str | None = None) -> list[list[str]]:
+        """What is running: workloads, pods (with nodes), services, autoscalers, budgets; or, for one plan
+        server, its Deployment, Service and pod, then the pod described (events say why it is not ready)."""
+        if server is not None:
+            selector = f"{LABEL_SERVER}={server}"
+            return [
+                [*self.base(), "get", "deployments,services,pods", "-l", selector, "-o", "wide"],
+                [*self.base(), "describe", "pods", "-l", selector],
+            ]
         selector = f"{LABEL_PART_OF}=inferpack"
         kinds = "deployments,daemonsets,jobs,services,hpa,pdb"
-        return [
+        commands = [
             [*self.base(), "get", kinds, "-l", selector, "-o", "wide"],
             [*self.base(), "get", "pods", "-l", selector, "-o", "wide"],
         ]
+        if self.separate_bench_namespace:
+            commands.append([*self.bench_base(), "get", "jobs,pods", "-l", selector, "-o", "wide"])
+        return commands
 
     def logs(
-        self, *, server: str | None = None, component: str = "server", tail: int = 200
+        self,
+        *,
+        server: str | None = None,
+        component: str = "server",
+        tail: int = 200,
+        follow: bool = False,
     ) -> list[list[str]]:
-        """Logs of one plan server, or of every pod of a component (server, router, bench)."""
-        selector = f"inferpack.dev/server={server}" if server else f"{LABEL_COMPONENT}={component}"
-        cmd = [*self.base(), "logs", "-l", selector, "--all-containers", "--prefix", f"--tail={tail}"]
+        """Logs of one pod (a plan server, `router`, `bench-INDEX`) or of every pod of a component (server,
+        router, bench, prepull); `follow` keeps streaming them."""
+        if server is not None:
+            base, selector = self._target(server)
+        else:
+            base = self.bench_base() if component == "bench" else self.base()
+            selector = f"{LABEL_COMPONENT}={component}"
+        cmd = [*base, "logs", "-l", selector, "--all-containers", "--prefix", f"--tail={tail}"]
+        if follow:
+            cmd.append("--follow")
         return [[*cmd, "--max-log-requests=50"]]
 
+    def _target(self, target: str) -> tuple[list[str], str]:
+        """(kubectl base, label selector) of a plan server, `router` or `bench-INDEX`."""
+        if target == ROUTER:
+            return self.base(), f"{LABEL_COMPONENT}={ROUTER}"
+        if match := _BENCH_POD.match(target):
+            return self.bench_base(), f"{JOB_NAME_LABEL}={BENCH_JOB},{JOB_INDEX_LABEL}={match.group(1)}"
+        return self.base(), f"{LABEL_SERVER}={target}"
+
+    def exec_pod_lookup(self, target: str) -> list[str] | None:
+        """For `bench-INDEX`: the command that names its running pod (`pod/NAME`); None for a server or
+        the router, whose Deployment kubectl resolves itself."""
+        if not _BENCH_POD.match(target):
+            return None
+        base, selector = self._target(target)
+        return [*base, "get", "pods", "-l", selector, "--field-selector=status.phase=Running", "-o", "name"]
+
+    def exec(self, target: str, command: list[str], *, tty: bool, pod: str | None = None) -> list[str]:
+        """`kubectl exec` into a plan server's pod, the router, or (with `pod` from `exec_pod_lookup`) a
+        load-test pod; stdin is passed (`-i`), a terminal too when there is one (`-t`)."""
+        flags = ["-i", "-t"] if tty else ["-i"]
+        if target == ROUTER:
+            base, ref, container = self.base(), f"deployment/{ROUTER}", ROUTER
+        elif _BENCH_POD.match(target):
+            if pod is None:
+                raise KubectlError(f"{target}: no pod name given (look it up with exec_pod_lookup)")
+            base, ref, container = self.bench_base(), pod, "worker"
+        else:
+            base, ref, container = self.base(), f"deployment/{server_object_name(target)}", "server"
+        return [*base, "exec", *flags, ref, "-c", container, "--", *command]
+
     def delete(self, base_dir: Path) -> list[list[str]]:
-        """Delete what the base (and a load test) created; the Namespace goes last, with everything left."""
-        return [
-            [*self.base(), "delete", "job", BENCH_JOB, "--ignore-not-found"],
-            [*self.base(namespaced=False), "delete", "-k", str(base_dir), "--ignore-not-found"],
-        ]
+        """Delete what the base (and a load test) created; the Namespace goes last, with everything left
+        (and the load tests' own namespace, when they have one)."""
+        commands = [[*self.bench_base(), "delete", "job", BENCH_JOB, "--ignore-not-found"]]
+        if self.separate_bench_namespace:
+            commands.append(
+                [*self.base(namespaced=False), "delete", "-k", str(base_dir / "bench"), "--ignore-not-found"]
+            )
+        commands.append([*self.base(namespaced=False), "delete", "-k", str(base_dir), "--ignore-not-found"])
+        return commands
 
     def bench(self, base_dir: Path, timeout_s: int) -> list[list[str]]:
         """Start the load-test Job afresh (a Job's pod template is immutable) and wait for it to finish."""
+        return self._replace_job(base_dir / "bench", "--for=condition=complete", timeout_s)
+
+    def bench_idle(self, base_dir: Path, timeout_s: int) -> list[list[str]]:
+        """Replace any load test by the idle test pod (DIR/bench-idle) and wait until it runs."""
+        # The Job exists at once, its pod a moment later: wait on the Job's count of ready pods.
+        return self._replace_job(base_dir / "bench-idle", "--for=jsonpath={.status.ready}=1", timeout_s)
+
+    def _replace_job(self, folder: Path, condition: str, timeout_s: int) -> list[list[str]]:
         return [
-            [*self.base(), "delete", "job", BENCH_JOB, "--ignore-not-found", "--wait=true"],
-            [*self.base(namespaced=False), "apply", "-k", str(base_dir / "bench")],
-            [*self.base(), "wait", "--for=condition=complete", f"job/{BENCH_JOB}", f"--timeout={timeout_s}s"],
+            self.bench_stop(),
+            [*self.base(namespaced=False), "apply", "-k", str(folder)],
+            [*self.bench_base(), "wait", condition, f"job/{BENCH_JOB}", f"--timeout={timeout_s}s"],
         ]
+
+    def bench_stop(self) -> list[str]:
+        """Delete the load-test Job (a run or the idle pod) and wait until its pods are gone; nothing else."""
+        return [
+            *self.bench_base(), "delete", "job", BENCH_JOB, "--ignore-not-found",
+            "--cascade=foreground", "--wait=true",
+        ]  # fmt: skip
 
     def bench_pods(self) -> list[str]:
         """The load-test pods' names, one a line, in completion-index order of creation."""
         return [
-            *self.base(), "get", "pods", "-l", f"{JOB_NAME_LABEL}={BENCH_JOB}",
+            *self.bench_base(), "get", "pods", "-l", f"{JOB_NAME_LABEL}={BENCH_JOB}",
             "-o", "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
         ]  # fmt: skip
 
     def pod_log(self, pod: str) -> list[str]:
         """One pod's stdout (a worker's last line is its result)."""
-        return [*self.base(), "logs", pod, "-c", "worker"]
-
-    def router_rollout(self) -> list[str]:
-        """Wait for the router Deployment."""
-        return [*self.base(), "rollout", "status", f"deployment/{ROUTER}", "--timeout=10m"]
+        return [*self.bench_base(), "logs", pod, "-c", "worker"]
 
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
@@ -135,6 +219,36 @@ def explain_failure(cmd: list[str], stderr: str) -> KubectlError:
     return KubectlError(f"`{shown}` failed: {text}")
 
 
+def _check_binary(binary: str) -> None:
+    if shutil.which(binary) is None:
+        raise KubectlError(
+            f"{binary} not found on PATH",
+            hint="install kubectl (https://kubernetes.io/docs/tasks/tools/) or pass --kubectl PATH",
+        )
+
+
+def _attached_runner(cmd: list[str]) -> int:
+    try:
+        return subprocess.run(cmd, check=False).returncode
+    except KeyboardInterrupt:  # Ctrl-C ends `logs -f` (and reached kubectl too): no traceback
+        return 130
+
+
+def run_attached(
+    cmd: list[str],
+    *,
+    echo: Callable[[str], None] | None = None,
+    runner: Callable[[list[str]], int] | None = None,
+) -> int:
+    """Run one command on this terminal (stdin, stdout and stderr passed through: `exec`, `logs -f`),
+    printing it first; returns its exit status."""
+    if runner is None:
+        _check_binary(cmd[0])
+        runner = _attached_runner
+    (echo or (lambda line: print(line, file=sys.stderr)))("$ " + " ".join(cmd))
+    return runner(cmd)
+
+
 def run(
     commands: list[list[str]],
     *,
@@ -147,11 +261,8 @@ def run(
     Returns each command's stdout. Without `capture`, stdout is also printed as it comes back.
     """
     if runner is None:
-        if commands and shutil.which(commands[0][0]) is None:
-            raise KubectlError(
-                f"{commands[0][0]} not found on PATH",
-                hint="install kubectl (https://kubernetes.io/docs/tasks/tools/) or pass --kubectl PATH",
-            )
+        if commands:
+            _check_binary(commands[0][0])
         runner = _subprocess_runner
     say = echo or (lambda line: print(line, file=sys.stderr))
     outputs = []

@@ -7,6 +7,8 @@ Layout of `--out DIR`:
     DIR/router.yaml, prepull.yaml
     DIR/bench/kustomization.yaml  the load-test Job, apart so that applying the base starts no test
     DIR/bench/job.yaml
+    DIR/bench/namespace.yaml      with a bench namespace of its own: that Namespace + the placement copy
+    DIR/bench-idle/...            the same for the idle test pod (`inferpack k8s bench --idle`)
 
 Files are rewritten whole; a file of an earlier render that this one no longer makes (a server that left
 the plan) is removed, so `kubectl apply -k` never resurrects it.
@@ -59,7 +61,23 @@ def kustomization(resources: list[str]) -> Manifest:
     return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
 
 
-def layout(base: list[Manifest], bench_job: Manifest | None) -> dict[str, str]:
+def _bench_folder(folder: str, job: Manifest, extra: list[Manifest]) -> dict[str, str]:
+    """A kustomization of one Job (and the objects of its own namespace, applied with it)."""
+    files = {f"{folder}/job.yaml": dump_documents([job])}
+    if extra:
+        files[f"{folder}/namespace.yaml"] = dump_documents(extra)
+    names = sorted(path.split("/", 1)[1] for path in files)
+    # The Job needs the base's ConfigMap (or its copy in namespace.yaml), so the base is applied first.
+    files[f"{folder}/kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(names), sort_keys=False)
+    return files
+
+
+def layout(
+    base: list[Manifest],
+    bench_job: Manifest | None,
+    bench_extra: list[Manifest] | None = None,
+    idle_job: Manifest | None = None,
+) -> dict[str, str]:
     """Relative path -> file text for the whole output folder (pure; `write_base` writes it)."""
     files: dict[str, list[Manifest]] = {}
     for manifest in base:
@@ -67,17 +85,21 @@ def layout(base: list[Manifest], bench_job: Manifest | None) -> dict[str, str]:
     texts = {path: dump_documents(items) for path, items in files.items()}
     texts["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(sorted(files)), sort_keys=False)
     if bench_job is not None:
-        texts["bench/job.yaml"] = dump_documents([bench_job])
-        # The Job needs the namespace and ConfigMap of the base, which must be applied first.
-        texts["bench/kustomization.yaml"] = HEADER + yaml.safe_dump(
-            kustomization(["job.yaml"]), sort_keys=False
-        )
+        texts.update(_bench_folder("bench", bench_job, bench_extra or []))
+    if idle_job is not None:
+        texts.update(_bench_folder("bench-idle", idle_job, bench_extra or []))
     return texts
 
 
-def write_base(out: Path, base: list[Manifest], bench_job: Manifest | None = None) -> list[Path]:
+def write_base(
+    out: Path,
+    base: list[Manifest],
+    bench_job: Manifest | None = None,
+    bench_extra: list[Manifest] | None = None,
+    idle_job: Manifest | None = None,
+) -> list[Path]:
     """Write the folder; remove YAML files an earlier render left that this one did not make."""
-    texts = layout(base, bench_job)
+    texts = layout(base, bench_job, bench_extra, idle_job)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for relative, text in sorted(texts.items()):
@@ -90,3 +112,15 @@ def write_base(out: Path, base: list[Manifest], bench_job: Manifest | None = Non
         if relative not in texts and stale.read_text().startswith(HEADER):
             stale.unlink()
     return written
+
+
+def rendered_bench_namespace(out: Path) -> str | None:
+    """The namespace the rendered load-test Job runs in (None when the folder has no bench Job)."""
+    path = out / "bench" / "job.yaml"
+    if not path.is_file():
+        return None
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict) and doc.get("kind") == "Job":
+            namespace = doc.get("metadata", {}).get("namespace")
+            return str(namespace) if namespace else None
+    return None

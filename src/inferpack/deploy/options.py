@@ -71,7 +71,17 @@ class RenderOptions:
     bench_args: tuple[str, ...] = ("--duration", "60")
     bench_cpu: str = "1"
     bench_memory: str = "1Gi"
+    # Load tests in their own namespace (None: `namespace`) and on their own nodes (empty: anywhere).
+    bench_namespace: str | None = None
+    bench_node_selector: dict[str, str] = field(default_factory=dict)
+    # How long the idle test pod (`inferpack k8s bench --idle`) waits before it ends by itself.
+    bench_idle_seconds: int = 86400
     extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+def bench_namespace(options: RenderOptions) -> str:
+    """The namespace of the load-test pods: their own, or the servers'."""
+    return options.bench_namespace or options.namespace
 
 
 def image_for(target: str, options: RenderOptions) -> str:

@@ -10,12 +10,12 @@ import hashlib
 import json
 from typing import Any
 
-from inferpack.deploy.endpoints import ServerEndpoints, endpoints_json
 from inferpack.deploy.options import (
     CONFIG_MOUNT,
     DEFAULT_PORT,
     LABEL_COMPONENT,
     RenderOptions,
+    bench_namespace,
     image_for,
     k8s_name,
 )
@@ -32,6 +32,7 @@ from inferpack.deploy.servers import (
     tolerations,
     writable_env,
 )
+from inferpack.endpoints import ServerEndpoints, endpoints_json
 from inferpack.errors import PlanError
 from inferpack.plan import Plan
 from inferpack.settings import ServerSettings
@@ -42,10 +43,12 @@ ROUTER = "router"
 BENCH_JOB = "inferpack-bench"
 
 
-def _meta(name: str, component: str, options: RenderOptions, **extra: Any) -> Manifest:
+def _meta(
+    name: str, component: str, options: RenderOptions, *, namespace: str | None = None, **extra: Any
+) -> Manifest:
     return {
         "name": name,
-        "namespace": options.namespace,
+        "namespace": namespace or options.namespace,
         "labels": common_labels(component, options),
         **extra,
     }
@@ -61,17 +64,19 @@ def plan_endpoints(plan: Plan, namespace: str) -> ServerEndpoints:
     return ServerEndpoints(servers={s.name: server_url(s.name, namespace) for s in plan.servers()})
 
 
-def render_namespace(options: RenderOptions) -> Manifest:
-    """The Namespace, labelled for the restricted Pod Security Standard that the pods meet."""
+def render_namespace(options: RenderOptions, name: str | None = None) -> Manifest:
+    """The Namespace (default: the servers'), labelled for the restricted Pod Security Standard that the
+    pods meet."""
+    name = name or options.namespace
     labels = {
         **common_labels("namespace", options),
-        "kubernetes.io/metadata.name": options.namespace,
+        "kubernetes.io/metadata.name": name,
         "pod-security.kubernetes.io/enforce": "restricted",
     }
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": options.namespace, "labels": labels},
+        "metadata": {"name": name, "labels": labels},
     }
 
 
@@ -89,8 +94,9 @@ def render_service_account(options: RenderOptions) -> Manifest:
     }
 
 
-def render_placement_configmap(plan: Plan, options: RenderOptions) -> Manifest:
-    """plan.json + endpoints.json for the router (format: `inferpack.deploy.endpoints`)."""
+def render_placement_configmap(plan: Plan, options: RenderOptions, namespace: str | None = None) -> Manifest:
+    """plan.json + endpoints.json for the router and the load tests (format: `inferpack.endpoints`);
+    `namespace` places a copy for load tests in their own namespace."""
     data = {
         "plan.json": plan.model_dump_json(indent=2, exclude_none=True) + "\n",
         "endpoints.json": endpoints_json(plan_endpoints(plan, options.namespace)),
@@ -98,7 +104,7 @@ def render_placement_configmap(plan: Plan, options: RenderOptions) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(PLACEMENT_CONFIGMAP, ROUTER, options),
+        "metadata": _meta(PLACEMENT_CONFIGMAP, ROUTER, options, namespace=namespace),
         "data": data,
     }
 
@@ -108,7 +114,7 @@ def default_router_command() -> list[str]:
     return [
         "inferpack", "router",
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
-        "--server-map", f"{CONFIG_MOUNT}/placement/endpoints.json",
+        "--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json",
         "--host", "0.0.0.0", "--port", str(DEFAULT_PORT),
     ]  # fmt: skip
 
@@ -233,6 +239,16 @@ def render_network_policy(options: RenderOptions) -> Manifest:
             }
         }
     ]
+    if bench_namespace(options) != options.namespace:
+        # A podSelector alone means "this namespace": load tests elsewhere need their namespace named too.
+        sources.append(
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": bench_namespace(options)}
+                },
+                "podSelector": {"matchLabels": {LABEL_COMPONENT: "bench"}},
+            }
+        )
     if options.metrics_namespace:
         sources.append(
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": options.metrics_namespace}}}
@@ -349,19 +365,36 @@ def render_manifests(
     return out
 
 
+def router_url(options: RenderOptions) -> str:
+    """The router Service's in-cluster URL (fully qualified: load tests may run in another namespace)."""
+    return f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}"
+
+
+def is_seq_mode(args: tuple[str, ...]) -> bool:
+    """True when `bench worker` arguments ask for `--mode seq`."""
+    pairs = zip(args, (*args[1:], ""), strict=True)
+    return "--mode=seq" in args or any(a == "--mode" and b == "seq" for a, b in pairs)
+
+
 def default_bench_command(options: RenderOptions) -> list[str]:
     """The worker's command line when `bench_command` is not given: `bench_args` appended.
 
     The worker reads its index and the worker count from INFERPACK_BENCH_WORKER_INDEX / _WORKERS (set on
     the container from the Job's completion index) and prints its result as one JSON line (`--out -`).
+    In `seq` mode (the reference's sequential test) the workers visit every server directly through its
+    own Service (the endpoints file of the placement ConfigMap) instead of going through the router.
     """
     # --users is a total over all workers: give each worker 4 unless the caller chose a load shape
     shape = (
         [] if {"--users", "--rate"} & set(options.bench_args) else ["--users", str(4 * options.bench_workers)]
     )
+    if is_seq_mode(options.bench_args):
+        target = ["--endpoints", f"{CONFIG_MOUNT}/placement/endpoints.json"]
+    else:
+        target = ["--url", router_url(options)]
     return [
         "inferpack", "bench", "worker",
-        "--url", f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}",
+        *target,
         "--plan", f"{CONFIG_MOUNT}/placement/plan.json",
         "--out", "-", "--progress", "text",
         *shape,
@@ -369,24 +402,44 @@ def default_bench_command(options: RenderOptions) -> list[str]:
     ]  # fmt: skip
 
 
-def render_bench_job(options: RenderOptions | None = None) -> Manifest:
-    """An Indexed Job of `bench_workers` load-test workers, all started together against the router.
+def render_bench_namespace(plan: Plan, options: RenderOptions) -> list[Manifest]:
+    """What load tests in their own namespace need there: the Namespace and a copy of the placement
+    ConfigMap (a pod mounts ConfigMaps of its own namespace only). Nothing when they share the servers'."""
+    name = bench_namespace(options)
+    if name == options.namespace:
+        return []
+    return [render_namespace(options, name), render_placement_configmap(plan, options, name)]
 
-    Each worker prints its result (histograms included) to its log; `inferpack k8s collect` merges them.
-    """
-    options = options or RenderOptions()
-    n = options.bench_workers
-    labels = common_labels("bench", options)
+
+def _bench_pod_spec(options: RenderOptions, container: Manifest) -> Manifest:
+    spec: Manifest = {"restartPolicy": "Never"}
+    if bench_namespace(options) == options.namespace:
+        spec["serviceAccountName"] = SERVICE_ACCOUNT
+    else:
+        spec["automountServiceAccountToken"] = False  # the namespace's default account, without a token
+    spec["securityContext"] = pod_security_context()
+    if options.bench_node_selector:
+        spec["nodeSelector"] = dict(options.bench_node_selector)
+    spec["containers"] = [container]
+    spec["volumes"] = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
+    ]
+    return spec
+
+
+def _bench_container(options: RenderOptions, command: list[str], workers: int) -> Manifest:
     amounts = {"cpu": options.bench_cpu, "memory": options.bench_memory}
     index_ref = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    container: Manifest = {
+    return {
         "name": "worker",
         "image": options.image,
         "imagePullPolicy": options.image_pull_policy,
-        "command": list(options.bench_command or default_bench_command(options)),
+        "command": command,
         "env": [
             {"name": "INFERPACK_BENCH_WORKER_INDEX", "valueFrom": {"fieldRef": {"fieldPath": index_ref}}},
-            {"name": "INFERPACK_BENCH_WORKERS", "value": str(n)},
+            {"name": "INFERPACK_BENCH_WORKERS", "value": str(workers)},
+            {"name": "INFERPACK_ROUTER_URL", "value": router_url(options)},
             *writable_env(),
         ],
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
@@ -396,29 +449,45 @@ def render_bench_job(options: RenderOptions | None = None) -> Manifest:
             {"name": "placement", "mountPath": f"{CONFIG_MOUNT}/placement", "readOnly": True},
         ],
     }
+
+
+def _bench_job(options: RenderOptions, container: Manifest, workers: int) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(BENCH_JOB, "bench", options),
+        "metadata": _meta(BENCH_JOB, "bench", options, namespace=bench_namespace(options)),
         "spec": {
             "completionMode": "Indexed",
-            "completions": n,
+            "completions": workers,
             # All workers at once: the offered load is the sum of theirs.
-            "parallelism": n,
+            "parallelism": workers,
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 86400,
             "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": SERVICE_ACCOUNT,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "tmp", "emptyDir": {}},
-                        {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
-                    ],
-                },
+                "metadata": {"labels": common_labels("bench", options)},
+                "spec": _bench_pod_spec(options, container),
             },
         },
     }
+
+
+def render_bench_job(options: RenderOptions | None = None) -> Manifest:
+    """An Indexed Job of `bench_workers` load-test workers, all started together against the router.
+
+    Each worker prints its result (histograms included) to its log; `inferpack k8s collect` merges them.
+    """
+    options = options or RenderOptions()
+    command = list(options.bench_command or default_bench_command(options))
+    return _bench_job(
+        options, _bench_container(options, command, options.bench_workers), options.bench_workers
+    )
+
+
+def render_idle_bench_job(options: RenderOptions | None = None) -> Manifest:
+    """The same Job with one pod that only waits (`bench_idle_seconds`): a place inside the cluster, with
+    the image, the placement files and the load-test pods' network access, to send requests from by hand
+    (`inferpack k8s bench --idle`, then `inferpack k8s exec bench-0`). Same name as the load-test Job, so
+    `inferpack k8s bench --stop` and the next load test replace it."""
+    options = options or RenderOptions()
+    command = ["sleep", str(options.bench_idle_seconds)]
+    return _bench_job(options, _bench_container(options, command, 1), 1)

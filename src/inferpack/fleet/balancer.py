@@ -17,7 +17,6 @@ class Balancer:
         self.placement = {model: list(servers) for model, servers in placement.items()}
         names = sorted({s for servers in self.placement.values() for s in servers})
         self.outstanding: dict[str, int] = dict.fromkeys(names, 0)
-        self.forwarded: dict[str, int] = dict.fromkeys(names, 0)
         self.healthy: dict[str, bool] = dict.fromkeys(names, True)
         self._turn = 0
 
@@ -63,7 +62,6 @@ class Balancer:
     def acquire(self, server: str) -> None:
         """A request to `server` starts."""
         self.outstanding[server] += 1
-        self.forwarded[server] += 1
 
     def release(self, server: str) -> None:
         """A request to `server` ended (answered or failed)."""

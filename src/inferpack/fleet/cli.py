@@ -1,4 +1,4 @@
-"""Commands of the local fleet: up, status, logs, down, router, demo, config show, and the hidden
+"""Commands of the local fleet: up, status, logs, exec, down, router, demo, config show, and the hidden
 `fleet supervise`. Each parses flags into settings overrides and calls one function of `ops`/`demo`."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from inferpack.errors import FleetError
 from inferpack.fleet import ops
-from inferpack.fleet.state import FleetState, is_stale
+from inferpack.fleet.display import print_summary, start_with_progress
+from inferpack.fleet.state import is_stale
 from inferpack.plan import load_plan
 from inferpack.settings import Settings, load_settings
 
@@ -51,14 +50,6 @@ def _run_dir(config: Path | None, run_dir: Path | None) -> Path:
     return run_dir if run_dir is not None else load_settings(config).fleet.run_dir
 
 
-def _fail(exc: FleetError) -> None:
-    """Print the failing process's log tail (markup-free: logs contain brackets) before the error."""
-    if exc.log_tail:
-        console.rule("log tail")
-        console.print(escape(exc.log_tail), highlight=False)
-        console.rule()
-
-
 def up_command(
     plan: Annotated[Path | None, typer.Option("--plan", help="Plan file (default: a simple plan).")] = None,
     repository: Annotated[
@@ -90,45 +81,6 @@ def up_command(
     )
     state = start_with_progress(settings, config)
     print_summary(state, settings.fleet.run_dir)
-
-
-def start_with_progress(settings: Settings, config: Path | None, plan: Any = None) -> FleetState:
-    """`ops.up` with a live line per process; the failing log tail is printed on failure."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, Any] = {}
-
-        def show(state: FleetState) -> None:
-            for p in [*state.servers, state.router]:
-                if p.name not in tasks:
-                    tasks[p.name] = progress.add_task("", total=1)
-                label = f"{p.name:<10} :{p.port}  {len(p.models) or '-':>4} models  {p.status}"
-                progress.update(tasks[p.name], description=label, completed=p.status == "ready")
-
-        try:
-            return ops.up(settings, plan, config=config, on_progress=show)
-        except FleetError as exc:
-            progress.stop()
-            _fail(exc)
-            raise
-
-
-def print_summary(state: FleetState, run_dir: Path) -> None:
-    """One line per server and the router's URL."""
-    table = Table(title="inferpack fleet")
-    for col in ("server", "pid", "url", "models", "threads"):
-        table.add_column(col)
-    for s in state.servers:
-        table.add_row(s.name, str(s.pid), s.url or "-", str(len(s.models)), str(s.threads))
-    out.print(table)
-    out.print(
-        f"router: [bold]{state.router.url}[/]   (run dir {run_dir}; `inferpack status`, `inferpack down`)"
-    )
 
 
 def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
@@ -192,6 +144,28 @@ def logs_command(
             return
 
 
+def exec_command(
+    server: Annotated[str, typer.Argument(help="A server of the fleet (or `router`).")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="Command to run after `--` (default: your shell).")
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A shell (or CMD) in a server's environment, in the run directory: `inferpack exec server-0 -- env`.
+
+    The environment is the running server's own (else the one it would start with); INFERPACK_EXEC_URL,
+    _PID, _LOG, _MODELS and INFERPACK_ROUTER_URL say where it is. The command's exit status is returned."""
+    from inferpack.fleet.shell import exec_spec, replace_process
+
+    run, state = ops.read_state(_run_dir(config, run_dir))
+    spec = exec_spec(run, state, server, command)
+    if sys.stdin.isatty():
+        how = "its environment" if spec.live else "the environment it starts with (not running)"
+        console.print(f"[dim]{server}: {' '.join(spec.argv)} in {how}, in {spec.cwd}[/]", highlight=False)
+    replace_process(spec)
+
+
 def down_command(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait for the supervisor before killing.")
@@ -209,8 +183,13 @@ def down_command(
 
 def router_command(
     plan: Annotated[Path, typer.Option(help="Plan file (which server holds which model).")],
-    server_map: Annotated[
-        Path, typer.Option("--server-map", help='Endpoints JSON {"format_version":1,"servers":{name: url}}.')
+    endpoints_file: Annotated[
+        Path,
+        typer.Option(
+            "--endpoints",
+            "--server-map",  # its older name, still accepted
+            help='Endpoints file {"format_version":1,"servers":{name: url}} (endpoints.json).',
+        ),
     ],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8100,
@@ -218,11 +197,11 @@ def router_command(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod)."""
-    from inferpack.deploy.endpoints import load_endpoints
+    from inferpack.endpoints import load_endpoints
     from inferpack.fleet.router import serve_router
 
     loaded = load_plan(plan)
-    endpoints = load_endpoints(server_map)
+    endpoints = load_endpoints(endpoints_file)
     endpoints.check_covers(loaded)
     serve_router(
         loaded,
@@ -278,6 +257,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
     app.command("logs")(logs_command)
     app.command("down")(down_command)
+    app.command("exec")(exec_command)
     app.command("router")(router_command)
     app.command("demo")(demo_command)
     app.add_typer(config_app, name="config")

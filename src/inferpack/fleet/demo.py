@@ -11,24 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import psutil
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from inferpack.fleet import ops
+from inferpack.fleet.display import print_summary, start_with_progress
 from inferpack.fleet.processes import scrape_requests
 from inferpack.fleet.state import FleetState
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.recorder import Snapshot
 from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, save_plan
-from inferpack.planner.naive import simple_plan
-from inferpack.runtime.hardware import usable_cores
+from inferpack.planner.naive import local_simple_plan
+from inferpack.progress import counting_progress
 from inferpack.settings import ApiChoice, Settings, load_settings
 
 console = Console(stderr=True)
@@ -55,18 +55,6 @@ class DemoOutcome:
     plan: Plan
 
 
-def make_plan(ids: list[str], servers: int, copies: int, repository: Path) -> Plan:
-    """The simple plan for this machine (the planner's naive baseline)."""
-    return simple_plan(
-        ids,
-        servers,
-        min(copies, servers),
-        cpu_per_server=max(usable_cores() / servers, 0.001),
-        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
-        repository=str(repository),
-    )
-
-
 def bench_config(router_url: str, models: list[str], settings: Settings) -> BenchConfig:
     """The load test: closed loop of `users` (or open loop at `rate`), uniform over every model."""
     t = settings.fleet.test
@@ -78,7 +66,7 @@ def bench_config(router_url: str, models: list[str], settings: Settings) -> Benc
     return BenchConfig(
         mode="bmk",
         api=t.api,
-        target=Target(urls=[router_url], description=f"router {router_url}"),
+        target=LoadTarget(urls=[router_url], description=f"router {router_url}"),
         models=models,
         shape=shape,
         duration_s=None if t.requests is not None else t.duration_s,
@@ -100,13 +88,7 @@ def _server_requests(state: FleetState) -> dict[str, float]:
 def _create_models(repo: Path, count: int) -> list[str]:
     from inferpack.repository.demo import make_demo_models
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with counting_progress(console) as progress:
         bar = progress.add_task(f"1/5 demo models in {repo}", total=count)
         ids = make_demo_models(repo, count, progress=lambda _m: progress.advance(bar))
         progress.update(bar, completed=count)
@@ -188,7 +170,6 @@ def _append_fleet_section(report: Path, plan: Plan, loads: list[ServerLoad], sta
 
 def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -> DemoOutcome:
     """Run the whole demo; the fleet is brought down whatever happens."""
-    from inferpack.fleet.cli import print_summary, start_with_progress
     from inferpack.loadtest.display import result_tables
     from inferpack.loadtest.report import write_report
     from inferpack.loadtest.result import save_result
@@ -197,7 +178,7 @@ def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     repo = out_dir / "repo"
     ids = _create_models(repo, t.models)
-    plan = make_plan(ids, fleet.servers, fleet.copies, repo)
+    plan = local_simple_plan(ids, fleet.servers, fleet.copies, repository=str(repo))
     save_plan(plan, out_dir / "plan.json")
     per_server = " + ".join(str(len(s.models)) for s in plan.servers())
     console.print(

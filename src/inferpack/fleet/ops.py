@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from inferpack.deploy.endpoints import ServerEndpoints, save_endpoints
+from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
 from inferpack.fleet.state import (
@@ -29,7 +29,7 @@ from inferpack.fleet.state import (
 )
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
 from inferpack.plan import Plan, load_plan, save_plan
-from inferpack.planner.naive import simple_plan
+from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import Settings
@@ -38,19 +38,13 @@ POLL_S = 0.1
 
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
-    """The naive plan for this machine (`inferpack plan --simple`): every model of the repository dealt
-    over `servers` local servers, `copies` copies each, cores and memory split evenly."""
+    """The simple plan for this machine (`inferpack plan --simple`): every model of the repository dealt
+    over `servers` local servers, `copies` copies each (at most one per server), cores and memory split
+    evenly."""
     ids = LocalRepository(repository).model_ids()
     if not ids:
         raise PlanError(f"no models in {repository}", hint="create some with `inferpack models demo`")
-    return simple_plan(
-        ids,
-        servers,
-        min(copies, servers),
-        cpu_per_server=max(usable_cores() / servers, 0.001),
-        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
-        repository=str(repository),
-    )
+    return local_simple_plan(ids, servers, copies, repository=str(repository))
 
 
 def threads_per_server(configured: int, servers: int) -> int:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -23,18 +23,25 @@ def python_cli() -> list[str]:
 def server_command(
     *,
     repository: str,
-    models: list[str],
+    models: list[str] | None,
     port: int,
-    threads: int,
+    threads: int | None,
     config: Path | None = None,
     log_level: str = "info",
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """argv of one server process holding `models` on `port` with `threads` inference threads."""
-    cmd = [*python_cli(), "serve", "--repository", repository, "--models", ",".join(models)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--log-level", log_level]
+    """argv of one server process on `port` holding `models` (None: every model of the repository) with
+    `threads` inference threads (None: the server's default); `extra_args` are more `serve` flags."""
+    cmd = [*python_cli(), "serve", "--repository", repository]
+    if models is not None:
+        cmd += ["--models", ",".join(models)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    cmd += ["--log-level", log_level]
     if config is not None:
         cmd += ["--config", str(config)]
-    return cmd
+    return [*cmd, *extra_args]
 
 
 def router_command(
@@ -45,7 +52,7 @@ def router_command(
         *python_cli(),
         "router",
         "--plan", str(plan),
-        "--server-map", str(endpoints),
+        "--endpoints", str(endpoints),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--upstream-timeout", f"{upstream_timeout_s:g}",
@@ -150,16 +157,23 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def metric_sum(text: str, name: str) -> float:
-    """Sum of every sample of a Prometheus metric (all label sets) in an exposition text."""
+def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """Sum of every sample of a Prometheus metric in an exposition text: all label sets, or only those
+    that include every `labels` pair."""
     total = 0.0
     prefix_braced, prefix_plain = name + "{", name + " "
+    wanted = [f'{key}="{value}"' for key, value in (labels or {}).items()]
     for line in text.splitlines():
-        if line.startswith((prefix_braced, prefix_plain)):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
+        if not line.startswith((prefix_braced, prefix_plain)):
+            continue
+        if wanted:
+            label_text = line[len(name) :].partition("}")[0]
+            if not all(pair in label_text.lstrip("{").split(",") for pair in wanted):
                 continue
+        try:
+            total += float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
     return total
 
 

@@ -4,7 +4,7 @@ Layout of a run directory:
 
     state.json        this module's FleetState; written only by the supervisor (atomically)
     plan.json         the placement in force (the shared plan format, `inferpack.plan`)
-    endpoints.json    server name -> URL (the format of `inferpack.deploy.endpoints`, read by the router)
+    endpoints.json    server name -> URL (the format of `inferpack.endpoints`, read by the router)
     logs/NAME.log     one log per server, plus router.log and supervisor.log (appended across restarts)
 
 A process is identified by its pid *and* its start time: a pid alone may have been reused by an unrelated
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 
 STATE_FORMAT_VERSION: Literal[1] = 1
 Role = Literal["server", "router", "supervisor"]
@@ -29,11 +30,7 @@ ProcStatus = Literal["starting", "ready", "restarting", "failed", "stopped"]
 Phase = Literal["starting", "running", "failed", "stopping", "stopped"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ProcessState(_Strict):
+class ProcessState(StrictModel):
     """One process of the fleet as the supervisor last saw it."""
 
     name: str
@@ -54,7 +51,7 @@ class ProcessState(_Strict):
         return None if self.port is None else f"http://127.0.0.1:{self.port}"
 
 
-class FleetState(_Strict):
+class FleetState(StrictModel):
     """The whole fleet: supervisor, router and servers."""
 
     format_version: Literal[1] = STATE_FORMAT_VERSION
@@ -94,7 +91,7 @@ class RunDir:
 
     @property
     def endpoints_file(self) -> Path:
-        """Server name -> URL, for the router (and for `inferpack bench --server-map`)."""
+        """Server name -> URL, for the router (and for `inferpack bench --endpoints`)."""
         return self.root / "endpoints.json"
 
     @property

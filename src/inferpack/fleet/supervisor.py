@@ -21,11 +21,12 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
 from inferpack.fleet import processes as P
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
+from inferpack.jsonfile import StrictModel
 
 log = logging.getLogger("inferpack.fleet.supervisor")
 TICK_S = 0.1
@@ -33,20 +34,18 @@ TICK_S = 0.1
 STABLE_AFTER_S = 30.0
 
 
-class ServerLaunch(BaseModel):
+class ServerLaunch(StrictModel):
     """One server to run."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str
     port: int
     models: list[str]
     threads: int
 
 
-class LaunchSpec(BaseModel):
+class LaunchSpec(StrictModel):
     """Everything the supervisor needs, written by `up` into the run directory (launch.json)."""
 
-    model_config = ConfigDict(extra="forbid")
     repository: str
     config: str | None = None
     servers: list[ServerLaunch]

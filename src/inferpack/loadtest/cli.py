@@ -33,9 +33,14 @@ UrlOpt = Annotated[
     list[str] | None,
     typer.Option("--url", "--target", help="Base URL of a router or server (repeatable)."),
 ]
-PlanOpt = Annotated[Path | None, typer.Option(help="Plan file: its models (and servers, with --server-map).")]
-MapOpt = Annotated[
-    Path | None, typer.Option(help='Server map JSON {"format_version":1,"servers":{name: url}}.')
+PlanOpt = Annotated[Path | None, typer.Option(help="Plan file: its models (and servers, with --endpoints).")]
+EndpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--endpoints",
+        "--server-map",  # its older name, still accepted
+        help='Endpoints file {"format_version":1,"servers":{name: url}} (the fleet\'s endpoints.json).',
+    ),
 ]
 ModeOpt = Annotated[str, typer.Option(help="seq: every model of every server once; rnd; bmk.")]
 ApiOpt = Annotated[str, typer.Option(help="seed (GET /predictions) or v2 (Open Inference Protocol).")]
@@ -44,6 +49,9 @@ ModelsFileOpt = Annotated[
 ]
 NumModelsOpt = Annotated[int | None, typer.Option(help="Synthetic ids PREFIX-00000... when no list.")]
 PrefixOpt = Annotated[str, typer.Option(help="Prefix of synthetic model ids.")]
+SeedNamesOpt = Annotated[
+    bool, typer.Option("--seed-names", help="Synthetic ids PREFIX0.. (the reference's model0..).")
+]
 TrafficOpt = Annotated[str, typer.Option(help="uniform, zipf or replay (--trace).")]
 ZipfOpt = Annotated[float, typer.Option("--zipf-s", help="Zipf exponent.")]
 TraceOpt = Annotated[Path | None, typer.Option(help="CSV of model ids to replay (column model_id).")]
@@ -71,13 +79,14 @@ def build_config(
     *,
     url: list[str] | None,
     plan: Path | None,
-    server_map: Path | None,
+    endpoints: Path | None,
     mode: str,
     api: str,
     models_file: Path | None,
     num_models: int | None,
     model_prefix: str,
     traffic: str,
+    seed_names: bool = False,
     zipf_s: float,
     trace: Path | None,
     users: int | None,
@@ -98,13 +107,13 @@ def build_config(
     api_v: Api = _choice(api, ("seed", "v2"), "--api")  # type: ignore[assignment]
     kind: TrafficKind = _choice(traffic, ("uniform", "zipf", "replay"), "--traffic")  # type: ignore[assignment]
     arrivals_v: Arrivals = _choice(arrivals, ("constant", "poisson"), "--arrivals")  # type: ignore[assignment]
-    target, plan_models = resolve_target(url or [], plan, server_map)
+    target, plan_models = resolve_target(url or [], plan, endpoints)
     if models_file is not None:
         models = read_model_list(models_file)
     elif plan_models:
         models = plan_models
     elif num_models is not None:
-        models = numbered_models(model_prefix, num_models)
+        models = numbered_models(model_prefix, num_models, seed_names=seed_names)
     else:
         models = []
     spec = TrafficSpec(kind=kind, zipf_s=zipf_s)
@@ -163,12 +172,13 @@ def _stderr() -> Console:
 def run(
     url: UrlOpt = None,
     plan: PlanOpt = None,
-    server_map: MapOpt = None,
+    endpoints: EndpointsOpt = None,
     mode: ModeOpt = "bmk",
     api: ApiOpt = "seed",
     models_file: ModelsFileOpt = None,
     num_models: NumModelsOpt = None,
     model_prefix: PrefixOpt = "model",
+    seed_names: SeedNamesOpt = False,
     traffic: TrafficOpt = "uniform",
     zipf_s: ZipfOpt = 1.0,
     trace: TraceOpt = None,
@@ -238,12 +248,13 @@ def worker(
     start_at: Annotated[float | None, typer.Option(help="Start at this Unix time (line up pods).")] = None,
     url: UrlOpt = None,
     plan: PlanOpt = None,
-    server_map: MapOpt = None,
+    endpoints: EndpointsOpt = None,
     mode: ModeOpt = "bmk",
     api: ApiOpt = "seed",
     models_file: ModelsFileOpt = None,
     num_models: NumModelsOpt = None,
     model_prefix: PrefixOpt = "model",
+    seed_names: SeedNamesOpt = False,
     traffic: TrafficOpt = "uniform",
     zipf_s: ZipfOpt = 1.0,
     trace: TraceOpt = None,

@@ -6,21 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.loadtest.protocol import DEFAULT_CONTEXT, DEFAULT_QUESTION, Api
-from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop
-from inferpack.loadtest.targets import Target
+from inferpack.loadtest.shapes import ClosedLoop, LoadShape
+from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import TrafficKind
 
 Mode = Literal["seq", "rnd", "bmk"]
 
 
-class TrafficSpec(BaseModel):
+class TrafficSpec(StrictModel):
     """Which model each request asks for."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: TrafficKind = "uniform"
     zipf_s: float = Field(default=1.0, ge=0, description="Zipf exponent (1.0: classic; 0: uniform).")
     trace: list[int] | None = Field(
@@ -28,13 +27,12 @@ class TrafficSpec(BaseModel):
     )
 
 
-class BenchConfig(BaseModel):
+class BenchConfig(StrictModel):
     """A complete, self-contained run description (models and target already resolved)."""
 
-    model_config = ConfigDict(extra="forbid")
     mode: Mode = "bmk"
     api: Api = "seed"
-    target: Target
+    target: LoadTarget
     models: list[str] = Field(min_length=1)
     traffic: TrafficSpec = Field(default_factory=TrafficSpec)
     shape: LoadShape = Field(default_factory=lambda: ClosedLoop(users=1), discriminator="kind")
@@ -74,8 +72,3 @@ def save_config(config: BenchConfig, path: Path) -> None:
 def load_config(path: Path) -> BenchConfig:
     """Read a run config written by `save_config`."""
     return read_json_model(path, BenchConfig, "bench config")
-
-
-def is_open(shape: LoadShape) -> bool:
-    """True for open-loop shapes."""
-    return isinstance(shape, OpenLoop)

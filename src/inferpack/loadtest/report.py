@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from inferpack.loadtest import histograms as H
@@ -27,6 +29,22 @@ def _plain_log(ax: Axes, axis: str) -> None:
     target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
 
 
+def _label(
+    ax: Axes, xlabel: str, ylabel: str, title: str, *, grid: Literal["major", "both"] = "major"
+) -> None:
+    """Axis labels, title and a light grid: the same look on every plot."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which=grid)
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _throughput(result: BenchResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     t = [iv.t_s for iv in result.series]
@@ -39,14 +57,9 @@ def _throughput(result: BenchResult, path: Path) -> None:
         xs = [x for x in t if x < end]
         ys = [shape.rate_at(x) for x in xs]
         ax.plot(xs, ys, label="offered req/s", color="gray", linestyle="--", drawstyle="steps-post")
-    ax.set_xlabel("seconds since measurement start")
-    ax.set_ylabel("requests/s")
-    ax.set_title("Throughput over time")
-    ax.grid(alpha=0.3)
+    _label(ax, "seconds since measurement start", "requests/s", "Throughput over time")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _latency_over_time(result: BenchResult, path: Path) -> None:
@@ -62,15 +75,11 @@ def _latency_over_time(result: BenchResult, path: Path) -> None:
             series[key].append(value)
     for key, values in series.items():
         ax.plot(t, values, label=key, linestyle=":" if key == "max" else "-")
-    ax.set_xlabel("seconds since measurement start")
-    ax.set_ylabel("latency (ms)")
     _plain_log(ax, "y")
-    ax.set_title(f"Latency percentiles per {result.interval_s:g} s interval")
-    ax.grid(alpha=0.3, which="both")
+    title = f"Latency percentiles per {result.interval_s:g} s interval"
+    _label(ax, "seconds since measurement start", "latency (ms)", title, grid="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _cdf(result: BenchResult, path: Path) -> None:
@@ -83,14 +92,9 @@ def _cdf(result: BenchResult, path: Path) -> None:
         if xs:
             ax.step(xs, ys, where="post", label=name)
     ax.set_xscale("log")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("fraction of requests ≤ x")
-    ax.set_title("Latency CDF")
-    ax.grid(alpha=0.3, which="both")
+    _label(ax, "latency (ms)", "fraction of requests ≤ x", "Latency CDF", grid="both")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _models(result: BenchResult, path: Path) -> None:
@@ -101,21 +105,14 @@ def _models(result: BenchResult, path: Path) -> None:
         left.plot(range(1, len(counts) + 1), counts, marker="." if len(counts) < 200 else None)
         _plain_log(left, "x")
         _plain_log(left, "y")
-    left.set_xlabel("model rank by requests")
-    left.set_ylabel("requests")
-    left.set_title(f"Requests per model ({len(counts)} models asked)")
-    left.grid(alpha=0.3, which="both")
+    title = f"Requests per model ({len(counts)} models asked)"
+    _label(left, "model rank by requests", "requests", title, grid="both")
     ok = [s for s in stats if s.count > s.errors]
     if ok:
         right.scatter([s.count for s in ok], [s.mean_ms for s in ok], s=6, alpha=0.5)
         _plain_log(right, "x")
-    right.set_xlabel("requests to the model")
-    right.set_ylabel("mean latency (ms)")
-    right.set_title("Per-model mean latency")
-    right.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _label(right, "requests to the model", "mean latency (ms)", "Per-model mean latency", grid="both")
+    _save(fig, path)
 
 
 def write_report(result: BenchResult, out_dir: Path, title: str = "inferpack bench report") -> Path:

@@ -10,19 +10,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 from inferpack.loadtest import histograms as H
 
 RESULT_FORMAT_VERSION: Literal[1] = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelStats(_Strict):
+class ModelStats(StrictModel):
     """Per-model counters. Exact to merge; per-model histograms would cost ~190 KB each at 10,000 models."""
 
     count: int = 0
@@ -46,7 +43,7 @@ class ModelStats(_Strict):
         self.max_us = max(self.max_us, other.max_us)
 
 
-class Interval(_Strict):
+class Interval(StrictModel):
     """Requests completed in [t_s, t_s + interval) after measurement start, with their latencies."""
 
     t_s: float
@@ -55,7 +52,7 @@ class Interval(_Strict):
     hist: str = Field(description="Encoded HDR histogram of successful latencies (µs, 2 figures).")
 
 
-class Histograms(_Strict):
+class Histograms(StrictModel):
     """Encoded HDR histograms (µs). `latency` is from the intended send time (what users feel); `service`
     from the actual send (what the server took once asked); `send_lag` is how late a request was sent
     (waiting for a free connection included); `schedule_lag` is how late the generator's own scheduler woke
@@ -70,7 +67,7 @@ class Histograms(_Strict):
     errors: str
 
 
-class WorkerInfo(_Strict):
+class WorkerInfo(StrictModel):
     """Where and how one worker ran, and what it cost the machine it ran on."""
 
     index: int
@@ -84,7 +81,7 @@ class WorkerInfo(_Strict):
     warmup_requests: int
 
 
-class RunMetadata(_Strict):
+class RunMetadata(StrictModel):
     """What was run against what, with which versions, on which machine."""
 
     mode: Literal["seq", "rnd", "bmk"]
@@ -103,7 +100,7 @@ class RunMetadata(_Strict):
     machine: dict[str, Any]
 
 
-class BenchResult(_Strict):
+class BenchResult(StrictModel):
     """One run's result file."""
 
     format_version: Literal[1] = RESULT_FORMAT_VERSION

@@ -29,7 +29,7 @@ from inferpack.loadtest.protocol import MODEL_LOAD_HEADER, RequestBuilder, model
 from inferpack.loadtest.recorder import Recorder, Snapshot
 from inferpack.loadtest.result import BenchResult, RunMetadata, WorkerInfo
 from inferpack.loadtest.shapes import ClosedLoop, OpenLoop, intended_times, split_count, split_shape
-from inferpack.loadtest.targets import Router
+from inferpack.loadtest.targets import UrlChooser
 from inferpack.loadtest.traffic import ModelPicker, ReplayPicker, uniform_picker, zipf_picker
 
 ProgressFn = Callable[[Snapshot], None]
@@ -61,7 +61,7 @@ class _Calls:
             self._picker = ReplayPicker(trace[index::workers] or trace)
         else:
             self._picker = uniform_picker(n, rng)
-        self._router = Router(config.target, config.models, rng)
+        self._chooser = UrlChooser(config.target, config.models, rng)
 
     @property
     def total(self) -> int | None:
@@ -78,7 +78,7 @@ class _Calls:
         i = self._picker.next_index()
         if i is None:
             return None
-        return self._router.url_for(i), i
+        return self._chooser.url_for(i), i
 
 
 def split_offset(total: int, workers: int, index: int) -> int:

@@ -14,25 +14,24 @@ from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel
 
 Arrivals = Literal["constant", "poisson"]
 
 
-class Step(BaseModel):
+class Step(StrictModel):
     """`rate` requests/s for `duration_s` seconds; the last step lasts until the run ends."""
 
-    model_config = ConfigDict(extra="forbid")
     rate: float = Field(gt=0)
     duration_s: float | None = Field(default=None, gt=0)
 
 
-class ClosedLoop(BaseModel):
+class ClosedLoop(StrictModel):
     """N concurrent users, each with one request in flight at a time."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: Literal["closed"] = "closed"
     users: int = Field(ge=1)
 
@@ -41,10 +40,9 @@ class ClosedLoop(BaseModel):
         return f"closed loop, {self.users} user(s)"
 
 
-class OpenLoop(BaseModel):
+class OpenLoop(StrictModel):
     """Arrivals on a fixed schedule, independent of how fast the server answers."""
 
-    model_config = ConfigDict(extra="forbid")
     kind: Literal["open"] = "open"
     steps: list[Step] = Field(min_length=1)
     arrivals: Arrivals = "constant"

@@ -142,9 +142,12 @@ def read_model_list(path: Path) -> list[str]:
     return ids
 
 
-def numbered_models(prefix: str, count: int) -> list[str]:
-    """`count` synthetic ids `prefix-00000`..., zero-padded so they sort in rank order."""
+def numbered_models(prefix: str, count: int, *, seed_names: bool = False) -> list[str]:
+    """`count` synthetic ids `prefix-00000`..., zero-padded so they sort in rank order; with `seed_names`,
+    the reference's `prefix0`, `prefix1`, ... (what `inferpack models demo --seed-names` creates)."""
     if count < 1:
         raise ConfigError("--num-models must be >= 1")
+    if seed_names:
+        return [f"{prefix}{i}" for i in range(count)]
     width = max(5, len(str(count - 1)))
     return [f"{prefix}-{i:0{width}d}" for i in range(count)]

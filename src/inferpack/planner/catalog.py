@@ -13,29 +13,25 @@ Files are applied in the order given, so later files win.
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from inferpack.errors import ConfigError
-from inferpack.plan import Target
+from inferpack.jsonfile import StrictModel, parse_json_model
+from inferpack.plan import TargetName
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InstanceType(_Strict):
+class InstanceType(StrictModel):
     """One machine shape: CPU, memory, accelerators, and its price per hour."""
 
     name: str = Field(min_length=1, description="e.g. c6i.2xlarge, or 'local' for this host.")
     vcpus: int = Field(gt=0)
     memory_mb: int = Field(gt=0)
     architecture: Literal["x86_64", "arm64"] = "x86_64"
-    target: Target = "cpu"
+    target: TargetName = "cpu"
     accelerator: str | None = Field(default=None, description="e.g. nvidia-t4, aws-inferentia2.")
     accelerator_count: int = Field(default=0, ge=0, description="GPUs or Inferentia chips.")
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator device.")
@@ -47,7 +43,7 @@ class InstanceType(_Strict):
         return self.name.split(".", 1)[0]
 
 
-class CatalogFile(_Strict):
+class CatalogFile(StrictModel):
     """The on-disk format of a catalog or an override file."""
 
     format_version: Literal[1] = 1
@@ -62,7 +58,7 @@ class CatalogFile(_Strict):
     instances: list[InstanceType] = Field(default_factory=list)
 
 
-class Catalog(_Strict):
+class Catalog(StrictModel):
     """The effective catalog after overrides, with where its figures came from."""
 
     instances: list[InstanceType]
@@ -103,10 +99,7 @@ def merge_catalog(base: Catalog, override: CatalogFile, label: str) -> Catalog:
 
 def parse_catalog_file(text: str, label: str) -> CatalogFile:
     """Validate catalog JSON text; errors name the file."""
-    try:
-        return CatalogFile.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"catalog {label} is not a valid catalog file: {exc}") from exc
+    return parse_json_model(text, CatalogFile, f"catalog {label}")
 
 
 def default_catalog_text() -> str:

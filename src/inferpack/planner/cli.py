@@ -1,4 +1,4 @@
-"""`inferpack plan`: read models, catalog and profiles, solve (or deal naively), print and write the plan.
+"""`inferpack plan`: read models, catalog and profiles, solve (or deal a simple plan), print and write it.
 
 Registered in `inferpack.cli` with `app.command("plan")(plan_command)`. This module does the I/O and
 the timing; the planning itself is pure (`problem`, `solve`, `naive`).
@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,14 +22,15 @@ from inferpack.errors import ConfigError
 from inferpack.plan import Plan, save_plan
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.inputs import read_models_csv, read_repository
-from inferpack.planner.naive import simple_plan
+from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
+from inferpack.progress import counting_progress
 
 
 @contextlib.contextmanager
-def _quiet_fd1() -> Iterator[None]:
+def quiet_fd1() -> Iterator[None]:
     """HiGHS prints a banner straight to file descriptor 1 once per process; keep stdout clean."""
     sys.stdout.flush()
     try:
@@ -73,7 +73,7 @@ def plan_command(
     repository: Annotated[Path | None, typer.Option("--repository", help="Model repository folder.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan.")] = Path("plan.json"),
     simple: Annotated[
-        bool, typer.Option("--simple", help="Naive plan: fill --servers local servers evenly.")
+        bool, typer.Option("--simple", help="Simple plan: fill --servers local servers evenly.")
     ] = False,
     servers: Annotated[int | None, typer.Option("--servers", min=1, help="Servers (with --simple).")] = None,
     copies: Annotated[int, typer.Option("--copies", min=1, help="Copies per model (with --simple).")] = 1,
@@ -113,22 +113,14 @@ def plan_command(
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.1, help="MILP time limit (s).")] = 30.0,
 ) -> None:
     """Plan which servers to run and which models each holds: cheapest mix of instance types within the
-    latency objective (default), or the naive even packing with --simple."""
+    latency objective (default), or the simple plan (models dealt evenly) with --simple."""
     console = Console()
     demands = _read_models(models, repository, model_class, rate_rps)
     repo_label = str(repository) if repository is not None else None
     if simple:
         if servers is None:
             raise ConfigError("--simple needs --servers N")
-        cores = os.cpu_count() or 1
-        plan = simple_plan(
-            [d.id for d in demands],
-            servers,
-            copies,
-            cpu_per_server=max(cores / servers, 0.001),
-            memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
-            repository=repo_label,
-        )
+        plan = local_simple_plan([d.id for d in demands], servers, copies, repository=repo_label)
         save_plan(plan, out)
         _print_simple(console, plan, out)
         return
@@ -148,7 +140,7 @@ def plan_command(
     profs = load_profiles(profiles, use_reference=not no_reference_profiles)
     start = time.perf_counter()
     problem = build_problem(demands, cat, profs, options)
-    with _quiet_fd1():
+    with quiet_fd1():
         solution = solve(problem, method=solver, milp_time_limit_s=time_limit_s)
     elapsed = time.perf_counter() - start
     plan = to_plan(
@@ -163,12 +155,17 @@ def plan_command(
 
 
 def _print_simple(console: Console, plan: Plan, out: Path) -> None:
-    table = Table(title="naive plan (--simple)")
+    table = Table(title="simple plan (--simple)")
     for col in ("server", "models", "first models"):
         table.add_column(col)
     for server in plan.servers():
         table.add_row(server.name, str(len(server.models)), ", ".join(server.models[:3]))
     console.print(table)
+    if "copies_requested" in plan.metadata:
+        console.print(
+            f"[yellow]note:[/] {plan.metadata['copies_requested']} copies asked for, "
+            f"{plan.metadata['copies']} placed (one per server at most)"
+        )
     console.print(f"wrote {out}")
 
 
@@ -250,8 +247,6 @@ def profile_command(
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
     import datetime
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
     from inferpack.repository.local import open_repository
 
@@ -273,13 +268,7 @@ def profile_command(
         instance_types=instance_type or None,
     )
     steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with counting_progress(console) as bar:
         task = bar.add_task("profiling", total=None)
 
         def step(label: str) -> None:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
-import re
 from pathlib import Path
 
 from inferpack.errors import ConfigError
 from inferpack.planner.problem import ModelDemand
-
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# Weights are file-backed once loaded, but activations, tokenizer and allocator slack add to them; this
-# rough factor only applies when a manifest carries no measured footprint.
-FILE_SIZE_FACTOR = 1.2
-FILE_SIZE_BASE_MB = 30.0
+from inferpack.repository.footprint import MB, estimate_resident_bytes
+from inferpack.repository.ids import is_valid_model_id
+from inferpack.repository.local import LocalRepository, ModelRepository
 
 
 def read_models_csv(path: Path, default_class: str) -> list[ModelDemand]:
@@ -40,46 +35,27 @@ def read_models_csv(path: Path, default_class: str) -> list[ModelDemand]:
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}:{line}: {exc}") from exc
-        if not MODEL_ID.match(models[-1].id):
+        if not is_valid_model_id(models[-1].id):
             raise ConfigError(f"{path}:{line}: invalid model id {models[-1].id!r}")
     return models
 
 
-def _latest_version(model_dir: Path) -> Path | None:
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, key=lambda p: int(p.name)) if versions else None
-
-
-def model_memory_mb(version_dir: Path) -> float:
-    """A model version's resident memory: the manifest's measured `footprint.resident_mb` when present,
-    else an estimate from the size of its files. Kept in one function so it can later ask the repository
-    API instead of reading files."""
-    manifest = version_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{manifest} is not valid JSON: {exc}") from exc
-        footprint = data.get("footprint") if isinstance(data, dict) else None
-        resident = footprint.get("resident_mb") if isinstance(footprint, dict) else None
-        if isinstance(resident, int | float) and resident > 0:
-            return float(resident)
-    size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
-    return FILE_SIZE_BASE_MB + FILE_SIZE_FACTOR * size / 2**20
+def model_memory_mb(repository: ModelRepository, model_id: str) -> float:
+    """The resident memory of a model's newest version, as the server estimates a load
+    (`repository.footprint`): measured when its manifest says, else from its weight files."""
+    version = repository.versions(model_id)[-1]
+    return estimate_resident_bytes(repository, model_id, version) / MB
 
 
 def read_repository(root: Path, default_class: str, rate_rps: float) -> list[ModelDemand]:
-    """Models of a repository folder: every sub-folder with a valid id and at least one version."""
-    if not root.is_dir():
+    """Every model of a repository (what `ModelRepository.model_ids` lists), at `rate_rps` each."""
+    repository = LocalRepository(root)
+    if not repository.exists():
         raise ConfigError(f"repository {root} is not a folder")
-    models: list[ModelDemand] = []
-    for model_dir in sorted(root.iterdir()):
-        if not model_dir.is_dir() or not MODEL_ID.match(model_dir.name):
-            continue
-        version = _latest_version(model_dir)
-        if version is None:
-            continue
-        models.append(ModelDemand(model_dir.name, model_memory_mb(version), rate_rps, default_class))
+    models = [
+        ModelDemand(model_id, model_memory_mb(repository, model_id), rate_rps, default_class)
+        for model_id in repository.model_ids()
+    ]
     if not models:
         raise ConfigError(f"repository {root} holds no model", hint="make one with `inferpack models demo`")
     return models

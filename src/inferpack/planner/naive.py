@@ -1,16 +1,22 @@
-"""The naive packings: `plan --simple` (fill N local servers evenly) and the reference's fixed
-N-models-per-server packing on one instance type, the baseline the cost planner reports its saving over."""
+"""Even dealing of models over servers, for two jobs: the simple plan of `plan --simple`, `up` and `demo`
+(fill N local servers evenly) and the naive packing (the reference's fixed N models per server on one
+instance type), the baseline the cost planner reports its saving over.
+
+All is pure but `local_simple_plan`, which reads this machine's cores and memory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import psutil
 
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.planner.packing import Server
 from inferpack.planner.problem import EPS, Problem
+from inferpack.runtime.hardware import usable_cores
 
 
 def round_robin(n_models: int, copies: list[int], servers: int) -> list[list[int]]:
@@ -39,12 +45,18 @@ def simple_plan(
     repository: str | None = None,
 ) -> Plan:
     """The naive local plan of `inferpack plan --simple`: N servers of instance type "local", K copies of
-    each model on different servers, models dealt in order so every server holds about as many."""
+    each model on different servers, models dealt in order so every server holds about as many.
+
+    More copies than servers are capped at one copy per server (copies of a model must sit on different
+    servers, so no more fit); the metadata keeps the copies asked for next to the copies placed."""
     if not model_ids:
         raise PlanError("no models to plan")
     if copies < 1:
         raise PlanError("--copies must be at least 1")
-    dealt = round_robin(len(model_ids), [copies] * len(model_ids), servers)
+    if servers < 1:
+        raise PlanError("--servers must be at least 1")
+    placed = min(copies, servers)
+    dealt = round_robin(len(model_ids), [placed] * len(model_ids), servers)
     width = len(str(servers - 1))
     group = ServerGroup(
         name="local",
@@ -55,11 +67,24 @@ def simple_plan(
             for k, members in enumerate(dealt)
         ],
     )
-    return Plan(
-        created_by="simple",
+    metadata: dict[str, Any] = {"servers": servers, "copies": placed}
+    if placed != copies:
+        metadata["copies_requested"] = copies
+    return Plan(created_by="simple", repository=repository, groups=[group], metadata=metadata)
+
+
+def local_simple_plan(model_ids: list[str], servers: int, copies: int, *, repository: str | None) -> Plan:
+    """`simple_plan` sized for this machine: the usable cores (CPU affinity) and the memory split evenly
+    over the servers. The one sizing behind `inferpack plan --simple`, `inferpack up` and `inferpack demo`."""
+    if servers < 1:
+        raise PlanError("--servers must be at least 1")
+    return simple_plan(
+        model_ids,
+        servers,
+        copies,
+        cpu_per_server=max(usable_cores() / servers, 0.001),
+        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
         repository=repository,
-        groups=[group],
-        metadata={"servers": servers, "copies": copies},
     )
 
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from inferpack.errors import PlanError
+from inferpack.jsonfile import StrictModel
 from inferpack.planner.catalog import Catalog, InstanceType
 from inferpack.planner.profiles import DType, OperatingPoint, ProfileSet
 from inferpack.planner.queueing import max_rate_rps, p90_response_ms
@@ -39,10 +40,8 @@ _DEFAULT_DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
 EPS = 1e-9  # tolerance on capacity checks, so sums of floats that equal 1 still fit
 
 
-class PlanOptions(BaseModel):
+class PlanOptions(StrictModel):
     """What the user asks of a plan (every `inferpack plan` option that shapes the problem)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     slo_p90_ms: float = Field(default=100.0, gt=0, description="P90 latency objective per request.")
     max_utilisation: float = Field(default=0.8, gt=0, le=1, description="Cap on worker utilisation.")

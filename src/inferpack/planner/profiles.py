@@ -11,23 +11,19 @@ latency) from which it picks the cheapest one that keeps the latency objective.
 from __future__ import annotations
 
 import fnmatch
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from inferpack.errors import ConfigError
+from inferpack.jsonfile import StrictModel, parse_json_model
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OperatingPoint(_Strict):
+class OperatingPoint(StrictModel):
     """One way to run the model: a batch of `batch_size` on a worker using `threads` intra-op threads."""
 
     batch_size: int = Field(default=1, ge=1)
@@ -45,7 +41,7 @@ class OperatingPoint(_Strict):
         return self.batch_size * 1000.0 / self.latency_ms
 
 
-class HardwareTag(_Strict):
+class HardwareTag(StrictModel):
     """What the profile ran on; `inferpack profile` fills this from the machine."""
 
     cpu_model: str
@@ -56,7 +52,7 @@ class HardwareTag(_Strict):
     torch_version: str | None = None
 
 
-class ModelProfile(_Strict):
+class ModelProfile(StrictModel):
     """One model class on one kind of hardware."""
 
     model_class: str = Field(min_length=1, description="Architecture key, e.g. bert-base, minilm-l6.")
@@ -82,7 +78,7 @@ class ModelProfile(_Strict):
         return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
 
 
-class ModelClass(_Strict):
+class ModelClass(StrictModel):
     """A class of models sharing a shape: memory of a typical member lets the planner scale footprints."""
 
     name: str = Field(min_length=1)
@@ -93,7 +89,7 @@ class ModelClass(_Strict):
     description: str = ""
 
 
-class ProfileFile(_Strict):
+class ProfileFile(StrictModel):
     """A file of profiles (the format `inferpack profile` writes and `inferpack plan --profiles` reads)."""
 
     format_version: Literal[1] = 1
@@ -113,10 +109,8 @@ class ProfileFile(_Strict):
         return self
 
 
-class ProfileSet(BaseModel):
+class ProfileSet(StrictModel):
     """Profiles merged from several files; later files win for the same (class, instance type)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     classes: dict[str, ModelClass]
     profiles: list[ModelProfile]
@@ -131,10 +125,7 @@ class ProfileSet(BaseModel):
 
 def parse_profile_file(text: str, label: str) -> ProfileFile:
     """Validate profile JSON text; errors name the file."""
-    try:
-        return ProfileFile.model_validate(json.loads(text))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ConfigError(f"profile file {label} is not valid: {exc}") from exc
+    return parse_json_model(text, ProfileFile, f"profile file {label}")
 
 
 def reference_profile_text() -> str:

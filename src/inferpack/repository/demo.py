@@ -130,6 +130,7 @@ def make_demo_models(
     max_sequence_length: int = 128,
     share_base: bool = True,
     progress: Callable[[str], None] | None = None,
+    names: list[str] | None = None,
 ) -> list[str]:
     """Create `count` unique demo models in the repository at `out`; returns their ids.
 
@@ -137,13 +138,14 @@ def make_demo_models(
     head) are stored once in `_shared/weights/` and held once in memory by a server, as per-tenant
     fine-tunes of one base would be; without it every model file holds all its weights.
     Existing models with the same ids are left alone (idempotent), so a demo can re-run cheaply.
+    `names` replaces the ids `<prefix>-0000`.. (e.g. the reference's `model0`..).
     """
     if count < 1:
         raise RepositoryError("--count must be at least 1")
     repo = LocalRepository(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = prefix or f"{arch}-{_short(task)}"
-    ids = [validate_model_id(f"{stem}-{i:04d}") for i in range(count)]
+    ids = [validate_model_id(n) for n in names or [f"{stem}-{i:04d}" for i in range(count)]]
     todo = [m for m in ids if not repo.has_model(m)]
     if not todo:
         return ids

@@ -7,37 +7,33 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from inferpack.errors import RepositoryError
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
+from inferpack.plan import TargetName as TargetName  # one name for the processor kind, shared with plans
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
 DType = Literal["fp32", "bf16"]
 Quantization = Literal["none", "int8-dynamic"]
-TargetName = Literal["cpu", "cuda", "neuron"]
 Pooling = Literal["mean", "cls", "max"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
 MANIFEST_FILE = "manifest.json"
 
 
-class Footprint(BaseModel):
+class Footprint(StrictModel):
     """Measured (never guessed) cost of holding the model loaded, filled in after a real load."""
-
-    model_config = ConfigDict(extra="forbid")
 
     resident_mb: float = Field(ge=0, description="Resident memory added by loading it (RSS delta).")
     load_seconds: float = Field(ge=0, description="Wall time of a cold load, warm-up included.")
     measured_on: str = Field(description="Hardware tag of the machine that measured it.")
 
 
-class Agreement(BaseModel):
+class Agreement(StrictModel):
     """How closely a version's outputs match a reference: eager fp32 for a compiled version (written by
     `inferpack compile`), transformers' own model for an imported one (written by `inferpack models
     import`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_abs_diff: float
     cosine: float = Field(description="Mean cosine similarity of output rows to eager fp32.")
@@ -45,10 +41,8 @@ class Agreement(BaseModel):
     passed: bool
 
 
-class Manifest(BaseModel):
+class Manifest(StrictModel):
     """What is in one version folder and how to run it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format: Format
     task: Task

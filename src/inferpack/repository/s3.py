@@ -1,6 +1,7 @@
-"""A model repository in S3 (`s3://bucket/prefix`), served from a local cache that is filled on demand.
+"""A model repository in S3 (`s3://bucket/prefix`), served from a local cache that is filled on demand
+(the read-through cache; where the bucket is and how to reach it: `s3config`; publishing: `s3push`).
 
-The bucket holds the same layout as a local repository (see `inferpack.repository.local`) under `prefix/`.
+The bucket holds the same layout as a local repository (see `inferpack.repository.folder`) under `prefix/`.
 A version exists once its `manifest.json` exists, and `push_repository` uploads each version's manifest
 last, so a reader never sees a version whose weights are still on their way.
 
@@ -10,12 +11,8 @@ temporary folder, every file checked (size always; the MD5 ETag of single-part u
 that exists in the cache is complete and is reused without contacting S3. Versions are immutable: publish
 a change as a new version number, never by overwriting one.
 
-Connection (standard AWS chain: env vars, shared config, IRSA web identity, instance profile):
-- `INFERPACK_S3_ENDPOINT_URL`: an S3-compatible endpoint (MinIO, SeaweedFS...); path-style addressing is
-  used with it. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` are honoured by boto3 itself otherwise.
-- `INFERPACK_S3_CACHE_DIR`: the cache (default `~/.cache/inferpack/s3`).
-- Transient errors are retried by botocore (standard mode, 5 attempts) and a failed file check is retried
-  by downloading again (3 attempts).
+Transient errors are retried by botocore (see `s3config`) and a failed file check is retried by
+downloading again (3 attempts).
 """
 
 from __future__ import annotations
@@ -28,92 +25,31 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from inferpack.errors import ModelNotFound, RepositoryError
+from inferpack.repository.folder import SHARED_DIR, LocalRepository
 from inferpack.repository.ids import is_valid_model_id, validate_model_id
-from inferpack.repository.local import SHARED_DIR, LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest
+from inferpack.repository.s3config import (
+    CHUNK,
+    ENDPOINT_ENV,
+    NOT_FOUND_CODES,
+    SHA256_META,
+    S3Location,
+    default_cache_dir,
+    error_code,
+    is_transport_error,
+    make_s3_client,
+    parse_s3_uri,
+)
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_ENV = "INFERPACK_S3_ENDPOINT_URL"
-CACHE_ENV = "INFERPACK_S3_CACHE_DIR"
 SYNC_RECORD = ".inferpack-sync.json"
-SHA256_META = "sha256"
 DOWNLOAD_ATTEMPTS = 3
-CHUNK = 1 << 20
 LISTING_TTL_S = 60.0
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """A bucket and a key prefix without leading or trailing '/' (may be empty)."""
-
-    bucket: str
-    prefix: str
-
-    def key(self, relative: str) -> str:
-        """The object key of a repository-relative path."""
-        return f"{self.prefix}/{relative}" if self.prefix else relative
-
-    def relative(self, key: str) -> str:
-        """The repository-relative path of an object key under the prefix."""
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def uri(self) -> str:
-        """Back to `s3://bucket/prefix`."""
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-
-def parse_s3_uri(uri: str) -> S3Location:
-    """`s3://bucket/some/prefix/` -> S3Location("bucket", "some/prefix")."""
-    if not uri.startswith("s3://"):
-        raise RepositoryError(f"{uri!r} is not an s3:// URI")
-    bucket, _, prefix = uri[len("s3://") :].partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or any(part in ("", ".", "..") for part in prefix.split("/") if prefix):
-        raise RepositoryError(f"{uri!r} is not a usable s3://bucket/prefix URI")
-    return S3Location(bucket, prefix)
-
-
-def make_s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client: the standard credential chain, `INFERPACK_S3_ENDPOINT_URL` when set, retries."""
-    import boto3  # imported here: boto3 costs ~0.3 s to import; only S3 users pay it
-    from botocore.config import Config
-
-    endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-    config = Config(
-        retries={"max_attempts": 5, "mode": "standard"},
-        # S3-compatible servers rarely do virtual-host buckets on a bare IP:port.
-        s3={"addressing_style": "path"} if endpoint else {},
-        connect_timeout=5,
-        read_timeout=60,
-    )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
-
-
-def default_cache_dir() -> Path:
-    """`INFERPACK_S3_CACHE_DIR`, else ~/.cache/inferpack/s3."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "inferpack" / "s3"
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return isinstance(exc, BotoCoreError) and not isinstance(exc, ClientError)
-
-
-def _error_code(exc: BaseException) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
 
 
 class S3Repository(LocalRepository):
@@ -176,7 +112,7 @@ class S3Repository(LocalRepository):
             self._listed_at = self._clock()
             return self._index
         except Exception as exc:
-            if not _is_transport_error(exc) and _error_code(exc) not in ("NoSuchBucket", "AccessDenied"):
+            if not is_transport_error(exc) and error_code(exc) not in ("NoSuchBucket", "AccessDenied"):
                 raise RepositoryError(f"listing {self.location.uri()} failed: {exc}") from exc
             # Serving what we know beats refusing to start (or to serve) when S3 has a bad minute.
             log.warning("S3 listing of %s failed (%s); using what is known", self.location.uri(), exc)
@@ -224,7 +160,7 @@ class S3Repository(LocalRepository):
         try:
             body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
         except Exception as exc:
-            if _error_code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in NOT_FOUND_CODES:
                 raise ModelNotFound(
                     f"model {model_id!r} has no version {chosen} in {self.location.uri()}"
                 ) from exc
@@ -321,7 +257,7 @@ class S3Repository(LocalRepository):
             except RepositoryError as exc:  # a checksum or size mismatch: fetch again
                 last = exc
             except Exception as exc:
-                if _error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):
+                if error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):
                     raise RepositoryError(f"s3://{self.location.bucket}/{key}: {exc}") from exc
                 last = exc
         raise RepositoryError(
@@ -363,54 +299,3 @@ class S3Repository(LocalRepository):
 def open_s3_repository(uri: str, *, cache_dir: Path | None = None, client: Any = None) -> S3Repository:
     """Open `s3://bucket/prefix` with a cache (default `INFERPACK_S3_CACHE_DIR` or ~/.cache/inferpack/s3)."""
     return S3Repository(parse_s3_uri(uri), cache_dir or default_cache_dir(), client or make_s3_client())
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def push_repository(source: Path, uri: str, *, client: Any = None) -> dict[str, int]:
-    """Upload a local repository to `s3://bucket/prefix`; returns counts of uploaded and skipped files.
-
-    Files whose object already has the same size and sha256 are skipped (pushing again is cheap). Each
-    version's manifest goes last, so readers only ever see complete versions. Hidden files are skipped.
-    """
-    root = source.resolve()
-    if not root.is_dir():
-        raise RepositoryError(f"repository {source} does not exist")
-    location = parse_s3_uri(uri)
-    client = client or make_s3_client()
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise RepositoryError(f"repository {source} has no files to push")
-    # Manifests last: a version becomes visible (listable) only when all its other files are there.
-    files.sort(key=lambda p: p.name == MANIFEST_FILE)
-    counts = {"uploaded": 0, "skipped": 0}
-    for path in files:
-        key = location.key(path.relative_to(root).as_posix())
-        sha = _sha256_file(path)
-        try:
-            head = client.head_object(Bucket=location.bucket, Key=key)
-            if (
-                int(head["ContentLength"]) == path.stat().st_size
-                and head.get("Metadata", {}).get(SHA256_META) == sha
-            ):
-                counts["skipped"] += 1
-                continue
-        except Exception as exc:
-            if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
-                raise RepositoryError(f"checking s3://{location.bucket}/{key} failed: {exc}") from exc
-        try:
-            client.upload_file(str(path), location.bucket, key, ExtraArgs={"Metadata": {SHA256_META: sha}})
-        except Exception as exc:
-            raise RepositoryError(f"uploading {path} to s3://{location.bucket}/{key} failed: {exc}") from exc
-        counts["uploaded"] += 1
-    return counts

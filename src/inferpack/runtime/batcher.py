@@ -61,6 +61,7 @@ class InferencePool:
 @dataclass(slots=True)
 class _Pending:
     item: TextInput
+    raw: bool
     future: asyncio.Future[dict[str, Any]]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -97,8 +98,9 @@ class ModelBatcher:
         """True while requests are queued or batches are running."""
         return bool(self._queue) or bool(self._in_flight)
 
-    async def submit(self, item: TextInput) -> dict[str, Any]:
-        """Queue one item and wait for its result; sheds load when the queue is full."""
+    async def submit(self, item: TextInput, *, raw: bool = False) -> dict[str, Any]:
+        """Queue one item and wait for its result (`raw`: the model's own outputs, not decoded answers; it
+        shares batches with decoded items); sheds load when the queue is full."""
         if self._closing:
             raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
         if len(self._queue) >= self.settings.max_queue:
@@ -109,7 +111,7 @@ class ModelBatcher:
                 hint="retry after the Retry-After delay, or add copies of this model",
             )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, future))
+        self._queue.append(_Pending(item, raw, future))
         self._arrived.set()
         return await future
 
@@ -161,7 +163,9 @@ class ModelBatcher:
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            results = await self.pool.run(lambda: self.model.predict([p.item for p in batch]))
+            items = [p.item for p in batch]
+            raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
+            results = await self.pool.run(lambda: self.model.predict(items, raw))
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,11 @@ class LoadedModel:
             )
         return out.float().cpu()
 
-    def predict(self, items: list[TextInput]) -> list[dict[str, Any]]:
-        """Tokenise, forward and post-process a batch of items (blocking; call off the event loop)."""
+    def predict(self, items: list[TextInput], raw: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+        """Tokenise, forward and post-process a batch of items (blocking; call off the event loop); items
+        flagged in `raw` get the model's own outputs instead of decoded answers (TaskHandler.finish)."""
         batch = self.tokenizer.encode(items)
-        return self.handler.decode(self.forward(batch), batch, items)
+        return self.handler.finish(self.forward(batch), batch, items, raw)
 
 
 def load_model(

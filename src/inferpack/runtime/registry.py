@@ -26,7 +26,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inferpack.errors import ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
+from inferpack.errors import InferpackError, ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
+from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
@@ -130,28 +131,16 @@ class ModelRegistry:
         return choose_version(self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype))
 
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
-        """Bytes a load will add, before loading: the measured footprint when known, else file sizes
-        (shared files only when no loaded model holds them already)."""
+        """Bytes a load will add, before loading (see `repository.footprint`): shared files count only
+        when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
-        manifest = self.repository.manifest(model_id, chosen)
-        if manifest.footprint is not None:
-            return int(manifest.footprint.resident_mb * 2**20)
-        size = (self.repository.version_dir(model_id, chosen) / manifest.weights).stat().st_size
-        for rel in manifest.shared_weights:
-            path = self.repository.resolve_file(model_id, chosen, rel)
-            if not SHARED.holds(path):
-                size += path.stat().st_size
-        return int(size * 1.01) + 2**16  # a margin: buffers the files do not hold (position ids)
+        return estimate_resident_bytes(self.repository, model_id, chosen, already_held=SHARED.holds)
 
     # catalogue ------------------------------------------------------------------------------------------
     def refresh(self) -> list[str]:
         """Re-read the repository's model list (new models become known, loaded ones stay)."""
         self._known = set(self.repository.model_ids())
         return sorted(self._known)
-
-    def known(self, model_id: str) -> bool:
-        """True when the repository has the model."""
-        return model_id in self._known or model_id in self._entries
 
     def entry(self, model_id: str) -> ModelEntry:
         """The model's entry; ModelNotFound (404) for an id the repository lacks."""
@@ -164,7 +153,8 @@ class ModelRegistry:
             if model_id not in self._known:
                 raise ModelNotFound(
                     f"model {model_id!r} not found on this server",
-                    hint="POST /v2/repository/index lists the models this server knows",
+                    hint="the repository index lists the models this server knows",
+                    model_id=model_id,
                 )
         return self._entries.setdefault(model_id, ModelEntry(model_id))
 
@@ -181,6 +171,28 @@ class ModelRegistry:
         return sum(e.batcher.queue_depth for e in self._entries.values() if e.batcher is not None)
 
     # lifecycle ------------------------------------------------------------------------------------------
+    async def load_startup(self) -> None:
+        """Load the start-up models: pinned ones first (they must fit the budget), then those named in the
+        settings, or every model in the repository unless the server loads lazily. A model that fails is
+        kept as `failed` with its reason and logged; it never stops the others or the server."""
+        if self.settings.models is not None:
+            wanted = list(self.settings.models)
+        elif self.lazy_load:
+            wanted = []  # lazy servers load on first use
+        else:
+            wanted = self.refresh()
+        pinned = list(dict.fromkeys(self.settings.pinned_models))
+        wanted = [m for m in wanted if m not in self.pinned]
+
+        async def one(model_id: str) -> None:
+            try:
+                await self.load(model_id)
+            except InferpackError as exc:
+                log.error("model %s failed to load: %s", model_id, exc)
+
+        await asyncio.gather(*(one(m) for m in pinned))  # before the others, or they could fill the budget
+        await asyncio.gather(*(one(m) for m in wanted))
+
     async def load(
         self, model_id: str, version: int | None = None, *, cold: bool = False
     ) -> tuple[ModelEntry, bool]:
@@ -358,11 +370,6 @@ class ModelRegistry:
         finally:
             entry.reserved -= 1
 
-    async def ready_batcher(self, model_id: str) -> tuple[ModelBatcher, bool]:
-        """The batcher of a ready model, without holding it (see `use`)."""
-        async with self.use(model_id) as got:
-            return got
-
     async def _acquire(self, entry: ModelEntry) -> tuple[ModelBatcher, bool]:
         cold = False
         for _ in range(3):  # an explicit unload may race a lazy load; try again a couple of times
@@ -376,7 +383,8 @@ class ModelRegistry:
                 failed = entry.state == "failed" and entry.reason
                 raise ModelNotReady(
                     entry.reason if failed else f"model {entry.model_id!r} is {entry.state}",
-                    hint=f"load it with POST /v2/repository/models/{entry.model_id}/load",
+                    hint="load it first (the repository's load operation), or turn on lazy loading",
+                    model_id=entry.model_id,
                 )
             self.stats.misses += 1
             _, loaded_now = await self.load(entry.model_id, cold=True)

@@ -5,14 +5,18 @@ returns one tensor whose meaning the task fixes (see `inferpack.runtime.modeling
 - question-answering: [batch, tokens, 2] start/end logits
 - text-classification: [batch, labels] logits
 - feature-extraction: [batch, hidden] mean-pooled, L2-normalised embeddings
+
+Handlers describe their inputs and outputs in neutral terms (names, kinds, per-item shapes); transports turn
+those into their own wire types (the V2 datatypes live in `inferpack.server.v2_api`).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +26,25 @@ from inferpack.errors import InvalidInput
 from inferpack.repository.manifest import Task
 
 MAX_ANSWER_TOKENS = 30
+OutputKind = Literal["text", "float", "int"]
+Result = dict[str, Any]  # one item's outputs by name
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One named text input of a task."""
+
+    name: str
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """One named output of a task, per item: its kind and shape (empty for a scalar; -1 where unknown)."""
+
+    name: str
+    kind: OutputKind
+    shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +63,16 @@ class Encoded:
     attention_mask: torch.Tensor
     token_type_ids: torch.Tensor
     encodings: list[Encoding]
+
+    def select(self, rows: list[int]) -> Encoded:
+        """The same batch restricted to some rows (padding width unchanged)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return Encoded(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.token_type_ids[index],
+            [self.encodings[r] for r in rows],
+        )
 
 
 class TextTokenizer:
@@ -85,23 +118,47 @@ class TextTokenizer:
 
 
 class TaskHandler(ABC):
-    """Pre- and post-processing for one task; `describe_*` feed the V2 model metadata."""
+    """Pre- and post-processing for one task, and the neutral description of its inputs and outputs."""
 
     task: Task
     pair_input: bool
 
     @abstractmethod
-    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
         """Turn the model's output tensor into one result dict per item."""
 
     @abstractmethod
-    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
-        """V2 metadata of the outputs: name, datatype, shape (-1 for the batch dimension)."""
+    def raw(self, output: torch.Tensor, batch: Encoded) -> list[Result]:
+        """The model's own output per item, in fp32 numpy, trimmed to the item's real tokens (no padding)."""
 
-    def inputs_metadata(self) -> list[dict[str, Any]]:
-        """V2 metadata of the inputs (texts as BYTES)."""
+    @abstractmethod
+    def outputs(self, hidden_size: int, labels: list[str] | None) -> list[OutputSpec]:
+        """The decoded outputs: name, kind, per-item shape (-1 where unknown)."""
+
+    def inputs(self) -> list[InputSpec]:
+        """The text inputs, in order."""
         names = ["question", "context"] if self.pair_input else ["text"]
-        return [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in names]
+        return [InputSpec(n) for n in names]
+
+    def finish(
+        self, output: torch.Tensor, batch: Encoded, items: list[TextInput], raw: Sequence[bool] | None = None
+    ) -> list[Result]:
+        """Per item, the decoded result, or the model's own output where `raw` says so: raw and decoded
+        requests share one forward, each item is post-processed its own way after it."""
+        if raw is None or not any(raw):
+            return self.decode(output, batch, items)
+        if all(raw):
+            return self.raw(output, batch)
+        results: list[Result] = [{} for _ in items]
+        as_raw = [i for i, flag in enumerate(raw) if flag]
+        decoded = [i for i, flag in enumerate(raw) if not flag]
+        for i, result in zip(as_raw, self.raw(output[as_raw], batch.select(as_raw)), strict=True):
+            results[i] = result
+        if decoded:
+            subset = self.decode(output[decoded], batch.select(decoded), [items[i] for i in decoded])
+            for i, result in zip(decoded, subset, strict=True):
+                results[i] = result
+        return results
 
 
 class QuestionAnswering(TaskHandler):
@@ -110,7 +167,7 @@ class QuestionAnswering(TaskHandler):
     task: Task = "question-answering"
     pair_input = True
 
-    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
         logits = output.float().numpy()
         results = []
         for row, (enc, item) in enumerate(zip(batch.encodings, items, strict=True)):
@@ -140,13 +197,24 @@ class QuestionAnswering(TaskHandler):
             )
         return results
 
-    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
-        """answer (BYTES), score (FP32), start/end character offsets (INT64)."""
+    def raw(self, output: torch.Tensor, batch: Encoded) -> list[Result]:
+        """start_logits and end_logits over the item's tokens (question and context, special tokens too)."""
+        logits = output.float().numpy()
         return [
-            {"name": "answer", "datatype": "BYTES", "shape": [-1]},
-            {"name": "score", "datatype": "FP32", "shape": [-1]},
-            {"name": "start", "datatype": "INT64", "shape": [-1]},
-            {"name": "end", "datatype": "INT64", "shape": [-1]},
+            {
+                "start_logits": logits[row, : len(enc.ids), 0].astype(np.float32),
+                "end_logits": logits[row, : len(enc.ids), 1].astype(np.float32),
+            }
+            for row, enc in enumerate(batch.encodings)
+        ]
+
+    def outputs(self, hidden_size: int, labels: list[str] | None) -> list[OutputSpec]:
+        """answer (text), score, start/end character offsets."""
+        return [
+            OutputSpec("answer", "text"),
+            OutputSpec("score", "float"),
+            OutputSpec("start", "int"),
+            OutputSpec("end", "int"),
         ]
 
 
@@ -159,7 +227,7 @@ class TextClassification(TaskHandler):
     def __init__(self, labels: list[str] | None) -> None:
         self.labels = labels
 
-    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
         probs = torch.softmax(output.float(), dim=-1).numpy()
         labels = self.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
         best = probs.argmax(axis=1)
@@ -168,20 +236,20 @@ class TextClassification(TaskHandler):
             for p, k in zip(probs, best, strict=True)
         ]
 
-    def inputs_metadata(self) -> list[dict[str, Any]]:
-        """text, and an optional text_pair."""
-        return [
-            {"name": "text", "datatype": "BYTES", "shape": [-1]},
-            {"name": "text_pair", "datatype": "BYTES", "shape": [-1], "optional": True},
-        ]
+    def raw(self, output: torch.Tensor, batch: Encoded) -> list[Result]:
+        """logits over the labels."""
+        return [{"logits": row.astype(np.float32)} for row in output.float().numpy()]
 
-    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
-        """label (BYTES), score (FP32), probabilities (FP32 [batch, labels])."""
-        n = len(labels) if labels else -1
+    def inputs(self) -> list[InputSpec]:
+        """text, and an optional text_pair."""
+        return [InputSpec("text"), InputSpec("text_pair", optional=True)]
+
+    def outputs(self, hidden_size: int, labels: list[str] | None) -> list[OutputSpec]:
+        """label (text), score, probabilities (one per label)."""
         return [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "score", "datatype": "FP32", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+            OutputSpec("label", "text"),
+            OutputSpec("score", "float"),
+            OutputSpec("probabilities", "float", (len(labels) if labels else -1,)),
         ]
 
 
@@ -191,13 +259,17 @@ class FeatureExtraction(TaskHandler):
     task: Task = "feature-extraction"
     pair_input = False
 
-    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[dict[str, Any]]:
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
         rows = output.float().numpy().astype(np.float32)
         return [{"embedding": row} for row in rows]
 
-    def outputs_metadata(self, hidden_size: int, labels: list[str] | None) -> list[dict[str, Any]]:
-        """embedding (FP32 [batch, hidden])."""
-        return [{"name": "embedding", "datatype": "FP32", "shape": [-1, hidden_size]}]
+    def raw(self, output: torch.Tensor, batch: Encoded) -> list[Result]:
+        """embedding: the model's own output is already the pooled sentence vector."""
+        return [{"embedding": row.astype(np.float32)} for row in output.float().numpy()]
+
+    def outputs(self, hidden_size: int, labels: list[str] | None) -> list[OutputSpec]:
+        """embedding (hidden_size floats)."""
+        return [OutputSpec("embedding", "float", (hidden_size,))]
 
 
 def handler_for(task: Task, labels: list[str] | None = None) -> TaskHandler:

@@ -1,9 +1,16 @@
-"""Optional bearer-token auth: inference tokens, and a separate admin token for the repository API."""
+"""Optional bearer-token auth: inference tokens, and a separate admin token for the repository API.
+
+Routes get it as a FastAPI dependency on their router (`Depends(auth.require_inference)` /
+`Depends(auth.require_admin)`), so a new route cannot forget to check (tests/server/test_auth_routes.py).
+"""
 
 from __future__ import annotations
 
 import hmac
 from pathlib import Path
+from typing import Annotated
+
+from fastapi import Header
 
 from inferpack.errors import ConfigError, Forbidden, Unauthorized
 from inferpack.settings import AuthSettings
@@ -62,3 +69,11 @@ class Authenticator:
         given = self._bearer(header)
         if given is None or not hmac.compare_digest(given, self.admin):
             raise Unauthorized("the repository API needs the admin bearer token")
+
+    def require_inference(self, authorization: Annotated[str | None, Header()] = None) -> None:
+        """FastAPI dependency: the inference rule on the request's Authorization header."""
+        self.check_inference(authorization)
+
+    def require_admin(self, authorization: Annotated[str | None, Header()] = None) -> None:
+        """FastAPI dependency: the repository API's rule on the request's Authorization header."""
+        self.check_admin(authorization)

@@ -1,32 +1,76 @@
-"""The dataplane: what the server does, independent of HTTP. Both APIs (seed-compatible and V2) and the
-repository extension call these methods; endpoints only parse and format."""
+"""The dataplane: what the server does, independent of any transport.
+
+It takes and returns typed objects: an `InferenceRequest` in, a `Prediction` out; a `ModelDescription` for
+metadata; entries for the repository index. No bytes, no JSON, no HTTP: the transports (`seed`, `v2_api`)
+parse their wire formats into these and format the answers back, so a new transport (gRPC) adds a module
+and changes nothing here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from inferpack import __version__
-from inferpack.errors import InvalidInput, ModelNotFound, ModelNotReady, Overloaded
-from inferpack.repository.manifest import Manifest
-from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.tasks import TaskHandler, TextInput, handler_for
-from inferpack.server import v2
+from inferpack.errors import ModelNotFound, ModelNotReady, Overloaded
+from inferpack.repository.manifest import DType, Format, Manifest, Task
+from inferpack.runtime.registry import ModelRegistry, State
+from inferpack.runtime.tasks import InputSpec, OutputSpec, Result, TaskHandler, TextInput, handler_for
 from inferpack.server.metrics import ServerMetrics
 
-SERVER_NAME = "inferpack"
-EXTENSIONS = ["model_repository", "binary_tensor_data"]
-PLATFORMS = {"safetensors": "pytorch_safetensors", "torchscript": "pytorch_torchscript"}
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a request wants its answers. `postprocess=False`: the model's own output tensors per item (fp32,
+    trimmed to the item's tokens) instead of decoded answers; such items still batch with decoded ones."""
+
+    postprocess: bool = True
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """Items for one model (and optionally one version of it)."""
+
+    model_id: str
+    items: list[TextInput]
+    version: int | None = None
+    options: InferenceOptions = field(default_factory=InferenceOptions)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Results of one request, the version that served it, and whether it paid for a model load."""
+    """Results of one request (one per item), the version that served it, and whether it paid for a load."""
 
-    results: list[dict[str, Any]]
+    model_id: str
     version: int
+    results: list[Result]
     cold: bool
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model version is and takes, from its manifest (loaded or not)."""
+
+    model_id: str
+    version: int
+    task: Task
+    format: Format
+    dtype: DType
+    max_sequence_length: int
+    labels: list[str] | None
+    hidden_size: int | None
+    pair_input: bool
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where one model stands on this server: lifecycle state, loaded version, reason of a failure."""
+
+    model_id: str
+    state: State
+    version: int | None
+    reason: str
 
 
 class DataPlane:
@@ -47,96 +91,48 @@ class DataPlane:
         """Start-up models are loaded and the server is not draining."""
         return self.started and not self.draining
 
-    def server_metadata(self) -> dict[str, Any]:
-        """V2 server metadata."""
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
-
     # inference ----------------------------------------------------------------------------------------
-    async def predict(self, model_id: str, items: list[TextInput], version: int | None = None) -> Prediction:
-        """Run items through a model's batcher; all items of a request share the model version."""
+    async def infer(self, request: InferenceRequest) -> Prediction:
+        """Run a request's items through its model's batcher; all items share the model version."""
+        model_id, version = request.model_id, request.version
+        raw = not request.options.postprocess
         async with self.registry.use(model_id) as (batcher, cold):
             if version is not None and version != batcher.model.version:
                 self._check_version(model_id, version)
                 raise ModelNotReady(
                     f"model {model_id!r} version {version} is not the loaded one ({batcher.model.version})",
-                    hint=f"load it with POST /v2/repository/models/{model_id}/load",
+                    hint="load that version first",
+                    model_id=model_id,
                 )
             try:
-                results = await asyncio.gather(*(batcher.submit(item) for item in items))
+                results = await asyncio.gather(*(batcher.submit(item, raw=raw) for item in request.items))
             except Overloaded:
                 self.metrics.shed.inc()
                 raise
-        return Prediction(list(results), batcher.model.version, cold)
-
-    async def seed_predict(self, model_id: str, seq_0: str, seq_1: str) -> tuple[Any, bool]:
-        """The reference API: QA answers a question about a context; other tasks take seq_0 as the text."""
-        pair = self._handler(model_id, None).pair_input
-        prediction = await self.predict(model_id, [TextInput(seq_0, seq_1 if pair else None)])
-        result = prediction.results[0]
-        if "answer" in result:
-            detail: Any = result["answer"]
-        elif "label" in result:
-            detail = result["label"]
-        else:
-            detail = [float(x) for x in result["embedding"]]
-        return detail, prediction.cold
-
-    async def infer_v2(
-        self, model_id: str, version: int | None, body: bytes, header_length: str | None
-    ) -> tuple[bytes, int | None, bool]:
-        """A V2 inference: body in, (body, JSON header length or None, cold) out."""
-        handler = self._handler(model_id, version)  # unknown model -> 404 before parsing the body
-        request = v2.parse_request(body, header_length)
-        items = v2.items_from_inputs(request.inputs, handler.pair_input)
-        prediction = await self.predict(model_id, items, version)
-        manifest = self._manifest(model_id, prediction.version)
-        outputs = handler.outputs_metadata(manifest.hidden_size or -1, manifest.labels)
-        payload, head = v2.build_response(model_id, prediction.version, request, prediction.results, outputs)
-        return payload, head, prediction.cold
+        return Prediction(model_id, batcher.model.version, list(results), cold)
 
     # metadata -----------------------------------------------------------------------------------------
     def _check_version(self, model_id: str, version: int) -> None:
         if version not in self.registry.repository.versions(model_id):
             raise ModelNotFound(f"model {model_id!r} has no version {version}")
 
-    def _manifest(self, model_id: str, version: int | None) -> Manifest:
-        """The loaded model's manifest when it matches (no disk read on the request path), else the
-        repository's."""
-        loaded = self.registry.entry(model_id).loaded
-        if loaded is not None and version in (None, loaded.version):
-            return loaded.manifest
-        if version is not None:
-            self._check_version(model_id, version)
-        return self.registry.repository.manifest(model_id, version)
+    def versions(self, model_id: str) -> list[int]:
+        """Every version of a model in the repository, ascending."""
+        self.registry.entry(model_id)  # validates the id; 404 for an unknown model
+        return self.registry.repository.versions(model_id)
 
-    def _handler(self, model_id: str, version: int | None) -> TaskHandler:
-        loaded = self.registry.entry(model_id).loaded
-        if loaded is not None and version in (None, loaded.version):
-            return loaded.handler
-        manifest = self._manifest(model_id, version)
-        return handler_for(manifest.task, manifest.labels)
-
-    def model_metadata(self, model_id: str, version: int | None = None) -> dict[str, Any]:
-        """V2 model metadata from the manifest (works whether or not the model is loaded)."""
+    def describe(self, model_id: str, version: int | None = None) -> ModelDescription:
+        """A model version's description: the loaded one when it matches (no disk read on the request
+        path), else the version asked for, else the one a load would serve."""
         entry = self.registry.entry(model_id)
+        loaded = entry.loaded
+        if loaded is not None and version in (None, loaded.version):
+            return _description(model_id, loaded.version, loaded.manifest, loaded.handler)
         if version is not None:
             self._check_version(model_id, version)
-        chosen = version or entry.version or self.registry.default_version(model_id)
+        chosen = version or self.registry.default_version(model_id)
         manifest = self.registry.repository.manifest(model_id, chosen)
-        handler = handler_for(manifest.task, manifest.labels)
-        versions = [str(v) for v in self.registry.repository.versions(model_id)]
-        return {
-            "name": model_id,
-            "versions": versions,
-            "platform": PLATFORMS[manifest.format],
-            "inputs": handler.inputs_metadata(),
-            "outputs": handler.outputs_metadata(manifest.hidden_size or -1, manifest.labels),
-            "parameters": {
-                "task": manifest.task,
-                "dtype": manifest.dtype,
-                "max_sequence_length": manifest.max_sequence_length,
-            },
-        }
+        return _description(model_id, chosen, manifest, handler_for(manifest.task, manifest.labels))
 
     def model_ready(self, model_id: str, version: int | None = None) -> bool:
         """True when the model (and that version, if given) is loaded and serving."""
@@ -146,20 +142,14 @@ class DataPlane:
         return entry.state == "ready" and (version is None or version == entry.version)
 
     # repository extension -----------------------------------------------------------------------------
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """Every model this server knows, with state, loaded version and the reason of a failure."""
+    def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
+        """Every model this server knows (re-read from the repository), with state, version and reason."""
         self.registry.refresh()
-        out = []
-        for entry in self.registry.entries():
-            if ready_only and entry.state != "ready":
-                continue
-            item: dict[str, Any] = {"name": entry.model_id, "state": entry.state.upper()}
-            if entry.version is not None:
-                item["version"] = str(entry.version)
-            if entry.reason:
-                item["reason"] = entry.reason
-            out.append(item)
-        return out
+        return [
+            ModelStatus(e.model_id, e.state, e.version, e.reason)
+            for e in self.registry.entries()
+            if not ready_only or e.state == "ready"
+        ]
 
     async def load(self, model_id: str, version: int | None = None) -> None:
         """Load (or reload at another version) a model without disturbing the others."""
@@ -169,8 +159,18 @@ class DataPlane:
         """Drain and unload a model."""
         await self.registry.unload(model_id)
 
-    def validate_text(self, value: str, field: str) -> str:
-        """Reject text the tokenizer cannot take (NUL-free, bounded); truncation handles length."""
-        if "\x00" in value:
-            raise InvalidInput(f"{field} contains a NUL character")
-        return value
+
+def _description(model_id: str, version: int, manifest: Manifest, handler: TaskHandler) -> ModelDescription:
+    return ModelDescription(
+        model_id=model_id,
+        version=version,
+        task=manifest.task,
+        format=manifest.format,
+        dtype=manifest.dtype,
+        max_sequence_length=manifest.max_sequence_length,
+        labels=manifest.labels,
+        hidden_size=manifest.hidden_size,
+        pair_input=handler.pair_input,
+        inputs=handler.inputs(),
+        outputs=handler.outputs(manifest.hidden_size or -1, manifest.labels),
+    )

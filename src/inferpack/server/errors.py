@@ -1,4 +1,5 @@
-"""The one place that maps inferpack errors to HTTP status codes and JSON bodies."""
+"""The one place that maps inferpack errors to HTTP status codes and JSON bodies, and turns the runtime's
+neutral remedies (load this model, list the models) into HTTP how-tos."""
 
 from __future__ import annotations
 
@@ -35,11 +36,21 @@ def status_of(exc: e.InferpackError) -> int:
     return 500
 
 
+def http_hint(exc: e.InferpackError) -> str | None:
+    """What to do next, said in HTTP where the remedy is a call to this server; else the error's own hint."""
+    if isinstance(exc, e.ModelNotReady) and exc.model_id is not None:
+        return f"load it with POST /v2/repository/models/{exc.model_id}/load"
+    if isinstance(exc, e.ModelNotFound) and exc.model_id is not None:
+        return "POST /v2/repository/index lists the models this server knows"
+    return exc.hint
+
+
 def error_response(exc: e.InferpackError) -> JSONResponse:
     """A JSON error body `{"error": ..., "hint": ...}` with the right status and headers."""
     body = {"error": exc.message}
-    if exc.hint:
-        body["hint"] = exc.hint
+    hint = http_hint(exc)
+    if hint:
+        body["hint"] = hint
     headers: dict[str, str] = {}
     if isinstance(exc, e.Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))

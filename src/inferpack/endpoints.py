@@ -22,19 +22,17 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from inferpack.errors import PlanError
-from inferpack.jsonfile import read_json_model
+from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.plan import Plan
 
 ENDPOINTS_FORMAT_VERSION: Literal[1] = 1
 
 
-class ServerEndpoints(BaseModel):
+class ServerEndpoints(StrictModel):
     """Server name -> base URL of its HTTP API."""
-
-    model_config = ConfigDict(extra="forbid")
 
     format_version: Literal[1] = ENDPOINTS_FORMAT_VERSION
     servers: dict[str, str] = Field(

@@ -1,0 +1,49 @@
+"""What holding a model version costs in memory, known before loading it: one estimate, used by the
+server's memory budget (`runtime.registry`) and by the planner (`planner.inputs`).
+
+A measured footprint (`footprint.resident_mb` in the manifest, written after a real load) always wins.
+Without one, the estimate is the size of the weight files with a small margin: weights load file-backed
+and dominate a loaded model, and the server's own overhead (interpreter, torch, tokenizers) is counted
+once per server elsewhere (the registry's measurement after the load; the planner's profiles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from inferpack.repository.folder import ModelRepository
+
+MB = 2**20
+FILE_MARGIN = 1.01  # buffers the weight files do not hold (position ids, token type ids)
+FILE_EXTRA_BYTES = 2**16
+
+
+def estimate_from_file_bytes(file_bytes: int) -> int:
+    """Resident bytes of a model whose weight files (own and not yet shared) hold `file_bytes`."""
+    return int(file_bytes * FILE_MARGIN) + FILE_EXTRA_BYTES
+
+
+def _never_held(_path: Path) -> bool:
+    return False
+
+
+def estimate_resident_bytes(
+    repository: ModelRepository,
+    model_id: str,
+    version: int,
+    *,
+    already_held: Callable[[Path], bool] = _never_held,
+) -> int:
+    """Bytes that loading `model_id` v`version` adds: the manifest's measured footprint when it has one,
+    else `estimate_from_file_bytes` of its weights file plus the shared weight files `already_held` says
+    are not in memory yet (a server passes what it holds; a planner counts them all)."""
+    manifest = repository.manifest(model_id, version)
+    if manifest.footprint is not None:
+        return int(manifest.footprint.resident_mb * MB)
+    size = (repository.version_dir(model_id, version) / manifest.weights).stat().st_size
+    for relative in manifest.shared_weights:
+        path = repository.resolve_file(model_id, version, relative)
+        if not already_held(path):
+            size += path.stat().st_size
+    return estimate_from_file_bytes(size)

@@ -1,0 +1,154 @@
+"""The Open Inference Protocol (KServe V2) over HTTP: model metadata, readiness, inference, and the model
+repository extension. The wire format itself (tensors, the binary extension) is `inferpack.server.v2`;
+this module maps the dataplane's typed objects to V2 documents (datatypes, shapes, platforms)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from inferpack import __version__
+from inferpack.errors import InvalidInput
+from inferpack.runtime.tasks import InputSpec, OutputKind, OutputSpec
+from inferpack.server import v2
+from inferpack.server.auth import Authenticator
+from inferpack.server.dataplane import DataPlane, InferenceRequest, ModelDescription, ModelStatus
+from inferpack.server.http import load_header, optional_json, timed
+from inferpack.server.metrics import ServerMetrics
+
+SERVER_NAME = "inferpack"
+EXTENSIONS = ["model_repository", "binary_tensor_data"]
+PLATFORMS = {"safetensors": "pytorch_safetensors", "torchscript": "pytorch_torchscript"}
+DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "INT64"}
+
+
+# documents ------------------------------------------------------------------------------------------------
+def server_metadata() -> dict[str, Any]:
+    """V2 server metadata."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+
+def inputs_metadata(inputs: list[InputSpec]) -> list[dict[str, Any]]:
+    """Text inputs as V2 tensor metadata (BYTES, one per batch item)."""
+    out: list[dict[str, Any]] = []
+    for spec in inputs:
+        meta: dict[str, Any] = {"name": spec.name, "datatype": "BYTES", "shape": [-1]}
+        if spec.optional:
+            meta["optional"] = True
+        out.append(meta)
+    return out
+
+
+def outputs_metadata(outputs: list[OutputSpec]) -> list[dict[str, Any]]:
+    """Outputs as V2 tensor metadata: datatype from the kind, -1 for the batch dimension."""
+    return [{"name": o.name, "datatype": DATATYPES[o.kind], "shape": [-1, *o.shape]} for o in outputs]
+
+
+def model_metadata(model: ModelDescription, versions: list[int]) -> dict[str, Any]:
+    """V2 model metadata of a described version."""
+    return {
+        "name": model.model_id,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORMS[model.format],
+        "inputs": inputs_metadata(model.inputs),
+        "outputs": outputs_metadata(model.outputs),
+        "parameters": {
+            "task": model.task,
+            "dtype": model.dtype,
+            "max_sequence_length": model.max_sequence_length,
+        },
+    }
+
+
+def index_entry(status: ModelStatus) -> dict[str, Any]:
+    """One model of the repository index: name, state (upper case), loaded version, failure reason."""
+    item: dict[str, Any] = {"name": status.model_id, "state": status.state.upper()}
+    if status.version is not None:
+        item["version"] = str(status.version)
+    if status.reason:
+        item["reason"] = status.reason
+    return item
+
+
+# routes ---------------------------------------------------------------------------------------------------
+def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -> APIRouter:
+    """`/v2/models/...`: metadata, readiness and inference; every route needs the inference token."""
+    router = APIRouter(dependencies=[Depends(auth.require_inference)])
+
+    @router.get("/v2/models/{model_id}")
+    async def metadata(model_id: str) -> dict[str, Any]:
+        return model_metadata(plane.describe(model_id), plane.versions(model_id))
+
+    @router.get("/v2/models/{model_id}/versions/{version}")
+    async def version_metadata(model_id: str, version: int) -> dict[str, Any]:
+        return model_metadata(plane.describe(model_id, version), plane.versions(model_id))
+
+    def ready_response(model_id: str, version: int | None) -> Response:
+        ok = plane.model_ready(model_id, version)
+        return JSONResponse({"name": model_id, "ready": ok}, status_code=200 if ok else 503)
+
+    @router.get("/v2/models/{model_id}/ready")
+    async def ready(model_id: str) -> Response:
+        return ready_response(model_id, None)
+
+    @router.get("/v2/models/{model_id}/versions/{version}/ready")
+    async def version_ready(model_id: str, version: int) -> Response:
+        return ready_response(model_id, version)
+
+    async def infer(request: Request, model_id: str, version: int | None) -> Response:
+        async def call() -> Response:
+            model = plane.describe(model_id, version)  # unknown model or version: 404 before the body
+            parsed = v2.parse_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
+            items = v2.items_from_inputs(parsed.inputs, model.pair_input)
+            prediction = await plane.infer(InferenceRequest(model_id, items, version))
+            if prediction.version != model.version:  # a lazy load picked another version
+                model = plane.describe(model_id, prediction.version)
+            payload, head = v2.build_response(
+                model_id, prediction.version, parsed, prediction.results, outputs_metadata(model.outputs)
+            )
+            headers = load_header(prediction.cold)
+            if head is None:
+                return Response(payload, media_type="application/json", headers=headers)
+            headers[v2.HEADER_LENGTH] = str(head)
+            return Response(payload, media_type="application/octet-stream", headers=headers)
+
+        return await timed(metrics, model_id, "v2", call)
+
+    @router.post("/v2/models/{model_id}/infer")
+    async def infer_latest(request: Request, model_id: str) -> Response:
+        return await infer(request, model_id, None)
+
+    @router.post("/v2/models/{model_id}/versions/{version}/infer")
+    async def infer_version(request: Request, model_id: str, version: int) -> Response:
+        return await infer(request, model_id, version)
+
+    return router
+
+
+def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
+    """The model repository extension: index, load, unload; every route follows the admin rule."""
+    router = APIRouter(dependencies=[Depends(auth.require_admin)])
+
+    @router.post("/v2/repository/index")
+    async def index(request: Request) -> Response:
+        body = await optional_json(request)
+        statuses = plane.repository_index(ready_only=bool(body.get("ready", False)))
+        return JSONResponse([index_entry(s) for s in statuses])
+
+    @router.post("/v2/repository/models/{model_id}/load")
+    async def load(request: Request, model_id: str) -> Response:
+        body = await optional_json(request)
+        version = (body.get("parameters") or {}).get("version")
+        if version is not None and not (isinstance(version, int) or str(version).isdigit()):
+            raise InvalidInput(f"parameters.version must be an integer, got {version!r}")
+        await plane.load(model_id, int(version) if version is not None else None)
+        return JSONResponse({})
+
+    @router.post("/v2/repository/models/{model_id}/unload")
+    async def unload(model_id: str) -> Response:
+        await plane.unload(model_id)
+        return JSONResponse({})
+
+    return router

@@ -1,0 +1,50 @@
+"""The one memory estimate of a model version before loading (server budget and planner alike)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferpack.repository.footprint import MB, estimate_from_file_bytes, estimate_resident_bytes
+from inferpack.repository.local import LocalRepository
+from inferpack.repository.manifest import Footprint, Manifest, write_manifest
+
+
+def _model(
+    root: Path, model_id: str, weights: int, shared: int = 0, resident_mb: float | None = None
+) -> None:
+    folder = root / model_id / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"\0" * weights)
+    shared_files = []
+    if shared:
+        (root / "_shared").mkdir(exist_ok=True)
+        (root / "_shared" / "base.safetensors").write_bytes(b"\0" * shared)
+        shared_files = ["../../_shared/base.safetensors"]
+    footprint = Footprint(resident_mb=resident_mb, load_seconds=1.0, measured_on="t") if resident_mb else None
+    manifest = Manifest(
+        format="safetensors",
+        task="feature-extraction",
+        weights="model.safetensors",
+        shared_weights=shared_files,
+        footprint=footprint,
+    )
+    write_manifest(folder / "manifest.json", manifest)
+
+
+def test_the_formula_is_pinned() -> None:
+    # 1% over the files for buffers they do not hold, plus 64 KiB: the registry's budget depends on it.
+    assert estimate_from_file_bytes(0) == 65536
+    assert estimate_from_file_bytes(100 * MB) == int(100 * MB * 1.01) + 65536
+
+
+def test_a_measured_footprint_wins(tmp_path: Path) -> None:
+    _model(tmp_path, "m", weights=10 * MB, resident_mb=42.5)
+    assert estimate_resident_bytes(LocalRepository(tmp_path), "m", 1) == int(42.5 * MB)
+
+
+def test_shared_weights_count_unless_already_held(tmp_path: Path) -> None:
+    _model(tmp_path, "m", weights=MB, shared=3 * MB)
+    repo = LocalRepository(tmp_path)
+    assert estimate_resident_bytes(repo, "m", 1) == estimate_from_file_bytes(4 * MB)
+    held = estimate_resident_bytes(repo, "m", 1, already_held=lambda p: p.name == "base.safetensors")
+    assert held == estimate_from_file_bytes(MB)
