@@ -70,7 +70,14 @@ def serve(
     ] = False,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")] = None,
-    dtype: Annotated[DTypeChoice | None, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto (CUDA when a GPU is visible, else CPU), cpu, cuda, cuda:N or neuron."),
+    ] = None,
+    dtype: Annotated[
+        DTypeChoice | None,
+        typer.Option(help="auto (bf16 where native, else fp16 on GPUs), fp32, bf16, fp16."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     lazy: Annotated[
         bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
@@ -91,6 +98,7 @@ def serve(
             "repository": repository,
             "host": host,
             "port": port,
+            "device": device,
             "dtype": dtype,
             "inference_threads": threads,
             "lazy_load": lazy,

@@ -93,6 +93,10 @@ class ConfigError(InferpackError):
     """A settings file or plan file that cannot be used."""
 
 
+class DeviceUnavailable(ConfigError):
+    """The processor a server was asked to run on (a GPU, Neuron cores) is absent or unusable here."""
+
+
 class FleetError(InferpackError):
     """The local fleet could not start, or its state cannot be acted on. `log_tail` holds the failing log."""
 

@@ -92,8 +92,8 @@ def test_plan_with_unknown_models_is_refused(demo_repo: Path, tmp_path: Path) ->
 
 
 def test_helpers(tmp_path: Path) -> None:
-    cmd = server_command(repository="r", models=["a", "b"], port=1, threads=2)
-    assert cmd[-10:] == [
+    cmd = server_command(repository="r", models=["a", "b"], port=1, threads=2, device="cuda")
+    assert cmd[-12:] == [
         "--models",
         "a,b",
         "--host",
@@ -102,6 +102,8 @@ def test_helpers(tmp_path: Path) -> None:
         "1",
         "--threads",
         "2",
+        "--device",
+        "cuda",
         "--log-level",
         "info",
     ]

@@ -127,6 +127,8 @@ def compile_model(
         dtype=variant.dtype,
         quantization=variant.quantization,
         target=options.target,
+        # the server pads every batch to this shape (inferpack.runtime.neuron)
+        static_shape=(1, manifest.max_sequence_length) if options.target == "neuron" else None,
         labels=manifest.labels,
         pooling=manifest.pooling,  # baked into the trace; kept as metadata
         normalize=manifest.normalize,

@@ -28,6 +28,7 @@ from inferpack.deploy.options import (
 )
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, ServerGroup, ServerPlan
+from inferpack.runtime.devices import target_device
 from inferpack.settings import ServerSettings
 
 Manifest = dict[str, Any]
@@ -247,6 +248,9 @@ def render_server(
     volumes, mounts = server_volumes(repository, options)
     command = ["inferpack", "serve", "--repository", repository_arg(repository)]
     command += ["--models", ",".join(server.models), "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]
+    # The plan's processor, explicitly: a GPU pod whose GPU is missing fails at start instead of serving on
+    # its CPU (auto would), so the failure shows in the rollout.
+    command += ["--device", target_device(group.target)]
     container: Manifest = {
         "name": "server",
         "image": image_for(group.target, options),

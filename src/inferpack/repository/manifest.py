@@ -63,6 +63,11 @@ class Manifest(StrictModel):
     dtype: DType = "fp32"
     quantization: Quantization = "none"
     target: TargetName = "cpu"
+    static_shape: tuple[int, int] | None = Field(
+        default=None,
+        description="[batch, tokens] a static-shape graph (target neuron) was traced with; the server pads "
+        "every batch to it.",
+    )
     labels: list[str] | None = Field(default=None, description="Class names (text-classification).")
     hidden_size: int | None = Field(default=None, ge=1, description="Width of embeddings (metadata).")
     parameters: int | None = Field(default=None, ge=0, description="Parameter count.")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from inferpack.errors import ModelLoadFailed
+from inferpack.errors import DeviceUnavailable, ModelLoadFailed
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
 from inferpack.runtime.hardware import resolve_dtype
@@ -27,7 +27,7 @@ from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.skeletons import preload_libraries as preload_libraries  # the server's import
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import _check_target, choose_version
+from inferpack.runtime.versions import _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -120,16 +120,22 @@ def load_model(
     manifest = repository.manifest(model_id, chosen)
     _check_target(model_id, chosen, manifest, device)
     version_dir = repository.version_dir(model_id, chosen)
-    torch_device = torch.device(device)
+    neuron = _device_kind(device) == "neuron"
+    # Neuron graphs are called with host tensors; the runtime moves them to the NeuronCore.
+    torch_device = torch.device("cpu" if neuron else device)
+    limit = max_sequence_length or manifest.max_sequence_length
     try:
-        tokenizer = TOKENIZERS.get(
-            repository.resolve_file(model_id, chosen, manifest.tokenizer),
-            max_sequence_length or manifest.max_sequence_length,
-        )
         module: ModelCallable
         groups: list[SharedGroup] = []
         skeleton = ""
-        if manifest.format == "torchscript":
+        if neuron:
+            from inferpack.runtime.neuron import load_neuron, static_shape
+
+            torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
+            module = load_neuron(version_dir / manifest.weights, manifest)
+            limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
+            hidden = manifest.hidden_size or 0
+        elif manifest.format == "torchscript":
             torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
@@ -147,7 +153,8 @@ def load_model(
             module = eager
             skeleton = eager.skeleton_key
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
-    except ModelLoadFailed:
+        tokenizer = TOKENIZERS.get(repository.resolve_file(model_id, chosen, manifest.tokenizer), limit)
+    except (ModelLoadFailed, DeviceUnavailable):
         raise
     except Exception as exc:  # any failure to read or build is the model's, not the server's
         raise ModelLoadFailed(
