@@ -54,4 +54,3 @@ def test_run_scripts_are_valid_shell() -> None:
         if word == "RUN":
             proc = subprocess.run(["sh", "-n", "-c", rest], capture_output=True, text=True, check=False)
             assert proc.returncode == 0, proc.stderr
-

@@ -108,6 +108,15 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
     good = add()
     assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
     assert choose_version(repo, "m-0000", "cuda", torch.bfloat16) == 1
+    assert choose_version(repo, "m-0000", "cuda:0", torch.float32) == 2  # the CUDA trace, on any GPU index
+    assert choose_version(repo, "m-0000", "cuda", torch.float16) == 1  # no fp16 trace: convert at load
+    # Neuron serves Neuron graphs only: in its dtype when there is one, else in the one there is.
+    neuron_fp32 = add(target="neuron")
+    assert choose_version(repo, "m-0000", "neuron", torch.bfloat16) == neuron_fp32
+    neuron_bf16 = add(target="neuron", dtype="bf16")
+    assert choose_version(repo, "m-0000", "neuron", torch.bfloat16) == neuron_bf16
+    assert choose_version(repo, "m-0000", "neuron", torch.float32) == neuron_fp32
+    assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
     with pytest.raises(ModelLoadFailed, match="compiled for cuda"):
         load_model(repo, "m-0000", 2)
 

@@ -105,8 +105,8 @@ class ResolvedDevice:
 
     def describe(self) -> str:
         """One line for the start-up log."""
-        line = f"device {self.name}: {self.detail}"
-        return f"{line} ({self.reason})" if self.reason else line
+        line = f"{self.name} ({self.detail})"
+        return f"{line}: {self.reason}" if self.reason else line
 
     def metadata(self) -> dict[str, Any]:
         """What the V2 server metadata reports."""
@@ -143,7 +143,7 @@ CPU_DEVICE = ResolvedDevice(requested="cpu", name="cpu", kind="cpu", detail="the
 
 def _build(facts: DeviceFacts) -> str:
     if facts.cuda_build is None:
-        return f"torch {facts.torch_version} is a CPU-only build (no CUDA)"
+        return f"torch {facts.torch_version} is a CPU-only build, without CUDA"
     return f"torch {facts.torch_version} (CUDA {facts.cuda_build})"
 
 
@@ -163,13 +163,13 @@ def resolve_device(choice: str, facts: DeviceFacts) -> ResolvedDevice:
         return ResolvedDevice(requested=choice, name="cpu", kind="cpu", detail=facts.cpu)
     if choice == "auto":
         if facts.cuda_devices:
-            return _cuda(choice, "cuda", facts, reason="auto: a CUDA GPU is visible")
+            return _cuda(choice, "cuda", facts, reason="auto found a CUDA GPU")
         return ResolvedDevice(
             requested=choice,
             name="cpu",
             kind="cpu",
             detail=facts.cpu,
-            reason=f"auto: no CUDA GPU ({_no_cuda_reason(facts)}), so the CPU",
+            reason=f"auto found no CUDA GPU ({_no_cuda_reason(facts)}), so the CPU",
         )
     if choice.startswith("cuda"):
         if not facts.cuda_devices:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -92,7 +93,9 @@ class StaticShapeModule:
 def load_neuron(path: Path, manifest: Manifest) -> StaticShapeModule:
     """Load a Neuron version through torch-neuronx, wrapped to accept the server's dynamic batches."""
     require_torch_neuronx()
-    scripted = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's notice
+        scripted = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
     batch, width = static_shape(manifest)
     return StaticShapeModule(
         scripted,

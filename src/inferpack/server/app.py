@@ -102,8 +102,9 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         registry.start_background()
         plane.started = True
         log.info(
-            "inferpack server ready: %d model(s) loaded, %d inference threads",
+            "inferpack server ready: %d model(s) loaded on %s, %d inference threads",
             len(registry.ready_models()),
+            device.name,
             threads,
         )
         try:
