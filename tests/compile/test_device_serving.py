@@ -156,3 +156,16 @@ def test_cuda_compiled_version_is_chosen_and_served(repo_copy: RepoFactory) -> N
     assert sum(module_storages(served.module).values()) > 0
     eager = load_model(repo, "qa-0000", 1, dtype="fp32")
     _same_answers(eager.predict(ITEMS), served.predict(ITEMS))
+
+
+@needs_cuda
+def test_cuda_fp16_version_serves_a_fp16_server(repo_copy: RepoFactory) -> None:
+    """The T4 path (g4dn): no bf16 tensor cores, so fp16 traces, chosen when the server computes fp16."""
+    repo = repo_copy("qa-0000")
+    result = compile_model(repo, "qa-0000", CompileOptions(target="cuda", dtype="fp16"))
+    assert result.agreement.passed
+    served = load_model(repo, "qa-0000", device="cuda:0", dtype="fp16")
+    assert served.version == result.version and served.dtype == torch.float16
+    cpu = load_model(repo, "qa-0000", 1, dtype="fp32")
+    for e, g in zip(cpu.predict(ITEMS), served.predict(ITEMS), strict=True):
+        assert g["score"] == pytest.approx(e["score"], abs=0.05)

@@ -15,7 +15,7 @@ from inferpack.plan import TargetName as TargetName  # one name for the processo
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
-DType = Literal["fp32", "bf16"]
+DType = Literal["fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8-dynamic"]
 Pooling = Literal["mean", "cls", "max"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")

@@ -131,12 +131,12 @@ def load_model(
         if neuron:
             from inferpack.runtime.neuron import load_neuron, static_shape
 
-            torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
+            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
             module = load_neuron(version_dir / manifest.weights, manifest)
             limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
             hidden = manifest.hidden_size or 0
         elif manifest.format == "torchscript":
-            torch_dtype = torch.bfloat16 if manifest.dtype == "bf16" else torch.float32
+            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
             )
@@ -176,6 +176,9 @@ def load_model(
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
+
+
+_MANIFEST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _warm_up(model: LoadedModel) -> None:
