@@ -63,12 +63,12 @@ def up_command(
         int | None, typer.Option(help="Inference threads per server (0: split cores).")
     ] = None,
     allow_cpu_fallback: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--allow-cpu-fallback",
             help="Run plan groups whose GPU/Neuron this host lacks on the CPU (warns) instead of failing.",
         ),
-    ] = None,
+    ] = False,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -82,7 +82,7 @@ def up_command(
             "base_port": base_port,
             "router_port": router_port,
             "threads_per_server": threads,
-            "allow_cpu_fallback": allow_cpu_fallback,
+            "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
             "run_dir": run_dir,
         },
         {"repository": repository},

@@ -77,14 +77,17 @@ def fill_weights(wrapper: TaskWrapper, state: dict[str, torch.Tensor]) -> TaskWr
     missing, _unexpected = inner.load_state_dict(state, strict=False, assign=True)
     if missing:
         raise ModelLoadFailed(f"weights file lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    device = next(iter(state.values())).device if state else torch.device("cpu")  # the buffers go there too
     for module in inner.modules():
         for name, buf in list(module.named_buffers(recurse=False)):
             if buf.device.type != "meta":
                 continue
             if name == "position_ids":
-                module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+                ids = torch.arange(buf.shape[-1], device=device).expand(buf.shape)
+                module.register_buffer(name, ids, persistent=False)
             elif name == "token_type_ids":
-                module.register_buffer(name, torch.zeros(buf.shape, dtype=torch.long), persistent=False)
+                zeros = torch.zeros(buf.shape, dtype=torch.long, device=device)
+                module.register_buffer(name, zeros, persistent=False)
             else:
                 raise ModelLoadFailed(f"buffer {name!r} has no value after loading the weights")
     wrapper.eval()
