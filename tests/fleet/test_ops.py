@@ -219,3 +219,17 @@ def test_each_server_gets_its_groups_device(demo_repo: Path, tmp_path: Path) -> 
     _, spec = ops.prepare(load_settings(None, {"fleet": fleet}), ops.local_plan(demo_repo, 2, 1), None)
     assert [s.device for s in spec.servers] == ["cpu", "cpu"]
     assert "--device" not in server_command(repository="r", models=["a"], port=1, threads=1)  # its default
+
+
+def test_a_gpu_host_runs_the_gpu_group_on_its_gpu(
+    demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferpack.runtime.devices import CudaDevice, DeviceFacts
+
+    t4 = CudaDevice(0, "Tesla T4", (7, 5), 16 * 2**30, 15 * 2**30)
+    monkeypatch.setattr(ops, "probe_devices", lambda neuron: DeviceFacts("2.13.0", "12.8", (t4,)))
+    fleet = {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0, "threads_per_server": 0}
+    _, spec = ops.prepare(load_settings(None, {"fleet": fleet}), _gpu_plan(demo_repo), None)
+    assert [s.device for s in spec.servers] == ["cpu", "cuda"]
+    # the GPU server keeps its device's default thread count (0: two per GPU), the CPU one its core share
+    assert spec.servers[0].threads >= 1 and spec.servers[1].threads == 0

@@ -145,7 +145,9 @@ def spread_constraints(peers: list[str]) -> list[Manifest]:
 
 def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
     """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start)."""
-    threads = max(1, math.floor(group.resources.cpu))
+    # CPU pods: one inference thread per whole core of the pod. Accelerator pods: 0, the server's default
+    # for its device (two per GPU, one per NeuronCore), since there the device, not the cores, computes.
+    threads = max(1, math.floor(group.resources.cpu)) if group.target == "cpu" else 0
     values: dict[str, str] = {
         "INFERPACK_SERVER__DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
         "INFERPACK_SERVER__INFERENCE_THREADS": str(settings.inference_threads or threads),

@@ -117,7 +117,8 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
                 name=s.name,
                 port=p,
                 models=s.models,
-                threads=threads,
+                # a GPU/Neuron server keeps its device's thread default (0) unless threads are set
+                threads=threads if devices[plan.group_of(s.name).name] == "cpu" else fleet.threads_per_server,
                 device=devices[plan.group_of(s.name).name],
             )
             for s, p in zip(servers, ports, strict=True)
