@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from inferpack.fleet.processes import python_cli
 from inferpack.server.app import create_app
@@ -48,14 +49,14 @@ def test_auto_picks_the_cpu_here_and_says_so(demo_repo: Path, caplog: pytest.Log
         app = create_app(ServerSettings(repository=str(demo_repo), device="auto"))
     assert "inferpack server computes on cpu" in caplog.text
     assert "auto found no CUDA GPU" in caplog.text
-    device = app.state.dataplane.server_metadata()["device"]
+    device = TestClient(app).get("/v2").json()["device"]  # no lifespan: nothing loads
     assert (device["name"], device["kind"], device["requested"]) == ("cpu", "cpu", "auto")
 
 
 def test_an_explicit_cpu_device_is_reported() -> None:
     settings = ServerSettings(repository="unused", device="cpu", dtype="fp32")
     app = create_app(settings, repository=_EmptyRepo())  # type: ignore[arg-type]
-    assert app.state.dataplane.server_metadata()["device"]["name"] == "cpu"
+    assert TestClient(app).get("/v2").json()["device"]["name"] == "cpu"
     with pytest.raises(Exception, match="fp16 is for GPUs"):
         create_app(settings.model_copy(update={"dtype": "fp16"}), repository=_EmptyRepo())  # type: ignore[arg-type]
 
