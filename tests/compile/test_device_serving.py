@@ -138,7 +138,7 @@ def test_cuda_eager_model_computes_on_the_gpu_in_a_native_half_dtype(repo_copy: 
     gpu = load_model(repo, "qa-0000", 1, device="cuda:0")
     assert gpu.device.type == "cuda"
     assert gpu.dtype == (torch.bfloat16 if cuda_native_bf16("cuda:0") else torch.float16)
-    assert all(t.device.type == "cuda" for t in gpu.module.parameters())  # type: ignore[union-attr]
+    assert all(t.device.type == "cuda" for t in gpu.module.parameters())  # type: ignore[attr-defined]
     before = torch.cuda.memory_allocated(0)
     held = sum(module_storages(gpu.module).values())
     assert 0 < held <= before  # the ledger measures device memory
