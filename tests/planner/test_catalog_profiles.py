@@ -59,7 +59,7 @@ def test_bad_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_every_shipped_type_is_one_the_server_can_compute_on() -> None:
-    from inferpack.runtime.devices import unservable_reason
+    from inferpack.runtime.targets import unservable_reason
 
     for inst in load_catalog().instances:
         assert unservable_reason(inst.target, inst.accelerator) is None, inst.name

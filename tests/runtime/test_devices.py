@@ -12,12 +12,11 @@ from inferpack.runtime.devices import (
     DeviceFacts,
     check_dtype,
     default_inference_threads,
-    group_devices,
-    host_device_kinds,
     neuron_core_count,
     resolve_device,
 )
 from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.targets import group_devices, host_device_kinds
 
 GIB = 2**30
 T4 = CudaDevice(0, "Tesla T4", (7, 5), 15 * GIB, 14 * GIB)

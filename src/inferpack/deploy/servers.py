@@ -28,7 +28,7 @@ from inferpack.deploy.options import (
 )
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, ServerGroup, ServerPlan
-from inferpack.runtime.devices import target_device
+from inferpack.runtime.targets import target_device
 from inferpack.settings import ServerSettings
 
 Manifest = dict[str, Any]

@@ -32,8 +32,9 @@ from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, lo
 from inferpack.plan import Plan, load_plan, save_plan
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
-from inferpack.runtime.devices import DeviceKind, group_devices, host_device_kinds, probe_devices
+from inferpack.runtime.devices import DeviceKind, probe_devices
 from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.targets import group_devices, host_device_kinds
 from inferpack.settings import Settings
 
 POLL_S = 0.1

@@ -24,7 +24,7 @@ from pydantic import Field
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
 from inferpack.plan import TargetName
-from inferpack.runtime.devices import unservable_reason
+from inferpack.runtime.targets import unservable_reason
 
 
 class InstanceType(StrictModel):

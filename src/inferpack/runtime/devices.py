@@ -4,18 +4,18 @@
 are tested on any machine: `probe_devices()` reads the facts (torch, its CUDA build, the visible GPUs,
 torch-neuronx and the NeuronCores) and `resolve_device(choice, facts)` decides from them, pure. An absent
 device is a start-up error (`DeviceUnavailable`, exit status 2) that names the device and what to install;
-`auto` picks CUDA, then the CPU, and says why.
+`auto` picks CUDA, then the CPU, and says why. Which hardware a plan may use, and which device each plan
+group's servers get, is in `inferpack.runtime.targets`.
 
-torch is imported only inside the functions that probe, so torch-free callers (the planner's catalog check,
-`inferpack up`'s plan mapping, manifest rendering) can import this module cheaply.
+torch is imported only inside the functions that probe, so torch-free callers (`inferpack up`'s plan
+mapping, the targets module) can import this module cheaply.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +33,6 @@ NEURON_INSTALL_HINT = (
     "(pip install torch-neuronx neuronx-cc --extra-index-url https://pip.repos.neuron.amazonaws.com; "
     "a Neuron deep-learning AMI has them), and serve versions made by `inferpack compile --target neuron`"
 )
-# Accelerators each target's server runs (catalog `accelerator` names, shell patterns). inf1's first
-# Inferentia needs torch-neuron, a different (legacy) SDK from torch-neuronx: the server cannot run it.
-SERVABLE_ACCELERATORS: dict[DeviceKind, tuple[str, ...]] = {
-    "cpu": ("*",),
-    "cuda": ("nvidia-*",),
-    "neuron": ("aws-inferentia2", "aws-trainium", "aws-trainium2"),
-}
 # Device memory kept free on each GPU for activations, the CUDA context growth and allocator slack when the
 # budget is derived from the device (server.memory_budget_mb unset): 10 %, at least 1 GiB.
 GPU_HEADROOM_FRACTION = 0.10
@@ -329,62 +322,3 @@ def probe_devices(*, neuron: bool = False) -> DeviceFacts:
 def open_device(choice: str) -> ResolvedDevice:
     """Probe this machine and resolve `choice` (DeviceUnavailable when absent)."""
     return resolve_device(choice, probe_devices(neuron=choice == "neuron"))
-
-
-# plans and catalogs ----------------------------------------------------------------------------------------
-def unservable_reason(target: str, accelerator: str | None) -> str | None:
-    """Why a server cannot run on hardware of this target and accelerator, or None when it can."""
-    if target == "cpu":
-        return None
-    patterns = SERVABLE_ACCELERATORS.get(target, ())  # type: ignore[call-overload]
-    if accelerator is not None and any(fnmatch.fnmatchcase(accelerator, p) for p in patterns):
-        return None
-    if accelerator == "aws-inferentia":
-        return (
-            "inf1's Inferentia (NeuronCore-v1) needs torch-neuron, the legacy Neuron SDK; inferpack serves "
-            "Neuron through torch-neuronx, which runs inf2 and trn1 only"
-        )
-    return f"inferpack serves {target} on {' or '.join(patterns)} accelerators, not {accelerator or 'none'}"
-
-
-def target_device(target: str) -> str:
-    """The `--device` a server of a plan group with this target runs with."""
-    if target not in SERVABLE_ACCELERATORS:
-        raise ConfigError(f"unknown target {target!r}", hint="one of cpu, cuda, neuron")
-    return target
-
-
-def host_device_kinds(facts: DeviceFacts) -> set[DeviceKind]:
-    """The device kinds this host can serve on."""
-    kinds: set[DeviceKind] = {"cpu"}
-    if facts.cuda_devices:
-        kinds.add("cuda")
-    if facts.neuron_sdk is not None and facts.neuron_cores > 0:
-        kinds.add("neuron")
-    return kinds
-
-
-def group_devices(
-    targets: Mapping[str, str], available: set[DeviceKind], *, allow_cpu_fallback: bool
-) -> tuple[dict[str, str], list[str]]:
-    """Group name -> `--device` for the servers of each plan group on this host, and a warning per group
-    that falls back to the CPU. DeviceUnavailable when a group's device is absent and fallback is off."""
-    devices: dict[str, str] = {}
-    warnings: list[str] = []
-    for group, target in targets.items():
-        device = target_device(target)
-        if device_kind(device) in available:
-            devices[group] = device
-            continue
-        if not allow_cpu_fallback:
-            raise DeviceUnavailable(
-                f"plan group {group!r} targets {target}, which this host lacks",
-                hint=(CUDA_INSTALL_HINT if target == "cuda" else NEURON_INSTALL_HINT)
-                + "; or pass --allow-cpu-fallback to run its servers on the CPU (slower than planned)",
-            )
-        devices[group] = "cpu"
-        warnings.append(
-            f"plan group {group!r} targets {target}, which this host lacks: its servers run on the CPU "
-            "(--allow-cpu-fallback), far slower than the plan assumed"
-        )
-    return devices, warnings
