@@ -127,8 +127,12 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_free_memory() -> None:
-    """Ask glibc to hand freed heap pages back to the OS (tensors freed by an unload), where it can."""
+    """Ask glibc to hand freed heap pages back to the OS (tensors freed by an unload), where it can, and
+    CUDA's caching allocator its unused blocks back to the driver: the GPU a model loads onto is chosen by
+    the driver's free memory (`torch.cuda.mem_get_info`), which cached blocks would hide."""
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is not None:
         trim(0)
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.empty_cache()
