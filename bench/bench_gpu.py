@@ -38,7 +38,7 @@ import httpx
 import torch
 
 from inferpack.errors import DeviceUnavailable
-from inferpack.fleet.processes import free_port, python_cli, wait_ready
+from inferpack.fleet.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.devices import THREADS_PER_GPU, ResolvedDevice, open_device
@@ -48,8 +48,9 @@ from inferpack.settings import DTypeChoice
 
 QUESTION = "Which bridge did the engineers repair first?"
 CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the old "
-    "stone bridge near the mill first, because the school buses used it, and then moved on to the rail bridge."
+    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
+    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
+    "bridge."
 )
 ROOT = Path(__file__).resolve().parent / "results"
 CLIENT_PROCESSES = 4
@@ -163,8 +164,16 @@ def start_server(repo: Path, dtype: str, max_wait_ms: float) -> tuple[subprocess
     """`inferpack serve --device cuda:0` on the repository; returns the process and its URL once ready."""
     port = free_port()
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(max_wait_ms)}
-    cmd = [*python_cli(), "serve", "--repository", str(repo), "--port", str(port), "--device", "cuda:0"]
-    proc = subprocess.Popen([*cmd, "--dtype", dtype, "--log-level", "warning"], env=env)
+    cmd = server_command(
+        repository=str(repo),
+        models=None,
+        port=port,
+        threads=None,  # the server's default on a GPU: two per GPU
+        device="cuda:0",
+        log_level="warning",
+        extra_args=["--dtype", dtype],
+    )
+    proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=600)
     return proc, url
@@ -233,9 +242,8 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     best_c, best = max(results, key=lambda r: r[1].rps)
-    print(
-        f"\nbest: {best.rps:.1f} req/s at c={best_c} = {best.rps / limit:.2f} of the bare limit {limit:.1f} req/s"
-    )
+    share = best.rps / limit
+    print(f"\nbest: {best.rps:.1f} req/s at c={best_c} = {share:.2f} of the bare limit {limit:.1f} req/s")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_frozen_torchscript_weights_count_in_the_memory_ledger(fp32_compiled: Co
 # CUDA: run only where a GPU is visible (skipped here; counted in the test summary) ----------------------
 @needs_cuda
 def test_cuda_eager_model_computes_on_the_gpu_in_a_native_half_dtype(repo_copy: RepoFactory) -> None:
-    from inferpack.runtime.devices import cuda_native_bf16
+    from inferpack.runtime.hardware import cuda_native_bf16
 
     repo = repo_copy("qa-0000")
     gpu = load_model(repo, "qa-0000", 1, device="cuda:0")

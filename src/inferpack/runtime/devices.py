@@ -242,16 +242,6 @@ def check_dtype(choice: str, device: ResolvedDevice) -> None:
             )
 
 
-def cuda_native_bf16(device: str) -> bool:
-    """True when the CUDA device (the index in `device`, else the current one) has bf16 tensor cores."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False
-    index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
-    return torch.cuda.get_device_capability(index) >= (8, 0)
-
-
 def cuda_free_bytes(index: int) -> int:
     """Free memory on one GPU now (torch.cuda.mem_get_info: the driver's figure, other processes
     included)."""

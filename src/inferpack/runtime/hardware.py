@@ -63,13 +63,21 @@ def resolve_dtype(choice: DTypeChoice, device: str = "cpu", *, cuda_bf16: bool |
         return torch.float16
     if device.startswith("cuda"):
         if cuda_bf16 is None:
-            from inferpack.runtime.devices import cuda_native_bf16
-
             cuda_bf16 = cuda_native_bf16(device)
         return torch.bfloat16 if cuda_bf16 else torch.float16
     if device.startswith("neuron"):
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cuda_native_bf16(device: str) -> bool:
+    """True when the CUDA device (the index in `device`, else the current one) has bf16 tensor cores."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def usable_cores() -> int:
