@@ -36,7 +36,8 @@ from inferpack.repository.demo import make_demo_models
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Task
 from inferpack.runtime.hardware import cpu_has_native_bf16, hardware_tag
-from inferpack.runtime.modeling import TOKENIZERS, build_eager, load_model
+from inferpack.runtime.modeling import TOKENIZERS, load_model
+from inferpack.runtime.skeletons import build_eager
 from inferpack.runtime.tasks import Encoded, TextInput, TextTokenizer, handler_for
 
 Fn = Callable[..., Any]

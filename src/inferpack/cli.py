@@ -17,6 +17,7 @@ from inferpack.compile.cli import compile_command
 from inferpack.deploy.cli import eks_app, image_app, k8s_app
 from inferpack.errors import InferpackError
 from inferpack.fleet.cli import register as register_fleet
+from inferpack.imports.cli import import_command
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
 from inferpack.progress import counting_progress
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Create and inspect models in a repository.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+models_app.command("import")(import_command)
 app.add_typer(bench_app, name="bench")
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(eks_app, name="eks")
@@ -68,7 +70,14 @@ def serve(
     ] = False,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")] = None,
-    dtype: Annotated[DTypeChoice | None, typer.Option(help="auto (bf16 where native), fp32 or bf16.")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto (CUDA when a GPU is visible, else CPU), cpu, cuda, cuda:N or neuron."),
+    ] = None,
+    dtype: Annotated[
+        DTypeChoice | None,
+        typer.Option(help="auto (bf16 where native, else fp16 on GPUs), fp32, bf16, fp16."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     lazy: Annotated[
         bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
@@ -89,6 +98,7 @@ def serve(
             "repository": repository,
             "host": host,
             "port": port,
+            "device": device,
             "dtype": dtype,
             "inference_threads": threads,
             "lazy_load": lazy,
@@ -230,7 +240,9 @@ def models_dedup(
 def models_list(
     repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),
 ) -> None:
-    """List the models of a repository with their versions, formats and tasks."""
+    """List the models of a repository with their versions, formats and tasks, then the folders that are
+    not valid models, each with the reason."""
+    from inferpack.errors import RepositoryError
     from inferpack.repository.local import LocalRepository
 
     repo = LocalRepository(repository)
@@ -238,10 +250,21 @@ def models_list(
     for col in ("model", "versions", "latest format", "task", "dtype", "max seq"):
         table.add_column(col)
     for model_id in repo.model_ids():
-        m = repo.manifest(model_id)
+        try:
+            m = repo.manifest(model_id)
+        except RepositoryError:
+            continue  # listed with its reason below
         versions = ",".join(str(v) for v in repo.versions(model_id))
         table.add_row(model_id, versions, m.format, m.task, m.dtype, str(m.max_sequence_length))
     out.print(table)
+    problems = repo.problems()
+    if problems:
+        bad = Table(title="not valid models")
+        bad.add_column("folder")
+        bad.add_column("reason")
+        for name, reason in problems:
+            bad.add_row(name, reason)
+        out.print(bad)
 
 
 @models_app.command("push")

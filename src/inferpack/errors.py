@@ -85,8 +85,16 @@ class CompileError(InferpackError):
     """Tracing/compiling a model failed, or its output disagreed with eager mode."""
 
 
+class ImportFailed(InferpackError):
+    """A model could not be imported (`inferpack models import`); the repository is left unchanged."""
+
+
 class ConfigError(InferpackError):
     """A settings file or plan file that cannot be used."""
+
+
+class DeviceUnavailable(ConfigError):
+    """The processor a server was asked to run on (a GPU, Neuron cores) is absent or unusable here."""
 
 
 class FleetError(InferpackError):

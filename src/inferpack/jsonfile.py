@@ -46,9 +46,7 @@ def read_json_model(
     return parse_json_model(text, model, f"{what} {path}", error=error)
 
 
-def parse_json_model(
-    text: str, model: type[M], what: str, *, error: type[InferpackError] = ConfigError
-) -> M:
+def parse_json_model(text: str, model: type[M], what: str, *, error: type[InferpackError] = ConfigError) -> M:
     """Parse JSON `text` as `model`; invalid JSON or content raises `error` saying `what` is not valid."""
     try:
         return model.model_validate(json.loads(text))

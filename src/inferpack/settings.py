@@ -25,7 +25,7 @@ from inferpack.errors import ConfigError
 DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
-DTypeChoice = Literal["auto", "fp32", "bf16"]
+DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class _Section(BaseModel):
@@ -103,8 +103,17 @@ class ServerSettings(_Section):
     intra_op_threads: int = Field(
         default=1, ge=1, description="torch intra-op threads per forward (1 keeps every core busy)."
     )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?|neuron)$",
+        description="Processor the models compute on: auto (CUDA when a GPU is visible, else the CPU), "
+        "cpu, cuda (every visible GPU, models spread over them), cuda:N, or neuron (versions compiled "
+        "with --target neuron, through torch-neuronx). An absent device is a start-up error.",
+    )
     dtype: DTypeChoice = Field(
-        default="auto", description="auto: bf16 where the CPU computes it natively, else fp32."
+        default="auto",
+        description="auto: bf16 where the processor computes it natively (CPUs with AVX512-BF16/AMX, "
+        "Ampere+ GPUs, NeuronCores), fp16 on older GPUs (T4), else fp32. fp16 is for GPUs only.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(
@@ -166,6 +175,11 @@ class FleetSettings(_Section):
     restart_backoff_s: float = Field(default=0.5, gt=0, description="First restart delay of a dead server.")
     restart_backoff_max_s: float = Field(default=30.0, gt=0, description="Restart delay cap (doubling).")
     upstream_timeout_s: float = Field(default=60.0, gt=0, description="Router: deadline per forwarded call.")
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="Run the servers of plan groups whose processor (cuda, neuron) this host lacks on the "
+        "CPU, with a warning, instead of refusing to start.",
+    )
     test: FleetTestSettings = Field(default_factory=FleetTestSettings)
 
 

@@ -12,7 +12,7 @@ from inferpack.compile.compiler import compile_model
 from inferpack.compile.options import CompileOptions
 from inferpack.errors import CompileError
 from inferpack.repository.manifest import write_manifest
-from inferpack.runtime.modeling import TaskWrapper
+from inferpack.runtime.heads import TaskWrapper
 
 from .conftest import MODELS, Compiled, RepoFactory
 
@@ -114,7 +114,7 @@ def test_a_trace_that_bakes_in_values_is_caught(
 ) -> None:
     """A model whose Python reads a tensor value traces to a constant: right on the example only."""
     repo = repo_copy("cls-0000")
-    from inferpack.runtime.modeling import build_eager as real_build
+    from inferpack.runtime.skeletons import build_eager as real_build
 
     class CountsTokens(TaskWrapper):
         def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -189,6 +189,7 @@ def test_cuda_without_a_gpu_fails_clearly(repo_copy: RepoFactory) -> None:
     [
         (CompileOptions(dtype="bf16", quantize="int8"), "cannot be combined with --dtype bf16"),
         (CompileOptions(target="neuron", quantize="int8"), "runs on CPUs only"),
+        (CompileOptions(dtype="fp16"), "fp16 is for GPUs without bf16"),
     ],
 )
 def test_impossible_combinations_are_refused(

@@ -77,3 +77,19 @@ def test_the_seq_mode_worker_command_parses() -> None:
     # the endpoints file, whatever the option's parameter is called
     assert "/etc/inferpack/placement/endpoints.json" in {str(v) for v in params.values()}
     assert str(params["plan"]) == "/etc/inferpack/placement/plan.json.gz"
+
+
+def test_every_rendered_server_runs_on_its_groups_processor(plan: Plan) -> None:
+    """The plan's processor reaches the server: `--device` per group, parsed by the real CLI."""
+    expected = {s.name: g.target for g in plan.groups for s in g.servers}
+    seen = {}
+    for m in render_manifests(plan, ServerSettings(), RenderOptions()):
+        if (
+            m["kind"] != "Deployment"
+            or m["metadata"]["labels"].get("app.kubernetes.io/component") != "server"
+        ):
+            continue
+        pod = m["spec"]["template"]
+        (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "server"]
+        seen[pod["metadata"]["labels"]["inferpack.dev/server"]] = parse(container["command"]).params["device"]
+    assert seen == expected and {"cpu", "cuda", "neuron"} <= set(seen.values())

@@ -121,6 +121,9 @@ def test_settings_reach_the_servers_as_env_overrides(plan: Plan) -> None:
     # inference threads default to the pod's whole cores (7.5 -> 7), not the node's.
     assert env["INFERPACK_SERVER__INFERENCE_THREADS"] == "7"
     assert env["INFERPACK_S3_CACHE_DIR"] == "/var/cache/inferpack"
+    # on accelerators the device computes: the server's own default for it (two per GPU, one per core)
+    gpu = env_of(container(by_kind(render_manifests(plan, settings), "Deployment")["srv-g5-0"]))
+    assert gpu["INFERPACK_SERVER__INFERENCE_THREADS"] == "0"
 
 
 def test_copies_of_a_model_spread_across_zones(plan: Plan) -> None:

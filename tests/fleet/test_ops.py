@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 
-from inferpack.errors import ConfigError, FleetError, PlanError
+from inferpack.errors import ConfigError, DeviceUnavailable, FleetError, PlanError
 from inferpack.fleet import ops
 from inferpack.fleet.processes import metric_sum, server_command, tail
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.fleet.supervisor import load_launch
-from inferpack.plan import load_plan
+from inferpack.plan import Plan, load_plan
 from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import load_settings
 
@@ -92,8 +94,8 @@ def test_plan_with_unknown_models_is_refused(demo_repo: Path, tmp_path: Path) ->
 
 
 def test_helpers(tmp_path: Path) -> None:
-    cmd = server_command(repository="r", models=["a", "b"], port=1, threads=2)
-    assert cmd[-10:] == [
+    cmd = server_command(repository="r", models=["a", "b"], port=1, threads=2, device="cuda")
+    assert cmd[-12:] == [
         "--models",
         "a,b",
         "--host",
@@ -102,6 +104,8 @@ def test_helpers(tmp_path: Path) -> None:
         "1",
         "--threads",
         "2",
+        "--device",
+        "cuda",
         "--log-level",
         "info",
     ]
@@ -180,3 +184,52 @@ def test_demo_load_test_config_follows_the_test_settings() -> None:
     )
     assert isinstance(opened.shape, OpenLoop) and opened.shape.steps[0].rate == 5
     assert (opened.duration_s, opened.requests, opened.api) == (None, 50, "v2")
+
+
+def _gpu_plan(demo_repo: Path) -> Plan:
+    """A simple plan whose second group targets CUDA (as a planned g4dn group would)."""
+    plan = ops.local_plan(demo_repo, 2, 1)
+    group = plan.groups[0]
+    cpu = group.model_copy(update={"servers": group.servers[:1]})
+    gpu = group.model_copy(update={"name": "g4dn", "target": "cuda", "servers": group.servers[1:]})
+    return plan.model_copy(update={"groups": [cpu, gpu]})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the plan's device exists")
+def test_up_refuses_a_group_whose_device_this_host_lacks(demo_repo: Path, tmp_path: Path) -> None:
+    fleet = {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0}
+    with pytest.raises(DeviceUnavailable, match="plan group 'g4dn' targets cuda, which this host lacks"):
+        ops.prepare(load_settings(None, {"fleet": fleet}), _gpu_plan(demo_repo), None)
+    assert not (tmp_path / "run" / "launch.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the plan's device exists")
+def test_cpu_fallback_runs_the_group_on_the_cpu_and_warns(
+    demo_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0, "allow_cpu_fallback": True}
+    with caplog.at_level(logging.WARNING, logger="inferpack.fleet"):
+        _, spec = ops.prepare(load_settings(None, {"fleet": fleet}), _gpu_plan(demo_repo), None)
+    assert [s.device for s in spec.servers] == ["cpu", "cpu"]
+    assert "'g4dn' targets cuda, which this host lacks: its servers run on the CPU" in caplog.text
+
+
+def test_each_server_gets_its_groups_device(demo_repo: Path, tmp_path: Path) -> None:
+    fleet = {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0}
+    _, spec = ops.prepare(load_settings(None, {"fleet": fleet}), ops.local_plan(demo_repo, 2, 1), None)
+    assert [s.device for s in spec.servers] == ["cpu", "cpu"]
+    assert "--device" not in server_command(repository="r", models=["a"], port=1, threads=1)  # its default
+
+
+def test_a_gpu_host_runs_the_gpu_group_on_its_gpu(
+    demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferpack.runtime.devices import CudaDevice, DeviceFacts
+
+    t4 = CudaDevice(0, "Tesla T4", (7, 5), 16 * 2**30, 15 * 2**30)
+    monkeypatch.setattr(ops, "probe_devices", lambda neuron: DeviceFacts("2.13.0", "12.8", (t4,)))
+    fleet = {"run_dir": tmp_path / "run", "base_port": 0, "router_port": 0, "threads_per_server": 0}
+    _, spec = ops.prepare(load_settings(None, {"fleet": fleet}), _gpu_plan(demo_repo), None)
+    assert [s.device for s in spec.servers] == ["cpu", "cuda"]
+    # the GPU server keeps its device's default thread count (0: two per GPU), the CPU one its core share
+    assert spec.servers[0].threads >= 1 and spec.servers[1].threads == 0

@@ -34,6 +34,7 @@ def test_server_health_and_metadata(tc: triton.InferenceServerClient) -> None:
     assert tc.is_server_live() and tc.is_server_ready()
     meta = tc.get_server_metadata()
     assert meta["name"] == "inferpack" and "model_repository" in meta["extensions"]
+    assert meta["device"]["requested"] == "auto" and meta["device"]["kind"] in ("cpu", "cuda")
     assert tc.is_model_ready("qa-0000") and not tc.is_model_ready("broken-0000")
     model = tc.get_model_metadata("qa-0000")
     assert [i["name"] for i in model["inputs"]] == ["question", "context"]

@@ -161,7 +161,10 @@ def test_closed_loop_users_are_concurrent(fake_server: FakeServer) -> None:
     rates = {}
     for users in (1, 5):
         config = BenchConfig(
-            target=LoadTarget(urls=[fake_server.url]), models=["a"], shape=ClosedLoop(users=users), requests=50
+            target=LoadTarget(urls=[fake_server.url]),
+            models=["a"],
+            shape=ClosedLoop(users=users),
+            requests=50,
         )
         rates[users] = run_worker(config).throughput()
     # Every answer takes >= 20 ms: one user cannot beat 50 req/s; five users overlap their waits.

@@ -14,7 +14,8 @@ from inferpack.planner.profiles import load_profiles
 def test_shipped_catalog_covers_the_families_with_region_and_date() -> None:
     catalog = load_catalog()
     families = {i.family for i in catalog.instances}
-    assert {"c5", "c6i", "c7g", "g4dn", "g5", "inf1", "inf2"} <= families
+    assert {"c5", "c6i", "c7g", "g4dn", "g5", "inf2"} <= families
+    assert "inf1" not in families  # the server cannot run torch-neuron (see test below)
     assert any("us-east-1" in line for line in catalog.provenance)
     graviton = catalog.get("c7g.xlarge")
     assert graviton.architecture == "arm64" and graviton.price_per_hour > 0
@@ -55,6 +56,34 @@ def test_bad_catalog_file_is_a_clear_error(tmp_path: Path) -> None:
     f.write_text('{"remove": ["nope.large"]}')
     with pytest.raises(ConfigError, match="not in the catalog"):
         load_catalog([f])
+
+
+def test_every_shipped_type_is_one_the_server_can_compute_on() -> None:
+    from inferpack.runtime.targets import unservable_reason
+
+    for inst in load_catalog().instances:
+        assert unservable_reason(inst.target, inst.accelerator) is None, inst.name
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ({"name": "inf1.xlarge", "target": "neuron", "accelerator": "aws-inferentia"}, "torch-neuron"),
+        ({"name": "g9.xlarge", "target": "cuda", "accelerator": "amd-mi300"}, "nvidia-"),
+        ({"name": "inf9.xlarge", "target": "neuron"}, "not none"),
+    ],
+)
+def test_the_planner_refuses_hardware_the_server_cannot_use(
+    tmp_path: Path, entry: dict[str, object], why: str
+) -> None:
+    f = tmp_path / "more.json"
+    shape = {"vcpus": 4, "memory_mb": 8192, "accelerator_count": 1, "accelerator_memory_mb": 8192}
+    f.write_text(json.dumps({"instances": [{**shape, **entry, "price_per_hour": 0.2}]}))
+    with pytest.raises(ConfigError, match=f"{entry['name']}.*cannot be served.*{why}"):
+        load_catalog([f])
+    trn = {**shape, "name": "trn1.2xlarge", "target": "neuron", "accelerator": "aws-trainium"}
+    f.write_text(json.dumps({"instances": [{**trn, "price_per_hour": 1.3}]}))
+    assert load_catalog([f]).get("trn1.2xlarge").target == "neuron"
 
 
 def test_reference_profiles_cover_every_catalog_type_and_cite_sources() -> None:

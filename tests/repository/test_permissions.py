@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from inferpack.imports.importer import Importer
+from inferpack.imports.samples import make_folder
 from inferpack.repository import LocalRepository
 from inferpack.repository.copies import make_copies
 from inferpack.repository.dedup import dedup_repository
@@ -52,15 +54,20 @@ def test_umask_is_read_without_changing_it() -> None:
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
 def test_every_file_of_a_repository_gets_the_umasks_mode(tmp_path: Path, mask: int, mode: int) -> None:
     with umask(mask):
-        make_demo_models(tmp_path, 2, share_base=False, prefix="own")  # whole files, for dedup below
-        make_demo_models(tmp_path, 1, prefix="shared")  # manifests, shared weights, the shared tokenizer
-        repo = LocalRepository(tmp_path)
+        make_demo_models(tmp_path / "repo", 2, share_base=False, prefix="own")  # whole files, for dedup below
+        make_demo_models(
+            tmp_path / "repo", 1, prefix="shared"
+        )  # manifests, shared weights, the shared tokenizer
+        repo = LocalRepository(tmp_path / "repo")
         make_copies(repo, "shared-0000", ["copy-a", "copy-b"])
         report = dedup_repository(repo)
+        source = make_folder(tmp_path / "source", "bert")  # `inferpack models import`
+        Importer(repo).import_source(str(source), model_id="imported")
     assert report.models_rewritten >= 2  # dedup rewrote own files and wrote a shared one
-    found = modes(tmp_path)
+    found = modes(tmp_path / "repo")
     assert any(p.endswith("manifest.json") for p in found) and any("_shared/weights" in p for p in found)
     assert any(p.startswith("copy-a/") and p.endswith(".safetensors") for p in found)
+    assert any(p.startswith("imported/") and p.endswith(".safetensors") for p in found)
     assert {p: m for p, m in found.items() if m != mode} == {}
 
 

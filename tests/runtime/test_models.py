@@ -83,7 +83,7 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
 
     from inferpack.errors import ModelLoadFailed
     from inferpack.repository.manifest import Agreement, Manifest, write_manifest
-    from inferpack.runtime.modeling import choose_version
+    from inferpack.runtime.versions import choose_version
 
     make_demo_models(tmp_path, 1, task="feature-extraction", prefix="m")
     repo = LocalRepository(tmp_path)
@@ -108,12 +108,22 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
     good = add()
     assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
     assert choose_version(repo, "m-0000", "cuda", torch.bfloat16) == 1
+    assert choose_version(repo, "m-0000", "cuda:0", torch.float32) == 2  # the CUDA trace, on any GPU index
+    assert choose_version(repo, "m-0000", "cuda", torch.float16) == 1  # no fp16 trace: convert at load
+    # Neuron serves Neuron graphs only: in its dtype when there is one, else in the one there is.
+    neuron_fp32 = add(target="neuron")
+    assert choose_version(repo, "m-0000", "neuron", torch.bfloat16) == neuron_fp32
+    neuron_bf16 = add(target="neuron", dtype="bf16")
+    assert choose_version(repo, "m-0000", "neuron", torch.bfloat16) == neuron_bf16
+    assert choose_version(repo, "m-0000", "neuron", torch.float32) == neuron_fp32
+    assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
     with pytest.raises(ModelLoadFailed, match="compiled for cuda"):
         load_model(repo, "m-0000", 2)
 
 
 def test_recycled_shells_are_refilled_with_the_next_models_weights(demo_repo: Path) -> None:
-    from inferpack.runtime.modeling import SKELETONS, recycle
+    from inferpack.runtime.modeling import recycle
+    from inferpack.runtime.skeletons import SKELETONS
 
     repo = LocalRepository(demo_repo)
     texts = [TextInput("Who?", "Ann met Bob at the station.")]

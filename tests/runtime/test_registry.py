@@ -237,3 +237,23 @@ async def test_startup_loads_only_named_models_or_none_when_lazy() -> None:
     await registry.load_startup()
     assert lazy.order == ["c"] and registry.ready_models() == ["c"]
     await registry.close()
+
+
+def test_on_a_gpu_the_budget_is_the_devices_free_memory_unless_set() -> None:
+    from inferpack.runtime.devices import CudaDevice, DeviceFacts, resolve_device
+
+    gib = 2**30
+    t4 = CudaDevice(0, "Tesla T4", (7, 5), 16 * gib, 15 * gib)
+    gpu = resolve_device("cuda", DeviceFacts(torch_version="2.13.0", cuda_build="12.8", cuda_devices=(t4,)))
+    repo: Any = Repo(["a"])
+    measured = ModelRegistry(repo, ServerSettings(), InferencePool(1), loader=Loader(), device=gpu)  # type: ignore[arg-type]
+    assert measured.budget_bytes == 15 * gib - int(1.6 * gib) and measured.device is gpu
+    configured = ModelRegistry(
+        repo,
+        ServerSettings(memory_budget_mb=512),
+        InferencePool(1),
+        loader=Loader(),  # type: ignore[arg-type]
+        device=gpu,
+    )
+    assert configured.budget_bytes == 512 * 2**20
+    assert ModelRegistry(repo, ServerSettings(), InferencePool(1), loader=Loader()).budget_bytes is None  # type: ignore[arg-type]

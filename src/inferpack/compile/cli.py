@@ -27,7 +27,7 @@ def compile_command(
     target: Annotated[
         TargetName, typer.Option(help="cpu, cuda (needs a GPU here) or neuron (needs the Neuron SDK).")
     ] = "cpu",
-    dtype: Annotated[DType, typer.Option(help="fp32 or bf16 weights and compute.")] = "fp32",
+    dtype: Annotated[DType, typer.Option(help="fp32, bf16, or fp16 (cuda: GPUs without bf16).")] = "fp32",
     quantize: Annotated[
         QuantizeChoice, typer.Option(help="int8: dynamic int8 quantisation of Linear layers (CPU only).")
     ] = "none",

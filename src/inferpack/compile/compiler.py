@@ -33,7 +33,8 @@ from inferpack.compile.trace import device_for, jit_trace, neuron_trace
 from inferpack.errors import CompileError, InferpackError
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Agreement, Manifest, TargetName, Task
-from inferpack.runtime.modeling import TOKENIZERS, build_eager
+from inferpack.runtime.modeling import TOKENIZERS
+from inferpack.runtime.skeletons import build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, handler_for
 
 
@@ -126,7 +127,11 @@ def compile_model(
         dtype=variant.dtype,
         quantization=variant.quantization,
         target=options.target,
+        # the server pads every batch to this shape (inferpack.runtime.neuron)
+        static_shape=(1, manifest.max_sequence_length) if options.target == "neuron" else None,
         labels=manifest.labels,
+        pooling=manifest.pooling,  # baked into the trace; kept as metadata
+        normalize=manifest.normalize,
         hidden_size=hidden,
         parameters=manifest.parameters,
         compiled_from=src,

@@ -42,6 +42,11 @@ def choose_variant(dtype: DType, quantize: QuantizeChoice, target: TargetName) -
                 hint="use --target cpu, or --dtype bf16 for a compact accelerator variant",
             )
         return Variant("fp32", "int8-dynamic")
+    if dtype == "fp16" and target != "cuda":
+        raise CompileError(
+            f"--dtype fp16 is for GPUs without bf16 (e.g. the T4 of g4dn), not for {target}",
+            hint="use --target cuda, or --dtype bf16 on CPUs with AVX512-BF16/AMX and on Neuron",
+        )
     return Variant(dtype, "none")
 
 
@@ -66,4 +71,6 @@ def convert(eager: nn.Module, variant: Variant, device: torch.device) -> nn.Modu
         return quantized
     if variant.dtype == "bf16":
         return model.to(torch.bfloat16)
+    if variant.dtype == "fp16":
+        return model.to(torch.float16)
     return model

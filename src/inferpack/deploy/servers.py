@@ -28,6 +28,7 @@ from inferpack.deploy.options import (
 )
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, ServerGroup, ServerPlan
+from inferpack.runtime.targets import target_device
 from inferpack.settings import ServerSettings
 
 Manifest = dict[str, Any]
@@ -144,7 +145,9 @@ def spread_constraints(peers: list[str]) -> list[Manifest]:
 
 def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
     """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start)."""
-    threads = max(1, math.floor(group.resources.cpu))
+    # CPU pods: one inference thread per whole core of the pod. Accelerator pods: 0, the server's default
+    # for its device (two per GPU, one per NeuronCore), since there the device, not the cores, computes.
+    threads = max(1, math.floor(group.resources.cpu)) if group.target == "cpu" else 0
     values: dict[str, str] = {
         "INFERPACK_SERVER__DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
         "INFERPACK_SERVER__INFERENCE_THREADS": str(settings.inference_threads or threads),
@@ -247,6 +250,9 @@ def render_server(
     volumes, mounts = server_volumes(repository, options)
     command = ["inferpack", "serve", "--repository", repository_arg(repository)]
     command += ["--models", ",".join(server.models), "--host", "0.0.0.0", "--port", str(DEFAULT_PORT)]
+    # The plan's processor, explicitly: a GPU pod whose GPU is missing fails at start instead of serving on
+    # its CPU (auto would), so the failure shows in the rollout.
+    command += ["--device", target_device(group.target)]
     container: Manifest = {
         "name": "server",
         "image": image_for(group.target, options),

@@ -62,6 +62,13 @@ def up_command(
     threads: Annotated[
         int | None, typer.Option(help="Inference threads per server (0: split cores).")
     ] = None,
+    allow_cpu_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--allow-cpu-fallback",
+            help="Run plan groups whose GPU/Neuron this host lacks on the CPU (warns) instead of failing.",
+        ),
+    ] = False,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -75,6 +82,7 @@ def up_command(
             "base_port": base_port,
             "router_port": router_port,
             "threads_per_server": threads,
+            "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
             "run_dir": run_dir,
         },
         {"repository": repository},

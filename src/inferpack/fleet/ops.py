@@ -7,6 +7,7 @@ supervisor keeps, so they work from any shell.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, lo
 from inferpack.plan import Plan, load_plan, save_plan
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
+from inferpack.runtime.devices import DeviceKind, probe_devices
 from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.targets import group_devices, host_device_kinds
 from inferpack.settings import Settings
 
 POLL_S = 0.1
+log = logging.getLogger("inferpack.fleet")
 
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
@@ -93,6 +97,7 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         raise PlanError("the plan has no server holding a model")
     router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
     threads = threads_per_server(fleet.threads_per_server, len(servers))
+    devices = plan_devices(plan, fleet.allow_cpu_fallback)
     run.prepare()
     # A plan without empty servers: the router and the state only know servers that run.
     used = {s.name for s in servers}
@@ -109,7 +114,14 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         repository=str(repository.resolve()),
         config=str(config.resolve()) if config is not None else None,
         servers=[
-            ServerLaunch(name=s.name, port=p, models=s.models, threads=threads)
+            ServerLaunch(
+                name=s.name,
+                port=p,
+                models=s.models,
+                # a GPU/Neuron server keeps its device's thread default (0) unless threads are set
+                threads=threads if devices[plan.group_of(s.name).name] == "cpu" else fleet.threads_per_server,
+                device=devices[plan.group_of(s.name).name],
+            )
             for s, p in zip(servers, ports, strict=True)
         ],
         router_port=router_port,
@@ -122,6 +134,19 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
     run.state_file.unlink(missing_ok=True)
     return run, spec
+
+
+def plan_devices(plan: Plan, allow_cpu_fallback: bool) -> dict[str, str]:
+    """Group name -> the `--device` its servers run with here: the group's processor, which this host must
+    have (DeviceUnavailable), or the CPU with a warning under `allow_cpu_fallback`."""
+    targets = {g.name: g.target for g in plan.groups}
+    available: set[DeviceKind] = {"cpu"}
+    if any(t != "cpu" for t in targets.values()):  # probing imports torch: only when a group needs it
+        available = host_device_kinds(probe_devices(neuron="neuron" in targets.values()))
+    devices, fallbacks = group_devices(targets, available, allow_cpu_fallback=allow_cpu_fallback)
+    for warning in fallbacks:
+        log.warning("warning: %s", warning)
+    return devices
 
 
 def up(

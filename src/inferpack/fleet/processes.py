@@ -26,18 +26,22 @@ def server_command(
     models: list[str] | None,
     port: int,
     threads: int | None,
+    device: str | None = None,
     config: Path | None = None,
     log_level: str = "info",
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """argv of one server process on `port` holding `models` (None: every model of the repository) with
-    `threads` inference threads (None: the server's default); `extra_args` are more `serve` flags."""
+    `threads` inference threads (None: the server's default) on `device` (None: the server's default);
+    `extra_args` are more `serve` flags."""
     cmd = [*python_cli(), "serve", "--repository", repository]
     if models is not None:
         cmd += ["--models", ",".join(models)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    if device is not None:
+        cmd += ["--device", device]
     cmd += ["--log-level", log_level]
     if config is not None:
         cmd += ["--config", str(config)]

@@ -41,6 +41,7 @@ class ServerLaunch(StrictModel):
     port: int
     models: list[str]
     threads: int
+    device: str = "cpu"
 
 
 class LaunchSpec(StrictModel):
@@ -110,6 +111,7 @@ class Supervisor:
                     models=s.models,
                     port=s.port,
                     threads=s.threads,
+                    device=s.device,
                     config=config,
                     log_level=spec.log_level,
                 ),

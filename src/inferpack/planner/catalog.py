@@ -8,7 +8,9 @@ override or extend it with their own files (other regions, spot prices, savings 
 - `"remove": ["g5.48xlarge", ...]` at the top level of an override file drops shipped entries;
 - `"replace": true` at the top level discards the shipped catalog and uses only that file.
 
-Files are applied in the order given, so later files win.
+Files are applied in the order given, so later files win. An entry the server cannot compute on (inf1's
+first Inferentia, which needs the legacy torch-neuron SDK; an accelerator that does not match its target)
+is refused, so no plan buys hardware its servers would leave idle.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pydantic import Field
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
 from inferpack.plan import TargetName
+from inferpack.runtime.targets import unservable_reason
 
 
 class InstanceType(StrictModel):
@@ -94,6 +97,7 @@ def merge_catalog(base: Catalog, override: CatalogFile, label: str) -> Catalog:
     current = [i for i in current if i.name not in dropped]
     index = {inst.name: pos for pos, inst in enumerate(current)}
     for inst in override.instances:
+        refuse_unservable(inst, label)
         if inst.name in index:
             current[index[inst.name]] = inst
         else:
@@ -102,6 +106,17 @@ def merge_catalog(base: Catalog, override: CatalogFile, label: str) -> Catalog:
     where = ", ".join(x for x in (override.region, override.price_kind, override.as_of) if x)
     provenance.append(f"{label}" + (f" ({where})" if where else ""))
     return Catalog(instances=current, provenance=provenance)
+
+
+def refuse_unservable(inst: InstanceType, label: str) -> None:
+    """No plan may buy hardware the server cannot compute on: refuse such an entry (ConfigError)."""
+    reason = unservable_reason(inst.target, inst.accelerator)
+    if reason is not None:
+        raise ConfigError(
+            f"{label}: instance type {inst.name!r} (target {inst.target}, accelerator "
+            f"{inst.accelerator or 'none'}) cannot be served by inferpack: {reason}",
+            hint="remove the entry, or give it the target and accelerator its servers really use",
+        )
 
 
 def parse_catalog_file(text: str, label: str) -> CatalogFile:

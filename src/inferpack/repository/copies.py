@@ -25,11 +25,11 @@ from safetensors.torch import load_file
 
 from inferpack.errors import RepositoryError
 from inferpack.repository.dedup import store_shared_tensors
-from inferpack.repository.demo import store_shared_tokenizer
 from inferpack.repository.files import save_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import SHARED_DIR, LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest, write_manifest
+from inferpack.repository.sharing import store_shared_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from inferpack.repository.files import save_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Manifest, Task, write_manifest
+from inferpack.repository.sharing import store_shared_tokenizer
 
 Arch = Literal["minilm", "bert-base", "tiny"]
 PERTURBATION = 0.02  # noise std relative to each top-layer tensor's own std
@@ -118,16 +118,6 @@ def is_tenant_specific(name: str, config: dict[str, Any]) -> bool:
     """True for the tensors that differ between demo models: the top encoder layer and the task head."""
     top = f"encoder.layer.{config['num_hidden_layers'] - 1}."
     return top in name or name.startswith(("qa_outputs.", "classifier."))
-
-
-def store_shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
-    """Store a tokenizer file once per repository (`_shared/tokenizers/`), named by content hash."""
-    data = source.read_bytes()
-    target = repo.shared_dir() / "tokenizers" / f"{hashlib.sha256(data).hexdigest()[:16]}.json"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return target
 
 
 def make_demo_models(

@@ -158,6 +158,38 @@ class LocalRepository:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def problems(self) -> list[tuple[str, str]]:
+        """Folders that are not (wholly) valid models, each with the reason: a name that is not a model
+        id, no version with a manifest, a version folder without one, a manifest that cannot be read,
+        and staging folders an interrupted import left."""
+        found: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return found
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or entry.name.startswith("_"):
+                continue
+            if entry.name.startswith("."):
+                if entry.name.startswith(".import-"):
+                    found.append((entry.name, "left by an interrupted import: delete it"))
+                continue
+            if not is_valid_model_id(entry.name):
+                found.append((entry.name, "not a valid model id (1-128 of A-Z a-z 0-9 . _ -; no '..')"))
+                continue
+            numbered = [p for p in entry.iterdir() if p.is_dir() and p.name.isdigit()]
+            if not numbered:
+                found.append((entry.name, "no version folder (1/, 2/, ...) holding a manifest.json"))
+                continue
+            for version in sorted(numbered, key=lambda p: int(p.name)):
+                name = f"{entry.name}/{version.name}"
+                if not (version / MANIFEST_FILE).is_file():
+                    found.append((name, "no manifest.json: not a version (an unfinished write?)"))
+                    continue
+                try:
+                    read_manifest(version / MANIFEST_FILE)
+                except RepositoryError as exc:
+                    found.append((name, exc.message))
+        return found
+
     @staticmethod
     def _version_numbers(model_dir: Path) -> list[int]:
         if not model_dir.is_dir():

@@ -34,12 +34,14 @@ def estimate_resident_bytes(
     version: int,
     *,
     already_held: Callable[[Path], bool] = _never_held,
+    measured: bool = True,
 ) -> int:
     """Bytes that loading `model_id` v`version` adds: the manifest's measured footprint when it has one,
     else `estimate_from_file_bytes` of its weights file plus the shared weight files `already_held` says
-    are not in memory yet (a server passes what it holds; a planner counts them all)."""
+    are not in memory yet (a server passes what it holds; a planner counts them all). `measured=False`
+    ignores the footprint: it is host memory, and a GPU server budgets device memory."""
     manifest = repository.manifest(model_id, version)
-    if manifest.footprint is not None:
+    if manifest.footprint is not None and measured:
         return int(manifest.footprint.resident_mb * MB)
     size = (repository.version_dir(model_id, version) / manifest.weights).stat().st_size
     for relative in manifest.shared_weights:

@@ -16,8 +16,9 @@ from inferpack.repository.files import umask_mode
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript"]
-DType = Literal["fp32", "bf16"]
+DType = Literal["fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8-dynamic"]
+Pooling = Literal["mean", "cls", "max"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
 MANIFEST_FILE = "manifest.json"
 
@@ -31,7 +32,9 @@ class Footprint(StrictModel):
 
 
 class Agreement(StrictModel):
-    """How closely a compiled version's outputs match eager fp32 (written by `inferpack compile`)."""
+    """How closely a version's outputs match a reference: eager fp32 for a compiled version (written by
+    `inferpack compile`), transformers' own model for an imported one (written by `inferpack models
+    import`)."""
 
     max_abs_diff: float
     cosine: float = Field(description="Mean cosine similarity of output rows to eager fp32.")
@@ -61,11 +64,28 @@ class Manifest(StrictModel):
     dtype: DType = "fp32"
     quantization: Quantization = "none"
     target: TargetName = "cpu"
+    static_shape: tuple[int, int] | None = Field(
+        default=None,
+        description="[batch, tokens] a static-shape graph (target neuron) was traced with; the server pads "
+        "every batch to it.",
+    )
     labels: list[str] | None = Field(default=None, description="Class names (text-classification).")
     hidden_size: int | None = Field(default=None, ge=1, description="Width of embeddings (metadata).")
     parameters: int | None = Field(default=None, ge=0, description="Parameter count.")
     compiled_from: int | None = Field(default=None, description="Version this one was compiled from.")
     agreement: Agreement | None = None
+    pooling: Pooling = Field(
+        default="mean",
+        description="feature-extraction: how token states become one embedding (sentence-transformers' "
+        "Pooling module): mean over real tokens, the first (CLS) token, or the max over real tokens.",
+    )
+    normalize: bool = Field(default=True, description="feature-extraction: L2-normalise the embedding.")
+    source: str | None = Field(
+        default=None, description="Where an imported version came from (a folder, hub id or file)."
+    )
+    source_fingerprint: str | None = Field(
+        default=None, description="Hash of the imported source's file names, sizes and config."
+    )
     footprint: Footprint | None = None
     description: str = ""
 

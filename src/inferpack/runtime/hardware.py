@@ -49,17 +49,35 @@ def cpu_has_native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & flags)
 
 
-def resolve_dtype(choice: DTypeChoice, device: str = "cpu") -> torch.dtype:
-    """The dtype `auto` means here: bf16 on CUDA and on CPUs with native bf16, else fp32."""
+def resolve_dtype(choice: DTypeChoice, device: str = "cpu", *, cuda_bf16: bool | None = None) -> torch.dtype:
+    """The dtype a choice means on a device. `auto`: on CUDA bf16 where the GPU has bf16 tensor cores
+    (Ampere and later) else fp16 (a T4); on Neuron bf16 (NeuronCores compute it natively); on CPUs bf16
+    where native (AVX512-BF16/AMX, arm64 BF16) else fp32. `cuda_bf16` overrides the GPU probe (tests)."""
     import torch
 
     if choice == "fp32":
         return torch.float32
     if choice == "bf16":
         return torch.bfloat16
+    if choice == "fp16":
+        return torch.float16
     if device.startswith("cuda"):
+        if cuda_bf16 is None:
+            cuda_bf16 = cuda_native_bf16(device)
+        return torch.bfloat16 if cuda_bf16 else torch.float16
+    if device.startswith("neuron"):
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cuda_native_bf16(device: str) -> bool:
+    """True when the CUDA device (the index in `device`, else the current one) has bf16 tensor cores."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
 def usable_cores() -> int:

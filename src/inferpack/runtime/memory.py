@@ -32,10 +32,35 @@ def tensor_storages(tensors: Iterable[torch.Tensor]) -> Storages:
 
 
 def module_storages(module: object) -> Storages:
-    """Storages of a torch module's parameters and buffers (eager or TorchScript)."""
+    """Storages of a torch module's parameters and buffers (eager or TorchScript), wherever they live (CPU
+    or GPU memory). A frozen TorchScript module has neither: its weights are constants of its graph, so
+    those are counted. A wrapper that knows its device memory (a Neuron graph) reports it itself."""
+    reported = getattr(module, "device_storages", None)
+    if callable(reported):
+        return dict(reported())
     if not isinstance(module, torch.nn.Module | torch.jit.ScriptModule):
         return {}
-    return tensor_storages([*module.parameters(), *module.buffers()])
+    tensors = [*module.parameters(), *module.buffers()]
+    if isinstance(module, torch.jit.ScriptModule):
+        tensors += _graph_constants(module)
+    return tensor_storages(tensors)
+
+
+def _graph_constants(module: torch.jit.ScriptModule) -> list[torch.Tensor]:
+    """Tensor constants of a TorchScript module's forward graph (what freezing turns weights into)."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return []
+    found: list[torch.Tensor] = []
+    pending = [graph.block()]
+    while pending:
+        for node in pending.pop().nodes():
+            pending.extend(node.blocks())
+            if node.kind() == "prim::Constant" and node.output().type().kind() == "TensorType":
+                value = node.output().toIValue()
+                if isinstance(value, torch.Tensor):
+                    found.append(value)
+    return found
 
 
 class MemoryLedger:
@@ -102,8 +127,12 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def release_free_memory() -> None:
-    """Ask glibc to hand freed heap pages back to the OS (tensors freed by an unload), where it can."""
+    """Ask glibc to hand freed heap pages back to the OS (tensors freed by an unload), where it can, and
+    CUDA's caching allocator its unused blocks back to the driver: the GPU a model loads onto is chosen by
+    the driver's free memory (`torch.cuda.mem_get_info`), which cached blocks would hide."""
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
     if trim is not None:
         trim(0)
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        torch.cuda.empty_cache()

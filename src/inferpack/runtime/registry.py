@@ -31,10 +31,12 @@ from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, choose_version, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
+from inferpack.runtime.versions import choose_version
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
@@ -87,12 +89,17 @@ class ModelRegistry:
         batch_observer: BatchObserver | None = None,
         load_observer: LoadObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        device: ResolvedDevice = CPU_DEVICE,
     ) -> None:
         self.repository = repository
+        self.device = device
         self.settings = settings
         self.pool = pool
         self.lazy_load = settings.lazy_load
-        self.budget_bytes = int(settings.memory_budget_mb * 2**20) if settings.memory_budget_mb else None
+        # On a GPU the budget is device memory: as configured, else what the GPUs had free at start-up
+        # less headroom; the ledger measures the models' tensors wherever they live.
+        configured = settings.memory_budget_mb
+        self.budget_bytes = int(configured * 2**20) if configured else device.memory_budget_bytes()
         self.pinned = set(settings.pinned_models)
         self.ledger = MemoryLedger()
         self.stats = RegistryStats()
@@ -121,19 +128,24 @@ class ModelRegistry:
             model_id,
             version,
             dtype=self.settings.dtype,
+            device=self.device.place(cuda_free_bytes if self.device.kind == "cuda" else None),
             max_sequence_length=self.settings.max_sequence_length,
             warmup=None if cold else True,  # a cold request is the warm-up of an eager model
         )
 
     def default_version(self, model_id: str) -> int:
         """The version a load without a version picks here (not merely the newest: see choose_version)."""
-        return choose_version(self.repository, model_id, "cpu", resolve_dtype(self.settings.dtype))
+        device = self.device.name
+        return choose_version(self.repository, model_id, device, resolve_dtype(self.settings.dtype, device))
 
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
         """Bytes a load will add, before loading (see `repository.footprint`): shared files count only
         when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
-        return estimate_resident_bytes(self.repository, model_id, chosen, already_held=SHARED.holds)
+        # a measured footprint is host memory (RSS): on a GPU the weights' size is the estimate
+        return estimate_resident_bytes(
+            self.repository, model_id, chosen, already_held=SHARED.holds, measured=self.device.kind == "cpu"
+        )
 
     # catalogue ------------------------------------------------------------------------------------------
     def refresh(self) -> list[str]:

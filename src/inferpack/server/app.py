@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inferpack.errors import PayloadTooLarge
 from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
+from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
 from inferpack.runtime.hardware import usable_cores
 from inferpack.runtime.modeling import preload_libraries
 from inferpack.runtime.registry import ModelRegistry
@@ -69,8 +70,11 @@ class BodyLimit:
 
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
+    device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
+    check_dtype(settings.dtype, device)
+    log.info("inferpack server computes on %s", device.describe())
     repo = repository if repository is not None else open_repository(settings.repository)
-    threads = settings.inference_threads or usable_cores()
+    threads = settings.inference_threads or default_inference_threads(device, usable_cores())
     metrics = ServerMetrics(settings.metrics_top_k)
     pool = InferencePool(threads, settings.intra_op_threads)
     registry = ModelRegistry(
@@ -79,6 +83,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         pool,
         batch_observer=metrics.observe_batch,
         load_observer=metrics.observe_load,
+        device=device,
     )
     plane = DataPlane(registry, metrics)
     auth = Authenticator(settings.auth)
@@ -97,8 +102,9 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         registry.start_background()
         plane.started = True
         log.info(
-            "inferpack server ready: %d model(s) loaded, %d inference threads",
+            "inferpack server ready: %d model(s) loaded on %s, %d inference threads",
             len(registry.ready_models()),
+            device.name,
             threads,
         )
         try:
@@ -121,7 +127,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
 
     @app.get("/v2", summary="V2 server metadata")
     async def v2_server_metadata() -> dict[str, Any]:
-        return server_metadata()
+        return server_metadata(device.metadata())
 
     @app.get("/v2/health/live")
     async def live() -> Response:

@@ -25,9 +25,9 @@ DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "IN
 
 
 # documents ------------------------------------------------------------------------------------------------
-def server_metadata() -> dict[str, Any]:
-    """V2 server metadata."""
-    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+def server_metadata(device: dict[str, Any]) -> dict[str, Any]:
+    """V2 server metadata, with the device the server computes on (what `--device` resolved to)."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS, "device": device}
 
 
 def inputs_metadata(inputs: list[InputSpec]) -> list[dict[str, Any]]:

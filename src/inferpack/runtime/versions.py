@@ -1,0 +1,60 @@
+"""Version policy: which version of a model a server serves, and which it must refuse."""
+
+from __future__ import annotations
+
+import torch
+
+from inferpack.errors import ModelLoadFailed
+from inferpack.repository.local import ModelRepository
+from inferpack.repository.manifest import Manifest
+from inferpack.runtime.devices import device_kind
+
+
+def _device_kind(device: str) -> str:
+    return device_kind(device)
+
+
+def _check_target(model_id: str, version: int, manifest: Manifest, device: str) -> None:
+    """Refuse a version compiled for another processor (a CUDA trace on a CPU server, a Neuron trace with
+    fixed shapes on a CPU), and on Neuron anything but a Neuron graph (NeuronCores run compiled graphs
+    only; the host's few vCPUs are not where an inf2 server should compute)."""
+    kind = _device_kind(device)
+    if manifest.format == "torchscript" and manifest.target != kind:
+        raise ModelLoadFailed(
+            f"model {model_id!r} v{version} was compiled for {manifest.target}, this server runs on {kind}",
+            hint="serve a version compiled for this processor (or the safetensors version)",
+        )
+    if kind == "neuron" and manifest.format != "torchscript":
+        raise ModelLoadFailed(
+            f"model {model_id!r} v{version} is {manifest.format}; a Neuron server serves versions compiled "
+            "for Neuron only",
+            hint=f"run `inferpack compile {model_id} --target neuron` on an inf2/trn1 instance",
+        )
+
+
+def choose_version(repository: ModelRepository, model_id: str, device: str, dtype: torch.dtype) -> int:
+    """The version a server serves by default: the newest one that suits it.
+
+    Safetensors versions suit CPU and CUDA servers (they are converted at load). A TorchScript version
+    suits when it was compiled for this processor, in the dtype this server computes in, without
+    quantisation (int8 changes answers: ask for its version explicitly), and its agreement check passed.
+    A Neuron server serves Neuron graphs only, and one in another dtype rather than none (a graph runs in
+    the dtype it was compiled in). Falls back to the newest.
+    """
+    versions = repository.versions(model_id)
+    kind = _device_kind(device)
+    wanted = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    other_dtype: int | None = None
+    for candidate in reversed(versions):
+        m = repository.manifest(model_id, candidate)
+        if m.format == "safetensors":
+            if kind != "neuron":
+                return candidate
+            continue
+        passed = m.agreement is None or m.agreement.passed
+        if m.target == kind and m.quantization == "none" and passed:
+            if m.dtype == wanted:
+                return candidate
+            if kind == "neuron" and other_dtype is None:
+                other_dtype = candidate
+    return other_dtype if other_dtype is not None else versions[-1]
