@@ -125,7 +125,8 @@ def load_model(
     torch_device = torch.device("cpu" if neuron else device)
     limit = max_sequence_length or manifest.max_sequence_length
     try:
-        for rel in (manifest.weights, manifest.config):  # missing or unreadable files fail here, by name
+        # missing or unreadable files fail here, by name (a TorchScript version has no config to read)
+        for rel in (manifest.weights, manifest.config if manifest.format == "safetensors" else None):
             if rel is not None:
                 repository.resolve_file(model_id, chosen, rel)
         module: ModelCallable
