@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from inferpack.fleet.processes import free_port, probe_readiness, python_cli, wait_ready
+from inferpack.server.errors import RETRY_ELSEWHERE
 from inferpack.settings import AuthSettings
 from tests.integration.conftest import running_server
 
@@ -129,6 +130,7 @@ def test_full_queue_sheds_with_503_and_retry_after(demo_repo: Path) -> None:
         shed = [r for r in responses if r.status_code == 503]
         assert shed, [r.status_code for r in responses]
         assert all(r.headers["retry-after"] == "1" and "queued" in r.json()["error"] for r in shed)
+        assert all(r.headers["inferpack-error-kind"] == "overloaded" for r in shed)  # the router won't retry
         assert any(r.status_code == 200 for r in responses)
         assert "inferpack_requests_shed_total" in httpx.get(f"{s.url}/metrics").text
         assert httpx.get(f"{s.url}/predictions/qa-0000").status_code == 200  # still serving
@@ -147,6 +149,9 @@ def test_not_ready_while_a_required_model_failed_to_load(demo_repo: Path) -> Non
         assert probe_readiness(s.url, 5)[1].keys() == {"broken-0000"}
         with pytest.raises(RuntimeError, match=r"cannot load required model.*broken-0000"):
             wait_ready(s.url, timeout_s=30)
+        # a request for the failed model says so in a way the router retries on another copy
+        failed = httpx.get(f"{s.url}/predictions/broken-0000", timeout=30)
+        assert failed.status_code == 503 and failed.headers["inferpack-error-kind"] in RETRY_ELSEWHERE
         # the healthy model still answers: readiness is about taking new traffic, not about serving
         assert httpx.get(f"{s.url}/v2/models/qa-0000/ready", timeout=30).status_code == 200
     with running_server(demo_repo, inference_threads=1, models=["qa-0000"]) as s:
