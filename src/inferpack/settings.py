@@ -85,6 +85,12 @@ class ServerSettings(_Section):
     pinned_models: list[str] = Field(
         default_factory=list, description="Models loaded at start and never evicted."
     )
+    ready_requires_models: bool = Field(
+        default=True,
+        description="The server is not ready (/v2/health/ready answers 503) while a model it must hold "
+        "(named in `models` or `pinned_models`) failed to load. Loading every model of the repository "
+        "(no `models`) is best effort and never holds readiness back.",
+    )
     idle_unload_s: float | None = Field(
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )

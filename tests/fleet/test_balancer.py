@@ -45,7 +45,7 @@ def test_when_every_copy_is_down_they_are_tried_anyway() -> None:
     b = Balancer(PLACEMENT)
     b.mark_down("s2")
     assert b.choose("c") == "s2"
-    assert not b.ready()
+    assert not b.all_available()
     assert b.unavailable_models() == ["c"]
 
 
@@ -61,7 +61,15 @@ def test_exclude_gives_the_other_copy_then_none() -> None:
 def test_ready_when_each_model_has_a_healthy_copy() -> None:
     b = Balancer(PLACEMENT)
     b.mark_down("s0")
-    assert b.ready()
+    assert b.all_available()
     b.mark_down("s1")
-    assert not b.ready()
+    assert not b.all_available()
     assert b.unavailable_models() == ["a"]
+
+
+def test_copies_histogram_is_bounded() -> None:
+    b = Balancer({"a": ["s0", "s1", "s2"], "b": ["s0"], "c": ["s1", "s2"]})
+    assert b.copies_histogram(2) == {"0": 0, "1": 1, "2+": 2}
+    b.mark_down("s0")
+    assert b.copies_histogram(2) == {"0": 1, "1": 0, "2+": 2}
+    assert sum(b.copies_histogram(1).values()) == 3

@@ -54,6 +54,8 @@ class FakeServers:
     """Two upstream servers: record every request, answer inference with a binary echo."""
 
     ready: dict[str, bool] = field(default_factory=lambda: {"s0": True, "s1": True})
+    # server -> error kind it answers every model-scoped request with (a 503 like the real server's)
+    refuse: dict[str, str] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
     servers: dict[str, uvicorn.Server] = field(default_factory=dict)
@@ -72,6 +74,12 @@ class FakeServers:
             if path == "/v2/repository/index":
                 models = {"s0": ["a", "b"], "s1": ["a", "c"]}[name]
                 return JSONResponse([{"name": m, "state": "READY", "version": "1"} for m in models])
+            kind = self.refuse.get(name)
+            if kind is not None and (path.startswith("/predictions/") or path.startswith("/v2/models/")):
+                headers = {"inferpack-error-kind": kind, "x-served-by": name}
+                if kind == "overloaded":
+                    headers["retry-after"] = "1"
+                return JSONResponse({"error": f"{kind} on {name}"}, status_code=503, headers=headers)
             if path.endswith("/bad"):
                 return JSONResponse({"error": "bad input"}, status_code=400)
             return Response(
@@ -200,8 +208,11 @@ def test_probe_marks_servers_down_and_back(fake: FakeServers) -> None:
         balancer = client.app.state.balancer  # type: ignore[attr-defined]
         fake.ready["s1"] = False
         _wait(lambda: not balancer.healthy["s1"])
-        ready = client.get("/v2/health/ready")
-        assert ready.status_code == 503 and ready.json()["unavailable_models"] == ["c"]
+        ready = client.get("/v2/health/ready")  # the router stays ready: other models still have copies
+        assert ready.status_code == 200 and ready.json()["unavailable_models"] == ["c"]
+        metrics = client.get("/metrics").text
+        assert "inferpack_router_models_unavailable 1.0" in metrics
+        assert 'inferpack_router_models_by_healthy_copies{copies="1"} 2.0' in metrics  # a and b
         # while s1 is marked down, its models with another copy go there only
         assert {client.get("/predictions/a").headers["x-served-by"] for _ in range(4)} == {"s0"}
         fake.ready["s1"] = True
@@ -258,3 +269,37 @@ def test_no_cookies_or_client_headers_added(client: TestClient, fake: FakeServer
     sent = fake.seen[-1].headers
     assert sent["x-custom"] == "1"
     assert "cookie" not in sent and "accept-encoding" not in sent
+
+
+@pytest.mark.parametrize("kind", ["model-not-ready", "model-load-failed", "shutting-down"])
+def test_model_not_ready_answer_is_retried_on_the_other_copy(
+    client: TestClient, fake: FakeServers, kind: str
+) -> None:
+    fake.refuse["s0"] = kind
+    served = [client.get("/predictions/a") for _ in range(6)]
+    assert all(r.status_code == 200 and r.headers["x-served-by"] == "s1" for r in served)
+    metrics = client.get("/metrics").text
+    assert f'inferpack_router_upstream_failures_total{{kind="{kind}",server="s0"}}' in metrics
+    assert client.app.state.balancer.healthy["s0"]  # type: ignore[attr-defined]  # only the model failed
+    # the only copy cannot serve it: its own 503 goes back (body and kind), not a router refusal
+    only = client.get("/predictions/b")
+    assert only.status_code == 503 and only.json() == {"error": f"{kind} on s0"}
+    assert only.headers["inferpack-error-kind"] == kind
+
+
+def test_shed_is_passed_back_not_retried(client: TestClient, fake: FakeServers) -> None:
+    fake.refuse["s0"] = fake.refuse["s1"] = "overloaded"
+    before = len(fake.seen)
+    resp = client.get("/predictions/a")
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    assert len(fake.seen) == before + 1  # one copy saw it: a shed is not spread to the other copy
+    assert "inferpack_router_retries_total 0.0" in client.get("/metrics").text
+
+
+def test_ready_with_placement_and_availability_in_metrics(client: TestClient, fake: FakeServers) -> None:
+    assert client.get("/v2/health/ready").json() == {"ready": True, "servers": {"s0": True, "s1": True}}
+    text = client.get("/metrics").text
+    assert 'inferpack_router_models_by_healthy_copies{copies="2"} 1.0' in text  # a
+    assert 'inferpack_router_models_by_healthy_copies{copies="1"} 2.0' in text  # b, c
+    assert 'inferpack_router_models_by_healthy_copies{copies="4+"} 0.0' in text
+    assert "inferpack_router_models_unavailable 0.0" in text

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inferpack.fleet.processes import free_port, python_cli, wait_ready
+from inferpack.fleet.processes import free_port, probe_readiness, python_cli, wait_ready
+from inferpack.server.errors import RETRY_ELSEWHERE
 from inferpack.settings import AuthSettings
 from tests.integration.conftest import running_server
 
@@ -129,6 +130,41 @@ def test_full_queue_sheds_with_503_and_retry_after(demo_repo: Path) -> None:
         shed = [r for r in responses if r.status_code == 503]
         assert shed, [r.status_code for r in responses]
         assert all(r.headers["retry-after"] == "1" and "queued" in r.json()["error"] for r in shed)
+        assert all(r.headers["inferpack-error-kind"] == "overloaded" for r in shed)  # the router won't retry
         assert any(r.status_code == 200 for r in responses)
         assert "inferpack_requests_shed_total" in httpx.get(f"{s.url}/metrics").text
         assert httpx.get(f"{s.url}/predictions/qa-0000").status_code == 200  # still serving
+
+
+def test_not_ready_while_a_required_model_failed_to_load(demo_repo: Path) -> None:
+    """A model named in --models that fails to load holds readiness back and is named in the probe's
+    body; `wait_ready` (what the local fleet does) fails at once naming it instead of timing out."""
+    with running_server(demo_repo, inference_threads=1, models=["qa-0000", "broken-0000"]) as s:
+        r = httpx.get(f"{s.url}/v2/health/ready", timeout=30)
+        assert r.status_code == 503
+        body = r.json()
+        assert body["ready"] is False and body["started"] is True and body["draining"] is False
+        assert list(body["failed_models"]) == ["broken-0000"]
+        assert "safetensor" in body["failed_models"]["broken-0000"].lower()
+        assert probe_readiness(s.url, 5)[1].keys() == {"broken-0000"}
+        with pytest.raises(RuntimeError, match=r"cannot load required model.*broken-0000"):
+            wait_ready(s.url, timeout_s=30)
+        # a request for the failed model says so in a way the router retries on another copy
+        failed = httpx.get(f"{s.url}/predictions/broken-0000", timeout=30)
+        assert failed.status_code == 503 and failed.headers["inferpack-error-kind"] in RETRY_ELSEWHERE
+        # the healthy model still answers: readiness is about taking new traffic, not about serving
+        assert httpx.get(f"{s.url}/v2/models/qa-0000/ready", timeout=30).status_code == 200
+    with running_server(demo_repo, inference_threads=1, models=["qa-0000"]) as s:
+        assert httpx.get(f"{s.url}/v2/health/ready", timeout=30).json() == {"ready": True}
+        wait_ready(s.url, timeout_s=30)
+
+
+def test_readiness_can_ignore_failed_models(demo_repo: Path) -> None:
+    """`ready_requires_models=False` keeps the old behaviour; loading the whole repository (no --models)
+    is best effort: the broken model is reported by the index but never holds readiness back."""
+    settings = {"inference_threads": 1, "ready_requires_models": False}
+    with running_server(demo_repo, models=["qa-0000", "broken-0000"], **settings) as s:
+        assert httpx.get(f"{s.url}/v2/health/ready", timeout=30).status_code == 200
+    with running_server(demo_repo, inference_threads=1, models=None, lazy_load=True) as s:
+        httpx.post(f"{s.url}/v2/repository/models/broken-0000/load", timeout=30)
+        assert httpx.get(f"{s.url}/v2/health/ready", timeout=30).status_code == 200

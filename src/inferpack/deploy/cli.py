@@ -23,6 +23,7 @@ from inferpack.deploy.render import (
     render_idle_bench_job,
     render_manifests,
 )
+from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
 from inferpack.settings import load_settings
@@ -210,9 +211,15 @@ def apply(
         bool, typer.Option(help="Server-side dry run (validates against the cluster).")
     ] = False,
 ) -> None:
-    """Apply the rendered base and wait for every Deployment to roll out."""
+    """Apply the rendered base: servers in waves (no two copies of a model restart together, each wave
+    rolled out before the next), then the router; servers a re-plan removed are deleted."""
     _check_dir(directory)
-    run(_kubectl(namespace, context, kubeconfig, kubectl).apply(directory, server_dry_run=dry_run))
+    k = _kubectl(namespace, context, kubeconfig, kubectl)
+    if dry_run:
+        run(k.apply(directory, server_dry_run=True))
+        return
+    waves = rollout_waves(base_plan(directory))
+    run(k.apply(directory, resources=base_resources(directory), waves=waves))
 
 
 @k8s_app.command("status")

@@ -79,13 +79,63 @@ class Kubectl:
         """True when load tests run in a namespace of their own."""
         return self.bench_namespace is not None and self.bench_namespace != self.namespace
 
-    def apply(self, base_dir: Path, *, server_dry_run: bool = False) -> list[list[str]]:
-        """Apply the rendered base, then wait for the router and every server to be rolled out."""
-        cmd = [*self.base(namespaced=False), *SERVER_SIDE_APPLY, "-k", str(base_dir)]
-        if server_dry_run:
-            return [[*cmd, "--dry-run=server"]]
+    def apply(
+        self,
+        base_dir: Path,
+        *,
+        server_dry_run: bool = False,
+        resources: list[str] | None = None,
+        waves: list[list[str]] | None = None,
+    ) -> list[list[str]]:
+        """Apply the rendered base without taking every copy of a model down at once.
+
+        `resources` are the base's files (its kustomization's list) and `waves` the plan's servers in
+        rollout waves (`rollout.rollout_waves`). In order: everything but the servers and the router
+        (namespace, service account, budgets, policies, pre-pull); then each wave's server files, waiting
+        for each of its Deployments to roll out before the next wave; then the router and its placement
+        (so it routes to servers that run); then the servers a re-plan removed are deleted (by label: the
+        server components whose name is not in the plan). A server-side dry run checks the whole base.
+        """
+        apply = [*self.base(namespaced=False), *SERVER_SIDE_APPLY]
+        if server_dry_run or resources is None or waves is None:
+            cmd = [*apply, "-k", str(base_dir)]
+            return [[*cmd, "--dry-run=server"]] if server_dry_run else [cmd, *self._wait_all()]
+        servers = {f"servers/{name}.yaml" for wave in waves for name in wave}
+        router = [r for r in resources if r == "router.yaml"]
+        first = [r for r in resources if r not in servers and r not in router]
+
+        def files(names: list[str]) -> list[str]:
+            return [arg for name in names for arg in ("-f", str(base_dir / name))]
+
+        commands = [[*apply, *files(first)]] if first else []
+        for wave in waves:
+            commands.append([*apply, *files([f"servers/{name}.yaml" for name in wave])])
+            commands += [self._rollout(f"deployment/{server_object_name(name)}") for name in wave]
+        if router:
+            commands += [[*apply, *files(router)], self._rollout(f"deployment/{ROUTER}")]
+        kept = ",".join(sorted(name for wave in waves for name in wave))
+        selector = (
+            f"{LABEL_PART_OF}=inferpack,{LABEL_COMPONENT}=server,{LABEL_SERVER},{LABEL_SERVER} notin ({kept})"
+        )
+        commands.append(
+            [
+                *self.base(),
+                "delete",
+                "deployments,services",
+                "-l",
+                selector,
+                "--ignore-not-found",
+                "--wait=false",
+            ]
+        )
+        return commands
+
+    def _rollout(self, ref: str) -> list[str]:
+        return [*self.base(), "rollout", "status", ref, "--timeout=30m"]
+
+    def _wait_all(self) -> list[list[str]]:
         wait = [*self.base(), "rollout", "status", "deployment", "-l", f"{LABEL_PART_OF}=inferpack"]
-        return [cmd, [*wait, "--timeout=30m"]]
+        return [[*wait, "--timeout=30m"]]
 
     def status(self, server: str | None = None) -> list[list[str]]:
         """What is running: workloads, pods (with nodes), services, autoscalers, budgets; or, for one plan

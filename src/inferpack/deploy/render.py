@@ -208,7 +208,13 @@ def _pdb(name: str, selector: dict[str, str], options: RenderOptions, budget: Ma
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _meta(name, selector[LABEL_COMPONENT], options),
-        "spec": {**budget, "selector": {"matchLabels": selector}},
+        # AlwaysAllow: a pod that is not ready (crash-looping, a model that fails to load) must not block
+        # node drains; the default only lets a not-ready pod go when the budget is otherwise met.
+        "spec": {
+            **budget,
+            "selector": {"matchLabels": selector},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }
 
 

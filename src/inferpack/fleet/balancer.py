@@ -75,9 +75,18 @@ class Balancer:
         """`server` answered its readiness probe again."""
         self.healthy[server] = True
 
-    def ready(self) -> bool:
+    def all_available(self) -> bool:
         """Every placed model has at least one healthy copy."""
         return all(any(self.healthy[s] for s in servers) for servers in self.placement.values())
+
+    def copies_histogram(self, cap: int) -> dict[str, int]:
+        """How many models have 0, 1, ... healthy copies; `cap` and more are counted under "<cap>+".
+        A bounded view of per-model availability (labels do not grow with the number of models)."""
+        counts = {str(k): 0 for k in range(cap)} | {f"{cap}+": 0}
+        for servers in self.placement.values():
+            n = sum(1 for s in servers if self.healthy[s])
+            counts[str(n) if n < cap else f"{cap}+"] += 1
+        return counts
 
     def unavailable_models(self) -> list[str]:
         """Models with no healthy copy, sorted."""

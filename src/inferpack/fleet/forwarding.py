@@ -9,6 +9,10 @@ Transport-free: it takes the request's method, target, body and headers and retu
 - A broken pooled keep-alive connection (the server had closed it, e.g. it restarted) is retried once on
   the same server with a fresh connection: the request never ran there.
 - A timeout is not retried: a second copy would get the same slow request and double the load.
+- A 503 whose `inferpack-error-kind` says the copy cannot serve the model now (not loaded, failed to load,
+  being unloaded: the request never ran) is retried on another copy; the last such answer goes back when
+  no copy could. A shed (kind `overloaded`, with Retry-After) is passed back as is: sending it to another
+  copy would spread an overload.
 """
 
 from __future__ import annotations
@@ -20,8 +24,21 @@ from typing import Any
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
+from inferpack.server.errors import ERROR_KIND_HEADER, RETRY_ELSEWHERE
 
 Headers = list[tuple[str, str]]
+_KIND = ERROR_KIND_HEADER.encode()
+_RETRY_KINDS = frozenset(k.encode() for k in RETRY_ELSEWHERE)
+
+
+def not_ready_kind(answer: Answer) -> str | None:
+    """The error kind of a 503 a copy sent because it cannot serve the model now, else None."""
+    if answer.status != 503:
+        return None
+    for name, value in answer.headers:
+        if name == _KIND and value in _RETRY_KINDS:
+            return value.decode()
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,13 +84,20 @@ class Forwarder:
         tried: set[str] = set()
         reconnected: set[str] = set()
         failure = "unreachable"
+        refused: Answer | None = None  # the last "cannot serve it now" answer, sent back if no copy can
         while (server := balancer.choose(model, tried)) is not None:
             if tried or reconnected:
                 metrics.retries.inc()
             balancer.acquire(server)
             self._forwarded[server].inc()
             try:
-                return await self.client.call(method, self.urls[server] + target, body, headers)
+                answer = await self.client.call(method, self.urls[server] + target, body, headers)
+                kind = not_ready_kind(answer)
+                if kind is None:
+                    return answer
+                metrics.upstream_failures.labels(server, kind).inc()
+                tried.add(server)  # the server is fine: only this model is not servable there
+                refused = answer
             except Failure as exc:
                 metrics.upstream_failures.labels(server, exc.kind).inc()
                 if exc.kind == "timeout":
@@ -88,6 +112,8 @@ class Forwarder:
                 failure = f"{server}: {exc}"
             finally:
                 balancer.release(server)
+        if refused is not None:
+            return refused
         return Refusal(
             503,
             {

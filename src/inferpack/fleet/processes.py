@@ -95,16 +95,41 @@ def spawn(
 
 def probe_ready(url: str, timeout_s: float = 0.5) -> bool:
     """True when `url`/v2/health/ready answers 200 (False on any failure)."""
+    return probe_readiness(url, timeout_s)[0]
+
+
+def probe_readiness(url: str, timeout_s: float = 0.5) -> tuple[bool, dict[str, str]]:
+    """(ready, failed models): whether `url`/v2/health/ready answers 200, and the models (id -> reason)
+    a not-ready server says it must hold but failed to load; those never become ready on their own."""
     try:
-        return httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False).status_code == 200
+        r = httpx.get(f"{url}/v2/health/ready", timeout=timeout_s, trust_env=False)
     except httpx.HTTPError:
-        return False
+        return False, {}
+    if r.status_code == 200:
+        return True, {}
+    try:
+        body = r.json()
+    except ValueError:
+        return False, {}
+    failed = body.get("failed_models") if isinstance(body, dict) else None
+    return False, {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
+
+
+def failed_models_message(name: str, failed: dict[str, str]) -> str:
+    """One line naming the models a server could not load, with the first reason."""
+    first = next(iter(failed.values()), "")
+    return f"{name} cannot load required model(s) {', '.join(sorted(failed))}: {first}"
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 120.0) -> None:
     """Poll `url` until it is ready; RuntimeError when `proc` exits first or the time runs out."""
     deadline = time.monotonic() + timeout_s
-    while not probe_ready(url):
+    while True:
+        ok, failed = probe_readiness(url)
+        if ok:
+            return
+        if failed:
+            raise RuntimeError(failed_models_message(f"the server at {url}", failed))
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(
                 f"the server at {url} exited with status {proc.returncode} before it was ready"

@@ -36,6 +36,8 @@ from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.plan import Plan
 
+COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
+
 log = logging.getLogger("inferpack.router")
 
 # Never forwarded either way: they describe one connection, not the message (RFC 9110 §7.6.1), or are
@@ -190,17 +192,25 @@ def create_router_app(
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        ok = balancer.ready()
-        body: dict[str, Any] = {"ready": ok, "servers": dict(balancer.healthy)}
-        if not ok:
-            body["unavailable_models"] = balancer.unavailable_models()[:20]
-        return _json(200 if ok else 503, body)
+        # Ready = running with its placement. Not "every model has a copy": with one copy per model a
+        # single server restart would take every router pod out, and requests for the other models with
+        # it. Per-model availability is in the body and in /metrics instead.
+        body: dict[str, Any] = {"ready": True, "servers": dict(balancer.healthy)}
+        unavailable = balancer.unavailable_models()
+        if unavailable:
+            body["unavailable_models"] = unavailable[:20]
+            body["unavailable_count"] = len(unavailable)
+        return _json(200, body)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         for name in balancer.servers:
             metrics.outstanding.labels(name).set(balancer.outstanding[name])
             metrics.healthy.labels(name).set(1.0 if balancer.healthy[name] else 0.0)
+        histogram = balancer.copies_histogram(COPIES_CAP)
+        for copies, count in histogram.items():
+            metrics.models_by_copies.labels(copies).set(count)
+        metrics.models_unavailable.set(histogram["0"])
         return Response(
             generate_latest(metrics.registry), media_type="text/plain; version=0.0.4; charset=utf-8"
         )

@@ -29,7 +29,8 @@ class RouterMetrics:
         )
         self.upstream_failures = Counter(
             "inferpack_router_upstream_failures",
-            "Failed upstream calls by server and kind (connect, protocol, timeout).",
+            "Failed upstream calls by server and kind (connect, protocol, timeout; model-not-ready, "
+            "model-load-failed, shutting-down: a 503 retried on another copy).",
             ["server", "kind"],
             registry=r,
         )
@@ -46,6 +47,17 @@ class RouterMetrics:
             "inferpack_router_server_healthy",
             "1 when the server is chosen for traffic.",
             ["server"],
+            registry=r,
+        )
+        self.models_by_copies = Gauge(
+            "inferpack_router_models_by_healthy_copies",
+            "Placed models by their number of healthy copies (0: unavailable; the last label is 'N+').",
+            ["copies"],
+            registry=r,
+        )
+        self.models_unavailable = Gauge(
+            "inferpack_router_models_unavailable",
+            "Placed models with no healthy copy (requests for them get 503).",
             registry=r,
         )
         self._codes: dict[int, Any] = {}

@@ -183,7 +183,12 @@ class Supervisor:
                         f"{child.record.name} was not ready within {self.spec.ready_timeout_s:g} s"
                     )
                     return False
-                if P.probe_ready(child.record.url, self.spec.supervisor_ready_probe_s):
+                ok, failed = P.probe_readiness(child.record.url, self.spec.supervisor_ready_probe_s)
+                if failed:  # a required model failed: waiting out the timeout would not help
+                    child.record.status = "failed"
+                    self.state.message = P.failed_models_message(child.record.name, failed)
+                    return False
+                if ok:
                     child.record.status = "ready"
                     pending.remove(child)
                     self._save()

@@ -173,6 +173,23 @@ class ModelRegistry:
         """An entry for every known model, sorted by id."""
         return [self._entries.get(m) or ModelEntry(m) for m in sorted(self._known | set(self._entries))]
 
+    def required_models(self) -> list[str]:
+        """Models this server must hold: those named at start-up (`models`) and the pinned ones; an empty
+        list when the settings switch the requirement off or the server loads the whole repository."""
+        if not self.settings.ready_requires_models:
+            return []
+        named = list(self.settings.models or [])
+        return list(dict.fromkeys([*self.settings.pinned_models, *named]))
+
+    def failed_required(self) -> dict[str, str]:
+        """Required models whose last load failed, with the reason (sorted by id)."""
+        failed: dict[str, str] = {}
+        for model_id in sorted(self.required_models()):
+            entry = self._entries.get(model_id)
+            if entry is not None and entry.state == "failed":
+                failed[model_id] = entry.reason
+        return failed
+
     def ready_models(self) -> list[str]:
         """Ids of the loaded models."""
         return sorted(m for m, e in self._entries.items() if e.state == "ready")

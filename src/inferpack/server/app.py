@@ -135,8 +135,12 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        ok = plane.ready()
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        state = plane.readiness()
+        body: dict[str, Any] = {"ready": state.ready}
+        if not state.ready:
+            body["started"], body["draining"] = state.started, state.draining
+            body["failed_models"] = state.failed_models
+        return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:

@@ -73,6 +73,20 @@ class ModelStatus:
     reason: str
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the server takes traffic, and why not: start-up still running, draining, or required
+    models (id -> reason) that failed to load."""
+
+    started: bool
+    draining: bool
+    failed_models: dict[str, str]
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and not self.failed_models
+
+
 class DataPlane:
     """Inference, metadata, readiness and the repository operations of one server."""
 
@@ -88,8 +102,12 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Start-up models are loaded and the server is not draining."""
-        return self.started and not self.draining
+        """Start-up models are loaded, none the server must hold has failed, and it is not draining."""
+        return self.readiness().ready
+
+    def readiness(self) -> Readiness:
+        """Readiness with its reasons (the transport writes them into the probe's body)."""
+        return Readiness(self.started, self.draining, self.registry.failed_required())
 
     # inference ----------------------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> Prediction:

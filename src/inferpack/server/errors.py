@@ -29,6 +29,27 @@ STATUS: list[tuple[type[e.InferpackError], int]] = [
 ]
 
 
+# A 503 says why in this header, so a router can tell "this copy cannot serve the model now" (try
+# another copy) from "this copy is overloaded" (a shed: retrying elsewhere would only spread the overload).
+ERROR_KIND_HEADER = "inferpack-error-kind"
+KINDS: list[tuple[type[e.InferpackError], str]] = [
+    (e.Overloaded, "overloaded"),
+    (e.ModelNotReady, "model-not-ready"),
+    (e.ModelLoadFailed, "model-load-failed"),
+    (e.ShuttingDown, "shutting-down"),
+]
+# Kinds a router retries on another copy: the request did not run, and another copy may hold the model.
+RETRY_ELSEWHERE = frozenset({"model-not-ready", "model-load-failed", "shutting-down"})
+
+
+def kind_of(exc: e.InferpackError) -> str | None:
+    """The error-kind header's value for a 503 worth telling apart, else None."""
+    for cls, kind in KINDS:
+        if isinstance(exc, cls):
+            return kind
+    return None
+
+
 def status_of(exc: e.InferpackError) -> int:
     """HTTP status for an inferpack error (500 for anything unexpected)."""
     for cls, code in STATUS:
@@ -57,6 +78,9 @@ def error_response(exc: e.InferpackError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     if isinstance(exc, e.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    kind = kind_of(exc)
+    if kind is not None:
+        headers[ERROR_KIND_HEADER] = kind
     return JSONResponse(body, status_code=status_of(exc), headers=headers)
 
 
