@@ -114,6 +114,10 @@ def render(
         bool, typer.Option("--prepull/--no-prepull", help="Image pre-pull DaemonSets.")
     ] = True,
     auth_secret: Annotated[str | None, typer.Option(help="Secret with key `tokens` (bearer tokens).")] = None,
+    admin_secret: Annotated[
+        str | None,
+        typer.Option(help="Secret with key `admin-token`: switches the repository API on (default: off)."),
+    ] = None,
     metrics_namespace: Annotated[
         str | None, typer.Option(help="Namespace allowed to scrape servers.")
     ] = None,
@@ -153,6 +157,7 @@ def render(
         router_command=_json_list(router_command, "--router-command"),
         prepull=prepull,
         auth_secret=auth_secret,
+        admin_secret=admin_secret,
         metrics_namespace=metrics_namespace,
         model_cache_size_mb=cache_size_mb,
     )
@@ -385,11 +390,15 @@ def cluster_config(
         typer.Option(help="A node group of this type for load tests (label inferpack.dev/role=bench)."),
     ] = None,
     bench_nodes: Annotated[int, typer.Option(min=1, help="Nodes of the load-test node group.")] = 1,
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", help="Namespace of the servers' IRSA ServiceAccount.")
+    ] = "inferpack",
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
     options = ClusterOptions(
         name=name,
+        namespace=namespace,
         region=region,
         kubernetes_version=version,
         bench_instance_type=bench_instance_type,

@@ -7,6 +7,7 @@ node group's desired and minimum size are N, and the maximum leaves `headroom` n
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,19 @@ def _taints(group: ServerGroup) -> list[Manifest]:
     if group.target not in ACCELERATOR_RESOURCE:
         return []
     return [{"key": ACCELERATOR_RESOURCE[group.target], "value": "true", "effect": "NoSchedule"}]
+
+
+def cluster_addons() -> list[Manifest]:
+    """EKS add-ons: the VPC CNI with network-policy enforcement on (without it the servers' NetworkPolicy
+    is accepted and ignored) and metrics-server (the router's HPA reads pod CPU from it)."""
+    return [
+        {
+            "name": "vpc-cni",
+            "version": "latest",
+            "configurationValues": json.dumps({"enableNetworkPolicy": "true"}),
+        },
+        {"name": "metrics-server", "version": "latest"},
+    ]
 
 
 def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> Manifest:
@@ -116,6 +130,7 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
                 }
             ],
         },
+        "addons": cluster_addons(),
         "managedNodeGroups": groups,
     }
     if options.zones:

@@ -65,6 +65,8 @@ class RenderOptions:
     prepull: bool = True
     pause_image: str = "registry.k8s.io/pause:3.10"
     auth_secret: str | None = None
+    # Secret (key `admin-token`) that switches the repository load/unload API on for servers; None: off.
+    admin_secret: str | None = None
     metrics_namespace: str | None = None
     bench_workers: int = 4
     bench_command: tuple[str, ...] | None = None

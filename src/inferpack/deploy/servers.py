@@ -34,6 +34,10 @@ from inferpack.settings import ServerSettings
 Manifest = dict[str, Any]
 ACCELERATOR_RESOURCE = {"cuda": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
 RUN_AS = 10001  # the non-root user the Containerfile creates
+ADMIN_TOKEN_KEY = "admin-token"  # the key of the admin Secret (`--admin-secret`)
+# Only servers read S3: their account carries the IRSA role; router and load tests get one without it.
+SERVER_SERVICE_ACCOUNT = "inferpack"
+CLIENT_SERVICE_ACCOUNT = "inferpack-client"
 
 
 def server_object_name(server_name: str) -> str:
@@ -158,7 +162,10 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
-        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(settings.auth.repository_api).lower(),
+        # The load/unload API changes what a server holds: off unless an admin Secret guards it.
+        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(
+            bool(options.admin_secret) and settings.auth.repository_api
+        ).lower(),
         "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
@@ -167,7 +174,14 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
     if options.auth_secret:
         values["INFERPACK_SERVER__AUTH__TOKENS_FILE"] = f"{CONFIG_MOUNT}/auth/tokens"
-    env = [{"name": k, "value": v} for k, v in values.items()]
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
+    if options.admin_secret and settings.auth.repository_api:
+        env.append(
+            {
+                "name": "INFERPACK_SERVER__AUTH__ADMIN_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": options.admin_secret, "key": ADMIN_TOKEN_KEY}},
+            }
+        )
     env += s3_env(options)
     return env + writable_env()
 
@@ -273,7 +287,7 @@ def render_server(
         "volumeMounts": mounts,
     }
     pod_spec: Manifest = {
-        "serviceAccountName": "inferpack",
+        "serviceAccountName": SERVER_SERVICE_ACCOUNT,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": grace_period_seconds(settings, options),
         "nodeSelector": node_selector(group),
