@@ -76,7 +76,9 @@ def test_eksctl_config_has_a_node_group_per_instance_type(plan: Plan) -> None:
         {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
     ]
     assert groups["inf2.xlarge"]["taints"][0]["key"] == "aws.amazon.com/neuron"
-    assert "taints" not in groups["c7g.xlarge"]
+    assert groups["c7g.xlarge"]["taints"] == [
+        {"key": "inferpack.dev/role", "value": "server", "effect": "NoSchedule"}
+    ]
     assert config["iam"]["serviceAccounts"][0]["metadata"] == {"name": "inferpack", "namespace": "inferpack"}
 
 

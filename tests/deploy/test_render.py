@@ -76,7 +76,7 @@ def test_node_selectors_resources_and_tolerations_follow_the_groups(plan: Plan) 
             }[group.target]
             tolerated = {t["key"] for t in spec.get("tolerations", [])}
             assert tolerated == (
-                {"nvidia.com/gpu"} if gpu else {"aws.amazon.com/neuron"} if neuron else set()
+                {"nvidia.com/gpu"} if gpu else {"aws.amazon.com/neuron"} if neuron else {"inferpack.dev/role"}
             )
     cpu = container(deployments["srv-c7i-0"])["resources"]["requests"]["cpu"]
     assert cpu == "7500m"

@@ -106,6 +106,13 @@ def render(
         list[str] | None,
         typer.Option(help="KEY=VALUE node label for load-test pods (repeatable)."),
     ] = None,
+    system_node_selector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE node label for router (and load-test) pods (repeatable; replaces the default "
+            "inferpack.dev/role=system + kubernetes.io/arch=amd64; `none`: no selector)."
+        ),
+    ] = None,
     bench_idle_timeout: Annotated[
         int, typer.Option(min=1, help="Seconds the idle test pod (`k8s bench --idle`) waits.")
     ] = 86400,
@@ -135,7 +142,15 @@ def render(
     selector = _key_values(bench_node_selector, "--bench-node-selector")
     if bench_instance_type:
         selector[INSTANCE_TYPE_LABEL] = bench_instance_type
+    system = defaults.system_node_selector
+    if system_node_selector:
+        system = (
+            {}
+            if system_node_selector == ["none"]
+            else _key_values(system_node_selector, "--system-node-selector")
+        )
     options = RenderOptions(
+        system_node_selector=system,
         image=image or defaults.image,
         cuda_image=cuda_image,
         neuron_image=neuron_image,

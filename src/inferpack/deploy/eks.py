@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferpack.deploy.options import k8s_name
-from inferpack.deploy.servers import ACCELERATOR_RESOURCE
+from inferpack.deploy.servers import group_taint
 from inferpack.plan import Plan, ServerGroup
 
 Manifest = dict[str, Any]
@@ -46,13 +46,6 @@ def _nodes_by_type(plan: Plan) -> dict[str, tuple[ServerGroup, int]]:
         first, count = out.get(group.instance_type, (group, 0))
         out[group.instance_type] = (first, count + len(group.servers))
     return out
-
-
-def _taints(group: ServerGroup) -> list[Manifest]:
-    # Keep everything but inferpack servers off accelerator nodes; the servers tolerate the taint.
-    if group.target not in ACCELERATOR_RESOURCE:
-        return []
-    return [{"key": ACCELERATOR_RESOURCE[group.target], "value": "true", "effect": "NoSchedule"}]
 
 
 def cluster_addons() -> list[Manifest]:
@@ -98,9 +91,9 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
             "labels": {"inferpack.dev/role": "server", "inferpack.dev/target": group.target},
             "volumeSize": 100,
             "privateNetworking": True,
+            # only this group's servers (and their image pre-pull) tolerate it
+            "taints": [group_taint(group)],
         }
-        if taints := _taints(group):
-            node_group["taints"] = taints
         groups.append(node_group)
     if options.bench_instance_type:
         # Pods reach these nodes with `k8s render --bench-node-selector inferpack.dev/role=bench`.
@@ -167,8 +160,7 @@ def render_karpenter_node_pools(plan: Plan, options: ClusterOptions | None = Non
                 ],
             },
         }
-        if taints := _taints(groups[0]):
-            template["spec"]["taints"] = taints
+        template["spec"]["taints"] = [group_taint(groups[0])]
         pools.append(
             {
                 "apiVersion": "karpenter.sh/v1",

@@ -154,6 +154,7 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
                     "serviceAccountName": CLIENT_SERVICE_ACCOUNT,
                     "securityContext": pod_security_context(),
                     "terminationGracePeriodSeconds": options.pre_stop_seconds + 30,
+                    **_system_selector(options.system_node_selector),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -208,6 +209,11 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
     if replicas > 1:
         out.append(_pdb(ROUTER, selector, options, {"minAvailable": 1}))
     return out
+
+
+def _system_selector(selector: dict[str, str]) -> Manifest:
+    """A `nodeSelector` entry for a pod spec, or nothing when the selector is empty."""
+    return {"nodeSelector": dict(selector)} if selector else {}
 
 
 def _pdb(name: str, selector: dict[str, str], options: RenderOptions, budget: Manifest) -> Manifest:
@@ -303,8 +309,8 @@ def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
             ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         }
-        if tol := tolerations(group):
-            spec["tolerations"] = tol
+        # The only non-server pod that tolerates a server group's taint: it must pull on those nodes.
+        spec["tolerations"] = tolerations(group)
         labels = {**common_labels("prepull", options), "inferpack.dev/prepull": name}
         meta = _meta(name, "prepull", options)
         meta["labels"] = labels
@@ -407,8 +413,8 @@ def _bench_pod_spec(options: RenderOptions, container: Manifest) -> Manifest:
     else:
         spec["automountServiceAccountToken"] = False  # the namespace's default account, without a token
     spec["securityContext"] = pod_security_context()
-    if options.bench_node_selector:
-        spec["nodeSelector"] = dict(options.bench_node_selector)
+    # Load tests on their own nodes when told, else on the system group with the router, never on servers.
+    spec.update(_system_selector(options.bench_node_selector or options.system_node_selector))
     spec["containers"] = [container]
     spec["volumes"] = [
         {"name": "tmp", "emptyDir": {}},

@@ -21,6 +21,7 @@ from inferpack.deploy.options import (
     LABEL_GROUP,
     LABEL_SERVER,
     MODELS_MOUNT,
+    ROLE_LABEL,
     ZONE_LABEL,
     RenderOptions,
     image_for,
@@ -119,11 +120,23 @@ def node_selector(group: ServerGroup) -> dict[str, str]:
     return selector
 
 
+def group_taint(group: ServerGroup) -> Manifest:
+    """The one taint on a server group's nodes (managed node group or Karpenter pool), which keeps every
+    pod but the group's servers (and their image pre-pull) off them.
+
+    CPU groups: `inferpack.dev/role=server`. Accelerator groups: the device resource name
+    (`nvidia.com/gpu`, `aws.amazon.com/neuron`), which the vendors' device-plugin DaemonSets already
+    tolerate; a second taint of our own would keep those plugins, and so the device, off the node.
+    """
+    if group.target in ACCELERATOR_RESOURCE:
+        return {"key": ACCELERATOR_RESOURCE[group.target], "value": "true", "effect": "NoSchedule"}
+    return {"key": ROLE_LABEL, "value": "server", "effect": "NoSchedule"}
+
+
 def tolerations(group: ServerGroup) -> list[Manifest]:
-    """Accelerator node groups are usually tainted with the device resource name; tolerate that taint."""
-    if group.target not in ACCELERATOR_RESOURCE:
-        return []
-    return [{"key": ACCELERATOR_RESOURCE[group.target], "operator": "Exists", "effect": "NoSchedule"}]
+    """Tolerate exactly the group's taint (key, value and effect), nothing broader."""
+    taint = group_taint(group)
+    return [{"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": taint["effect"]}]
 
 
 def model_peers(plan: Plan) -> dict[str, list[str]]:
@@ -295,8 +308,7 @@ def render_server(
         "containers": [container],
         "volumes": volumes,
     }
-    if tol := tolerations(group):
-        pod_spec["tolerations"] = tol
+    pod_spec["tolerations"] = tolerations(group)
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

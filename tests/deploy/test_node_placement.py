@@ -1,0 +1,117 @@
+"""Which pods may land on which nodes: routers and load tests on the system group, each server group's
+nodes tainted so that only its servers (and their image pre-pull) tolerate them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.deploy.eks import render_eksctl_config, render_karpenter_node_pools
+from inferpack.deploy.options import RenderOptions
+from inferpack.deploy.render import render_bench_job, render_idle_bench_job, render_manifests
+from inferpack.plan import Plan, save_plan
+from inferpack.settings import ServerSettings
+
+Manifest = dict[str, Any]
+SYSTEM = {"inferpack.dev/role": "system", "kubernetes.io/arch": "amd64"}
+
+
+def _pods(plan: Plan, options: RenderOptions) -> list[Manifest]:
+    objects = [*render_manifests(plan, ServerSettings(), options)]
+    objects += [render_bench_job(options), render_idle_bench_job(options)]
+    return [m for m in objects if m["kind"] in ("Deployment", "Job", "DaemonSet")]
+
+
+def _component(workload: Manifest) -> str:
+    return str(workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def _tolerates(spec: Manifest, taint: Manifest) -> bool:
+    for tol in spec.get("tolerations", []):
+        if tol["key"] != taint["key"] or tol.get("effect", taint["effect"]) != taint["effect"]:
+            continue
+        if tol.get("operator") == "Exists" or tol.get("value") == taint["value"]:
+            return True
+    return False
+
+
+def _group_taints(plan: Plan) -> dict[str, list[Manifest]]:
+    """Instance type -> the taints of its eksctl node group."""
+    config = render_eksctl_config(plan)
+    return {
+        g["instanceType"]: g.get("taints", []) for g in config["managedNodeGroups"] if g["name"] != "system"
+    }
+
+
+def test_router_and_bench_pods_select_the_system_group(plan: Plan) -> None:
+    for workload in _pods(plan, RenderOptions()):
+        if _component(workload) in ("router", "bench"):
+            assert workload["spec"]["template"]["spec"]["nodeSelector"] == SYSTEM
+    # a bench node selector moves the load tests only; the router stays on the system group
+    options = RenderOptions(bench_node_selector={"inferpack.dev/role": "bench"})
+    for workload in _pods(plan, options):
+        expected = {"router": SYSTEM, "bench": {"inferpack.dev/role": "bench"}}.get(_component(workload))
+        if expected:
+            assert workload["spec"]["template"]["spec"]["nodeSelector"] == expected
+    arm = RenderOptions(system_node_selector={"inferpack.dev/role": "system", "kubernetes.io/arch": "arm64"})
+    routers = [w for w in _pods(plan, arm) if _component(w) == "router"]
+    assert routers[0]["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+
+
+def test_every_server_group_is_tainted_and_only_servers_tolerate_it(plan: Plan) -> None:
+    taints = _group_taints(plan)
+    group_of = {g.name: g for g in plan.groups}
+    for workload in _pods(plan, RenderOptions()):
+        spec = workload["spec"]["template"]["spec"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        component = _component(workload)
+        if component == "server":
+            (taint,) = taints[group_of[labels["inferpack.dev/group"]].instance_type]
+        elif (
+            component == "prepull"
+        ):  # pulls the image on the nodes of its instance type, so it must land there
+            (taint,) = taints[workload["metadata"]["annotations"]["inferpack.dev/instance-type"]]
+        else:
+            assert "tolerations" not in spec, workload["metadata"]["name"]
+            assert not any(_tolerates(spec, t) for ts in taints.values() for t in ts)
+            continue
+        # exactly its group's taint, nothing broader (CPU groups share one, kept apart by instance type)
+        assert spec["tolerations"] == [
+            {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": "NoSchedule"}
+        ]
+        assert _tolerates(spec, taint)
+    assert all(len(t) == 1 for t in taints.values())
+
+
+def test_karpenter_pools_carry_the_same_taints(plan: Plan) -> None:
+    by_type = _group_taints(plan)
+    for pool in render_karpenter_node_pools(plan):
+        spec = pool["spec"]["template"]["spec"]
+        types = spec["requirements"][0]["values"]
+        for instance_type in types:
+            assert spec["taints"] == by_type[instance_type]
+
+
+def test_cli_system_node_selector(plan: Plan, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    save_plan(plan, plan_file)
+    for flags, expected in (
+        ([], SYSTEM),
+        (["--system-node-selector", "pool=sys", "--system-node-selector", "kubernetes.io/arch=arm64"],
+         {"pool": "sys", "kubernetes.io/arch": "arm64"}),
+        (["--system-node-selector", "none"], None),
+    ):  # fmt: skip
+        out = tmp_path / f"k8s{len(flags)}"
+        result = CliRunner().invoke(
+            app, ["k8s", "render", "--plan", str(plan_file), "--out", str(out), *flags]
+        )
+        assert result.exit_code == 0, result.output
+        router = (out / "router.yaml").read_text()
+        if expected is None:
+            assert "nodeSelector" not in router
+        else:
+            for key, value in expected.items():
+                assert f"{key}: {value}" in router
