@@ -115,3 +115,26 @@ def test_cli_system_node_selector(plan: Plan, tmp_path: Path) -> None:
         else:
             for key, value in expected.items():
                 assert f"{key}: {value}" in router
+
+
+def test_cache_cap_and_disk_request_follow_the_plan(plan: Plan) -> None:
+    """The S3 cache is capped by the server itself (no emptyDir sizeLimit, which evicts the pod), and the
+    pod requests the disk the cap needs plus scratch room."""
+    for options, cap in ((RenderOptions(), None), (RenderOptions(model_cache_size_mb=5000), 5000)):
+        servers = [w for w in _pods(plan, options) if _component(w) == "server"]
+        assert servers
+        for workload in servers:
+            spec = workload["spec"]["template"]["spec"]
+            group = next(g for g in plan.groups if g.name == spec_group(workload))
+            expected = cap or 2 * group.resources.memory_mb
+            container = spec["containers"][0]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["INFERPACK_S3_CACHE_MAX_MB"] == str(expected)
+            assert container["resources"]["requests"]["ephemeral-storage"] == f"{expected + 1024}Mi"
+            assert "ephemeral-storage" not in container["resources"]["limits"]
+            (cache,) = [v for v in spec["volumes"] if v["name"] == "model-cache"]
+            assert cache == {"name": "model-cache", "emptyDir": {}}
+
+
+def spec_group(workload: Manifest) -> str:
+    return str(workload["spec"]["template"]["metadata"]["labels"]["inferpack.dev/group"])

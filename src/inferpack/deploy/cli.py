@@ -129,7 +129,7 @@ def render(
         str | None, typer.Option(help="Namespace allowed to scrape servers.")
     ] = None,
     cache_size_mb: Annotated[
-        int | None, typer.Option(help="Size limit of each server's model cache.")
+        int | None, typer.Option(help="Cap (MiB) of each server's S3 model cache (default: 2x its memory).")
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML config (server settings).")

@@ -98,8 +98,11 @@ def cpu_quantity(cores: float) -> str:
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
-def server_resources(group: ServerGroup) -> Manifest:
-    """Requests = limits (Guaranteed QoS: latency does not depend on neighbours), plus accelerators."""
+def server_resources(group: ServerGroup, ephemeral_mb: int | None = None) -> Manifest:
+    """Requests = limits (Guaranteed QoS: latency does not depend on neighbours), plus accelerators.
+
+    `ephemeral_mb` is requested only, never limited: a limit evicts the pod when the disk use passes it,
+    while the server keeps its cache under its own cap."""
     res = group.resources
     amounts: dict[str, str] = {"cpu": cpu_quantity(res.cpu), "memory": f"{res.memory_mb}Mi"}
     if group.target in ACCELERATOR_RESOURCE:
@@ -109,7 +112,10 @@ def server_resources(group: ServerGroup) -> Manifest:
                 hint="set resources.accelerators >= 1 for cuda/neuron groups",
             )
         amounts[ACCELERATOR_RESOURCE[group.target]] = str(res.accelerators)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    requests = dict(amounts)
+    if ephemeral_mb is not None:
+        requests["ephemeral-storage"] = f"{ephemeral_mb}Mi"
+    return {"requests": requests, "limits": dict(amounts)}
 
 
 def node_selector(group: ServerGroup) -> dict[str, str]:
@@ -196,6 +202,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
             }
         )
     env += s3_env(options)
+    env.append({"name": "INFERPACK_S3_CACHE_MAX_MB", "value": str(cache_cap_mb(group, options))})
     return env + writable_env()
 
 
@@ -217,11 +224,31 @@ def repository_arg(repository: str) -> str:
     return MODELS_MOUNT if relative in ("", ".") else f"{MODELS_MOUNT}/{relative}"
 
 
+# Room on the node's disk for /tmp, logs and the writable layer, besides the model cache.
+SCRATCH_MB = 1024
+
+
+def cache_cap_mb(group: ServerGroup, options: RenderOptions) -> int:
+    """The S3 cache cap of a group's servers: `--cache-size-mb`, else twice the server's memory.
+
+    Every model of a plan server is loaded at start, so its weights fit in `memory_mb`; files on disk may
+    be up to twice their size in memory (fp32 weights served in bf16/fp16), hence the factor 2.
+    """
+    return options.model_cache_size_mb or 2 * group.resources.memory_mb
+
+
+def ephemeral_request_mb(group: ServerGroup, options: RenderOptions, repository: str) -> int:
+    """The pod's ephemeral-storage request: the cache cap (S3 repositories) plus scratch room."""
+    return (cache_cap_mb(group, options) if repository.startswith("s3://") else 0) + SCRATCH_MB
+
+
 def server_volumes(repository: str, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, mounts): writable /tmp and cache, the repository volume when not S3, auth tokens."""
+    """(volumes, mounts): writable /tmp and cache, the repository volume when not S3, auth tokens.
+
+    The cache's emptyDir has no sizeLimit: passing one evicts the whole pod. The server keeps the cache
+    under its cap itself (INFERPACK_S3_CACHE_MAX_MB, least-recently-used versions go first).
+    """
     cache: Manifest = {"name": "model-cache", "emptyDir": {}}
-    if options.model_cache_size_mb:
-        cache["emptyDir"] = {"sizeLimit": f"{options.model_cache_size_mb}Mi"}
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}, cache]
     mounts: list[Manifest] = [
         {"name": "tmp", "mountPath": "/tmp"},
@@ -287,7 +314,7 @@ def render_server(
         "command": command,
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         "env": server_env(settings, group, options),
-        "resources": server_resources(group),
+        "resources": server_resources(group, ephemeral_request_mb(group, options, repository)),
         # Start-up pulls and loads every model (minutes on a cold cache); the startup probe holds the
         # liveness probe back until then, and readiness says "all models loaded".
         "startupProbe": http_probe("/v2/health/live", 5, 120),
