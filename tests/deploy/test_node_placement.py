@@ -3,13 +3,14 @@ nodes tainted so that only its servers (and their image pre-pull) tolerate them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
 
 from inferpack.cli import app
-from inferpack.deploy.eks import render_eksctl_config, render_karpenter_node_pools
+from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
 from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.render import render_bench_job, render_idle_bench_job, render_manifests
 from inferpack.plan import Plan, save_plan
@@ -89,6 +90,8 @@ def test_every_server_group_is_tainted_and_only_servers_tolerate_it(plan: Plan) 
 def test_karpenter_pools_carry_the_same_taints(plan: Plan) -> None:
     by_type = _group_taints(plan)
     for pool in render_karpenter_node_pools(plan):
+        if pool["kind"] != "NodePool":
+            continue
         spec = pool["spec"]["template"]["spec"]
         types = spec["requirements"][0]["values"]
         for instance_type in types:
@@ -138,3 +141,40 @@ def test_cache_cap_and_disk_request_follow_the_plan(plan: Plan) -> None:
 
 def spec_group(workload: Manifest) -> str:
     return str(workload["spec"]["template"]["metadata"]["labels"]["inferpack.dev/group"])
+
+
+def test_karpenter_limits_and_node_classes_follow_the_plan(plan: Plan) -> None:
+    sizes = {
+        "c7i.2xlarge": (8, 16384),
+        "c7g.xlarge": (4, 8192),
+        "g5.xlarge": (4, 16384),
+        "inf2.xlarge": (4, 16384),
+    }
+    objects = render_karpenter_node_pools(plan, ClusterOptions(name="prod", headroom=1), sizes)
+    pools = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NodePool"}
+    classes = {o["metadata"]["name"]: o for o in objects if o["kind"] == "EC2NodeClass"}
+    # cpu pool: 2 c7i + 2 c7g servers, one spare node per type
+    assert pools["inferpack-cpu"]["spec"]["limits"] == {
+        "cpu": str(3 * 8 + 3 * 4),
+        "memory": f"{3 * 16384 + 3 * 8192}Mi",
+    }
+    for target, pool in pools.items():
+        ref = pool["spec"]["template"]["spec"]["nodeClassRef"]
+        assert ref == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": target}
+        node_class = classes[target]
+        assert node_class["apiVersion"] == "karpenter.k8s.aws/v1"
+        assert node_class["spec"]["role"] == "KarpenterNodeRole-prod"
+        assert node_class["spec"]["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+        assert node_class["spec"]["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": "prod"}}]
+        volume = node_class["spec"]["blockDeviceMappings"][0]["ebs"]["volumeSize"]
+        groups = [g for g in plan.groups if g.target == target.removeprefix("inferpack-")]
+        # the root volume holds the largest server's cache cap and scratch, plus OS and images
+        need = max(2 * g.resources.memory_mb + 1024 for g in groups)
+        assert int(volume.removesuffix("Gi")) * 1024 >= need + 60 * 1024
+    eksctl = render_eksctl_config(plan, ClusterOptions(cache_size_mb=50_000))
+    for ng in eksctl["managedNodeGroups"]:
+        if ng["name"] != "system":
+            assert ng["volumeSize"] == math.ceil((50_000 + 1024) / 1024) + 60
+    # a type of unknown size: no limits rather than wrong ones
+    unknown = render_karpenter_node_pools(plan, None, {})
+    assert all("limits" not in o["spec"] for o in unknown if o["kind"] == "NodePool")

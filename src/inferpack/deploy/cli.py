@@ -25,6 +25,7 @@ from inferpack.deploy.render import (
 )
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
+from inferpack.planner.catalog import load_catalog
 from inferpack.settings import load_settings
 
 k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
@@ -408,6 +409,10 @@ def cluster_config(
     namespace: Annotated[
         str, typer.Option("--namespace", "-n", help="Namespace of the servers' IRSA ServiceAccount.")
     ] = "inferpack",
+    cache_size_mb: Annotated[
+        int | None,
+        typer.Option(help="The servers' S3 cache cap as given to `k8s render` (sizes root volumes)."),
+    ] = None,
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
@@ -418,6 +423,7 @@ def cluster_config(
         kubernetes_version=version,
         bench_instance_type=bench_instance_type,
         bench_nodes=bench_nodes,
+        cache_size_mb=cache_size_mb,
     )
     text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
     if out is None:
@@ -427,10 +433,12 @@ def cluster_config(
         out.write_text(text)
         console.print(f"eksctl config: {out}  (create: eksctl create cluster -f {out})")
     if karpenter is not None:
-        pools = render_karpenter_node_pools(the_plan, options)
+        catalog = load_catalog()
+        sizes = {n: (catalog.get(n).vcpus, catalog.get(n).memory_mb) for n in catalog.names()}
+        pools = render_karpenter_node_pools(the_plan, options, sizes)
         karpenter.parent.mkdir(parents=True, exist_ok=True)
         karpenter.write_text("".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in pools))
-        console.print(f"Karpenter NodePools: {karpenter}")
+        console.print(f"Karpenter NodePools and EC2NodeClasses: {karpenter}")
 
 
 @image_app.command("build")

@@ -8,11 +8,13 @@ node group's desired and minimum size are N, and the maximum leaves `headroom` n
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from inferpack.deploy.options import k8s_name
-from inferpack.deploy.servers import group_taint
+from inferpack.deploy.servers import SCRATCH_MB, group_taint
 from inferpack.plan import Plan, ServerGroup
 
 Manifest = dict[str, Any]
@@ -35,6 +37,21 @@ class ClusterOptions:
     # Load tests on nodes of their own (the reference's test_instance_type); None: on the system nodes.
     bench_instance_type: str | None = None
     bench_nodes: int = 1
+    # The servers' S3 cache cap (MiB) as `k8s render --cache-size-mb` sets it; None: twice their memory.
+    cache_size_mb: int | None = None
+    # IAM role of Karpenter's nodes (the EC2NodeClass's `role`); None: KarpenterNodeRole-<name>.
+    node_role: str | None = None
+
+
+# Root volume room besides the model cache: the OS, the images (a CUDA or Neuron image is ~10 GiB) and logs.
+ROOT_VOLUME_BASE_GIB = 60
+
+
+def node_volume_gib(group: ServerGroup, options: ClusterOptions) -> int:
+    """Root volume of a server node: the server's cache cap and scratch (what its pod requests as
+    ephemeral-storage) plus the base. Karpenter's default of 20 GiB holds no model cache at all."""
+    cache_mb = options.cache_size_mb or 2 * group.resources.memory_mb
+    return math.ceil((cache_mb + SCRATCH_MB) / 1024) + ROOT_VOLUME_BASE_GIB
 
 
 def _nodes_by_type(plan: Plan) -> dict[str, tuple[ServerGroup, int]]:
@@ -89,7 +106,7 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
             "minSize": count,
             "maxSize": count + options.headroom,
             "labels": {"inferpack.dev/role": "server", "inferpack.dev/target": group.target},
-            "volumeSize": 100,
+            "volumeSize": node_volume_gib(group, options),
             "privateNetworking": True,
             # only this group's servers (and their image pre-pull) tolerate it
             "taints": [group_taint(group)],
@@ -131,46 +148,89 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
     return config
 
 
-def render_karpenter_node_pools(plan: Plan, options: ClusterOptions | None = None) -> list[Manifest]:
-    """Karpenter (karpenter.sh/v1) NodePools, one per target, limited to the plan's instance types.
+def render_karpenter_node_pools(
+    plan: Plan,
+    options: ClusterOptions | None = None,
+    instance_sizes: Mapping[str, tuple[int, int]] | None = None,
+) -> list[Manifest]:
+    """Karpenter (karpenter.sh/v1) NodePools, one per target, limited to the plan's instance types, each
+    with its EC2NodeClass (karpenter.k8s.aws/v1) `<node_class>-<target>`: AL2023, subnets and security
+    groups tagged `karpenter.sh/discovery: <cluster>`, a root volume sized for the servers' cache.
 
-    They reference an EC2NodeClass named `node_class` that the platform team owns (AMI, subnets, role).
+    `instance_sizes` (type -> (vCPUs, memory MiB), from the catalog) gives each pool `limits`: the
+    capacity of the plan's nodes plus `headroom` nodes per type, so a bad rollout cannot buy without
+    bound. A pool with a type of unknown size gets no limits.
     """
     options = options or ClusterOptions()
-    by_target: dict[str, list[ServerGroup]] = {}
-    for instance_type, (group, _count) in sorted(_nodes_by_type(plan).items()):
-        del instance_type
-        by_target.setdefault(group.target, []).append(group)
-    pools = []
-    for target, groups in sorted(by_target.items()):
+    by_target: dict[str, list[tuple[ServerGroup, int]]] = {}
+    for _instance_type, (group, count) in sorted(_nodes_by_type(plan).items()):
+        by_target.setdefault(group.target, []).append((group, count))
+    out: list[Manifest] = []
+    for target, members in sorted(by_target.items()):
+        groups = [g for g, _count in members]
         types = sorted({g.instance_type for g in groups})
         arches = sorted({"arm64" if g.architecture == "arm64" else "amd64" for g in groups})
+        class_name = f"{options.node_class}-{target}"
         template: Manifest = {
             "metadata": {"labels": {"inferpack.dev/role": "server", "inferpack.dev/target": target}},
             "spec": {
-                "nodeClassRef": {
-                    "group": "karpenter.k8s.aws",
-                    "kind": "EC2NodeClass",
-                    "name": options.node_class,
-                },
+                "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": class_name},
                 "requirements": [
                     {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": types},
                     {"key": "kubernetes.io/arch", "operator": "In", "values": arches},
                     {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["on-demand"]},
                 ],
+                # only this target's servers (and their image pre-pull) tolerate it
+                "taints": [group_taint(groups[0])],
             },
         }
-        template["spec"]["taints"] = [group_taint(groups[0])]
-        pools.append(
+        spec: Manifest = {
+            "template": template,
+            # Servers hold loaded models; consolidating them away costs cold starts.
+            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m"},
+        }
+        sizes = instance_sizes or {}
+        if all(g.instance_type in sizes for g in groups):
+            nodes = [(sizes[g.instance_type], count + options.headroom) for g, count in members]
+            spec["limits"] = {
+                "cpu": str(sum(vcpus * n for (vcpus, _mem), n in nodes)),
+                "memory": f"{sum(mem * n for (_vcpus, mem), n in nodes)}Mi",
+            }
+        out.append(
             {
                 "apiVersion": "karpenter.sh/v1",
                 "kind": "NodePool",
                 "metadata": {"name": f"inferpack-{target}"},
-                "spec": {
-                    "template": template,
-                    # Servers hold loaded models; consolidating them away costs cold starts.
-                    "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m"},
-                },
+                "spec": spec,
             }
         )
-    return pools
+        out.append(render_node_class(class_name, max(node_volume_gib(g, options) for g in groups), options))
+    return out
+
+
+def render_node_class(name: str, volume_gib: int, options: ClusterOptions) -> Manifest:
+    """An EC2NodeClass: AL2023 (its GPU/Neuron variants are chosen per instance type), the cluster's
+    discovery-tagged subnets and security groups, an encrypted gp3 root volume of `volume_gib`."""
+    discovery = [{"tags": {"karpenter.sh/discovery": options.name}}]
+    return {
+        "apiVersion": "karpenter.k8s.aws/v1",
+        "kind": "EC2NodeClass",
+        "metadata": {"name": name},
+        "spec": {
+            "role": options.node_role or f"KarpenterNodeRole-{options.name}",
+            "amiSelectorTerms": [{"alias": "al2023@latest"}],
+            "subnetSelectorTerms": discovery,
+            "securityGroupSelectorTerms": discovery,
+            "blockDeviceMappings": [
+                {
+                    "deviceName": "/dev/xvda",
+                    "ebs": {
+                        "volumeSize": f"{volume_gib}Gi",
+                        "volumeType": "gp3",
+                        "encrypted": True,
+                        "deleteOnTermination": True,
+                    },
+                }
+            ],
+        },
+    }
