@@ -7,12 +7,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from typer.testing import CliRunner
 
 from inferpack.cli import app
 from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
 from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.render import render_bench_job, render_idle_bench_job, render_manifests
+from inferpack.errors import PlanError
 from inferpack.plan import Plan, save_plan
 from inferpack.settings import ServerSettings
 
@@ -178,3 +181,46 @@ def test_karpenter_limits_and_node_classes_follow_the_plan(plan: Plan) -> None:
     # a type of unknown size: no limits rather than wrong ones
     unknown = render_karpenter_node_pools(plan, None, {})
     assert all("limits" not in o["spec"] for o in unknown if o["kind"] == "NodePool")
+
+
+def test_system_group_is_sized_from_what_it_must_hold(plan: Plan) -> None:
+    # a node that takes three 1-CPU pods (the router's and the load-test workers' default requests)
+    share = (3.67, 13_000.0)
+
+    def system(**kw: Any) -> Manifest:
+        config = render_eksctl_config(plan, ClusterOptions(system_node_share=share, **kw))
+        return next(g for g in config["managedNodeGroups"] if g["name"] == "system")
+
+    assert system()["desiredCapacity"] == 2  # 2 routers + 4 workers + add-ons: two nodes
+    big = system(router_replicas=10, bench_workers=8)  # 18 one-CPU pods, three per node
+    assert big["desiredCapacity"] == big["minSize"] == 6
+    assert big["maxSize"] == 6 + 1 + 2
+    # load tests on their own group: the system group holds the routers and add-ons only
+    assert (
+        system(router_replicas=10, bench_workers=8, bench_instance_type="c7i.4xlarge")["desiredCapacity"] == 4
+    )
+    # memory can be the binding constraint too
+    assert system(bench_workers=6, bench_memory_mb=6000)["desiredCapacity"] == 3
+    assert system(system_nodes=7)["desiredCapacity"] == 7
+    with pytest.raises(PlanError):
+        system(router_cpu=4.0)
+
+
+def test_cluster_config_cli_sizes_the_system_group_from_the_catalog(plan: Plan, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    save_plan(plan, plan_file)
+    args = [
+        "eks",
+        "cluster-config",
+        "--plan",
+        str(plan_file),
+        "--router-replicas",
+        "10",
+        "--bench-workers",
+        "8",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    groups = {g["name"]: g for g in yaml.safe_load(result.stdout)["managedNodeGroups"]}
+    assert groups["system"]["instanceType"] == "m6i.xlarge"
+    assert groups["system"]["desiredCapacity"] == 6

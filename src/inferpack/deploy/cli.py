@@ -25,6 +25,7 @@ from inferpack.deploy.render import (
 )
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
+from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, node_allocatable
 from inferpack.planner.catalog import load_catalog
 from inferpack.settings import load_settings
 
@@ -413,6 +414,18 @@ def cluster_config(
         int | None,
         typer.Option(help="The servers' S3 cache cap as given to `k8s render` (sizes root volumes)."),
     ] = None,
+    system_instance_type: Annotated[
+        str, typer.Option(help="Instance type of the system node group (router, load tests, add-ons).")
+    ] = "m6i.xlarge",
+    system_nodes: Annotated[
+        int | None, typer.Option(min=1, help="System nodes (default: sized from what they must hold).")
+    ] = None,
+    router_replicas: Annotated[
+        int, typer.Option(min=1, help="Most router replicas (`k8s render`'s --router-replicas or --hpa-max).")
+    ] = 2,
+    bench_workers: Annotated[
+        int, typer.Option(min=1, help="Load-test workers (`k8s render --bench-workers`).")
+    ] = 4,
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
@@ -424,7 +437,17 @@ def cluster_config(
         bench_instance_type=bench_instance_type,
         bench_nodes=bench_nodes,
         cache_size_mb=cache_size_mb,
+        system_instance_type=system_instance_type,
+        system_nodes=system_nodes,
+        router_replicas=router_replicas,
+        bench_workers=bench_workers,
+        system_node_share=_node_share(system_instance_type),
     )
+    if options.system_node_share is None and system_nodes is None:
+        console.print(
+            f"[yellow]note:[/] {system_instance_type} is not in the instance catalog: "
+            "the system group gets 2 nodes; size it with --system-nodes"
+        )
     text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
     if out is None:
         print(text, end="")
@@ -439,6 +462,15 @@ def cluster_config(
         karpenter.parent.mkdir(parents=True, exist_ok=True)
         karpenter.write_text("".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in pools))
         console.print(f"Karpenter NodePools and EC2NodeClasses: {karpenter}")
+
+
+def _node_share(instance_type: str) -> tuple[float, float] | None:
+    """What one node of the type gives pods (allocatable less the DaemonSet allowance), from the catalog."""
+    catalog = load_catalog()
+    if instance_type not in catalog.names():
+        return None
+    node = node_allocatable(catalog.get(instance_type))
+    return node.cpu - DAEMONSET_CPU, node.memory_mb - DAEMONSET_MEMORY_MB
 
 
 @image_app.command("build")

@@ -15,6 +15,7 @@ from typing import Any
 
 from inferpack.deploy.options import k8s_name
 from inferpack.deploy.servers import SCRATCH_MB, group_taint
+from inferpack.errors import PlanError
 from inferpack.plan import Plan, ServerGroup
 
 Manifest = dict[str, Any]
@@ -29,8 +30,20 @@ class ClusterOptions:
     kubernetes_version: str = "1.33"
     zones: tuple[str, ...] = ()
     headroom: int = 1
-    system_instance_type: str = "m7i.large"
-    system_nodes: int = 2
+    # In the instance catalog (its allocatable sizes the group); 4 vCPUs take three 1-CPU router/bench pods.
+    system_instance_type: str = "m6i.xlarge"
+    # None: sized from what the system group must hold (`system_nodes_needed`); a number: exactly that.
+    system_nodes: int | None = None
+    # What the system node group holds, as `k8s render` is run: the router at its most replicas (HPA max)
+    # and, without a bench node group, the load-test workers; and what one system node can give them
+    # (allocatable less the DaemonSet allowance: CPU cores, MiB), None when the type is not known.
+    router_replicas: int = 2
+    router_cpu: float = 1.0
+    router_memory_mb: int = 512
+    bench_workers: int = 4
+    bench_cpu: float = 1.0
+    bench_memory_mb: int = 1024
+    system_node_share: tuple[float, float] | None = None
     s3_policy_arn: str = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"
     namespace: str = "inferpack"
     node_class: str = "inferpack"
@@ -78,6 +91,45 @@ def cluster_addons() -> list[Manifest]:
     ]
 
 
+# Cluster add-on pods on the system group: CoreDNS (2 x 100m / 70 MiB) and metrics-server (100m / 200 MiB).
+ADDON_PODS: tuple[tuple[float, float], ...] = ((0.1, 70.0), (0.1, 70.0), (0.1, 200.0))
+MIN_SYSTEM_NODES = 2  # one per zone for the router's replicas and CoreDNS, at the least
+
+
+def system_pods(options: ClusterOptions) -> list[tuple[float, float]]:
+    """(CPU cores, MiB) of every pod the system group must hold at once."""
+    pods = [(options.router_cpu, float(options.router_memory_mb))] * options.router_replicas
+    if not options.bench_instance_type:
+        pods += [(options.bench_cpu, float(options.bench_memory_mb))] * options.bench_workers
+    return pods + list(ADDON_PODS)
+
+
+def system_nodes_needed(options: ClusterOptions) -> int:
+    """Nodes of the system group: `system_nodes` when given, else the nodes that first-fit-decreasing
+    packs the system pods into (each node `system_node_share`), never fewer than MIN_SYSTEM_NODES."""
+    if options.system_nodes is not None:
+        return options.system_nodes
+    if options.system_node_share is None:
+        return MIN_SYSTEM_NODES
+    cpu, memory = options.system_node_share
+    free: list[list[float]] = []
+    for pod_cpu, pod_mem in sorted(system_pods(options), reverse=True):
+        if pod_cpu > cpu or pod_mem > memory:
+            raise PlanError(
+                f"a system pod ({pod_cpu} CPU, {pod_mem:.0f} MiB) does not fit a "
+                f"{options.system_instance_type} node ({cpu:.2f} CPU, {memory:.0f} MiB free)",
+                hint="choose a larger --system-instance-type or smaller router/bench requests",
+            )
+        for node in free:
+            if node[0] >= pod_cpu - 1e-9 and node[1] >= pod_mem - 1e-9:
+                node[0] -= pod_cpu
+                node[1] -= pod_mem
+                break
+        else:
+            free.append([cpu - pod_cpu, memory - pod_mem])
+    return max(MIN_SYSTEM_NODES, len(free))
+
+
 def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> Manifest:
     """An eksctl ClusterConfig (eksctl.io/v1alpha5): OIDC + the servers' IRSA role, one node group per type.
 
@@ -86,14 +138,15 @@ def render_eksctl_config(plan: Plan, options: ClusterOptions | None = None) -> M
     `bench_instance_type` gives the load tests a node group of their own.
     """
     options = options or ClusterOptions()
+    system_nodes = system_nodes_needed(options)
     groups: list[Manifest] = [
         {
             "name": "system",
             "instanceType": options.system_instance_type,
             "amiFamily": "AmazonLinux2023",
-            "desiredCapacity": options.system_nodes,
-            "minSize": options.system_nodes,
-            "maxSize": options.system_nodes + options.headroom + 2,
+            "desiredCapacity": system_nodes,
+            "minSize": system_nodes,
+            "maxSize": system_nodes + options.headroom + 2,
             "labels": {"inferpack.dev/role": "system"},
         }
     ]
