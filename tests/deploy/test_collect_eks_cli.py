@@ -76,12 +76,14 @@ def test_eksctl_config_has_a_node_group_per_instance_type(plan: Plan) -> None:
         {"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}
     ]
     assert groups["inf2.xlarge"]["taints"][0]["key"] == "aws.amazon.com/neuron"
-    assert "taints" not in groups["c7g.xlarge"]
+    assert groups["c7g.xlarge"]["taints"] == [
+        {"key": "inferpack.dev/role", "value": "server", "effect": "NoSchedule"}
+    ]
     assert config["iam"]["serviceAccounts"][0]["metadata"] == {"name": "inferpack", "namespace": "inferpack"}
 
 
 def test_karpenter_pools_cover_the_mix(plan: Plan) -> None:
-    pools = {p["metadata"]["name"]: p for p in render_karpenter_node_pools(plan)}
+    pools = {p["metadata"]["name"]: p for p in render_karpenter_node_pools(plan) if p["kind"] == "NodePool"}
     assert sorted(pools) == ["inferpack-cpu", "inferpack-cuda", "inferpack-neuron"]
     reqs = {r["key"]: r["values"] for r in pools["inferpack-cpu"]["spec"]["template"]["spec"]["requirements"]}
     assert reqs["node.kubernetes.io/instance-type"] == ["c7g.xlarge", "c7i.2xlarge"]
@@ -147,7 +149,10 @@ def test_cli_render_writes_a_base_and_cluster_config(plan: Plan, tmp_path: Path)
     )
     assert eks.exit_code == 0, eks.output
     assert yaml.safe_load(eks.stdout)["kind"] == "ClusterConfig"
-    assert [p["kind"] for p in yaml.safe_load_all((tmp_path / "k.yaml").read_text())] == ["NodePool"] * 3
+    assert [p["kind"] for p in yaml.safe_load_all((tmp_path / "k.yaml").read_text())] == [
+        "NodePool",
+        "EC2NodeClass",
+    ] * 3
 
     dry = runner.invoke(app, ["image", "build", "--builder", "docker", "--dry-run", "--tag", "x:1"])
     assert dry.exit_code == 0 and dry.stdout.startswith("docker build -f Containerfile -t x:1")

@@ -62,11 +62,15 @@ def test_bench_namespace_and_node_selector(plan: Plan) -> None:
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "loadtest"}},
         "podSelector": {"matchLabels": {"app.kubernetes.io/component": "bench"}},
     }
-    # by default: the servers' namespace, their ServiceAccount, any node, nothing extra to render
+    # by default: the servers' namespace, the clients' ServiceAccount (no IRSA role), the system nodes,
+    # nothing extra to render
     same = RenderOptions(namespace="serving")
     assert render_bench_namespace(plan, same) == []
-    assert _pod(render_bench_job(same))["serviceAccountName"] == "inferpack"
-    assert "nodeSelector" not in _pod(render_bench_job(same))
+    assert _pod(render_bench_job(same))["serviceAccountName"] == "inferpack-client"
+    assert _pod(render_bench_job(same))["nodeSelector"] == {
+        "inferpack.dev/role": "system",
+        "kubernetes.io/arch": "amd64",
+    }
     assert len(next(m for m in render_manifests(plan, ServerSettings(), same) if m["kind"] == "NetworkPolicy")[
         "spec"]["ingress"][0]["from"]) == 1  # fmt: skip
 

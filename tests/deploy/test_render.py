@@ -66,6 +66,9 @@ def test_node_selectors_resources_and_tolerations_follow_the_groups(plan: Plan) 
                 "arm64" if group.architecture == "arm64" else "amd64"
             )
             res = container(dep)["resources"]
+            # Guaranteed QoS; disk is requested (cache cap + scratch), never limited (a limit evicts the pod)
+            disk = res["requests"].pop("ephemeral-storage")
+            assert disk == f"{2 * group.resources.memory_mb + 1024}Mi"
             assert res["requests"] == res["limits"]
             assert res["requests"]["memory"] == f"{group.resources.memory_mb}Mi"
             gpu, neuron = res["limits"].get("nvidia.com/gpu"), res["limits"].get("aws.amazon.com/neuron")
@@ -76,7 +79,7 @@ def test_node_selectors_resources_and_tolerations_follow_the_groups(plan: Plan) 
             }[group.target]
             tolerated = {t["key"] for t in spec.get("tolerations", [])}
             assert tolerated == (
-                {"nvidia.com/gpu"} if gpu else {"aws.amazon.com/neuron"} if neuron else set()
+                {"nvidia.com/gpu"} if gpu else {"aws.amazon.com/neuron"} if neuron else {"inferpack.dev/role"}
             )
     cpu = container(deployments["srv-c7i-0"])["resources"]["requests"]["cpu"]
     assert cpu == "7500m"

@@ -30,6 +30,7 @@ FULL = RenderOptions(
     router_hpa=HpaOptions(),
     metrics_namespace="monitoring",
     auth_secret="inferpack-tokens",
+    admin_secret="inferpack-admin",
     model_cache_size_mb=20000,
     s3_endpoint_url="http://minio.storage:9000",
     aws_region="eu-west-1",
@@ -80,8 +81,7 @@ def test_every_manifest_validates_strictly(plan: Plan, version: str, options: Re
 @pytest.mark.parametrize("version", VERSIONS)
 def test_strict_validation_catches_a_typo(plan: Plan, version: str) -> None:
     """The check is real: an unknown field fails it."""
-    manifest = render_manifests(plan, ServerSettings())[2]
-    assert manifest["kind"] == "Deployment"
+    manifest = next(m for m in render_manifests(plan, ServerSettings()) if m["kind"] == "Deployment")
     manifest["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(manifest, version, strict=True)

@@ -401,3 +401,27 @@ def test_server_settings_keep_an_s3_repository_uri() -> None:
 
     settings = load_settings(None, {"server": {"repository": "s3://bucket/prefix"}})
     assert str(settings.server.repository) == "s3://bucket/prefix"
+
+
+def test_cache_cap_evicts_least_recently_used_versions(
+    tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INFERPACK_S3_CACHE_MAX_MB: each sync that would pass the cap evicts the least recently used
+    versions, never the one asked for, and an evicted version is downloaded again when asked for."""
+    local = make_local_repo(tmp_path / "repo")
+    push_repository(local, f"s3://{bucket}/r")
+    cache = tmp_path / "cache"
+    # a/1 (~3.1 kB) + b/1 fit, a/2 (~5 kB) does not fit next to a/1
+    monkeypatch.setenv("INFERPACK_S3_CACHE_MAX_MB", str(7000 / (1024 * 1024)))
+    repo = open_repository(f"s3://{bucket}/r", cache_dir=cache)
+    assert isinstance(repo, S3Repository) and repo.cache_max_bytes == 7000
+    repo.version_dir("a", 1)
+    repo.version_dir("b", 1)
+    os.utime(repo.root / "a" / "1" / SYNC_RECORD, (1, 1))  # a/1 least recently used
+    repo.version_dir("a", 2)
+    assert not repo.is_cached("a", 1) and repo.is_cached("b", 1) and repo.is_cached("a", 2)
+    assert sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) <= 7000
+    assert _sha(repo.version_dir("a", 1) / "model.safetensors") == _sha(
+        local / "a" / "1" / "model.safetensors"
+    )
+    assert sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) <= 7000

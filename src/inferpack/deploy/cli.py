@@ -26,6 +26,8 @@ from inferpack.deploy.render import (
 from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves
 from inferpack.errors import ConfigError
 from inferpack.plan import load_plan
+from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, node_allocatable
+from inferpack.planner.catalog import load_catalog
 from inferpack.settings import load_settings
 
 k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
@@ -107,6 +109,13 @@ def render(
         list[str] | None,
         typer.Option(help="KEY=VALUE node label for load-test pods (repeatable)."),
     ] = None,
+    system_node_selector: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE node label for router (and load-test) pods (repeatable; replaces the default "
+            "inferpack.dev/role=system + kubernetes.io/arch=amd64; `none`: no selector)."
+        ),
+    ] = None,
     bench_idle_timeout: Annotated[
         int, typer.Option(min=1, help="Seconds the idle test pod (`k8s bench --idle`) waits.")
     ] = 86400,
@@ -115,11 +124,15 @@ def render(
         bool, typer.Option("--prepull/--no-prepull", help="Image pre-pull DaemonSets.")
     ] = True,
     auth_secret: Annotated[str | None, typer.Option(help="Secret with key `tokens` (bearer tokens).")] = None,
+    admin_secret: Annotated[
+        str | None,
+        typer.Option(help="Secret with key `admin-token`: switches the repository API on (default: off)."),
+    ] = None,
     metrics_namespace: Annotated[
         str | None, typer.Option(help="Namespace allowed to scrape servers.")
     ] = None,
     cache_size_mb: Annotated[
-        int | None, typer.Option(help="Size limit of each server's model cache.")
+        int | None, typer.Option(help="Cap (MiB) of each server's S3 model cache (default: 2x its memory).")
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML config (server settings).")
@@ -132,7 +145,15 @@ def render(
     selector = _key_values(bench_node_selector, "--bench-node-selector")
     if bench_instance_type:
         selector[INSTANCE_TYPE_LABEL] = bench_instance_type
+    system = defaults.system_node_selector
+    if system_node_selector:
+        system = (
+            {}
+            if system_node_selector == ["none"]
+            else _key_values(system_node_selector, "--system-node-selector")
+        )
     options = RenderOptions(
+        system_node_selector=system,
         image=image or defaults.image,
         cuda_image=cuda_image,
         neuron_image=neuron_image,
@@ -154,6 +175,7 @@ def render(
         router_command=_json_list(router_command, "--router-command"),
         prepull=prepull,
         auth_secret=auth_secret,
+        admin_secret=admin_secret,
         metrics_namespace=metrics_namespace,
         model_cache_size_mb=cache_size_mb,
     )
@@ -392,16 +414,47 @@ def cluster_config(
         typer.Option(help="A node group of this type for load tests (label inferpack.dev/role=bench)."),
     ] = None,
     bench_nodes: Annotated[int, typer.Option(min=1, help="Nodes of the load-test node group.")] = 1,
+    namespace: Annotated[
+        str, typer.Option("--namespace", "-n", help="Namespace of the servers' IRSA ServiceAccount.")
+    ] = "inferpack",
+    cache_size_mb: Annotated[
+        int | None,
+        typer.Option(help="The servers' S3 cache cap as given to `k8s render` (sizes root volumes)."),
+    ] = None,
+    system_instance_type: Annotated[
+        str, typer.Option(help="Instance type of the system node group (router, load tests, add-ons).")
+    ] = "m6i.xlarge",
+    system_nodes: Annotated[
+        int | None, typer.Option(min=1, help="System nodes (default: sized from what they must hold).")
+    ] = None,
+    router_replicas: Annotated[
+        int, typer.Option(min=1, help="Most router replicas (`k8s render`'s --router-replicas or --hpa-max).")
+    ] = 2,
+    bench_workers: Annotated[
+        int, typer.Option(min=1, help="Load-test workers (`k8s render --bench-workers`).")
+    ] = 4,
 ) -> None:
     """Render an eksctl ClusterConfig: one managed node group per instance type of the plan."""
     the_plan = load_plan(plan)
     options = ClusterOptions(
         name=name,
+        namespace=namespace,
         region=region,
         kubernetes_version=version,
         bench_instance_type=bench_instance_type,
         bench_nodes=bench_nodes,
+        cache_size_mb=cache_size_mb,
+        system_instance_type=system_instance_type,
+        system_nodes=system_nodes,
+        router_replicas=router_replicas,
+        bench_workers=bench_workers,
+        system_node_share=_node_share(system_instance_type),
     )
+    if options.system_node_share is None and system_nodes is None:
+        console.print(
+            f"[yellow]note:[/] {system_instance_type} is not in the instance catalog: "
+            "the system group gets 2 nodes; size it with --system-nodes"
+        )
     text = yaml.safe_dump(render_eksctl_config(the_plan, options), sort_keys=False)
     if out is None:
         print(text, end="")
@@ -410,10 +463,21 @@ def cluster_config(
         out.write_text(text)
         console.print(f"eksctl config: {out}  (create: eksctl create cluster -f {out})")
     if karpenter is not None:
-        pools = render_karpenter_node_pools(the_plan, options)
+        catalog = load_catalog()
+        sizes = {n: (catalog.get(n).vcpus, catalog.get(n).memory_mb) for n in catalog.names()}
+        pools = render_karpenter_node_pools(the_plan, options, sizes)
         karpenter.parent.mkdir(parents=True, exist_ok=True)
         karpenter.write_text("".join("---\n" + yaml.safe_dump(p, sort_keys=False) for p in pools))
-        console.print(f"Karpenter NodePools: {karpenter}")
+        console.print(f"Karpenter NodePools and EC2NodeClasses: {karpenter}")
+
+
+def _node_share(instance_type: str) -> tuple[float, float] | None:
+    """What one node of the type gives pods (allocatable less the DaemonSet allowance), from the catalog."""
+    catalog = load_catalog()
+    if instance_type not in catalog.names():
+        return None
+    node = node_allocatable(catalog.get(instance_type))
+    return node.cpu - DAEMONSET_CPU, node.memory_mb - DAEMONSET_MEMORY_MB
 
 
 @image_app.command("build")

@@ -24,6 +24,10 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ARCH_LABEL = "kubernetes.io/arch"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+# Node roles: `eks cluster-config` labels its node groups with them; the system group holds the router,
+# the load tests and the cluster add-ons, server groups hold servers only (tainted, see servers.group_taint).
+ROLE_LABEL = "inferpack.dev/role"
+SYSTEM_NODE_SELECTOR = {ROLE_LABEL: "system", ARCH_LABEL: "amd64"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class RenderOptions:
     prepull: bool = True
     pause_image: str = "registry.k8s.io/pause:3.10"
     auth_secret: str | None = None
+    # Secret (key `admin-token`) that switches the repository load/unload API on for servers; None: off.
+    admin_secret: str | None = None
     metrics_namespace: str | None = None
     bench_workers: int = 4
     bench_command: tuple[str, ...] | None = None
@@ -74,6 +80,9 @@ class RenderOptions:
     # Load tests in their own namespace (None: `namespace`) and on their own nodes (empty: anywhere).
     bench_namespace: str | None = None
     bench_node_selector: dict[str, str] = field(default_factory=dict)
+    # Where the router (and the load tests, without `bench_node_selector`) run: the system node group and
+    # its architecture (a single-arch image fails on the other). Empty: anywhere untainted.
+    system_node_selector: dict[str, str] = field(default_factory=lambda: dict(SYSTEM_NODE_SELECTOR))
     # How long the idle test pod (`inferpack k8s bench --idle`) waits before it ends by itself.
     bench_idle_seconds: int = 86400
     extra_labels: dict[str, str] = field(default_factory=dict)

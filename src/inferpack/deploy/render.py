@@ -25,6 +25,8 @@ from inferpack.deploy.placement import (
     render_placement_configmap,
 )
 from inferpack.deploy.servers import (
+    CLIENT_SERVICE_ACCOUNT,
+    SERVER_SERVICE_ACCOUNT,
     Manifest,
     common_labels,
     container_security_context,
@@ -40,7 +42,6 @@ from inferpack.errors import PlanError
 from inferpack.plan import Plan
 from inferpack.settings import ServerSettings
 
-SERVICE_ACCOUNT = "inferpack"
 ROUTER = "router"
 BENCH_JOB = "inferpack-bench"
 
@@ -77,18 +78,24 @@ def render_namespace(options: RenderOptions, name: str | None = None) -> Manifes
     }
 
 
-def render_service_account(options: RenderOptions) -> Manifest:
-    """The pods' identity; with `role_arn`, IRSA gives them that IAM role (S3 read access)."""
-    meta = _meta(SERVICE_ACCOUNT, "identity", options)
-    if options.role_arn:
-        meta["annotations"] = {"eks.amazonaws.com/role-arn": options.role_arn}
-    # The pods never call the Kubernetes API; IRSA injects its own projected token regardless.
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": meta,
-        "automountServiceAccountToken": False,
-    }
+def render_service_accounts(options: RenderOptions) -> list[Manifest]:
+    """The pods' identities: the servers' (with `role_arn`, IRSA gives it that IAM role: S3 read access)
+    and the router's and load tests', which never carries the role (they have no business in S3)."""
+    out = []
+    for name in (SERVER_SERVICE_ACCOUNT, CLIENT_SERVICE_ACCOUNT):
+        meta = _meta(name, "identity", options)
+        if options.role_arn and name == SERVER_SERVICE_ACCOUNT:
+            meta["annotations"] = {"eks.amazonaws.com/role-arn": options.role_arn}
+        # The pods never call the Kubernetes API; IRSA injects its own projected token regardless.
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": meta,
+                "automountServiceAccountToken": False,
+            }
+        )
+    return out
 
 
 def default_router_command() -> list[str]:
@@ -144,9 +151,10 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
                     },
                 },
                 "spec": {
-                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "serviceAccountName": CLIENT_SERVICE_ACCOUNT,
                     "securityContext": pod_security_context(),
                     "terminationGracePeriodSeconds": options.pre_stop_seconds + 30,
+                    **_system_selector(options.system_node_selector),
                     "topologySpreadConstraints": [
                         {
                             "maxSkew": 1,
@@ -201,6 +209,11 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
     if replicas > 1:
         out.append(_pdb(ROUTER, selector, options, {"minAvailable": 1}))
     return out
+
+
+def _system_selector(selector: dict[str, str]) -> Manifest:
+    """A `nodeSelector` entry for a pod spec, or nothing when the selector is empty."""
+    return {"nodeSelector": dict(selector)} if selector else {}
 
 
 def _pdb(name: str, selector: dict[str, str], options: RenderOptions, budget: Manifest) -> Manifest:
@@ -302,8 +315,8 @@ def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
             ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         }
-        if tol := tolerations(group):
-            spec["tolerations"] = tol
+        # The only non-server pod that tolerates a server group's taint: it must pull on those nodes.
+        spec["tolerations"] = tolerations(group)
         labels = {**common_labels("prepull", options), "inferpack.dev/prepull": name}
         meta = _meta(name, "prepull", options)
         meta["labels"] = labels
@@ -332,7 +345,7 @@ def render_manifests(
         raise PlanError("the plan has no servers to render")
     repository = effective_repository(plan, settings, options)
     peers = model_peers(plan)
-    out: list[Manifest] = [render_namespace(options), render_service_account(options)]
+    out: list[Manifest] = [render_namespace(options), *render_service_accounts(options)]
     for group in plan.groups:
         for server in group.servers:
             out += render_server(server, group, peers[server.name], repository, settings, options)
@@ -402,12 +415,12 @@ def render_bench_namespace(plan: Plan, options: RenderOptions) -> list[Manifest]
 def _bench_pod_spec(options: RenderOptions, container: Manifest) -> Manifest:
     spec: Manifest = {"restartPolicy": "Never"}
     if bench_namespace(options) == options.namespace:
-        spec["serviceAccountName"] = SERVICE_ACCOUNT
+        spec["serviceAccountName"] = CLIENT_SERVICE_ACCOUNT
     else:
         spec["automountServiceAccountToken"] = False  # the namespace's default account, without a token
     spec["securityContext"] = pod_security_context()
-    if options.bench_node_selector:
-        spec["nodeSelector"] = dict(options.bench_node_selector)
+    # Load tests on their own nodes when told, else on the system group with the router, never on servers.
+    spec.update(_system_selector(options.bench_node_selector or options.system_node_selector))
     spec["containers"] = [container]
     spec["volumes"] = [
         {"name": "tmp", "emptyDir": {}},

@@ -21,6 +21,7 @@ from inferpack.deploy.options import (
     LABEL_GROUP,
     LABEL_SERVER,
     MODELS_MOUNT,
+    ROLE_LABEL,
     ZONE_LABEL,
     RenderOptions,
     image_for,
@@ -34,6 +35,10 @@ from inferpack.settings import ServerSettings
 Manifest = dict[str, Any]
 ACCELERATOR_RESOURCE = {"cuda": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
 RUN_AS = 10001  # the non-root user the Containerfile creates
+ADMIN_TOKEN_KEY = "admin-token"  # the key of the admin Secret (`--admin-secret`)
+# Only servers read S3: their account carries the IRSA role; router and load tests get one without it.
+SERVER_SERVICE_ACCOUNT = "inferpack"
+CLIENT_SERVICE_ACCOUNT = "inferpack-client"
 
 
 def server_object_name(server_name: str) -> str:
@@ -93,8 +98,11 @@ def cpu_quantity(cores: float) -> str:
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
-def server_resources(group: ServerGroup) -> Manifest:
-    """Requests = limits (Guaranteed QoS: latency does not depend on neighbours), plus accelerators."""
+def server_resources(group: ServerGroup, ephemeral_mb: int | None = None) -> Manifest:
+    """Requests = limits (Guaranteed QoS: latency does not depend on neighbours), plus accelerators.
+
+    `ephemeral_mb` is requested only, never limited: a limit evicts the pod when the disk use passes it,
+    while the server keeps its cache under its own cap."""
     res = group.resources
     amounts: dict[str, str] = {"cpu": cpu_quantity(res.cpu), "memory": f"{res.memory_mb}Mi"}
     if group.target in ACCELERATOR_RESOURCE:
@@ -104,7 +112,10 @@ def server_resources(group: ServerGroup) -> Manifest:
                 hint="set resources.accelerators >= 1 for cuda/neuron groups",
             )
         amounts[ACCELERATOR_RESOURCE[group.target]] = str(res.accelerators)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
+    requests = dict(amounts)
+    if ephemeral_mb is not None:
+        requests["ephemeral-storage"] = f"{ephemeral_mb}Mi"
+    return {"requests": requests, "limits": dict(amounts)}
 
 
 def node_selector(group: ServerGroup) -> dict[str, str]:
@@ -115,11 +126,23 @@ def node_selector(group: ServerGroup) -> dict[str, str]:
     return selector
 
 
+def group_taint(group: ServerGroup) -> Manifest:
+    """The one taint on a server group's nodes (managed node group or Karpenter pool), which keeps every
+    pod but the group's servers (and their image pre-pull) off them.
+
+    CPU groups: `inferpack.dev/role=server`. Accelerator groups: the device resource name
+    (`nvidia.com/gpu`, `aws.amazon.com/neuron`), which the vendors' device-plugin DaemonSets already
+    tolerate; a second taint of our own would keep those plugins, and so the device, off the node.
+    """
+    if group.target in ACCELERATOR_RESOURCE:
+        return {"key": ACCELERATOR_RESOURCE[group.target], "value": "true", "effect": "NoSchedule"}
+    return {"key": ROLE_LABEL, "value": "server", "effect": "NoSchedule"}
+
+
 def tolerations(group: ServerGroup) -> list[Manifest]:
-    """Accelerator node groups are usually tainted with the device resource name; tolerate that taint."""
-    if group.target not in ACCELERATOR_RESOURCE:
-        return []
-    return [{"key": ACCELERATOR_RESOURCE[group.target], "operator": "Exists", "effect": "NoSchedule"}]
+    """Tolerate exactly the group's taint (key, value and effect), nothing broader."""
+    taint = group_taint(group)
+    return [{"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": taint["effect"]}]
 
 
 def model_peers(plan: Plan) -> dict[str, list[str]]:
@@ -158,7 +181,10 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
-        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(settings.auth.repository_api).lower(),
+        # The load/unload API changes what a server holds: off unless an admin Secret guards it.
+        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(
+            bool(options.admin_secret) and settings.auth.repository_api
+        ).lower(),
         "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
@@ -167,8 +193,16 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
     if options.auth_secret:
         values["INFERPACK_SERVER__AUTH__TOKENS_FILE"] = f"{CONFIG_MOUNT}/auth/tokens"
-    env = [{"name": k, "value": v} for k, v in values.items()]
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
+    if options.admin_secret and settings.auth.repository_api:
+        env.append(
+            {
+                "name": "INFERPACK_SERVER__AUTH__ADMIN_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": options.admin_secret, "key": ADMIN_TOKEN_KEY}},
+            }
+        )
     env += s3_env(options)
+    env.append({"name": "INFERPACK_S3_CACHE_MAX_MB", "value": str(cache_cap_mb(group, options))})
     return env + writable_env()
 
 
@@ -190,11 +224,31 @@ def repository_arg(repository: str) -> str:
     return MODELS_MOUNT if relative in ("", ".") else f"{MODELS_MOUNT}/{relative}"
 
 
+# Room on the node's disk for /tmp, logs and the writable layer, besides the model cache.
+SCRATCH_MB = 1024
+
+
+def cache_cap_mb(group: ServerGroup, options: RenderOptions) -> int:
+    """The S3 cache cap of a group's servers: `--cache-size-mb`, else twice the server's memory.
+
+    Every model of a plan server is loaded at start, so its weights fit in `memory_mb`; files on disk may
+    be up to twice their size in memory (fp32 weights served in bf16/fp16), hence the factor 2.
+    """
+    return options.model_cache_size_mb or 2 * group.resources.memory_mb
+
+
+def ephemeral_request_mb(group: ServerGroup, options: RenderOptions, repository: str) -> int:
+    """The pod's ephemeral-storage request: the cache cap (S3 repositories) plus scratch room."""
+    return (cache_cap_mb(group, options) if repository.startswith("s3://") else 0) + SCRATCH_MB
+
+
 def server_volumes(repository: str, options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
-    """(volumes, mounts): writable /tmp and cache, the repository volume when not S3, auth tokens."""
+    """(volumes, mounts): writable /tmp and cache, the repository volume when not S3, auth tokens.
+
+    The cache's emptyDir has no sizeLimit: passing one evicts the whole pod. The server keeps the cache
+    under its cap itself (INFERPACK_S3_CACHE_MAX_MB, least-recently-used versions go first).
+    """
     cache: Manifest = {"name": "model-cache", "emptyDir": {}}
-    if options.model_cache_size_mb:
-        cache["emptyDir"] = {"sizeLimit": f"{options.model_cache_size_mb}Mi"}
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}, cache]
     mounts: list[Manifest] = [
         {"name": "tmp", "mountPath": "/tmp"},
@@ -260,7 +314,7 @@ def render_server(
         "command": command,
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         "env": server_env(settings, group, options),
-        "resources": server_resources(group),
+        "resources": server_resources(group, ephemeral_request_mb(group, options, repository)),
         # Start-up pulls and loads every model (minutes on a cold cache); the startup probe holds the
         # liveness probe back until then, and readiness says "all models loaded".
         "startupProbe": http_probe("/v2/health/live", 5, 120),
@@ -273,7 +327,7 @@ def render_server(
         "volumeMounts": mounts,
     }
     pod_spec: Manifest = {
-        "serviceAccountName": "inferpack",
+        "serviceAccountName": SERVER_SERVICE_ACCOUNT,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": grace_period_seconds(settings, options),
         "nodeSelector": node_selector(group),
@@ -281,8 +335,7 @@ def render_server(
         "containers": [container],
         "volumes": volumes,
     }
-    if tol := tolerations(group):
-        pod_spec["tolerations"] = tol
+    pod_spec["tolerations"] = tolerations(group)
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -33,6 +33,7 @@ from inferpack.repository.files import umask_mode
 from inferpack.repository.folder import SHARED_DIR, LocalRepository
 from inferpack.repository.ids import is_valid_model_id, validate_model_id
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest
+from inferpack.repository.s3cache import evict_to_cap, touch
 from inferpack.repository.s3config import (
     CHUNK,
     ENDPOINT_ENV,
@@ -40,6 +41,7 @@ from inferpack.repository.s3config import (
     SHA256_META,
     S3Location,
     default_cache_dir,
+    default_cache_max_bytes,
     error_code,
     is_transport_error,
     make_s3_client,
@@ -64,6 +66,7 @@ class S3Repository(LocalRepository):
         *,
         listing_ttl_s: float = LISTING_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        cache_max_bytes: int | None = None,
     ) -> None:
         root = (
             cache_dir / location.bucket / location.prefix if location.prefix else cache_dir / location.bucket
@@ -78,6 +81,8 @@ class S3Repository(LocalRepository):
         # while a burst of lookups (a server loading hundreds of models) costs one listing.
         self._ttl = listing_ttl_s
         self._clock = clock
+        # Least-recently-used versions leave the cache when a new one would push it over this (s3cache).
+        self.cache_max_bytes = cache_max_bytes
 
     def describe(self) -> str:
         """The S3 URI and the cache folder."""
@@ -178,6 +183,10 @@ class S3Repository(LocalRepository):
         path = self.root / model_id / str(chosen)
         if not (path / SYNC_RECORD).is_file():
             self._sync_version(model_id, chosen, path)
+            if self.cache_max_bytes is not None:
+                evict_to_cap(self.root, SYNC_RECORD, self.cache_max_bytes, keep=path)
+        elif self.cache_max_bytes is not None:
+            touch(path / SYNC_RECORD)
         return path
 
     def resolve_file(self, model_id: str, version: int, relative: str) -> Path:
@@ -299,5 +308,11 @@ class S3Repository(LocalRepository):
 
 
 def open_s3_repository(uri: str, *, cache_dir: Path | None = None, client: Any = None) -> S3Repository:
-    """Open `s3://bucket/prefix` with a cache (default `INFERPACK_S3_CACHE_DIR` or ~/.cache/inferpack/s3)."""
-    return S3Repository(parse_s3_uri(uri), cache_dir or default_cache_dir(), client or make_s3_client())
+    """Open `s3://bucket/prefix` with a cache (default `INFERPACK_S3_CACHE_DIR` or ~/.cache/inferpack/s3),
+    capped at `INFERPACK_S3_CACHE_MAX_MB` when set (least-recently-used versions are evicted)."""
+    return S3Repository(
+        parse_s3_uri(uri),
+        cache_dir or default_cache_dir(),
+        client or make_s3_client(),
+        cache_max_bytes=default_cache_max_bytes(),
+    )

@@ -19,6 +19,7 @@ from inferpack.errors import RepositoryError
 
 ENDPOINT_ENV = "INFERPACK_S3_ENDPOINT_URL"
 CACHE_ENV = "INFERPACK_S3_CACHE_DIR"
+CACHE_MAX_ENV = "INFERPACK_S3_CACHE_MAX_MB"
 SHA256_META = "sha256"  # object metadata key: the file's sha256, written by `push_repository`
 CHUNK = 1 << 20
 NOT_FOUND_CODES = ("NoSuchKey", "404", "NotFound")
@@ -70,6 +71,20 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def default_cache_max_bytes() -> int | None:
+    """`INFERPACK_S3_CACHE_MAX_MB` in bytes, else None (no cap)."""
+    env = os.environ.get(CACHE_MAX_ENV)
+    if not env:
+        return None
+    try:
+        megabytes = float(env)
+    except ValueError as exc:
+        raise RepositoryError(f"{CACHE_MAX_ENV} must be a number of MiB, got {env!r}") from exc
+    if megabytes <= 0:
+        raise RepositoryError(f"{CACHE_MAX_ENV} must be positive, got {env!r}")
+    return int(megabytes * 1024 * 1024)
 
 
 def default_cache_dir() -> Path:
