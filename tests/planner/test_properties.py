@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from inferpack.planner.bound import lower_bound
@@ -57,6 +57,9 @@ def test_milp_equals_brute_force_and_bounds_hold(problem: Problem) -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_models=40, max_items=80))
+# found by hypothesis: the local search ended at 6.9 USD/h (two copies on the dear type) against the naive
+# plan's 6.8; the planner now keeps the naive packing when it is cheaper
+@example(make_problem([1.0, 1.0], [0.9, 0.9], [2, 2], [(1.7, 0.1, 0.6, 0.0), (3.5, 0.1, 0.1, 0.0)]))
 def test_heuristic_plans_are_valid_and_above_the_bound(problem: Problem) -> None:
     solution = solve(problem, method="heuristic", with_naive=True)
     assert check_packing(problem, solution.servers) == []

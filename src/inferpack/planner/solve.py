@@ -73,6 +73,11 @@ def solve(
     errors = check_packing(problem, servers)
     if errors:  # a bug, not a user error: never hand out a plan that breaks a constraint
         raise AssertionError("heuristic produced an invalid packing: " + "; ".join(errors[:5]))
+    naive = best_naive(problem)
+    if naive is not None and packing_cost(problem, naive.servers) < packing_cost(problem, servers) - 1e-9:
+        # The baseline is a valid packing too: a plan never costs more than the naive one (the local
+        # search can stop in a worse optimum, e.g. two copies on a dear type when the cheap one fits).
+        servers = list(naive.servers)
     cost = packing_cost(problem, servers)
     lb = min(bound.value, cost)
     used: Literal["milp", "heuristic"] = "heuristic"
@@ -91,8 +96,7 @@ def solve(
         cost = packing_cost(problem, servers)
         optimal = optimal or result.optimal
         lb = cost if optimal else min(cost, max(lb, result.bound))
-    naive = best_naive(problem) if with_naive else None
-    return Solution(servers, cost, lb, used, optimal, naive)
+    return Solution(servers, cost, lb, used, optimal, naive if with_naive else None)
 
 
 def _dns(name: str) -> str:
