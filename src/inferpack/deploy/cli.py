@@ -13,7 +13,14 @@ import yaml
 from rich.console import Console
 
 from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
-from inferpack.deploy.image import build_commands, find_builder
+from inferpack.deploy.image import (
+    build_commands,
+    find_builder,
+    push_commands,
+    push_image,
+    push_script,
+    run_streamed,
+)
 from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached
 from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, write_base
 from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
@@ -490,16 +497,58 @@ def image_build(
         Path, typer.Option("--context-dir", help="Build context (the source tree).")
     ] = Path("."),
     builder: Annotated[
-        str | None, typer.Option(help="docker, podman or buildah (default: first found).")
+        str | None,
+        typer.Option(help="podman, docker or buildah (default: the first whose `info` works)."),
+    ] = None,
+    build_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--build-arg", help="KEY=VALUE passed to the build (repeatable), e.g. TORCH_CPU_INDEX=..."
+        ),
+    ] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--volume",
+            "-v",
+            help="SRC:DST[:ro] mounted into the build's RUN steps (repeatable; podman/buildah only): "
+            "a proxy CA, a pip config, a wheel folder.",
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the command only.")] = False,
 ) -> None:
-    """Build the server image with docker, podman or buildah, whichever exists."""
-    tool = builder or find_builder()
+    """Build the server image with podman, docker or buildah (the first that works), its output streamed."""
+    tool = builder or ("podman" if dry_run else find_builder())
     cmd = build_commands(
-        tool, tag=tag, variant=variant, platform=platform, base_image=base_image, context=context_dir
+        tool,
+        tag=tag,
+        variant=variant,
+        platform=platform,
+        base_image=base_image,
+        context=context_dir,
+        build_args=build_arg or (),
+        volumes=volume or (),
     )
     if dry_run:
         print(" ".join(cmd))
         return
-    run([cmd])
+    run_streamed(cmd)
+
+
+@image_app.command("push")
+def image_push(
+    image: Annotated[str, typer.Argument(help="The local image (name:tag), e.g. inferpack:0.1.0-cpu.")],
+    registry: Annotated[str, typer.Option(help="The ECR registry: ACCOUNT.dkr.ecr.REGION.amazonaws.com.")],
+    region: Annotated[str | None, typer.Option(help="AWS region (default: the registry's).")] = None,
+    builder: Annotated[
+        str | None, typer.Option(help="podman, docker or buildah (default: the first whose `info` works).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the commands only.")] = False,
+) -> None:
+    """Push a local image to ECR: create the repository (if missing), log in, tag, push."""
+    tool = builder or ("podman" if dry_run else find_builder())
+    if dry_run:
+        print(push_script(push_commands(image, registry, tool=tool, region=region)))
+        return
+    remote = push_image(image, registry, tool=tool, region=region)
+    console.print(f"pushed {remote}")
