@@ -115,3 +115,20 @@ def test_the_build_context_holds_only_what_the_image_copies() -> None:
     ):
         assert ignored(heavy, patterns), heavy
     assert ignored("src/inferpack/__pycache__/cli.cpython-311.pyc", patterns)
+
+
+def test_the_cache_folder_belongs_to_the_image_user() -> None:
+    """The S3 cache (INFERPACK_S3_CACHE_DIR) is created, owned by the user the image runs as, after that
+    user exists and before USER drops root; without it a run without a volume there cannot cache."""
+    steps = instructions()
+    cache = image_env()["INFERPACK_S3_CACHE_DIR"]
+    runs = [(i, rest) for i, (word, rest) in enumerate(steps) if word == "RUN"]
+    owning = [
+        i for i, rest in runs if re.search(rf"install -d -o {RUN_AS} -g {RUN_AS} .*{re.escape(cache)}", rest)
+    ]
+    assert owning, f"no RUN creates {cache} owned by {RUN_AS}"
+    user_step = steps.index(("USER", f"{RUN_AS}:{RUN_AS}"))
+    created = next(i for i, rest in runs if f"--uid {RUN_AS}" in rest)
+    assert created <= owning[0] < user_step
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    assert owning[0] > last_from  # in the final stage, not the build stage
