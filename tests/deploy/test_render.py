@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import base64
 import gzip
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from inferpack.cli import app
 from inferpack.deploy.options import HpaOptions, RenderOptions, k8s_name
 from inferpack.deploy.placement import plan_endpoints
-from inferpack.deploy.render import render_bench_job, render_manifests
+from inferpack.deploy.render import (
+    effective_repository,
+    local_repository_note,
+    render_bench_job,
+    render_manifests,
+)
 from inferpack.deploy.servers import server_object_name
 from inferpack.errors import PlanError
-from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
+from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
 from inferpack.settings import ServerSettings
 
 Manifest = dict[str, Any]
@@ -239,6 +247,24 @@ def test_local_repository_is_mounted_from_a_claim(plan: Plan) -> None:
     assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models-claim", "readOnly": True}
 
 
+def test_a_plans_local_repository_is_the_volume_root(plan: Plan) -> None:
+    """A plan made from a local folder holds the host's absolute path, which no pod sees: the servers
+    read the claim's root, and the note says to copy the folder there or push it to S3."""
+    local = plan.model_copy(update={"repository": "/home/me/work/demo-repo"})
+    dep = by_kind(render_manifests(local, ServerSettings(), RenderOptions()), "Deployment")["srv-c7i-0"]
+    cmd = container(dep)["command"]
+    assert cmd[cmd.index("--repository") + 1] == "/models"
+    assert "home" not in " ".join(cmd)
+    note = local_repository_note(local, ServerSettings(), RenderOptions(repository_pvc="models-claim"))
+    assert note is not None
+    assert "/home/me/work/demo-repo" in note and "'models-claim'" in note and "inferpack models push" in note
+    # an explicit --repository is a path inside the volume (no note); S3 is left as it is (no note)
+    assert local_repository_note(local, ServerSettings(), RenderOptions(repository="team/repo")) is None
+    on_s3 = plan.model_copy(update={"repository": "s3://bucket/models"})
+    assert effective_repository(on_s3, ServerSettings(), RenderOptions()) == "s3://bucket/models"
+    assert local_repository_note(on_s3, ServerSettings(), RenderOptions()) is None
+
+
 def test_bench_job_is_indexed_with_n_parallel_workers() -> None:
     job = render_bench_job(RenderOptions(bench_workers=6, namespace="serving", bench_args=("--rate", "50")))
     spec = job["spec"]
@@ -313,3 +339,15 @@ def test_bench_pods_get_the_servers_auth_token(plan: Plan) -> None:
     plain = render_bench_job(RenderOptions())["spec"]["template"]["spec"]
     assert "INFERPACK_BENCH_TOKEN_FILE" not in env_of(plain["containers"][0])
     assert all(v["name"] != "auth" for v in plain["volumes"])
+
+
+def test_cli_render_notes_a_local_repository(plan: Plan, tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    save_plan(plan.model_copy(update={"repository": "/srv/models/demo"}), plan_file)
+    args = ["k8s", "render", "--plan", str(plan_file), "--out", str(tmp_path / "k8s"), "--image", "r/i:1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "/srv/models/demo is a folder on this machine" in text and "inferpack models push" in text
+    on_s3 = CliRunner().invoke(app, [*args, "--repository", "s3://b/m"])
+    assert on_s3.exit_code == 0 and "models push" not in on_s3.output

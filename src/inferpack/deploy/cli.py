@@ -25,6 +25,7 @@ from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached
 from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, write_base
 from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
 from inferpack.deploy.render import (
+    local_repository_note,
     render_bench_job,
     render_bench_namespace,
     render_idle_bench_job,
@@ -196,6 +197,9 @@ def render(
     )
     if image is None:
         console.print(f"[yellow]note:[/] no --image given; using {options.image}, which no cluster can pull")
+    local_note = local_repository_note(the_plan, settings, options)
+    if local_note:
+        console.print(f"[yellow]note:[/] {local_note}")
     console.print(
         f"{len(manifests)} objects for {len(the_plan.servers())} servers in {len(written)} files under {out}"
     )

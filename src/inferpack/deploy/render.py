@@ -12,6 +12,7 @@ from inferpack.deploy.options import (
     CONFIG_MOUNT,
     DEFAULT_PORT,
     LABEL_COMPONENT,
+    MODELS_MOUNT,
     RenderOptions,
     bench_namespace,
     image_for,
@@ -58,8 +59,31 @@ def _meta(
 
 
 def effective_repository(plan: Plan, settings: ServerSettings, options: RenderOptions) -> str:
-    """The repository the pods use: the option, else the plan's, else the settings'."""
-    return options.repository or plan.repository or str(settings.repository)
+    """The repository the pods use: the option, else the plan's, else the settings'.
+
+    The option is a path inside the repository volume (or an S3 URI). The plan's and the settings' are
+    where the repository lies on the machine that planned, which a pod cannot see: a local one of those
+    is rendered as the volume's root (`/models`), where that folder must be copied (see
+    `local_repository_note`)."""
+    if options.repository:
+        return options.repository
+    found = plan.repository or str(settings.repository)
+    return found if found.startswith("s3://") else "."
+
+
+def local_repository_note(plan: Plan, settings: ServerSettings, options: RenderOptions) -> str | None:
+    """What the user must do when the pods read the plan's (or the settings') local repository from the
+    volume; None for S3 or an explicit --repository (a path the user chose inside the volume)."""
+    if options.repository or effective_repository(plan, settings, options).startswith("s3://"):
+        return None
+    source = plan.repository or str(settings.repository)
+    return (
+        f"the repository {source} is a folder on this machine, which no pod can see: the servers read "
+        f"{MODELS_MOUNT}, the root of the PersistentVolumeClaim {options.repository_pvc!r}, so copy that "
+        "folder's contents there (or bake them into an image built FROM the server image). Simpler: "
+        f"`inferpack models push s3://BUCKET/PREFIX --repository {source}` and render with "
+        "--repository s3://BUCKET/PREFIX"
+    )
 
 
 def render_namespace(options: RenderOptions, name: str | None = None) -> Manifest:
