@@ -9,6 +9,8 @@ import fnmatch
 import re
 import shlex
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,41 @@ def test_the_cache_folder_belongs_to_the_image_user() -> None:
     assert created <= owning[0] < user_step
     last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
     assert owning[0] > last_from  # in the final stage, not the build stage
+
+
+def test_the_server_image_is_lean() -> None:
+    """The image installs the bare package (`pip install /src`): charting (matplotlib) and manifest
+    validation (kubernetes-validate) are extras that `.[dev]` (scripts/setup.sh) still installs, and
+    nothing a server, router, renderer or load-test worker imports pulls them in."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[=<>\[ ]", r)[0] for r in project["dependencies"]}
+    assert not names & {"matplotlib", "kubernetes-validate"}
+    dev = {re.split(r"[=<>\[ ]", r)[0] for r in project["optional-dependencies"]["dev"]}
+    assert {"matplotlib", "kubernetes-validate"} <= dev
+    assert project["optional-dependencies"]["report"] == ["matplotlib==3.11.2"]
+    code = (
+        "import sys, inferpack.cli, inferpack.server.app, inferpack.deploy.cli, inferpack.loadtest.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'kubernetes_validate')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert re.search(r"pip install /src\b", CONTAINERFILE.read_text())  # no extras in the image
+
+
+def test_without_matplotlib_a_run_notes_no_report_and_bench_report_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from inferpack.errors import ConfigError
+    from inferpack.loadtest import cli
+
+    monkeypatch.setitem(sys.modules, "inferpack.loadtest.report", None)  # import now raises ImportError
+    with pytest.raises(ConfigError) as err:
+        cli._report_writer()
+    assert "inferpack[report]" in str(err.value)
+    out = StringIO()
+    cli._report(None, tmp_path, Console(file=out, width=200))  # type: ignore[arg-type]
+    assert "no report" in out.getvalue() and not list(tmp_path.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -227,9 +228,29 @@ def run(
     console.print(result_tables(result))
     console.print(f"result: {path}")
     if report:
-        from inferpack.loadtest.report import write_report  # matplotlib only when a report is wanted
+        _report(result, out, console)
 
-        console.print(f"report: {write_report(result, out)}")
+
+def _report_writer() -> Callable[..., Path]:
+    """`write_report`, or a ConfigError naming the `report` extra where matplotlib is not installed (the
+    server image leaves it out)."""
+    try:
+        from inferpack.loadtest.report import write_report  # matplotlib only when a report is wanted
+    except ImportError as exc:
+        raise ConfigError(
+            f"a report needs matplotlib ({exc})", hint="pip install 'inferpack[report]'"
+        ) from exc
+    return write_report
+
+
+def _report(result: BenchResult, out: Path, console: Console) -> None:
+    """Write the report after a run; without matplotlib, say so and go on (result.json is written)."""
+    try:
+        write_report = _report_writer()
+    except ConfigError as exc:
+        console.print(f"[yellow]note:[/] no report: {exc}")
+        return
+    console.print(f"report: {write_report(result, out)}")
 
 
 def bench_token(token_file: Path | None) -> str | None:
@@ -362,9 +383,7 @@ def aggregate_cmd(
         save_result(merged, out)
         Console().print(f"result: {out}")
     if report_dir is not None:
-        from inferpack.loadtest.report import write_report
-
-        Console().print(f"report: {write_report(merged, report_dir)}")
+        _report(merged, report_dir, Console())
 
 
 @app.command()
@@ -386,8 +405,7 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder for report.md and the PNG plots.")] = Path("bench-report"),
 ) -> None:
     """Print a result's tables and write its Markdown report with plots."""
-    from inferpack.loadtest.report import write_report
-
+    write_report = _report_writer()
     result = load_result(result_file)
     Console().print(result_tables(result))
     Console().print(f"report: {write_report(result, out)}")
