@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from inferpack.errors import ConfigError
 from inferpack.fleet import ops
 from inferpack.fleet.display import print_summary, start_with_progress
 from inferpack.fleet.processes import scrape_requests
@@ -171,8 +172,15 @@ def _append_fleet_section(report: Path, plan: Plan, loads: list[ServerLoad], sta
 def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -> DemoOutcome:
     """Run the whole demo; the fleet is brought down whatever happens."""
     from inferpack.loadtest.display import result_tables
-    from inferpack.loadtest.report import write_report
     from inferpack.loadtest.result import save_result
+
+    try:  # the demo's report has plots: matplotlib is the `report` extra (the server image leaves it out)
+        from inferpack.loadtest.report import write_report
+    except ImportError as exc:
+        raise ConfigError(
+            f"the demo writes a report with plots, which needs matplotlib ({exc})",
+            hint="pip install 'inferpack[report]' (scripts/setup.sh installs it)",
+        ) from exc
 
     fleet, t = settings.fleet, settings.fleet.test
     out_dir.mkdir(parents=True, exist_ok=True)
