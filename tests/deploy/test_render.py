@@ -156,7 +156,8 @@ def test_router_placement_configmap_hpa_pdb_and_network_policy(plan: Plan) -> No
     endpoints.check_covers(plan)
 
     router = by_kind(manifests, "Deployment")["router"]
-    assert router["spec"]["replicas"] == 3
+    # The HPA holds the count (minReplicas 3): no spec.replicas for `kubectl apply` to reset it to
+    assert "replicas" not in router["spec"]
     assert container(router)["command"][:2] == ["inferpack", "router"]
     assert len(router["spec"]["template"]["metadata"]["annotations"]["inferpack.dev/placement-sha256"]) == 16
     hpa = by_kind(manifests, "HorizontalPodAutoscaler")["router"]
@@ -313,3 +314,13 @@ def test_bench_pods_get_the_servers_auth_token(plan: Plan) -> None:
     plain = render_bench_job(RenderOptions())["spec"]["template"]["spec"]
     assert "INFERPACK_BENCH_TOKEN_FILE" not in env_of(plain["containers"][0])
     assert all(v["name"] != "auth" for v in plain["volumes"])
+
+
+def test_router_replicas_only_without_hpa(plan: Plan) -> None:
+    fixed = by_kind(render_manifests(plan, ServerSettings(), RenderOptions(router_replicas=3)), "Deployment")
+    assert fixed["router"]["spec"]["replicas"] == 3
+    scaled = RenderOptions(router_hpa=HpaOptions(min_replicas=2, max_replicas=4))
+    assert (
+        "replicas"
+        not in by_kind(render_manifests(plan, ServerSettings(), scaled), "Deployment")["router"]["spec"]
+    )

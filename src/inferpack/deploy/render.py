@@ -138,7 +138,6 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         "kind": "Deployment",
         "metadata": _meta(ROUTER, ROUTER, options),
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -183,6 +182,10 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         },
     }
     out = [deployment, service]
+    if options.router_hpa is None:
+        # Without an HPA the Deployment holds the count; with one, the HPA does (its minReplicas): a
+        # `spec.replicas` here would make every `kubectl apply` reset the HPA's scale.
+        deployment["spec"] = {"replicas": replicas, **deployment["spec"]}
     if options.router_hpa:
         hpa = options.router_hpa
         out.append(
