@@ -14,7 +14,7 @@ from rich.console import Console
 
 from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
 from inferpack.deploy.image import build_commands, find_builder
-from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached
+from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached, wait_for_job
 from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, write_base
 from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
 from inferpack.deploy.render import (
@@ -370,7 +370,9 @@ def bench(
             "idle test pod running: `inferpack k8s exec bench-0`; remove it: `inferpack k8s bench --stop`"
         )
         return
-    run(driver.bench(directory, timeout))
+    run(driver.bench(directory))
+    # Polled, not `kubectl wait --for=condition=complete`: a failed Job stops the wait at once.
+    wait_for_job(driver, timeout)
     if out is not None:
         _collect(driver, out)
 
