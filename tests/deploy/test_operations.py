@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +325,16 @@ def test_cli_bench_fails_at_once_with_the_failing_pods_log(
         "FAKE_KUBECTL_PODS_JSON": json.dumps(pods),
         "FAKE_KUBECTL_LOG_TEXT": "error: connection refused to the router",
     }
-    proc, calls = _cli(fake_kubectl, "bench", "--dir", str(out), "--timeout", "3600", extra_env=env)
+    assert yaml.safe_load((out / "bench" / "kustomization.yaml").read_text())["patches"] == [
+        {"path": "start-at.yaml"}
+    ]
+    before = time.time()
+    proc, calls = _cli(
+        fake_kubectl, "bench", "--dir", str(out), "--timeout", "3600", "--start-delay", "90", extra_env=env
+    )
+    patch = next(d for d in yaml.safe_load_all((out / "bench" / "start-at.yaml").read_text()) if d)
+    start_at = float(patch["spec"]["template"]["metadata"]["annotations"]["inferpack.dev/start-at"])
+    assert before + 90 <= start_at <= time.time() + 90  # one common start, set just before the apply
     assert proc.returncode == 2
     assert "BackoffLimitExceeded" in proc.stderr and "inferpack-bench-2-q" in proc.stderr
     assert "connection refused to the router" in proc.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from inferpack.deploy.options import HpaOptions, RenderOptions, k8s_name
 from inferpack.deploy.placement import plan_endpoints
-from inferpack.deploy.render import render_bench_job, render_manifests
+from inferpack.deploy.render import render_bench_job, render_idle_bench_job, render_manifests, start_at_patch
 from inferpack.deploy.servers import server_object_name
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
@@ -324,3 +324,22 @@ def test_router_replicas_only_without_hpa(plan: Plan) -> None:
         "replicas"
         not in by_kind(render_manifests(plan, ServerSettings(), scaled), "Deployment")["router"]["spec"]
     )
+
+
+def test_bench_workers_share_one_start_time_from_the_pod_annotation() -> None:
+    job = render_bench_job(RenderOptions(bench_namespace="loadtest"))
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"inferpack.dev/start-at": "0"}  # 0: at once
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert env["INFERPACK_BENCH_START_AT"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['inferpack.dev/start-at']"}
+    }
+    patch = start_at_patch(RenderOptions(bench_namespace="loadtest"), 1700000000.25)
+    assert patch["metadata"] == {"name": "inferpack-bench", "namespace": "loadtest"}
+    assert patch["spec"]["template"]["metadata"]["annotations"] == {
+        "inferpack.dev/start-at": "1700000000.250"
+    }
+    # the idle pod runs no load test: no start time
+    idle = render_idle_bench_job(RenderOptions())["spec"]["template"]
+    assert "annotations" not in idle["metadata"]
+    assert all(e["name"] != "INFERPACK_BENCH_START_AT" for e in idle["spec"]["containers"][0]["env"])
