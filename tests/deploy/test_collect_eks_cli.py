@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,38 @@ def _worker_log(index: int, workers: int, requests: int) -> str:
     return "starting worker\n" + proc.stdout
 
 
-def test_collect_fetches_each_pod_log_and_merges_exactly(tmp_path: Path) -> None:
-    logs = {"inferpack-bench-0-abcde": _worker_log(0, 2, 4), "inferpack-bench-1-fghij": _worker_log(1, 2, 6)}
-    calls: list[list[str]] = []
+def _job_runner(
+    logs: dict[str, str], phases: dict[str, str], completions: int, calls: list[list[str]]
+) -> Callable[[list[str]], subprocess.CompletedProcess[str]]:
+    """A kubectl stand-in: the Job (uid-1), its pods (with their phases) and each pod's log."""
 
     def runner(cmd: list[str]) -> subprocess.CompletedProcess[str]:
         calls.append(cmd)
-        if "get" in cmd:
-            return subprocess.CompletedProcess(cmd, 0, "\n".join(logs) + "\n", "")
+        if cmd[-4:-2] == ["job", "inferpack-bench"]:
+            job = {"metadata": {"uid": "uid-1"}, "spec": {"completions": completions}}
+            return subprocess.CompletedProcess(cmd, 0, json.dumps(job), "")
+        if "pods" in cmd:
+            items = [{"metadata": {"name": n}, "status": {"phase": p}} for n, p in phases.items()]
+            return subprocess.CompletedProcess(cmd, 0, json.dumps({"items": items}), "")
         return subprocess.CompletedProcess(cmd, 0, logs[cmd[cmd.index("logs") + 1]], "")
 
+    return runner
+
+
+def test_collect_fetches_each_pod_log_and_merges_exactly(tmp_path: Path) -> None:
+    logs = {"inferpack-bench-0-abcde": _worker_log(0, 2, 4), "inferpack-bench-1-fghij": _worker_log(1, 2, 6)}
+    calls: list[list[str]] = []
+    runner = _job_runner(logs, dict.fromkeys(logs, "Succeeded"), 2, calls)
+
     k = Kubectl(namespace="serving")
-    merged, path = collect(k, tmp_path, expected_workers=2, runner=runner, echo=lambda _l: None)
-    assert calls[0] == k.bench_pods()
-    assert sorted(calls[1:]) == sorted(k.pod_log(p) for p in logs)
+    merged, path = collect(k, tmp_path, runner=runner, echo=lambda _l: None)
+    # the Job first (its uid and completions), then only its own pods, by the controller's uid label
+    assert calls[0] == ["kubectl", "--namespace", "serving", "get", "job", "inferpack-bench", "-o", "json"]
+    assert calls[1] == [
+        "kubectl", "--namespace", "serving", "get", "pods", "-l", "batch.kubernetes.io/controller-uid=uid-1",
+        "-o", "json",
+    ]  # fmt: skip
+    assert sorted(calls[2:]) == sorted(k.pod_log(p) for p in logs)
     singles = [load_result(tmp_path / "logs" / f"{pod}.log") for pod in logs]
     assert merged.total_requests() == sum(r.total_requests() for r in singles)
     assert merged.error_count() == sum(r.error_count() for r in singles) > 0
@@ -58,6 +77,25 @@ def test_collect_fetches_each_pod_log_and_merges_exactly(tmp_path: Path) -> None
 
     with pytest.raises(KubectlError, match="expected 3"):
         collect(k, tmp_path / "again", expected_workers=3, runner=runner, echo=lambda _l: None)
+
+
+def test_collect_refuses_fewer_workers_than_the_jobs_completions(tmp_path: Path) -> None:
+    logs = {"inferpack-bench-0-abcde": _worker_log(0, 2, 4), "inferpack-bench-1-fghij": "Traceback\n"}
+    phases = {"inferpack-bench-0-abcde": "Succeeded", "inferpack-bench-1-fghij": "Failed"}
+    calls: list[list[str]] = []
+    with pytest.raises(KubectlError, match="found 1 finished load-test workers of the Job, expected 2"):
+        collect(Kubectl(), tmp_path, runner=_job_runner(logs, phases, 2, calls), echo=lambda _l: None)
+    assert not any("logs" in c for c in calls)  # refused before merging anything
+    assert not (tmp_path / "result.json").exists()
+
+    # two logs of the same worker (one worker's result twice) are not two workers
+    twice = {
+        "inferpack-bench-0-abcde": logs["inferpack-bench-0-abcde"],
+        "inferpack-bench-1-x": logs["inferpack-bench-0-abcde"],
+    }
+    runner = _job_runner(twice, dict.fromkeys(twice, "Succeeded"), 2, [])
+    with pytest.raises(KubectlError, match="results of 1 distinct workers, expected 2"):
+        collect(Kubectl(), tmp_path / "b", runner=runner, echo=lambda _l: None)
 
 
 def test_eksctl_config_has_a_node_group_per_instance_type(plan: Plan) -> None:

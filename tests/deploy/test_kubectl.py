@@ -3,6 +3,7 @@ an unreachable cluster give (with the real kubectl where it is installed; no API
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from inferpack.deploy.kubectl import (
     explain_failure,
     run,
     run_attached,
+    wait_for_job,
 )
 
 
@@ -68,14 +70,13 @@ def test_apply_status_logs_delete_command_lines() -> None:
 
 
 def test_bench_replaces_the_job_then_waits() -> None:
-    cmds = Kubectl(namespace="serving").bench(Path("k8s"), 900)
+    cmds = Kubectl(namespace="serving").bench(Path("k8s"))
     assert cmds[0] == [
         "kubectl", "--namespace", "serving", "delete", "job", "inferpack-bench",
         "--ignore-not-found", "--cascade=foreground", "--wait=true",
     ]  # fmt: skip
     assert cmds[1] == ["kubectl", *SERVER_SIDE_APPLY, "-k", "k8s/bench"]
-    assert cmds[2][3:6] == ["wait", "--for=condition=complete", "job/inferpack-bench"]
-    assert cmds[2][-1] == "--timeout=900s"
+    assert len(cmds) == 2  # then `wait_for_job` polls the Job (a failed one ends the wait at once)
 
 
 def test_bench_stop_removes_only_the_job_and_its_pods() -> None:
@@ -101,9 +102,12 @@ def test_bench_idle_replaces_the_job_by_the_waiting_pod() -> None:
 def test_a_bench_namespace_of_its_own() -> None:
     k = Kubectl(namespace="serving", bench_namespace="loadtest")
     assert k.bench_stop()[1:3] == ["--namespace", "loadtest"]
-    run_cmds = k.bench(Path("k8s"), 60)
-    assert run_cmds[0][1:3] == ["--namespace", "loadtest"] and run_cmds[2][1:3] == ["--namespace", "loadtest"]
-    assert k.bench_pods()[1:3] == ["--namespace", "loadtest"]
+    run_cmds = k.bench(Path("k8s"))
+    assert run_cmds[0][1:3] == ["--namespace", "loadtest"] and k.bench_job()[1:3] == [
+        "--namespace",
+        "loadtest",
+    ]
+    assert k.job_pods("u")[1:3] == ["--namespace", "loadtest"]
     assert k.pod_log("p-0")[1:3] == ["--namespace", "loadtest"]
     assert k.logs(component="bench")[0][1:3] == ["--namespace", "loadtest"]
     assert k.logs(component="router")[0][1:3] == ["--namespace", "serving"]
@@ -230,3 +234,80 @@ def test_real_kubectl_against_no_cluster(no_cluster: tuple[str, Path]) -> None:
             echo=lambda _line: None,
         )
     assert missing.value.hint == "list contexts with `kubectl config get-contexts`"
+
+
+def _job(condition: str | None, reason: str = "") -> str:
+    conditions = (
+        [{"type": condition, "status": "True", "reason": reason, "message": "m"}] if condition else []
+    )
+    return json.dumps(
+        {"metadata": {"uid": "uid-7"}, "spec": {"completions": 2}, "status": {"conditions": conditions}}
+    )
+
+
+def test_wait_for_job_polls_until_complete_with_an_injected_clock() -> None:
+    states = iter([_job(None), _job(None), _job("Complete")])
+    calls: list[list[str]] = []
+    slept: list[float] = []
+
+    def runner(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, next(states), "")
+
+    k = Kubectl(namespace="serving")
+    job = wait_for_job(
+        k, 600, poll_s=5, runner=runner, echo=lambda _l: None, clock=lambda: 0.0, sleep=slept.append
+    )
+    assert job["metadata"]["uid"] == "uid-7"
+    assert calls == [k.bench_job()] * 3
+    assert calls[0] == ["kubectl", "--namespace", "serving", "get", "job", "inferpack-bench", "-o", "json"]
+    assert slept == [5, 5]
+
+
+def test_a_failed_job_stops_the_wait_at_once_with_the_failing_pods_log() -> None:
+    pods = {
+        "items": [
+            {"metadata": {"name": "inferpack-bench-0-a"}, "status": {"phase": "Succeeded"}},
+            {"metadata": {"name": "inferpack-bench-1-b"}, "status": {"phase": "Failed"}},
+        ]
+    }
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        if "job" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, _job("Failed", "BackoffLimitExceeded"), "")
+        if "pods" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, json.dumps(pods), "")
+        return subprocess.CompletedProcess(cmd, 0, "Traceback\nConfigError: bad --rate\n", "")
+
+    k = Kubectl(namespace="serving")
+    slept: list[float] = []
+    with pytest.raises(KubectlError) as failed:
+        wait_for_job(k, 3600, runner=runner, echo=lambda _l: None, clock=lambda: 0.0, sleep=slept.append)
+    assert slept == []  # not one poll more
+    assert calls == [
+        k.bench_job(),
+        ["kubectl", "--namespace", "serving", "get", "pods", "-l", "batch.kubernetes.io/controller-uid=uid-7",
+         "-o", "json"],
+        ["kubectl", "--namespace", "serving", "logs", "inferpack-bench-1-b", "-c", "worker", "--tail=40"],
+    ]  # fmt: skip
+    message = failed.value.message
+    assert "BackoffLimitExceeded" in message and "inferpack-bench-1-b" in message
+    assert "ConfigError: bad --rate" in message
+
+
+def test_wait_for_job_gives_up_at_the_timeout() -> None:
+    now = [0.0]
+
+    def runner(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 0, _job(None), "")
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(KubectlError, match="did not finish within 12s"):
+        wait_for_job(
+            Kubectl(), 12, poll_s=5, runner=runner, echo=lambda _l: None, clock=lambda: now[0], sleep=sleep
+        )
+    assert now[0] == 15

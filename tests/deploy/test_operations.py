@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,10 @@ with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
 if "get" in args and args[-2:] == ["-o", "name"]:
     print(os.environ.get("FAKE_KUBECTL_PODS", ""))
+if "get" in args and args[-2:] == ["-o", "json"]:
+    print(os.environ.get("FAKE_KUBECTL_JOB" if "job" in args else "FAKE_KUBECTL_PODS_JSON", "{{}}"))
+if "logs" in args and os.environ.get("FAKE_KUBECTL_LOG_TEXT"):
+    print(os.environ["FAKE_KUBECTL_LOG_TEXT"])
 sys.exit(int(os.environ.get("FAKE_KUBECTL_EXIT", "0")) if "exec" in args else 0)
 """
 
@@ -123,12 +128,17 @@ def fake_kubectl(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _cli(
-    fake: tuple[Path, Path], *args: str, pods: str = "pod/inferpack-bench-0-abcde", exit_code: int = 0
+    fake: tuple[Path, Path],
+    *args: str,
+    pods: str = "pod/inferpack-bench-0-abcde",
+    exit_code: int = 0,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
     script, log = fake
     log.unlink(missing_ok=True)
     env = {
         **os.environ,
+        **(extra_env or {}),
         "FAKE_KUBECTL_LOG": str(log),
         "FAKE_KUBECTL_PODS": pods,
         "FAKE_KUBECTL_EXIT": str(exit_code),
@@ -268,6 +278,9 @@ def test_the_real_kubectl_accepts_every_new_command_line(
         *k.logs(server="c7i-0", follow=True),
         *k.status("c7i-0"),
         k.bench_stop(),
+        k.bench_job(),
+        k.job_pods("0b1c2d3e-uid"),
+        k.pod_log("inferpack-bench-1-x", tail=40),
         k.bench_idle(tmp_path, 5)[2],
         k.apply(_tiny_base(tmp_path / "base"))[
             0
@@ -292,3 +305,44 @@ def _tiny_base(folder: Path) -> Path:
     (folder / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n")
     (folder / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
     return folder
+
+
+def test_cli_bench_fails_at_once_with_the_failing_pods_log(
+    fake_kubectl: tuple[Path, Path], plan: Plan, tmp_path: Path
+) -> None:
+    plan_file, out = tmp_path / "plan.json", tmp_path / "k8s"
+    save_plan(plan, plan_file)
+    render = subprocess.run(
+        [INFERPACK, "k8s", "render", "--plan", str(plan_file), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert render.returncode == 0, render.stderr
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "too many"}
+    job = {"metadata": {"uid": "u-9"}, "spec": {"completions": 4}, "status": {"conditions": [failed]}}
+    pods = {"items": [{"metadata": {"name": "inferpack-bench-2-q"}, "status": {"phase": "Failed"}}]}
+    env = {
+        "FAKE_KUBECTL_JOB": json.dumps(job),
+        "FAKE_KUBECTL_PODS_JSON": json.dumps(pods),
+        "FAKE_KUBECTL_LOG_TEXT": "error: connection refused to the router",
+    }
+    assert yaml.safe_load((out / "bench" / "kustomization.yaml").read_text())["patches"] == [
+        {"path": "start-at.yaml"}
+    ]
+    before = time.time()
+    proc, calls = _cli(
+        fake_kubectl, "bench", "--dir", str(out), "--timeout", "3600", "--start-delay", "90", extra_env=env
+    )
+    patch = next(d for d in yaml.safe_load_all((out / "bench" / "start-at.yaml").read_text()) if d)
+    start_at = float(patch["spec"]["template"]["metadata"]["annotations"]["inferpack.dev/start-at"])
+    assert before + 90 <= start_at <= time.time() + 90  # one common start, set just before the apply
+    assert proc.returncode == 2
+    assert "BackoffLimitExceeded" in proc.stderr and "inferpack-bench-2-q" in proc.stderr
+    assert "connection refused to the router" in proc.stderr
+    assert [c[2:4] if c[0] == "--namespace" else c[:2] for c in calls] == [
+        ["delete", "job"],
+        ["apply", "--server-side"],
+        ["get", "job"],  # one poll: Failed stops it
+        ["get", "pods"],
+        ["logs", "inferpack-bench-2-q"],
+    ]
+    assert "batch.kubernetes.io/controller-uid=u-9" in calls[3]

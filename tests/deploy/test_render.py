@@ -17,7 +17,9 @@ from inferpack.deploy.render import (
     effective_repository,
     local_repository_note,
     render_bench_job,
+    render_idle_bench_job,
     render_manifests,
+    start_at_patch,
 )
 from inferpack.deploy.servers import server_object_name
 from inferpack.errors import PlanError
@@ -164,7 +166,8 @@ def test_router_placement_configmap_hpa_pdb_and_network_policy(plan: Plan) -> No
     endpoints.check_covers(plan)
 
     router = by_kind(manifests, "Deployment")["router"]
-    assert router["spec"]["replicas"] == 3
+    # The HPA holds the count (minReplicas 3): no spec.replicas for `kubectl apply` to reset it to
+    assert "replicas" not in router["spec"]
     assert container(router)["command"][:2] == ["inferpack", "router"]
     assert len(router["spec"]["template"]["metadata"]["annotations"]["inferpack.dev/placement-sha256"]) == 16
     hpa = by_kind(manifests, "HorizontalPodAutoscaler")["router"]
@@ -351,3 +354,32 @@ def test_cli_render_notes_a_local_repository(plan: Plan, tmp_path: Path) -> None
     assert "/srv/models/demo is a folder on this machine" in text and "inferpack models push" in text
     on_s3 = CliRunner().invoke(app, [*args, "--repository", "s3://b/m"])
     assert on_s3.exit_code == 0 and "models push" not in on_s3.output
+
+
+def test_router_replicas_only_without_hpa(plan: Plan) -> None:
+    fixed = by_kind(render_manifests(plan, ServerSettings(), RenderOptions(router_replicas=3)), "Deployment")
+    assert fixed["router"]["spec"]["replicas"] == 3
+    scaled = RenderOptions(router_hpa=HpaOptions(min_replicas=2, max_replicas=4))
+    assert (
+        "replicas"
+        not in by_kind(render_manifests(plan, ServerSettings(), scaled), "Deployment")["router"]["spec"]
+    )
+
+
+def test_bench_workers_share_one_start_time_from_the_pod_annotation() -> None:
+    job = render_bench_job(RenderOptions(bench_namespace="loadtest"))
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"inferpack.dev/start-at": "0"}  # 0: at once
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert env["INFERPACK_BENCH_START_AT"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['inferpack.dev/start-at']"}
+    }
+    patch = start_at_patch(RenderOptions(bench_namespace="loadtest"), 1700000000.25)
+    assert patch["metadata"] == {"name": "inferpack-bench", "namespace": "loadtest"}
+    assert patch["spec"]["template"]["metadata"]["annotations"] == {
+        "inferpack.dev/start-at": "1700000000.250"
+    }
+    # the idle pod runs no load test: no start time
+    idle = render_idle_bench_job(RenderOptions())["spec"]["template"]
+    assert "annotations" not in idle["metadata"]
+    assert all(e["name"] != "INFERPACK_BENCH_START_AT" for e in idle["spec"]["containers"][0]["env"])

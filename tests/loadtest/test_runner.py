@@ -11,7 +11,7 @@ from pathlib import Path
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.config import BenchConfig, TrafficSpec
 from inferpack.loadtest.result import aggregate
-from inferpack.loadtest.runner import Worker, new_event_loop, run_worker
+from inferpack.loadtest.runner import Worker, new_event_loop, run_worker, wait_until
 from inferpack.loadtest.shapes import ClosedLoop, OpenLoop, Step
 from inferpack.loadtest.targets import LoadTarget, resolve_target
 from inferpack.loadtest.traffic import numbered_models
@@ -210,3 +210,22 @@ def test_requests_past_the_deadline_are_timeouts(fake_server: FakeServer) -> Non
     # Failed requests keep their latency: each gave up after its 100 ms deadline.
     assert failed.get_total_count() == 6
     assert failed.get_min_value() >= 0.09e6 and failed.get_max_value() < 0.5e6
+
+
+def test_a_worker_waits_until_the_common_start_time() -> None:
+    """Workers started at different moments all begin at `--start-at` (an injected clock: no real wait)."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def waits() -> list[float]:
+        return [
+            await wait_until(1000.0, clock=lambda: 958.5, sleep=sleep),  # early pod: waits 41.5 s
+            await wait_until(1000.0, clock=lambda: 1003.0, sleep=sleep),  # late pod: starts at once
+            await wait_until(None, clock=lambda: 0.0, sleep=sleep),  # no start time: no wait
+            await wait_until(0.0, clock=lambda: 0.0, sleep=sleep),  # the rendered Job's "0": no wait
+        ]
+
+    assert asyncio.run(waits()) == [41.5, 0.0, 0.0, 0.0]
+    assert slept == [41.5, 0.0]

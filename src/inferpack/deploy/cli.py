@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -21,8 +22,8 @@ from inferpack.deploy.image import (
     push_script,
     run_streamed,
 )
-from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached
-from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, write_base
+from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached, wait_for_job
+from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, set_start_at, write_base
 from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
 from inferpack.deploy.render import (
     local_repository_note,
@@ -30,6 +31,7 @@ from inferpack.deploy.render import (
     render_bench_namespace,
     render_idle_bench_job,
     render_manifests,
+    start_at_patch,
 )
 from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves
 from inferpack.errors import ConfigError
@@ -194,6 +196,7 @@ def render(
         render_bench_job(options),
         render_bench_namespace(the_plan, options),
         render_idle_bench_job(options),
+        start_at_patch(options),
     )
     if image is None:
         console.print(f"[yellow]note:[/] no --image given; using {options.image}, which no cluster can pull")
@@ -342,6 +345,10 @@ def delete(
 def bench(
     directory: DirOpt = Path("k8s"),
     timeout: Annotated[int, typer.Option(help="Seconds to wait for the Job.")] = 3600,
+    start_delay: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds from now to the workers' common start (time to schedule, pull)."),
+    ] = 60.0,
     out: Annotated[Path | None, typer.Option(help="Also collect the merged result into this folder.")] = None,
     idle: Annotated[
         bool, typer.Option("--idle", help="Start one test pod that waits (then `k8s exec bench-0`).")
@@ -381,7 +388,13 @@ def bench(
             "idle test pod running: `inferpack k8s exec bench-0`; remove it: `inferpack k8s bench --stop`"
         )
         return
-    run(driver.bench(directory, timeout))
+    # One start time for all workers: pods scheduled and started at different moments wait until then.
+    start_at = time.time() + start_delay
+    if set_start_at(directory / "bench", start_at) is not None:
+        console.print(f"workers start together at {start_at:.0f} (in {start_delay:g}s, --start-delay)")
+    run(driver.bench(directory))
+    # Polled, not `kubectl wait --for=condition=complete`: a failed Job stops the wait at once.
+    wait_for_job(driver, timeout)
     if out is not None:
         _collect(driver, out)
 

@@ -7,6 +7,7 @@ package's own `aggregate`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,15 +30,29 @@ def collect(
     runner: Runner | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> tuple[BenchResult, Path]:
-    """Save each worker pod's log under `out_dir/logs/`, merge them, write `out_dir/result.json`."""
-    listing = run([kubectl.bench_pods()], runner=runner, echo=echo, capture=True)[0]
-    pods = sorted(line.strip() for line in listing.splitlines() if line.strip())
-    if not pods:
-        raise KubectlError("the load-test Job has no pods", hint="run `inferpack k8s bench` first")
-    if expected_workers is not None and len(pods) != expected_workers:
+    """Save each worker pod's log under `out_dir/logs/`, merge them, write `out_dir/result.json`.
+
+    The pods are those of the current Job (selected by its uid: never a same-named earlier run's), and
+    every worker must be there: fewer results than the Job's completions (`expected_workers` overrides
+    it) is refused rather than merged into an understated throughput."""
+    job = json.loads(run([kubectl.bench_job()], runner=runner, echo=echo, capture=True)[0])
+    uid = str(job.get("metadata", {}).get("uid", ""))
+    if not uid:
+        raise KubectlError("the load-test Job has no uid", hint="run `inferpack k8s bench` first")
+    expected = (
+        expected_workers if expected_workers is not None else int(job.get("spec", {}).get("completions", 1))
+    )
+    listing = json.loads(run([kubectl.job_pods(uid)], runner=runner, echo=echo, capture=True)[0] or "{}")
+    pods = sorted(
+        p["metadata"]["name"]
+        for p in listing.get("items", [])
+        if p.get("status", {}).get("phase") == "Succeeded"
+    )
+    if len(pods) < expected:
         raise KubectlError(
-            f"found {len(pods)} load-test pods, expected {expected_workers}",
-            hint="a worker was retried or deleted; rerun `inferpack k8s bench`",
+            f"found {len(pods)} finished load-test workers of the Job, expected {expected}",
+            hint="a worker failed, was deleted or still runs: see `inferpack k8s logs --component bench`, "
+            "then rerun `inferpack k8s bench`",
         )
     logs_dir = out_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +64,12 @@ def collect(
         path.write_text(text)
         paths.append(path)
     merged = merge_worker_logs(paths)
+    indices = {w.index for w in merged.workers}
+    if len(indices) < expected:
+        raise KubectlError(
+            f"the logs hold results of {len(indices)} distinct workers, expected {expected}",
+            hint="rerun `inferpack k8s bench`",
+        )
     result_path = out_dir / "result.json"
     save_result(merged, result_path)
     return merged, result_path

@@ -6,13 +6,16 @@ Nothing here talks to the Kubernetes API directly: a platform team can read, cop
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from inferpack.deploy.options import LABEL_COMPONENT, LABEL_PART_OF, LABEL_SERVER
 from inferpack.deploy.render import BENCH_JOB, ROUTER
@@ -21,6 +24,8 @@ from inferpack.errors import InferpackError
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 JOB_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# Set by the Job controller on its pods (Kubernetes 1.27+): one run's pods, not a same-named earlier run's.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 # `bench-3`: the load-test pod of completion index 3 (the idle test pod is `bench-0`).
 _BENCH_POD = re.compile(r"^bench-(\d+)$")
 # Server-side apply: no last-applied-configuration annotation (a copy of the whole object, which the
@@ -217,21 +222,28 @@ class Kubectl:
         commands.append([*self.base(namespaced=False), "delete", "-k", str(base_dir), "--ignore-not-found"])
         return commands
 
-    def bench(self, base_dir: Path, timeout_s: int) -> list[list[str]]:
-        """Start the load-test Job afresh (a Job's pod template is immutable) and wait for it to finish."""
-        return self._replace_job(base_dir / "bench", "--for=condition=complete", timeout_s)
+    def bench(self, base_dir: Path) -> list[list[str]]:
+        """Start the load-test Job afresh (a Job's pod template is immutable); `wait_for_job` then polls
+        it until it completes or fails."""
+        return self._replace_job(base_dir / "bench")
+
+    def bench_job(self) -> list[str]:
+        """The load-test Job as JSON (its uid, completions and conditions)."""
+        return [*self.bench_base(), "get", "job", BENCH_JOB, "-o", "json"]
+
+    def job_pods(self, uid: str) -> list[str]:
+        """The pods of the Job with this uid (never those of an earlier run of the same name), as JSON."""
+        return [*self.bench_base(), "get", "pods", "-l", f"{JOB_UID_LABEL}={uid}", "-o", "json"]
 
     def bench_idle(self, base_dir: Path, timeout_s: int) -> list[list[str]]:
         """Replace any load test by the idle test pod (DIR/bench-idle) and wait until it runs."""
         # The Job exists at once, its pod a moment later: wait on the Job's count of ready pods.
-        return self._replace_job(base_dir / "bench-idle", "--for=jsonpath={.status.ready}=1", timeout_s)
+        ready = "--for=jsonpath={.status.ready}=1"
+        wait = [*self.bench_base(), "wait", ready, f"job/{BENCH_JOB}", f"--timeout={timeout_s}s"]
+        return [*self._replace_job(base_dir / "bench-idle"), wait]
 
-    def _replace_job(self, folder: Path, condition: str, timeout_s: int) -> list[list[str]]:
-        return [
-            self.bench_stop(),
-            [*self.base(namespaced=False), *SERVER_SIDE_APPLY, "-k", str(folder)],
-            [*self.bench_base(), "wait", condition, f"job/{BENCH_JOB}", f"--timeout={timeout_s}s"],
-        ]
+    def _replace_job(self, folder: Path) -> list[list[str]]:
+        return [self.bench_stop(), [*self.base(namespaced=False), *SERVER_SIDE_APPLY, "-k", str(folder)]]
 
     def bench_stop(self) -> list[str]:
         """Delete the load-test Job (a run or the idle pod) and wait until its pods are gone; nothing else."""
@@ -240,16 +252,10 @@ class Kubectl:
             "--cascade=foreground", "--wait=true",
         ]  # fmt: skip
 
-    def bench_pods(self) -> list[str]:
-        """The load-test pods' names, one a line, in completion-index order of creation."""
-        return [
-            *self.bench_base(), "get", "pods", "-l", f"{JOB_NAME_LABEL}={BENCH_JOB}",
-            "-o", "jsonpath={range .items[*]}{.metadata.name}{\"\\n\"}{end}",
-        ]  # fmt: skip
-
-    def pod_log(self, pod: str) -> list[str]:
-        """One pod's stdout (a worker's last line is its result)."""
-        return [*self.bench_base(), "logs", pod, "-c", "worker"]
+    def pod_log(self, pod: str, tail: int | None = None) -> list[str]:
+        """One pod's stdout (a worker's last line is its result); `tail`: only its last lines."""
+        cmd = [*self.bench_base(), "logs", pod, "-c", "worker"]
+        return [*cmd, f"--tail={tail}"] if tail is not None else cmd
 
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
@@ -330,3 +336,84 @@ def run(
             print(proc.stdout, end="" if proc.stdout.endswith("\n") else "\n")
         outputs.append(proc.stdout or "")
     return outputs
+
+
+def job_condition(job: dict[str, Any]) -> str | None:
+    """ "Complete" or "Failed" when the Job has finished (that condition is True), else None."""
+    for condition in job.get("status", {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return str(condition["type"])
+    return None
+
+
+def failed_pod(pods: dict[str, Any]) -> str | None:
+    """The name of a failed pod in a `get pods -o json` listing (the first by name), else None."""
+    names = sorted(
+        p["metadata"]["name"] for p in pods.get("items", []) if p.get("status", {}).get("phase") == "Failed"
+    )
+    return names[0] if names else None
+
+
+def wait_for_job(
+    kubectl: Kubectl,
+    timeout_s: float,
+    *,
+    poll_s: float = 5.0,
+    runner: Runner | None = None,
+    echo: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    log_tail: int = 40,
+) -> dict[str, Any]:
+    """Poll the load-test Job until it completes (returns it as JSON). When it fails, stop at once with a
+    KubectlError carrying the reason and the failing pod's last log lines; past `timeout_s`, also fail."""
+    quiet = echo or (lambda _line: None)
+    deadline = clock() + timeout_s
+    first = True
+    while True:
+        job = json.loads(
+            run([kubectl.bench_job()], runner=runner, echo=echo if first else quiet, capture=True)[0]
+        )
+        first = False
+        state = job_condition(job)
+        if state == "Complete":
+            return dict(job)
+        if state == "Failed":
+            raise _job_failed(kubectl, job, runner, echo, log_tail)
+        if clock() >= deadline:
+            raise KubectlError(
+                f"the load-test Job did not finish within {timeout_s:g}s",
+                hint="see `inferpack k8s logs --component bench`; give `k8s bench` a longer --timeout",
+            )
+        sleep(poll_s)
+
+
+def _job_failed(
+    kubectl: Kubectl,
+    job: dict[str, Any],
+    runner: Runner | None,
+    echo: Callable[[str], None] | None,
+    tail: int,
+) -> KubectlError:
+    reason = next(
+        (
+            f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+            for c in job.get("status", {}).get("conditions") or []
+            if c.get("type") == "Failed"
+        ),
+        "",
+    )
+    uid = str(job.get("metadata", {}).get("uid", ""))
+    pods = json.loads(run([kubectl.job_pods(uid)], runner=runner, echo=echo, capture=True)[0] or "{}")
+    pod = failed_pod(pods)
+    log = ""
+    if pod is not None:
+        try:
+            log = run([kubectl.pod_log(pod, tail=tail)], runner=runner, echo=echo, capture=True)[0]
+        except KubectlError as exc:
+            log = f"(no log: {exc.message})"
+    where = f"; pod {pod}, its last {tail} log lines:\n{log.rstrip()}" if pod else " (no failed pod found)"
+    return KubectlError(
+        f"the load-test Job failed ({reason or 'no reason given'}){where}",
+        hint="fix it, rerun `inferpack k8s bench`; all logs: `inferpack k8s logs --component bench`",
+    )

@@ -61,15 +61,39 @@ def kustomization(resources: list[str]) -> Manifest:
     return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
 
 
-def _bench_folder(folder: str, job: Manifest, extra: list[Manifest]) -> dict[str, str]:
-    """A kustomization of one Job (and the objects of its own namespace, applied with it)."""
+START_AT_FILE = "start-at.yaml"
+
+
+def _bench_folder(
+    folder: str, job: Manifest, extra: list[Manifest], start_at: Manifest | None = None
+) -> dict[str, str]:
+    """A kustomization of one Job (and the objects of its own namespace, applied with it), with the patch
+    of its workers' common start time when given (`bench/start-at.yaml`, rewritten by `k8s bench`)."""
     files = {f"{folder}/job.yaml": dump_documents([job])}
     if extra:
         files[f"{folder}/namespace.yaml"] = dump_documents(extra)
     names = sorted(path.split("/", 1)[1] for path in files)
     # The Job needs the base's ConfigMap (or its copy in namespace.yaml), so the base is applied first.
-    files[f"{folder}/kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(names), sort_keys=False)
+    kust = kustomization(names)
+    if start_at is not None:
+        files[f"{folder}/{START_AT_FILE}"] = dump_documents([start_at])
+        kust["patches"] = [{"path": START_AT_FILE}]
+    files[f"{folder}/kustomization.yaml"] = HEADER + yaml.safe_dump(kust, sort_keys=False)
     return files
+
+
+def set_start_at(folder: Path, start_at: float) -> Path | None:
+    """Set the common start time (Unix seconds) in a rendered bench folder's patch (`k8s bench`, just
+    before applying the Job); None when the folder was rendered without one."""
+    path = folder / START_AT_FILE
+    if not path.is_file():
+        return None
+    patch = next(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
+    annotations = patch["spec"]["template"]["metadata"]["annotations"]
+    key = next(iter(annotations))
+    annotations[key] = f"{start_at:.3f}"
+    path.write_text(dump_documents([patch]))
+    return path
 
 
 def layout(
@@ -77,6 +101,7 @@ def layout(
     bench_job: Manifest | None,
     bench_extra: list[Manifest] | None = None,
     idle_job: Manifest | None = None,
+    start_at: Manifest | None = None,
 ) -> dict[str, str]:
     """Relative path -> file text for the whole output folder (pure; `write_base` writes it)."""
     files: dict[str, list[Manifest]] = {}
@@ -85,7 +110,7 @@ def layout(
     texts = {path: dump_documents(items) for path, items in files.items()}
     texts["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization(sorted(files)), sort_keys=False)
     if bench_job is not None:
-        texts.update(_bench_folder("bench", bench_job, bench_extra or []))
+        texts.update(_bench_folder("bench", bench_job, bench_extra or [], start_at))
     if idle_job is not None:
         texts.update(_bench_folder("bench-idle", idle_job, bench_extra or []))
     return texts
@@ -97,9 +122,10 @@ def write_base(
     bench_job: Manifest | None = None,
     bench_extra: list[Manifest] | None = None,
     idle_job: Manifest | None = None,
+    start_at: Manifest | None = None,
 ) -> list[Path]:
     """Write the folder; remove YAML files an earlier render left that this one did not make."""
-    texts = layout(base, bench_job, bench_extra, idle_job)
+    texts = layout(base, bench_job, bench_extra, idle_job, start_at)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for relative, text in sorted(texts.items()):

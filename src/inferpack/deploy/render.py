@@ -162,7 +162,6 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         "kind": "Deployment",
         "metadata": _meta(ROUTER, ROUTER, options),
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -207,6 +206,10 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         },
     }
     out = [deployment, service]
+    if options.router_hpa is None:
+        # Without an HPA the Deployment holds the count; with one, the HPA does (its minReplicas): a
+        # `spec.replicas` here would make every `kubectl apply` reset the HPA's scale.
+        deployment["spec"] = {"replicas": replicas, **deployment["spec"]}
     if options.router_hpa:
         hpa = options.router_hpa
         out.append(
@@ -390,6 +393,9 @@ def render_manifests(
     return out
 
 
+START_AT_ANNOTATION = "inferpack.dev/start-at"
+
+
 def router_url(options: RenderOptions) -> str:
     """The router Service's in-cluster URL (fully qualified: load tests may run in another namespace)."""
     return f"http://{ROUTER}.{options.namespace}.svc.cluster.local:{DEFAULT_PORT}"
@@ -507,16 +513,36 @@ def _bench_job(options: RenderOptions, container: Manifest, workers: int) -> Man
     }
 
 
+def start_at_patch(options: RenderOptions | None = None, start_at: float = 0) -> Manifest:
+    """A kustomize patch of the load-test Job that sets its workers' common start time (Unix seconds;
+    0: at once). `inferpack k8s bench` rewrites it (`bench/start-at.yaml`) just before applying the Job."""
+    options = options or RenderOptions()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": BENCH_JOB, "namespace": bench_namespace(options)},
+        "spec": {"template": {"metadata": {"annotations": {START_AT_ANNOTATION: f"{start_at:.3f}"}}}},
+    }
+
+
 def render_bench_job(options: RenderOptions | None = None) -> Manifest:
     """An Indexed Job of `bench_workers` load-test workers, all started together against the router.
 
+    Pods are scheduled and pull the image at different moments: each waits until the common start time
+    of the pod annotation `inferpack.dev/start-at` (INFERPACK_BENCH_START_AT, `bench worker --start-at`),
+    which `inferpack k8s bench` sets, so their loads overlap for the whole run.
     Each worker prints its result (histograms included) to its log; `inferpack k8s collect` merges them.
     """
     options = options or RenderOptions()
     command = list(options.bench_command or default_bench_command(options))
-    return _bench_job(
-        options, _bench_container(options, command, options.bench_workers), options.bench_workers
+    container = _bench_container(options, command, options.bench_workers)
+    start_ref = f"metadata.annotations['{START_AT_ANNOTATION}']"
+    container["env"].insert(
+        2, {"name": "INFERPACK_BENCH_START_AT", "valueFrom": {"fieldRef": {"fieldPath": start_ref}}}
     )
+    job = _bench_job(options, container, options.bench_workers)
+    job["spec"]["template"]["metadata"]["annotations"] = {START_AT_ANNOTATION: "0"}
+    return job
 
 
 def render_idle_bench_job(options: RenderOptions | None = None) -> Manifest:

@@ -294,7 +294,13 @@ def worker(
     out: Annotated[str, typer.Option(help="Result file; '-' prints it as one JSON line on stdout.")] = "-",
     progress: Annotated[str, typer.Option(help="none, text (stderr) or jsonl (stdout).")] = "text",
     wait_go: Annotated[bool, typer.Option(help="Print a ready line, start on a line on stdin.")] = False,
-    start_at: Annotated[float | None, typer.Option(help="Start at this Unix time (line up pods).")] = None,
+    start_at: Annotated[
+        float | None,
+        typer.Option(
+            envvar="INFERPACK_BENCH_START_AT",
+            help="Start at this Unix time (line up pods; 0: at once). A Job's is set by `k8s bench`.",
+        ),
+    ] = None,
     url: UrlOpt = None,
     plan: PlanOpt = None,
     endpoints: EndpointsOpt = None,

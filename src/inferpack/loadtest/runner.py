@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
@@ -106,6 +106,21 @@ def machine() -> dict[str, Any]:
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
     }
+
+
+async def wait_until(
+    start_at_unix: float | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+) -> float:
+    """Wait until the common start time of all workers (Unix seconds; None or 0: start now); returns the
+    seconds waited. The wall clock only lines up workers' starts: every measured time uses perf_counter."""
+    if not start_at_unix:
+        return 0.0
+    left = max(0.0, start_at_unix - clock())
+    await sleep(left)
+    return left
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -248,9 +263,7 @@ class Worker:
         self, progress: ProgressFn | None = None, start_at_unix: float | None = None
     ) -> BenchResult:
         """Run this worker's share and return its result."""
-        if start_at_unix is not None:
-            # Wall clock only to line up workers' starts; every measured time uses perf_counter.
-            await asyncio.sleep(max(0.0, start_at_unix - time.time()))
+        await wait_until(start_at_unix)
         conns = _Connections(self._concurrency())
         try:
             t_begin = time.perf_counter()
