@@ -36,6 +36,7 @@ from typing import Literal
 
 import httpx
 import torch
+from bench_server import CONTEXT, QUESTION, ROOT  # the same request and results folder as the CPU bench
 
 from inferpack.errors import DeviceUnavailable
 from inferpack.fleet.processes import free_port, server_command, wait_ready
@@ -46,13 +47,6 @@ from inferpack.runtime.modeling import LoadedModel, load_model
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import DTypeChoice
 
-QUESTION = "Which bridge did the engineers repair first?"
-CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
-    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
-    "bridge."
-)
-ROOT = Path(__file__).resolve().parent / "results"
 CLIENT_PROCESSES = 4
 Arch = Literal["minilm", "bert-base", "tiny"]
 

@@ -25,7 +25,6 @@ from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
-from inferpack.runtime.skeletons import preload_libraries as preload_libraries  # the server's import
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
 from inferpack.runtime.versions import _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice

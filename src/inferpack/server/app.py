@@ -22,8 +22,8 @@ from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
 from inferpack.runtime.hardware import usable_cores
-from inferpack.runtime.modeling import preload_libraries
 from inferpack.runtime.registry import ModelRegistry
+from inferpack.runtime.skeletons import preload_libraries
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
