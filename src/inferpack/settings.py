@@ -51,14 +51,32 @@ class BatchingSettings(_Section):
 
 
 class AuthSettings(_Section):
-    """Optional bearer-token auth. Health endpoints stay open for probes."""
+    """Optional bearer-token auth (docs/security.md). Liveness probes stay open; metrics and readiness
+    details follow these settings."""
 
     tokens_file: Path | None = Field(
-        default=None, description="File with one inference token per line (blank lines and # ignored)."
+        default=None,
+        description="File of inference tokens, one a line: `TOKEN [SCOPE ...]` or `sha256:HEX [SCOPE ...]`, "
+        "where a scope entry is a model id or an id prefix ending in '*' (blank lines and # ignored).",
     )
-    tokens: list[str] = Field(default_factory=list, description="Inference tokens (prefer the file or env).")
+    tokens: list[str] = Field(
+        default_factory=list,
+        description="Inference tokens, each in the tokens-file line form (prefer the file or env).",
+    )
     admin_token: str | None = Field(
-        default=None, description="Token for the repository load/unload API (falls back to inference auth)."
+        default=None,
+        description="Token for the repository load/unload API (falls back to inference auth); it may also "
+        "call every model and read metrics.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="Token for /metrics and the model names in readiness answers (Prometheus sends it); "
+        "the admin token works too.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Keep /metrics open to anyone although tokens are set (only where the network alone "
+        "keeps strangers out: per-model series name the models).",
     )
     repository_api: bool = Field(default=True, description="Switch the load/unload API off entirely.")
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +30,7 @@ from inferpack.server.errors import error_response, install_error_handlers
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
 from inferpack.server.v2_api import model_routes, repository_routes, server_metadata
+from inferpack.server.v2_schema import ServerMetadata, errors, install_openapi
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.server")
@@ -120,12 +121,13 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    # health, server metadata and metrics: always open, for probes and scrapers --------------------------
+    # health and server metadata: open, for probes (kubelets send no token); the names of failed models
+    # and /metrics follow the auth settings (docs/security.md) --------------------------------------------
     @app.get("/", summary="Seed-compatible health check")
     async def root() -> dict[str, str]:
         return {"Status": "Healthy"}
 
-    @app.get("/v2", summary="V2 server metadata")
+    @app.get("/v2", summary="V2 server metadata", response_model=ServerMetadata)
     async def v2_server_metadata() -> dict[str, Any]:
         return server_metadata(device.metadata())
 
@@ -133,16 +135,24 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     async def live() -> Response:
         return JSONResponse({"live": plane.live()})
 
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
+    @app.get("/v2/health/ready", responses={503: {"description": "Not ready (starting, draining, failed)"}})
+    async def ready(names: bool = Depends(auth.require_operations)) -> Response:
         state = plane.readiness()
         body: dict[str, Any] = {"ready": state.ready}
         if not state.ready:
             body["started"], body["draining"] = state.started, state.draining
-            body["failed_models"] = state.failed_models
+            if names:
+                body["failed_models"] = state.failed_models
+            else:  # model ids are often customer names: counted, named only with the metrics token
+                body["failed_count"] = len(state.failed_models)
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        dependencies=[Depends(auth.require_metrics)],
+        responses=errors(401),
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -150,4 +160,5 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     app.include_router(seed_routes(plane, metrics, auth))
     app.include_router(model_routes(plane, metrics, auth))
     app.include_router(repository_routes(plane, auth))
+    install_openapi(app)
     return app

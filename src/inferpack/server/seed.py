@@ -32,8 +32,9 @@ _FLAGS = {"true": True, "1": True, "false": False, "0": False}
 
 
 def seed_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -> APIRouter:
-    """The `/predictions/{model}` routes; every one needs the inference token (when tokens are set)."""
-    router = APIRouter(dependencies=[Depends(auth.require_inference)])
+    """The `/predictions/{model}` routes; every one needs the inference token (when tokens are set), and
+    a scoped token only for the models of its scope."""
+    router = APIRouter(dependencies=[Depends(auth.require_model)])
 
     async def answer(model_id: str, fields: dict[str, Any]) -> Response:
         async def call() -> Response:

@@ -4,18 +4,18 @@ this module maps the dataplane's typed objects to V2 documents (datatypes, shape
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from inferpack import __version__
-from inferpack.errors import InvalidInput
 from inferpack.runtime.tasks import InputSpec, OutputKind, OutputSpec
 from inferpack.server import v2
+from inferpack.server import v2_schema as schema
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane, InferenceRequest, ModelDescription, ModelStatus
-from inferpack.server.http import load_header, optional_json, timed
+from inferpack.server.http import load_header, timed
 from inferpack.server.metrics import ServerMetrics
 
 SERVER_NAME = "inferpack"
@@ -74,14 +74,18 @@ def index_entry(status: ModelStatus) -> dict[str, Any]:
 
 # routes ---------------------------------------------------------------------------------------------------
 def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -> APIRouter:
-    """`/v2/models/...`: metadata, readiness and inference; every route needs the inference token."""
-    router = APIRouter(dependencies=[Depends(auth.require_inference)])
+    """`/v2/models/...`: metadata, readiness and inference; every route takes the inference token, and a
+    scoped token only for the models of its scope."""
+    router = APIRouter(dependencies=[Depends(auth.require_model)], responses=schema.errors(401, 403))
+    described = schema.errors(400, 404, 503)
 
-    @router.get("/v2/models/{model_id}")
+    @router.get("/v2/models/{model_id}", response_model=schema.ModelMetadata, responses=described)
     async def metadata(model_id: str) -> dict[str, Any]:
         return model_metadata(plane.describe(model_id), plane.versions(model_id))
 
-    @router.get("/v2/models/{model_id}/versions/{version}")
+    @router.get(
+        "/v2/models/{model_id}/versions/{version}", response_model=schema.ModelMetadata, responses=described
+    )
     async def version_metadata(model_id: str, version: int) -> dict[str, Any]:
         return model_metadata(plane.describe(model_id, version), plane.versions(model_id))
 
@@ -89,11 +93,17 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
         ok = plane.model_ready(model_id, version)
         return JSONResponse({"name": model_id, "ready": ok}, status_code=200 if ok else 503)
 
-    @router.get("/v2/models/{model_id}/ready")
+    readiness: dict[int | str, dict[str, Any]] = {
+        200: {"model": schema.ModelReady},
+        503: {"model": schema.ModelReady, "description": "Known but not ready"},
+        **schema.errors(400, 404),
+    }
+
+    @router.get("/v2/models/{model_id}/ready", responses=readiness)
     async def ready(model_id: str) -> Response:
         return ready_response(model_id, None)
 
-    @router.get("/v2/models/{model_id}/versions/{version}/ready")
+    @router.get("/v2/models/{model_id}/versions/{version}/ready", responses=readiness)
     async def version_ready(model_id: str, version: int) -> Response:
         return ready_response(model_id, version)
 
@@ -116,11 +126,14 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
 
         return await timed(metrics, model_id, "v2", call)
 
-    @router.post("/v2/models/{model_id}/infer")
+    # The body is documented (schema.INFER_BODY) but parsed by `v2`: the binary extension is not JSON.
+    infer_doc: dict[str, Any] = {"openapi_extra": schema.INFER_BODY, "responses": schema.INFER_RESPONSES}
+
+    @router.post("/v2/models/{model_id}/infer", **infer_doc)
     async def infer_latest(request: Request, model_id: str) -> Response:
         return await infer(request, model_id, None)
 
-    @router.post("/v2/models/{model_id}/versions/{version}/infer")
+    @router.post("/v2/models/{model_id}/versions/{version}/infer", **infer_doc)
     async def infer_version(request: Request, model_id: str, version: int) -> Response:
         return await infer(request, model_id, version)
 
@@ -128,25 +141,31 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
 
 
 def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
-    """The model repository extension: index, load, unload; every route follows the admin rule."""
-    router = APIRouter(dependencies=[Depends(auth.require_admin)])
+    """The model repository extension: the index takes any inference token and shows a scoped one only
+    its models; load and unload follow the admin rule (and a scope, where that falls back to tokens)."""
+    router = APIRouter(responses=schema.errors(400, 401, 403))
 
-    @router.post("/v2/repository/index")
-    async def index(request: Request) -> Response:
-        body = await optional_json(request)
-        statuses = plane.repository_index(ready_only=bool(body.get("ready", False)))
-        return JSONResponse([index_entry(s) for s in statuses])
+    @router.post("/v2/repository/index", response_model=list[schema.IndexEntry])
+    async def index(
+        body: schema.IndexRequest | None = None, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
+        scope = auth.inference_scope(authorization)
+        statuses = plane.repository_index(ready_only=body is not None and body.ready)
+        return JSONResponse([index_entry(s) for s in statuses if scope.allows(s.model_id)])
 
-    @router.post("/v2/repository/models/{model_id}/load")
-    async def load(request: Request, model_id: str) -> Response:
-        body = await optional_json(request)
-        version = (body.get("parameters") or {}).get("version")
-        if version is not None and not (isinstance(version, int) or str(version).isdigit()):
-            raise InvalidInput(f"parameters.version must be an integer, got {version!r}")
-        await plane.load(model_id, int(version) if version is not None else None)
+    changes: dict[str, Any] = {
+        "dependencies": [Depends(auth.require_admin_model)],
+        "response_model": dict[str, Any],
+        "responses": schema.errors(404, 503),
+    }
+
+    @router.post("/v2/repository/models/{model_id}/load", **changes)
+    async def load(model_id: str, body: schema.LoadRequest | None = None) -> Response:
+        version = body.parameters.version if body is not None and body.parameters is not None else None
+        await plane.load(model_id, version)
         return JSONResponse({})
 
-    @router.post("/v2/repository/models/{model_id}/unload")
+    @router.post("/v2/repository/models/{model_id}/unload", **changes)
     async def unload(model_id: str) -> Response:
         await plane.unload(model_id)
         return JSONResponse({})
