@@ -203,8 +203,12 @@ def router_command(
     port: Annotated[int, typer.Option(help="Port.")] = 8100,
     upstream_timeout: Annotated[float, typer.Option(help="Deadline per forwarded request (s).")] = 60.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    config: ConfigOpt = None,
 ) -> None:
-    """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod)."""
+    """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod).
+
+    It takes the servers' auth settings (`server.auth` of the config file, INFERPACK_SERVER__AUTH__*) and
+    checks tokens and scopes itself (docs/security.md)."""
     from inferpack.endpoints import load_endpoints
     from inferpack.fleet.router import serve_router
 
@@ -216,6 +220,7 @@ def router_command(
         endpoints.servers,
         host=host,
         port=port,
+        auth=load_settings(config).server.auth,
         upstream_timeout_s=upstream_timeout,
         log_level=log_level,
     )

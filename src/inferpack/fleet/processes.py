@@ -49,10 +49,17 @@ def server_command(
 
 
 def router_command(
-    *, plan: Path, endpoints: Path, port: int, upstream_timeout_s: float, log_level: str = "info"
+    *,
+    plan: Path,
+    endpoints: Path,
+    port: int,
+    upstream_timeout_s: float,
+    log_level: str = "info",
+    config: Path | None = None,
 ) -> list[str]:
-    """argv of the router process (the same command a Kubernetes router pod runs)."""
-    return [
+    """argv of the router process (the same command a Kubernetes router pod runs); `config` gives it the
+    servers' auth settings."""
+    cmd = [
         *python_cli(),
         "router",
         "--plan", str(plan),
@@ -62,6 +69,7 @@ def router_command(
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
     ]  # fmt: skip
+    return [*cmd, "--config", str(config)] if config is not None else cmd
 
 
 def child_env(threads: int | None = None) -> dict[str, str]:
@@ -111,8 +119,15 @@ def probe_readiness(url: str, timeout_s: float = 0.5) -> tuple[bool, dict[str, s
         body = r.json()
     except ValueError:
         return False, {}
-    failed = body.get("failed_models") if isinstance(body, dict) else None
-    return False, {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
+    if not isinstance(body, dict):
+        return False, {}
+    failed = body.get("failed_models")
+    if isinstance(failed, dict):
+        return False, {str(k): str(v) for k, v in failed.items()}
+    hidden = body.get("failed_count")  # with auth on, a probe without the metrics token gets a count
+    if isinstance(hidden, int) and hidden > 0:
+        return False, {f"({hidden} not named)": "the server names them to the metrics token only"}
+    return False, {}
 
 
 def failed_models_message(name: str, failed: dict[str, str]) -> str:

@@ -29,12 +29,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
 from inferpack import __version__
+from inferpack.errors import InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
 from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.plan import Plan
+from inferpack.server.auth import Authenticator, out_of_scope
+from inferpack.server.errors import error_response, install_error_handlers
+from inferpack.settings import AuthSettings
 
 COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
 
@@ -98,10 +102,18 @@ def create_router_app(
     plan: Plan,
     endpoints: dict[str, str],
     *,
+    auth: AuthSettings | None = None,
     upstream_timeout_s: float = 60.0,
     probe_interval_s: float = 0.5,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs."""
+    """Build the router for a plan and its server URLs; `auth`: the servers' auth settings (none: open).
+
+    The router checks tokens and scopes itself, with the servers' rules, before it looks a model up: it
+    answers some requests on its own (404 for a model no server holds, the merged index, readiness,
+    metrics), and those must not tell a token about models outside its scope. It forwards the
+    Authorization header too, so every server checks again (a server is reachable without the router).
+    """
+    gate = Authenticator(auth or AuthSettings())
     balancer = Balancer.from_plan(plan)
     missing = [s for s in balancer.servers if s not in endpoints]
     if missing:
@@ -127,17 +139,24 @@ def create_router_app(
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
+    install_error_handlers(app)
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
     # Plain Starlette routes: the hot path skips FastAPI's per-request dependency and parameter machinery.
     async def model_route(request: Request) -> Response:
         started = time.perf_counter()
         scope = request.scope
-        body = await request.body()
-        answer = await forwarder.to_one_copy(
-            request.path_params["model_id"], request.method, _target(scope), body or None, _forwardable(scope)
-        )
-        response = _response(answer)
+        model_id = request.path_params["model_id"]
+        try:
+            gate.check_model(request.headers.get("authorization"), model_id)
+        except InferpackError as exc:
+            response: Response = error_response(exc)
+        else:
+            body = await request.body()
+            answer = await forwarder.to_one_copy(
+                model_id, request.method, _target(scope), body or None, _forwardable(scope)
+            )
+            response = _response(answer)
         metrics.count(response.status_code)
         metrics.latency.observe(time.perf_counter() - started)
         return response
@@ -149,6 +168,8 @@ def create_router_app(
     @app.post("/v2/repository/models/{model_id}/{action}")
     async def repository_action(request: Request, model_id: str, action: str) -> Response:
         # Load/unload changes state: every copy must do it, and a failure is reported, not retried.
+        if not gate.admin_scope(request.headers.get("authorization")).allows(model_id):
+            raise out_of_scope(model_id)
         holders = balancer.holders(model_id)
         if holders is None:
             return await model_route(request)
@@ -165,6 +186,7 @@ def create_router_app(
     # fleet-wide: answered here ----------------------------------------------------------------------------
     @app.post("/v2/repository/index")
     async def repository_index(request: Request) -> Response:
+        allowed = gate.inference_scope(request.headers.get("authorization"))
         body = await request.body()
         names = balancer.servers
         results = await forwarder.to_servers(
@@ -176,7 +198,8 @@ def create_router_app(
                 raise result
             ok = isinstance(result, Answer) and result.status == 200
             indexes[name] = list(json.loads(result.body)) if isinstance(result, Answer) and ok else []
-        return JSONResponse(merge_index(balancer.placement, indexes))
+        merged = merge_index(balancer.placement, indexes)
+        return JSONResponse([e for e in merged if allowed.allows(str(e["name"]))])
 
     @app.get("/")
     async def root() -> dict[str, str]:
@@ -191,19 +214,20 @@ def create_router_app(
         return {"live": True}
 
     @app.get("/v2/health/ready")
-    async def ready() -> Response:
+    async def ready(request: Request) -> Response:
         # Ready = running with its placement. Not "every model has a copy": with one copy per model a
         # single server restart would take every router pod out, and requests for the other models with
         # it. Per-model availability is in the body and in /metrics instead.
         body: dict[str, Any] = {"ready": True, "servers": dict(balancer.healthy)}
         unavailable = balancer.unavailable_models()
-        if unavailable:
+        if unavailable and gate.sees_operations(request.headers.get("authorization")):
             body["unavailable_models"] = unavailable[:20]
             body["unavailable_count"] = len(unavailable)
         return _json(200, body)
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        gate.check_metrics(request.headers.get("authorization"))
         for name in balancer.servers:
             metrics.outstanding.labels(name).set(balancer.outstanding[name])
             metrics.healthy.labels(name).set(1.0 if balancer.healthy[name] else 0.0)
@@ -246,12 +270,13 @@ def serve_router(
     *,
     host: str = "127.0.0.1",
     port: int = 8100,
+    auth: AuthSettings | None = None,
     upstream_timeout_s: float = 60.0,
     log_level: str = "info",
 ) -> None:
     """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_router_app(plan, endpoints, upstream_timeout_s=upstream_timeout_s)
+    app = create_router_app(plan, endpoints, auth=auth, upstream_timeout_s=upstream_timeout_s)
     config = uvicorn.Config(
         app,
         host=host,

@@ -127,6 +127,7 @@ class Supervisor:
                 port=spec.router_port,
                 upstream_timeout_s=spec.upstream_timeout_s,
                 log_level="warning",
+                config=config,
             ),
             P.child_env(),
         )
