@@ -12,22 +12,13 @@ from fastapi.testclient import TestClient
 from inferpack.fleet.router import create_router_app
 from inferpack.settings import AuthSettings
 from tests.fleet.test_router import FakeServers, _plan
+from tests.fleet.test_router import fake as fake  # the fixture: two fake upstreams on loopback ports
 
 AUTH = AuthSettings(tokens=["tenant-a a", "all"], admin_token="admin", metrics_token="scrape")
 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeServers]:
-    servers = FakeServers()
-    servers.start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
 
 
 @pytest.fixture
