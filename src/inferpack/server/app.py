@@ -151,7 +151,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         "/metrics",
         summary="Prometheus metrics",
         dependencies=[Depends(auth.require_metrics)],
-        responses=errors(401),
+        responses={200: {"content": {"text/plain": {}}}, **errors(401)},
+        response_class=Response,
     )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -19,7 +19,8 @@ import hmac
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from inferpack.errors import Forbidden, Unauthorized
 from inferpack.settings import AuthSettings
@@ -118,22 +119,33 @@ class Authenticator:
                 hint="give Prometheus auth.metrics_token (docs/security.md, 'Metrics and probes')",
             )
 
-    # FastAPI dependencies -----------------------------------------------------------------------------
-    def require_model(self, model_id: str, authorization: Annotated[str | None, Header()] = None) -> None:
+    # FastAPI dependencies: the OpenAPI document shows them as one HTTP bearer security scheme -----------
+    def require_model(self, model_id: str, credentials: Credentials = None) -> None:
         """Dependency of model routes: the inference rule for the path's model."""
-        self.check_model(authorization, model_id)
+        self.check_model(_header(credentials), model_id)
 
-    def require_admin_model(
-        self, model_id: str, authorization: Annotated[str | None, Header()] = None
-    ) -> None:
+    def require_admin_model(self, model_id: str, credentials: Credentials = None) -> None:
         """Dependency of load/unload: the repository API's rule, then the scope for the path's model."""
-        if not self.admin_scope(authorization).allows(model_id):
+        if not self.admin_scope(_header(credentials)).allows(model_id):
             raise out_of_scope(model_id)
 
-    def require_metrics(self, authorization: Annotated[str | None, Header()] = None) -> None:
-        """Dependency of /metrics."""
-        self.check_metrics(authorization)
+    def require_listing(self, credentials: Credentials = None) -> Scope:
+        """Dependency of the index: the inference rule; its scope filters what the caller sees."""
+        return self.inference_scope(_header(credentials))
 
-    def require_operations(self, authorization: Annotated[str | None, Header()] = None) -> bool:
+    def require_metrics(self, credentials: Credentials = None) -> None:
+        """Dependency of /metrics."""
+        self.check_metrics(_header(credentials))
+
+    def require_operations(self, credentials: Credentials = None) -> bool:
         """Dependency of readiness: whether the answer may name models."""
-        return self.sees_operations(authorization)
+        return self.sees_operations(_header(credentials))
+
+
+# auto_error=False: a missing token is this module's decision (open access, or 401 with our error body)
+BEARER = HTTPBearer(auto_error=False, description="An inference, metrics or admin token (docs/security.md).")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
+
+def _header(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return None if credentials is None else f"Bearer {credentials.credentials}"

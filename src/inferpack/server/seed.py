@@ -20,6 +20,7 @@ from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane, InferenceOptions, InferenceRequest
 from inferpack.server.http import load_header, optional_json, timed
 from inferpack.server.metrics import ServerMetrics
+from inferpack.server.v2_schema import errors
 
 # The reference server's defaults when seq_0 / seq_1 are absent: a question and a context to answer from.
 DEFAULT_QUESTION = "What does the little engine say?"
@@ -34,7 +35,9 @@ _FLAGS = {"true": True, "1": True, "false": False, "0": False}
 def seed_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -> APIRouter:
     """The `/predictions/{model}` routes; every one needs the inference token (when tokens are set), and
     a scoped token only for the models of its scope."""
-    router = APIRouter(dependencies=[Depends(auth.require_model)])
+    router = APIRouter(
+        dependencies=[Depends(auth.require_model)], responses=errors(400, 401, 403, 404, 413, 503)
+    )
 
     async def answer(model_id: str, fields: dict[str, Any]) -> Response:
         async def call() -> Response:

@@ -4,16 +4,16 @@ this module maps the dataplane's typed objects to V2 documents (datatypes, shape
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from inferpack import __version__
 from inferpack.runtime.tasks import InputSpec, OutputKind, OutputSpec
 from inferpack.server import v2
 from inferpack.server import v2_schema as schema
-from inferpack.server.auth import Authenticator
+from inferpack.server.auth import Authenticator, Credentials
 from inferpack.server.dataplane import DataPlane, InferenceRequest, ModelDescription, ModelStatus
 from inferpack.server.http import load_header, timed
 from inferpack.server.metrics import ServerMetrics
@@ -146,10 +146,8 @@ def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
     router = APIRouter(responses=schema.errors(400, 401, 403))
 
     @router.post("/v2/repository/index", response_model=list[schema.IndexEntry])
-    async def index(
-        body: schema.IndexRequest | None = None, authorization: Annotated[str | None, Header()] = None
-    ) -> Response:
-        scope = auth.inference_scope(authorization)
+    async def index(body: schema.IndexRequest | None = None, credentials: Credentials = None) -> Response:
+        scope = auth.require_listing(credentials)
         statuses = plane.repository_index(ready_only=body is not None and body.ready)
         return JSONResponse([index_entry(s) for s in statuses if scope.allows(s.model_id)])
 

@@ -223,7 +223,24 @@ def install_openapi(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in defs.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
+            _invalid_is_400(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _invalid_is_400(doc: dict[str, Any]) -> None:
+    """FastAPI documents a 422 on every route with parameters; this server answers invalid requests with
+    400 and its one error body (server/errors.py), so the document says that instead."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", {"description": "Invalid request", "content": _ERROR_JSON})
+    schemas = doc.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+
+
+_ERROR_JSON = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
