@@ -52,6 +52,31 @@ def test_repository_api_is_off_unless_an_admin_secret_guards_it(plan: Plan) -> N
         assert "INFERPACK_SERVER__AUTH__ADMIN_TOKEN" not in _env(spec)
 
 
+def test_the_router_gets_the_servers_auth_and_prometheus_a_metrics_token(plan: Plan) -> None:
+    """The router checks tokens and scopes itself (docs/security.md): it reads the same tokens file, and
+    the auth Secret's optional `metrics-token` key reaches servers and router alike."""
+    options = RenderOptions(auth_secret="tok", admin_secret="adm")
+    manifests = render_manifests(plan, ServerSettings(), options)
+    (router,) = _pod_specs(manifests, "router")
+    servers = _pod_specs(manifests, "server")
+    for spec in [router, *servers]:
+        env = _env(spec)
+        assert env["INFERPACK_SERVER__AUTH__TOKENS_FILE"] == "/etc/inferpack/auth/tokens"
+        assert env["INFERPACK_SERVER__AUTH__METRICS_TOKEN"] == {
+            "secretKeyRef": {"name": "tok", "key": "metrics-token", "optional": True}
+        }
+        assert env["INFERPACK_SERVER__AUTH__ADMIN_TOKEN"] == {
+            "secretKeyRef": {"name": "adm", "key": "admin-token"}
+        }
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "auth")
+        assert mount == {"name": "auth", "mountPath": "/etc/inferpack/auth", "readOnly": True}
+        assert {"name": "auth", "secret": {"secretName": "tok"}} in spec["volumes"]
+    (open_router,) = _pod_specs(render_manifests(plan, ServerSettings()), "router")
+    assert not any(
+        k.startswith("INFERPACK_SERVER__AUTH__") and k.endswith("TOKEN") for k in _env(open_router)
+    )
+
+
 def test_only_servers_carry_the_s3_role(plan: Plan) -> None:
     role = "arn:aws:iam::123456789012:role/inferpack-s3"
     options = RenderOptions(role_arn=role)

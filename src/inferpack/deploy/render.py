@@ -29,6 +29,8 @@ from inferpack.deploy.servers import (
     CLIENT_SERVICE_ACCOUNT,
     SERVER_SERVICE_ACCOUNT,
     Manifest,
+    auth_env,
+    auth_volume,
     common_labels,
     container_security_context,
     http_probe,
@@ -132,8 +134,12 @@ def default_router_command() -> list[str]:
     ]  # fmt: skip
 
 
-def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> list[Manifest]:
-    """Router Deployment + Service (+ HPA, + PDB when it has more than one replica)."""
+def render_router(
+    plan: Plan, options: RenderOptions, placement: Manifest, settings: ServerSettings | None = None
+) -> list[Manifest]:
+    """Router Deployment + Service (+ HPA, + PDB when it has more than one replica). The router gets the
+    servers' auth settings: it checks tokens and scopes itself before it looks a model up."""
+    auth_volumes, auth_mounts = auth_volume(options)
     selector = {LABEL_COMPONENT: ROUTER}
     labels = common_labels(ROUTER, options)
     # A changed placement must roll the routers: hash the ConfigMap into the pod template.
@@ -145,7 +151,7 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         "imagePullPolicy": options.image_pull_policy,
         "command": list(options.router_command or default_router_command()),
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
-        "env": writable_env(),
+        "env": auth_env(options, settings or ServerSettings()) + writable_env(),
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "readinessProbe": http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": http_probe("/v2/health/live", 10, 3),
@@ -154,6 +160,7 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "placement", "mountPath": f"{CONFIG_MOUNT}/placement", "readOnly": True},
+            *auth_mounts,
         ],
     }
     replicas = options.router_hpa.min_replicas if options.router_hpa else options.router_replicas
@@ -190,6 +197,7 @@ def render_router(plan: Plan, options: RenderOptions, placement: Manifest) -> li
                     "volumes": [
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "placement", "configMap": {"name": PLACEMENT_CONFIGMAP}},
+                        *auth_volumes,
                     ],
                 },
             },
@@ -387,7 +395,7 @@ def render_manifests(
     out.append(render_network_policy(options))
     placement = render_placement_configmap(plan, options)
     out.append(placement)
-    out += render_router(plan, options, placement)
+    out += render_router(plan, options, placement, settings)
     if options.prepull:
         out += render_prepull(plan, options)
     return out

@@ -36,6 +36,7 @@ Manifest = dict[str, Any]
 ACCELERATOR_RESOURCE = {"cuda": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
 RUN_AS = 10001  # the non-root user the Containerfile creates
 ADMIN_TOKEN_KEY = "admin-token"  # the key of the admin Secret (`--admin-secret`)
+METRICS_TOKEN_KEY = "metrics-token"  # optional key of the auth Secret (`--auth-secret`), for Prometheus
 # Only servers read S3: their account carries the IRSA role; router and load tests get one without it.
 SERVER_SERVICE_ACCOUNT = "inferpack"
 CLIENT_SERVICE_ACCOUNT = "inferpack-client"
@@ -181,29 +182,54 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
-        # The load/unload API changes what a server holds: off unless an admin Secret guards it.
-        "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(
-            bool(options.admin_secret) and settings.auth.repository_api
-        ).lower(),
         "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
     }
     if settings.max_sequence_length is not None:
         values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
-    if options.auth_secret:
-        values["INFERPACK_SERVER__AUTH__TOKENS_FILE"] = f"{CONFIG_MOUNT}/auth/tokens"
     env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
-    if options.admin_secret and settings.auth.repository_api:
+    env += auth_env(options, settings)
+    env += s3_env(options)
+    env.append({"name": "INFERPACK_S3_CACHE_MAX_MB", "value": str(cache_cap_mb(group, options))})
+    return env + writable_env()
+
+
+def auth_env(options: RenderOptions, settings: ServerSettings) -> list[Manifest]:
+    """The auth settings of the servers, and of the router, which checks the same rules (docs/security.md):
+    the tokens file of `--auth-secret` (and its optional `metrics-token` key, for Prometheus), the admin
+    token of `--admin-secret`. Secrets reach the pods as files or secretKeyRefs, never as literals."""
+    # The load/unload API changes what a server holds: off unless an admin Secret guards it.
+    repository_api = bool(options.admin_secret) and settings.auth.repository_api
+    env: list[Manifest] = [
+        {"name": "INFERPACK_SERVER__AUTH__REPOSITORY_API", "value": str(repository_api).lower()}
+    ]
+    if options.auth_secret:
+        env += [
+            {"name": "INFERPACK_SERVER__AUTH__TOKENS_FILE", "value": f"{CONFIG_MOUNT}/auth/tokens"},
+            {
+                "name": "INFERPACK_SERVER__AUTH__METRICS_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": options.auth_secret, "key": METRICS_TOKEN_KEY, "optional": True}
+                },
+            },
+        ]
+    if repository_api:
         env.append(
             {
                 "name": "INFERPACK_SERVER__AUTH__ADMIN_TOKEN",
                 "valueFrom": {"secretKeyRef": {"name": options.admin_secret, "key": ADMIN_TOKEN_KEY}},
             }
         )
-    env += s3_env(options)
-    env.append({"name": "INFERPACK_S3_CACHE_MAX_MB", "value": str(cache_cap_mb(group, options))})
-    return env + writable_env()
+    return env
+
+
+def auth_volume(options: RenderOptions) -> tuple[list[Manifest], list[Manifest]]:
+    """(volumes, mounts) of the `--auth-secret` Secret (the tokens file), for servers and the router."""
+    if not options.auth_secret:
+        return [], []
+    volume = {"name": "auth", "secret": {"secretName": options.auth_secret}}
+    return [volume], [{"name": "auth", "mountPath": f"{CONFIG_MOUNT}/auth", "readOnly": True}]
 
 
 def s3_env(options: RenderOptions) -> list[Manifest]:
@@ -262,10 +288,8 @@ def server_volumes(repository: str, options: RenderOptions) -> tuple[list[Manife
             }
         )
         mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-    if options.auth_secret:
-        volumes.append({"name": "auth", "secret": {"secretName": options.auth_secret}})
-        mounts.append({"name": "auth", "mountPath": f"{CONFIG_MOUNT}/auth", "readOnly": True})
-    return volumes, mounts
+    auth_volumes, auth_mounts = auth_volume(options)
+    return volumes + auth_volumes, mounts + auth_mounts
 
 
 def http_probe(path: str, period: int, failures: int) -> Manifest:

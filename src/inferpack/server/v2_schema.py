@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from inferpack.repository.ids import MODEL_ID_PATTERN
 from inferpack.server import v2
 
 Datatype = Literal[
@@ -177,6 +178,12 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": said[code]} for code in codes}
 
 
+def _example(**texts: str) -> dict[str, Any]:
+    """A JSON infer request with one text per named input."""
+    inputs = [{"name": n, "datatype": "BYTES", "shape": [1], "data": [t]} for n, t in texts.items()]
+    return {"inputs": inputs}
+
+
 INFER_BODY: dict[str, Any] = {
     "parameters": [
         {
@@ -190,7 +197,13 @@ INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": REF.format(model="InferenceRequest")}},
+            "application/json": {
+                "schema": {"$ref": REF.format(model="InferenceRequest")},
+                "examples": {
+                    "question-answering": {"value": _example(question="Who climbs?", context="The engine.")},
+                    "text": {"value": _example(text="A short text to classify or embed.")},
+                },
+            },
             "application/octet-stream": {
                 "schema": {
                     "type": "string",
@@ -224,6 +237,7 @@ def install_openapi(app: FastAPI) -> None:
             for name, schema in defs.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
             _invalid_is_400(doc)
+            _path_parameters(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -241,6 +255,16 @@ def _invalid_is_400(doc: dict[str, Any]) -> None:
     schemas = doc.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+
+
+def _path_parameters(doc: dict[str, Any]) -> None:
+    """Say what a model id is (repository/ids.py: other ids answer 400)."""
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", []):
+                if param["name"] == "model_id" and param["in"] == "path":
+                    param["schema"] = {"type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": 128}
+                    param["description"] = "A model id: letters, digits, '.', '_' and '-', no '..'."
 
 
 _ERROR_JSON = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
