@@ -4,6 +4,8 @@ neutral remedies (load this model, list the models) into HTTP how-tos."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -84,6 +86,11 @@ def error_response(exc: e.InferpackError) -> JSONResponse:
     return JSONResponse(body, status_code=status_of(exc), headers=headers)
 
 
+def problems_of(errors: Sequence[Any]) -> str:
+    """Validation errors (pydantic's, FastAPI's) as one line: `where: what; ...`."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers: inferpack errors, request validation, plain HTTP errors, and the rest."""
 
@@ -93,8 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
+        return JSONResponse({"error": f"invalid request: {problems_of(exc.errors())}"}, status_code=400)
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -15,7 +15,7 @@ from inferpack.server import v2
 from inferpack.server import v2_schema as schema
 from inferpack.server.auth import Authenticator, Credentials
 from inferpack.server.dataplane import DataPlane, InferenceRequest, ModelDescription, ModelStatus
-from inferpack.server.http import load_header, timed
+from inferpack.server.http import load_header, optional_json, timed
 from inferpack.server.metrics import ServerMetrics
 
 SERVER_NAME = "inferpack"
@@ -145,10 +145,17 @@ def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
     its models; load and unload follow the admin rule (and a scope, where that falls back to tokens)."""
     router = APIRouter(responses=schema.errors(400, 401, 403))
 
-    @router.post("/v2/repository/index", response_model=list[schema.IndexEntry])
-    async def index(body: schema.IndexRequest | None = None, credentials: Credentials = None) -> Response:
+    # Bodies are read leniently (empty, or JSON under any content type: tritonclient sends no JSON type)
+    # and then checked against the documented model.
+    @router.post(
+        "/v2/repository/index",
+        response_model=list[schema.IndexEntry],
+        openapi_extra=schema.json_body(schema.IndexRequest),
+    )
+    async def index(request: Request, credentials: Credentials = None) -> Response:
         scope = auth.require_listing(credentials)
-        statuses = plane.repository_index(ready_only=body is not None and body.ready)
+        body = schema.parse_body(schema.IndexRequest, await optional_json(request))
+        statuses = plane.repository_index(ready_only=body.ready)
         return JSONResponse([index_entry(s) for s in statuses if scope.allows(s.model_id)])
 
     changes: dict[str, Any] = {
@@ -157,9 +164,14 @@ def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
         "responses": schema.errors(404, 503),
     }
 
-    @router.post("/v2/repository/models/{model_id}/load", **changes)
-    async def load(model_id: str, body: schema.LoadRequest | None = None) -> Response:
-        version = body.parameters.version if body is not None and body.parameters is not None else None
+    @router.post(
+        "/v2/repository/models/{model_id}/load",
+        openapi_extra=schema.json_body(schema.LoadRequest),
+        **changes,
+    )
+    async def load(request: Request, model_id: str) -> Response:
+        body = schema.parse_body(schema.LoadRequest, await optional_json(request))
+        version = body.parameters.version if body.parameters is not None else None
         await plane.load(model_id, version)
         return JSONResponse({})
 

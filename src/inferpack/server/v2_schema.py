@@ -3,20 +3,22 @@ repository routes (what fuzzers and client generators read).
 
 The infer routes document their body here but parse it themselves (`inferpack.server.v2`), because the
 binary tensor extension sends a JSON header followed by raw bytes, which no JSON body model can take.
-The repository routes parse their small JSON bodies with these models directly.
+The repository routes read their small, optional JSON bodies leniently and check them with these models.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from inferpack.errors import InvalidInput
 from inferpack.repository.ids import MODEL_ID_PATTERN
 from inferpack.server import v2
+from inferpack.server.errors import problems_of
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -178,6 +180,23 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": said[code]} for code in codes}
 
 
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads an optional JSON body itself: the documented model."""
+    ref = {"$ref": REF.format(model=model.__name__)}
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": ref}}}}
+
+
+def parse_body(model: type[Body], doc: dict[str, Any]) -> Body:
+    """A JSON object as the documented model; InvalidInput naming each problem."""
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid request body: {problems_of(exc.errors())}") from exc
+
+
 def _example(**texts: str) -> dict[str, Any]:
     """A JSON infer request with one text per named input."""
     inputs = [{"name": n, "datatype": "BYTES", "shape": [1], "data": [t]} for n, t in texts.items()]
@@ -232,7 +251,8 @@ def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            _, defs = models_json_schema([(InferenceRequest, "validation")], ref_template=REF)
+            documents: list[type[BaseModel]] = [InferenceRequest, IndexRequest, LoadRequest]
+            _, defs = models_json_schema([(m, "validation") for m in documents], ref_template=REF)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in defs.get("$defs", {}).items():
                 schemas.setdefault(name, schema)
