@@ -242,3 +242,37 @@ def test_up_fails_with_the_server_log_tail(tiny_repo: Path, tmp_path: Path) -> N
         assert not any(is_alive(p.pid, p.create_time) for p in [state.supervisor, *state.processes()])
     finally:
         _reap(run_dir, str(run_dir))
+
+
+def test_scoped_tokens_hold_through_the_router_of_a_real_fleet(tiny_repo: Path, tmp_path: Path) -> None:
+    """`up --config` with scoped tokens: the router process (and every server) reads them; a tenant's token
+    is served its models and refused the others with 403, and metrics need the metrics token."""
+    run_dir = tmp_path / "run"
+    config = tmp_path / "inferpack.toml"
+    config.write_text(
+        '[server.auth]\ntokens = ["tenant-a minilm-qa-0000 minilm-qa-0001", "ops"]\n'
+        'metrics_token = "scrape"\n'
+    )
+    settings = load_settings(
+        config, {"fleet": {"run_dir": run_dir, "base_port": 0, "router_port": 0, "ready_timeout_s": 180}}
+    )
+    try:
+        state = ops.up(settings, ops.local_plan(tiny_repo, 1, 1), config=config)
+        tenant = {"Authorization": "Bearer tenant-a"}
+        urls = [state.router.url, *(s.url for s in state.servers)]
+        assert all(urls)
+        for url in urls:
+            with httpx.Client(base_url=url, timeout=60, trust_env=False) as client:
+                assert (
+                    client.get("/predictions/minilm-qa-0001", params=QUESTION, headers=tenant).status_code
+                    == 200
+                )
+                for other in ("minilm-qa-0002", "no-such-model"):
+                    r = client.get(f"/v2/models/{other}/ready", headers=tenant)
+                    assert r.status_code == 403 and other in r.json()["error"], (url, r.text)
+                index = client.post("/v2/repository/index", headers=tenant).json()
+                assert [e["name"] for e in index] == ["minilm-qa-0000", "minilm-qa-0001"]
+                assert client.get("/metrics", headers={"Authorization": "Bearer ops"}).status_code == 401
+                assert client.get("/metrics", headers={"Authorization": "Bearer scrape"}).status_code == 200
+    finally:
+        _reap(run_dir, str(run_dir))
