@@ -274,5 +274,8 @@ def test_scoped_tokens_hold_through_the_router_of_a_real_fleet(tiny_repo: Path, 
                 assert [e["name"] for e in index] == ["minilm-qa-0000", "minilm-qa-0001"]
                 assert client.get("/metrics", headers={"Authorization": "Bearer ops"}).status_code == 401
                 assert client.get("/metrics", headers={"Authorization": "Bearer scrape"}).status_code == 200
+        # `inferpack status` reads request counts with the metrics token of its config
+        assert all(r.requests is not None for r in ops.status_rows(state, "scrape"))
+        assert all(r.requests is None for r in ops.status_rows(state))
     finally:
         _reap(run_dir, str(run_dir))

@@ -33,7 +33,7 @@ from inferpack.settings import AuthSettings
 from tests.integration.conftest import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
-FUZZ_EXAMPLES = int(os.environ.get("INFERPACK_FUZZ_EXAMPLES", "10"))
+FUZZ_EXAMPLES = int(os.environ.get("INFERPACK_FUZZ_EXAMPLES", "15"))
 FUZZ_SEED = os.environ.get("INFERPACK_FUZZ_SEED")  # set: other cases than CI's fixed ones
 MODELS = ["qa-0000", "qa-0001", "cls-0000", "emb-0000", "broken-0000"]  # the demo repository's
 ADMIN = {"Authorization": "Bearer fuzz-admin"}  # may call every route

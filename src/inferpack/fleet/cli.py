@@ -99,7 +99,8 @@ def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
     for col in ("server", "pid", "port", "models", "state", "ready", "RSS MB", "requests", "restarts"):
         left = col in ("server", "models", "state")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("server", "state"))
-    for row in ops.status_rows(state):
+    auth = load_settings(config).server.auth
+    for row in ops.status_rows(state, auth.metrics_token or auth.admin_token):
         models = f"{len(row.models)}: {row.models[0]}" if row.models else ""
         models += " .." if len(row.models) > 1 else ""
         table.add_row(

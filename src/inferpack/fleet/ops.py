@@ -250,8 +250,9 @@ class ProcessRow:
     restarts: int
 
 
-def status_rows(state: FleetState) -> list[ProcessRow]:
-    """Live facts about every process: alive (pid and start time match), ready (probe), RSS, requests."""
+def status_rows(state: FleetState, metrics_token: str | None = None) -> list[ProcessRow]:
+    """Live facts about every process: alive (pid and start time match), ready (probe), RSS, requests
+    (scraped with `metrics_token` where the fleet's auth closes /metrics)."""
     rows = []
     for p in [*state.servers, state.router]:
         alive = is_alive(p.pid, p.create_time)
@@ -263,7 +264,7 @@ def status_rows(state: FleetState) -> list[ProcessRow]:
                 alive = False
         ready = alive and p.url is not None and P.probe_ready(p.url)
         metric = "inferpack_router_requests_total" if p.role == "router" else "inferpack_requests_total"
-        requests = P.scrape_requests(p.url, metric) if ready and p.url else None
+        requests = P.scrape_requests(p.url, metric, token=metrics_token) if ready and p.url else None
         rows.append(
             ProcessRow(
                 p.name, p.role, p.pid, p.port, p.models, p.status, alive, ready, rss, requests, p.restarts

@@ -221,10 +221,12 @@ def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) ->
     return total
 
 
-def scrape_requests(url: str, metric: str, timeout_s: float = 1.0) -> float | None:
-    """Sum of a request counter from `url`/metrics, or None when the process does not answer."""
+def scrape_requests(url: str, metric: str, timeout_s: float = 1.0, token: str | None = None) -> float | None:
+    """Sum of a request counter from `url`/metrics (sending `token`, the metrics or admin token, when
+    given), or None when the process does not answer it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.get(f"{url}/metrics", timeout=timeout_s, trust_env=False)
+        resp = httpx.get(f"{url}/metrics", timeout=timeout_s, trust_env=False, headers=headers)
     except httpx.HTTPError:
         return None
     return metric_sum(resp.text, metric) if resp.status_code == 200 else None
