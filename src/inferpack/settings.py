@@ -101,6 +101,15 @@ class ServerSettings(_Section):
         description="When the budget is full of busy models, how long a load waits for one to go idle "
         "before answering 503.",
     )
+    repository_retry_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A degraded repository (S3 failing, folder unreadable: served from the last listing "
+        "and the cache) is listed again after this long, the wait doubling after each failure.",
+    )
+    repository_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Cap on the wait between two listings of a degraded repository."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     inference_threads: int = Field(
