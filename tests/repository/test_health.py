@@ -8,8 +8,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +19,7 @@ from inferpack.repository.folder import LocalRepository
 from inferpack.repository.health import Backoff, RecoveryLoop, RepositoryHealth
 
 NOBODY = 65534
+T = TypeVar("T")
 
 
 def test_backoff_doubles_from_the_initial_wait_up_to_the_cap() -> None:
@@ -104,9 +106,8 @@ def readable_repo() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def as_nobody(call: object) -> object:
+def as_nobody(call: Callable[[], T]) -> T:
     """Call as uid nobody where this runs as root (root reads everything); as is otherwise."""
-    assert callable(call)
     if os.geteuid() != 0:
         return call()
     os.seteuid(NOBODY)

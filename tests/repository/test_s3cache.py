@@ -80,3 +80,16 @@ def test_a_full_disk_evicts_least_recently_used_versions_until_the_new_one_fits(
     # nothing left to evict but the one asked for: an empty answer, the caller reports the full disk
     assert evict_for_space(tmp_path, RECORD, 10_000, keep=new, free=free) == []
     assert new.is_dir()
+
+
+def test_s3_attempts_are_bounded_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferpack.repository.s3config import ATTEMPTS_ENV, max_attempts
+
+    monkeypatch.delenv(ATTEMPTS_ENV, raising=False)
+    assert max_attempts() == 3
+    monkeypatch.setenv(ATTEMPTS_ENV, "1")
+    assert max_attempts() == 1
+    for bad in ("0", "11", "three"):
+        monkeypatch.setenv(ATTEMPTS_ENV, bad)
+        with pytest.raises(RepositoryError, match=ATTEMPTS_ENV):
+            max_attempts()

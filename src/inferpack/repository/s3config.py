@@ -69,8 +69,9 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
     endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
     config = Config(
         # standard mode waits rand(0, 1) x 2^i s between attempts after a throttling answer (SlowDown),
-        # 50 ms x 2^i after others: 3 attempts give up within ~3 s where 5 took up to ~15 s per call
-        retries={"max_attempts": max_attempts(), "mode": "standard"},
+        # 50 ms x 2^i after others: 3 attempts give up within ~3 s; the former 6 (5 retries) took ~20 s
+        # per call against an endpoint answering SlowDown
+        retries={"total_max_attempts": max_attempts(), "mode": "standard"},
         # S3-compatible servers rarely do virtual-host buckets on a bare IP:port.
         s3={"addressing_style": "path"} if endpoint else {},
         connect_timeout=5,
