@@ -62,7 +62,7 @@ async def test_recovery_loop_backs_off_until_the_probe_succeeds() -> None:
 
     sleep = Sleeper()
     loop = RecoveryLoop(
-        health, probe, Backoff(1.0, 3.0), on_recovered=lambda: recovered.append(True), sleep=sleep
+        health, probe, Backoff(1.0, 3.0), on_listed=lambda: recovered.append(True), sleep=sleep
     )
     assert await loop.step() is None  # healthy: waits, never probes
     health.failed("InternalError")  # a request's listing failed
@@ -71,6 +71,28 @@ async def test_recovery_loop_backs_off_until_the_probe_succeeds() -> None:
     assert sleep.waits == [1.0, 1.0, 2.0, 3.0, 3.0]  # after 1, 2, 3, 4 failures in a row (capped at 3)
     assert recovered == [True] and not health.degraded
     assert await loop.step() is None and answers == []
+
+
+async def test_recovery_loop_refreshes_a_stale_listing_without_waiting() -> None:
+    health = RepositoryHealth("s3://b/p")
+    stale = [True]
+    listed: list[bool] = []
+
+    async def probe() -> bool:
+        stale[0] = False
+        return True
+
+    sleep = Sleeper()
+    loop = RecoveryLoop(
+        health,
+        probe,
+        Backoff(1.0, 60.0),
+        due=lambda: stale[0],
+        on_listed=lambda: listed.append(True),
+        sleep=sleep,
+    )
+    assert await loop.step() is True and sleep.waits == [] and listed == [True]
+    assert await loop.step() is None and sleep.waits == [1.0]  # fresh again: no probe
 
 
 async def test_a_probe_that_crashes_counts_as_a_failure_and_the_loop_goes_on() -> None:

@@ -38,8 +38,8 @@ class ModelRepository(Protocol):
     """What the server, compiler and planner need from a repository, whatever stores it."""
 
     health: RepositoryHealth  # degraded while the source cannot be listed (see `repository.health`)
-    # True when a server's RecoveryLoop re-lists a degraded repository: requests then never wait on the
-    # source (S3); without one the repository retries the source itself now and then.
+    # True when a server's RecoveryLoop lists the source (a degraded or stale listing): requests then never
+    # wait on it (S3); without one the repository lists the source itself when needed.
     background_probe: bool
 
     def model_ids(self) -> list[str]:
@@ -52,6 +52,10 @@ class ModelRepository(Protocol):
 
     def probe(self) -> bool:
         """List the source again (blocking: call off the event loop); True when it answered."""
+        ...
+
+    def listing_due(self) -> bool:
+        """True when a healthy repository's listing is stale and a background probe should refresh it."""
         ...
 
     def versions(self, model_id: str) -> list[int]:
@@ -131,6 +135,10 @@ class LocalRepository:
         except RepositoryError:
             return False
         return not self.health.degraded
+
+    def listing_due(self) -> bool:
+        """Never: a local folder is listed on the request path (a directory read)."""
+        return False
 
     def _scan(self) -> tuple[list[str], dict[str, str]]:
         if not self.root.is_dir():

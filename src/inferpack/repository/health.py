@@ -4,7 +4,8 @@ A repository is *degraded* when its source cannot be listed (an S3 endpoint that
 answers errors, a folder that became unreadable) while the server keeps serving from what it knows: the
 last listing, and for S3 the versions in the local cache. The server reports it (repository index,
 readiness body, the `inferpack_repository_degraded` metric, one log line per change) and `RecoveryLoop`
-probes the source again with capped exponential backoff until a listing succeeds.
+probes the source again with capped exponential backoff until a listing succeeds (and, for S3, refreshes a
+stale listing), so that a request never waits on the source.
 
 `RepositoryHealth` is plain state (a lock: the repository marks it from load threads); `Backoff` is pure;
 `RecoveryLoop` takes its probe and its sleeper, so tests drive it without clocks or sleeps.
@@ -87,10 +88,10 @@ class Backoff:
 
 
 class RecoveryLoop:
-    """While the repository is degraded, probe its source again after each backoff delay; when a probe
-    succeeds (the probe itself refreshes the listing and clears the health), call `on_recovered`.
-
-    While healthy it only checks the flag every `backoff.initial_s` (no I/O)."""
+    """Lists the repository's source off the request path. While degraded: again after each backoff
+    delay; while healthy: when `due` says the listing is stale (S3's listing TTL), else it only checks every
+    `backoff.initial_s` (no I/O). The probe refreshes the listing and sets the health itself; after a
+    successful one `on_listed` runs (the registry re-reads the model list)."""
 
     def __init__(
         self,
@@ -98,22 +99,25 @@ class RecoveryLoop:
         probe: Callable[[], Awaitable[bool]],
         backoff: Backoff,
         *,
-        on_recovered: Callable[[], object] = lambda: None,
+        due: Callable[[], bool] = lambda: False,
+        on_listed: Callable[[], object] = lambda: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.health = health
         self.probe = probe
         self.backoff = backoff
-        self.on_recovered = on_recovered
+        self.due = due
+        self.on_listed = on_listed
         self.sleep = sleep
 
     async def step(self) -> bool | None:
-        """One round: wait, then probe when degraded. Returns the probe's outcome, None when healthy."""
+        """One round: wait, then probe when degraded or due. The probe's outcome, or None without one."""
         state = self.health.view()
-        if not state.degraded:
+        if state.degraded:
+            await self.sleep(self.backoff.delay(state.failures))
+        elif not self.due():
             await self.sleep(self.backoff.initial_s)
             return None
-        await self.sleep(self.backoff.delay(state.failures))
         try:
             ok = await self.probe()
         except Exception as exc:  # a probe that crashes counts as a failed one; the loop must not die
@@ -121,7 +125,7 @@ class RecoveryLoop:
             self.health.failed(f"probe failed: {type(exc).__name__}: {exc}")
             ok = False
         if ok:
-            self.on_recovered()
+            self.on_listed()
         return ok
 
     async def run(self) -> None:

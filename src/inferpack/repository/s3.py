@@ -116,10 +116,13 @@ class S3Repository(LocalRepository):
     def _versions_index(self) -> dict[str, list[int]]:
         """The listing, kept `listing_ttl_s`. When S3 cannot be listed (refused, timed out, or answering
         errors such as InternalError or SlowDown) the repository is degraded and serves the last listing,
-        else the versions in the cache; a server's recovery loop (`background_probe`) lists again with
-        backoff, so requests never wait on a failing S3; without one, S3 is tried again after a TTL."""
-        if self._index is not None and self._clock() - self._listed_at <= self._ttl:
-            return self._index
+        else the versions in the cache. In a server (`background_probe`) its recovery loop lists again
+        (with backoff while degraded, after the TTL while healthy), so requests never wait on S3; without
+        one, S3 is listed here when the TTL has passed."""
+        if self._index is not None and (
+            self.background_probe or self._clock() - self._listed_at <= self._ttl
+        ):
+            return self._index  # fresh, or the recovery loop refreshes it off the request path
         if not (self.health.degraded and self.background_probe) and self.probe():
             assert self._index is not None
             return self._index
@@ -139,6 +142,10 @@ class S3Repository(LocalRepository):
                 hint=f"check the bucket, credentials and {ENDPOINT_ENV}",
             )
         return cached
+
+    def listing_due(self) -> bool:
+        """True when the listing is older than its TTL (or there is none yet)."""
+        return self._index is None or self._clock() - self._listed_at > self._ttl
 
     def probe(self) -> bool:
         """List the bucket now (blocking); on success the listing is refreshed and the repository healthy,

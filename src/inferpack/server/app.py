@@ -72,8 +72,8 @@ class BodyLimit:
 def start_recovery(
     repo: ModelRepository, registry: ModelRegistry, settings: ServerSettings
 ) -> asyncio.Task[None]:
-    """Re-list a degraded repository in the background with backoff (the request path never waits on
-    it); when the source answers again, the registry re-reads the model list."""
+    """List the repository in the background: a degraded one with backoff, a stale one when due (the
+    request path never waits on the source); after each listing the registry re-reads the model list."""
     loop = asyncio.get_running_loop()
 
     async def probe() -> bool:
@@ -83,7 +83,8 @@ def start_recovery(
         repo.health,
         probe,
         Backoff(settings.repository_retry_initial_s, settings.repository_retry_max_s),
-        on_recovered=registry.refresh,
+        due=repo.listing_due,
+        on_listed=registry.refresh,
     )
     return loop.create_task(recovery.run(), name="repository-recovery")
 
