@@ -25,6 +25,7 @@ import pytest
 from inferpack.repository.demo import make_demo_models
 from tests.integration.conftest import RunningServer, running_server
 
+pytestmark = pytest.mark.slow  # ~20 s: a MiniLM-sized model is made and a server started for the module
 NOBODY = 65534
 QUESTION = {"question": "Who went home?", "context": "Bob went home after the game."}
 SERVING = "m-0000"  # loaded at start; must keep answering through every fault
