@@ -48,6 +48,14 @@ class BatchingSettings(_Section):
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )
+    cross_tenant: bool = Field(
+        default=True,
+        description=(
+            "A batch with room left takes queued requests of other models of the same base (models "
+            "sharing weight files): their shared layers run once for all rows, each model's own layers "
+            "on its rows. Off: a batch holds one model's requests."
+        ),
+    )
 
 
 class AuthSettings(_Section):

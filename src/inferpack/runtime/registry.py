@@ -31,6 +31,7 @@ from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
@@ -113,6 +114,7 @@ class ModelRegistry:
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
+        self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
@@ -256,7 +258,9 @@ class ModelRegistry:
             self.ledger.add(model_id, self._measure(loaded))
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded, entry.version = loaded, loaded.version
-            entry.batcher = ModelBatcher(loaded, self.pool, self.settings.batching, self._batch_observer)
+            entry.batcher = ModelBatcher(
+                loaded, self.pool, self.settings.batching, self._batch_observer, self._peers
+            )
             entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
             entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
