@@ -103,6 +103,16 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    load_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). Loads read and "
+            "cast weights while inference runs on the same cores: niced, they take the cores' idle time "
+            "instead of stretching the requests in flight (the tail)."
+        ),
+    )
     memory_wait_s: float = Field(
         default=5.0,
         ge=0,
