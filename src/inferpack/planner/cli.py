@@ -246,7 +246,18 @@ def profile_command(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed forwards per point.")] = 10,
     instance_type: Annotated[
         list[str] | None,
-        typer.Option("--instance-type", help="Catalog name(s) this machine stands for (default: local)."),
+        typer.Option(
+            "--instance-type",
+            help="Catalog name(s) or patterns this machine stands for (default: local), e.g. 'c6i.*': "
+            "the measured figures replace the reference estimates for them.",
+        ),
+    ] = None,
+    model_class: Annotated[
+        str | None,
+        typer.Option(
+            "--model-class",
+            help="Planner class of the models (e.g. bert-base; default: one class per measured shape).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
         "profile.json"
@@ -275,6 +286,7 @@ def profile_command(
         dtypes=[d for d in ("fp32", "bf16") if d in dtype_list],  # typed as the Literal choices
         repeats=repeats,
         instance_types=instance_type or None,
+        model_class=model_class,
     )
     steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
     with counting_progress(console) as bar:
@@ -316,4 +328,5 @@ def profile_command(
     console.print(table)
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
-    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class <architecture>")
+    plan_class = model_class or "<architecture>"
+    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class {plan_class}")

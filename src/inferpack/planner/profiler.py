@@ -56,6 +56,9 @@ class ProfileRequest:
     dtypes: list[DType]
     repeats: int = 10
     instance_types: list[str] | None = None  # catalog names this machine stands for; default "local"
+    model_class: str | None = (
+        None  # the planner class these models belong to (e.g. bert-base); default: shape key
+    )
 
 
 def default_loader(repository: ModelRepository, model_id: str, dtype: DType) -> LoadedModel:
@@ -222,9 +225,14 @@ def to_profile_file(
     for m in measured:
         one_thread = [p for p in m.points if p.threads == 1]
         peak = max((p.worker_rps() for p in one_thread), default=None)
+        name = request.model_class or m.key
+        how = (
+            f"measured: `inferpack profile` on {when}, {tag.cpu_model}, median of {request.repeats} forwards"
+        )
+        points = [p.model_copy(update={"source": how}) for p in m.points]
         classes.append(
             ModelClass(
-                name=m.key,
+                name=name,
                 parameters=m.parameters or None,
                 reference_memory_mb=m.resident_mb,
                 description=f"measured from {', '.join(m.model_ids[:2])}",
@@ -235,13 +243,13 @@ def to_profile_file(
         )
         profiles.append(
             ModelProfile(
-                model_class=m.key,
+                model_class=name,
                 instance_types=request.instance_types or ["local"],
                 hardware=tag,
                 cold_load_s=m.cold_load_s,
                 resident_mb=m.resident_mb,
                 server_overhead_mb=server_overhead_mb,
-                points=m.points,
+                points=points,
                 peak_throughput_per_core=peak,
                 estimated=False,
                 source=(
