@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from tests.deploy.test_commands_contract import parse
+from typer.testing import CliRunner
 
+from inferpack.cli import app
 from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.render import render_manifests
 from inferpack.errors import ConfigError
@@ -22,7 +24,7 @@ from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
-from inferpack.settings import load_settings
+from inferpack.settings import ServerSettings, load_settings
 
 FAMILIES = sorted({inst.family for inst in load_catalog().instances})
 # Compute capability of the catalog's GPUs (NVIDIA's tables), to run the server's own dtype check.
@@ -218,3 +220,20 @@ def test_an_execution_must_match_its_group_target() -> None:
     base["execution"] |= {"device": "cpu", "dtype": "fp16"}
     with pytest.raises(ValueError, match="fp16 is computed on GPUs only"):
         ServerGroup.model_validate(base)
+
+
+def test_serve_turns_the_execution_flags_into_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local fleet's `serve` flags reach the server's settings (the run step is replaced by a recorder:
+    what is checked is the CLI's mapping, the server itself starts in the fleet's end-to-end tests)."""
+    monkeypatch.chdir(tmp_path)
+    seen: list[ServerSettings] = []
+    monkeypatch.setattr("inferpack.server.run.serve", lambda settings, **_: seen.append(settings))
+    ex = Execution(device="cpu", dtype="bf16", inference_threads=3, intra_op_threads=2, max_batch_size=4)
+    argv = server_command(repository="repo", models=["a"], port=9000, threads=None, execution=ex)
+    result = CliRunner().invoke(app, argv[argv.index("serve") :])
+    assert result.exit_code == 0, result.output
+    got = seen[0]
+    assert (got.device, got.dtype, got.inference_threads, got.intra_op_threads) == ("cpu", "bf16", 3, 2)
+    assert (got.batching.max_batch_size, got.batching.max_wait_ms) == (4, 0.0)

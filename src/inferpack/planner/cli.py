@@ -232,7 +232,9 @@ def _ints(value: str, flag: str) -> list[int]:
 
 
 def profile_command(
-    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder.")],
+    repository: Annotated[
+        str, typer.Option("--repository", help="Model repository: a folder or s3://bucket/prefix.")
+    ],
     models: Annotated[
         str | None, typer.Option("--models", help="Comma-separated model ids (default: all).")
     ] = None,
@@ -259,9 +261,9 @@ def profile_command(
             help="Planner class of the models (e.g. bert-base; default: one class per measured shape).",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
-        "profile.json"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the profile ('-': stdout, and nothing else).")
+    ] = Path("profile.json"),
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -270,7 +272,8 @@ def profile_command(
     from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
     from inferpack.repository.local import open_repository
 
-    console = Console()
+    to_stdout = str(out) == "-"
+    console = Console(stderr=True, quiet=True) if to_stdout else Console()  # stdout: the JSON alone
     repo = open_repository(repository)
     wanted = _split(models) or repo.model_ids()
     unknown = [m for m in wanted if m not in repo.model_ids()]
@@ -300,6 +303,9 @@ def profile_command(
         bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    if to_stdout:
+        print(profile.model_dump_json(indent=2, exclude_none=True))
+        return
     write_profile(profile, out)
     table = Table(title=f"profile: {profile.notes}")
     for col in (
