@@ -98,6 +98,11 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
     threads = threads_per_server(fleet.threads_per_server, len(servers))
     devices = plan_devices(plan, fleet.allow_cpu_fallback)
+    if fleet.threads_per_server and any(g.execution is not None for g in plan.groups):
+        log.warning(
+            "warning: the plan's groups set their own threads (as costed); --threads applies only to "
+            "groups without an execution"
+        )
     run.prepare()
     # A plan without empty servers: the router and the state only know servers that run.
     used = {s.name for s in servers}
