@@ -101,13 +101,16 @@ def test_bf16_is_costed_only_where_native_and_halves_the_memory(tmp_path: Path) 
 def test_measured_profiles_replace_the_estimates_for_their_family(tmp_path: Path) -> None:
     tag = HardwareTag(cpu_model="Intel Xeon Platinum 8375C", architecture="x86_64", cores=8)
     point = OperatingPoint(threads=4, latency_ms=70.0)  # slower than the reference's 54 ms
-    measured = Measured("bert-l12-h768", ["m-0"], 0.5, 430.0, True, 110_000_000, [point], {})
-    request = ProfileRequest([1], [4], ["fp32"], instance_types=["c6i.*"], model_class="bert-base")
+    shape = {"layers": 12, "hidden": 768, "intermediate": 3072, "sequence_length": 128}
+    measured = Measured("bert-l12-h768", ["m-0"], 0.5, 430.0, True, 110_000_000, [point], {}, shape)
+    request = ProfileRequest([1], [4], ["fp32", "bf16"], instance_types=["c6i.*"], model_class="bert-base")
     path = tmp_path / "measured.json"
     path.write_text(to_profile_file([measured], 300.0, request, tag, "today").model_dump_json())
     profiles = load_profiles([path])
     prof = profiles.lookup("bert-base", "c6i.2xlarge")
     assert prof is not None and prof.points[0].source and prof.points[0].source.startswith("measured: ")
+    assert prof.memory_by_dtype == {"fp32": 430.0, "bf16": pytest.approx(430.0 - 110_000_000 * 2 / 2**20)}
+    assert unchecked(profiles) == []  # the measured class keeps a shape: its points are peak-checked too
     assert profiles.lookup("bert-base", "c7g.2xlarge") is not None  # other families keep the reference
     models = [ModelDemand("a", 460.0, 1.0)]
     options = PlanOptions(instance_types=["c6i.2xlarge"])

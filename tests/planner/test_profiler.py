@@ -90,3 +90,5 @@ def test_profile_to_stdout_prints_the_profile_alone_in_the_class_asked_for(demo_
     (prof,) = data["profiles"]
     assert prof["model_class"] == "minilm-l6" and prof["instance_types"] == ["c7g.*"]
     assert prof["points"][0]["source"].startswith("measured: ")
+    (cls,) = data["model_classes"]
+    assert (cls["layers"], cls["hidden"], cls["intermediate"]) == (6, 384, 1536)  # FLOPs per request known
