@@ -29,7 +29,7 @@ from inferpack.fleet.state import (
     save_state,
 )
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
-from inferpack.plan import Plan, load_plan, save_plan
+from inferpack.plan import Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
@@ -101,6 +101,11 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
     threads = threads_per_server(fleet.threads_per_server, len(servers))
     devices = plan_devices(plan, fleet.allow_cpu_fallback)
+    if fleet.threads_per_server and any(g.execution is not None for g in plan.groups):
+        log.warning(
+            "warning: the plan's groups set their own threads (as costed); --threads applies only to "
+            "groups without an execution"
+        )
     run.prepare()
     # A plan without empty servers: the router and the state only know servers that run.
     used = {s.name for s in servers}
@@ -117,13 +122,8 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         repository=str(repository.resolve()),
         config=str(config.resolve()) if config is not None else None,
         servers=[
-            ServerLaunch(
-                name=s.name,
-                port=p,
-                models=s.models,
-                # a GPU/Neuron server keeps its device's thread default (0) unless threads are set
-                threads=threads if devices[plan.group_of(s.name).name] == "cpu" else fleet.threads_per_server,
-                device=devices[plan.group_of(s.name).name],
+            server_launch(
+                s.name, p, s.models, plan.group_of(s.name), devices, threads, fleet.threads_per_server
             )
             for s, p in zip(servers, ports, strict=True)
         ],
@@ -137,6 +137,28 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
     run.state_file.unlink(missing_ok=True)
     return run, spec
+
+
+def server_launch(
+    name: str,
+    port: int,
+    models: list[str],
+    group: ServerGroup,
+    devices: dict[str, str],
+    cpu_threads: int,
+    configured_threads: int,
+) -> ServerLaunch:
+    """How one plan server runs here. A group with an `execution` runs exactly it (the settings the plan
+    was costed with) when its device is here; without one, or fallen back to the CPU, the threads are
+    the split of this machine's cores (CPU) or the device's default (0, unless threads are configured)."""
+    device = devices[group.name]
+    if group.execution is not None and device == group.execution.device:
+        ex = group.execution
+        return ServerLaunch(
+            name=name, port=port, models=models, threads=ex.inference_threads, device=device, execution=ex
+        )
+    threads = cpu_threads if device == "cpu" else configured_threads
+    return ServerLaunch(name=name, port=port, models=models, threads=threads, device=device)
 
 
 def plan_devices(plan: Plan, allow_cpu_fallback: bool) -> dict[str, str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from inferpack.plan import Execution
+
 
 def python_cli() -> list[str]:
     """How to run the inferpack CLI with this interpreter (works without the entry point on PATH)."""
@@ -30,10 +32,14 @@ def server_command(
     config: Path | None = None,
     log_level: str = "info",
     extra_args: Sequence[str] = (),
+    execution: Execution | None = None,
 ) -> list[str]:
     """argv of one server process on `port` holding `models` (None: every model of the repository) with
     `threads` inference threads (None: the server's default) on `device` (None: the server's default);
-    `extra_args` are more `serve` flags."""
+    `execution` (a plan group's) sets every costed setting, threads and device included; `extra_args`
+    are more `serve` flags."""
+    if execution is not None:
+        threads, device = execution.inference_threads, execution.device
     cmd = [*python_cli(), "serve", "--repository", repository]
     if models is not None:
         cmd += ["--models", ",".join(models)]
@@ -42,6 +48,14 @@ def server_command(
         cmd += ["--threads", str(threads)]
     if device is not None:
         cmd += ["--device", device]
+    if execution is not None:
+        cmd += ["--intra-op-threads", str(execution.intra_op_threads), "--dtype", execution.dtype]
+        cmd += [
+            "--max-batch-size",
+            str(execution.max_batch_size),
+            "--max-wait-ms",
+            f"{execution.max_wait_ms:g}",
+        ]
     cmd += ["--log-level", log_level]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -64,14 +78,15 @@ def router_command(
     ]  # fmt: skip
 
 
-def child_env(threads: int | None = None) -> dict[str, str]:
+def child_env(threads: int | None = None, intra_op_threads: int = 1) -> dict[str, str]:
     """Environment of a child: offline model loading, unbuffered logs, and thread pools sized to the split
-    (libraries that read these size their pools by core count otherwise, and servers would fight)."""
+    (libraries that read these size their pools by core count otherwise, and servers would fight):
+    `intra_op_threads` per forward when the server's threads are set."""
     env = dict(os.environ)
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     if threads is not None:
-        env["OMP_NUM_THREADS"] = "1"
-        env["MKL_NUM_THREADS"] = "1"
+        env["OMP_NUM_THREADS"] = str(intra_op_threads)
+        env["MKL_NUM_THREADS"] = str(intra_op_threads)
     return env
 
 

@@ -27,6 +27,7 @@ from inferpack.errors import ConfigError
 from inferpack.fleet import processes as P
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.jsonfile import StrictModel
+from inferpack.plan import Execution
 
 log = logging.getLogger("inferpack.fleet.supervisor")
 TICK_S = 0.1
@@ -42,6 +43,7 @@ class ServerLaunch(StrictModel):
     models: list[str]
     threads: int
     device: str = "cpu"
+    execution: Execution | None = None  # the plan group's costed settings, applied as they are
 
 
 class LaunchSpec(StrictModel):
@@ -114,8 +116,9 @@ class Supervisor:
                     device=s.device,
                     config=config,
                     log_level=spec.log_level,
+                    execution=s.execution,
                 ),
-                P.child_env(s.threads),
+                P.child_env(s.threads, s.execution.intra_op_threads if s.execution else 1),
             )
             for s in spec.servers
         ]
