@@ -48,7 +48,7 @@ def containers(run_dir: Path) -> list[str]:
 def small_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from inferpack.repository.demo import make_demo_models
 
-    root = tmp_path_factory.mktemp("container-fleet-repo")
+    root = tmp_path_factory.mktemp("container-fleet") / "repo"  # mktemp's own folder is 0700
     old = os.umask(0o022)  # readable by the image's user, whoever we are
     try:
         make_demo_models(root, 2)

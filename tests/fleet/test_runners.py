@@ -33,6 +33,7 @@ class FakeEngine:
 def runner(tmp_path: Path, engine: FakeEngine) -> ContainerRunner:
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
+    repo.chmod(0o755)
     return ContainerRunner("podman", "inferpack:latest", tmp_path / "run", [8100, 8101], [repo], call=engine)
 
 
@@ -77,16 +78,26 @@ def test_check_names_the_next_step(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="podman not found") as err:
         runner(tmp_path, FakeEngine({"podman image inspect": (127, "", "")})).check()
     assert "--runtime host" in str(err.value)
+    private = runner(tmp_path, FakeEngine())
+    (tmp_path / "repo").chmod(0o700)  # e.g. made under umask 077: uid 10001 cannot list it
+    with pytest.raises(ConfigError, match="not readable by the image's user") as err:
+        private.check()
+    assert f"chmod -R o+rX {tmp_path / 'repo'}" in str(err.value)
 
 
 def test_cleanup_removes_what_the_label_finds(tmp_path: Path) -> None:
-    engine = FakeEngine({"podman ps": (0, "inferpack-x-net\ninferpack-x-server-0\n", "")})
-    assert runner(tmp_path, engine).cleanup() == ["inferpack-x-net", "inferpack-x-server-0"]
-    assert (
-        engine.calls[0][engine.calls[0].index("--filter") + 1]
-        == f"label={LABEL}={fleet_id(tmp_path / 'run')}"
-    )
-    assert engine.calls[-1] == ["podman", "rm", "--force", "inferpack-x-net", "inferpack-x-server-0"]
+    r = runner(tmp_path, FakeEngine())
+    engine = FakeEngine({"podman ps": (0, f"{r.holder}\n{r.container('server-0')}\n", "")})
+    r.call = engine
+    assert r.cleanup() == sorted([r.holder, r.container("server-0")])
+    label = engine.calls[0][engine.calls[0].index("--filter") + 1]
+    assert label == f"label={LABEL}={fleet_id(tmp_path / 'run')}"
+    # the server first, then the holder of their network (killed: its `sleep` ignores SIGTERM)
+    assert engine.calls[1:] == [
+        ["podman", "rm", "--force", r.container("server-0")],
+        ["podman", "kill", r.holder],
+        ["podman", "rm", "--force", r.holder],
+    ]
 
 
 def test_stop_asks_the_engine_to_stop_the_running_ones(tmp_path: Path) -> None:

@@ -204,7 +204,16 @@ class ContainerRunner:
         return proc
 
     def check(self) -> None:
-        """The runtime answers and has the image: ConfigError saying what to do otherwise."""
+        """The runtime answers and has the image, and the image's user can read what is mounted:
+        ConfigError saying what to do otherwise."""
+        for path in self.mounts:
+            need = 0o005 if path.is_dir() else 0o004  # others (the image's uid) read, and enter folders
+            mode = path.stat().st_mode & 0o777
+            if mode & need != need:
+                raise ConfigError(
+                    f"{path} is not readable by the image's user (uid 10001): mode {oct(mode)}",
+                    hint=f"chmod -R o+rX {path} (inferpack writes repositories readable under umask 022)",
+                )
         proc = self.call([self.tool, "image", "inspect", "--format", "{{.Id}}", self.image])
         if proc.returncode == 127:
             raise ConfigError(
@@ -270,8 +279,13 @@ class ContainerRunner:
         label = f"label={LABEL}={fleet_id(self.run_root)}"
         listed = self.call([self.tool, "ps", "--all", "--filter", label, "--format", "{{.Names}}"])
         names = sorted(line.strip() for line in listed.stdout.splitlines() if line.strip())
-        if names:
-            self.call([self.tool, "rm", "--force", *names])
+        # One at a time (a container that goes away meanwhile fails only its own removal), the network
+        # holder last: the others live in its namespace.
+        for name in sorted(names, key=lambda n: n == self.holder):
+            if name == self.holder:
+                self.close()
+            else:
+                self.call([self.tool, "rm", "--force", name])
         return names
 
     def memory_mb(self, name: str, pid: int | None) -> float | None:
