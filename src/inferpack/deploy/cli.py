@@ -54,7 +54,7 @@ from inferpack.errors import ConfigError
 from inferpack.plan import Plan, load_plan
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, node_allocatable
 from inferpack.planner.catalog import load_catalog
-from inferpack.settings import load_settings
+from inferpack.settings import DEFAULT_IMAGE, load_settings
 
 k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
 eks_app = typer.Typer(help="Amazon EKS cluster configs for a plan (eksctl, Karpenter).", no_args_is_help=True)
@@ -620,7 +620,9 @@ def _node_share(instance_type: str) -> tuple[float, float] | None:
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[str, typer.Option(help="Image name:tag.")] = "inferpack:latest",
+    tag: Annotated[
+        str, typer.Option(help="Image name:tag (the default is the image `up --runtime podman` runs).")
+    ] = DEFAULT_IMAGE,
     variant: Annotated[str, typer.Option(help="cpu, cuda or neuron.")] = "cpu",
     platform: Annotated[str | None, typer.Option(help="linux/amd64 or linux/arm64 (Graviton).")] = None,
     base_image: Annotated[str | None, typer.Option(help="Override the Containerfile's base image.")] = None,

@@ -33,17 +33,19 @@ def server_command(
     log_level: str = "info",
     extra_args: Sequence[str] = (),
     execution: Execution | None = None,
+    host: str = "127.0.0.1",
+    cli: Sequence[str] | None = None,
 ) -> list[str]:
-    """argv of one server process on `port` holding `models` (None: every model of the repository) with
-    `threads` inference threads (None: the server's default) on `device` (None: the server's default);
-    `execution` (a plan group's) sets every costed setting, threads and device included; `extra_args`
-    are more `serve` flags."""
+    """argv of one server process on `host`:`port` holding `models` (None: every model of the repository)
+    with `threads` inference threads (None: the server's default) on `device` (None: the server's default);
+    `execution` (a plan group's) sets every costed setting, threads and device included; `extra_args` are
+    more `serve` flags; `cli` is how inferpack is invoked (default: `python_cli()`)."""
     if execution is not None:
         threads, device = execution.inference_threads, execution.device
-    cmd = [*python_cli(), "serve", "--repository", repository]
+    cmd = [*(python_cli() if cli is None else cli), "serve", "--repository", repository]
     if models is not None:
         cmd += ["--models", ",".join(models)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--host", host, "--port", str(port)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if device is not None:
@@ -63,15 +65,22 @@ def server_command(
 
 
 def router_command(
-    *, plan: Path, endpoints: Path, port: int, upstream_timeout_s: float, log_level: str = "info"
+    *,
+    plan: Path,
+    endpoints: Path,
+    port: int,
+    upstream_timeout_s: float,
+    log_level: str = "info",
+    host: str = "127.0.0.1",
+    cli: Sequence[str] | None = None,
 ) -> list[str]:
     """argv of the router process (the same command a Kubernetes router pod runs)."""
     return [
-        *python_cli(),
+        *(python_cli() if cli is None else cli),
         "router",
         "--plan", str(plan),
         "--endpoints", str(endpoints),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
