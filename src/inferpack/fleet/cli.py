@@ -119,7 +119,8 @@ def restart_command(
     """Rolling restart: one server at a time, routed around, stopped, started, ready, routed to again.
 
     A server holding a model with no other ready copy is refused (the message names the models); with
-    --force it restarts anyway. New launch settings of the plan (threads, device) take effect at the restart."""
+    --force it restarts anyway. New launch settings of the plan (threads, device) take effect at the
+    restart."""
     where = _run_dir(config, run_dir)
     report = changeview.with_progress(
         lambda show: change.restart(where, servers or [], force=force, on_progress=show)
