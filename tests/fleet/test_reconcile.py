@@ -65,7 +65,9 @@ class World:
                     self.routes.setdefault(m, set()).add(s)
         elif isinstance(action, UnloadModel):
             # the copy stops serving as the unload begins: it must not be routed to by then
-            assert action.server not in self.routes.get(action.model, set()), f"unloads a routed copy: {action}"
+            assert action.server not in self.routes.get(action.model, set()), (
+                f"unloads a routed copy: {action}"
+            )
             self.ready[action.server].discard(action.model)
         elif isinstance(action, StopServer):
             routed = [m for m, s in self.routes.items() if action.server in s and m not in self.dark_ok]
@@ -110,7 +112,9 @@ def _simulate(phases: list[Phase], old: Holdings, new: Holdings, data: st.DataOb
 
 @settings(max_examples=400, deadline=None)
 @given(old=holdings_strategy, new=holdings_strategy, data=st.data())
-def test_diff_keeps_every_model_served_at_every_step(old: Holdings, new: Holdings, data: st.DataObject) -> None:
+def test_diff_keeps_every_model_served_at_every_step(
+    old: Holdings, new: Holdings, data: st.DataObject
+) -> None:
     phases = diff(old, new)
     world = _simulate(phases, old, new, data)
     assert world.ready == {s: set(m) for s, m in new.items() if m}
@@ -143,7 +147,12 @@ def test_phase_order_and_contents() -> None:
     old = {"a": ["m1", "m2"], "b": ["m2", "m3"]}
     new = {"a": ["m1", "m3"], "c": ["m2", "m3"]}
     phases = diff(old, new)
-    assert [[a.kind for a in p] for p in phases] == [["start", "load"], ["route"], ["route"], ["unload", "stop"]]
+    assert [[a.kind for a in p] for p in phases] == [
+        ["start", "load"],
+        ["route"],
+        ["route"],
+        ["unload", "stop"],
+    ]
     assert phases[0] == [StartServer("c", ("m2", "m3")), LoadModel("a", "m3")]
     first, second = phases[1][0], phases[2][0]
     assert isinstance(first, Route) and isinstance(second, Route)
@@ -162,7 +171,9 @@ def test_same_placement_needs_nothing_and_empty_servers_count_as_absent() -> Non
 
 @settings(max_examples=200, deadline=None)
 @given(holdings=holdings_strategy, data=st.data())
-def test_rolling_restart_keeps_models_with_another_copy_served(holdings: Holdings, data: st.DataObject) -> None:
+def test_rolling_restart_keeps_models_with_another_copy_served(
+    holdings: Holdings, data: st.DataObject
+) -> None:
     servers = [s for s, m in holdings.items() if m]
     order = data.draw(st.permutations(servers))
     world = World.running(holdings)

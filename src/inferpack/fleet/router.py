@@ -135,7 +135,10 @@ def create_router_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.start()
         if files is not None:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread (tests)
+                log.warning("SIGHUP does not reload the placement here: %s", exc)
         task = asyncio.create_task(probe.run())
         try:
             yield
@@ -148,6 +151,7 @@ def create_router_app(
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
+    app.state.reload_placement = reload
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
     # Plain Starlette routes: the hot path skips FastAPI's per-request dependency and parameter machinery.
