@@ -86,6 +86,8 @@ def repo_and_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
     repo, run_dir = tmp_path / "repo", tmp_path / "run"
     make_demo_models(repo, len(MODELS))
+    make_demo_models(repo, 1, task="question-answering", prefix="broken")
+    (repo / "broken-0000" / "1" / "model.safetensors").write_bytes(b"not a safetensors file")
     try:
         yield repo, run_dir
     finally:
@@ -93,8 +95,8 @@ def repo_and_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         _reap(run_dir, str(run_dir))
 
 
-def _under_load(router: str, args: list[str], what: str) -> str:
-    """Run `inferpack ARGS` while the load runs; assert it succeeds and no request failed."""
+def _under_load(router: str, args: list[str], what: str, *, succeeds: bool = True) -> str:
+    """Run `inferpack ARGS` while the load runs; assert it succeeds (or fails) and no request failed."""
     load = Load(router)
     threads = load.run()
     deadline = time.monotonic() + 120
@@ -110,7 +112,7 @@ def _under_load(router: str, args: list[str], what: str) -> str:
     report = load_report(RunDir(Path(args[args.index("--run-dir") + 1]).resolve()))
     took = f"{report.duration_s:.1f} s" if report is not None and report.duration_s is not None else "?"
     print(f"\n{what}: {failed} failed / {total} requests through the router; the change took {took}")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert (done.returncode == 0) == succeeds, done.stdout + done.stderr
     assert failed == 0, load.failures[:5]
     return done.stdout + done.stderr
 
@@ -140,6 +142,29 @@ def test_replan_and_rolling_restart_under_load(repo_and_run: tuple[Path, Path]) 
     assert {s.name: s.models for s in state.servers} == {"server-0": [m0, m2], "server-1": [m1, m3]}
     assert {s.name: s.pid for s in state.servers} == pids  # moved by load/unload, no restart
     assert _index(router) == {m0: ["server-0"], m1: ["server-1"], m2: ["server-0"], m3: ["server-1"]}
+
+    # a change whose load fails is undone: the copy that did load is unloaded again, nothing else moves
+    save_plan(_plan(repo, [m0, m2], [m1, m3, m0, "broken-0000"]), tmp / "broken.json")
+    out = _under_load(
+        router,
+        ["up", "--plan", str(tmp / "broken.json"), "--run-dir", str(run_dir)],
+        "failed",
+        succeeds=False,
+    )
+    assert "broken-0000" in out
+    report = load_report(RunDir(run_dir.resolve()))
+    assert report is not None and report.status == "failed"
+    assert [(a.kind, a.model, a.status) for a in report.actions if a.phase == 1] == [
+        ("load", m0, "undone"),
+        ("load", "broken-0000", "failed"),
+    ]
+    assert [(a.kind, a.model, a.status) for a in report.actions if a.phase == 2] == [("unload", m0, "done")]
+    _, state = ops.read_state(run_dir)
+    assert {s.name: s.models for s in state.servers} == {"server-0": [m0, m2], "server-1": [m1, m3]}
+    assert _index(router) == {m0: ["server-0"], m1: ["server-1"], m2: ["server-0"], m3: ["server-1"]}
+    one = state.server("server-1").url
+    loaded = httpx.post(f"{one}/v2/repository/index", json={"ready": True}, trust_env=False).json()
+    assert sorted(e["name"] for e in loaded) == [m1, m3]
 
     # every model has one copy: a restart without --force refuses and names them
     refused = _run(["restart", "server-0", "--run-dir", str(run_dir)])
