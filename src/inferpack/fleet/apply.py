@@ -90,6 +90,8 @@ class ChangeApplier:
         if request is None or request.id == self.handled:
             return
         self.handled = request.id
+        # read once: a request written while this one runs (its command was interrupted) comes next
+        request_file(self.run).unlink(missing_ok=True)
         self.apply(request)
 
     def apply(self, request: ChangeRequest) -> ChangeReport:
