@@ -148,7 +148,7 @@ def test_replan_and_rolling_restart_under_load(repo_and_run: tuple[Path, Path]) 
     out = _under_load(
         router,
         ["up", "--plan", str(tmp / "broken.json"), "--run-dir", str(run_dir)],
-        "failed",
+        "re-plan with a failing load (undone)",
         succeeds=False,
     )
     assert "broken-0000" in out
