@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from inferpack.endpoints import ServerEndpoints, endpoints_json
-from inferpack.errors import InferpackError
+from inferpack.errors import FleetError
 from inferpack.fleet import processes as P
 from inferpack.fleet.change import write_atomic
 from inferpack.fleet.placementfiles import placement_digest
@@ -26,10 +26,6 @@ from inferpack.fleet.reconcile import Action, Holdings, LoadModel, Route, StartS
 from inferpack.fleet.supervisor import TICK_S, LaunchSpec, ServerLaunch, Supervisor, _Child
 from inferpack.plan import Plan
 from inferpack.settings import load_settings
-
-
-class ChangeFailed(InferpackError):
-    """A change could not be applied (the report says which action and why)."""
 
 
 def auth_headers(spec: LaunchSpec) -> dict[str, str]:
@@ -53,8 +49,9 @@ class FleetActions:
         self.restarting = False  # a stopped server stays in supervision, to be started again
 
     def check_not_stopping(self) -> None:
+        """FleetError when the fleet is being stopped: a change does not outlive `inferpack down`."""
         if self.sup.stop_requested.is_set():
-            raise ChangeFailed("the fleet is stopping (`inferpack down`)")
+            raise FleetError("the fleet is stopping (`inferpack down`)")
 
     def begin(self, action: Action) -> Future[None]:
         """Start one action: what touches the supervisor's processes here, the waiting in the pool."""
@@ -75,7 +72,7 @@ class FleetActions:
     def _child(self, name: str) -> _Child:
         child = self._find(name)
         if child is None:
-            raise ChangeFailed(f"no running server named {name}")
+            raise FleetError(f"no running server named {name}")
         return child
 
     def _url(self, name: str) -> str:
@@ -87,7 +84,7 @@ class FleetActions:
         for launch in self.sup.spec.servers:
             if launch.name == name:
                 return launch
-        raise ChangeFailed(f"server {name} is not in the launch spec")
+        raise FleetError(f"server {name} is not in the launch spec")
 
     def _start(self, action: StartServer) -> _Child:
         fresh = self.sup.server_child(self._launch(action.server))
@@ -110,14 +107,14 @@ class FleetActions:
         while True:
             self.check_not_stopping()
             if child.record.status in ("restarting", "failed"):
-                raise ChangeFailed(f"{child.record.name} exited during start-up ({child.record.message})")
+                raise FleetError(f"{child.record.name} exited during start-up ({child.record.message})")
             ok, failed = P.probe_readiness(url, self.sup.spec.supervisor_ready_probe_s)
             if failed:
-                raise ChangeFailed(P.failed_models_message(child.record.name, failed))
+                raise FleetError(P.failed_models_message(child.record.name, failed))
             if ok and all(self._model_ready(url, m) for m in models):
                 return
             if time.monotonic() > deadline:
-                raise ChangeFailed(
+                raise FleetError(
                     f"{child.record.name} was not ready within {self.sup.spec.ready_timeout_s:g} s "
                     f"(log: {self.run.log_path(child.record.name)})"
                 )
@@ -139,11 +136,11 @@ class FleetActions:
                 trust_env=False,
             )
         except httpx.HTTPError as exc:
-            raise ChangeFailed(f"{verb} of {model} at {url} failed: {exc}") from exc
+            raise FleetError(f"{verb} of {model} at {url} failed: {exc}") from exc
         if r.status_code != 200:
-            raise ChangeFailed(f"{verb} of {model} at {url} answered {r.status_code}: {r.text[:300]}")
+            raise FleetError(f"{verb} of {model} at {url} answered {r.status_code}: {r.text[:300]}")
         if verb == "load" and not self._model_ready(url, model):
-            raise ChangeFailed(f"{model} at {url} is not ready after its load")
+            raise FleetError(f"{model} at {url} is not ready after its load")
 
     def _unsupervise(self, name: str) -> _Child:
         """Take a server out of supervision before it is stopped (a stop is not a crash to restart); a
@@ -195,7 +192,7 @@ class FleetActions:
             except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise ChangeFailed(
+                raise FleetError(
                     f"the router did not apply the new placement within {self.sup.spec.ready_timeout_s:g} s "
                     f"(log: {self.run.log_path('router')})"
                 )

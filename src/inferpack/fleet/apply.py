@@ -18,8 +18,8 @@ import logging
 import time
 from concurrent.futures import Future
 
-from inferpack.errors import ConfigError, InferpackError
-from inferpack.fleet.actions import ChangeFailed, FleetActions
+from inferpack.errors import ConfigError, FleetError, InferpackError
+from inferpack.fleet.actions import FleetActions
 from inferpack.fleet.change import (
     ActionRecord,
     ChangeReport,
@@ -111,6 +111,9 @@ class ChangeApplier:
         except InferpackError as exc:
             self.report.status, self.report.message = "failed", str(exc)
             log.error("change %s failed: %s", request.id, exc)
+        except Exception as exc:  # a bug here must not take the supervisor, and the fleet, down with it
+            log.exception("change %s failed", request.id)
+            self.report.status, self.report.message = "failed", f"internal error: {exc!r} (supervisor log)"
         else:
             self.report.status = "done"
             log.info("change %s done in %.1f s", request.id, time.monotonic() - self.started)
@@ -128,10 +131,10 @@ class ChangeApplier:
     def _apply_plan(self, request: ChangeRequest) -> None:
         new_spec, new_plan = request.launch, request.plan
         if new_spec is None or new_plan is None:
-            raise ChangeFailed("a plan change needs the new launch spec and plan")
+            raise FleetError("a plan change needs the new launch spec and plan")
         old_spec = self.sup.spec
         if new_spec.repository != old_spec.repository:
-            raise ChangeFailed(
+            raise FleetError(
                 f"the repository differs ({old_spec.repository} -> {new_spec.repository}): "
                 "a running fleet keeps its repository; `inferpack down` then `up` to change it"
             )
@@ -143,7 +146,7 @@ class ChangeApplier:
         self.sup.spec = new_spec  # new servers start from the new spec
         try:
             self._run(phases[:1], undoable=True)
-        except ChangeFailed:
+        except Exception:
             self.sup.spec = old_spec
             raise
         self._run(phases[1:], undoable=False)
@@ -159,7 +162,7 @@ class ChangeApplier:
         holdings = self.holdings()
         names = request.servers or list(holdings)
         if unknown := [n for n in names if n not in holdings]:
-            raise ChangeFailed(f"no server named {', '.join(unknown)}; servers: {', '.join(holdings)}")
+            raise FleetError(f"no server named {', '.join(unknown)}; servers: {', '.join(holdings)}")
         for name in names:
             ready = {
                 c.record.name: c.record.models
@@ -168,7 +171,7 @@ class ChangeApplier:
             }
             dark = dark_models(ready, name)
             if dark and not request.force:
-                raise ChangeFailed(
+                raise FleetError(
                     f"restarting {name} would leave {len(dark)} model(s) with no ready copy: "
                     f"{', '.join(dark[:10])}{' ...' if len(dark) > 10 else ''}; "
                     "add copies elsewhere first, or pass --force to accept the outage"
@@ -193,7 +196,7 @@ class ChangeApplier:
                 else:
                     for _, record in done:
                         record.status = "undone"
-            raise ChangeFailed(failure)
+            raise FleetError(failure)
 
     def _run_phase(self, phase: Phase) -> tuple[list[tuple[Action, ActionRecord]], str | None]:
         """Run the actions of one phase at once, supervising meanwhile; (the actions that finished with
