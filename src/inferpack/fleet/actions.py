@@ -44,9 +44,17 @@ class FleetActions:
         self.sup = supervisor
         self.run = supervisor.run
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="change")
-        self.headers = auth_headers(supervisor.spec)
+        self._headers: dict[str, str] | None = None
         self.plans: list[Plan] = []  # the plans a route takes servers' groups from, first wins
         self.restarting = False  # a stopped server stays in supervision, to be started again
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Auth for the servers' API, read at the first change (never at start-up: a config the
+        supervisor cannot read must fail the servers' start with their own message, not the supervisor)."""
+        if self._headers is None:
+            self._headers = auth_headers(self.sup.spec)
+        return self._headers
 
     def check_not_stopping(self) -> None:
         """FleetError when the fleet is being stopped: a change does not outlive `inferpack down`."""
