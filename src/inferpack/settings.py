@@ -48,6 +48,14 @@ class BatchingSettings(_Section):
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )
+    cross_tenant: bool = Field(
+        default=True,
+        description=(
+            "A batch with room left takes queued requests of other models of the same base (models "
+            "sharing weight files): their shared layers run once for all rows, each model's own layers "
+            "on its rows. Off: a batch holds one model's requests."
+        ),
+    )
 
 
 class AuthSettings(_Section):
@@ -95,11 +103,30 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    load_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). Loads read and "
+            "cast weights while inference runs on the same cores: niced, they take the cores' idle time "
+            "instead of stretching the requests in flight (the tail)."
+        ),
+    )
     memory_wait_s: float = Field(
         default=5.0,
         ge=0,
         description="When the budget is full of busy models, how long a load waits for one to go idle "
         "before answering 503.",
+    )
+    repository_retry_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A degraded repository (S3 failing, folder unreadable: served from the last listing "
+        "and the cache) is listed again after this long, the wait doubling after each failure.",
+    )
+    repository_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Cap on the wait between two listings of a degraded repository."
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)

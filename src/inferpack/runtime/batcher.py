@@ -4,7 +4,8 @@ The event loop only moves requests between queues; forwards run on `InferencePoo
 the GIL inside its kernels, so N threads with one intra-op thread each keep N cores busy without a copy of
 each model per process). A batch forms from whatever is queued when a thread becomes free, topped up for
 at most `max_wait_ms`; when a model's queue is full, new requests are shed with `Overloaded` at once instead
-of waiting without bound.
+of waiting without bound. With `Peers`, a batch with room left takes queued requests of other models of
+the same base too: their shared layers run once for all rows (`runtime/crossbatch.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from inferpack.errors import Overloaded, ShuttingDown
+from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
@@ -63,6 +65,7 @@ class _Pending:
     item: TextInput
     raw: bool
     future: asyncio.Future[dict[str, Any]]
+    owner: ModelBatcher
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -75,11 +78,13 @@ class ModelBatcher:
         pool: InferencePool,
         settings: BatchingSettings,
         observer: BatchObserver | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.model = model
         self.pool = pool
         self.settings = settings
         self.observer = observer
+        self.peers = peers
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
@@ -87,6 +92,8 @@ class ModelBatcher:
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
         )
+        if peers is not None:
+            peers.join(self)
 
     @property
     def queue_depth(self) -> int:
@@ -111,7 +118,7 @@ class ModelBatcher:
                 hint="retry after the Retry-After delay, or add copies of this model",
             )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, raw, future))
+        self._queue.append(_Pending(item, raw, future, self))
         self._arrived.set()
         return await future
 
@@ -133,8 +140,10 @@ class ModelBatcher:
                 self.pool.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            # every model in the batch is busy until it ends (its unload waits; it is not evicted)
+            for owner in {id(p.owner): p.owner for p in batch}.values():
+                owner._in_flight.add(task)
+                task.add_done_callback(owner._in_flight.discard)
 
     async def _top_up(self) -> None:
         """Wait up to max_wait for a fuller batch (only while it is not full already)."""
@@ -154,18 +163,32 @@ class ModelBatcher:
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
-        while self._queue and len(batch) < self.settings.max_batch_size:
-            pending = self._queue.popleft()
+        limit = self.settings.max_batch_size
+        self._take_from(self, batch, limit)
+        if self.peers is not None and len(batch) < limit:
+            for other in self.peers.others(self):  # room left: requests of the same base's other models
+                if len(batch) >= limit:
+                    break
+                if not other._closing:
+                    self._take_from(other, batch, limit)
+        return batch
+
+    @staticmethod
+    def _take_from(source: ModelBatcher, batch: list[_Pending], limit: int) -> None:
+        while source._queue and len(batch) < limit:
+            pending = source._queue.popleft()
             if not pending.future.done():  # the client went away: skip its work
                 batch.append(pending)
-        return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
         try:
-            items = [p.item for p in batch]
-            raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
-            results = await self.pool.run(lambda: self.model.predict(items, raw))
+            if all(p.owner is self for p in batch):
+                items = [p.item for p in batch]
+                raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
+                results = await self.pool.run(lambda: self.model.predict(items, raw))
+            else:
+                results = await self._execute_mixed(batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -178,12 +201,31 @@ class ModelBatcher:
             if not pending.future.done():
                 pending.future.set_result(result)
         if self.observer is not None:
-            waited = started - min(p.enqueued for p in batch)
-            self.observer(self.model.model_id, len(batch), waited, compute)
+            for owner, rows in _by_owner(batch).items():
+                waited = started - min(p.enqueued for p in rows)
+                self.observer(owner.model.model_id, len(rows), waited, compute)
+
+    async def _execute_mixed(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        """One forward for rows of several models of one base; results in the batch's order."""
+        groups = _by_owner(batch)
+        parts = [
+            Part(owner.model, [p.item for p in rows], [p.raw for p in rows]) for owner, rows in groups.items()
+        ]
+        assert self.peers is not None  # only peers mix batches
+        run = self.peers.run
+        per_part = await self.pool.run(lambda: run(parts))
+        by_pending = {
+            id(p): r
+            for rows, results in zip(groups.values(), per_part, strict=True)
+            for p, r in zip(rows, results, strict=True)
+        }
+        return [by_pending[id(p)] for p in batch]
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests; finish queued and running ones (drain) or fail the queued ones."""
         self._closing = True
+        if self.peers is not None:
+            self.peers.leave(self)
         if not drain:
             while self._queue:
                 pending = self._queue.popleft()
@@ -193,3 +235,11 @@ class ModelBatcher:
         await self._dispatcher
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def _by_owner(batch: list[_Pending]) -> dict[ModelBatcher, list[_Pending]]:
+    """The batch's requests per model, in order of first appearance."""
+    out: dict[ModelBatcher, list[_Pending]] = {}
+    for pending in batch:
+        out.setdefault(pending.owner, []).append(pending)
+    return out
