@@ -73,3 +73,16 @@ def test_copies_histogram_is_bounded() -> None:
     b.mark_down("s0")
     assert b.copies_histogram(2) == {"0": 1, "1": 0, "2+": 2}
     assert sum(b.copies_histogram(1).values()) == 3
+
+
+def test_replace_routes_by_the_new_placement_and_keeps_counters_of_servers_that_left() -> None:
+    b = Balancer({"m": ["s0"], "n": ["s0", "s1"]})
+    b.acquire("s0")
+    b.mark_down("s1")
+    b.replace({"m": ["s2"], "n": ["s1"]})
+    assert b.servers == ["s1", "s2"]
+    assert b.choose("m") == "s2" and b.healthy["s2"] and b.outstanding["s2"] == 0
+    assert not b.healthy["s1"]  # what the probe learnt still holds
+    b.release("s0")  # a request in flight to a server that left still ends cleanly
+    assert b.outstanding["s0"] == 0
+    assert b.unavailable_models() == ["n"]

@@ -14,11 +14,10 @@ class Balancer:
     """Model -> servers holding it, with per-server outstanding counts and health."""
 
     def __init__(self, placement: dict[str, list[str]]) -> None:
-        self.placement = {model: list(servers) for model, servers in placement.items()}
-        names = sorted({s for servers in self.placement.values() for s in servers})
-        self.outstanding: dict[str, int] = dict.fromkeys(names, 0)
-        self.healthy: dict[str, bool] = dict.fromkeys(names, True)
+        self.outstanding: dict[str, int] = {}
+        self.healthy: dict[str, bool] = {}
         self._turn = 0
+        self.replace(placement)
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Balancer:
@@ -28,7 +27,17 @@ class Balancer:
     @property
     def servers(self) -> list[str]:
         """Every server that holds at least one model, sorted."""
-        return list(self.outstanding)
+        return self._servers
+
+    def replace(self, placement: dict[str, list[str]]) -> None:
+        """Route by a new placement from now on (a running fleet's re-plan). New servers start healthy
+        with nothing outstanding; servers that left keep their counters, which requests still in flight
+        to them release."""
+        self.placement = {model: list(servers) for model, servers in placement.items()}
+        self._servers = sorted({s for servers in self.placement.values() for s in servers})
+        for name in self._servers:
+            self.outstanding.setdefault(name, 0)
+            self.healthy.setdefault(name, True)
 
     def holders(self, model: str) -> list[str] | None:
         """Servers holding `model` in plan order, or None when no server holds it."""

@@ -68,6 +68,15 @@ class Forwarder:
         # Label children resolved once: this runs on every request.
         self._forwarded = {name: metrics.forwarded.labels(name) for name in balancer.servers}
 
+    def replace(self, placement: dict[str, list[str]], urls: dict[str, str]) -> None:
+        """Forward by a new placement and server URLs from now on. URLs of servers that left are kept
+        (in place: the health probe shares the dict) for requests still in flight to them."""
+        self.urls.update({name: url.rstrip("/") for name, url in urls.items()})
+        self.balancer.replace(placement)
+        for name in self.balancer.servers:
+            if name not in self._forwarded:
+                self._forwarded[name] = self.metrics.forwarded.labels(name)
+
     async def to_one_copy(
         self, model: str, method: str, target: str, body: bytes | None, headers: Headers
     ) -> Answer | Refusal:

@@ -18,6 +18,7 @@ import psutil
 from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
+from inferpack.fleet.lock import run_lock
 from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (
     FleetState,
@@ -30,7 +31,7 @@ from inferpack.fleet.state import (
     save_state,
 )
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, launch_runner, load_launch
-from inferpack.plan import Plan, ServerGroup, load_plan, save_plan
+from inferpack.plan import Plan, ServerGroup, ServerPlan, load_plan, save_plan
 from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
@@ -89,9 +90,27 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         if not is_stale(existing):
             raise FleetError(
                 f"a fleet is already running from {run.root} (supervisor pid {existing.supervisor.pid})",
-                hint="inferpack down (or choose another fleet.run_dir)",
+                hint="`inferpack up --plan NEW` changes it in place; `inferpack down` stops it "
+                "(or choose another fleet.run_dir)",
             )
         cleanup_stale(existing)
+    servers = checked_servers(settings, plan)
+    router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
+    kept, spec = launch_spec(settings, plan, config, router_port, ports)
+    run.prepare()
+    save_plan(kept, run.plan_file)
+    save_endpoints(
+        ServerEndpoints(servers={s.name: f"http://127.0.0.1:{s.port}" for s in spec.servers}),
+        run.endpoints_file,
+    )
+    launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
+    run.state_file.unlink(missing_ok=True)
+    return run, spec
+
+
+def checked_servers(settings: Settings, plan: Plan) -> list[ServerPlan]:
+    """The plan's servers that hold a model; PlanError when it names a model the repository lacks or
+    holds nothing."""
     repository = Path(plan.repository or settings.server.repository)
     known = set(LocalRepository(repository).model_ids())
     if unknown := sorted(set(plan.models()) - known):
@@ -99,7 +118,17 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     servers = [s for s in plan.servers() if s.models]
     if not servers:
         raise PlanError("the plan has no server holding a model")
-    router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
+    return servers
+
+
+def launch_spec(
+    settings: Settings, plan: Plan, config: Path | None, router_port: int, ports: list[int]
+) -> tuple[Plan, LaunchSpec]:
+    """The plan without its empty servers (the router and the state only know servers that run) and the
+    launch spec of its servers on `ports` (in plan order)."""
+    fleet = settings.fleet
+    repository = Path(plan.repository or settings.server.repository)
+    servers = [s for s in plan.servers() if s.models]
     threads = threads_per_server(fleet.threads_per_server, len(servers))
     devices = plan_devices(plan, fleet.allow_cpu_fallback)
     if fleet.threads_per_server and any(g.execution is not None for g in plan.groups):
@@ -107,18 +136,9 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
             "warning: the plan's groups set their own threads (as costed); --threads applies only to "
             "groups without an execution"
         )
-    run.prepare()
-    # A plan without empty servers: the router and the state only know servers that run.
     used = {s.name for s in servers}
     groups = [g.model_copy(update={"servers": [s for s in g.servers if s.name in used]}) for g in plan.groups]
     kept = plan.model_copy(update={"groups": [g for g in groups if g.servers]})
-    save_plan(kept, run.plan_file)
-    save_endpoints(
-        ServerEndpoints(
-            servers={s.name: f"http://127.0.0.1:{p}" for s, p in zip(servers, ports, strict=True)}
-        ),
-        run.endpoints_file,
-    )
     spec = LaunchSpec(
         repository=str(repository.resolve()),
         config=str(config.resolve()) if config is not None else None,
@@ -137,9 +157,7 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         runtime=fleet.runtime,
         image=fleet.image,
     )
-    launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
-    run.state_file.unlink(missing_ok=True)
-    return run, spec
+    return kept, spec
 
 
 def server_launch(
@@ -187,14 +205,25 @@ def up(
     """Start the fleet and return its state once every server and the router are ready.
 
     Without a plan: `fleet.plan` when set, else the simple plan of `fleet.servers` x `fleet.copies` over
-    the repository. Raises FleetError (with the failing process's log tail) when start-up fails.
+    the repository. Raises FleetError (with the failing process's log tail) when start-up fails, or at
+    once when another command holds the run directory's lock.
     """
+    plan = plan if plan is not None else settings_plan(settings)
+    with run_lock(settings.fleet.run_dir.resolve()):
+        return _start(settings, plan, config, on_progress)
+
+
+def settings_plan(settings: Settings) -> Plan:
+    """The plan the settings ask for: `fleet.plan` when set, else the simple plan."""
     fleet = settings.fleet
-    if plan is None:
-        if fleet.plan is not None:
-            plan = load_plan(fleet.plan)
-        else:
-            plan = local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
+    if fleet.plan is not None:
+        return load_plan(fleet.plan)
+    return local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
+
+
+def _start(
+    settings: Settings, plan: Plan, config: Path | None, on_progress: Callable[[FleetState], None] | None
+) -> FleetState:
     run, spec = prepare(settings, plan, config)
     launch_runner(run, spec).check()  # a missing container runtime or image: said now, not in a log
     supervisor = P.spawn(
@@ -311,6 +340,12 @@ def down(run_dir: Path, timeout_s: float | None = None) -> tuple[FleetState, lis
     """Stop the fleet: SIGTERM the supervisor (it drains the router and servers, then kills stragglers),
     wait for it; if it is gone or stuck, stop the recorded processes directly. Returns the final state and
     the processes that had to be stopped here (leftovers)."""
+    read_state(run_dir)  # no fleet there: say so (and create nothing)
+    with run_lock(run_dir.resolve()):
+        return _down(run_dir, timeout_s)
+
+
+def _down(run_dir: Path, timeout_s: float | None) -> tuple[FleetState, list[ProcessState]]:
     run, state = read_state(run_dir)
     sup = state.supervisor
     wait_s = timeout_s if timeout_s is not None else _stop_timeout(run) * 2 + 15

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
@@ -29,8 +30,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
 from inferpack import __version__
+from inferpack.errors import InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
+from inferpack.fleet.placementfiles import PlacementFiles
 from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
@@ -100,8 +103,10 @@ def create_router_app(
     *,
     upstream_timeout_s: float = 60.0,
     probe_interval_s: float = 0.5,
+    files: PlacementFiles | None = None,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs."""
+    """Build the router for a plan and its server URLs. With `files` (where the plan and the endpoints
+    came from), SIGHUP makes it re-read them and route by the new placement."""
     balancer = Balancer.from_plan(plan)
     missing = [s for s in balancer.servers if s not in endpoints]
     if missing:
@@ -111,10 +116,29 @@ def create_router_app(
     client = UpstreamClient(upstream_timeout_s)
     forwarder = Forwarder(balancer, client, urls, metrics, upstream_timeout_s)
     probe = HealthProbe(balancer, client, urls, probe_interval_s)
+    digest = [files.read().digest if files is not None else None]
+
+    def reload() -> None:
+        assert files is not None
+        try:
+            placement = files.read()
+        except (InferpackError, OSError) as exc:
+            log.error("placement not reloaded, still routing by the previous one: %s", exc)
+            return
+        forwarder.replace(placement.plan.placement(), placement.endpoints)
+        digest[0] = placement.digest
+        log.warning(
+            "placement reloaded: %d servers, %d models", len(balancer.servers), len(balancer.placement)
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.start()
+        if files is not None:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread (tests)
+                log.warning("SIGHUP does not reload the placement here: %s", exc)
         task = asyncio.create_task(probe.run())
         try:
             yield
@@ -127,6 +151,7 @@ def create_router_app(
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
+    app.state.reload_placement = reload
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
     # Plain Starlette routes: the hot path skips FastAPI's per-request dependency and parameter machinery.
@@ -195,7 +220,9 @@ def create_router_app(
         # Ready = running with its placement. Not "every model has a copy": with one copy per model a
         # single server restart would take every router pod out, and requests for the other models with
         # it. Per-model availability is in the body and in /metrics instead.
-        body: dict[str, Any] = {"ready": True, "servers": dict(balancer.healthy)}
+        body: dict[str, Any] = {"ready": True, "servers": {s: balancer.healthy[s] for s in balancer.servers}}
+        if digest[0] is not None:
+            body["placement"] = digest[0]
         unavailable = balancer.unavailable_models()
         if unavailable:
             body["unavailable_models"] = unavailable[:20]
@@ -248,10 +275,12 @@ def serve_router(
     port: int = 8100,
     upstream_timeout_s: float = 60.0,
     log_level: str = "info",
+    files: PlacementFiles | None = None,
 ) -> None:
-    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
+    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first); SIGHUP re-reads
+    `files` when given."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_router_app(plan, endpoints, upstream_timeout_s=upstream_timeout_s)
+    app = create_router_app(plan, endpoints, upstream_timeout_s=upstream_timeout_s, files=files)
     config = uvicorn.Config(
         app,
         host=host,

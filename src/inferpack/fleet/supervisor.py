@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -120,27 +121,10 @@ class Supervisor:
         self.spec = spec
         self.runner = runner if runner is not None else launch_runner(run, spec)
         self.stop_requested = threading.Event()
-        config = Path(spec.config) if spec.config else None
         host, cli = self.runner.bind_host, self.runner.cli
-        self.servers = [
-            _Child(
-                ProcessState(name=s.name, role="server", port=s.port, models=s.models, threads=s.threads),
-                P.server_command(
-                    repository=spec.repository,
-                    models=s.models,
-                    port=s.port,
-                    threads=s.threads,
-                    device=s.device,
-                    config=config,
-                    log_level=spec.log_level,
-                    execution=s.execution,
-                    host=host,
-                    cli=cli,
-                ),
-                P.child_env(s.threads, s.execution.intra_op_threads if s.execution else 1),
-            )
-            for s in spec.servers
-        ]
+        # called after each supervision tick (a change to apply: `fleet.apply`)
+        self.on_tick: Callable[[], None] | None = None
+        self.servers = [self.server_child(s) for s in spec.servers]
         self.router = _Child(
             ProcessState(name="router", role="router", port=spec.router_port),
             P.router_command(
@@ -164,6 +148,26 @@ class Supervisor:
         )
 
     # --- helpers ------------------------------------------------------------------------------------------
+    def server_child(self, s: ServerLaunch) -> _Child:
+        """A (not yet started) server process of the spec."""
+        spec = self.spec
+        return _Child(
+            ProcessState(name=s.name, role="server", port=s.port, models=s.models, threads=s.threads),
+            P.server_command(
+                repository=spec.repository,
+                models=s.models,
+                port=s.port,
+                threads=s.threads,
+                device=s.device,
+                config=Path(spec.config) if spec.config else None,
+                log_level=spec.log_level,
+                execution=s.execution,
+                host=self.runner.bind_host,
+                cli=self.runner.cli,
+            ),
+            P.child_env(s.threads, s.execution.intra_op_threads if s.execution else 1),
+        )
+
     def _save(self) -> None:
         save_state(self.run, self.state)
 
@@ -313,13 +317,19 @@ class Supervisor:
         while not self.stop_requested.wait(TICK_S):
             if self.tick(time.monotonic()):
                 self._save()
+            if self.on_tick is not None:
+                self.on_tick()
         self.stop_fleet()
         return 0
 
 
-def supervise(run_dir: Path) -> int:
-    """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop."""
+def supervise(run_dir: Path, attach: Callable[[Supervisor], None] | None = None) -> int:
+    """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop.
+    `attach` gets the supervisor before it starts (to set `on_tick`)."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe is noise
     run = RunDir(run_dir)
-    return Supervisor(run, load_launch(run)).run_forever()
+    supervisor = Supervisor(run, load_launch(run))
+    if attach is not None:
+        attach(supervisor)
+    return supervisor.run_forever()
