@@ -3,8 +3,14 @@
 The event loop only moves requests between queues; forwards run on `InferencePool` threads (torch releases
 the GIL inside its kernels, so N threads with one intra-op thread each keep N cores busy without a copy of
 each model per process). A batch forms from whatever is queued when a thread becomes free, topped up for
-at most `max_wait_ms`; when a model's queue is full, new requests are shed with `Overloaded` at once instead
-of waiting without bound.
+at most `max_wait_ms`. Load shedding, all at arrival or before a batch forms, never mid-forward:
+- a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
+  without bound;
+- admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
+  shed at once, and a queued request that can no longer finish by its deadline is dropped with
+  `DeadlineExceeded` when its batch would form;
+- a request whose caller went away (its task was cancelled: the transport cancels it when the client
+  disconnects) leaves the queue at once, so nobody computes answers no one will read.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from typing import Any
 
 import torch
 
-from inferpack.errors import Overloaded, ShuttingDown
+from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from inferpack.runtime.admission import Estimate, WaitEstimator, cannot_finish, retry_after_s, shed_reason
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
 
 BatchObserver = Callable[[str, int, float, float], None]  # model, batch size, queue wait s, compute s
+DropObserver = Callable[[str], None]  # model: a queued request dropped because its caller went away
+Clock = Callable[[], float]
 
 
 class InferencePool:
@@ -40,6 +49,11 @@ class InferencePool:
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
+
+    @property
+    def thread_free(self) -> bool:
+        """A thread is idle now (a batch taken now starts at once)."""
+        return not self._slots.locked()
 
     async def acquire(self) -> None:
         """Wait for a free thread."""
@@ -58,12 +72,13 @@ class InferencePool:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: `deque.remove` must find this very request
 class _Pending:
     item: TextInput
     raw: bool
     future: asyncio.Future[dict[str, Any]]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
+    deadline: float | None = field(default=None)
 
 
 class ModelBatcher:
@@ -75,11 +90,17 @@ class ModelBatcher:
         pool: InferencePool,
         settings: BatchingSettings,
         observer: BatchObserver | None = None,
+        *,
+        drop_observer: DropObserver | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.model = model
         self.pool = pool
         self.settings = settings
         self.observer = observer
+        self.drop_observer = drop_observer
+        self.clock = clock
+        self.estimator = WaitEstimator(settings.max_batch_size)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
@@ -98,22 +119,76 @@ class ModelBatcher:
         """True while requests are queued or batches are running."""
         return bool(self._queue) or bool(self._in_flight)
 
-    async def submit(self, item: TextInput, *, raw: bool = False) -> dict[str, Any]:
-        """Queue one item and wait for its result (`raw`: the model's own outputs, not decoded answers; it
-        shares batches with decoded items); sheds load when the queue is full."""
+    def estimate(self, items: int = 1) -> Estimate:
+        """Expected wait and service of a request of `items` items arriving now."""
+        return self.estimator.estimate(len(self._queue), items, thread_free=self.pool.thread_free)
+
+    async def submit(
+        self, item: TextInput, *, raw: bool = False, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Queue one item and wait for its result (see `submit_many`)."""
+        return (await self.submit_many([item], raw=raw, deadline=deadline))[0]
+
+    async def submit_many(
+        self, items: list[TextInput], *, raw: bool = False, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Queue one request's items and wait for their results (`raw`: the model's own outputs, not decoded
+        answers; they share batches with decoded items). `deadline`: on this batcher's clock, when the
+        caller stops waiting. Sheds with `Overloaded` when the queue is full or the expected wait misses
+        the deadline; raises `DeadlineExceeded` when the request was dropped in the queue; if the caller
+        is cancelled (its client disconnected), its items still queued leave the queue at once."""
+        model_id = self.model.model_id
         if self._closing:
-            raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
-        if len(self._queue) >= self.settings.max_queue:
+            raise ShuttingDown(f"model {model_id!r} is being unloaded")
+        if len(self._queue) + len(items) > self.settings.max_queue:
             raise Overloaded(
-                f"model {self.model.model_id!r} has {len(self._queue)} requests queued (limit "
+                f"model {model_id!r} has {len(self._queue)} requests queued (limit "
                 f"{self.settings.max_queue})",
-                retry_after_s=1.0,
+                retry_after_s=max(1.0, retry_after_s(self.estimate())),
                 hint="retry after the Retry-After delay, or add copies of this model",
+                model_id=model_id,
+                reason="queue_full",
+                expected_wait_s=self.estimate().wait_s,
             )
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, raw, future))
+        now = self.clock()
+        estimate = self.estimate(len(items))
+        reason = shed_reason(estimate, None if deadline is None else deadline - now)
+        if reason is not None:
+            raise Overloaded(
+                f"model {model_id!r}: expected wait {estimate.wait_s * 1000:.0f} ms + service "
+                f"{estimate.service_s * 1000:.0f} ms exceeds the request's deadline "
+                f"({max(0.0, (deadline or now) - now) * 1000:.0f} ms left)",
+                retry_after_s=retry_after_s(estimate),
+                hint="retry after the Retry-After delay with a longer deadline (inferpack-deadline-ms), "
+                "or add copies of this model",
+                model_id=model_id,
+                reason=reason,
+                expected_wait_s=estimate.wait_s,
+            )
+        loop = asyncio.get_running_loop()
+        mine = [_Pending(item, raw, loop.create_future(), now, deadline) for item in items]
+        self._queue.extend(mine)
         self._arrived.set()
-        return await future
+        try:
+            return list(await asyncio.gather(*(p.future for p in mine)))
+        except BaseException as exc:
+            dropped = self._withdraw(mine)
+            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
+                self.drop_observer(model_id)
+            raise
+
+    def _withdraw(self, pendings: list[_Pending]) -> bool:
+        """Take a failed or abandoned request's items out of the queue (cancelling their futures); True
+        when any was still queued, i.e. work that will now never run."""
+        dropped = False
+        for pending in pendings:
+            pending.future.cancel()
+            try:
+                self._queue.remove(pending)
+                dropped = True
+            except ValueError:
+                pass  # already taken into a batch, or dropped there
+        return dropped
 
     async def _dispatch(self) -> None:
         while True:
@@ -122,7 +197,9 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
+            asked = self.clock()
             await self.pool.acquire()
+            self.estimator.observe_thread_wait(self.clock() - asked)
             try:
                 await self._top_up()
                 batch = self._take()
@@ -153,15 +230,31 @@ class ModelBatcher:
                 return
 
     def _take(self) -> list[_Pending]:
+        """The next batch: queued requests in order, skipping abandoned ones and dropping those that can no
+        longer finish by their deadline."""
         batch: list[_Pending] = []
+        size = min(len(self._queue), self.settings.max_batch_size)
+        service = self.estimator.batch_seconds(size)
+        now = self.clock()
         while self._queue and len(batch) < self.settings.max_batch_size:
             pending = self._queue.popleft()
-            if not pending.future.done():  # the client went away: skip its work
-                batch.append(pending)
+            if pending.future.done():  # cancelled: the caller went away
+                continue
+            if cannot_finish(now, pending.deadline, service):
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"model {self.model.model_id!r}: the request's deadline passed while it was queued "
+                        f"({(now - pending.enqueued) * 1000:.0f} ms)",
+                        hint="retry with a longer deadline (inferpack-deadline-ms), or add copies",
+                        model_id=self.model.model_id,
+                    )
+                )
+                continue
+            batch.append(pending)
         return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         try:
             items = [p.item for p in batch]
             raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
@@ -173,7 +266,8 @@ class ModelBatcher:
             return
         finally:
             self.pool.release()
-        compute = time.perf_counter() - started
+        compute = self.clock() - started
+        self.estimator.observe_batch(len(batch), compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
