@@ -1,0 +1,68 @@
+"""The pure admission estimator: expected wait and service from measured batch and thread-wait times."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferpack.runtime.admission import Estimate, WaitEstimator, cannot_finish, retry_after_s, shed_reason
+
+
+def test_nothing_measured_admits_everything() -> None:
+    est = WaitEstimator(max_batch_size=8)
+    assert est.estimate(100) == Estimate(0.0, 0.0)
+    assert shed_reason(est.estimate(100), 0.001) is None
+
+
+def test_batch_time_is_a_moving_average_per_size() -> None:
+    est = WaitEstimator(max_batch_size=8, alpha=0.5)
+    est.observe_batch(1, 0.010)
+    est.observe_batch(1, 0.020)  # 0.010 + 0.5 * (0.020 - 0.010)
+    assert est.batch_seconds(1) == pytest.approx(0.015)
+    est.observe_batch(8, 0.050)
+    assert est.batch_seconds(8) == pytest.approx(0.050)
+    # between measured sizes: linear; past the largest: per item; below the smallest: the smallest's time
+    est.observe_batch(2, 0.020)
+    assert est.batch_seconds(5) == pytest.approx(0.020 + 3 / 6 * 0.030)
+    assert est.batch_seconds(50) == pytest.approx(0.050)  # capped at max_batch_size
+    small = WaitEstimator(max_batch_size=8)
+    small.observe_batch(4, 0.040)
+    assert small.batch_seconds(8) == pytest.approx(0.080)
+    assert small.batch_seconds(1) == pytest.approx(0.040)
+
+
+def test_wait_counts_thread_acquisitions_for_the_batches_ahead() -> None:
+    est = WaitEstimator(max_batch_size=4, alpha=1.0)
+    est.observe_batch(4, 0.100)
+    est.observe_batch(1, 0.040)
+    est.observe_thread_wait(0.050)
+    # an idle thread and an empty queue: no wait, a batch of one
+    assert est.estimate(0, thread_free=True) == Estimate(0.0, pytest.approx(0.040))
+    # every thread busy: one acquisition even for the first batch, which will have filled up by then
+    assert est.estimate(0) == Estimate(pytest.approx(0.050), pytest.approx(0.100))
+    # 9 ahead + itself = 10 items = 3 batches of 4: three acquisitions
+    assert est.estimate(9).wait_s == pytest.approx(0.150)
+    # a request of 3 items behind 5: its last item is the 8th, in the second batch
+    assert est.estimate(5, items=3, thread_free=True).wait_s == pytest.approx(0.050)
+
+
+def test_shed_reason_and_retry_after() -> None:
+    estimate = Estimate(wait_s=0.9, service_s=0.2)
+    assert shed_reason(estimate, None) is None  # no deadline: only a full queue sheds
+    assert shed_reason(estimate, 2.0) is None
+    assert shed_reason(estimate, 1.0) == "deadline"
+    assert shed_reason(Estimate(0.0, 0.0), 0.0) == "expired"
+    assert retry_after_s(estimate) == pytest.approx(1.1)
+
+
+def test_cannot_finish_uses_the_batch_time() -> None:
+    assert not cannot_finish(10.0, None, 5.0)
+    assert not cannot_finish(10.0, 10.5, 0.4)
+    assert cannot_finish(10.0, 10.5, 0.6)
+    assert cannot_finish(11.0, 10.5, 0.0)
+
+
+def test_invalid_parameters_are_refused() -> None:
+    with pytest.raises(ValueError):
+        WaitEstimator(max_batch_size=0)
+    with pytest.raises(ValueError):
+        WaitEstimator(max_batch_size=4, alpha=0)
