@@ -50,7 +50,7 @@ def test_shed_reason_and_retry_after() -> None:
     assert shed_reason(estimate, None) is None  # no deadline: only a full queue sheds
     assert shed_reason(estimate, 2.0) is None
     assert shed_reason(estimate, 1.0) == "deadline"
-    assert shed_reason(Estimate(0.0, 0.0), 0.0) == "expired"
+    assert shed_reason(Estimate(0.0, 0.0), 0.0) == "deadline"  # no time left at all
     assert retry_after_s(estimate) == pytest.approx(1.1)
 
 

@@ -233,6 +233,6 @@ async def test_a_request_whose_expected_wait_misses_its_deadline_is_shed_at_arri
     assert shed.retry_after_s == pytest.approx(0.1)  # the expected service: nothing queued ahead
     with pytest.raises(Overloaded) as gone:
         await batcher.submit(TextInput("too late"), deadline=clock.now - 1)
-    assert gone.value.reason == "expired"
+    assert gone.value.reason == "deadline"
     assert (await batcher.submit(TextInput("patient"), deadline=clock.now + 0.5))["echo"] == "patient"
     assert model.batches == [["measure"], ["patient"]]

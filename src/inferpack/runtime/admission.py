@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+# queue_full and deadline: refused at arrival; expired: dropped from the queue when it could no longer finish
 ShedReason = Literal["queue_full", "deadline", "expired"]
 
 
@@ -100,9 +101,7 @@ def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | N
     (None for `time_left_s`: no deadline)."""
     if time_left_s is None:
         return None
-    if time_left_s <= 0:
-        return "expired"
-    if estimate.total_s > time_left_s:
+    if time_left_s <= 0 or estimate.total_s > time_left_s:
         return "deadline"
     return None
 
