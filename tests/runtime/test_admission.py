@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from inferpack.runtime.admission import Estimate, WaitEstimator, cannot_finish, retry_after_s, shed_reason
+from inferpack.runtime.admission import (
+    Estimate,
+    Ewma,
+    PoolState,
+    WaitEstimator,
+    cannot_finish,
+    retry_after_s,
+    shed_reason,
+)
+
+IDLE = PoolState(thread_free=True, waiting=0, release_interval_s=0.05)
+BUSY = PoolState(thread_free=False, waiting=0, release_interval_s=0.05)
 
 
 def test_nothing_measured_admits_everything() -> None:
     est = WaitEstimator(max_batch_size=8)
-    assert est.estimate(100) == Estimate(0.0, 0.0)
-    assert shed_reason(est.estimate(100), 0.001) is None
+    nothing = PoolState(thread_free=False, waiting=0, release_interval_s=0.0)
+    assert est.estimate(100, 1, nothing, waiting=True) == Estimate(0.0, 0.0)
+    assert shed_reason(est.estimate(100, 1, nothing, waiting=True), 0.001) is None
 
 
 def test_batch_time_is_a_moving_average_per_size() -> None:
@@ -28,21 +40,27 @@ def test_batch_time_is_a_moving_average_per_size() -> None:
     small.observe_batch(4, 0.040)
     assert small.batch_seconds(8) == pytest.approx(0.080)
     assert small.batch_seconds(1) == pytest.approx(0.040)
+    ewma = Ewma(alpha=0.25)
+    assert ewma.value is None and ewma.add(4.0) == 4.0 and ewma.add(8.0) == 5.0
 
 
-def test_wait_counts_thread_acquisitions_for_the_batches_ahead() -> None:
-    est = WaitEstimator(max_batch_size=4, alpha=1.0)
-    est.observe_batch(4, 0.100)
-    est.observe_batch(1, 0.040)
-    est.observe_thread_wait(0.050)
+def test_wait_counts_turns_of_the_shared_threads() -> None:
+    est = WaitEstimator(max_batch_size=4)
+    for size, seconds in ((1, 0.040), (2, 0.060), (4, 0.100)):
+        est.observe_batch(size, seconds)
     # an idle thread and an empty queue: no wait, a batch of one
-    assert est.estimate(0, thread_free=True) == Estimate(0.0, pytest.approx(0.040))
-    # every thread busy: one acquisition even for the first batch, which will have filled up by then
-    assert est.estimate(0) == Estimate(pytest.approx(0.050), pytest.approx(0.100))
-    # 9 ahead + itself = 10 items = 3 batches of 4: three acquisitions
-    assert est.estimate(9).wait_s == pytest.approx(0.150)
-    # a request of 3 items behind 5: its last item is the 8th, in the second batch
-    assert est.estimate(5, items=3, thread_free=True).wait_s == pytest.approx(0.050)
+    assert est.estimate(0, 1, IDLE, waiting=False) == Estimate(0.0, pytest.approx(0.040))
+    # every thread busy, nobody else waiting: one turn (a thread frees up every 50 ms)
+    assert est.estimate(0, 1, BUSY, waiting=False) == Estimate(pytest.approx(0.050), pytest.approx(0.040))
+    # 9 ahead + itself = 10 items = 3 batches of 4 (the last one of 2 so far): three turns
+    assert est.estimate(9, 1, BUSY, waiting=False) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
+    # two other models' dispatchers wait too: each turn is three thread releases
+    crowded = PoolState(thread_free=False, waiting=3, release_interval_s=0.05)
+    assert est.estimate(0, 1, crowded, waiting=True).wait_s == pytest.approx(0.150)
+    # a request of 3 items behind 5 with a thread idle: its last item is the 8th, in the second batch
+    assert est.estimate(5, 3, IDLE, waiting=False).wait_s == pytest.approx(0.050)
+    # once the queues are empty the wait is gone, however long they were: nothing stale is kept
+    assert est.estimate(0, 1, IDLE, waiting=False).wait_s == 0.0
 
 
 def test_shed_reason_and_retry_after() -> None:
@@ -66,3 +84,5 @@ def test_invalid_parameters_are_refused() -> None:
         WaitEstimator(max_batch_size=0)
     with pytest.raises(ValueError):
         WaitEstimator(max_batch_size=4, alpha=0)
+    with pytest.raises(ValueError):
+        Ewma(alpha=1.5)

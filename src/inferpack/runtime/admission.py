@@ -1,16 +1,18 @@
 """Admission by deadline: how long a new request would wait and run, and whether it can make its deadline.
 
-Pure logic, no clock and no I/O: the batcher feeds it what it measured (batch compute time by batch size,
-the time its dispatcher waited for a free inference thread) and asks it, for a request arriving behind
-`queued_ahead` items, for the expected wait and service time. A request whose expected wait + service
-exceeds the time left before its deadline is shed at once (503 + Retry-After) instead of queueing for work
-its client will have given up on.
+Pure logic, no clock and no I/O: the batcher feeds it what it measured (batch compute time by batch size) and
+the pool's state (is a thread idle, how many models' dispatchers wait for one, how often a thread frees up),
+and asks it, for a request arriving behind `queued_ahead` items, for the expected wait and service time. A
+request whose expected wait + service exceeds the time left before its deadline is shed at once (503 +
+Retry-After) instead of queueing for work its client will have given up on.
 
-Why the thread wait and not "queue / batch size x batch time" alone: batches of every model share one pool
-of inference threads, so a model's queue drains one batch per thread acquisition, and the time between two
-acquisitions already holds the other models' batches, the in-flight batch and the pool's parallelism (with
-two threads and one busy model it is about half a batch time). A queue of q items ahead with batches of B
-therefore waits about ceil((q + n) / B) acquisitions, each taking the measured mean thread wait.
+Why the pool's state and not "queue / batch size x batch time" alone: batches of every model share one
+pool of inference threads, taken in turn (first come, first served). A model's queue therefore drains one
+batch per turn, and a turn comes once every `competitors x release interval` (the models waiting for a
+thread, times the mean batch time over the number of threads). A queue of q items ahead with batches of B
+waits about ceil((q + n) / B) turns. Everything here is read from the present state except the two moving
+averages of compute time, so the estimate falls back to "no wait" as soon as the queues have emptied,
+however long they were a moment ago.
 """
 
 from __future__ import annotations
@@ -35,65 +37,79 @@ class Estimate:
         return self.wait_s + self.service_s
 
 
+class Ewma:
+    """An exponentially weighted moving average (weight `alpha` on the newest sample); None before any."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def add(self, sample: float) -> float:
+        self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
+        return self.value
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """The shared inference threads now: whether one is idle, how many dispatchers wait for one (this
+    model's included if it waits), and the mean time between two threads freeing up (batch time / threads)."""
+
+    thread_free: bool
+    waiting: int
+    release_interval_s: float
+
+
 class WaitEstimator:
-    """Per-model moving averages (EWMA, weight `alpha` on the newest sample) of batch compute time by batch
-    size and of the dispatcher's wait for an inference thread."""
+    """Per-model moving averages of batch compute time by batch size, and the estimate built on them."""
 
     def __init__(self, max_batch_size: int, alpha: float = 0.2) -> None:
-        if max_batch_size < 1 or not 0 < alpha <= 1:
-            raise ValueError("max_batch_size must be >= 1 and alpha in (0, 1]")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
         self.max_batch_size = max_batch_size
         self.alpha = alpha
-        self._batch_s: dict[int, float] = {}
-        self._thread_wait_s: float | None = None
-
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.alpha * (new - old)
+        self._batch_s: dict[int, Ewma] = {}
+        Ewma(alpha)  # validates alpha now, not at the first batch
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One batch of `size` items computed in `seconds`."""
         size = min(max(size, 1), self.max_batch_size)
-        self._batch_s[size] = self._mix(self._batch_s.get(size), seconds)
+        self._batch_s.setdefault(size, Ewma(self.alpha)).add(seconds)
 
-    def observe_thread_wait(self, seconds: float) -> None:
-        """The dispatcher waited `seconds` for a free inference thread before taking a batch."""
-        self._thread_wait_s = self._mix(self._thread_wait_s, max(seconds, 0.0))
-
-    @property
-    def thread_wait_s(self) -> float:
-        """Mean wait for a thread per batch (0 before any batch ran)."""
-        return self._thread_wait_s or 0.0
+    def _measured(self) -> dict[int, float]:
+        return {n: e.value for n, e in self._batch_s.items() if e.value is not None}
 
     def batch_seconds(self, size: int) -> float:
         """Expected compute time of a batch of `size` items: the average measured at that size, else linear
         between the nearest measured sizes, else scaled per item from the largest measured size (costlier
         sizes are never guessed cheaper than a measured smaller one); 0 before any batch ran."""
-        if not self._batch_s:
+        measured = self._measured()
+        if not measured:
             return 0.0
         size = min(max(size, 1), self.max_batch_size)
-        if size in self._batch_s:
-            return self._batch_s[size]
-        sizes = sorted(self._batch_s)
-        below = [s for s in sizes if s < size]
-        above = [s for s in sizes if s > size]
+        if size in measured:
+            return measured[size]
+        below = [s for s in sorted(measured) if s < size]
+        above = [s for s in sorted(measured) if s > size]
         if not below:
-            return self._batch_s[above[0]]
+            return measured[above[0]]
         lo = below[-1]
         if not above:
-            return self._batch_s[lo] * size / lo
+            return measured[lo] * size / lo
         hi = above[0]
-        share = (size - lo) / (hi - lo)
-        return self._batch_s[lo] + share * (self._batch_s[hi] - self._batch_s[lo])
+        return measured[lo] + (size - lo) / (hi - lo) * (measured[hi] - measured[lo])
 
-    def estimate(self, queued_ahead: int, items: int = 1, *, thread_free: bool = False) -> Estimate:
+    def estimate(self, queued_ahead: int, items: int, pool: PoolState, *, waiting: bool) -> Estimate:
         """Expected wait and service of a request of `items` items behind `queued_ahead` queued ones.
-        `thread_free`: an inference thread is idle now (the first batch starts without waiting)."""
+        `waiting`: this model's dispatcher already waits for a thread (it is counted in `pool.waiting`)."""
         b = self.max_batch_size
         position = max(queued_ahead, 0) + max(items, 1)
-        batches = math.ceil(position / b)  # acquisitions until this request's last batch starts
-        acquisitions = batches - 1 if thread_free else batches
-        last_size = b if batches > 1 or not thread_free else position
-        return Estimate(acquisitions * self.thread_wait_s, self.batch_seconds(last_size))
+        batches = math.ceil(position / b)  # turns until this request's last batch starts
+        turns = batches - 1 if pool.thread_free and not waiting else batches
+        competitors = max(1, pool.waiting + (0 if waiting else 1))
+        last_size = position - (batches - 1) * b  # what is queued now; later arrivals may join it
+        return Estimate(turns * competitors * pool.release_interval_s, self.batch_seconds(last_size))
 
 
 def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | None:

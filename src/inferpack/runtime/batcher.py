@@ -26,7 +26,15 @@ from typing import Any
 import torch
 
 from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
-from inferpack.runtime.admission import Estimate, WaitEstimator, cannot_finish, retry_after_s, shed_reason
+from inferpack.runtime.admission import (
+    Estimate,
+    Ewma,
+    PoolState,
+    WaitEstimator,
+    cannot_finish,
+    retry_after_s,
+    shed_reason,
+)
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
@@ -46,18 +54,28 @@ class InferencePool:
             max_workers=threads, thread_name_prefix="infer", initializer=self._init_thread
         )
         self._slots = asyncio.Semaphore(threads)
+        self._waiting = 0
+        self._batch_s = Ewma()
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
 
-    @property
-    def thread_free(self) -> bool:
-        """A thread is idle now (a batch taken now starts at once)."""
-        return not self._slots.locked()
+    def state(self) -> PoolState:
+        """Idle thread or not, dispatchers waiting, mean interval between threads freeing up (admission)."""
+        interval = (self._batch_s.value or 0.0) / self.threads
+        return PoolState(not self._slots.locked(), self._waiting, interval)
+
+    def observe_batch(self, seconds: float) -> None:
+        """A batch (of any model) held a thread for `seconds`."""
+        self._batch_s.add(seconds)
 
     async def acquire(self) -> None:
-        """Wait for a free thread."""
-        await self._slots.acquire()
+        """Wait for a free thread (first come, first served)."""
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
 
     def release(self) -> None:
         """Give a thread back."""
@@ -104,6 +122,7 @@ class ModelBatcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
+        self._waiting = False  # the dispatcher waits for a thread (counted in the pool's waiting)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
@@ -121,7 +140,7 @@ class ModelBatcher:
 
     def estimate(self, items: int = 1) -> Estimate:
         """Expected wait and service of a request of `items` items arriving now."""
-        return self.estimator.estimate(len(self._queue), items, thread_free=self.pool.thread_free)
+        return self.estimator.estimate(len(self._queue), items, self.pool.state(), waiting=self._waiting)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -197,9 +216,11 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            asked = self.clock()
-            await self.pool.acquire()
-            self.estimator.observe_thread_wait(self.clock() - asked)
+            self._waiting = True
+            try:
+                await self.pool.acquire()
+            finally:
+                self._waiting = False
             try:
                 await self._top_up()
                 batch = self._take()
@@ -268,6 +289,7 @@ class ModelBatcher:
             self.pool.release()
         compute = self.clock() - started
         self.estimator.observe_batch(len(batch), compute)
+        self.pool.observe_batch(compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
