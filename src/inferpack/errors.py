@@ -62,9 +62,10 @@ class PayloadTooLarge(InferpackError):
 
 
 class Overloaded(InferpackError):
-    """A request shed at arrival: its model's queue is full, or the expected wait would miss its deadline.
+    """A request shed at arrival: its model's queue is full, the expected wait would miss its deadline, or
+    the memory budget is full of busy models.
 
-    `reason` says which (`queue_full`, `deadline`, `expired`: no time left at all), `retry_after_s` when
+    `reason` says which (`queue_full`, `deadline`, `memory_budget`), `retry_after_s` when
     the queue ahead is expected to have drained, `expected_wait_s` the wait the estimate found.
     """
 

@@ -55,7 +55,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def server(demo_repo: Path) -> Iterator[RunningServer]:
     # no default deadline: only the tests' own headers set one, so a slow machine cannot expire requests
-    batching = BatchingSettings(max_batch_size=1, max_wait_ms=0, max_queue=2, deadline_ms=None)
+    batching = BatchingSettings(max_batch_size=1, max_wait_ms=0, max_queue=2, deadline_ms=0)
     with running_server(
         demo_repo, models=["qa-0000", "cls-0000"], inference_threads=1, batching=batching
     ) as s:

@@ -128,7 +128,7 @@ class DataPlane:
                 )
             deadline = request.deadline
             default_ms = self.registry.settings.batching.deadline_ms
-            if deadline is None and default_ms is not None:
+            if deadline is None and default_ms > 0:
                 deadline = time.perf_counter() + default_ms / 1000
             try:
                 results = await batcher.submit_many(request.items, raw=raw, deadline=deadline)
