@@ -21,8 +21,8 @@ BUSY = PoolState(thread_free=False, waiting=0, release_interval_s=0.05)
 def test_nothing_measured_admits_everything() -> None:
     est = WaitEstimator(max_batch_size=8)
     nothing = PoolState(thread_free=False, waiting=0, release_interval_s=0.0)
-    assert est.estimate(100, 1, nothing, waiting=True) == Estimate(0.0, 0.0)
-    assert shed_reason(est.estimate(100, 1, nothing, waiting=True), 0.001) is None
+    assert est.estimate(100, 1, nothing, position=0) == Estimate(0.0, 0.0)
+    assert shed_reason(est.estimate(100, 1, nothing, position=0), 0.001) is None
 
 
 def test_batch_time_is_a_moving_average_per_size() -> None:
@@ -49,18 +49,24 @@ def test_wait_counts_turns_of_the_shared_threads() -> None:
     for size, seconds in ((1, 0.040), (2, 0.060), (4, 0.100)):
         est.observe_batch(size, seconds)
     # an idle thread and an empty queue: no wait, a batch of one
-    assert est.estimate(0, 1, IDLE, waiting=False) == Estimate(0.0, pytest.approx(0.040))
+    assert est.estimate(0, 1, IDLE) == Estimate(0.0, pytest.approx(0.040))
     # every thread busy, nobody else waiting: one turn (a thread frees up every 50 ms)
-    assert est.estimate(0, 1, BUSY, waiting=False) == Estimate(pytest.approx(0.050), pytest.approx(0.040))
+    assert est.estimate(0, 1, BUSY) == Estimate(pytest.approx(0.050), pytest.approx(0.040))
     # 9 ahead + itself = 10 items = 3 batches of 4 (the last one of 2 so far): three turns
-    assert est.estimate(9, 1, BUSY, waiting=False) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
-    # two other models' dispatchers wait too: each turn is three thread releases
+    assert est.estimate(9, 1, BUSY) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
+    # three dispatchers in line, this model's last: its turn comes after three releases; next in line: one
     crowded = PoolState(thread_free=False, waiting=3, release_interval_s=0.05)
-    assert est.estimate(0, 1, crowded, waiting=True).wait_s == pytest.approx(0.150)
+    assert est.estimate(0, 1, crowded, position=2).wait_s == pytest.approx(0.150)
+    assert est.estimate(0, 1, crowded, position=0).wait_s == pytest.approx(0.050)
+    # a second batch waits a full round of the line after the first: 1 + 3 releases
+    assert est.estimate(4, 1, crowded, position=0).wait_s == pytest.approx(0.200)
+    # not in line yet, two others are: it joins behind them (3 releases), later rounds are 3 long too
+    two = PoolState(thread_free=False, waiting=2, release_interval_s=0.05)
+    assert est.estimate(4, 1, two).wait_s == pytest.approx(0.300)
     # a request of 3 items behind 5 with a thread idle: its last item is the 8th, in the second batch
-    assert est.estimate(5, 3, IDLE, waiting=False).wait_s == pytest.approx(0.050)
+    assert est.estimate(5, 3, IDLE).wait_s == pytest.approx(0.050)
     # once the queues are empty the wait is gone, however long they were: nothing stale is kept
-    assert est.estimate(0, 1, IDLE, waiting=False).wait_s == 0.0
+    assert est.estimate(0, 1, IDLE).wait_s == 0.0
 
 
 def test_shed_reason_and_retry_after() -> None:

@@ -8,9 +8,10 @@ Retry-After) instead of queueing for work its client will have given up on.
 
 Why the pool's state and not "queue / batch size x batch time" alone: batches of every model share one
 pool of inference threads, taken in turn (first come, first served). A model's queue therefore drains one
-batch per turn, and a turn comes once every `competitors x release interval` (the models waiting for a
-thread, times the mean batch time over the number of threads). A queue of q items ahead with batches of B
-waits about ceil((q + n) / B) turns. Everything here is read from the present state except the two moving
+batch per turn: its first turn comes when the dispatchers ahead of it in the line have had theirs, each
+later one after a full round of the line, and the line moves one place per release interval (the mean
+batch time over the number of threads). A queue of q items ahead with batches of B waits about
+ceil((q + n) / B) turns. Everything here is read from the present state except the two moving
 averages of compute time, so the estimate falls back to "no wait" as soon as the queues have emptied,
 however long they were a moment ago.
 """
@@ -53,8 +54,8 @@ class Ewma:
 
 @dataclass(frozen=True)
 class PoolState:
-    """The shared inference threads now: whether one is idle, how many dispatchers wait for one (this
-    model's included if it waits), and the mean time between two threads freeing up (batch time / threads)."""
+    """The shared inference threads now: whether one is idle, how many dispatchers wait in line for one,
+    and the mean time between two threads freeing up (batch time / threads)."""
 
     thread_free: bool
     waiting: int
@@ -100,16 +101,22 @@ class WaitEstimator:
         hi = above[0]
         return measured[lo] + (size - lo) / (hi - lo) * (measured[hi] - measured[lo])
 
-    def estimate(self, queued_ahead: int, items: int, pool: PoolState, *, waiting: bool) -> Estimate:
+    def estimate(
+        self, queued_ahead: int, items: int, pool: PoolState, *, position: int | None = None
+    ) -> Estimate:
         """Expected wait and service of a request of `items` items behind `queued_ahead` queued ones.
-        `waiting`: this model's dispatcher already waits for a thread (it is counted in `pool.waiting`)."""
+        `position`: where this model's dispatcher stands in the line for a thread (0: next; counted in
+        `pool.waiting`), None when it does not wait."""
         b = self.max_batch_size
-        position = max(queued_ahead, 0) + max(items, 1)
-        batches = math.ceil(position / b)  # turns until this request's last batch starts
-        turns = batches - 1 if pool.thread_free and not waiting else batches
-        competitors = max(1, pool.waiting + (0 if waiting else 1))
-        last_size = position - (batches - 1) * b  # what is queued now; later arrivals may join it
-        return Estimate(turns * competitors * pool.release_interval_s, self.batch_seconds(last_size))
+        size = max(queued_ahead, 0) + max(items, 1)
+        batches = math.ceil(size / b)  # turns until this request's last batch starts
+        # thread releases before the first turn: the places ahead in line and its own, or none when idle
+        joins = 0 if pool.thread_free else pool.waiting + 1
+        first = position + 1 if position is not None else joins
+        later = max(1, pool.waiting + (0 if position is not None else 1))  # a full round of the line
+        releases = first + (batches - 1) * later
+        last_size = size - (batches - 1) * b  # what is queued now; later arrivals may join it
+        return Estimate(releases * pool.release_interval_s, self.batch_seconds(last_size))
 
 
 def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | None:

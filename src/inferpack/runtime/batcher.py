@@ -55,6 +55,8 @@ class InferencePool:
         )
         self._slots = asyncio.Semaphore(threads)
         self._waiting = 0
+        self._issued = 0  # tickets: the line for a thread is first come, first served
+        self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
 
     def _init_thread(self) -> None:
@@ -69,13 +71,26 @@ class InferencePool:
         """A batch (of any model) held a thread for `seconds`."""
         self._batch_s.add(seconds)
 
-    async def acquire(self) -> None:
-        """Wait for a free thread (first come, first served)."""
+    @property
+    def next_ticket(self) -> int:
+        """The ticket the next `acquire` waits with."""
+        return self._issued
+
+    def position(self, ticket: int) -> int:
+        """Places ahead of `ticket` in the line for a thread (0: next)."""
+        return max(0, ticket - self._left)
+
+    async def acquire(self) -> int:
+        """Wait for a free thread (first come, first served); returns the ticket it waited with."""
+        ticket = self._issued
+        self._issued += 1
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
+            self._left += 1
+        return ticket
 
     def release(self) -> None:
         """Give a thread back."""
@@ -122,7 +137,7 @@ class ModelBatcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
-        self._waiting = False  # the dispatcher waits for a thread (counted in the pool's waiting)
+        self._ticket: int | None = None  # while the dispatcher waits in line for a thread
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
@@ -140,7 +155,8 @@ class ModelBatcher:
 
     def estimate(self, items: int = 1) -> Estimate:
         """Expected wait and service of a request of `items` items arriving now."""
-        return self.estimator.estimate(len(self._queue), items, self.pool.state(), waiting=self._waiting)
+        position = None if self._ticket is None else self.pool.position(self._ticket)
+        return self.estimator.estimate(len(self._queue), items, self.pool.state(), position=position)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -216,11 +232,11 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            self._waiting = True
+            self._ticket = self.pool.next_ticket
             try:
                 await self.pool.acquire()
             finally:
-                self._waiting = False
+                self._ticket = None
             try:
                 await self._top_up()
                 batch = self._take()
