@@ -50,8 +50,9 @@ def test_wait_counts_turns_of_the_shared_threads() -> None:
         est.observe_batch(size, seconds)
     # an idle thread and an empty queue: no wait, a batch of one
     assert est.estimate(0, 1, IDLE) == Estimate(0.0, pytest.approx(0.040))
-    # every thread busy, nobody else waiting: one turn (a thread frees up every 50 ms)
-    assert est.estimate(0, 1, BUSY) == Estimate(pytest.approx(0.050), pytest.approx(0.040))
+    # every thread busy, nobody else waiting: one turn (a thread frees up every 50 ms), and by then its
+    # batch has the model's usual size (1, 2, 4 seen: about 2)
+    assert est.estimate(0, 1, BUSY) == Estimate(pytest.approx(0.050), pytest.approx(0.060))
     # 9 ahead + itself = 10 items = 3 batches of 4 (the last one of 2 so far): three turns
     assert est.estimate(9, 1, BUSY) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
     # three dispatchers in line, this model's last: its turn comes after three releases; next in line: one
@@ -92,3 +93,13 @@ def test_invalid_parameters_are_refused() -> None:
         WaitEstimator(max_batch_size=4, alpha=0)
     with pytest.raises(ValueError):
         Ewma(alpha=1.5)
+
+
+def test_a_waiting_request_expects_the_models_usual_batch_size() -> None:
+    est = WaitEstimator(max_batch_size=8, alpha=1.0)
+    est.observe_batch(1, 0.010)
+    est.observe_batch(6, 0.060)  # lately this model's batches hold 6 items
+    # it must wait: by the time its batch forms, later arrivals will have joined it
+    assert est.estimate(0, 1, BUSY).service_s == pytest.approx(0.060)
+    # a thread is idle: its batch forms now, with what is queued
+    assert est.estimate(0, 1, IDLE).service_s == pytest.approx(0.010)

@@ -71,12 +71,13 @@ class WaitEstimator:
         self.max_batch_size = max_batch_size
         self.alpha = alpha
         self._batch_s: dict[int, Ewma] = {}
-        Ewma(alpha)  # validates alpha now, not at the first batch
+        self._size = Ewma(alpha)  # validates alpha now, not at the first batch
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One batch of `size` items computed in `seconds`."""
         size = min(max(size, 1), self.max_batch_size)
         self._batch_s.setdefault(size, Ewma(self.alpha)).add(seconds)
+        self._size.add(size)
 
     def _measured(self) -> dict[int, float]:
         return {n: e.value for n, e in self._batch_s.items() if e.value is not None}
@@ -115,7 +116,9 @@ class WaitEstimator:
         first = position + 1 if position is not None else joins
         later = max(1, pool.waiting + (0 if position is not None else 1))  # a full round of the line
         releases = first + (batches - 1) * later
-        last_size = size - (batches - 1) * b  # what is queued now; later arrivals may join it
+        last_size = size - (batches - 1) * b  # what is queued now
+        if releases:  # while it waits, later arrivals join its batch: expect the model's usual batch size
+            last_size = min(b, max(last_size, round(self._size.value or 1)))
         return Estimate(releases * pool.release_interval_s, self.batch_seconds(last_size))
 
 
