@@ -60,6 +60,14 @@ class BatchingSettings(_Section):
             "timeout). 0: no default deadline (only a full queue sheds requests that set none)."
         ),
     )
+    cross_tenant: bool = Field(
+        default=True,
+        description=(
+            "A batch with room left takes queued requests of other models of the same base (models "
+            "sharing weight files): their shared layers run once for all rows, each model's own layers "
+            "on its rows. Off: a batch holds one model's requests."
+        ),
+    )
 
 
 class AuthSettings(_Section):
@@ -107,6 +115,16 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    load_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). Loads read and "
+            "cast weights while inference runs on the same cores: niced, they take the cores' idle time "
+            "instead of stretching the requests in flight (the tail)."
+        ),
+    )
     memory_wait_s: float = Field(
         default=5.0,
         ge=0,

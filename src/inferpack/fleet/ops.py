@@ -30,6 +30,7 @@ from inferpack.fleet.state import (
 )
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
 from inferpack.plan import Plan, load_plan, save_plan
+from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.devices import DeviceKind, probe_devices
@@ -43,12 +44,14 @@ log = logging.getLogger("inferpack.fleet")
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
     """The simple plan for this machine (`inferpack plan --simple`): every model of the repository dealt
-    over `servers` local servers, `copies` copies each (at most one per server), cores and memory split
-    evenly."""
-    ids = LocalRepository(repository).model_ids()
+    over `servers` local servers, `copies` copies each (at most one per server), the cores split evenly,
+    memory sized from the models each server holds."""
+    repo = LocalRepository(repository)
+    ids = repo.model_ids()
     if not ids:
         raise PlanError(f"no models in {repository}", hint="create some with `inferpack models demo`")
-    return local_simple_plan(ids, servers, copies, repository=str(repository))
+    memory = {model_id: model_memory_mb(repo, model_id) for model_id in ids}
+    return local_simple_plan(memory, servers, copies, repository=str(repository))
 
 
 def threads_per_server(configured: int, servers: int) -> int:

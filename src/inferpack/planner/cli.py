@@ -127,7 +127,7 @@ def plan_command(
     if simple:
         if servers is None:
             raise ConfigError("--simple needs --servers N")
-        plan = local_simple_plan([d.id for d in demands], servers, copies, repository=repo_label)
+        plan = local_simple_plan({d.id: d.memory_mb for d in demands}, servers, copies, repository=repo_label)
         save_plan(plan, out)
         _print_simple(console, plan, out)
         return
@@ -170,6 +170,14 @@ def _print_simple(console: Console, plan: Plan, out: Path) -> None:
     for server in plan.servers():
         table.add_row(server.name, str(len(server.models)), ", ".join(server.models[:3]))
     console.print(table)
+    res = plan.groups[0].resources
+    console.print(f"each server: {res.cpu:g} CPU, {res.memory_mb} MiB (its models' footprints + headroom)")
+    if "exceeds_host_memory_mb" in plan.metadata:
+        console.print(
+            f"[yellow]note:[/] the servers together need more than this host's "
+            f"{plan.metadata['exceeds_host_memory_mb']} MiB: use more machines (`inferpack plan` without "
+            "--simple, `inferpack k8s render`) or fewer copies"
+        )
     if "copies_requested" in plan.metadata:
         console.print(
             f"[yellow]note:[/] {plan.metadata['copies_requested']} copies asked for, "

@@ -11,6 +11,9 @@ at most `max_wait_ms`. Load shedding, all at arrival or before a batch forms, ne
   `DeadlineExceeded` when its batch would form;
 - a request whose caller went away (its task was cancelled: the transport cancels it when the client
   disconnects) leaves the queue at once, so nobody computes answers no one will read.
+With `Peers`, a batch with room left takes queued requests of other models of the same base too: their
+shared layers run once for all rows (`runtime/crossbatch.py`). The admission estimate ignores that help
+(a model's queue may drain faster than it says: it errs on the side of shedding).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from inferpack.runtime.admission import (
     retry_after_s,
     shed_reason,
 )
+from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
@@ -110,6 +114,7 @@ class _Pending:
     item: TextInput
     raw: bool
     future: asyncio.Future[dict[str, Any]]
+    owner: ModelBatcher
     enqueued: float
     deadline: float | None = field(default=None)
 
@@ -123,6 +128,7 @@ class ModelBatcher:
         pool: InferencePool,
         settings: BatchingSettings,
         observer: BatchObserver | None = None,
+        peers: Peers | None = None,
         *,
         drop_observer: DropObserver | None = None,
         clock: Clock = time.perf_counter,
@@ -131,6 +137,7 @@ class ModelBatcher:
         self.pool = pool
         self.settings = settings
         self.observer = observer
+        self.peers = peers
         self.drop_observer = drop_observer
         self.clock = clock
         self.estimator = WaitEstimator(settings.max_batch_size)
@@ -142,6 +149,8 @@ class ModelBatcher:
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
         )
+        if peers is not None:
+            peers.join(self)
 
     @property
     def queue_depth(self) -> int:
@@ -201,7 +210,7 @@ class ModelBatcher:
                 expected_wait_s=estimate.wait_s,
             )
         loop = asyncio.get_running_loop()
-        mine = [_Pending(item, raw, loop.create_future(), now, deadline) for item in items]
+        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline) for item in items]
         self._queue.extend(mine)
         self._arrived.set()
         try:
@@ -247,8 +256,10 @@ class ModelBatcher:
                 self.pool.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            # every model in the batch is busy until it ends (its unload waits; it is not evicted)
+            for owner in {id(p.owner): p.owner for p in batch}.values():
+                owner._in_flight.add(task)
+                task.add_done_callback(owner._in_flight.discard)
 
     async def _top_up(self) -> None:
         """Wait up to max_wait for a fuller batch (only while it is not full already)."""
@@ -267,35 +278,51 @@ class ModelBatcher:
                 return
 
     def _take(self) -> list[_Pending]:
-        """The next batch: queued requests in order, skipping abandoned ones and dropping those that can no
-        longer finish by their deadline."""
+        """The next batch: queued requests in order (then, with room left, those of the same base's other
+        models), skipping abandoned ones and dropping those that can no longer finish by their deadline."""
         batch: list[_Pending] = []
-        size = min(len(self._queue), self.settings.max_batch_size)
-        service = self.estimator.batch_seconds(size)
+        limit = self.settings.max_batch_size
+        service = self.estimator.batch_seconds(min(len(self._queue), limit))
         now = self.clock()
-        while self._queue and len(batch) < self.settings.max_batch_size:
-            pending = self._queue.popleft()
+        self._take_from(self, batch, limit, now, service)
+        if self.peers is not None and len(batch) < limit:
+            for other in self.peers.others(self):  # room left: requests of the same base's other models
+                if len(batch) >= limit:
+                    break
+                if not other._closing:
+                    self._take_from(other, batch, limit, now, service)
+        return batch
+
+    @staticmethod
+    def _take_from(
+        source: ModelBatcher, batch: list[_Pending], limit: int, now: float, service: float
+    ) -> None:
+        while source._queue and len(batch) < limit:
+            pending = source._queue.popleft()
             if pending.future.done():  # cancelled: the caller went away
                 continue
             if cannot_finish(now, pending.deadline, service):
+                model_id = source.model.model_id
                 pending.future.set_exception(
                     DeadlineExceeded(
-                        f"model {self.model.model_id!r}: the request's deadline passed while it was queued "
+                        f"model {model_id!r}: the request's deadline passed while it was queued "
                         f"({(now - pending.enqueued) * 1000:.0f} ms)",
                         hint="retry with a longer deadline (inferpack-deadline-ms), or add copies",
-                        model_id=self.model.model_id,
+                        model_id=model_id,
                     )
                 )
                 continue
             batch.append(pending)
-        return batch
 
     async def _execute(self, batch: list[_Pending]) -> None:
         started = self.clock()
         try:
-            items = [p.item for p in batch]
-            raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
-            results = await self.pool.run(lambda: self.model.predict(items, raw))
+            if all(p.owner is self for p in batch):
+                items = [p.item for p in batch]
+                raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
+                results = await self.pool.run(lambda: self.model.predict(items, raw))
+            else:
+                results = await self._execute_mixed(batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -310,12 +337,31 @@ class ModelBatcher:
             if not pending.future.done():
                 pending.future.set_result(result)
         if self.observer is not None:
-            waited = started - min(p.enqueued for p in batch)
-            self.observer(self.model.model_id, len(batch), waited, compute)
+            for owner, rows in _by_owner(batch).items():
+                waited = started - min(p.enqueued for p in rows)
+                self.observer(owner.model.model_id, len(rows), waited, compute)
+
+    async def _execute_mixed(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        """One forward for rows of several models of one base; results in the batch's order."""
+        groups = _by_owner(batch)
+        parts = [
+            Part(owner.model, [p.item for p in rows], [p.raw for p in rows]) for owner, rows in groups.items()
+        ]
+        assert self.peers is not None  # only peers mix batches
+        run = self.peers.run
+        per_part = await self.pool.run(lambda: run(parts))
+        by_pending = {
+            id(p): r
+            for rows, results in zip(groups.values(), per_part, strict=True)
+            for p, r in zip(rows, results, strict=True)
+        }
+        return [by_pending[id(p)] for p in batch]
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests; finish queued and running ones (drain) or fail the queued ones."""
         self._closing = True
+        if self.peers is not None:
+            self.peers.leave(self)
         if not drain:
             while self._queue:
                 pending = self._queue.popleft()
@@ -325,3 +371,11 @@ class ModelBatcher:
         await self._dispatcher
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def _by_owner(batch: list[_Pending]) -> dict[ModelBatcher, list[_Pending]]:
+    """The batch's requests per model, in order of first appearance."""
+    out: dict[ModelBatcher, list[_Pending]] = {}
+    for pending in batch:
+        out.setdefault(pending.owner, []).append(pending)
+    return out

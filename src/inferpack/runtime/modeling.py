@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from inferpack.errors import DeviceUnavailable, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
+from inferpack.runtime.crossbatch import own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
@@ -177,6 +178,8 @@ def load_model(
         hidden_size=hidden,
         extra={"shared": groups, "skeleton": skeleton} if manifest.format == "safetensors" else {},
     )
+    if groups and isinstance(module, TaskWrapper):  # which layers are its own (cross-tenant batching)
+        loaded.extra["own_paths"] = own_paths(module, [t for g in groups for t in g.tensors.values()])
     if warmup or (warmup is None and manifest.format == "torchscript"):
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started

@@ -18,7 +18,10 @@ Policies:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +29,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from inferpack.errors import InferpackError, ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
@@ -74,6 +80,16 @@ class RegistryStats:
     load_failures: int = 0
 
 
+def load_lane_thread(nice: int) -> None:
+    """Set up a load thread: one intra-op torch thread (a load never takes every core) and, on Linux, a
+    lower scheduling priority for this thread alone, so inference threads win the cores while it runs."""
+    torch.set_num_threads(1)
+    if nice > 0 and hasattr(os, "setpriority"):
+        # where not permitted, loads run at the inference threads' priority
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class ModelRegistry:
     """Owns model lifecycles and memory for one server."""
 
@@ -110,11 +126,15 @@ class ModelRegistry:
         self._clock = clock
         self._load_slots = asyncio.Semaphore(settings.max_concurrent_loads)
         self._load_executor = ThreadPoolExecutor(
-            max_workers=settings.max_concurrent_loads, thread_name_prefix="load"
+            max_workers=settings.max_concurrent_loads,
+            thread_name_prefix="load",
+            initializer=load_lane_thread,
+            initargs=(settings.load_nice,),
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
         self._drop_observer = drop_observer
+        self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
@@ -263,6 +283,7 @@ class ModelRegistry:
                 self.pool,
                 self.settings.batching,
                 self._batch_observer,
+                self._peers,
                 drop_observer=self._drop_observer,
             )
             entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
