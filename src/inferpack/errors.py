@@ -137,3 +137,15 @@ class FleetError(InferpackError):
 
 class PlanError(InferpackError):
     """A placement problem with no feasible solution, or a malformed plan."""
+
+
+class InsufficientStorage(ModelLoadFailed):
+    """A model cannot be held here at all: retrying on this server cannot help (HTTP 507)."""
+
+
+class ModelTooLarge(InsufficientStorage):
+    """A model needs more memory than the server's whole memory budget."""
+
+
+class CacheFull(InsufficientStorage):
+    """The disk of the local model cache (S3 repositories) has no room for a model's files."""

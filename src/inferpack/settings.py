@@ -26,6 +26,8 @@ DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+# The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
+DEFAULT_IMAGE = "inferpack:latest"
 
 
 class _Section(BaseModel):
@@ -131,6 +133,15 @@ class ServerSettings(_Section):
         description="When the budget is full of busy models, how long a load waits for one to go idle "
         "before answering 503.",
     )
+    repository_retry_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A degraded repository (S3 failing, folder unreadable: served from the last listing "
+        "and the cache) is listed again after this long, the wait doubling after each failure.",
+    )
+    repository_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Cap on the wait between two listings of a degraded repository."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     inference_threads: int = Field(
@@ -215,6 +226,16 @@ class FleetSettings(_Section):
         default=False,
         description="Run the servers of plan groups whose processor (cuda, neuron) this host lacks on the "
         "CPU, with a warning, instead of refusing to start.",
+    )
+    runtime: Literal["host", "podman", "docker"] = Field(
+        default="host",
+        description="Where servers and router run: host processes of this interpreter, or containers of "
+        "`image` run by podman or docker (ports published on 127.0.0.1, the repository mounted read-only).",
+    )
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        description="The inferpack image containers run (runtime podman/docker): the tag `inferpack image "
+        "build` makes by default.",
     )
     test: FleetTestSettings = Field(default_factory=FleetTestSettings)
 

@@ -22,7 +22,9 @@ class _Probe:
         self.seen: list[tuple[int, int]] = []
 
     def __call__(self, repo: Any, model_id: str, version: int | None, cold: bool = False) -> Any:
-        self.seen.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), torch.get_num_threads()))
+        self.seen.append(
+            (os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), torch.get_num_threads())
+        )
         return Echo(model_id)
 
 

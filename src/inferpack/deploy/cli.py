@@ -54,7 +54,7 @@ from inferpack.errors import ConfigError
 from inferpack.plan import Plan, load_plan
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, node_allocatable
 from inferpack.planner.catalog import load_catalog
-from inferpack.settings import load_settings
+from inferpack.settings import DEFAULT_IMAGE, load_settings
 
 k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
 eks_app = typer.Typer(help="Amazon EKS cluster configs for a plan (eksctl, Karpenter).", no_args_is_help=True)
@@ -223,6 +223,62 @@ def render(
         f"{len(manifests)} objects for {len(the_plan.servers())} servers in {len(written)} files under {out}"
     )
     console.print(f"review: kubectl kustomize {out}    apply: inferpack k8s apply --dir {out}")
+
+
+@k8s_app.command("profile-job")
+def profile_job(
+    instance_type: Annotated[
+        str, typer.Option("--instance-type", help="One catalog type of the family to profile (c7g.xlarge).")
+    ],
+    repository: Annotated[
+        str, typer.Option(help="s3://bucket/prefix, or a path on the models PVC, holding the models to time.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the Job here (default: stdout).")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image (registry/name:tag).")] = None,
+    namespace: NamespaceOpt = "inferpack",
+    s3_endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
+    aws_region: Annotated[str | None, typer.Option(help="AWS_REGION for the pod.")] = None,
+    profile_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra `inferpack profile` argument (repeatable), e.g. --profile-arg=--model-class "
+            "--profile-arg=bert-base."
+        ),
+    ] = None,
+    catalog: Annotated[
+        list[Path] | None, typer.Option("--catalog", help="Catalog override file(s), applied in order.")
+    ] = None,
+) -> None:
+    """Render a Job that runs `inferpack profile` on one node of an instance family (CPU families): its
+    log is the profile file for `inferpack plan --profiles`. See docs/planner.md."""
+    from inferpack.deploy.profilejob import profile_job_name, render_profile_job
+    from inferpack.planner.problem import PlanOptions
+    from inferpack.planner.solve import group_resources
+
+    inst = load_catalog(catalog).get(instance_type)
+    defaults = RenderOptions()
+    options = RenderOptions(
+        image=image or defaults.image,
+        namespace=namespace,
+        s3_endpoint_url=s3_endpoint_url,
+        aws_region=aws_region,
+    )
+    job = render_profile_job(
+        inst, group_resources(inst, PlanOptions()), repository, options, tuple(profile_arg or ())
+    )
+    text = yaml.safe_dump(job, sort_keys=False)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+    name = profile_job_name(inst.name)
+    console.print(
+        f"then: kubectl apply -f <the job>; kubectl -n {namespace} wait --for=condition=complete "
+        f"job/{name} --timeout=30m; kubectl -n {namespace} logs job/{name} | sed -n '/^{{/,$p' "
+        f"> {inst.family}.json"
+    )
 
 
 def _kubectl(
@@ -564,7 +620,9 @@ def _node_share(instance_type: str) -> tuple[float, float] | None:
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[str, typer.Option(help="Image name:tag.")] = "inferpack:latest",
+    tag: Annotated[
+        str, typer.Option(help="Image name:tag (the default is the image `up --runtime podman` runs).")
+    ] = DEFAULT_IMAGE,
     variant: Annotated[str, typer.Option(help="cpu, cuda or neuron.")] = "cpu",
     platform: Annotated[str | None, typer.Option(help="linux/amd64 or linux/arm64 (Graviton).")] = None,
     base_image: Annotated[str | None, typer.Option(help="Override the Containerfile's base image.")] = None,

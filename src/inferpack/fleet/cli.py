@@ -69,6 +69,17 @@ def up_command(
             help="Run plan groups whose GPU/Neuron this host lacks on the CPU (warns) instead of failing.",
         ),
     ] = False,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="host (processes of this Python, the default), or podman / docker: servers and router as "
+            "containers of --image, ports on 127.0.0.1, the repository mounted read-only.",
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Image of --runtime podman/docker (default: inferpack:latest, as `image build`)."),
+    ] = None,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -83,6 +94,8 @@ def up_command(
             "router_port": router_port,
             "threads_per_server": threads,
             "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
+            "runtime": runtime,
+            "image": image,
             "run_dir": run_dir,
         },
         {"repository": repository},
@@ -93,13 +106,13 @@ def up_command(
 
 def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
     """Show every fleet process: pid, port, models, ready, RSS, requests, restarts."""
-    _, state = ops.read_state(_run_dir(config, run_dir))
+    run, state = ops.read_state(_run_dir(config, run_dir))
     stale = is_stale(state)
     table = Table(title=f"inferpack fleet: {state.phase}" + (" (STALE)" if stale else ""))
     for col in ("server", "pid", "port", "models", "state", "ready", "RSS MB", "requests", "restarts"):
         left = col in ("server", "models", "state")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("server", "state"))
-    for row in ops.status_rows(state):
+    for row in ops.status_rows(state, ops.runner_of(run)):
         models = f"{len(row.models)}: {row.models[0]}" if row.models else ""
         models += " .." if len(row.models) > 1 else ""
         table.add_row(

@@ -18,6 +18,7 @@ import psutil
 from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
+from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (
     FleetState,
     ProcessState,
@@ -28,8 +29,8 @@ from inferpack.fleet.state import (
     load_state,
     save_state,
 )
-from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
-from inferpack.plan import Plan, load_plan, save_plan
+from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, launch_runner, load_launch
+from inferpack.plan import Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
@@ -101,6 +102,11 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
     threads = threads_per_server(fleet.threads_per_server, len(servers))
     devices = plan_devices(plan, fleet.allow_cpu_fallback)
+    if fleet.threads_per_server and any(g.execution is not None for g in plan.groups):
+        log.warning(
+            "warning: the plan's groups set their own threads (as costed); --threads applies only to "
+            "groups without an execution"
+        )
     run.prepare()
     # A plan without empty servers: the router and the state only know servers that run.
     used = {s.name for s in servers}
@@ -117,13 +123,8 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         repository=str(repository.resolve()),
         config=str(config.resolve()) if config is not None else None,
         servers=[
-            ServerLaunch(
-                name=s.name,
-                port=p,
-                models=s.models,
-                # a GPU/Neuron server keeps its device's thread default (0) unless threads are set
-                threads=threads if devices[plan.group_of(s.name).name] == "cpu" else fleet.threads_per_server,
-                device=devices[plan.group_of(s.name).name],
+            server_launch(
+                s.name, p, s.models, plan.group_of(s.name), devices, threads, fleet.threads_per_server
             )
             for s, p in zip(servers, ports, strict=True)
         ],
@@ -133,10 +134,34 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         restart_backoff_s=fleet.restart_backoff_s,
         restart_backoff_max_s=fleet.restart_backoff_max_s,
         upstream_timeout_s=fleet.upstream_timeout_s,
+        runtime=fleet.runtime,
+        image=fleet.image,
     )
     launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
     run.state_file.unlink(missing_ok=True)
     return run, spec
+
+
+def server_launch(
+    name: str,
+    port: int,
+    models: list[str],
+    group: ServerGroup,
+    devices: dict[str, str],
+    cpu_threads: int,
+    configured_threads: int,
+) -> ServerLaunch:
+    """How one plan server runs here. A group with an `execution` runs exactly it (the settings the plan
+    was costed with) when its device is here; without one, or fallen back to the CPU, the threads are
+    the split of this machine's cores (CPU) or the device's default (0, unless threads are configured)."""
+    device = devices[group.name]
+    if group.execution is not None and device == group.execution.device:
+        ex = group.execution
+        return ServerLaunch(
+            name=name, port=port, models=models, threads=ex.inference_threads, device=device, execution=ex
+        )
+    threads = cpu_threads if device == "cpu" else configured_threads
+    return ServerLaunch(name=name, port=port, models=models, threads=threads, device=device)
 
 
 def plan_devices(plan: Plan, allow_cpu_fallback: bool) -> dict[str, str]:
@@ -171,6 +196,7 @@ def up(
         else:
             plan = local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
     run, spec = prepare(settings, plan, config)
+    launch_runner(run, spec).check()  # a missing container runtime or image: said now, not in a log
     supervisor = P.spawn(
         [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root)],
         run.log_path("supervisor"),
@@ -253,17 +279,23 @@ class ProcessRow:
     restarts: int
 
 
-def status_rows(state: FleetState) -> list[ProcessRow]:
-    """Live facts about every process: alive (pid and start time match), ready (probe), RSS, requests."""
+def runner_of(run: RunDir) -> ProcessRunner:
+    """The runner a run directory's fleet was started with (host processes when it has no launch spec)."""
+    try:
+        spec = load_launch(run)
+    except ConfigError:
+        return HostRunner()
+    return launch_runner(run, spec)
+
+
+def status_rows(state: FleetState, runner: ProcessRunner | None = None) -> list[ProcessRow]:
+    """Live facts about every process: alive (pid and start time match), ready (probe), RSS (of the
+    server itself, inside its container under a container runtime), requests."""
+    runner = runner if runner is not None else HostRunner()
     rows = []
     for p in [*state.servers, state.router]:
         alive = is_alive(p.pid, p.create_time)
-        rss = None
-        if alive and p.pid is not None:
-            try:
-                rss = psutil.Process(p.pid).memory_info().rss / 2**20
-            except psutil.NoSuchProcess:
-                alive = False
+        rss = runner.memory_mb(p.name, p.pid) if alive else None
         ready = alive and p.url is not None and P.probe_ready(p.url)
         metric = "inferpack_router_requests_total" if p.role == "router" else "inferpack_requests_total"
         requests = P.scrape_requests(p.url, metric) if ready and p.url else None
@@ -293,6 +325,9 @@ def down(run_dir: Path, timeout_s: float | None = None) -> tuple[FleetState, lis
             proc.wait(10)
     final = load_state(run) or state
     left = cleanup_stale(final)
+    # Containers are found by their names, not pids: what a crash left (the supervisor never closed).
+    removed = set(runner_of(run).cleanup())
+    left += [p for p in final.processes() if p not in left and any(n.endswith(f"-{p.name}") for n in removed)]
     if final.phase != "stopped":
         final.phase = "stopped"
         final.message = "stopped by `inferpack down` (supervisor was not running)"

@@ -240,7 +240,9 @@ def _ints(value: str, flag: str) -> list[int]:
 
 
 def profile_command(
-    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder.")],
+    repository: Annotated[
+        str, typer.Option("--repository", help="Model repository: a folder or s3://bucket/prefix.")
+    ],
     models: Annotated[
         str | None, typer.Option("--models", help="Comma-separated model ids (default: all).")
     ] = None,
@@ -254,11 +256,22 @@ def profile_command(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed forwards per point.")] = 10,
     instance_type: Annotated[
         list[str] | None,
-        typer.Option("--instance-type", help="Catalog name(s) this machine stands for (default: local)."),
+        typer.Option(
+            "--instance-type",
+            help="Catalog name(s) or patterns this machine stands for (default: local), e.g. 'c6i.*': "
+            "the measured figures replace the reference estimates for them.",
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
-        "profile.json"
-    ),
+    model_class: Annotated[
+        str | None,
+        typer.Option(
+            "--model-class",
+            help="Planner class of the models (e.g. bert-base; default: one class per measured shape).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the profile ('-': stdout, and nothing else).")
+    ] = Path("profile.json"),
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -267,7 +280,8 @@ def profile_command(
     from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
     from inferpack.repository.local import open_repository
 
-    console = Console()
+    to_stdout = str(out) == "-"
+    console = Console(stderr=True, quiet=True) if to_stdout else Console()  # stdout: the JSON alone
     repo = open_repository(repository)
     wanted = _split(models) or repo.model_ids()
     unknown = [m for m in wanted if m not in repo.model_ids()]
@@ -283,6 +297,7 @@ def profile_command(
         dtypes=[d for d in ("fp32", "bf16") if d in dtype_list],  # typed as the Literal choices
         repeats=repeats,
         instance_types=instance_type or None,
+        model_class=model_class,
     )
     steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
     with counting_progress(console) as bar:
@@ -296,6 +311,9 @@ def profile_command(
         bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    if to_stdout:
+        print(profile.model_dump_json(indent=2, exclude_none=True))
+        return
     write_profile(profile, out)
     table = Table(title=f"profile: {profile.notes}")
     for col in (
@@ -324,4 +342,5 @@ def profile_command(
     console.print(table)
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
-    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class <architecture>")
+    plan_class = model_class or "<architecture>"
+    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class {plan_class}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from inferpack.errors import DeviceUnavailable, ModelLoadFailed, RepositoryError
+from inferpack.errors import DeviceUnavailable, InsufficientStorage, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
 from inferpack.runtime.crossbatch import own_paths
@@ -158,8 +158,10 @@ def load_model(
             skeleton = eager.skeleton_key
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
         tokenizer = TOKENIZERS.get(repository.resolve_file(model_id, chosen, manifest.tokenizer), limit)
-    except (ModelLoadFailed, DeviceUnavailable):
+    except (InsufficientStorage, DeviceUnavailable):
         raise
+    except ModelLoadFailed as exc:  # raised by the builders, which do not know the model's name
+        raise ModelLoadFailed(f"model {model_id!r} v{chosen}: {exc.message}", hint=exc.hint) from exc
     except RepositoryError as exc:  # already names the model and the file
         raise ModelLoadFailed(exc.message, hint=exc.hint) from exc
     except Exception as exc:  # any failure to read or build is the model's, not the server's

@@ -31,7 +31,14 @@ from typing import Literal
 
 import torch
 
-from inferpack.errors import InferpackError, ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
+from inferpack.errors import (
+    InferpackError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    ModelTooLarge,
+    Overloaded,
+)
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
@@ -262,6 +269,7 @@ class ModelRegistry:
                     claim = 0
                     if self.budget_bytes is not None:
                         claim = self._estimate(model_id, version)
+                        self._check_fits(model_id, claim)  # before evicting anything for it
                         await self._make_room(claim, exclude=model_id)
                         self._claimed += claim  # loads in flight hold their share of the budget
                     try:
@@ -274,7 +282,8 @@ class ModelRegistry:
                 self._load_failed(entry, exc, time.perf_counter() - started)
                 if isinstance(exc, ModelNotFound | ModelLoadFailed | Overloaded):
                     raise
-                raise ModelLoadFailed(entry.reason) from exc
+                hint = exc.hint if isinstance(exc, InferpackError) else None
+                raise ModelLoadFailed(entry.reason, hint=hint) from exc
             self.ledger.add(model_id, self._measure(loaded))
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded, entry.version = loaded, loaded.version
@@ -301,7 +310,7 @@ class ModelRegistry:
         entry.state = "failed"
         entry.reason = (
             exc.message
-            if isinstance(exc, ModelLoadFailed | ModelNotFound)
+            if isinstance(exc, InferpackError)
             else f"model {entry.model_id!r} failed to load: {type(exc).__name__}: {exc}"
         )
         self.stats.load_failures += 1
@@ -328,6 +337,18 @@ class ModelRegistry:
         entry.state, entry.reason = final, reason
         # hand the freed pages back to the OS, off the event loop (measured: ~2 ms after a big free, ~0 else)
         await asyncio.get_running_loop().run_in_executor(self._load_executor, release_free_memory)
+
+    def _check_fits(self, model_id: str, claim: int) -> None:
+        """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model
+        could not make room, so none is evicted and the answer says what to change."""
+        assert self.budget_bytes is not None
+        if claim > self.budget_bytes:
+            raise ModelTooLarge(
+                f"model {model_id!r} needs about {claim / 2**20:.1f} MiB, more than this server's whole "
+                f"memory budget of {self.budget_bytes / 2**20:.1f} MiB",
+                hint=f"raise server.memory_budget_mb above {claim / 2**20:.0f}, or place the model on a "
+                "server with more memory (`inferpack plan` sizes servers from the models' footprints)",
+            )
 
     # eviction -------------------------------------------------------------------------------------------
     def _victims(self, exclude: str) -> list[ModelEntry]:

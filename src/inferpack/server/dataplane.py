@@ -75,16 +75,19 @@ class ModelStatus:
     state: State
     version: int | None
     reason: str
+    repository_degraded: str = ""  # why the repository is degraded (the listing may be stale), else ""
 
 
 @dataclass(frozen=True)
 class Readiness:
     """Whether the server takes traffic, and why not: start-up still running, draining, or required
-    models (id -> reason) that failed to load."""
+    models (id -> reason) that failed to load. A degraded repository (`repository_degraded`: the reason)
+    does not hold readiness back: the server still serves what it holds and what its cache holds."""
 
     started: bool
     draining: bool
     failed_models: dict[str, str]
+    repository_degraded: str = ""
 
     @property
     def ready(self) -> bool:
@@ -111,7 +114,14 @@ class DataPlane:
 
     def readiness(self) -> Readiness:
         """Readiness with its reasons (the transport writes them into the probe's body)."""
-        return Readiness(self.started, self.draining, self.registry.failed_required())
+        return Readiness(
+            self.started, self.draining, self.registry.failed_required(), self.repository_degraded()
+        )
+
+    def repository_degraded(self) -> str:
+        """Why the repository is degraded (its source cannot be listed), or "" when it is healthy."""
+        state = self.registry.repository.health.view()
+        return state.reason if state.degraded else ""
 
     # inference ----------------------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> Prediction:
@@ -173,10 +183,14 @@ class DataPlane:
 
     # repository extension -----------------------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
-        """Every model this server knows (re-read from the repository), with state, version and reason."""
+        """Every model this server knows (re-read from the repository), with state, version and reason:
+        the failed load's, else why the repository cannot read the model; and whether the repository is
+        degraded (the listing may then be stale: S3 or the folder cannot be listed)."""
         self.registry.refresh()
+        faults = self.registry.repository.faults()
+        degraded = self.repository_degraded()
         return [
-            ModelStatus(e.model_id, e.state, e.version, e.reason)
+            ModelStatus(e.model_id, e.state, e.version, e.reason or faults.get(e.model_id, ""), degraded)
             for e in self.registry.entries()
             if not ready_only or e.state == "ready"
         ]

@@ -24,6 +24,7 @@ STATUS: list[tuple[type[e.InferpackError], int]] = [
     (e.PayloadTooLarge, 413),
     (e.Overloaded, 503),
     (e.ModelNotReady, 503),
+    (e.InsufficientStorage, 507),  # before ModelLoadFailed, its base: a memory budget or a disk too small
     (e.ModelLoadFailed, 503),
     (e.RepositoryError, 503),  # e.g. an unreadable manifest: the server is at fault, not the request
     (e.ShuttingDown, 503),
@@ -45,6 +46,7 @@ ERROR_KIND_HEADER = "inferpack-error-kind"
 KINDS: list[tuple[type[e.InferpackError], str]] = [
     (e.Overloaded, "overloaded"),
     (e.ModelNotReady, "model-not-ready"),
+    (e.InsufficientStorage, "insufficient-storage"),
     (e.ModelLoadFailed, "model-load-failed"),
     (e.ShuttingDown, "shutting-down"),
     (e.DeadlineExceeded, "deadline-exceeded"),

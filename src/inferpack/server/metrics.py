@@ -97,6 +97,12 @@ class ServerMetrics:
         self.queue_depth = Gauge("inferpack_queue_depth", "Requests queued over all models.", registry=r)
         self.models_loaded = Gauge("inferpack_models_loaded", "Models loaded and ready.", registry=r)
         self.models_known = Gauge("inferpack_models_known", "Models in the repository.", registry=r)
+        self.repository_degraded = Gauge(
+            "inferpack_repository_degraded",
+            "1 while the model repository cannot be listed (S3 failing, folder unreadable) and the server "
+            "serves its last listing and local cache; 0 when healthy.",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc.: RSS next to the model ledger
 
     def bind(
@@ -106,6 +112,10 @@ class ServerMetrics:
         self.queue_depth.set_function(queue_depth)
         self.models_loaded.set_function(loaded)
         self.models_known.set_function(known)
+
+    def bind_repository(self, degraded: Callable[[], float]) -> None:
+        """The repository's health, read at scrape time."""
+        self.repository_degraded.set_function(degraded)
 
     def bind_registry(self, stats: RegistryStats, memory: Callable[[], int], budget: int | None) -> None:
         """Cache hits/misses, evictions and model memory, read from the registry at scrape time."""

@@ -70,6 +70,8 @@ def index_entry(status: ModelStatus) -> dict[str, Any]:
         item["version"] = str(status.version)
     if status.reason:
         item["reason"] = status.reason
+    if status.repository_degraded:
+        item["repository_degraded"] = status.repository_degraded
     return item
 
 
