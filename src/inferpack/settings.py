@@ -50,6 +50,18 @@ class BatchingSettings(_Section):
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )
+    deadline_ms: float = Field(
+        default=10000.0,
+        ge=0,
+        description=(
+            "Deadline of a request that sets none (header inferpack-deadline-ms), counted from when it "
+            "reaches its model's queue: a request whose expected wait + service would exceed it is shed "
+            "at once with 503 + Retry-After, and one still queued when it can no longer make it is "
+            "dropped with 504. The default only sheds hopeless work (clients rarely wait longer); derive "
+            "a tighter one from the latency objective (a few times the P90 objective, or the clients' "
+            "timeout). 0: no default deadline (only a full queue sheds requests that set none)."
+        ),
+    )
     cross_tenant: bool = Field(
         default=True,
         description=(

@@ -86,3 +86,18 @@ def test_replace_routes_by_the_new_placement_and_keeps_counters_of_servers_that_
     b.release("s0")  # a request in flight to a server that left still ends cleanly
     assert b.outstanding["s0"] == 0
     assert b.unavailable_models() == ["n"]
+
+
+def test_reported_waits_count_down_and_steer_the_choice() -> None:
+    b = Balancer({"a": ["s0", "s1"]})
+    b.note_wait("s0", "a", 2.0, now=10.0)
+    assert b.expected_wait("s0", "a", 10.5) == 1.5  # the queue drains while nobody looks
+    assert b.expected_wait("s0", "a", 13.0) == 0.0
+    assert b.expected_wait("s1", "a", 10.5) == 0.0  # never reported: no wait known
+    assert {b.choose("a", now=10.5) for _ in range(4)} == {"s1"}
+    b.acquire("s1")
+    b.acquire("s1")
+    assert {b.choose("a", now=10.5) for _ in range(4)} == {"s1"}  # a shorter wait beats fewer outstanding
+    assert b.choose("a", now=12.5) == "s0"  # drained: now the fewest outstanding wins
+    b.note_wait("s0", "zzz", 5.0, now=10.0)  # not placed: not kept
+    assert ("s0", "zzz") not in b.waits

@@ -186,6 +186,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
+        "INFERPACK_SERVER__BATCHING__DEADLINE_MS": str(settings.batching.deadline_ms),
         # The load/unload API changes what a server holds: off unless an admin Secret guards it.
         "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(
             bool(options.admin_secret) and settings.auth.repository_api

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
 from inferpack import __version__
-from inferpack.errors import InferpackError
+from inferpack.errors import ClientDisconnected, InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
 from inferpack.fleet.placementfiles import PlacementFiles
@@ -38,6 +38,7 @@ from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.plan import Plan
+from inferpack.server.http import until_disconnect
 
 COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
 
@@ -80,7 +81,7 @@ def _forwardable(scope: MutableMapping[str, Any]) -> list[tuple[str, str]]:
 def _response(answer: Answer | Refusal) -> Response:
     """An upstream answer passed on (hop-by-hop headers dropped), or the router's own refusal."""
     if isinstance(answer, Refusal):
-        return _json(answer.status, answer.body)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
     response = Response(answer.body, status_code=answer.status)
     response.raw_headers = [
         *(h for h in answer.headers if h[0] not in _HOP_RESPONSE_BYTES),
@@ -159,9 +160,20 @@ def create_router_app(
         started = time.perf_counter()
         scope = request.scope
         body = await request.body()
-        answer = await forwarder.to_one_copy(
-            request.path_params["model_id"], request.method, _target(scope), body or None, _forwardable(scope)
-        )
+        try:  # a client that disconnects cancels the upstream call, which the server sees as a disconnect
+            answer = await until_disconnect(
+                request,
+                forwarder.to_one_copy(
+                    request.path_params["model_id"],
+                    request.method,
+                    _target(scope),
+                    body or None,
+                    _forwardable(scope),
+                ),
+            )
+        except ClientDisconnected:
+            metrics.count(499)
+            return Response(status_code=499)
         response = _response(answer)
         metrics.count(response.status_code)
         metrics.latency.observe(time.perf_counter() - started)

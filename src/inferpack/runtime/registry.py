@@ -42,7 +42,7 @@ from inferpack.errors import (
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
-from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
@@ -110,6 +110,7 @@ class ModelRegistry:
         measure: Callable[[LoadedModel], Storages] | None = None,
         estimate: Callable[[str, int | None], int] | None = None,
         batch_observer: BatchObserver | None = None,
+        drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         device: ResolvedDevice = CPU_DEVICE,
@@ -139,6 +140,7 @@ class ModelRegistry:
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
+        self._drop_observer = drop_observer
         self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
         self._known: set[str] = set()
@@ -286,7 +288,12 @@ class ModelRegistry:
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded, entry.version = loaded, loaded.version
             entry.batcher = ModelBatcher(
-                loaded, self.pool, self.settings.batching, self._batch_observer, self._peers
+                loaded,
+                self.pool,
+                self.settings.batching,
+                self._batch_observer,
+                self._peers,
+                drop_observer=self._drop_observer,
             )
             entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
             entry.load_seconds = time.perf_counter() - started
@@ -377,6 +384,7 @@ class ModelRegistry:
                     f"{self.budget_bytes / 2**20:.0f} MiB held by busy or pinned models; cannot load "
                     f"{exclude!r} ({needed / 2**20:.0f} MiB) now",
                     retry_after_s=1.0,
+                    reason="memory_budget",
                     hint="retry shortly, raise server.memory_budget_mb, or move models to another server",
                 )
             victim = victims[0]

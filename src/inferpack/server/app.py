@@ -104,6 +104,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         settings,
         pool,
         batch_observer=metrics.observe_batch,
+        drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
         device=device,
     )

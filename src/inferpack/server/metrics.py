@@ -83,7 +83,16 @@ class ServerMetrics:
             registry=r,
         )
         self.shed = Counter(
-            "inferpack_requests_shed", "Requests refused because a queue was full.", registry=r
+            "inferpack_requests_shed",
+            "Requests refused without running, by reason: queue_full, deadline (expected wait + service "
+            "past the deadline, at arrival), expired (dropped in the queue), memory_budget.",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_disconnected = Counter(
+            "inferpack_requests_dropped_disconnected",
+            "Queued requests dropped before they ran because their client disconnected.",
+            registry=r,
         )
         self.queue_depth = Gauge("inferpack_queue_depth", "Requests queued over all models.", registry=r)
         self.models_loaded = Gauge("inferpack_models_loaded", "Models loaded and ready.", registry=r)
@@ -124,6 +133,14 @@ class ServerMetrics:
         self.batch_size.observe(size)
         self.queue_wait.observe(waited)
         self.compute.observe(compute)
+
+    def observe_shed(self, reason: str) -> None:
+        """Count one request refused without running."""
+        self.shed.labels(reason).inc()
+
+    def observe_disconnected(self, model_id: str) -> None:
+        """Count one queued request dropped because its client went away (called by the batchers)."""
+        self.dropped_disconnected.inc()
 
     def observe_load(self, model_id: str, seconds: float, ok: bool) -> None:
         """Record one model load."""
