@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
@@ -29,15 +30,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
 from inferpack import __version__
-from inferpack.errors import InferpackError
+from inferpack.errors import ClientDisconnected, InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
+from inferpack.fleet.placementfiles import PlacementFiles
 from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.plan import Plan
 from inferpack.server.auth import Authenticator, out_of_scope
 from inferpack.server.errors import error_response, install_error_handlers
+from inferpack.server.http import until_disconnect
 from inferpack.settings import AuthSettings
 
 COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
@@ -81,7 +84,7 @@ def _forwardable(scope: MutableMapping[str, Any]) -> list[tuple[str, str]]:
 def _response(answer: Answer | Refusal) -> Response:
     """An upstream answer passed on (hop-by-hop headers dropped), or the router's own refusal."""
     if isinstance(answer, Refusal):
-        return _json(answer.status, answer.body)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
     response = Response(answer.body, status_code=answer.status)
     response.raw_headers = [
         *(h for h in answer.headers if h[0] not in _HOP_RESPONSE_BYTES),
@@ -105,8 +108,11 @@ def create_router_app(
     auth: AuthSettings | None = None,
     upstream_timeout_s: float = 60.0,
     probe_interval_s: float = 0.5,
+    files: PlacementFiles | None = None,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs; `auth`: the servers' auth settings (none: open).
+    """Build the router for a plan and its server URLs. With `files` (where the plan and the endpoints
+    came from), SIGHUP makes it re-read them and route by the new placement. `auth`: the servers' auth
+    settings (none: open).
 
     The router checks tokens and scopes itself, with the servers' rules, before it looks a model up: it
     answers some requests on its own (404 for a model no server holds, the merged index, readiness,
@@ -123,10 +129,29 @@ def create_router_app(
     client = UpstreamClient(upstream_timeout_s)
     forwarder = Forwarder(balancer, client, urls, metrics, upstream_timeout_s)
     probe = HealthProbe(balancer, client, urls, probe_interval_s)
+    digest = [files.read().digest if files is not None else None]
+
+    def reload() -> None:
+        assert files is not None
+        try:
+            placement = files.read()
+        except (InferpackError, OSError) as exc:
+            log.error("placement not reloaded, still routing by the previous one: %s", exc)
+            return
+        forwarder.replace(placement.plan.placement(), placement.endpoints)
+        digest[0] = placement.digest
+        log.warning(
+            "placement reloaded: %d servers, %d models", len(balancer.servers), len(balancer.placement)
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.start()
+        if files is not None:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread (tests)
+                log.warning("SIGHUP does not reload the placement here: %s", exc)
         task = asyncio.create_task(probe.run())
         try:
             yield
@@ -139,6 +164,7 @@ def create_router_app(
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
+    app.state.reload_placement = reload
     install_error_handlers(app)
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
@@ -153,9 +179,16 @@ def create_router_app(
             response: Response = error_response(exc)
         else:
             body = await request.body()
-            answer = await forwarder.to_one_copy(
-                model_id, request.method, _target(scope), body or None, _forwardable(scope)
-            )
+            try:  # a client that disconnects cancels the upstream call, which the server sees too
+                answer = await until_disconnect(
+                    request,
+                    forwarder.to_one_copy(
+                        model_id, request.method, _target(scope), body or None, _forwardable(scope)
+                    ),
+                )
+            except ClientDisconnected:
+                metrics.count(499)
+                return Response(status_code=499)
             response = _response(answer)
         metrics.count(response.status_code)
         metrics.latency.observe(time.perf_counter() - started)
@@ -218,7 +251,9 @@ def create_router_app(
         # Ready = running with its placement. Not "every model has a copy": with one copy per model a
         # single server restart would take every router pod out, and requests for the other models with
         # it. Per-model availability is in the body and in /metrics instead.
-        body: dict[str, Any] = {"ready": True, "servers": dict(balancer.healthy)}
+        body: dict[str, Any] = {"ready": True, "servers": {s: balancer.healthy[s] for s in balancer.servers}}
+        if digest[0] is not None:
+            body["placement"] = digest[0]
         unavailable = balancer.unavailable_models()
         if unavailable and gate.sees_operations(request.headers.get("authorization")):
             body["unavailable_models"] = unavailable[:20]
@@ -273,10 +308,12 @@ def serve_router(
     auth: AuthSettings | None = None,
     upstream_timeout_s: float = 60.0,
     log_level: str = "info",
+    files: PlacementFiles | None = None,
 ) -> None:
-    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
+    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first); SIGHUP re-reads
+    `files` when given."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_router_app(plan, endpoints, auth=auth, upstream_timeout_s=upstream_timeout_s)
+    app = create_router_app(plan, endpoints, auth=auth, upstream_timeout_s=upstream_timeout_s, files=files)
     config = uvicorn.Config(
         app,
         host=host,
