@@ -95,8 +95,13 @@ def plan_command(
         float, typer.Option("--reserved-cpus", min=0.0, help="vCPUs per CPU server kept from the workers.")
     ] = 0.0,
     request_overhead_ms: Annotated[
-        float, typer.Option("--request-overhead-ms", min=0.0, help="CPU ms per request outside the forward.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            "--request-overhead-ms",
+            min=0.0,
+            help="ms per request outside the forward (default: the profile's measurement, else 0).",
+        ),
+    ] = None,
     daemonset_cpu: Annotated[
         float, typer.Option("--daemonset-cpu", min=0.0, help="CPU cores per EKS node kept for DaemonSets.")
     ] = DAEMONSET_CPU,
