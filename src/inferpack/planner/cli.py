@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -25,9 +25,13 @@ from inferpack.planner.catalog import load_catalog
 from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import load_profiles
+from inferpack.planner.profiles import ProfileFile, load_profiles
 from inferpack.planner.solve import solve, to_plan
 from inferpack.progress import counting_progress
+
+if TYPE_CHECKING:
+    from inferpack.repository.local import ModelRepository
+    from inferpack.runtime.tasks import TextInput
 
 
 @contextlib.contextmanager
@@ -236,6 +240,33 @@ def _ints(value: str, flag: str) -> list[int]:
     return items
 
 
+def _measure_overheads(
+    console: Console,
+    root: Path,
+    repo: ModelRepository,
+    wanted: list[str],
+    failed: dict[str, str],
+    profile: ProfileFile,
+    requests: int,
+    out: Path,
+) -> ProfileFile:
+    """Time each profiled architecture through a real server (one of its models that loaded)."""
+    from inferpack.planner.overhead import add_request_overheads
+    from inferpack.planner.profiler import group_by_architecture, request_item
+
+    models: dict[str, str] = {}
+    items: dict[str, TextInput] = {}
+    for key, ids in group_by_architecture(repo, wanted).items():
+        ok = [m for m in ids if m not in failed]
+        if ok:
+            models[key] = ok[0]
+            items[key] = request_item(repo.manifest(ok[0], repo.versions(ok[0])[-1]))
+    with console.status("timing requests through a real server"):
+        return add_request_overheads(
+            profile, root, models, items, requests=requests, log_dir=out.parent.resolve()
+        )
+
+
 def profile_command(
     repository: Annotated[Path, typer.Option("--repository", help="Model repository folder.")],
     models: Annotated[
@@ -256,6 +287,17 @@ def profile_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
         "profile.json"
     ),
+    server_overhead: Annotated[
+        bool,
+        typer.Option(
+            "--server-overhead/--no-server-overhead",
+            help="Also time requests through a real `inferpack serve` (a free loopback port) and record "
+            "their excess over the bare forward as the profile's request overhead.",
+        ),
+    ] = True,
+    overhead_requests: Annotated[
+        int, typer.Option("--overhead-requests", min=5, help="Sequential requests timed through the server.")
+    ] = 40,
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -293,6 +335,10 @@ def profile_command(
         bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    if server_overhead:
+        profile = _measure_overheads(
+            console, repository, repo, wanted, failed, profile, overhead_requests, out
+        )
     write_profile(profile, out)
     table = Table(title=f"profile: {profile.notes}")
     for col in (
@@ -303,6 +349,7 @@ def profile_command(
         "threads",
         "batch",
         "latency",
+        "P90",
         "req/s/worker",
     ):
         table.add_column(col, justify="left" if col in ("architecture", "dtype") else "right")
@@ -316,9 +363,16 @@ def profile_command(
                 str(point.threads),
                 str(point.batch_size),
                 f"{point.latency_ms:.1f} ms",
+                f"{point.latency_p90_ms:.1f} ms" if point.latency_p90_ms else "-",
                 f"{point.worker_rps():.1f}",
             )
     console.print(table)
+    for prof in profile.profiles:
+        if prof.request_overhead_ms is not None:
+            console.print(
+                f"{prof.model_class}: request overhead through the server {prof.request_overhead_ms:.1f} ms "
+                f"(P90 {prof.request_overhead_p90_ms or 0:.1f} ms) over the bare forward"
+            )
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
     console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class <architecture>")
