@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -26,6 +26,7 @@ from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import ProfileFile, load_profiles
+from inferpack.planner.sensitivity import DEFAULT_SLOWER, sensitivity
 from inferpack.planner.solve import solve, to_plan
 from inferpack.progress import counting_progress
 
@@ -127,6 +128,15 @@ def plan_command(
         str, typer.Option("--method", help="auto (MILP when small), milp, or heuristic.")
     ] = "auto",
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.1, help="MILP time limit (s).")] = 30.0,
+    slower: Annotated[
+        float,
+        typer.Option(
+            "--slower",
+            min=1.0,
+            help="Also re-plan with every profiled latency this many times longer (the cost band), for "
+            "the chosen mix and each processor kind; 1 skips it.",
+        ),
+    ] = DEFAULT_SLOWER,
 ) -> None:
     """Plan which servers to run and which models each holds: cheapest mix of instance types within the
     latency objective (default), or the simple plan (models dealt evenly) with --simple."""
@@ -161,15 +171,24 @@ def plan_command(
     with quiet_fd1():
         solution = solve(problem, method=solver, milp_time_limit_s=time_limit_s)
     elapsed = time.perf_counter() - start
-    plan = to_plan(
-        problem,
-        solution,
-        options,
-        repository=repo_label,
-        extra_metadata={"solve_time_s": round(elapsed, 3), "catalog": cat.provenance},
-    )
+    extra: dict[str, Any] = {"solve_time_s": round(elapsed, 3), "catalog": cat.provenance}
+    if slower > 1.0:
+        with quiet_fd1(), console.status(f"re-planning per processor kind and {slower:g}x slower"):
+            extra["sensitivity"] = sensitivity(
+                demands,
+                cat,
+                profs,
+                options,
+                slower=slower,
+                method=solver,
+                time_limit_s=time_limit_s,
+                chosen=solution.cost,
+            )
+    plan = to_plan(problem, solution, options, repository=repo_label, extra_metadata=extra)
     save_plan(plan, out)
     _print_plan(console, plan, out)
+    if "sensitivity" in extra:
+        _print_sensitivity(console, extra["sensitivity"])
 
 
 def _print_simple(console: Console, plan: Plan, out: Path) -> None:
@@ -228,6 +247,38 @@ def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     for line in lines:
         console.print(line)
     console.print(f"wrote {out}")
+
+
+def _cost_cell(cost: float | None, reason: str | None) -> str:
+    if cost is None:
+        return f"[red]infeasible[/]: {reason}" if reason else "-"
+    return f"{cost:.2f}"
+
+
+def _print_sensitivity(console: Console, block: dict[str, Any]) -> None:
+    """The cost band and the per-kind costs, next to the chosen mix."""
+    scale = block["latency_scale"]
+    table = Table(title=f"how wrong could it be: per processor kind, and every latency x{scale:g}")
+    for col in ("scope", "USD/h", "mix", f"USD/h at x{scale:g}", f"mix at x{scale:g}"):
+        table.add_column(col, justify="right" if col.startswith("USD") else "left")
+    for row in block["rows"].values():
+        table.add_row(
+            row["label"],
+            _cost_cell(row["cost_per_hour"], row["infeasible"]),
+            row["mix"],
+            _cost_cell(row["slower_cost_per_hour"], row["slower_infeasible"]),
+            row["slower_mix"],
+        )
+    console.print(table)
+    chosen = block["rows"]["chosen"]
+    if chosen["slower_cost_per_hour"] is None:
+        console.print(f"[red]warning:[/] with latencies x{scale:g} no plan meets the objective")
+    elif chosen["cost_per_hour"]:
+        rise = chosen["slower_cost_per_hour"] / chosen["cost_per_hour"] - 1
+        console.print(
+            f"cost band: {chosen['cost_per_hour']:.2f} - {chosen['slower_cost_per_hour']:.2f} USD/h "
+            f"({rise:+.0%} if every profile is x{scale:g} slower)"
+        )
 
 
 def _ints(value: str, flag: str) -> list[int]:
