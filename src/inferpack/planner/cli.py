@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -25,14 +25,10 @@ from inferpack.planner.catalog import load_catalog
 from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import ProfileFile, load_profiles
-from inferpack.planner.sensitivity import DEFAULT_SLOWER, sensitivity
+from inferpack.planner.profiles import load_profiles
+from inferpack.planner.sensitivity import DEFAULT_SLOWER, print_sensitivity, sensitivity
 from inferpack.planner.solve import solve, to_plan
 from inferpack.progress import counting_progress
-
-if TYPE_CHECKING:
-    from inferpack.repository.local import ModelRepository
-    from inferpack.runtime.tasks import TextInput
 
 
 @contextlib.contextmanager
@@ -188,7 +184,7 @@ def plan_command(
     save_plan(plan, out)
     _print_plan(console, plan, out)
     if "sensitivity" in extra:
-        _print_sensitivity(console, extra["sensitivity"])
+        print_sensitivity(console, extra["sensitivity"])
 
 
 def _print_simple(console: Console, plan: Plan, out: Path) -> None:
@@ -249,38 +245,6 @@ def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     console.print(f"wrote {out}")
 
 
-def _cost_cell(cost: float | None, reason: str | None) -> str:
-    if cost is None:
-        return f"[red]infeasible[/]: {reason}" if reason else "-"
-    return f"{cost:.2f}"
-
-
-def _print_sensitivity(console: Console, block: dict[str, Any]) -> None:
-    """The cost band and the per-kind costs, next to the chosen mix."""
-    scale = block["latency_scale"]
-    table = Table(title=f"how wrong could it be: per processor kind, and every latency x{scale:g}")
-    for col in ("scope", "USD/h", "mix", f"USD/h at x{scale:g}", f"mix at x{scale:g}"):
-        table.add_column(col, justify="right" if col.startswith("USD") else "left")
-    for row in block["rows"].values():
-        table.add_row(
-            row["label"],
-            _cost_cell(row["cost_per_hour"], row["infeasible"]),
-            row["mix"],
-            _cost_cell(row["slower_cost_per_hour"], row["slower_infeasible"]),
-            row["slower_mix"],
-        )
-    console.print(table)
-    chosen = block["rows"]["chosen"]
-    if chosen["slower_cost_per_hour"] is None:
-        console.print(f"[red]warning:[/] with latencies x{scale:g} no plan meets the objective")
-    elif chosen["cost_per_hour"]:
-        rise = chosen["slower_cost_per_hour"] / chosen["cost_per_hour"] - 1
-        console.print(
-            f"cost band: {chosen['cost_per_hour']:.2f} - {chosen['slower_cost_per_hour']:.2f} USD/h "
-            f"({rise:+.0%} if every profile is x{scale:g} slower)"
-        )
-
-
 def _ints(value: str, flag: str) -> list[int]:
     try:
         items = [int(v) for v in value.split(",") if v.strip()]
@@ -289,33 +253,6 @@ def _ints(value: str, flag: str) -> list[int]:
     if not items or min(items) < 1:
         raise ConfigError(f"{flag} needs positive integers")
     return items
-
-
-def _measure_overheads(
-    console: Console,
-    root: Path,
-    repo: ModelRepository,
-    wanted: list[str],
-    failed: dict[str, str],
-    profile: ProfileFile,
-    requests: int,
-    out: Path,
-) -> ProfileFile:
-    """Time each profiled architecture through a real server (one of its models that loaded)."""
-    from inferpack.planner.overhead import add_request_overheads
-    from inferpack.planner.profiler import group_by_architecture, request_item
-
-    models: dict[str, str] = {}
-    items: dict[str, TextInput] = {}
-    for key, ids in group_by_architecture(repo, wanted).items():
-        ok = [m for m in ids if m not in failed]
-        if ok:
-            models[key] = ok[0]
-            items[key] = request_item(repo.manifest(ok[0], repo.versions(ok[0])[-1]))
-    with console.status("timing requests through a real server"):
-        return add_request_overheads(
-            profile, root, models, items, requests=requests, log_dir=out.parent.resolve()
-        )
 
 
 def profile_command(
@@ -387,9 +324,12 @@ def profile_command(
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
     if server_overhead:
-        profile = _measure_overheads(
-            console, repository, repo, wanted, failed, profile, overhead_requests, out
-        )
+        from inferpack.planner.overhead import overheads_for_repository
+
+        with console.status("timing requests through a real server"):
+            profile = overheads_for_repository(
+                profile, repository, repo, wanted, failed, requests=overhead_requests, log_dir=out.parent
+            )
     write_profile(profile, out)
     table = Table(title=f"profile: {profile.notes}")
     for col in (

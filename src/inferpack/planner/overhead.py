@@ -27,6 +27,7 @@ import psutil
 from inferpack.errors import InferpackError
 from inferpack.fleet.processes import child_env, free_port, server_command, spawn, terminate, wait_ready
 from inferpack.planner.profiles import ModelProfile, ProfileFile
+from inferpack.repository.local import ModelRepository
 from inferpack.runtime.tasks import TextInput
 
 
@@ -187,3 +188,29 @@ def add_request_overheads(
         )
         profiles.append(with_overhead(prof, overhead_of(timing, median, p90)))
     return profile_file.model_copy(update={"profiles": profiles})
+
+
+def overheads_for_repository(
+    profile_file: ProfileFile,
+    root: Path,
+    repository: ModelRepository,
+    model_ids: list[str],
+    failed: dict[str, str],
+    *,
+    requests: int,
+    log_dir: Path,
+) -> ProfileFile:
+    """`add_request_overheads` for a profile of `model_ids`: each architecture is timed with its first
+    model that loaded (`failed`: the profiler's failures), using the profiler's request text."""
+    from inferpack.planner.profiler import group_by_architecture, request_item
+
+    models: dict[str, str] = {}
+    items: dict[str, TextInput] = {}
+    for key, ids in group_by_architecture(repository, model_ids).items():
+        ok = [m for m in ids if m not in failed]
+        if ok:
+            models[key] = ok[0]
+            items[key] = request_item(repository.manifest(ok[0], repository.versions(ok[0])[-1]))
+    return add_request_overheads(
+        profile_file, root, models, items, requests=requests, log_dir=log_dir.resolve()
+    )

@@ -4,7 +4,8 @@ processor at a time.
 A plan's cost rests on its profiles; most reference figures are estimates. So `inferpack plan` also
 re-solves with every latency `slower` times longer (the band: what the fleet costs if the profiles
 are that optimistic, or `None` where it turns infeasible), and with the instance types restricted to
-each processor kind (CPU only, NVIDIA GPUs, Inferentia), each at both speeds. Pure: data in, data out.
+each processor kind (CPU only, NVIDIA GPUs, Inferentia), each at both speeds. Pure (data in, data
+out), except `print_sensitivity`, which prints the block.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import fnmatch
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from inferpack.errors import PlanError
 from inferpack.planner.catalog import Catalog
@@ -132,3 +136,35 @@ def sensitivity(
 
 def _slower(outcome: Outcome) -> dict[str, Any]:
     return {f"slower_{k}": v for k, v in outcome.as_dict().items()}
+
+
+def _cost_cell(cost: float | None, reason: str | None) -> str:
+    if cost is None:
+        return f"[red]infeasible[/]: {reason}" if reason else "-"
+    return f"{cost:.2f}"
+
+
+def print_sensitivity(console: Console, block: dict[str, Any]) -> None:
+    """The cost band and the per-kind costs, next to the chosen mix."""
+    scale = block["latency_scale"]
+    table = Table(title=f"how wrong could it be: per processor kind, and every latency x{scale:g}")
+    for col in ("scope", "USD/h", "mix", f"USD/h at x{scale:g}", f"mix at x{scale:g}"):
+        table.add_column(col, justify="right" if col.startswith("USD") else "left")
+    for row in block["rows"].values():
+        table.add_row(
+            row["label"],
+            _cost_cell(row["cost_per_hour"], row["infeasible"]),
+            row["mix"],
+            _cost_cell(row["slower_cost_per_hour"], row["slower_infeasible"]),
+            row["slower_mix"],
+        )
+    console.print(table)
+    chosen = block["rows"]["chosen"]
+    if chosen["slower_cost_per_hour"] is None:
+        console.print(f"[red]warning:[/] with latencies x{scale:g} no plan meets the objective")
+    elif chosen["cost_per_hour"]:
+        rise = chosen["slower_cost_per_hour"] / chosen["cost_per_hour"] - 1
+        console.print(
+            f"cost band: {chosen['cost_per_hour']:.2f} - {chosen['slower_cost_per_hour']:.2f} USD/h "
+            f"({rise:+.0%} if every profile is x{scale:g} slower)"
+        )
