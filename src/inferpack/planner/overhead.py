@@ -14,9 +14,10 @@ here) is counted in the overhead, as a router's or load balancer's hop would be 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ class ServerTiming:
     median_ms: float
     p90_ms: float
     requests: int
+    # The bare forward timed in this process right after each request (same window, same contention):
+    forward_median_ms: float | None = None
+    forward_p90_ms: float | None = None
+    paired_excess_ms: float | None = None  # median of (request - forward) over the pairs
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,14 @@ class Overhead:
 
 
 def overhead_of(end_to_end: ServerTiming, forward_median_ms: float, forward_p90_ms: float) -> Overhead:
-    """The excess of the end-to-end times over the bare forward's (never negative)."""
-    return Overhead(
-        median_ms=max(0.0, end_to_end.median_ms - forward_median_ms),
-        p90_ms=max(0.0, end_to_end.p90_ms - forward_p90_ms),
-        end_to_end=end_to_end,
-    )
+    """The excess of the end-to-end times over the bare forward's (never negative): over the forwards
+    paired with the requests when there are some (robust to contention that drifts), else over the
+    given figures (the profile's)."""
+    if end_to_end.paired_excess_ms is not None and end_to_end.forward_p90_ms is not None:
+        median, p90 = end_to_end.paired_excess_ms, end_to_end.p90_ms - end_to_end.forward_p90_ms
+    else:
+        median, p90 = end_to_end.median_ms - forward_median_ms, end_to_end.p90_ms - forward_p90_ms
+    return Overhead(median_ms=max(0.0, median), p90_ms=max(0.0, p90), end_to_end=end_to_end)
 
 
 def seed_body(item: TextInput) -> dict[str, str]:
@@ -74,9 +81,13 @@ def time_requests(
     *,
     warmup: int = 3,
     clock: Callable[[], float] = time.perf_counter,
+    forward: Callable[[], float] | None = None,
 ) -> ServerTiming:
-    """Send `warmup` then `requests` POSTs one after another; the median and P90 of the timed ones."""
+    """Send `warmup` then `requests` POSTs one after another; the median and P90 of the timed ones.
+    With `forward` (a bare forward, returning its ms), one runs after each request, so both are timed
+    under the same contention and their paired difference is the overhead."""
     times: list[float] = []
+    forwards: list[float] = []
     for k in range(warmup + requests):
         start = clock()
         response = client.post(url, json=body)
@@ -85,12 +96,20 @@ def time_requests(
             raise InferpackError(
                 f"the profiling server answered {response.status_code} to {url}: {response.text[:200]}"
             )
+        bare = forward() if forward is not None else None
         if k >= warmup:
             times.append(elapsed)
+            if bare is not None:
+                forwards.append(bare)
+    if not forwards:
+        return ServerTiming(float(statistics.median(times)), float(np.quantile(times, 0.9)), len(times))
     return ServerTiming(
         median_ms=float(statistics.median(times)),
         p90_ms=float(np.quantile(times, 0.9)),
         requests=len(times),
+        forward_median_ms=float(statistics.median(forwards)),
+        forward_p90_ms=float(np.quantile(forwards, 0.9)),
+        paired_excess_ms=float(statistics.median(np.subtract(times, forwards).tolist())),
     )
 
 
@@ -104,6 +123,7 @@ def measure_server_timing(
     requests: int,
     log_path: Path,
     start_timeout_s: float = 180.0,
+    forward: Callable[[], float] | None = None,
 ) -> ServerTiming:
     """Start `inferpack serve` with `model_id` only (one inference thread), time `requests` sequential
     requests, stop it. The server's log goes to `log_path`."""
@@ -128,7 +148,8 @@ def measure_server_timing(
         except RuntimeError as exc:
             raise InferpackError(f"{exc} (log: {log_path})") from exc
         with httpx.Client(timeout=60.0, trust_env=False) as client:
-            return time_requests(client, f"{url}/predictions/{model_id}", seed_body(item), requests)
+            url = f"{url}/predictions/{model_id}"
+            return time_requests(client, url, seed_body(item), requests, forward=forward)
     finally:
         terminate([psutil.Process(proc.pid)], timeout_s=15.0)
         proc.wait(timeout=30)
@@ -150,9 +171,14 @@ def forward_reference(profile: ModelProfile) -> tuple[float, float, int, str]:
 def with_overhead(profile: ModelProfile, overhead: Overhead) -> ModelProfile:
     """The profile with its measured request overhead, and its source saying how it was measured."""
     e2e = overhead.end_to_end
+    paired = (
+        f"the bare forward timed after each ({e2e.forward_median_ms:.1f} ms, P90 {e2e.forward_p90_ms:.1f})"
+        if e2e.forward_median_ms is not None
+        else "the profiled bare forward"
+    )
     note = (
-        f"; request overhead = median of {e2e.requests} sequential requests through `inferpack serve` "
-        f"({e2e.median_ms:.1f} ms, P90 {e2e.p90_ms:.1f} ms) minus the bare forward"
+        f"; request overhead = {e2e.requests} sequential requests through `inferpack serve` "
+        f"({e2e.median_ms:.1f} ms, P90 {e2e.p90_ms:.1f} ms) minus {paired}"
     )
     return profile.model_copy(
         update={
@@ -171,9 +197,11 @@ def add_request_overheads(
     *,
     requests: int,
     log_dir: Path,
+    forward_of_class: dict[str, Callable[[], float]] | None = None,
 ) -> ProfileFile:
     """Measure the request overhead of each profiled class through a real server (one model of the
-    class, `model_of_class`) and return the file with it."""
+    class, `model_of_class`) and return the file with it. `forward_of_class` times a bare forward of
+    the same model and input in this process, paired with each request (else the profile's figure)."""
     profiles = []
     for prof in profile_file.profiles:
         median, p90, threads, dtype = forward_reference(prof)
@@ -185,6 +213,7 @@ def add_request_overheads(
             intra_op_threads=threads,
             requests=requests,
             log_path=log_dir / f"profile-server-{prof.model_class}.log",
+            forward=(forward_of_class or {}).get(prof.model_class),
         )
         profiles.append(with_overhead(prof, overhead_of(timing, median, p90)))
     return profile_file.model_copy(update={"profiles": profiles})
@@ -201,7 +230,8 @@ def overheads_for_repository(
     log_dir: Path,
 ) -> ProfileFile:
     """`add_request_overheads` for a profile of `model_ids`: each architecture is timed with its first
-    model that loaded (`failed`: the profiler's failures), using the profiler's request text."""
+    model that loaded (`failed`: the profiler's failures), using the profiler's request text, with
+    that model's bare forward timed in this process after each request."""
     from inferpack.planner.profiler import group_by_architecture, request_item
 
     models: dict[str, str] = {}
@@ -211,6 +241,41 @@ def overheads_for_repository(
         if ok:
             models[key] = ok[0]
             items[key] = request_item(repository.manifest(ok[0], repository.versions(ok[0])[-1]))
-    return add_request_overheads(
-        profile_file, root, models, items, requests=requests, log_dir=log_dir.resolve()
-    )
+    out = profile_file
+    for prof in profile_file.profiles:  # one architecture at a time: one model loaded here at once
+        _, _, threads, dtype = forward_reference(prof)
+        with bare_forward(repository, models[prof.model_class], items[prof.model_class], dtype, threads) as f:
+            one = profile_file.model_copy(update={"profiles": [prof]})
+            timed = add_request_overheads(
+                one, root, models, items, requests=requests, log_dir=log_dir.resolve(),
+                forward_of_class={prof.model_class: f},
+            )  # fmt: skip
+        out = out.model_copy(
+            update={"profiles": [timed.profiles[0] if p is prof else p for p in out.profiles]}
+        )
+    return out
+
+
+@contextlib.contextmanager
+def bare_forward(
+    repository: ModelRepository, model_id: str, item: TextInput, dtype: str, threads: int
+) -> Iterator[Callable[[], float]]:
+    """A function timing one bare forward (ms) of `item` on `model_id`, loaded here for the duration."""
+    import torch
+
+    from inferpack.planner.profiler import default_loader
+
+    model = default_loader(repository, model_id, "bf16" if dtype == "bf16" else "fp32")
+    encoded = model.tokenizer.encode([item])
+    old = torch.get_num_threads()
+
+    def forward() -> float:
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        model.forward(encoded)
+        return (time.perf_counter() - start) * 1000.0
+
+    try:
+        yield forward
+    finally:
+        torch.set_num_threads(old)
