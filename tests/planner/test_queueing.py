@@ -74,3 +74,11 @@ def test_spread_lengthens_the_p90_and_lowers_the_capacity() -> None:
     wide = p90_response_ms(4, 50.0, 0.05, 60.0, 0.5)
     assert 50.0 < tight < wide
     assert max_rate_rps(4, 50.0, 0.05, 150.0, 0.9, 0.5) < max_rate_rps(4, 50.0, 0.05, 150.0, 0.9, 0.0)
+
+
+def test_many_workers_in_light_traffic_wait_for_nobody() -> None:
+    # Erlang C underflows to 0 here; the P90 is the service time's own P90.
+    service = ServiceTime.from_cv(0.1, 0.25)
+    assert p90_response_ms(400, 1000 * service.median_s, 0.1, 1.0, 0.25) == pytest.approx(
+        1000 * service.quantile_s(0.9)
+    )

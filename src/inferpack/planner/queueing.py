@@ -165,7 +165,9 @@ def response_quantile_s(
         return np.asarray(above + p_wait * conv)
 
     lo = own.quantile_s(1 - tail)
-    hi = own.quantile_s(1 - tail / 4) + max(0.0, math.log(4 * p_wait / tail)) / theta
+    if p_wait <= 0.0:  # Erlang C underflows to 0 with many workers in light traffic: nobody waits
+        return lo
+    hi = own.quantile_s(1 - tail / 4) + math.log(max(1.0, 4 * p_wait / tail)) / theta
     for _ in range(3):  # three grids of 48: a relative precision of ~1e-5 of the bracket
         grid = np.linspace(lo, hi, 48)
         over = exceed(grid) > tail
