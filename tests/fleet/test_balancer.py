@@ -73,3 +73,14 @@ def test_copies_histogram_is_bounded() -> None:
     b.mark_down("s0")
     assert b.copies_histogram(2) == {"0": 1, "1": 0, "2+": 2}
     assert sum(b.copies_histogram(1).values()) == 3
+
+
+def test_ejected_copy_is_never_chosen_until_readmitted() -> None:
+    b = Balancer(PLACEMENT)
+    b.eject("s2")
+    assert {b.choose("b") for _ in range(4)} == {"s1"}
+    assert b.choose("c") is None  # unlike a server marked down, not even as a last resort
+    assert b.unavailable_models() == ["c"]
+    assert [b.copies_histogram(4)[k] for k in ("0", "1", "2")] == [1, 1, 1]  # c, b, a
+    b.readmit("s2")
+    assert b.choose("c") == "s2"

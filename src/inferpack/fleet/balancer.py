@@ -1,7 +1,8 @@
 """Placement and the router's choice of server: least outstanding requests among healthy copies.
 
 Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward and
-`mark_down`/`mark_up` from its failures and health probes. Everything runs on one event loop, so plain
+`mark_down`/`mark_up` from its failures and health probes, `eject`/`readmit` from the outlier detector
+(`outliers`). Everything runs on one event loop, so plain
 integers suffice (no locks).
 """
 
@@ -18,6 +19,7 @@ class Balancer:
         names = sorted({s for servers in self.placement.values() for s in servers})
         self.outstanding: dict[str, int] = dict.fromkeys(names, 0)
         self.healthy: dict[str, bool] = dict.fromkeys(names, True)
+        self.ejected: dict[str, bool] = dict.fromkeys(names, False)
         self._turn = 0
 
     @classmethod
@@ -40,11 +42,12 @@ class Balancer:
         Healthy holders come first; among them the fewest outstanding requests wins, ties taken in turn so
         that an idle fleet still spreads its load. When every remaining holder is marked down they are
         tried anyway: a mark may be older than the server's recovery, and a refused connection is cheap.
+        Ejected holders are never chosen: they missed their deadlines, and trying one costs a deadline.
         """
         holders = self.placement.get(model)
         if not holders:
             return None
-        candidates = [s for s in holders if s not in exclude]
+        candidates = [s for s in holders if s not in exclude and not self.ejected[s]]
         if not candidates:
             return None
         healthy = [s for s in candidates if self.healthy[s]]
@@ -75,19 +78,31 @@ class Balancer:
         """`server` answered its readiness probe again."""
         self.healthy[server] = True
 
+    def eject(self, server: str) -> None:
+        """Choose `server` for nothing until `readmit` (it keeps failing its calls)."""
+        self.ejected[server] = True
+
+    def readmit(self, server: str) -> None:
+        """An ejected `server` answered its half-open probe."""
+        self.ejected[server] = False
+
+    def serving(self, server: str) -> bool:
+        """`server` gets traffic: healthy and not ejected."""
+        return self.healthy[server] and not self.ejected[server]
+
     def all_available(self) -> bool:
         """Every placed model has at least one healthy copy."""
-        return all(any(self.healthy[s] for s in servers) for servers in self.placement.values())
+        return all(any(self.serving(s) for s in servers) for servers in self.placement.values())
 
     def copies_histogram(self, cap: int) -> dict[str, int]:
         """How many models have 0, 1, ... healthy copies; `cap` and more are counted under "<cap>+".
         A bounded view of per-model availability (labels do not grow with the number of models)."""
         counts = {str(k): 0 for k in range(cap)} | {f"{cap}+": 0}
         for servers in self.placement.values():
-            n = sum(1 for s in servers if self.healthy[s])
+            n = sum(1 for s in servers if self.serving(s))
             counts[str(n) if n < cap else f"{cap}+"] += 1
         return counts
 
     def unavailable_models(self) -> list[str]:
         """Models with no healthy copy, sorted."""
-        return sorted(m for m, servers in self.placement.items() if not any(self.healthy[s] for s in servers))
+        return sorted(m for m, servers in self.placement.items() if not any(self.serving(s) for s in servers))

@@ -129,7 +129,10 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         stop_timeout_s=fleet.stop_timeout_s,
         restart_backoff_s=fleet.restart_backoff_s,
         restart_backoff_max_s=fleet.restart_backoff_max_s,
-        upstream_timeout_s=fleet.upstream_timeout_s,
+        upstream_timeout_s=settings.router.upstream_timeout_s,
+        liveness_interval_s=fleet.liveness_interval_s,
+        liveness_timeout_s=fleet.liveness_timeout_s,
+        liveness_failures=fleet.liveness_failures,
     )
     launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
     run.state_file.unlink(missing_ok=True)

@@ -49,10 +49,17 @@ def server_command(
 
 
 def router_command(
-    *, plan: Path, endpoints: Path, port: int, upstream_timeout_s: float, log_level: str = "info"
+    *,
+    plan: Path,
+    endpoints: Path,
+    port: int,
+    upstream_timeout_s: float,
+    log_level: str = "info",
+    config: Path | None = None,
 ) -> list[str]:
-    """argv of the router process (the same command a Kubernetes router pod runs)."""
-    return [
+    """argv of the router process (the same command a Kubernetes router pod runs); `config` carries the
+    [router] settings (deadlines, ejection, probes)."""
+    cmd = [
         *python_cli(),
         "router",
         "--plan", str(plan),
@@ -62,6 +69,7 @@ def router_command(
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
     ]  # fmt: skip
+    return cmd if config is None else [*cmd, "--config", str(config)]
 
 
 def child_env(threads: int | None = None) -> dict[str, str]:

@@ -2,9 +2,12 @@
 
 It owns the fleet: it starts every server, waits for each to be ready, then starts the router; it restarts
 a process that dies (doubling backoff, reset after a stable run) and records everything in the run
-directory's state file. On SIGTERM (`inferpack down`) it stops the router, then the servers (SIGTERM, drain,
-SIGKILL after the timeout), records phase "stopped" and exits. Being the servers' parent, it learns of a
-death at once (`poll`) and leaves no zombies.
+directory's state file. A process that is alive but hung never dies by itself: a ready process whose
+liveness probe fails `liveness_failures` times in a row, or a restarted one not ready within the ready
+timeout, is killed with SIGKILL (SIGTERM does nothing to a stopped process) and so restarted; the state
+(`last_restart_reason`) and the log say why. On SIGTERM (`inferpack down`) it stops the router, then the
+servers (SIGTERM, drain, SIGKILL after the timeout), records phase "stopped" and exits. Being the
+servers' parent, it learns of a death at once (`poll`) and leaves no zombies.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,6 +29,7 @@ from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError
 from inferpack.fleet import processes as P
+from inferpack.fleet.liveness import LivenessProber, LivenessTracker
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.jsonfile import StrictModel
 
@@ -58,6 +63,9 @@ class LaunchSpec(StrictModel):
     upstream_timeout_s: float = 60.0
     log_level: str = "info"
     supervisor_ready_probe_s: float = Field(default=0.5, gt=0)
+    liveness_interval_s: float = Field(default=2.0, gt=0)
+    liveness_timeout_s: float = Field(default=2.0, gt=0)
+    liveness_failures: int = Field(default=3, ge=1)
 
 
 def launch_file(run: RunDir) -> Path:
@@ -88,11 +96,14 @@ class _Child:
     record: ProcessState
     cmd: list[str]
     env: dict[str, str]
+    liveness: LivenessTracker
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff_s: float | None = None
     restart_at: float | None = None
     ready_by: float = field(default=0.0)
+    probe: Future[bool] | None = None  # the liveness probe in flight
+    kill_reason: str | None = None  # set when the supervisor killed it (the exit is then ours)
 
 
 class Supervisor:
@@ -116,6 +127,7 @@ class Supervisor:
                     log_level=spec.log_level,
                 ),
                 P.child_env(s.threads),
+                self._tracker(),
             )
             for s in spec.servers
         ]
@@ -127,9 +139,12 @@ class Supervisor:
                 port=spec.router_port,
                 upstream_timeout_s=spec.upstream_timeout_s,
                 log_level="warning",
+                config=config,
             ),
             P.child_env(),
+            self._tracker(),
         )
+        self.prober = LivenessProber(len(self.servers) + 1, spec.liveness_timeout_s)
         me = psutil.Process()
         self.state = FleetState(
             supervisor=ProcessState(
@@ -140,6 +155,9 @@ class Supervisor:
         )
 
     # --- helpers ------------------------------------------------------------------------------------------
+    def _tracker(self) -> LivenessTracker:
+        return LivenessTracker(interval_s=self.spec.liveness_interval_s, failures=self.spec.liveness_failures)
+
     def _save(self) -> None:
         save_state(self.run, self.state)
 
@@ -148,6 +166,8 @@ class Supervisor:
         child.started = time.monotonic()
         child.ready_by = child.started + self.spec.ready_timeout_s
         child.restart_at = None
+        child.probe, child.kill_reason = None, None
+        child.liveness.reset()
         child.record.pid = child.proc.pid
         child.record.create_time = start_time(child.proc.pid)
         child.record.status = "starting"
@@ -226,10 +246,10 @@ class Supervisor:
                         child.backoff_s, uptime, self.spec.restart_backoff_s, self.spec.restart_backoff_max_s
                     )
                     child.restart_at = now + child.backoff_s
+                    reason = child.kill_reason or f"exited with status {code}"
                     rec.status, rec.last_exit, rec.pid, rec.create_time = "restarting", code, None, None
-                    rec.message = (
-                        f"exited with status {code} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
-                    )
+                    rec.last_restart_reason = reason
+                    rec.message = f"{reason} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
                     log.warning("%s %s", rec.name, rec.message)
                     changed = True
                     continue
@@ -237,6 +257,8 @@ class Supervisor:
                 rec.restarts += 1
                 self._start(child)
                 changed = True
+            elif rec.status == "starting" and now > child.ready_by and child.kill_reason is None:
+                self._kill(child, f"not ready within {self.spec.ready_timeout_s:g} s of its start")
             elif (
                 rec.status == "starting"
                 and rec.url is not None
@@ -245,12 +267,51 @@ class Supervisor:
                 rec.status, rec.message = "ready", None
                 log.info("%s is ready again (restart %d)", rec.name, rec.restarts)
                 changed = True
+            elif rec.status == "ready":
+                self._check_liveness(child)
         return changed
+
+    def _check_liveness(self, child: _Child) -> None:
+        """Collect a finished liveness probe (kill after too many failures in a row) or send a due one."""
+        url = child.record.url
+        if url is None or child.kill_reason is not None:
+            return
+        if child.probe is not None:
+            if not child.probe.done():
+                return
+            ok = child.probe.result()
+            child.probe = None
+            if not ok:
+                log.warning(
+                    "%s: liveness probe failed (%d in a row)",
+                    child.record.name,
+                    child.liveness.consecutive + 1,
+                )
+            if child.liveness.result(ok):
+                self._kill(
+                    child,
+                    f"killed (SIGKILL): liveness probe failed {child.liveness.failures} times in a row "
+                    f"(timeout {self.spec.liveness_timeout_s:g} s, "
+                    f"every {self.spec.liveness_interval_s:g} s)",
+                )
+        elif child.liveness.due():
+            child.liveness.sent()
+            child.probe = self.prober.submit(url)
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        """SIGKILL a hung process (a stopped one ignores SIGTERM); the next pass sees it exit and restarts it,
+        recording `reason`."""
+        child.kill_reason = reason
+        log.warning("%s (pid %s): %s", child.record.name, child.record.pid, reason)
+        if child.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
 
     def stop_fleet(self) -> None:
         """Router first (no new traffic), then the servers in parallel; record phase "stopped"."""
         self.state.phase = "stopping"
         self._save()
+        self.prober.close()
         for group in ([self.router], self.servers):
             procs = []
             for child in group:
