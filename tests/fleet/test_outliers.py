@@ -77,7 +77,7 @@ def test_ejected_after_consecutive_failures_only() -> None:
     assert o.failure("s0") is None  # calls in flight when it was ejected do not eject it again
 
 
-def test_half_open_probe_readmits_or_ejects_for_longer() -> None:
+def test_half_open_probes_until_one_answers_and_repeats_eject_for_longer() -> None:
     clock = Clock()
     o = _detector(clock)
     for _ in range(3):
@@ -85,14 +85,17 @@ def test_half_open_probe_readmits_or_ejects_for_longer() -> None:
     assert not o.half_open("s0") and o.probe("s0", True) is None  # period running: probes do not count
     clock.t += 5.0
     assert o.half_open("s0")
-    assert o.probe("s0", False) == "ejected"  # second ejection: 10 s
-    clock.t += 9.9
-    assert not o.half_open("s0")
-    clock.t += 0.1
+    assert o.probe("s0", False) is None and o.half_open("s0")  # not answered: probed again later
+    clock.t += 3.0
     assert o.probe("s0", True) == "readmitted" and not o.ejected("s0")
     for _ in range(3):
         o.failure("s0")
-    assert o.ejected("s0")
+    clock.t += 9.9
+    assert not o.half_open("s0")  # a repeat: 10 s
+    clock.t += 0.1
+    assert o.probe("s0", True) == "readmitted"
+    for _ in range(3):
+        o.failure("s0")
     clock.t += 19.9
     assert not o.half_open("s0")  # third in a row: 20 s
     clock.t += 0.1

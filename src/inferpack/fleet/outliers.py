@@ -8,8 +8,10 @@ ejection. Pure logic: no I/O; the ejection clock is injected, so tests need no s
   the 60 s ceiling.
 - `OutlierDetector`: a server whose calls fail `failures` times in a row (deadline missed, connection
   refused or broken) is ejected for a period that doubles on each repeat (capped). When the period is over
-  the server is half-open: the next readiness probe decides (answered: back in; not: ejected again, for
-  longer). A server that stayed in for `max_s` starts again from the first period.
+  the server is half-open: readiness probes decide, and the first one answered brings it back (a server
+  being restarted answers as soon as it is ready; the period does not grow while it is not). Failing its
+  calls again soon after is a repeat; a server that stayed in for `max_s` starts again from the first
+  period.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class Deadlines:
         return min(self.ceiling_s, max(self.floor_s, self.factor * p99))
 
 
-Event = Literal["ejected", "readmitted"]
+Event = Literal["readmitted"]
 
 
 @dataclass
@@ -154,16 +156,13 @@ class OutlierDetector:
         return self._eject(track)
 
     def probe(self, server: str, ok: bool) -> Event | None:
-        """The result of a half-open probe (ignored at any other time): back in service, or ejected again
-        for a longer period."""
+        """The result of a readiness probe: "readmitted" when `server` is half-open and answered; ignored
+        at any other time (a failed half-open probe leaves it half-open, to be probed again)."""
         track = self._tracks[server]
-        if not self.half_open(server):
+        if not ok or not self.half_open(server):
             return None
-        if ok:
-            track.ejected_until, track.consecutive, track.back_since = None, 0, self.clock()
-            return "readmitted"
-        self._eject(track)
-        return "ejected"
+        track.ejected_until, track.consecutive, track.back_since = None, 0, self.clock()
+        return "readmitted"
 
     def _eject(self, track: _Track) -> float:
         now = self.clock()

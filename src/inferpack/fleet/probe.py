@@ -50,8 +50,8 @@ class HealthProbe:
         return answer.status == 200
 
     async def probe(self, name: str) -> None:
-        """Probe one server once: an ejected one only when its period is over (half-open), then readmit or
-        eject it again; any other is marked up or down."""
+        """Probe one server once (an ejected one only once its period is over: half-open; answered, it is
+        readmitted) and mark it up or down."""
         if self.outliers.ejected(name) and not self.outliers.half_open(name):
             return
         up = await self.ready(name)
@@ -60,8 +60,6 @@ class HealthProbe:
             if event == "readmitted":
                 self.balancer.readmit(name)
                 log.warning("server %s is back after its ejection (readiness probe answered)", name)
-            elif event == "ejected":
-                log.warning("server %s stays ejected: its half-open readiness probe failed", name)
         if up != self.balancer.healthy[name]:
             log.warning("server %s is %s", name, "back" if up else "down")
         (self.balancer.mark_up if up else self.balancer.mark_down)(name)
