@@ -108,9 +108,9 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
         with Load(router, models) as load:
             time.sleep(2.0)
             assert sum(load.outcomes.values()) > 0
+            before_stop = last_count = _forwarded(router, "server-0")
             os.kill(victim.pid, signal.SIGSTOP)
             stopped_at = time.monotonic()
-            last_count = _forwarded(router, "server-0")
             last_change = stopped_at
             restarted_at = killed_at = None
             deadline = stopped_at + 300
@@ -132,6 +132,7 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
                     restarted_at = time.monotonic()
                 time.sleep(0.1)
             stop_sending_s = last_change - stopped_at
+            sent_to_stopped = (last_count or 0.0) - (before_stop or 0.0)
             _wait(
                 lambda: httpx.get(f"{router}/v2/health/ready", trust_env=False).json()["servers"]["server-0"],
                 60,
@@ -148,8 +149,9 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
         retries = P.metric_sum(metrics, "inferpack_router_deadline_retries_total")
         print(
             f"\nSIGSTOP test: failed {failed}/{total} requests ({dict(load.outcomes)}), slowest "
-            f"{load.slowest_s:.2f} s; router stopped sending to server-0 {stop_sending_s:.2f} s after "
-            f"SIGSTOP ({ejections:g} ejection(s), {retries:g} deadline retries); supervisor killed it "
+            f"{load.slowest_s:.2f} s; router sent {sent_to_stopped:g} request(s) to the stopped server-0, "
+            f"the last {stop_sending_s:.2f} s after SIGSTOP ({ejections:g} ejection(s), {retries:g} "
+            f"deadline retries); supervisor killed it "
             f"{killed_at - stopped_at:.2f} s after SIGSTOP, restarted and ready after "
             f"{restarted_at - stopped_at:.2f} s; router took it back after {back_at - stopped_at:.2f} s"
         )

@@ -16,10 +16,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL_S = 10
 # RSS growth from the first sample (taken after the capacity run, so every model is loaded and every
-# allocator pool warmed) to the last, per process. A tiny model's weights are ~18 MB; steady traffic should
-# add nothing that stays, but glibc arenas, tokenizer caches and the HDR/metrics structures settle over the
-# first minutes. 40 MB a process is well below one leaked model or a per-request leak at this rate
-# (~2,000 requests a server: 20 KB each would cross it) and above the settling we measured (README below).
+# allocator pool warmed) to the last, per process. Steady traffic should add nothing that stays; what
+# settles (glibc arenas, tokenizer caches, metrics, the supervisor's probe threads) was 0.1-8 MB a process
+# in this 40 s run on the dev machine (2026-12, under heavy contention). 40 MB is well below a leaked
+# tiny model (~18 MB of weights a copy, plus its runtime: more than one of those) and would catch a
+# per-request leak of ~20 KB (each server answers ~500 requests here) while leaving room for settling.
 MAX_GROWTH_MB = 40.0
 
 
