@@ -94,7 +94,7 @@ def interval_rows(result: BenchResult, rss: list[dict[str, Any]]) -> list[dict[s
     """One row per interval: requests, errors, throughput, P90 and the RSS sampled at its end."""
     rows = []
     by_start = {round(i.t_s / result.interval_s): i for i in result.series}
-    for k in range(max(len(rss) - 1, len(by_start))):
+    for k in range(intervals(result)):
         interval = by_start.get(k)
         count = interval.count if interval else 0
         errors = interval.errors if interval else 0
@@ -113,6 +113,19 @@ def interval_rows(result: BenchResult, rss: list[dict[str, Any]]) -> list[dict[s
             }
         )
     return rows
+
+
+def intervals(result: BenchResult) -> int:
+    """Whole intervals in the measured duration (requests sent in it but answered after its end fall in a
+    later slot of the engine's series: counted in the totals, not given a row of their own)."""
+    duration = result.metadata.duration_s or result.window_s()
+    return max(1, round(duration / result.interval_s))
+
+
+def late_requests(result: BenchResult) -> int:
+    """Requests answered after the last whole interval."""
+    n = intervals(result)
+    return sum(i.count for i in result.series if round(i.t_s / result.interval_s) >= n)
 
 
 def rss_growth(samples: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -206,6 +219,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "throughput_rps": result.throughput(),
         "latency_ms": lat.as_dict(),
         "intervals": rows,
+        "answered_after_the_end": late_requests(result),
         "rss_samples": sampler.samples,
         "rss_growth_mb": rss_growth(sampler.samples),
         "warnings": result.warnings,
