@@ -132,3 +132,10 @@ def test_liveness_tracker_counts_failures_in_a_row_and_paces_probes() -> None:
     assert [t.result(False) for _ in range(3)] == [False, False, True]
     t.reset()
     assert t.consecutive == 0
+
+
+def test_a_server_that_joins_later_starts_in_service() -> None:
+    """The router may reload its placement: servers the detector was not built with are tracked too."""
+    o = _detector(Clock())
+    assert not o.ejected("s9")
+    assert [o.failure("s9") for _ in range(3)] == [None, None, 5.0]

@@ -47,7 +47,7 @@ class Balancer:
         holders = self.placement.get(model)
         if not holders:
             return None
-        candidates = [s for s in holders if s not in exclude and not self.ejected[s]]
+        candidates = [s for s in holders if s not in exclude and not self.ejected.get(s, False)]
         if not candidates:
             return None
         healthy = [s for s in candidates if self.healthy[s]]
@@ -88,7 +88,7 @@ class Balancer:
 
     def serving(self, server: str) -> bool:
         """`server` gets traffic: healthy and not ejected."""
-        return self.healthy[server] and not self.ejected[server]
+        return self.healthy[server] and not self.ejected.get(server, False)
 
     def all_available(self) -> bool:
         """Every placed model has at least one healthy copy."""

@@ -135,7 +135,7 @@ class Forwarder:
                 balancer.release(server)
         if refused is not None:
             return refused
-        if not tried and all(balancer.ejected[s] for s in balancer.holders(model) or []):
+        if not tried and all(balancer.ejected.get(s, False) for s in balancer.holders(model) or []):
             failure = "every copy is ejected after failed calls; a readiness probe brings one back"
         if missed is not None:
             return Refusal(

@@ -123,7 +123,14 @@ class OutlierDetector:
         self.base_s = base_s
         self.max_s = max_s
         self.clock = clock
-        self._tracks = {s: _Track() for s in servers}
+        self._tracks: dict[str, _Track] = {s: _Track() for s in servers}
+
+    def _track(self, server: str) -> _Track:
+        # servers may join with a new placement (the router reloads it): they start in service
+        track = self._tracks.get(server)
+        if track is None:
+            track = self._tracks[server] = _Track()
+        return track
 
     def period_s(self, ejections: int) -> float:
         """Length of the `ejections`-th ejection in a row (1: the first)."""
@@ -131,23 +138,23 @@ class OutlierDetector:
 
     def ejected(self, server: str) -> bool:
         """True while `server` is out of service (its period running, or over but not yet probed)."""
-        return self._tracks[server].ejected_until is not None
+        return self._track(server).ejected_until is not None
 
     def half_open(self, server: str) -> bool:
         """`server` is ejected and its period is over: a probe may bring it back."""
-        until = self._tracks[server].ejected_until
+        until = self._track(server).ejected_until
         return until is not None and self.clock() >= until
 
     def success(self, server: str) -> None:
         """A call to `server` got an HTTP answer (any status: the server is responsive)."""
-        track = self._tracks[server]
+        track = self._track(server)
         if track.ejected_until is None:
             track.consecutive = 0
 
     def failure(self, server: str) -> float | None:
         """A call to `server` failed; returns the ejection period when this failure ejects it. Failures of
         calls that were in flight when it was ejected do not count again."""
-        track = self._tracks[server]
+        track = self._track(server)
         if track.ejected_until is not None:
             return None
         track.consecutive += 1
@@ -158,7 +165,7 @@ class OutlierDetector:
     def probe(self, server: str, ok: bool) -> Event | None:
         """The result of a readiness probe: "readmitted" when `server` is half-open and answered; ignored
         at any other time (a failed half-open probe leaves it half-open, to be probed again)."""
-        track = self._tracks[server]
+        track = self._track(server)
         if not ok or not self.half_open(server):
             return None
         track.ejected_until, track.consecutive, track.back_since = None, 0, self.clock()

@@ -70,5 +70,17 @@ class HealthProbe:
             await self.probe(name)
 
     async def run(self) -> None:
-        """Probe every server each interval, until cancelled."""
-        await asyncio.gather(*(self._loop(name) for name in self.balancer.servers))
+        """Probe every server each interval, until cancelled: one loop per server, started for servers that
+        join the placement and stopped for those that leave it."""
+        loops: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                current = set(self.balancer.servers)
+                for name in current - loops.keys():
+                    loops[name] = asyncio.create_task(self._loop(name))
+                for name in loops.keys() - current:
+                    loops.pop(name).cancel()
+                await asyncio.sleep(self.interval_s)
+        finally:
+            for task in loops.values():
+                task.cancel()

@@ -221,7 +221,7 @@ def create_router_app(
         # single server restart would take every router pod out, and requests for the other models with
         # it. Per-model availability is in the body and in /metrics instead.
         body: dict[str, Any] = {"ready": True, "servers": {s: balancer.serving(s) for s in balancer.servers}}
-        if ejected := [s for s in balancer.servers if balancer.ejected[s]]:
+        if ejected := [s for s in balancer.servers if balancer.ejected.get(s, False)]:
             body["ejected"] = ejected
         unavailable = balancer.unavailable_models()
         if unavailable:
@@ -234,7 +234,7 @@ def create_router_app(
         for name in balancer.servers:
             metrics.outstanding.labels(name).set(balancer.outstanding[name])
             metrics.healthy.labels(name).set(1.0 if balancer.healthy[name] else 0.0)
-            metrics.ejected.labels(name).set(1.0 if balancer.ejected[name] else 0.0)
+            metrics.ejected.labels(name).set(1.0 if balancer.ejected.get(name, False) else 0.0)
         histogram = balancer.copies_histogram(COPIES_CAP)
         for copies, count in histogram.items():
             metrics.models_by_copies.labels(copies).set(count)
