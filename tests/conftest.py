@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The `container` tests' fixtures (podman ready, the image built once per session): tests/containers.py.
+from tests.containers import inferpack_image, podman_ready  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

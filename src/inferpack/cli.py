@@ -79,6 +79,15 @@ def serve(
         typer.Option(help="auto (bf16 where native, else fp16 on GPUs), fp32, bf16, fp16."),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
+    intra_op_threads: Annotated[
+        int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Largest batch one forward runs (default 8).")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(min=0.0, help="Extra wait for a fuller batch, ms (default 0).")
+    ] = None,
     lazy: Annotated[
         bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
     ] = None,
@@ -101,12 +110,16 @@ def serve(
             "device": device,
             "dtype": dtype,
             "inference_threads": threads,
+            "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,
             "memory_budget_mb": memory_budget_mb,
             "idle_unload_s": idle_unload_s,
             "pinned_models": [m.strip() for m in pinned.split(",") if m.strip()] if pinned else None,
         }
     )
+    batching = _drop_none({"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    if batching:
+        server["batching"] = batching
     if models and all_models:
         raise typer.BadParameter("use either --models or --all")
     if models:

@@ -62,11 +62,41 @@ class PayloadTooLarge(InferpackError):
 
 
 class Overloaded(InferpackError):
-    """A model's queue is full: the server sheds load instead of letting latency grow."""
+    """A request shed at arrival: its model's queue is full, the expected wait would miss its deadline, or
+    the memory budget is full of busy models.
 
-    def __init__(self, message: str, *, retry_after_s: float = 1.0, hint: str | None = None) -> None:
+    `reason` says which (`queue_full`, `deadline`, `memory_budget`), `retry_after_s` when
+    the queue ahead is expected to have drained, `expected_wait_s` the wait the estimate found.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float = 1.0,
+        hint: str | None = None,
+        model_id: str | None = None,
+        reason: str = "queue_full",
+        expected_wait_s: float | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
+        self.model_id = model_id
+        self.reason = reason
+        self.expected_wait_s = expected_wait_s
+
+
+class DeadlineExceeded(InferpackError):
+    """A queued request whose deadline passed (or would pass before its batch ends) before it ran: it is
+    dropped instead of running work its caller has stopped waiting for."""
+
+    def __init__(self, message: str, *, hint: str | None = None, model_id: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.model_id = model_id
+
+
+class ClientDisconnected(InferpackError):
+    """The caller closed its connection before the answer was ready; its queued work was dropped."""
 
 
 class Unauthorized(InferpackError):
@@ -107,3 +137,15 @@ class FleetError(InferpackError):
 
 class PlanError(InferpackError):
     """A placement problem with no feasible solution, or a malformed plan."""
+
+
+class InsufficientStorage(ModelLoadFailed):
+    """A model cannot be held here at all: retrying on this server cannot help (HTTP 507)."""
+
+
+class ModelTooLarge(InsufficientStorage):
+    """A model needs more memory than the server's whole memory budget."""
+
+
+class CacheFull(InsufficientStorage):
+    """The disk of the local model cache (S3 repositories) has no room for a model's files."""

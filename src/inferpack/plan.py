@@ -5,6 +5,11 @@ by several servers has several copies (for hot models and for availability). One
 locally and one pod (on its own node of `instance_type`) on Kubernetes.
 
 The format is JSON, versioned, validated with pydantic; unknown fields are rejected so a typo fails loudly.
+
+Format 2 adds each group's `execution`: the settings its servers were costed with (inference threads,
+intra-op threads per thread, dtype, batching limits, device). `inferpack up` and `inferpack k8s render`
+apply exactly those, so a plan is deployed as it was costed. Format 1 plans (no execution) still load:
+their servers run with the server's defaults, as before; a format 1 plan that names an execution is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from pydantic import Field, model_validator
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel, read_json_model
+from inferpack.settings import ServerSettings
 
 TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
-PLAN_FORMAT_VERSION: Literal[1] = 1
+ExecDType = Literal[
+    "fp32", "bf16", "fp16"
+]  # the dtypes a server computes in (settings.DTypeChoice less auto)
+PLAN_FORMAT_VERSION: Literal[2] = 2
 
 
 class Resources(StrictModel):
@@ -29,6 +38,44 @@ class Resources(StrictModel):
     memory_mb: int = Field(gt=0, description="Memory for the server process, model weights included.")
     accelerators: int = Field(default=0, ge=0, description="GPUs or Neuron devices per server.")
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator.")
+
+
+class Execution(StrictModel):
+    """How a group's servers compute: the operating point the planner costed them at.
+
+    `inference_threads` forwards run in parallel (the planner's workers), each with `intra_op_threads`
+    torch threads; batches hold at most `max_batch_size` requests and wait at most `max_wait_ms` for more.
+    """
+
+    device: TargetName = Field(description="Processor the models compute on (the group's target).")
+    dtype: ExecDType
+    inference_threads: int = Field(ge=1, description="Parallel forwards per server (the planner's workers).")
+    intra_op_threads: int = Field(ge=1, description="torch intra-op threads per forward.")
+    max_batch_size: int = Field(ge=1, description="Largest batch one forward runs.")
+    max_wait_ms: float = Field(default=0.0, ge=0, description="Extra wait for a fuller batch.")
+    latency_ms: float | None = Field(
+        default=None, gt=0, description="The profiled time of one batch at this point (what was costed)."
+    )
+    profile_source: str | None = Field(default=None, description="Where the costed figure comes from.")
+
+    def server_fields(self) -> dict[str, Any]:
+        """The `ServerSettings` fields this execution sets (everything else keeps the configured value)."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "inference_threads": self.inference_threads,
+            "intra_op_threads": self.intra_op_threads,
+        }
+
+    def apply(self, settings: ServerSettings) -> ServerSettings:
+        """`settings` with this execution's device, dtype, threads and batching limits: what the plan was
+        costed with wins over the configuration (validated like any settings)."""
+        batching = settings.batching.model_copy(
+            update={"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms}
+        )
+        data = settings.model_dump()
+        data.update(self.server_fields(), batching=batching.model_dump())
+        return ServerSettings.model_validate(data)
 
 
 class ServerPlan(StrictModel):
@@ -48,13 +95,27 @@ class ServerGroup(StrictModel):
     architecture: Literal["x86_64", "arm64"] = "x86_64"
     price_per_hour: float | None = Field(default=None, ge=0, description="Per server (instance), USD.")
     resources: Resources
+    execution: Execution | None = Field(
+        default=None, description="Settings the servers were costed with (format 2); None: server defaults."
+    )
     servers: list[ServerPlan]
+
+    @model_validator(mode="after")
+    def _execution_matches_target(self) -> ServerGroup:
+        ex = self.execution
+        if ex is not None and ex.device != self.target:
+            raise ValueError(
+                f"group {self.name!r}: execution.device {ex.device} differs from target {self.target}"
+            )
+        if ex is not None and ex.dtype == "fp16" and self.target != "cuda":
+            raise ValueError(f"group {self.name!r}: fp16 is computed on GPUs only, not on {self.target}")
+        return self
 
 
 class Plan(StrictModel):
     """A whole placement. `placement()` gives model -> servers; `validate_against()` checks a model list."""
 
-    format_version: Literal[1] = PLAN_FORMAT_VERSION
+    format_version: Literal[1, 2] = PLAN_FORMAT_VERSION
     created_by: str = Field(description="What made it: 'simple', 'milp', 'heuristic', or a person.")
     repository: str | None = None
     slo_p90_ms: float | None = None
@@ -65,6 +126,8 @@ class Plan(StrictModel):
 
     @model_validator(mode="after")
     def _names_unique(self) -> Plan:
+        if self.format_version == 1 and any(g.execution is not None for g in self.groups):
+            raise ValueError("format_version 1 plans have no 'execution'; set format_version to 2")
         seen: set[str] = set()
         for server in self.servers():
             if server.name in seen:

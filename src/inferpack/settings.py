@@ -26,6 +26,8 @@ DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+# The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
+DEFAULT_IMAGE = "inferpack:latest"
 
 
 class _Section(BaseModel):
@@ -47,6 +49,26 @@ class BatchingSettings(_Section):
     )
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
+    )
+    deadline_ms: float = Field(
+        default=10000.0,
+        ge=0,
+        description=(
+            "Deadline of a request that sets none (header inferpack-deadline-ms), counted from when it "
+            "reaches its model's queue: a request whose expected wait + service would exceed it is shed "
+            "at once with 503 + Retry-After, and one still queued when it can no longer make it is "
+            "dropped with 504. The default only sheds hopeless work (clients rarely wait longer); derive "
+            "a tighter one from the latency objective (a few times the P90 objective, or the clients' "
+            "timeout). 0: no default deadline (only a full queue sheds requests that set none)."
+        ),
+    )
+    cross_tenant: bool = Field(
+        default=True,
+        description=(
+            "A batch with room left takes queued requests of other models of the same base (models "
+            "sharing weight files): their shared layers run once for all rows, each model's own layers "
+            "on its rows. Off: a batch holds one model's requests."
+        ),
     )
 
 
@@ -95,11 +117,30 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    load_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). Loads read and "
+            "cast weights while inference runs on the same cores: niced, they take the cores' idle time "
+            "instead of stretching the requests in flight (the tail)."
+        ),
+    )
     memory_wait_s: float = Field(
         default=5.0,
         ge=0,
         description="When the budget is full of busy models, how long a load waits for one to go idle "
         "before answering 503.",
+    )
+    repository_retry_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A degraded repository (S3 failing, folder unreadable: served from the last listing "
+        "and the cache) is listed again after this long, the wait doubling after each failure.",
+    )
+    repository_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Cap on the wait between two listings of a degraded repository."
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -196,6 +237,16 @@ class FleetSettings(_Section):
         default=False,
         description="Run the servers of plan groups whose processor (cuda, neuron) this host lacks on the "
         "CPU, with a warning, instead of refusing to start.",
+    )
+    runtime: Literal["host", "podman", "docker"] = Field(
+        default="host",
+        description="Where servers and router run: host processes of this interpreter, or containers of "
+        "`image` run by podman or docker (ports published on 127.0.0.1, the repository mounted read-only).",
+    )
+    image: str = Field(
+        default=DEFAULT_IMAGE,
+        description="The inferpack image containers run (runtime podman/docker): the tag `inferpack image "
+        "build` makes by default.",
     )
     test: FleetTestSettings = Field(default_factory=FleetTestSettings)
 

@@ -111,7 +111,12 @@ with open(os.environ["FAKE_KUBECTL_LOG"], "a") as log:
 if "get" in args and args[-2:] == ["-o", "name"]:
     print(os.environ.get("FAKE_KUBECTL_PODS", ""))
 if "get" in args and args[-2:] == ["-o", "json"]:
-    print(os.environ.get("FAKE_KUBECTL_JOB" if "job" in args else "FAKE_KUBECTL_PODS_JSON", "{{}}"))
+    kind = "JOB" if "job" in args else "SECRET" if "secret" in args else "PODS_JSON"
+    print(os.environ.get("FAKE_KUBECTL_" + kind, "{{}}"))
+if "-f" in args and os.environ.get("FAKE_KUBECTL_FILES"):  # keep what was applied (temporary files)
+    source = args[args.index("-f") + 1]
+    with open(source) as f, open(os.path.join(os.environ["FAKE_KUBECTL_FILES"], "applied.json"), "w") as out:
+        out.write(f.read())
 if "logs" in args and os.environ.get("FAKE_KUBECTL_LOG_TEXT"):
     print(os.environ["FAKE_KUBECTL_LOG_TEXT"])
 sys.exit(int(os.environ.get("FAKE_KUBECTL_EXIT", "0")) if "exec" in args else 0)
@@ -346,3 +351,49 @@ def test_cli_bench_fails_at_once_with_the_failing_pods_log(
         ["logs", "inferpack-bench-2-q"],
     ]
     assert "batch.kubernetes.io/controller-uid=u-9" in calls[3]
+
+
+def test_cli_bench_copies_the_token_secret_to_the_load_tests_namespace(
+    fake_kubectl: tuple[Path, Path], plan: Plan, tmp_path: Path
+) -> None:
+    """`--auth-secret` with `--bench-namespace`: a pod cannot mount another namespace's Secret, so
+    `k8s bench` copies the servers' Secret (data and type only) before starting the workers."""
+    plan_file, out, kept = tmp_path / "plan.json", tmp_path / "k8s", tmp_path / "kept"
+    kept.mkdir()
+    save_plan(plan, plan_file)
+    render = subprocess.run(
+        [INFERPACK, "k8s", "render", "--plan", str(plan_file), "--out", str(out), "-n", "serving",
+         "--auth-secret", "tokens", "--bench-namespace", "loadtest"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert render.returncode == 0, render.stderr
+    original = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "tokens", "namespace": "serving", "uid": "x-1", "resourceVersion": "7"},
+        "type": "Opaque",
+        "data": {"tokens": "c2VjcmV0LTE="},
+    }
+    done = {"metadata": {"uid": "u-1"}, "spec": {"completions": 1}, "status": {"succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}]}}  # fmt: skip
+    env = {"FAKE_KUBECTL_SECRET": json.dumps(original), "FAKE_KUBECTL_FILES": str(kept),
+           "FAKE_KUBECTL_JOB": json.dumps(done)}  # fmt: skip
+    args = ("--dir", str(out), "-n", "serving", "--start-delay", "0")
+    proc, calls = _cli(fake_kubectl, "bench", *args, extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    get, apply = calls[0], calls[1]
+    assert get == ["--namespace", "serving", "get", "secret", "tokens", "-o", "json"]
+    assert apply[:2] == ["--namespace", "loadtest"] and apply[2] == "apply"
+    copy = json.loads((kept / "applied.json").read_text())
+    assert copy["metadata"]["namespace"] == "loadtest" and "uid" not in copy["metadata"]
+    assert (copy["data"], copy["type"]) == (original["data"], "Opaque")
+    assert calls[2][2:4] == ["delete", "job"]  # then the Job as before
+    # servers and load tests in one namespace: nothing copied
+    same = tmp_path / "same"
+    subprocess.run(
+        [INFERPACK, "k8s", "render", "--plan", str(plan_file), "--out", str(same), "--auth-secret", "tokens"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    proc, calls = _cli(fake_kubectl, "bench", "--dir", str(same), "--start-delay", "0", extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not any("secret" in c for c in calls)

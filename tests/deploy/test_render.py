@@ -123,7 +123,11 @@ def test_probes_drain_and_security(plan: Plan) -> None:
 
 def test_settings_reach_the_servers_as_env_overrides(plan: Plan) -> None:
     settings = ServerSettings.model_validate(
-        {"dtype": "bf16", "intra_op_threads": 2, "batching": {"max_batch_size": 4, "max_queue": 9}}
+        {
+            "dtype": "bf16",
+            "intra_op_threads": 2,
+            "batching": {"max_batch_size": 4, "max_queue": 9, "deadline_ms": 750},
+        }
     )
     dep = by_kind(render_manifests(plan, settings), "Deployment")["srv-c7i-1"]
     env = env_of(container(dep))
@@ -131,6 +135,7 @@ def test_settings_reach_the_servers_as_env_overrides(plan: Plan) -> None:
     assert env["INFERPACK_SERVER__INTRA_OP_THREADS"] == "2"
     assert env["INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE"] == "4"
     assert env["INFERPACK_SERVER__BATCHING__MAX_QUEUE"] == "9"
+    assert env["INFERPACK_SERVER__BATCHING__DEADLINE_MS"] == "750.0"
     # inference threads default to the pod's whole cores (7.5 -> 7), not the node's.
     assert env["INFERPACK_SERVER__INFERENCE_THREADS"] == "7"
     assert env["INFERPACK_S3_CACHE_DIR"] == "/var/cache/inferpack"

@@ -13,7 +13,7 @@ from tests.deploy.test_operations import _cli, fake_kubectl  # noqa: F401  (a fi
 from inferpack.deploy.kubectl import SERVER_SIDE_APPLY, Kubectl, KubectlError, run
 from inferpack.deploy.kustomize import write_base
 from inferpack.deploy.render import render_manifests
-from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves
+from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves, summarise_waves
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.settings import ServerSettings
 
@@ -57,6 +57,20 @@ def test_no_wave_holds_two_holders_of_a_model(servers: list[list[str]]) -> None:
     # greedy colouring: never more waves than the most servers any one server shares a model with
     peers = {s.name: {h for m in s.models for h in plan.placement()[m]} for s in plan.servers()}
     assert len(waves) <= max(len(p) for p in peers.values())
+    # the summary: a model goes dark during a wave only when every copy of it is in that wave
+    summary = summarise_waves(plan, waves)
+    for wave in summary:
+        for model in wave.models_dark:
+            assert len(plan.placement()[model]) == 1 and plan.placement()[model][0] in wave.servers
+
+
+def test_wave_summary_of_a_two_copy_plan() -> None:
+    plan = _plan([["a", "b"], ["b", "c"], ["c", "a"], ["d"]])
+    waves = rollout_waves(plan)
+    summary = summarise_waves(plan, waves)
+    assert [w.servers for w in summary] == waves
+    assert sum(w.models_restarting for w in summary) == 7  # every copy restarts once
+    assert [m for w in summary for m in w.models_dark] == ["d"]  # only the one-copy model
 
 
 def test_waves_of_the_mixed_plan(plan: Plan) -> None:
@@ -119,8 +133,15 @@ def test_cli_apply_reads_the_plan_from_the_base(
     rollouts = [c[4] for c in calls if c[2:4] == ["rollout", "status"]]
     assert rollouts[-1] == "deployment/router" and len(rollouts) == len(plan.servers()) + 1
     assert calls[-1][2] == "delete"
-    proc, calls = _cli(fake_kubectl, "apply", "--dir", str(base), "--dry-run")
+    proc, calls = _cli(fake_kubectl, "apply", "--dir", str(base), "--server-dry-run")
     assert len(calls) == 1 and calls[0][-1] == "--dry-run=server"
+    # --dry-run needs no cluster: it prints the waves and the commands, and runs nothing
+    proc, calls = _cli(fake_kubectl, "apply", "--dir", str(base), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == []
+    waves = rollout_waves(plan)
+    assert f"{len(plan.servers())} servers in {len(waves)} waves" in proc.stdout
+    assert "deployment/router" in proc.stdout and "notin" in proc.stdout
 
 
 def test_the_real_kubectl_accepts_the_rollout_command_lines(

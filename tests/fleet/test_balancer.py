@@ -84,3 +84,31 @@ def test_ejected_copy_is_never_chosen_until_readmitted() -> None:
     assert [b.copies_histogram(4)[k] for k in ("0", "1", "2")] == [1, 1, 1]  # c, b, a
     b.readmit("s2")
     assert b.choose("c") == "s2"
+
+
+def test_replace_routes_by_the_new_placement_and_keeps_counters_of_servers_that_left() -> None:
+    b = Balancer({"m": ["s0"], "n": ["s0", "s1"]})
+    b.acquire("s0")
+    b.mark_down("s1")
+    b.replace({"m": ["s2"], "n": ["s1"]})
+    assert b.servers == ["s1", "s2"]
+    assert b.choose("m") == "s2" and b.healthy["s2"] and b.outstanding["s2"] == 0
+    assert not b.healthy["s1"]  # what the probe learnt still holds
+    b.release("s0")  # a request in flight to a server that left still ends cleanly
+    assert b.outstanding["s0"] == 0
+    assert b.unavailable_models() == ["n"]
+
+
+def test_reported_waits_count_down_and_steer_the_choice() -> None:
+    b = Balancer({"a": ["s0", "s1"]})
+    b.note_wait("s0", "a", 2.0, now=10.0)
+    assert b.expected_wait("s0", "a", 10.5) == 1.5  # the queue drains while nobody looks
+    assert b.expected_wait("s0", "a", 13.0) == 0.0
+    assert b.expected_wait("s1", "a", 10.5) == 0.0  # never reported: no wait known
+    assert {b.choose("a", now=10.5) for _ in range(4)} == {"s1"}
+    b.acquire("s1")
+    b.acquire("s1")
+    assert {b.choose("a", now=10.5) for _ in range(4)} == {"s1"}  # a shorter wait beats fewer outstanding
+    assert b.choose("a", now=12.5) == "s0"  # drained: now the fewest outstanding wins
+    b.note_wait("s0", "zzz", 5.0, now=10.0)  # not placed: not kept
+    assert ("s0", "zzz") not in b.waits

@@ -21,7 +21,7 @@ import pytest
 from inferpack.errors import FleetError
 from inferpack.fleet import ops
 from inferpack.fleet.state import RunDir, is_alive, load_state
-from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
+from inferpack.plan import Execution, Plan, Resources, ServerGroup, ServerPlan, save_plan
 from inferpack.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -94,6 +94,10 @@ def test_up_route_kill_restart_down(tiny_repo: Path, fleet_dirs: tuple[Path, Pat
             ServerGroup(
                 name="local",
                 resources=Resources(cpu=1, memory_mb=2000),
+                # a costed plan's execution: the servers must start with exactly these settings
+                execution=Execution(
+                    device="cpu", dtype="fp32", inference_threads=1, intra_op_threads=1, max_batch_size=4
+                ),
                 servers=[
                     ServerPlan(name="server-0", models=models),
                     ServerPlan(name="server-1", models=models[:3]),
@@ -120,6 +124,14 @@ def test_up_route_kill_restart_down(tiny_repo: Path, fleet_dirs: tuple[Path, Pat
     assert state.phase == "running"
     router = state.router.url
     assert router is not None
+    argv = psutil.Process(state.servers[0].pid).cmdline()
+    for flag, value in [
+        ("--threads", "1"),
+        ("--intra-op-threads", "1"),
+        ("--dtype", "fp32"),
+        ("--max-batch-size", "4"),
+    ]:
+        assert argv[argv.index(flag) + 1] == value
 
     with httpx.Client(base_url=router, timeout=60, trust_env=False) as client:
         for model in models:

@@ -61,6 +61,8 @@ class FakeServers:
     # servers that hold every request (health included) without answering, like a SIGSTOPped process
     hang: set[str] = field(default_factory=set)
     seen: list[Seen] = field(default_factory=list)
+    # server -> the expected wait (ms) it reports on its answers, as a real server does under load
+    wait_ms: dict[str, int] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     servers: dict[str, uvicorn.Server] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
@@ -95,6 +97,7 @@ class FakeServers:
                     "inference-header-content-length": "7",
                     "x-inferpack-model-load": "warm",
                     "x-served-by": name,
+                    "inferpack-expected-wait-ms": str(self.wait_ms.get(name, 0)),
                 },
             )
 
@@ -361,3 +364,25 @@ def test_deadline_with_no_copy_left_is_504(fake: FakeServers) -> None:
         fake.hang.add("s0")
         resp = client.get("/predictions/b")
         assert resp.status_code == 504 and "deadline" in resp.json()["error"]
+
+
+def test_least_expected_wait_wins_and_the_deadline_travels_on(client: TestClient, fake: FakeServers) -> None:
+    fake.wait_ms["s0"] = 60_000  # s0's queue for "a" is a minute deep; it counts down with time
+    assert {client.get("/predictions/a").headers["x-served-by"] for _ in range(4)} >= {"s0"}
+    served = [client.get("/predictions/a", headers={"inferpack-deadline-ms": "1000"}) for _ in range(4)]
+    assert {r.headers["x-served-by"] for r in served} == {"s1"}
+    forwarded = float(fake.seen[-1].headers["inferpack-deadline-ms"])
+    assert 0 < forwarded <= 1000  # what is left of the budget when the router forwards
+
+
+def test_every_copy_missing_the_deadline_is_shed_by_the_router(client: TestClient, fake: FakeServers) -> None:
+    fake.wait_ms.update(s0=60_000, s1=60_000)
+    for _ in range(4):  # both copies report their queues
+        client.get("/predictions/a")
+    before = len(fake.seen)
+    shed = client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"})
+    assert shed.status_code == 503 and len(fake.seen) == before  # nothing forwarded
+    assert int(shed.headers["retry-after"]) >= 59 and shed.headers["inferpack-error-kind"] == "overloaded"
+    assert shed.json()["model"] == "a" and shed.json()["reason"] == "deadline"
+    # without a deadline the router has no reason to refuse: the server decides
+    assert client.get("/predictions/a").status_code == 200

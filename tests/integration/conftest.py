@@ -13,6 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
+from inferpack.repository.folder import ModelRepository
 from inferpack.server.app import create_app
 from inferpack.settings import ServerSettings
 from tests.conftest import COMPUTE_DTYPES, SERVER_DTYPE
@@ -21,8 +22,8 @@ from tests.conftest import COMPUTE_DTYPES, SERVER_DTYPE
 class RunningServer:
     """A uvicorn server in a background thread; `url` is its base URL once started."""
 
-    def __init__(self, settings: ServerSettings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: ServerSettings, repository: ModelRepository | None = None) -> None:
+        self.app = create_app(settings, repository)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -45,10 +46,13 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(repo: Path, **overrides: Any) -> Iterator[RunningServer]:
-    """Start a server on `repo` with settings overrides; stop it afterwards."""
+def running_server(
+    repo: Path, *, repository: ModelRepository | None = None, **overrides: Any
+) -> Iterator[RunningServer]:
+    """Start a server on `repo` (or on the `repository` object given) with settings overrides; stop it
+    afterwards."""
     settings = ServerSettings(repository=str(repo), **{"dtype": SERVER_DTYPE, **overrides})
-    server = RunningServer(settings)
+    server = RunningServer(settings, repository)
     server.start()
     try:
         yield server

@@ -9,7 +9,7 @@ from inferpack.cli import app
 from inferpack.errors import ConfigError, PlanError
 from inferpack.plan import load_plan
 from inferpack.planner.inputs import read_models_csv, read_repository
-from inferpack.planner.naive import simple_plan
+from inferpack.planner.naive import SIMPLE_SERVER_OVERHEAD_MB, simple_plan, sized_memory_mb
 from inferpack.repository.manifest import Footprint, Manifest, write_manifest
 
 runner = CliRunner()
@@ -77,6 +77,11 @@ def test_simple_plan_fills_servers_evenly_with_copies_apart(tmp_path: Path) -> N
     assert plan.created_by == "simple"
     assert [g.instance_type for g in plan.groups] == ["local"]
     assert plan.placement() == {"alpha": ["server-0", "server-1"], "beta": ["server-0", "server-2"]}
+    # sized from the models (alpha 321.5 MB measured, beta ~10 MB of weights), never the host's memory
+    memory = plan.groups[0].resources.memory_mb
+    assert memory == sized_memory_mb([["alpha", "beta"]], {"alpha": 321.5, "beta": 10.2})
+    assert memory == 64 * -(-(SIMPLE_SERVER_OVERHEAD_MB + 331.7) * 1.25 // 64) < 2048
+    assert f"{memory} MiB" in result.output
 
 
 def test_simple_plan_even_counts_and_errors() -> None:
@@ -86,6 +91,16 @@ def test_simple_plan_even_counts_and_errors() -> None:
     assert all(len(set(v)) == 3 for v in plan.placement().values())
     with pytest.raises(PlanError, match="no models"):
         simple_plan([], 2, 1, cpu_per_server=1, memory_mb_per_server=1)
+    with pytest.raises(PlanError, match="memory"):
+        simple_plan(["a"], 1, 1, cpu_per_server=1)
+
+
+def test_simple_plan_memory_follows_the_fullest_server() -> None:
+    memory = {"a": 400.0, "b": 100.0, "c": 100.0}
+    plan = simple_plan(["a", "b", "c"], 2, 1, cpu_per_server=1, model_memory_mb=memory)
+    assert [s.models for s in plan.servers()] == [["a", "c"], ["b"]]
+    # the server holding a and c: (512 idle + 500) x 1.25 = 1265 -> 1280 MiB (64 MiB steps)
+    assert plan.groups[0].resources.memory_mb == 1280
 
 
 def test_simple_plan_caps_copies_at_one_per_server() -> None:

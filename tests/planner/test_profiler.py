@@ -76,3 +76,19 @@ def test_profile_cli_rejects_unknown_models_and_dtypes(demo_repo: Path) -> None:
 def test_profile_cli_rejects_bad_integer_lists(demo_repo: Path, flag: str) -> None:
     result = runner.invoke(app, ["profile", "--repository", str(demo_repo), flag, "0,x"])
     assert result.exception is not None and flag in str(result.exception)
+
+
+@pytest.mark.slow
+def test_profile_to_stdout_prints_the_profile_alone_in_the_class_asked_for(demo_repo: Path) -> None:
+    """`--out -` (the Kubernetes profile Job's log is the file) and `--model-class` (measured figures
+    replace the reference ones of that class for the named family)."""
+    args = ["profile", "--repository", str(demo_repo), "--models", "qa-0000,qa-0001"]
+    args += ["--batch-sizes", "1", "--threads", "1", "--repeats", "1", "--instance-type", "c7g.*"]
+    result = runner.invoke(app, [*args, "--model-class", "minilm-l6", "--out", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    (prof,) = data["profiles"]
+    assert prof["model_class"] == "minilm-l6" and prof["instance_types"] == ["c7g.*"]
+    assert prof["points"][0]["source"].startswith("measured: ")
+    (cls,) = data["model_classes"]
+    assert (cls["layers"], cls["hidden"], cls["intermediate"]) == (6, 384, 1536)  # FLOPs per request known

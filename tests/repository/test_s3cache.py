@@ -61,3 +61,35 @@ def test_cap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERPACK_S3_CACHE_MAX_MB", "lots")
     with pytest.raises(RepositoryError):
         default_cache_max_bytes()
+
+
+def test_a_full_disk_evicts_least_recently_used_versions_until_the_new_one_fits(tmp_path: Path) -> None:
+    from inferpack.repository.s3cache import evict_for_space
+
+    old = _version(tmp_path, "a", 1, 1000, used=100)
+    mid = _version(tmp_path, "b", 1, 1000, used=200)
+    new = _version(tmp_path, "c", 1, 1000, used=300)
+    asked = tmp_path / "d" / "1"  # being synced: never a victim, even if it looks old
+    asked.mkdir(parents=True)
+
+    def free(_root: Path) -> int:  # a disk with 500 bytes free besides what the cache holds
+        return 500 + 3000 - sum(folder_bytes(v) for v in (old, mid, new))
+
+    assert evict_for_space(tmp_path, RECORD, 1800, keep=asked, free=free) == [old, mid]
+    assert new.is_dir() and not old.exists() and not mid.exists()
+    # nothing left to evict but the one asked for: an empty answer, the caller reports the full disk
+    assert evict_for_space(tmp_path, RECORD, 10_000, keep=new, free=free) == []
+    assert new.is_dir()
+
+
+def test_s3_attempts_are_bounded_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferpack.repository.s3config import ATTEMPTS_ENV, max_attempts
+
+    monkeypatch.delenv(ATTEMPTS_ENV, raising=False)
+    assert max_attempts() == 3
+    monkeypatch.setenv(ATTEMPTS_ENV, "1")
+    assert max_attempts() == 1
+    for bad in ("0", "11", "three"):
+        monkeypatch.setenv(ATTEMPTS_ENV, bad)
+        with pytest.raises(RepositoryError, match=ATTEMPTS_ENV):
+            max_attempts()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferpack.errors import Overloaded, ShuttingDown
+from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from inferpack.runtime.batcher import InferencePool, ModelBatcher
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
@@ -45,10 +45,16 @@ async def make() -> AsyncIterator[Make]:
     made: list[tuple[GatedModel, ModelBatcher]] = []
     pool = InferencePool(threads=1)
 
-    def build(model: GatedModel | None = None, **batching: Any) -> tuple[GatedModel, ModelBatcher]:
+    def build(
+        model: GatedModel | None = None,
+        clock: Callable[[], float] | None = None,
+        drop_observer: Callable[[str], None] | None = None,
+        **batching: Any,
+    ) -> tuple[GatedModel, ModelBatcher]:
         model = model or GatedModel()
         settings = BatchingSettings(**{"max_batch_size": 8, "max_wait_ms": 0, "max_queue": 64, **batching})
-        batcher = ModelBatcher(model, pool, settings)  # type: ignore[arg-type]
+        extra: dict[str, Any] = {"drop_observer": drop_observer} | ({"clock": clock} if clock else {})
+        batcher = ModelBatcher(model, pool, settings, **extra)  # type: ignore[arg-type]
         made.append((model, batcher))
         return model, batcher
 
@@ -141,3 +147,92 @@ async def test_model_errors_reach_every_caller_and_the_batcher_survives(make: Ma
     with pytest.raises(RuntimeError, match="kaboom"):
         await batcher.submit(TextInput("boom"))
     assert (await batcher.submit(TextInput("fine")))["echo"] == "fine"
+
+
+class FakeClock:
+    """A clock the test moves by hand (the batcher's deadlines and measurements read it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_cancelled_request_leaves_the_queue_at_once_and_is_counted(make: Make) -> None:
+    dropped: list[str] = []
+    model, batcher = make(drop_observer=dropped.append)
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    gone = asyncio.create_task(batcher.submit_many([TextInput("gone1"), TextInput("gone2")]))
+    while batcher.queue_depth < 2:
+        await asyncio.sleep(0)
+    gone.cancel()  # what the transport does when the client disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert batcher.queue_depth == 0  # out of the queue before any thread is free: estimates stay true
+    assert dropped == ["fake"]  # one request, however many items
+    model.gate.set()
+    await first
+    assert (await batcher.submit(TextInput("next")))["echo"] == "next"
+    assert all("gone" not in text for b in model.batches for text in b)
+
+
+async def test_a_running_request_that_is_cancelled_is_not_counted_as_dropped(make: Make) -> None:
+    dropped: list[str] = []
+    model, batcher = make(drop_observer=dropped.append)
+    running = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    running.cancel()
+    model.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert dropped == []  # it had left the queue: the work ran
+
+
+async def test_a_queued_request_that_can_no_longer_make_its_deadline_is_dropped(make: Make) -> None:
+    clock = FakeClock()
+    model, batcher = make(clock=clock)
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    late = asyncio.create_task(batcher.submit(TextInput("late"), deadline=clock.now + 1.0))
+    on_time = asyncio.create_task(batcher.submit(TextInput("on time"), deadline=clock.now + 60.0))
+    while batcher.queue_depth < 2:
+        await asyncio.sleep(0)
+    clock.now += 2.0  # the thread stays busy past the first deadline
+    model.gate.set()
+    await first
+    with pytest.raises(DeadlineExceeded) as info:
+        await late
+    assert info.value.model_id == "fake"
+    assert (await on_time)["echo"] == "on time"
+    assert model.batches == [["a"], ["on time"]]
+
+
+class SlowModel(GatedModel):
+    """Each batch moves the fake clock on by 0.1 s per item: the batcher measures that as compute time."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.gate.set()
+
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
+        self.clock.now += 0.1 * len(items)
+        return super().predict(items, raw)
+
+
+async def test_a_request_whose_expected_wait_misses_its_deadline_is_shed_at_arrival(make: Make) -> None:
+    clock = FakeClock()
+    model, batcher = make(SlowModel(clock), clock=clock)
+    await batcher.submit(TextInput("measure"))  # one batch of one: 0.1 s
+    with pytest.raises(Overloaded) as info:
+        await batcher.submit(TextInput("hurried"), deadline=clock.now + 0.05)
+    shed = info.value
+    assert shed.reason == "deadline" and shed.model_id == "fake"
+    assert shed.retry_after_s == pytest.approx(0.1)  # the expected service: nothing queued ahead
+    with pytest.raises(Overloaded) as gone:
+        await batcher.submit(TextInput("too late"), deadline=clock.now - 1)
+    assert gone.value.reason == "deadline"
+    assert (await batcher.submit(TextInput("patient"), deadline=clock.now + 0.5))["echo"] == "patient"
+    assert model.batches == [["measure"], ["patient"]]

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +14,7 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.table import Table
 
 from inferpack.deploy.eks import ClusterOptions, render_eksctl_config, render_karpenter_node_pools
 from inferpack.deploy.image import (
@@ -22,8 +25,21 @@ from inferpack.deploy.image import (
     push_script,
     run_streamed,
 )
-from inferpack.deploy.kubectl import Kubectl, KubectlError, run, run_attached, wait_for_job
-from inferpack.deploy.kustomize import HEADER, rendered_bench_namespace, set_start_at, write_base
+from inferpack.deploy.kubectl import (
+    Kubectl,
+    KubectlError,
+    run,
+    run_attached,
+    secret_copy,
+    wait_for_job,
+)
+from inferpack.deploy.kustomize import (
+    HEADER,
+    rendered_bench_namespace,
+    rendered_bench_secret,
+    set_start_at,
+    write_base,
+)
 from inferpack.deploy.options import INSTANCE_TYPE_LABEL, HpaOptions, RenderOptions
 from inferpack.deploy.render import (
     local_repository_note,
@@ -33,12 +49,12 @@ from inferpack.deploy.render import (
     render_manifests,
     start_at_patch,
 )
-from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves
+from inferpack.deploy.rollout import base_plan, base_resources, rollout_waves, summarise_waves
 from inferpack.errors import ConfigError
-from inferpack.plan import load_plan
+from inferpack.plan import Plan, load_plan
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, node_allocatable
 from inferpack.planner.catalog import load_catalog
-from inferpack.settings import load_settings
+from inferpack.settings import DEFAULT_IMAGE, load_settings
 
 k8s_app = typer.Typer(help="Render, apply and load-test a plan on Kubernetes (EKS).", no_args_is_help=True)
 eks_app = typer.Typer(help="Amazon EKS cluster configs for a plan (eksctl, Karpenter).", no_args_is_help=True)
@@ -209,6 +225,62 @@ def render(
     console.print(f"review: kubectl kustomize {out}    apply: inferpack k8s apply --dir {out}")
 
 
+@k8s_app.command("profile-job")
+def profile_job(
+    instance_type: Annotated[
+        str, typer.Option("--instance-type", help="One catalog type of the family to profile (c7g.xlarge).")
+    ],
+    repository: Annotated[
+        str, typer.Option(help="s3://bucket/prefix, or a path on the models PVC, holding the models to time.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the Job here (default: stdout).")
+    ] = None,
+    image: Annotated[str | None, typer.Option(help="Container image (registry/name:tag).")] = None,
+    namespace: NamespaceOpt = "inferpack",
+    s3_endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
+    aws_region: Annotated[str | None, typer.Option(help="AWS_REGION for the pod.")] = None,
+    profile_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra `inferpack profile` argument (repeatable), e.g. --profile-arg=--model-class "
+            "--profile-arg=bert-base."
+        ),
+    ] = None,
+    catalog: Annotated[
+        list[Path] | None, typer.Option("--catalog", help="Catalog override file(s), applied in order.")
+    ] = None,
+) -> None:
+    """Render a Job that runs `inferpack profile` on one node of an instance family (CPU families): its
+    log is the profile file for `inferpack plan --profiles`. See docs/planner.md."""
+    from inferpack.deploy.profilejob import profile_job_name, render_profile_job
+    from inferpack.planner.problem import PlanOptions
+    from inferpack.planner.solve import group_resources
+
+    inst = load_catalog(catalog).get(instance_type)
+    defaults = RenderOptions()
+    options = RenderOptions(
+        image=image or defaults.image,
+        namespace=namespace,
+        s3_endpoint_url=s3_endpoint_url,
+        aws_region=aws_region,
+    )
+    job = render_profile_job(
+        inst, group_resources(inst, PlanOptions()), repository, options, tuple(profile_arg or ())
+    )
+    text = yaml.safe_dump(job, sort_keys=False)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+    name = profile_job_name(inst.name)
+    console.print(
+        f"then: kubectl apply -f <the job>; kubectl -n {namespace} wait --for=condition=complete "
+        f"job/{name} --timeout=30m; kubectl -n {namespace} logs job/{name} | sed -n '/^{{/,$p' "
+        f"> {inst.family}.json"
+    )
+
+
 def _kubectl(
     namespace: str,
     context: str | None,
@@ -244,18 +316,41 @@ def apply(
     kubeconfig: KubeconfigOpt = None,
     kubectl: KubectlOpt = "kubectl",
     dry_run: Annotated[
-        bool, typer.Option(help="Server-side dry run (validates against the cluster).")
+        bool,
+        typer.Option(help="Print the rollout plan (waves, models per wave) and its commands; run nothing."),
+    ] = False,
+    server_dry_run: Annotated[
+        bool, typer.Option(help="Server-side dry run: the cluster validates the whole base, nothing changes.")
     ] = False,
 ) -> None:
     """Apply the rendered base: servers in waves (no two copies of a model restart together, each wave
     rolled out before the next), then the router; servers a re-plan removed are deleted."""
     _check_dir(directory)
     k = _kubectl(namespace, context, kubeconfig, kubectl)
-    if dry_run:
+    if server_dry_run:
         run(k.apply(directory, server_dry_run=True))
         return
-    waves = rollout_waves(base_plan(directory))
-    run(k.apply(directory, resources=base_resources(directory), waves=waves))
+    plan = base_plan(directory)
+    waves = rollout_waves(plan)
+    commands = k.apply(directory, resources=base_resources(directory), waves=waves)
+    if dry_run:
+        _print_rollout(plan, waves, commands)
+        return
+    run(commands)
+
+
+def _print_rollout(plan: Plan, waves: list[list[str]], commands: list[list[str]]) -> None:
+    out = Console()
+    table = Table(title=f"rollout: {len(plan.servers())} servers in {len(waves)} waves")
+    for col in ("wave", "servers", "models restarting", "models without a copy meanwhile"):
+        table.add_column(col, justify="right" if col.startswith("models r") else "left")
+    for i, wave in enumerate(summarise_waves(plan, waves), start=1):
+        dark = ", ".join(wave.models_dark[:5]) + (" ..." if len(wave.models_dark) > 5 else "")
+        table.add_row(str(i), ", ".join(wave.servers), str(wave.models_restarting), dark or "none")
+    out.print(table)
+    out.print("commands (each wave waits for its rollouts before the next):")
+    for cmd in commands:
+        out.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
 
 
 @k8s_app.command("status")
@@ -378,6 +473,9 @@ def bench(
         run([driver.bench_stop()])
         return
     _check_dir(directory)
+    secret = rendered_bench_secret(directory)
+    if secret is not None and driver.separate_bench_namespace:
+        _copy_bench_secret(driver, secret)
     if idle:
         if not (directory / "bench-idle" / "kustomization.yaml").is_file():
             raise ConfigError(
@@ -397,6 +495,22 @@ def bench(
     wait_for_job(driver, timeout)
     if out is not None:
         _collect(driver, out)
+
+
+def _copy_bench_secret(driver: Kubectl, name: str) -> None:
+    """Load tests in their own namespace cannot mount the servers' token Secret: copy it there (again on
+    every run, so a rotated token follows). The copy passes through a private temporary file."""
+    assert driver.bench_namespace is not None
+    (text,) = run([driver.get_secret(name)], capture=True)
+    try:
+        secret = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KubectlError(f"`kubectl get secret {name}` did not answer JSON ({exc})") from exc
+    with tempfile.TemporaryDirectory(prefix="inferpack-secret-") as folder:
+        path = Path(folder) / "secret.json"
+        path.write_text(json.dumps(secret_copy(secret, driver.bench_namespace)))
+        run([driver.apply_bench_file(path)], capture=True)
+    console.print(f"copied Secret {name} to namespace {driver.bench_namespace} (the workers' token)")
 
 
 def _collect(driver: Kubectl, out: Path) -> None:
@@ -506,7 +620,9 @@ def _node_share(instance_type: str) -> tuple[float, float] | None:
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[str, typer.Option(help="Image name:tag.")] = "inferpack:latest",
+    tag: Annotated[
+        str, typer.Option(help="Image name:tag (the default is the image `up --runtime podman` runs).")
+    ] = DEFAULT_IMAGE,
     variant: Annotated[str, typer.Option(help="cpu, cuda or neuron.")] = "cpu",
     platform: Annotated[str | None, typer.Option(help="linux/amd64 or linux/arm64 (Graviton).")] = None,
     base_image: Annotated[str | None, typer.Option(help="Override the Containerfile's base image.")] = None,

@@ -227,6 +227,14 @@ class Kubectl:
         it until it completes or fails."""
         return self._replace_job(base_dir / "bench")
 
+    def get_secret(self, name: str) -> list[str]:
+        """A Secret of the servers' namespace as JSON (to copy the token Secret to the load tests')."""
+        return [*self.base(), "get", "secret", name, "-o", "json"]
+
+    def apply_bench_file(self, path: Path) -> list[str]:
+        """Apply one manifest file into the load tests' namespace."""
+        return [*self.bench_base(), *SERVER_SIDE_APPLY, "-f", str(path)]
+
     def bench_job(self) -> list[str]:
         """The load-test Job as JSON (its uid, completions and conditions)."""
         return [*self.bench_base(), "get", "job", BENCH_JOB, "-o", "json"]
@@ -256,6 +264,25 @@ class Kubectl:
         """One pod's stdout (a worker's last line is its result); `tail`: only its last lines."""
         cmd = [*self.bench_base(), "logs", pod, "-c", "worker"]
         return [*cmd, f"--tail={tail}"] if tail is not None else cmd
+
+
+def secret_copy(secret: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The same Secret for another namespace: its type and data only (no uid, resourceVersion, owner or
+    last-applied annotation of the original), labelled as inferpack's so `k8s delete` finds it."""
+    meta = secret.get("metadata", {})
+    if not isinstance(secret.get("data"), dict) or "name" not in meta:
+        raise KubectlError("the token Secret read back from the cluster has no name or data")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": namespace,
+            "labels": {LABEL_PART_OF: "inferpack", LABEL_COMPONENT: "bench"},
+        },
+        "type": secret.get("type", "Opaque"),
+        "data": secret["data"],
+    }
 
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]

@@ -140,13 +140,27 @@ def write_base(
     return written
 
 
-def rendered_bench_namespace(out: Path) -> str | None:
-    """The namespace the rendered load-test Job runs in (None when the folder has no bench Job)."""
+def _rendered_bench_job(out: Path) -> dict[str, Any] | None:
     path = out / "bench" / "job.yaml"
     if not path.is_file():
         return None
     for doc in yaml.safe_load_all(path.read_text()):
         if isinstance(doc, dict) and doc.get("kind") == "Job":
-            namespace = doc.get("metadata", {}).get("namespace")
-            return str(namespace) if namespace else None
+            return doc
+    return None
+
+
+def rendered_bench_namespace(out: Path) -> str | None:
+    """The namespace the rendered load-test Job runs in (None when the folder has no bench Job)."""
+    job = _rendered_bench_job(out)
+    namespace = (job or {}).get("metadata", {}).get("namespace")
+    return str(namespace) if namespace else None
+
+
+def rendered_bench_secret(out: Path) -> str | None:
+    """The token Secret the rendered load-test workers mount (`--auth-secret`), or None."""
+    job = _rendered_bench_job(out) or {}
+    for volume in job.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+        if isinstance(volume, dict) and "secret" in volume:
+            return str(volume["secret"]["secretName"])
     return None

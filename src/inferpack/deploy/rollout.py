@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,28 @@ def rollout_waves(plan: Plan) -> list[list[str]]:
     for name, wave in wave_of.items():
         waves[wave].append(name)
     return [sorted(w) for w in waves]
+
+
+@dataclass(frozen=True)
+class WaveSummary:
+    """What one rollout wave restarts: its servers, the models they hold, and the models left with no
+    serving copy while it restarts (single-copy models only: a wave never holds two copies of a model)."""
+
+    servers: list[str]
+    models_restarting: int
+    models_dark: list[str]
+
+
+def summarise_waves(plan: Plan, waves: list[list[str]]) -> list[WaveSummary]:
+    """Per wave, what restarts and which models go without a copy meanwhile (for `k8s apply --dry-run`)."""
+    placement = plan.placement()
+    out = []
+    for wave in waves:
+        members = set(wave)
+        touched = sorted(m for m, holders in placement.items() if members.intersection(holders))
+        dark = [m for m in touched if members.issuperset(placement[m])]
+        out.append(WaveSummary(servers=wave, models_restarting=len(touched), models_dark=dark))
+    return out
 
 
 def base_resources(base_dir: Path) -> list[str]:

@@ -167,9 +167,14 @@ def spread_constraints(peers: list[str]) -> list[Manifest]:
 
 
 def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
-    """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start)."""
-    # CPU pods: one inference thread per whole core of the pod. Accelerator pods: 0, the server's default
-    # for its device (two per GPU, one per NeuronCore), since there the device, not the cores, computes.
+    """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start).
+
+    A group with an `execution` (every plan `inferpack plan` makes) runs exactly the threads, dtype and
+    batching it was costed with. Without one (format 1 or hand-written plans): CPU pods one inference
+    thread per whole core of the pod; accelerator pods 0, the server's default for its device (two per
+    GPU, one per NeuronCore), since there the device, not the cores, computes."""
+    if group.execution is not None:
+        settings = group.execution.apply(settings)
     threads = max(1, math.floor(group.resources.cpu)) if group.target == "cpu" else 0
     values: dict[str, str] = {
         "INFERPACK_SERVER__DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
@@ -181,6 +186,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
+        "INFERPACK_SERVER__BATCHING__DEADLINE_MS": str(settings.batching.deadline_ms),
         # The load/unload API changes what a server holds: off unless an admin Secret guards it.
         "INFERPACK_SERVER__AUTH__REPOSITORY_API": str(
             bool(options.admin_secret) and settings.auth.repository_api

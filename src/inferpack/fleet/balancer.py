@@ -1,26 +1,31 @@
-"""Placement and the router's choice of server: least outstanding requests among healthy copies.
+"""Placement and the router's choice of server: least expected wait, then least outstanding requests,
+among healthy copies.
 
-Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward and
+Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward,
 `mark_down`/`mark_up` from its failures and health probes, `eject`/`readmit` from the outlier detector
-(`outliers`). Everything runs on one event loop, so plain
-integers suffice (no locks).
+(`outliers`), and `note_wait` with the expected wait each server reports for a model (header
+`inferpack-expected-wait-ms`), passing its own clock's `now`. A reported wait counts down with time since
+it was reported (the queue drains while nobody looks), so a copy that shed once is tried again as soon as
+its queue should have drained. Everything runs on one event loop, so plain numbers suffice (no locks).
 """
 
 from __future__ import annotations
 
 from inferpack.plan import Plan
 
+WAIT_RESOLUTION_S = 0.01  # waits closer than this are a tie: then the fewest outstanding requests win
+
 
 class Balancer:
     """Model -> servers holding it, with per-server outstanding counts and health."""
 
     def __init__(self, placement: dict[str, list[str]]) -> None:
-        self.placement = {model: list(servers) for model, servers in placement.items()}
-        names = sorted({s for servers in self.placement.values() for s in servers})
-        self.outstanding: dict[str, int] = dict.fromkeys(names, 0)
-        self.healthy: dict[str, bool] = dict.fromkeys(names, True)
-        self.ejected: dict[str, bool] = dict.fromkeys(names, False)
+        self.outstanding: dict[str, int] = {}
+        self.healthy: dict[str, bool] = {}
+        self.ejected: dict[str, bool] = {}
+        self.waits: dict[tuple[str, str], tuple[float, float]] = {}  # (server, model) -> (wait s, at)
         self._turn = 0
+        self.replace(placement)
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Balancer:
@@ -30,18 +35,42 @@ class Balancer:
     @property
     def servers(self) -> list[str]:
         """Every server that holds at least one model, sorted."""
-        return list(self.outstanding)
+        return self._servers
+
+    def replace(self, placement: dict[str, list[str]]) -> None:
+        """Route by a new placement from now on (a running fleet's re-plan). New servers start healthy
+        with nothing outstanding; servers that left keep their counters, which requests still in flight
+        to them release."""
+        self.placement = {model: list(servers) for model, servers in placement.items()}
+        self._servers = sorted({s for servers in self.placement.values() for s in servers})
+        for name in self._servers:
+            self.outstanding.setdefault(name, 0)
+            self.healthy.setdefault(name, True)
+            self.ejected.setdefault(name, False)
 
     def holders(self, model: str) -> list[str] | None:
         """Servers holding `model` in plan order, or None when no server holds it."""
         return self.placement.get(model)
 
-    def choose(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> str | None:
+    def note_wait(self, server: str, model: str, wait_s: float, now: float) -> None:
+        """`server` reported at `now` that a new request for `model` would wait `wait_s` there."""
+        if model in self.placement:  # bounded by the placement, whatever ids requests carry
+            self.waits[(server, model)] = (max(wait_s, 0.0), now)
+
+    def expected_wait(self, server: str, model: str, now: float) -> float:
+        """The wait last reported for `model` on `server`, less the time since (0 when none reported)."""
+        wait, at = self.waits.get((server, model), (0.0, now))
+        return max(0.0, wait - max(0.0, now - at))
+
+    def choose(
+        self, model: str, exclude: frozenset[str] | set[str] = frozenset(), now: float | None = None
+    ) -> str | None:
         """The server to send `model`'s next request to, or None when every holder is excluded.
 
-        Healthy holders come first; among them the fewest outstanding requests wins, ties taken in turn so
-        that an idle fleet still spreads its load. When every remaining holder is marked down they are
-        tried anyway: a mark may be older than the server's recovery, and a refused connection is cheap.
+        Healthy holders come first; among them the least expected wait (when `now` is given; waits within
+        `WAIT_RESOLUTION_S` tie), then the fewest outstanding requests wins, ties taken in turn so that an
+        idle fleet still spreads its load. When every remaining holder is marked down they are tried
+        anyway: a mark may be older than the server's recovery, and a refused connection is cheap.
         Ejected holders are never chosen: they missed their deadlines, and trying one costs a deadline.
         """
         holders = self.placement.get(model)
@@ -55,10 +84,15 @@ class Balancer:
         n = len(pool)
         start = self._turn % n
         self._turn += 1
+
+        def key(server: str) -> tuple[int, int]:
+            wait = 0 if now is None else int(self.expected_wait(server, model, now) / WAIT_RESOLUTION_S)
+            return wait, self.outstanding[server]
+
         best = pool[start]
         for k in range(1, n):
             server = pool[(start + k) % n]
-            if self.outstanding[server] < self.outstanding[best]:
+            if key(server) < key(best):
                 best = server
         return best
 

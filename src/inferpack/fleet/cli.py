@@ -1,5 +1,5 @@
-"""Commands of the local fleet: up, status, logs, exec, down, router, demo, config show, and the hidden
-`fleet supervise`. Each parses flags into settings overrides and calls one function of `ops`/`demo`."""
+"""Commands of the local fleet: up, restart, status, logs, exec, down, router, demo, config show, and the
+hidden `fleet supervise`. Each parses flags into settings overrides and calls one function of `ops`/`demo`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from inferpack.fleet import ops
+from inferpack.fleet import change, changeview, ops
 from inferpack.fleet.display import print_summary, start_with_progress
 from inferpack.fleet.state import is_stale
 from inferpack.plan import load_plan
@@ -69,10 +69,26 @@ def up_command(
             help="Run plan groups whose GPU/Neuron this host lacks on the CPU (warns) instead of failing.",
         ),
     ] = False,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="host (processes of this Python, the default), or podman / docker: servers and router as "
+            "containers of --image, ports on 127.0.0.1, the repository mounted read-only.",
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Image of --runtime podman/docker (default: inferpack:latest, as `image build`)."),
+    ] = None,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Start the local fleet (servers + router) in the background; return once all are ready."""
+    """Start the local fleet (servers + router) in the background; return once all are ready.
+
+    On a fleet already running from the run directory, move it to the plan instead, without a model going
+    dark: start new servers and load new copies, wait until they are ready, route to them, then unload
+    the old copies and stop the servers the plan drops; print every action and its timing. Only one
+    `up`, `restart` or `down` at a time changes a run directory (the others fail at once)."""
     settings = _settings(
         config,
         {
@@ -83,23 +99,57 @@ def up_command(
             "router_port": router_port,
             "threads_per_server": threads,
             "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
+            "runtime": runtime,
+            "image": image,
             "run_dir": run_dir,
         },
         {"repository": repository},
     )
+    if change.is_running(settings.fleet.run_dir):
+        new_plan = ops.settings_plan(settings)
+        report = changeview.with_progress(
+            lambda show: change.apply_plan(settings, new_plan, config=config, on_progress=show)
+        )
+        changeview.print_report(report, f"re-plan of the fleet in {settings.fleet.run_dir}")
+        return
     state = start_with_progress(settings, config)
     print_summary(state, settings.fleet.run_dir)
 
 
+def restart_command(
+    servers: Annotated[
+        list[str] | None, typer.Argument(help="Servers to restart, in order (default: every server).")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Restart even a server holding a model's only ready copy (that model is down)."
+        ),
+    ] = False,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Rolling restart: one server at a time, routed around, stopped, started, ready, routed to again.
+
+    A server holding a model with no other ready copy is refused (the message names the models); with
+    --force it restarts anyway. New launch settings of the plan (threads, device) take effect at the
+    restart."""
+    where = _run_dir(config, run_dir)
+    report = changeview.with_progress(
+        lambda show: change.restart(where, servers or [], force=force, on_progress=show)
+    )
+    changeview.print_report(report, f"rolling restart of the fleet in {where}")
+
+
 def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
     """Show every fleet process: pid, port, models, ready, RSS, requests, restarts."""
-    _, state = ops.read_state(_run_dir(config, run_dir))
+    run, state = ops.read_state(_run_dir(config, run_dir))
     stale = is_stale(state)
     table = Table(title=f"inferpack fleet: {state.phase}" + (" (STALE)" if stale else ""))
     for col in ("server", "pid", "port", "models", "state", "ready", "RSS MB", "requests", "restarts"):
         left = col in ("server", "models", "state")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("server", "state"))
-    for row in ops.status_rows(state):
+    for row in ops.status_rows(state, ops.runner_of(run)):
         models = f"{len(row.models)}: {row.models[0]}" if row.models else ""
         models += " .." if len(row.models) > 1 else ""
         table.add_row(
@@ -211,8 +261,11 @@ def router_command(
     config: ConfigOpt = None,
 ) -> None:
     """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod).
-    Deadlines, ejection and probes: the [router] settings (config file or INFERPACK_ROUTER__*)."""
+    Deadlines, ejection and probes: the [router] settings (config file or INFERPACK_ROUTER__*).
+
+    SIGHUP makes it re-read both files and route by them (`inferpack up --plan` on a running fleet)."""
     from inferpack.endpoints import load_endpoints
+    from inferpack.fleet.placementfiles import PlacementFiles
     from inferpack.fleet.router import serve_router
 
     loaded = load_plan(plan)
@@ -221,7 +274,13 @@ def router_command(
     overrides = _drop_none({"upstream_timeout_s": upstream_timeout})
     settings = load_settings(config, {"router": overrides} if overrides else None)
     serve_router(
-        loaded, endpoints.servers, host=host, port=port, settings=settings.router, log_level=log_level
+        loaded,
+        endpoints.servers,
+        host=host,
+        port=port,
+        settings=settings.router,
+        log_level=log_level,
+        files=PlacementFiles(plan, endpoints_file),
     )
 
 
@@ -230,9 +289,10 @@ def supervise_command(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory prepared by `up`.")],
 ) -> None:
     """Run and supervise the fleet of a run directory (started by `inferpack up`)."""
+    from inferpack.fleet.apply import attach
     from inferpack.fleet.supervisor import supervise
 
-    sys.exit(supervise(run_dir))
+    sys.exit(supervise(run_dir, attach))
 
 
 @config_app.command("show")
@@ -269,6 +329,7 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
     app.command("logs")(logs_command)
     app.command("down")(down_command)
+    app.command("restart")(restart_command)
     app.command("exec")(exec_command)
     app.command("router")(router_command)
     app.command("demo")(demo_command)

@@ -28,7 +28,6 @@ from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, save_plan
-from inferpack.planner.naive import local_simple_plan
 from inferpack.progress import counting_progress
 from inferpack.settings import ApiChoice, Settings, load_settings
 
@@ -186,7 +185,7 @@ def run_demo(settings: Settings, out_dir: Path, *, config: Path | None = None) -
     out_dir.mkdir(parents=True, exist_ok=True)
     repo = out_dir / "repo"
     ids = _create_models(repo, t.models)
-    plan = local_simple_plan(ids, fleet.servers, fleet.copies, repository=str(repo))
+    plan = ops.local_plan(repo, fleet.servers, fleet.copies)
     save_plan(plan, out_dir / "plan.json")
     per_server = " + ".join(str(len(s.models)) for s in plan.servers())
     console.print(

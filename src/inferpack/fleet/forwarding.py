@@ -18,24 +18,31 @@ Transport-free: it takes the request's method, target, body and headers and retu
   being unloaded: the request never ran) is retried on another copy; the last such answer goes back when
   no copy could. A shed (kind `overloaded`, with Retry-After) is passed back as is: sending it to another
   copy would spread an overload.
+- Client deadlines: a request with an `inferpack-deadline-ms` header goes on with what is left of it
+  (the header rewritten at each forward). The copy with the least expected wait (as the servers report
+  it) is chosen; when even that wait is past what is left, the router sheds at once (503 + Retry-After,
+  kind `overloaded`) instead of queueing work no copy can finish in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.outliers import Deadlines, OutlierDetector
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
-from inferpack.server.errors import ERROR_KIND_HEADER, RETRY_ELSEWHERE
+from inferpack.server.errors import DEADLINE_HEADER, ERROR_KIND_HEADER, EXPECTED_WAIT_HEADER, RETRY_ELSEWHERE
 
 Headers = list[tuple[str, str]]
 _KIND = ERROR_KIND_HEADER.encode()
+_WAIT = EXPECTED_WAIT_HEADER.encode()
 _RETRY_KINDS = frozenset(k.encode() for k in RETRY_ELSEWHERE)
 log = logging.getLogger("inferpack.router")
 
@@ -50,12 +57,58 @@ def not_ready_kind(answer: Answer) -> str | None:
     return None
 
 
+def reported_wait_s(answer: Answer) -> float | None:
+    """The expected wait (s) a server reported on its answer, if it did."""
+    for name, value in answer.headers:
+        if name == _WAIT:
+            try:
+                return float(value) / 1000
+            except ValueError:
+                return None
+    return None
+
+
+def deadline_budget_s(headers: Headers) -> float | None:
+    """The request's deadline budget in seconds from its header; None when absent or not a positive number
+    (an invalid value goes on unchanged: the server answers it with 400)."""
+    for name, value in headers:
+        if name.lower() == DEADLINE_HEADER:
+            try:
+                ms = float(value)
+            except ValueError:
+                return None
+            return ms / 1000 if ms > 0 and math.isfinite(ms) else None
+    return None
+
+
+def with_deadline(headers: Headers, left_s: float) -> Headers:
+    """`headers` with the deadline header set to `left_s` (ms, at least 1)."""
+    kept = [(k, v) for k, v in headers if k.lower() != DEADLINE_HEADER]
+    return [*kept, (DEADLINE_HEADER, str(max(1, math.floor(left_s * 1000))))]
+
+
 @dataclass(frozen=True)
 class Refusal:
-    """The router answers itself (no copy could): HTTP status and JSON body."""
+    """The router answers itself (no copy could): HTTP status, JSON body and extra headers."""
 
     status: int
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def shed_refusal(model: str, wait_s: float, left_s: float) -> Refusal:
+    """Every copy of `model` expects a longer wait than the request has left: 503 + Retry-After."""
+    return Refusal(
+        503,
+        {
+            "error": f"every copy of model {model!r} expects a wait of at least {wait_s * 1000:.0f} ms, "
+            f"past the request's deadline ({max(left_s, 0.0) * 1000:.0f} ms left)",
+            "hint": "retry after the Retry-After delay with a longer deadline, or add copies of this model",
+            "model": model,
+            "reason": "deadline",
+        },
+        {"Retry-After": str(max(1, math.ceil(wait_s))), ERROR_KIND_HEADER: "overloaded"},
+    )
 
 
 class Forwarder:
@@ -69,7 +122,10 @@ class Forwarder:
         metrics: RouterMetrics,
         deadlines: Deadlines,
         outliers: OutlierDetector,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self.clock = clock
         self.balancer = balancer
         self.client = client
         self.urls = urls
@@ -78,6 +134,15 @@ class Forwarder:
         self.outliers = outliers
         # Label children resolved once: this runs on every request.
         self._forwarded = {name: metrics.forwarded.labels(name) for name in balancer.servers}
+
+    def replace(self, placement: dict[str, list[str]], urls: dict[str, str]) -> None:
+        """Forward by a new placement and server URLs from now on. URLs of servers that left are kept
+        (in place: the health probe shares the dict) for requests still in flight to them."""
+        self.urls.update({name: url.rstrip("/") for name, url in urls.items()})
+        self.balancer.replace(placement)
+        for name in self.balancer.servers:
+            if name not in self._forwarded:
+                self._forwarded[name] = self.metrics.forwarded.labels(name)
 
     async def to_one_copy(
         self, model: str, method: str, target: str, body: bytes | None, headers: Headers
@@ -97,7 +162,15 @@ class Forwarder:
         failure = "unreachable"
         refused: Answer | None = None  # the last "cannot serve it now" answer, sent back if no copy can
         missed: str | None = None  # the last copy that missed its deadline
-        while (server := balancer.choose(model, tried)) is not None:
+        arrived = self.clock()
+        budget = deadline_budget_s(headers)
+        while (server := balancer.choose(model, tried, now := self.clock())) is not None:
+            if budget is not None:
+                left = budget - (now - arrived)
+                wait = balancer.expected_wait(server, model, now)
+                if wait >= left:  # the least-wait copy would miss it: so would every other
+                    return shed_refusal(model, wait, left)
+                headers = with_deadline(headers, left)
             if tried or reconnected:
                 metrics.retries.inc()
                 if missed is not None:
@@ -111,6 +184,9 @@ class Forwarder:
                     method, self.urls[server] + target, body, headers, timeout_s=deadline
                 )
                 self.outliers.success(server)
+                reported = reported_wait_s(answer)
+                if reported is not None:
+                    balancer.note_wait(server, model, reported, self.clock())
                 kind = not_ready_kind(answer)
                 if kind is None:
                     if answer.status < 300:

@@ -18,6 +18,8 @@ import psutil
 from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
 from inferpack.fleet import processes as P
+from inferpack.fleet.lock import run_lock
+from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (
     FleetState,
     ProcessState,
@@ -28,8 +30,9 @@ from inferpack.fleet.state import (
     load_state,
     save_state,
 )
-from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, load_launch
-from inferpack.plan import Plan, load_plan, save_plan
+from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, launch_runner, load_launch
+from inferpack.plan import Plan, ServerGroup, ServerPlan, load_plan, save_plan
+from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.devices import DeviceKind, probe_devices
@@ -43,12 +46,14 @@ log = logging.getLogger("inferpack.fleet")
 
 def local_plan(repository: Path, servers: int, copies: int) -> Plan:
     """The simple plan for this machine (`inferpack plan --simple`): every model of the repository dealt
-    over `servers` local servers, `copies` copies each (at most one per server), cores and memory split
-    evenly."""
-    ids = LocalRepository(repository).model_ids()
+    over `servers` local servers, `copies` copies each (at most one per server), the cores split evenly,
+    memory sized from the models each server holds."""
+    repo = LocalRepository(repository)
+    ids = repo.model_ids()
     if not ids:
         raise PlanError(f"no models in {repository}", hint="create some with `inferpack models demo`")
-    return local_simple_plan(ids, servers, copies, repository=str(repository))
+    memory = {model_id: model_memory_mb(repo, model_id) for model_id in ids}
+    return local_simple_plan(memory, servers, copies, repository=str(repository))
 
 
 def threads_per_server(configured: int, servers: int) -> int:
@@ -85,9 +90,27 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         if not is_stale(existing):
             raise FleetError(
                 f"a fleet is already running from {run.root} (supervisor pid {existing.supervisor.pid})",
-                hint="inferpack down (or choose another fleet.run_dir)",
+                hint="`inferpack up --plan NEW` changes it in place; `inferpack down` stops it "
+                "(or choose another fleet.run_dir)",
             )
         cleanup_stale(existing)
+    servers = checked_servers(settings, plan)
+    router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
+    kept, spec = launch_spec(settings, plan, config, router_port, ports)
+    run.prepare()
+    save_plan(kept, run.plan_file)
+    save_endpoints(
+        ServerEndpoints(servers={s.name: f"http://127.0.0.1:{s.port}" for s in spec.servers}),
+        run.endpoints_file,
+    )
+    launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
+    run.state_file.unlink(missing_ok=True)
+    return run, spec
+
+
+def checked_servers(settings: Settings, plan: Plan) -> list[ServerPlan]:
+    """The plan's servers that hold a model; PlanError when it names a model the repository lacks or
+    holds nothing."""
     repository = Path(plan.repository or settings.server.repository)
     known = set(LocalRepository(repository).model_ids())
     if unknown := sorted(set(plan.models()) - known):
@@ -95,32 +118,33 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
     servers = [s for s in plan.servers() if s.models]
     if not servers:
         raise PlanError("the plan has no server holding a model")
-    router_port, ports = _ports(fleet.base_port, fleet.router_port, len(servers))
+    return servers
+
+
+def launch_spec(
+    settings: Settings, plan: Plan, config: Path | None, router_port: int, ports: list[int]
+) -> tuple[Plan, LaunchSpec]:
+    """The plan without its empty servers (the router and the state only know servers that run) and the
+    launch spec of its servers on `ports` (in plan order)."""
+    fleet = settings.fleet
+    repository = Path(plan.repository or settings.server.repository)
+    servers = [s for s in plan.servers() if s.models]
     threads = threads_per_server(fleet.threads_per_server, len(servers))
     devices = plan_devices(plan, fleet.allow_cpu_fallback)
-    run.prepare()
-    # A plan without empty servers: the router and the state only know servers that run.
+    if fleet.threads_per_server and any(g.execution is not None for g in plan.groups):
+        log.warning(
+            "warning: the plan's groups set their own threads (as costed); --threads applies only to "
+            "groups without an execution"
+        )
     used = {s.name for s in servers}
     groups = [g.model_copy(update={"servers": [s for s in g.servers if s.name in used]}) for g in plan.groups]
     kept = plan.model_copy(update={"groups": [g for g in groups if g.servers]})
-    save_plan(kept, run.plan_file)
-    save_endpoints(
-        ServerEndpoints(
-            servers={s.name: f"http://127.0.0.1:{p}" for s, p in zip(servers, ports, strict=True)}
-        ),
-        run.endpoints_file,
-    )
     spec = LaunchSpec(
         repository=str(repository.resolve()),
         config=str(config.resolve()) if config is not None else None,
         servers=[
-            ServerLaunch(
-                name=s.name,
-                port=p,
-                models=s.models,
-                # a GPU/Neuron server keeps its device's thread default (0) unless threads are set
-                threads=threads if devices[plan.group_of(s.name).name] == "cpu" else fleet.threads_per_server,
-                device=devices[plan.group_of(s.name).name],
+            server_launch(
+                s.name, p, s.models, plan.group_of(s.name), devices, threads, fleet.threads_per_server
             )
             for s, p in zip(servers, ports, strict=True)
         ],
@@ -133,10 +157,32 @@ def prepare(settings: Settings, plan: Plan, config: Path | None) -> tuple[RunDir
         liveness_interval_s=fleet.liveness_interval_s,
         liveness_timeout_s=fleet.liveness_timeout_s,
         liveness_failures=fleet.liveness_failures,
+        runtime=fleet.runtime,
+        image=fleet.image,
     )
-    launch_file(run).write_text(spec.model_dump_json(indent=1) + "\n")
-    run.state_file.unlink(missing_ok=True)
-    return run, spec
+    return kept, spec
+
+
+def server_launch(
+    name: str,
+    port: int,
+    models: list[str],
+    group: ServerGroup,
+    devices: dict[str, str],
+    cpu_threads: int,
+    configured_threads: int,
+) -> ServerLaunch:
+    """How one plan server runs here. A group with an `execution` runs exactly it (the settings the plan
+    was costed with) when its device is here; without one, or fallen back to the CPU, the threads are
+    the split of this machine's cores (CPU) or the device's default (0, unless threads are configured)."""
+    device = devices[group.name]
+    if group.execution is not None and device == group.execution.device:
+        ex = group.execution
+        return ServerLaunch(
+            name=name, port=port, models=models, threads=ex.inference_threads, device=device, execution=ex
+        )
+    threads = cpu_threads if device == "cpu" else configured_threads
+    return ServerLaunch(name=name, port=port, models=models, threads=threads, device=device)
 
 
 def plan_devices(plan: Plan, allow_cpu_fallback: bool) -> dict[str, str]:
@@ -162,15 +208,27 @@ def up(
     """Start the fleet and return its state once every server and the router are ready.
 
     Without a plan: `fleet.plan` when set, else the simple plan of `fleet.servers` x `fleet.copies` over
-    the repository. Raises FleetError (with the failing process's log tail) when start-up fails.
+    the repository. Raises FleetError (with the failing process's log tail) when start-up fails, or at
+    once when another command holds the run directory's lock.
     """
+    plan = plan if plan is not None else settings_plan(settings)
+    with run_lock(settings.fleet.run_dir.resolve()):
+        return _start(settings, plan, config, on_progress)
+
+
+def settings_plan(settings: Settings) -> Plan:
+    """The plan the settings ask for: `fleet.plan` when set, else the simple plan."""
     fleet = settings.fleet
-    if plan is None:
-        if fleet.plan is not None:
-            plan = load_plan(fleet.plan)
-        else:
-            plan = local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
+    if fleet.plan is not None:
+        return load_plan(fleet.plan)
+    return local_plan(Path(settings.server.repository), fleet.servers, fleet.copies)
+
+
+def _start(
+    settings: Settings, plan: Plan, config: Path | None, on_progress: Callable[[FleetState], None] | None
+) -> FleetState:
     run, spec = prepare(settings, plan, config)
+    launch_runner(run, spec).check()  # a missing container runtime or image: said now, not in a log
     supervisor = P.spawn(
         [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root)],
         run.log_path("supervisor"),
@@ -253,17 +311,23 @@ class ProcessRow:
     restarts: int
 
 
-def status_rows(state: FleetState) -> list[ProcessRow]:
-    """Live facts about every process: alive (pid and start time match), ready (probe), RSS, requests."""
+def runner_of(run: RunDir) -> ProcessRunner:
+    """The runner a run directory's fleet was started with (host processes when it has no launch spec)."""
+    try:
+        spec = load_launch(run)
+    except ConfigError:
+        return HostRunner()
+    return launch_runner(run, spec)
+
+
+def status_rows(state: FleetState, runner: ProcessRunner | None = None) -> list[ProcessRow]:
+    """Live facts about every process: alive (pid and start time match), ready (probe), RSS (of the
+    server itself, inside its container under a container runtime), requests."""
+    runner = runner if runner is not None else HostRunner()
     rows = []
     for p in [*state.servers, state.router]:
         alive = is_alive(p.pid, p.create_time)
-        rss = None
-        if alive and p.pid is not None:
-            try:
-                rss = psutil.Process(p.pid).memory_info().rss / 2**20
-            except psutil.NoSuchProcess:
-                alive = False
+        rss = runner.memory_mb(p.name, p.pid) if alive else None
         ready = alive and p.url is not None and P.probe_ready(p.url)
         metric = "inferpack_router_requests_total" if p.role == "router" else "inferpack_requests_total"
         requests = P.scrape_requests(p.url, metric) if ready and p.url else None
@@ -279,6 +343,12 @@ def down(run_dir: Path, timeout_s: float | None = None) -> tuple[FleetState, lis
     """Stop the fleet: SIGTERM the supervisor (it drains the router and servers, then kills stragglers),
     wait for it; if it is gone or stuck, stop the recorded processes directly. Returns the final state and
     the processes that had to be stopped here (leftovers)."""
+    read_state(run_dir)  # no fleet there: say so (and create nothing)
+    with run_lock(run_dir.resolve()):
+        return _down(run_dir, timeout_s)
+
+
+def _down(run_dir: Path, timeout_s: float | None) -> tuple[FleetState, list[ProcessState]]:
     run, state = read_state(run_dir)
     sup = state.supervisor
     wait_s = timeout_s if timeout_s is not None else _stop_timeout(run) * 2 + 15
@@ -293,6 +363,9 @@ def down(run_dir: Path, timeout_s: float | None = None) -> tuple[FleetState, lis
             proc.wait(10)
     final = load_state(run) or state
     left = cleanup_stale(final)
+    # Containers are found by their names, not pids: what a crash left (the supervisor never closed).
+    removed = set(runner_of(run).cleanup())
+    left += [p for p in final.processes() if p not in left and any(n.endswith(f"-{p.name}") for n in removed)]
     if final.phase != "stopped":
         final.phase = "stopped"
         final.message = "stopped by `inferpack down` (supervisor was not running)"

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from inferpack.plan import Execution
+
 
 def python_cli() -> list[str]:
     """How to run the inferpack CLI with this interpreter (works without the entry point on PATH)."""
@@ -30,18 +32,32 @@ def server_command(
     config: Path | None = None,
     log_level: str = "info",
     extra_args: Sequence[str] = (),
+    execution: Execution | None = None,
+    host: str = "127.0.0.1",
+    cli: Sequence[str] | None = None,
 ) -> list[str]:
-    """argv of one server process on `port` holding `models` (None: every model of the repository) with
-    `threads` inference threads (None: the server's default) on `device` (None: the server's default);
-    `extra_args` are more `serve` flags."""
-    cmd = [*python_cli(), "serve", "--repository", repository]
+    """argv of one server process on `host`:`port` holding `models` (None: every model of the repository)
+    with `threads` inference threads (None: the server's default) on `device` (None: the server's default);
+    `execution` (a plan group's) sets every costed setting, threads and device included; `extra_args` are
+    more `serve` flags; `cli` is how inferpack is invoked (default: `python_cli()`)."""
+    if execution is not None:
+        threads, device = execution.inference_threads, execution.device
+    cmd = [*(python_cli() if cli is None else cli), "serve", "--repository", repository]
     if models is not None:
         cmd += ["--models", ",".join(models)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--host", host, "--port", str(port)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if device is not None:
         cmd += ["--device", device]
+    if execution is not None:
+        cmd += ["--intra-op-threads", str(execution.intra_op_threads), "--dtype", execution.dtype]
+        cmd += [
+            "--max-batch-size",
+            str(execution.max_batch_size),
+            "--max-wait-ms",
+            f"{execution.max_wait_ms:g}",
+        ]
     cmd += ["--log-level", log_level]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -55,16 +71,18 @@ def router_command(
     port: int,
     upstream_timeout_s: float,
     log_level: str = "info",
+    host: str = "127.0.0.1",
+    cli: Sequence[str] | None = None,
     config: Path | None = None,
 ) -> list[str]:
     """argv of the router process (the same command a Kubernetes router pod runs); `config` carries the
     [router] settings (deadlines, ejection, probes)."""
     cmd = [
-        *python_cli(),
+        *(python_cli() if cli is None else cli),
         "router",
         "--plan", str(plan),
         "--endpoints", str(endpoints),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
@@ -72,14 +90,15 @@ def router_command(
     return cmd if config is None else [*cmd, "--config", str(config)]
 
 
-def child_env(threads: int | None = None) -> dict[str, str]:
+def child_env(threads: int | None = None, intra_op_threads: int = 1) -> dict[str, str]:
     """Environment of a child: offline model loading, unbuffered logs, and thread pools sized to the split
-    (libraries that read these size their pools by core count otherwise, and servers would fight)."""
+    (libraries that read these size their pools by core count otherwise, and servers would fight):
+    `intra_op_threads` per forward when the server's threads are set."""
     env = dict(os.environ)
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     if threads is not None:
-        env["OMP_NUM_THREADS"] = "1"
-        env["MKL_NUM_THREADS"] = "1"
+        env["OMP_NUM_THREADS"] = str(intra_op_threads)
+        env["MKL_NUM_THREADS"] = str(intra_op_threads)
     return env
 
 

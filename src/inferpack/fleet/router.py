@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -29,13 +30,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
 from inferpack import __version__
+from inferpack.errors import ClientDisconnected, InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
 from inferpack.fleet.outliers import Deadlines, OutlierDetector
+from inferpack.fleet.placementfiles import PlacementFiles
 from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.plan import Plan
+from inferpack.server.http import until_disconnect
 from inferpack.settings import RouterSettings
 
 COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
@@ -79,7 +83,7 @@ def _forwardable(scope: MutableMapping[str, Any]) -> list[tuple[str, str]]:
 def _response(answer: Answer | Refusal) -> Response:
     """An upstream answer passed on (hop-by-hop headers dropped), or the router's own refusal."""
     if isinstance(answer, Refusal):
-        return _json(answer.status, answer.body)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
     response = Response(answer.body, status_code=answer.status)
     response.raw_headers = [
         *(h for h in answer.headers if h[0] not in _HOP_RESPONSE_BYTES),
@@ -102,8 +106,11 @@ def create_router_app(
     settings: RouterSettings | None = None,
     *,
     clock: Callable[[], float] = time.monotonic,
+    files: PlacementFiles | None = None,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs (`clock` times ejection periods)."""
+    """Build the router for a plan and its server URLs (`clock` times ejection periods). With `files`
+    (where the plan and the endpoints came from), SIGHUP makes it re-read them and route by the new
+    placement."""
     settings = settings or RouterSettings()
     balancer = Balancer.from_plan(plan)
     missing = [s for s in balancer.servers if s not in endpoints]
@@ -135,10 +142,29 @@ def create_router_app(
         interval_s=settings.probe_interval_s,
         timeout_s=settings.probe_timeout_s,
     )
+    digest = [files.read().digest if files is not None else None]
+
+    def reload() -> None:
+        assert files is not None
+        try:
+            placement = files.read()
+        except (InferpackError, OSError) as exc:
+            log.error("placement not reloaded, still routing by the previous one: %s", exc)
+            return
+        forwarder.replace(placement.plan.placement(), placement.endpoints)
+        digest[0] = placement.digest
+        log.warning(
+            "placement reloaded: %d servers, %d models", len(balancer.servers), len(balancer.placement)
+        )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await client.start()
+        if files is not None:
+            try:
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            except (ValueError, RuntimeError, NotImplementedError) as exc:  # not the main thread (tests)
+                log.warning("SIGHUP does not reload the placement here: %s", exc)
         task = asyncio.create_task(probe.run())
         try:
             yield
@@ -152,6 +178,7 @@ def create_router_app(
     app.state.balancer = balancer
     app.state.metrics = metrics
     app.state.deadlines = deadlines
+    app.state.reload_placement = reload
 
     # model-scoped: forwarded ------------------------------------------------------------------------------
     # Plain Starlette routes: the hot path skips FastAPI's per-request dependency and parameter machinery.
@@ -159,9 +186,20 @@ def create_router_app(
         started = time.perf_counter()
         scope = request.scope
         body = await request.body()
-        answer = await forwarder.to_one_copy(
-            request.path_params["model_id"], request.method, _target(scope), body or None, _forwardable(scope)
-        )
+        try:  # a client that disconnects cancels the upstream call, which the server sees as a disconnect
+            answer = await until_disconnect(
+                request,
+                forwarder.to_one_copy(
+                    request.path_params["model_id"],
+                    request.method,
+                    _target(scope),
+                    body or None,
+                    _forwardable(scope),
+                ),
+            )
+        except ClientDisconnected:
+            metrics.count(499)
+            return Response(status_code=499)
         response = _response(answer)
         metrics.count(response.status_code)
         metrics.latency.observe(time.perf_counter() - started)
@@ -223,6 +261,8 @@ def create_router_app(
         body: dict[str, Any] = {"ready": True, "servers": {s: balancer.serving(s) for s in balancer.servers}}
         if ejected := [s for s in balancer.servers if balancer.ejected.get(s, False)]:
             body["ejected"] = ejected
+        if digest[0] is not None:
+            body["placement"] = digest[0]
         unavailable = balancer.unavailable_models()
         if unavailable:
             body["unavailable_models"] = unavailable[:20]
@@ -276,10 +316,12 @@ def serve_router(
     port: int = 8100,
     settings: RouterSettings | None = None,
     log_level: str = "info",
+    files: PlacementFiles | None = None,
 ) -> None:
-    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
+    """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first); SIGHUP re-reads
+    `files` when given."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_router_app(plan, endpoints, settings)
+    app = create_router_app(plan, endpoints, settings, files=files)
     config = uvicorn.Config(
         app,
         host=host,

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,14 @@ from types import FrameType
 import psutil
 from pydantic import Field, ValidationError
 
-from inferpack.errors import ConfigError
+from inferpack.errors import ConfigError, FleetError
 from inferpack.fleet import processes as P
 from inferpack.fleet.liveness import LivenessProber, LivenessTracker
+from inferpack.fleet.runners import ProcessRunner, Runtime, config_mounts, make_runner
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.jsonfile import StrictModel
+from inferpack.plan import Execution
+from inferpack.settings import DEFAULT_IMAGE
 
 log = logging.getLogger("inferpack.fleet.supervisor")
 TICK_S = 0.1
@@ -47,6 +51,7 @@ class ServerLaunch(StrictModel):
     models: list[str]
     threads: int
     device: str = "cpu"
+    execution: Execution | None = None  # the plan group's costed settings, applied as they are
 
 
 class LaunchSpec(StrictModel):
@@ -66,6 +71,8 @@ class LaunchSpec(StrictModel):
     liveness_interval_s: float = Field(default=2.0, gt=0)
     liveness_timeout_s: float = Field(default=2.0, gt=0)
     liveness_failures: int = Field(default=3, ge=1)
+    runtime: Runtime = "host"
+    image: str = DEFAULT_IMAGE
 
 
 def launch_file(run: RunDir) -> Path:
@@ -79,6 +86,18 @@ def load_launch(run: RunDir) -> LaunchSpec:
         return LaunchSpec.model_validate(json.loads(launch_file(run).read_text()))
     except (FileNotFoundError, json.JSONDecodeError, ValidationError) as exc:
         raise ConfigError(f"{launch_file(run)} is missing or invalid: {exc}") from exc
+
+
+def launch_runner(run: RunDir, spec: LaunchSpec) -> ProcessRunner:
+    """The runner that starts the processes of a launch spec (host processes or containers)."""
+    config = Path(spec.config) if spec.config else None
+    return make_runner(
+        spec.runtime,
+        image=spec.image,
+        run_root=run.root,
+        ports=[*(s.port for s in spec.servers), spec.router_port],
+        mounts=config_mounts(spec.repository, run.root, config),
+    )
 
 
 def next_backoff(previous_s: float | None, uptime_s: float, initial_s: float, max_s: float) -> float:
@@ -109,28 +128,15 @@ class _Child:
 class Supervisor:
     """Runs and watches the fleet described by a run directory."""
 
-    def __init__(self, run: RunDir, spec: LaunchSpec) -> None:
+    def __init__(self, run: RunDir, spec: LaunchSpec, runner: ProcessRunner | None = None) -> None:
         self.run = run
         self.spec = spec
+        self.runner = runner if runner is not None else launch_runner(run, spec)
         self.stop_requested = threading.Event()
-        config = Path(spec.config) if spec.config else None
-        self.servers = [
-            _Child(
-                ProcessState(name=s.name, role="server", port=s.port, models=s.models, threads=s.threads),
-                P.server_command(
-                    repository=spec.repository,
-                    models=s.models,
-                    port=s.port,
-                    threads=s.threads,
-                    device=s.device,
-                    config=config,
-                    log_level=spec.log_level,
-                ),
-                P.child_env(s.threads),
-                self._tracker(),
-            )
-            for s in spec.servers
-        ]
+        host, cli = self.runner.bind_host, self.runner.cli
+        # called after each supervision tick (a change to apply: `fleet.apply`)
+        self.on_tick: Callable[[], None] | None = None
+        self.servers = [self.server_child(s) for s in spec.servers]
         self.router = _Child(
             ProcessState(name="router", role="router", port=spec.router_port),
             P.router_command(
@@ -139,12 +145,15 @@ class Supervisor:
                 port=spec.router_port,
                 upstream_timeout_s=spec.upstream_timeout_s,
                 log_level="warning",
-                config=config,
+                host=host,
+                cli=cli,
+                config=Path(spec.config) if spec.config else None,
             ),
             P.child_env(),
             self._tracker(),
         )
-        self.prober = LivenessProber(len(self.servers) + 1, spec.liveness_timeout_s)
+        # servers may be added by a re-plan: room for a few more probes at once than today's processes
+        self.prober = LivenessProber(len(self.servers) + 4, spec.liveness_timeout_s)
         me = psutil.Process()
         self.state = FleetState(
             supervisor=ProcessState(
@@ -158,11 +167,33 @@ class Supervisor:
     def _tracker(self) -> LivenessTracker:
         return LivenessTracker(interval_s=self.spec.liveness_interval_s, failures=self.spec.liveness_failures)
 
+    def server_child(self, s: ServerLaunch) -> _Child:
+        """A (not yet started) server process of the spec."""
+        spec = self.spec
+        return _Child(
+            ProcessState(name=s.name, role="server", port=s.port, models=s.models, threads=s.threads),
+            P.server_command(
+                repository=spec.repository,
+                models=s.models,
+                port=s.port,
+                threads=s.threads,
+                device=s.device,
+                config=Path(spec.config) if spec.config else None,
+                log_level=spec.log_level,
+                execution=s.execution,
+                host=self.runner.bind_host,
+                cli=self.runner.cli,
+            ),
+            P.child_env(s.threads, s.execution.intra_op_threads if s.execution else 1),
+            self._tracker(),
+        )
+
     def _save(self) -> None:
         save_state(self.run, self.state)
 
     def _start(self, child: _Child) -> None:
-        child.proc = P.spawn(child.cmd, self.run.log_path(child.record.name), child.env)
+        name = child.record.name
+        child.proc = self.runner.start(name, child.cmd, child.env, self.run.log_path(name))
         child.started = time.monotonic()
         child.ready_by = child.started + self.spec.ready_timeout_s
         child.restart_at = None
@@ -218,6 +249,11 @@ class Supervisor:
     def start_fleet(self) -> bool:
         """Servers first (all at once), then the router once every server is ready."""
         self._save()
+        try:
+            self.runner.open()
+        except (ConfigError, FleetError) as exc:
+            self.state.message = str(exc)
+            return False
         for child in self.servers:
             self._start(child)
         self._save()
@@ -313,21 +349,17 @@ class Supervisor:
         self._save()
         self.prober.close()
         for group in ([self.router], self.servers):
-            procs = []
-            for child in group:
-                if child.proc is not None and child.proc.poll() is None:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        procs.append(psutil.Process(child.proc.pid))
-            killed = P.terminate(procs, self.spec.stop_timeout_s)
+            running = [(c.record.name, c.proc) for c in group if c.proc is not None]
+            killed = self.runner.stop(running, self.spec.stop_timeout_s)
             for child in group:
                 if child.proc is not None:
-                    child.proc.poll()  # reap
                     child.record.last_exit = child.proc.returncode
                 if child.record.status != "failed":  # keep which process made start-up fail
                     child.record.status = "stopped"
                 child.record.pid = child.record.create_time = None
-            for proc in killed:
-                log.warning("pid %d did not stop within %g s: killed", proc.pid, self.spec.stop_timeout_s)
+            for name in killed:
+                log.warning("%s did not stop within %g s: killed", name, self.spec.stop_timeout_s)
+        self.runner.close()
         self.state.phase = "stopped"
         log.info("fleet stopped")
         self._save()
@@ -348,13 +380,19 @@ class Supervisor:
         while not self.stop_requested.wait(TICK_S):
             if self.tick(time.monotonic()):
                 self._save()
+            if self.on_tick is not None:
+                self.on_tick()
         self.stop_fleet()
         return 0
 
 
-def supervise(run_dir: Path) -> int:
-    """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop."""
+def supervise(run_dir: Path, attach: Callable[[Supervisor], None] | None = None) -> int:
+    """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop.
+    `attach` gets the supervisor before it starts (to set `on_tick`)."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe is noise
     run = RunDir(run_dir)
-    return Supervisor(run, load_launch(run)).run_forever()
+    supervisor = Supervisor(run, load_launch(run))
+    if attach is not None:
+        attach(supervisor)
+    return supervisor.run_forever()

@@ -39,12 +39,24 @@ class InstanceType(StrictModel):
     accelerator_count: int = Field(default=0, ge=0, description="GPUs or Inferentia chips.")
     accelerator_memory_mb: int = Field(default=0, ge=0, description="Memory per accelerator device.")
     price_per_hour: float = Field(ge=0)
+    threads_per_core: int | None = Field(
+        default=None,
+        ge=1,
+        description="vCPUs per physical core (EC2's DefaultThreadsPerCore). None: 2 on x86_64 (a vCPU is a "
+        "hyperthread), 1 on arm64 (a Graviton vCPU is a core).",
+    )
     max_pods: int | None = Field(
         default=None,
         ge=1,
         description="EKS max pods of this type (the EKS AMI's eni-max-pods.txt). Set: plans fit the EKS "
         "node's allocatable CPU and memory (planner/allocatable.py); unset: the whole machine.",
     )
+
+    @property
+    def physical_cores(self) -> int:
+        """Physical cores: hyperthreads share a core's vector units, so GEMM throughput scales with these."""
+        per_core = self.threads_per_core or (2 if self.architecture == "x86_64" else 1)
+        return max(1, self.vcpus // per_core)
 
     @property
     def family(self) -> str:

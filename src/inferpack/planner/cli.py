@@ -127,7 +127,7 @@ def plan_command(
     if simple:
         if servers is None:
             raise ConfigError("--simple needs --servers N")
-        plan = local_simple_plan([d.id for d in demands], servers, copies, repository=repo_label)
+        plan = local_simple_plan({d.id: d.memory_mb for d in demands}, servers, copies, repository=repo_label)
         save_plan(plan, out)
         _print_simple(console, plan, out)
         return
@@ -170,6 +170,14 @@ def _print_simple(console: Console, plan: Plan, out: Path) -> None:
     for server in plan.servers():
         table.add_row(server.name, str(len(server.models)), ", ".join(server.models[:3]))
     console.print(table)
+    res = plan.groups[0].resources
+    console.print(f"each server: {res.cpu:g} CPU, {res.memory_mb} MiB (its models' footprints + headroom)")
+    if "exceeds_host_memory_mb" in plan.metadata:
+        console.print(
+            f"[yellow]note:[/] the servers together need more than this host's "
+            f"{plan.metadata['exceeds_host_memory_mb']} MiB: use more machines (`inferpack plan` without "
+            "--simple, `inferpack k8s render`) or fewer copies"
+        )
     if "copies_requested" in plan.metadata:
         console.print(
             f"[yellow]note:[/] {plan.metadata['copies_requested']} copies asked for, "
@@ -232,7 +240,9 @@ def _ints(value: str, flag: str) -> list[int]:
 
 
 def profile_command(
-    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder.")],
+    repository: Annotated[
+        str, typer.Option("--repository", help="Model repository: a folder or s3://bucket/prefix.")
+    ],
     models: Annotated[
         str | None, typer.Option("--models", help="Comma-separated model ids (default: all).")
     ] = None,
@@ -246,11 +256,22 @@ def profile_command(
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed forwards per point.")] = 10,
     instance_type: Annotated[
         list[str] | None,
-        typer.Option("--instance-type", help="Catalog name(s) this machine stands for (default: local)."),
+        typer.Option(
+            "--instance-type",
+            help="Catalog name(s) or patterns this machine stands for (default: local), e.g. 'c6i.*': "
+            "the measured figures replace the reference estimates for them.",
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the profile.")] = Path(
-        "profile.json"
-    ),
+    model_class: Annotated[
+        str | None,
+        typer.Option(
+            "--model-class",
+            help="Planner class of the models (e.g. bert-base; default: one class per measured shape).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the profile ('-': stdout, and nothing else).")
+    ] = Path("profile.json"),
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -259,7 +280,8 @@ def profile_command(
     from inferpack.planner.profiler import ProfileRequest, profile_repository, write_profile
     from inferpack.repository.local import open_repository
 
-    console = Console()
+    to_stdout = str(out) == "-"
+    console = Console(stderr=True, quiet=True) if to_stdout else Console()  # stdout: the JSON alone
     repo = open_repository(repository)
     wanted = _split(models) or repo.model_ids()
     unknown = [m for m in wanted if m not in repo.model_ids()]
@@ -275,6 +297,7 @@ def profile_command(
         dtypes=[d for d in ("fp32", "bf16") if d in dtype_list],  # typed as the Literal choices
         repeats=repeats,
         instance_types=instance_type or None,
+        model_class=model_class,
     )
     steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
     with counting_progress(console) as bar:
@@ -288,6 +311,9 @@ def profile_command(
         bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    if to_stdout:
+        print(profile.model_dump_json(indent=2, exclude_none=True))
+        return
     write_profile(profile, out)
     table = Table(title=f"profile: {profile.notes}")
     for col in (
@@ -316,4 +342,5 @@ def profile_command(
     console.print(table)
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
-    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class <architecture>")
+    plan_class = model_class or "<architecture>"
+    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class {plan_class}")

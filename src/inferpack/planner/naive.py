@@ -6,6 +6,8 @@ All is pure but `local_simple_plan`, which reads this machine's cores and memory
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,20 +37,38 @@ def round_robin(n_models: int, copies: list[int], servers: int) -> list[list[int
     return out
 
 
+# A server holding no model: Python, torch and the server imported. Measured ~380 MB RSS for the cpu image
+# serving here (docs/kubernetes.md, "Checking the image build"); rounded up for allocator slack.
+SIMPLE_SERVER_OVERHEAD_MB = 512
+# Room above the models' estimated footprints: activations of the batches in flight, tokenizers, caches.
+SIMPLE_HEADROOM = 1.25
+
+
+def sized_memory_mb(members: list[list[str]], model_memory_mb: Mapping[str, float]) -> int:
+    """Memory for each server of a simple plan: the largest server's models plus the idle server and
+    headroom, rounded up to 64 MiB. Sized from what the servers hold, not from the host: a plan rendered
+    for Kubernetes requests this much."""
+    need = max((sum(model_memory_mb[m] for m in ids) for ids in members), default=0.0)
+    return 64 * math.ceil((SIMPLE_SERVER_OVERHEAD_MB + need) * SIMPLE_HEADROOM / 64)
+
+
 def simple_plan(
     model_ids: list[str],
     servers: int,
     copies: int,
     *,
     cpu_per_server: float,
-    memory_mb_per_server: int,
+    memory_mb_per_server: int | None = None,
+    model_memory_mb: Mapping[str, float] | None = None,
     repository: str | None = None,
 ) -> Plan:
     """The naive local plan of `inferpack plan --simple`: N servers of instance type "local", K copies of
     each model on different servers, models dealt in order so every server holds about as many.
 
-    More copies than servers are capped at one copy per server (copies of a model must sit on different
-    servers, so no more fit); the metadata keeps the copies asked for next to the copies placed."""
+    Memory per server is `memory_mb_per_server` when given, else sized from `model_memory_mb` (every
+    model's resident estimate) by `sized_memory_mb`. More copies than servers are capped at one copy per
+    server (copies of a model must sit on different servers, so no more fit); the metadata keeps the
+    copies asked for next to the copies placed."""
     if not model_ids:
         raise PlanError("no models to plan")
     if copies < 1:
@@ -57,6 +77,11 @@ def simple_plan(
         raise PlanError("--servers must be at least 1")
     placed = min(copies, servers)
     dealt = round_robin(len(model_ids), [placed] * len(model_ids), servers)
+    if memory_mb_per_server is None:
+        if model_memory_mb is None:
+            raise PlanError("a simple plan needs the memory per server or every model's memory")
+        members = [[model_ids[i] for i in ids] for ids in dealt]
+        memory_mb_per_server = sized_memory_mb(members, model_memory_mb)
     width = len(str(servers - 1))
     group = ServerGroup(
         name="local",
@@ -73,19 +98,28 @@ def simple_plan(
     return Plan(created_by="simple", repository=repository, groups=[group], metadata=metadata)
 
 
-def local_simple_plan(model_ids: list[str], servers: int, copies: int, *, repository: str | None) -> Plan:
-    """`simple_plan` sized for this machine: the usable cores (CPU affinity) and the memory split evenly
-    over the servers. The one sizing behind `inferpack plan --simple`, `inferpack up` and `inferpack demo`."""
+def local_simple_plan(
+    models: Mapping[str, float], servers: int, copies: int, *, repository: str | None
+) -> Plan:
+    """`simple_plan` for this machine: `models` maps each model id to its resident memory (MB); the usable
+    cores (CPU affinity) are split evenly over the servers and each server's memory is sized from the
+    models it holds (`sized_memory_mb`). The one sizing behind `inferpack plan --simple`, `inferpack up`
+    and `inferpack demo`. Metadata records whether the servers' memory exceeds this host's."""
     if servers < 1:
         raise PlanError("--servers must be at least 1")
-    return simple_plan(
-        model_ids,
+    plan = simple_plan(
+        list(models),
         servers,
         copies,
         cpu_per_server=max(usable_cores() / servers, 0.001),
-        memory_mb_per_server=int(psutil.virtual_memory().total / 2**20 / servers),
+        model_memory_mb=models,
         repository=repository,
     )
+    host_mb = psutil.virtual_memory().total / 2**20
+    total_mb = sum(g.resources.memory_mb * len(g.servers) for g in plan.groups)
+    if total_mb > host_mb:
+        plan.metadata["exceeds_host_memory_mb"] = int(host_mb)
+    return plan
 
 
 @dataclass

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -28,10 +28,12 @@ from pydantic import Field
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel
+from inferpack.plan import Execution
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, NodeShare, server_share
 from inferpack.planner.catalog import Catalog, InstanceType
-from inferpack.planner.profiles import DType, OperatingPoint, ProfileSet
+from inferpack.planner.profiles import DType, ModelProfile, OperatingPoint, ProfileSet
 from inferpack.planner.queueing import max_rate_rps, p90_response_ms
+from inferpack.runtime.targets import dtype_unservable_reason
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -107,6 +109,12 @@ class TypeChoice:
     capacity_rps: float
     service_s: float  # per request per worker, overhead included
     latency_ms: float  # one batch, overhead included
+    source: str = ""  # where the point's figure comes from (the profile's or the point's source)
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        """What a server must be told to run this point: intra-op threads, dtype, batch size."""
+        return (self.point.threads, self.point.dtype, self.point.batch_size)
 
 
 @dataclass
@@ -170,17 +178,75 @@ def server_resources(inst: InstanceType, options: PlanOptions) -> NodeShare:
     )
 
 
+def compute_cores(inst: InstanceType, options: PlanOptions) -> int:
+    """Cores the workers of a CPU server may keep busy: the instance's physical cores (an x86 vCPU is a
+    hyperthread, and two hyperthreads share one core's vector units), and no more busy threads than the
+    pod's CPU limit (less `reserved_cpus`) allows, or the CFS quota throttles them. The sibling
+    hyperthreads are left to HTTP and tokenising."""
+    quota = int(server_resources(inst, options).cpu - options.reserved_cpus + 1e-9)
+    return max(0, min(inst.physical_cores, quota))
+
+
 def _workers(inst: InstanceType, point: OperatingPoint, per_device: int, options: PlanOptions) -> int:
     if _on_accelerator(inst):
         return inst.accelerator_count * per_device
-    # whole threads within the pod's CPU limit: more would be throttled by the CFS quota
-    return int((server_resources(inst, options).cpu - options.reserved_cpus + 1e-9) // point.threads)
+    return compute_cores(inst, options) // point.threads
+
+
+def point_allowed(
+    inst: InstanceType, point: OperatingPoint, native: list[DType] | None, options: PlanOptions
+) -> bool:
+    """Whether the planner may cost `point` on `inst`: a dtype the user allows, that the server accepts
+    on this hardware (runtime.targets), and that the processor computes natively (fp32 always)."""
+    if point.dtype not in options.dtypes:
+        return False
+    accelerator = inst.accelerator if _on_accelerator(inst) else None
+    target = inst.target if _on_accelerator(inst) else "cpu"
+    if dtype_unservable_reason(target, accelerator, point.dtype) is not None:
+        return False
+    return point.dtype == "fp32" or native is None or point.dtype in native
 
 
 def usable_memory_mb(inst: InstanceType, options: PlanOptions) -> float:
     """Memory the models and the server's overhead may fill on one server of this type."""
     reserve = 0.0 if inst.max_pods is not None else options.reserved_memory_mb
     return server_resources(inst, options).memory_mb * options.max_memory_fraction - reserve
+
+
+def point_choices(
+    inst: InstanceType, prof: ModelProfile, options: PlanOptions, native: list[DType] | None = None
+) -> dict[tuple[int, str, int], TypeChoice]:
+    """Every allowed point that meets the objective, by execution key (the best one per key)."""
+    out: dict[tuple[int, str, int], TypeChoice] = {}
+    for point in prof.points:
+        if not point_allowed(inst, point, native, options):
+            continue
+        choice = choose_point(inst, [point], prof.workers_per_accelerator, options)
+        if choice is not None and (
+            choice.key not in out or choice.capacity_rps > out[choice.key].capacity_rps
+        ):
+            out[choice.key] = replace(choice, source=point.source or prof.source)
+    return out
+
+
+def type_choices(
+    inst: InstanceType, profs: dict[int, ModelProfile], options: PlanOptions, native: list[DType] | None
+) -> dict[int, TypeChoice]:
+    """Class index -> its choice on `inst`, all at ONE execution key (a server runs one setting for every
+    model it holds): the key most classes can run, then the one losing least capacity (the sum over
+    classes of capacity / that class's best). Classes that cannot run the chosen key are left out."""
+    options_by_class = {c: point_choices(inst, prof, options, native) for c, prof in profs.items()}
+    best = {c: max((x.capacity_rps for x in ch.values()), default=0.0) for c, ch in options_by_class.items()}
+    keys = sorted({k for ch in options_by_class.values() for k in ch})
+    if not keys:
+        return {}
+
+    def score(key: tuple[int, str, int]) -> tuple[int, float]:
+        covered = [c for c, ch in options_by_class.items() if key in ch]
+        return len(covered), sum(options_by_class[c][key].capacity_rps / best[c] for c in covered)
+
+    chosen = max(keys, key=score)
+    return {c: ch[chosen] for c, ch in options_by_class.items() if chosen in ch}
 
 
 def choose_point(
@@ -236,13 +302,14 @@ def build_problem(
     for t, inst in enumerate(types):
         usable = usable_memory_mb(inst, options) - overhead[t]
         usable_acc = inst.accelerator_memory_mb - acc_overhead[t]
-        for c, name in enumerate(classes):
-            prof = profiles.lookup(name, inst.name)
-            if prof is None or usable <= 0:
-                continue
-            choice = choose_point(inst, prof.points, prof.workers_per_accelerator, options)
-            if choice is None:
-                continue
+        if usable <= 0:
+            continue
+        profs = {
+            c: p for c, name in enumerate(classes) if (p := profiles.lookup(name, inst.name)) is not None
+        }
+        proc = profiles.processor(inst.name)
+        for c, choice in type_choices(inst, profs, options, proc.native_dtypes if proc else None).items():
+            name, prof = classes[c], profs[c]
             scale = 1.0 / profiles.classes[name].reference_memory_mb
             if prof.accelerator_mb > 0:
                 if inst.accelerator_count == 0 or usable_acc <= 0:
@@ -250,7 +317,8 @@ def build_problem(
                 acc_coef = scale * prof.accelerator_mb / usable_acc
             else:
                 acc_coef = 0.0
-            coef[c, t] = (scale * prof.resident_mb / usable, 1.0 / choice.capacity_rps, acc_coef)
+            resident = prof.resident_for(choice.point.dtype)
+            coef[c, t] = (scale * resident / usable, 1.0 / choice.capacity_rps, acc_coef)
             choices[(c, t)] = choice
 
     class_of = {name: c for c, name in enumerate(classes)}
@@ -316,3 +384,33 @@ def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> fl
         rate = load * choice.capacity_rps
         worst = max(worst, p90_response_ms(choice.workers, choice.latency_ms, choice.service_s, rate))
     return worst
+
+
+def group_execution(problem: Problem, type_index: int, models: list[int]) -> Execution | None:
+    """The settings servers of `type_index` holding `models` were costed with (one key per type, see
+    `type_choices`): the planner's workers become inference threads, the point's threads intra-op threads,
+    its batch size the batching limit (no extra wait: batches form from what queues while every worker
+    is busy, which is how the queueing model costs them). None for a problem built without choices."""
+    inst = problem.types[type_index]
+    classes = sorted({int(problem.class_index[i]) for i in models}) or sorted(
+        c for c, t in problem.choices if t == type_index
+    )
+    choices = [problem.choices[(c, type_index)] for c in classes if (c, type_index) in problem.choices]
+    if not choices or len(choices) < len(classes):
+        return None
+    first = choices[0]
+    if any(ch.key != first.key or ch.workers != first.workers for ch in choices):
+        raise PlanError(
+            f"servers of {inst.name} would need two execution settings: {[ch.key for ch in choices]}"
+        )
+    slowest = max(choices, key=lambda ch: ch.point.latency_ms)
+    return Execution(
+        device=inst.target,
+        dtype=first.point.dtype,  # int8 never gets here: point_allowed refuses it
+        inference_threads=first.workers,
+        intra_op_threads=first.point.threads,
+        max_batch_size=first.point.batch_size,
+        max_wait_ms=0.0,
+        latency_ms=slowest.point.latency_ms,
+        profile_source=slowest.source or None,
+    )

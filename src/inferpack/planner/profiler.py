@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ class ProfileRequest:
     dtypes: list[DType]
     repeats: int = 10
     instance_types: list[str] | None = None  # catalog names this machine stands for; default "local"
+    model_class: str | None = (
+        None  # the planner class these models belong to (e.g. bert-base); default: shape key
+    )
 
 
 def default_loader(repository: ModelRepository, model_id: str, dtype: DType) -> LoadedModel:
@@ -70,18 +73,38 @@ def process_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def _model_config(repository: ModelRepository, model_id: str) -> dict[str, Any]:
+    """The model's config.json (transformers' shape fields), or {} when it has none or it is unreadable."""
+    version = repository.versions(model_id)[-1]
+    manifest = repository.manifest(model_id, version)
+    if not manifest.config:
+        return {}
+    try:
+        config = json.loads((repository.version_dir(model_id, version) / manifest.config).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_shape(repository: ModelRepository, model_id: str) -> dict[str, int]:
+    """The encoder shape the planner derives FLOPs per request from (`ModelClass` fields): layers, hidden
+    and feed-forward sizes from config.json, and the sequence length the profiler times (the manifest's
+    maximum); {} when the config lacks them."""
+    config = _model_config(repository, model_id)
+    manifest = repository.manifest(model_id, repository.versions(model_id)[-1])
+    fields = {"layers": "num_hidden_layers", "hidden": "hidden_size", "intermediate": "intermediate_size"}
+    shape = {k: config.get(v) for k, v in fields.items()}
+    if not all(isinstance(v, int) and v > 0 for v in shape.values()):
+        return {}
+    return {**{k: int(v) for k, v in shape.items() if v}, "sequence_length": manifest.max_sequence_length}
+
+
 def architecture_key(repository: ModelRepository, model_id: str) -> str:
     """A name for the model's shape: same key, same speed and size (weights may differ)."""
     versions = repository.versions(model_id)
     manifest = repository.manifest(model_id, versions[-1])
     parts = [manifest.format, manifest.dtype, manifest.quantization, str(manifest.max_sequence_length)]
-    config: dict[str, Any] = {}
-    if manifest.config:
-        path = repository.version_dir(model_id, versions[-1]) / manifest.config
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            config = {}
+    config = _model_config(repository, model_id)
     if config:
         shape = (
             f"{config.get('model_type', 'model')}-l{config.get('num_hidden_layers')}"
@@ -149,6 +172,7 @@ class Measured:
     parameters: int | None
     points: list[OperatingPoint]
     failed: dict[str, str]
+    shape: dict[str, int] = field(default_factory=dict)  # ModelClass shape fields (FLOPs per request)
 
 
 def measure_architecture(
@@ -210,7 +234,21 @@ def measure_architecture(
         torch.set_num_threads(old_threads)
         del model
         gc.collect()
-    return Measured(key, model_ids, load_s, max(resident, 1.0), from_second, parameters, points, failed)
+    shape = model_shape(repository, model_ids[0])
+    return Measured(
+        key, model_ids, load_s, max(resident, 1.0), from_second, parameters, points, failed, shape
+    )
+
+
+def dtype_memory(m: Measured, dtypes: list[DType]) -> dict[DType, float]:
+    """Host memory per model by dtype: the measured RSS delta for the dtype loaded first; for bf16 after an
+    fp32 measurement, that less half the fp32 weights (4 bytes a parameter become 2), a derived figure:
+    the RSS of a second dtype in the same process is not measurable (freed memory stays mapped)."""
+    first = dtypes[0]
+    memory: dict[DType, float] = {first: m.resident_mb}
+    if first == "fp32" and "bf16" in dtypes and m.parameters:
+        memory["bf16"] = max(1.0, m.resident_mb - m.parameters * 2 / MB)
+    return memory
 
 
 def to_profile_file(
@@ -222,31 +260,44 @@ def to_profile_file(
     for m in measured:
         one_thread = [p for p in m.points if p.threads == 1]
         peak = max((p.worker_rps() for p in one_thread), default=None)
+        name = request.model_class or m.key
+        how = (
+            f"measured: `inferpack profile` on {when}, {tag.cpu_model}, median of {request.repeats} forwards"
+        )
+        points = [p.model_copy(update={"source": how}) for p in m.points]
         classes.append(
             ModelClass(
-                name=m.key,
+                name=name,
                 parameters=m.parameters or None,
                 reference_memory_mb=m.resident_mb,
                 description=f"measured from {', '.join(m.model_ids[:2])}",
+                **m.shape,
             )
         )
+        memory = dtype_memory(m, request.dtypes)
         memory_note = (
             "second model's RSS delta" if m.resident_from_second_model else "first model's RSS delta"
         )
         profiles.append(
             ModelProfile(
-                model_class=m.key,
+                model_class=name,
                 instance_types=request.instance_types or ["local"],
                 hardware=tag,
                 cold_load_s=m.cold_load_s,
                 resident_mb=m.resident_mb,
+                memory_by_dtype=memory,
                 server_overhead_mb=server_overhead_mb,
-                points=m.points,
+                points=points,
                 peak_throughput_per_core=peak,
                 estimated=False,
                 source=(
                     f"measured by `inferpack profile` on {when}: median of {request.repeats} forwards "
                     f"at full sequence length; memory = {memory_note}; overhead = process RSS before loading"
+                    + (
+                        "; bf16 memory derived: less 2 bytes per parameter from the fp32 one"
+                        if "bf16" in memory and len(memory) > 1
+                        else ""
+                    )
                 ),
             )
         )

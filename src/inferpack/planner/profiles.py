@@ -6,6 +6,12 @@ for bert-base-class models on the catalog's instance types (built from published
 development machine. The planner needs, per (model class, instance type): host and accelerator memory per
 loaded model, the server's own memory, and one or more operating points (batch size, threads, dtype,
 latency) from which it picks the cheapest one that keeps the latency objective.
+
+Trust: every point of the reference file says where it comes from (`source`: a publication or a
+measurement, or "derived: <rule> from <entry>"), and `check_peak` refuses any point faster than the
+hardware's peak arithmetic allows (the model class's FLOPs per request over the processor's peak FLOPS,
+both stated in the file with their sources). `load_profiles` runs that check on every file it reads.
+On x86 a vCPU is a hyperthread: a point's `threads` counts physical cores (see catalog.physical_cores).
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ class OperatingPoint(StrictModel):
     latency_ms: float = Field(gt=0, description="Median time to run one batch.")
     throughput_rps: float | None = Field(
         default=None, gt=0, description="Requests/s one worker sustains (default batch_size / latency)."
+    )
+    source: str | None = Field(
+        default=None,
+        description="Where this figure comes from: 'published: <title, URL, what was measured>', "
+        "'measured: <how>', or 'derived: <rule> from <entry>'.",
     )
 
     def worker_rps(self) -> float:
@@ -63,6 +74,10 @@ class ModelProfile(StrictModel):
     cold_load_s: float = Field(ge=0, description="Load time of one model, from files to first answer.")
     resident_mb: float = Field(gt=0, description="Host memory added by one loaded model.")
     accelerator_mb: float = Field(default=0, ge=0, description="Device memory per model on each device.")
+    memory_by_dtype: dict[DType, float] = Field(
+        default_factory=dict,
+        description="Host memory per loaded model by dtype (bf16 halves the weights); absent: resident_mb.",
+    )
     server_overhead_mb: float = Field(ge=0, description="Host memory of a server holding no model.")
     accelerator_overhead_mb: float = Field(default=0, ge=0, description="Device memory per device, idle.")
     workers_per_accelerator: int = Field(
@@ -77,6 +92,10 @@ class ModelProfile(StrictModel):
         """Whether this profile applies to the named instance type."""
         return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
 
+    def resident_for(self, dtype: DType) -> float:
+        """Host memory one loaded model adds when served in `dtype`."""
+        return self.memory_by_dtype.get(dtype, self.resident_mb)
+
 
 class ModelClass(StrictModel):
     """A class of models sharing a shape: memory of a typical member lets the planner scale footprints."""
@@ -87,6 +106,42 @@ class ModelClass(StrictModel):
         gt=0, description="Host memory of a typical member on CPU; footprints scale by memory_mb / this."
     )
     description: str = ""
+    layers: int | None = Field(default=None, ge=1, description="Encoder layers (for FLOPs per request).")
+    hidden: int | None = Field(default=None, ge=1, description="Hidden size.")
+    intermediate: int | None = Field(default=None, ge=1, description="Feed-forward size.")
+    sequence_length: int | None = Field(default=None, ge=1, description="Tokens per request profiled.")
+
+    def gflops_per_request(self) -> float | None:
+        """Forward FLOPs of one request (GFLOP) from the encoder shape: per token and layer, 2 x the
+        weights of the four attention projections and the feed-forward (8h^2 + 4hi), plus 4 x seq x h
+        for the attention scores and their weighted sum; None when the shape is not given."""
+        if None in (self.layers, self.hidden, self.intermediate, self.sequence_length):
+            return None
+        assert self.layers and self.hidden and self.intermediate and self.sequence_length
+        h, i, seq = self.hidden, self.intermediate, self.sequence_length
+        per_token_layer = 8 * h * h + 4 * h * i + 4 * seq * h
+        return self.layers * seq * per_token_layer / 1e9
+
+
+class Processor(StrictModel):
+    """Peak arithmetic of the processor behind some instance types: the ceiling no profile may beat."""
+
+    name: str = Field(min_length=1)
+    instance_types: list[str] = Field(min_length=1, description="Catalog names or shell patterns.")
+    unit: Literal["core", "device"] = Field(
+        description="What the peak is per: a physical core (CPUs) or one accelerator device."
+    )
+    peak_gflops: dict[DType, float] = Field(
+        min_length=1, description="Peak GFLOPS per unit by dtype (dense; FMA = 2 FLOPs)."
+    )
+    native_dtypes: list[DType] = Field(
+        min_length=1, description="Dtypes it computes natively; the planner costs no other (fp32 always)."
+    )
+    source: str = Field(min_length=1, description="Where the peak figures come from.")
+
+    def matches(self, instance_type: str) -> bool:
+        """Whether this processor is behind the named instance type."""
+        return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
 
 
 class ProfileFile(StrictModel):
@@ -98,6 +153,7 @@ class ProfileFile(StrictModel):
     notes: str = ""
     sources: list[str] = Field(default_factory=list)
     model_classes: list[ModelClass] = Field(default_factory=list)
+    processors: list[Processor] = Field(default_factory=list)
     profiles: list[ModelProfile] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -114,6 +170,14 @@ class ProfileSet(StrictModel):
 
     classes: dict[str, ModelClass]
     profiles: list[ModelProfile]
+    processors: list[Processor] = Field(default_factory=list)
+
+    def processor(self, instance_type: str) -> Processor | None:
+        """The last-given processor record behind `instance_type`, or None."""
+        for proc in reversed(self.processors):
+            if proc.matches(instance_type):
+                return proc
+        return None
 
     def lookup(self, model_class: str, instance_type: str) -> ModelProfile | None:
         """The last-given profile of `model_class` that applies to `instance_type`, or None."""
@@ -137,10 +201,64 @@ def merge_profiles(files: list[ProfileFile]) -> ProfileSet:
     """Combine files in order: later classes and profiles take precedence."""
     classes: dict[str, ModelClass] = {}
     profiles: list[ModelProfile] = []
+    processors: list[Processor] = []
     for f in files:
         classes.update({c.name: c for c in f.model_classes})
         profiles.extend(f.profiles)
-    return ProfileSet(classes=classes, profiles=profiles)
+        processors.extend(f.processors)
+    return ProfileSet(classes=classes, profiles=profiles, processors=processors)
+
+
+def peak_violations(profiles: ProfileSet) -> list[str]:
+    """Points faster than their hardware's peak allows: a point's GFLOPS (requests/s of one worker x
+    GFLOP per request) over the peak of the cores (CPU: `threads` physical cores) or of its share of a
+    device (1 / workers_per_accelerator). A profile without a processor record or a class without a
+    shape cannot be checked and is skipped (`unchecked` lists those)."""
+    errors: list[str] = []
+    for prof in profiles.profiles:
+        gflop = profiles.classes[prof.model_class].gflops_per_request()
+        for pattern in prof.instance_types:
+            proc = profiles.processor(pattern)
+            if gflop is None or proc is None:
+                continue
+            for point in prof.points:
+                peak = proc.peak_gflops.get(point.dtype) or proc.peak_gflops.get("fp32")
+                if peak is None:
+                    continue
+                units = point.threads if proc.unit == "core" else 1.0 / prof.workers_per_accelerator
+                need = point.worker_rps() * gflop
+                if need > peak * units * (1 + 1e-9):
+                    errors.append(
+                        f"{prof.model_class} on {pattern} ({point.dtype}, {point.threads} thread(s), batch "
+                        f"{point.batch_size}, {point.latency_ms:g} ms): {need:.0f} GFLOPS exceeds the peak "
+                        f"{peak * units:.0f} GFLOPS of {proc.name}"
+                    )
+    return errors
+
+
+def unchecked(profiles: ProfileSet) -> list[str]:
+    """Profiles `peak_violations` cannot check: no class shape, or no processor for an instance type."""
+    out = []
+    for prof in profiles.profiles:
+        if profiles.classes[prof.model_class].gflops_per_request() is None:
+            out.append(f"{prof.model_class}: no layers/hidden/intermediate/sequence_length")
+        out += [
+            f"{prof.model_class} on {p}: no processor"
+            for p in prof.instance_types
+            if not profiles.processor(p)
+        ]
+    return out
+
+
+def check_peak(profiles: ProfileSet) -> None:
+    """ConfigError naming every point faster than its hardware's peak allows."""
+    errors = peak_violations(profiles)
+    if errors:
+        raise ConfigError(
+            f"{len(errors)} profile point(s) are faster than the hardware's peak FLOPS allows: "
+            + "; ".join(errors[:5]),
+            hint="fix the profile (a typo? a figure measured at a shorter sequence?) or its processor's peak",
+        )
 
 
 def load_profiles(paths: list[Path] | None = None, *, use_reference: bool = True) -> ProfileSet:
@@ -157,4 +275,5 @@ def load_profiles(paths: list[Path] | None = None, *, use_reference: bool = True
     merged = merge_profiles(files)
     if not merged.profiles:
         raise ConfigError("no profiles given", hint="drop --no-reference-profiles or pass --profiles FILE")
+    check_peak(merged)
     return merged

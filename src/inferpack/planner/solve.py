@@ -20,7 +20,13 @@ from inferpack.planner.heuristic import heuristic_packing
 from inferpack.planner.milp import milp_size, slot_counts, solve_milp
 from inferpack.planner.naive import NaiveResult, best_naive
 from inferpack.planner.packing import Server, binding_resource, check_packing, packing_cost, usage
-from inferpack.planner.problem import PlanOptions, Problem, predicted_p90_ms, server_resources
+from inferpack.planner.problem import (
+    PlanOptions,
+    Problem,
+    group_execution,
+    predicted_p90_ms,
+    server_resources,
+)
 
 Method = Literal["auto", "milp", "heuristic"]
 MAX_MILP_BINARIES = 50_000  # beyond this, building the model in Python alone takes many seconds
@@ -162,6 +168,7 @@ def to_plan(
                 architecture=inst.architecture,
                 price_per_hour=inst.price_per_hour,
                 resources=group_resources(inst, options),
+                execution=group_execution(problem, t, sorted({i for s in members for i in s.models})),
                 servers=[
                     ServerPlan(
                         name=f"{name}-{k}",

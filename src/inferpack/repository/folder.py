@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from inferpack.errors import ModelNotFound, RepositoryError
+from inferpack.repository.health import RepositoryHealth
 from inferpack.repository.ids import is_valid_model_id, validate_model_id
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest, read_manifest, write_manifest
 
@@ -36,8 +37,25 @@ SHARED_DIR = "_shared"
 class ModelRepository(Protocol):
     """What the server, compiler and planner need from a repository, whatever stores it."""
 
+    health: RepositoryHealth  # degraded while the source cannot be listed (see `repository.health`)
+    # True when a server's RecoveryLoop lists the source (a degraded or stale listing): requests then never
+    # wait on it (S3); without one the repository lists the source itself when needed.
+    background_probe: bool
+
     def model_ids(self) -> list[str]:
-        """Every model id with at least one version, sorted."""
+        """Every model id with at least one version, sorted; the last listing while degraded."""
+        ...
+
+    def faults(self) -> dict[str, str]:
+        """Models the last listing saw but could not read (id -> reason): listed, never loadable as is."""
+        ...
+
+    def probe(self) -> bool:
+        """List the source again (blocking: call off the event loop); True when it answered."""
+        ...
+
+    def listing_due(self) -> bool:
+        """True when a healthy repository's listing is stale and a background probe should refresh it."""
         ...
 
     def versions(self, model_id: str) -> list[int]:
@@ -66,39 +84,98 @@ class LocalRepository:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self.health = RepositoryHealth(str(self.root))
+        self._listed: list[str] | None = None  # the last listing that succeeded
+        self._faults: dict[str, str] = {}
+        self.background_probe = False  # a local folder lists cheaply: the request path may always re-list
 
     def describe(self) -> str:
         """The folder's path."""
         return str(self.root)
+
+    def read_hint(self) -> str:
+        """What to do about a file or folder the server cannot read."""
+        return (
+            f"the server runs as uid {os.geteuid()}: make the repository readable to it "
+            f"(e.g. chmod -R a+rX {self.root})"
+        )
+
+    def unreadable(self, what: str, path: Path, exc: OSError) -> RepositoryError:
+        """The error for a file or folder that cannot be read: names it, the reason, and the remedy."""
+        return RepositoryError(f"{what} cannot read {path}: {exc.strerror or exc}", hint=self.read_hint())
 
     def exists(self) -> bool:
         """True when the repository folder exists."""
         return self.root.is_dir()
 
     def model_ids(self) -> list[str]:
-        """Sub-folders with a valid id and at least one version."""
+        """Sub-folders with a valid id and at least one version, plus those that cannot be read (see
+        `faults`). Once a listing succeeded, a folder that becomes unreadable or vanishes (a lost mount)
+        degrades the repository: the last listing is served and `probe` tries again."""
+        try:
+            ids, faults = self._scan()
+        except (OSError, RepositoryError) as exc:
+            error = exc if isinstance(exc, RepositoryError) else self.unreadable("repository", self.root, exc)
+            self.health.failed(error.message)
+            if self._listed is None:
+                raise error from exc
+            return list(self._listed)
+        self._listed, self._faults = ids, faults
+        self.health.recovered()
+        return list(ids)
+
+    def faults(self) -> dict[str, str]:
+        """Model folders of the last listing that could not be read, with the reason."""
+        return dict(self._faults)
+
+    def probe(self) -> bool:
+        """List the folder again; True when it could be read."""
+        try:
+            self.model_ids()
+        except RepositoryError:
+            return False
+        return not self.health.degraded
+
+    def listing_due(self) -> bool:
+        """Never: a local folder is listed on the request path (a directory read)."""
+        return False
+
+    def _scan(self) -> tuple[list[str], dict[str, str]]:
         if not self.root.is_dir():
             raise RepositoryError(
                 f"model repository {self.root} does not exist",
                 hint="create demo models with `inferpack models demo --out DIR`",
             )
-        ids = []
+        ids, faults = [], {}
         for entry in self.root.iterdir():
-            if entry.is_dir() and is_valid_model_id(entry.name) and self._version_numbers(entry):
+            if not is_valid_model_id(entry.name):
+                continue
+            try:
+                if entry.is_dir() and self._version_numbers(entry):
+                    ids.append(entry.name)
+            except OSError as exc:  # one unreadable model must not hide the others
                 ids.append(entry.name)
-        return sorted(ids)
+                faults[entry.name] = self.unreadable(f"model {entry.name!r}:", entry, exc).message
+        return sorted(ids), faults
 
     def has_model(self, model_id: str) -> bool:
         """True when the id is valid and has at least one version."""
-        return is_valid_model_id(model_id) and bool(self._version_numbers(self.root / model_id))
+        return is_valid_model_id(model_id) and bool(self._readable_versions(model_id))
 
     def versions(self, model_id: str) -> list[int]:
         """Version numbers of a model, ascending."""
         validate_model_id(model_id)
-        numbers = self._version_numbers(self.root / model_id)
+        numbers = self._readable_versions(model_id)
         if not numbers:
             raise ModelNotFound(f"model {model_id!r} is not in the repository {self.root}")
         return numbers
+
+    def _readable_versions(self, model_id: str) -> list[int]:
+        folder = self.root / model_id
+        try:
+            return self._version_numbers(folder)
+        except OSError as exc:
+            raise self.unreadable(f"model {model_id!r}:", folder, exc) from exc
 
     def latest_version(self, model_id: str) -> int:
         """The highest version number."""
@@ -108,8 +185,15 @@ class LocalRepository:
         """The folder of a version (default: latest); ModelNotFound when absent."""
         chosen = self.latest_version(model_id) if version is None else version
         path = self.root / model_id / str(chosen)
-        if not (path / MANIFEST_FILE).is_file():
-            raise ModelNotFound(f"model {model_id!r} has no version {chosen} in {self.root}")
+        try:
+            found = (path / MANIFEST_FILE).is_file()
+        except OSError as exc:
+            raise self.unreadable(f"model {model_id!r} v{chosen}:", path, exc) from exc
+        if not found:
+            raise ModelNotFound(
+                f"model {model_id!r} has no version {chosen} in {self.root}",
+                hint="the repository changed since it was listed: restore the version or load another",
+            )
         return path
 
     def manifest(self, model_id: str, version: int | None = None) -> Manifest:
@@ -126,17 +210,17 @@ class LocalRepository:
         path = (base / relative).resolve()
         if not path.is_relative_to(self.root):
             raise RepositoryError(f"model {model_id!r} v{version} names {relative!r}, outside the repository")
-        if not path.is_file():
-            raise RepositoryError(f"model {model_id!r} v{version} names {relative!r}, which does not exist")
-        try:  # opened here so an unreadable file is named, not reported later as a confusing load error
+        try:  # opened here so a missing or unreadable file is named, not reported as a confusing load error
             with path.open("rb"):
                 pass
-        except OSError as exc:
+        except FileNotFoundError as exc:
             raise RepositoryError(
-                f"model {model_id!r} v{version} cannot read {path}: {exc.strerror or exc}",
-                hint=f"the server runs as uid {os.geteuid()}: make the repository readable to it "
-                f"(e.g. chmod -R a+rX {self.root})",
+                f"model {model_id!r} v{version} names {relative!r}, which does not exist ({path})",
+                hint="the repository changed under the server: restore the file, or import or push the "
+                "model again",
             ) from exc
+        except OSError as exc:
+            raise self.unreadable(f"model {model_id!r} v{version}", path, exc) from exc
         return path
 
     def new_version_dir(self, model_id: str) -> tuple[int, Path]:

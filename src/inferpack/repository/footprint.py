@@ -43,7 +43,8 @@ def estimate_resident_bytes(
     manifest = repository.manifest(model_id, version)
     if manifest.footprint is not None and measured:
         return int(manifest.footprint.resident_mb * MB)
-    size = (repository.version_dir(model_id, version) / manifest.weights).stat().st_size
+    # resolved, not joined: a weights file missing or unreadable is named by the repository's error
+    size = repository.resolve_file(model_id, version, manifest.weights).stat().st_size
     for relative in manifest.shared_weights:
         path = repository.resolve_file(model_id, version, relative)
         if not already_held(path):

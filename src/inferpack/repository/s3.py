@@ -17,6 +17,7 @@ downloading again (3 attempts).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,13 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inferpack.errors import ModelNotFound, RepositoryError
+from inferpack.errors import CacheFull, ModelNotFound, RepositoryError
 from inferpack.repository.files import umask_mode
 from inferpack.repository.folder import SHARED_DIR, LocalRepository
+from inferpack.repository.health import RepositoryHealth
 from inferpack.repository.ids import is_valid_model_id, validate_model_id
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest
-from inferpack.repository.s3cache import evict_to_cap, touch
+from inferpack.repository.s3cache import evict_for_space, evict_to_cap, touch
 from inferpack.repository.s3config import (
+    CACHE_MAX_ENV,
     CHUNK,
     ENDPOINT_ENV,
     NOT_FOUND_CODES,
@@ -43,7 +46,6 @@ from inferpack.repository.s3config import (
     default_cache_dir,
     default_cache_max_bytes,
     error_code,
-    is_transport_error,
     make_s3_client,
     parse_s3_uri,
 )
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 SYNC_RECORD = ".inferpack-sync.json"
 DOWNLOAD_ATTEMPTS = 3
 LISTING_TTL_S = 60.0
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class S3Repository(LocalRepository):
@@ -83,6 +86,7 @@ class S3Repository(LocalRepository):
         self._clock = clock
         # Least-recently-used versions leave the cache when a new one would push it over this (s3cache).
         self.cache_max_bytes = cache_max_bytes
+        self.health = RepositoryHealth(location.uri())
 
     def describe(self) -> str:
         """The S3 URI and the cache folder."""
@@ -110,33 +114,50 @@ class S3Repository(LocalRepository):
         return {model_id: sorted(versions) for model_id, versions in found.items()}
 
     def _versions_index(self) -> dict[str, list[int]]:
-        """The listing, kept `listing_ttl_s`; when S3 cannot be listed, the last listing, else the cache."""
-        if self._index is not None and self._clock() - self._listed_at <= self._ttl:
+        """The listing, kept `listing_ttl_s`. When S3 cannot be listed (refused, timed out, or answering
+        errors such as InternalError or SlowDown) the repository is degraded and serves the last listing,
+        else the versions in the cache. In a server (`background_probe`) its recovery loop lists again
+        (with backoff while degraded, after the TTL while healthy), so requests never wait on S3; without
+        one, S3 is listed here when the TTL has passed."""
+        if self._index is not None and (
+            self.background_probe or self._clock() - self._listed_at <= self._ttl
+        ):
+            return self._index  # fresh, or the recovery loop refreshes it off the request path
+        if not (self.health.degraded and self.background_probe) and self.probe():
+            assert self._index is not None
             return self._index
+        if self._index is not None:
+            self._listed_at = self._clock()  # without a recovery loop: try S3 again after another TTL
+            return self._index
+        cached = {
+            entry.name: self._version_numbers(entry)
+            for entry in (self.root.iterdir() if self.root.is_dir() else [])
+            if entry.is_dir() and is_valid_model_id(entry.name)
+        }
+        cached = {k: v for k, v in cached.items() if v}
+        if not cached:
+            raise RepositoryError(
+                f"cannot list {self.location.uri()} and the cache {self.root} is empty: "
+                f"{self.health.view().reason}",
+                hint=f"check the bucket, credentials and {ENDPOINT_ENV}",
+            )
+        return cached
+
+    def listing_due(self) -> bool:
+        """True when the listing is older than its TTL (or there is none yet)."""
+        return self._index is None or self._clock() - self._listed_at > self._ttl
+
+    def probe(self) -> bool:
+        """List the bucket now (blocking); on success the listing is refreshed and the repository healthy,
+        on failure it is degraded with the reason. True when S3 answered."""
         try:
-            self._index = self._list_index()
-            self._listed_at = self._clock()
-            return self._index
-        except Exception as exc:
-            if not is_transport_error(exc) and error_code(exc) not in ("NoSuchBucket", "AccessDenied"):
-                raise RepositoryError(f"listing {self.location.uri()} failed: {exc}") from exc
-            # Serving what we know beats refusing to start (or to serve) when S3 has a bad minute.
-            log.warning("S3 listing of %s failed (%s); using what is known", self.location.uri(), exc)
-            if self._index is not None:
-                self._listed_at = self._clock()  # try S3 again after another TTL, not on every call
-                return self._index
-            cached = {
-                entry.name: self._version_numbers(entry)
-                for entry in (self.root.iterdir() if self.root.is_dir() else [])
-                if entry.is_dir() and is_valid_model_id(entry.name)
-            }
-            cached = {k: v for k, v in cached.items() if v}
-            if not cached:
-                raise RepositoryError(
-                    f"cannot list {self.location.uri()} and the cache {self.root} is empty: {exc}",
-                    hint=f"check the bucket, credentials and {ENDPOINT_ENV}",
-                ) from exc
-            return cached
+            listing = self._list_index()
+        except Exception as exc:  # any failure, transport or S3 error answer: fall back, keep serving
+            self.health.failed(f"listing {self.location.uri()} failed: {exc}")
+            return False
+        self._index, self._listed_at = listing, self._clock()
+        self.health.recovered()
+        return True
 
     def model_ids(self) -> list[str]:
         """Every model id with at least one version in the bucket."""
@@ -162,6 +183,7 @@ class S3Repository(LocalRepository):
         local = self.root / model_id / str(chosen)
         if (local / SYNC_RECORD).is_file():
             return super().manifest(model_id, chosen)
+        self._refuse_while_degraded(model_id, chosen)
         key = self.location.key(f"{model_id}/{chosen}/{MANIFEST_FILE}")
         try:
             body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"].read()
@@ -182,7 +204,23 @@ class S3Repository(LocalRepository):
         chosen = self.latest_version(model_id) if version is None else version
         path = self.root / model_id / str(chosen)
         if not (path / SYNC_RECORD).is_file():
-            self._sync_version(model_id, chosen, path)
+            objects = self._version_objects(model_id, chosen)
+            needed = sum(int(o.get("Size", 0)) for o in objects)
+            try:
+                self._sync_version(model_id, chosen, path, objects)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                # The disk is full: make room from least-recently-used versions, then try once more.
+                freed = evict_for_space(self.root, SYNC_RECORD, needed, keep=path)
+                if not freed:
+                    raise self._cache_full(model_id, chosen, needed, exc) from exc
+                try:
+                    self._sync_version(model_id, chosen, path, objects)
+                except OSError as again:
+                    if again.errno not in NO_SPACE:
+                        raise
+                    raise self._cache_full(model_id, chosen, needed, again) from again
             if self.cache_max_bytes is not None:
                 evict_to_cap(self.root, SYNC_RECORD, self.cache_max_bytes, keep=path)
         elif self.cache_max_bytes is not None:
@@ -196,8 +234,27 @@ class S3Repository(LocalRepository):
         shared = (self.root / SHARED_DIR).resolve()
         if path.is_relative_to(shared) and not path.is_file():
             rel = path.relative_to(self.root).as_posix()
-            self._download_checked(self.location.key(rel), path)
+            try:
+                self._download_checked(self.location.key(rel), path)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                raise self._cache_full(model_id, version, 0, exc) from exc
         return super().resolve_file(model_id, version, relative)
+
+    def _cache_full(self, model_id: str, version: int, needed: int, exc: OSError) -> CacheFull:
+        """The error for a version that does not fit the cache's disk: what, where, how much, what to do."""
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError:
+            free = 0
+        size = f"{needed / 2**20:.1f} MiB; " if needed else ""
+        return CacheFull(
+            f"model {model_id!r} v{version}: the S3 cache {self.root} is out of disk space "
+            f"({size}{free / 2**20:.1f} MiB free): {exc.strerror or exc}",
+            hint=f"give the cache a bigger volume, free space on it, or set {CACHE_MAX_ENV} below its size "
+            "so that least-recently-used versions are evicted first",
+        )
 
     def is_cached(self, model_id: str, version: int) -> bool:
         """True when the version is complete in the local cache."""
@@ -222,8 +279,20 @@ class S3Repository(LocalRepository):
 
     # --- download --------------------------------------------------------------------------------------
 
-    def _sync_version(self, model_id: str, version: int, final: Path) -> None:
-        """Download every object of a version into a temporary folder, check each, then rename into place."""
+    def _refuse_while_degraded(self, model_id: str, version: int) -> None:
+        """While a recovery loop re-lists a degraded S3, a version outside the cache fails at once
+        instead of waiting on S3's retries (a metadata request runs on the server's event loop)."""
+        state = self.health.view()
+        if state.degraded and self.background_probe:
+            raise RepositoryError(
+                f"model {model_id!r} v{version} is not in the local cache and S3 is degraded: {state.reason}",
+                hint="it loads once S3 answers again (the server retries in the background); the "
+                "repository index and /v2/health/ready say whether S3 is still degraded",
+            )
+
+    def _version_objects(self, model_id: str, version: int) -> list[dict[str, Any]]:
+        """The objects of a version (ModelNotFound without a manifest)."""
+        self._refuse_while_degraded(model_id, version)
         version_prefix = self.location.key(f"{model_id}/{version}/")
         objects: list[dict[str, Any]] = []
         try:
@@ -232,11 +301,18 @@ class S3Repository(LocalRepository):
                 objects.extend(o for o in page.get("Contents", []) if not o["Key"].endswith("/"))
         except Exception as exc:
             raise RepositoryError(
-                f"listing s3://{self.location.bucket}/{version_prefix} failed: {exc}"
+                f"model {model_id!r} v{version} is not in the local cache and listing "
+                f"s3://{self.location.bucket}/{version_prefix} failed: {exc}",
+                hint="it loads once S3 answers again; the repository index shows whether S3 is degraded",
             ) from exc
-        names = [o["Key"][len(version_prefix) :] for o in objects]
-        if MANIFEST_FILE not in names:
+        if not any(o["Key"][len(version_prefix) :] == MANIFEST_FILE for o in objects):
             raise ModelNotFound(f"model {model_id!r} has no version {version} in {self.location.uri()}")
+        return objects
+
+    def _sync_version(self, model_id: str, version: int, final: Path, objects: list[dict[str, Any]]) -> None:
+        """Download every object of a version into a temporary folder, check each, then rename into place."""
+        version_prefix = self.location.key(f"{model_id}/{version}/")
+        names = [o["Key"][len(version_prefix) :] for o in objects]
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".sync-{version}-"))
         try:
@@ -265,6 +341,10 @@ class S3Repository(LocalRepository):
             try:
                 return self._download_once(key, target)
             except RepositoryError as exc:  # a checksum or size mismatch: fetch again
+                last = exc
+            except OSError as exc:
+                if exc.errno in NO_SPACE:
+                    raise  # the disk is full: downloading again cannot help (see version_dir)
                 last = exc
             except Exception as exc:
                 if error_code(exc) in ("NoSuchKey", "404", "AccessDenied", "403"):

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,15 +63,8 @@ def evict_to_cap(root: Path, record: str, cap_bytes: int, keep: Path) -> list[Pa
     for version in versions:
         if total <= cap_bytes:
             break
-        if version.path == keep:
+        if version.path == keep or not _remove_version(version.path, record):
             continue
-        try:
-            (version.path / record).unlink()
-        except FileNotFoundError:
-            continue  # another process evicted it
-        doomed = version.path.with_name(f".evict-{version.path.name}-{uuid.uuid4().hex[:8]}")
-        os.rename(version.path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
         total -= version.size
         removed.append(version.path)
     if total > cap_bytes:
@@ -81,6 +75,38 @@ def evict_to_cap(root: Path, record: str, cap_bytes: int, keep: Path) -> list[Pa
             cap_bytes,
         )
     return removed
+
+
+def evict_for_space(
+    root: Path, record: str, needed: int, keep: Path, free: Callable[[Path], int] | None = None
+) -> list[Path]:
+    """The cache's disk is full: remove least-recently-used versions (never `keep`) until `needed` bytes
+    are free on it. Returns the folders removed (empty when there was nothing to remove). Space held by a
+    loaded model's mapped files returns only when it is unloaded, so this may free less than it removes."""
+    free_bytes = free or (lambda path: shutil.disk_usage(path).free)
+    removed: list[Path] = []
+    for version in cached_versions(root, record):
+        if free_bytes(root) >= needed:
+            break
+        if version.path == keep or not _remove_version(version.path, record):
+            continue
+        removed.append(version.path)
+    if removed:
+        log.warning("S3 cache %s: disk full, evicted %d version(s) to make room", root, len(removed))
+    return removed
+
+
+def _remove_version(path: Path, record: str) -> bool:
+    """Remove a version: its record first (no reader takes it as complete any more), then the folder.
+    False when another process removed it first."""
+    try:
+        (path / record).unlink()
+    except FileNotFoundError:
+        return False
+    doomed = path.with_name(f".evict-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
 
 
 def touch(path: Path) -> None:

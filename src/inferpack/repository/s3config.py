@@ -5,7 +5,9 @@ Connection (standard AWS chain: env vars, shared config, IRSA web identity, inst
 - `INFERPACK_S3_ENDPOINT_URL`: an S3-compatible endpoint (MinIO, SeaweedFS...); path-style addressing is
   used with it. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` are honoured by boto3 itself otherwise.
 - `INFERPACK_S3_CACHE_DIR`: the cache (default `~/.cache/inferpack/s3`).
-- Transient errors are retried by botocore (standard mode, 5 attempts).
+- `INFERPACK_S3_MAX_ATTEMPTS`: attempts per S3 call, retries included (botocore standard mode, default
+  3). Kept low so that a failing S3 costs seconds, not minutes: the repository falls back to its cache
+  and a server re-lists in the background (see `inferpack.repository.health`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from inferpack.errors import RepositoryError
 ENDPOINT_ENV = "INFERPACK_S3_ENDPOINT_URL"
 CACHE_ENV = "INFERPACK_S3_CACHE_DIR"
 CACHE_MAX_ENV = "INFERPACK_S3_CACHE_MAX_MB"
+ATTEMPTS_ENV = "INFERPACK_S3_MAX_ATTEMPTS"
+DEFAULT_ATTEMPTS = 3
 SHA256_META = "sha256"  # object metadata key: the file's sha256, written by `push_repository`
 CHUNK = 1 << 20
 NOT_FOUND_CODES = ("NoSuchKey", "404", "NotFound")
@@ -57,20 +61,34 @@ def parse_s3_uri(uri: str) -> S3Location:
 
 
 def make_s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client: the standard credential chain, `INFERPACK_S3_ENDPOINT_URL` when set, retries."""
+    """A boto3 S3 client: the standard credential chain, `INFERPACK_S3_ENDPOINT_URL` when set, bounded
+    retries (`INFERPACK_S3_MAX_ATTEMPTS`) and timeouts."""
     import boto3  # imported here: boto3 costs ~0.3 s to import; only S3 users pay it
     from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
     config = Config(
-        retries={"max_attempts": 5, "mode": "standard"},
+        # standard mode waits rand(0, 1) x 2^i s between attempts after a throttling answer (SlowDown),
+        # 50 ms x 2^i after others: 3 attempts give up within ~3 s; the former 6 (5 retries) took ~20 s
+        # per call against an endpoint answering SlowDown
+        retries={"total_max_attempts": max_attempts(), "mode": "standard"},
         # S3-compatible servers rarely do virtual-host buckets on a bare IP:port.
         s3={"addressing_style": "path"} if endpoint else {},
         connect_timeout=5,
-        read_timeout=60,
+        read_timeout=30,  # per read of the socket, not per download: large files are not cut short
     )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def max_attempts() -> int:
+    """`INFERPACK_S3_MAX_ATTEMPTS` (1-10), else 3."""
+    env = os.environ.get(ATTEMPTS_ENV)
+    if not env:
+        return DEFAULT_ATTEMPTS
+    if not env.isdigit() or not 1 <= int(env) <= 10:
+        raise RepositoryError(f"{ATTEMPTS_ENV} must be a whole number from 1 to 10, got {env!r}")
+    return int(env)
 
 
 def default_cache_max_bytes() -> int | None:
@@ -91,13 +109,6 @@ def default_cache_dir() -> Path:
     """`INFERPACK_S3_CACHE_DIR`, else ~/.cache/inferpack/s3."""
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path.home() / ".cache" / "inferpack" / "s3"
-
-
-def is_transport_error(exc: BaseException) -> bool:
-    """True for a failure to talk to S3 at all (connection, timeout), as opposed to an S3 answer."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return isinstance(exc, BotoCoreError) and not isinstance(exc, ClientError)
 
 
 def error_code(exc: BaseException) -> str:

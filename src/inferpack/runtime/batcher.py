@@ -3,8 +3,17 @@
 The event loop only moves requests between queues; forwards run on `InferencePool` threads (torch releases
 the GIL inside its kernels, so N threads with one intra-op thread each keep N cores busy without a copy of
 each model per process). A batch forms from whatever is queued when a thread becomes free, topped up for
-at most `max_wait_ms`; when a model's queue is full, new requests are shed with `Overloaded` at once instead
-of waiting without bound.
+at most `max_wait_ms`. Load shedding, all at arrival or before a batch forms, never mid-forward:
+- a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
+  without bound;
+- admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
+  shed at once, and a queued request that can no longer finish by its deadline is dropped with
+  `DeadlineExceeded` when its batch would form;
+- a request whose caller went away (its task was cancelled: the transport cancels it when the client
+  disconnects) leaves the queue at once, so nobody computes answers no one will read.
+With `Peers`, a batch with room left takes queued requests of other models of the same base too: their
+shared layers run once for all rows (`runtime/crossbatch.py`). The admission estimate ignores that help
+(a model's queue may drain faster than it says: it errs on the side of shedding).
 """
 
 from __future__ import annotations
@@ -19,12 +28,24 @@ from typing import Any
 
 import torch
 
-from inferpack.errors import Overloaded, ShuttingDown
+from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from inferpack.runtime.admission import (
+    Estimate,
+    Ewma,
+    PoolState,
+    WaitEstimator,
+    cannot_finish,
+    retry_after_s,
+    shed_reason,
+)
+from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
 
 BatchObserver = Callable[[str, int, float, float], None]  # model, batch size, queue wait s, compute s
+DropObserver = Callable[[str], None]  # model: a queued request dropped because its caller went away
+Clock = Callable[[], float]
 
 
 class InferencePool:
@@ -37,13 +58,43 @@ class InferencePool:
             max_workers=threads, thread_name_prefix="infer", initializer=self._init_thread
         )
         self._slots = asyncio.Semaphore(threads)
+        self._waiting = 0
+        self._issued = 0  # tickets: the line for a thread is first come, first served
+        self._left = 0  # tickets that left the line (granted or cancelled)
+        self._batch_s = Ewma()
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
 
-    async def acquire(self) -> None:
-        """Wait for a free thread."""
-        await self._slots.acquire()
+    def state(self) -> PoolState:
+        """Idle thread or not, dispatchers waiting, mean interval between threads freeing up (admission)."""
+        interval = (self._batch_s.value or 0.0) / self.threads
+        return PoolState(not self._slots.locked(), self._waiting, interval)
+
+    def observe_batch(self, seconds: float) -> None:
+        """A batch (of any model) held a thread for `seconds`."""
+        self._batch_s.add(seconds)
+
+    @property
+    def next_ticket(self) -> int:
+        """The ticket the next `acquire` waits with."""
+        return self._issued
+
+    def position(self, ticket: int) -> int:
+        """Places ahead of `ticket` in the line for a thread (0: next)."""
+        return max(0, ticket - self._left)
+
+    async def acquire(self) -> int:
+        """Wait for a free thread (first come, first served); returns the ticket it waited with."""
+        ticket = self._issued
+        self._issued += 1
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+            self._left += 1
+        return ticket
 
     def release(self) -> None:
         """Give a thread back."""
@@ -58,12 +109,14 @@ class InferencePool:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: `deque.remove` must find this very request
 class _Pending:
     item: TextInput
     raw: bool
     future: asyncio.Future[dict[str, Any]]
-    enqueued: float = field(default_factory=time.perf_counter)
+    owner: ModelBatcher
+    enqueued: float
+    deadline: float | None = field(default=None)
 
 
 class ModelBatcher:
@@ -75,18 +128,29 @@ class ModelBatcher:
         pool: InferencePool,
         settings: BatchingSettings,
         observer: BatchObserver | None = None,
+        peers: Peers | None = None,
+        *,
+        drop_observer: DropObserver | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.model = model
         self.pool = pool
         self.settings = settings
         self.observer = observer
+        self.peers = peers
+        self.drop_observer = drop_observer
+        self.clock = clock
+        self.estimator = WaitEstimator(settings.max_batch_size)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
+        self._ticket: int | None = None  # while the dispatcher waits in line for a thread
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
         )
+        if peers is not None:
+            peers.join(self)
 
     @property
     def queue_depth(self) -> int:
@@ -98,22 +162,77 @@ class ModelBatcher:
         """True while requests are queued or batches are running."""
         return bool(self._queue) or bool(self._in_flight)
 
-    async def submit(self, item: TextInput, *, raw: bool = False) -> dict[str, Any]:
-        """Queue one item and wait for its result (`raw`: the model's own outputs, not decoded answers; it
-        shares batches with decoded items); sheds load when the queue is full."""
+    def estimate(self, items: int = 1) -> Estimate:
+        """Expected wait and service of a request of `items` items arriving now."""
+        position = None if self._ticket is None else self.pool.position(self._ticket)
+        return self.estimator.estimate(len(self._queue), items, self.pool.state(), position=position)
+
+    async def submit(
+        self, item: TextInput, *, raw: bool = False, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Queue one item and wait for its result (see `submit_many`)."""
+        return (await self.submit_many([item], raw=raw, deadline=deadline))[0]
+
+    async def submit_many(
+        self, items: list[TextInput], *, raw: bool = False, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Queue one request's items and wait for their results (`raw`: the model's own outputs, not decoded
+        answers; they share batches with decoded items). `deadline`: on this batcher's clock, when the
+        caller stops waiting. Sheds with `Overloaded` when the queue is full or the expected wait misses
+        the deadline; raises `DeadlineExceeded` when the request was dropped in the queue; if the caller
+        is cancelled (its client disconnected), its items still queued leave the queue at once."""
+        model_id = self.model.model_id
         if self._closing:
-            raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
-        if len(self._queue) >= self.settings.max_queue:
+            raise ShuttingDown(f"model {model_id!r} is being unloaded")
+        if len(self._queue) + len(items) > self.settings.max_queue:
             raise Overloaded(
-                f"model {self.model.model_id!r} has {len(self._queue)} requests queued (limit "
+                f"model {model_id!r} has {len(self._queue)} requests queued (limit "
                 f"{self.settings.max_queue})",
-                retry_after_s=1.0,
+                retry_after_s=max(1.0, retry_after_s(self.estimate())),
                 hint="retry after the Retry-After delay, or add copies of this model",
+                model_id=model_id,
+                reason="queue_full",
+                expected_wait_s=self.estimate().wait_s,
             )
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, raw, future))
+        now = self.clock()
+        estimate = self.estimate(len(items))
+        reason = shed_reason(estimate, None if deadline is None else deadline - now)
+        if reason is not None:
+            raise Overloaded(
+                f"model {model_id!r}: expected wait {estimate.wait_s * 1000:.0f} ms + service "
+                f"{estimate.service_s * 1000:.0f} ms exceeds the request's deadline "
+                f"({max(0.0, (deadline or now) - now) * 1000:.0f} ms left)",
+                retry_after_s=retry_after_s(estimate),
+                hint="retry after the Retry-After delay with a longer deadline (inferpack-deadline-ms), "
+                "or add copies of this model",
+                model_id=model_id,
+                reason=reason,
+                expected_wait_s=estimate.wait_s,
+            )
+        loop = asyncio.get_running_loop()
+        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline) for item in items]
+        self._queue.extend(mine)
         self._arrived.set()
-        return await future
+        try:
+            return list(await asyncio.gather(*(p.future for p in mine)))
+        except BaseException as exc:
+            dropped = self._withdraw(mine)
+            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
+                self.drop_observer(model_id)
+            raise
+
+    def _withdraw(self, pendings: list[_Pending]) -> bool:
+        """Take a failed or abandoned request's items out of the queue (cancelling their futures); True
+        when any was still queued, i.e. work that will now never run."""
+        dropped = False
+        for pending in pendings:
+            pending.future.cancel()
+            try:
+                self._queue.remove(pending)
+                dropped = True
+            except ValueError:
+                pass  # already taken into a batch, or dropped there
+        return dropped
 
     async def _dispatch(self) -> None:
         while True:
@@ -122,7 +241,11 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            await self.pool.acquire()
+            self._ticket = self.pool.next_ticket
+            try:
+                await self.pool.acquire()
+            finally:
+                self._ticket = None
             try:
                 await self._top_up()
                 batch = self._take()
@@ -133,8 +256,10 @@ class ModelBatcher:
                 self.pool.release()
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            # every model in the batch is busy until it ends (its unload waits; it is not evicted)
+            for owner in {id(p.owner): p.owner for p in batch}.values():
+                owner._in_flight.add(task)
+                task.add_done_callback(owner._in_flight.discard)
 
     async def _top_up(self) -> None:
         """Wait up to max_wait for a fuller batch (only while it is not full already)."""
@@ -153,19 +278,51 @@ class ModelBatcher:
                 return
 
     def _take(self) -> list[_Pending]:
+        """The next batch: queued requests in order (then, with room left, those of the same base's other
+        models), skipping abandoned ones and dropping those that can no longer finish by their deadline."""
         batch: list[_Pending] = []
-        while self._queue and len(batch) < self.settings.max_batch_size:
-            pending = self._queue.popleft()
-            if not pending.future.done():  # the client went away: skip its work
-                batch.append(pending)
+        limit = self.settings.max_batch_size
+        service = self.estimator.batch_seconds(min(len(self._queue), limit))
+        now = self.clock()
+        self._take_from(self, batch, limit, now, service)
+        if self.peers is not None and len(batch) < limit:
+            for other in self.peers.others(self):  # room left: requests of the same base's other models
+                if len(batch) >= limit:
+                    break
+                if not other._closing:
+                    self._take_from(other, batch, limit, now, service)
         return batch
 
+    @staticmethod
+    def _take_from(
+        source: ModelBatcher, batch: list[_Pending], limit: int, now: float, service: float
+    ) -> None:
+        while source._queue and len(batch) < limit:
+            pending = source._queue.popleft()
+            if pending.future.done():  # cancelled: the caller went away
+                continue
+            if cannot_finish(now, pending.deadline, service):
+                model_id = source.model.model_id
+                pending.future.set_exception(
+                    DeadlineExceeded(
+                        f"model {model_id!r}: the request's deadline passed while it was queued "
+                        f"({(now - pending.enqueued) * 1000:.0f} ms)",
+                        hint="retry with a longer deadline (inferpack-deadline-ms), or add copies",
+                        model_id=model_id,
+                    )
+                )
+                continue
+            batch.append(pending)
+
     async def _execute(self, batch: list[_Pending]) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         try:
-            items = [p.item for p in batch]
-            raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
-            results = await self.pool.run(lambda: self.model.predict(items, raw))
+            if all(p.owner is self for p in batch):
+                items = [p.item for p in batch]
+                raw = [p.raw for p in batch] if any(p.raw for p in batch) else None
+                results = await self.pool.run(lambda: self.model.predict(items, raw))
+            else:
+                results = await self._execute_mixed(batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -173,17 +330,38 @@ class ModelBatcher:
             return
         finally:
             self.pool.release()
-        compute = time.perf_counter() - started
+        compute = self.clock() - started
+        self.estimator.observe_batch(len(batch), compute)
+        self.pool.observe_batch(compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
         if self.observer is not None:
-            waited = started - min(p.enqueued for p in batch)
-            self.observer(self.model.model_id, len(batch), waited, compute)
+            for owner, rows in _by_owner(batch).items():
+                waited = started - min(p.enqueued for p in rows)
+                self.observer(owner.model.model_id, len(rows), waited, compute)
+
+    async def _execute_mixed(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        """One forward for rows of several models of one base; results in the batch's order."""
+        groups = _by_owner(batch)
+        parts = [
+            Part(owner.model, [p.item for p in rows], [p.raw for p in rows]) for owner, rows in groups.items()
+        ]
+        assert self.peers is not None  # only peers mix batches
+        run = self.peers.run
+        per_part = await self.pool.run(lambda: run(parts))
+        by_pending = {
+            id(p): r
+            for rows, results in zip(groups.values(), per_part, strict=True)
+            for p, r in zip(rows, results, strict=True)
+        }
+        return [by_pending[id(p)] for p in batch]
 
     async def close(self, drain: bool = True) -> None:
         """Stop taking requests; finish queued and running ones (drain) or fail the queued ones."""
         self._closing = True
+        if self.peers is not None:
+            self.peers.leave(self)
         if not drain:
             while self._queue:
                 pending = self._queue.popleft()
@@ -193,3 +371,11 @@ class ModelBatcher:
         await self._dispatcher
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
+def _by_owner(batch: list[_Pending]) -> dict[ModelBatcher, list[_Pending]]:
+    """The batch's requests per model, in order of first appearance."""
+    out: dict[ModelBatcher, list[_Pending]] = {}
+    for pending in batch:
+        out.setdefault(pending.owner, []).append(pending)
+    return out

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from inferpack.errors import DeviceUnavailable, ModelLoadFailed, RepositoryError
+from inferpack.errors import DeviceUnavailable, InsufficientStorage, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
+from inferpack.runtime.crossbatch import own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
@@ -157,8 +158,10 @@ def load_model(
             skeleton = eager.skeleton_key
             hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009
         tokenizer = TOKENIZERS.get(repository.resolve_file(model_id, chosen, manifest.tokenizer), limit)
-    except (ModelLoadFailed, DeviceUnavailable):
+    except (InsufficientStorage, DeviceUnavailable):
         raise
+    except ModelLoadFailed as exc:  # raised by the builders, which do not know the model's name
+        raise ModelLoadFailed(f"model {model_id!r} v{chosen}: {exc.message}", hint=exc.hint) from exc
     except RepositoryError as exc:  # already names the model and the file
         raise ModelLoadFailed(exc.message, hint=exc.hint) from exc
     except Exception as exc:  # any failure to read or build is the model's, not the server's
@@ -177,6 +180,8 @@ def load_model(
         hidden_size=hidden,
         extra={"shared": groups, "skeleton": skeleton} if manifest.format == "safetensors" else {},
     )
+    if groups and isinstance(module, TaskWrapper):  # which layers are its own (cross-tenant batching)
+        loaded.extra["own_paths"] = own_paths(module, [t for g in groups for t in g.tensors.values()])
     if warmup or (warmup is None and manifest.format == "torchscript"):
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started

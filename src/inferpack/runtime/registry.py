@@ -18,7 +18,10 @@ Policies:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +29,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inferpack.errors import InferpackError, ModelLoadFailed, ModelNotFound, ModelNotReady, Overloaded
+import torch
+
+from inferpack.errors import (
+    InferpackError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelNotReady,
+    ModelTooLarge,
+    Overloaded,
+)
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
-from inferpack.runtime.batcher import BatchObserver, InferencePool, ModelBatcher
+from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
@@ -74,6 +87,16 @@ class RegistryStats:
     load_failures: int = 0
 
 
+def load_lane_thread(nice: int) -> None:
+    """Set up a load thread: one intra-op torch thread (a load never takes every core) and, on Linux, a
+    lower scheduling priority for this thread alone, so inference threads win the cores while it runs."""
+    torch.set_num_threads(1)
+    if nice > 0 and hasattr(os, "setpriority"):
+        # where not permitted, loads run at the inference threads' priority
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class ModelRegistry:
     """Owns model lifecycles and memory for one server."""
 
@@ -87,6 +110,7 @@ class ModelRegistry:
         measure: Callable[[LoadedModel], Storages] | None = None,
         estimate: Callable[[str, int | None], int] | None = None,
         batch_observer: BatchObserver | None = None,
+        drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         device: ResolvedDevice = CPU_DEVICE,
@@ -109,10 +133,15 @@ class ModelRegistry:
         self._clock = clock
         self._load_slots = asyncio.Semaphore(settings.max_concurrent_loads)
         self._load_executor = ThreadPoolExecutor(
-            max_workers=settings.max_concurrent_loads, thread_name_prefix="load"
+            max_workers=settings.max_concurrent_loads,
+            thread_name_prefix="load",
+            initializer=load_lane_thread,
+            initargs=(settings.load_nice,),
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
+        self._drop_observer = drop_observer
+        self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
@@ -240,6 +269,7 @@ class ModelRegistry:
                     claim = 0
                     if self.budget_bytes is not None:
                         claim = self._estimate(model_id, version)
+                        self._check_fits(model_id, claim)  # before evicting anything for it
                         await self._make_room(claim, exclude=model_id)
                         self._claimed += claim  # loads in flight hold their share of the budget
                     try:
@@ -252,11 +282,19 @@ class ModelRegistry:
                 self._load_failed(entry, exc, time.perf_counter() - started)
                 if isinstance(exc, ModelNotFound | ModelLoadFailed | Overloaded):
                     raise
-                raise ModelLoadFailed(entry.reason) from exc
+                hint = exc.hint if isinstance(exc, InferpackError) else None
+                raise ModelLoadFailed(entry.reason, hint=hint) from exc
             self.ledger.add(model_id, self._measure(loaded))
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded, entry.version = loaded, loaded.version
-            entry.batcher = ModelBatcher(loaded, self.pool, self.settings.batching, self._batch_observer)
+            entry.batcher = ModelBatcher(
+                loaded,
+                self.pool,
+                self.settings.batching,
+                self._batch_observer,
+                self._peers,
+                drop_observer=self._drop_observer,
+            )
             entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
             entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
@@ -272,7 +310,7 @@ class ModelRegistry:
         entry.state = "failed"
         entry.reason = (
             exc.message
-            if isinstance(exc, ModelLoadFailed | ModelNotFound)
+            if isinstance(exc, InferpackError)
             else f"model {entry.model_id!r} failed to load: {type(exc).__name__}: {exc}"
         )
         self.stats.load_failures += 1
@@ -299,6 +337,18 @@ class ModelRegistry:
         entry.state, entry.reason = final, reason
         # hand the freed pages back to the OS, off the event loop (measured: ~2 ms after a big free, ~0 else)
         await asyncio.get_running_loop().run_in_executor(self._load_executor, release_free_memory)
+
+    def _check_fits(self, model_id: str, claim: int) -> None:
+        """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model
+        could not make room, so none is evicted and the answer says what to change."""
+        assert self.budget_bytes is not None
+        if claim > self.budget_bytes:
+            raise ModelTooLarge(
+                f"model {model_id!r} needs about {claim / 2**20:.1f} MiB, more than this server's whole "
+                f"memory budget of {self.budget_bytes / 2**20:.1f} MiB",
+                hint=f"raise server.memory_budget_mb above {claim / 2**20:.0f}, or place the model on a "
+                "server with more memory (`inferpack plan` sizes servers from the models' footprints)",
+            )
 
     # eviction -------------------------------------------------------------------------------------------
     def _victims(self, exclude: str) -> list[ModelEntry]:
@@ -334,6 +384,7 @@ class ModelRegistry:
                     f"{self.budget_bytes / 2**20:.0f} MiB held by busy or pinned models; cannot load "
                     f"{exclude!r} ({needed / 2**20:.0f} MiB) now",
                     retry_after_s=1.0,
+                    reason="memory_budget",
                     hint="retry shortly, raise server.memory_budget_mb, or move models to another server",
                 )
             victim = victims[0]

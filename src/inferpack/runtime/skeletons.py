@@ -110,7 +110,11 @@ def build_eager(
     if manifest.config is None:
         raise ModelLoadFailed("safetensors manifest names no architecture config")
     target = device or torch.device("cpu")
-    config = json.loads((version_dir / manifest.config).read_text())
+    config_path = version_dir / manifest.config
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _unreadable_file(config_path, exc) from exc
     key = skeleton_key(config, manifest)
     wrapper = SKELETONS.take(key) or build_skeleton(
         config, manifest.task, pooling=manifest.pooling, normalize=manifest.normalize
@@ -120,10 +124,27 @@ def build_eager(
         shared = [SharedWeights().get(version_dir / rel, dtype, target) for rel in manifest.shared_weights]
     for group in shared:
         state.update(group.tensors)
-    own = load_file(str(version_dir / manifest.weights), device=str(target))
+    weights = version_dir / manifest.weights
+    try:
+        own = load_file(str(weights), device=str(target))
+    except Exception as exc:  # safetensors' own error type: a truncated, overwritten or vanished file
+        raise _unreadable_file(weights, exc) from exc
     state.update(cast_floating(own, dtype))
     wrapper.skeleton_key = key
     return fill_weights(wrapper, state)
+
+
+def _unreadable_file(path: Path, exc: Exception) -> ModelLoadFailed:
+    """A model file that exists in the manifest but cannot be used: named, with its size and a remedy."""
+    try:
+        size = f"{path.stat().st_size} bytes"
+    except OSError:
+        size = "gone"
+    return ModelLoadFailed(
+        f"cannot use {path} ({size}): {type(exc).__name__}: {exc}",
+        hint="the file is truncated, corrupt or was removed since the repository was listed: import or "
+        "push the model again (a repository's versions are written whole, then never changed)",
+    )
 
 
 def skeleton_key(config: dict[str, Any], manifest: Manifest) -> str:

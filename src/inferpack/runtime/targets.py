@@ -43,6 +43,25 @@ def unservable_reason(target: str, accelerator: str | None) -> str | None:
     return f"inferpack serves {target} on {' or '.join(patterns)} accelerators, not {accelerator or 'none'}"
 
 
+# GPUs with bf16 tensor cores (compute capability 8.0+, as `devices.check_dtype` requires); a T4 has none.
+BF16_GPUS = ("nvidia-a10g", "nvidia-a100*", "nvidia-l4", "nvidia-l40*", "nvidia-h100*", "nvidia-h200*")
+SERVER_DTYPES = ("fp32", "bf16", "fp16")  # what `server.dtype` may name, less auto
+
+
+def dtype_unservable_reason(target: str, accelerator: str | None, dtype: str) -> str | None:
+    """Why a server of this target and accelerator would refuse to compute in `dtype` (the rules of
+    `devices.check_dtype`), or None when it accepts it. Whether a CPU computes bf16 natively is the
+    profile's processor record's to say (the planner checks it)."""
+    if dtype not in SERVER_DTYPES:
+        return f"the server computes in {', '.join(SERVER_DTYPES)}, not {dtype}"
+    if dtype == "fp16" and target != "cuda":
+        return f"fp16 is for GPUs; a {target} server refuses it"
+    native = accelerator is not None and any(fnmatch.fnmatchcase(accelerator, p) for p in BF16_GPUS)
+    if dtype == "bf16" and target == "cuda" and not native:
+        return f"bf16 needs a GPU of compute capability 8.0 or later, not {accelerator or 'none'}"
+    return None
+
+
 def target_device(target: str) -> str:
     """The `--device` a server of a plan group with this target runs with."""
     if target not in SERVABLE_ACCELERATORS:

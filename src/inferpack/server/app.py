@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferpack.errors import PayloadTooLarge
+from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
@@ -68,12 +69,33 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+def start_recovery(
+    repo: ModelRepository, registry: ModelRegistry, settings: ServerSettings
+) -> asyncio.Task[None]:
+    """List the repository in the background: a degraded one with backoff, a stale one when due (the
+    request path never waits on the source); after each listing the registry re-reads the model list."""
+    loop = asyncio.get_running_loop()
+
+    async def probe() -> bool:
+        return await loop.run_in_executor(None, repo.probe)
+
+    recovery = RecoveryLoop(
+        repo.health,
+        probe,
+        Backoff(settings.repository_retry_initial_s, settings.repository_retry_max_s),
+        due=repo.listing_due,
+        on_listed=registry.refresh,
+    )
+    return loop.create_task(recovery.run(), name="repository-recovery")
+
+
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
     check_dtype(settings.dtype, device)
     log.info("inferpack server computes on %s", device.describe())
     repo = repository if repository is not None else open_repository(settings.repository)
+    repo.background_probe = True  # the lifespan's RecoveryLoop re-lists a degraded repository
     threads = settings.inference_threads or default_inference_threads(device, usable_cores())
     metrics = ServerMetrics(settings.metrics_top_k)
     pool = InferencePool(threads, settings.intra_op_threads)
@@ -82,6 +104,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         settings,
         pool,
         batch_observer=metrics.observe_batch,
+        drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
         device=device,
     )
@@ -92,6 +115,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         loaded=lambda: float(len(registry.ready_models())),
         known=lambda: float(len(registry.entries())),
     )
+    metrics.bind_repository(lambda: float(repo.health.degraded))
+
     metrics.bind_registry(registry.stats, lambda: registry.ledger.total_bytes, registry.budget_bytes)
 
     @asynccontextmanager
@@ -100,6 +125,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         await asyncio.get_running_loop().run_in_executor(None, preload_libraries)
         await registry.load_startup()
         registry.start_background()
+        recovery = start_recovery(repo, registry, settings)
         plane.started = True
         log.info(
             "inferpack server ready: %d model(s) loaded on %s, %d inference threads",
@@ -111,6 +137,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
             yield
         finally:
             plane.draining = True
+            recovery.cancel()
             await registry.close()
             pool.shutdown()
 
@@ -140,6 +167,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         if not state.ready:
             body["started"], body["draining"] = state.started, state.draining
             body["failed_models"] = state.failed_models
+        if state.repository_degraded:  # still ready: it serves what it holds and what its cache holds
+            body["repository"] = {"degraded": True, "reason": state.repository_degraded}
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")

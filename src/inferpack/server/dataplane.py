@@ -8,10 +8,10 @@ and changes nothing here.
 
 from __future__ import annotations
 
-import asyncio
+import time
 from dataclasses import dataclass, field
 
-from inferpack.errors import ModelNotFound, ModelNotReady, Overloaded
+from inferpack.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded
 from inferpack.repository.manifest import DType, Format, Manifest, Task
 from inferpack.runtime.registry import ModelRegistry, State
 from inferpack.runtime.tasks import InputSpec, OutputSpec, Result, TaskHandler, TextInput, handler_for
@@ -28,22 +28,26 @@ class InferenceOptions:
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """Items for one model (and optionally one version of it)."""
+    """Items for one model (and optionally one version of it). `deadline`: when the caller stops waiting,
+    on the `time.perf_counter` clock (None: the server's default deadline, counted from the queue)."""
 
     model_id: str
     items: list[TextInput]
     version: int | None = None
     options: InferenceOptions = field(default_factory=InferenceOptions)
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Results of one request (one per item), the version that served it, and whether it paid for a load."""
+    """Results of one request (one per item), the version that served it, whether it paid for a load, and
+    the wait a new request for the model would expect now (what a router balances on)."""
 
     model_id: str
     version: int
     results: list[Result]
     cold: bool
+    expected_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,19 @@ class ModelStatus:
     state: State
     version: int | None
     reason: str
+    repository_degraded: str = ""  # why the repository is degraded (the listing may be stale), else ""
 
 
 @dataclass(frozen=True)
 class Readiness:
     """Whether the server takes traffic, and why not: start-up still running, draining, or required
-    models (id -> reason) that failed to load."""
+    models (id -> reason) that failed to load. A degraded repository (`repository_degraded`: the reason)
+    does not hold readiness back: the server still serves what it holds and what its cache holds."""
 
     started: bool
     draining: bool
     failed_models: dict[str, str]
+    repository_degraded: str = ""
 
     @property
     def ready(self) -> bool:
@@ -107,7 +114,14 @@ class DataPlane:
 
     def readiness(self) -> Readiness:
         """Readiness with its reasons (the transport writes them into the probe's body)."""
-        return Readiness(self.started, self.draining, self.registry.failed_required())
+        return Readiness(
+            self.started, self.draining, self.registry.failed_required(), self.repository_degraded()
+        )
+
+    def repository_degraded(self) -> str:
+        """Why the repository is degraded (its source cannot be listed), or "" when it is healthy."""
+        state = self.registry.repository.health.view()
+        return state.reason if state.degraded else ""
 
     # inference ----------------------------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> Prediction:
@@ -122,12 +136,20 @@ class DataPlane:
                     hint="load that version first",
                     model_id=model_id,
                 )
+            deadline = request.deadline
+            default_ms = self.registry.settings.batching.deadline_ms
+            if deadline is None and default_ms > 0:
+                deadline = time.perf_counter() + default_ms / 1000
             try:
-                results = await asyncio.gather(*(batcher.submit(item, raw=raw) for item in request.items))
-            except Overloaded:
-                self.metrics.shed.inc()
+                results = await batcher.submit_many(request.items, raw=raw, deadline=deadline)
+            except Overloaded as exc:
+                self.metrics.observe_shed(exc.reason)
                 raise
-        return Prediction(model_id, batcher.model.version, list(results), cold)
+            except DeadlineExceeded:
+                self.metrics.observe_shed("expired")
+                raise
+            wait = batcher.estimate().wait_s
+        return Prediction(model_id, batcher.model.version, results, cold, wait)
 
     # metadata -----------------------------------------------------------------------------------------
     def _check_version(self, model_id: str, version: int) -> None:
@@ -161,10 +183,14 @@ class DataPlane:
 
     # repository extension -----------------------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[ModelStatus]:
-        """Every model this server knows (re-read from the repository), with state, version and reason."""
+        """Every model this server knows (re-read from the repository), with state, version and reason:
+        the failed load's, else why the repository cannot read the model; and whether the repository is
+        degraded (the listing may then be stale: S3 or the folder cannot be listed)."""
         self.registry.refresh()
+        faults = self.registry.repository.faults()
+        degraded = self.repository_degraded()
         return [
-            ModelStatus(e.model_id, e.state, e.version, e.reason)
+            ModelStatus(e.model_id, e.state, e.version, e.reason or faults.get(e.model_id, ""), degraded)
             for e in self.registry.entries()
             if not ready_only or e.state == "ready"
         ]

@@ -4,6 +4,7 @@ neutral remedies (load this model, list the models) into HTTP how-tos."""
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,11 +24,21 @@ STATUS: list[tuple[type[e.InferpackError], int]] = [
     (e.PayloadTooLarge, 413),
     (e.Overloaded, 503),
     (e.ModelNotReady, 503),
+    (e.InsufficientStorage, 507),  # before ModelLoadFailed, its base: a memory budget or a disk too small
     (e.ModelLoadFailed, 503),
     (e.RepositoryError, 503),  # e.g. an unreadable manifest: the server is at fault, not the request
     (e.ShuttingDown, 503),
+    (e.DeadlineExceeded, 504),  # it waited its whole budget in the queue: a timeout, not a refusal
+    (e.ClientDisconnected, 499),  # nobody reads it: the status only counts it in metrics and logs
 ]
 
+
+# The time a request may take, in milliseconds from its arrival (a relative budget: no clock is shared
+# between client, router and server). The router rewrites it to what is left when it forwards.
+DEADLINE_HEADER = "inferpack-deadline-ms"
+# The wait a new request for this model would expect on this server now (ms), on answers and sheds: the
+# router prefers the copy with the least of it.
+EXPECTED_WAIT_HEADER = "inferpack-expected-wait-ms"
 
 # A 503 says why in this header, so a router can tell "this copy cannot serve the model now" (try
 # another copy) from "this copy is overloaded" (a shed: retrying elsewhere would only spread the overload).
@@ -35,8 +46,10 @@ ERROR_KIND_HEADER = "inferpack-error-kind"
 KINDS: list[tuple[type[e.InferpackError], str]] = [
     (e.Overloaded, "overloaded"),
     (e.ModelNotReady, "model-not-ready"),
+    (e.InsufficientStorage, "insufficient-storage"),
     (e.ModelLoadFailed, "model-load-failed"),
     (e.ShuttingDown, "shutting-down"),
+    (e.DeadlineExceeded, "deadline-exceeded"),
 ]
 # Kinds a router retries on another copy: the request did not run, and another copy may hold the model.
 RETRY_ELSEWHERE = frozenset({"model-not-ready", "model-load-failed", "shutting-down"})
@@ -75,7 +88,12 @@ def error_response(exc: e.InferpackError) -> JSONResponse:
         body["hint"] = hint
     headers: dict[str, str] = {}
     if isinstance(exc, e.Overloaded):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        body["reason"] = exc.reason
+        if exc.expected_wait_s is not None:
+            headers[EXPECTED_WAIT_HEADER] = str(round(exc.expected_wait_s * 1000))
+    if isinstance(exc, e.Overloaded | e.DeadlineExceeded) and exc.model_id is not None:
+        body["model"] = exc.model_id
     if isinstance(exc, e.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     kind = kind_of(exc)

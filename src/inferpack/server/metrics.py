@@ -83,11 +83,26 @@ class ServerMetrics:
             registry=r,
         )
         self.shed = Counter(
-            "inferpack_requests_shed", "Requests refused because a queue was full.", registry=r
+            "inferpack_requests_shed",
+            "Requests refused without running, by reason: queue_full, deadline (expected wait + service "
+            "past the deadline, at arrival), expired (dropped in the queue), memory_budget.",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_disconnected = Counter(
+            "inferpack_requests_dropped_disconnected",
+            "Queued requests dropped before they ran because their client disconnected.",
+            registry=r,
         )
         self.queue_depth = Gauge("inferpack_queue_depth", "Requests queued over all models.", registry=r)
         self.models_loaded = Gauge("inferpack_models_loaded", "Models loaded and ready.", registry=r)
         self.models_known = Gauge("inferpack_models_known", "Models in the repository.", registry=r)
+        self.repository_degraded = Gauge(
+            "inferpack_repository_degraded",
+            "1 while the model repository cannot be listed (S3 failing, folder unreadable) and the server "
+            "serves its last listing and local cache; 0 when healthy.",
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc.: RSS next to the model ledger
 
     def bind(
@@ -97,6 +112,10 @@ class ServerMetrics:
         self.queue_depth.set_function(queue_depth)
         self.models_loaded.set_function(loaded)
         self.models_known.set_function(known)
+
+    def bind_repository(self, degraded: Callable[[], float]) -> None:
+        """The repository's health, read at scrape time."""
+        self.repository_degraded.set_function(degraded)
 
     def bind_registry(self, stats: RegistryStats, memory: Callable[[], int], budget: int | None) -> None:
         """Cache hits/misses, evictions and model memory, read from the registry at scrape time."""
@@ -114,6 +133,14 @@ class ServerMetrics:
         self.batch_size.observe(size)
         self.queue_wait.observe(waited)
         self.compute.observe(compute)
+
+    def observe_shed(self, reason: str) -> None:
+        """Count one request refused without running."""
+        self.shed.labels(reason).inc()
+
+    def observe_disconnected(self, model_id: str) -> None:
+        """Count one queued request dropped because its client went away (called by the batchers)."""
+        self.dropped_disconnected.inc()
 
     def observe_load(self, model_id: str, seconds: float, ok: bool) -> None:
         """Record one model load."""

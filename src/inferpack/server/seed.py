@@ -7,6 +7,7 @@ the label or the embedding, or with `postprocess=false` the model's own output t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from inferpack.repository.manifest import Task
 from inferpack.runtime.tasks import Result, TextInput
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane, InferenceOptions, InferenceRequest
-from inferpack.server.http import load_header, optional_json, timed
+from inferpack.server.http import load_header, optional_json, request_deadline, timed, until_disconnect
 from inferpack.server.metrics import ServerMetrics
 
 # The reference server's defaults when seq_0 / seq_1 are absent: a question and a context to answer from.
@@ -35,33 +36,42 @@ def seed_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -
     """The `/predictions/{model}` routes; every one needs the inference token (when tokens are set)."""
     router = APIRouter(dependencies=[Depends(auth.require_inference)])
 
-    async def answer(model_id: str, fields: dict[str, Any]) -> Response:
+    async def answer(request: Request, model_id: str, fields: dict[str, Any], arrived: float) -> Response:
         async def call() -> Response:
             question = validate_text(fields.get("seq_0", DEFAULT_QUESTION), "seq_0")
             context = validate_text(fields.get("seq_1", DEFAULT_CONTEXT), "seq_1")
             postprocess = (
                 parse_flag(fields["postprocess"], "postprocess") if "postprocess" in fields else True
             )
+            deadline = request_deadline(request, arrived)
             model = plane.describe(model_id)
             item = TextInput(question, context if model.pair_input else None)
-            prediction = await plane.infer(
-                InferenceRequest(model_id, [item], options=InferenceOptions(postprocess=postprocess))
+            options = InferenceOptions(postprocess=postprocess)
+            prediction = await until_disconnect(
+                request, plane.infer(InferenceRequest(model_id, [item], options=options, deadline=deadline))
             )
             detail = detail_of(model.task, prediction.results[0], postprocess)
-            return JSONResponse({"detail": detail}, headers=load_header(prediction.cold))
+            headers = load_header(prediction.cold, prediction.expected_wait_s)
+            return JSONResponse({"detail": detail}, headers=headers)
 
         return await timed(metrics, model_id, "seed", call)
 
     @router.get("/predictions/{model_id}", summary="Seed-compatible prediction (query parameters)")
     async def predict_get(
-        model_id: str, seq_0: str | None = None, seq_1: str | None = None, postprocess: str | None = None
+        request: Request,
+        model_id: str,
+        seq_0: str | None = None,
+        seq_1: str | None = None,
+        postprocess: str | None = None,
     ) -> Response:
+        arrived = time.perf_counter()
         given = {"seq_0": seq_0, "seq_1": seq_1, "postprocess": postprocess}
-        return await answer(model_id, {k: v for k, v in given.items() if v is not None})
+        return await answer(request, model_id, {k: v for k, v in given.items() if v is not None}, arrived)
 
     @router.post("/predictions/{model_id}", summary="Seed-compatible prediction (form fields or JSON)")
     async def predict_post(request: Request, model_id: str) -> Response:
-        return await answer(model_id, await seed_fields(request))
+        arrived = time.perf_counter()
+        return await answer(request, model_id, await seed_fields(request), arrived)
 
     return router
 

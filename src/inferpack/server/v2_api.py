@@ -4,6 +4,7 @@ this module maps the dataplane's typed objects to V2 documents (datatypes, shape
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,7 +16,7 @@ from inferpack.runtime.tasks import InputSpec, OutputKind, OutputSpec
 from inferpack.server import v2
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane, InferenceRequest, ModelDescription, ModelStatus
-from inferpack.server.http import load_header, optional_json, timed
+from inferpack.server.http import load_header, optional_json, request_deadline, timed, until_disconnect
 from inferpack.server.metrics import ServerMetrics
 
 SERVER_NAME = "inferpack"
@@ -69,6 +70,8 @@ def index_entry(status: ModelStatus) -> dict[str, Any]:
         item["version"] = str(status.version)
     if status.reason:
         item["reason"] = status.reason
+    if status.repository_degraded:
+        item["repository_degraded"] = status.repository_degraded
     return item
 
 
@@ -98,17 +101,22 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
         return ready_response(model_id, version)
 
     async def infer(request: Request, model_id: str, version: int | None) -> Response:
+        arrived = time.perf_counter()
+
         async def call() -> Response:
             model = plane.describe(model_id, version)  # unknown model or version: 404 before the body
+            deadline = request_deadline(request, arrived)
             parsed = v2.parse_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
             items = v2.items_from_inputs(parsed.inputs, model.pair_input)
-            prediction = await plane.infer(InferenceRequest(model_id, items, version))
+            prediction = await until_disconnect(
+                request, plane.infer(InferenceRequest(model_id, items, version, deadline=deadline))
+            )
             if prediction.version != model.version:  # a lazy load picked another version
                 model = plane.describe(model_id, prediction.version)
             payload, head = v2.build_response(
                 model_id, prediction.version, parsed, prediction.results, outputs_metadata(model.outputs)
             )
-            headers = load_header(prediction.cold)
+            headers = load_header(prediction.cold, prediction.expected_wait_s)
             if head is None:
                 return Response(payload, media_type="application/json", headers=headers)
             headers[v2.HEADER_LENGTH] = str(head)

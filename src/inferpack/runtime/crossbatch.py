@@ -1,0 +1,246 @@
+"""Cross-tenant batching through shared layers.
+
+Tenants fine-tuned from one base share most of their weights, and the repository already stores (and the
+server already holds) those tensors once (`runtime/shared.py`): every model of a base points at the *same*
+tensor objects for its shared layers. A batch may therefore mix requests for several such models: the
+layers whose weights are the same objects in all of them run once over every row, and only the layers a
+tenant has of its own (typically its top layer and head) run per tenant, on that tenant's rows.
+
+How: rows are ordered by model. At load, `own_paths` finds the outermost submodules of a model that hold
+weights of its own (not the shared tensors): a submodule holding only shared weights is left out, one
+holding both is descended into. For a batch, `merge_paths` joins the models' paths and `composite`
+shallow-copies the first model's module tree along them, putting a `RowSplit` at each: it slices its
+batch-major inputs by each model's rows, runs that model's own submodule on them and concatenates the
+outputs. Nothing is copied but a few module objects; every tensor stays the one the models hold.
+
+Rows are independent in these encoders (attention stays within a row, padding is masked), so each model's
+outputs equal what it computes alone up to the float rounding that any change of batch composition brings
+(tested against each model run alone). A tensor argument is sliced when it is batch-major: at least two
+dimensions and the batch's row count as the first (hidden states, 4-D attention masks); other arguments
+(position ids, flags) pass whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from inferpack.runtime.heads import TaskWrapper
+from inferpack.runtime.tasks import Result, TextInput
+
+
+def own_paths(module: nn.Module, shared: Sequence[torch.Tensor]) -> list[str] | None:
+    """The outermost submodule paths of `module` that hold weights of its own (not among the `shared`
+    tensors): a submodule holding only shared weights is left out, one holding both is descended into,
+    one whose own direct weights are its own (or that holds no shared weight) is a path. None when the
+    whole module is its own (nothing to run once). Buffers rebuilt from the config (non-persistent:
+    position ids, token type ids) count as shared: one architecture rebuilds them equal."""
+    shared_ptrs = {t.data_ptr() for t in shared}
+    own_direct: dict[str, bool] = {}
+    has_own: set[str] = set()
+    has_shared: set[str] = set()
+    children: dict[str, list[str]] = {}
+    for path, sub in module.named_modules():
+        tensors = [p for p in sub._parameters.values() if p is not None]
+        tensors += [
+            b
+            for name, b in sub._buffers.items()
+            if b is not None and name not in sub._non_persistent_buffers_set
+        ]
+        own_direct[path] = any(t.data_ptr() not in shared_ptrs for t in tensors)
+        holds_shared = any(t.data_ptr() in shared_ptrs for t in tensors)
+        parts = path.split(".") if path else []
+        ancestors = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+        if own_direct[path]:
+            has_own.update(ancestors)
+        if holds_shared:
+            has_shared.update(ancestors)
+        if path:
+            children.setdefault(".".join(parts[:-1]), []).append(path)
+    out: list[str] = []
+
+    def visit(path: str) -> None:
+        if path not in has_own:
+            return
+        if own_direct[path] or path not in has_shared or not children.get(path):
+            out.append(path)
+            return
+        for child in children[path]:
+            visit(child)
+
+    visit("")
+    return None if "" in out else out
+
+
+def merge_paths(per_model: Sequence[list[str] | None]) -> list[str] | None:
+    """The split points for a batch of several models: every model's own paths, outermost kept (a model
+    whose whole `x` is its own makes every model's `x` run per tenant). None if any model shares nothing."""
+    if any(p is None for p in per_model):
+        return None
+    union = sorted({path for paths in per_model if paths is not None for path in paths})
+    return [p for p in union if not any(p.startswith(f"{q}.") for q in union if q != p)]
+
+
+def _rows(value: Any, start: int, end: int, rows: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
+        return value[start:end]
+    return value
+
+
+def _concat(outputs: list[Any]) -> Any:
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs, dim=0)
+    if first is None:
+        return None
+    if isinstance(first, tuple | list):
+        merged = [_concat([o[i] for o in outputs]) for i in range(len(first))]
+        return type(first)(merged)
+    raise TypeError(f"cannot join the per-tenant outputs of type {type(first).__name__}")
+
+
+class RowSplit(nn.Module):
+    """Runs each model's own submodule on that model's rows of the batch and joins the outputs."""
+
+    def __init__(self, parts: list[nn.Module], segments: list[tuple[int, int]]) -> None:
+        super().__init__()
+        # a plain list, not registered: the parts stay owned (and listed) by their own models
+        self.parts = parts
+        self.segments = segments
+        self.rows = segments[-1][1]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The submodules' outputs over their rows, concatenated in row order."""
+        outputs = []
+        for part, (start, end) in zip(self.parts, self.segments, strict=True):
+            sliced = [_rows(a, start, end, self.rows) for a in args]
+            named = {k: _rows(v, start, end, self.rows) for k, v in kwargs.items()}
+            outputs.append(part(*sliced, **named))
+        return _concat(outputs)
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    copy = module.__class__.__new__(module.__class__)
+    copy.__dict__ = dict(module.__dict__)
+    copy.__dict__["_modules"] = dict(module._modules)
+    return copy
+
+
+def composite(modules: list[nn.Module], paths: list[str], segments: list[tuple[int, int]]) -> nn.Module:
+    """The first module's tree with a `RowSplit` of every model's submodule at each path (see the module
+    docstring); the models themselves are not changed."""
+    root = _shallow(modules[0])
+    copied: set[int] = {id(root)}
+    for path in paths:
+        names = path.split(".")
+        node = root
+        for name in names[:-1]:
+            child = node._modules[name]
+            assert child is not None
+            if id(child) not in copied:
+                child = _shallow(child)
+                copied.add(id(child))
+                node._modules[name] = child
+            node = child
+        parts = [m.get_submodule(path) for m in modules]
+        node._modules[names[-1]] = RowSplit(parts, segments)
+    return root
+
+
+@dataclass
+class Part:
+    """One model's share of a mixed batch: its items and which of them want raw outputs."""
+
+    model: Any  # LoadedModel (not imported: modeling imports this module)
+    items: list[TextInput]
+    raw: list[bool]
+
+
+def predict_together(parts: list[Part]) -> list[list[Result]]:
+    """One forward for a batch mixing models of one base (rows grouped by model), then each model's own
+    post-processing on its rows. The models must have one `group_key` (tokenizer, dtype, device,
+    architecture and shared weights)."""
+    paths = merge_paths([p.model.extra.get("own_paths") for p in parts])
+    if paths is None:
+        raise ValueError("these models share no weights: they cannot be batched together")
+    first = parts[0].model
+    items = [item for part in parts for item in part.items]
+    batch = first.tokenizer.encode(items)
+    segments, start = [], 0
+    for part in parts:
+        segments.append((start, start + len(part.items)))
+        start += len(part.items)
+    module = composite([p.model.module for p in parts], paths, segments)
+    with torch.inference_mode():
+        out = module(
+            batch.input_ids.to(first.device),
+            batch.attention_mask.to(first.device),
+            batch.token_type_ids.to(first.device),
+        )
+    output = out.float().cpu()
+    results = []
+    for part, (lo, hi) in zip(parts, segments, strict=True):
+        rows = list(range(lo, hi))
+        raw = part.raw if any(part.raw) else None
+        results.append(part.model.handler.finish(output[lo:hi], batch.select(rows), part.items, raw))
+    return results
+
+
+def group_key(model: Any) -> tuple[Any, ...] | None:
+    """Models with equal keys may share a batch: eager modules of one architecture and dtype on one
+    device, holding the same shared weight groups, with one tokenizer. None: never mixed."""
+    groups = model.extra.get("shared") or []
+    if not isinstance(model.module, TaskWrapper) or not groups or model.extra.get("own_paths") is None:
+        return None
+    return (
+        model.module.skeleton_key,
+        str(model.dtype),
+        str(model.device),
+        id(model.tokenizer),
+        tuple(sorted(id(g) for g in groups)),
+    )
+
+
+class Peers:
+    """Which batchers may lend each other queued requests: those whose models have one `group_key`.
+    Event-loop only (join, leave and lookups happen between awaits)."""
+
+    def __init__(
+        self,
+        key: Callable[[Any], tuple[Any, ...] | None] | None = None,
+        run: Callable[[list[Part]], list[list[Result]]] | None = None,
+    ) -> None:
+        self.key = key or group_key
+        self.run = run or predict_together  # runs a mixed batch (on an inference thread)
+        self._members: dict[tuple[Any, ...], list[Any]] = {}
+        self._key_of: dict[int, tuple[Any, ...]] = {}
+
+    def join(self, batcher: Any) -> None:
+        """Add a batcher (its `model` decides its group; a model that cannot mix joins none)."""
+        key = self.key(batcher.model)
+        if key is None:
+            return
+        self._members.setdefault(key, []).append(batcher)
+        self._key_of[id(batcher)] = key
+
+    def leave(self, batcher: Any) -> None:
+        """Remove a batcher (closing: nothing more is taken from its queue)."""
+        key = self._key_of.pop(id(batcher), None)
+        if key is None:
+            return
+        members = self._members[key]
+        members.remove(batcher)
+        if not members:
+            del self._members[key]
+
+    def others(self, batcher: Any) -> list[Any]:
+        """The other batchers of its group, fullest queue first."""
+        key = self._key_of.get(id(batcher))
+        if key is None:
+            return []
+        rest = [b for b in self._members[key] if b is not batcher]
+        return sorted(rest, key=lambda b: -b.queue_depth)

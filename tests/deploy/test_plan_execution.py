@@ -1,0 +1,239 @@
+"""A plan is deployed as it was costed: for every instance family of the catalog, the servers that
+`inferpack k8s render` and `inferpack up` start run exactly the execution the planner costed (device, dtype,
+inference threads, intra-op threads, batching limits), and the server accepts that device and dtype."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.deploy.test_commands_contract import parse
+from typer.testing import CliRunner
+
+from inferpack.cli import app
+from inferpack.deploy.options import RenderOptions
+from inferpack.deploy.render import render_manifests
+from inferpack.errors import ConfigError
+from inferpack.fleet.ops import server_launch
+from inferpack.fleet.processes import child_env, server_command
+from inferpack.plan import Execution, Plan, ServerGroup, load_plan, save_plan
+from inferpack.planner.catalog import load_catalog
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
+from inferpack.planner.profiles import load_profiles
+from inferpack.planner.solve import solve, to_plan
+from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
+from inferpack.settings import ServerSettings, load_settings
+
+FAMILIES = sorted({inst.family for inst in load_catalog().instances})
+# Compute capability of the catalog's GPUs (NVIDIA's tables), to run the server's own dtype check.
+CAPABILITY = {"nvidia-t4": (7, 5), "nvidia-a10g": (8, 6)}
+
+
+def family_plan(family: str, tmp_path: Path) -> tuple[Plan, dict[str, Execution]]:
+    """The plan of eight bert-base models on one family, read back from its file, and per instance type
+    the execution the planner costed (from the problem's choices, not from the plan)."""
+    models = [ModelDemand(f"m-{i}", 460.0, 1.0 + i) for i in range(8)]
+    options = PlanOptions(instance_types=[f"{family}.*"], slo_p90_ms=150.0)
+    problem = build_problem(models, load_catalog(), load_profiles(), options)
+    solution = solve(problem, method="heuristic", with_naive=False)
+    costed = {}
+    for (_, t), choice in problem.choices.items():
+        inst = problem.types[t]
+        costed[inst.name] = Execution(
+            device=inst.target,
+            dtype=choice.point.dtype,  # type: ignore[arg-type]
+            inference_threads=choice.workers,
+            intra_op_threads=choice.point.threads,
+            max_batch_size=choice.point.batch_size,
+        )
+    path = tmp_path / "plan.json"
+    save_plan(to_plan(problem, solution, options, repository="s3://bucket/repo"), path)
+    return load_plan(path), costed
+
+
+def costed_fields(ex: Execution) -> dict[str, Any]:
+    return {
+        "device": ex.device,
+        "dtype": ex.dtype,
+        "inference_threads": ex.inference_threads,
+        "intra_op_threads": ex.intra_op_threads,
+        "max_batch_size": ex.max_batch_size,
+        "max_wait_ms": ex.max_wait_ms,
+    }
+
+
+def server_device(group: ServerGroup) -> ResolvedDevice:
+    """The device a server of this group resolves to on its node, for the server's dtype check."""
+    if group.target == "cpu":
+        return CPU_DEVICE
+    if group.target == "neuron":
+        return ResolvedDevice(requested="neuron", name="neuron", kind="neuron", detail="", neuron_cores=2)
+    cap = CAPABILITY[load_catalog().get(group.instance_type).accelerator or ""]
+    gpu = CudaDevice(index=0, name=group.instance_type, capability=cap, total_bytes=2**34, free_bytes=2**34)
+    return ResolvedDevice(requested="cuda", name="cuda", kind="cuda", detail="", cuda=(gpu,))
+
+
+def rendered_settings(manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The settings the rendered server container starts with: its INFERPACK_* env through the real
+    settings loader, and its command line through the real CLI parser."""
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    with monkeypatch.context() as m:
+        for var in container["env"]:
+            if "value" in var and var["name"].startswith("INFERPACK_SERVER__"):
+                m.setenv(var["name"], var["value"])
+        server = load_settings(None).server
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    params = parse(container["command"]).params
+    return {
+        "device": params["device"],
+        "dtype": server.dtype,
+        "inference_threads": server.inference_threads,
+        "intra_op_threads": server.intra_op_threads,
+        "max_batch_size": server.batching.max_batch_size,
+        "max_wait_ms": server.batching.max_wait_ms,
+        "omp": int(env["OMP_NUM_THREADS"] or 0),
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_deployed_as_it_was_costed(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./inferpack.toml in the way of the settings loader
+    plan, costed = family_plan(family, tmp_path)
+    assert plan.format_version == 2 and plan.groups
+    manifests = {
+        m["metadata"]["name"]: m
+        for m in render_manifests(plan, load_settings(None).server, RenderOptions())
+        if m["kind"] == "Deployment"
+    }
+    for group in plan.groups:
+        ex = group.execution
+        assert ex is not None and group.instance_type.startswith(f"{family}.")
+        want = costed_fields(costed[group.instance_type])
+        assert costed_fields(ex) == want
+        # the server accepts this device and dtype on this hardware (its own start-up check)
+        check_dtype(ex.dtype, server_device(group))
+        for server in group.servers:
+            k8s = rendered_settings(manifests[f"srv-{server.name}"], monkeypatch)
+            assert k8s.pop("omp") == ex.intra_op_threads
+            assert k8s == want, group.instance_type
+            # the local fleet, on a host that has the group's device
+            launch = server_launch(server.name, 9000, server.models, group, {group.name: ex.device}, 1, 0)
+            argv = server_command(
+                repository="repo",
+                models=launch.models,
+                port=launch.port,
+                threads=launch.threads,
+                device=launch.device,
+                execution=launch.execution,
+            )
+            local = parse(["inferpack", *argv[argv.index("serve") :]]).params
+            got = {
+                "device": local["device"],
+                "dtype": local["dtype"],
+                "inference_threads": local["threads"],
+                "intra_op_threads": local["intra_op_threads"],
+                "max_batch_size": local["max_batch_size"],
+                "max_wait_ms": local["max_wait_ms"],
+            }
+            assert got == want, group.instance_type
+            assert child_env(launch.threads, ex.intra_op_threads)["OMP_NUM_THREADS"] == str(
+                ex.intra_op_threads
+            )
+
+
+def test_cpu_groups_use_physical_cores_and_meet_the_objective_at_their_point(tmp_path: Path) -> None:
+    plan, _ = family_plan("c6i", tmp_path)
+    catalog = load_catalog()
+    for group in plan.groups:
+        ex = group.execution
+        assert ex is not None and ex.latency_ms is not None
+        cores = catalog.get(group.instance_type).physical_cores
+        assert ex.inference_threads * ex.intra_op_threads <= min(cores, group.resources.cpu)
+        assert ex.latency_ms <= 150.0  # never the 1-thread point that cannot meet the objective
+        assert ex.profile_source
+
+
+def test_a_fallen_back_group_runs_with_cpu_defaults_not_the_gpu_settings() -> None:
+    group = ServerGroup.model_validate(
+        {
+            "name": "g5",
+            "instance_type": "g5.xlarge",
+            "target": "cuda",
+            "resources": {"cpu": 3, "memory_mb": 14000, "accelerators": 1},
+            "execution": {
+                "device": "cuda",
+                "dtype": "fp16",
+                "inference_threads": 1,
+                "intra_op_threads": 1,
+                "max_batch_size": 8,
+            },
+            "servers": [{"name": "g5-0", "models": ["a"]}],
+        }
+    )
+    launch = server_launch("g5-0", 9000, ["a"], group, {"g5": "cpu"}, 2, 0)
+    assert launch.execution is None and launch.device == "cpu" and launch.threads == 2
+
+
+def test_format_1_plans_still_load_and_a_format_1_execution_is_refused(tmp_path: Path) -> None:
+    old = {
+        "format_version": 1,
+        "created_by": "milp",
+        "groups": [
+            {
+                "name": "c6i",
+                "instance_type": "c6i.2xlarge",
+                "resources": {"cpu": 7.5, "memory_mb": 14000},
+                "servers": [{"name": "c6i-0", "models": ["a"]}],
+            }
+        ],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    plan = load_plan(path)
+    assert plan.format_version == 1 and plan.groups[0].execution is None
+    old["groups"][0]["execution"] = {  # type: ignore[index]
+        "device": "cpu",
+        "dtype": "fp32",
+        "inference_threads": 1,
+        "intra_op_threads": 4,
+        "max_batch_size": 1,
+    }
+    path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="format_version 1 plans have no 'execution'"):
+        load_plan(path)
+
+
+def test_an_execution_must_match_its_group_target() -> None:
+    base: dict[str, Any] = {
+        "name": "c6i",
+        "resources": {"cpu": 4, "memory_mb": 8000},
+        "servers": [],
+        "execution": {"device": "cuda", "dtype": "fp32", "inference_threads": 1, "intra_op_threads": 1,
+                      "max_batch_size": 1},
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="differs from target"):
+        ServerGroup.model_validate(base)
+    base["execution"] |= {"device": "cpu", "dtype": "fp16"}
+    with pytest.raises(ValueError, match="fp16 is computed on GPUs only"):
+        ServerGroup.model_validate(base)
+
+
+def test_serve_turns_the_execution_flags_into_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local fleet's `serve` flags reach the server's settings (the run step is replaced by a recorder:
+    what is checked is the CLI's mapping, the server itself starts in the fleet's end-to-end tests)."""
+    monkeypatch.chdir(tmp_path)
+    seen: list[ServerSettings] = []
+    monkeypatch.setattr("inferpack.server.run.serve", lambda settings, **_: seen.append(settings))
+    ex = Execution(device="cpu", dtype="bf16", inference_threads=3, intra_op_threads=2, max_batch_size=4)
+    argv = server_command(repository="repo", models=["a"], port=9000, threads=None, execution=ex)
+    result = CliRunner().invoke(app, argv[argv.index("serve") :])
+    assert result.exit_code == 0, result.output
+    got = seen[0]
+    assert (got.device, got.dtype, got.inference_threads, got.intra_op_threads) == ("cpu", "bf16", 3, 2)
+    assert (got.batching.max_batch_size, got.batching.max_wait_ms) == (4, 0.0)

@@ -1,0 +1,155 @@
+"""`inferpack up --runtime podman`: the plan's servers and router as containers of the image the session
+built (tests/containers.py), with the same `status`, `logs`, restarts and `down` as host processes, and
+`down` finding the containers by name after the supervisor was killed.
+
+Marked `container` (CI requires it; elsewhere it skips without podman)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from inferpack.fleet import ops
+from inferpack.fleet.runners import LABEL, fleet_id
+from inferpack.fleet.state import RunDir, is_alive, load_state
+from inferpack.repository.local import LocalRepository
+from tests.containers import BuiltImage, podman
+from tests.fleet.test_fleet_e2e import _wait as wait_for
+
+# The session's image build runs in the first test's set-up: minutes on 2 busy cores.
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3000)]
+CLI = [sys.executable, "-m", "inferpack.cli"]
+QUESTION = {"seq_0": "Who went home?", "seq_1": "Bob went home after the game."}
+
+
+def cli(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+def containers(run_dir: Path) -> list[str]:
+    """Names of the containers (running or not) labelled with this run directory's fleet."""
+    label = f"label={LABEL}={fleet_id(run_dir)}"
+    listed = podman("ps", "--all", "--filter", label, "--format", "{{.Names}}")
+    return sorted(listed.stdout.split())
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inferpack.repository.demo import make_demo_models
+
+    root = tmp_path_factory.mktemp("container-fleet") / "repo"  # mktemp's own folder is 0700
+    old = os.umask(0o022)  # readable by the image's user, whoever we are
+    try:
+        make_demo_models(root, 2)
+    finally:
+        os.umask(old)
+    return root
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Iterator[Path]:
+    run = tmp_path / "run"
+    try:
+        yield run
+    finally:  # leave nothing behind, whatever failed
+        state = load_state(RunDir(run)) if run.exists() else None
+        if state is not None and state.phase != "stopped":
+            with contextlib.suppress(Exception):
+                ops.down(run, timeout_s=60)
+        if state is not None and is_alive(state.supervisor.pid, state.supervisor.create_time):
+            assert state.supervisor.pid is not None
+            psutil.Process(state.supervisor.pid).kill()
+        if names := containers(run):
+            podman("rm", "--force", *names)
+
+
+def up(image: BuiltImage, repo: Path, run: Path) -> dict[str, str]:
+    """`inferpack up --runtime podman`; returns {process name: URL} from the state."""
+    started = cli(
+        "up", "--runtime", "podman", "--image", image.tag, "--repository", str(repo),
+        "--servers", "2", "--copies", "1", "--threads", "1", "--base-port", "0", "--router-port", "0",
+        "--run-dir", str(run),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    state = load_state(RunDir(run))
+    assert state is not None and state.phase == "running"
+    return {p.name: p.url or "" for p in state.processes()}
+
+
+def test_up_runs_the_fleet_as_containers_with_status_logs_restart_and_down(
+    inferpack_image: BuiltImage, small_repo: Path, run_dir: Path
+) -> None:
+    urls = up(inferpack_image, small_repo, run_dir)
+    prefix = f"inferpack-{fleet_id(run_dir)}"
+    assert containers(run_dir) == sorted(
+        [f"{prefix}-net", f"{prefix}-router", f"{prefix}-server-0", f"{prefix}-server-1"]
+    )
+    # every model answers through the router, which reaches the servers inside the fleet's network
+    models = LocalRepository(small_repo).model_ids()
+    assert len(models) == 2
+    for model in models:
+        r = httpx.post(f"{urls['router']}/predictions/{model}", json=QUESTION, timeout=60, trust_env=False)
+        assert r.status_code == 200, r.text
+        assert r.json()["detail"] in QUESTION["seq_1"]
+
+    status = cli("status", "--run-dir", str(run_dir))
+    assert status.returncode == 0, status.stderr
+    rows = [line for line in status.stdout.splitlines() if "server-" in line or "router" in line]
+    assert len(rows) == 3 and all("yes" in line for line in rows), status.stdout
+    state = load_state(RunDir(run_dir))
+    assert state is not None
+    rss = {row.name: row.rss_mb for row in ops.status_rows(state, ops.runner_of(RunDir(run_dir)))}
+    assert all(v is not None and v > 50 for v in rss.values()), rss  # the processes inside, not clients
+
+    logs = cli("logs", "server-0", "--run-dir", str(run_dir))
+    assert "podman run --rm --name " + f"{prefix}-server-0" in logs.stdout
+    assert "--read-only" in logs.stdout and "Uvicorn running" in logs.stdout, logs.stdout[-2000:]
+
+    # a server container that dies is started again, like a host process
+    assert podman("kill", f"{prefix}-server-0").returncode == 0
+
+    def restarted() -> bool:
+        state = load_state(RunDir(run_dir))
+        server = state.server("server-0") if state is not None else None
+        return server is not None and server.restarts >= 1 and server.status == "ready"
+
+    wait_for(restarted, 300, "server-0 to be restarted and ready")
+    r = httpx.post(f"{urls['router']}/predictions/{models[0]}", json=QUESTION, timeout=60, trust_env=False)
+    assert r.status_code == 200, r.text
+
+    down = cli("down", "--run-dir", str(run_dir))
+    assert down.returncode == 0, down.stderr
+    assert containers(run_dir) == []
+    state = load_state(RunDir(run_dir))
+    assert state is not None and state.phase == "stopped"
+
+
+def test_down_removes_the_containers_after_the_supervisor_crashed(
+    inferpack_image: BuiltImage, small_repo: Path, run_dir: Path
+) -> None:
+    up(inferpack_image, small_repo, run_dir)
+    state = load_state(RunDir(run_dir))
+    assert state is not None and state.supervisor.pid is not None
+    os.kill(state.supervisor.pid, signal.SIGKILL)
+    supervisor = state.supervisor
+    wait_for(lambda: not is_alive(supervisor.pid, supervisor.create_time), 30, "the supervisor to die")
+    assert len(containers(run_dir)) == 4  # orphans: nobody supervises them now
+
+    down = cli("down", "--run-dir", str(run_dir))
+    assert down.returncode == 0, down.stderr
+    assert "leftover" in down.stderr, down.stderr
+    assert containers(run_dir) == []
+    final = load_state(RunDir(run_dir))
+    assert final is not None and final.phase == "stopped"
+    assert json.loads(RunDir(run_dir).state_file.read_text())["phase"] == "stopped"

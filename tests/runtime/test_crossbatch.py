@@ -1,0 +1,179 @@
+"""Cross-tenant batching: which layers a tenant owns, mixed batches equal to each model alone (real MiniLM
+tenants sharing a base, both compute dtypes), and the batcher lending queued requests between peers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from inferpack.repository.local import LocalRepository
+from inferpack.runtime.batcher import InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Part, Peers, group_key, merge_paths, own_paths, predict_together
+from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.tasks import TextInput
+from inferpack.settings import BatchingSettings
+
+QUESTIONS = [
+    TextInput("Who wrote it?", "The book was written by Jane Austen in 1811."),
+    TextInput("Where is the meeting?", "The meeting is in Berlin next week."),
+    TextInput("What colour is the car?", "The car is red and very fast."),
+    TextInput("Who met Alice?", "Bob met Alice at the station yesterday."),
+    TextInput("How many apples?", "There were three apples on the kitchen table."),
+    TextInput("When did it rain?", "It rained on Tuesday morning in Paris."),
+]
+
+
+class _Block(nn.Module):
+    def __init__(self, inner: nn.Linear, own: nn.Linear) -> None:
+        super().__init__()
+        self.inner, self.own = inner, own
+
+
+def test_own_paths_keep_out_shared_and_descend_into_mixed_modules() -> None:
+    shared = nn.Linear(4, 4)
+    root = nn.Module()
+    root.embed = nn.Linear(4, 4)  # shared
+    root.block = _Block(shared, nn.Linear(4, 4))  # holds shared and own: descended into
+    root.top = nn.Sequential(nn.Linear(4, 4), nn.ReLU())  # only own weights: one path
+    root.embed.weight, root.embed.bias = shared.weight, shared.bias
+    tensors = [shared.weight, shared.bias]
+    assert own_paths(root, tensors) == ["block.own", "top"]
+    assert own_paths(root, []) is None  # nothing shared: nothing to run once
+    assert own_paths(nn.Linear(4, 4), [torch.zeros(1)]) is None
+
+
+def test_merge_paths_keeps_the_outermost() -> None:
+    assert merge_paths([["a.b", "c"], ["a.b", "c"]]) == ["a.b", "c"]
+    assert merge_paths([["a.b", "c"], ["a", "c"]]) == ["a", "c"]  # one model owns all of `a`
+    assert merge_paths([["a"], None]) is None
+
+
+def _load(demo_repo: Path, dtype: str) -> list[LoadedModel]:
+    """The demo repository's two QA tenants of one MiniLM base (own top layer and head)."""
+    repo = LocalRepository(demo_repo)
+    return [load_model(repo, f"qa-000{i}", dtype=dtype, warmup=False) for i in range(2)]  # type: ignore[arg-type]
+
+
+def test_tenants_own_only_their_top_layer_and_head(demo_repo: Path) -> None:
+    models = _load(demo_repo, "fp32")
+    assert {tuple(m.extra["own_paths"]) for m in models} == {
+        ("model.bert.encoder.layer.5", "model.qa_outputs")
+    }
+    assert len({group_key(m) for m in models}) == 1 and group_key(models[0]) is not None
+    classifier = load_model(LocalRepository(demo_repo), "cls-0000", warmup=False)
+    assert group_key(classifier) not in (None, group_key(models[0]))  # another architecture: never mixed
+
+
+def test_a_mixed_batch_equals_each_model_alone(demo_repo: Path, compute_dtype: str) -> None:
+    models = _load(demo_repo, compute_dtype)
+    split = [QUESTIONS[:2], QUESTIONS[2:]]  # 2 + 4 rows
+    raw = [[True, False], [False, True, False, True]]
+    mixed = predict_together(
+        [Part(m, items, flags) for m, items, flags in zip(models, split, raw, strict=True)]
+    )
+    # fp32: rounding only (a batch of other rows changes nothing else); bf16 rounds each layer to 8 bits
+    atol = 1e-4 if compute_dtype == "fp32" else 0.05
+    for model, items, flags, results in zip(models, split, raw, mixed, strict=True):
+        alone_raw = model.predict(items, [True] * len(items))
+        alone = model.predict(items)
+        for i, result in enumerate(results):
+            if flags[i]:
+                for key in ("start_logits", "end_logits"):
+                    got, want = torch.tensor(result[key]), torch.tensor(alone_raw[i][key])
+                    assert torch.allclose(got, want, atol=atol), (model.model_id, key)
+            else:
+                assert result["answer"] == alone[i]["answer"]
+                assert result["score"] == pytest.approx(alone[i]["score"], abs=10 * atol)
+
+
+class _Fake:
+    """A model whose predict blocks until the gate opens; its group is its `base`."""
+
+    def __init__(self, name: str, base: str, gate: threading.Event) -> None:
+        self.model_id, self.version, self.base, self.gate = name, 1, base, gate
+        self.entered = threading.Semaphore(0)
+
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
+        self.entered.release()
+        self.gate.wait(timeout=30)
+        return [{"echo": i.text, "by": self.model_id} for i in items]
+
+
+@pytest.fixture
+def pool() -> Iterator[InferencePool]:
+    pool = InferencePool(threads=1)
+    yield pool
+    pool.shutdown()
+
+
+async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: InferencePool) -> None:
+    gate = threading.Event()
+    mixed: list[list[tuple[str, list[str]]]] = []
+
+    def run(parts: list[Part]) -> list[list[dict[str, Any]]]:
+        mixed.append([(p.model.model_id, [i.text for i in p.items]) for p in parts])
+        return [[{"echo": i.text, "by": p.model.model_id, "mixed": True} for i in p.items] for p in parts]
+
+    peers = Peers(key=lambda m: (m.base,), run=run)
+    settings = BatchingSettings(max_batch_size=4, max_wait_ms=0, max_queue=16)
+    a, b, c = _Fake("a", "base", gate), _Fake("b", "base", gate), _Fake("c", "other", gate)
+    batchers = {m.model_id: ModelBatcher(m, pool, settings, peers=peers) for m in (a, b, c)}  # type: ignore[arg-type]
+    first = asyncio.create_task(batchers["a"].submit(TextInput("a1")))
+    await asyncio.get_running_loop().run_in_executor(None, a.entered.acquire)  # the one thread is busy
+    queued = [
+        asyncio.create_task(batchers[name].submit(TextInput(text)))
+        for name, text in (("a", "a2"), ("b", "b1"), ("b", "b2"), ("c", "c1"), ("b", "b3"))
+    ]
+    while sum(x.queue_depth for x in batchers.values()) < 5:
+        await asyncio.sleep(0)
+    gate.set()
+    results = {r["echo"]: r for r in await asyncio.gather(first, *queued)}
+    assert {k: v["by"] for k, v in results.items()} == {
+        "a1": "a", "a2": "a", "b1": "b", "b2": "b", "b3": "b", "c1": "c"
+    }  # fmt: skip
+    assert results["c1"].get("mixed") is None  # another base: never in a mixed batch
+    # whichever of a and b got the free thread first took its own queue, then the other's, up to the
+    # batch limit of 4: one batch mixing both models, one forward for the four
+    assert len(mixed) == 1 and {name for name, _ in mixed[0]} == {"a", "b"}
+    assert sorted(text for _, texts in mixed[0] for text in texts) == ["a2", "b1", "b2", "b3"]
+    for batcher in batchers.values():
+        await batcher.close()
+    assert peers.others(batchers["a"]) == []  # closed batchers leave their group
+
+
+async def test_an_unload_waits_for_a_mixed_batch_holding_its_rows(pool: InferencePool) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def run(parts: list[Part]) -> list[list[dict[str, Any]]]:
+        started.set()
+        gate.wait(timeout=30)
+        return [[{"echo": i.text} for i in p.items] for p in parts]
+
+    peers = Peers(key=lambda m: (m.base,), run=run)
+    settings = BatchingSettings(max_batch_size=8, max_wait_ms=0, max_queue=16)
+    a, b = _Fake("a", "base", threading.Event()), _Fake("b", "base", gate)
+    ba, bb = (ModelBatcher(m, pool, settings, peers=peers) for m in (a, b))  # type: ignore[arg-type]
+    first = asyncio.create_task(ba.submit(TextInput("a1")))
+    await asyncio.get_running_loop().run_in_executor(None, a.entered.acquire)
+    later = [asyncio.create_task(ba.submit(TextInput("a2"))), asyncio.create_task(bb.submit(TextInput("b1")))]
+    while ba.queue_depth + bb.queue_depth < 2:
+        await asyncio.sleep(0)
+    a.gate.set()  # a1 finishes; the mixed batch of a2 and b1 then blocks on `gate`
+    await first
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
+    assert bb.busy  # b's request runs in a's batch: b counts as busy (not evicted, unload waits)
+    closing = asyncio.create_task(bb.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    gate.set()
+    await closing
+    assert [r["echo"] for r in await asyncio.gather(*later)] == ["a2", "b1"]
+    await ba.close()
