@@ -73,9 +73,11 @@ def router_command(
     log_level: str = "info",
     host: str = "127.0.0.1",
     cli: Sequence[str] | None = None,
+    config: Path | None = None,
 ) -> list[str]:
-    """argv of the router process (the same command a Kubernetes router pod runs)."""
-    return [
+    """argv of the router process (the same command a Kubernetes router pod runs); `config` carries the
+    [router] settings (deadlines, ejection, probes)."""
+    cmd = [
         *(python_cli() if cli is None else cli),
         "router",
         "--plan", str(plan),
@@ -85,6 +87,7 @@ def router_command(
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
     ]  # fmt: skip
+    return cmd if config is None else [*cmd, "--config", str(config)]
 
 
 def child_env(threads: int | None = None, intra_op_threads: int = 1) -> dict[str, str]:
