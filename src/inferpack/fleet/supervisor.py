@@ -12,7 +12,6 @@ servers' parent, it learns of a death at once (`poll`) and leaves no zombies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import signal
@@ -340,8 +339,7 @@ class Supervisor:
         child.kill_reason = reason
         log.warning("%s (pid %s): %s", child.record.name, child.record.pid, reason)
         if child.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                child.proc.kill()
+            self.runner.kill(child.record.name, child.proc)
 
     def stop_fleet(self) -> None:
         """Router first (no new traffic), then the servers in parallel; record phase "stopped"."""
