@@ -5,6 +5,7 @@ catalog and reference profiles, and prints the figures recorded in docs/benchmar
 
     .venv/bin/python bench/bench_planner.py                      # 3,000 and 10,000 models, P90 100 ms
     .venv/bin/python bench/bench_planner.py --models 3000 --slo-sweep 50,100,200,400
+    .venv/bin/python bench/bench_planner.py --models 3000 --write-csv skewed-3000.csv   # for `inferpack plan`
 
 Planning time (wall-clock, and CPU time of this process, since the cores may be shared) covers
 everything `inferpack plan` does after reading its inputs: building the problem, the lower bound, the
@@ -80,7 +81,20 @@ def main() -> None:
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--slo-sweep", default="", help="comma-separated objectives for a cost curve")
     parser.add_argument("--plot", default="", help="write the cost curve (with --slo-sweep) to this PNG")
+    parser.add_argument(
+        "--write-csv",
+        default="",
+        help="only write the first size's models as `inferpack plan --models` CSV to this file, and exit",
+    )
     args = parser.parse_args()
+    if args.write_csv:
+        n = int(args.models.split(",")[0])
+        models = make_models(n, args.seed, args.median_rps, args.sigma)
+        lines = ["id,memory_mb,rate_rps"] + [f"{m.id},{m.memory_mb:.3f},{m.rate_rps:.6f}" for m in models]
+        with open(args.write_csv, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"wrote {n} models to {args.write_csv}")
+        return
 
     print(f"cpu cores: {os.cpu_count()}; rates lognormal(median {args.median_rps}, sigma {args.sigma})")
     for n in [int(x) for x in args.models.split(",") if x]:

@@ -239,7 +239,18 @@ class FleetSettings(_Section):
     )
     restart_backoff_s: float = Field(default=0.5, gt=0, description="First restart delay of a dead server.")
     restart_backoff_max_s: float = Field(default=30.0, gt=0, description="Restart delay cap (doubling).")
-    upstream_timeout_s: float = Field(default=60.0, gt=0, description="Router: deadline per forwarded call.")
+    liveness_interval_s: float = Field(
+        default=2.0, gt=0, description="Supervisor: seconds between liveness probes of each ready process."
+    )
+    liveness_timeout_s: float = Field(
+        default=2.0, gt=0, description="Supervisor: a liveness probe not answered within this fails."
+    )
+    liveness_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Supervisor: consecutive failed liveness probes after which a process is killed "
+        "(SIGKILL: a stopped or deadlocked process ignores SIGTERM) and restarted.",
+    )
     allow_cpu_fallback: bool = Field(
         default=False,
         description="Run the servers of plan groups whose processor (cuda, neuron) this host lacks on the "
@@ -258,6 +269,54 @@ class FleetSettings(_Section):
     test: FleetTestSettings = Field(default_factory=FleetTestSettings)
 
 
+class RouterSettings(_Section):
+    """The router (`inferpack router`: started by `up`, or a Kubernetes pod): per-request deadlines derived
+    from each model's observed latency, and ejection of servers that keep missing them."""
+
+    upstream_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Ceiling of the deadline per forwarded call; the deadline while a model (and the whole "
+        "fleet) has too few latency samples.",
+    )
+    deadline_floor_s: float = Field(
+        default=2.0, gt=0, description="Shortest deadline per forwarded call, however fast the model is."
+    )
+    deadline_factor: float = Field(
+        default=5.0, ge=1, description="Deadline = this x the P99 of the model's recent upstream latencies."
+    )
+    deadline_min_samples: int = Field(
+        default=20,
+        ge=1,
+        description="Latency samples a model needs before its own P99 sets its deadline "
+        "(below: the P99 of every model's samples, then the ceiling).",
+    )
+    latency_window: int = Field(
+        default=200, ge=10, description="Recent successful latencies kept per model for its P99."
+    )
+    eject_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failed calls (deadline missed, connection refused or broken) after which a "
+        "server is ejected: no request goes to it until a readiness probe brings it back.",
+    )
+    eject_base_s: float = Field(
+        default=5.0, gt=0, description="First ejection period; it doubles on each repeat, up to the max."
+    )
+    eject_max_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Longest ejection period; a server that stayed in for this long starts again from the "
+        "first period.",
+    )
+    probe_interval_s: float = Field(
+        default=0.5, gt=0, description="Seconds between readiness probes of each server."
+    )
+    probe_timeout_s: float = Field(
+        default=2.0, gt=0, description="A readiness probe not answered within this marks the server down."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting inferpack reads, grouped by job. `inferpack config show` prints the effective values."""
 
@@ -270,6 +329,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     fleet: FleetSettings = Field(default_factory=FleetSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
 
     @classmethod
     def settings_customise_sources(

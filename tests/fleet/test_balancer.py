@@ -75,6 +75,17 @@ def test_copies_histogram_is_bounded() -> None:
     assert sum(b.copies_histogram(1).values()) == 3
 
 
+def test_ejected_copy_is_never_chosen_until_readmitted() -> None:
+    b = Balancer(PLACEMENT)
+    b.eject("s2")
+    assert {b.choose("b") for _ in range(4)} == {"s1"}
+    assert b.choose("c") is None  # unlike a server marked down, not even as a last resort
+    assert b.unavailable_models() == ["c"]
+    assert [b.copies_histogram(4)[k] for k in ("0", "1", "2")] == [1, 1, 1]  # c, b, a
+    b.readmit("s2")
+    assert b.choose("c") == "s2"
+
+
 def test_replace_routes_by_the_new_placement_and_keeps_counters_of_servers_that_left() -> None:
     b = Balancer({"m": ["s0"], "n": ["s0", "s1"]})
     b.acquire("s0")

@@ -3,6 +3,7 @@ forwarding, choice among copies, retries, 404, aggregation, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from inferpack.fleet.router import create_router_app, merge_index
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
+from inferpack.settings import RouterSettings
 
 
 def _plan() -> Plan:
@@ -56,6 +58,8 @@ class FakeServers:
     ready: dict[str, bool] = field(default_factory=lambda: {"s0": True, "s1": True})
     # server -> error kind it answers every model-scoped request with (a 503 like the real server's)
     refuse: dict[str, str] = field(default_factory=dict)
+    # servers that hold every request (health included) without answering, like a SIGSTOPped process
+    hang: set[str] = field(default_factory=set)
     seen: list[Seen] = field(default_factory=list)
     # server -> the expected wait (ms) it reports on its answers, as a real server does under load
     wait_ms: dict[str, int] = field(default_factory=dict)
@@ -65,6 +69,8 @@ class FakeServers:
 
     def app(self, name: str) -> Starlette:
         async def handle(request: Request) -> Response:
+            while name in self.hang:
+                await asyncio.sleep(0.01)
             path = request.url.path
             if path == "/v2/health/ready":
                 ok = self.ready[name]
@@ -113,6 +119,7 @@ class FakeServers:
         self.threads[name].join(10)
 
     def stop(self) -> None:
+        self.hang.clear()
         for name in self.servers:
             self.kill(name)
 
@@ -135,9 +142,11 @@ def fake() -> Iterator[FakeServers]:
         servers.stop()
 
 
-def _router(fake: FakeServers, probe_interval_s: float) -> TestClient:
-    app = create_router_app(_plan(), fake.urls, probe_interval_s=probe_interval_s, upstream_timeout_s=5)
-    return TestClient(app)
+def _router(
+    fake: FakeServers, probe_interval_s: float, clock: Callable[[], float] = time.monotonic, **settings: float
+) -> TestClient:
+    config = RouterSettings(probe_interval_s=probe_interval_s, upstream_timeout_s=5, **settings)  # type: ignore[arg-type]
+    return TestClient(create_router_app(_plan(), fake.urls, config, clock=clock))
 
 
 @pytest.fixture
@@ -306,6 +315,55 @@ def test_ready_with_placement_and_availability_in_metrics(client: TestClient, fa
     assert 'inferpack_router_models_by_healthy_copies{copies="1"} 2.0' in text  # b, c
     assert 'inferpack_router_models_by_healthy_copies{copies="4+"} 0.0' in text
     assert "inferpack_router_models_unavailable 0.0" in text
+
+
+def test_hung_copy_misses_its_deadline_is_ejected_and_probed_back(fake: FakeServers) -> None:
+    """A copy that stops answering (SIGSTOP-like: connections accepted, nothing answered) costs a request
+    one deadline derived from the model's latency, then is ejected; a readiness probe brings it back once
+    the (fake) clock has passed the ejection period."""
+    now = [1000.0]
+    settings = {
+        "deadline_floor_s": 0.3,
+        "deadline_min_samples": 1,
+        "eject_after_failures": 2,
+        "eject_base_s": 30,
+    }
+    with _router(fake, 0.05, clock=lambda: now[0], **settings) as client:
+        balancer = client.app.state.balancer  # type: ignore[attr-defined]
+        deadlines = client.app.state.deadlines  # type: ignore[attr-defined]
+        for _ in range(4):
+            assert client.get("/predictions/a").status_code == 200
+        assert deadlines.deadline("a") == pytest.approx(0.3)  # fast answers: the floor
+        fake.hang.add("s0")
+        served = [client.get("/predictions/a") for _ in range(6)]
+        assert all(r.status_code == 200 and r.headers["x-served-by"] == "s1" for r in served)
+        assert balancer.ejected["s0"]
+        metrics = client.get("/metrics").text
+        assert 'inferpack_router_ejections_total{server="s0"} 1.0' in metrics
+        assert 'inferpack_router_server_ejected{server="s0"} 1.0' in metrics
+        assert 'inferpack_router_upstream_failures_total{kind="timeout",server="s0"} 2.0' in metrics
+        assert "inferpack_router_deadline_retries_total 2.0" in metrics  # later ones went to s1 at once
+        # a model whose only copy is ejected is refused at once, not after a deadline
+        started = time.perf_counter()
+        only = client.get("/predictions/b")
+        assert only.status_code == 503 and "ejected" in only.json()["error"]
+        assert time.perf_counter() - started < 0.3
+        assert client.get("/v2/health/ready").json()["ejected"] == ["s0"]
+        fake.hang.clear()
+        time.sleep(0.3)  # probes run, but the ejection period (fake clock) is not over: it stays out
+        assert balancer.ejected["s0"]
+        now[0] += 30.0
+        _wait(lambda: not balancer.ejected["s0"])
+        assert {client.get("/predictions/a").headers["x-served-by"] for _ in range(4)} == {"s0", "s1"}
+
+
+def test_deadline_with_no_copy_left_is_504(fake: FakeServers) -> None:
+    settings = {"deadline_floor_s": 0.2, "deadline_min_samples": 1}
+    with _router(fake, 3600, **settings) as client:
+        assert client.get("/predictions/b").status_code == 200
+        fake.hang.add("s0")
+        resp = client.get("/predictions/b")
+        assert resp.status_code == 504 and "deadline" in resp.json()["error"]
 
 
 def test_least_expected_wait_wins_and_the_deadline_travels_on(client: TestClient, fake: FakeServers) -> None:

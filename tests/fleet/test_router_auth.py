@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inferpack.fleet.router import create_router_app
-from inferpack.settings import AuthSettings
+from inferpack.settings import AuthSettings, RouterSettings
 from tests.fleet.test_router import FakeServers, _plan
 from tests.fleet.test_router import fake as fake  # the fixture: two fake upstreams on loopback ports
 
@@ -23,7 +23,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 def client(fake: FakeServers) -> Iterator[TestClient]:
-    app = create_router_app(_plan(), fake.urls, auth=AUTH, probe_interval_s=3600, upstream_timeout_s=5)
+    settings = RouterSettings(probe_interval_s=3600, upstream_timeout_s=5)  # no probe during a test
+    app = create_router_app(_plan(), fake.urls, settings, auth=AUTH)
     with TestClient(app) as c:
         yield c
 

@@ -14,7 +14,10 @@ from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.fleet.placementfiles import PlacementFiles, placement_digest
 from inferpack.fleet.router import create_router_app
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
+from inferpack.settings import RouterSettings
 from tests.fleet.test_router import FakeServers, _plan
+
+SETTINGS = RouterSettings(probe_interval_s=3600, upstream_timeout_s=5)
 
 QUESTION = {"seq_0": "who?", "seq_1": "Bob"}
 
@@ -39,7 +42,7 @@ def test_reload_routes_by_the_new_files_and_keeps_the_old_when_broken(
     files = PlacementFiles(tmp_path / "plan.json", tmp_path / "endpoints.json")
     save_plan(_plan(), files.plan)
     save_endpoints(ServerEndpoints(servers=upstreams.urls), files.endpoints)
-    app = create_router_app(_plan(), upstreams.urls, probe_interval_s=3600, upstream_timeout_s=5, files=files)
+    app = create_router_app(_plan(), upstreams.urls, SETTINGS, files=files)
     with TestClient(app) as client:
         assert client.get("/v2/health/ready").json()["placement"] == _digest(files)
         assert client.get("/predictions/b", params=QUESTION).headers["x-served-by"] == "s0"
@@ -83,9 +86,7 @@ def test_reload_drops_servers_and_adds_new_ones(upstreams: FakeServers, tmp_path
     )
     save_plan(only_s0, files.plan)
     save_endpoints(ServerEndpoints(servers={"s0": upstreams.urls["s0"]}), files.endpoints)
-    app = create_router_app(
-        only_s0, {"s0": upstreams.urls["s0"]}, probe_interval_s=3600, upstream_timeout_s=5, files=files
-    )
+    app = create_router_app(only_s0, {"s0": upstreams.urls["s0"]}, SETTINGS, files=files)
     with TestClient(app) as client:
         assert client.get("/predictions/c", params=QUESTION).headers["x-served-by"] == "s0"
         save_plan(_plan(), files.plan)  # s1 joins (a, c), s0 keeps a, b

@@ -111,6 +111,20 @@ def test_stop_asks_the_engine_to_stop_the_running_ones(tmp_path: Path) -> None:
     assert running.returncode == 0
 
 
+def test_a_hung_process_is_killed_where_it_runs(tmp_path: Path) -> None:
+    """The supervisor's liveness kill: under containers the container itself gets SIGKILL (killing the
+    `run` client alone would leave the hung server running); on the host, the process."""
+    engine = FakeEngine()
+    r = runner(tmp_path, engine)
+    stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    r.kill("server-0", stopped)
+    assert engine.calls == [["podman", "kill", "--signal", "KILL", r.container("server-0")]]
+    assert stopped.wait(timeout=10) == -9
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    HostRunner().kill("server-0", host)
+    assert host.wait(timeout=10) == -9
+
+
 def test_host_runner_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     stubborn = subprocess.Popen(
         [

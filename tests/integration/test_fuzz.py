@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from inferpack.fleet.router import create_router_app
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
-from inferpack.settings import AuthSettings
+from inferpack.settings import AuthSettings, RouterSettings
 from tests.integration.conftest import RunningServer, running_server
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def fleet(demo_repo: Path) -> Iterator[tuple[RunningServer, Thread]]:
                 )
             ],
         )
-        router = Thread(create_router_app(plan, {"s0": server.url}, auth=auth, upstream_timeout_s=60))
+        router = Thread(create_router_app(plan, {"s0": server.url}, RouterSettings(), auth=auth))
         try:
             yield server, router
         finally:

@@ -8,7 +8,12 @@ import pytest
 from inferpack.errors import ConfigError, PlanError
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import load_profiles, parse_profile_file, reference_profile_text
+from inferpack.planner.profiles import (
+    OperatingPoint,
+    load_profiles,
+    parse_profile_file,
+    reference_profile_text,
+)
 
 
 def test_shipped_catalog_covers_the_families_with_region_and_date() -> None:
@@ -147,3 +152,37 @@ def test_reserved_cpus_and_request_overhead_lower_cpu_capacity() -> None:
     inf2 = capacity("inf2.xlarge")
     assert capacity("inf2.xlarge", request_overhead_ms=20) == pytest.approx(inf2, rel=0.05)
     assert capacity("inf2.xlarge", reserved_cpus=2) == pytest.approx(inf2)
+
+
+def test_measured_overhead_and_spread_in_a_profile_lower_capacity_and_the_flag_overrides(
+    tmp_path: Path,
+) -> None:
+    # Old profile files (no P90, no overhead) stay readable; the new optional fields change the plan.
+    base = load_profiles()
+    mine = json.loads(base.model_dump_json(exclude_none=True))
+    prof = next(p for p in mine["profiles"] if "c6i.*" in p["instance_types"])
+    models = [ModelDemand("a", 460, 1.0)]
+
+    def capacity(profile: dict[str, object], **kw: float) -> float:
+        f = tmp_path / "p.json"
+        classes = list(mine["classes"].values())
+        f.write_text(json.dumps({"created_by": "test", "model_classes": classes, "profiles": [profile]}))
+        options = PlanOptions(slo_p90_ms=400, instance_types=["c6i.4xlarge"], **kw)
+        problem = build_problem(models, load_catalog(), load_profiles([f]), options)
+        return 1.0 / float(problem.coef[0, 0, 1])
+
+    plain = capacity(prof)
+    measured = {**prof, "request_overhead_ms": 20.0}
+    assert capacity(measured) < plain
+    assert capacity(measured, request_overhead_ms=0) == pytest.approx(plain)  # the flag overrides
+    assert capacity(prof, request_overhead_ms=20) == pytest.approx(capacity(measured))
+    points = prof["points"]
+    assert isinstance(points, list)
+    tight = [{**p, "latency_p90_ms": p["latency_ms"] * 1.01} for p in points]
+    wide = [{**p, "latency_p90_ms": p["latency_ms"] * 2.0} for p in points]
+    assert capacity({**prof, "points": tight}) > plain > capacity({**prof, "points": wide})
+
+
+def test_a_p90_below_the_median_is_refused() -> None:
+    with pytest.raises(ValueError, match="below latency_ms"):
+        OperatingPoint(latency_ms=10.0, latency_p90_ms=9.0)

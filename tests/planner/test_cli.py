@@ -156,7 +156,7 @@ def test_csv_errors_name_the_line(tmp_path: Path) -> None:
 
 
 def test_exact_milp_refuses_huge_problems(tmp_path: Path) -> None:
-    args = ["plan", "--models", str(_csv(tmp_path / "m.csv", 600)), "--method", "milp"]
+    args = ["plan", "--models", str(_csv(tmp_path / "m.csv", 800)), "--method", "milp"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "p.json")])
     assert isinstance(result.exception, PlanError)
     assert "binaries" in str(result.exception)

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferpack.planner.queueing import erlang_c, max_rate_rps, p90_response_ms, wait_quantile_s
+from inferpack.planner.queueing import (
+    DEFAULT_CV,
+    ServiceTime,
+    erlang_c,
+    max_rate_rps,
+    p90_response_ms,
+    wait_quantile_s,
+)
 
 
 def test_erlang_c_single_server_is_utilisation() -> None:
@@ -50,3 +57,28 @@ def test_max_rate_keeps_the_objective_and_the_utilisation(
     assert p90_response_ms(workers, latency_ms, service_s, rate) <= slo + 1e-6
     # More workers never lower the capacity.
     assert max_rate_rps(workers + 1, latency_ms, service_s, slo, util) >= rate - 1e-9
+
+
+def test_service_time_round_trips_through_its_quantiles_and_cv() -> None:
+    s = ServiceTime.from_cv(0.05, 0.4)
+    assert s.mean_s == pytest.approx(0.05) and s.cv == pytest.approx(0.4)
+    again = ServiceTime.from_quantiles(s.median_s, s.quantile_s(0.9))
+    assert again.sigma == pytest.approx(s.sigma) and again.median_s == pytest.approx(s.median_s)
+    # No P90 in the profile: the default spread. A P90 equal to the median: deterministic.
+    assert ServiceTime.from_quantiles(0.05, None).cv == pytest.approx(DEFAULT_CV)
+    assert ServiceTime.from_quantiles(0.05, 0.05).sigma == 0.0
+
+
+def test_spread_lengthens_the_p90_and_lowers_the_capacity() -> None:
+    tight = p90_response_ms(4, 50.0, 0.05, 60.0, 0.0)
+    wide = p90_response_ms(4, 50.0, 0.05, 60.0, 0.5)
+    assert 50.0 < tight < wide
+    assert max_rate_rps(4, 50.0, 0.05, 150.0, 0.9, 0.5) < max_rate_rps(4, 50.0, 0.05, 150.0, 0.9, 0.0)
+
+
+def test_many_workers_in_light_traffic_wait_for_nobody() -> None:
+    # Erlang C underflows to 0 here; the P90 is the service time's own P90.
+    service = ServiceTime.from_cv(0.1, 0.25)
+    assert p90_response_ms(400, 1000 * service.median_s, 0.1, 1.0, 0.25) == pytest.approx(
+        1000 * service.quantile_s(0.9)
+    )

@@ -2,11 +2,11 @@
 among healthy copies.
 
 Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward,
-`mark_down`/`mark_up` from its failures and health probes, and `note_wait` with the expected wait each
-server reports for a model (header `inferpack-expected-wait-ms`), passing its own clock's `now`. A reported
-wait counts down with time since it was reported (the queue drains while nobody looks), so a copy that shed
-once is tried again as soon as its queue should have drained. Everything runs on one event loop, so plain
-numbers suffice (no locks).
+`mark_down`/`mark_up` from its failures and health probes, `eject`/`readmit` from the outlier detector
+(`outliers`), and `note_wait` with the expected wait each server reports for a model (header
+`inferpack-expected-wait-ms`), passing its own clock's `now`. A reported wait counts down with time since
+it was reported (the queue drains while nobody looks), so a copy that shed once is tried again as soon as
+its queue should have drained. Everything runs on one event loop, so plain numbers suffice (no locks).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Balancer:
     def __init__(self, placement: dict[str, list[str]]) -> None:
         self.outstanding: dict[str, int] = {}
         self.healthy: dict[str, bool] = {}
+        self.ejected: dict[str, bool] = {}
         self.waits: dict[tuple[str, str], tuple[float, float]] = {}  # (server, model) -> (wait s, at)
         self._turn = 0
         self.replace(placement)
@@ -45,6 +46,7 @@ class Balancer:
         for name in self._servers:
             self.outstanding.setdefault(name, 0)
             self.healthy.setdefault(name, True)
+            self.ejected.setdefault(name, False)
 
     def holders(self, model: str) -> list[str] | None:
         """Servers holding `model` in plan order, or None when no server holds it."""
@@ -69,11 +71,12 @@ class Balancer:
         `WAIT_RESOLUTION_S` tie), then the fewest outstanding requests wins, ties taken in turn so that an
         idle fleet still spreads its load. When every remaining holder is marked down they are tried
         anyway: a mark may be older than the server's recovery, and a refused connection is cheap.
+        Ejected holders are never chosen: they missed their deadlines, and trying one costs a deadline.
         """
         holders = self.placement.get(model)
         if not holders:
             return None
-        candidates = [s for s in holders if s not in exclude]
+        candidates = [s for s in holders if s not in exclude and not self.ejected.get(s, False)]
         if not candidates:
             return None
         healthy = [s for s in candidates if self.healthy[s]]
@@ -109,19 +112,31 @@ class Balancer:
         """`server` answered its readiness probe again."""
         self.healthy[server] = True
 
+    def eject(self, server: str) -> None:
+        """Choose `server` for nothing until `readmit` (it keeps failing its calls)."""
+        self.ejected[server] = True
+
+    def readmit(self, server: str) -> None:
+        """An ejected `server` answered its half-open probe."""
+        self.ejected[server] = False
+
+    def serving(self, server: str) -> bool:
+        """`server` gets traffic: healthy and not ejected."""
+        return self.healthy[server] and not self.ejected.get(server, False)
+
     def all_available(self) -> bool:
         """Every placed model has at least one healthy copy."""
-        return all(any(self.healthy[s] for s in servers) for servers in self.placement.values())
+        return all(any(self.serving(s) for s in servers) for servers in self.placement.values())
 
     def copies_histogram(self, cap: int) -> dict[str, int]:
         """How many models have 0, 1, ... healthy copies; `cap` and more are counted under "<cap>+".
         A bounded view of per-model availability (labels do not grow with the number of models)."""
         counts = {str(k): 0 for k in range(cap)} | {f"{cap}+": 0}
         for servers in self.placement.values():
-            n = sum(1 for s in servers if self.healthy[s])
+            n = sum(1 for s in servers if self.serving(s))
             counts[str(n) if n < cap else f"{cap}+"] += 1
         return counts
 
     def unavailable_models(self) -> list[str]:
         """Models with no healthy copy, sorted."""
-        return sorted(m for m, servers in self.placement.items() if not any(self.healthy[s] for s in servers))
+        return sorted(m for m, servers in self.placement.items() if not any(self.serving(s) for s in servers))

@@ -252,11 +252,17 @@ def router_command(
     ],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8100,
-    upstream_timeout: Annotated[float, typer.Option(help="Deadline per forwarded request (s).")] = 60.0,
+    upstream_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Ceiling of the deadline per forwarded call, s (default: router.upstream_timeout_s)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     config: ConfigOpt = None,
 ) -> None:
     """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod).
+    Deadlines, ejection and probes: the [router] settings (config file or INFERPACK_ROUTER__*).
 
     SIGHUP makes it re-read both files and route by them (`inferpack up --plan` on a running fleet).
     It takes the servers' auth settings (`server.auth` of the config file, INFERPACK_SERVER__AUTH__*) and
@@ -268,13 +274,15 @@ def router_command(
     loaded = load_plan(plan)
     endpoints = load_endpoints(endpoints_file)
     endpoints.check_covers(loaded)
+    overrides = _drop_none({"upstream_timeout_s": upstream_timeout})
+    settings = load_settings(config, {"router": overrides} if overrides else None)
     serve_router(
         loaded,
         endpoints.servers,
         host=host,
         port=port,
-        auth=load_settings(config).server.auth,
-        upstream_timeout_s=upstream_timeout,
+        settings=settings.router,
+        auth=settings.server.auth,
         log_level=log_level,
         files=PlacementFiles(plan, endpoints_file),
     )

@@ -8,20 +8,26 @@ Transport-free: it takes the request's method, target, body and headers and retu
   is idempotent (inference and reads), and a refused connection sent nothing at all.
 - A broken pooled keep-alive connection (the server had closed it, e.g. it restarted) is retried once on
   the same server with a fresh connection: the request never ran there.
-- A timeout is not retried: a second copy would get the same slow request and double the load.
+- Each call has a deadline derived from the model's observed latency (`outliers.Deadlines`); a copy that
+  misses it is given up on and the request goes to the next copy (inference is idempotent for us), so a
+  hung server costs a request one deadline. With no other copy left: 504.
+- Every failed call (deadline, connection refused or broken) counts toward the server's ejection
+  (`outliers.OutlierDetector`); any HTTP answer resets its count. An ejected server is chosen for nothing
+  until the readiness probe (`probe`) brings it back.
 - A 503 whose `inferpack-error-kind` says the copy cannot serve the model now (not loaded, failed to load,
   being unloaded: the request never ran) is retried on another copy; the last such answer goes back when
   no copy could. A shed (kind `overloaded`, with Retry-After) is passed back as is: sending it to another
   copy would spread an overload.
-- Deadlines: a request with an `inferpack-deadline-ms` header goes on with what is left of it (the header
-  rewritten at each forward). The copy with the least expected wait (as the servers report it) is chosen;
-  when even that wait is past what is left, the router sheds at once (503 + Retry-After, kind
-  `overloaded`) instead of queueing work no copy can finish in time.
+- Client deadlines: a request with an `inferpack-deadline-ms` header goes on with what is left of it
+  (the header rewritten at each forward). The copy with the least expected wait (as the servers report
+  it) is chosen; when even that wait is past what is left, the router sheds at once (503 + Retry-After,
+  kind `overloaded`) instead of queueing work no copy can finish in time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferpack.fleet.balancer import Balancer
+from inferpack.fleet.outliers import Deadlines, OutlierDetector
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
 from inferpack.server.errors import DEADLINE_HEADER, ERROR_KIND_HEADER, EXPECTED_WAIT_HEADER, RETRY_ELSEWHERE
@@ -37,6 +44,7 @@ Headers = list[tuple[str, str]]
 _KIND = ERROR_KIND_HEADER.encode()
 _WAIT = EXPECTED_WAIT_HEADER.encode()
 _RETRY_KINDS = frozenset(k.encode() for k in RETRY_ELSEWHERE)
+log = logging.getLogger("inferpack.router")
 
 
 def not_ready_kind(answer: Answer) -> str | None:
@@ -112,7 +120,8 @@ class Forwarder:
         client: UpstreamClient,
         urls: dict[str, str],
         metrics: RouterMetrics,
-        upstream_timeout_s: float,
+        deadlines: Deadlines,
+        outliers: OutlierDetector,
         *,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -121,7 +130,8 @@ class Forwarder:
         self.client = client
         self.urls = urls
         self.metrics = metrics
-        self.upstream_timeout_s = upstream_timeout_s
+        self.deadlines = deadlines
+        self.outliers = outliers
         # Label children resolved once: this runs on every request.
         self._forwarded = {name: metrics.forwarded.labels(name) for name in balancer.servers}
 
@@ -151,6 +161,7 @@ class Forwarder:
         reconnected: set[str] = set()
         failure = "unreachable"
         refused: Answer | None = None  # the last "cannot serve it now" answer, sent back if no copy can
+        missed: str | None = None  # the last copy that missed its deadline
         arrived = self.clock()
         budget = deadline_budget_s(headers)
         while (server := balancer.choose(model, tried, now := self.clock())) is not None:
@@ -162,35 +173,55 @@ class Forwarder:
                 headers = with_deadline(headers, left)
             if tried or reconnected:
                 metrics.retries.inc()
+                if missed is not None:
+                    metrics.deadline_retries.inc()
             balancer.acquire(server)
             self._forwarded[server].inc()
+            deadline = self.deadlines.deadline(model)
+            started = time.perf_counter()
             try:
-                answer = await self.client.call(method, self.urls[server] + target, body, headers)
+                answer = await self.client.call(
+                    method, self.urls[server] + target, body, headers, timeout_s=deadline
+                )
+                self.outliers.success(server)
                 reported = reported_wait_s(answer)
                 if reported is not None:
                     balancer.note_wait(server, model, reported, self.clock())
                 kind = not_ready_kind(answer)
                 if kind is None:
+                    if answer.status < 300:
+                        self.deadlines.observe(model, time.perf_counter() - started)
                     return answer
                 metrics.upstream_failures.labels(server, kind).inc()
                 tried.add(server)  # the server is fine: only this model is not servable there
                 refused = answer
             except Failure as exc:
                 metrics.upstream_failures.labels(server, exc.kind).inc()
-                if exc.kind == "timeout":
-                    return Refusal(
-                        504, {"error": f"server {server} did not answer within {self.upstream_timeout_s:g} s"}
-                    )
                 if exc.kind == "protocol" and exc.reused and server not in reconnected:
                     reconnected.add(server)
                     continue
                 tried.add(server)
-                balancer.mark_down(server)
-                failure = f"{server}: {exc}"
+                self._failed(server, exc)
+                if exc.kind == "timeout":
+                    missed = f"server {server} did not answer within its deadline of {deadline:.3g} s"
+                else:
+                    balancer.mark_down(server)
+                    failure = f"{server}: {exc}"
             finally:
                 balancer.release(server)
         if refused is not None:
             return refused
+        if not tried and all(balancer.ejected.get(s, False) for s in balancer.holders(model) or []):
+            failure = "every copy is ejected after failed calls; a readiness probe brings one back"
+        if missed is not None:
+            return Refusal(
+                504,
+                {
+                    "error": missed,
+                    "hint": "the deadline follows the model's observed latency "
+                    "(router.deadline_* settings); inferpack status shows the servers",
+                },
+            )
         return Refusal(
             503,
             {
@@ -198,6 +229,17 @@ class Forwarder:
                 "hint": "the supervisor restarts dead servers; inferpack status shows them",
             },
         )
+
+    def _failed(self, server: str, exc: Failure) -> None:
+        """Count a failed call toward `server`'s ejection, and eject it when that was one too many."""
+        period = self.outliers.failure(server)
+        if period is not None:
+            self.balancer.eject(server)
+            self.metrics.ejections.labels(server).inc()
+            log.warning(
+                "server %s ejected for %g s after %d failed calls in a row (last: %s %s)",
+                server, period, self.outliers.failures, exc.kind, exc,
+            )  # fmt: skip
 
     async def to_servers(
         self, servers: list[str], method: str, target: str, body: bytes | None, headers: Headers

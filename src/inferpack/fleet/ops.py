@@ -153,7 +153,10 @@ def launch_spec(
         stop_timeout_s=fleet.stop_timeout_s,
         restart_backoff_s=fleet.restart_backoff_s,
         restart_backoff_max_s=fleet.restart_backoff_max_s,
-        upstream_timeout_s=fleet.upstream_timeout_s,
+        upstream_timeout_s=settings.router.upstream_timeout_s,
+        liveness_interval_s=fleet.liveness_interval_s,
+        liveness_timeout_s=fleet.liveness_timeout_s,
+        liveness_failures=fleet.liveness_failures,
         runtime=fleet.runtime,
         image=fleet.image,
     )

@@ -75,8 +75,8 @@ def router_command(
     cli: Sequence[str] | None = None,
     config: Path | None = None,
 ) -> list[str]:
-    """argv of the router process (the same command a Kubernetes router pod runs); `config` gives it the
-    servers' auth settings."""
+    """argv of the router process (the same command a Kubernetes router pod runs); `config` carries the
+    [router] settings (deadlines, ejection, probes) and the servers' auth settings, which it checks too."""
     cmd = [
         *(python_cli() if cli is None else cli),
         "router",
@@ -87,7 +87,7 @@ def router_command(
         "--upstream-timeout", f"{upstream_timeout_s:g}",
         "--log-level", log_level,
     ]  # fmt: skip
-    return [*cmd, "--config", str(config)] if config is not None else cmd
+    return cmd if config is None else [*cmd, "--config", str(config)]
 
 
 def child_env(threads: int | None = None, intra_op_threads: int = 1) -> dict[str, str]:

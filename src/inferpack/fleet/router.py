@@ -3,8 +3,8 @@
 This module is the HTTP side: routes, headers, the app's lifespan. It forwards each model-scoped request
 (seed `/predictions/{model}`, V2 `/v2/models/{model}/...`) through `forwarding` (which copy, what is
 retried, fan-out to every copy), over one pooled keep-alive client session for all upstreams
-(`upstream`); the choice among copies is `balancer`'s, the background readiness probe is `probe`'s, the
-metrics are `routermetrics`'.
+(`upstream`); the choice among copies is `balancer`'s, deadlines and ejection are `outliers`', the
+background readiness probe is `probe`'s, the metrics are `routermetrics`'.
 Fleet-wide endpoints are answered here: aggregated readiness, the merged repository index, the router's
 own metrics.
 
@@ -20,7 +20,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from inferpack import __version__
 from inferpack.errors import ClientDisconnected, InferpackError
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.forwarding import Forwarder, Refusal
+from inferpack.fleet.outliers import Deadlines, OutlierDetector
 from inferpack.fleet.placementfiles import PlacementFiles
 from inferpack.fleet.probe import HealthProbe
 from inferpack.fleet.routermetrics import RouterMetrics
@@ -41,7 +42,7 @@ from inferpack.plan import Plan
 from inferpack.server.auth import Authenticator, out_of_scope
 from inferpack.server.errors import error_response, install_error_handlers
 from inferpack.server.http import until_disconnect
-from inferpack.settings import AuthSettings
+from inferpack.settings import AuthSettings, RouterSettings
 
 COPIES_CAP = 4  # models_by_healthy_copies labels: 0, 1, 2, 3, 4+
 
@@ -104,15 +105,15 @@ def _target(scope: MutableMapping[str, Any]) -> str:
 def create_router_app(
     plan: Plan,
     endpoints: dict[str, str],
+    settings: RouterSettings | None = None,
     *,
     auth: AuthSettings | None = None,
-    upstream_timeout_s: float = 60.0,
-    probe_interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
     files: PlacementFiles | None = None,
 ) -> FastAPI:
-    """Build the router for a plan and its server URLs. With `files` (where the plan and the endpoints
-    came from), SIGHUP makes it re-read them and route by the new placement. `auth`: the servers' auth
-    settings (none: open).
+    """Build the router for a plan and its server URLs (`clock` times ejection periods). With `files`
+    (where the plan and the endpoints came from), SIGHUP makes it re-read them and route by the new
+    placement. `auth`: the servers' auth settings (none: open).
 
     The router checks tokens and scopes itself, with the servers' rules, before it looks a model up: it
     answers some requests on its own (404 for a model no server holds, the merged index, readiness,
@@ -120,15 +121,37 @@ def create_router_app(
     Authorization header too, so every server checks again (a server is reachable without the router).
     """
     gate = Authenticator(auth or AuthSettings())
+    settings = settings or RouterSettings()
     balancer = Balancer.from_plan(plan)
     missing = [s for s in balancer.servers if s not in endpoints]
     if missing:
         raise ValueError(f"no URL for server(s) {missing} of the plan")
     urls = {name: endpoints[name].rstrip("/") for name in balancer.servers}
     metrics = RouterMetrics()
-    client = UpstreamClient(upstream_timeout_s)
-    forwarder = Forwarder(balancer, client, urls, metrics, upstream_timeout_s)
-    probe = HealthProbe(balancer, client, urls, probe_interval_s)
+    client = UpstreamClient(settings.upstream_timeout_s)
+    deadlines = Deadlines(
+        floor_s=min(settings.deadline_floor_s, settings.upstream_timeout_s),
+        factor=settings.deadline_factor,
+        ceiling_s=settings.upstream_timeout_s,
+        min_samples=settings.deadline_min_samples,
+        window=settings.latency_window,
+    )
+    outliers = OutlierDetector(
+        balancer.servers,
+        failures=settings.eject_after_failures,
+        base_s=settings.eject_base_s,
+        max_s=max(settings.eject_max_s, settings.eject_base_s),
+        clock=clock,
+    )
+    forwarder = Forwarder(balancer, client, urls, metrics, deadlines, outliers)
+    probe = HealthProbe(
+        balancer,
+        outliers,
+        client,
+        urls,
+        interval_s=settings.probe_interval_s,
+        timeout_s=settings.probe_timeout_s,
+    )
     digest = [files.read().digest if files is not None else None]
 
     def reload() -> None:
@@ -164,6 +187,7 @@ def create_router_app(
     app = FastAPI(title="inferpack router", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.balancer = balancer
     app.state.metrics = metrics
+    app.state.deadlines = deadlines
     app.state.reload_placement = reload
     install_error_handlers(app)
 
@@ -251,7 +275,9 @@ def create_router_app(
         # Ready = running with its placement. Not "every model has a copy": with one copy per model a
         # single server restart would take every router pod out, and requests for the other models with
         # it. Per-model availability is in the body and in /metrics instead.
-        body: dict[str, Any] = {"ready": True, "servers": {s: balancer.healthy[s] for s in balancer.servers}}
+        body: dict[str, Any] = {"ready": True, "servers": {s: balancer.serving(s) for s in balancer.servers}}
+        if ejected := [s for s in balancer.servers if balancer.ejected.get(s, False)]:
+            body["ejected"] = ejected
         if digest[0] is not None:
             body["placement"] = digest[0]
         unavailable = balancer.unavailable_models()
@@ -266,6 +292,7 @@ def create_router_app(
         for name in balancer.servers:
             metrics.outstanding.labels(name).set(balancer.outstanding[name])
             metrics.healthy.labels(name).set(1.0 if balancer.healthy[name] else 0.0)
+            metrics.ejected.labels(name).set(1.0 if balancer.ejected.get(name, False) else 0.0)
         histogram = balancer.copies_histogram(COPIES_CAP)
         for copies, count in histogram.items():
             metrics.models_by_copies.labels(copies).set(count)
@@ -305,15 +332,15 @@ def serve_router(
     *,
     host: str = "127.0.0.1",
     port: int = 8100,
+    settings: RouterSettings | None = None,
     auth: AuthSettings | None = None,
-    upstream_timeout_s: float = 60.0,
     log_level: str = "info",
     files: PlacementFiles | None = None,
 ) -> None:
     """Run the router until SIGTERM/SIGINT (uvicorn finishes in-flight requests first); SIGHUP re-reads
     `files` when given."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_router_app(plan, endpoints, auth=auth, upstream_timeout_s=upstream_timeout_s, files=files)
+    app = create_router_app(plan, endpoints, settings, auth=auth, files=files)
     config = uvicorn.Config(
         app,
         host=host,

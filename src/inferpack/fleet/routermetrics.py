@@ -27,6 +27,23 @@ class RouterMetrics:
         self.retries = Counter(
             "inferpack_router_retries", "Requests retried on another copy after a failure.", registry=r
         )
+        self.deadline_retries = Counter(
+            "inferpack_router_deadline_retries",
+            "Requests retried on another copy because a copy missed its deadline.",
+            registry=r,
+        )
+        self.ejections = Counter(
+            "inferpack_router_ejections",
+            "Servers ejected after consecutive failed calls (deadline missed, connection failed).",
+            ["server"],
+            registry=r,
+        )
+        self.ejected = Gauge(
+            "inferpack_router_server_ejected",
+            "1 while the server is ejected (no traffic until a readiness probe brings it back).",
+            ["server"],
+            registry=r,
+        )
         self.upstream_failures = Counter(
             "inferpack_router_upstream_failures",
             "Failed upstream calls by server and kind (connect, protocol, timeout; model-not-ready, "
@@ -45,7 +62,7 @@ class RouterMetrics:
         )
         self.healthy = Gauge(
             "inferpack_router_server_healthy",
-            "1 when the server is chosen for traffic.",
+            "1 when the server's readiness probe answers (see also ..._server_ejected).",
             ["server"],
             registry=r,
         )

@@ -77,6 +77,9 @@ class ProcessRunner(Protocol):
         returns the names that had to be killed."""
         ...
 
+    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+        """SIGKILL process `name` at once (a hung or stopped one ignores SIGTERM); the caller reaps it."""
+
     def close(self) -> None:
         """After the last stop: remove what `open` set up."""
 
@@ -132,6 +135,10 @@ class HostRunner:
         for _, child in children:
             child.poll()  # reap
         return [procs[p.pid] for p in killed]
+
+    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
 
     def close(self) -> None:
         return None
@@ -270,6 +277,12 @@ class ContainerRunner:
             if code in (137, -9):  # SIGKILL: the container or its client did not stop in time
                 killed.append(name)
         return killed
+
+    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+        # the container itself: killing only the `run` client would leave the hung server running
+        self.call([self.tool, "kill", "--signal", "KILL", self.container(name)])
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
 
     def close(self) -> None:
         self.call([self.tool, "kill", self.holder])  # `sleep` as pid 1 ignores SIGTERM: nothing to drain

@@ -43,6 +43,9 @@ class ProcessState(StrictModel):
     status: ProcStatus = "starting"
     restarts: int = 0
     last_exit: int | None = None
+    last_restart_reason: str | None = Field(
+        default=None, description="Why it was last restarted: its exit, or the supervisor's kill and why."
+    )
     message: str | None = None
 
     @property

@@ -2,9 +2,12 @@
 
 It owns the fleet: it starts every server, waits for each to be ready, then starts the router; it restarts
 a process that dies (doubling backoff, reset after a stable run) and records everything in the run
-directory's state file. On SIGTERM (`inferpack down`) it stops the router, then the servers (SIGTERM, drain,
-SIGKILL after the timeout), records phase "stopped" and exits. Being the servers' parent, it learns of a
-death at once (`poll`) and leaves no zombies.
+directory's state file. A process that is alive but hung never dies by itself: a ready process whose
+liveness probe fails `liveness_failures` times in a row, or a restarted one not ready within the ready
+timeout, is killed with SIGKILL (SIGTERM does nothing to a stopped process) and so restarted; the state
+(`last_restart_reason`) and the log say why. On SIGTERM (`inferpack down`) it stops the router, then the
+servers (SIGTERM, drain, SIGKILL after the timeout), records phase "stopped" and exits. Being the
+servers' parent, it learns of a death at once (`poll`) and leaves no zombies.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -25,6 +29,7 @@ from pydantic import Field, ValidationError
 
 from inferpack.errors import ConfigError, FleetError
 from inferpack.fleet import processes as P
+from inferpack.fleet.liveness import LivenessProber, LivenessTracker
 from inferpack.fleet.runners import ProcessRunner, Runtime, config_mounts, make_runner
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.jsonfile import StrictModel
@@ -62,6 +67,9 @@ class LaunchSpec(StrictModel):
     upstream_timeout_s: float = 60.0
     log_level: str = "info"
     supervisor_ready_probe_s: float = Field(default=0.5, gt=0)
+    liveness_interval_s: float = Field(default=2.0, gt=0)
+    liveness_timeout_s: float = Field(default=2.0, gt=0)
+    liveness_failures: int = Field(default=3, ge=1)
     runtime: Runtime = "host"
     image: str = DEFAULT_IMAGE
 
@@ -106,11 +114,14 @@ class _Child:
     record: ProcessState
     cmd: list[str]
     env: dict[str, str]
+    liveness: LivenessTracker
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff_s: float | None = None
     restart_at: float | None = None
     ready_by: float = field(default=0.0)
+    probe: Future[bool] | None = None  # the liveness probe in flight
+    kill_reason: str | None = None  # set when the supervisor killed it (the exit is then ours)
 
 
 class Supervisor:
@@ -135,10 +146,13 @@ class Supervisor:
                 log_level="warning",
                 host=host,
                 cli=cli,
-                config=Path(spec.config) if spec.config else None,  # the servers' auth, checked here too
+                config=Path(spec.config) if spec.config else None,  # [router], and the servers' auth
             ),
             P.child_env(),
+            self._tracker(),
         )
+        # servers may be added by a re-plan: room for a few more probes at once than today's processes
+        self.prober = LivenessProber(len(self.servers) + 4, spec.liveness_timeout_s)
         me = psutil.Process()
         self.state = FleetState(
             supervisor=ProcessState(
@@ -149,6 +163,9 @@ class Supervisor:
         )
 
     # --- helpers ------------------------------------------------------------------------------------------
+    def _tracker(self) -> LivenessTracker:
+        return LivenessTracker(interval_s=self.spec.liveness_interval_s, failures=self.spec.liveness_failures)
+
     def server_child(self, s: ServerLaunch) -> _Child:
         """A (not yet started) server process of the spec."""
         spec = self.spec
@@ -167,6 +184,7 @@ class Supervisor:
                 cli=self.runner.cli,
             ),
             P.child_env(s.threads, s.execution.intra_op_threads if s.execution else 1),
+            self._tracker(),
         )
 
     def _save(self) -> None:
@@ -178,6 +196,8 @@ class Supervisor:
         child.started = time.monotonic()
         child.ready_by = child.started + self.spec.ready_timeout_s
         child.restart_at = None
+        child.probe, child.kill_reason = None, None
+        child.liveness.reset()
         child.record.pid = child.proc.pid
         child.record.create_time = start_time(child.proc.pid)
         child.record.status = "starting"
@@ -261,10 +281,10 @@ class Supervisor:
                         child.backoff_s, uptime, self.spec.restart_backoff_s, self.spec.restart_backoff_max_s
                     )
                     child.restart_at = now + child.backoff_s
+                    reason = child.kill_reason or f"exited with status {code}"
                     rec.status, rec.last_exit, rec.pid, rec.create_time = "restarting", code, None, None
-                    rec.message = (
-                        f"exited with status {code} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
-                    )
+                    rec.last_restart_reason = reason
+                    rec.message = f"{reason} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
                     log.warning("%s %s", rec.name, rec.message)
                     changed = True
                     continue
@@ -272,6 +292,8 @@ class Supervisor:
                 rec.restarts += 1
                 self._start(child)
                 changed = True
+            elif rec.status == "starting" and now > child.ready_by and child.kill_reason is None:
+                self._kill(child, f"not ready within {self.spec.ready_timeout_s:g} s of its start")
             elif (
                 rec.status == "starting"
                 and rec.url is not None
@@ -280,12 +302,50 @@ class Supervisor:
                 rec.status, rec.message = "ready", None
                 log.info("%s is ready again (restart %d)", rec.name, rec.restarts)
                 changed = True
+            elif rec.status == "ready":
+                self._check_liveness(child)
         return changed
+
+    def _check_liveness(self, child: _Child) -> None:
+        """Collect a finished liveness probe (kill after too many failures in a row) or send a due one."""
+        url = child.record.url
+        if url is None or child.kill_reason is not None:
+            return
+        if child.probe is not None:
+            if not child.probe.done():
+                return
+            ok = child.probe.result()
+            child.probe = None
+            if not ok:
+                log.warning(
+                    "%s: liveness probe failed (%d in a row)",
+                    child.record.name,
+                    child.liveness.consecutive + 1,
+                )
+            if child.liveness.result(ok):
+                self._kill(
+                    child,
+                    f"killed (SIGKILL): liveness probe failed {child.liveness.failures} times in a row "
+                    f"(timeout {self.spec.liveness_timeout_s:g} s, "
+                    f"every {self.spec.liveness_interval_s:g} s)",
+                )
+        elif child.liveness.due():
+            child.liveness.sent()
+            child.probe = self.prober.submit(url)
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        """SIGKILL a hung process (a stopped one ignores SIGTERM); the next pass sees it exit and restarts it,
+        recording `reason`."""
+        child.kill_reason = reason
+        log.warning("%s (pid %s): %s", child.record.name, child.record.pid, reason)
+        if child.proc is not None:
+            self.runner.kill(child.record.name, child.proc)
 
     def stop_fleet(self) -> None:
         """Router first (no new traffic), then the servers in parallel; record phase "stopped"."""
         self.state.phase = "stopping"
         self._save()
+        self.prober.close()
         for group in ([self.router], self.servers):
             running = [(c.record.name, c.proc) for c in group if c.proc is not None]
             killed = self.runner.stop(running, self.spec.stop_timeout_s)

@@ -15,6 +15,7 @@ from typing import Literal
 import aiohttp
 from yarl import URL
 
+CONNECT_TIMEOUT_S = 2.0
 FailureKind = Literal["connect", "timeout", "protocol"]
 
 
@@ -42,7 +43,7 @@ class UpstreamClient:
     """Pooled HTTP/1.1 keep-alive client for all servers. `start()` inside the event loop before use."""
 
     def __init__(self, timeout_s: float, max_connections: int = 1024) -> None:
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(2.0, timeout_s))
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s))
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -78,7 +79,9 @@ class UpstreamClient:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+        timeout = self.timeout
+        if timeout_s is not None:
+            timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(CONNECT_TIMEOUT_S, timeout_s))
         try:
             async with self._session.request(
                 method, URL(url, encoded=True), data=body, headers=headers or [], timeout=timeout

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -26,6 +27,7 @@ from inferpack.planner.inputs import read_models_csv, read_repository
 from inferpack.planner.naive import local_simple_plan
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
+from inferpack.planner.sensitivity import DEFAULT_SLOWER, print_sensitivity, sensitivity
 from inferpack.planner.solve import solve, to_plan
 from inferpack.progress import counting_progress
 
@@ -95,8 +97,13 @@ def plan_command(
         float, typer.Option("--reserved-cpus", min=0.0, help="vCPUs per CPU server kept from the workers.")
     ] = 0.0,
     request_overhead_ms: Annotated[
-        float, typer.Option("--request-overhead-ms", min=0.0, help="CPU ms per request outside the forward.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            "--request-overhead-ms",
+            min=0.0,
+            help="ms per request outside the forward (default: the profile's measurement, else 0).",
+        ),
+    ] = None,
     daemonset_cpu: Annotated[
         float, typer.Option("--daemonset-cpu", min=0.0, help="CPU cores per EKS node kept for DaemonSets.")
     ] = DAEMONSET_CPU,
@@ -118,6 +125,15 @@ def plan_command(
         str, typer.Option("--method", help="auto (MILP when small), milp, or heuristic.")
     ] = "auto",
     time_limit_s: Annotated[float, typer.Option("--time-limit", min=0.1, help="MILP time limit (s).")] = 30.0,
+    slower: Annotated[
+        float,
+        typer.Option(
+            "--slower",
+            min=1.0,
+            help="Also re-plan with every profiled latency this many times longer (the cost band), for "
+            "the chosen mix and each processor kind; 1 skips it.",
+        ),
+    ] = DEFAULT_SLOWER,
 ) -> None:
     """Plan which servers to run and which models each holds: cheapest mix of instance types within the
     latency objective (default), or the simple plan (models dealt evenly) with --simple."""
@@ -152,15 +168,24 @@ def plan_command(
     with quiet_fd1():
         solution = solve(problem, method=solver, milp_time_limit_s=time_limit_s)
     elapsed = time.perf_counter() - start
-    plan = to_plan(
-        problem,
-        solution,
-        options,
-        repository=repo_label,
-        extra_metadata={"solve_time_s": round(elapsed, 3), "catalog": cat.provenance},
-    )
+    extra: dict[str, Any] = {"solve_time_s": round(elapsed, 3), "catalog": cat.provenance}
+    if slower > 1.0:
+        with quiet_fd1(), console.status(f"re-planning per processor kind and {slower:g}x slower"):
+            extra["sensitivity"] = sensitivity(
+                demands,
+                cat,
+                profs,
+                options,
+                slower=slower,
+                method=solver,
+                time_limit_s=time_limit_s,
+                chosen=solution.cost,
+            )
+    plan = to_plan(problem, solution, options, repository=repo_label, extra_metadata=extra)
     save_plan(plan, out)
     _print_plan(console, plan, out)
+    if "sensitivity" in extra:
+        print_sensitivity(console, extra["sensitivity"])
 
 
 def _print_simple(console: Console, plan: Plan, out: Path) -> None:
@@ -272,6 +297,17 @@ def profile_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the profile ('-': stdout, and nothing else).")
     ] = Path("profile.json"),
+    server_overhead: Annotated[
+        bool,
+        typer.Option(
+            "--server-overhead/--no-server-overhead",
+            help="Also time requests through a real `inferpack serve` (a free loopback port) and record "
+            "their excess over the bare forward as the profile's request overhead.",
+        ),
+    ] = True,
+    overhead_requests: Annotated[
+        int, typer.Option("--overhead-requests", min=5, help="Sequential requests timed through the server.")
+    ] = 40,
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -311,6 +347,19 @@ def profile_command(
         bar.update(task, total=steps * len(group_by_architecture(repo, wanted)))
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         profile, failed = profile_repository(repo, wanted, request, when=when, progress=step)
+    if server_overhead:
+        from inferpack.planner.overhead import overheads_for_repository
+
+        with console.status("timing requests through a real server"):
+            profile = overheads_for_repository(
+                profile,
+                repository,  # a folder or s3://: the server opens it as `serve --repository` does
+                repo,
+                wanted,
+                failed,
+                requests=overhead_requests,
+                log_dir=Path(tempfile.gettempdir()) if to_stdout else out.parent,
+            )
     if to_stdout:
         print(profile.model_dump_json(indent=2, exclude_none=True))
         return
@@ -324,6 +373,7 @@ def profile_command(
         "threads",
         "batch",
         "latency",
+        "P90",
         "req/s/worker",
     ):
         table.add_column(col, justify="left" if col in ("architecture", "dtype") else "right")
@@ -337,9 +387,16 @@ def profile_command(
                 str(point.threads),
                 str(point.batch_size),
                 f"{point.latency_ms:.1f} ms",
+                f"{point.latency_p90_ms:.1f} ms" if point.latency_p90_ms else "-",
                 f"{point.worker_rps():.1f}",
             )
     console.print(table)
+    for prof in profile.profiles:
+        if prof.request_overhead_ms is not None:
+            console.print(
+                f"{prof.model_class}: request overhead through the server {prof.request_overhead_ms:.1f} ms "
+                f"(P90 {prof.request_overhead_p90_ms or 0:.1f} ms) over the bare forward"
+            )
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
     plan_class = model_class or "<architecture>"

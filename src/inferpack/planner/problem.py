@@ -32,7 +32,7 @@ from inferpack.plan import Execution
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, NodeShare, server_share
 from inferpack.planner.catalog import Catalog, InstanceType
 from inferpack.planner.profiles import DType, ModelProfile, OperatingPoint, ProfileSet
-from inferpack.planner.queueing import max_rate_rps, p90_response_ms
+from inferpack.planner.queueing import ServiceTime, max_rate_rps, p90_response_ms
 from inferpack.runtime.targets import dtype_unservable_reason
 
 FloatArray = npt.NDArray[np.float64]
@@ -79,10 +79,11 @@ class PlanOptions(StrictModel):
         ge=0,
         description="vCPUs per CPU server kept from the workers (HTTP, tokenising, a co-located router).",
     )
-    request_overhead_ms: float = Field(
-        default=0.0,
+    request_overhead_ms: float | None = Field(
+        default=None,
         ge=0,
-        description="CPU time per request outside the profiled forward (tokenising, HTTP, JSON).",
+        description="Time per request outside the profiled forward (tokenising, HTTP, JSON); None: the "
+        "profile's measured `request_overhead_ms` (0 where it has none).",
     )
     dtypes: list[DType] = Field(
         default_factory=lambda: list(_DEFAULT_DTYPES),
@@ -107,8 +108,9 @@ class TypeChoice:
     point: OperatingPoint
     workers: int
     capacity_rps: float
-    service_s: float  # per request per worker, overhead included
-    latency_ms: float  # one batch, overhead included
+    service_s: float  # mean per request per worker, overhead included
+    latency_ms: float  # median of one batch, overhead included
+    cv: float = 0.0  # coefficient of variation of the service time (from the point's median and P90)
     source: str = ""  # where the point's figure comes from (the profile's or the point's source)
 
     @property
@@ -213,6 +215,16 @@ def usable_memory_mb(inst: InstanceType, options: PlanOptions) -> float:
     return server_resources(inst, options).memory_mb * options.max_memory_fraction - reserve
 
 
+def service_shape(point: OperatingPoint, overhead_ms: float) -> ServiceTime:
+    """The lognormal of one batch's time through the server: the point's median and P90 (or the default
+    spread) with the request overhead added to both."""
+    p90 = point.latency_p90_ms
+    shape = ServiceTime.from_quantiles(point.latency_ms / 1000.0, None if p90 is None else p90 / 1000.0)
+    return ServiceTime.from_quantiles(
+        shape.median_s + overhead_ms / 1000.0, shape.quantile_s(0.9) + overhead_ms / 1000.0
+    )
+
+
 def point_choices(
     inst: InstanceType, prof: ModelProfile, options: PlanOptions, native: list[DType] | None = None
 ) -> dict[tuple[int, str, int], TypeChoice]:
@@ -221,7 +233,7 @@ def point_choices(
     for point in prof.points:
         if not point_allowed(inst, point, native, options):
             continue
-        choice = choose_point(inst, [point], prof.workers_per_accelerator, options)
+        choice = choose_point(inst, [point], prof.workers_per_accelerator, options, prof.request_overhead_ms)
         if choice is not None and (
             choice.key not in out or choice.capacity_rps > out[choice.key].capacity_rps
         ):
@@ -250,24 +262,33 @@ def type_choices(
 
 
 def choose_point(
-    inst: InstanceType, points: list[OperatingPoint], per_device: int, options: PlanOptions
+    inst: InstanceType,
+    points: list[OperatingPoint],
+    per_device: int,
+    options: PlanOptions,
+    measured_overhead_ms: float | None = None,
 ) -> TypeChoice | None:
-    """The operating point with the highest capacity under the objective, or None if none meets it."""
+    """The operating point with the highest capacity under the objective, or None if none meets it.
+    The request overhead is `options.request_overhead_ms` when given, else the profile's measurement."""
     best: TypeChoice | None = None
+    overhead_ms = options.request_overhead_ms
+    if overhead_ms is None:
+        overhead_ms = measured_overhead_ms or 0.0
     for point in points:
         if point.dtype not in options.dtypes:
             continue
         workers = _workers(inst, point, per_device, options)
         if workers < 1:
             continue
-        overhead_ms = options.request_overhead_ms
         # On CPU servers the per-request overhead runs on the workers' cores; on accelerator servers the
         # host CPUs do it alongside the device, so it adds latency but not device time.
-        service = 1.0 / point.worker_rps() + (0.0 if _on_accelerator(inst) else overhead_ms / 1000.0)
+        shape = service_shape(point, overhead_ms)
+        median_service = 1.0 / point.worker_rps() + (0.0 if _on_accelerator(inst) else overhead_ms / 1000.0)
+        service = median_service * shape.mean_s / shape.median_s
         latency = point.latency_ms + overhead_ms
-        cap = max_rate_rps(workers, latency, service, options.slo_p90_ms, options.max_utilisation)
+        cap = max_rate_rps(workers, latency, service, options.slo_p90_ms, options.max_utilisation, shape.cv)
         if cap > 0 and (best is None or cap > best.capacity_rps):
-            best = TypeChoice(point, workers, cap, service, latency)
+            best = TypeChoice(point, workers, cap, service, latency, shape.cv)
     return best
 
 
@@ -382,7 +403,8 @@ def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> fl
         if choice is None:
             return math.inf
         rate = load * choice.capacity_rps
-        worst = max(worst, p90_response_ms(choice.workers, choice.latency_ms, choice.service_s, rate))
+        p90 = p90_response_ms(choice.workers, choice.latency_ms, choice.service_s, rate, choice.cv)
+        worst = max(worst, p90)
     return worst
 
 

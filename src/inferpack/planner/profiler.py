@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 
@@ -33,9 +34,10 @@ from inferpack.planner.profiles import (
     ProfileFile,
 )
 from inferpack.repository.local import ModelRepository
+from inferpack.repository.manifest import Manifest
 from inferpack.runtime.hardware import cpu_model, usable_cores
 from inferpack.runtime.modeling import LoadedModel, load_model
-from inferpack.runtime.tasks import TextInput
+from inferpack.runtime.tasks import TextInput, handler_for
 
 MB = 2**20
 # Long enough to be truncated to any model's max_sequence_length, so latencies are at full length.
@@ -123,17 +125,24 @@ def group_by_architecture(repository: ModelRepository, model_ids: list[str]) -> 
     return groups
 
 
+def request_item(manifest: Manifest) -> TextInput:
+    """One full-length input for the model's task: as many words as its sequence length (each word is
+    at least one token), so it is truncated to full length without tokenising much more than that."""
+    words = " ".join(_WORDS.split()[: manifest.max_sequence_length])
+    pair = handler_for(manifest.task).pair_input
+    return TextInput("what does inferpack plan?", words) if pair else TextInput(words)
+
+
 def batch_of(model: LoadedModel, size: int) -> list[TextInput]:
     """A batch of full-length inputs for the model's task."""
-    pair = model.handler.pair_input
-    item = TextInput("what does inferpack plan?", _WORDS) if pair else TextInput(_WORDS)
-    return [item] * size
+    return [request_item(model.manifest)] * size
 
 
 def time_forward(
     model: LoadedModel, size: int, repeats: int, clock: Callable[[], float] = time.perf_counter
-) -> float:
-    """Median milliseconds of one forward of a batch of `size` (tokenised once, two warm-up runs)."""
+) -> tuple[float, float]:
+    """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, two warm-up
+    runs)."""
     encoded = model.tokenizer.encode(batch_of(model, size))
     for _ in range(2):
         model.forward(encoded)
@@ -142,7 +151,7 @@ def time_forward(
         start = clock()
         model.forward(encoded)
         times.append((clock() - start) * 1000.0)
-    return float(statistics.median(times))
+    return float(statistics.median(times)), float(np.quantile(times, 0.9))
 
 
 def hardware() -> HardwareTag:
@@ -226,10 +235,11 @@ def measure_architecture(
                 for size in request.batch_sizes:
                     if progress is not None:
                         progress(f"{key}: {dtype}, {threads} thread(s), batch {size}")
-                    latency = time_forward(model, size, request.repeats, clock)
-                    points.append(
-                        OperatingPoint(batch_size=size, threads=threads, dtype=dtype, latency_ms=latency)
+                    latency, p90 = time_forward(model, size, request.repeats, clock)
+                    point = OperatingPoint(
+                        batch_size=size, threads=threads, dtype=dtype, latency_ms=latency, latency_p90_ms=p90
                     )
+                    points.append(point)
     finally:
         torch.set_num_threads(old_threads)
         del model
@@ -291,8 +301,9 @@ def to_profile_file(
                 peak_throughput_per_core=peak,
                 estimated=False,
                 source=(
-                    f"measured by `inferpack profile` on {when}: median of {request.repeats} forwards "
-                    f"at full sequence length; memory = {memory_note}; overhead = process RSS before loading"
+                    f"measured by `inferpack profile` on {when}: median and P90 of {request.repeats} "
+                    f"forwards at full sequence length; memory = {memory_note}; "
+                    "overhead = process RSS before loading"
                     + (
                         "; bf16 memory derived: less 2 bytes per parameter from the fp32 one"
                         if "bf16" in memory and len(memory) > 1

@@ -36,6 +36,12 @@ class OperatingPoint(StrictModel):
     threads: int = Field(default=1, ge=1, description="intra-op threads per worker (CPU cores it uses).")
     dtype: DType = "fp32"
     latency_ms: float = Field(gt=0, description="Median time to run one batch.")
+    latency_p90_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="P90 time to run one batch: with the median it gives the service-time spread the "
+        "queueing model uses (absent: queueing.DEFAULT_CV).",
+    )
     throughput_rps: float | None = Field(
         default=None, gt=0, description="Requests/s one worker sustains (default batch_size / latency)."
     )
@@ -44,6 +50,12 @@ class OperatingPoint(StrictModel):
         description="Where this figure comes from: 'published: <title, URL, what was measured>', "
         "'measured: <how>', or 'derived: <rule> from <entry>'.",
     )
+
+    @model_validator(mode="after")
+    def _p90_not_below_median(self) -> OperatingPoint:
+        if self.latency_p90_ms is not None and self.latency_p90_ms < self.latency_ms:
+            raise ValueError(f"latency_p90_ms {self.latency_p90_ms} is below latency_ms {self.latency_ms}")
+        return self
 
     def worker_rps(self) -> float:
         """Requests per second one worker sustains at this point."""
@@ -84,6 +96,15 @@ class ModelProfile(StrictModel):
         default=1, ge=1, description="Parallel executors per device (NeuronCores per chip, streams per GPU)."
     )
     points: list[OperatingPoint] = Field(min_length=1)
+    request_overhead_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="Time per request through a real server beyond the bare forward (HTTP, JSON, "
+        "tokenising), measured by `inferpack profile`; `plan --request-overhead-ms` overrides it.",
+    )
+    request_overhead_p90_ms: float | None = Field(
+        default=None, ge=0, description="P90 of the end-to-end time minus the bare forward's P90 (batch 1)."
+    )
     peak_throughput_per_core: float | None = Field(default=None, gt=0, description="Requests/s per core.")
     estimated: bool = Field(description="True when figures are estimates rather than measurements.")
     source: str = Field(description="Where the figures come from (measurement command or citation).")
