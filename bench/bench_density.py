@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
-from inferpack.fleet.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
+from inferpack.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.progress import counting_progress
 from inferpack.repository.demo import make_demo_models
 

@@ -39,7 +39,7 @@ import torch
 from bench_server import CONTEXT, QUESTION, ROOT  # the same request and results folder as the CPU bench
 
 from inferpack.errors import DeviceUnavailable
-from inferpack.fleet.processes import free_port, server_command, wait_ready
+from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.devices import THREADS_PER_GPU, ResolvedDevice, open_device

@@ -15,13 +15,13 @@ import multiprocessing as mp
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
-from inferpack.fleet.processes import free_port, wait_ready
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import LoadTarget
 from inferpack.loadtest.traffic import numbered_models
+from inferpack.processes import free_port, wait_ready
 
 
 async def _trivial_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import psutil
 
+from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, save_endpoints
-from inferpack.fleet import processes as P
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.runner import run_worker
 from inferpack.loadtest.shapes import ClosedLoop

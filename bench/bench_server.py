@@ -33,7 +33,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from inferpack.fleet.processes import free_port, server_command, wait_ready
+from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores

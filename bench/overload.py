@@ -38,7 +38,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from inferpack.fleet.processes import free_port, server_command, wait_ready
+from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
 

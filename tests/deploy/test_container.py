@@ -15,7 +15,7 @@ import httpx
 import pytest
 from tests.containers import BuiltImage, podman, record
 
-from inferpack.fleet.processes import free_port
+from inferpack.processes import free_port
 
 # The session's image build runs in the first test's set-up: minutes on 2 busy cores.
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3000)]

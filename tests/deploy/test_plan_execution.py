@@ -17,12 +17,12 @@ from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.render import render_manifests
 from inferpack.errors import ConfigError
 from inferpack.fleet.ops import server_launch
-from inferpack.fleet.processes import child_env, server_command
 from inferpack.plan import Execution, Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
+from inferpack.processes import child_env, server_command
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
 from inferpack.settings import ServerSettings, load_settings
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inferpack import processes as P
 from inferpack.fleet import ops
-from inferpack.fleet import processes as P
 from inferpack.fleet.state import RunDir, load_state
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.settings import load_settings

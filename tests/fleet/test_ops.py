@@ -13,10 +13,10 @@ import torch
 
 from inferpack.errors import ConfigError, DeviceUnavailable, FleetError, PlanError
 from inferpack.fleet import ops
-from inferpack.fleet.processes import metric_sum, server_command, tail
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.fleet.supervisor import load_launch
 from inferpack.plan import Plan, load_plan
+from inferpack.processes import metric_sum, server_command, tail
 from inferpack.runtime.hardware import usable_cores
 from inferpack.settings import load_settings
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from inferpack.fleet.processes import python_cli
+from inferpack.processes import python_cli
 from inferpack.server.app import create_app
 from inferpack.settings import ServerSettings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inferpack.fleet.processes import free_port, probe_readiness, python_cli, wait_ready
+from inferpack.processes import free_port, probe_readiness, python_cli, wait_ready
 from inferpack.server.errors import RETRY_ELSEWHERE
 from inferpack.settings import AuthSettings
 from tests.integration.conftest import running_server

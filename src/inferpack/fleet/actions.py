@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
+from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, endpoints_json
 from inferpack.errors import FleetError
-from inferpack.fleet import processes as P
 from inferpack.fleet.change import write_atomic
 from inferpack.fleet.placementfiles import placement_digest
 from inferpack.fleet.reconcile import Action, Holdings, LoadModel, Route, StartServer, StopServer, plan_for

@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
+from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
 from inferpack.fleet import ops
-from inferpack.fleet import processes as P
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.state import FleetState, RunDir, is_alive, is_stale, load_state
 from inferpack.fleet.supervisor import LaunchSpec, load_launch

@@ -184,7 +184,7 @@ def logs_command(
     config: ConfigOpt = None,
 ) -> None:
     """Print a process's log (all of them without SERVER); -f follows them."""
-    from inferpack.fleet.processes import tail
+    from inferpack.processes import tail
 
     run, state = ops.read_state(_run_dir(config, run_dir))
     files = ops.log_files(run, state, server)

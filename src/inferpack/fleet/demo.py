@@ -20,7 +20,6 @@ from rich.table import Table
 from inferpack.errors import ConfigError
 from inferpack.fleet import ops
 from inferpack.fleet.display import print_summary, start_with_progress
-from inferpack.fleet.processes import scrape_requests
 from inferpack.fleet.state import FleetState
 from inferpack.loadtest.config import BenchConfig
 from inferpack.loadtest.recorder import Snapshot
@@ -28,6 +27,7 @@ from inferpack.loadtest.result import BenchResult
 from inferpack.loadtest.shapes import ClosedLoop, LoadShape, OpenLoop, Step
 from inferpack.loadtest.targets import LoadTarget
 from inferpack.plan import Plan, save_plan
+from inferpack.processes import scrape_requests
 from inferpack.progress import counting_progress
 from inferpack.settings import ApiChoice, Settings, load_settings
 

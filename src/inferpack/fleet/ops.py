@@ -15,9 +15,9 @@ from pathlib import Path
 
 import psutil
 
+from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
-from inferpack.fleet import processes as P
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (

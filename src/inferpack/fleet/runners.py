@@ -30,8 +30,8 @@ from typing import Literal, Protocol
 
 import psutil
 
+from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
-from inferpack.fleet import processes as P
 
 Runtime = Literal["host", "podman", "docker"]
 CONTAINER_RUNTIMES = ("podman", "docker")

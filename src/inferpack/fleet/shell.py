@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psutil
 
+from inferpack import processes as P
 from inferpack.errors import ConfigError
-from inferpack.fleet import processes as P
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, is_alive
 
 

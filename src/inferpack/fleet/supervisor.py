@@ -27,8 +27,8 @@ from types import FrameType
 import psutil
 from pydantic import Field, ValidationError
 
+from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
-from inferpack.fleet import processes as P
 from inferpack.fleet.liveness import LivenessProber, LivenessTracker
 from inferpack.fleet.runners import ProcessRunner, Runtime, config_mounts, make_runner
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time

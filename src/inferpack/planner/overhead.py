@@ -26,8 +26,8 @@ import numpy as np
 import psutil
 
 from inferpack.errors import InferpackError
-from inferpack.fleet.processes import child_env, free_port, server_command, spawn, terminate, wait_ready
 from inferpack.planner.profiles import ModelProfile, ProfileFile
+from inferpack.processes import child_env, free_port, server_command, spawn, terminate, wait_ready
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.tasks import TextInput
 
