@@ -37,18 +37,12 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from bench_server import CONTEXT, QUESTION, ROOT  # the same request and results folder as the server bench
 
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
 
-QUESTION = "Which bridge did the engineers repair first?"
-CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
-    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
-    "bridge."
-)
-ROOT = Path(__file__).resolve().parent / "results"
 NO_DEADLINE_MS = 3_600_000
 
 

@@ -4,10 +4,8 @@ in its readiness body, and keeps the previous placement when the files are broke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from inferpack.endpoints import ServerEndpoints, save_endpoints
@@ -16,20 +14,11 @@ from inferpack.fleet.router import create_router_app
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
 from inferpack.settings import RouterSettings
 from tests.fleet.test_router import FakeServers, _plan
+from tests.fleet.test_router import fake as fake  # the fixture: two fake fake on loopback ports
 
 SETTINGS = RouterSettings(probe_interval_s=3600, upstream_timeout_s=5)
 
 QUESTION = {"seq_0": "who?", "seq_1": "Bob"}
-
-
-@pytest.fixture
-def upstreams() -> Iterator[FakeServers]:
-    servers = FakeServers()
-    servers.start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
 
 
 def _digest(files: PlacementFiles) -> str:
@@ -37,12 +26,12 @@ def _digest(files: PlacementFiles) -> str:
 
 
 def test_reload_routes_by_the_new_files_and_keeps_the_old_when_broken(
-    upstreams: FakeServers, tmp_path: Path
+    fake: FakeServers, tmp_path: Path
 ) -> None:
     files = PlacementFiles(tmp_path / "plan.json", tmp_path / "endpoints.json")
     save_plan(_plan(), files.plan)
-    save_endpoints(ServerEndpoints(servers=upstreams.urls), files.endpoints)
-    app = create_router_app(_plan(), upstreams.urls, SETTINGS, files=files)
+    save_endpoints(ServerEndpoints(servers=fake.urls), files.endpoints)
+    app = create_router_app(_plan(), fake.urls, SETTINGS, files=files)
     with TestClient(app) as client:
         assert client.get("/v2/health/ready").json()["placement"] == _digest(files)
         assert client.get("/predictions/b", params=QUESTION).headers["x-served-by"] == "s0"
@@ -72,7 +61,7 @@ def test_reload_routes_by_the_new_files_and_keeps_the_old_when_broken(
         assert client.get("/predictions/b", params=QUESTION).headers["x-served-by"] == "s1"
 
 
-def test_reload_drops_servers_and_adds_new_ones(upstreams: FakeServers, tmp_path: Path) -> None:
+def test_reload_drops_servers_and_adds_new_ones(fake: FakeServers, tmp_path: Path) -> None:
     files = PlacementFiles(tmp_path / "plan.json", tmp_path / "endpoints.json")
     only_s0 = Plan(
         created_by="test",
@@ -85,12 +74,12 @@ def test_reload_drops_servers_and_adds_new_ones(upstreams: FakeServers, tmp_path
         ],
     )
     save_plan(only_s0, files.plan)
-    save_endpoints(ServerEndpoints(servers={"s0": upstreams.urls["s0"]}), files.endpoints)
-    app = create_router_app(only_s0, {"s0": upstreams.urls["s0"]}, SETTINGS, files=files)
+    save_endpoints(ServerEndpoints(servers={"s0": fake.urls["s0"]}), files.endpoints)
+    app = create_router_app(only_s0, {"s0": fake.urls["s0"]}, SETTINGS, files=files)
     with TestClient(app) as client:
         assert client.get("/predictions/c", params=QUESTION).headers["x-served-by"] == "s0"
         save_plan(_plan(), files.plan)  # s1 joins (a, c), s0 keeps a, b
-        save_endpoints(ServerEndpoints(servers=upstreams.urls), files.endpoints)
+        save_endpoints(ServerEndpoints(servers=fake.urls), files.endpoints)
         app.state.reload_placement()
         assert client.get("/predictions/c", params=QUESTION).headers["x-served-by"] == "s1"
         assert set(client.get("/v2/health/ready").json()["servers"]) == {"s0", "s1"}
