@@ -1,9 +1,10 @@
 """Server throughput vs the hardware limit, fp32 and bf16, in one run on the same cores.
 
 1. Makes 10 unique MiniLM QA demo models (once, in bench/results/repo).
-2. The limit: the bare model's forward loop (tokenise + forward + decode, the same request as the load test)
-   on one thread per core with one intra-op thread each, round-robin over the 10 models, at batch 1 and at
-   batch 8 (the server's largest batch); the limit is the better of the two.
+2. The limit: bare loops (tokenise + forward + decode, the same request as the load test) of every runtime
+   evaluated (bench_runtimes.py: torch eager fp32/bf16, ONNX Runtime fp32, AOTInductor fp32) on one thread
+   per core with one intra-op thread each, round-robin over the 10 models, at batch 1 and at batch 8 (the
+   server's largest batch); servers are compared with the best batch-1 and the best batch-8 loop.
 3. The server: `inferpack serve` on those models, driven by wrk (an external HTTP load generator) with a Lua
    script picking a random model per request, at several concurrencies.
 Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
@@ -25,55 +26,19 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
-import torch
+from bench_runtimes import CONTEXT as CONTEXT
+from bench_runtimes import HEADER, RUNTIMES, machine_line, run_loops
+from bench_runtimes import QUESTION as QUESTION
+from bench_runtimes import ROOT as ROOT
 
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
-from inferpack.runtime.hardware import cpu_model, usable_cores
 from inferpack.runtime.modeling import load_model
 from inferpack.runtime.tasks import TextInput
-
-QUESTION = "Which bridge did the engineers repair first?"
-CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
-    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
-    "bridge."
-)
-ROOT = Path(__file__).resolve().parent / "results"
-
-
-def bare_limit(repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1) -> float:
-    """Requests/s of the forward loop alone (tokenise + forward + decode of `batch` requests at a time):
-    one thread per core, one intra-op thread each."""
-    models = [load_model(repo, m, dtype=dtype) for m in ids]  # type: ignore[arg-type]
-    item = [TextInput(QUESTION, CONTEXT)] * batch
-    counts = [0] * usable_cores()
-
-    def loop(k: int) -> None:
-        torch.set_num_threads(1)
-        i = k
-        while time.perf_counter() < stop:
-            models[i % len(models)].predict(item)
-            i += 1
-            counts[k] += batch
-
-    for m in models:  # warm-up outside the timed window
-        m.predict(item)
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(counts))]
-    started = time.perf_counter()
-    stop = started + seconds
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
 
 
 def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
@@ -167,6 +132,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument(
+        "--runtimes",
+        default=",".join(RUNTIMES),
+        help="bare loops to measure (bench_runtimes.py); ratios are to the best of them",
+    )
+    parser.add_argument(
         "--repository",
         type=Path,
         default=None,
@@ -185,22 +155,25 @@ def main() -> None:
     repo_dir = args.repository or ROOT / "repo"
     ids = make_demo_models(repo_dir, 10, prefix="bench-qa")  # existing models are kept as they are
     repo = LocalRepository(repo_dir)
-    print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
+    print(machine_line())
     same, score_diff = agreement(repo, ids)
     print(
         f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, "
         f"max score diff {score_diff:.4f}"
     )
+    print("bare loops (one worker thread per core, one intra-op thread each; latencies on one thread):")
+    print(HEADER, flush=True)
+    loops = run_loops(repo, ids, args.runtimes.split(","), args.duration)
+    best1 = max(loops, key=lambda f: f.loop1)
+    best8 = max(loops, key=lambda f: f.loop8)
+    limit1, limit8 = best1.loop1, best8.loop8
+    print(
+        f"best batch-1 loop {best1.name} {limit1:.1f} req/s, "
+        f"best batch-8 loop {best8.name} {limit8:.1f} req/s",
+        flush=True,
+    )
     rows = []
     for dtype in args.dtypes.split(","):
-        limit1 = bare_limit(repo, ids, dtype, args.duration)
-        limit8 = bare_limit(repo, ids, dtype, args.duration, batch=8)
-        limit = max(limit1, limit8)
-        print(
-            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 "
-            f"-> limit {limit:.1f}",
-            flush=True,
-        )
         for mode in args.cross_tenant.split(","):
             proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on")
             label = f"{dtype}/xt-{mode}"
@@ -209,12 +182,12 @@ def main() -> None:
                 for c in (int(x) for x in levels.split(",")):
                     wrk(url, ids, c, 2)  # warm-up
                     r = wrk(url, ids, c, args.duration)
-                    rows.append((label, c, r, limit, limit1, limit8))
+                    rows.append((label, c, r))
                     print(
                         f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
                         f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
-                        f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
-                        f"ratio {r['rps'] / limit:.2f}",
+                        f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f}  "
+                        f"of best b8 loop {r['rps'] / limit8:.2f}",
                         flush=True,
                     )
             finally:
@@ -225,10 +198,10 @@ def main() -> None:
         best = max((r for r in rows if r[0] == label), key=lambda r: r[2]["rps"])
         rps = best[2]["rps"]
         print(
-            f"  {label}: {rps:.1f} req/s at c={best[1]} = {rps / best[4]:.2f} of the batch-1 loop "
-            f"({best[4]:.1f}), {rps / best[5]:.2f} of the batch-8 loop ({best[5]:.1f})"
+            f"  {label}: {rps:.1f} req/s at c={best[1]} = {rps / limit1:.2f} of the best batch-1 loop "
+            f"({best1.name}, {limit1:.1f}), {rps / limit8:.2f} of the best batch-8 loop "
+            f"({best8.name}, {limit8:.1f})"
         )
-    np.set_printoptions(precision=3)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ from typing import Literal
 from inferpack.repository.manifest import DType, TargetName
 
 QuantizeChoice = Literal["none", "int8"]
+CompiledFormat = Literal["torchscript", "onnx"]
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """What to compile a model into. `force` stores a version whose agreement check failed."""
+    """What to compile a model into. `force` stores a version whose agreement check failed. `format`:
+    TorchScript for any target, or an ONNX graph (CPU, fp32) for the onnxruntime engine."""
 
     target: TargetName = "cpu"
     dtype: DType = "fp32"
@@ -20,3 +22,4 @@ class CompileOptions:
     source_version: int | None = None
     force: bool = False
     freeze: bool = True
+    format: CompiledFormat = "torchscript"
