@@ -10,8 +10,11 @@
 Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
+`--engines` adds a server on the onnxruntime engine (each model gets an ONNX version first, `inferpack
+compile --format onnx`; it is measured once every model's session took over).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
+        [--engines eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
@@ -26,6 +29,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,6 +39,8 @@ from bench_runtimes import HEADER, RUNTIMES, machine_line, run_loops
 from bench_runtimes import QUESTION as QUESTION
 from bench_runtimes import ROOT as ROOT
 
+from inferpack.compile.compiler import compile_model
+from inferpack.compile.options import CompileOptions
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
@@ -106,8 +113,11 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
     }
 
 
-def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready."""
+def run_server(
+    repo: Path, dtype: str, cross_tenant: bool = True, engine: str = "eager"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`inferpack serve` on every model of `repo` in `dtype` with `engine`, once it is ready (for
+    onnxruntime: once every model's session took over from its eager stand-in)."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
@@ -115,13 +125,45 @@ def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subpr
         port=port,
         threads=None,
         log_level="warning",
-        extra_args=["--dtype", dtype],
+        extra_args=["--dtype", dtype, "--engine", engine],
     )
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__CROSS_TENANT": str(cross_tenant).lower()}
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
+    if engine == "onnxruntime":
+        wanted = len(LocalRepository(repo).model_ids())
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and swaps(url) < wanted:
+            time.sleep(0.2)
     return proc, url
+
+
+def swaps(url: str) -> float:
+    """The server's count of stand-ins replaced by their ONNX Runtime session."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^inferpack_runtime_swaps_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def server_settings(engines: str, dtypes: str, cross_tenant: str) -> list[tuple[str, str, str]]:
+    """(engine, dtype, cross-tenant on/off) of each server to measure: eager in every dtype and mode;
+    onnxruntime once (it computes fp32 and its sessions mix no tenants)."""
+    out = []
+    for engine in engines.split(","):
+        if engine == "onnxruntime":
+            out.append((engine, "fp32", "off"))
+            continue
+        out += [(engine, d, m) for d in dtypes.split(",") for m in cross_tenant.split(",")]
+    return out
+
+
+def add_onnx_versions(repo: LocalRepository, ids: list[str]) -> None:
+    """`inferpack compile --format onnx` for every model that has no ONNX version yet."""
+    for model_id in ids:
+        if all(repo.manifest(model_id, v).format != "onnx" for v in repo.versions(model_id)):
+            compile_model(repo, model_id, CompileOptions(format="onnx"))
 
 
 def main() -> None:
@@ -130,7 +172,12 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="eager servers' dtypes")
+    parser.add_argument(
+        "--engines",
+        default="eager,onnxruntime",
+        help="server engines; onnxruntime adds an ONNX version to each model first (compile --format onnx)",
+    )
     parser.add_argument(
         "--runtimes",
         default=",".join(RUNTIMES),
@@ -173,26 +220,28 @@ def main() -> None:
         flush=True,
     )
     rows = []
-    for dtype in args.dtypes.split(","):
-        for mode in args.cross_tenant.split(","):
-            proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on")
-            label = f"{dtype}/xt-{mode}"
-            try:
-                levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
-                for c in (int(x) for x in levels.split(",")):
-                    wrk(url, ids, c, 2)  # warm-up
-                    r = wrk(url, ids, c, args.duration)
-                    rows.append((label, c, r))
-                    print(
-                        f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
-                        f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
-                        f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f}  "
-                        f"of best b8 loop {r['rps'] / limit8:.2f}",
-                        flush=True,
-                    )
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
+    settings = server_settings(args.engines, args.dtypes, args.cross_tenant)
+    if any(engine == "onnxruntime" for engine, _, _ in settings):
+        add_onnx_versions(repo, ids)
+    for engine, dtype, mode in settings:
+        proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on", engine=engine)
+        label = "ort/fp32" if engine == "onnxruntime" else f"{dtype}/xt-{mode}"
+        try:
+            levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
+            for c in (int(x) for x in levels.split(",")):
+                wrk(url, ids, c, 2)  # warm-up
+                r = wrk(url, ids, c, args.duration)
+                rows.append((label, c, r))
+                print(
+                    f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
+                    f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
+                    f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f}  "
+                    f"of best b8 loop {r['rps'] / limit8:.2f}",
+                    flush=True,
+                )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
     print("\nbest per server setting:")
     for label in dict.fromkeys(r[0] for r in rows):
         best = max((r for r in rows if r[0] == label), key=lambda r: r[2]["rps"])
