@@ -64,6 +64,23 @@ class Prepared:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Rate:
+    """A loop's requests/s by the wall clock, and per CPU-second of its threads times the cores (what the
+    cores would give were they the loop's alone: far steadier than the wall clock on shared cores)."""
+
+    wall: float
+    cpu: float
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median milliseconds per request: wall clock and CPU time of the thread."""
+
+    wall: float
+    cpu: float
+
+
 @dataclass
 class Figures:
     """One runtime's measurements."""
@@ -71,10 +88,10 @@ class Figures:
     name: str
     load_ms: float
     build_s: float | None
-    latency1_ms: float
-    latency8_ms: float  # per request
-    loop1: float  # req/s
-    loop8: float
+    latency1: Latency
+    latency8: Latency  # per request
+    loop1: Rate
+    loop8: Rate
     note: str = ""
 
 
@@ -83,19 +100,22 @@ def request(batch: int) -> list[TextInput]:
     return [TextInput(QUESTION, CONTEXT)] * batch
 
 
-def loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> float:
+def loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> Rate:
     """Requests/s of the bare loop (tokenise + forward + decode of `batch` requests at a time): one thread
     per core, one intra-op thread each, round-robin over the models."""
     item = request(batch)
     counts = [0] * usable_cores()
+    cpu = [0.0] * len(counts)
 
     def loop(k: int) -> None:
         torch.set_num_threads(1)
         i = k
+        cpu_started = time.thread_time()
         while time.perf_counter() < stop:
             models[i % len(models)].predict(item)
             i += 1
             counts[k] += batch
+        cpu[k] = time.thread_time() - cpu_started
 
     torch.set_num_threads(1)
     for m in models:  # warm-up outside the timed window
@@ -107,20 +127,22 @@ def loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> fl
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    wall = sum(counts) / (time.perf_counter() - started)
+    return Rate(wall, sum(counts) / max(sum(cpu), 1e-9) * len(counts))
 
 
-def latency_ms(model: LoadedModel, batch: int, repeats: int) -> float:
+def latency_ms(model: LoadedModel, batch: int, repeats: int) -> Latency:
     """Median per-request milliseconds of one thread running `batch` requests at a time."""
     torch.set_num_threads(1)
     item = request(batch)
     model.predict(item)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         model.predict(item)
-        times.append((time.perf_counter() - started) * 1000 / batch)
-    return statistics.median(times)
+        cpus.append((time.thread_time() - cpu_started) * 1000 / batch)
+        walls.append((time.perf_counter() - started) * 1000 / batch)
+    return Latency(statistics.median(walls), statistics.median(cpus))
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -219,8 +241,8 @@ def measure(prepared: Prepared, seconds: float, repeats: int = 30) -> Figures:
         name=prepared.name,
         load_ms=statistics.median(prepared.load_s) * 1000,
         build_s=prepared.build_s,
-        latency1_ms=latency_ms(first, 1, repeats),
-        latency8_ms=latency_ms(first, 8, max(5, repeats // 4)),
+        latency1=latency_ms(first, 1, repeats),
+        latency8=latency_ms(first, 8, max(5, repeats // 4)),
         loop1=loop_throughput(prepared.models, 1, seconds),
         loop8=loop_throughput(prepared.models, 8, seconds),
         note=prepared.note,
@@ -240,18 +262,24 @@ def run_loops(
     return results
 
 
+LEGEND = (
+    "(loops: one worker thread per core, one intra-op thread each; latencies: one thread; in brackets: by "
+    "CPU time, i.e. CPU ms per request and requests per CPU-second x cores)"
+)
 HEADER = (
-    f"{'runtime':11s} {'cold load':>9s} {'build':>7s} {'b1 ms':>7s} {'b8 ms/req':>9s} "
-    f"{'loop b1':>8s} {'loop b8':>8s}"
+    f"{'runtime':11s} {'cold load':>9s} {'build':>7s} {'b1 ms (cpu)':>15s} {'b8 ms/req (cpu)':>15s} "
+    f"{'loop b1 (cpu)':>15s} {'loop b8 (cpu)':>15s}"
 )
 
 
 def format_row(f: Figures) -> str:
-    """One table row: ms, s, req/s."""
+    """One table row: ms, s, req/s; wall clock, then CPU time in brackets."""
     build = "-" if f.build_s is None else f"{f.build_s:6.1f}s"
     return (
-        f"{f.name:11s} {f.load_ms:7.1f}ms {build:>7s} {f.latency1_ms:7.2f} {f.latency8_ms:9.2f} "
-        f"{f.loop1:8.1f} {f.loop8:8.1f}" + (f"  ({f.note})" if f.note else "")
+        f"{f.name:11s} {f.load_ms:7.1f}ms {build:>7s} "
+        f"{f.latency1.wall:7.2f} ({f.latency1.cpu:5.2f}) {f.latency8.wall:7.2f} ({f.latency8.cpu:5.2f}) "
+        f"{f.loop1.wall:7.1f} ({f.loop1.cpu:5.1f}) {f.loop8.wall:7.1f} ({f.loop8.cpu:5.1f})"
+        + (f"  ({f.note})" if f.note else "")
     )
 
 
@@ -274,20 +302,17 @@ def main() -> None:
     repo_dir = ROOT / "repo"
     ids = make_demo_models(repo_dir, 10, prefix="bench-qa")[: args.models]
     print(machine_line())
-    print("(loops: one worker thread per core, one intra-op thread each; latencies: one thread)")
+    print(LEGEND)
     print(HEADER, flush=True)
     results = run_loops(LocalRepository(repo_dir), ids, args.runtimes.split(","), args.duration)
-    best1 = max(results, key=lambda f: f.loop1)
-    best8 = max(results, key=lambda f: f.loop8)
-    print(
-        f"\nbest batch-1 loop: {best1.name} {best1.loop1:.1f} req/s; best batch-8 loop: {best8.name} "
-        f"{best8.loop8:.1f} req/s"
-    )
-    for f in results:
-        print(
-            f"  {f.name:11s} batch-1 loop {f.loop1 / best1.loop1:.2f} of the best, "
-            f"batch-8 loop {f.loop8 / best8.loop8:.2f} of the best"
-        )
+    for clock in ("wall", "cpu"):
+        best1 = max(results, key=lambda f: getattr(f.loop1, clock))
+        best8 = max(results, key=lambda f: getattr(f.loop8, clock))
+        print(f"\nby {clock} time: best batch-1 loop {best1.name}, best batch-8 loop {best8.name}")
+        for f in results:
+            b1 = getattr(f.loop1, clock) / getattr(best1.loop1, clock)
+            b8 = getattr(f.loop8, clock) / getattr(best8.loop8, clock)
+            print(f"  {f.name:11s} batch-1 loop {b1:.2f} of the best, batch-8 loop {b8:.2f} of the best")
 
 
 if __name__ == "__main__":
