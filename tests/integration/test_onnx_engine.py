@@ -45,6 +45,7 @@ def _until_swaps(c: httpx.Client, count: float, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_onnx_engine_answers_as_eager_through_the_tier_swap_and_after_unload(
     repo: tuple[Path, list[str]],
 ) -> None:
