@@ -148,7 +148,15 @@ class ModelRegistry:
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._claimed = 0  # bytes reserved by loads in progress
-        self._upgrades = Upgrades(self._load_executor, self._swap)
+        # fast runtimes of stand-ins (runtime/tier.py) load one at a time on a thread of their own, niced as
+        # the load lane: a cold load never queues behind a session being created
+        self._upgrade_executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="upgrade",
+            initializer=load_lane_thread,
+            initargs=(settings.load_nice,),
+        )
+        self._upgrades = Upgrades(self._upgrade_executor, self._swap)
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -506,3 +514,4 @@ class ModelRegistry:
             async with entry.lock:
                 await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)
+        self._upgrade_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,15 +1,16 @@
-"""Tiered runtimes: a cold model answers from a fast-loading stand-in while its fast runtime is prepared
-in the background, which then takes over.
+"""Tiered runtimes: a cold model answers from a fast-loading stand-in while its fast runtime is prepared in
+the background, which then takes over.
 
 The fastest runtime measured on CPUs without native bf16 (ONNX Runtime) has the slowest cold load: a
 session costs several times an eager load. So a cold ONNX version loads first as the eager fp32 model of
 the safetensors version it was compiled from (`load_model(tier=True)`; its agreement check showed the two
-answer alike), and `Upgrades` creates the session on the registry's load lane (niced, one thread: it
-takes the cores' idle time, not the requests'). When it is ready, the swap happens on the event loop
-under the model's lock: the ledger records the new runtime's memory, the batcher takes the new model for
-the batches it forms from then on (batches already running finish on the stand-in, which they hold), and
-the stand-in's weights go with its last batch. A model unloaded or evicted before its session is ready
-drops the session when it arrives: eviction frees both.
+answer alike), and `Upgrades` creates the session on the registry's upgrade thread (niced like the load
+lane and with one intra-op thread: it takes the cores' idle time, not the requests'; a thread of its own,
+one session at a time, so cold loads never queue behind it). When it is ready, the swap happens on the
+event loop under the model's lock: the ledger records the new runtime's memory, the batcher takes the new
+model for the batches it forms from then on (batches already running finish on the stand-in, which they
+hold), and the stand-in's weights go with its last batch. A model unloaded or evicted before its session
+is ready drops the session when it arrives: eviction frees both.
 """
 
 from __future__ import annotations
