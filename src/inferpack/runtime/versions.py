@@ -35,9 +35,12 @@ def _check_target(model_id: str, version: int, manifest: Manifest, device: str) 
 def choose_version(repository: ModelRepository, model_id: str, device: str, dtype: torch.dtype) -> int:
     """The version a server serves by default: the newest one that suits it.
 
-    Safetensors versions suit CPU and CUDA servers (they are converted at load). A TorchScript version
-    suits when it was compiled for this processor, in the dtype this server computes in, without
-    quantisation (int8 changes answers: ask for its version explicitly), and its agreement check passed.
+    Safetensors versions suit CPU and CUDA servers: fp32 ones in any dtype (converted at load, a private
+    copy when the dtype differs), ones stored in another dtype by `inferpack compile --format
+    safetensors` only in that dtype (their weights map straight from the file) and when their agreement
+    check passed. A TorchScript version suits when it was compiled for this processor, in the dtype this
+    server computes in, without quantisation (int8 changes answers: ask for its version explicitly), and
+    its agreement check passed.
     A Neuron server serves Neuron graphs only, and one in another dtype rather than none (a graph runs in
     the dtype it was compiled in). Falls back to the newest.
     """
@@ -47,11 +50,11 @@ def choose_version(repository: ModelRepository, model_id: str, device: str, dtyp
     other_dtype: int | None = None
     for candidate in reversed(versions):
         m = repository.manifest(model_id, candidate)
+        passed = m.agreement is None or m.agreement.passed
         if m.format == "safetensors":
-            if kind != "neuron":
+            if kind != "neuron" and (m.dtype == "fp32" or (m.dtype == wanted and passed)):
                 return candidate
             continue
-        passed = m.agreement is None or m.agreement.passed
         if m.target == kind and m.quantization == "none" and passed:
             if m.dtype == wanted:
                 return candidate
