@@ -18,7 +18,7 @@ import torch
 from inferpack.compile.cast import cast_model
 from inferpack.compile.options import CompileOptions
 from inferpack.repository import LocalRepository
-from inferpack.runtime.memory import tensor_storages
+from inferpack.runtime.memory import MemoryLedger, module_storages, tensor_storages
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.tasks import TextInput
 
@@ -104,3 +104,20 @@ def test_converting_at_load_copies_which_is_what_the_cast_version_avoids(demo_re
     model = load_model(LocalRepository(demo_repo), "qa-0000", dtype="bf16", warmup=False)
     assert model.version == 1
     assert _weights_by_file(model).get("", 0) > 40 * 2**20
+
+
+def test_the_budget_counts_the_mapped_base_once_at_its_file_size(cast_repo: LocalRepository) -> None:
+    # the ledger's bytes for two bf16 tenants are the bytes of the files they map: the base once, each
+    # own file once (and the few small buffers rebuilt at load), so the budget matches what can be resident
+    ledger = MemoryLedger()
+    files: set[Path] = set()
+    for model_id in ("qa-0000", "qa-0001"):
+        model = load_model(cast_repo, model_id, dtype="bf16", warmup=False)
+        ledger.add(model_id, module_storages(model.module))
+        manifest = cast_repo.manifest(model_id, model.version)
+        for rel in (manifest.weights, *manifest.shared_weights):
+            files.add(cast_repo.resolve_file(model_id, model.version, rel))
+    assert len(files) == 3
+    file_bytes = sum(p.stat().st_size for p in files)
+    assert 0.99 * file_bytes < ledger.total_bytes < 1.01 * file_bytes
+    assert ledger.freeable_bytes("qa-0000") < 0.1 * ledger.total_bytes  # the base goes with its last user
