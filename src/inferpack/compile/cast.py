@@ -36,9 +36,9 @@ from inferpack.runtime.modeling import TOKENIZERS
 from inferpack.runtime.shared import cast_floating
 from inferpack.runtime.skeletons import build_eager
 from inferpack.runtime.tasks import handler_for
+from inferpack.runtime.versions import TORCH_DTYPES
 
 WEIGHTS_FILE = "model.safetensors"
-_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cast_model(
@@ -67,7 +67,7 @@ def cast_model(
     manifest = repo.manifest(model_id, src)
     if manifest.config is None:
         raise CompileError(f"model {model_id!r} v{src} names no architecture config")
-    dtype = _TORCH_DTYPES[variant.dtype]
+    dtype = TORCH_DTYPES[variant.dtype]
     version, new_dir = new_version(repo, model_id)
     try:
         shared = [

@@ -58,7 +58,10 @@ def compile_command(
         raise typer.BadParameter("--version names one model's version; it cannot be combined with --all")
     repo = LocalRepository(repository)
     options = CompileOptions(
-        target=target, dtype=dtype, quantize=quantize, source_version=version,
+        target=target,
+        dtype=dtype,
+        quantize=quantize,
+        source_version=version,
         force=force,
         freeze=freeze,
         output_format=output_format,

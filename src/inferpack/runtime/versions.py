@@ -6,8 +6,21 @@ import torch
 
 from inferpack.errors import ModelLoadFailed
 from inferpack.repository.local import ModelRepository
-from inferpack.repository.manifest import Manifest
+from inferpack.repository.manifest import DType, Manifest
 from inferpack.runtime.devices import device_kind
+
+TORCH_DTYPES: dict[DType, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def manifest_dtype(dtype: torch.dtype) -> DType:
+    """A torch dtype as manifests spell it (anything but bf16 and fp16 computes in fp32)."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    return "fp16" if dtype == torch.float16 else "fp32"
 
 
 def _device_kind(device: str) -> str:
@@ -46,7 +59,7 @@ def choose_version(repository: ModelRepository, model_id: str, device: str, dtyp
     """
     versions = repository.versions(model_id)
     kind = _device_kind(device)
-    wanted = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    wanted = manifest_dtype(dtype)
     other_dtype: int | None = None
     for candidate in reversed(versions):
         m = repository.manifest(model_id, candidate)
