@@ -23,16 +23,20 @@ from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.tasks import TextInput
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+SLOW = pytest.mark.slow  # casting the two tenants (two agreement checks) takes ~10-25 s on 2 shared cores
 ITEM = TextInput("Who met Bob?", "Ann met Bob at the station.")
 
 
 def _file_mappings() -> list[tuple[int, int, str]]:
-    """(start, end, path) of this process's mappings of safetensors files."""
-    found = []
+    """(start, end, path) of this process's mappings of safetensors files; adjacent areas of one file
+    are joined (the kernel may split a mapping into several areas)."""
+    found: list[tuple[int, int, str]] = []
     for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].endswith(".safetensors"):
             start, end = (int(x, 16) for x in fields[0].split("-"))
+            if found and found[-1][1] == start and found[-1][2] == fields[5]:
+                start = found.pop()[0]
             found.append((start, end, fields[5]))
     return found
 
@@ -74,6 +78,7 @@ def test_fp32_weights_are_views_of_the_mapped_files(demo_repo: Path) -> None:
     assert sum(by_file.values()) > 80 * 2**20  # MiniLM's weights, all of them
 
 
+@SLOW
 def test_bf16_weights_stored_in_bf16_are_mapped_and_shared_by_tenants(cast_repo: LocalRepository) -> None:
     first = load_model(cast_repo, "qa-0000", dtype="bf16", warmup=False)
     second = load_model(cast_repo, "qa-0001", dtype="bf16", warmup=False)
@@ -90,6 +95,7 @@ def test_bf16_weights_stored_in_bf16_are_mapped_and_shared_by_tenants(cast_repo:
     assert len(shared) > 50  # one mapping of the base, the same tensors in both tenants
 
 
+@SLOW
 def test_a_refilled_shell_maps_the_next_models_weights(cast_repo: LocalRepository) -> None:
     first = load_model(cast_repo, "qa-0000", dtype="bf16", warmup=False)
     shell = first.module
@@ -106,6 +112,7 @@ def test_converting_at_load_copies_which_is_what_the_cast_version_avoids(demo_re
     assert _weights_by_file(model).get("", 0) > 40 * 2**20
 
 
+@SLOW
 def test_the_budget_counts_the_mapped_base_once_at_its_file_size(cast_repo: LocalRepository) -> None:
     # the ledger's bytes for two bf16 tenants are the bytes of the files they map: the base once, each
     # own file once (and the few small buffers rebuilt at load), so the budget matches what can be resident
