@@ -141,14 +141,17 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
     }
 
 
-def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready."""
+def run_server(
+    repo: Path, dtype: str, cross_tenant: bool = True, threads: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`inferpack serve` on every model of `repo` in `dtype` (with `threads` inference threads; None: the
+    server's default), once it is ready."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
         models=None,
         port=port,
-        threads=None,
+        threads=threads,
         log_level="warning",
         extra_args=["--dtype", dtype],
     )

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from inferpack.compile.options import CompileOptions, QuantizeChoice
+from inferpack.compile.options import CompileOptions, OutputFormat, QuantizeChoice
 from inferpack.errors import CompileError, InferpackError
 from inferpack.progress import counting_progress
 from inferpack.repository.local import LocalRepository
@@ -41,15 +41,30 @@ def compile_command(
     freeze: Annotated[
         bool, typer.Option("--freeze/--no-freeze", help="torch.jit.freeze the traced graph (cpu, cuda).")
     ] = True,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="torchscript: a traced graph; safetensors: the weights stored in --dtype, which a "
+            "server computing in that dtype maps from the file without a copy (eager serving).",
+        ),
+    ] = "torchscript",
 ) -> None:
-    """Trace a model to TorchScript for a target, check it against eager fp32, store it as a new version."""
+    """Trace a model to TorchScript for a target (or store its weights in another dtype, --format
+    safetensors), check it against eager fp32, store it as a new version."""
     if (model is None) == (not all_models):
         raise typer.BadParameter("name one MODEL or pass --all")
     if all_models and version is not None:
         raise typer.BadParameter("--version names one model's version; it cannot be combined with --all")
     repo = LocalRepository(repository)
     options = CompileOptions(
-        target=target, dtype=dtype, quantize=quantize, source_version=version, force=force, freeze=freeze
+        target=target,
+        dtype=dtype,
+        quantize=quantize,
+        source_version=version,
+        force=force,
+        freeze=freeze,
+        output_format=output_format,
     )
     out, err = Console(), Console(stderr=True)
     from inferpack.compile.compiler import compile_model

@@ -27,7 +27,7 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import _check_target, _device_kind, choose_version
+from inferpack.runtime.versions import TORCH_DTYPES, _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -135,12 +135,12 @@ def load_model(
         if neuron:
             from inferpack.runtime.neuron import load_neuron, static_shape
 
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             module = load_neuron(version_dir / manifest.weights, manifest)
             limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
             hidden = manifest.hidden_size or 0
         elif manifest.format == "torchscript":
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
             )
@@ -186,9 +186,6 @@ def load_model(
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
-
-
-_MANIFEST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _warm_up(model: LoadedModel) -> None:

@@ -49,7 +49,7 @@ from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
-from inferpack.runtime.versions import choose_version
+from inferpack.runtime.versions import choose_version, manifest_dtype
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
@@ -172,8 +172,14 @@ class ModelRegistry:
         when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
         # a measured footprint is host memory (RSS): on a GPU the weights' size is the estimate
+        serving = resolve_dtype(self.settings.dtype, self.device.name)
         return estimate_resident_bytes(
-            self.repository, model_id, chosen, already_held=SHARED.holds, measured=self.device.kind == "cpu"
+            self.repository,
+            model_id,
+            chosen,
+            already_held=SHARED.holds,
+            measured=self.device.kind == "cpu",
+            serving_dtype=manifest_dtype(serving),
         )
 
     # catalogue ------------------------------------------------------------------------------------------
