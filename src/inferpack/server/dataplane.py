@@ -137,9 +137,8 @@ class DataPlane:
                     model_id=model_id,
                 )
             deadline = request.deadline
-            default_ms = self.registry.settings.batching.deadline_ms
-            if deadline is None and default_ms > 0:
-                deadline = time.perf_counter() + default_ms / 1000
+            if deadline is None and (default_s := batcher.default_deadline_s()) is not None:
+                deadline = time.perf_counter() + default_s
             try:
                 results = await batcher.submit_many(request.items, raw=raw, deadline=deadline)
             except Overloaded as exc:

@@ -31,6 +31,7 @@ from inferpack.server.metrics import ServerMetrics
 request_log = logging.getLogger("inferpack.server.requests")
 LOAD_HEADER = "X-Inferpack-Model-Load"
 MAX_DEADLINE_MS = 3_600_000.0
+ARRIVED_KEY = "inferpack.arrived"  # scope key: perf_counter time the request reached the app (shed.py)
 T = TypeVar("T")
 
 
@@ -58,9 +59,10 @@ def parse_deadline_ms(value: str | None) -> float | None:
 
 
 def request_deadline(request: Request, arrived: float) -> float | None:
-    """The request's deadline on the perf_counter clock: arrival + its header's budget (None: no header)."""
+    """The request's deadline on the perf_counter clock: arrival + its header's budget (None: no header).
+    Arrival is when the request reached the app (stamped by `shed.EarlyShed`) when known, else `arrived`."""
     ms = parse_deadline_ms(request.headers.get(DEADLINE_HEADER))
-    return None if ms is None else arrived + ms / 1000
+    return None if ms is None else request.scope.get(ARRIVED_KEY, arrived) + ms / 1000
 
 
 async def _disconnected(request: Request) -> None:
