@@ -100,7 +100,8 @@ class Target:
     pid: int
 
     def requests(self, deadline_ms: float | None) -> list[bytes]:
-        headers = {} if deadline_ms is None else {"inferpack-deadline-ms": f"{deadline_ms:.0f}"}
+        ms = None if deadline_ms is None else f"{deadline_ms:.3f}".rstrip("0").rstrip(".")
+        headers = {} if ms is None else {"inferpack-deadline-ms": ms}
         query = f"?seq_0={quote(QUESTION)}&seq_1={quote(CONTEXT)}"
         return [encode_get(self.host, f"/predictions/{m}{query}", headers) for m in self.models]
 
@@ -257,6 +258,11 @@ def parse_args() -> argparse.Namespace:
         "--admission-log", action="store_true", help="server logs estimate vs actual per admitted request"
     )
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` argument")
+    parser.add_argument(
+        "--shed-cost",
+        action="store_true",
+        help="also measure the server's CPU per shed request (a run of hopeless requests at capacity)",
+    )
     return parser.parse_args()
 
 
@@ -308,6 +314,13 @@ def main() -> None:
             f"{cap_phase.cpu()}"
         )
         normal = 2 * p90 / 1000
+        if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
+            shed, _, _ = asyncio.run(open_loop(target, capacity, args.duration, 0.001, args.timeout, 60.0))
+            n = max(len(shed.outcomes), 1)
+            print(
+                f"shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {capacity:.0f} req/s; "
+                f"server CPU {shed.server_cpu_s / n * 1e6:.0f} us per request; {shed.cpu()}"
+            )
         rate = args.factor * capacity
         runs: list[tuple[str, float | None]] = []
         if not args.no_baseline:

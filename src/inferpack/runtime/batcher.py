@@ -238,6 +238,7 @@ class ModelBatcher:
                 model_id=model_id,
                 reason="queue_full",
                 expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
         estimate = self.estimate(items)
         reason = shed_reason(estimate, None if deadline is None else deadline - now)
@@ -252,6 +253,7 @@ class ModelBatcher:
                 model_id=model_id,
                 reason=reason,
                 expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
         return estimate
 
