@@ -315,11 +315,16 @@ def main() -> None:
         )
         normal = 2 * p90 / 1000
         if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
-            shed, _, _ = asyncio.run(open_loop(target, capacity, args.duration, 0.001, args.timeout, 60.0))
+            idle0, t0 = process_cpu_seconds(proc.pid), time.perf_counter()
+            time.sleep(2.0)
+            idle = (process_cpu_seconds(proc.pid) - idle0) / (time.perf_counter() - t0)  # CPU s per s
+            shed_rate = args.factor * capacity
+            shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
             n = max(len(shed.outcomes), 1)
             print(
-                f"shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {capacity:.0f} req/s; "
-                f"server CPU {shed.server_cpu_s / n * 1e6:.0f} us per request; {shed.cpu()}"
+                f"shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} req/s; "
+                f"server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
+                f"(less its idle {idle * 100:.1f}% of a core); {shed.cpu()}"
             )
         rate = args.factor * capacity
         runs: list[tuple[str, float | None]] = []
