@@ -72,11 +72,13 @@ def main() -> None:
             raw = asyncio.run(closed_loop(target, args.connections, args.duration))
             n = max(len(raw.outcomes), 1)
             print(
-                f"raw:     {n / raw.seconds:.1f} req/s, generator {raw.generator_cpu_s / n * 1e6:.0f} us CPU per request"
+                f"raw:     {n / raw.seconds:.1f} req/s, "
+                f"generator {raw.generator_cpu_s / n * 1e6:.0f} us CPU per request"
             )
             done, cpu, wall = asyncio.run(aiohttp_loop(url, ids, args.connections, args.duration))
             print(
-                f"aiohttp: {done / wall:.1f} req/s, generator {cpu / max(done, 1) * 1e6:.0f} us CPU per request"
+                f"aiohttp: {done / wall:.1f} req/s, "
+                f"generator {cpu / max(done, 1) * 1e6:.0f} us CPU per request"
             )
     finally:
         proc.terminate()
