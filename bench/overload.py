@@ -9,7 +9,8 @@
      shed: what the server did before admission by deadline;
    - "server default": no header: the server's `batching.deadline_ms` applies (out of the box);
    - "deadline D": each request says `inferpack-deadline-ms: D`, D = 2 x unloaded P90 (the goal for
-     admitted requests) unless `--deadline-ms` gives others.
+     admitted requests), or the multiples `--deadline-multiples` gives (e.g. 2,3,4: the trade-off between
+     goodput and admitted latency), or the values `--deadline-ms` gives.
    When the load stops, the generator drops its outstanding requests (closes their connections, as wrk
    does at its end), then probes one request at a time: time back to normal = until a probe answers
    within 2 x unloaded P90.
@@ -250,6 +251,12 @@ def parse_args() -> argparse.Namespace:
         action="append",
         help="deadline header of a run (repeatable; default: 2 x unloaded P90)",
     )
+    parser.add_argument(
+        "--deadline-multiples",
+        default="2",
+        help="deadline header runs at these multiples of the unloaded P90, comma-separated (default 2: "
+        "the goal)",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the no-deadline and default runs")
     parser.add_argument("--threads", type=int, default=None, help="server inference threads (default: cores)")
     parser.add_argument("--server-cpus", default=None, help="pin the server to these CPUs, e.g. 0")
@@ -330,7 +337,9 @@ def main() -> None:
         runs: list[tuple[str, float | None]] = []
         if not args.no_baseline:
             runs += [("no deadline", float(NO_DEADLINE_MS)), ("server default deadline", None)]
-        runs += [(f"deadline {d:.0f} ms", d) for d in args.deadline_ms or [2 * p90]]
+        multiples = [float(m) for m in args.deadline_multiples.split(",") if m]
+        deadlines = args.deadline_ms or [m * p90 for m in multiples]
+        runs += [(f"deadline {d:.0f} ms", d) for d in deadlines]
         table = []
         for label, header in runs:
             before = server_counters(url)
