@@ -72,6 +72,13 @@ def test_a_queue_waits_one_release_per_batch_ahead() -> None:
     assert est.estimate(GroupState(5), 3, IDLE).wait_s == pytest.approx(0.050)
 
 
+def test_a_smaller_batch_limit_means_more_turns() -> None:
+    est = measured(max_batch_size=8)
+    # 9 ahead + itself: 2 batches of 8, or 3 of 4 when a batch policy keeps batches at 4
+    assert est.estimate(GroupState(9), 1, BUSY).wait_s == pytest.approx(0.100)
+    assert est.estimate(GroupState(9), 1, BUSY, batch_limit=4).wait_s == pytest.approx(0.150)
+
+
 def test_other_groups_in_line_take_turns_in_between() -> None:
     est = measured()
     crowded = PoolState(thread_free=False, waiting=3, release_interval_s=0.05)

@@ -123,9 +123,13 @@ class WaitEstimator:
         """The moving average of the batch sizes this model ran (1 before any)."""
         return self._size.value or 1.0
 
-    def estimate(self, group: GroupState, items: int, pool: PoolState) -> Estimate:
-        """Expected wait and service of a request of `items` items arriving now (see the module's doc)."""
-        b = self.max_batch_size
+    def estimate(
+        self, group: GroupState, items: int, pool: PoolState, batch_limit: int | None = None
+    ) -> Estimate:
+        """Expected wait and service of a request of `items` items arriving now (see the module's doc).
+        `batch_limit`: the largest batch that forms while every thread is busy, when a batch policy keeps
+        it under `max_batch_size` (smaller batches: more turns); None: `max_batch_size`."""
+        b = max(1, min(batch_limit or self.max_batch_size, self.max_batch_size))
         size = max(group.queued, 0) + max(items, 1)
         turns = math.ceil(size / b)  # the group's batches until this request's last one starts
         own = max(group.in_line, 1)  # its dispatchers in line, at least the one this request wakes
