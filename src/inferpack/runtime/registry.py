@@ -229,6 +229,12 @@ class ModelRegistry:
         """Ids of the loaded models."""
         return sorted(m for m, e in self._entries.items() if e.state == "ready")
 
+    def ready_batcher(self, model_id: str) -> ModelBatcher | None:
+        """The batcher of a loaded, ready model, else None; a plain lookup (no refresh, no load, no
+        counters), for the server's early shed before a request is parsed."""
+        entry = self._entries.get(model_id)
+        return entry.batcher if entry is not None and entry.state == "ready" else None
+
     def queue_depth(self) -> int:
         """Requests queued over all loaded models."""
         return sum(e.batcher.queue_depth for e in self._entries.values() if e.batcher is not None)
