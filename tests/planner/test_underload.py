@@ -1,0 +1,129 @@
+"""The service time under open-loop load (planner/underload.py, planner/overhead.py): the Poisson schedule,
+which requests count (those that found the worker free), the server's own timings read from its real
+metrics page, and one real measurement through `inferpack serve` with tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferpack.errors import InferpackError
+from inferpack.planner.overhead import (
+    Overhead,
+    ServerTiming,
+    measure_server_timing,
+    overhead_of,
+    seed_url,
+    with_overhead,
+)
+from inferpack.planner.profiler import ProfileRequest, profile_repository, request_item
+from inferpack.planner.underload import (
+    Sent,
+    ServiceUnderLoad,
+    mean_timings,
+    poisson_offsets,
+    rate_for,
+    service_of,
+    timer_totals,
+)
+from inferpack.repository.local import open_repository
+from inferpack.runtime.tasks import TextInput
+from inferpack.server.metrics import ServerMetrics
+
+
+def test_the_poisson_schedule_has_the_asked_rate_and_is_reproducible() -> None:
+    offsets = poisson_offsets(20.0, 4000, seed=3)
+    assert len(offsets) == 4000 and offsets == sorted(offsets) and offsets[0] > 0
+    assert offsets[-1] / 4000 == pytest.approx(1 / 20.0, rel=0.05)  # mean gap
+    assert poisson_offsets(20.0, 10, seed=3) == offsets[:10]
+    assert rate_for(0.5, 40.0, 1) == pytest.approx(12.5)  # half of 25 req/s
+    assert rate_for(0.5, 40.0, 4) == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        poisson_offsets(0.0, 5)
+
+
+def test_only_requests_that_found_a_worker_free_make_the_service_time() -> None:
+    free = [Sent(k * 0.1, 0, 40.0 + k) for k in range(10)]  # 40..49 ms
+    queued = [Sent(k * 0.1 + 0.05, 1, 500.0) for k in range(10)]  # waited behind another
+    median, p90, n = service_of(free + queued, workers=1)
+    assert (median, n) == (44.5, 10)
+    assert p90 == pytest.approx(48.1)
+    # With two workers, one request ahead still leaves a worker free.
+    assert service_of(free + queued, workers=2)[2] == 20
+    with pytest.raises(InferpackError, match="found the server's worker free") as err:
+        service_of(queued, workers=1)
+    assert "--overhead-load" in (err.value.hint or "")
+
+
+def test_the_servers_own_timings_are_read_from_its_metrics_page() -> None:
+    metrics = ServerMetrics(top_k=5)
+    metrics.observe_batch("a", 1, waited=0.010, compute=0.040)
+    metrics.observe_request("a", "seed", 200, 0.055)
+    before = timer_totals(metrics.render().decode())
+    for waited, compute in ((0.0, 0.030), (0.020, 0.050)):
+        metrics.observe_batch("b", 1, waited=waited, compute=compute)
+    metrics.observe_request("b", "seed", 200, 0.041)
+    metrics.observe_request("a", "v2", 200, 0.081)
+    means = mean_timings(before, timer_totals(metrics.render().decode()))
+    assert means["compute"] == pytest.approx(40.0)
+    assert means["queue_wait"] == pytest.approx(10.0)
+    assert means["request"] == pytest.approx(61.0)  # over both models' label series
+
+
+def _timing(forward: tuple[float, float] | None) -> ServerTiming:
+    load = ServiceUnderLoad(
+        median_ms=50.0, p90_ms=70.0, unqueued=40, sent=80, rate_rps=10.0, utilisation=0.5,
+        all_median_ms=60.0, all_p90_ms=120.0, server_ms={"compute": 45.0, "queue_wait": 12.0},
+    )  # fmt: skip
+    fwd = forward or (None, None)
+    return ServerTiming(load, 44.0, 47.0, 4, forward_median_ms=fwd[0], forward_p90_ms=fwd[1])
+
+
+def test_overhead_is_the_service_time_under_load_less_the_bare_forward() -> None:
+    timing = _timing(None)
+    assert overhead_of(timing, 42.0, 48.0) == Overhead(8.0, 22.0, timing)  # the profile's forward
+    assert overhead_of(timing, 60.0, 80.0).median_ms == 0.0  # never negative
+    # Forwards timed around the load (same minute) win over the profile's figures.
+    around = _timing((45.0, 60.0))
+    assert overhead_of(around, 10.0, 10.0) == Overhead(5.0, 10.0, around)
+    url = seed_url("http://h:1", "m/1", TextInput("q a", "c"))
+    assert url == "http://h:1/predictions/m%2F1?seq_0=q+a&seq_1=c"
+    assert seed_url("http://h:1", "m", TextInput("t")).endswith("/predictions/m?seq_0=t")
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from inferpack.repository.demo import make_demo_models
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_demo_models(root, 2, arch="tiny", task="question-answering", prefix="tiny")
+    return root
+
+
+@pytest.mark.slow
+def test_service_time_under_load_is_measured_through_a_real_server(tiny_repo: Path, tmp_path: Path) -> None:
+    # A real `inferpack serve` on a free port with both tiny models; Poisson load from this process.
+    repo = open_repository(tiny_repo)
+    ids = repo.model_ids()
+    items = {m: request_item(repo.manifest(m, repo.versions(m)[-1])) for m in ids}
+    forwards = iter(range(1, 100))
+    timing = measure_server_timing(
+        tiny_repo, items, dtype="fp32", intra_op_threads=1, requests=40, utilisation=0.3,
+        log_path=tmp_path / "server.log", forward=lambda: float(next(forwards)),
+    )  # fmt: skip
+    load = timing.under_load
+    assert timing.models == 2 and load.sent == 40 and 5 <= load.unqueued <= 40
+    assert 0 < load.median_ms <= load.p90_ms
+    assert load.rate_rps == pytest.approx(0.3 * 1000 / timing.sequential_median_ms)
+    # The server's metrics saw every request of the window (its compute and queue wait per batch).
+    assert set(load.server_ms) == {"compute", "queue_wait", "request"}
+    assert 0 < load.server_ms["compute"] <= load.server_ms["request"]
+    # The forward was timed 10 times before and 10 after the load: 1..20.
+    assert timing.forward_median_ms == 10.5
+    request = ProfileRequest(batch_sizes=[1], threads=[1], dtypes=["fp32"], repeats=2)
+    profile, _ = profile_repository(repo, ids, request, when="test")
+    prof = with_overhead(profile.profiles[0], overhead_of(timing, 1.0, 1.0))
+    assert prof.request_overhead_ms == pytest.approx(max(0.0, load.median_ms - 10.5), abs=1e-3)
+    assert "under Poisson load" in prof.source and "found the worker free" in prof.source
+    assert (tmp_path / "server.log").exists()
