@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from inferpack.errors import InferpackError
 from inferpack.planner.overhead import (
     Overhead,
     ServerTiming,
@@ -23,8 +22,7 @@ from inferpack.planner.underload import (
     ServiceUnderLoad,
     mean_timings,
     poisson_offsets,
-    rate_for,
-    service_of,
+    service_times,
     timer_totals,
 )
 from inferpack.repository.local import open_repository
@@ -37,23 +35,28 @@ def test_the_poisson_schedule_has_the_asked_rate_and_is_reproducible() -> None:
     assert len(offsets) == 4000 and offsets == sorted(offsets) and offsets[0] > 0
     assert offsets[-1] / 4000 == pytest.approx(1 / 20.0, rel=0.05)  # mean gap
     assert poisson_offsets(20.0, 10, seed=3) == offsets[:10]
-    assert rate_for(0.5, 40.0, 1) == pytest.approx(12.5)  # half of 25 req/s
-    assert rate_for(0.5, 40.0, 4) == pytest.approx(50.0)
     with pytest.raises(ValueError):
         poisson_offsets(0.0, 5)
 
 
-def test_only_requests_that_found_a_worker_free_make_the_service_time() -> None:
-    free = [Sent(k * 0.1, 0, 40.0 + k) for k in range(10)]  # 40..49 ms
-    queued = [Sent(k * 0.1 + 0.05, 1, 500.0) for k in range(10)]  # waited behind another
-    median, p90, n = service_of(free + queued, workers=1)
-    assert (median, n) == (44.5, 10)
-    assert p90 == pytest.approx(48.1)
-    # With two workers, one request ahead still leaves a worker free.
-    assert service_of(free + queued, workers=2)[2] == 20
-    with pytest.raises(InferpackError, match="found the server's worker free") as err:
-        service_of(queued, workers=1)
-    assert "--overhead-load" in (err.value.hint or "")
+def test_each_service_runs_from_the_later_of_its_send_and_the_previous_answer() -> None:
+    records = [
+        Sent(0.000, 0.050),  # worker free: 50 ms end to end
+        Sent(0.020, 0.090),  # sent while the first ran: served from its answer, 40 ms
+        Sent(0.030, 0.150),  # queued behind both: 60 ms
+        Sent(0.400, 0.445),  # free again: 45 ms
+    ]
+    services, waited = service_times(records[::-1])  # any order: answers are sorted
+    assert services == pytest.approx([50.0, 40.0, 60.0, 45.0]) and waited == 2
+    # A simulated one-worker FIFO queue under Poisson arrivals: the services come back exactly.
+    arrivals = poisson_offsets(20.0, 300, seed=1)
+    truth = [0.030 + 0.02 * ((k * 7) % 5) for k in range(300)]
+    free_at, sent = 0.0, []
+    for a, s in zip(arrivals, truth, strict=True):
+        free_at = max(a, free_at) + s
+        sent.append(Sent(a, free_at))
+    services, waited = service_times(sent)
+    assert services == pytest.approx([1000 * s for s in truth]) and 0 < waited < 300
 
 
 def test_the_servers_own_timings_are_read_from_its_metrics_page() -> None:
@@ -73,11 +76,13 @@ def test_the_servers_own_timings_are_read_from_its_metrics_page() -> None:
 
 def _timing(forward: tuple[float, float] | None) -> ServerTiming:
     load = ServiceUnderLoad(
-        median_ms=50.0, p90_ms=70.0, unqueued=40, sent=80, rate_rps=10.0, utilisation=0.5,
-        all_median_ms=60.0, all_p90_ms=120.0, server_ms={"compute": 45.0, "queue_wait": 12.0},
+        median_ms=50.0, p90_ms=70.0, sent=80, waited=30, rate_rps=10.0, utilisation=0.5, busy=0.52,
+        response_median_ms=60.0, response_p90_ms=120.0, server_ms={"compute": 45.0, "queue_wait": 12.0},
     )  # fmt: skip
     fwd = forward or (None, None)
-    return ServerTiming(load, 44.0, 47.0, 4, forward_median_ms=fwd[0], forward_p90_ms=fwd[1])
+    return ServerTiming(
+        load, 44.0, 47.0, {"compute": 41.0}, 4, forward_median_ms=fwd[0], forward_p90_ms=fwd[1]
+    )
 
 
 def test_overhead_is_the_service_time_under_load_less_the_bare_forward() -> None:
@@ -113,17 +118,19 @@ def test_service_time_under_load_is_measured_through_a_real_server(tiny_repo: Pa
         log_path=tmp_path / "server.log", forward=lambda: float(next(forwards)),
     )  # fmt: skip
     load = timing.under_load
-    assert timing.models == 2 and load.sent == 40 and 5 <= load.unqueued <= 40
-    assert 0 < load.median_ms <= load.p90_ms
+    assert timing.models == 2 and load.sent == 40 and 0 <= load.waited < 40
+    assert 0 < load.median_ms <= load.p90_ms and 0 < load.busy < 1
+    assert load.median_ms <= load.response_median_ms  # the waits are left out
     assert load.rate_rps == pytest.approx(0.3 * 1000 / timing.sequential_median_ms)
     # The server's metrics saw every request of the window (its compute and queue wait per batch).
     assert set(load.server_ms) == {"compute", "queue_wait", "request"}
     assert 0 < load.server_ms["compute"] <= load.server_ms["request"]
+    assert set(timing.sequential_server_ms) == {"compute", "queue_wait", "request"}
     # The forward was timed 10 times before and 10 after the load: 1..20.
     assert timing.forward_median_ms == 10.5
     request = ProfileRequest(batch_sizes=[1], threads=[1], dtypes=["fp32"], repeats=2)
     profile, _ = profile_repository(repo, ids, request, when="test")
     prof = with_overhead(profile.profiles[0], overhead_of(timing, 1.0, 1.0))
     assert prof.request_overhead_ms == pytest.approx(max(0.0, load.median_ms - 10.5), abs=1e-3)
-    assert "under Poisson load" in prof.source and "found the worker free" in prof.source
+    assert "under Poisson load" in prof.source and "40 requests" in prof.source
     assert (tmp_path / "server.log").exists()

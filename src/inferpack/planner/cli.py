@@ -311,7 +311,7 @@ def profile_command(
         typer.Option(
             "--overhead-requests",
             min=10,
-            help="Requests sent through the server under load (those that find the worker free count).",
+            help="Requests sent through the server under load (each gives a service time).",
         ),
     ] = 100,
     overhead_load: Annotated[

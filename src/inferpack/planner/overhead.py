@@ -8,8 +8,9 @@ batches of 1, up to `SERVER_MODELS` models of the architecture taken in turn, on
 and sends it:
 
 1. a few sequential requests (warm-up, and a first estimate of the service time);
-2. `requests` requests as Poisson arrivals at `utilisation` of that estimate (`underload`): the median
-   and P90 of those that found the worker free are the service time under load.
+2. `requests` requests as Poisson arrivals at `utilisation` of that estimate (`underload`): each one's
+   service time (from the later of its send and the previous answer to its answer), their median and
+   P90, is the service time under load.
 
 Bare forwards of the same model and text are timed in the profiling process just before and just after
 the load (same minute, same contention). The excess of the service time under load over them (median
@@ -37,7 +38,7 @@ import psutil
 
 from inferpack.errors import InferpackError
 from inferpack.planner.profiles import ModelProfile, ProfileFile
-from inferpack.planner.underload import ServiceUnderLoad, measure_under_load
+from inferpack.planner.underload import ServiceUnderLoad, mean_timings, measure_under_load, read_timers
 from inferpack.processes import child_env, free_port, server_command, spawn, terminate, wait_ready
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.tasks import TextInput
@@ -56,6 +57,7 @@ class ServerTiming:
     under_load: ServiceUnderLoad
     sequential_median_ms: float
     sequential_p90_ms: float
+    sequential_server_ms: dict[str, float]  # the server's own mean timings over the sequential requests
     models: int  # models the server held (requests rotated over them)
     forward_median_ms: float | None = None
     forward_p90_ms: float | None = None
@@ -152,7 +154,10 @@ def measure_server_timing(
             raise InferpackError(f"{exc} (log: {log_path})") from exc
         urls = [seed_url(base, model_id, item) for model_id, item in items.items()]
         with httpx.Client(timeout=60.0, trust_env=False) as client:
-            sequential = time_requests(client, _rotating(urls, 3 + SEQUENTIAL_REQUESTS))
+            time_requests(client, urls[:1] * 3, warmup=3)
+            before = read_timers(client, base)
+            sequential = time_requests(client, _rotating(urls, SEQUENTIAL_REQUESTS), warmup=0)
+            sequential_server_ms = mean_timings(before, read_timers(client, base))
         seq_median = float(statistics.median(sequential))
         forwards = [forward() for _ in range(FORWARDS)] if forward is not None else []
         load = measure_under_load(
@@ -166,6 +171,7 @@ def measure_server_timing(
         under_load=load,
         sequential_median_ms=seq_median,
         sequential_p90_ms=float(np.quantile(sequential, 0.9)),
+        sequential_server_ms=sequential_server_ms,
         models=len(items),
         forward_median_ms=float(statistics.median(forwards)) if forwards else None,
         forward_p90_ms=float(np.quantile(forwards, 0.9)) if forwards else None,
@@ -195,13 +201,17 @@ def with_overhead(profile: ModelProfile, overhead: Overhead) -> ModelProfile:
         if t.forward_median_ms is not None
         else "the profiled bare forward"
     )
-    server = ", ".join(f"{k.replace('_', ' ')} {v:.1f} ms" for k, v in sorted(load.server_ms.items()))
+
+    def means(timings: dict[str, float]) -> str:
+        return ", ".join(f"{k.replace('_', ' ')} {v:.1f} ms" for k, v in sorted(timings.items())) or "none"
+
     note = (
         f"; request overhead = service time under Poisson load through `inferpack serve` ({t.models} "
-        f"model(s), {load.rate_rps:.2f} req/s for utilisation {load.utilisation:g}; {load.unqueued} of "
-        f"{load.sent} requests found the worker free: {load.median_ms:.1f} ms, P90 {load.p90_ms:.1f} ms) "
-        f"minus {forward}; sequential requests {t.sequential_median_ms:.1f} ms (P90 "
-        f"{t.sequential_p90_ms:.1f}); the server's means under load: {server or 'none'}"
+        f"model(s), {load.rate_rps:.2f} req/s for utilisation {load.utilisation:g}, measured busy "
+        f"{load.busy:.2f}; {load.sent} requests, {load.waited} waited; service from the later of send and "
+        f"the previous answer to the answer: {load.median_ms:.1f} ms, P90 {load.p90_ms:.1f} ms) minus "
+        f"{forward}; sequential requests {t.sequential_median_ms:.1f} ms (P90 {t.sequential_p90_ms:.1f}); "
+        f"the server's means under load: {means(load.server_ms)}; sequential: {means(t.sequential_server_ms)}"
     )
     return profile.model_copy(
         update={

@@ -4,22 +4,27 @@ A sequential client (one request after another) measures a request on an otherwi
 nothing else on the cores. The planned server is never in that state: requests arrive as a Poisson
 stream, the event loop parses and answers other requests while a forward runs, the client shares the
 cores, the worker sits idle between arrivals. So the profiler sends the server Poisson traffic at a
-moderate utilisation and keeps, as the service time, the end-to-end time of the requests that found
-the worker free (fewer requests of its own in flight than the server has workers when it was sent:
-nothing queued ahead of it). Their median and P90 are the service-time distribution under load; the
-queueing wait is the model's business, so requests that queued are left out.
+moderate utilisation and derives each request's service time from the client's own send and answer
+times: the server has one worker that serves one request at a time and never idles while one waits, so
+a request's service starts at the later of its send and the previous answer (in answer order) and ends
+at its answer. A request that found the worker free is timed end to end (HTTP both ways included); one
+that queued, from the previous answer to its own (its HTTP parsing overlapped the previous request's
+forward). Every request counts, so the figures are not biased towards idle moments (or, on shared
+cores, towards quiet ones: queues build up when the machine is slow), and waits are left to the
+queueing model.
 
 The server's own timings are read from its `/metrics` before and after the window (mean batch compute:
 tokenise + forward + decode; mean queue wait; mean server-side request time), to show where the time
 goes; they are reported next to the figures, not used by the planner.
 
-`poisson_offsets` and `service_of` are pure; `send_open_loop` is the asyncio + aiohttp client (the load
-generator's client library) that records each request's send time, in-flight count and duration.
+`poisson_offsets`, `service_times` and the metrics arithmetic are pure; `send_open_loop` is the asyncio
++ aiohttp client (the load generator's client library) that records each request's send and answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -42,26 +47,25 @@ SERVER_TIMERS = {
 
 @dataclass(frozen=True)
 class Sent:
-    """One request of the open-loop load: its intended send offset (s), how many of this client's
-    requests were in flight when it was sent, and its end-to-end time (ms)."""
+    """One request of the open-loop load: when it was sent and answered (s from the window's start)."""
 
-    offset_s: float
-    in_flight: int
-    elapsed_ms: float
+    sent_s: float
+    done_s: float
 
 
 @dataclass(frozen=True)
 class ServiceUnderLoad:
-    """The end-to-end times of the requests that found a worker free, under open-loop load (ms)."""
+    """Service times of the requests of an open-loop window through a one-worker server (ms)."""
 
     median_ms: float
     p90_ms: float
-    unqueued: int  # requests the figures come from
-    sent: int  # requests sent in the window
+    sent: int  # requests in the window (each gives a service time)
+    waited: int  # of which found the worker busy
     rate_rps: float  # the offered Poisson rate
     utilisation: float  # the utilisation the rate was chosen for
-    all_median_ms: float  # of every request, waits included
-    all_p90_ms: float
+    busy: float  # the worker's measured busy share over the window (sum of services / window)
+    response_median_ms: float  # end to end, waits included
+    response_p90_ms: float
     server_ms: dict[str, float]  # the server's own mean timings in the window (SERVER_TIMERS' names)
 
 
@@ -73,22 +77,18 @@ def poisson_offsets(rate_rps: float, count: int, seed: int = 0) -> list[float]:
     return [float(t) for t in np.cumsum(gaps)]
 
 
-def rate_for(utilisation: float, service_ms: float, workers: int) -> float:
-    """The arrival rate (req/s) that keeps `workers` workers of `service_ms` each this busy."""
-    return utilisation * workers * 1000.0 / service_ms
-
-
-def service_of(records: Sequence[Sent], workers: int, min_unqueued: int = 5) -> tuple[float, float, int]:
-    """Median and P90 (ms) of the requests sent while fewer than `workers` were in flight (they found a
-    worker free), and how many those were; InferpackError when fewer than `min_unqueued`."""
-    free = [r.elapsed_ms for r in records if r.in_flight < workers]
-    if len(free) < min_unqueued:
-        raise InferpackError(
-            f"only {len(free)} of {len(records)} requests found the server's worker free; the service time "
-            f"under load needs at least {min_unqueued}",
-            hint="lower --overhead-load or raise --overhead-requests",
-        )
-    return float(statistics.median(free)), float(np.quantile(free, 0.9)), len(free)
+def service_times(records: Sequence[Sent]) -> tuple[list[float], int]:
+    """Each request's service time (ms) on a server with one worker that serves one request at a time and
+    never idles while one waits: from the later of its send and the previous answer, in answer order, to
+    its answer. Also how many requests waited (sent before the previous answer)."""
+    services: list[float] = []
+    waited = 0
+    previous = -math.inf
+    for r in sorted(records, key=lambda r: r.done_s):
+        waited += r.sent_s < previous
+        services.append((r.done_s - max(r.sent_s, previous)) * 1000.0)
+        previous = r.done_s
+    return services, waited
 
 
 def timer_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
@@ -133,7 +133,6 @@ async def send_open_loop(
 ) -> list[Sent]:
     """GET `urls[k]` at `offsets[k]` seconds from now, each on its own task (open loop: a slow answer does
     not delay the next send); every request must answer 200."""
-    in_flight = 0
     records: list[Sent] = []
     failures: list[str] = []
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -141,54 +140,44 @@ async def send_open_loop(
         start = time.perf_counter()
 
         async def one(url: str, offset: float) -> None:
-            nonlocal in_flight
             await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
-            ahead = in_flight
-            in_flight += 1
-            sent = time.perf_counter()
-            try:
-                async with session.get(url) as response:
-                    await response.read()
-                    if response.status != 200:
-                        failures.append(f"{response.status} from {url.split('?')[0]}")
-            finally:
-                in_flight -= 1
-            records.append(Sent(offset, ahead, (time.perf_counter() - sent) * 1000.0))
+            sent = time.perf_counter() - start
+            async with session.get(url) as response:
+                await response.read()
+                if response.status != 200:
+                    failures.append(f"{response.status} from {url.split('?')[0]}")
+            records.append(Sent(sent, time.perf_counter() - start))
 
         await asyncio.gather(*(one(u, t) for u, t in zip(urls, offsets, strict=True)))
     if failures:
         raise InferpackError(f"the profiling server failed {len(failures)} request(s): {failures[:3]}")
-    return sorted(records, key=lambda r: r.offset_s)
+    return sorted(records, key=lambda r: r.sent_s)
 
 
 def measure_under_load(
-    base_url: str,
-    urls: Sequence[str],
-    *,
-    service_ms: float,
-    utilisation: float,
-    workers: int = 1,
-    seed: int = 0,
+    base_url: str, urls: Sequence[str], *, service_ms: float, utilisation: float, seed: int = 0
 ) -> ServiceUnderLoad:
-    """Send `len(urls)` requests as Poisson arrivals at the rate that keeps `workers` workers of
-    `service_ms` (a first estimate: sequential requests) `utilisation` busy; the service time of those
-    that found a worker free, and the server's own mean timings over the window."""
-    rate = rate_for(utilisation, service_ms, workers)
+    """Send `len(urls)` requests as Poisson arrivals at the rate that keeps one worker of `service_ms` (a
+    first estimate: sequential requests) `utilisation` busy; their service times (`service_times`) and
+    the server's own mean timings over the window."""
+    rate = utilisation * 1000.0 / service_ms
     offsets = poisson_offsets(rate, len(urls), seed)
     with httpx.Client(timeout=30.0, trust_env=False) as client:
         before = read_timers(client, base_url)
         records = asyncio.run(send_open_loop(urls, offsets))
         after = read_timers(client, base_url)
-    median, p90, free = service_of(records, workers)
-    every = [r.elapsed_ms for r in records]
+    services, waited = service_times(records)
+    responses = [(r.done_s - r.sent_s) * 1000.0 for r in records]
+    window_s = max(r.done_s for r in records) - min(r.sent_s for r in records)
     return ServiceUnderLoad(
-        median_ms=median,
-        p90_ms=p90,
-        unqueued=free,
+        median_ms=float(statistics.median(services)),
+        p90_ms=float(np.quantile(services, 0.9)),
         sent=len(records),
+        waited=waited,
         rate_rps=rate,
         utilisation=utilisation,
-        all_median_ms=float(statistics.median(every)),
-        all_p90_ms=float(np.quantile(every, 0.9)),
+        busy=sum(services) / 1000.0 / window_s,
+        response_median_ms=float(statistics.median(responses)),
+        response_p90_ms=float(np.quantile(responses, 0.9)),
         server_ms=mean_timings(before, after),
     )
