@@ -144,20 +144,22 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     (the server's mean compute per batch, queue wait and request time; the generator's CPU share)."""
     table = [
         "| offered load | utilisation | predicted P90 | measured P90 | predicted / measured | P50 / P99 "
-        "| server: compute / queue wait / request (means) | server CPU per request | generator CPU "
+        "| server: compute / queue wait / request (means) | compute / costed forward "
+        "| server CPU per request | generator CPU "
         "| throughput | errors | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ms = r["server_ms"]
         parts = " / ".join(f"{ms[k]:.1f}" if k in ms else "-" for k in ("compute", "queue_wait", "request"))
         cpu = r["server_cpu_ms_per_request"]
+        drift = "-" if r["drift"] is None else f"{r['drift']:.2f}"
         gen = r["generator_cpu_share"]
         table.append(
             f"| {r['rate']:.2f} req/s ({r['fraction']:.0%}) | {r['utilisation']:.2f} | "
             f"{r['predicted_p90_ms']:.0f} ms | {r['measured_p90_ms']:.0f} ms | "
             f"{r['predicted_p90_ms'] / r['measured_p90_ms']:.2f} | "
-            f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms | {parts} ms | "
+            f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms | {parts} ms | {drift} | "
             f"{'-' if cpu is None else f'{cpu:.1f} ms'} | "
             f"{'-' if not gen else f'{100 * max(gen):.1f}% of a core'} | "
             f"{r['throughput']:.2f} req/s | {r['errors']} | {r['load_average']:.1f} |"
@@ -225,6 +227,7 @@ def main() -> None:
         f"cv {choice.cv:.2f}"
     )
 
+    costed_forward_ms = 1000.0 * choice.service_s - overhead  # mean forward (+ tokenise, decode) costed
     group = plan.groups[0]
     if group.execution is None:
         raise SystemExit("the plan carries no execution settings (format 2 expected)")
@@ -282,6 +285,9 @@ def main() -> None:
                     "mean_ms": lat["mean_ms"],
                     "server_ms": server_ms,  # means per batch / request over the level (warm-up included)
                     "server_cpu_ms_per_request": 1000.0 * cpu_s / served if served else None,
+                    # the server's mean compute at this level over the forward the plan costed: far from 1,
+                    # the machine changed between the profile and this level (shared cores)
+                    "drift": server_ms["compute"] / costed_forward_ms if "compute" in server_ms else None,
                     "generator_cpu_share": summary.get("generator_cpu_share"),
                     "throughput": summary["throughput_rps"],
                     "errors": summary["errors"],

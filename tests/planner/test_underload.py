@@ -134,3 +134,15 @@ def test_service_time_under_load_is_measured_through_a_real_server(tiny_repo: Pa
     assert prof.request_overhead_ms == pytest.approx(max(0.0, load.median_ms - 10.5), abs=1e-3)
     assert "under Poisson load" in prof.source and "40 requests" in prof.source
     assert (tmp_path / "server.log").exists()
+
+
+def test_profile_offers_the_load_flags_and_rejects_a_load_past_the_limit(tiny_repo: Path) -> None:
+    from typer.testing import CliRunner
+
+    from inferpack.cli import app
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["profile", "--help"], terminal_width=200).output
+    assert "--overhead-load" in help_text and "--overhead-requests" in help_text
+    result = runner.invoke(app, ["profile", "--repository", str(tiny_repo), "--overhead-load", "0.95"])
+    assert result.exit_code == 2 and "0.95" in result.output
