@@ -18,8 +18,9 @@ over median, P90 over P90) is the profile's `request_overhead_ms` / `request_ove
 planner adds to every request's service time (`plan --request-overhead-ms` overrides it). The sequential
 figures and the server's own mean timings (compute, queue wait) are recorded in the profile's source.
 
-The client runs in this process; its own share (~0.2 ms of CPU per request with aiohttp) is counted in
-the overhead, as a router's or load balancer's hop would be in production.
+The client runs in this process; its own share (~0.2-0.4 ms of CPU per request with aiohttp,
+docs/benchmarks.md) is counted in the overhead, as a router's or load balancer's hop would be in
+production.
 """
 
 from __future__ import annotations
