@@ -250,6 +250,9 @@ def main() -> None:
         server = psutil.Process(state["servers"][0]["pid"])
         deployed = deployed_settings(server.pid, group.execution)
         print(f"deployed: {deployed}")
+        print(
+            "load generator: not pinned (it shares the cores with the server); its CPU share per level below"
+        )
         repo = open_repository(work / "repo")
         first = repo.model_ids()[0]
         item = request_item(repo.manifest(first, repo.versions(first)[-1]))
