@@ -116,15 +116,18 @@ def deployed_settings(pid: int, execution: Execution) -> str:
         for flag, field in SERVE_FLAGS.items()
         if flag not in flags or type(planned[field])(flags[flag]) != planned[field]
     ]
-    env = [k for k in proc.environ() if k.startswith(tuple(f"INFERPACK_SERVER__{o}" for o in OVERRIDES))]
+    environ = proc.environ()
+    env = [k for k in environ if k.startswith(tuple(f"INFERPACK_SERVER__{o}" for o in OVERRIDES))]
+    if environ.get("OMP_NUM_THREADS", str(execution.intra_op_threads)) != str(execution.intra_op_threads):
+        wrong.append(f"OMP_NUM_THREADS {environ['OMP_NUM_THREADS']} (plan: {execution.intra_op_threads})")
     if wrong or env:
         raise SystemExit(f"the server does not run the plan's settings: {wrong}; overriding variables {env}")
     return (
         f"{execution.inference_threads} inference thread(s) x {execution.intra_op_threads} intra-op "
         f"thread(s), {execution.dtype}, batches <= {execution.max_batch_size}, "
         f"wait {execution.max_wait_ms:g} ms, "
-        f"device {execution.device}: equal to the plan's execution (server command line; no "
-        "INFERPACK_SERVER__ override in its environment)"
+        f"device {execution.device}: equal to the plan's execution (server command line and "
+        "OMP_NUM_THREADS; no INFERPACK_SERVER__ override in its environment)"
     )
 
 

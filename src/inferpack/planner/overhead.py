@@ -155,7 +155,8 @@ def measure_server_timing(
             raise InferpackError(f"{exc} (log: {log_path})") from exc
         urls = [seed_url(base, model_id, item) for model_id, item in items.items()]
         with httpx.Client(timeout=60.0, trust_env=False) as client:
-            time_requests(client, urls[:1] * 3, warmup=3)
+            warm = _rotating(urls, max(3, len(urls)))  # every model answers once before the timing
+            time_requests(client, warm, warmup=len(warm))
             before = read_timers(client, base)
             sequential = time_requests(client, _rotating(urls, SEQUENTIAL_REQUESTS), warmup=0)
             sequential_server_ms = mean_timings(before, read_timers(client, base))
