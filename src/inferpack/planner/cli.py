@@ -101,7 +101,8 @@ def plan_command(
         typer.Option(
             "--request-overhead-ms",
             min=0.0,
-            help="ms per request outside the forward (default: the profile's measurement, else 0).",
+            help="ms per request outside the forward, added to its median and P90 (default: the profile's "
+            "measurement under load, median and P90, else 0).",
         ),
     ] = None,
     daemonset_cpu: Annotated[
