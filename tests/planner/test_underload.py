@@ -136,7 +136,7 @@ def test_service_time_under_load_is_measured_through_a_real_server(tiny_repo: Pa
     assert (tmp_path / "server.log").exists()
 
 
-def test_profile_offers_the_load_flags_and_rejects_a_load_past_the_limit(tiny_repo: Path) -> None:
+def test_profile_offers_the_load_flags_and_rejects_a_load_past_the_limit(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from inferpack.cli import app
@@ -144,5 +144,5 @@ def test_profile_offers_the_load_flags_and_rejects_a_load_past_the_limit(tiny_re
     runner = CliRunner(env={"COLUMNS": "200"})  # wide enough that rich does not cut the flags
     help_text = runner.invoke(app, ["profile", "--help"]).output
     assert "--overhead-load" in help_text and "--overhead-requests" in help_text
-    result = runner.invoke(app, ["profile", "--repository", str(tiny_repo), "--overhead-load", "0.95"])
+    result = runner.invoke(app, ["profile", "--repository", str(tmp_path), "--overhead-load", "0.95"])
     assert result.exit_code == 2 and "--overhead-load" in result.output and "0.9" in result.output
