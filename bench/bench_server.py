@@ -116,16 +116,17 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
 
 
 def run_server(
-    repo: Path, dtype: str, cross_tenant: bool = True, engine: str = "eager"
+    repo: Path, dtype: str, cross_tenant: bool = True, threads: int | None = None, engine: str = "eager"
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`inferpack serve` on every model of `repo` in `dtype` with `engine`, once it is ready (for
-    onnxruntime: once every model's session took over from its eager stand-in)."""
+    """`inferpack serve` on every model of `repo` in `dtype` with `engine` (and `threads` inference
+    threads; None: the server's default), once it is ready (for onnxruntime: once every model's session
+    took over from its eager stand-in)."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
         models=None,
         port=port,
-        threads=None,
+        threads=threads,
         log_level="warning",
         extra_args=["--dtype", dtype, "--engine", engine],
     )
@@ -165,7 +166,7 @@ def add_onnx_versions(repo: LocalRepository, ids: list[str]) -> None:
     """`inferpack compile --format onnx` for every model that has no ONNX version yet."""
     for model_id in ids:
         if all(repo.manifest(model_id, v).format != "onnx" for v in repo.versions(model_id)):
-            compile_model(repo, model_id, CompileOptions(format="onnx"))
+            compile_model(repo, model_id, CompileOptions(output_format="onnx"))
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ def onnx_repo(root: Path, count: int = 2) -> tuple[LocalRepository, list[str]]:
     ids = make_demo_models(root, count, arch="tiny", prefix="oqa")
     repo = LocalRepository(root)
     for model_id in ids:
-        compile_model(repo, model_id, CompileOptions(format="onnx"))
+        compile_model(repo, model_id, CompileOptions(output_format="onnx"))
     return repo, ids
 
 

@@ -72,9 +72,12 @@ def test_a_tiered_load_answers_from_the_eager_source_and_upgrades_to_the_session
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (CompileOptions(format="onnx", dtype="bf16"), "fp32 graphs for ONNX Runtime on CPUs, not cpu bf16"),
-        (CompileOptions(format="onnx", quantize="int8"), "not cpu fp32 int8"),
-        (CompileOptions(format="onnx", target="cuda"), "not cuda fp32"),
+        (
+            CompileOptions(output_format="onnx", dtype="bf16"),
+            "fp32 graphs for ONNX Runtime on CPUs, not cpu bf16",
+        ),
+        (CompileOptions(output_format="onnx", quantize="int8"), "not cpu fp32 int8"),
+        (CompileOptions(output_format="onnx", target="cuda"), "not cuda fp32"),
     ],
 )
 def test_what_onnx_does_not_offer_is_refused_before_any_work(

@@ -59,20 +59,23 @@ class CompileResult:
 
 
 def source_version(repo: LocalRepository, model_id: str, requested: int | None) -> int:
-    """The version to compile from: the one asked for, or the latest safetensors version."""
+    """The version to compile from: the one asked for, or the latest fp32 safetensors version (the
+    reference every variant is checked against; a cast bf16 version is a variant, not a source)."""
     if requested is not None:
         manifest = repo.manifest(model_id, requested)
-        if manifest.format != "safetensors":
+        if manifest.format != "safetensors" or manifest.dtype != "fp32":
             raise CompileError(
-                f"model {model_id!r} v{requested} is already {manifest.format}; "
-                "compile from a safetensors version",
-                hint=f"versions: {repo.versions(model_id)}; omit --version to use the latest safetensors one",
+                f"model {model_id!r} v{requested} is already {manifest.format} ({manifest.dtype}); "
+                "compile from an fp32 safetensors version",
+                hint=f"versions: {repo.versions(model_id)}; omit --version to use the latest fp32 "
+                "safetensors one",
             )
         return requested
     for version in reversed(repo.versions(model_id)):
-        if repo.manifest(model_id, version).format == "safetensors":
+        manifest = repo.manifest(model_id, version)
+        if manifest.format == "safetensors" and manifest.dtype == "fp32":
             return version
-    raise CompileError(f"model {model_id!r} has no safetensors version to compile from")
+    raise CompileError(f"model {model_id!r} has no fp32 safetensors version to compile from")
 
 
 def compile_model(
@@ -83,9 +86,13 @@ def compile_model(
     clock: Callable[[], float] = time.perf_counter,
 ) -> CompileResult:
     """Compile one model and store it as a new version; CompileError (nothing stored) on a failed check."""
+    if options.output_format == "safetensors":
+        from inferpack.compile.cast import cast_model  # it builds on this module's checks
+
+        return cast_model(repo, model_id, options, clock=clock)
     started = clock()
     variant = choose_variant(options.dtype, options.quantize, options.target)
-    if options.format == "onnx":
+    if options.output_format == "onnx":
         check_onnx_options(options)
     device = device_for(options.target)  # fails before any work when the target is not available
     src = source_version(repo, model_id, options.source_version)
@@ -109,7 +116,7 @@ def compile_model(
     with tempfile.TemporaryDirectory(prefix="inferpack-compile-") as tmp:
         compiled: Callable[..., torch.Tensor]
         try:
-            if options.format == "onnx":
+            if options.output_format == "onnx":
                 compiled, write = export_checked_graph(converted, examples.trace, Path(tmp))
             else:
                 traced = _round_trip(_trace(converted, examples.trace, options, device), device)
@@ -118,7 +125,7 @@ def compile_model(
             raise
         except Exception as exc:
             raise CompileError(
-                f"{'exporting' if options.format == 'onnx' else 'tracing'} {model_id!r} v{src} for "
+                f"{'exporting' if options.output_format == 'onnx' else 'tracing'} {model_id!r} v{src} for "
                 f"{options.target} ({variant.label}) failed: {type(exc).__name__}: {exc}"
             ) from exc
         checks = _check(eager, converted, compiled, examples, handler, device, variant)
@@ -143,10 +150,10 @@ def _store(
 
     hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009 - transformers config attribute
     static = "" if options.target != "neuron" else f"; static input shape [1, {manifest.max_sequence_length}]"
-    onnx = options.format == "onnx"
+    onnx = options.output_format == "onnx"
     kind = f"ONNX opset {OPSET}" if onnx else "TorchScript"
     new_manifest = Manifest(
-        format=options.format,
+        format=options.output_format,
         task=manifest.task,
         weights=ONNX_FILE if onnx else WEIGHTS_FILE,
         config=manifest.config,
@@ -235,9 +242,10 @@ def _check(
     """Run the three models on the held-out checks and compare (see inferpack.compile.agreement)."""
     task = handler.task
     reference = _outputs(eager, examples.checks, torch.device("cpu"))
-    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's.
+    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's; a cast
+    # (compile --format safetensors) is its own candidate: nothing was traced.
     same_variant = reference if converted is eager else _outputs(converted, examples.checks, device)
-    candidate = _outputs(traced, examples.checks, device)
+    candidate = same_variant if traced is converted else _outputs(traced, examples.checks, device)
     candidate_rows = _rows(candidate, examples.checks, task)
     fidelity = compare(_rows(same_variant, examples.checks, task), candidate_rows)
     raw = compare(_rows(reference, examples.checks, task), candidate_rows)

@@ -8,13 +8,14 @@ from typing import Literal
 from inferpack.repository.manifest import DType, TargetName
 
 QuantizeChoice = Literal["none", "int8"]
-CompiledFormat = Literal["torchscript", "onnx"]
+OutputFormat = Literal["torchscript", "safetensors", "onnx"]
 
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """What to compile a model into. `force` stores a version whose agreement check failed. `format`:
-    TorchScript for any target, or an ONNX graph (CPU, fp32) for the onnxruntime engine."""
+    """What to compile a model into. `force` stores a version whose agreement check failed.
+    `output_format` safetensors stores the weights cast to `dtype` instead of a traced graph; onnx exports
+    an ONNX graph (CPU, fp32) for the onnxruntime engine."""
 
     target: TargetName = "cpu"
     dtype: DType = "fp32"
@@ -22,4 +23,4 @@ class CompileOptions:
     source_version: int | None = None
     force: bool = False
     freeze: bool = True
-    format: CompiledFormat = "torchscript"
+    output_format: OutputFormat = "torchscript"

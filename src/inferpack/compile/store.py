@@ -53,21 +53,12 @@ def store_version(
     referenced from the new folder. Returns the new version number and folder.
     """
     source = repo.manifest(model_id, source_version)
-    try:
-        version, new_dir = repo.new_version_dir(model_id)
-    except FileExistsError as exc:
-        # Version folders count once their manifest exists, so the next number's folder already being
-        # there means another compile of this model is writing it, or one was killed (kill -9) mid-write.
-        raise CompileError(
-            f"{exc.filename} already exists without a manifest: another compile of {model_id!r} is "
-            "writing it, or a killed one left it behind",
-            hint="wait for the other compile, or delete that folder if no compile is running",
-        ) from exc
+    version, new_dir = new_version(repo, model_id)
     try:
         write(new_dir / manifest.weights)
-        tokenizer = _carry_file(repo, model_id, source_version, source.tokenizer, new_dir)
+        tokenizer = carry_file(repo, model_id, source_version, source.tokenizer, new_dir)
         config = (
-            _carry_file(repo, model_id, source_version, source.config, new_dir)
+            carry_file(repo, model_id, source_version, source.config, new_dir)
             if source.config is not None
             else None
         )
@@ -80,7 +71,21 @@ def store_version(
     return version, new_dir
 
 
-def _carry_file(repo: LocalRepository, model_id: str, version: int, relative: str, new_dir: Path) -> str:
+def new_version(repo: LocalRepository, model_id: str) -> tuple[int, Path]:
+    """The next version's number and (new, empty) folder; CompileError when a half-written one is there."""
+    try:
+        return repo.new_version_dir(model_id)
+    except FileExistsError as exc:
+        # Version folders count once their manifest exists, so the next number's folder already being
+        # there means another compile of this model is writing it, or one was killed (kill -9) mid-write.
+        raise CompileError(
+            f"{exc.filename} already exists without a manifest: another compile of {model_id!r} is "
+            "writing it, or a killed one left it behind",
+            hint="wait for the other compile, or delete that folder if no compile is running",
+        ) from exc
+
+
+def carry_file(repo: LocalRepository, model_id: str, version: int, relative: str, new_dir: Path) -> str:
     """Copy a file that lives in the source version folder; re-point one that lives elsewhere."""
     source_dir = repo.version_dir(model_id, version)
     path = repo.resolve_file(model_id, version, relative)  # refuses paths escaping the repository

@@ -29,7 +29,7 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import _check_target, _device_kind, choose_version
+from inferpack.runtime.versions import TORCH_DTYPES, _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -165,7 +165,7 @@ def load_model(
         if neuron:
             from inferpack.runtime.neuron import load_neuron, static_shape
 
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             module = load_neuron(version_dir / manifest.weights, manifest)
             limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
             hidden = manifest.hidden_size or 0
@@ -176,7 +176,7 @@ def load_model(
             module = load_onnx(version_dir / manifest.weights, intra_op_threads=intra_op_threads)
             hidden = manifest.hidden_size or 0
         elif manifest.format == "torchscript":
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
             )
@@ -230,9 +230,6 @@ def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest
     if manifest.format != "onnx" or source is None or source not in repository.versions(model_id):
         return None
     return source if repository.manifest(model_id, source).format == "safetensors" else None
-
-
-_MANIFEST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _warm_up(model: LoadedModel) -> None:

@@ -50,7 +50,7 @@ from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, re
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.tier import Upgrades
-from inferpack.runtime.versions import choose_version
+from inferpack.runtime.versions import choose_version, manifest_dtype
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
@@ -187,8 +187,14 @@ class ModelRegistry:
         when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
         # a measured footprint is host memory (RSS): on a GPU the weights' size is the estimate
+        serving = resolve_dtype(self.settings.dtype, self.device.name)
         return estimate_resident_bytes(
-            self.repository, model_id, chosen, already_held=SHARED.holds, measured=self.device.kind == "cpu"
+            self.repository,
+            model_id,
+            chosen,
+            already_held=SHARED.holds,
+            measured=self.device.kind == "cpu",
+            serving_dtype=manifest_dtype(serving),
         )
 
     # catalogue ------------------------------------------------------------------------------------------
@@ -237,6 +243,12 @@ class ModelRegistry:
     def ready_models(self) -> list[str]:
         """Ids of the loaded models."""
         return sorted(m for m, e in self._entries.items() if e.state == "ready")
+
+    def ready_batcher(self, model_id: str) -> ModelBatcher | None:
+        """The batcher of a loaded, ready model, else None; a plain lookup (no refresh, no load, no
+        counters), for the server's early shed before a request is parsed."""
+        entry = self._entries.get(model_id)
+        return entry.batcher if entry is not None and entry.state == "ready" else None
 
     def queue_depth(self) -> int:
         """Requests queued over all loaded models."""

@@ -31,6 +31,7 @@ from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
+from inferpack.server.shed import EarlyShed
 from inferpack.server.v2_api import model_routes, repository_routes, server_metadata
 from inferpack.server.v2_schema import ServerMetadata, errors, install_openapi
 from inferpack.settings import ServerSettings
@@ -150,6 +151,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(EarlyShed, registry=registry, auth=auth, metrics=metrics)  # outermost: before all
 
     # health and server metadata: open, for probes (kubelets send no token); the names of failed models
     # and /metrics follow the auth settings (docs/security.md) --------------------------------------------
