@@ -46,12 +46,14 @@ def compile_command(
         typer.Option(
             "--format",
             help="torchscript: a traced graph; safetensors: the weights stored in --dtype, which a "
-            "server computing in that dtype maps from the file without a copy (eager serving).",
+            "server computing in that dtype maps from the file without a copy (eager serving); onnx: an "
+            "fp32 CPU graph for ONNX Runtime (server.engine onnxruntime).",
         ),
     ] = "torchscript",
 ) -> None:
     """Trace a model to TorchScript for a target (or store its weights in another dtype, --format
-    safetensors), check it against eager fp32, store it as a new version."""
+    safetensors, or export an ONNX graph, --format onnx), check it against eager fp32, store it as a new
+    version."""
     if (model is None) == (not all_models):
         raise typer.BadParameter("name one MODEL or pass --all")
     if all_models and version is not None:
@@ -112,7 +114,10 @@ def result_table(results: list[CompileResult | tuple[str, str]], options: Compil
     # No vertical rules and every column at least as wide as its widest cell: an 80-column terminal (or a
     # pipe, which rich treats as 80 columns) still shows every number and id in full.
     table = Table(
-        title=f"compiled for {options.target}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+        title=f"compiled for {options.target} ({options.output_format})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for i, name in enumerate(COLUMNS):
         width = max([len(name)] + [len(Text.from_markup(row[i]).plain) for row in rows])

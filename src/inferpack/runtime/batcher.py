@@ -174,6 +174,16 @@ class ModelBatcher:
             if others:  # one group, one line: they lend each other their queued requests
                 self.line = others[0].line
 
+    def replace_model(self, model: LoadedModel) -> None:
+        """Run the batches formed from now on with `model` (a stand-in's fast runtime, runtime/tier.py);
+        batches already running keep the model they hold. Rejoins the peers as the new model allows (an
+        ONNX Runtime session mixes with no one)."""
+        if self.peers is not None:
+            self.peers.leave(self)
+        self.model = model
+        if self.peers is not None:
+            self.peers.join(self)
+
     @property
     def queue_depth(self) -> int:
         """Requests waiting (not yet in a running batch)."""

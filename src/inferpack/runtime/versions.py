@@ -32,6 +32,12 @@ def _check_target(model_id: str, version: int, manifest: Manifest, device: str) 
     fixed shapes on a CPU), and on Neuron anything but a Neuron graph (NeuronCores run compiled graphs
     only; the host's few vCPUs are not where an inf2 server should compute)."""
     kind = _device_kind(device)
+    if manifest.format == "onnx" and kind != "cpu":
+        raise ModelLoadFailed(
+            f"model {model_id!r} v{version} is an ONNX graph, which this server runs on CPUs only, "
+            f"not on {kind}",
+            hint="serve its safetensors version (or one compiled for this processor)",
+        )
     if manifest.format == "torchscript" and manifest.target != kind:
         raise ModelLoadFailed(
             f"model {model_id!r} v{version} was compiled for {manifest.target}, this server runs on {kind}",
@@ -45,15 +51,18 @@ def _check_target(model_id: str, version: int, manifest: Manifest, device: str) 
         )
 
 
-def choose_version(repository: ModelRepository, model_id: str, device: str, dtype: torch.dtype) -> int:
+def choose_version(
+    repository: ModelRepository, model_id: str, device: str, dtype: torch.dtype, engine: str = "eager"
+) -> int:
     """The version a server serves by default: the newest one that suits it.
 
     Safetensors versions suit CPU and CUDA servers: fp32 ones in any dtype (converted at load, a private
     copy when the dtype differs), ones stored in another dtype by `inferpack compile --format
     safetensors` only in that dtype (their weights map straight from the file) and when their agreement
-    check passed. A TorchScript version suits when it was compiled for this processor, in the dtype this
-    server computes in, without quantisation (int8 changes answers: ask for its version explicitly), and
-    its agreement check passed.
+    check passed. A compiled version (TorchScript, or ONNX on a server whose engine is onnxruntime) suits
+    when it was compiled for this processor, in the dtype this server computes in, without quantisation
+    (int8 changes answers: ask for its version explicitly), and its agreement check passed. An eager
+    server never picks an ONNX version.
     A Neuron server serves Neuron graphs only, and one in another dtype rather than none (a graph runs in
     the dtype it was compiled in). Falls back to the newest.
     """
@@ -67,6 +76,8 @@ def choose_version(repository: ModelRepository, model_id: str, device: str, dtyp
         if m.format == "safetensors":
             if kind != "neuron" and (m.dtype == "fp32" or (m.dtype == wanted and passed)):
                 return candidate
+            continue
+        if m.format == "onnx" and engine != "onnxruntime":
             continue
         if m.target == kind and m.quantization == "none" and passed:
             if m.dtype == wanted:

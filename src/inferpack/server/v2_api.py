@@ -21,7 +21,11 @@ from inferpack.server.metrics import ServerMetrics
 
 SERVER_NAME = "inferpack"
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
-PLATFORMS = {"safetensors": "pytorch_safetensors", "torchscript": "pytorch_torchscript"}
+PLATFORMS = {
+    "safetensors": "pytorch_safetensors",
+    "torchscript": "pytorch_torchscript",
+    "onnx": "onnxruntime_onnx",
+}
 DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "INT64"}
 
 
