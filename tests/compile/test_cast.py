@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from inferpack.cli import app
 from inferpack.compile import agreement
 from inferpack.compile.agreement import Tolerance
-from inferpack.compile.compiler import compile_model, source_version
+from inferpack.compile.checks import source_version
+from inferpack.compile.compiler import compile_model
 from inferpack.compile.options import CompileOptions
 from inferpack.errors import CompileError
 from inferpack.runtime.versions import choose_version

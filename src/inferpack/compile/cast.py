@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from inferpack.compile.compiler import CompileResult, _check, _enforce, source_version
+from inferpack.compile.checks import CompileResult, check, enforce, source_version
 from inferpack.compile.convert import choose_variant
 from inferpack.compile.examples import build_examples
 from inferpack.compile.options import CompileOptions
@@ -100,7 +100,7 @@ def cast_model(
         # the check runs on exactly what a server will load: the new folder's files, in their dtype
         candidate = build_eager(new_dir, cast, dtype=dtype, device=device)
         eager = build_eager(repo.version_dir(model_id, src), manifest)
-        checks = _check(
+        checks = check(
             eager,
             candidate,
             candidate,
@@ -109,7 +109,7 @@ def cast_model(
             device,
             variant,
         )
-        _enforce(model_id, variant, checks, options.force)
+        enforce(model_id, variant, checks, options.force)
         write_manifest(new_dir / MANIFEST_FILE, cast.model_copy(update={"agreement": checks.agreement}))
     except BaseException:
         # a cast shared file stays: it is named by its content, and another version may already use it

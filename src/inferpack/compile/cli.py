@@ -18,7 +18,7 @@ from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import DType, TargetName
 
 if TYPE_CHECKING:  # the compiler imports torch and transformers: only when a compile actually runs
-    from inferpack.compile.compiler import CompileResult
+    from inferpack.compile.checks import CompileResult
 
 
 def compile_command(
