@@ -151,44 +151,34 @@ def counters(text: str) -> tuple[float, float, float]:
     )
 
 
-def drive(
-    server: Server,
-    models_file: Path,
-    args: argparse.Namespace,
-    s: float,
-    seconds: float,
-    warmup: float,
-    out: Path,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Traffic:
+    """What `inferpack bench run` sends: Zipf over the models file, open loop."""
+
+    models_file: Path
+    zipf_s: float
+    rate: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """One run of traffic: measured seconds after a warm-up; results under `out`."""
+
+    seconds: float
+    warmup: float
+    out: Path
+
+
+def drive(server: Server, traffic: Traffic, window: Window) -> dict[str, Any]:
     """`inferpack bench run` open loop; the measured window's latencies split warm/cold."""
-    subprocess.run(
-        [
-            *python_cli(),
-            "bench",
-            "run",
-            "--url",
-            server.url,
-            "--models-file",
-            str(models_file),
-            "--traffic",
-            "zipf",
-            "--zipf-s",
-            str(s),
-            "--rate",
-            str(args.rate),
-            "--arrivals",
-            "poisson",
-            "--duration",
-            str(seconds),
-            "--warmup",
-            str(warmup),
-            "--out",
-            str(out),
-            "--no-report",
-        ],
-        check=True,
-    )
-    result = load_result(out / "result.json")
+    window.out.mkdir(parents=True, exist_ok=True)
+    command = [*python_cli(), "bench", "run", "--url", server.url, "--no-report"]
+    command += ["--models-file", str(traffic.models_file), "--traffic", "zipf"]
+    command += ["--zipf-s", str(traffic.zipf_s), "--rate", str(traffic.rate), "--arrivals", "poisson"]
+    command += ["--duration", str(window.seconds), "--warmup", str(window.warmup), "--out", str(window.out)]
+    with (window.out / "bench-run.log").open("w") as log:  # its tables per model: not between the figures
+        subprocess.run(command, check=True, stdout=log)
+    result = load_result(window.out / "result.json")
     warm = H.summarize(H.decode(result.histograms.warm))
     cold = H.summarize(H.decode(result.histograms.cold))
     return {
@@ -202,46 +192,31 @@ def drive(
     }
 
 
-def run_phase(
-    name: str,
-    server: Server,
-    models_file: Path,
-    args: argparse.Namespace,
-    s: float,
-    seconds: float,
-    warmup: float,
-    out: Path,
-    extra: dict[str, float],
-) -> Phase:
+def run_phase(name: str, server: Server, traffic: Traffic, window: Window, extra: dict[str, float]) -> Phase:
+    """Drive the server and read its load and eviction counters before and after."""
     before = counters(server.metrics())
-    result = drive(server, models_file, args, s, seconds, warmup, out)
+    result = drive(server, traffic, window)
     after = counters(server.metrics())
     loads, load_s, evictions = (a - b for a, b in zip(after, before, strict=True))
     return Phase(name, result, loads, load_s, evictions, extra)
 
 
 def one_config(
-    repo: Path,
-    models_file: Path,
-    args: argparse.Namespace,
-    s: float,
-    policy: str,
-    budget_mb: float,
-    kind: str,
+    repo: Path, traffic: Traffic, args: argparse.Namespace, policy: str, budget_mb: float, kind: str
 ) -> list[Phase]:
     """Both phases for one Zipf exponent and eviction policy."""
-    tag = f"density-{kind}-s{s:g}-{policy}"
+    tag = f"density-{kind}-s{traffic.zipf_s:g}-{policy}"
     stats = ROOT / f"{tag}-access.json"
     stats.unlink(missing_ok=True)  # phase 1 starts without history
     server = Server(repo, budget_mb, stats, policy)
     try:
         first = run_phase(
-            "first touches", server, models_file, args, s, args.first, 0.0, ROOT / f"{tag}-first", {}
+            "first touches", server, traffic, Window(args.first, 0.0, ROOT / f"{tag}-first"), {}
         )
     finally:
         first_peak = server.stop()
     first.extra["peak_rss_mb"] = first_peak
-    server = Server(repo, budget_mb, stats, policy)
+    server = Server(repo, budget_mb, stats, policy)  # warm start from what phase 1 recorded
     try:
         warm_s = server.wait_warm_start()
         text = server.metrics()
@@ -250,17 +225,8 @@ def one_config(
             "warm_start_loads": metric_sum(text, "inferpack_warm_start_loads_total"),
             "warm_start_mb": metric_sum(text, "inferpack_model_memory_bytes") / 2**20,
         }
-        steady = run_phase(
-            "steady state",
-            server,
-            models_file,
-            args,
-            s,
-            args.duration,
-            args.warmup,
-            ROOT / f"{tag}-steady",
-            extra,
-        )
+        window = Window(args.duration, args.warmup, ROOT / f"{tag}-steady")
+        steady = run_phase("steady state", server, traffic, window, extra)
         memory = metric_sum(server.metrics(), "inferpack_model_memory_bytes")
     finally:
         peak = server.stop()
@@ -335,7 +301,7 @@ def main() -> None:
     goals: list[str] = []
     for s in args.zipf_s:
         for policy in args.eviction_policy:
-            phases = one_config(repo, models_file, args, s, policy, budget_mb, kind)
+            phases = one_config(repo, Traffic(models_file, s, args.rate), args, policy, budget_mb, kind)
             print(
                 f"\n{args.models} {kind} models, budget {budget_mb:.0f} MiB, Zipf s={s:g}, {policy}, "
                 f"{args.rate:g} req/s offered; first {args.first:g} s, then a restart with warm start, "
