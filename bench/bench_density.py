@@ -18,6 +18,7 @@ defaults to a quarter of the tenants: the shared base plus N/4 tenants' own weig
     .venv/bin/python bench/bench_density.py                       # 3,000 tenants, s = 1.0 and 1.1, ~3 min
     .venv/bin/python bench/bench_density.py --zipf-s 1.0 --first 60 --warmup 30 --duration 120
     .venv/bin/python bench/bench_density.py --eviction-policy slru frequency   # policies side by side
+    .venv/bin/python bench/bench_density.py --replay 40000     # first the policies' hit ratios (~1 min)
     .venv/bin/python bench/bench_density.py --models 1000 --arch tiny --no-share-base --budget-mb 1024
 
 Cores here are shared: compare figures within one run.
@@ -26,6 +27,7 @@ Cores here are shared: compare figures within one run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import signal
@@ -36,14 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from safetensors import safe_open
 
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.result import load_result
+from inferpack.loadtest.traffic import zipf_picker, zipf_pmf
 from inferpack.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.progress import counting_progress
 from inferpack.repository.demo import make_demo_models
+from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.registry import ModelRegistry
+from inferpack.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent / "results"
 GOAL_P90_MS = 100.0
@@ -234,6 +241,54 @@ def one_config(
     return [first, steady]
 
 
+class _Instant:
+    """A loaded model for the policy replay: no weights, loads at once."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id, self.version, self.module = model_id, 1, None
+        self.extra: dict[str, Any] = {}
+
+
+async def _replay(policy: str, n: int, capacity: int, picks: list[int], warm: int) -> float:
+    """Hit ratio of the registry's own eviction code (`policy`) on a request sequence over n models that
+    each hold 1 MiB, with room for `capacity`; requests after the first `warm` are counted."""
+    names = [f"m{i}" for i in range(n)]
+    repo: Any = type("Repo", (), {"model_ids": lambda self: names})()
+    settings = ServerSettings.model_validate(
+        {"lazy_load": True, "memory_budget_mb": capacity, "eviction_policy": policy}
+    )
+
+    def instant(_repo: Any, model_id: str, _version: int | None, _cold: bool) -> Any:
+        return _Instant(model_id)
+
+    registry = ModelRegistry(
+        repo,
+        settings,
+        InferencePool(1),
+        loader=instant,
+        measure=lambda m: {id(m): 2**20},
+        estimate=lambda _model, _version: 2**20,
+    )
+    hits = 0
+    for k, index in enumerate(picks):
+        async with registry.use(names[index]) as (_, cold):
+            hits += k >= warm and not cold
+    await registry.close()
+    return hits / max(1, len(picks) - warm)
+
+
+def policy_replay(n: int, fraction: float, s: float, requests: int) -> dict[str, float]:
+    """Hit ratios of both eviction policies and of the ideal static cache (the top `capacity` models) on one
+    Zipf request sequence: the registry's code with instant fake loads, so only the policy differs."""
+    capacity = max(1, int(n * fraction))
+    picks = [int(i) for i in zipf_picker(n, s, np.random.default_rng(7)).sample(requests)]
+    warm = requests // 2
+    pmf = zipf_pmf(n, s)
+    out = {p: asyncio.run(_replay(p, n, capacity, picks, warm)) for p in ("slru", "frequency")}
+    out["ideal"] = float(np.sort(pmf)[::-1][:capacity].sum())
+    return out
+
+
 def print_phase(p: Phase) -> None:
     r = p.result
     print(
@@ -277,6 +332,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=35.0, help="phase 2 measured seconds")
     parser.add_argument("--zipf-s", type=float, nargs="+", default=[1.0, 1.1])
     parser.add_argument("--eviction-policy", nargs="+", default=["slru"], choices=["slru", "frequency"])
+    parser.add_argument(
+        "--replay",
+        type=int,
+        default=0,
+        help="first replay this many Zipf requests through both eviction policies (e.g. 40000: ~1 min)",
+    )
     args = parser.parse_args()
 
     kind = f"{args.arch}-{'shared' if args.share_base else 'unique'}"
@@ -299,6 +360,15 @@ def main() -> None:
 
     summaries: list[dict[str, Any]] = []
     goals: list[str] = []
+    if args.replay:
+        print(
+            f"eviction policies replayed ({args.replay} Zipf requests over {args.models} models, room for "
+            f"{args.budget_fraction:g} of them, hit ratio over the second half; no model runs):"
+        )
+        for s in args.zipf_s:
+            ratios = policy_replay(args.models, args.budget_fraction, s, args.replay)
+            print("  s=" + f"{s:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+            summaries.append({"zipf_s": s, "phase": "policy replay", **ratios})
     for s in args.zipf_s:
         for policy in args.eviction_policy:
             phases = one_config(repo, Traffic(models_file, s, args.rate), args, policy, budget_mb, kind)
