@@ -18,7 +18,8 @@ defaults to a quarter of the tenants: the shared base plus N/4 tenants' own weig
     .venv/bin/python bench/bench_density.py                       # 3,000 tenants, s = 1.0 and 1.1, ~3 min
     .venv/bin/python bench/bench_density.py --zipf-s 1.0 --first 60 --warmup 30 --duration 120
     .venv/bin/python bench/bench_density.py --eviction-policy slru frequency   # policies side by side
-    .venv/bin/python bench/bench_density.py --replay 40000     # first the policies' hit ratios (~1 min)
+    .venv/bin/python bench/bench_density.py --replay 40000 --no-serve   # eviction policies' hit ratios
+    .venv/bin/python bench/bench_density.py --cold-loads 40 --no-serve  # cold loads timed in-process
     .venv/bin/python bench/bench_density.py --models 1000 --arch tiny --no-share-base --budget-mb 1024
 
 Cores here are shared: compare figures within one run.
@@ -31,6 +32,7 @@ import asyncio
 import json
 import random
 import signal
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import torch
 from safetensors import safe_open
 
 from inferpack.loadtest import histograms as H
@@ -47,9 +50,13 @@ from inferpack.loadtest.traffic import zipf_picker, zipf_pmf
 from inferpack.processes import free_port, metric_sum, python_cli, server_command, wait_ready
 from inferpack.progress import counting_progress
 from inferpack.repository.demo import make_demo_models
+from inferpack.repository.local import open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.modeling import load_model, recycle
 from inferpack.runtime.registry import ModelRegistry
+from inferpack.runtime.skeletons import preload_libraries
+from inferpack.runtime.tasks import TextInput
 from inferpack.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent / "results"
@@ -289,6 +296,36 @@ def policy_replay(n: int, fraction: float, s: float, requests: int) -> dict[str,
     return out
 
 
+def cold_loads(repo: Path, ids: list[str], count: int) -> dict[str, float]:
+    """In this process, alone: `count` cold loads of tenants (the base already held by a first tenant,
+    module shells recycled as a server does after unloads), each followed by its first and second forward
+    (one QA request); medians in ms. The time a cold first answer spends beyond a warm one, without the
+    server around it."""
+    torch.set_num_threads(1)  # as on the load lane and the inference threads
+    repository = open_repository(str(repo))
+    preload_libraries()
+    item = TextInput("What is the capital of France?", "Paris is the capital and largest city of France.")
+    held = load_model(repository, ids[0], warmup=None)
+    held.predict([item])
+    loads, first, second = [], [], []
+    for model_id in ids[1 : count + 1]:
+        t0 = time.perf_counter()
+        model = load_model(repository, model_id, warmup=None)
+        t1 = time.perf_counter()
+        model.predict([item])
+        t2 = time.perf_counter()
+        model.predict([item])
+        loads.append(t1 - t0)
+        first.append(t2 - t1)
+        second.append(time.perf_counter() - t2)
+        recycle(model)
+    return {
+        "load_ms": 1000 * statistics.median(loads),
+        "first_forward_ms": 1000 * statistics.median(first),
+        "second_forward_ms": 1000 * statistics.median(second),
+    }
+
+
 def print_phase(p: Phase) -> None:
     r = p.result
     print(
@@ -330,13 +367,22 @@ def main() -> None:
     parser.add_argument("--first", type=float, default=25.0, help="seconds of first touches (phase 1)")
     parser.add_argument("--warmup", type=float, default=15.0, help="phase 2 warm-up seconds")
     parser.add_argument("--duration", type=float, default=35.0, help="phase 2 measured seconds")
-    parser.add_argument("--zipf-s", type=float, nargs="+", default=[1.0, 1.1])
+    parser.add_argument("--zipf-s", type=float, nargs="+", default=[1.0, 1.1], help="Zipf exponents to run")
+    parser.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the servers (--no-serve: only --cold-loads and --replay)",
+    )
     parser.add_argument("--eviction-policy", nargs="+", default=["slru"], choices=["slru", "frequency"])
     parser.add_argument(
         "--replay",
         type=int,
         default=0,
         help="first replay this many Zipf requests through both eviction policies (e.g. 40000: ~1 min)",
+    )
+    parser.add_argument(
+        "--cold-loads", type=int, default=0, help="first time this many cold loads in-process (e.g. 40)"
     )
     args = parser.parse_args()
 
@@ -360,6 +406,13 @@ def main() -> None:
 
     summaries: list[dict[str, Any]] = []
     goals: list[str] = []
+    if args.cold_loads:
+        found = cold_loads(repo, ids, args.cold_loads)
+        print(
+            f"{args.cold_loads} cold loads alone (base held, shells recycled), medians: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in found.items())
+        )
+        summaries.append({"phase": "cold loads alone", **found})
     if args.replay:
         print(
             f"eviction policies replayed ({args.replay} Zipf requests over {args.models} models, room for "
@@ -369,7 +422,7 @@ def main() -> None:
             ratios = policy_replay(args.models, args.budget_fraction, s, args.replay)
             print("  s=" + f"{s:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
             summaries.append({"zipf_s": s, "phase": "policy replay", **ratios})
-    for s in args.zipf_s:
+    for s in args.zipf_s if args.serve else []:
         for policy in args.eviction_policy:
             phases = one_config(repo, Traffic(models_file, s, args.rate), args, policy, budget_mb, kind)
             print(
@@ -387,7 +440,8 @@ def main() -> None:
                 f"{'met' if p90 <= GOAL_P90_MS else 'missed'}); cold - warm at the median {extra:.1f} ms "
                 f"(goal <= {GOAL_COLD_EXTRA_MS:g}: {'met' if extra <= GOAL_COLD_EXTRA_MS else 'missed'})"
             )
-    print("\ngoals (issue 12):")
+    if goals:
+        print("\ngoals (issue 12):")
     for line in goals:
         print(f"  {line}")
     (ROOT / f"density-{kind}-summary.json").write_text(json.dumps(summaries, indent=2) + "\n")
