@@ -181,6 +181,7 @@ class Window:
     seconds: float
     warmup: float
     out: Path
+    seed: int  # phases differ: the steady state must not replay the sequence its statistics came from
 
 
 def drive(server: Server, traffic: Traffic, window: Window) -> dict[str, Any]:
@@ -190,6 +191,7 @@ def drive(server: Server, traffic: Traffic, window: Window) -> dict[str, Any]:
     command += ["--models-file", str(traffic.models_file), "--traffic", "zipf"]
     command += ["--zipf-s", str(traffic.zipf_s), "--rate", str(traffic.rate), "--arrivals", "poisson"]
     command += ["--duration", str(window.seconds), "--warmup", str(window.warmup), "--out", str(window.out)]
+    command += ["--seed", str(window.seed)]
     with (window.out / "bench-run.log").open("w") as log:  # its tables per model: not between the figures
         subprocess.run(command, check=True, stdout=log)
     result = load_result(window.out / "result.json")
@@ -225,7 +227,7 @@ def one_config(
     server = Server(repo, budget_mb, stats, policy)
     try:
         first = run_phase(
-            "first touches", server, traffic, Window(args.first, 0.0, ROOT / f"{tag}-first"), {}
+            "first touches", server, traffic, Window(args.first, 0.0, ROOT / f"{tag}-first", seed=1), {}
         )
     finally:
         first_peak = server.stop()
@@ -239,7 +241,7 @@ def one_config(
             "warm_start_loads": metric_sum(text, "inferpack_warm_start_loads_total"),
             "warm_start_mb": metric_sum(text, "inferpack_model_memory_bytes") / 2**20,
         }
-        window = Window(args.duration, args.warmup, ROOT / f"{tag}-steady")
+        window = Window(args.duration, args.warmup, ROOT / f"{tag}-steady", seed=2)
         steady = run_phase("steady state", server, traffic, window, extra)
         memory = metric_sum(server.metrics(), "inferpack_model_memory_bytes")
     finally:
