@@ -22,7 +22,7 @@ from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
 from inferpack.progress import counting_progress
 from inferpack.repository.manifest import Task
-from inferpack.settings import DTypeChoice, EngineChoice, load_settings
+from inferpack.settings import DTypeChoice, EngineChoice, EvictionPolicy, load_settings
 
 app = typer.Typer(
     name="inferpack",
@@ -100,6 +100,20 @@ def serve(
     ] = None,
     pinned: Annotated[str | None, typer.Option(help="Comma-separated models never evicted.")] = None,
     idle_unload_s: Annotated[float | None, typer.Option(help="Unload models idle this many seconds.")] = None,
+    eviction_policy: Annotated[
+        EvictionPolicy | None,
+        typer.Option(help="slru (default: once-used models first, then LRU) or frequency (decayed counts)."),
+    ] = None,
+    warm_start: Annotated[
+        bool | None,
+        typer.Option(
+            "--warm-start/--no-warm-start",
+            help="Persist access statistics; at start load the hottest models that fit, in the background.",
+        ),
+    ] = None,
+    access_stats_file: Annotated[
+        str | None, typer.Option(help="Access statistics file for --warm-start (default: in ~/.cache).")
+    ] = None,
     config: ConfigOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -119,6 +133,9 @@ def serve(
             "lazy_load": lazy,
             "memory_budget_mb": memory_budget_mb,
             "idle_unload_s": idle_unload_s,
+            "eviction_policy": eviction_policy,
+            "warm_start": warm_start,
+            "access_stats_file": access_stats_file,
             "pinned_models": [m.strip() for m in pinned.split(",") if m.strip()] if pinned else None,
         }
     )

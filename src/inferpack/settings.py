@@ -27,6 +27,7 @@ _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("infe
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
 EngineChoice = Literal["eager", "onnxruntime", "auto"]
+EvictionPolicy = Literal["slru", "frequency"]
 # The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
 DEFAULT_IMAGE = "inferpack:latest"
 
@@ -155,6 +156,36 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    eviction_policy: EvictionPolicy = Field(
+        default="slru",
+        description="Which idle model the memory budget evicts first. slru: models used fewer than 2 "
+        "times since loading before the others, least recently used first within each group. "
+        "frequency: the lowest decayed use count first (the access statistics, kept across unloads; "
+        "see access_half_life_s), least recently used among equals.",
+    )
+    warm_start: bool = Field(
+        default=False,
+        description="Persist per-model access statistics to access_stats_file (every "
+        "access_stats_save_s and at shutdown) and, at start, load the hottest models that fit the memory "
+        "budget in the background, on the load lane. The server is ready without waiting for them.",
+    )
+    access_stats_file: str | None = Field(
+        default=None,
+        description="The access statistics file (JSON, written atomically) warm start reads and writes. "
+        "None: ~/.cache/inferpack/access/<hash of repository, host and port>.json.",
+    )
+    access_stats_save_s: float = Field(
+        default=60.0, gt=0, description="Seconds between two writes of the access statistics file."
+    )
+    access_half_life_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A use counts half as much after this long (access statistics: warm start and "
+        "frequency eviction).",
+    )
+    warm_start_max_models: int = Field(
+        default=1000, ge=0, description="At most this many models load at a warm start."
+    )
     load_nice: int = Field(
         default=10,
         ge=0,

@@ -9,8 +9,10 @@ Policies:
 - lazy loading (optional): a known model loads on its first request, which is marked cold;
 - a memory budget: before a load, least-recently-used idle models are evicted until the newcomer fits;
   memory is what loaded models measurably hold (distinct tensor storages, shared ones counted once);
-- thrash protection (segmented LRU): a model loaded once and used once is evicted before any model that
-  has been used repeatedly, so a stream of one-off cold models cannot flush the hot set;
+- thrash protection (segmented LRU, the default `eviction_policy`): a model loaded once and used once is
+  evicted before any model that has been used repeatedly, so a stream of one-off cold models cannot flush
+  the hot set; or (`frequency`) the model with the lowest decayed use count goes first, counted over its
+  whole history, loaded or not (`inferpack.runtime.accessstats`);
 - pinned models load at start and are never evicted; busy models (queued or running work) are never evicted;
 - idle unload (optional): models unused for `idle_unload_s` are unloaded in the background.
 """
@@ -42,6 +44,7 @@ from inferpack.errors import (
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
+from inferpack.runtime.accessstats import AccessStats
 from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
@@ -87,6 +90,8 @@ class RegistryStats:
     evictions: dict[str, int] = field(default_factory=lambda: {"budget": 0, "idle": 0})
     load_failures: int = 0
     swaps: int = 0  # stand-ins replaced by their fast runtime (runtime/tier.py)
+    warm_start_loads: int = 0
+    warm_start_pending: int = 0
 
 
 def load_lane_thread(nice: int) -> None:
@@ -115,6 +120,7 @@ class ModelRegistry:
         drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         device: ResolvedDevice = CPU_DEVICE,
     ) -> None:
         self.repository = repository
@@ -133,6 +139,8 @@ class ModelRegistry:
         self._measure = measure or (lambda m: module_storages(m.module))
         self._estimate = estimate or self._estimate_from_files
         self._clock = clock
+        self._wall = wall_clock  # access statistics outlive the process: wall-clock times
+        self.access = AccessStats(settings.access_half_life_s)
         self._load_slots = asyncio.Semaphore(settings.max_concurrent_loads)
         self._load_executor = ThreadPoolExecutor(
             max_workers=settings.max_concurrent_loads,
@@ -202,6 +210,24 @@ class ModelRegistry:
         """Re-read the repository's model list (new models become known, loaded ones stay)."""
         self._known = set(self.repository.model_ids())
         return sorted(self._known)
+
+    def knows(self, model_id: str) -> bool:
+        """Whether the repository (as last listed) has this model."""
+        return model_id in self._known
+
+    def estimate(self, model_id: str) -> int:
+        """Bytes loading the model's default version would add now (see `_estimate_from_files`)."""
+        return self._estimate(model_id, None)
+
+    def access_score(self, model_id: str) -> float:
+        """The model's decayed use count now (its access statistics)."""
+        return self.access.score(model_id, self._wall())
+
+    def free_budget_bytes(self) -> int | None:
+        """Budget not held by loaded models or claimed by loads in flight; None without a budget."""
+        if self.budget_bytes is None:
+            return None
+        return max(0, self.budget_bytes - self.ledger.total_bytes - self._claimed)
 
     def entry(self, model_id: str) -> ModelEntry:
         """The model's entry; ModelNotFound (404) for an id the repository lacks."""
@@ -399,7 +425,8 @@ class ModelRegistry:
 
     # eviction -------------------------------------------------------------------------------------------
     def _victims(self, exclude: str) -> list[ModelEntry]:
-        """Evictable models, first to go first: once-used (probation) before hot, each oldest first."""
+        """Evictable models, first to go first: once-used (probation) before hot, each oldest first; or,
+        with the frequency policy, the lowest decayed use count first, the oldest among equals."""
         candidates = [
             e
             for e in self._entries.values()
@@ -411,6 +438,9 @@ class ModelRegistry:
             and not e.lock.locked()
             and e.reserved == 0
         ]
+        if self.settings.eviction_policy == "frequency":
+            now = self._wall()
+            return sorted(candidates, key=lambda e: (self.access.score(e.model_id, now), e.last_used))
         return sorted(candidates, key=lambda e: (e.hits >= PROTECTED_AFTER_HITS, e.last_used))
 
     async def _make_room(self, needed: int, exclude: str) -> None:
@@ -498,6 +528,7 @@ class ModelRegistry:
 
     async def _acquire(self, entry: ModelEntry) -> tuple[ModelBatcher, bool]:
         cold = False
+        self.access.record(entry.model_id, self._wall())
         for _ in range(3):  # an explicit unload may race a lazy load; try again a couple of times
             if entry.state == "ready" and entry.batcher is not None:
                 if not cold:

@@ -26,6 +26,7 @@ from inferpack.runtime.engines import ort_installed, with_engine
 from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.skeletons import preload_libraries
+from inferpack.runtime.warmstart import WarmStart
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
@@ -130,6 +131,9 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         await asyncio.get_running_loop().run_in_executor(None, preload_libraries)
         await registry.load_startup()
         registry.start_background()
+        warm = WarmStart(registry, settings) if settings.warm_start else None
+        if warm is not None:
+            warm.start()  # in the background: ready now, the hottest models load meanwhile
         recovery = start_recovery(repo, registry, settings)
         plane.started = True
         log.info(
@@ -143,6 +147,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         finally:
             plane.draining = True
             recovery.cancel()
+            if warm is not None:
+                await warm.close()  # the last write of the access statistics
             await registry.close()
             pool.shutdown()
 
