@@ -9,6 +9,8 @@
 Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
+`--batch-latency-ms 100,0` runs a server per batch latency objective (0: none, max_batch_size alone);
+`--baseline-src DIR` also runs the servers from another source tree (e.g. main's `src`), side by side.
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
 
@@ -141,8 +143,16 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
     }
 
 
-def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready."""
+def run_server(
+    repo: Path,
+    dtype: str,
+    cross_tenant: bool = True,
+    batch_latency_ms: str | None = None,
+    source: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready (`batch_latency_ms`: the
+    batching.max_batch_latency_ms it runs with, None: its default; `source`: run this source tree's
+    inferpack instead of the installed one)."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
@@ -153,6 +163,10 @@ def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subpr
         extra_args=["--dtype", dtype],
     )
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__CROSS_TENANT": str(cross_tenant).lower()}
+    if batch_latency_ms is not None:
+        env["INFERPACK_SERVER__BATCHING__MAX_BATCH_LATENCY_MS"] = batch_latency_ms
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
@@ -179,6 +193,17 @@ def main() -> None:
     parser.add_argument(
         "--cross-tenant", default="on,off", help="server runs with cross-tenant batching on and/or off"
     )
+    parser.add_argument(
+        "--batch-latency-ms",
+        default="",
+        help="servers per batching.max_batch_latency_ms value, e.g. 100,0 (default: the server's default)",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run each server from this source tree (e.g. a checkout of main's src/), labelled 'base'",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -201,9 +226,16 @@ def main() -> None:
             f"-> limit {limit:.1f}",
             flush=True,
         )
-        for mode in args.cross_tenant.split(","):
-            proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on")
-            label = f"{dtype}/xt-{mode}"
+        variants: list[tuple[str, str | None, Path | None]] = [
+            (f"/lat-{ms}", ms, None) for ms in args.batch_latency_ms.split(",") if ms
+        ] or [("", None, None)]
+        if args.baseline_src is not None:
+            variants.append(("/base", None, args.baseline_src))
+        for mode, (suffix, latency, source) in (
+            (m, v) for m in args.cross_tenant.split(",") for v in variants
+        ):
+            proc, url = run_server(repo_dir, dtype, mode == "on", latency, source)
+            label = f"{dtype}/xt-{mode}{suffix}"
             try:
                 levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
                 for c in (int(x) for x in levels.split(",")):
@@ -211,7 +243,7 @@ def main() -> None:
                     r = wrk(url, ids, c, args.duration)
                     rows.append((label, c, r, limit, limit1, limit8))
                     print(
-                        f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
+                        f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
                         f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
                         f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
                         f"ratio {r['rps'] / limit:.2f}",
