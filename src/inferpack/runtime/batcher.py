@@ -311,6 +311,7 @@ class ModelBatcher:
             available,
             self.limits,
             self.batch_cost,
+            threads=self.pool.threads,
             idle_threads=self.pool.idle_threads(),
             probe=self._formed % PROBE_EVERY == 0,
         )

@@ -12,6 +12,11 @@ admission estimator's moving averages of compute time by batch size, `admission.
   the largest size whose expected compute time keeps the latency objective (`max_batch_latency_ms`), never
   more than `max_batch_size`. A request waits about one running batch and then runs in the next, so the
   objective is about half a latency target.
+- **Overload**: when the requests left behind by such a batch could not even start within the objective
+  (the turns they need at that size, one per `threads`-th of a batch time), the objective is lost for them
+  whatever this batch does; smaller batches would only cut throughput and lengthen the queue (a busy or
+  slow machine measuring slow batches would shrink them to 1). Then the batch takes all it may (the cap):
+  the queue drains fastest, and admission sheds what cannot make its deadline.
 - **Measurements**: sizes never run are estimated from those that ran (linear per item above the largest
   measured size, which overestimates a sublinear cost curve: growth is cautious and corrects itself once
   the size has run). A single slow measurement (a burst of contention) could keep a size out for good, so
@@ -61,18 +66,26 @@ def batch_size(
     limits: BatchLimits,
     cost: BatchCost,
     *,
+    threads: int = 1,
     idle_threads: int = 0,
     probe: bool = False,
 ) -> int:
     """How many of `available` queued requests the batch about to run takes (0 when none is available).
 
-    `idle_threads`: inference threads other than this batch's that are idle with no dispatcher waiting for
-    them; the available requests are shared out over them and this one. `probe`: allow one size above the
-    objective's limit (when that many are available) so that its measurement is refreshed."""
+    `threads`: the inference threads in all. `idle_threads`: those other than this batch's that are idle
+    with no dispatcher waiting for them; the available requests are shared out over them and this one.
+    `probe`: allow one size above the objective's limit (when that many are available) so that its
+    measurement is refreshed."""
     if available <= 0:
         return 0
     share = math.ceil(available / (1 + max(0, idle_threads)))
+    top = min(share, limits.max_batch_size)
     size = largest_within(limits, cost, share)
-    if probe and size < min(share, limits.max_batch_size):
+    budget = limits.max_batch_latency_s
+    if budget is not None and size < top:
+        turns_behind = math.ceil(share / size) - 1  # batches of this size before the last of them starts
+        if turns_behind * cost(size) / max(1, threads) > budget:
+            return top  # overload: the objective is lost for those behind; drain the queue fastest
+    if probe and size < top:
         size += 1
     return size
