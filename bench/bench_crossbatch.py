@@ -4,8 +4,8 @@ Loads the 10 MiniLM QA demo tenants of bench_server.py (one base; each owns its 
 head) and times, on this thread with one intra-op thread:
 1. the cost curve: a batch of n requests for one model vs n requests for random tenants (one forward through
    the shared layers, each tenant's own layers on its rows), tokenise + forward + decode;
-2. the breakdown of a batch of 8: tokenise, shared layers, the tenants' own layers, the split/merge around
-   them, decode.
+2. the breakdown of a batch of 8: tokenise, shared layers, the tenants' own layers (and, within them, the
+   modules holding their weights: linear layers and layer norms), the split/merge around them, decode.
 Times are thread CPU time (`time.thread_time`), the minimum over the repetitions, so that other processes
 on shared cores inflate them less than wall time would; compare within one run.
 
@@ -53,27 +53,41 @@ def mixed_parts(models: list[LoadedModel], n: int, rng: random.Random) -> list[P
 
 
 class Stopwatch:
-    """Thread CPU time inside the tenants' own submodules and inside the row splits around them."""
+    """Thread CPU time inside the tenants' own submodules, inside their weight-holding leaves (linear
+    layers, layer norms), and inside the row splits around them."""
 
     def __init__(self, models: list[LoadedModel]) -> None:
         self.own = 0.0
+        self.leaves = 0.0
         self.split = 0.0
         self._starts: list[float] = []
-        self._own_ids = {
-            id(m.module.get_submodule(path))  # type: ignore[attr-defined]
+        owned = [
+            m.module.get_submodule(path)  # type: ignore[attr-defined]
             for m in models
             for path in m.extra.get("own_paths") or []
-        }
+        ]
+        self._own_ids = {id(o) for o in owned}
+        self._leaf_ids = {
+            id(leaf) for o in owned for leaf in o.modules() if isinstance(leaf, nn.Linear | nn.LayerNorm)
+        } - self._own_ids
+
+    def _timed(self, module: nn.Module) -> bool:
+        return isinstance(module, RowSplit) or id(module) in self._own_ids or id(module) in self._leaf_ids
 
     def _pre(self, module: nn.Module, args: Any) -> None:
-        if isinstance(module, RowSplit) or id(module) in self._own_ids:
+        if self._timed(module):
             self._starts.append(time.thread_time())
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._timed(module):
+            return
+        spent = time.thread_time() - self._starts.pop()
         if isinstance(module, RowSplit):
-            self.split += time.thread_time() - self._starts.pop()
+            self.split += spent
         elif id(module) in self._own_ids:
-            self.own += time.thread_time() - self._starts.pop()
+            self.own += spent
+        else:
+            self.leaves += spent
 
     @contextmanager
     def hooked(self) -> Iterator[Stopwatch]:
@@ -113,10 +127,11 @@ def breakdown(models: list[LoadedModel], parts: list[Part], repeat: int) -> dict
             "tokenise": tokenised - started,
             "shared layers": forward - (watch.split if mixed else watch.own),
             "own layers": watch.own,
+            "(of which weight leaves)": watch.leaves,
             "split/merge": watch.split - watch.own if mixed else 0.0,
             "decode": decoded - decode_start,
         }
-        row["total"] = sum(row.values())
+        row["total"] = sum(v for k, v in row.items() if not k.startswith("("))
         if not best or row["total"] < best["total"]:
             best = row
     return {k: v * 1000 for k, v in best.items()}

@@ -10,7 +10,9 @@ Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement wit
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
 `--batch-latency-ms 100,0` runs a server per batch latency objective (0: none, max_batch_size alone);
-`--baseline-src DIR` also runs the servers from another source tree (e.g. main's `src`), side by side.
+`--baseline-src DIR` also runs the servers from another source tree (e.g. main's `src`), side by side;
+`--interleave R` starts every setting at once and measures them in turn, R rounds (drifts of a shared
+machine then hit every setting alike; medians and per-round ratios printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
 
@@ -24,11 +26,13 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -173,6 +177,48 @@ def run_server(
     return proc, url
 
 
+Measure = Callable[[str, str, int, float], dict[str, float]]
+
+
+def interleaved(
+    servers: list[tuple[str, bool, str | None, Path | None]],
+    levels: list[int],
+    rounds: int,
+    seconds: float,
+    repo_dir: Path,
+    dtype: str,
+    ids: list[str],
+    measure: Measure,
+) -> None:
+    """Every server setting running at once (idle ones cost nothing), measured in turn `rounds` times per
+    level; prints the median req/s and P90 and the median of each round's ratio to the first setting."""
+    started = [(label, *run_server(repo_dir, dtype, cross, lat, src)) for label, cross, lat, src in servers]
+    try:
+        for c in levels:
+            for _, _, url in started:
+                wrk(url, ids, c, 2)  # warm-up
+            got: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in started}
+            for _ in range(rounds):
+                for label, _, url in started:
+                    got[label].append(measure(label, url, c, seconds))
+            first = got[started[0][0]]
+            for label, runs in got.items():
+                ratios = [r["rps"] / f["rps"] for r, f in zip(runs, first, strict=True)]
+                print(
+                    f"  median over {rounds} rounds, c={c}: {label:20s} "
+                    f"{statistics.median(r['rps'] for r in runs):7.1f} req/s  "
+                    f"P90 {statistics.median(r['p90'] for r in runs):7.1f} ms  "
+                    f"/ {started[0][0]}: {statistics.median(ratios):.2f} "
+                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f})",
+                    flush=True,
+                )
+    finally:
+        for _, proc, _ in started:
+            proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in started:
+            proc.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,10 +245,19 @@ def main() -> None:
         help="servers per batching.max_batch_latency_ms value, e.g. 100,0 (default: the server's default)",
     )
     parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="start every server setting at once and measure them in turn, this many rounds per level "
+        "(slow drifts of a shared machine then hit every setting alike); prints medians and the median "
+        "per-round ratio to the first setting",
+    )
+    parser.add_argument(
         "--baseline-src",
         type=Path,
         default=None,
-        help="also run each server from this source tree (e.g. a checkout of main's src/), labelled 'base'",
+        help="also run each server from this source tree (e.g. a checkout of main's src/), labelled 'base' "
+        "(the reference of --interleave's ratios)",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -229,26 +284,43 @@ def main() -> None:
         variants: list[tuple[str, str | None, Path | None]] = [
             (f"/lat-{ms}", ms, None) for ms in args.batch_latency_ms.split(",") if ms
         ] or [("", None, None)]
-        if args.baseline_src is not None:
-            variants.append(("/base", None, args.baseline_src))
-        for mode, (suffix, latency, source) in (
-            (m, v) for m in args.cross_tenant.split(",") for v in variants
-        ):
-            proc, url = run_server(repo_dir, dtype, mode == "on", latency, source)
-            label = f"{dtype}/xt-{mode}{suffix}"
+        if args.baseline_src is not None:  # first: the reference of the interleaved ratios
+            variants.insert(0, ("/base", None, args.baseline_src))
+        levels = [int(x) for x in (args.bf16_concurrency if dtype == "bf16" else args.concurrency).split(",")]
+        servers = [
+            (f"{dtype}/xt-{mode}{suffix}", mode == "on", latency, source)
+            for mode in args.cross_tenant.split(",")
+            for suffix, latency, source in variants
+        ]
+
+        def measure(
+            label: str,
+            url: str,
+            c: int,
+            seconds: float,
+            limit: float = limit,
+            limit1: float = limit1,
+            limit8: float = limit8,
+        ) -> dict[str, float]:
+            r = wrk(url, ids, c, seconds)
+            rows.append((label, c, r, limit, limit1, limit8))
+            print(
+                f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
+                f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
+                f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  ratio {r['rps'] / limit:.2f}",
+                flush=True,
+            )
+            return r
+
+        if args.interleave:
+            interleaved(servers, levels, args.interleave, args.duration, repo_dir, dtype, ids, measure)
+            continue
+        for label, cross, latency, source in servers:
+            proc, url = run_server(repo_dir, dtype, cross, latency, source)
             try:
-                levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
-                for c in (int(x) for x in levels.split(",")):
+                for c in levels:
                     wrk(url, ids, c, 2)  # warm-up
-                    r = wrk(url, ids, c, args.duration)
-                    rows.append((label, c, r, limit, limit1, limit8))
-                    print(
-                        f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
-                        f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
-                        f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
-                        f"ratio {r['rps'] / limit:.2f}",
-                        flush=True,
-                    )
+                    measure(label, url, c, args.duration)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
