@@ -287,3 +287,24 @@ async def test_with_the_thread_busy_batches_are_as_large_as_the_latency_objectiv
     # the one left behind starts after one batch of 4 (400 ms): within the objective, so it waits for it
     assert model.batches == [["measure"], ["a"], ["b", "c", "d", "e"], ["f"]]
     assert batcher.batch_cost(4) == pytest.approx(0.4)  # measured now, no longer extrapolated
+
+
+async def test_idle_threads_count_neither_held_threads_nor_those_a_dispatcher_waits_for() -> None:
+    pool = InferencePool(threads=2)
+    try:
+        assert pool.idle_threads() == 2
+        await pool.acquire()
+        assert pool.idle_threads() == 1
+        await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        while pool.state().waiting == 0:
+            await asyncio.sleep(0)
+        assert pool.idle_threads() == 0
+        pool.release()  # goes to the waiting dispatcher, not to a batch that would share its queue
+        await waiting
+        assert pool.idle_threads() == 0
+        pool.release()
+        pool.release()
+        assert pool.idle_threads() == 2
+    finally:
+        pool.shutdown()
