@@ -22,7 +22,7 @@ from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
 from inferpack.progress import counting_progress
 from inferpack.repository.manifest import Task
-from inferpack.settings import DTypeChoice, load_settings
+from inferpack.settings import DTypeChoice, EngineChoice, load_settings
 
 app = typer.Typer(
     name="inferpack",
@@ -78,6 +78,10 @@ def serve(
         DTypeChoice | None,
         typer.Option(help="auto (bf16 where native, else fp16 on GPUs), fp32, bf16, fp16."),
     ] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(help="eager (default), onnxruntime (ONNX versions, CPU) or auto (by CPU kind)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
@@ -117,6 +121,7 @@ def serve(
             "port": port,
             "device": device,
             "dtype": dtype,
+            "engine": engine,
             "inference_threads": threads,
             "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,

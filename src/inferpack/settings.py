@@ -26,6 +26,7 @@ DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+EngineChoice = Literal["eager", "onnxruntime", "auto"]
 # The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
 DEFAULT_IMAGE = "inferpack:latest"
 
@@ -69,16 +70,35 @@ class BatchingSettings(_Section):
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )
-    deadline_ms: float = Field(
-        default=10000.0,
+    deadline_ms: float | None = Field(
+        default=None,
         ge=0,
         description=(
             "Deadline of a request that sets none (header inferpack-deadline-ms), counted from when it "
             "reaches its model's queue: a request whose expected wait + service would exceed it is shed "
             "at once with 503 + Retry-After, and one still queued when it can no longer make it is "
-            "dropped with 504. The default only sheds hopeless work (clients rarely wait longer); derive "
-            "a tighter one from the latency objective (a few times the P90 objective, or the clients' "
-            "timeout). 0: no default deadline (only a full queue sheds requests that set none)."
+            "dropped with 504. None (default): derived, from latency_objective_ms when set, else "
+            "deadline_factor x the model's measured time for a full batch (at least 50 ms, at most "
+            "10 s; 10 s until a batch was timed). 0: no default deadline (only a full queue sheds "
+            "requests that set none)."
+        ),
+    )
+    latency_objective_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "The latency objective of this server's requests (e.g. the plan's P90 objective, "
+            "`inferpack plan --slo-p90-ms`): requests that set no deadline get it as their deadline "
+            "(unless deadline_ms is set), so what is admitted stays within it under overload."
+        ),
+    )
+    deadline_factor: float = Field(
+        default=4.0,
+        gt=0,
+        description=(
+            "With neither deadline_ms nor latency_objective_ms: the default deadline is this many times "
+            "the model's measured full-batch time (what a request takes at capacity), so overload keeps "
+            "the threads busy with full batches while the queue holds only work clients still wait for."
         ),
     )
     cross_tenant: bool = Field(
@@ -198,6 +218,14 @@ class ServerSettings(_Section):
         default="auto",
         description="auto: bf16 where the processor computes it natively (CPUs with AVX512-BF16/AMX, "
         "Ampere+ GPUs, NeuronCores), fp16 on older GPUs (T4), else fp32. fp16 is for GPUs only.",
+    )
+    engine: EngineChoice = Field(
+        default="eager",
+        description="Runtime that computes: eager (torch modules; cross-tenant batching), onnxruntime "
+        "(versions compiled with `inferpack compile --format onnx`, CPU, fp32; a cold model answers "
+        "from its eager source version until its ONNX Runtime session is ready), or auto (onnxruntime "
+        "on CPUs without native bf16, where it is the fastest runtime measured; else eager). Needs the "
+        "`onnx` extra. See docs/runtimes.md.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(

@@ -131,10 +131,17 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
         asyncio.create_task(batchers[name].submit(TextInput(text)))
         for name, text in (("a", "a2"), ("b", "b1"), ("b", "b2"), ("c", "c1"), ("b", "b3"))
     ]
-    while sum(x.queue_depth for x in batchers.values()) < 5:
+    while sum(x.queue_depth for x in batchers.values()) < 5 or pool.state().waiting < 3:
         await asyncio.sleep(0)
+    # admission sees a base as one queue and one line: a and b share theirs, c (another base) has its own
+    ab, own_c = batchers["a"].line, batchers["c"].line
+    assert batchers["b"].line is ab and own_c is not ab
+    assert (ab.queued, len(ab.tickets), own_c.queued, len(own_c.tickets)) == (4, 2, 1, 1)
+    first_place = pool.position(ab.tickets[0])
+    assert first_place in (0, 1)  # a's or b's dispatcher ahead of c's, or c's ahead of both
     gate.set()
     results = {r["echo"]: r for r in await asyncio.gather(first, *queued)}
+    assert (ab.queued, len(ab.tickets), own_c.queued, len(own_c.tickets)) == (0, 0, 0, 0)
     assert {k: v["by"] for k, v in results.items()} == {
         "a1": "a", "a2": "a", "b1": "b", "b2": "b", "b3": "b", "c1": "c"
     }  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -27,8 +28,10 @@ from inferpack.compile.agreement import (
 )
 from inferpack.compile.convert import Variant, choose_variant, convert
 from inferpack.compile.examples import ExampleSet, build_examples, model_args, one_by_one, pad_to
+from inferpack.compile.onnxexport import OPSET, check_onnx_options, export_checked_graph
+from inferpack.compile.onnxexport import WEIGHTS_FILE as ONNX_FILE
 from inferpack.compile.options import CompileOptions
-from inferpack.compile.store import WEIGHTS_FILE, store_version
+from inferpack.compile.store import WEIGHTS_FILE, store_version, torchscript_writer
 from inferpack.compile.trace import device_for, jit_trace, neuron_trace
 from inferpack.errors import CompileError, InferpackError
 from inferpack.repository.local import LocalRepository
@@ -56,20 +59,23 @@ class CompileResult:
 
 
 def source_version(repo: LocalRepository, model_id: str, requested: int | None) -> int:
-    """The version to compile from: the one asked for, or the latest safetensors version."""
+    """The version to compile from: the one asked for, or the latest fp32 safetensors version (the
+    reference every variant is checked against; a cast bf16 version is a variant, not a source)."""
     if requested is not None:
         manifest = repo.manifest(model_id, requested)
-        if manifest.format != "safetensors":
+        if manifest.format != "safetensors" or manifest.dtype != "fp32":
             raise CompileError(
-                f"model {model_id!r} v{requested} is already {manifest.format}; "
-                "compile from a safetensors version",
-                hint=f"versions: {repo.versions(model_id)}; omit --version to use the latest safetensors one",
+                f"model {model_id!r} v{requested} is already {manifest.format} ({manifest.dtype}); "
+                "compile from an fp32 safetensors version",
+                hint=f"versions: {repo.versions(model_id)}; omit --version to use the latest fp32 "
+                "safetensors one",
             )
         return requested
     for version in reversed(repo.versions(model_id)):
-        if repo.manifest(model_id, version).format == "safetensors":
+        manifest = repo.manifest(model_id, version)
+        if manifest.format == "safetensors" and manifest.dtype == "fp32":
             return version
-    raise CompileError(f"model {model_id!r} has no safetensors version to compile from")
+    raise CompileError(f"model {model_id!r} has no fp32 safetensors version to compile from")
 
 
 def compile_model(
@@ -80,8 +86,14 @@ def compile_model(
     clock: Callable[[], float] = time.perf_counter,
 ) -> CompileResult:
     """Compile one model and store it as a new version; CompileError (nothing stored) on a failed check."""
+    if options.output_format == "safetensors":
+        from inferpack.compile.cast import cast_model  # it builds on this module's checks
+
+        return cast_model(repo, model_id, options, clock=clock)
     started = clock()
     variant = choose_variant(options.dtype, options.quantize, options.target)
+    if options.output_format == "onnx":
+        check_onnx_options(options)
     device = device_for(options.target)  # fails before any work when the target is not available
     src = source_version(repo, model_id, options.source_version)
     manifest = repo.manifest(model_id, src)
@@ -101,26 +113,49 @@ def compile_model(
     if options.target == "neuron":
         examples = _static_shapes(examples, manifest.max_sequence_length)
     converted = convert(eager, variant, device)
-    try:
-        traced = _trace(converted, examples.trace, options, device)
-        traced = _round_trip(traced, device)
-    except CompileError:
-        raise
-    except Exception as exc:
-        raise CompileError(
-            f"tracing {model_id!r} v{src} for {options.target} ({variant.label}) failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    with tempfile.TemporaryDirectory(prefix="inferpack-compile-") as tmp:
+        compiled: Callable[..., torch.Tensor]
+        try:
+            if options.output_format == "onnx":
+                compiled, write = export_checked_graph(converted, examples.trace, Path(tmp))
+            else:
+                traced = _round_trip(_trace(converted, examples.trace, options, device), device)
+                compiled, write = traced, torchscript_writer(traced)
+        except CompileError:
+            raise
+        except Exception as exc:
+            raise CompileError(
+                f"{'exporting' if options.output_format == 'onnx' else 'tracing'} {model_id!r} v{src} for "
+                f"{options.target} ({variant.label}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        checks = _check(eager, converted, compiled, examples, handler, device, variant)
+        _enforce(model_id, variant, checks, options.force)
+        return _store(repo, model_id, src, manifest, options, variant, eager, checks, write, started, clock)
 
-    checks = _check(eager, converted, traced, examples, handler, device, variant)
-    _enforce(model_id, variant, checks, options.force)
+
+def _store(
+    repo: LocalRepository,
+    model_id: str,
+    src: int,
+    manifest: Manifest,
+    options: CompileOptions,
+    variant: Variant,
+    eager: nn.Module,
+    checks: Checks,
+    write: Callable[[Path], None],
+    started: float,
+    clock: Callable[[], float],
+) -> CompileResult:
+    """Store a checked compile result as a new version and describe it."""
 
     hidden = int(getattr(eager.model, "config").hidden_size)  # noqa: B009 - transformers config attribute
     static = "" if options.target != "neuron" else f"; static input shape [1, {manifest.max_sequence_length}]"
+    onnx = options.output_format == "onnx"
+    kind = f"ONNX opset {OPSET}" if onnx else "TorchScript"
     new_manifest = Manifest(
-        format="torchscript",
+        format=options.output_format,
         task=manifest.task,
-        weights=WEIGHTS_FILE,
+        weights=ONNX_FILE if onnx else WEIGHTS_FILE,
         config=manifest.config,
         tokenizer=manifest.tokenizer,
         max_sequence_length=manifest.max_sequence_length,
@@ -136,10 +171,10 @@ def compile_model(
         parameters=manifest.parameters,
         compiled_from=src,
         agreement=checks.agreement,
-        description=f"TorchScript ({options.target}, {variant.label}) compiled by inferpack from v{src}"
+        description=f"{kind} ({options.target}, {variant.label}) compiled by inferpack from v{src}"
         f"{static}" + (f"; {manifest.description}" if manifest.description else ""),
     )
-    version, path = store_version(repo, model_id, src, traced, new_manifest)
+    version, path = store_version(repo, model_id, src, write, new_manifest)
     return CompileResult(
         model_id=model_id,
         source_version=src,
@@ -198,7 +233,7 @@ class Checks:
 def _check(
     eager: nn.Module,
     converted: nn.Module,
-    traced: torch.jit.ScriptModule,
+    traced: Callable[..., torch.Tensor],
     examples: ExampleSet,
     handler: TaskHandler,
     device: torch.device,
@@ -207,9 +242,10 @@ def _check(
     """Run the three models on the held-out checks and compare (see inferpack.compile.agreement)."""
     task = handler.task
     reference = _outputs(eager, examples.checks, torch.device("cpu"))
-    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's.
+    # fp32 on the CPU converts to the eager module itself: its outputs are the reference's; a cast
+    # (compile --format safetensors) is its own candidate: nothing was traced.
     same_variant = reference if converted is eager else _outputs(converted, examples.checks, device)
-    candidate = _outputs(traced, examples.checks, device)
+    candidate = same_variant if traced is converted else _outputs(traced, examples.checks, device)
     candidate_rows = _rows(candidate, examples.checks, task)
     fidelity = compare(_rows(same_variant, examples.checks, task), candidate_rows)
     raw = compare(_rows(reference, examples.checks, task), candidate_rows)
@@ -222,7 +258,7 @@ def _check(
 
 
 def _outputs(
-    model: nn.Module | torch.jit.ScriptModule, batches: tuple[Encoded, ...], device: torch.device
+    model: Callable[..., torch.Tensor], batches: tuple[Encoded, ...], device: torch.device
 ) -> list[torch.Tensor]:
     """The model's output on each batch, as float32 on the CPU."""
     with torch.inference_mode():

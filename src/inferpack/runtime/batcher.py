@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +36,11 @@ from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from inferpack.runtime.admission import (
     Estimate,
     Ewma,
+    GroupState,
     PoolState,
     WaitEstimator,
     cannot_finish,
+    default_deadline_s,
     retry_after_s,
     shed_reason,
 )
@@ -51,6 +54,9 @@ BatchObserver = Callable[[str, int, float, float], None]  # model, batch size, q
 DropObserver = Callable[[str], None]  # model: a queued request dropped because its caller went away
 Clock = Callable[[], float]
 PROBE_EVERY = 16  # one batch in this many may run a size above the objective's limit, to re-measure it
+# One DEBUG line per admitted request: the admission estimate against the wait and compute it got (a
+# calibration aid; bench/overload.py --admission-log sums them up). Off by default.
+admission_log = logging.getLogger("inferpack.runtime.admission")
 
 
 class InferencePool:
@@ -121,6 +127,18 @@ class InferencePool:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
+class GroupLine:
+    """What admission reads about a batcher's group (its model, or every model of its base with cross-tenant
+    batching), kept up to date as queues and the line for threads change: items queued over the group's
+    models, and the tickets its dispatchers wait with, in line order. Shared by the group's batchers."""
+
+    __slots__ = ("queued", "tickets")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.tickets: collections.deque[int] = collections.deque()
+
+
 @dataclass(slots=True, eq=False)  # identity equality: `deque.remove` must find this very request
 class _Pending:
     item: TextInput
@@ -129,6 +147,7 @@ class _Pending:
     owner: ModelBatcher
     enqueued: float
     deadline: float | None = field(default=None)
+    estimate: Estimate | None = field(default=None)  # at admission (for the calibration log)
 
 
 class ModelBatcher:
@@ -159,13 +178,26 @@ class ModelBatcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
-        self._ticket: int | None = None  # while the dispatcher waits in line for a thread
+        self.line = GroupLine()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
         )
         if peers is not None:
             peers.join(self)
+            others = peers.others(self)
+            if others:  # one group, one line: they lend each other their queued requests
+                self.line = others[0].line
+
+    def replace_model(self, model: LoadedModel) -> None:
+        """Run the batches formed from now on with `model` (a stand-in's fast runtime, runtime/tier.py);
+        batches already running keep the model they hold. Rejoins the peers as the new model allows (an
+        ONNX Runtime session mixes with no one)."""
+        if self.peers is not None:
+            self.peers.leave(self)
+        self.model = model
+        if self.peers is not None:
+            self.peers.join(self)
 
     @property
     def queue_depth(self) -> int:
@@ -179,8 +211,13 @@ class ModelBatcher:
 
     def estimate(self, items: int = 1) -> Estimate:
         """Expected wait and service of a request of `items` items arriving now."""
-        position = None if self._ticket is None else self.pool.position(self._ticket)
-        return self.estimator.estimate(len(self._queue), items, self.pool.state(), position=position)
+        line = self.line
+        first = self.pool.position(line.tickets[0]) if line.tickets else None
+        group = GroupState(line.queued, len(line.tickets), first)
+        # the batches the policy forms while every thread is busy (smaller ones: more turns to wait)
+        waiting = line.queued + max(items, 1)
+        limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
+        return self.estimator.estimate(group, items, self.pool.state(), batch_limit=limit)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -196,21 +233,42 @@ class ModelBatcher:
         caller stops waiting. Sheds with `Overloaded` when the queue is full or the expected wait misses
         the deadline; raises `DeadlineExceeded` when the request was dropped in the queue; if the caller
         is cancelled (its client disconnected), its items still queued leave the queue at once."""
-        model_id = self.model.model_id
         if self._closing:
-            raise ShuttingDown(f"model {model_id!r} is being unloaded")
-        if len(self._queue) + len(items) > self.settings.max_queue:
+            raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
+        now = self.clock()
+        estimate = self.admit(len(items), deadline, now)
+        loop = asyncio.get_running_loop()
+        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline, estimate) for item in items]
+        self._queue.extend(mine)
+        self.line.queued += len(mine)
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in mine)))
+        except BaseException as exc:
+            dropped = self._withdraw(mine)
+            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
+                self.drop_observer(self.model.model_id)
+            raise
+
+    def admit(self, items: int, deadline: float | None, now: float) -> Estimate:
+        """The estimate for a request of `items` items arriving at `now` with `deadline` (both on this
+        batcher's clock; None: no deadline), or `Overloaded` when its model's queue is full or the estimate
+        misses the deadline. Cheap, and without side effects: the server's early shed calls it too, before
+        a request's body is read (`server/shed.py`)."""
+        model_id = self.model.model_id
+        if len(self._queue) + items > self.settings.max_queue:
+            estimate = self.estimate()
             raise Overloaded(
                 f"model {model_id!r} has {len(self._queue)} requests queued (limit "
                 f"{self.settings.max_queue})",
-                retry_after_s=max(1.0, retry_after_s(self.estimate())),
+                retry_after_s=max(1.0, retry_after_s(estimate)),
                 hint="retry after the Retry-After delay, or add copies of this model",
                 model_id=model_id,
                 reason="queue_full",
-                expected_wait_s=self.estimate().wait_s,
+                expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
-        now = self.clock()
-        estimate = self.estimate(len(items))
+        estimate = self.estimate(items)
         reason = shed_reason(estimate, None if deadline is None else deadline - now)
         if reason is not None:
             raise Overloaded(
@@ -223,18 +281,16 @@ class ModelBatcher:
                 model_id=model_id,
                 reason=reason,
                 expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
-        loop = asyncio.get_running_loop()
-        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline) for item in items]
-        self._queue.extend(mine)
-        self._arrived.set()
-        try:
-            return list(await asyncio.gather(*(p.future for p in mine)))
-        except BaseException as exc:
-            dropped = self._withdraw(mine)
-            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
-                self.drop_observer(model_id)
-            raise
+        return estimate
+
+    def default_deadline_s(self) -> float | None:
+        """Seconds a request that sets no deadline gets (None: none), from the batching settings and this
+        model's measured full-batch time (`admission.default_deadline_s`)."""
+        s = self.settings
+        full = self.estimator.batch_seconds(s.max_batch_size)
+        return default_deadline_s(s.deadline_ms, s.latency_objective_ms, s.deadline_factor, full)
 
     def _withdraw(self, pendings: list[_Pending]) -> bool:
         """Take a failed or abandoned request's items out of the queue (cancelling their futures); True
@@ -244,6 +300,7 @@ class ModelBatcher:
             pending.future.cancel()
             try:
                 self._queue.remove(pending)
+                self.line.queued -= 1
                 dropped = True
             except ValueError:
                 pass  # already taken into a batch, or dropped there
@@ -256,11 +313,12 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            self._ticket = self.pool.next_ticket
+            ticket = self.pool.next_ticket
+            self.line.tickets.append(ticket)
             try:
                 await self.pool.acquire()
             finally:
-                self._ticket = None
+                self.line.tickets.remove(ticket)
             try:
                 await self._top_up()
                 batch = self._take()
@@ -305,10 +363,9 @@ class ModelBatcher:
         Its size is the batch policy's (`runtime/batchpolicy.py`) for what is queued now."""
         batch: list[_Pending] = []
         others = [] if self.peers is None else [o for o in self.peers.others(self) if not o._closing]
-        available = len(self._queue) + sum(len(o._queue) for o in others)
         self._formed += 1
         limit = batch_size(
-            available,
+            self.line.queued,  # this model's queue, and its peers' with cross-tenant batching
             self.limits,
             self.batch_cost,
             threads=self.pool.threads,
@@ -333,6 +390,7 @@ class ModelBatcher:
     ) -> None:
         while source._queue and len(batch) < limit:
             pending = source._queue.popleft()
+            source.line.queued -= 1
             if pending.future.done():  # cancelled: the caller went away
                 continue
             if cannot_finish(now, pending.deadline, service):
@@ -373,6 +431,8 @@ class ModelBatcher:
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+        if admission_log.isEnabledFor(logging.DEBUG):
+            _log_admissions(batch, started, compute)
         if self.observer is not None:
             for owner, rows in _by_owner(batch).items():
                 waited = started - min(p.enqueued for p in rows)
@@ -402,6 +462,7 @@ class ModelBatcher:
         if not drain:
             while self._queue:
                 pending = self._queue.popleft()
+                self.line.queued -= 1
                 if not pending.future.done():
                     pending.future.set_exception(ShuttingDown(f"model {self.model.model_id!r} was unloaded"))
         self._arrived.set()
@@ -416,3 +477,19 @@ def _by_owner(batch: list[_Pending]) -> dict[ModelBatcher, list[_Pending]]:
     for pending in batch:
         out.setdefault(pending.owner, []).append(pending)
     return out
+
+
+def _log_admissions(batch: list[_Pending], started: float, compute: float) -> None:
+    """The calibration line of each request of a batch: estimate at admission against what it got."""
+    for p in batch:
+        if p.estimate is not None:
+            admission_log.debug(
+                "admitted model=%s est_wait_ms=%.1f est_service_ms=%.1f wait_ms=%.1f service_ms=%.1f "
+                "batch=%d",
+                p.owner.model.model_id,
+                p.estimate.wait_s * 1000,
+                p.estimate.service_s * 1000,
+                (started - p.enqueued) * 1000,
+                compute * 1000,
+                len(batch),
+            )

@@ -7,6 +7,8 @@ weights, wrapped in a task head from `inferpack.runtime.heads`); TorchScript ver
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import threading
 import time
@@ -27,7 +29,7 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import _check_target, _device_kind, choose_version
+from inferpack.runtime.versions import TORCH_DTYPES, _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -106,19 +108,47 @@ def load_model(
     device: str = "cpu",
     max_sequence_length: int | None = None,
     warmup: bool | None = True,
+    engine: str = "eager",
+    tier: bool = False,
+    intra_op_threads: int = 1,
 ) -> LoadedModel:
-    """Load a version (default: latest) of a model, eager or TorchScript, and warm it up.
+    """Load a version (default: the one `choose_version` picks for `engine`) of a model, eager,
+    TorchScript or ONNX (an ONNX Runtime session of `intra_op_threads`), and warm it up.
 
-    `warmup=None` warms up TorchScript only (its first calls compile; an eager model's first request is
-    its own warm-up, which is what a cold request wants: the answer sooner, not two forwards first).
+    `warmup=None` warms up compiled graphs only (their first calls compile or allocate; an eager model's
+    first request is its own warm-up, which is what a cold request wants: the answer sooner, not two
+    forwards first). `tier`: an ONNX version compiled from a safetensors version loads as that version's
+    eager fp32 model (a stand-in: fast to load, and its agreement check showed it answers alike), with
+    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`).
     """
     started = time.perf_counter()
     if version is None:
-        chosen = choose_version(repository, model_id, device, resolve_dtype(dtype, device))
+        chosen = choose_version(repository, model_id, device, resolve_dtype(dtype, device), engine)
     else:
         chosen = version
     manifest = repository.manifest(model_id, chosen)
     _check_target(model_id, chosen, manifest, device)
+    source = _eager_source(repository, model_id, manifest) if tier else None
+    if source is not None:
+        stand_in = load_model(
+            repository,
+            model_id,
+            source,
+            dtype="fp32",
+            max_sequence_length=max_sequence_length,
+            warmup=warmup,
+        )
+        upgrade = functools.partial(
+            load_model,
+            repository,
+            model_id,
+            chosen,
+            dtype="fp32",
+            max_sequence_length=max_sequence_length,
+            intra_op_threads=intra_op_threads,
+        )
+        extra = {**stand_in.extra, "upgrade": upgrade, "stand_in_for": chosen}
+        return dataclasses.replace(stand_in, version=chosen, manifest=manifest, extra=extra)
     version_dir = repository.version_dir(model_id, chosen)
     neuron = _device_kind(device) == "neuron"
     # Neuron graphs are called with host tensors; the runtime moves them to the NeuronCore.
@@ -135,12 +165,18 @@ def load_model(
         if neuron:
             from inferpack.runtime.neuron import load_neuron, static_shape
 
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             module = load_neuron(version_dir / manifest.weights, manifest)
             limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
             hidden = manifest.hidden_size or 0
+        elif manifest.format == "onnx":
+            from inferpack.runtime.onnxrt import load_onnx
+
+            torch_dtype = torch.float32
+            module = load_onnx(version_dir / manifest.weights, intra_op_threads=intra_op_threads)
+            hidden = manifest.hidden_size or 0
         elif manifest.format == "torchscript":
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
             )
@@ -182,13 +218,18 @@ def load_model(
     )
     if groups and isinstance(module, TaskWrapper):  # which layers are its own (cross-tenant batching)
         loaded.extra["own_paths"] = own_paths(module, [t for g in groups for t in g.tensors.values()])
-    if warmup or (warmup is None and manifest.format == "torchscript"):
+    if warmup or (warmup is None and manifest.format in ("torchscript", "onnx")):
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 
 
-_MANIFEST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest) -> int | None:
+    """The safetensors version an ONNX version was compiled from, when it is still in the repository."""
+    source = manifest.compiled_from
+    if manifest.format != "onnx" or source is None or source not in repository.versions(model_id):
+        return None
+    return source if repository.manifest(model_id, source).format == "safetensors" else None
 
 
 def _warm_up(model: LoadedModel) -> None:

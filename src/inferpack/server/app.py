@@ -22,7 +22,8 @@ from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
-from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.engines import ort_installed, with_engine
+from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.skeletons import preload_libraries
 from inferpack.server.auth import Authenticator
@@ -30,6 +31,7 @@ from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
+from inferpack.server.shed import EarlyShed
 from inferpack.server.v2_api import model_routes, repository_routes, server_metadata
 from inferpack.server.v2_schema import ServerMetadata, errors, install_openapi
 from inferpack.settings import ServerSettings
@@ -93,8 +95,10 @@ def start_recovery(
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
+    # engine auto -> eager or onnxruntime by CPU kind; onnxruntime computes fp32 (runtime/engines.py)
+    settings = with_engine(settings, device.kind, native_bf16=cpu_has_native_bf16(), ort=ort_installed())
     check_dtype(settings.dtype, device)
-    log.info("inferpack server computes on %s", device.describe())
+    log.info("inferpack server computes on %s (engine %s)", device.describe(), settings.engine)
     repo = repository if repository is not None else open_repository(settings.repository)
     repo.background_probe = True  # the lifespan's RecoveryLoop re-lists a degraded repository
     threads = settings.inference_threads or default_inference_threads(device, usable_cores())
@@ -147,6 +151,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(EarlyShed, registry=registry, auth=auth, metrics=metrics)  # outermost: before all
 
     # health and server metadata: open, for probes (kubelets send no token); the names of failed models
     # and /metrics follow the auth settings (docs/security.md) --------------------------------------------

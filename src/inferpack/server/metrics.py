@@ -173,7 +173,11 @@ class _RegistryCollector(Collector):
             evictions.add_metric([reason], count)
         memory = GaugeMetricFamily("inferpack_model_memory_bytes", "Tensor bytes held by loaded models.")
         memory.add_metric([], self.memory())
-        yield from (hits, misses, evictions, memory)
+        swaps = CounterMetricFamily(
+            "inferpack_runtime_swaps", "Cold models whose fast runtime took over from the eager stand-in."
+        )
+        swaps.add_metric([], self.stats.swaps)
+        yield from (hits, misses, evictions, memory, swaps)
         if self.budget is not None:
             budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
             budget.add_metric([], self.budget)
