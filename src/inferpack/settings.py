@@ -58,6 +58,15 @@ class BatchingSettings(_Section):
             "the P90 target. At least one request always runs. 0: no objective (max_batch_size alone)."
         ),
     )
+    spread_over_idle_threads: bool = Field(
+        default=True,
+        description=(
+            "Requests queued while other inference threads are idle run as separate batches on them (two "
+            "requests, two idle cores: two batches of one side by side) instead of one batch on one thread. "
+            "Off: a batch takes what is queued up to its size whatever the other threads do (where Python "
+            "overhead or a shared CPU makes one batch of two cheaper than two batches of one)."
+        ),
+    )
     max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -240,18 +240,21 @@ async def test_a_request_whose_expected_wait_misses_its_deadline_is_shed_at_arri
     assert model.batches == [["measure"], ["patient"]]
 
 
-async def test_requests_queued_while_a_thread_is_idle_run_side_by_side() -> None:
+@pytest.mark.parametrize("spread", [True, False])
+async def test_requests_queued_while_a_thread_is_idle_run_side_by_side(spread: bool) -> None:
     pool = InferencePool(threads=2)
     model = GatedModel()
-    batcher = ModelBatcher(model, pool, BatchingSettings(max_batch_size=8))  # type: ignore[arg-type]
+    settings = BatchingSettings(max_batch_size=8, spread_over_idle_threads=spread)
+    batcher = ModelBatcher(model, pool, settings)  # type: ignore[arg-type]
     try:
         both = asyncio.gather(batcher.submit(TextInput("a")), batcher.submit(TextInput("b")))
         loop = asyncio.get_running_loop()
-        for _ in range(2):  # both are in a forward at once: two batches of one, one per idle thread
+        # spread: both are in a forward at once, two batches of one, one per idle thread
+        for _ in range(2 if spread else 1):
             assert await loop.run_in_executor(None, model.entered.acquire, True, 30)
         model.gate.set()
         assert [r["echo"] for r in await both] == ["a", "b"]
-        assert sorted(model.batches) == [["a"], ["b"]]
+        assert sorted(model.batches) == ([["a"], ["b"]] if spread else [["a", "b"]])
     finally:
         model.gate.set()
         await batcher.close()

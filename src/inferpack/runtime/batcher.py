@@ -369,7 +369,7 @@ class ModelBatcher:
             self.limits,
             self.batch_cost,
             threads=self.pool.threads,
-            idle_threads=self.pool.idle_threads(),
+            idle_threads=self.pool.idle_threads() if self.settings.spread_over_idle_threads else 0,
             probe=self._formed % PROBE_EVERY == 0,
         )
         if limit == 0:
