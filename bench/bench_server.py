@@ -12,6 +12,10 @@ share their base (all but the top layer and head), so the server runs once with 
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
 `--engines` adds a server on the onnxruntime engine (each model gets an ONNX version first, `inferpack
 compile --format onnx`; it is measured once every model's session took over).
+`--batch-latency-ms 100,0` runs an eager server per batch latency objective (0: none, max_batch_size
+alone); `--baseline-src DIR` also runs the eager servers from another source tree (e.g. main's `src`);
+`--interleave R` starts every such server at once and measures them in turn, R rounds (drifts of a shared
+machine then hit every setting alike; medians and per-round ratios to the first printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
         [--engines eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
@@ -26,11 +30,13 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -116,11 +122,18 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
 
 
 def run_server(
-    repo: Path, dtype: str, cross_tenant: bool = True, threads: int | None = None, engine: str = "eager"
+    repo: Path,
+    dtype: str,
+    cross_tenant: bool = True,
+    threads: int | None = None,
+    engine: str = "eager",
+    batch_latency_ms: str | None = None,
+    source: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`inferpack serve` on every model of `repo` in `dtype` with `engine` (and `threads` inference
     threads; None: the server's default), once it is ready (for onnxruntime: once every model's session
-    took over from its eager stand-in)."""
+    took over from its eager stand-in). `batch_latency_ms`: its batching.max_batch_latency_ms (None: its
+    default); `source`: run this source tree's inferpack instead of the installed one."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
@@ -131,6 +144,10 @@ def run_server(
         extra_args=["--dtype", dtype, "--engine", engine],
     )
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__CROSS_TENANT": str(cross_tenant).lower()}
+    if batch_latency_ms is not None:
+        env["INFERPACK_SERVER__BATCHING__MAX_BATCH_LATENCY_MS"] = batch_latency_ms
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
@@ -148,6 +165,49 @@ def swaps(url: str) -> float:
         text = response.read().decode()
     found = re.search(r"^inferpack_runtime_swaps_total (\S+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
+
+
+Server = subprocess.Popen[bytes]
+Measure = Callable[[str, Server, str, int], dict[str, float]]
+Start = Callable[[str | None, Path | None], tuple[Server, str]]
+
+
+def interleaved(
+    servers: list[tuple[str, str | None, Path | None]],
+    levels: list[int],
+    rounds: int,
+    ids: list[str],
+    start: Start,
+    measure: Measure,
+) -> None:
+    """Every (label, batch latency objective, source tree) server running at once (idle ones cost nothing),
+    measured in turn `rounds` times per level; prints the median req/s and P90 and the median of each
+    round's ratio to the first server."""
+    started = [(label, *start(latency, source)) for label, latency, source in servers]
+    try:
+        for c in levels:
+            for _, _, url in started:
+                wrk(url, ids, c, 2)  # warm-up
+            got: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in started}
+            for _ in range(rounds):
+                for label, proc, url in started:
+                    got[label].append(measure(label, proc, url, c))
+            first = got[started[0][0]]
+            for label, runs in got.items():
+                ratios = [r["rps"] / f["rps"] for r, f in zip(runs, first, strict=True)]
+                print(
+                    f"  median over {rounds} rounds, c={c}: {label:20s} "
+                    f"{statistics.median(r['rps'] for r in runs):7.1f} req/s  "
+                    f"P90 {statistics.median(r['p90'] for r in runs):7.1f} ms  "
+                    f"/ {started[0][0]}: {statistics.median(ratios):.2f} "
+                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f})",
+                    flush=True,
+                )
+    finally:
+        for _, proc, _ in started:
+            proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in started:
+            proc.wait(timeout=60)
 
 
 def server_settings(engines: str, dtypes: str, cross_tenant: str) -> list[tuple[str, str, str]]:
@@ -199,6 +259,26 @@ def main() -> None:
     parser.add_argument(
         "--cross-tenant", default="on,off", help="server runs with cross-tenant batching on and/or off"
     )
+    parser.add_argument(
+        "--batch-latency-ms",
+        default="",
+        help="eager servers per batching.max_batch_latency_ms value, e.g. 100,0 (default: the server's own)",
+    )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="start every eager server variant of a setting at once and measure them in turn, this many "
+        "rounds per level (slow drifts of a shared machine then hit each alike); prints medians and the "
+        "median per-round ratio to the first",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run each eager server from this source tree (e.g. a checkout of main's src/), labelled "
+        "'base' (the reference of --interleave's ratios)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -229,29 +309,55 @@ def main() -> None:
     settings = server_settings(args.engines, args.dtypes, args.cross_tenant)
     if any(engine == "onnxruntime" for engine, _, _ in settings):
         add_onnx_versions(repo, ids)
+    variants: list[tuple[str, str | None, Path | None]] = [
+        (f"/lat-{ms}", ms, None) for ms in args.batch_latency_ms.split(",") if ms
+    ] or [("", None, None)]
+    if args.baseline_src is not None:  # first: the reference of the interleaved ratios
+        variants.insert(0, ("/base", None, args.baseline_src))
+
+    def measure(label: str, proc: Server, url: str, c: int) -> dict[str, float]:
+        cpu_before = process_cpu_s(proc.pid)
+        r = wrk(url, ids, c, args.duration)
+        cpu_s = process_cpu_s(proc.pid) - cpu_before
+        r["cpu_rps"] = r["rps"] * int(args.duration) / max(cpu_s, 1e-9) * usable_cores()
+        rows.append((label, c, r))
+        print(
+            f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
+            f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
+            f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f} "
+            f"(CPU {r['cpu_rps'] / cpu1.loop1.cpu:.2f})  of best b8 loop {r['rps'] / limit8:.2f} "
+            f"(CPU {r['cpu_rps'] / cpu8.loop8.cpu:.2f})",
+            flush=True,
+        )
+        return r
+
     for engine, dtype, mode in settings:
-        proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on", engine=engine)
-        label = "ort/fp32" if engine == "onnxruntime" else f"{dtype}/xt-{mode}"
-        try:
-            levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
-            for c in (int(x) for x in levels.split(",")):
-                wrk(url, ids, c, 2)  # warm-up
-                cpu_before = process_cpu_s(proc.pid)
-                r = wrk(url, ids, c, args.duration)
-                cpu_s = process_cpu_s(proc.pid) - cpu_before
-                r["cpu_rps"] = r["rps"] * int(args.duration) / max(cpu_s, 1e-9) * usable_cores()
-                rows.append((label, c, r))
-                print(
-                    f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
-                    f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
-                    f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f} "
-                    f"(CPU {r['cpu_rps'] / cpu1.loop1.cpu:.2f})  of best b8 loop {r['rps'] / limit8:.2f} "
-                    f"(CPU {r['cpu_rps'] / cpu8.loop8.cpu:.2f})",
-                    flush=True,
-                )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        levels = [int(x) for x in (args.bf16_concurrency if dtype == "bf16" else args.concurrency).split(",")]
+        name = "ort/fp32" if engine == "onnxruntime" else f"{dtype}/xt-{mode}"
+        servers = [(name + suffix, lat, src) for suffix, lat, src in variants] if engine == "eager" else []
+        servers = servers or [(name, None, None)]
+
+        def start(
+            latency: str | None,
+            source: Path | None,
+            dtype: str = dtype,
+            mode: str = mode,
+            engine: str = engine,
+        ) -> tuple[Server, str]:
+            return run_server(repo_dir, dtype, mode == "on", None, engine, latency, source)
+
+        if args.interleave:
+            interleaved(servers, levels, args.interleave, ids, start, measure)
+            continue
+        for label, latency, source in servers:
+            proc, url = start(latency, source)
+            try:
+                for c in levels:
+                    wrk(url, ids, c, 2)  # warm-up
+                    measure(label, proc, url, c)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
     print(
         "\nbest per server setting (in brackets: requests per server CPU-second x cores, against the loops'):"
     )

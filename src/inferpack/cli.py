@@ -89,6 +89,14 @@ def serve(
     max_batch_size: Annotated[
         int | None, typer.Option(min=1, help="Largest batch one forward runs (default 8).")
     ] = None,
+    max_batch_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Objective for one batch's expected compute time, ms: batches take only as many queued "
+            "requests as keep it (default 100; 0: max batch size alone).",
+        ),
+    ] = None,
     max_wait_ms: Annotated[
         float | None, typer.Option(min=0.0, help="Extra wait for a fuller batch, ms (default 0).")
     ] = None,
@@ -139,7 +147,13 @@ def serve(
             "pinned_models": [m.strip() for m in pinned.split(",") if m.strip()] if pinned else None,
         }
     )
-    batching = _drop_none({"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    batching = _drop_none(
+        {
+            "max_batch_size": max_batch_size,
+            "max_batch_latency_ms": max_batch_latency_ms,
+            "max_wait_ms": max_wait_ms,
+        }
+    )
     if batching:
         server["batching"] = batching
     if models and all_models:

@@ -39,7 +39,35 @@ class _Section(BaseModel):
 class BatchingSettings(_Section):
     """Per-model dynamic batching and load shedding."""
 
-    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch run in one forward.")
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description=(
+            "Largest batch run in one forward (a hard cap). Within it, each batch is sized from measured "
+            "batch compute times: spread over idle threads when cores are free, as large as "
+            "max_batch_latency_ms allows when every core is busy."
+        ),
+    )
+    max_batch_latency_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description=(
+            "Latency objective for one batch: a batch takes only as many queued requests as keep its "
+            "expected compute time (measured per model, or per base with cross-tenant batching) under "
+            "this. A queued request waits about one batch and then runs in the next, so set about half "
+            "the P90 target. At least one request always runs. 0: no objective (max_batch_size alone)."
+        ),
+    )
+    spread_over_idle_threads: bool = Field(
+        default=True,
+        description=(
+            "Requests queued while other inference threads are idle run as separate batches on them (two "
+            "requests, two idle cores: two batches of one side by side) instead of one batch on one thread. "
+            "Off: a batch takes what is queued up to its size whatever the other threads do (where Python "
+            "overhead or a shared CPU makes one batch of two cheaper than two batches of one)."
+        ),
+    )
     max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -185,6 +185,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__MAX_BODY_BYTES": str(settings.max_body_bytes),
         "INFERPACK_SERVER__METRICS_TOP_K": str(settings.metrics_top_k),
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
+        "INFERPACK_SERVER__BATCHING__MAX_BATCH_LATENCY_MS": str(settings.batching.max_batch_latency_ms),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
         "INFERPACK_SERVER__BATCHING__DEADLINE_FACTOR": str(settings.batching.deadline_factor),

@@ -2,8 +2,11 @@
 
 The event loop only moves requests between queues; forwards run on `InferencePool` threads (torch releases
 the GIL inside its kernels, so N threads with one intra-op thread each keep N cores busy without a copy of
-each model per process). A batch forms from whatever is queued when a thread becomes free, topped up for
-at most `max_wait_ms`. Load shedding, all at arrival or before a batch forms, never mid-forward:
+each model per process). A batch forms from what is queued when a thread becomes free, topped up for at
+most `max_wait_ms`; how many it takes is `runtime/batchpolicy.py`'s decision, from measured batch compute
+times: shared out over idle threads when cores are free, as many as the latency objective
+(`max_batch_latency_ms`) allows when every core is busy. Load shedding, all at arrival or before a batch
+forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
@@ -41,6 +44,7 @@ from inferpack.runtime.admission import (
     retry_after_s,
     shed_reason,
 )
+from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within
 from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
@@ -49,6 +53,7 @@ from inferpack.settings import BatchingSettings
 BatchObserver = Callable[[str, int, float, float], None]  # model, batch size, queue wait s, compute s
 DropObserver = Callable[[str], None]  # model: a queued request dropped because its caller went away
 Clock = Callable[[], float]
+PROBE_EVERY = 16  # one batch in this many may run a size above the objective's limit, to re-measure it
 # One DEBUG line per admitted request: the admission estimate against the wait and compute it got (a
 # calibration aid; bench/overload.py --admission-log sums them up). Off by default.
 admission_log = logging.getLogger("inferpack.runtime.admission")
@@ -65,6 +70,7 @@ class InferencePool:
         )
         self._slots = asyncio.Semaphore(threads)
         self._waiting = 0
+        self._held = 0  # threads given to batchers and not yet released
         self._issued = 0  # tickets: the line for a thread is first come, first served
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
@@ -80,6 +86,10 @@ class InferencePool:
     def observe_batch(self, seconds: float) -> None:
         """A batch (of any model) held a thread for `seconds`."""
         self._batch_s.add(seconds)
+
+    def idle_threads(self) -> int:
+        """Threads free with no dispatcher waiting in line for them (a batch shares its queue with them)."""
+        return max(0, self.threads - self._held - self._waiting)
 
     @property
     def next_ticket(self) -> int:
@@ -100,10 +110,12 @@ class InferencePool:
         finally:
             self._waiting -= 1
             self._left += 1
+        self._held += 1
         return ticket
 
     def release(self) -> None:
         """Give a thread back."""
+        self._held -= 1
         self._slots.release()
 
     async def run(self, fn: Callable[[], Any]) -> Any:
@@ -160,6 +172,9 @@ class ModelBatcher:
         self.drop_observer = drop_observer
         self.clock = clock
         self.estimator = WaitEstimator(settings.max_batch_size)
+        latency_ms = settings.max_batch_latency_ms
+        self.limits = BatchLimits(settings.max_batch_size, latency_ms / 1000.0 if latency_ms > 0 else None)
+        self._formed = 0  # batches formed: every PROBE_EVERY-th may run one size above the objective's limit
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
@@ -199,7 +214,10 @@ class ModelBatcher:
         line = self.line
         first = self.pool.position(line.tickets[0]) if line.tickets else None
         group = GroupState(line.queued, len(line.tickets), first)
-        return self.estimator.estimate(group, items, self.pool.state())
+        # the batches the policy forms while every thread is busy (smaller ones: more turns to wait)
+        waiting = line.queued + max(items, 1)
+        limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
+        return self.estimator.estimate(group, items, self.pool.state(), batch_limit=limit)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -316,13 +334,20 @@ class ModelBatcher:
                 owner._in_flight.add(task)
                 task.add_done_callback(owner._in_flight.discard)
 
+    def batch_cost(self, size: int) -> float:
+        """Expected compute seconds of a batch of `size` formed here: measured over the batches of every model
+        of its base with cross-tenant batching (they form batches together), else over this model's."""
+        group = self.peers.estimator(self) if self.peers is not None else None
+        return (group or self.estimator).batch_seconds(size)
+
     async def _top_up(self) -> None:
-        """Wait up to max_wait for a fuller batch (only while it is not full already)."""
+        """Wait up to max_wait for a fuller batch (only while it is smaller than the objective allows)."""
         wait_s = self.settings.max_wait_ms / 1000.0
         if wait_s <= 0:
             return
+        full = largest_within(self.limits, self.batch_cost, self.limits.max_batch_size)
         deadline = time.perf_counter() + wait_s
-        while len(self._queue) < self.settings.max_batch_size and not self._closing:
+        while len(self._queue) < full and not self._closing:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -334,18 +359,29 @@ class ModelBatcher:
 
     def _take(self) -> list[_Pending]:
         """The next batch: queued requests in order (then, with room left, those of the same base's other
-        models), skipping abandoned ones and dropping those that can no longer finish by their deadline."""
+        models), skipping abandoned ones and dropping those that can no longer finish by their deadline.
+        Its size is the batch policy's (`runtime/batchpolicy.py`) for what is queued now."""
         batch: list[_Pending] = []
-        limit = self.settings.max_batch_size
-        service = self.estimator.batch_seconds(min(self.line.queued, limit))
+        others = [] if self.peers is None else [o for o in self.peers.others(self) if not o._closing]
+        self._formed += 1
+        limit = batch_size(
+            self.line.queued,  # this model's queue, and its peers' with cross-tenant batching
+            self.limits,
+            self.batch_cost,
+            threads=self.pool.threads,
+            idle_threads=self.pool.idle_threads() if self.settings.spread_over_idle_threads else 0,
+            probe=self._formed % PROBE_EVERY == 0,
+        )
+        if limit == 0:
+            return batch
+        service = self.batch_cost(limit)
         now = self.clock()
         self._take_from(self, batch, limit, now, service)
-        if self.peers is not None and len(batch) < limit:
-            for other in self.peers.others(self):  # room left: requests of the same base's other models
+        if len(batch) < limit:
+            for other in others:  # room left: requests of the same base's other models
                 if len(batch) >= limit:
                     break
-                if not other._closing:
-                    self._take_from(other, batch, limit, now, service)
+                self._take_from(other, batch, limit, now, service)
         return batch
 
     @staticmethod
@@ -388,6 +424,9 @@ class ModelBatcher:
             self.pool.release()
         compute = self.clock() - started
         self.estimator.observe_batch(len(batch), compute)
+        group = self.peers.estimator(self) if self.peers is not None else None
+        if group is not None:  # the base's batch times, which size the batches its models form
+            group.observe_batch(len(batch), compute)
         self.pool.observe_batch(compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
