@@ -167,7 +167,8 @@ def measure_server_timing(
         )
         forwards += [forward() for _ in range(FORWARDS)] if forward is not None else []
     finally:
-        terminate([psutil.Process(proc.pid)], timeout_s=15.0)
+        if proc.poll() is None:  # a server that died is reaped already: the error above is the one to see
+            terminate([psutil.Process(proc.pid)], timeout_s=15.0)
         proc.wait(timeout=30)
     return ServerTiming(
         under_load=load,
