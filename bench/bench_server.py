@@ -49,18 +49,22 @@ CONTEXT = (
 ROOT = Path(__file__).resolve().parent / "results"
 
 
-def bare_limit(repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1) -> float:
+def bare_limit(
+    repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1
+) -> tuple[float, list[float]]:
     """Requests/s of the forward loop alone (tokenise + forward + decode of `batch` requests at a time):
-    one thread per core, one intra-op thread each."""
+    one thread per core, one intra-op thread each; and the seconds each call took (all threads)."""
     models = [load_model(repo, m, dtype=dtype) for m in ids]  # type: ignore[arg-type]
     item = [TextInput(QUESTION, CONTEXT)] * batch
     counts = [0] * usable_cores()
+    took: list[list[float]] = [[] for _ in counts]
 
     def loop(k: int) -> None:
         torch.set_num_threads(1)
         i = k
-        while time.perf_counter() < stop:
+        while (begun := time.perf_counter()) < stop:
             models[i % len(models)].predict(item)
+            took[k].append(time.perf_counter() - begun)
             i += 1
             counts[k] += batch
 
@@ -73,7 +77,7 @@ def bare_limit(repo: LocalRepository, ids: list[str], dtype: str, seconds: float
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return sum(counts) / (time.perf_counter() - started), [s for t in took for s in t]
 
 
 def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
@@ -193,12 +197,13 @@ def main() -> None:
     )
     rows = []
     for dtype in args.dtypes.split(","):
-        limit1 = bare_limit(repo, ids, dtype, args.duration)
-        limit8 = bare_limit(repo, ids, dtype, args.duration, batch=8)
+        limit1, took = bare_limit(repo, ids, dtype, args.duration)
+        limit8, _ = bare_limit(repo, ids, dtype, args.duration, batch=8)
         limit = max(limit1, limit8)
+        loop_p50, loop_p90 = (float(np.percentile(took, q)) * 1000 for q in (50, 90))
         print(
-            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1, {limit8:.1f} req/s at batch 8 "
-            f"-> limit {limit:.1f}",
+            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1 (per request P50 {loop_p50:.1f} ms, "
+            f"P90 {loop_p90:.1f} ms), {limit8:.1f} req/s at batch 8 -> limit {limit:.1f}",
             flush=True,
         )
         for mode in args.cross_tenant.split(","):
@@ -214,7 +219,8 @@ def main() -> None:
                         f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
                         f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
                         f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
-                        f"ratio {r['rps'] / limit:.2f}",
+                        f"ratio {r['rps'] / limit:.2f}  P90 / loop P50 {r['p90'] / loop_p50:.2f}  "
+                        f"P90 / loop P90 {r['p90'] / loop_p90:.2f}",
                         flush=True,
                     )
             finally:
