@@ -31,6 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import psutil
 import torch
 
 from inferpack.processes import free_port, server_command, wait_ready
@@ -51,22 +52,26 @@ ROOT = Path(__file__).resolve().parent / "results"
 
 def bare_limit(
     repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], float]:
     """Requests/s of the forward loop alone (tokenise + forward + decode of `batch` requests at a time):
-    one thread per core, one intra-op thread each; and the seconds each call took (all threads)."""
+    one thread per core, one intra-op thread each; the seconds each call took (all threads); and the CPU
+    seconds its threads spent per request (which, unlike req/s, other loads on the cores barely move)."""
     models = [load_model(repo, m, dtype=dtype) for m in ids]  # type: ignore[arg-type]
     item = [TextInput(QUESTION, CONTEXT)] * batch
     counts = [0] * usable_cores()
     took: list[list[float]] = [[] for _ in counts]
+    cpu = [0.0] * len(counts)
 
     def loop(k: int) -> None:
         torch.set_num_threads(1)
         i = k
+        cpu[k] = -time.thread_time()
         while (begun := time.perf_counter()) < stop:
             models[i % len(models)].predict(item)
             took[k].append(time.perf_counter() - begun)
             i += 1
             counts[k] += batch
+        cpu[k] += time.thread_time()
 
     for m in models:  # warm-up outside the timed window
         m.predict(item)
@@ -77,7 +82,8 @@ def bare_limit(
         t.start()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - started), [s for t in took for s in t]
+    done = time.perf_counter() - started
+    return sum(counts) / done, [s for t in took for s in t], sum(cpu) / sum(counts)
 
 
 def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
@@ -135,14 +141,22 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {
         "rps": rps,
+        "requests": done,
         "p50": ms("50"),
         "p90": ms("90"),
         "p99": ms("99"),
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subprocess.Popen[bytes], str]:
@@ -197,13 +211,14 @@ def main() -> None:
     )
     rows = []
     for dtype in args.dtypes.split(","):
-        limit1, took = bare_limit(repo, ids, dtype, args.duration)
-        limit8, _ = bare_limit(repo, ids, dtype, args.duration, batch=8)
+        limit1, took, loop_cpu = bare_limit(repo, ids, dtype, args.duration)
+        limit8, _, _ = bare_limit(repo, ids, dtype, args.duration, batch=8)
         limit = max(limit1, limit8)
         loop_p50, loop_p90 = (float(np.percentile(took, q)) * 1000 for q in (50, 90))
         print(
             f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1 (per request P50 {loop_p50:.1f} ms, "
-            f"P90 {loop_p90:.1f} ms), {limit8:.1f} req/s at batch 8 -> limit {limit:.1f}",
+            f"P90 {loop_p90:.1f} ms, CPU {loop_cpu * 1000:.1f} ms), {limit8:.1f} req/s at batch 8 -> limit "
+            f"{limit:.1f}",
             flush=True,
         )
         for mode in args.cross_tenant.split(","):
@@ -213,14 +228,17 @@ def main() -> None:
                 levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
                 for c in (int(x) for x in levels.split(",")):
                     wrk(url, ids, c, 2)  # warm-up
+                    cpu_before = cpu_seconds(proc.pid)
                     r = wrk(url, ids, c, args.duration)
+                    cpu_per_request = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, r["requests"])
                     rows.append((label, c, r, limit, limit1, limit8))
                     print(
                         f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
                         f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
                         f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
                         f"ratio {r['rps'] / limit:.2f}  P90 / loop P50 {r['p90'] / loop_p50:.2f}  "
-                        f"P90 / loop P90 {r['p90'] / loop_p90:.2f}",
+                        f"P90 / loop P90 {r['p90'] / loop_p90:.2f}  CPU/request {cpu_per_request * 1000:.1f} "
+                        f"ms = {cpu_per_request / loop_cpu:.2f} x the loop's",
                         flush=True,
                     )
             finally:
