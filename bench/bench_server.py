@@ -6,7 +6,9 @@
    batch 8 (the server's largest batch); the limit is the better of the two.
 3. The server: `inferpack serve` on those models, driven by wrk (an external HTTP load generator) with a Lua
    script picking a random model per request, at several concurrencies.
-Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
+Prints req/s, P50/P90/P99 and server / limit per dtype, the P90 against the batch-1 loop's per-request
+P50 and P90 (issue 12's 2-connection goal), CPU per request against the loop's (less moved by other loads
+on shared cores than req/s), and bf16's agreement with fp32. The demo models
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
 
