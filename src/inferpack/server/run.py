@@ -20,10 +20,10 @@ def settle_heap() -> int:
 
     After the imports the heap holds ~380k objects (torch, transformers, FastAPI, pydantic), nearly all
     alive until the process exits. Without this, every full collection walks them all: measured here,
-    a ~0.1 s pause on a quiet core (0.7-1 s under contention) in which the collecting thread holds the
-    GIL, so both inference threads and the event loop stop, several times a minute under load (the
-    per-request objects of the HTTP stack keep triggering collections). Frozen, a full collection walks
-    only what was made later: models, requests. Called before any model loads, so an unloaded model's
+    220-260 ms of CPU (with 10 models loaded) in which the collecting thread holds the GIL, so the
+    inference threads and the event loop stop. Full collections follow allocation-heavy phases (model
+    loads and evictions in a lazy server), rarely steady traffic. Frozen, a full collection walks only
+    what was made later: models, requests. Called before any model loads, so an unloaded model's
     objects stay collectable; garbage is collected first, so nothing already dead is kept."""
     preload_libraries()
     gc.collect()
