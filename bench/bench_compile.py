@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from inferpack.compile.agreement import compare, output_rows, same_answers
-from inferpack.compile.compiler import CompileResult, compile_model
+from inferpack.compile.checks import CompileResult
+from inferpack.compile.compiler import compile_model
 from inferpack.compile.convert import Variant, convert
 from inferpack.compile.examples import build_examples, model_args
 from inferpack.compile.options import CompileOptions

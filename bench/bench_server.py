@@ -1,18 +1,24 @@
 """Server throughput vs the hardware limit, fp32 and bf16, in one run on the same cores.
 
 1. Makes 10 unique MiniLM QA demo models (once, in bench/results/repo).
-2. The limit: the bare model's forward loop (tokenise + forward + decode, the same request as the load test)
-   on one thread per core with one intra-op thread each, round-robin over the 10 models, at batch 1 and at
-   batch 8 (the server's largest batch); the limit is the better of the two.
+2. The limit: bare loops (tokenise + forward + decode, the same request as the load test) of every runtime
+   evaluated (bench_runtimes.py: torch eager fp32/bf16, ONNX Runtime fp32, AOTInductor fp32) on one thread
+   per core with one intra-op thread each, round-robin over the 10 models, at batch 1 and at batch 8 (the
+   server's largest batch); servers are compared with the best batch-1 and the best batch-8 loop.
 3. The server: `inferpack serve` on those models, driven by wrk (an external HTTP load generator) with a Lua
    script picking a random model per request, at several concurrencies.
-Prints req/s, P50/P90/P99 and server / limit per dtype, the P90 against the batch-1 loop's per-request
-P50 and P90 (issue 12's 2-connection goal), CPU per request against the loop's (less moved by other loads
-on shared cores than req/s), and bf16's agreement with fp32. The demo models
+Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
+`--engines` adds a server on the onnxruntime engine (each model gets an ONNX version first, `inferpack
+compile --format onnx`; it is measured once every model's session took over).
+`--batch-latency-ms 100,0` runs an eager server per batch latency objective (0: none, max_batch_size
+alone); `--baseline-src DIR` also runs the eager servers from another source tree (e.g. main's `src`);
+`--interleave R` starts every such server at once and measures them in turn, R rounds (drifts of a shared
+machine then hit every setting alike; medians and per-round ratios to the first printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
+        [--engines eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
@@ -24,68 +30,30 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-import numpy as np
 import psutil
-import torch
+from bench_runtimes import CONTEXT as CONTEXT
+from bench_runtimes import HEADER, LEGEND, RUNTIMES, machine_line, run_loops
+from bench_runtimes import QUESTION as QUESTION
+from bench_runtimes import ROOT as ROOT
 
+from inferpack.compile.compiler import compile_model
+from inferpack.compile.options import CompileOptions
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
-from inferpack.runtime.hardware import cpu_model, usable_cores
+from inferpack.runtime.hardware import usable_cores
 from inferpack.runtime.modeling import load_model
 from inferpack.runtime.tasks import TextInput
-
-QUESTION = "Which bridge did the engineers repair first?"
-CONTEXT = (
-    "After the spring floods the city engineers inspected every crossing on the river. They repaired the "
-    "old stone bridge near the mill first, because the school buses used it, and then moved on to the rail "
-    "bridge."
-)
-ROOT = Path(__file__).resolve().parent / "results"
-
-
-def bare_limit(
-    repo: LocalRepository, ids: list[str], dtype: str, seconds: float, batch: int = 1
-) -> tuple[float, list[float], float]:
-    """Requests/s of the forward loop alone (tokenise + forward + decode of `batch` requests at a time):
-    one thread per core, one intra-op thread each; the seconds each call took (all threads); and the CPU
-    seconds its threads spent per request (which, unlike req/s, other loads on the cores barely move)."""
-    models = [load_model(repo, m, dtype=dtype) for m in ids]  # type: ignore[arg-type]
-    item = [TextInput(QUESTION, CONTEXT)] * batch
-    counts = [0] * usable_cores()
-    took: list[list[float]] = [[] for _ in counts]
-    cpu = [0.0] * len(counts)
-
-    def loop(k: int) -> None:
-        torch.set_num_threads(1)
-        i = k
-        cpu[k] = -time.thread_time()
-        while (begun := time.perf_counter()) < stop:
-            models[i % len(models)].predict(item)
-            took[k].append(time.perf_counter() - begun)
-            i += 1
-            counts[k] += batch
-        cpu[k] += time.thread_time()
-
-    for m in models:  # warm-up outside the timed window
-        m.predict(item)
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(counts))]
-    started = time.perf_counter()
-    stop = started + seconds
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    done = time.perf_counter() - started
-    return sum(counts) / done, [s for t in took for s in t], sum(cpu) / sum(counts)
 
 
 def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
@@ -143,11 +111,9 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    done = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return {
         "rps": rps,
-        "requests": done,
         "p50": ms("50"),
         "p90": ms("90"),
         "p99": ms("99"),
@@ -155,28 +121,112 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process (all its threads) has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
-def run_server(repo: Path, dtype: str, cross_tenant: bool = True) -> tuple[subprocess.Popen[bytes], str]:
-    """`inferpack serve` on every model of `repo` in `dtype`, once it is ready."""
+def run_server(
+    repo: Path,
+    dtype: str,
+    cross_tenant: bool = True,
+    threads: int | None = None,
+    engine: str = "eager",
+    batch_latency_ms: str | None = None,
+    source: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`inferpack serve` on every model of `repo` in `dtype` with `engine` (and `threads` inference
+    threads; None: the server's default), once it is ready (for onnxruntime: once every model's session
+    took over from its eager stand-in). `batch_latency_ms`: its batching.max_batch_latency_ms (None: its
+    default); `source`: run this source tree's inferpack instead of the installed one."""
     port = free_port()
     cmd = server_command(
         repository=str(repo),
         models=None,
         port=port,
-        threads=None,
+        threads=threads,
         log_level="warning",
-        extra_args=["--dtype", dtype],
+        extra_args=["--dtype", dtype, "--engine", engine],
     )
     env = {**os.environ, "INFERPACK_SERVER__BATCHING__CROSS_TENANT": str(cross_tenant).lower()}
+    if batch_latency_ms is not None:
+        env["INFERPACK_SERVER__BATCHING__MAX_BATCH_LATENCY_MS"] = batch_latency_ms
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
+    if engine == "onnxruntime":
+        wanted = len(LocalRepository(repo).model_ids())
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and swaps(url) < wanted:
+            time.sleep(0.2)
     return proc, url
+
+
+def swaps(url: str) -> float:
+    """The server's count of stand-ins replaced by their ONNX Runtime session."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r"^inferpack_runtime_swaps_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+Server = subprocess.Popen[bytes]
+Measure = Callable[[str, Server, str, int], dict[str, float]]
+Start = Callable[[str | None, Path | None], tuple[Server, str]]
+
+
+def interleaved(
+    servers: list[tuple[str, str | None, Path | None]],
+    levels: list[int],
+    rounds: int,
+    ids: list[str],
+    start: Start,
+    measure: Measure,
+) -> None:
+    """Every (label, batch latency objective, source tree) server running at once (idle ones cost nothing),
+    measured in turn `rounds` times per level; prints the median req/s and P90 and the median of each
+    round's ratio to the first server."""
+    started = [(label, *start(latency, source)) for label, latency, source in servers]
+    try:
+        for c in levels:
+            for _, _, url in started:
+                wrk(url, ids, c, 2)  # warm-up
+            got: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in started}
+            for _ in range(rounds):
+                for label, proc, url in started:
+                    got[label].append(measure(label, proc, url, c))
+            first = got[started[0][0]]
+            for label, runs in got.items():
+                ratios = [r["rps"] / f["rps"] for r, f in zip(runs, first, strict=True)]
+                print(
+                    f"  median over {rounds} rounds, c={c}: {label:20s} "
+                    f"{statistics.median(r['rps'] for r in runs):7.1f} req/s  "
+                    f"P90 {statistics.median(r['p90'] for r in runs):7.1f} ms  "
+                    f"/ {started[0][0]}: {statistics.median(ratios):.2f} "
+                    f"(rounds {min(ratios):.2f}-{max(ratios):.2f})",
+                    flush=True,
+                )
+    finally:
+        for _, proc, _ in started:
+            proc.send_signal(signal.SIGTERM)
+        for _, proc, _ in started:
+            proc.wait(timeout=60)
+
+
+def server_settings(engines: str, dtypes: str, cross_tenant: str) -> list[tuple[str, str, str]]:
+    """(engine, dtype, cross-tenant on/off) of each server to measure: eager in every dtype and mode;
+    onnxruntime once (it computes fp32 and its sessions mix no tenants)."""
+    out = []
+    for engine in engines.split(","):
+        if engine == "onnxruntime":
+            out.append((engine, "fp32", "off"))
+            continue
+        out += [(engine, d, m) for d in dtypes.split(",") for m in cross_tenant.split(",")]
+    return out
+
+
+def add_onnx_versions(repo: LocalRepository, ids: list[str]) -> None:
+    """`inferpack compile --format onnx` for every model that has no ONNX version yet."""
+    for model_id in ids:
+        if all(repo.manifest(model_id, v).format != "onnx" for v in repo.versions(model_id)):
+            compile_model(repo, model_id, CompileOptions(output_format="onnx"))
 
 
 def main() -> None:
@@ -185,7 +235,17 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="wrk connections to try")
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="eager servers' dtypes")
+    parser.add_argument(
+        "--engines",
+        default="eager,onnxruntime",
+        help="server engines; onnxruntime adds an ONNX version to each model first (compile --format onnx)",
+    )
+    parser.add_argument(
+        "--runtimes",
+        default=",".join(RUNTIMES),
+        help="bare loops to measure (bench_runtimes.py); ratios are to the best of them",
+    )
     parser.add_argument(
         "--repository",
         type=Path,
@@ -199,62 +259,126 @@ def main() -> None:
     parser.add_argument(
         "--cross-tenant", default="on,off", help="server runs with cross-tenant batching on and/or off"
     )
+    parser.add_argument(
+        "--batch-latency-ms",
+        default="",
+        help="eager servers per batching.max_batch_latency_ms value, e.g. 100,0 (default: the server's own)",
+    )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="start every eager server variant of a setting at once and measure them in turn, this many "
+        "rounds per level (slow drifts of a shared machine then hit each alike); prints medians and the "
+        "median per-round ratio to the first",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run each eager server from this source tree (e.g. a checkout of main's src/), labelled "
+        "'base' (the reference of --interleave's ratios)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     repo_dir = args.repository or ROOT / "repo"
     ids = make_demo_models(repo_dir, 10, prefix="bench-qa")  # existing models are kept as they are
     repo = LocalRepository(repo_dir)
-    print(f"machine: {cpu_model()}, {usable_cores()} cores, torch {torch.__version__}")
+    print(machine_line())
     same, score_diff = agreement(repo, ids)
     print(
         f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, "
         f"max score diff {score_diff:.4f}"
     )
+    print(LEGEND)
+    print(HEADER, flush=True)
+    loops = run_loops(repo, ids, args.runtimes.split(","), args.duration)
+    best1 = max(loops, key=lambda f: f.loop1.wall)
+    best8 = max(loops, key=lambda f: f.loop8.wall)
+    limit1, limit8 = best1.loop1.wall, best8.loop8.wall
+    # by CPU time (requests per CPU-second x cores): steadier than the wall clock on shared cores
+    cpu1 = max(loops, key=lambda f: f.loop1.cpu)
+    cpu8 = max(loops, key=lambda f: f.loop8.cpu)
+    print(
+        f"best batch-1 loop {best1.name} {limit1:.1f} req/s (by CPU time {cpu1.name} {cpu1.loop1.cpu:.1f}), "
+        f"best batch-8 loop {best8.name} {limit8:.1f} req/s (by CPU time {cpu8.name} {cpu8.loop8.cpu:.1f})",
+        flush=True,
+    )
+    # the best batch-1 loop's mean time per request, each thread serving one request at a time (issue 12:
+    # at 2 connections the server's P90 within 1.3x of it)
+    loop_ms = 1000 * usable_cores() / limit1
+    print(f"best batch-1 loop's latency: {loop_ms:.1f} ms per request", flush=True)
     rows = []
-    for dtype in args.dtypes.split(","):
-        limit1, took, loop_cpu = bare_limit(repo, ids, dtype, args.duration)
-        limit8, _, _ = bare_limit(repo, ids, dtype, args.duration, batch=8)
-        limit = max(limit1, limit8)
-        loop_p50, loop_p90 = (float(np.percentile(took, q)) * 1000 for q in (50, 90))
+    settings = server_settings(args.engines, args.dtypes, args.cross_tenant)
+    if any(engine == "onnxruntime" for engine, _, _ in settings):
+        add_onnx_versions(repo, ids)
+    variants: list[tuple[str, str | None, Path | None]] = [
+        (f"/lat-{ms}", ms, None) for ms in args.batch_latency_ms.split(",") if ms
+    ] or [("", None, None)]
+    if args.baseline_src is not None:  # first: the reference of the interleaved ratios
+        variants.insert(0, ("/base", None, args.baseline_src))
+
+    def measure(label: str, proc: Server, url: str, c: int) -> dict[str, float]:
+        cpu_before = process_cpu_s(proc.pid)
+        r = wrk(url, ids, c, args.duration)
+        cpu_s = process_cpu_s(proc.pid) - cpu_before
+        r["cpu_rps"] = r["rps"] * int(args.duration) / max(cpu_s, 1e-9) * usable_cores()
+        rows.append((label, c, r))
         print(
-            f"{dtype}: bare forward loop {limit1:.1f} req/s at batch 1 (per request P50 {loop_p50:.1f} ms, "
-            f"P90 {loop_p90:.1f} ms, CPU {loop_cpu * 1000:.1f} ms), {limit8:.1f} req/s at batch 8 -> limit "
-            f"{limit:.1f}",
+            f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
+            f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
+            f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f} "
+            f"(CPU {r['cpu_rps'] / cpu1.loop1.cpu:.2f})  of best b8 loop {r['rps'] / limit8:.2f} "
+            f"(CPU {r['cpu_rps'] / cpu8.loop8.cpu:.2f})  P90 / b1 loop's latency {r['p90'] / loop_ms:.2f}",
             flush=True,
         )
-        for mode in args.cross_tenant.split(","):
-            proc, url = run_server(repo_dir, dtype, cross_tenant=mode == "on")
-            label = f"{dtype}/xt-{mode}"
+        return r
+
+    for engine, dtype, mode in settings:
+        levels = [int(x) for x in (args.bf16_concurrency if dtype == "bf16" else args.concurrency).split(",")]
+        name = "ort/fp32" if engine == "onnxruntime" else f"{dtype}/xt-{mode}"
+        servers = [(name + suffix, lat, src) for suffix, lat, src in variants] if engine == "eager" else []
+        servers = servers or [(name, None, None)]
+
+        def start(
+            latency: str | None,
+            source: Path | None,
+            dtype: str = dtype,
+            mode: str = mode,
+            engine: str = engine,
+        ) -> tuple[Server, str]:
+            return run_server(repo_dir, dtype, mode == "on", None, engine, latency, source)
+
+        if args.interleave:
+            interleaved(servers, levels, args.interleave, ids, start, measure)
+            continue
+        for label, latency, source in servers:
+            proc, url = start(latency, source)
             try:
-                levels = args.bf16_concurrency if dtype == "bf16" else args.concurrency
-                for c in (int(x) for x in levels.split(",")):
+                for c in levels:
                     wrk(url, ids, c, 2)  # warm-up
-                    cpu_before = cpu_seconds(proc.pid)
-                    r = wrk(url, ids, c, args.duration)
-                    cpu_per_request = (cpu_seconds(proc.pid) - cpu_before) / max(1.0, r["requests"])
-                    rows.append((label, c, r, limit, limit1, limit8))
-                    print(
-                        f"{label:12s} c={c:<3d} {r['rps']:7.1f} req/s  "
-                        f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
-                        f"errors {int(r['errors'])}  limit {limit:6.1f} req/s  "
-                        f"ratio {r['rps'] / limit:.2f}  P90 / loop P50 {r['p90'] / loop_p50:.2f}  "
-                        f"P90 / loop P90 {r['p90'] / loop_p90:.2f}  CPU/request {cpu_per_request * 1000:.1f} "
-                        f"ms = {cpu_per_request / loop_cpu:.2f} x the loop's",
-                        flush=True,
-                    )
+                    measure(label, proc, url, c)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
-    print("\nbest per server setting:")
+    print(
+        "\nbest per server setting (in brackets: requests per server CPU-second x cores, against the loops'):"
+    )
     for label in dict.fromkeys(r[0] for r in rows):
         best = max((r for r in rows if r[0] == label), key=lambda r: r[2]["rps"])
-        rps = best[2]["rps"]
+        rps, by_cpu = best[2]["rps"], best[2]["cpu_rps"]
         print(
-            f"  {label}: {rps:.1f} req/s at c={best[1]} = {rps / best[4]:.2f} of the batch-1 loop "
-            f"({best[4]:.1f}), {rps / best[5]:.2f} of the batch-8 loop ({best[5]:.1f})"
+            f"  {label}: {rps:.1f} req/s at c={best[1]} = {rps / limit1:.2f} "
+            f"({by_cpu / cpu1.loop1.cpu:.2f}) of the best batch-1 loop ({best1.name}), {rps / limit8:.2f} "
+            f"({by_cpu / cpu8.loop8.cpu:.2f}) of the best batch-8 loop ({best8.name})"
         )
-    np.set_printoptions(precision=3)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (all its threads)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 if __name__ == "__main__":

@@ -3,24 +3,31 @@
 1. Starts `inferpack serve` on 6 MiniLM QA demo models (bench/results/repo, shared with bench_server.py).
 2. Unloaded: one connection in a closed loop -> P50/P90 (what "normal latency" means below).
 3. Capacity: `--connections` connections in a closed loop -> req/s.
-4. Overload, twice: an open loop at `--factor` x capacity for `--duration` s, every request with a client
-   timeout (`--timeout`, like wrk's), a random model per request:
-   - "no deadline": each request says `inferpack-deadline-ms: 3600000` (an hour), so only full queues shed:
-     what the server did before admission by deadline;
-   - "deadline": each request says `inferpack-deadline-ms: D`, once with D = 2 x unloaded P90 (the goal
-     for admitted requests) and once with D = the P90 measured at capacity (what batching to capacity
-     costs in latency on this machine); `--deadline-ms` replaces both with one value.
+4. Overload, once per deadline: an open loop at `--factor` x capacity for `--duration` s, every request
+   with a client timeout (`--timeout`, like wrk's), a random model per request:
+   - "no deadline": each request says `inferpack-deadline-ms: 3600000` (an hour), so only full queues
+     shed: what the server did before admission by deadline;
+   - "server default": no header: the server's `batching.deadline_ms` applies (out of the box);
+   - "deadline D": each request says `inferpack-deadline-ms: D`, D = 2 x unloaded P90 (the goal for
+     admitted requests), or the multiples `--deadline-multiples` gives (e.g. 2,3,4: the trade-off between
+     goodput and admitted latency), or the values `--deadline-ms` gives.
    When the load stops, the generator drops its outstanding requests (closes their connections, as wrk
    does at its end), then probes one request at a time: time back to normal = until a probe answers
    within 2 x unloaded P90.
-Prints, per overload run: goodput (answers 200 within the client timeout per s) / capacity (goal >= 0.9),
-P90 of the admitted (200) requests / unloaded P90 (goal <= 2), sheds (503), time-outs, 504s, time back to
-normal (goal < 1 s), and the server's dropped-disconnected and shed counters.
+Prints, per overload run: goodput (answers 200 within the request's deadline, or the client timeout where
+it sends none, per s) / capacity (goal >= 0.9), P90 of the admitted (200) requests / unloaded P90 (goal
+<= 2), sheds (503), time-outs, 504s, time back to normal (goal < 1 s), the server's shed and
+dropped-disconnected counters, and the CPU the generator and the server used; then the three goal
+ratios of every run in one table.
 
-    PYTHONPATH=src .venv/bin/python bench/overload.py [--duration 10] [--factor 3] [--deadline-ms D]
+    PYTHONPATH=src:bench .venv/bin/python bench/overload.py [--duration 10] [--factor 3] [--deadline-ms D]
+        [--server-cpus 0 --generator-cpus 1] [--admission-log]
 
-The load generator (aiohttp, one process) shares the machine's cores with the server: compare the ratios
-within one run, and note the contention next to any figure.
+The generator (bench/loadgen_raw.py: pre-encoded requests on keep-alive connections, callbacks, no
+per-request task) shares the machine's cores with the server unless `--server-cpus`/`--generator-cpus`
+pin them apart; capacity and overload are always measured under the same pinning in the same run, so
+the ratios are honest either way. `--admission-log` runs the server with the admission calibration log
+(DEBUG) and sums up, per run, the estimate at admission against the wait + compute each request got.
 """
 
 from __future__ import annotations
@@ -32,18 +39,23 @@ import random
 import re
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
-import aiohttp
 import numpy as np
 from bench_server import CONTEXT, QUESTION, ROOT  # the same request and results folder as the server bench
+from loadgen_raw import Pool, cpu_seconds, encode_get, process_cpu_seconds
 
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_model, usable_cores
 
 NO_DEADLINE_MS = 3_600_000
+ADMITTED = re.compile(
+    rb"admitted model=\S+ est_wait_ms=([\d.]+) est_service_ms=([\d.]+) wait_ms=([\d.]+) service_ms=([\d.]+)"
+)
 
 
 @dataclass
@@ -60,6 +72,9 @@ class Outcome:
 class Phase:
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    generator_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    unanswered: int = 0
 
     def latencies(self, status: int = 200) -> np.ndarray:
         return np.array([o.latency for o in self.outcomes if o.status == status])
@@ -67,99 +82,125 @@ class Phase:
     def count(self, status: int) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
 
+    def cpu(self) -> str:
+        n = max(len(self.outcomes) + self.unanswered, 1)
+        return (
+            f"generator CPU {self.generator_cpu_s / self.seconds * 100:.0f}% of a core "
+            f"({self.generator_cpu_s / n * 1e6:.0f} us per request), server CPU "
+            f"{self.server_cpu_s / self.seconds * 100:.0f}% of a core"
+        )
+
+
+@dataclass
+class Target:
+    """The server under load: where it is, its models, its pid (for its CPU time)."""
+
+    host: str
+    port: int
+    models: list[str]
+    pid: int
+
+    def requests(self, deadline_ms: float | None) -> list[bytes]:
+        ms = None if deadline_ms is None else f"{deadline_ms:.3f}".rstrip("0").rstrip(".")
+        headers = {} if ms is None else {"inferpack-deadline-ms": ms}
+        query = f"?seq_0={quote(QUESTION)}&seq_1={quote(CONTEXT)}"
+        return [encode_get(self.host, f"/predictions/{m}{query}", headers) for m in self.models]
+
 
 def cpu_flags() -> str:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return ",".join(sorted(set(re.findall(r"\b(avx2|avx512_bf16|amx_bf16)\b", text)))) or "none"
 
 
-async def one(
-    session: aiohttp.ClientSession, url: str, model: str, deadline_ms: float | None, timeout: float
-) -> tuple[int, float]:
-    headers = {} if deadline_ms is None else {"inferpack-deadline-ms": f"{deadline_ms:.0f}"}
-    started = time.perf_counter()
-    try:
-        async with session.get(
-            f"{url}/predictions/{model}",
-            params={"seq_0": QUESTION, "seq_1": CONTEXT},
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            await response.read()
-            status = response.status
-    except (TimeoutError, aiohttp.ClientError):
-        status = 0
-    return status, time.perf_counter() - started
+async def closed_loop(target: Target, connections: int, seconds: float) -> Phase:
+    """`connections` clients, each sending its next request when the last one is answered."""
+    phase, rng = Phase(), random.Random(1)
+    requests = target.requests(None)
+    pool = Pool(target.host, target.port, asyncio.get_running_loop())
+    await pool.warm(connections)
+    finished = asyncio.Event()
+    running = connections
+    cpu0, server0 = cpu_seconds(), process_cpu_seconds(target.pid)
+    begin = time.perf_counter()
+    stop = begin + seconds
 
+    def user() -> None:
+        sent = time.perf_counter()
 
-async def closed_loop(
-    url: str, models: list[str], connections: int, seconds: float, deadline_ms: float | None
-) -> Phase:
-    phase = Phase()
-    rng = random.Random(1)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        begin = time.perf_counter()
-        stop = begin + seconds
+        def done(status: int, latency: float) -> None:
+            nonlocal running
+            phase.outcomes.append(Outcome(sent - begin, status, latency))
+            if time.perf_counter() < stop:
+                user()
+            else:
+                running -= 1
+                if not running:
+                    finished.set()
 
-        async def user() -> None:
-            while time.perf_counter() < stop:
-                sent = time.perf_counter() - begin
-                status, latency = await one(session, url, rng.choice(models), deadline_ms, 60.0)
-                phase.outcomes.append(Outcome(sent, status, latency))
+        pool.request(rng.choice(requests), done, 60.0)
 
-        await asyncio.gather(*(user() for _ in range(connections)))
-        phase.seconds = time.perf_counter() - begin
+    for _ in range(connections):
+        user()
+    await finished.wait()
+    phase.seconds = time.perf_counter() - begin
+    phase.generator_cpu_s = cpu_seconds() - cpu0
+    phase.server_cpu_s = process_cpu_seconds(target.pid) - server0
+    pool.close()
     return phase
 
 
 async def open_loop(
-    url: str,
-    models: list[str],
-    rate: float,
-    seconds: float,
-    deadline_ms: float,
-    timeout: float,
-    normal: float,
+    target: Target, rate: float, seconds: float, deadline_ms: float | None, timeout: float, normal: float
 ) -> tuple[Phase, float, list[float]]:
     """Requests at `rate` per second for `seconds`; then drop what is outstanding and probe until a request
     answers within `normal` seconds. Returns the phase, the time back to normal and the probes' latencies."""
-    phase = Phase()
-    rng = random.Random(2)
-    tasks: set[asyncio.Task[None]] = set()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        begin = time.perf_counter()
+    phase, rng = Phase(), random.Random(2)
+    requests = target.requests(deadline_ms)
+    loop = asyncio.get_running_loop()
+    pool = Pool(target.host, target.port, loop)
+    await pool.warm(int(rate * 0.2) + 8)
+    cpu0, server0 = cpu_seconds(), process_cpu_seconds(target.pid)
+    begin = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) < begin + seconds:
+        due = begin + n / rate
+        if due > now:
+            await asyncio.sleep(due - now)
+        sent = due - begin
 
-        async def request(sent: float) -> None:
-            status, latency = await one(session, url, rng.choice(models), deadline_ms, timeout)
+        def done(status: int, latency: float, sent: float = sent) -> None:
             phase.outcomes.append(Outcome(sent, status, latency))
 
-        n = 0
-        while (now := time.perf_counter()) < begin + seconds:
-            due = begin + n / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-            task = asyncio.create_task(request(due - begin))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            n += 1
-        phase.seconds = time.perf_counter() - begin
-        stopped = time.perf_counter()
-        for task in list(tasks):  # the clients go away, as wrk's do when it ends
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pool.request(rng.choice(requests), done, timeout)
+        n += 1
+    phase.seconds = time.perf_counter() - begin
+    phase.unanswered = pool.drop_outstanding()  # the clients go away, as wrk's do when it ends
+    stopped = time.perf_counter()
+    phase.generator_cpu_s = cpu_seconds() - cpu0
+    phase.server_cpu_s = process_cpu_seconds(target.pid) - server0
+    pool.close()
     probes: list[float] = []
-    async with aiohttp.ClientSession() as session:
+    probe = Pool(target.host, target.port, loop)
+    try:
         while time.perf_counter() - stopped < 30:
-            status, latency = await one(session, url, rng.choice(models), None, 60.0)
+            answer: asyncio.Future[tuple[int, float]] = loop.create_future()
+
+            def answered(
+                status: int, latency: float, answer: asyncio.Future[tuple[int, float]] = answer
+            ) -> None:
+                answer.set_result((status, latency))
+
+            probe.request(rng.choice(target.requests(None)), answered, 60.0)
+            status, latency = await answer
             probes.append(latency)
             if status == 200 and latency <= normal:
                 return phase, time.perf_counter() - stopped, probes
+    finally:
+        probe.close()
     return phase, float("inf"), probes
 
 
 def server_counters(url: str) -> dict[str, float]:
-    import urllib.request
-
     text = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -171,11 +212,31 @@ def server_counters(url: str) -> dict[str, float]:
     return out
 
 
+def admission_summary(log: Path, start: int) -> str:
+    """The calibration lines the server logged since byte `start`: estimate against what requests got."""
+    rows = np.array([[float(x) for x in m.groups()] for m in ADMITTED.finditer(log.read_bytes()[start:])])
+    if not len(rows):
+        return "no admitted requests logged"
+    est, got = rows[:, 0] + rows[:, 1], rows[:, 2] + rows[:, 3]
+    err = got - est
+    return (
+        f"{len(rows)} admitted: estimate P50 {np.median(est):.1f} ms, got P50 {np.median(got):.1f} ms; "
+        f"got - estimate P10/P50/P90 {np.percentile(err, 10):.1f} / {np.median(err):.1f} / "
+        f"{np.percentile(err, 90):.1f} ms; wait estimate P50 {np.median(rows[:, 0]):.1f} ms vs got "
+        f"{np.median(rows[:, 2]):.1f}; service estimate P50 {np.median(rows[:, 1]):.1f} ms vs got "
+        f"{np.median(rows[:, 3]):.1f}"
+    )
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if len(values) else float("nan")
 
 
-def main() -> None:
+def cpus(text: str | None) -> set[int] | None:
+    return None if text is None else {int(c) for c in text.split(",")}
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -185,61 +246,138 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=3.0, help="overload: this many times capacity")
     parser.add_argument("--timeout", type=float, default=5.0, help="client timeout per request (s)")
     parser.add_argument(
-        "--deadline-ms", type=float, default=None, help="deadline header (default: 2 x unloaded P90)"
+        "--deadline-ms",
+        type=float,
+        action="append",
+        help="deadline header of a run (repeatable; default: 2 x unloaded P90)",
     )
+    parser.add_argument(
+        "--deadline-multiples",
+        default="2",
+        help="deadline header runs at these multiples of the unloaded P90, comma-separated (default 2: "
+        "the goal)",
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the no-deadline and default runs")
     parser.add_argument("--threads", type=int, default=None, help="server inference threads (default: cores)")
-    args = parser.parse_args()
+    parser.add_argument("--server-cpus", default=None, help="pin the server to these CPUs, e.g. 0")
+    parser.add_argument("--generator-cpus", default=None, help="pin the load generator to these CPUs, e.g. 1")
+    parser.add_argument(
+        "--admission-log", action="store_true", help="server logs estimate vs actual per admitted request"
+    )
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` argument")
+    parser.add_argument(
+        "--shed-cost",
+        action="store_true",
+        help="also measure the server's CPU per shed request (a run of hopeless requests at capacity)",
+    )
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     repo_dir = ROOT / "repo"
     ids = make_demo_models(repo_dir, 10, prefix="bench-qa")[: args.models]
-    print(f"machine: {cpu_model()}, {usable_cores()} cores, CPU flags {cpu_flags()}")
-    port = free_port()
-    cmd = server_command(
-        repository=str(repo_dir), models=ids, port=port, threads=args.threads, log_level="warning"
+    print(
+        f"machine: {cpu_model()}, {usable_cores()} cores, CPU flags {cpu_flags()}, load average "
+        f"{os.getloadavg()[0]:.1f}"
     )
-    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    port = free_port()
+    extra = list(args.server_arg)
+    cmd = server_command(
+        repository=str(repo_dir),
+        models=ids,
+        port=port,
+        threads=args.threads,
+        log_level="debug" if args.admission_log else "warning",
+        extra_args=extra,
+    )
+    log_path = ROOT / "overload-server.log"
+    mine = os.sched_getaffinity(0)
+    if args.server_cpus:
+        os.sched_setaffinity(0, cpus(args.server_cpus) or mine)  # the server inherits it
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=dict(os.environ), stderr=log if args.admission_log else None)
+    os.sched_setaffinity(0, cpus(args.generator_cpus) or mine)
+    print(
+        f"server on CPUs {sorted(os.sched_getaffinity(proc.pid))}, generator on "
+        f"{sorted(os.sched_getaffinity(0))}"
+    )
     url = f"http://127.0.0.1:{port}"
+    target = Target("127.0.0.1", port, ids, proc.pid)
     try:
         wait_ready(url, proc, timeout_s=300)
-        asyncio.run(closed_loop(url, ids, 4, 2.0, None))  # warm-up
-        unloaded = asyncio.run(closed_loop(url, ids, 1, args.duration, None))
+        asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
+        unloaded = asyncio.run(closed_loop(target, 1, args.duration))
         p50, p90 = pct(unloaded.latencies(), 50), pct(unloaded.latencies(), 90)
         print(
             f"unloaded (1 connection): {len(unloaded.outcomes) / unloaded.seconds:.1f} req/s, "
-            f"P50 {p50:.1f} ms, P90 {p90:.1f} ms"
+            f"P50 {p50:.1f} ms, P90 {p90:.1f} ms; {unloaded.cpu()}"
         )
-        cap_phase = asyncio.run(closed_loop(url, ids, args.connections, args.duration, None))
+        cap_phase = asyncio.run(closed_loop(target, args.connections, args.duration))
         capacity = cap_phase.count(200) / cap_phase.seconds
         print(
             f"capacity ({args.connections} connections, closed loop): {capacity:.1f} req/s, "
-            f"P90 {pct(cap_phase.latencies(), 90):.1f} ms"
+            f"P50 {pct(cap_phase.latencies(), 50):.1f} ms, P90 {pct(cap_phase.latencies(), 90):.1f} ms; "
+            f"{cap_phase.cpu()}"
         )
-        cap_p90 = pct(cap_phase.latencies(), 90)
-        deadlines = [args.deadline_ms] if args.deadline_ms else [2 * p90, cap_p90]
         normal = 2 * p90 / 1000
+        if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
+            idle0, t0 = process_cpu_seconds(proc.pid), time.perf_counter()
+            time.sleep(2.0)
+            idle = (process_cpu_seconds(proc.pid) - idle0) / (time.perf_counter() - t0)  # CPU s per s
+            shed_rate = args.factor * capacity
+            shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
+            n = max(len(shed.outcomes), 1)
+            print(
+                f"shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} req/s; "
+                f"server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
+                f"(less its idle {idle * 100:.1f}% of a core); {shed.cpu()}"
+            )
         rate = args.factor * capacity
-        runs = [("no deadline", float(NO_DEADLINE_MS))] + [(f"deadline {d:.0f} ms", d) for d in deadlines]
+        runs: list[tuple[str, float | None]] = []
+        if not args.no_baseline:
+            runs += [("no deadline", float(NO_DEADLINE_MS)), ("server default deadline", None)]
+        multiples = [float(m) for m in args.deadline_multiples.split(",") if m]
+        deadlines = args.deadline_ms or [m * p90 for m in multiples]
+        runs += [(f"deadline {d:.0f} ms", d) for d in deadlines]
+        table = []
         for label, header in runs:
             before = server_counters(url)
+            log_start = log_path.stat().st_size
             phase, recovery, probes = asyncio.run(
-                open_loop(url, ids, rate, args.duration, header, args.timeout, normal)
+                open_loop(target, rate, args.duration, header, args.timeout, normal)
             )
             after = server_counters(url)
-            ok = [o for o in phase.outcomes if o.status == 200 and o.latency <= args.timeout]
-            goodput = len(ok) / phase.seconds
+            limit = args.timeout if header is None or header >= NO_DEADLINE_MS else header / 1000
+            good = sum(1 for o in phase.outcomes if o.status == 200 and o.latency <= limit)
+            goodput = good / phase.seconds
             admitted_p90 = pct(phase.latencies(), 90)
             delta = {k.split("_total")[-1] or k: after.get(k, 0) - before.get(k, 0) for k in after}
             print(
                 f"overload {args.factor:g}x ({rate:.0f} req/s offered, {label}): "
                 f"goodput {goodput:.1f} req/s = {goodput / capacity:.2f} x capacity; "
                 f"admitted P50 {pct(phase.latencies(), 50):.0f} ms, P90 {admitted_p90:.0f} ms = "
-                f"{admitted_p90 / p90:.1f} x unloaded P90; 200: {phase.count(200)}, 503: {phase.count(503)}, "
-                f"504: {phase.count(504)}, time-outs/errors: {phase.count(0)}, unanswered at the end: "
-                f"{round(rate * args.duration) - len(phase.outcomes)}; "
+                f"{admitted_p90 / p90:.1f} x unloaded P90; 200: {phase.count(200)} ({good} within "
+                f"{limit * 1000:.0f} ms), 503: {phase.count(503)}, 504: {phase.count(504)}, "
+                f"time-outs/errors: {phase.count(0)}, unanswered at the end: {phase.unanswered}; "
                 f"back to normal (<= {normal * 1000:.0f} ms) {recovery:.2f} s after the load stopped "
                 f"(probes {', '.join(f'{x * 1000:.0f}' for x in probes[:6])} ms)"
             )
-            print(f"  server counters during the run: {delta}")
+            print(f"  {phase.cpu()}; server counters: {delta}")
+            if args.admission_log:
+                print(f"  admission estimate: {admission_summary(log_path, log_start)}")
+            table.append((label, goodput / capacity, admitted_p90 / p90, recovery))
+        print(f"\nGOALS (capacity {capacity:.1f} req/s, unloaded P90 {p90:.1f} ms, {args.factor:g}x load):")
+        print(
+            f"  {'run':<28} {'goodput/capacity (>=0.9)':>26} {'admitted P90/unloaded (<=2)':>29} "
+            f"{'back to normal (<1 s)':>23}"
+        )
+        for label, ratio, tail, recovery in table:
+            met = ["met" if ok else "MISS" for ok in (ratio >= 0.9, tail <= 2, recovery < 1)]
+            print(
+                f"  {label:<28} {ratio:>20.2f} {met[0]:>5} {tail:>23.1f} {met[1]:>5} "
+                f"{recovery:>16.2f} s {met[2]:>4}"
+            )
     finally:
         proc.terminate()
         try:

@@ -22,7 +22,7 @@ from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
 from inferpack.progress import counting_progress
 from inferpack.repository.manifest import Task
-from inferpack.settings import DTypeChoice, load_settings
+from inferpack.settings import DTypeChoice, EngineChoice, EvictionPolicy, load_settings
 
 app = typer.Typer(
     name="inferpack",
@@ -78,12 +78,24 @@ def serve(
         DTypeChoice | None,
         typer.Option(help="auto (bf16 where native, else fp16 on GPUs), fp32, bf16, fp16."),
     ] = None,
+    engine: Annotated[
+        EngineChoice | None,
+        typer.Option(help="eager (default), onnxruntime (ONNX versions, CPU) or auto (by CPU kind)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
     ] = None,
     max_batch_size: Annotated[
         int | None, typer.Option(min=1, help="Largest batch one forward runs (default 8).")
+    ] = None,
+    max_batch_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Objective for one batch's expected compute time, ms: batches take only as many queued "
+            "requests as keep it (default 100; 0: max batch size alone).",
+        ),
     ] = None,
     max_wait_ms: Annotated[
         float | None, typer.Option(min=0.0, help="Extra wait for a fuller batch, ms (default 0).")
@@ -96,6 +108,20 @@ def serve(
     ] = None,
     pinned: Annotated[str | None, typer.Option(help="Comma-separated models never evicted.")] = None,
     idle_unload_s: Annotated[float | None, typer.Option(help="Unload models idle this many seconds.")] = None,
+    eviction_policy: Annotated[
+        EvictionPolicy | None,
+        typer.Option(help="slru (default: once-used models first, then LRU) or frequency (decayed counts)."),
+    ] = None,
+    warm_start: Annotated[
+        bool | None,
+        typer.Option(
+            "--warm-start/--no-warm-start",
+            help="Persist access statistics; at start load the hottest models that fit, in the background.",
+        ),
+    ] = None,
+    access_stats_file: Annotated[
+        str | None, typer.Option(help="Access statistics file for --warm-start (default: in ~/.cache).")
+    ] = None,
     config: ConfigOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -109,15 +135,25 @@ def serve(
             "port": port,
             "device": device,
             "dtype": dtype,
+            "engine": engine,
             "inference_threads": threads,
             "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,
             "memory_budget_mb": memory_budget_mb,
             "idle_unload_s": idle_unload_s,
+            "eviction_policy": eviction_policy,
+            "warm_start": warm_start,
+            "access_stats_file": access_stats_file,
             "pinned_models": [m.strip() for m in pinned.split(",") if m.strip()] if pinned else None,
         }
     )
-    batching = _drop_none({"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    batching = _drop_none(
+        {
+            "max_batch_size": max_batch_size,
+            "max_batch_latency_ms": max_batch_latency_ms,
+            "max_wait_ms": max_wait_ms,
+        }
+    )
     if batching:
         server["batching"] = batching
     if models and all_models:

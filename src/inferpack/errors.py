@@ -66,7 +66,8 @@ class Overloaded(InferpackError):
     the memory budget is full of busy models.
 
     `reason` says which (`queue_full`, `deadline`, `memory_budget`), `retry_after_s` when
-    the queue ahead is expected to have drained, `expected_wait_s` the wait the estimate found.
+    the queue ahead is expected to have drained, `expected_wait_s` and `expected_service_s` the wait and
+    compute the estimate found.
     """
 
     def __init__(
@@ -78,12 +79,14 @@ class Overloaded(InferpackError):
         model_id: str | None = None,
         reason: str = "queue_full",
         expected_wait_s: float | None = None,
+        expected_service_s: float = 0.0,
     ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
         self.model_id = model_id
         self.reason = reason
         self.expected_wait_s = expected_wait_s
+        self.expected_service_s = expected_service_s
 
 
 class DeadlineExceeded(InferpackError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,3 +53,10 @@ def parse_json_model(text: str, model: type[M], what: str, *, error: type[Inferp
         return model.model_validate(json.loads(text))
     except (json.JSONDecodeError, ValidationError) as exc:
         raise error(f"{what} is not valid: {exc}") from exc
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one step: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -70,8 +70,13 @@ class Execution(StrictModel):
     def apply(self, settings: ServerSettings) -> ServerSettings:
         """`settings` with this execution's device, dtype, threads and batching limits: what the plan was
         costed with wins over the configuration (validated like any settings)."""
+        # no batch latency objective: the plan costed batches up to its size
         batching = settings.batching.model_copy(
-            update={"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms}
+            update={
+                "max_batch_size": self.max_batch_size,
+                "max_batch_latency_ms": 0.0,
+                "max_wait_ms": self.max_wait_ms,
+            }
         )
         data = settings.model_dump()
         data.update(self.server_fields(), batching=batching.model_dump())

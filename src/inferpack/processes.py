@@ -55,6 +55,8 @@ def server_command(
         cmd += [
             "--max-batch-size",
             str(execution.max_batch_size),
+            "--max-batch-latency-ms",  # none: the plan costed batches up to the size
+            "0",
             "--max-wait-ms",
             f"{execution.max_wait_ms:g}",
         ]

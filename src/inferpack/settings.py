@@ -26,6 +26,8 @@ DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+EngineChoice = Literal["eager", "onnxruntime", "auto"]
+EvictionPolicy = Literal["slru", "frequency"]
 # The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
 DEFAULT_IMAGE = "inferpack:latest"
 
@@ -37,7 +39,35 @@ class _Section(BaseModel):
 class BatchingSettings(_Section):
     """Per-model dynamic batching and load shedding."""
 
-    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Largest batch run in one forward.")
+    max_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description=(
+            "Largest batch run in one forward (a hard cap). Within it, each batch is sized from measured "
+            "batch compute times: spread over idle threads when cores are free, as large as "
+            "max_batch_latency_ms allows when every core is busy."
+        ),
+    )
+    max_batch_latency_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description=(
+            "Latency objective for one batch: a batch takes only as many queued requests as keep its "
+            "expected compute time (measured per model, or per base with cross-tenant batching) under "
+            "this. A queued request waits about one batch and then runs in the next, so set about half "
+            "the P90 target. At least one request always runs. 0: no objective (max_batch_size alone)."
+        ),
+    )
+    spread_over_idle_threads: bool = Field(
+        default=True,
+        description=(
+            "Requests queued while other inference threads are idle run as separate batches on them (two "
+            "requests, two idle cores: two batches of one side by side) instead of one batch on one thread. "
+            "Off: a batch takes what is queued up to its size whatever the other threads do (where Python "
+            "overhead or a shared CPU makes one batch of two cheaper than two batches of one)."
+        ),
+    )
     max_wait_ms: float = Field(
         default=0.0,
         ge=0,
@@ -50,16 +80,35 @@ class BatchingSettings(_Section):
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )
-    deadline_ms: float = Field(
-        default=10000.0,
+    deadline_ms: float | None = Field(
+        default=None,
         ge=0,
         description=(
             "Deadline of a request that sets none (header inferpack-deadline-ms), counted from when it "
             "reaches its model's queue: a request whose expected wait + service would exceed it is shed "
             "at once with 503 + Retry-After, and one still queued when it can no longer make it is "
-            "dropped with 504. The default only sheds hopeless work (clients rarely wait longer); derive "
-            "a tighter one from the latency objective (a few times the P90 objective, or the clients' "
-            "timeout). 0: no default deadline (only a full queue sheds requests that set none)."
+            "dropped with 504. None (default): derived, from latency_objective_ms when set, else "
+            "deadline_factor x the model's measured time for a full batch (at least 50 ms, at most "
+            "10 s; 10 s until a batch was timed). 0: no default deadline (only a full queue sheds "
+            "requests that set none)."
+        ),
+    )
+    latency_objective_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "The latency objective of this server's requests (e.g. the plan's P90 objective, "
+            "`inferpack plan --slo-p90-ms`): requests that set no deadline get it as their deadline "
+            "(unless deadline_ms is set), so what is admitted stays within it under overload."
+        ),
+    )
+    deadline_factor: float = Field(
+        default=4.0,
+        gt=0,
+        description=(
+            "With neither deadline_ms nor latency_objective_ms: the default deadline is this many times "
+            "the model's measured full-batch time (what a request takes at capacity), so overload keeps "
+            "the threads busy with full batches while the queue holds only work clients still wait for."
         ),
     )
     cross_tenant: bool = Field(
@@ -135,6 +184,36 @@ class ServerSettings(_Section):
         default=None, gt=0, description="Unload models unused for this long (None: never)."
     )
     max_concurrent_loads: int = Field(default=2, ge=1, description="Model loads running at once.")
+    eviction_policy: EvictionPolicy = Field(
+        default="slru",
+        description="Which idle model the memory budget evicts first. slru: models used fewer than 2 "
+        "times since loading before the others, least recently used first within each group. "
+        "frequency: the lowest decayed use count first (the access statistics, kept across unloads; "
+        "see access_half_life_s), least recently used among equals.",
+    )
+    warm_start: bool = Field(
+        default=False,
+        description="Persist per-model access statistics to access_stats_file (every "
+        "access_stats_save_s and at shutdown) and, at start, load the hottest models that fit the memory "
+        "budget in the background, on the load lane. The server is ready without waiting for them.",
+    )
+    access_stats_file: str | None = Field(
+        default=None,
+        description="The access statistics file (JSON, written atomically) warm start reads and writes. "
+        "None: ~/.cache/inferpack/access/<hash of repository, host and port>.json.",
+    )
+    access_stats_save_s: float = Field(
+        default=60.0, gt=0, description="Seconds between two writes of the access statistics file."
+    )
+    access_half_life_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A use counts half as much after this long (access statistics: warm start and "
+        "frequency eviction).",
+    )
+    warm_start_max_models: int = Field(
+        default=1000, ge=0, description="At most this many models load at a warm start."
+    )
     load_nice: int = Field(
         default=10,
         ge=0,
@@ -179,6 +258,14 @@ class ServerSettings(_Section):
         default="auto",
         description="auto: bf16 where the processor computes it natively (CPUs with AVX512-BF16/AMX, "
         "Ampere+ GPUs, NeuronCores), fp16 on older GPUs (T4), else fp32. fp16 is for GPUs only.",
+    )
+    engine: EngineChoice = Field(
+        default="eager",
+        description="Runtime that computes: eager (torch modules; cross-tenant batching), onnxruntime "
+        "(versions compiled with `inferpack compile --format onnx`, CPU, fp32; a cold model answers "
+        "from its eager source version until its ONNX Runtime session is ready), or auto (onnxruntime "
+        "on CPUs without native bf16, where it is the fastest runtime measured; else eager). Needs the "
+        "`onnx` extra. See docs/runtimes.md.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(

@@ -18,7 +18,7 @@ import pytest
 from inferpack.repository.local import LocalRepository
 
 if TYPE_CHECKING:
-    from inferpack.compile.compiler import CompileResult
+    from inferpack.compile.checks import CompileResult
 
 MODELS = {
     "question-answering": "qa-0000",

@@ -23,7 +23,16 @@ def test_help_lists_the_options() -> None:
     result = runner.invoke(app, ["compile", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert result.exit_code == 0
     text = _plain(result.output)
-    for flag in ("--repository", "--target", "--dtype", "--quantize", "--version", "--all", "--force"):
+    for flag in (
+        "--repository",
+        "--target",
+        "--dtype",
+        "--quantize",
+        "--version",
+        "--all",
+        "--force",
+        "--format",
+    ):
         assert flag in text
     assert "cpu|cuda|neuron" in text
 

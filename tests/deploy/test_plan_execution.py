@@ -60,6 +60,7 @@ def costed_fields(ex: Execution) -> dict[str, Any]:
         "inference_threads": ex.inference_threads,
         "intra_op_threads": ex.intra_op_threads,
         "max_batch_size": ex.max_batch_size,
+        "max_batch_latency_ms": 0.0,  # no objective: the plan costed batches up to the size
         "max_wait_ms": ex.max_wait_ms,
     }
 
@@ -92,6 +93,7 @@ def rendered_settings(manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
         "inference_threads": server.inference_threads,
         "intra_op_threads": server.intra_op_threads,
         "max_batch_size": server.batching.max_batch_size,
+        "max_batch_latency_ms": server.batching.max_batch_latency_ms,
         "max_wait_ms": server.batching.max_wait_ms,
         "omp": int(env["OMP_NUM_THREADS"] or 0),
     }
@@ -137,6 +139,7 @@ def test_every_family_is_deployed_as_it_was_costed(
                 "inference_threads": local["threads"],
                 "intra_op_threads": local["intra_op_threads"],
                 "max_batch_size": local["max_batch_size"],
+                "max_batch_latency_ms": local["max_batch_latency_ms"],
                 "max_wait_ms": local["max_wait_ms"],
             }
             assert got == want, group.instance_type
@@ -237,3 +240,4 @@ def test_serve_turns_the_execution_flags_into_its_settings(
     got = seen[0]
     assert (got.device, got.dtype, got.inference_threads, got.intra_op_threads) == ("cpu", "bf16", 3, 2)
     assert (got.batching.max_batch_size, got.batching.max_wait_ms) == (4, 0.0)
+    assert got.batching.max_batch_latency_ms == 0.0  # the plan's batch size, not an objective it did not cost

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from inferpack.fleet.balancer import Balancer
+from inferpack.runtime.admission import Estimate
 
 PLACEMENT = {"a": ["s0", "s1"], "b": ["s1", "s2"], "c": ["s2"]}
 
@@ -112,3 +113,11 @@ def test_reported_waits_count_down_and_steer_the_choice() -> None:
     assert b.choose("a", now=12.5) == "s0"  # drained: now the fewest outstanding wins
     b.note_wait("s0", "zzz", 5.0, now=10.0)  # not placed: not kept
     assert ("s0", "zzz") not in b.waits
+
+
+def test_the_reported_compute_does_not_count_down() -> None:
+    b = Balancer({"a": ["s0"]})
+    b.note_wait("s0", "a", 2.0, now=10.0, service_s=0.3)
+    assert b.expected("s0", "a", 11.0) == Estimate(1.0, 0.3)
+    assert b.expected("s0", "a", 20.0) == Estimate(0.0, 0.3)  # a batch still has to run
+    assert b.expected("s0", "b", 20.0) == Estimate(0.0, 0.0)  # never reported

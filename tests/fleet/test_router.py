@@ -63,6 +63,8 @@ class FakeServers:
     seen: list[Seen] = field(default_factory=list)
     # server -> the expected wait (ms) it reports on its answers, as a real server does under load
     wait_ms: dict[str, int] = field(default_factory=dict)
+    # server -> the compute (ms) it reports a new request's batch would take
+    service_ms: dict[str, int] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     servers: dict[str, uvicorn.Server] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
@@ -98,6 +100,7 @@ class FakeServers:
                     "x-inferpack-model-load": "warm",
                     "x-served-by": name,
                     "inferpack-expected-wait-ms": str(self.wait_ms.get(name, 0)),
+                    "inferpack-expected-service-ms": str(self.service_ms.get(name, 0)),
                 },
             )
 
@@ -386,3 +389,26 @@ def test_every_copy_missing_the_deadline_is_shed_by_the_router(client: TestClien
     assert shed.json()["model"] == "a" and shed.json()["reason"] == "deadline"
     # without a deadline the router has no reason to refuse: the server decides
     assert client.get("/predictions/a").status_code == 200
+
+
+def test_the_router_sheds_by_the_servers_rule_wait_plus_compute(
+    client: TestClient, fake: FakeServers
+) -> None:
+    """A wait alone within the deadline is not enough: the batch must also compute in time, as the server's
+    admission says (runtime/admission.py shed_reason); so the router does not forward what the server
+    would only shed."""
+    fake.wait_ms.update(s0=60_000, s1=60_000)
+    fake.service_ms.update(s0=60_000, s1=60_000)
+    for _ in range(4):
+        client.get("/predictions/a")
+    fake.wait_ms.update(s0=0, s1=0)  # the queues drain; each batch still computes for a minute
+    for _ in range(4):
+        client.get("/predictions/a")
+    before = len(fake.seen)
+    shed = client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"})
+    assert shed.status_code == 503 and len(fake.seen) == before, shed.text
+    assert "service 60000 ms" in shed.json()["error"] and int(shed.headers["retry-after"]) >= 60
+    fake.service_ms.update(s0=10, s1=10)
+    for _ in range(4):
+        client.get("/predictions/a")
+    assert client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"}).status_code == 200

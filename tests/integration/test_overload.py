@@ -74,6 +74,13 @@ def test_a_request_that_cannot_make_its_deadline_is_shed_at_once(server: Running
     assert metric(server.url, 'inferpack_requests_shed_total{reason="deadline"}') == before + 1
     bad = httpx.get(f"{server.url}/predictions/qa-0000", headers={"inferpack-deadline-ms": "soon"})
     assert bad.status_code == 400 and "inferpack-deadline-ms" in bad.json()["error"]
+    # shed before the body is read (server/shed.py): a body that would answer 400 is never parsed
+    hopeless = {"inferpack-deadline-ms": "0.01", "content-type": "application/json"}
+    for path in ("/predictions/qa-0000", "/v2/models/qa-0000/infer"):
+        r = httpx.post(f"{server.url}{path}", content=b"{not json", headers=hopeless, timeout=60)
+        assert r.status_code == 503 and r.json()["reason"] == "deadline", (path, r.text)
+        assert r.json()["model"] == "qa-0000" and int(r.headers["retry-after"]) >= 1
+    assert metric(server.url, 'inferpack_requests_shed_total{reason="deadline"}') == before + 3
 
 
 def test_overload_sheds_one_model_drops_the_gone_and_serves_the_rest(server: RunningServer) -> None:

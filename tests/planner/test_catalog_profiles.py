@@ -176,6 +176,11 @@ def test_measured_overhead_and_spread_in_a_profile_lower_capacity_and_the_flag_o
     assert capacity(measured) < plain
     assert capacity(measured, request_overhead_ms=0) == pytest.approx(plain)  # the flag overrides
     assert capacity(prof, request_overhead_ms=20) == pytest.approx(capacity(measured))
+    # The overhead's P90 (the service time's P90 under load less the forward's) widens the spread; the
+    # flag sets median and P90 alike.
+    spread = {**measured, "request_overhead_p90_ms": 80.0}
+    assert capacity(spread) < capacity(measured)
+    assert capacity(spread, request_overhead_ms=20) == pytest.approx(capacity(measured))
     points = prof["points"]
     assert isinstance(points, list)
     tight = [{**p, "latency_p90_ms": p["latency_ms"] * 1.01} for p in points]

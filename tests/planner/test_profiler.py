@@ -11,13 +11,7 @@ from typer.testing import CliRunner
 
 from inferpack.cli import app
 from inferpack.plan import load_plan
-from inferpack.planner.overhead import (
-    Overhead,
-    ServerTiming,
-    overhead_of,
-    overheads_for_repository,
-    seed_body,
-)
+from inferpack.planner.overhead import overheads_for_repository
 from inferpack.planner.profiler import (
     ProfileRequest,
     group_by_architecture,
@@ -26,7 +20,6 @@ from inferpack.planner.profiler import (
 )
 from inferpack.planner.profiles import load_profiles
 from inferpack.repository.local import open_repository
-from inferpack.runtime.tasks import TextInput
 
 runner = CliRunner()
 
@@ -102,31 +95,24 @@ def test_profile_to_stdout_prints_the_profile_alone_in_the_class_asked_for(demo_
     assert (cls["layers"], cls["hidden"], cls["intermediate"]) == (6, 384, 1536)  # FLOPs per request known
 
 
-def test_overhead_is_the_excess_over_the_bare_forward() -> None:
-    timing = ServerTiming(median_ms=50.0, p90_ms=70.0, requests=20)
-    assert overhead_of(timing, 42.0, 48.0) == Overhead(8.0, 22.0, timing)
-    assert overhead_of(timing, 60.0, 80.0).median_ms == 0.0  # never negative
-    # Forwards paired with the requests (same window) win over the profile's figures.
-    paired = ServerTiming(50.0, 70.0, 20, forward_median_ms=45.0, forward_p90_ms=60.0, paired_excess_ms=4.0)
-    assert overhead_of(paired, 10.0, 10.0) == Overhead(4.0, 10.0, paired)
-    assert seed_body(TextInput("q", "c")) == {"seq_0": "q", "seq_1": "c"}
-    assert seed_body(TextInput("t")) == {"seq_0": "t"}
-
-
 @pytest.mark.slow
 def test_request_overhead_is_measured_through_a_real_server(demo_repo: Path, tmp_path: Path) -> None:
-    # A real `inferpack serve` subprocess on a free port, timed end to end, each request paired with a
-    # bare forward of the same model and text in this process.
+    # A real `inferpack serve` subprocess on a free port holding the models that loaded (the broken one is
+    # left out), timed under Poisson load, the bare forward timed in this process around the load; the
+    # profile named by --model-class still finds its models.
     repo = open_repository(demo_repo)
-    ids = ["qa-0000", "qa-0001"]
-    request = ProfileRequest(batch_sizes=[1], threads=[1], dtypes=["fp32"], repeats=5)
+    ids = ["broken-0000", "qa-0000", "qa-0001"]
+    request = ProfileRequest(batch_sizes=[1], threads=[1], dtypes=["fp32"], repeats=5, model_class="minilm")
     profile, failed = profile_repository(repo, ids, request, when="test")
-    (key,) = [p.model_class for p in profile.profiles]
-    out = overheads_for_repository(profile, demo_repo, repo, ids, failed, requests=5, log_dir=tmp_path)
+    assert "broken-0000" in failed
+    out = overheads_for_repository(
+        profile, demo_repo, repo, ids, failed, requests=20, log_dir=tmp_path, utilisation=0.2
+    )
     (prof,) = out.profiles
+    assert prof.model_class == "minilm"
     assert prof.request_overhead_ms is not None and prof.request_overhead_ms >= 0
     assert prof.request_overhead_p90_ms is not None
-    assert "through `inferpack serve`" in prof.source and "timed after each" in prof.source
+    assert "through `inferpack serve` (2 model(s)" in prof.source and "around the load" in prof.source
     assert prof.points[0].latency_p90_ms is not None
     assert prof.points[0].latency_p90_ms >= prof.points[0].latency_ms
-    assert (tmp_path / f"profile-server-{key}.log").exists()
+    assert (tmp_path / "profile-server-minilm.log").exists()

@@ -48,3 +48,10 @@ def test_shared_weights_count_unless_already_held(tmp_path: Path) -> None:
     assert estimate_resident_bytes(repo, "m", 1) == estimate_from_file_bytes(4 * MB)
     held = estimate_resident_bytes(repo, "m", 1, already_held=lambda p: p.name == "base.safetensors")
     assert held == estimate_from_file_bytes(MB)
+
+
+def test_a_server_converting_at_load_holds_the_weights_at_its_dtypes_size(tmp_path: Path) -> None:
+    _model(tmp_path, "m", weights=MB, shared=3 * MB)  # an fp32 version
+    repo = LocalRepository(tmp_path)
+    assert estimate_resident_bytes(repo, "m", 1, serving_dtype="bf16") == estimate_from_file_bytes(2 * MB)
+    assert estimate_resident_bytes(repo, "m", 1, serving_dtype="fp32") == estimate_from_file_bytes(4 * MB)

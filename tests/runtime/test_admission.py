@@ -1,4 +1,4 @@
-"""The pure admission estimator: expected wait and service from measured batch and thread-wait times."""
+"""The pure admission estimator: expected wait and service from measured batch times and the line for threads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import pytest
 from inferpack.runtime.admission import (
     Estimate,
     Ewma,
+    GroupState,
     PoolState,
     WaitEstimator,
     cannot_finish,
+    default_deadline_s,
     retry_after_s,
     shed_reason,
 )
@@ -21,8 +23,8 @@ BUSY = PoolState(thread_free=False, waiting=0, release_interval_s=0.05)
 def test_nothing_measured_admits_everything() -> None:
     est = WaitEstimator(max_batch_size=8)
     nothing = PoolState(thread_free=False, waiting=0, release_interval_s=0.0)
-    assert est.estimate(100, 1, nothing, position=0) == Estimate(0.0, 0.0)
-    assert shed_reason(est.estimate(100, 1, nothing, position=0), 0.001) is None
+    assert est.estimate(GroupState(100, 1, 0), 1, nothing) == Estimate(0.0, 0.0)
+    assert shed_reason(est.estimate(GroupState(100, 1, 0), 1, nothing), 0.001) is None
 
 
 def test_batch_time_is_a_moving_average_per_size() -> None:
@@ -44,30 +46,69 @@ def test_batch_time_is_a_moving_average_per_size() -> None:
     assert ewma.value is None and ewma.add(4.0) == 4.0 and ewma.add(8.0) == 5.0
 
 
-def test_wait_counts_turns_of_the_shared_threads() -> None:
-    est = WaitEstimator(max_batch_size=4)
+def measured(max_batch_size: int = 4) -> WaitEstimator:
+    est = WaitEstimator(max_batch_size=max_batch_size)
     for size, seconds in ((1, 0.040), (2, 0.060), (4, 0.100)):
         est.observe_batch(size, seconds)
+    return est
+
+
+def test_an_empty_queue_waits_at_most_one_release() -> None:
+    est = measured()
     # an idle thread and an empty queue: no wait, a batch of one
-    assert est.estimate(0, 1, IDLE) == Estimate(0.0, pytest.approx(0.040))
-    # every thread busy, nobody else waiting: one turn (a thread frees up every 50 ms), and by then its
-    # batch has the model's usual size (1, 2, 4 seen: about 2)
-    assert est.estimate(0, 1, BUSY) == Estimate(pytest.approx(0.050), pytest.approx(0.060))
-    # 9 ahead + itself = 10 items = 3 batches of 4 (the last one of 2 so far): three turns
-    assert est.estimate(9, 1, BUSY) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
-    # three dispatchers in line, this model's last: its turn comes after three releases; next in line: one
-    crowded = PoolState(thread_free=False, waiting=3, release_interval_s=0.05)
-    assert est.estimate(0, 1, crowded, position=2).wait_s == pytest.approx(0.150)
-    assert est.estimate(0, 1, crowded, position=0).wait_s == pytest.approx(0.050)
-    # a second batch waits a full round of the line after the first: 1 + 3 releases
-    assert est.estimate(4, 1, crowded, position=0).wait_s == pytest.approx(0.200)
-    # not in line yet, two others are: it joins behind them (3 releases), later rounds are 3 long too
-    two = PoolState(thread_free=False, waiting=2, release_interval_s=0.05)
-    assert est.estimate(4, 1, two).wait_s == pytest.approx(0.300)
+    assert est.estimate(GroupState(0), 1, IDLE) == Estimate(0.0, pytest.approx(0.040))
+    # every thread busy, nobody waiting: the next release (a thread frees up every 50 ms: the batch time
+    # over the threads, not a whole batch per thread), and by then its batch has the usual size (about 2)
+    assert est.estimate(GroupState(0), 1, BUSY) == Estimate(pytest.approx(0.050), pytest.approx(0.060))
+
+
+def test_a_queue_waits_one_release_per_batch_ahead() -> None:
+    est = measured()
+    # 9 ahead + itself = 10 items = 3 batches of 4 (the last one of 2 so far): three releases
+    assert est.estimate(GroupState(9), 1, BUSY) == Estimate(pytest.approx(0.150), pytest.approx(0.060))
+    # its group's dispatcher already first in line: the same
+    assert est.estimate(GroupState(9, 1, 0), 1, BUSY).wait_s == pytest.approx(0.150)
     # a request of 3 items behind 5 with a thread idle: its last item is the 8th, in the second batch
-    assert est.estimate(5, 3, IDLE).wait_s == pytest.approx(0.050)
-    # once the queues are empty the wait is gone, however long they were: nothing stale is kept
-    assert est.estimate(0, 1, IDLE).wait_s == 0.0
+    assert est.estimate(GroupState(5), 3, IDLE).wait_s == pytest.approx(0.050)
+
+
+def test_a_smaller_batch_limit_means_more_turns() -> None:
+    est = measured(max_batch_size=8)
+    # 9 ahead + itself: 2 batches of 8, or 3 of 4 when a batch policy keeps batches at 4
+    assert est.estimate(GroupState(9), 1, BUSY).wait_s == pytest.approx(0.100)
+    assert est.estimate(GroupState(9), 1, BUSY, batch_limit=4).wait_s == pytest.approx(0.150)
+
+
+def test_other_groups_in_line_take_turns_in_between() -> None:
+    est = measured()
+    crowded = PoolState(thread_free=False, waiting=3, release_interval_s=0.05)
+    # three other models' dispatchers in line and none of its group's: it joins behind them
+    assert est.estimate(GroupState(0), 1, crowded).wait_s == pytest.approx(0.200)
+    # its group's dispatcher is in line, third (two others ahead): its turn is the third release ...
+    assert est.estimate(GroupState(0, 1, 2), 1, crowded).wait_s == pytest.approx(0.150)
+    # ... and a second batch waits a full round of the line after that: the two others, then its own
+    assert est.estimate(GroupState(4, 1, 2), 1, crowded).wait_s == pytest.approx(0.300)
+
+
+def test_the_group_drains_as_one_queue() -> None:
+    """Cross-tenant batching: six models of one base, each with a dispatcher in line. A dispatcher that
+    gets a thread takes from every queue of the group, so the six are not six turns ahead of each other:
+    the group's 7 queued items and the new one are two batches, two releases."""
+    est = measured()
+    six = PoolState(thread_free=False, waiting=6, release_interval_s=0.05)
+    assert est.estimate(GroupState(7, 6, 0), 1, six).wait_s == pytest.approx(0.100)
+    # the old, per-model view charged a release per dispatcher in line: 6 + 1 releases (350 ms)
+    # with two other groups' dispatchers in line too (8 waiting), later turns are shared 6 : 2
+    eight = PoolState(thread_free=False, waiting=8, release_interval_s=0.05)
+    assert est.estimate(GroupState(7, 6, 1), 1, eight).wait_s == pytest.approx(0.05 * (2 + 8 / 6))
+
+
+def test_the_estimate_falls_back_once_the_queues_drain() -> None:
+    est = measured()
+    # a long queue a moment ago says nothing now: nothing stale is kept between calls
+    assert est.estimate(GroupState(40, 6, 3), 1, PoolState(False, 9, 0.05)).wait_s > 0.5
+    assert est.estimate(GroupState(0), 1, IDLE).wait_s == 0.0
+    assert est.estimate(GroupState(0), 1, BUSY).wait_s == pytest.approx(0.050)
 
 
 def test_shed_reason_and_retry_after() -> None:
@@ -100,6 +141,20 @@ def test_a_waiting_request_expects_the_models_usual_batch_size() -> None:
     est.observe_batch(1, 0.010)
     est.observe_batch(6, 0.060)  # lately this model's batches hold 6 items
     # it must wait: by the time its batch forms, later arrivals will have joined it
-    assert est.estimate(0, 1, BUSY).service_s == pytest.approx(0.060)
+    assert est.estimate(GroupState(0), 1, BUSY).service_s == pytest.approx(0.060)
     # a thread is idle: its batch forms now, with what is queued
-    assert est.estimate(0, 1, IDLE).service_s == pytest.approx(0.010)
+    assert est.estimate(GroupState(0), 1, IDLE).service_s == pytest.approx(0.010)
+
+
+def test_the_default_deadline_is_configured_or_derived() -> None:
+    # configured: as given; 0 switches the default off
+    assert default_deadline_s(750, 100, 4, 0.05) == pytest.approx(0.75)
+    assert default_deadline_s(0, 100, 4, 0.05) is None
+    # else the latency objective
+    assert default_deadline_s(None, 100, 4, 0.05) == pytest.approx(0.1)
+    # else a few full batches: 4 x 50 ms
+    assert default_deadline_s(None, None, 4, 0.05) == pytest.approx(0.2)
+    # never under 50 ms or over 10 s, and 10 s until a batch was timed
+    assert default_deadline_s(None, None, 4, 0.001) == pytest.approx(0.05)
+    assert default_deadline_s(None, None, 4, 30.0) == pytest.approx(10.0)
+    assert default_deadline_s(None, None, 4, 0.0) == pytest.approx(10.0)

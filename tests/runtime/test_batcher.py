@@ -41,7 +41,7 @@ Make = Callable[..., tuple[GatedModel, ModelBatcher]]
 @pytest.fixture
 async def make() -> AsyncIterator[Make]:
     """Batchers on one single-thread pool; each is closed (gate opened first) and the pool shut down after
-    the test. `make(model=None, **batching)` -> (model, batcher)."""
+    the test. `make(model=None, **batching)` -> (model, batcher); no latency objective unless given."""
     made: list[tuple[GatedModel, ModelBatcher]] = []
     pool = InferencePool(threads=1)
 
@@ -52,7 +52,9 @@ async def make() -> AsyncIterator[Make]:
         **batching: Any,
     ) -> tuple[GatedModel, ModelBatcher]:
         model = model or GatedModel()
-        settings = BatchingSettings(**{"max_batch_size": 8, "max_wait_ms": 0, "max_queue": 64, **batching})
+        # no latency objective unless a test sets one: batch sizes must not depend on how fast this machine is
+        defaults = {"max_batch_size": 8, "max_batch_latency_ms": 0, "max_wait_ms": 0, "max_queue": 64}
+        settings = BatchingSettings(**(defaults | batching))
         extra: dict[str, Any] = {"drop_observer": drop_observer} | ({"clock": clock} if clock else {})
         batcher = ModelBatcher(model, pool, settings, **extra)  # type: ignore[arg-type]
         made.append((model, batcher))
@@ -236,3 +238,76 @@ async def test_a_request_whose_expected_wait_misses_its_deadline_is_shed_at_arri
     assert gone.value.reason == "deadline"
     assert (await batcher.submit(TextInput("patient"), deadline=clock.now + 0.5))["echo"] == "patient"
     assert model.batches == [["measure"], ["patient"]]
+
+
+@pytest.mark.parametrize("spread", [True, False])
+async def test_requests_queued_while_a_thread_is_idle_run_side_by_side(spread: bool) -> None:
+    pool = InferencePool(threads=2)
+    model = GatedModel()
+    settings = BatchingSettings(max_batch_size=8, spread_over_idle_threads=spread)
+    batcher = ModelBatcher(model, pool, settings)  # type: ignore[arg-type]
+    try:
+        both = asyncio.gather(batcher.submit(TextInput("a")), batcher.submit(TextInput("b")))
+        loop = asyncio.get_running_loop()
+        # spread: both are in a forward at once, two batches of one, one per idle thread
+        for _ in range(2 if spread else 1):
+            assert await loop.run_in_executor(None, model.entered.acquire, True, 30)
+        model.gate.set()
+        assert [r["echo"] for r in await both] == ["a", "b"]
+        assert sorted(model.batches) == ([["a"], ["b"]] if spread else [["a", "b"]])
+    finally:
+        model.gate.set()
+        await batcher.close()
+        pool.shutdown()
+
+
+class GatedSlowModel(GatedModel):
+    """Blocks until the gate opens, then moves the fake clock on by 0.1 s per item (its measured time)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
+        result = super().predict(items, raw)
+        self.clock.now += 0.1 * len(items)
+        return result
+
+
+async def test_with_the_thread_busy_batches_are_as_large_as_the_latency_objective_allows(make: Make) -> None:
+    clock = FakeClock()
+    model, batcher = make(GatedSlowModel(clock), clock=clock, max_batch_latency_ms=450)
+    model.gate.set()
+    await batcher.submit(TextInput("measure"))  # a batch of 1 measured at 100 ms: 4 fit in 450 ms, 5 do not
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    rest = [asyncio.create_task(batcher.submit(TextInput(t))) for t in "bcdef"]
+    while batcher.queue_depth < 5:
+        await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    # the one left behind starts after one batch of 4 (400 ms): within the objective, so it waits for it
+    assert model.batches == [["measure"], ["a"], ["b", "c", "d", "e"], ["f"]]
+    assert batcher.batch_cost(4) == pytest.approx(0.4)  # measured now, no longer extrapolated
+
+
+async def test_idle_threads_count_neither_held_threads_nor_those_a_dispatcher_waits_for() -> None:
+    pool = InferencePool(threads=2)
+    try:
+        assert pool.idle_threads() == 2
+        await pool.acquire()
+        assert pool.idle_threads() == 1
+        await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        while pool.state().waiting == 0:
+            await asyncio.sleep(0)
+        assert pool.idle_threads() == 0
+        pool.release()  # goes to the waiting dispatcher, not to a batch that would share its queue
+        await waiting
+        assert pool.idle_threads() == 0
+        pool.release()
+        pool.release()
+        assert pool.idle_threads() == 2
+    finally:
+        pool.shutdown()

@@ -122,7 +122,7 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
         return [[{"echo": i.text, "by": p.model.model_id, "mixed": True} for i in p.items] for p in parts]
 
     peers = Peers(key=lambda m: (m.base,), run=run)
-    settings = BatchingSettings(max_batch_size=4, max_wait_ms=0, max_queue=16)
+    settings = BatchingSettings(max_batch_size=4, max_batch_latency_ms=0, max_wait_ms=0, max_queue=16)
     a, b, c = _Fake("a", "base", gate), _Fake("b", "base", gate), _Fake("c", "other", gate)
     batchers = {m.model_id: ModelBatcher(m, pool, settings, peers=peers) for m in (a, b, c)}  # type: ignore[arg-type]
     first = asyncio.create_task(batchers["a"].submit(TextInput("a1")))
@@ -131,10 +131,17 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
         asyncio.create_task(batchers[name].submit(TextInput(text)))
         for name, text in (("a", "a2"), ("b", "b1"), ("b", "b2"), ("c", "c1"), ("b", "b3"))
     ]
-    while sum(x.queue_depth for x in batchers.values()) < 5:
+    while sum(x.queue_depth for x in batchers.values()) < 5 or pool.state().waiting < 3:
         await asyncio.sleep(0)
+    # admission sees a base as one queue and one line: a and b share theirs, c (another base) has its own
+    ab, own_c = batchers["a"].line, batchers["c"].line
+    assert batchers["b"].line is ab and own_c is not ab
+    assert (ab.queued, len(ab.tickets), own_c.queued, len(own_c.tickets)) == (4, 2, 1, 1)
+    first_place = pool.position(ab.tickets[0])
+    assert first_place in (0, 1)  # a's or b's dispatcher ahead of c's, or c's ahead of both
     gate.set()
     results = {r["echo"]: r for r in await asyncio.gather(first, *queued)}
+    assert (ab.queued, len(ab.tickets), own_c.queued, len(own_c.tickets)) == (0, 0, 0, 0)
     assert {k: v["by"] for k, v in results.items()} == {
         "a1": "a", "a2": "a", "b1": "b", "b2": "b", "b3": "b", "c1": "c"
     }  # fmt: skip
@@ -143,9 +150,14 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
     # batch limit of 4: one batch mixing both models, one forward for the four
     assert len(mixed) == 1 and {name for name, _ in mixed[0]} == {"a", "b"}
     assert sorted(text for _, texts in mixed[0] for text in texts) == ["a2", "b1", "b2", "b3"]
+    # the base's batch times (which size its batches) hold the mixed batch, whoever formed it
+    group = peers.estimator(batchers["a"])
+    assert group is not None and group is peers.estimator(batchers["b"])
+    assert group.batch_seconds(4) > 0 and peers.estimator(batchers["c"]) is not group
     for batcher in batchers.values():
         await batcher.close()
     assert peers.others(batchers["a"]) == []  # closed batchers leave their group
+    assert peers.estimator(batchers["a"]) is None
 
 
 async def test_an_unload_waits_for_a_mixed_batch_holding_its_rows(pool: InferencePool) -> None:
@@ -158,7 +170,7 @@ async def test_an_unload_waits_for_a_mixed_batch_holding_its_rows(pool: Inferenc
         return [[{"echo": i.text} for i in p.items] for p in parts]
 
     peers = Peers(key=lambda m: (m.base,), run=run)
-    settings = BatchingSettings(max_batch_size=8, max_wait_ms=0, max_queue=16)
+    settings = BatchingSettings(max_batch_size=8, max_batch_latency_ms=0, max_wait_ms=0, max_queue=16)
     a, b = _Fake("a", "base", threading.Event()), _Fake("b", "base", gate)
     ba, bb = (ModelBatcher(m, pool, settings, peers=peers) for m in (a, b))  # type: ignore[arg-type]
     first = asyncio.create_task(ba.submit(TextInput("a1")))

@@ -117,6 +117,14 @@ def test_servers_choose_a_version_that_suits_them(tmp_path: Path) -> None:
     assert choose_version(repo, "m-0000", "neuron", torch.bfloat16) == neuron_bf16
     assert choose_version(repo, "m-0000", "neuron", torch.float32) == neuron_fp32
     assert choose_version(repo, "m-0000", "cpu", torch.float32) == good
+    # Weights stored in bf16 (compile --format safetensors) serve bf16 servers only, and only once checked.
+    cast = add(format="safetensors", weights="model.safetensors", dtype="bf16", compiled_from=1)
+    assert choose_version(repo, "m-0000", "cpu", torch.bfloat16) == cast
+    assert choose_version(repo, "m-0000", "cuda", torch.bfloat16) == cast
+    assert choose_version(repo, "m-0000", "cpu", torch.float32) == good  # never widens rounded weights
+    assert choose_version(repo, "m-0000", "cuda", torch.float16) == 1
+    add(format="safetensors", weights="model.safetensors", dtype="bf16", agreement=failed)
+    assert choose_version(repo, "m-0000", "cpu", torch.bfloat16) == cast
     with pytest.raises(ModelLoadFailed, match="compiled for cuda"):
         load_model(repo, "m-0000", 2)
 

@@ -152,3 +152,22 @@ def test_unknown_model_hint_is_said_in_http(tmp_path: Path) -> None:
     r = _client(tmp_path).get("/predictions/m-0")
     assert r.status_code == 404
     assert r.json()["hint"] == "POST /v2/repository/index lists the models this server knows"
+
+
+def test_a_shed_answers_only_callers_the_auth_rules_let_through(client: TestClient) -> None:
+    """The early shed (server/shed.py) runs before the routes: it must not tell a stranger, by a 503 with
+    the model's name, that a model exists and is loaded."""
+    admin = {"Authorization": "Bearer admin-token"}
+    assert (
+        client.post("/v2/repository/models/qa-0000/load", headers=admin).status_code == 200
+    )  # the walk unloads
+    first = client.get("/predictions/qa-0000", headers=admin)
+    assert first.status_code == 200, first.text  # a batch is timed
+    hopeless = {"inferpack-deadline-ms": "0.001"}
+    for who in ("none", "wrong", "metrics"):
+        token = TOKENS[who]
+        headers = hopeless | ({"Authorization": f"Bearer {token}"} if token else {})
+        assert client.get("/predictions/qa-0000", headers=headers).status_code == 401, who
+    for who in ("scoped", "unscoped", "admin"):
+        r = client.get("/predictions/qa-0000", headers=hopeless | {"Authorization": f"Bearer {TOKENS[who]}"})
+        assert r.status_code == 503 and r.json()["model"] == "qa-0000", (who, r.text)

@@ -11,14 +11,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from inferpack.compile.options import CompileOptions, QuantizeChoice
+from inferpack.compile.options import CompileOptions, OutputFormat, QuantizeChoice
 from inferpack.errors import CompileError, InferpackError
 from inferpack.progress import counting_progress
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import DType, TargetName
 
 if TYPE_CHECKING:  # the compiler imports torch and transformers: only when a compile actually runs
-    from inferpack.compile.compiler import CompileResult
+    from inferpack.compile.checks import CompileResult
 
 
 def compile_command(
@@ -41,15 +41,32 @@ def compile_command(
     freeze: Annotated[
         bool, typer.Option("--freeze/--no-freeze", help="torch.jit.freeze the traced graph (cpu, cuda).")
     ] = True,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option(
+            "--format",
+            help="torchscript: a traced graph; safetensors: the weights stored in --dtype, which a "
+            "server computing in that dtype maps from the file without a copy (eager serving); onnx: an "
+            "fp32 CPU graph for ONNX Runtime (server.engine onnxruntime).",
+        ),
+    ] = "torchscript",
 ) -> None:
-    """Trace a model to TorchScript for a target, check it against eager fp32, store it as a new version."""
+    """Trace a model to TorchScript for a target (or store its weights in another dtype, --format
+    safetensors, or export an ONNX graph, --format onnx), check it against eager fp32, store it as a new
+    version."""
     if (model is None) == (not all_models):
         raise typer.BadParameter("name one MODEL or pass --all")
     if all_models and version is not None:
         raise typer.BadParameter("--version names one model's version; it cannot be combined with --all")
     repo = LocalRepository(repository)
     options = CompileOptions(
-        target=target, dtype=dtype, quantize=quantize, source_version=version, force=force, freeze=freeze
+        target=target,
+        dtype=dtype,
+        quantize=quantize,
+        source_version=version,
+        force=force,
+        freeze=freeze,
+        output_format=output_format,
     )
     out, err = Console(), Console(stderr=True)
     from inferpack.compile.compiler import compile_model
@@ -97,7 +114,10 @@ def result_table(results: list[CompileResult | tuple[str, str]], options: Compil
     # No vertical rules and every column at least as wide as its widest cell: an 80-column terminal (or a
     # pipe, which rich treats as 80 columns) still shows every number and id in full.
     table = Table(
-        title=f"compiled for {options.target}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+        title=f"compiled for {options.target} ({options.output_format})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for i, name in enumerate(COLUMNS):
         width = max([len(name)] + [len(Text.from_markup(row[i]).plain) for row in rows])

@@ -185,13 +185,19 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__MAX_BODY_BYTES": str(settings.max_body_bytes),
         "INFERPACK_SERVER__METRICS_TOP_K": str(settings.metrics_top_k),
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
+        "INFERPACK_SERVER__BATCHING__MAX_BATCH_LATENCY_MS": str(settings.batching.max_batch_latency_ms),
         "INFERPACK_SERVER__BATCHING__MAX_WAIT_MS": str(settings.batching.max_wait_ms),
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
-        "INFERPACK_SERVER__BATCHING__DEADLINE_MS": str(settings.batching.deadline_ms),
+        "INFERPACK_SERVER__BATCHING__DEADLINE_FACTOR": str(settings.batching.deadline_factor),
         "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
     }
+    if settings.batching.deadline_ms is not None:  # else derived by each server (settings.py)
+        values["INFERPACK_SERVER__BATCHING__DEADLINE_MS"] = str(settings.batching.deadline_ms)
+    if settings.batching.latency_objective_ms is not None:
+        objective = settings.batching.latency_objective_ms
+        values["INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS"] = str(objective)
     if settings.max_sequence_length is not None:
         values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
     env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]

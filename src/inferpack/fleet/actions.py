@@ -18,10 +18,10 @@ import httpx
 from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, endpoints_json
 from inferpack.errors import FleetError
-from inferpack.fleet.change import write_atomic
 from inferpack.fleet.placementfiles import placement_digest
 from inferpack.fleet.reconcile import Action, Holdings, LoadModel, Route, StartServer, StopServer, plan_for
 from inferpack.fleet.supervisor import TICK_S, LaunchSpec, ServerLaunch, Supervisor, _Child
+from inferpack.jsonfile import write_atomic
 from inferpack.plan import Plan
 from inferpack.settings import load_settings
 

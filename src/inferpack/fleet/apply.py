@@ -27,7 +27,6 @@ from inferpack.fleet.change import (
     load_request,
     report_file,
     request_file,
-    write_atomic,
 )
 from inferpack.fleet.reconcile import (
     Action,
@@ -42,6 +41,7 @@ from inferpack.fleet.reconcile import (
     undo,
 )
 from inferpack.fleet.supervisor import TICK_S, LaunchSpec, ServerLaunch, Supervisor, launch_file
+from inferpack.jsonfile import write_atomic
 from inferpack.plan import load_plan
 
 log = logging.getLogger("inferpack.fleet.apply")

@@ -3,15 +3,18 @@ among healthy copies.
 
 Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` around each forward,
 `mark_down`/`mark_up` from its failures and health probes, `eject`/`readmit` from the outlier detector
-(`outliers`), and `note_wait` with the expected wait each server reports for a model (header
-`inferpack-expected-wait-ms`), passing its own clock's `now`. A reported wait counts down with time since
-it was reported (the queue drains while nobody looks), so a copy that shed once is tried again as soon as
-its queue should have drained. Everything runs on one event loop, so plain numbers suffice (no locks).
+(`outliers`), and `note_wait` with the expected wait and compute each server reports for a model (headers
+`inferpack-expected-wait-ms`, `inferpack-expected-service-ms`), passing its own clock's `now`. A reported
+wait counts down with time since it was reported (the queue drains while nobody looks), so a copy that shed
+once is tried again as soon as its queue should have drained; the compute does not (a batch still has to
+run). `expected` gives both as the server's admission `Estimate`, for the same shed rule. Everything runs
+on one event loop, so plain numbers suffice (no locks).
 """
 
 from __future__ import annotations
 
 from inferpack.plan import Plan
+from inferpack.runtime.admission import Estimate
 
 WAIT_RESOLUTION_S = 0.01  # waits closer than this are a tie: then the fewest outstanding requests win
 
@@ -23,7 +26,8 @@ class Balancer:
         self.outstanding: dict[str, int] = {}
         self.healthy: dict[str, bool] = {}
         self.ejected: dict[str, bool] = {}
-        self.waits: dict[tuple[str, str], tuple[float, float]] = {}  # (server, model) -> (wait s, at)
+        # (server, model) -> (wait s, at, service s)
+        self.waits: dict[tuple[str, str], tuple[float, float, float]] = {}
         self._turn = 0
         self.replace(placement)
 
@@ -52,15 +56,21 @@ class Balancer:
         """Servers holding `model` in plan order, or None when no server holds it."""
         return self.placement.get(model)
 
-    def note_wait(self, server: str, model: str, wait_s: float, now: float) -> None:
-        """`server` reported at `now` that a new request for `model` would wait `wait_s` there."""
+    def note_wait(self, server: str, model: str, wait_s: float, now: float, service_s: float = 0.0) -> None:
+        """`server` reported at `now` that a new request for `model` would wait `wait_s` there, then compute
+        for `service_s`."""
         if model in self.placement:  # bounded by the placement, whatever ids requests carry
-            self.waits[(server, model)] = (max(wait_s, 0.0), now)
+            self.waits[(server, model)] = (max(wait_s, 0.0), now, max(service_s, 0.0))
+
+    def expected(self, server: str, model: str, now: float) -> Estimate:
+        """The wait last reported for `model` on `server` less the time since, and the compute reported
+        with it (both 0 when none reported)."""
+        wait, at, service = self.waits.get((server, model), (0.0, now, 0.0))
+        return Estimate(max(0.0, wait - max(0.0, now - at)), service)
 
     def expected_wait(self, server: str, model: str, now: float) -> float:
         """The wait last reported for `model` on `server`, less the time since (0 when none reported)."""
-        wait, at = self.waits.get((server, model), (0.0, now))
-        return max(0.0, wait - max(0.0, now - at))
+        return self.expected(server, model, now).wait_s
 
     def choose(
         self, model: str, exclude: frozenset[str] | set[str] = frozenset(), now: float | None = None

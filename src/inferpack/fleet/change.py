@@ -24,7 +24,7 @@ from inferpack.fleet import ops
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.state import FleetState, RunDir, is_alive, is_stale, load_state
 from inferpack.fleet.supervisor import LaunchSpec, load_launch
-from inferpack.jsonfile import StrictModel
+from inferpack.jsonfile import StrictModel, write_atomic
 from inferpack.plan import Plan
 from inferpack.settings import Settings
 
@@ -78,13 +78,6 @@ def request_file(run: RunDir) -> Path:
 def report_file(run: RunDir) -> Path:
     """Where the supervisor reports on the latest request."""
     return run.root / "change-report.json"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read(path: Path, model: type[ChangeRequest] | type[ChangeReport]) -> ChangeRequest | ChangeReport | None:

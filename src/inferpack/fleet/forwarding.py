@@ -20,8 +20,9 @@ Transport-free: it takes the request's method, target, body and headers and retu
   copy would spread an overload.
 - Client deadlines: a request with an `inferpack-deadline-ms` header goes on with what is left of it
   (the header rewritten at each forward). The copy with the least expected wait (as the servers report
-  it) is chosen; when even that wait is past what is left, the router sheds at once (503 + Retry-After,
-  kind `overloaded`) instead of queueing work no copy can finish in time.
+  it) is chosen; when even its wait + compute is past what is left (the servers' own admission rule,
+  `admission.shed_reason`), the router sheds at once (503 + Retry-After, kind `overloaded`) instead of
+  queueing work no copy can finish in time.
 """
 
 from __future__ import annotations
@@ -38,11 +39,19 @@ from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.outliers import Deadlines, OutlierDetector
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
-from inferpack.server.errors import DEADLINE_HEADER, ERROR_KIND_HEADER, EXPECTED_WAIT_HEADER, RETRY_ELSEWHERE
+from inferpack.runtime.admission import Estimate, retry_after_s, shed_reason
+from inferpack.server.errors import (
+    DEADLINE_HEADER,
+    ERROR_KIND_HEADER,
+    EXPECTED_SERVICE_HEADER,
+    EXPECTED_WAIT_HEADER,
+    RETRY_ELSEWHERE,
+)
 
 Headers = list[tuple[str, str]]
 _KIND = ERROR_KIND_HEADER.encode()
 _WAIT = EXPECTED_WAIT_HEADER.encode()
+_SERVICE = EXPECTED_SERVICE_HEADER.encode()
 _RETRY_KINDS = frozenset(k.encode() for k in RETRY_ELSEWHERE)
 log = logging.getLogger("inferpack.router")
 
@@ -57,15 +66,17 @@ def not_ready_kind(answer: Answer) -> str | None:
     return None
 
 
-def reported_wait_s(answer: Answer) -> float | None:
-    """The expected wait (s) a server reported on its answer, if it did."""
+def reported_estimate(answer: Answer) -> Estimate | None:
+    """The expected wait and compute (s) a server reported on its answer, if it did (a missing compute
+    header counts as 0: an older server)."""
+    found: dict[bytes, float] = {}
     for name, value in answer.headers:
-        if name == _WAIT:
+        if name in (_WAIT, _SERVICE):
             try:
-                return float(value) / 1000
+                found[name] = float(value) / 1000
             except ValueError:
                 return None
-    return None
+    return Estimate(found[_WAIT], found.get(_SERVICE, 0.0)) if _WAIT in found else None
 
 
 def deadline_budget_s(headers: Headers) -> float | None:
@@ -96,18 +107,19 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def shed_refusal(model: str, wait_s: float, left_s: float) -> Refusal:
-    """Every copy of `model` expects a longer wait than the request has left: 503 + Retry-After."""
+def shed_refusal(model: str, estimate: Estimate, left_s: float) -> Refusal:
+    """Every copy of `model` expects a longer wait + compute than the request has left: 503 + Retry-After."""
     return Refusal(
         503,
         {
-            "error": f"every copy of model {model!r} expects a wait of at least {wait_s * 1000:.0f} ms, "
-            f"past the request's deadline ({max(left_s, 0.0) * 1000:.0f} ms left)",
+            "error": f"every copy of model {model!r} expects a wait of at least {estimate.wait_s * 1000:.0f} "
+            f"ms + service {estimate.service_s * 1000:.0f} ms, past the request's deadline "
+            f"({max(left_s, 0.0) * 1000:.0f} ms left)",
             "hint": "retry after the Retry-After delay with a longer deadline, or add copies of this model",
             "model": model,
             "reason": "deadline",
         },
-        {"Retry-After": str(max(1, math.ceil(wait_s))), ERROR_KIND_HEADER: "overloaded"},
+        {"Retry-After": str(max(1, math.ceil(retry_after_s(estimate)))), ERROR_KIND_HEADER: "overloaded"},
     )
 
 
@@ -167,9 +179,9 @@ class Forwarder:
         while (server := balancer.choose(model, tried, now := self.clock())) is not None:
             if budget is not None:
                 left = budget - (now - arrived)
-                wait = balancer.expected_wait(server, model, now)
-                if wait >= left:  # the least-wait copy would miss it: so would every other
-                    return shed_refusal(model, wait, left)
+                expected = balancer.expected(server, model, now)
+                if shed_reason(expected, left) is not None:  # the server's rule; the least-wait copy
+                    return shed_refusal(model, expected, left)  # would miss it: so would every other
                 headers = with_deadline(headers, left)
             if tried or reconnected:
                 metrics.retries.inc()
@@ -184,9 +196,9 @@ class Forwarder:
                     method, self.urls[server] + target, body, headers, timeout_s=deadline
                 )
                 self.outliers.success(server)
-                reported = reported_wait_s(answer)
+                reported = reported_estimate(answer)
                 if reported is not None:
-                    balancer.note_wait(server, model, reported, self.clock())
+                    balancer.note_wait(server, model, reported.wait_s, self.clock(), reported.service_s)
                 kind = not_ready_kind(answer)
                 if kind is None:
                     if answer.status < 300:

@@ -101,7 +101,8 @@ def plan_command(
         typer.Option(
             "--request-overhead-ms",
             min=0.0,
-            help="ms per request outside the forward (default: the profile's measurement, else 0).",
+            help="ms per request outside the forward, added to its median and P90 (default: the profile's "
+            "measurement under load, median and P90, else 0).",
         ),
     ] = None,
     daemonset_cpu: Annotated[
@@ -301,13 +302,29 @@ def profile_command(
         bool,
         typer.Option(
             "--server-overhead/--no-server-overhead",
-            help="Also time requests through a real `inferpack serve` (a free loopback port) and record "
-            "their excess over the bare forward as the profile's request overhead.",
+            help="Also time requests through a real `inferpack serve` (a free loopback port) under "
+            "open-loop Poisson load, and record their service time's excess over the bare forward as "
+            "the profile's request overhead.",
         ),
     ] = True,
     overhead_requests: Annotated[
-        int, typer.Option("--overhead-requests", min=5, help="Sequential requests timed through the server.")
-    ] = 40,
+        int,
+        typer.Option(
+            "--overhead-requests",
+            min=10,
+            help="Requests sent through the server under load (each gives a service time).",
+        ),
+    ] = 100,
+    overhead_load: Annotated[
+        float,
+        typer.Option(
+            "--overhead-load",
+            min=0.05,
+            max=0.9,
+            help="Utilisation of the server's worker under that load (the Poisson rate is set from "
+            "sequential requests first).",
+        ),
+    ] = 0.5,
 ) -> None:
     """Measure this machine: per model architecture, cold-load time, resident memory, latency at each batch
     size, thread count and dtype, and peak throughput per core. Feed the file to `inferpack plan`."""
@@ -350,7 +367,7 @@ def profile_command(
     if server_overhead:
         from inferpack.planner.overhead import overheads_for_repository
 
-        with console.status("timing requests through a real server"):
+        with console.status("timing requests through a real server under load"):
             profile = overheads_for_repository(
                 profile,
                 repository,  # a folder or s3://: the server opens it as `serve --repository` does
@@ -358,6 +375,7 @@ def profile_command(
                 wanted,
                 failed,
                 requests=overhead_requests,
+                utilisation=overhead_load,
                 log_dir=Path(tempfile.gettempdir()) if to_stdout else out.parent,
             )
     if to_stdout:
@@ -394,8 +412,9 @@ def profile_command(
     for prof in profile.profiles:
         if prof.request_overhead_ms is not None:
             console.print(
-                f"{prof.model_class}: request overhead through the server {prof.request_overhead_ms:.1f} ms "
-                f"(P90 {prof.request_overhead_p90_ms or 0:.1f} ms) over the bare forward"
+                f"{prof.model_class}: request overhead through the server under load "
+                f"{prof.request_overhead_ms:.1f} ms (P90 {prof.request_overhead_p90_ms or 0:.1f} ms) over "
+                "the bare forward"
             )
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")

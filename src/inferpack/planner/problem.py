@@ -215,13 +215,17 @@ def usable_memory_mb(inst: InstanceType, options: PlanOptions) -> float:
     return server_resources(inst, options).memory_mb * options.max_memory_fraction - reserve
 
 
-def service_shape(point: OperatingPoint, overhead_ms: float) -> ServiceTime:
+def service_shape(
+    point: OperatingPoint, overhead_ms: float, overhead_p90_ms: float | None = None
+) -> ServiceTime:
     """The lognormal of one batch's time through the server: the point's median and P90 (or the default
-    spread) with the request overhead added to both."""
+    spread) plus the request overhead's median and P90 (`overhead_p90_ms`, default the median): at the
+    profiled batch-1 point this is the service time measured through the server under load."""
     p90 = point.latency_p90_ms
     shape = ServiceTime.from_quantiles(point.latency_ms / 1000.0, None if p90 is None else p90 / 1000.0)
+    extra_p90 = overhead_ms if overhead_p90_ms is None else overhead_p90_ms
     return ServiceTime.from_quantiles(
-        shape.median_s + overhead_ms / 1000.0, shape.quantile_s(0.9) + overhead_ms / 1000.0
+        shape.median_s + overhead_ms / 1000.0, shape.quantile_s(0.9) + extra_p90 / 1000.0
     )
 
 
@@ -233,7 +237,8 @@ def point_choices(
     for point in prof.points:
         if not point_allowed(inst, point, native, options):
             continue
-        choice = choose_point(inst, [point], prof.workers_per_accelerator, options, prof.request_overhead_ms)
+        measured = (prof.request_overhead_ms, prof.request_overhead_p90_ms)
+        choice = choose_point(inst, [point], prof.workers_per_accelerator, options, *measured)
         if choice is not None and (
             choice.key not in out or choice.capacity_rps > out[choice.key].capacity_rps
         ):
@@ -267,13 +272,15 @@ def choose_point(
     per_device: int,
     options: PlanOptions,
     measured_overhead_ms: float | None = None,
+    measured_overhead_p90_ms: float | None = None,
 ) -> TypeChoice | None:
     """The operating point with the highest capacity under the objective, or None if none meets it.
-    The request overhead is `options.request_overhead_ms` when given, else the profile's measurement."""
+    The request overhead is `options.request_overhead_ms` when given (median and P90 alike), else the
+    profile's measurement (its median and P90)."""
     best: TypeChoice | None = None
-    overhead_ms = options.request_overhead_ms
+    overhead_ms, overhead_p90_ms = options.request_overhead_ms, None
     if overhead_ms is None:
-        overhead_ms = measured_overhead_ms or 0.0
+        overhead_ms, overhead_p90_ms = measured_overhead_ms or 0.0, measured_overhead_p90_ms
     for point in points:
         if point.dtype not in options.dtypes:
             continue
@@ -282,7 +289,7 @@ def choose_point(
             continue
         # On CPU servers the per-request overhead runs on the workers' cores; on accelerator servers the
         # host CPUs do it alongside the device, so it adds latency but not device time.
-        shape = service_shape(point, overhead_ms)
+        shape = service_shape(point, overhead_ms, overhead_p90_ms)
         median_service = 1.0 / point.worker_rps() + (0.0 if _on_accelerator(inst) else overhead_ms / 1000.0)
         service = median_service * shape.mean_s / shape.median_s
         latency = point.latency_ms + overhead_ms

@@ -100,10 +100,14 @@ class ModelProfile(StrictModel):
         default=None,
         ge=0,
         description="Time per request through a real server beyond the bare forward (HTTP, JSON, "
-        "tokenising), measured by `inferpack profile`; `plan --request-overhead-ms` overrides it.",
+        "tokenising, sharing the cores under load): the median service time under open-loop load minus "
+        "the bare forward's, measured by `inferpack profile`; `plan --request-overhead-ms` overrides it.",
     )
     request_overhead_p90_ms: float | None = Field(
-        default=None, ge=0, description="P90 of the end-to-end time minus the bare forward's P90 (batch 1)."
+        default=None,
+        ge=0,
+        description="The P90 of that service time minus the bare forward's P90 (batch 1); the planner adds "
+        "it to each point's P90 (absent: the median overhead).",
     )
     peak_throughput_per_core: float | None = Field(default=None, gt=0, description="Requests/s per core.")
     estimated: bool = Field(description="True when figures are estimates rather than measurements.")

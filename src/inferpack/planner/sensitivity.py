@@ -40,11 +40,12 @@ def _scale_point(point: OperatingPoint, factor: float) -> OperatingPoint:
 
 
 def _scale_profile(profile: ModelProfile, factor: float) -> ModelProfile:
-    overhead = profile.request_overhead_ms
+    overhead, overhead_p90 = profile.request_overhead_ms, profile.request_overhead_p90_ms
     return profile.model_copy(
         update={
             "points": [_scale_point(p, factor) for p in profile.points],
             "request_overhead_ms": None if overhead is None else overhead * factor,
+            "request_overhead_p90_ms": None if overhead_p90 is None else overhead_p90 * factor,
         }
     )
 

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from inferpack.repository.folder import ModelRepository
+from inferpack.repository.manifest import DType
 
 MB = 2**20
 FILE_MARGIN = 1.01  # buffers the weight files do not hold (position ids, token type ids)
 FILE_EXTRA_BYTES = 2**16
+_ITEM_BYTES: dict[DType, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 def estimate_from_file_bytes(file_bytes: int) -> int:
@@ -35,11 +37,14 @@ def estimate_resident_bytes(
     *,
     already_held: Callable[[Path], bool] = _never_held,
     measured: bool = True,
+    serving_dtype: DType | None = None,
 ) -> int:
     """Bytes that loading `model_id` v`version` adds: the manifest's measured footprint when it has one,
     else `estimate_from_file_bytes` of its weights file plus the shared weight files `already_held` says
     are not in memory yet (a server passes what it holds; a planner counts them all). `measured=False`
-    ignores the footprint: it is host memory, and a GPU server budgets device memory."""
+    ignores the footprint: it is host memory, and a GPU server budgets device memory. `serving_dtype`: a
+    server computing in another dtype than a safetensors version's holds its weights converted, at that
+    dtype's size (a bf16 server holds fp32 files at half their size)."""
     manifest = repository.manifest(model_id, version)
     if manifest.footprint is not None and measured:
         return int(manifest.footprint.resident_mb * MB)
@@ -49,4 +54,6 @@ def estimate_resident_bytes(
         path = repository.resolve_file(model_id, version, relative)
         if not already_held(path):
             size += path.stat().st_size
+    if serving_dtype is not None and manifest.format == "safetensors":
+        size = size * _ITEM_BYTES[serving_dtype] // _ITEM_BYTES[manifest.dtype]
     return estimate_from_file_bytes(size)

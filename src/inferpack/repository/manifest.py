@@ -15,7 +15,7 @@ from inferpack.plan import TargetName as TargetName  # one name for the processo
 from inferpack.repository.files import umask_mode
 
 Task = Literal["question-answering", "text-classification", "feature-extraction"]
-Format = Literal["safetensors", "torchscript"]
+Format = Literal["safetensors", "torchscript", "onnx"]
 DType = Literal["fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8-dynamic"]
 Pooling = Literal["mean", "cls", "max"]
@@ -47,7 +47,9 @@ class Manifest(StrictModel):
 
     format: Format
     task: Task
-    weights: str = Field(description="Weights file in the version folder: model.safetensors or model.pt.")
+    weights: str = Field(
+        description="Weights file in the version folder: model.safetensors, model.pt or model.onnx."
+    )
     config: str | None = Field(
         default="config.json", description="transformers architecture config (safetensors format)."
     )

@@ -1,19 +1,24 @@
 """Admission by deadline: how long a new request would wait and run, and whether it can make its deadline.
 
-Pure logic, no clock and no I/O: the batcher feeds it what it measured (batch compute time by batch size) and
-the pool's state (is a thread idle, how many models' dispatchers wait for one, how often a thread frees up),
-and asks it, for a request arriving behind `queued_ahead` items, for the expected wait and service time. A
-request whose expected wait + service exceeds the time left before its deadline is shed at once (503 +
-Retry-After) instead of queueing for work its client will have given up on.
+Pure logic, no clock and no I/O: the batcher feeds it what it measured (batch compute time by batch size)
+and the state of the line for threads, and asks it, for a request arriving now, for the expected wait and
+service time. A request whose expected wait + service exceeds the time left before its deadline is shed at
+once (503 + Retry-After) instead of queueing for work its client will have given up on.
 
-Why the pool's state and not "queue / batch size x batch time" alone: batches of every model share one
-pool of inference threads, taken in turn (first come, first served). A model's queue therefore drains one
-batch per turn: its first turn comes when the dispatchers ahead of it in the line have had theirs, each
-later one after a full round of the line, and the line moves one place per release interval (the mean
-batch time over the number of threads). A queue of q items ahead with batches of B waits about
-ceil((q + n) / B) turns. Everything here is read from the present state except the two moving
-averages of compute time, so the estimate falls back to "no wait" as soon as the queues have emptied,
-however long they were a moment ago.
+The scheduler it models (runtime/batcher.py): batches of every model share one pool of inference threads,
+taken in turn by the models' dispatchers (a FIFO line). A dispatcher that gets a thread takes up to a full
+batch from its model's queue and, with cross-tenant batching, from the queues of the other models of its
+base (its *group*); a dispatcher that finds nothing left gives the thread back at once. So what a request
+waits for is its group's queue, not its model's alone:
+- the group's first turn comes when the places ahead of its first dispatcher in line have had theirs (one
+  release each: the line moves one place per release interval, the mean batch time over the threads),
+  or at the next release when none of its dispatchers waits yet and the line is empty; no wait at all
+  with a thread idle;
+- each later turn of the group comes after the other groups' dispatchers in line have had theirs, shared
+  among the group's own dispatchers in line: (others + own) / own releases;
+- the request needs ceil((queued in the group + its items) / max batch) turns.
+Everything here is read from the present state except the moving averages of compute time, so the
+estimate falls back to "no wait" as soon as the queues have emptied, however long they were a moment ago.
 """
 
 from __future__ import annotations
@@ -62,6 +67,17 @@ class PoolState:
     release_interval_s: float
 
 
+@dataclass(frozen=True)
+class GroupState:
+    """A request's group now (its model, and with cross-tenant batching the other models of its base):
+    items queued over all its models, how many of its dispatchers wait in line for a thread, and the places
+    ahead of the first of them (0: next; None when none waits)."""
+
+    queued: int
+    in_line: int = 0
+    first_place: int | None = None
+
+
 class WaitEstimator:
     """Per-model moving averages of batch compute time by batch size, and the estimate built on them."""
 
@@ -102,24 +118,55 @@ class WaitEstimator:
         hi = above[0]
         return measured[lo] + (size - lo) / (hi - lo) * (measured[hi] - measured[lo])
 
+    @property
+    def usual_size(self) -> float:
+        """The moving average of the batch sizes this model ran (1 before any)."""
+        return self._size.value or 1.0
+
     def estimate(
-        self, queued_ahead: int, items: int, pool: PoolState, *, position: int | None = None
+        self, group: GroupState, items: int, pool: PoolState, batch_limit: int | None = None
     ) -> Estimate:
-        """Expected wait and service of a request of `items` items behind `queued_ahead` queued ones.
-        `position`: where this model's dispatcher stands in the line for a thread (0: next; counted in
-        `pool.waiting`), None when it does not wait."""
-        b = self.max_batch_size
-        size = max(queued_ahead, 0) + max(items, 1)
-        batches = math.ceil(size / b)  # turns until this request's last batch starts
-        # thread releases before the first turn: the places ahead in line and its own, or none when idle
-        joins = 0 if pool.thread_free else pool.waiting + 1
-        first = position + 1 if position is not None else joins
-        later = max(1, pool.waiting + (0 if position is not None else 1))  # a full round of the line
-        releases = first + (batches - 1) * later
-        last_size = size - (batches - 1) * b  # what is queued now
-        if releases:  # while it waits, later arrivals join its batch: expect the model's usual batch size
-            last_size = min(b, max(last_size, round(self._size.value or 1)))
+        """Expected wait and service of a request of `items` items arriving now (see the module's doc).
+        `batch_limit`: the largest batch that forms while every thread is busy, when a batch policy keeps
+        it under `max_batch_size` (smaller batches: more turns); None: `max_batch_size`."""
+        b = max(1, min(batch_limit or self.max_batch_size, self.max_batch_size))
+        size = max(group.queued, 0) + max(items, 1)
+        turns = math.ceil(size / b)  # the group's batches until this request's last one starts
+        own = max(group.in_line, 1)  # its dispatchers in line, at least the one this request wakes
+        others = max(pool.waiting - group.in_line, 0)
+        if pool.thread_free:
+            first = 0.0
+        elif group.first_place is not None:
+            first = group.first_place + 1.0
+        else:
+            first = pool.waiting + 1.0  # its dispatcher joins the line at the back
+        releases = first + (turns - 1) * (others + own) / own
+        last_size = size - (turns - 1) * b  # what is queued now
+        if releases:  # while it waits, later arrivals join its batch: expect the usual batch size
+            last_size = min(b, max(last_size, round(self.usual_size)))
         return Estimate(releases * pool.release_interval_s, self.batch_seconds(last_size))
+
+
+DEFAULT_DEADLINE_FLOOR_S = 0.05  # a derived default never goes below this (HTTP and scheduling jitter)
+DEFAULT_DEADLINE_CAP_S = 10.0  # nor above this, which is also the default until a full batch was timed
+
+
+def default_deadline_s(
+    configured_ms: float | None, objective_ms: float | None, factor: float, full_batch_s: float
+) -> float | None:
+    """The deadline (s) of a request that sets none (settings `batching.deadline_ms`,
+    `latency_objective_ms`, `deadline_factor`): the configured one (0: none at all); else the latency
+    objective; else `factor` x the measured time of a full batch, the latency a request sees at capacity
+    (a queue of a few full batches keeps the threads busy with full batches, so goodput stays at capacity,
+    while the work queued is bounded to what clients can still use), clamped to [50 ms, 10 s], and 10 s
+    while no batch has been timed."""
+    if configured_ms is not None:
+        return configured_ms / 1000 if configured_ms > 0 else None
+    if objective_ms is not None:
+        return objective_ms / 1000
+    if full_batch_s <= 0:
+        return DEFAULT_DEADLINE_CAP_S
+    return min(max(factor * full_batch_s, DEFAULT_DEADLINE_FLOOR_S), DEFAULT_DEADLINE_CAP_S)
 
 
 def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | None:

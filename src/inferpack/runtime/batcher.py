@@ -2,8 +2,11 @@
 
 The event loop only moves requests between queues; forwards run on `InferencePool` threads (torch releases
 the GIL inside its kernels, so N threads with one intra-op thread each keep N cores busy without a copy of
-each model per process). A batch forms from whatever is queued when a thread becomes free, topped up for
-at most `max_wait_ms`. Load shedding, all at arrival or before a batch forms, never mid-forward:
+each model per process). A batch forms from what is queued when a thread becomes free, topped up for at
+most `max_wait_ms`; how many it takes is `runtime/batchpolicy.py`'s decision, from measured batch compute
+times: shared out over idle threads when cores are free, as many as the latency objective
+(`max_batch_latency_ms`) allows when every core is busy. Load shedding, all at arrival or before a batch
+forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +36,15 @@ from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from inferpack.runtime.admission import (
     Estimate,
     Ewma,
+    GroupState,
     PoolState,
     WaitEstimator,
     cannot_finish,
+    default_deadline_s,
     retry_after_s,
     shed_reason,
 )
+from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within
 from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
@@ -46,6 +53,10 @@ from inferpack.settings import BatchingSettings
 BatchObserver = Callable[[str, int, float, float], None]  # model, batch size, queue wait s, compute s
 DropObserver = Callable[[str], None]  # model: a queued request dropped because its caller went away
 Clock = Callable[[], float]
+PROBE_EVERY = 16  # one batch in this many may run a size above the objective's limit, to re-measure it
+# One DEBUG line per admitted request: the admission estimate against the wait and compute it got (a
+# calibration aid; bench/overload.py --admission-log sums them up). Off by default.
+admission_log = logging.getLogger("inferpack.runtime.admission")
 
 
 class InferencePool:
@@ -59,6 +70,7 @@ class InferencePool:
         )
         self._slots = asyncio.Semaphore(threads)
         self._waiting = 0
+        self._held = 0  # threads given to batchers and not yet released
         self._issued = 0  # tickets: the line for a thread is first come, first served
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
@@ -74,6 +86,10 @@ class InferencePool:
     def observe_batch(self, seconds: float) -> None:
         """A batch (of any model) held a thread for `seconds`."""
         self._batch_s.add(seconds)
+
+    def idle_threads(self) -> int:
+        """Threads free with no dispatcher waiting in line for them (a batch shares its queue with them)."""
+        return max(0, self.threads - self._held - self._waiting)
 
     @property
     def next_ticket(self) -> int:
@@ -94,10 +110,12 @@ class InferencePool:
         finally:
             self._waiting -= 1
             self._left += 1
+        self._held += 1
         return ticket
 
     def release(self) -> None:
         """Give a thread back."""
+        self._held -= 1
         self._slots.release()
 
     async def run(self, fn: Callable[[], Any]) -> Any:
@@ -109,6 +127,18 @@ class InferencePool:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
+class GroupLine:
+    """What admission reads about a batcher's group (its model, or every model of its base with cross-tenant
+    batching), kept up to date as queues and the line for threads change: items queued over the group's
+    models, and the tickets its dispatchers wait with, in line order. Shared by the group's batchers."""
+
+    __slots__ = ("queued", "tickets")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.tickets: collections.deque[int] = collections.deque()
+
+
 @dataclass(slots=True, eq=False)  # identity equality: `deque.remove` must find this very request
 class _Pending:
     item: TextInput
@@ -117,6 +147,7 @@ class _Pending:
     owner: ModelBatcher
     enqueued: float
     deadline: float | None = field(default=None)
+    estimate: Estimate | None = field(default=None)  # at admission (for the calibration log)
 
 
 class ModelBatcher:
@@ -141,16 +172,32 @@ class ModelBatcher:
         self.drop_observer = drop_observer
         self.clock = clock
         self.estimator = WaitEstimator(settings.max_batch_size)
+        latency_ms = settings.max_batch_latency_ms
+        self.limits = BatchLimits(settings.max_batch_size, latency_ms / 1000.0 if latency_ms > 0 else None)
+        self._formed = 0  # batches formed: every PROBE_EVERY-th may run one size above the objective's limit
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
-        self._ticket: int | None = None  # while the dispatcher waits in line for a thread
+        self.line = GroupLine()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher = asyncio.get_running_loop().create_task(
             self._dispatch(), name=f"batcher:{model.model_id}"
         )
         if peers is not None:
             peers.join(self)
+            others = peers.others(self)
+            if others:  # one group, one line: they lend each other their queued requests
+                self.line = others[0].line
+
+    def replace_model(self, model: LoadedModel) -> None:
+        """Run the batches formed from now on with `model` (a stand-in's fast runtime, runtime/tier.py);
+        batches already running keep the model they hold. Rejoins the peers as the new model allows (an
+        ONNX Runtime session mixes with no one)."""
+        if self.peers is not None:
+            self.peers.leave(self)
+        self.model = model
+        if self.peers is not None:
+            self.peers.join(self)
 
     @property
     def queue_depth(self) -> int:
@@ -164,8 +211,13 @@ class ModelBatcher:
 
     def estimate(self, items: int = 1) -> Estimate:
         """Expected wait and service of a request of `items` items arriving now."""
-        position = None if self._ticket is None else self.pool.position(self._ticket)
-        return self.estimator.estimate(len(self._queue), items, self.pool.state(), position=position)
+        line = self.line
+        first = self.pool.position(line.tickets[0]) if line.tickets else None
+        group = GroupState(line.queued, len(line.tickets), first)
+        # the batches the policy forms while every thread is busy (smaller ones: more turns to wait)
+        waiting = line.queued + max(items, 1)
+        limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
+        return self.estimator.estimate(group, items, self.pool.state(), batch_limit=limit)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -181,21 +233,42 @@ class ModelBatcher:
         caller stops waiting. Sheds with `Overloaded` when the queue is full or the expected wait misses
         the deadline; raises `DeadlineExceeded` when the request was dropped in the queue; if the caller
         is cancelled (its client disconnected), its items still queued leave the queue at once."""
-        model_id = self.model.model_id
         if self._closing:
-            raise ShuttingDown(f"model {model_id!r} is being unloaded")
-        if len(self._queue) + len(items) > self.settings.max_queue:
+            raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
+        now = self.clock()
+        estimate = self.admit(len(items), deadline, now)
+        loop = asyncio.get_running_loop()
+        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline, estimate) for item in items]
+        self._queue.extend(mine)
+        self.line.queued += len(mine)
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in mine)))
+        except BaseException as exc:
+            dropped = self._withdraw(mine)
+            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
+                self.drop_observer(self.model.model_id)
+            raise
+
+    def admit(self, items: int, deadline: float | None, now: float) -> Estimate:
+        """The estimate for a request of `items` items arriving at `now` with `deadline` (both on this
+        batcher's clock; None: no deadline), or `Overloaded` when its model's queue is full or the estimate
+        misses the deadline. Cheap, and without side effects: the server's early shed calls it too, before
+        a request's body is read (`server/shed.py`)."""
+        model_id = self.model.model_id
+        if len(self._queue) + items > self.settings.max_queue:
+            estimate = self.estimate()
             raise Overloaded(
                 f"model {model_id!r} has {len(self._queue)} requests queued (limit "
                 f"{self.settings.max_queue})",
-                retry_after_s=max(1.0, retry_after_s(self.estimate())),
+                retry_after_s=max(1.0, retry_after_s(estimate)),
                 hint="retry after the Retry-After delay, or add copies of this model",
                 model_id=model_id,
                 reason="queue_full",
-                expected_wait_s=self.estimate().wait_s,
+                expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
-        now = self.clock()
-        estimate = self.estimate(len(items))
+        estimate = self.estimate(items)
         reason = shed_reason(estimate, None if deadline is None else deadline - now)
         if reason is not None:
             raise Overloaded(
@@ -208,18 +281,16 @@ class ModelBatcher:
                 model_id=model_id,
                 reason=reason,
                 expected_wait_s=estimate.wait_s,
+                expected_service_s=estimate.service_s,
             )
-        loop = asyncio.get_running_loop()
-        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline) for item in items]
-        self._queue.extend(mine)
-        self._arrived.set()
-        try:
-            return list(await asyncio.gather(*(p.future for p in mine)))
-        except BaseException as exc:
-            dropped = self._withdraw(mine)
-            if isinstance(exc, asyncio.CancelledError) and dropped and self.drop_observer is not None:
-                self.drop_observer(model_id)
-            raise
+        return estimate
+
+    def default_deadline_s(self) -> float | None:
+        """Seconds a request that sets no deadline gets (None: none), from the batching settings and this
+        model's measured full-batch time (`admission.default_deadline_s`)."""
+        s = self.settings
+        full = self.estimator.batch_seconds(s.max_batch_size)
+        return default_deadline_s(s.deadline_ms, s.latency_objective_ms, s.deadline_factor, full)
 
     def _withdraw(self, pendings: list[_Pending]) -> bool:
         """Take a failed or abandoned request's items out of the queue (cancelling their futures); True
@@ -229,6 +300,7 @@ class ModelBatcher:
             pending.future.cancel()
             try:
                 self._queue.remove(pending)
+                self.line.queued -= 1
                 dropped = True
             except ValueError:
                 pass  # already taken into a batch, or dropped there
@@ -241,11 +313,12 @@ class ModelBatcher:
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
-            self._ticket = self.pool.next_ticket
+            ticket = self.pool.next_ticket
+            self.line.tickets.append(ticket)
             try:
                 await self.pool.acquire()
             finally:
-                self._ticket = None
+                self.line.tickets.remove(ticket)
             try:
                 await self._top_up()
                 batch = self._take()
@@ -261,13 +334,20 @@ class ModelBatcher:
                 owner._in_flight.add(task)
                 task.add_done_callback(owner._in_flight.discard)
 
+    def batch_cost(self, size: int) -> float:
+        """Expected compute seconds of a batch of `size` formed here: measured over the batches of every model
+        of its base with cross-tenant batching (they form batches together), else over this model's."""
+        group = self.peers.estimator(self) if self.peers is not None else None
+        return (group or self.estimator).batch_seconds(size)
+
     async def _top_up(self) -> None:
-        """Wait up to max_wait for a fuller batch (only while it is not full already)."""
+        """Wait up to max_wait for a fuller batch (only while it is smaller than the objective allows)."""
         wait_s = self.settings.max_wait_ms / 1000.0
         if wait_s <= 0:
             return
+        full = largest_within(self.limits, self.batch_cost, self.limits.max_batch_size)
         deadline = time.perf_counter() + wait_s
-        while len(self._queue) < self.settings.max_batch_size and not self._closing:
+        while len(self._queue) < full and not self._closing:
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -279,18 +359,29 @@ class ModelBatcher:
 
     def _take(self) -> list[_Pending]:
         """The next batch: queued requests in order (then, with room left, those of the same base's other
-        models), skipping abandoned ones and dropping those that can no longer finish by their deadline."""
+        models), skipping abandoned ones and dropping those that can no longer finish by their deadline.
+        Its size is the batch policy's (`runtime/batchpolicy.py`) for what is queued now."""
         batch: list[_Pending] = []
-        limit = self.settings.max_batch_size
-        service = self.estimator.batch_seconds(min(len(self._queue), limit))
+        others = [] if self.peers is None else [o for o in self.peers.others(self) if not o._closing]
+        self._formed += 1
+        limit = batch_size(
+            self.line.queued,  # this model's queue, and its peers' with cross-tenant batching
+            self.limits,
+            self.batch_cost,
+            threads=self.pool.threads,
+            idle_threads=self.pool.idle_threads() if self.settings.spread_over_idle_threads else 0,
+            probe=self._formed % PROBE_EVERY == 0,
+        )
+        if limit == 0:
+            return batch
+        service = self.batch_cost(limit)
         now = self.clock()
         self._take_from(self, batch, limit, now, service)
-        if self.peers is not None and len(batch) < limit:
-            for other in self.peers.others(self):  # room left: requests of the same base's other models
+        if len(batch) < limit:
+            for other in others:  # room left: requests of the same base's other models
                 if len(batch) >= limit:
                     break
-                if not other._closing:
-                    self._take_from(other, batch, limit, now, service)
+                self._take_from(other, batch, limit, now, service)
         return batch
 
     @staticmethod
@@ -299,6 +390,7 @@ class ModelBatcher:
     ) -> None:
         while source._queue and len(batch) < limit:
             pending = source._queue.popleft()
+            source.line.queued -= 1
             if pending.future.done():  # cancelled: the caller went away
                 continue
             if cannot_finish(now, pending.deadline, service):
@@ -332,10 +424,15 @@ class ModelBatcher:
             self.pool.release()
         compute = self.clock() - started
         self.estimator.observe_batch(len(batch), compute)
+        group = self.peers.estimator(self) if self.peers is not None else None
+        if group is not None:  # the base's batch times, which size the batches its models form
+            group.observe_batch(len(batch), compute)
         self.pool.observe_batch(compute)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
+        if admission_log.isEnabledFor(logging.DEBUG):
+            _log_admissions(batch, started, compute)
         if self.observer is not None:
             for owner, rows in _by_owner(batch).items():
                 waited = started - min(p.enqueued for p in rows)
@@ -365,6 +462,7 @@ class ModelBatcher:
         if not drain:
             while self._queue:
                 pending = self._queue.popleft()
+                self.line.queued -= 1
                 if not pending.future.done():
                     pending.future.set_exception(ShuttingDown(f"model {self.model.model_id!r} was unloaded"))
         self._arrived.set()
@@ -379,3 +477,19 @@ def _by_owner(batch: list[_Pending]) -> dict[ModelBatcher, list[_Pending]]:
     for pending in batch:
         out.setdefault(pending.owner, []).append(pending)
     return out
+
+
+def _log_admissions(batch: list[_Pending], started: float, compute: float) -> None:
+    """The calibration line of each request of a batch: estimate at admission against what it got."""
+    for p in batch:
+        if p.estimate is not None:
+            admission_log.debug(
+                "admitted model=%s est_wait_ms=%.1f est_service_ms=%.1f wait_ms=%.1f service_ms=%.1f "
+                "batch=%d",
+                p.owner.model.model_id,
+                p.estimate.wait_s * 1000,
+                p.estimate.service_s * 1000,
+                (started - p.enqueued) * 1000,
+                compute * 1000,
+                len(batch),
+            )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inferpack.runtime.admission import WaitEstimator
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.tasks import Result, TextInput
 
@@ -206,7 +207,8 @@ def group_key(model: Any) -> tuple[Any, ...] | None:
 
 
 class Peers:
-    """Which batchers may lend each other queued requests: those whose models have one `group_key`.
+    """Which batchers may lend each other queued requests: those whose models have one `group_key`, and the
+    group's batch compute times by size (its members form batches together: they size them from these).
     Event-loop only (join, leave and lookups happen between awaits)."""
 
     def __init__(
@@ -218,6 +220,7 @@ class Peers:
         self.run = run or predict_together  # runs a mixed batch (on an inference thread)
         self._members: dict[tuple[Any, ...], list[Any]] = {}
         self._key_of: dict[int, tuple[Any, ...]] = {}
+        self._estimators: dict[tuple[Any, ...], WaitEstimator] = {}
 
     def join(self, batcher: Any) -> None:
         """Add a batcher (its `model` decides its group; a model that cannot mix joins none)."""
@@ -226,6 +229,8 @@ class Peers:
             return
         self._members.setdefault(key, []).append(batcher)
         self._key_of[id(batcher)] = key
+        if key not in self._estimators:
+            self._estimators[key] = WaitEstimator(batcher.settings.max_batch_size)
 
     def leave(self, batcher: Any) -> None:
         """Remove a batcher (closing: nothing more is taken from its queue)."""
@@ -236,6 +241,12 @@ class Peers:
         members.remove(batcher)
         if not members:
             del self._members[key]
+            del self._estimators[key]
+
+    def estimator(self, batcher: Any) -> WaitEstimator | None:
+        """The batch compute times of the batcher's group (None: it is in none)."""
+        key = self._key_of.get(id(batcher))
+        return None if key is None else self._estimators[key]
 
     def others(self, batcher: Any) -> list[Any]:
         """The other batchers of its group, fullest queue first."""

@@ -27,6 +27,7 @@ class TaskWrapper(nn.Module):
 
     model: nn.Module
     skeleton_key: str = ""  # the architecture, for reusing the shell (see SkeletonPool)
+    own_keys: frozenset[str] = frozenset()  # state-dict keys its own weights file filled (not shared ones)
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

@@ -7,6 +7,8 @@ weights, wrapped in a task head from `inferpack.runtime.heads`); TorchScript ver
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import threading
 import time
@@ -27,7 +29,7 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import _check_target, _device_kind, choose_version
+from inferpack.runtime.versions import TORCH_DTYPES, _check_target, _device_kind, choose_version
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,16 +50,29 @@ class _TokenizerCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, int], TextTokenizer] = {}
+        self._digests: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime) -> sha256
 
     def get(self, path: Path, max_length: int) -> TextTokenizer:
-        """The tokenizer of a tokenizer.json file, set up for `max_length` tokens."""
-        text = path.read_text(encoding="utf-8")
-        key = (hashlib.sha256(text.encode()).hexdigest(), max_length)
+        """The tokenizer of a tokenizer.json file, set up for `max_length` tokens. A file seen before
+        (same path, inode, size and modification time) is not read and hashed again (~5 ms a cold load)."""
+        st = path.stat()
+        seen = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        digest = self._digests.get(seen)
+        text = None
+        if digest is None:
+            text = path.read_text(encoding="utf-8")
+            digest = hashlib.sha256(text.encode()).hexdigest()
+        key = (digest, max_length)
         with self._lock:
             found = self._items.get(key)
             if found is None:
+                if text is None:
+                    text = path.read_text(encoding="utf-8")
                 found = TextTokenizer(Tokenizer.from_str(text), max_length)
                 self._items[key] = found
+            if len(self._digests) >= 100_000:  # bounded: one entry per tokenizer file path
+                self._digests.clear()
+            self._digests[seen] = digest
             return found
 
 
@@ -106,19 +121,47 @@ def load_model(
     device: str = "cpu",
     max_sequence_length: int | None = None,
     warmup: bool | None = True,
+    engine: str = "eager",
+    tier: bool = False,
+    intra_op_threads: int = 1,
 ) -> LoadedModel:
-    """Load a version (default: latest) of a model, eager or TorchScript, and warm it up.
+    """Load a version (default: the one `choose_version` picks for `engine`) of a model, eager,
+    TorchScript or ONNX (an ONNX Runtime session of `intra_op_threads`), and warm it up.
 
-    `warmup=None` warms up TorchScript only (its first calls compile; an eager model's first request is
-    its own warm-up, which is what a cold request wants: the answer sooner, not two forwards first).
+    `warmup=None` warms up compiled graphs only (their first calls compile or allocate; an eager model's
+    first request is its own warm-up, which is what a cold request wants: the answer sooner, not two
+    forwards first). `tier`: an ONNX version compiled from a safetensors version loads as that version's
+    eager fp32 model (a stand-in: fast to load, and its agreement check showed it answers alike), with
+    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`).
     """
     started = time.perf_counter()
     if version is None:
-        chosen = choose_version(repository, model_id, device, resolve_dtype(dtype, device))
+        chosen = choose_version(repository, model_id, device, resolve_dtype(dtype, device), engine)
     else:
         chosen = version
     manifest = repository.manifest(model_id, chosen)
     _check_target(model_id, chosen, manifest, device)
+    source = _eager_source(repository, model_id, manifest) if tier else None
+    if source is not None:
+        stand_in = load_model(
+            repository,
+            model_id,
+            source,
+            dtype="fp32",
+            max_sequence_length=max_sequence_length,
+            warmup=warmup,
+        )
+        upgrade = functools.partial(
+            load_model,
+            repository,
+            model_id,
+            chosen,
+            dtype="fp32",
+            max_sequence_length=max_sequence_length,
+            intra_op_threads=intra_op_threads,
+        )
+        extra = {**stand_in.extra, "upgrade": upgrade, "stand_in_for": chosen}
+        return dataclasses.replace(stand_in, version=chosen, manifest=manifest, extra=extra)
     version_dir = repository.version_dir(model_id, chosen)
     neuron = _device_kind(device) == "neuron"
     # Neuron graphs are called with host tensors; the runtime moves them to the NeuronCore.
@@ -135,12 +178,18 @@ def load_model(
         if neuron:
             from inferpack.runtime.neuron import load_neuron, static_shape
 
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             module = load_neuron(version_dir / manifest.weights, manifest)
             limit = min(limit, static_shape(manifest)[1])  # the graph takes no wider batch
             hidden = manifest.hidden_size or 0
+        elif manifest.format == "onnx":
+            from inferpack.runtime.onnxrt import load_onnx
+
+            torch_dtype = torch.float32
+            module = load_onnx(version_dir / manifest.weights, intra_op_threads=intra_op_threads)
+            hidden = manifest.hidden_size or 0
         elif manifest.format == "torchscript":
-            torch_dtype = _MANIFEST_DTYPES[manifest.dtype]
+            torch_dtype = TORCH_DTYPES[manifest.dtype]
             scripted = torch.jit.load(  # type: ignore[no-untyped-call]
                 str(version_dir / manifest.weights), map_location=torch_device
             )
@@ -181,14 +230,36 @@ def load_model(
         extra={"shared": groups, "skeleton": skeleton} if manifest.format == "safetensors" else {},
     )
     if groups and isinstance(module, TaskWrapper):  # which layers are its own (cross-tenant batching)
-        loaded.extra["own_paths"] = own_paths(module, [t for g in groups for t in g.tensors.values()])
-    if warmup or (warmup is None and manifest.format == "torchscript"):
+        loaded.extra["own_paths"] = _own_paths(module, groups)
+    if warmup or (warmup is None and manifest.format in ("torchscript", "onnx")):
         _warm_up(loaded)
     loaded.load_seconds = time.perf_counter() - started
     return loaded
 
 
-_MANIFEST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest) -> int | None:
+    """The safetensors version an ONNX version was compiled from, when it is still in the repository."""
+    source = manifest.compiled_from
+    if manifest.format != "onnx" or source is None or source not in repository.versions(model_id):
+        return None
+    return source if repository.manifest(model_id, source).format == "safetensors" else None
+
+
+_OWN_PATHS: dict[tuple[str, tuple[Path, ...], frozenset[str]], list[str] | None] = {}
+
+
+def _own_paths(module: TaskWrapper, groups: list[SharedGroup]) -> list[str] | None:
+    """`crossbatch.own_paths`, computed once per weights layout: which tensors are shared follows from the
+    architecture, the shared files (never changed once written) and the keys of the model's own file, so
+    every tenant of one base and architecture has the same paths (a walk of every submodule saved: ~10 ms
+    of a MiniLM tenant's cold load)."""
+    layout = (module.skeleton_key, tuple(g.path for g in groups), module.own_keys)
+    if layout not in _OWN_PATHS:
+        if len(_OWN_PATHS) >= 1024:  # bounded: layouts are few (architectures x bases)
+            _OWN_PATHS.clear()
+        _OWN_PATHS[layout] = own_paths(module, [t for g in groups for t in g.tensors.values()])
+    found = _OWN_PATHS[layout]
+    return None if found is None else list(found)
 
 
 def _warm_up(model: LoadedModel) -> None:

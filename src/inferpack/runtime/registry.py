@@ -9,8 +9,10 @@ Policies:
 - lazy loading (optional): a known model loads on its first request, which is marked cold;
 - a memory budget: before a load, least-recently-used idle models are evicted until the newcomer fits;
   memory is what loaded models measurably hold (distinct tensor storages, shared ones counted once);
-- thrash protection (segmented LRU): a model loaded once and used once is evicted before any model that
-  has been used repeatedly, so a stream of one-off cold models cannot flush the hot set;
+- thrash protection (segmented LRU, the default `eviction_policy`): a model loaded once and used once is
+  evicted before any model that has been used repeatedly, so a stream of one-off cold models cannot flush
+  the hot set; or (`frequency`) the model with the lowest decayed use count goes first, counted over its
+  whole history, loaded or not (`inferpack.runtime.accessstats`);
 - pinned models load at start and are never evicted; busy models (queued or running work) are never evicted;
 - idle unload (optional): models unused for `idle_unload_s` are unloaded in the background.
 """
@@ -42,6 +44,7 @@ from inferpack.errors import (
 from inferpack.repository.footprint import estimate_resident_bytes
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
+from inferpack.runtime.accessstats import AccessStats
 from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
@@ -49,7 +52,8 @@ from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
-from inferpack.runtime.versions import choose_version
+from inferpack.runtime.tier import Upgrades
+from inferpack.runtime.versions import choose_version, manifest_dtype
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
@@ -85,6 +89,9 @@ class RegistryStats:
     misses: int = 0
     evictions: dict[str, int] = field(default_factory=lambda: {"budget": 0, "idle": 0})
     load_failures: int = 0
+    swaps: int = 0  # stand-ins replaced by their fast runtime (runtime/tier.py)
+    warm_start_loads: int = 0
+    warm_start_pending: int = 0
 
 
 def load_lane_thread(nice: int) -> None:
@@ -113,6 +120,7 @@ class ModelRegistry:
         drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         device: ResolvedDevice = CPU_DEVICE,
     ) -> None:
         self.repository = repository
@@ -131,6 +139,8 @@ class ModelRegistry:
         self._measure = measure or (lambda m: module_storages(m.module))
         self._estimate = estimate or self._estimate_from_files
         self._clock = clock
+        self._wall = wall_clock  # access statistics outlive the process: wall-clock times
+        self.access = AccessStats(settings.access_half_life_s)
         self._load_slots = asyncio.Semaphore(settings.max_concurrent_loads)
         self._load_executor = ThreadPoolExecutor(
             max_workers=settings.max_concurrent_loads,
@@ -146,6 +156,15 @@ class ModelRegistry:
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._claimed = 0  # bytes reserved by loads in progress
+        # fast runtimes of stand-ins (runtime/tier.py) load one at a time on a thread of their own, niced as
+        # the load lane: a cold load never queues behind a session being created
+        self._upgrade_executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="upgrade",
+            initializer=load_lane_thread,
+            initargs=(settings.load_nice,),
+        )
+        self._upgrades = Upgrades(self._upgrade_executor, self._swap)
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -160,20 +179,30 @@ class ModelRegistry:
             device=self.device.place(cuda_free_bytes if self.device.kind == "cuda" else None),
             max_sequence_length=self.settings.max_sequence_length,
             warmup=None if cold else True,  # a cold request is the warm-up of an eager model
+            engine=self.settings.engine,
+            tier=True,  # an ONNX version answers from its eager source until its session is ready
+            intra_op_threads=self.settings.intra_op_threads,
         )
 
     def default_version(self, model_id: str) -> int:
         """The version a load without a version picks here (not merely the newest: see choose_version)."""
         device = self.device.name
-        return choose_version(self.repository, model_id, device, resolve_dtype(self.settings.dtype, device))
+        dtype = resolve_dtype(self.settings.dtype, device)
+        return choose_version(self.repository, model_id, device, dtype, self.settings.engine)
 
     def _estimate_from_files(self, model_id: str, version: int | None) -> int:
         """Bytes a load will add, before loading (see `repository.footprint`): shared files count only
         when no loaded model holds them already."""
         chosen = version or self.default_version(model_id)
         # a measured footprint is host memory (RSS): on a GPU the weights' size is the estimate
+        serving = resolve_dtype(self.settings.dtype, self.device.name)
         return estimate_resident_bytes(
-            self.repository, model_id, chosen, already_held=SHARED.holds, measured=self.device.kind == "cpu"
+            self.repository,
+            model_id,
+            chosen,
+            already_held=SHARED.holds,
+            measured=self.device.kind == "cpu",
+            serving_dtype=manifest_dtype(serving),
         )
 
     # catalogue ------------------------------------------------------------------------------------------
@@ -181,6 +210,24 @@ class ModelRegistry:
         """Re-read the repository's model list (new models become known, loaded ones stay)."""
         self._known = set(self.repository.model_ids())
         return sorted(self._known)
+
+    def knows(self, model_id: str) -> bool:
+        """Whether the repository (as last listed) has this model."""
+        return model_id in self._known
+
+    def estimate(self, model_id: str) -> int:
+        """Bytes loading the model's default version would add now (see `_estimate_from_files`)."""
+        return self._estimate(model_id, None)
+
+    def access_score(self, model_id: str) -> float:
+        """The model's decayed use count now (its access statistics)."""
+        return self.access.score(model_id, self._wall())
+
+    def free_budget_bytes(self) -> int | None:
+        """Budget not held by loaded models or claimed by loads in flight; None without a budget."""
+        if self.budget_bytes is None:
+            return None
+        return max(0, self.budget_bytes - self.ledger.total_bytes - self._claimed)
 
     def entry(self, model_id: str) -> ModelEntry:
         """The model's entry; ModelNotFound (404) for an id the repository lacks."""
@@ -222,6 +269,12 @@ class ModelRegistry:
     def ready_models(self) -> list[str]:
         """Ids of the loaded models."""
         return sorted(m for m, e in self._entries.items() if e.state == "ready")
+
+    def ready_batcher(self, model_id: str) -> ModelBatcher | None:
+        """The batcher of a loaded, ready model, else None; a plain lookup (no refresh, no load, no
+        counters), for the server's early shed before a request is parsed."""
+        entry = self._entries.get(model_id)
+        return entry.batcher if entry is not None and entry.state == "ready" else None
 
     def queue_depth(self) -> int:
         """Requests queued over all loaded models."""
@@ -299,6 +352,7 @@ class ModelRegistry:
             entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
                 self._load_observer(model_id, entry.load_seconds, True)
+            self._upgrades.start(model_id, loaded)  # a stand-in: its fast runtime loads in the background
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)  # the estimate was low: settle with the measurement
         return entry, True
@@ -324,6 +378,7 @@ class ModelRegistry:
             await self._unload_locked(entry, "unavailable")
 
     async def _unload_locked(self, entry: ModelEntry, final: State, reason: str = "") -> None:
+        self._upgrades.cancel(entry.model_id)  # a session still being created is dropped when it arrives
         if entry.state != "ready" or entry.batcher is None:
             if entry.state != "failed":
                 entry.state = final
@@ -337,6 +392,24 @@ class ModelRegistry:
         entry.state, entry.reason = final, reason
         # hand the freed pages back to the OS, off the event loop (measured: ~2 ms after a big free, ~0 else)
         await asyncio.get_running_loop().run_in_executor(self._load_executor, release_free_memory)
+
+    async def _swap(self, model_id: str, stand_in: LoadedModel, fast: LoadedModel) -> bool:
+        """Put a stand-in's fast runtime in its place (see runtime/tier.py); False when the model was
+        unloaded, evicted or reloaded meanwhile (the fast runtime is then dropped)."""
+        entry = self._entries.get(model_id)
+        if entry is None:
+            return False
+        async with entry.lock:
+            if entry.state != "ready" or entry.loaded is not stand_in or entry.batcher is None:
+                return False
+            self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
+            entry.memory_bytes = self.ledger.model_bytes(model_id)
+            entry.loaded = fast
+            entry.batcher.replace_model(fast)
+            self.stats.swaps += 1
+        if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
+            await self._make_room(0, exclude=model_id)
+        return True
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model
@@ -352,7 +425,8 @@ class ModelRegistry:
 
     # eviction -------------------------------------------------------------------------------------------
     def _victims(self, exclude: str) -> list[ModelEntry]:
-        """Evictable models, first to go first: once-used (probation) before hot, each oldest first."""
+        """Evictable models, first to go first: once-used (probation) before hot, each oldest first; or,
+        with the frequency policy, the lowest decayed use count first, the oldest among equals."""
         candidates = [
             e
             for e in self._entries.values()
@@ -364,6 +438,9 @@ class ModelRegistry:
             and not e.lock.locked()
             and e.reserved == 0
         ]
+        if self.settings.eviction_policy == "frequency":
+            now = self._wall()
+            return sorted(candidates, key=lambda e: (self.access.score(e.model_id, now), e.last_used))
         return sorted(candidates, key=lambda e: (e.hits >= PROTECTED_AFTER_HITS, e.last_used))
 
     async def _make_room(self, needed: int, exclude: str) -> None:
@@ -451,6 +528,7 @@ class ModelRegistry:
 
     async def _acquire(self, entry: ModelEntry) -> tuple[ModelBatcher, bool]:
         cold = False
+        self.access.record(entry.model_id, self._wall())
         for _ in range(3):  # an explicit unload may race a lazy load; try again a couple of times
             if entry.state == "ready" and entry.batcher is not None:
                 if not cold:
@@ -474,7 +552,9 @@ class ModelRegistry:
         """Stop the timer, drain every model, stop the load threads."""
         if self._idle_task is not None:
             self._idle_task.cancel()
+        self._upgrades.cancel_all()
         for entry in list(self._entries.values()):
             async with entry.lock:
                 await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)
+        self._upgrade_executor.shutdown(wait=False, cancel_futures=True)

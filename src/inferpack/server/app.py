@@ -22,14 +22,17 @@ from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
-from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.engines import ort_installed, with_engine
+from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.skeletons import preload_libraries
+from inferpack.runtime.warmstart import WarmStart
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
+from inferpack.server.shed import EarlyShed
 from inferpack.server.v2_api import model_routes, repository_routes, server_metadata
 from inferpack.server.v2_schema import ServerMetadata, errors, install_openapi
 from inferpack.settings import ServerSettings
@@ -93,8 +96,10 @@ def start_recovery(
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
+    # engine auto -> eager or onnxruntime by CPU kind; onnxruntime computes fp32 (runtime/engines.py)
+    settings = with_engine(settings, device.kind, native_bf16=cpu_has_native_bf16(), ort=ort_installed())
     check_dtype(settings.dtype, device)
-    log.info("inferpack server computes on %s", device.describe())
+    log.info("inferpack server computes on %s (engine %s)", device.describe(), settings.engine)
     repo = repository if repository is not None else open_repository(settings.repository)
     repo.background_probe = True  # the lifespan's RecoveryLoop re-lists a degraded repository
     threads = settings.inference_threads or default_inference_threads(device, usable_cores())
@@ -126,6 +131,9 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         await asyncio.get_running_loop().run_in_executor(None, preload_libraries)
         await registry.load_startup()
         registry.start_background()
+        warm = WarmStart(registry, settings) if settings.warm_start else None
+        if warm is not None:
+            warm.start()  # in the background: ready now, the hottest models load meanwhile
         recovery = start_recovery(repo, registry, settings)
         plane.started = True
         log.info(
@@ -139,6 +147,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         finally:
             plane.draining = True
             recovery.cancel()
+            if warm is not None:
+                await warm.close()  # the last write of the access statistics
             await registry.close()
             pool.shutdown()
 
@@ -147,6 +157,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(EarlyShed, registry=registry, auth=auth, metrics=metrics)  # outermost: before all
 
     # health and server metadata: open, for probes (kubelets send no token); the names of failed models
     # and /metrics follow the auth settings (docs/security.md) --------------------------------------------

@@ -41,13 +41,15 @@ class InferenceRequest:
 @dataclass(frozen=True)
 class Prediction:
     """Results of one request (one per item), the version that served it, whether it paid for a load, and
-    the wait a new request for the model would expect now (what a router balances on)."""
+    the wait and compute a new request for the model would expect now (what a router balances and sheds
+    on)."""
 
     model_id: str
     version: int
     results: list[Result]
     cold: bool
     expected_wait_s: float = 0.0
+    expected_service_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,8 @@ class DataPlane:
                     model_id=model_id,
                 )
             deadline = request.deadline
-            default_ms = self.registry.settings.batching.deadline_ms
-            if deadline is None and default_ms > 0:
-                deadline = time.perf_counter() + default_ms / 1000
+            if deadline is None and (default_s := batcher.default_deadline_s()) is not None:
+                deadline = time.perf_counter() + default_s
             try:
                 results = await batcher.submit_many(request.items, raw=raw, deadline=deadline)
             except Overloaded as exc:
@@ -148,8 +149,8 @@ class DataPlane:
             except DeadlineExceeded:
                 self.metrics.observe_shed("expired")
                 raise
-            wait = batcher.estimate().wait_s
-        return Prediction(model_id, batcher.model.version, results, cold, wait)
+            after = batcher.estimate()
+        return Prediction(model_id, batcher.model.version, results, cold, after.wait_s, after.service_s)
 
     # metadata -----------------------------------------------------------------------------------------
     def _check_version(self, model_id: str, version: int) -> None:

@@ -41,6 +41,9 @@ DEADLINE_HEADER = "inferpack-deadline-ms"
 # The wait a new request for this model would expect on this server now (ms), on answers and sheds: the
 # router prefers the copy with the least of it.
 EXPECTED_WAIT_HEADER = "inferpack-expected-wait-ms"
+# ... and the compute its batch would take (ms): wait + service against the time left is the admission rule
+# (runtime/admission.py), which the router applies to what the servers report.
+EXPECTED_SERVICE_HEADER = "inferpack-expected-service-ms"
 
 # A 503 says why in this header, so a router can tell "this copy cannot serve the model now" (try
 # another copy) from "this copy is overloaded" (a shed: retrying elsewhere would only spread the overload).
@@ -94,6 +97,7 @@ def error_response(exc: e.InferpackError) -> JSONResponse:
         body["reason"] = exc.reason
         if exc.expected_wait_s is not None:
             headers[EXPECTED_WAIT_HEADER] = str(round(exc.expected_wait_s * 1000))
+            headers[EXPECTED_SERVICE_HEADER] = str(round(exc.expected_service_s * 1000))
     if isinstance(exc, e.Overloaded | e.DeadlineExceeded) and exc.model_id is not None:
         body["model"] = exc.model_id
     if isinstance(exc, e.Unauthorized):

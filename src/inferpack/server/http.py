@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from inferpack.errors import ClientDisconnected, InferpackError, InvalidInput
-from inferpack.server.errors import DEADLINE_HEADER, EXPECTED_WAIT_HEADER, status_of
+from inferpack.server.errors import DEADLINE_HEADER, EXPECTED_SERVICE_HEADER, EXPECTED_WAIT_HEADER, status_of
 from inferpack.server.metrics import ServerMetrics
 
 # One line per inference request at DEBUG (the reference's quiet=False); its own logger, so it can be
@@ -31,13 +31,18 @@ from inferpack.server.metrics import ServerMetrics
 request_log = logging.getLogger("inferpack.server.requests")
 LOAD_HEADER = "X-Inferpack-Model-Load"
 MAX_DEADLINE_MS = 3_600_000.0
+ARRIVED_KEY = "inferpack.arrived"  # scope key: perf_counter time the request reached the app (shed.py)
 T = TypeVar("T")
 
 
-def load_header(cold: bool, expected_wait_s: float = 0.0) -> dict[str, str]:
+def load_header(cold: bool, expected_wait_s: float = 0.0, expected_service_s: float = 0.0) -> dict[str, str]:
     """The headers that say whether this request waited for its model to load, and how long a new request
-    for the model would wait now (ms)."""
-    return {LOAD_HEADER: "cold" if cold else "warm", EXPECTED_WAIT_HEADER: str(round(expected_wait_s * 1000))}
+    for the model would wait now and then compute (ms)."""
+    return {
+        LOAD_HEADER: "cold" if cold else "warm",
+        EXPECTED_WAIT_HEADER: str(round(expected_wait_s * 1000)),
+        EXPECTED_SERVICE_HEADER: str(round(expected_service_s * 1000)),
+    }
 
 
 def parse_deadline_ms(value: str | None) -> float | None:
@@ -58,9 +63,10 @@ def parse_deadline_ms(value: str | None) -> float | None:
 
 
 def request_deadline(request: Request, arrived: float) -> float | None:
-    """The request's deadline on the perf_counter clock: arrival + its header's budget (None: no header)."""
+    """The request's deadline on the perf_counter clock: arrival + its header's budget (None: no header).
+    Arrival is when the request reached the app (stamped by `shed.EarlyShed`) when known, else `arrived`."""
     ms = parse_deadline_ms(request.headers.get(DEADLINE_HEADER))
-    return None if ms is None else arrived + ms / 1000
+    return None if ms is None else request.scope.get(ARRIVED_KEY, arrived) + ms / 1000
 
 
 async def _disconnected(request: Request) -> None:

@@ -173,7 +173,19 @@ class _RegistryCollector(Collector):
             evictions.add_metric([reason], count)
         memory = GaugeMetricFamily("inferpack_model_memory_bytes", "Tensor bytes held by loaded models.")
         memory.add_metric([], self.memory())
-        yield from (hits, misses, evictions, memory)
+        swaps = CounterMetricFamily(
+            "inferpack_runtime_swaps", "Cold models whose fast runtime took over from the eager stand-in."
+        )
+        swaps.add_metric([], self.stats.swaps)
+        warm_loads = CounterMetricFamily(
+            "inferpack_warm_start_loads", "Models loaded by the warm start from access statistics."
+        )
+        warm_loads.add_metric([], self.stats.warm_start_loads)
+        pending = GaugeMetricFamily(
+            "inferpack_warm_start_pending", "Models the warm start has yet to try (0 when done or off)."
+        )
+        pending.add_metric([], self.stats.warm_start_pending)
+        yield from (hits, misses, evictions, memory, swaps, warm_loads, pending)
         if self.budget is not None:
             budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
             budget.add_metric([], self.budget)

@@ -21,7 +21,11 @@ from inferpack.server.metrics import ServerMetrics
 
 SERVER_NAME = "inferpack"
 EXTENSIONS = ["model_repository", "binary_tensor_data"]
-PLATFORMS = {"safetensors": "pytorch_safetensors", "torchscript": "pytorch_torchscript"}
+PLATFORMS = {
+    "safetensors": "pytorch_safetensors",
+    "torchscript": "pytorch_torchscript",
+    "onnx": "onnxruntime_onnx",
+}
 DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "INT64"}
 
 
@@ -126,7 +130,7 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
             payload, head = v2.build_response(
                 model_id, prediction.version, parsed, prediction.results, outputs_metadata(model.outputs)
             )
-            headers = load_header(prediction.cold, prediction.expected_wait_s)
+            headers = load_header(prediction.cold, prediction.expected_wait_s, prediction.expected_service_s)
             if head is None:
                 return Response(payload, media_type="application/json", headers=headers)
             headers[v2.HEADER_LENGTH] = str(head)

@@ -1,0 +1,91 @@
+"""How many queued requests the next batch takes: sized by measured batch compute time, not a fixed number.
+
+Pure logic, no clock and no I/O. The batcher asks, each time a thread is free for one of its batches:
+how many requests are available (its queue, plus its peers' with cross-tenant batching), how many other
+inference threads are idle with nobody waiting for them, and what a batch of n is expected to cost (the
+admission estimator's moving averages of compute time by batch size, `admission.WaitEstimator`).
+
+- **A core is free**: the available requests are spread over the idle threads instead of queueing behind
+  one batch (2 requests and 2 idle threads run as two batches of 1, side by side): at low load batches stay
+  at 1-2 and nobody waits for a core that is idle.
+- **Every core is busy**: requests pile up while the batches run, and the next batch takes as many as it can:
+  the largest size whose expected compute time keeps the latency objective (`max_batch_latency_ms`), never
+  more than `max_batch_size`. A request waits about one running batch and then runs in the next, so the
+  objective is about half a latency target.
+- **Overload**: when the requests left behind by such a batch could not even start within the objective
+  (the turns they need at that size, one per `threads`-th of a batch time), the objective is lost for them
+  whatever this batch does; smaller batches would only cut throughput and lengthen the queue (a busy or
+  slow machine measuring slow batches would shrink them to 1). Then the batch takes all it may (the cap):
+  the queue drains fastest, and admission sheds what cannot make its deadline.
+- **Measurements**: sizes never run are estimated from those that ran (linear per item above the largest
+  measured size, which overestimates a sublinear cost curve: growth is cautious and corrects itself once
+  the size has run). A single slow measurement (a burst of contention) could keep a size out for good, so
+  the caller may `probe` now and then: one size above the objective's limit runs to be measured again.
+- At least one request always runs, even when one alone is expected to exceed the objective (the
+  objective then only keeps batches at 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+BatchCost = Callable[[int], float]  # expected compute seconds of a batch of n (0.0: nothing measured yet)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """The batch settings the policy works within: the hard cap on a batch's size and the objective on its
+    expected compute time (None: no objective, the cap alone decides)."""
+
+    max_batch_size: int
+    max_batch_latency_s: float | None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.max_batch_latency_s is not None and self.max_batch_latency_s <= 0:
+            raise ValueError("max_batch_latency_s must be > 0 (or None for no objective)")
+
+
+def largest_within(limits: BatchLimits, cost: BatchCost, upto: int) -> int:
+    """The largest size n <= min(upto, cap) whose expected compute time keeps the objective (at least 1)."""
+    top = max(1, min(upto, limits.max_batch_size))
+    budget = limits.max_batch_latency_s
+    if budget is None:
+        return top
+    for n in range(top, 1, -1):  # from the top: the common case (the queue fits) costs one look-up
+        if cost(n) <= budget:
+            return n
+    return 1
+
+
+def batch_size(
+    available: int,
+    limits: BatchLimits,
+    cost: BatchCost,
+    *,
+    threads: int = 1,
+    idle_threads: int = 0,
+    probe: bool = False,
+) -> int:
+    """How many of `available` queued requests the batch about to run takes (0 when none is available).
+
+    `threads`: the inference threads in all. `idle_threads`: those other than this batch's that are idle
+    with no dispatcher waiting for them; the available requests are shared out over them and this one.
+    `probe`: allow one size above the objective's limit (when that many are available) so that its
+    measurement is refreshed."""
+    if available <= 0:
+        return 0
+    share = math.ceil(available / (1 + max(0, idle_threads)))
+    top = min(share, limits.max_batch_size)
+    size = largest_within(limits, cost, share)
+    budget = limits.max_batch_latency_s
+    if budget is not None and size < top:
+        turns_behind = math.ceil(share / size) - 1  # batches of this size before the last of them starts
+        if turns_behind * cost(size) / max(1, threads) > budget:
+            return top  # overload: the objective is lost for those behind; drain the queue fastest
+    if probe and size < top:
+        size += 1
+    return size

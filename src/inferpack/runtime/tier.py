@@ -1,0 +1,88 @@
+"""Tiered runtimes: a cold model answers from a fast-loading stand-in while its fast runtime is prepared in
+the background, which then takes over.
+
+The fastest runtime measured on CPUs without native bf16 (ONNX Runtime) has the slowest cold load: a
+session costs several times an eager load. So a cold ONNX version loads first as the eager fp32 model of
+the safetensors version it was compiled from (`load_model(tier=True)`; its agreement check showed the two
+answer alike), and `Upgrades` creates the session on the registry's upgrade thread (niced like the load
+lane and with one intra-op thread: it takes the cores' idle time, not the requests'; a thread of its own,
+one session at a time, so cold loads never queue behind it). When it is ready, the swap happens on the
+event loop under the model's lock: the ledger records the new runtime's memory, the batcher takes the new
+model for the batches it forms from then on (batches already running finish on the stand-in, which they
+hold), and the stand-in's weights go with its last batch. A model unloaded or evicted before its session
+is ready drops the session when it arrives: eviction frees both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from inferpack.runtime.modeling import LoadedModel
+
+log = logging.getLogger("inferpack.tier")
+Swap = Callable[[str, LoadedModel, LoadedModel], Awaitable[bool]]  # model, stand-in, fast -> swapped
+
+
+class Upgrades:
+    """Background upgrades from stand-ins to their fast runtime, at most one per model."""
+
+    def __init__(self, executor: Executor, swap: Swap) -> None:
+        self._executor = executor
+        self._swap = swap
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, model_id: str, loaded: LoadedModel) -> None:
+        """Prepare `loaded`'s fast runtime in the background if it is a stand-in (else nothing)."""
+        upgrade = loaded.extra.get("upgrade")
+        if not callable(upgrade):
+            return
+        self.cancel(model_id)
+        task = asyncio.get_running_loop().create_task(
+            self._run(model_id, loaded, upgrade), name=f"upgrade:{model_id}"
+        )
+        self._tasks[model_id] = task
+        task.add_done_callback(
+            lambda t: self._tasks.pop(model_id, None) if self._tasks.get(model_id) is t else None
+        )
+
+    def pending(self, model_id: str) -> bool:
+        """True while the model's fast runtime is being prepared."""
+        return model_id in self._tasks
+
+    def cancel(self, model_id: str) -> None:
+        """Forget a pending upgrade (unload, eviction, reload): a session still being created is dropped
+        when it arrives."""
+        task = self._tasks.pop(model_id, None)
+        if task is not None:
+            task.cancel()
+
+    def cancel_all(self) -> None:
+        """Forget every pending upgrade (server shutdown)."""
+        for model_id in list(self._tasks):
+            self.cancel(model_id)
+
+    async def _run(self, model_id: str, stand_in: LoadedModel, upgrade: Callable[[], Any]) -> None:
+        try:
+            fast = await asyncio.get_running_loop().run_in_executor(self._executor, upgrade)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stand-in keeps serving: slower, never wrong
+            log.warning(
+                "model %s keeps its eager runtime: its fast runtime failed to load: %s", model_id, exc
+            )
+            return
+        if await self._swap(model_id, stand_in, fast):
+            log.info(
+                "model %s: %s runtime took over (loaded in %.0f ms)",
+                model_id,
+                _kind(fast),
+                fast.load_seconds * 1000,
+            )
+
+
+def _kind(model: LoadedModel) -> str:
+    return model.manifest.format

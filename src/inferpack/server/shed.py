@@ -1,0 +1,111 @@
+"""Early shed: refuse an inference request the server cannot answer within its deadline before any of the
+request's work is done (routing, dependencies, reading and parsing the body, tokenising).
+
+Under overload most requests are shed, so what a shed costs decides how much CPU is left for the requests
+that are admitted: a shed answered by the route (after FastAPI's routing and dependency injection, the
+body read, the JSON parsed and validated) costs several times one answered here. This ASGI middleware
+looks at the path and headers only: for an inference route (`/predictions/{model}`,
+`/v2/models/{model}[/versions/{v}]/infer`) of a loaded model, it asks the model's batcher for the same
+admission decision the batcher makes at enqueue (`ModelBatcher.admit`, one item: the fewest a request can
+carry) and answers 503 + Retry-After at once when it fails. Everything else passes through untouched: a
+model not loaded (lazy loads, 404s), an invalid deadline header (400 from the route), and any caller that
+the auth rules refuse (the route answers 401/403: a shed must not tell a stranger that a model exists).
+
+It also stamps the request's arrival time into the scope, so the deadline counts from here
+rather than from the handler (`http.request_deadline`, key `ARRIVED_KEY`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from inferpack.errors import InferpackError, Overloaded
+from inferpack.runtime.registry import ModelRegistry
+from inferpack.server.auth import Authenticator
+from inferpack.server.errors import DEADLINE_HEADER, error_response
+from inferpack.server.http import ARRIVED_KEY, MAX_DEADLINE_MS
+from inferpack.server.metrics import ServerMetrics
+
+_DEADLINE = DEADLINE_HEADER.encode()
+
+
+def inference_target(path: str) -> tuple[str, str, int | None] | None:
+    """(model id, api, version) of an inference route's path, else None."""
+    if path.startswith("/predictions/"):
+        model = path[len("/predictions/") :]
+        return (model, "seed", None) if model and "/" not in model else None
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        parts = path[len("/v2/models/") : -len("/infer")].split("/")
+        if len(parts) == 1 and parts[0]:
+            return parts[0], "v2", None
+        if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2].isdigit():
+            return parts[0], "v2", int(parts[2])
+    return None
+
+
+def header_deadline_s(value: bytes | None) -> float | bool | None:
+    """The deadline header's budget in seconds, None when absent, False when invalid (the route answers
+    it with 400)."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        return False
+    return ms / 1000 if 0 < ms <= MAX_DEADLINE_MS else False
+
+
+class EarlyShed:
+    """ASGI middleware: the admission decision before the route runs (see the module's doc)."""
+
+    def __init__(
+        self, app: ASGIApp, registry: ModelRegistry, auth: Authenticator, metrics: ServerMetrics
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.auth = auth
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            arrived = time.perf_counter()
+            scope[ARRIVED_KEY] = arrived
+            refusal = self._refusal(scope, arrived)
+            if refusal is not None:
+                model_id, api, exc = refusal
+                self.metrics.observe_shed(exc.reason)
+                self.metrics.observe_request(model_id, api, 503, None)
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, arrived: float) -> tuple[str, str, Overloaded] | None:
+        target = inference_target(scope["path"])
+        if target is None:
+            return None
+        model_id, api, version = target
+        batcher = self.registry.ready_batcher(model_id)
+        if batcher is None or (version is not None and version != batcher.model.version):
+            return None
+        deadline_header = authorization = None
+        for name, value in scope["headers"]:
+            if name == _DEADLINE:
+                deadline_header = value
+            elif name == b"authorization":
+                authorization = value.decode("latin-1")
+        budget = header_deadline_s(deadline_header)
+        if budget is False:
+            return None
+        try:
+            self.auth.check_model(authorization, model_id)
+        except InferpackError:
+            return None  # the route gives the auth answer
+        if budget is None:
+            budget = batcher.default_deadline_s()
+        try:
+            batcher.admit(1, None if budget is None else arrived + budget, arrived)
+        except Overloaded as exc:
+            return model_id, api, exc
+        return None

@@ -1,0 +1,138 @@
+"""The tier: a cold ONNX version answers from its eager source, its ONNX Runtime session takes over in the
+background with no failed request, and unloading before the session is ready drops it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from inferpack.repository.local import LocalRepository
+from inferpack.runtime.batcher import InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Peers
+from inferpack.runtime.heads import TaskWrapper
+from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.onnxrt import OrtModule
+from inferpack.runtime.registry import ModelRegistry
+from inferpack.settings import BatchingSettings, ServerSettings
+from tests.onnx_models import QUESTIONS, assert_same_answers, onnx_repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalRepository, list[str]]:
+    return onnx_repo(tmp_path_factory.mktemp("tier"), count=1)
+
+
+class GatedLoader:
+    """The server's tiered load, with each upgrade held until `gate` opens; counts finished upgrades."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.upgraded = 0
+
+    def __call__(self, repo: LocalRepository, model_id: str, version: int | None, cold: bool) -> LoadedModel:
+        loaded = load_model(
+            repo, model_id, version, dtype="fp32", engine="onnxruntime", tier=True, warmup=None
+        )
+        upgrade: Callable[[], LoadedModel] = loaded.extra["upgrade"]
+
+        def gated() -> LoadedModel:
+            assert self.gate.wait(timeout=60)
+            fast = upgrade()
+            self.upgraded += 1
+            return fast
+
+        loaded.extra["upgrade"] = gated
+        return loaded
+
+
+def _registry(repo: LocalRepository, loader: GatedLoader) -> ModelRegistry:
+    settings = ServerSettings(lazy_load=True, engine="onnxruntime", dtype="fp32", inference_threads=2)
+    return ModelRegistry(repo, settings, InferencePool(2), loader=loader)  # type: ignore[arg-type]
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_session_takes_over_with_equal_answers_and_no_failed_request(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, (model_id,) = repo
+    loader = GatedLoader()
+    registry = _registry(repository, loader)
+    async with registry.use(model_id) as (batcher, cold):
+        assert cold and isinstance(batcher.model.module, TaskWrapper)
+        before = await batcher.submit_many(QUESTIONS)
+    eager_bytes = registry.ledger.total_bytes
+
+    answers: list[list[dict[str, Any]]] = []
+    errors: list[BaseException] = []
+
+    async def client() -> None:  # requests all through the swap
+        while registry.stats.swaps == 0 or len(answers) < 3:
+            try:
+                async with registry.use(model_id) as (b, _):
+                    answers.append(await b.submit_many(QUESTIONS))
+            except Exception as exc:
+                errors.append(exc)
+
+    running = [asyncio.create_task(client()) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    loader.gate.set()
+    await asyncio.wait_for(asyncio.gather(*running), timeout=120)
+    assert errors == [] and registry.stats.swaps == 1
+    entry = registry.entry(model_id)
+    assert isinstance(entry.loaded, LoadedModel) and isinstance(entry.loaded.module, OrtModule)
+    assert entry.batcher is batcher and batcher.model is entry.loaded and entry.version == 2
+    onnx_bytes = (repository.version_dir(model_id, 2) / "model.onnx").stat().st_size
+    assert registry.ledger.total_bytes == entry.memory_bytes == onnx_bytes != eager_bytes
+    for got in answers:
+        assert_same_answers(got, before)
+    await registry.close()
+
+
+async def test_unloading_before_the_session_is_ready_drops_it(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, (model_id,) = repo
+    loader = GatedLoader()
+    registry = _registry(repository, loader)
+    async with registry.use(model_id) as (batcher, _):
+        await batcher.submit_many(QUESTIONS[:1])
+    await registry.unload(model_id)  # eviction takes the same path (_unload_locked)
+    loader.gate.set()
+    await _until(lambda: loader.upgraded == 1)  # the session was made ...
+    await asyncio.sleep(0.05)
+    assert registry.stats.swaps == 0  # ... and dropped: nothing holds it
+    assert registry.entry(model_id).state == "unavailable" and registry.ledger.total_bytes == 0
+    # the next use loads afresh and upgrades again
+    async with registry.use(model_id) as (batcher, cold):
+        assert cold
+    await _until(lambda: registry.stats.swaps == 1)
+    await registry.close()
+
+
+class _Model:
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+        self.model_id = f"m-{key}"
+
+
+async def test_a_swapped_batcher_leaves_its_cross_tenant_peers() -> None:
+    peers = Peers(key=lambda m: None if m.key is None else (m.key,))
+    pool = InferencePool(1)
+    a = ModelBatcher(_Model("base"), pool, BatchingSettings(), peers=peers)  # type: ignore[arg-type]
+    b = ModelBatcher(_Model("base"), pool, BatchingSettings(), peers=peers)  # type: ignore[arg-type]
+    assert peers.others(b) == [a]
+    a.replace_model(_Model(None))  # type: ignore[arg-type]  # an ONNX Runtime session mixes with no one
+    assert peers.others(b) == [] and peers.others(a) == []
+    for batcher in (a, b):
+        await batcher.close()
+    pool.shutdown()
