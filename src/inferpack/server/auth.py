@@ -119,25 +119,28 @@ class Authenticator:
                 hint="give Prometheus auth.metrics_token (docs/security.md, 'Metrics and probes')",
             )
 
-    # FastAPI dependencies: the OpenAPI document shows them as one HTTP bearer security scheme -----------
-    def require_model(self, model_id: str, credentials: Credentials = None) -> None:
+    # FastAPI dependencies: the OpenAPI document shows them as one HTTP bearer security scheme. They are
+    # coroutines although they never wait: FastAPI runs a plain `def` dependency on its thread pool, a hop
+    # to another thread and back on every request (two wake-ups, each waiting for the GIL that the
+    # inference threads hold between kernels) for a few microseconds of work --------------------------------
+    async def require_model(self, model_id: str, credentials: Credentials = None) -> None:
         """Dependency of model routes: the inference rule for the path's model."""
         self.check_model(_header(credentials), model_id)
 
-    def require_admin_model(self, model_id: str, credentials: Credentials = None) -> None:
+    async def require_admin_model(self, model_id: str, credentials: Credentials = None) -> None:
         """Dependency of load/unload: the repository API's rule, then the scope for the path's model."""
         if not self.admin_scope(_header(credentials)).allows(model_id):
             raise out_of_scope(model_id)
 
-    def require_listing(self, credentials: Credentials = None) -> Scope:
+    async def require_listing(self, credentials: Credentials = None) -> Scope:
         """Dependency of the index: the inference rule; its scope filters what the caller sees."""
         return self.inference_scope(_header(credentials))
 
-    def require_metrics(self, credentials: Credentials = None) -> None:
+    async def require_metrics(self, credentials: Credentials = None) -> None:
         """Dependency of /metrics."""
         self.check_metrics(_header(credentials))
 
-    def require_operations(self, credentials: Credentials = None) -> bool:
+    async def require_operations(self, credentials: Credentials = None) -> bool:
         """Dependency of readiness: whether the answer may name models."""
         return self.sees_operations(_header(credentials))
 

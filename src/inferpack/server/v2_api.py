@@ -165,7 +165,7 @@ def repository_routes(plane: DataPlane, auth: Authenticator) -> APIRouter:
         openapi_extra=schema.json_body(schema.IndexRequest),
     )
     async def index(request: Request, credentials: Credentials = None) -> Response:
-        scope = auth.require_listing(credentials)
+        scope = await auth.require_listing(credentials)
         body = schema.parse_body(schema.IndexRequest, await optional_json(request))
         statuses = plane.repository_index(ready_only=body.ready)
         return JSONResponse([index_entry(s) for s in statuses if scope.allows(s.model_id)])
