@@ -65,23 +65,6 @@ def test_the_cli_stores_checked_bf16_weights_that_bf16_servers_choose(repo_copy:
         source_version(repo, "qa-0000", 2)
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (CompileOptions(output_format="safetensors"), "fp32 is not one"),
-        (CompileOptions(output_format="safetensors", quantize="int8"), "int8 is not one"),
-        (CompileOptions(output_format="safetensors", dtype="bf16", target="neuron"), "compiled graphs only"),
-    ],
-)
-def test_casts_that_make_no_sense_are_refused(
-    repo_copy: RepoFactory, options: CompileOptions, message: str
-) -> None:
-    repo = repo_copy("qa-0000")
-    with pytest.raises(CompileError, match=message):
-        compile_model(repo, "qa-0000", options)
-    assert repo.versions("qa-0000") == [1]
-
-
 def test_a_failed_check_stores_no_version(repo_copy: RepoFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = repo_copy("emb-0000")
     monkeypatch.setitem(agreement.TOLERANCES, "bf16", Tolerance(relative=1e-3, min_cosine=1.5))

@@ -190,6 +190,10 @@ def test_cuda_without_a_gpu_fails_clearly(repo_copy: RepoFactory) -> None:
         (CompileOptions(dtype="bf16", quantize="int8"), "cannot be combined with --dtype bf16"),
         (CompileOptions(target="neuron", quantize="int8"), "runs on CPUs only"),
         (CompileOptions(dtype="fp16"), "fp16 is for GPUs without bf16"),
+        # casts (compile --format safetensors) that make no sense
+        (CompileOptions(output_format="safetensors"), "fp32 is not one"),
+        (CompileOptions(output_format="safetensors", quantize="int8"), "int8 is not one"),
+        (CompileOptions(output_format="safetensors", dtype="bf16", target="neuron"), "compiled graphs only"),
     ],
 )
 def test_impossible_combinations_are_refused(

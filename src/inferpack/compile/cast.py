@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from inferpack.compile.checks import CompileResult, check, enforce, source_version
+from inferpack.compile.checks import CompileResult, check, compile_result, enforce, source_version
 from inferpack.compile.convert import choose_variant
 from inferpack.compile.examples import build_examples
 from inferpack.compile.options import CompileOptions
@@ -115,19 +115,7 @@ def cast_model(
         # a cast shared file stays: it is named by its content, and another version may already use it
         repo.remove_version(model_id, version)
         raise
-    return CompileResult(
-        model_id=model_id,
-        source_version=src,
-        version=version,
-        path=new_dir,
-        variant=variant.label,
-        target=options.target,
-        agreement=checks.agreement,
-        trace_fidelity=checks.fidelity,
-        worst_cosine=checks.raw.min_cosine,
-        same_answers=checks.same_answers,
-        seconds=clock() - started,
-    )
+    return compile_result(model_id, src, version, new_dir, variant, options.target, checks, clock() - started)
 
 
 def _cast_file(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:

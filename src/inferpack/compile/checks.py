@@ -44,6 +44,32 @@ class CompileResult:
     seconds: float
 
 
+def compile_result(
+    model_id: str,
+    src: int,
+    version: int,
+    path: Path,
+    variant: Variant,
+    target: TargetName,
+    checks: Checks,
+    seconds: float,
+) -> CompileResult:
+    """The result of a stored version and the checks it passed."""
+    return CompileResult(
+        model_id=model_id,
+        source_version=src,
+        version=version,
+        path=path,
+        variant=variant.label,
+        target=target,
+        agreement=checks.agreement,
+        trace_fidelity=checks.fidelity,
+        worst_cosine=checks.raw.min_cosine,
+        same_answers=checks.same_answers,
+        seconds=seconds,
+    )
+
+
 def source_version(repo: LocalRepository, model_id: str, requested: int | None) -> int:
     """The version to compile from: the one asked for, or the latest fp32 safetensors version (the
     reference every variant is checked against; a cast bf16 version is a variant, not a source)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from inferpack.compile.cast import cast_model
-from inferpack.compile.checks import Checks, CompileResult, check, enforce, source_version
+from inferpack.compile.checks import Checks, CompileResult, check, compile_result, enforce, source_version
 from inferpack.compile.convert import Variant, choose_variant, convert
 from inferpack.compile.examples import ExampleSet, build_examples, model_args, one_by_one, pad_to
 from inferpack.compile.onnxexport import OPSET, check_onnx_options, export_checked_graph
@@ -128,19 +128,7 @@ def _store(
         f"{static}" + (f"; {manifest.description}" if manifest.description else ""),
     )
     version, path = store_version(repo, model_id, src, write, new_manifest)
-    return CompileResult(
-        model_id=model_id,
-        source_version=src,
-        version=version,
-        path=path,
-        variant=variant.label,
-        target=options.target,
-        agreement=checks.agreement,
-        trace_fidelity=checks.fidelity,
-        worst_cosine=checks.raw.min_cosine,
-        same_answers=checks.same_answers,
-        seconds=clock() - started,
-    )
+    return compile_result(model_id, src, version, path, variant, options.target, checks, clock() - started)
 
 
 def _static_shapes(examples: ExampleSet, width: int) -> ExampleSet:
