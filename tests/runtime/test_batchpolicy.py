@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inferpack.runtime.admission import WaitEstimator
-from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within
+from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within, within_deadlines
 
 
 def measured(cap: int, times: dict[int, float]) -> WaitEstimator:
@@ -91,3 +91,14 @@ def test_limits_are_validated() -> None:
         BatchLimits(0, None)
     with pytest.raises(ValueError, match="max_batch_latency_s"):
         BatchLimits(8, 0.0)
+
+
+def test_a_batch_takes_at_most_half_the_shortest_deadline_among_its_requests() -> None:
+    # 8 rows take 45 ms, 4 take 25, 1 takes 10: a 60 ms deadline allows 30 ms batches (5 rows), 24 ms
+    # allows only one row
+    assert within_deadlines(8, CURVE.batch_seconds, None) == 8
+    assert within_deadlines(8, CURVE.batch_seconds, 0.200) == 8
+    assert within_deadlines(8, CURVE.batch_seconds, 0.060) == 5
+    assert within_deadlines(8, CURVE.batch_seconds, 0.024) == 1
+    assert within_deadlines(8, CURVE.batch_seconds, 0.001) == 1  # at least one: the batcher drops it if late
+    assert within_deadlines(3, CURVE.batch_seconds, 0.200) == 3  # never larger than asked

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from inferpack.runtime.admission import (
     retry_after_s,
     shed_reason,
 )
-from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within
+from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within, within_deadlines
 from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
@@ -209,14 +210,17 @@ class ModelBatcher:
         """True while requests are queued or batches are running."""
         return bool(self._queue) or bool(self._in_flight)
 
-    def estimate(self, items: int = 1) -> Estimate:
-        """Expected wait and service of a request of `items` items arriving now."""
+    def estimate(self, items: int = 1, deadline_s: float | None = None) -> Estimate:
+        """Expected wait and service of a request of `items` items arriving now with a deadline `deadline_s`
+        from now (None: none)."""
         line = self.line
         first = self.pool.position(line.tickets[0]) if line.tickets else None
         group = GroupState(line.queued, len(line.tickets), first)
-        # the batches the policy forms while every thread is busy (smaller ones: more turns to wait)
+        # the batches the policy forms while every thread is busy (smaller ones: more turns to wait), cut
+        # to what fits the request's deadline as `_take` cuts them
         waiting = line.queued + max(items, 1)
         limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
+        limit = within_deadlines(limit, self.batch_cost, deadline_s)
         return self.estimator.estimate(group, items, self.pool.state(), batch_limit=limit)
 
     async def submit(
@@ -268,8 +272,9 @@ class ModelBatcher:
                 expected_wait_s=estimate.wait_s,
                 expected_service_s=estimate.service_s,
             )
-        estimate = self.estimate(items)
-        reason = shed_reason(estimate, None if deadline is None else deadline - now)
+        time_left = None if deadline is None else deadline - now
+        estimate = self.estimate(items, time_left)
+        reason = shed_reason(estimate, time_left)
         if reason is not None:
             raise Overloaded(
                 f"model {model_id!r}: expected wait {estimate.wait_s * 1000:.0f} ms + service "
@@ -374,8 +379,9 @@ class ModelBatcher:
         )
         if limit == 0:
             return batch
-        service = self.batch_cost(limit)
         now = self.clock()
+        limit = within_deadlines(limit, self.batch_cost, self._shortest_deadline(others, limit))
+        service = self.batch_cost(limit)
         self._take_from(self, batch, limit, now, service)
         if len(batch) < limit:
             for other in others:  # room left: requests of the same base's other models
@@ -383,6 +389,17 @@ class ModelBatcher:
                     break
                 self._take_from(other, batch, limit, now, service)
         return batch
+
+    def _shortest_deadline(self, others: list[ModelBatcher], limit: int) -> float | None:
+        """The shortest deadline (seconds from arrival) among the first `limit` requests the batch would
+        take, in `_take`'s order (None: none of them has one)."""
+        budgets = [
+            pending.deadline - pending.enqueued
+            for queue in (self._queue, *(other._queue for other in others))
+            for pending in itertools.islice(queue, limit)
+            if pending.deadline is not None and not pending.future.done()
+        ][:limit]
+        return min(budgets) if budgets else None
 
     @staticmethod
     def _take_from(
@@ -393,7 +410,11 @@ class ModelBatcher:
             source.line.queued -= 1
             if pending.future.done():  # cancelled: the caller went away
                 continue
-            if cannot_finish(now, pending.deadline, service):
+            # one past its deadline is dropped; one expected to finish late only for another to run in
+            # its place: the last candidate of an empty batch runs (an idle thread helps no one, and its
+            # batch time refreshes the measurements that admission relies on)
+            expected_late = cannot_finish(now, pending.deadline, service) and (batch or source._queue)
+            if expected_late or cannot_finish(now, pending.deadline, 0.0):
                 model_id = source.model.model_id
                 pending.future.set_exception(
                     DeadlineExceeded(

@@ -61,6 +61,21 @@ def largest_within(limits: BatchLimits, cost: BatchCost, upto: int) -> int:
     return 1
 
 
+def within_deadlines(size: int, cost: BatchCost, deadline_s: float | None) -> int:
+    """`size` cut to the largest batch whose expected compute takes at most half of `deadline_s`, the
+    shortest deadline (as the request set it, from its arrival) among the requests the batch would take
+    (None: no deadline; at least 1). A queued request waits about one batch and runs in the next, so
+    batches of half its deadline let it make it; a batch of eight for requests that can wait only two
+    batch-1 times would finish too late for all of them. The cut follows the deadlines requests set, not
+    the time they have left, so a queue that falls behind does not shrink its batches (and its
+    throughput) further."""
+    if deadline_s is None:
+        return size
+    while size > 1 and cost(size) > deadline_s / 2:
+        size -= 1
+    return size
+
+
 def batch_size(
     available: int,
     limits: BatchLimits,
