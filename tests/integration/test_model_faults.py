@@ -66,10 +66,12 @@ def fault_repo() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def fault_server(fault_repo: Path) -> Iterator[RunningServer]:
-    """The tiny models fit the 60 MiB budget together; the MiniLM one alone does not."""
+    """The tiny models fit the 60 MiB budget together; the MiniLM one alone does not. fp32 on every
+    machine: a bf16 server holds the MiniLM weights at half their bytes (~44 MiB), which would fit."""
     with running_server(
         fault_repo,
         models=[SERVING],
+        dtype="fp32",
         memory_budget_mb=60,
         inference_threads=1,
         repository_retry_initial_s=0.1,
