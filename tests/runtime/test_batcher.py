@@ -224,6 +224,37 @@ class SlowModel(GatedModel):
         return super().predict(items, raw)
 
 
+@pytest.mark.parametrize("behind", [False, True])
+async def test_a_request_expected_to_finish_late_is_dropped_only_for_another_to_run(
+    make: Make, behind: bool
+) -> None:
+    # work-conserving: alone in the queue it runs (an idle thread helps no one, and the batch refreshes the
+    # measured batch time admission relies on); with another request behind it, it makes way
+    clock = FakeClock()
+    model, batcher = make(model=SlowModel(clock), clock=clock)
+    await batcher.submit(TextInput("measure"))  # one item measured at 0.1 s
+    model.gate.clear()
+    busy = asyncio.create_task(batcher.submit(TextInput("busy")))
+    await _entered(model)
+    tight = asyncio.create_task(batcher.submit(TextInput("tight"), deadline=clock.now + 0.5))
+    other = (
+        asyncio.create_task(batcher.submit(TextInput("other"), deadline=clock.now + 60)) if behind else None
+    )
+    while batcher.queue_depth < (2 if behind else 1):
+        await asyncio.sleep(0)
+    clock.now += 0.35  # with busy's 0.1 s: 0.05 s left, less than the 0.1 s a batch takes, not yet past
+    model.gate.set()
+    await busy
+    if other is None:
+        assert (await tight)["echo"] == "tight"
+        assert model.batches[-1] == ["tight"]
+    else:
+        with pytest.raises(DeadlineExceeded):
+            await tight
+        assert (await other)["echo"] == "other"
+        assert all("tight" not in batch for batch in model.batches)
+
+
 async def test_a_request_whose_expected_wait_misses_its_deadline_is_shed_at_arrival(make: Make) -> None:
     clock = FakeClock()
     model, batcher = make(SlowModel(clock), clock=clock)
