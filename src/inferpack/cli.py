@@ -100,6 +100,13 @@ def serve(
     max_wait_ms: Annotated[
         float | None, typer.Option(min=0.0, help="Extra wait for a fuller batch, ms (default 0).")
     ] = None,
+    latency_objective_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Latency objective, ms (e.g. the plan's P90 objective): the deadline of requests that "
+            "set none, unless batching.deadline_ms is set (default: none, deadlines derived).",
+        ),
+    ] = None,
     lazy: Annotated[
         bool | None, typer.Option("--lazy/--no-lazy", help="Load models on first request.")
     ] = None,
@@ -152,6 +159,7 @@ def serve(
             "max_batch_size": max_batch_size,
             "max_batch_latency_ms": max_batch_latency_ms,
             "max_wait_ms": max_wait_ms,
+            "latency_objective_ms": latency_objective_ms,
         }
     )
     if batching:

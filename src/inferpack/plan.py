@@ -7,8 +7,9 @@ locally and one pod (on its own node of `instance_type`) on Kubernetes.
 The format is JSON, versioned, validated with pydantic; unknown fields are rejected so a typo fails loudly.
 
 Format 2 adds each group's `execution`: the settings its servers were costed with (inference threads,
-intra-op threads per thread, dtype, batching limits, device). `inferpack up` and `inferpack k8s render`
-apply exactly those, so a plan is deployed as it was costed. Format 1 plans (no execution) still load:
+intra-op threads per thread, dtype, engine, batching limits, device). `inferpack up` and `inferpack k8s
+render` apply exactly those, and the plan's P90 objective as the servers' latency objective
+(`served_settings`), so a plan is deployed as it was costed. Format 1 plans (no execution) still load:
 their servers run with the server's defaults, as before; a format 1 plan that names an execution is refused.
 """
 
@@ -22,6 +23,7 @@ from pydantic import Field, model_validator
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel, read_json_model
+from inferpack.runtime.engines import Engine
 from inferpack.settings import ServerSettings
 
 TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
@@ -49,6 +51,12 @@ class Execution(StrictModel):
 
     device: TargetName = Field(description="Processor the models compute on (the group's target).")
     dtype: ExecDType
+    engine: Engine = Field(
+        default="eager",
+        description="Runtime the costed figures were measured on, which the servers run (`server.engine`): "
+        "eager (torch modules) or onnxruntime (ONNX versions; CPU, fp32). Absent: eager, what every "
+        "profile before the field was measured with.",
+    )
     inference_threads: int = Field(ge=1, description="Parallel forwards per server (the planner's workers).")
     intra_op_threads: int = Field(ge=1, description="torch intra-op threads per forward.")
     max_batch_size: int = Field(ge=1, description="Largest batch one forward runs.")
@@ -58,18 +66,28 @@ class Execution(StrictModel):
     )
     profile_source: str | None = Field(default=None, description="Where the costed figure comes from.")
 
+    @model_validator(mode="after")
+    def _engine_runs_here(self) -> Execution:
+        # what the server refuses at start (runtime/engines.py) is refused when the plan is read
+        if self.engine == "onnxruntime" and (self.device != "cpu" or self.dtype != "fp32"):
+            raise ValueError(
+                f"engine onnxruntime computes fp32 on the CPU, not {self.dtype} on {self.device}"
+            )
+        return self
+
     def server_fields(self) -> dict[str, Any]:
         """The `ServerSettings` fields this execution sets (everything else keeps the configured value)."""
         return {
             "device": self.device,
             "dtype": self.dtype,
+            "engine": self.engine,
             "inference_threads": self.inference_threads,
             "intra_op_threads": self.intra_op_threads,
         }
 
     def apply(self, settings: ServerSettings) -> ServerSettings:
-        """`settings` with this execution's device, dtype, threads and batching limits: what the plan was
-        costed with wins over the configuration (validated like any settings)."""
+        """`settings` with this execution's device, dtype, engine, threads and batching limits: what the
+        plan was costed with wins over the configuration (validated like any settings)."""
         # no batch latency objective: the plan costed batches up to its size
         batching = settings.batching.model_copy(
             update={
@@ -123,7 +141,9 @@ class Plan(StrictModel):
     format_version: Literal[1, 2] = PLAN_FORMAT_VERSION
     created_by: str = Field(description="What made it: 'simple', 'milp', 'heuristic', or a person.")
     repository: str | None = None
-    slo_p90_ms: float | None = None
+    slo_p90_ms: float | None = Field(
+        default=None, gt=0, description="The P90 latency objective the plan was sized for, ms."
+    )
     cost_per_hour: float | None = None
     lower_bound_per_hour: float | None = None
     groups: list[ServerGroup]
@@ -144,6 +164,14 @@ class Plan(StrictModel):
         if len(set(groups)) != len(groups):
             raise ValueError("group names must be unique")
         return self
+
+    def server_objective_ms(self, settings: ServerSettings) -> float | None:
+        """The latency objective (`batching.latency_objective_ms`) the plan's servers run with: the one the
+        configuration sets, else the plan's P90 objective (None: neither; each server derives its default
+        deadline). Requests without a deadline get it as theirs, so under overload a server sheds what
+        would miss the objective the plan was sized for."""
+        configured = settings.batching.latency_objective_ms
+        return configured if configured is not None else self.slo_p90_ms
 
     def servers(self) -> list[ServerPlan]:
         """Every server of every group, in plan order."""
@@ -175,6 +203,20 @@ class Plan(StrictModel):
             raise PlanError(f"plan holds {len(extra)} model(s) not in the repository, e.g. {extra[:3]}")
         if missing := sorted(want - have):
             raise PlanError(f"plan misses {len(missing)} model(s) of the repository, e.g. {missing[:3]}")
+
+
+def served_settings(plan: Plan, group: ServerGroup, settings: ServerSettings) -> ServerSettings:
+    """The settings a server of `group` runs with where the group's processor is present (Kubernetes; the
+    local fleet unless it fell back to the CPU): the configuration, the group's execution over it (what
+    was costed wins), and the plan's latency objective (`Plan.server_objective_ms`). `inferpack k8s
+    render` renders these; `inferpack up` passes the same as `serve` flags (`processes.server_command`)."""
+    if group.execution is not None:
+        settings = group.execution.apply(settings)
+    objective = plan.server_objective_ms(settings)
+    if objective is None:
+        return settings
+    batching = settings.batching.model_copy(update={"latency_objective_ms": objective})
+    return settings.model_copy(update={"batching": batching})
 
 
 def load_plan(path: Path) -> Plan:

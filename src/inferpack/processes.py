@@ -33,12 +33,14 @@ def server_command(
     log_level: str = "info",
     extra_args: Sequence[str] = (),
     execution: Execution | None = None,
+    latency_objective_ms: float | None = None,
     host: str = "127.0.0.1",
     cli: Sequence[str] | None = None,
 ) -> list[str]:
     """argv of one server process on `host`:`port` holding `models` (None: every model of the repository)
     with `threads` inference threads (None: the server's default) on `device` (None: the server's default);
-    `execution` (a plan group's) sets every costed setting, threads and device included; `extra_args` are
+    `execution` (a plan group's) sets every costed setting, threads, device and engine included;
+    `latency_objective_ms` (the plan's, `Plan.server_objective_ms`) the default deadline; `extra_args` are
     more `serve` flags; `cli` is how inferpack is invoked (default: `python_cli()`)."""
     if execution is not None:
         threads, device = execution.inference_threads, execution.device
@@ -52,6 +54,7 @@ def server_command(
         cmd += ["--device", device]
     if execution is not None:
         cmd += ["--intra-op-threads", str(execution.intra_op_threads), "--dtype", execution.dtype]
+        cmd += ["--engine", execution.engine]
         cmd += [
             "--max-batch-size",
             str(execution.max_batch_size),
@@ -60,6 +63,8 @@ def server_command(
             "--max-wait-ms",
             f"{execution.max_wait_ms:g}",
         ]
+    if latency_objective_ms is not None:
+        cmd += ["--latency-objective-ms", str(latency_objective_ms)]  # exact: it is the deadline
     cmd += ["--log-level", log_level]
     if config is not None:
         cmd += ["--config", str(config)]

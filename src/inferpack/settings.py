@@ -8,7 +8,9 @@ Precedence (highest first): command-line flags (passed as init values), environm
 from __future__ import annotations
 
 import contextvars
+import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -434,6 +436,43 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+ENV_PREFIX = "INFERPACK_"
+
+
+def env_overrides(section: BaseModel, name: str, *, skip: Collection[str] = ()) -> dict[str, str]:
+    """The environment variables that give a process the settings of `section` (the `name` section of
+    `Settings`, e.g. "server" or "router") wherever they differ from the defaults: what `load_settings`
+    reads back as these values (`INFERPACK_SERVER__BATCHING__CROSS_TENANT=false`). Nested sections recurse;
+    `skip` names top-level fields left out (set another way, or meaningless elsewhere). A field set to
+    None where its default is not None has no spelling in the environment and is left out too (TOML has
+    no null either, so no configuration file sets one)."""
+    return _overrides(section, f"{ENV_PREFIX}{name.upper()}", skip)
+
+
+def _overrides(section: BaseModel, prefix: str, skip: Collection[str] = ()) -> dict[str, str]:
+    out: dict[str, str] = {}
+    defaults = type(section)()
+    for field in type(section).model_fields:
+        if field in skip:
+            continue
+        value, default = getattr(section, field), getattr(defaults, field)
+        key = f"{prefix}__{field.upper()}"
+        if isinstance(value, BaseModel):
+            out.update(_overrides(value, key))
+        elif value != default and value is not None:
+            out[key] = _env_value(value)
+    return out
+
+
+def _env_value(value: Any) -> str:
+    """One setting as pydantic-settings parses it from the environment: JSON for lists and dicts."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
 def resolve_config_path(config: Path | None) -> Path | None:

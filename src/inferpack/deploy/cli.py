@@ -161,12 +161,13 @@ def render(
         int | None, typer.Option(help="Cap (MiB) of each server's S3 model cache (default: 2x its memory).")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML config (server settings).")
+        Path | None, typer.Option("--config", "-c", help="TOML config (server and router settings).")
     ] = None,
 ) -> None:
     """Render a plan to a kustomize base (`kubectl kustomize DIR` builds it; patch it with overlays)."""
     the_plan = load_plan(plan)
-    settings = load_settings(config).server
+    loaded = load_settings(config)
+    settings = loaded.server
     defaults = RenderOptions()
     selector = _key_values(bench_node_selector, "--bench-node-selector")
     if bench_instance_type:
@@ -205,7 +206,7 @@ def render(
         metrics_namespace=metrics_namespace,
         model_cache_size_mb=cache_size_mb,
     )
-    manifests = render_manifests(the_plan, settings, options)
+    manifests = render_manifests(the_plan, settings, options, loaded.router)
     written = write_base(
         out,
         manifests,

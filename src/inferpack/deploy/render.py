@@ -42,8 +42,8 @@ from inferpack.deploy.servers import (
     writable_env,
 )
 from inferpack.errors import PlanError
-from inferpack.plan import Plan
-from inferpack.settings import ServerSettings
+from inferpack.plan import Plan, served_settings
+from inferpack.settings import RouterSettings, ServerSettings, env_overrides
 
 ROUTER = "router"
 BENCH_JOB = "inferpack-bench"
@@ -135,10 +135,19 @@ def default_router_command() -> list[str]:
 
 
 def render_router(
-    plan: Plan, options: RenderOptions, placement: Manifest, settings: ServerSettings | None = None
+    plan: Plan,
+    options: RenderOptions,
+    placement: Manifest,
+    settings: ServerSettings | None = None,
+    router: RouterSettings | None = None,
 ) -> list[Manifest]:
     """Router Deployment + Service (+ HPA, + PDB when it has more than one replica). The router gets the
-    servers' auth settings: it checks tokens and scopes itself before it looks a model up."""
+    servers' auth settings (it checks tokens and scopes itself before it looks a model up) and every
+    [router] setting that differs from its default, as INFERPACK_ROUTER__* variables (the local fleet's
+    router reads the same from the configuration file)."""
+    router_env = [
+        {"name": k, "value": v} for k, v in env_overrides(router or RouterSettings(), "router").items()
+    ]
     auth_volumes, auth_mounts = auth_volume(options)
     selector = {LABEL_COMPONENT: ROUTER}
     labels = common_labels(ROUTER, options)
@@ -151,7 +160,7 @@ def render_router(
         "imagePullPolicy": options.image_pull_policy,
         "command": list(options.router_command or default_router_command()),
         "ports": [{"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
-        "env": auth_env(options, settings or ServerSettings()) + writable_env(),
+        "env": router_env + auth_env(options, settings or ServerSettings()) + writable_env(),
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
         "readinessProbe": http_probe("/v2/health/ready", 5, 3),
         "livenessProbe": http_probe("/v2/health/live", 10, 3),
@@ -371,10 +380,16 @@ def render_prepull(plan: Plan, options: RenderOptions) -> list[Manifest]:
 
 
 def render_manifests(
-    plan: Plan, settings: ServerSettings, options: RenderOptions | None = None
+    plan: Plan,
+    settings: ServerSettings,
+    options: RenderOptions | None = None,
+    router: RouterSettings | None = None,
 ) -> list[Manifest]:
     """The base: Namespace, ServiceAccount, per-server Deployment+Service, server PDB and NetworkPolicy,
-    router (ConfigMap, Deployment, Service, optional HPA, PDB), and image pre-pull DaemonSets."""
+    router (ConfigMap, Deployment, Service, optional HPA, PDB), and image pre-pull DaemonSets.
+
+    Each server runs `served_settings` of its group (the configuration `settings`, the group's execution,
+    the plan's latency objective); the router its `router` settings (default: the defaults)."""
     options = options or RenderOptions()
     if not plan.servers():
         raise PlanError("the plan has no servers to render")
@@ -382,8 +397,9 @@ def render_manifests(
     peers = model_peers(plan)
     out: list[Manifest] = [render_namespace(options), *render_service_accounts(options)]
     for group in plan.groups:
+        served = served_settings(plan, group, settings)
         for server in group.servers:
-            out += render_server(server, group, peers[server.name], repository, settings, options)
+            out += render_server(server, group, peers[server.name], repository, served, options)
     out.append(
         _pdb(
             "servers",
@@ -395,7 +411,7 @@ def render_manifests(
     out.append(render_network_policy(options))
     placement = render_placement_configmap(plan, options)
     out.append(placement)
-    out += render_router(plan, options, placement, settings)
+    out += render_router(plan, options, placement, settings, router)
     if options.prepull:
         out += render_prepull(plan, options)
     return out

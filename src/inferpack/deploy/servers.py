@@ -30,7 +30,7 @@ from inferpack.deploy.options import (
 from inferpack.errors import PlanError
 from inferpack.plan import Plan, ServerGroup, ServerPlan
 from inferpack.runtime.targets import target_device
-from inferpack.settings import ServerSettings
+from inferpack.settings import ServerSettings, env_overrides
 
 Manifest = dict[str, Any]
 ACCELERATOR_RESOURCE = {"cuda": "nvidia.com/gpu", "neuron": "aws.amazon.com/neuron"}
@@ -167,21 +167,29 @@ def spread_constraints(peers: list[str]) -> list[Manifest]:
     ]
 
 
+# Server settings a pod gets another way, or that mean nothing in a pod: the command line sets the
+# repository, models, address and device; `auth_env` the auth section (Secrets, never literal tokens); an
+# access statistics file named on the rendering machine is no path in a pod (the default lies in HOME).
+POD_SKIPPED = ("repository", "models", "host", "port", "device", "auth", "access_stats_file")
+
+
 def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
     """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start).
 
-    A group with an `execution` (every plan `inferpack plan` makes) runs exactly the threads, dtype and
-    batching it was costed with. Without one (format 1 or hand-written plans): CPU pods one inference
-    thread per whole core of the pod; accelerator pods 0, the server's default for its device (two per
-    GPU, one per NeuronCore), since there the device, not the cores, computes."""
-    if group.execution is not None:
-        settings = group.execution.apply(settings)
+    `settings` are what the plan's server runs (`plan.served_settings`: the configuration, the group's
+    execution as costed, the plan's latency objective): the threads, dtype, engine and batching limits
+    always, and every other setting that differs from its default (`settings.env_overrides`, the one
+    spelling of settings as variables), as a local server reads them from the configuration file.
+    Without an execution (format 1 or hand-written plans): CPU pods one inference thread per whole core
+    of the pod; accelerator pods 0, the server's default for its device (two per GPU, one per
+    NeuronCore), since there the device, not the cores, computes."""
     threads = max(1, math.floor(group.resources.cpu)) if group.target == "cpu" else 0
     values: dict[str, str] = {
         "INFERPACK_SERVER__DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
         "INFERPACK_SERVER__INFERENCE_THREADS": str(settings.inference_threads or threads),
         "INFERPACK_SERVER__INTRA_OP_THREADS": str(settings.intra_op_threads),
         "INFERPACK_SERVER__DTYPE": settings.dtype,
+        "INFERPACK_SERVER__ENGINE": settings.engine,
         "INFERPACK_SERVER__MAX_BODY_BYTES": str(settings.max_body_bytes),
         "INFERPACK_SERVER__METRICS_TOP_K": str(settings.metrics_top_k),
         "INFERPACK_SERVER__BATCHING__MAX_BATCH_SIZE": str(settings.batching.max_batch_size),
@@ -193,13 +201,8 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
     }
-    if settings.batching.deadline_ms is not None:  # else derived by each server (settings.py)
-        values["INFERPACK_SERVER__BATCHING__DEADLINE_MS"] = str(settings.batching.deadline_ms)
-    if settings.batching.latency_objective_ms is not None:
-        objective = settings.batching.latency_objective_ms
-        values["INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS"] = str(objective)
-    if settings.max_sequence_length is not None:
-        values["INFERPACK_SERVER__MAX_SEQUENCE_LENGTH"] = str(settings.max_sequence_length)
+    for key, value in env_overrides(settings, "server", skip=POD_SKIPPED).items():
+        values.setdefault(key, value)  # the pod's threads above win over a configured 0
     env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
     env += auth_env(options, settings)
     env += s3_env(options)

@@ -144,7 +144,14 @@ def launch_spec(
         config=str(config.resolve()) if config is not None else None,
         servers=[
             server_launch(
-                s.name, p, s.models, plan.group_of(s.name), devices, threads, fleet.threads_per_server
+                s.name,
+                p,
+                s.models,
+                plan.group_of(s.name),
+                devices,
+                threads,
+                fleet.threads_per_server,
+                objective_ms=plan.server_objective_ms(settings.server),
             )
             for s, p in zip(servers, ports, strict=True)
         ],
@@ -171,18 +178,32 @@ def server_launch(
     devices: dict[str, str],
     cpu_threads: int,
     configured_threads: int,
+    *,
+    objective_ms: float | None = None,
 ) -> ServerLaunch:
-    """How one plan server runs here. A group with an `execution` runs exactly it (the settings the plan
-    was costed with) when its device is here; without one, or fallen back to the CPU, the threads are
-    the split of this machine's cores (CPU) or the device's default (0, unless threads are configured)."""
+    """How one plan server runs here: what `plan.served_settings` gives a Kubernetes pod. A group with an
+    `execution` runs exactly it (the settings the plan was costed with) when its device is here, and the
+    plan's latency objective `objective_ms` (`Plan.server_objective_ms`). Without an execution the threads
+    are the split of this machine's cores (CPU) or the device's default (0, unless threads are
+    configured). Fallen back to the CPU, a group runs the server's defaults: neither its execution nor
+    the objective, which were sized for its own processor."""
     device = devices[group.name]
+    objective = objective_ms if device == group.target else None
     if group.execution is not None and device == group.execution.device:
         ex = group.execution
         return ServerLaunch(
-            name=name, port=port, models=models, threads=ex.inference_threads, device=device, execution=ex
+            name=name,
+            port=port,
+            models=models,
+            threads=ex.inference_threads,
+            device=device,
+            execution=ex,
+            latency_objective_ms=objective,
         )
     threads = cpu_threads if device == "cpu" else configured_threads
-    return ServerLaunch(name=name, port=port, models=models, threads=threads, device=device)
+    return ServerLaunch(
+        name=name, port=port, models=models, threads=threads, device=device, latency_objective_ms=objective
+    )
 
 
 def plan_devices(plan: Plan, allow_cpu_fallback: bool) -> dict[str, str]:

@@ -51,6 +51,7 @@ class ServerLaunch(StrictModel):
     threads: int
     device: str = "cpu"
     execution: Execution | None = None  # the plan group's costed settings, applied as they are
+    latency_objective_ms: float | None = None  # the plan's objective: the default deadline of requests
 
 
 class LaunchSpec(StrictModel):
@@ -180,6 +181,7 @@ class Supervisor:
                 config=Path(spec.config) if spec.config else None,
                 log_level=spec.log_level,
                 execution=s.execution,
+                latency_objective_ms=s.latency_objective_ms,
                 host=self.runner.bind_host,
                 cli=self.runner.cli,
             ),

@@ -42,6 +42,8 @@ BoolArray = npt.NDArray[np.bool_]
 RESOURCES = ("memory", "compute", "accelerator memory")
 _DEFAULT_DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
 EPS = 1e-9  # tolerance on capacity checks, so sums of floats that equal 1 still fit
+# What one server runs for every model it holds: intra-op threads, dtype, batch size, engine.
+ExecKey = tuple[int, str, int, str]
 
 
 class PlanOptions(StrictModel):
@@ -114,9 +116,9 @@ class TypeChoice:
     source: str = ""  # where the point's figure comes from (the profile's or the point's source)
 
     @property
-    def key(self) -> tuple[int, str, int]:
-        """What a server must be told to run this point: intra-op threads, dtype, batch size."""
-        return (self.point.threads, self.point.dtype, self.point.batch_size)
+    def key(self) -> ExecKey:
+        """What a server must be told to run this point: intra-op threads, dtype, batch size, engine."""
+        return (self.point.threads, self.point.dtype, self.point.batch_size, self.point.engine)
 
 
 @dataclass
@@ -199,11 +201,14 @@ def point_allowed(
     inst: InstanceType, point: OperatingPoint, native: list[DType] | None, options: PlanOptions
 ) -> bool:
     """Whether the planner may cost `point` on `inst`: a dtype the user allows, that the server accepts
-    on this hardware (runtime.targets), and that the processor computes natively (fp32 always)."""
+    on this hardware (runtime.targets), and that the processor computes natively (fp32 always); a point
+    measured on ONNX Runtime only where the server runs it (CPU servers, fp32: runtime/engines.py)."""
     if point.dtype not in options.dtypes:
         return False
     accelerator = inst.accelerator if _on_accelerator(inst) else None
     target = inst.target if _on_accelerator(inst) else "cpu"
+    if point.engine == "onnxruntime" and (target != "cpu" or point.dtype != "fp32"):
+        return False
     if dtype_unservable_reason(target, accelerator, point.dtype) is not None:
         return False
     return point.dtype == "fp32" or native is None or point.dtype in native
@@ -231,9 +236,9 @@ def service_shape(
 
 def point_choices(
     inst: InstanceType, prof: ModelProfile, options: PlanOptions, native: list[DType] | None = None
-) -> dict[tuple[int, str, int], TypeChoice]:
+) -> dict[ExecKey, TypeChoice]:
     """Every allowed point that meets the objective, by execution key (the best one per key)."""
-    out: dict[tuple[int, str, int], TypeChoice] = {}
+    out: dict[ExecKey, TypeChoice] = {}
     for point in prof.points:
         if not point_allowed(inst, point, native, options):
             continue
@@ -258,7 +263,7 @@ def type_choices(
     if not keys:
         return {}
 
-    def score(key: tuple[int, str, int]) -> tuple[int, float]:
+    def score(key: ExecKey) -> tuple[int, float]:
         covered = [c for c, ch in options_by_class.items() if key in ch]
         return len(covered), sum(options_by_class[c][key].capacity_rps / best[c] for c in covered)
 
@@ -436,6 +441,7 @@ def group_execution(problem: Problem, type_index: int, models: list[int]) -> Exe
     return Execution(
         device=inst.target,
         dtype=first.point.dtype,  # int8 never gets here: point_allowed refuses it
+        engine=first.point.engine,  # the runtime the costed figures were measured on
         inference_threads=first.workers,
         intra_op_threads=first.point.threads,
         max_batch_size=first.point.batch_size,

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
+from inferpack.runtime.engines import Engine
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
@@ -35,6 +36,12 @@ class OperatingPoint(StrictModel):
     batch_size: int = Field(default=1, ge=1)
     threads: int = Field(default=1, ge=1, description="intra-op threads per worker (CPU cores it uses).")
     dtype: DType = "fp32"
+    engine: Engine = Field(
+        default="eager",
+        description="Runtime the figure was measured on: eager (torch modules; what `inferpack profile` "
+        "measures) or onnxruntime (ONNX versions, CPU, fp32). A plan's servers run the engine their "
+        "point was measured on.",
+    )
     latency_ms: float = Field(gt=0, description="Median time to run one batch.")
     latency_p90_ms: float | None = Field(
         default=None,
