@@ -1,6 +1,7 @@
 """A plan is deployed as it was costed: for every instance family of the catalog, the servers that
 `inferpack k8s render` and `inferpack up` start run exactly the execution the planner costed (device, dtype,
-inference threads, intra-op threads, batching limits), and the server accepts that device and dtype."""
+engine, inference threads, intra-op threads, batching limits) and the plan's latency objective, and the
+server accepts that device and dtype."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from inferpack.errors import ConfigError
 from inferpack.fleet.ops import server_launch
 from inferpack.plan import Execution, Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.catalog import load_catalog
-from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import load_profiles
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem, point_allowed
+from inferpack.planner.profiles import OperatingPoint, ProfileSet, load_profiles
 from inferpack.planner.solve import solve, to_plan
 from inferpack.processes import child_env, server_command
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
@@ -29,14 +30,17 @@ from inferpack.settings import ServerSettings, load_settings
 FAMILIES = sorted({inst.family for inst in load_catalog().instances})
 # Compute capability of the catalog's GPUs (NVIDIA's tables), to run the server's own dtype check.
 CAPABILITY = {"nvidia-t4": (7, 5), "nvidia-a10g": (8, 6)}
+SLO_MS = 150.0  # the plans' P90 objective: every server's latency objective
 
 
-def family_plan(family: str, tmp_path: Path) -> tuple[Plan, dict[str, Execution]]:
+def family_plan(
+    family: str, tmp_path: Path, profiles: ProfileSet | None = None
+) -> tuple[Plan, dict[str, Execution]]:
     """The plan of eight bert-base models on one family, read back from its file, and per instance type
     the execution the planner costed (from the problem's choices, not from the plan)."""
     models = [ModelDemand(f"m-{i}", 460.0, 1.0 + i) for i in range(8)]
-    options = PlanOptions(instance_types=[f"{family}.*"], slo_p90_ms=150.0)
-    problem = build_problem(models, load_catalog(), load_profiles(), options)
+    options = PlanOptions(instance_types=[f"{family}.*"], slo_p90_ms=SLO_MS)
+    problem = build_problem(models, load_catalog(), profiles or load_profiles(), options)
     solution = solve(problem, method="heuristic", with_naive=False)
     costed = {}
     for (_, t), choice in problem.choices.items():
@@ -47,6 +51,7 @@ def family_plan(family: str, tmp_path: Path) -> tuple[Plan, dict[str, Execution]
             inference_threads=choice.workers,
             intra_op_threads=choice.point.threads,
             max_batch_size=choice.point.batch_size,
+            engine=choice.point.engine,
         )
     path = tmp_path / "plan.json"
     save_plan(to_plan(problem, solution, options, repository="s3://bucket/repo"), path)
@@ -57,12 +62,18 @@ def costed_fields(ex: Execution) -> dict[str, Any]:
     return {
         "device": ex.device,
         "dtype": ex.dtype,
+        "engine": ex.engine,
         "inference_threads": ex.inference_threads,
         "intra_op_threads": ex.intra_op_threads,
         "max_batch_size": ex.max_batch_size,
         "max_batch_latency_ms": 0.0,  # no objective: the plan costed batches up to the size
         "max_wait_ms": ex.max_wait_ms,
     }
+
+
+def deployed_fields(ex: Execution) -> dict[str, Any]:
+    """What a server of a group with execution `ex` must run: the costed fields and the plan's objective."""
+    return {**costed_fields(ex), "latency_objective_ms": SLO_MS}
 
 
 def server_device(group: ServerGroup) -> ResolvedDevice:
@@ -90,22 +101,22 @@ def rendered_settings(manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
     return {
         "device": params["device"],
         "dtype": server.dtype,
+        "engine": server.engine,
         "inference_threads": server.inference_threads,
         "intra_op_threads": server.intra_op_threads,
         "max_batch_size": server.batching.max_batch_size,
         "max_batch_latency_ms": server.batching.max_batch_latency_ms,
         "max_wait_ms": server.batching.max_wait_ms,
+        "latency_objective_ms": server.batching.latency_objective_ms,
         "omp": int(env["OMP_NUM_THREADS"] or 0),
     }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_is_deployed_as_it_was_costed(
-    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def check_deployed_as_costed(
+    plan: Plan, costed: dict[str, Execution], family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # no ./inferpack.toml in the way of the settings loader
-    plan, costed = family_plan(family, tmp_path)
-    assert plan.format_version == 2 and plan.groups
+    """Every server of `plan`, rendered for Kubernetes and started by the local fleet, runs the execution
+    the planner costed for its instance type and the plan's latency objective."""
     manifests = {
         m["metadata"]["name"]: m
         for m in render_manifests(plan, load_settings(None).server, RenderOptions())
@@ -114,8 +125,8 @@ def test_every_family_is_deployed_as_it_was_costed(
     for group in plan.groups:
         ex = group.execution
         assert ex is not None and group.instance_type.startswith(f"{family}.")
-        want = costed_fields(costed[group.instance_type])
-        assert costed_fields(ex) == want
+        assert costed_fields(ex) == costed_fields(costed[group.instance_type])
+        want = deployed_fields(ex)
         # the server accepts this device and dtype on this hardware (its own start-up check)
         check_dtype(ex.dtype, server_device(group))
         for server in group.servers:
@@ -123,7 +134,10 @@ def test_every_family_is_deployed_as_it_was_costed(
             assert k8s.pop("omp") == ex.intra_op_threads
             assert k8s == want, group.instance_type
             # the local fleet, on a host that has the group's device
-            launch = server_launch(server.name, 9000, server.models, group, {group.name: ex.device}, 1, 0)
+            launch = server_launch(
+                server.name, 9000, server.models, group, {group.name: ex.device}, 1, 0,
+                objective_ms=plan.server_objective_ms(ServerSettings()),
+            )  # fmt: skip
             argv = server_command(
                 repository="repo",
                 models=launch.models,
@@ -131,21 +145,102 @@ def test_every_family_is_deployed_as_it_was_costed(
                 threads=launch.threads,
                 device=launch.device,
                 execution=launch.execution,
+                latency_objective_ms=launch.latency_objective_ms,
             )
             local = parse(["inferpack", *argv[argv.index("serve") :]]).params
             got = {
                 "device": local["device"],
                 "dtype": local["dtype"],
+                "engine": local["engine"],
                 "inference_threads": local["threads"],
                 "intra_op_threads": local["intra_op_threads"],
                 "max_batch_size": local["max_batch_size"],
                 "max_batch_latency_ms": local["max_batch_latency_ms"],
                 "max_wait_ms": local["max_wait_ms"],
+                "latency_objective_ms": local["latency_objective_ms"],
             }
             assert got == want, group.instance_type
             assert child_env(launch.threads, ex.intra_op_threads)["OMP_NUM_THREADS"] == str(
                 ex.intra_op_threads
             )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_deployed_as_it_was_costed(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./inferpack.toml in the way of the settings loader
+    plan, costed = family_plan(family, tmp_path)
+    assert plan.format_version == 2 and plan.groups and plan.slo_p90_ms == SLO_MS
+    check_deployed_as_costed(plan, costed, family, monkeypatch)
+
+
+def with_onnx_points(profiles: ProfileSet, instance_type: str, speedup: float) -> ProfileSet:
+    """`profiles` plus, for bert-base on `instance_type`'s profile, every fp32 point measured again on
+    ONNX Runtime `speedup` times faster (a later profile wins for the same instance types)."""
+    prof = profiles.lookup("bert-base", instance_type)
+    assert prof is not None
+    onnx = [
+        pt.model_copy(
+            update={
+                "engine": "onnxruntime",
+                "latency_ms": pt.latency_ms / speedup,
+                "latency_p90_ms": None if pt.latency_p90_ms is None else pt.latency_p90_ms / speedup,
+                "throughput_rps": None if pt.throughput_rps is None else pt.throughput_rps * speedup,
+            }
+        )
+        for pt in prof.points
+        if pt.dtype == "fp32"
+    ]
+    both = prof.model_copy(update={"points": [*prof.points, *onnx]})
+    return profiles.model_copy(update={"profiles": [*profiles.profiles, both]})
+
+
+def test_a_plan_costed_on_onnx_runtime_is_served_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Points measured on ONNX Runtime (faster here) win the plan; its servers run onnxruntime, fp32, in
+    the pods and the local fleet alike. Slower ONNX points leave the plan on eager."""
+    monkeypatch.chdir(tmp_path)
+    plan, costed = family_plan("c6i", tmp_path, with_onnx_points(load_profiles(), "c6i.2xlarge", 1.5))
+    assert {(g.execution.engine, g.execution.dtype) for g in plan.groups if g.execution} == {
+        ("onnxruntime", "fp32")
+    }
+    check_deployed_as_costed(plan, costed, "c6i", monkeypatch)
+    slower, _ = family_plan("c6i", tmp_path, with_onnx_points(load_profiles(), "c6i.2xlarge", 0.5))
+    assert {g.execution.engine for g in slower.groups if g.execution} == {"eager"}
+
+
+def test_onnx_points_are_never_costed_where_the_server_cannot_run_them() -> None:
+    """ONNX Runtime computes fp32 on CPUs (runtime/engines.py): such points on a GPU type, or in bf16,
+    are not the planner's to choose."""
+    catalog, options = load_catalog(), PlanOptions()
+    point = OperatingPoint(latency_ms=10.0, engine="onnxruntime")
+    assert point_allowed(catalog.get("c6i.2xlarge"), point, None, options)
+    assert not point_allowed(catalog.get("g5.xlarge"), point, None, options)
+    bf16 = point.model_copy(update={"dtype": "bf16"})
+    assert not point_allowed(catalog.get("c6i.2xlarge"), bf16, None, options)
+    assert point_allowed(
+        catalog.get("c6i.2xlarge"), bf16.model_copy(update={"engine": "eager"}), None, options
+    )
+
+
+def test_an_execution_the_server_would_refuse_is_refused_in_the_plan() -> None:
+    base = {
+        "device": "cpu",
+        "dtype": "fp32",
+        "inference_threads": 1,
+        "intra_op_threads": 1,
+        "max_batch_size": 1,
+    }
+    assert Execution.model_validate(base).engine == "eager"  # plans before the field: eager profiles
+    assert (
+        Execution.model_validate(base | {"engine": "onnxruntime"}).server_fields()["engine"] == "onnxruntime"
+    )
+    with pytest.raises(ValueError, match="onnxruntime computes fp32 on the CPU"):
+        Execution.model_validate(base | {"engine": "onnxruntime", "dtype": "bf16"})
+    with pytest.raises(ValueError, match="onnxruntime computes fp32 on the CPU"):
+        Execution.model_validate(base | {"engine": "onnxruntime", "device": "cuda"})
 
 
 def test_cpu_groups_use_physical_cores_and_meet_the_objective_at_their_point(tmp_path: Path) -> None:
@@ -177,8 +272,12 @@ def test_a_fallen_back_group_runs_with_cpu_defaults_not_the_gpu_settings() -> No
             "servers": [{"name": "g5-0", "models": ["a"]}],
         }
     )
-    launch = server_launch("g5-0", 9000, ["a"], group, {"g5": "cpu"}, 2, 0)
+    launch = server_launch("g5-0", 9000, ["a"], group, {"g5": "cpu"}, 2, 0, objective_ms=100.0)
     assert launch.execution is None and launch.device == "cpu" and launch.threads == 2
+    # nor the objective the plan sized for the GPU: on the CPU it would shed most requests
+    assert launch.latency_objective_ms is None
+    here = server_launch("g5-0", 9000, ["a"], group, {"g5": "cuda"}, 2, 0, objective_ms=100.0)
+    assert here.latency_objective_ms == 100.0 and here.execution is not None
 
 
 def test_format_1_plans_still_load_and_a_format_1_execution_is_refused(tmp_path: Path) -> None:
@@ -234,10 +333,13 @@ def test_serve_turns_the_execution_flags_into_its_settings(
     seen: list[ServerSettings] = []
     monkeypatch.setattr("inferpack.server.run.serve", lambda settings, **_: seen.append(settings))
     ex = Execution(device="cpu", dtype="bf16", inference_threads=3, intra_op_threads=2, max_batch_size=4)
-    argv = server_command(repository="repo", models=["a"], port=9000, threads=None, execution=ex)
+    argv = server_command(
+        repository="repo", models=["a"], port=9000, threads=None, execution=ex, latency_objective_ms=123.25
+    )
     result = CliRunner().invoke(app, argv[argv.index("serve") :])
     assert result.exit_code == 0, result.output
     got = seen[0]
     assert (got.device, got.dtype, got.inference_threads, got.intra_op_threads) == ("cpu", "bf16", 3, 2)
     assert (got.batching.max_batch_size, got.batching.max_wait_ms) == (4, 0.0)
     assert got.batching.max_batch_latency_ms == 0.0  # the plan's batch size, not an objective it did not cost
+    assert got.engine == "eager" and got.batching.latency_objective_ms == 123.25
