@@ -137,8 +137,9 @@ def test_the_cache_folder_belongs_to_the_image_user() -> None:
 
 
 def test_the_server_image_is_lean() -> None:
-    """The image installs the bare package (`pip install /src`): charting (matplotlib) and manifest
-    validation (kubernetes-validate) are extras that `.[dev]` (scripts/setup.sh) still installs, and
+    """The image installs the package with the `onnx` extra only (`pip install "/src[onnx]"`): charting
+    (matplotlib) and manifest validation (kubernetes-validate) are extras that `.[dev]` (scripts/setup.sh)
+    still installs, and
     nothing a server, router, renderer or load-test worker imports pulls them in."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[=<>\[ ]", r)[0] for r in project["dependencies"]}
@@ -152,7 +153,9 @@ def test_the_server_image_is_lean() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
-    assert re.search(r"pip install /src\b", CONTAINERFILE.read_text())  # no extras in the image
+    # the only extra in the image is the serving runtime's (`onnx`), never `report` or `dev`
+    installed = re.findall(r"/src\[([a-z,]+)\]", CONTAINERFILE.read_text())
+    assert installed and set(",".join(installed).split(",")) == {"onnx"}
 
 
 def test_without_matplotlib_a_run_notes_no_report_and_bench_report_names_the_extra(
@@ -172,3 +175,33 @@ def test_without_matplotlib_a_run_notes_no_report_and_bench_report_names_the_ext
     out = StringIO()
     cli._report(None, tmp_path, Console(file=out, width=200))  # type: ignore[arg-type]
     assert "no report" in out.getvalue() and not list(tmp_path.iterdir())
+
+
+def variant_arms() -> dict[str, str]:
+    """Variant -> the shell of its arm of the build's `case` (up to its `;;`)."""
+    script = next(rest for word, rest in instructions() if word == "RUN" and "case" in rest)
+    arms = {}
+    for variant in VARIANTS:
+        found = re.search(rf"\b{variant}\)(.*?);;", script, re.S)
+        assert found is not None, variant
+        arms[variant] = found.group(1)
+    return arms
+
+
+def test_every_variant_installs_the_onnx_extra() -> None:
+    """A plan costed on ONNX Runtime (or server.engine onnxruntime | auto) runs in the image: every variant
+    installs the `onnx` extra, and the build fails when onnxruntime does not import."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["onnx"]
+    assert any(req.startswith("onnxruntime==") for req in extra)
+    arms = variant_arms()
+    for variant in ("cpu", "cuda"):
+        assert re.search(r'pip install [^;]*"/src\[onnx\]"', arms[variant]), variant
+    # the neuron arm writes a requirements file with a Python snippet: run it on this pyproject
+    snippet = re.search(r'python3 -c "(.*?)" > /tmp/requirements.txt', arms["neuron"])
+    assert snippet is not None
+    code = snippet.group(1).replace("/src/pyproject.toml", str(ROOT / "pyproject.toml"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    requirements = proc.stdout.split()
+    assert set(extra) <= set(requirements) and not any(r.startswith("torch") for r in requirements)
+    script = next(rest for word, rest in instructions() if word == "RUN" and "case" in rest)
+    assert script.rstrip().endswith('/opt/inferpack/bin/python -c "import onnxruntime"')
