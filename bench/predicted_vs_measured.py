@@ -10,8 +10,9 @@ the planned rate.
    `--reserved-cpus 1` by default: one vCPU is kept for HTTP, tokenising and the load generator), first
    at 1 req/s per model to learn the server's capacity, then at `--load` (0.95) of it: the planned rate;
 3. `inferpack up` starts the plan; the plan (format 2) carries the execution settings it was costed
-   with and `up` applies them. The bench checks that the running server's settings (its command line,
-   and no INFERPACK_SERVER__ override in its environment) equal the plan's, and after the load that
+   with (engine included) and `up` applies them, with the plan's P90 objective as the server's latency
+   objective (its default deadline). The bench checks that the running server's settings (its command
+   line, and no INFERPACK_SERVER__ override in its environment) equal the plan's, and after the load that
    no batch was larger than the plan's batch size (the server's /metrics);
 4. `inferpack bench run` sends Poisson traffic straight to the server (not through the router: the
    planner models the server) at 50/80/100/120% of the planned rate, with the profiler's request
@@ -96,26 +97,33 @@ def chosen(work: Path, key: str, rate: float, a: argparse.Namespace, slo: float)
 SERVE_FLAGS = {
     "--device": "device",
     "--dtype": "dtype",
+    "--engine": "engine",
     "--threads": "inference_threads",
     "--intra-op-threads": "intra_op_threads",
     "--max-batch-size": "max_batch_size",
     "--max-wait-ms": "max_wait_ms",
 }
-OVERRIDES = ("DEVICE", "DTYPE", "INFERENCE_THREADS", "INTRA_OP_THREADS", "BATCHING__")
+OBJECTIVE_FLAG = "--latency-objective-ms"  # the plan's P90 objective: the server's default deadline
+OVERRIDES = ("DEVICE", "DTYPE", "ENGINE", "INFERENCE_THREADS", "INTRA_OP_THREADS", "BATCHING__")
 
 
-def deployed_settings(pid: int, execution: Execution) -> str:
-    """The running server's execution settings, checked against the plan's: SystemExit on a difference
-    (a flag that differs or is missing, or an INFERPACK_SERVER__ variable that could override one)."""
+def deployed_settings(pid: int, execution: Execution, objective_ms: float | None) -> str:
+    """The running server's execution settings and latency objective, checked against the plan's:
+    SystemExit on a difference (a flag that differs or is missing, or an INFERPACK_SERVER__ variable that
+    could override one)."""
     proc = psutil.Process(pid)
     argv = proc.cmdline()
-    flags = {argv[k]: argv[k + 1] for k in range(len(argv) - 1) if argv[k] in SERVE_FLAGS}
+    known = (*SERVE_FLAGS, OBJECTIVE_FLAG)
+    flags = {argv[k]: argv[k + 1] for k in range(len(argv) - 1) if argv[k] in known}
     planned = execution.model_dump()
     wrong = [
         f"{flag} {flags.get(flag)} (plan: {planned[field]})"
         for flag, field in SERVE_FLAGS.items()
         if flag not in flags or type(planned[field])(flags[flag]) != planned[field]
     ]
+    served = flags.get(OBJECTIVE_FLAG)
+    if (None if served is None else float(served)) != objective_ms:
+        wrong.append(f"{OBJECTIVE_FLAG} {served} (plan: {objective_ms})")
     environ = proc.environ()
     env = [k for k in environ if k.startswith(tuple(f"INFERPACK_SERVER__{o}" for o in OVERRIDES))]
     if environ.get("OMP_NUM_THREADS", str(execution.intra_op_threads)) != str(execution.intra_op_threads):
@@ -124,7 +132,8 @@ def deployed_settings(pid: int, execution: Execution) -> str:
         raise SystemExit(f"the server does not run the plan's settings: {wrong}; overriding variables {env}")
     return (
         f"{execution.inference_threads} inference thread(s) x {execution.intra_op_threads} intra-op "
-        f"thread(s), {execution.dtype}, batches <= {execution.max_batch_size}, "
+        f"thread(s), {execution.dtype} on {execution.engine}, batches <= {execution.max_batch_size}, "
+        f"latency objective {objective_ms} ms, "
         f"wait {execution.max_wait_ms:g} ms, "
         f"device {execution.device}: equal to the plan's execution (server command line and "
         "OMP_NUM_THREADS; no INFERPACK_SERVER__ override in its environment)"
@@ -251,7 +260,7 @@ def main() -> None:
         state = json.loads((run_dir / "state.json").read_text())
         url = f"http://127.0.0.1:{state['servers'][0]['port']}"
         server = psutil.Process(state["servers"][0]["pid"])
-        deployed = deployed_settings(server.pid, group.execution)
+        deployed = deployed_settings(server.pid, group.execution, plan.slo_p90_ms)
         print(f"deployed: {deployed}")
         print(
             "load generator: not pinned (it shares the cores with the server); its CPU share per level below"
