@@ -90,6 +90,7 @@ def test_up_route_kill_restart_down(tiny_repo: Path, fleet_dirs: tuple[Path, Pat
     plan = Plan(
         created_by="test",
         repository=str(tiny_repo),
+        slo_p90_ms=30000.0,  # the servers' latency objective: their default deadline (never met here)
         groups=[
             ServerGroup(
                 name="local",
@@ -129,7 +130,9 @@ def test_up_route_kill_restart_down(tiny_repo: Path, fleet_dirs: tuple[Path, Pat
         ("--threads", "1"),
         ("--intra-op-threads", "1"),
         ("--dtype", "fp32"),
+        ("--engine", "eager"),
         ("--max-batch-size", "4"),
+        ("--latency-objective-ms", "30000.0"),
     ]:
         assert argv[argv.index(flag) + 1] == value
 
