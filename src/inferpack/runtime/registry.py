@@ -20,18 +20,13 @@ Policies:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
-
-import torch
 
 from inferpack.errors import (
     InferpackError,
@@ -49,6 +44,7 @@ from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
+from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
@@ -92,16 +88,6 @@ class RegistryStats:
     swaps: int = 0  # stand-ins replaced by their fast runtime (runtime/tier.py)
     warm_start_loads: int = 0
     warm_start_pending: int = 0
-
-
-def load_lane_thread(nice: int) -> None:
-    """Set up a load thread: one intra-op torch thread (a load never takes every core) and, on Linux, a
-    lower scheduling priority for this thread alone, so inference threads win the cores while it runs."""
-    torch.set_num_threads(1)
-    if nice > 0 and hasattr(os, "setpriority"):
-        # where not permitted, loads run at the inference threads' priority
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 class ModelRegistry:
@@ -156,15 +142,8 @@ class ModelRegistry:
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._claimed = 0  # bytes reserved by loads in progress
-        # fast runtimes of stand-ins (runtime/tier.py) load one at a time on a thread of their own, niced as
-        # the load lane: a cold load never queues behind a session being created
-        self._upgrade_executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="upgrade",
-            initializer=load_lane_thread,
-            initargs=(settings.load_nice,),
-        )
-        self._upgrades = Upgrades(self._upgrade_executor, self._swap)
+        # fast runtimes of stand-ins (runtime/tier.py) load on the upgrade lane, niced as the load lane
+        self._upgrades = Upgrades(self._swap, settings.load_nice)
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -557,4 +536,4 @@ class ModelRegistry:
             async with entry.lock:
                 await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)
-        self._upgrade_executor.shutdown(wait=False, cancel_futures=True)
+        self._upgrades.shutdown()

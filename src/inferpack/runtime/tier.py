@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.modeling import LoadedModel
 
 log = logging.getLogger("inferpack.tier")
@@ -28,10 +29,18 @@ Swap = Callable[[str, LoadedModel, LoadedModel], Awaitable[bool]]  # model, stan
 
 
 class Upgrades:
-    """Background upgrades from stand-ins to their fast runtime, at most one per model."""
+    """Background upgrades from stand-ins to their fast runtime, at most one per model, on a lane of their
+    own (`shutdown` stops it)."""
 
-    def __init__(self, executor: Executor, swap: Swap) -> None:
-        self._executor = executor
+    def __init__(self, swap: Swap, nice: int) -> None:
+        # one session at a time on a thread of its own, niced as the load lane: a cold load never queues
+        # behind a session being created
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="upgrade",
+            initializer=load_lane_thread,
+            initargs=(nice,),
+        )
         self._swap = swap
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -64,6 +73,10 @@ class Upgrades:
         """Forget every pending upgrade (server shutdown)."""
         for model_id in list(self._tasks):
             self.cancel(model_id)
+
+    def shutdown(self) -> None:
+        """Stop the upgrade lane (after `cancel_all`, at server shutdown): queued sessions never start."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, model_id: str, stand_in: LoadedModel, upgrade: Callable[[], Any]) -> None:
         try:
