@@ -19,11 +19,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel, read_json_model
-from inferpack.runtime.engines import Engine
+from inferpack.runtime.engines import Engine, omit_default_engine
 from inferpack.settings import ServerSettings
 
 TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
@@ -65,6 +71,10 @@ class Execution(StrictModel):
         default=None, gt=0, description="The profiled time of one batch at this point (what was costed)."
     )
     profile_source: str | None = Field(default=None, description="Where the costed figure comes from.")
+
+    @model_serializer(mode="wrap")
+    def _omit_eager(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return omit_default_engine(handler(self), info)
 
     @model_validator(mode="after")
     def _engine_runs_here(self) -> Execution:

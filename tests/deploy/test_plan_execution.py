@@ -343,3 +343,27 @@ def test_serve_turns_the_execution_flags_into_its_settings(
     assert (got.batching.max_batch_size, got.batching.max_wait_ms) == (4, 0.0)
     assert got.batching.max_batch_latency_ms == 0.0  # the plan's batch size, not an objective it did not cost
     assert got.engine == "eager" and got.batching.latency_objective_ms == 123.25
+
+
+def test_plan_and_profile_files_name_the_engine_only_when_it_is_not_eager(tmp_path: Path) -> None:
+    """Readers from before the field reject unknown fields: an eager plan or profile file stays readable by
+    them (it runs what it says there), one that needs onnxruntime is refused there, not run on eager."""
+    plan, _ = family_plan("c6i", tmp_path)
+    text = (tmp_path / "plan.json").read_text()
+    assert '"execution"' in text and '"engine"' not in text
+    assert all(g.execution is not None and g.execution.engine == "eager" for g in plan.groups)
+    assert all(
+        g.execution is not None and g.execution.engine == "eager"
+        for g in load_plan(tmp_path / "plan.json").groups
+    )
+    onnx, _ = family_plan("c6i", tmp_path, with_onnx_points(load_profiles(), "c6i.2xlarge", 1.5))
+    assert (
+        json.loads((tmp_path / "plan.json").read_text())["groups"][0]["execution"]["engine"] == "onnxruntime"
+    )
+    assert load_plan(tmp_path / "plan.json") == onnx
+    point = OperatingPoint(latency_ms=5.0)
+    assert "engine" not in point.model_dump_json() and point.model_dump()["engine"] == "eager"
+    assert (
+        json.loads(point.model_copy(update={"engine": "onnxruntime"}).model_dump_json())["engine"]
+        == "onnxruntime"
+    )

@@ -19,13 +19,19 @@ from __future__ import annotations
 import fnmatch
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import (
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
-from inferpack.runtime.engines import Engine
+from inferpack.runtime.engines import Engine, omit_default_engine
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
@@ -57,6 +63,10 @@ class OperatingPoint(StrictModel):
         description="Where this figure comes from: 'published: <title, URL, what was measured>', "
         "'measured: <how>', or 'derived: <rule> from <entry>'.",
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_eager(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        return omit_default_engine(handler(self), info)
 
     @model_validator(mode="after")
     def _p90_not_below_median(self) -> OperatingPoint:
