@@ -29,14 +29,25 @@ from pydantic import (
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel, read_json_model
-from inferpack.runtime.engines import Engine, omit_default_engine
 from inferpack.settings import ServerSettings
 
 TargetName = Literal["cpu", "cuda", "neuron"]  # the processor kind a server or a compiled version runs on
 ExecDType = Literal[
     "fp32", "bf16", "fp16"
 ]  # the dtypes a server computes in (settings.DTypeChoice less auto)
+# the engines a server runs (settings.EngineChoice less auto; runtime.engines.Engine, which the plan does
+# not import: the runtime depends on the repository, which depends on the plan)
+Engine = Literal["eager", "onnxruntime"]
 PLAN_FORMAT_VERSION: Literal[2] = 2
+
+
+def omit_default_engine(data: Any, info: SerializationInfo) -> Any:
+    """A serialised plan execution or profile point without `engine` when it is eager (JSON only: what
+    files hold). Readers from before the field reject unknown fields, so they still read what they would
+    run as written, and refuse a file that needs onnxruntime instead of running it on eager."""
+    if info.mode_is_json() and isinstance(data, dict) and data.get("engine") == "eager":
+        data = {k: v for k, v in data.items() if k != "engine"}
+    return data
 
 
 class Resources(StrictModel):

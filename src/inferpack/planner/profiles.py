@@ -31,7 +31,7 @@ from pydantic import (
 
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
-from inferpack.runtime.engines import Engine, omit_default_engine
+from inferpack.plan import Engine, omit_default_engine
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 

@@ -18,23 +18,12 @@ from, and models without an ONNX version, then compute what the ONNX graphs comp
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
-
-from pydantic import SerializationInfo
+from typing import Literal
 
 from inferpack.errors import ConfigError
 from inferpack.settings import EngineChoice, ServerSettings
 
 Engine = Literal["eager", "onnxruntime"]
-
-
-def omit_default_engine(data: Any, info: SerializationInfo) -> Any:
-    """A serialised plan execution or profile point without `engine` when it is eager (JSON only: what
-    files hold). Readers from before the field reject unknown fields, so they still read what they would
-    run as written, and refuse a file that needs onnxruntime instead of running it on eager."""
-    if info.mode_is_json() and isinstance(data, dict) and data.get("engine") == "eager":
-        data = {k: v for k, v in data.items() if k != "engine"}
-    return data
 
 
 def resolve_engine(
