@@ -188,11 +188,12 @@ class Plan(StrictModel):
 
     def server_objective_ms(self, settings: ServerSettings) -> float | None:
         """The latency objective (`batching.latency_objective_ms`) the plan's servers run with: the one the
-        configuration sets, else the plan's P90 objective (None: neither; each server derives its default
-        deadline). Requests without a deadline get it as theirs, so under overload a server sheds what
-        would miss the objective the plan was sized for."""
-        configured = settings.batching.latency_objective_ms
-        return configured if configured is not None else self.slo_p90_ms
+        configuration sets, else None (each server derives its default deadline). The plan's own P90
+        objective is deliberately not passed on: a server uses its objective as the deadline of requests
+        that set none, and a plan sized for a P90 lets one request in ten be slower, so as a deadline it
+        would turn those answers into 503/504 errors (measured: 20-112 errors per ~200 requests at the
+        planned rate with it, 0-16 without; docs/benchmarks.md)."""
+        return settings.batching.latency_objective_ms
 
     def servers(self) -> list[ServerPlan]:
         """Every server of every group, in plan order."""

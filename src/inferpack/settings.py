@@ -99,9 +99,9 @@ class BatchingSettings(_Section):
         default=None,
         gt=0,
         description=(
-            "The latency objective of this server's requests (e.g. the plan's P90 objective, "
-            "`inferpack plan --slo-p90-ms`): requests that set no deadline get it as their deadline "
-            "(unless deadline_ms is set), so what is admitted stays within it under overload."
+            "A latency every answer of this server must meet (a hard bound, not a percentile: a plan's "
+            "P90 objective is not passed on as one): requests that set no deadline get it as their "
+            "deadline (unless deadline_ms is set), so what is admitted stays within it under overload."
         ),
     )
     deadline_factor: float = Field(

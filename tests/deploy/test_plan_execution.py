@@ -30,7 +30,7 @@ from inferpack.settings import ServerSettings, load_settings
 FAMILIES = sorted({inst.family for inst in load_catalog().instances})
 # Compute capability of the catalog's GPUs (NVIDIA's tables), to run the server's own dtype check.
 CAPABILITY = {"nvidia-t4": (7, 5), "nvidia-a10g": (8, 6)}
-SLO_MS = 150.0  # the plans' P90 objective: every server's latency objective
+SLO_MS = 150.0  # the plans' P90 objective (a percentile: never the servers' deadline)
 
 
 def family_plan(
@@ -72,8 +72,9 @@ def costed_fields(ex: Execution) -> dict[str, Any]:
 
 
 def deployed_fields(ex: Execution) -> dict[str, Any]:
-    """What a server of a group with execution `ex` must run: the costed fields and the plan's objective."""
-    return {**costed_fields(ex), "latency_objective_ms": SLO_MS}
+    """What a server of a group with execution `ex` must run: the costed fields, and no latency objective
+    (the plan's P90 objective would become every request's deadline: `Plan.server_objective_ms`)."""
+    return {**costed_fields(ex), "latency_objective_ms": None}
 
 
 def server_device(group: ServerGroup) -> ResolvedDevice:

@@ -168,17 +168,16 @@ def test_secrets_and_the_rendering_machines_paths_never_reach_the_env(plan: Plan
         assert "INFERPACK_SERVER__ACCESS_STATS_FILE" not in names
 
 
-def test_the_plans_objective_reaches_every_server_unless_configured(plan: Plan) -> None:
-    """The plan's P90 objective becomes the servers' latency objective; a configured one wins."""
+def test_a_configured_objective_reaches_every_server_and_the_plans_p90_does_not(plan: Plan) -> None:
+    """A configured latency objective reaches every server; the plan's P90 objective alone does not (as
+    the servers' default deadline it would turn the slowest tenth of answers at the planned rate into
+    errors: `Plan.server_objective_ms`)."""
     sized = plan.model_copy(update={"slo_p90_ms": 180.0})
     for container in containers(render_manifests(sized, ServerSettings()), "server").values():
-        env = {v["name"]: v.get("value") for v in container["env"]}
-        assert env["INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS"] == "180.0"
+        assert "INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS" not in {v["name"] for v in container["env"]}
     for container in containers(render_manifests(sized, SERVER), "server").values():
         env = {v["name"]: v.get("value") for v in container["env"]}
         assert env["INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS"] == "200.0"
-    for container in containers(render_manifests(plan, ServerSettings()), "server").values():
-        assert "INFERPACK_SERVER__BATCHING__LATENCY_OBJECTIVE_MS" not in {v["name"] for v in container["env"]}
 
 
 def test_k8s_render_takes_the_configs_server_and_router_sections(
