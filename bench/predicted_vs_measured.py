@@ -10,8 +10,8 @@ the planned rate.
    `--reserved-cpus 1` by default: one vCPU is kept for HTTP, tokenising and the load generator), first
    at 1 req/s per model to learn the server's capacity, then at `--load` (0.95) of it: the planned rate;
 3. `inferpack up` starts the plan; the plan (format 2) carries the execution settings it was costed
-   with (engine included) and `up` applies them, with the plan's P90 objective as the server's latency
-   objective (its default deadline). The bench checks that the running server's settings (its command
+   with (engine included) and `up` applies them (the plan's P90 objective is not passed on as a deadline:
+   `Plan.server_objective_ms`). The bench checks that the running server's settings (its command
    line, and no INFERPACK_SERVER__ override in its environment) equal the plan's, and after the load that
    no batch was larger than the plan's batch size (the server's /metrics);
 4. `inferpack bench run` sends Poisson traffic straight to the server (not through the router: the
@@ -103,7 +103,7 @@ SERVE_FLAGS = {
     "--max-batch-size": "max_batch_size",
     "--max-wait-ms": "max_wait_ms",
 }
-OBJECTIVE_FLAG = "--latency-objective-ms"  # the plan's P90 objective: the server's default deadline
+OBJECTIVE_FLAG = "--latency-objective-ms"  # a configured objective: the server's default deadline
 OVERRIDES = ("DEVICE", "DTYPE", "ENGINE", "INFERENCE_THREADS", "INTRA_OP_THREADS", "BATCHING__")
 
 
