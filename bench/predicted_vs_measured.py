@@ -49,6 +49,7 @@ from inferpack.planner.profiles import load_profiles
 from inferpack.planner.queueing import p90_response_ms
 from inferpack.planner.underload import mean_timings, timer_totals
 from inferpack.repository.local import open_repository
+from inferpack.settings import load_settings
 
 CLI = [sys.executable, "-m", "inferpack.cli"]
 
@@ -260,7 +261,9 @@ def main() -> None:
         state = json.loads((run_dir / "state.json").read_text())
         url = f"http://127.0.0.1:{state['servers'][0]['port']}"
         server = psutil.Process(state["servers"][0]["pid"])
-        deployed = deployed_settings(server.pid, group.execution, plan.slo_p90_ms)
+        deployed = deployed_settings(
+            server.pid, group.execution, plan.server_objective_ms(load_settings(None).server)
+        )
         print(f"deployed: {deployed}")
         print(
             "load generator: not pinned (it shares the cores with the server); its CPU share per level below"
