@@ -342,3 +342,41 @@ async def test_idle_threads_count_neither_held_threads_nor_those_a_dispatcher_wa
         assert pool.idle_threads() == 2
     finally:
         pool.shutdown()
+
+
+@pytest.mark.parametrize("settle_ms", [0.0, 60_000.0])
+async def test_with_the_other_thread_busy_a_batch_settles_while_requests_keep_arriving(
+    settle_ms: float,
+) -> None:
+    """The settle rule: a thread freed while the other one runs a batch waits for the requests that keep
+    arriving (up to the largest size allowed) instead of taking the first alone; off, it takes the first."""
+    clock = FakeClock()
+    pool = InferencePool(threads=2)
+    model = GatedSlowModel(clock)  # a batch of 1 measured at 100 ms of the fake clock: the wait's cap
+    settings = BatchingSettings(
+        max_batch_size=4, max_batch_latency_ms=0, spread_over_idle_threads=False, settle_ms=settle_ms
+    )
+    batcher = ModelBatcher(model, pool, settings, clock=clock)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    try:
+        model.gate.set()
+        await batcher.submit(TextInput("measure"))
+        model.gate.clear()
+        running = asyncio.gather(batcher.submit(TextInput("a")), batcher.submit(TextInput("b")))
+        assert await loop.run_in_executor(None, model.entered.acquire, True, 30)  # [a, b] holds one thread
+        later = [asyncio.create_task(batcher.submit(TextInput("c")))]
+        while pool.idle_threads() > 0:  # c's batch holds the other thread
+            await asyncio.sleep(0)
+        if not settle_ms:
+            assert await loop.run_in_executor(None, model.entered.acquire, True, 30)  # [c] runs alone
+        for text in "def":  # the next requests come in one by one
+            await asyncio.sleep(0.01)
+            later.append(asyncio.create_task(batcher.submit(TextInput(text))))
+        model.gate.set()
+        await asyncio.gather(running, *later)
+        expected = [["c", "d", "e", "f"]] if settle_ms else [["c"], ["d", "e", "f"]]
+        assert sorted(model.batches[1:]) == sorted([["a", "b"], *expected])  # the threads finish in any order
+    finally:
+        model.gate.set()
+        await batcher.close()
+        pool.shutdown()
