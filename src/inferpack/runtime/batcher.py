@@ -7,8 +7,7 @@ most `max_wait_ms`; how many it takes is `runtime/batchpolicy.py`'s decision, fr
 times: shared out over idle threads when cores are free, as many as the latency objective
 (`max_batch_latency_ms`) allows when every core is busy; a thread freed while the others run batches
 first lets the requests that keep arriving settle into its batch (`settle_ms`, `batchpolicy.settle_wait`).
-Load shedding, all at arrival or before a batch
-forms, never mid-forward:
+Load shedding, all at arrival or before a batch forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is

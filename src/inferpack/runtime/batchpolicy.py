@@ -23,6 +23,9 @@ admission estimator's moving averages of compute time by batch size, `admission.
   the caller may `probe` now and then: one size above the objective's limit runs to be measured again.
 - At least one request always runs, even when one alone is expected to exceed the objective (the
   objective then only keeps batches at 1).
+- **Settling** (`settle_wait`): a thread freed while every other thread runs a batch waits for the
+  requests that keep arriving (the next requests of clients just answered) before the batch forms, so
+  that under load sizes do not alternate between 1 and the cap.
 """
 
 from __future__ import annotations
