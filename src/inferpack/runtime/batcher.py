@@ -383,21 +383,21 @@ class ModelBatcher:
         """Wait, while requests keep arriving and other threads run batches, for a fuller batch
         (`batchpolicy.settle_wait`; `settle_ms` is the longest gap between arrivals it waits through)."""
         gap = self.settings.settle_ms / 1000.0
-        if gap <= 0 or self.pool.threads < 2:
-            return
+        pool, line = self.pool, self.line
+        if gap <= 0 or pool.rows_running == 0 or line.queued + pool.rows_running <= pool.threads:
+            return  # the common case at low load, before any look-up (settle_wait would say 0 too)
         full = largest_within(self.limits, self.batch_cost, self.limits.max_batch_size)
         cap = self.batch_cost(1)  # 0.0 until a batch was measured: no wait before then
         loop = asyncio.get_running_loop()
-        line = self.line
         started = loop.time()
         while not self._closing:
             now = loop.time()
             wait = settle_wait(
                 line.queued,
                 full,
-                rows_running=self.pool.rows_running,
-                threads=self.pool.threads,
-                idle_threads=self.pool.idle_threads(),
+                rows_running=pool.rows_running,
+                threads=pool.threads,
+                idle_threads=pool.idle_threads(),
                 since_arrival=now - line.last_arrival,
                 waited=now - started,
                 gap=gap,
