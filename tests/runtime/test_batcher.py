@@ -293,15 +293,17 @@ async def test_requests_queued_while_a_thread_is_idle_run_side_by_side(spread: b
 
 
 class GatedSlowModel(GatedModel):
-    """Blocks until the gate opens, then moves the fake clock on by 0.1 s per item (its measured time)."""
+    """Blocks until the gate opens, then moves the fake clock on by 0.1 s (or `seconds_per_item`) per item
+    (its measured time)."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, seconds_per_item: float = 0.1) -> None:
         super().__init__()
         self.clock = clock
+        self.seconds_per_item = seconds_per_item
 
     def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         result = super().predict(items, raw)
-        self.clock.now += 0.1 * len(items)
+        self.clock.now += self.seconds_per_item * len(items)
         return result
 
 
@@ -352,7 +354,7 @@ async def test_with_the_other_thread_busy_a_batch_settles_while_requests_keep_ar
     arriving (up to the largest size allowed) instead of taking the first alone; off, it takes the first."""
     clock = FakeClock()
     pool = InferencePool(threads=2)
-    model = GatedSlowModel(clock)  # a batch of 1 measured at 100 ms of the fake clock: the wait's cap
+    model = GatedSlowModel(clock, seconds_per_item=60.0)  # a batch of 1 measured at 60 s: the wait's cap
     settings = BatchingSettings(
         max_batch_size=4, max_batch_latency_ms=0, spread_over_idle_threads=False, settle_ms=settle_ms
     )
