@@ -79,6 +79,17 @@ class BatchingSettings(_Section):
             "batches. Raise it (e.g. 2-5 ms) on GPUs."
         ),
     )
+    settle_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "With every other inference thread running a batch and more requests in the server than "
+            "threads, a freed thread waits for a fuller batch while requests keep arriving, each within "
+            "this many ms of the previous (the next requests of clients just answered), at most about a "
+            "batch of 1's measured time, and never past the largest size the objective allows. It costs "
+            "no idle core and stops batch sizes alternating between 1 and the cap under load. 0: off."
+        ),
+    )
     max_queue: int = Field(
         default=64, ge=1, description="Requests queued per model before new ones are shed with 503."
     )

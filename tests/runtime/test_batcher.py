@@ -293,15 +293,17 @@ async def test_requests_queued_while_a_thread_is_idle_run_side_by_side(spread: b
 
 
 class GatedSlowModel(GatedModel):
-    """Blocks until the gate opens, then moves the fake clock on by 0.1 s per item (its measured time)."""
+    """Blocks until the gate opens, then moves the fake clock on by 0.1 s (or `seconds_per_item`) per item
+    (its measured time)."""
 
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, seconds_per_item: float = 0.1) -> None:
         super().__init__()
         self.clock = clock
+        self.seconds_per_item = seconds_per_item
 
     def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
         result = super().predict(items, raw)
-        self.clock.now += 0.1 * len(items)
+        self.clock.now += self.seconds_per_item * len(items)
         return result
 
 
@@ -341,4 +343,42 @@ async def test_idle_threads_count_neither_held_threads_nor_those_a_dispatcher_wa
         pool.release()
         assert pool.idle_threads() == 2
     finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("settle_ms", [0.0, 60_000.0])
+async def test_with_the_other_thread_busy_a_batch_settles_while_requests_keep_arriving(
+    settle_ms: float,
+) -> None:
+    """The settle rule: a thread freed while the other one runs a batch waits for the requests that keep
+    arriving (up to the largest size allowed) instead of taking the first alone; off, it takes the first."""
+    clock = FakeClock()
+    pool = InferencePool(threads=2)
+    model = GatedSlowModel(clock, seconds_per_item=60.0)  # a batch of 1 measured at 60 s: the wait's cap
+    settings = BatchingSettings(
+        max_batch_size=4, max_batch_latency_ms=0, spread_over_idle_threads=False, settle_ms=settle_ms
+    )
+    batcher = ModelBatcher(model, pool, settings, clock=clock)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    try:
+        model.gate.set()
+        await batcher.submit(TextInput("measure"))
+        model.gate.clear()
+        running = asyncio.gather(batcher.submit(TextInput("a")), batcher.submit(TextInput("b")))
+        assert await loop.run_in_executor(None, model.entered.acquire, True, 30)  # [a, b] holds one thread
+        later = [asyncio.create_task(batcher.submit(TextInput("c")))]
+        while pool.idle_threads() > 0:  # c's batch holds the other thread
+            await asyncio.sleep(0)
+        if not settle_ms:
+            assert await loop.run_in_executor(None, model.entered.acquire, True, 30)  # [c] runs alone
+        for text in "def":  # the next requests come in one by one
+            await asyncio.sleep(0.01)
+            later.append(asyncio.create_task(batcher.submit(TextInput(text))))
+        model.gate.set()
+        await asyncio.gather(running, *later)
+        expected = [["c", "d", "e", "f"]] if settle_ms else [["c"], ["d", "e", "f"]]
+        assert sorted(model.batches[1:]) == sorted([["a", "b"], *expected])  # the threads finish in any order
+    finally:
+        model.gate.set()
+        await batcher.close()
         pool.shutdown()

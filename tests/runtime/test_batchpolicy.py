@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from inferpack.runtime.admission import WaitEstimator
-from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within, within_deadlines
+from inferpack.runtime.batchpolicy import (
+    BatchLimits,
+    batch_size,
+    largest_within,
+    settle_wait,
+    within_deadlines,
+)
 
 
 def measured(cap: int, times: dict[int, float]) -> WaitEstimator:
@@ -102,3 +108,47 @@ def test_a_batch_takes_at_most_half_the_shortest_deadline_among_its_requests() -
     assert within_deadlines(8, CURVE.batch_seconds, 0.024) == 1
     assert within_deadlines(8, CURVE.batch_seconds, 0.001) == 1  # at least one: the batcher drops it if late
     assert within_deadlines(3, CURVE.batch_seconds, 0.200) == 3  # never larger than asked
+
+
+def _settle(**overrides: float) -> float:
+    """settle_wait for a freed thread of 2 with 1 request queued, a batch of 8 rows running on the other
+    thread, the last arrival 1 ms ago, nothing waited yet, a 2 ms gap and a 10 ms cap, unless overridden."""
+    args: dict[str, float] = {
+        "queued": 1,
+        "full": 8,
+        "rows_running": 8,
+        "threads": 2,
+        "idle_threads": 0,
+        "since_arrival": 0.001,
+        "waited": 0.0,
+        "gap": 0.002,
+        "cap": 0.010,
+    } | overrides
+    return settle_wait(
+        int(args["queued"]),
+        int(args["full"]),
+        rows_running=int(args["rows_running"]),
+        threads=int(args["threads"]),
+        idle_threads=int(args["idle_threads"]),
+        since_arrival=args["since_arrival"],
+        waited=args["waited"],
+        gap=args["gap"],
+        cap=args["cap"],
+    )
+
+
+def test_settle_waits_while_requests_keep_arriving_and_the_other_threads_are_busy() -> None:
+    assert _settle() == pytest.approx(0.001)  # until a gap of 2 ms after the last arrival
+    assert _settle(since_arrival=0.0025) == 0.0  # arrivals stopped: form the batch
+    assert _settle(waited=0.0095) == pytest.approx(0.0005)  # the cap bounds the whole wait
+    assert _settle(queued=7) == pytest.approx(0.001)
+
+
+def test_settle_never_waits_for_what_cannot_pay() -> None:
+    assert _settle(queued=8) == 0.0  # the largest size allowed is queued
+    assert _settle(queued=0) == 0.0  # nothing to wait with (the dispatcher waits for an arrival anyway)
+    assert _settle(idle_threads=1) == 0.0  # a core is free: spread instead of waiting
+    assert _settle(rows_running=0) == 0.0  # no other batch runs: waiting would leave every core idle
+    assert _settle(rows_running=1) == 0.0  # one request per thread: no more are coming to batch with
+    assert _settle(cap=0.0) == 0.0  # nothing measured yet
+    assert _settle(gap=0.0) == 0.0  # switched off

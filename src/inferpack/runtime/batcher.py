@@ -5,8 +5,9 @@ the GIL inside its kernels, so N threads with one intra-op thread each keep N co
 each model per process). A batch forms from what is queued when a thread becomes free, topped up for at
 most `max_wait_ms`; how many it takes is `runtime/batchpolicy.py`'s decision, from measured batch compute
 times: shared out over idle threads when cores are free, as many as the latency objective
-(`max_batch_latency_ms`) allows when every core is busy. Load shedding, all at arrival or before a batch
-forms, never mid-forward:
+(`max_batch_latency_ms`) allows when every core is busy; a thread freed while the others run batches
+first lets the requests that keep arriving settle into its batch (`settle_ms`, `batchpolicy.settle_wait`).
+Load shedding, all at arrival or before a batch forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import time
@@ -45,7 +47,13 @@ from inferpack.runtime.admission import (
     retry_after_s,
     shed_reason,
 )
-from inferpack.runtime.batchpolicy import BatchLimits, batch_size, largest_within, within_deadlines
+from inferpack.runtime.batchpolicy import (
+    BatchLimits,
+    batch_size,
+    largest_within,
+    settle_wait,
+    within_deadlines,
+)
 from inferpack.runtime.crossbatch import Part, Peers
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.tasks import TextInput
@@ -75,6 +83,7 @@ class InferencePool:
         self._issued = 0  # tickets: the line for a thread is first come, first served
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
+        self.rows_running = 0  # rows of the batches running now (the settle rule: is another core busy?)
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
@@ -131,13 +140,17 @@ class InferencePool:
 class GroupLine:
     """What admission reads about a batcher's group (its model, or every model of its base with cross-tenant
     batching), kept up to date as queues and the line for threads change: items queued over the group's
-    models, and the tickets its dispatchers wait with, in line order. Shared by the group's batchers."""
+    models, and the tickets its dispatchers wait with, in line order. Shared by the group's batchers. Also
+    when a request last arrived in any of the group's queues, and an event set at each arrival (the settle
+    rule waits on them: a batch takes the group's requests)."""
 
-    __slots__ = ("queued", "tickets")
+    __slots__ = ("arrived", "last_arrival", "queued", "tickets")
 
     def __init__(self) -> None:
         self.queued = 0
         self.tickets: collections.deque[int] = collections.deque()
+        self.last_arrival = 0.0  # on the event loop's clock
+        self.arrived = asyncio.Event()
 
 
 @dataclass(slots=True, eq=False)  # identity equality: `deque.remove` must find this very request
@@ -245,6 +258,8 @@ class ModelBatcher:
         mine = [_Pending(item, raw, loop.create_future(), self, now, deadline, estimate) for item in items]
         self._queue.extend(mine)
         self.line.queued += len(mine)
+        self.line.last_arrival = loop.time()
+        self.line.arrived.set()
         self._arrived.set()
         try:
             return list(await asyncio.gather(*(p.future for p in mine)))
@@ -326,6 +341,7 @@ class ModelBatcher:
                 self.line.tickets.remove(ticket)
             try:
                 await self._top_up()
+                await self._settle()
                 batch = self._take()
             except BaseException:
                 self.pool.release()
@@ -333,6 +349,7 @@ class ModelBatcher:
             if not batch:
                 self.pool.release()
                 continue
+            self.pool.rows_running += len(batch)
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             # every model in the batch is busy until it ends (its unload waits; it is not evicted)
             for owner in {id(p.owner): p.owner for p in batch}.values():
@@ -361,6 +378,36 @@ class ModelBatcher:
                 await asyncio.wait_for(self._arrived.wait(), timeout=left)
             except TimeoutError:
                 return
+
+    async def _settle(self) -> None:
+        """Wait, while requests keep arriving and other threads run batches, for a fuller batch
+        (`batchpolicy.settle_wait`; `settle_ms` is the longest gap between arrivals it waits through)."""
+        gap = self.settings.settle_ms / 1000.0
+        pool, line = self.pool, self.line
+        if gap <= 0 or pool.rows_running == 0 or line.queued + pool.rows_running <= pool.threads:
+            return  # the common case at low load, before any look-up (settle_wait would say 0 too)
+        full = largest_within(self.limits, self.batch_cost, self.limits.max_batch_size)
+        cap = self.batch_cost(1)  # 0.0 until a batch was measured: no wait before then
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not self._closing:
+            now = loop.time()
+            wait = settle_wait(
+                line.queued,
+                full,
+                rows_running=pool.rows_running,
+                threads=pool.threads,
+                idle_threads=pool.idle_threads(),
+                since_arrival=now - line.last_arrival,
+                waited=now - started,
+                gap=gap,
+                cap=cap,
+            )
+            if wait <= 0:
+                return
+            line.arrived.clear()
+            with contextlib.suppress(TimeoutError):  # the gap or the cap ran out: the loop decides
+                await asyncio.wait_for(line.arrived.wait(), timeout=wait)
 
     def _take(self) -> list[_Pending]:
         """The next batch: queued requests in order (then, with room left, those of the same base's other
@@ -442,6 +489,7 @@ class ModelBatcher:
                     pending.future.set_exception(exc)
             return
         finally:
+            self.pool.rows_running -= len(batch)
             self.pool.release()
         compute = self.clock() - started
         self.estimator.observe_batch(len(batch), compute)
