@@ -53,6 +53,7 @@ SERVER = ServerSettings.model_validate(
             "max_batch_size": 4,
             "max_batch_latency_ms": 50.0,
             "spread_over_idle_threads": False,
+            "settle_ms": 3.5,
             "max_wait_ms": 2.5,
             "max_queue": 16,
             "deadline_ms": 500.0,
