@@ -3,10 +3,11 @@
 Every server of instance type `t` has capacity 1 in three resources, and each copy of model `i` uses a
 fraction `D[i, t, r]` of it:
 
-- r=0 host memory: the model's footprint (its `memory_mb`, scaled by the profile of its class on `t`)
-  over the usable memory: the server pod's memory (an EKS node's allocatable minus the DaemonSet
-  allowance, `allocatable.server_share`) x `max_memory_fraction`, minus the server's own overhead (a
-  type without `max_pods`: the whole instance, minus the OS reserve too);
+- r=0 host memory: the model's footprint (its `memory_mb`, scaled by the profile of its class on `t`
+  for the chosen point's dtype and engine: an ONNX Runtime session holds its own copy of the weights,
+  `ModelProfile.resident_for`) over the usable memory: the server pod's memory (an EKS node's
+  allocatable minus the DaemonSet allowance, `allocatable.server_share`) x `max_memory_fraction`, minus
+  the server's own overhead (a type without `max_pods`: the whole instance, minus the OS reserve too);
 - r=1 compute: the copy's request rate over the server's capacity at the latency objective (see
   `queueing`), i.e. the share of rate x service time the objective allows;
 - r=2 accelerator memory: per device, since a model is placed on every device of its server.
@@ -350,7 +351,9 @@ def build_problem(
                 acc_coef = scale * prof.accelerator_mb / usable_acc
             else:
                 acc_coef = 0.0
-            resident = prof.resident_for(choice.point.dtype)
+            # the engine's own figure: an ONNX Runtime session holds its own copy of the weights
+            point = choice.point
+            resident = prof.resident_for(point.dtype, point.engine, profiles.classes[name].parameters)
             coef[c, t] = (scale * resident / usable, 1.0 / choice.capacity_rps, acc_coef)
             choices[(c, t)] = choice
 

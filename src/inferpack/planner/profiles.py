@@ -35,6 +35,13 @@ from inferpack.plan import Engine, omit_default_engine
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
+MB = 2**20
+# An ONNX Runtime session holds its own copy of every fp32 weight (it reads the graph's initialisers into
+# its buffers: a second session over the same file holds a second copy, and the eager model's
+# file-mapped weights are not reused), plus its working buffers: measured 1.03 x the fp32 weight bytes
+# per MiniLM QA model, and no less with pre-packing off (bench/bench_ort_memory.py, docs/benchmarks.md).
+ORT_SESSION_FACTOR = 1.03
+
 
 class OperatingPoint(StrictModel):
     """One way to run the model: a batch of `batch_size` on a worker using `threads` intra-op threads."""
@@ -107,6 +114,11 @@ class ModelProfile(StrictModel):
         default_factory=dict,
         description="Host memory per loaded model by dtype (bf16 halves the weights); absent: resident_mb.",
     )
+    memory_by_engine: dict[Engine, float] = Field(
+        default_factory=dict,
+        description="Host memory per loaded model on an engine other than eager (onnxruntime: a session's "
+        "own copy of the fp32 weights); absent: derived (`resident_for`).",
+    )
     server_overhead_mb: float = Field(ge=0, description="Host memory of a server holding no model.")
     accelerator_overhead_mb: float = Field(default=0, ge=0, description="Device memory per device, idle.")
     workers_per_accelerator: int = Field(
@@ -130,13 +142,40 @@ class ModelProfile(StrictModel):
     estimated: bool = Field(description="True when figures are estimates rather than measurements.")
     source: str = Field(description="Where the figures come from (measurement command or citation).")
 
+    @model_serializer(mode="wrap")
+    def _omit_no_engine_memory(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """No `memory_by_engine` in a file when empty: readers from before the field (which reject unknown
+        fields) still read an eager profile, as `OperatingPoint` omits its eager engine."""
+        data = handler(self)
+        if info.mode_is_json() and isinstance(data, dict) and not self.memory_by_engine:
+            data = {k: v for k, v in data.items() if k != "memory_by_engine"}
+        return data
+
     def matches(self, instance_type: str) -> bool:
         """Whether this profile applies to the named instance type."""
         return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
 
-    def resident_for(self, dtype: DType) -> float:
-        """Host memory one loaded model adds when served in `dtype`."""
-        return self.memory_by_dtype.get(dtype, self.resident_mb)
+    def resident_for(self, dtype: DType, engine: Engine = "eager", parameters: int | None = None) -> float:
+        """Host memory one loaded model adds when served in `dtype` on `engine`. On onnxruntime without a
+        figure of its own: `session_resident_mb` of the class's `parameters`, and never less than the
+        eager fp32 figure (a profile's eager figure counts only the weight pages its forwards touched:
+        a session copies them all); without parameters, the eager fp32 figure x ORT_SESSION_FACTOR."""
+        eager = self.memory_by_dtype.get(dtype, self.resident_mb)
+        if engine == "eager":
+            return eager
+        if engine in self.memory_by_engine:
+            return self.memory_by_engine[engine]
+        fp32 = self.memory_by_dtype.get("fp32", self.resident_mb)
+        if parameters is None:
+            return fp32 * ORT_SESSION_FACTOR
+        return max(fp32, session_resident_mb(parameters))
+
+
+def session_resident_mb(parameters: int) -> float:
+    """Host memory of one ONNX Runtime session of a model of `parameters` fp32 weights (see
+    ORT_SESSION_FACTOR): the memory a server on the onnxruntime engine holds per model once its tier's
+    eager stand-in is gone (runtime/tier.py)."""
+    return parameters * 4 / MB * ORT_SESSION_FACTOR
 
 
 class ModelClass(StrictModel):
