@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inferpack.repository.footprint import MB, estimate_from_file_bytes, estimate_resident_bytes
+from inferpack.repository.footprint import (
+    FILE_EXTRA_BYTES,
+    MB,
+    ORT_SESSION_FACTOR,
+    estimate_from_file_bytes,
+    estimate_resident_bytes,
+    estimate_session_bytes,
+)
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import Footprint, Manifest, write_manifest
 
@@ -55,3 +62,16 @@ def test_a_server_converting_at_load_holds_the_weights_at_its_dtypes_size(tmp_pa
     repo = LocalRepository(tmp_path)
     assert estimate_resident_bytes(repo, "m", 1, serving_dtype="bf16") == estimate_from_file_bytes(2 * MB)
     assert estimate_resident_bytes(repo, "m", 1, serving_dtype="fp32") == estimate_from_file_bytes(4 * MB)
+
+
+def test_an_onnx_version_is_estimated_as_its_sessions_own_copy(tmp_path: Path) -> None:
+    """An ONNX Runtime session reads the graph's weights into buffers of its own, a little more than the
+    file (bench/bench_ort_memory.py): the estimate a server budgets before creating one."""
+    folder = tmp_path / "o" / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"\0" * (10 * MB))
+    manifest = Manifest(format="onnx", task="question-answering", weights="model.onnx")
+    write_manifest(folder / "manifest.json", manifest)
+    got = estimate_resident_bytes(LocalRepository(tmp_path), "o", 1)
+    assert got == estimate_session_bytes(10 * MB) == int(10 * MB * ORT_SESSION_FACTOR) + FILE_EXTRA_BYTES
+    assert got > estimate_from_file_bytes(10 * MB)

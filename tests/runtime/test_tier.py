@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from inferpack.repository.footprint import estimate_session_bytes
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.batcher import InferencePool, ModelBatcher
 from inferpack.runtime.crossbatch import Peers
@@ -49,8 +50,15 @@ class GatedLoader:
         return loaded
 
 
-def _registry(repo: LocalRepository, loader: GatedLoader) -> ModelRegistry:
-    settings = ServerSettings(lazy_load=True, engine="onnxruntime", dtype="fp32", inference_threads=2)
+def _registry(repo: LocalRepository, loader: GatedLoader, budget_mb: float | None = None) -> ModelRegistry:
+    settings = ServerSettings(
+        lazy_load=True,
+        engine="onnxruntime",
+        dtype="fp32",
+        inference_threads=2,
+        memory_budget_mb=budget_mb,
+        memory_wait_s=0,
+    )
     return ModelRegistry(repo, settings, InferencePool(2), loader=loader)  # type: ignore[arg-type]
 
 
@@ -92,7 +100,8 @@ async def test_the_session_takes_over_with_equal_answers_and_no_failed_request(
     assert isinstance(entry.loaded, LoadedModel) and isinstance(entry.loaded.module, OrtModule)
     assert entry.batcher is batcher and batcher.model is entry.loaded and entry.version == 2
     onnx_bytes = (repository.version_dir(model_id, 2) / "model.onnx").stat().st_size
-    assert registry.ledger.total_bytes == entry.memory_bytes == onnx_bytes != eager_bytes
+    session_bytes = estimate_session_bytes(onnx_bytes)  # its own copy of the weights, as measured
+    assert registry.ledger.total_bytes == entry.memory_bytes == session_bytes != eager_bytes
     for got in answers:
         assert_same_answers(got, before)
     await registry.close()
@@ -116,6 +125,55 @@ async def test_unloading_before_the_session_is_ready_drops_it(
     async with registry.use(model_id) as (batcher, cold):
         assert cold
     await _until(lambda: registry.stats.swaps == 1)
+    await registry.close()
+
+
+def _session_bytes(repository: LocalRepository, model_id: str) -> int:
+    return estimate_session_bytes((repository.version_dir(model_id, 2) / "model.onnx").stat().st_size)
+
+
+async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_after(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    """While the session is created the stand-in is still held: the budget charges both; after the swap
+    the ledger holds the session alone, and unloading releases everything."""
+    repository, (model_id,) = repo
+    session = _session_bytes(repository, model_id)
+    loader = GatedLoader()
+    registry = _registry(repository, loader, budget_mb=4 * session / 2**20)
+    assert registry.budget_bytes is not None
+    async with registry.use(model_id) as (batcher, _):
+        await batcher.submit_many(QUESTIONS[:1])
+    stand_in = registry.ledger.total_bytes
+    await _until(lambda: registry.free_budget_bytes() == registry.budget_bytes - stand_in - session)
+    loader.gate.set()
+    await _until(lambda: registry.stats.swaps == 1)
+    assert registry.ledger.total_bytes == session
+    assert registry.free_budget_bytes() == registry.budget_bytes - session
+    await registry.unload(model_id)
+    assert registry.free_budget_bytes() == registry.budget_bytes
+    await registry.close()
+
+
+async def test_a_model_that_cannot_hold_both_runtimes_keeps_its_stand_in(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    """A budget with room for one runtime, not for the stand-in and the session at once: no session is
+    created past the budget, the stand-in keeps serving and nothing stays claimed."""
+    repository, (model_id,) = repo
+    session = _session_bytes(repository, model_id)
+    loader = GatedLoader()
+    loader.gate.set()
+    registry = _registry(repository, loader, budget_mb=1.5 * session / 2**20)
+    async with registry.use(model_id) as (batcher, _):
+        before = await batcher.submit_many(QUESTIONS)
+    await _until(lambda: not registry._upgrades.pending(model_id))
+    assert loader.upgraded == 0 and registry.stats.swaps == 0
+    entry = registry.entry(model_id)
+    assert entry.loaded is not None and isinstance(entry.loaded.module, TaskWrapper)
+    assert registry.free_budget_bytes() == registry.budget_bytes - registry.ledger.total_bytes  # type: ignore[operator]
+    async with registry.use(model_id) as (batcher, _):
+        assert_same_answers(await batcher.submit_many(QUESTIONS), before)
     await registry.close()
 
 

@@ -32,15 +32,11 @@ from pydantic import (
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
 from inferpack.plan import Engine, omit_default_engine
+from inferpack.repository.footprint import ORT_SESSION_FACTOR  # what a session holds, measured
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
 
 MB = 2**20
-# An ONNX Runtime session holds its own copy of every fp32 weight (it reads the graph's initialisers into
-# its buffers: a second session over the same file holds a second copy, and the eager model's
-# file-mapped weights are not reused), plus its working buffers: measured 1.03 x the fp32 weight bytes
-# per MiniLM QA model, and no less with pre-packing off (bench/bench_ort_memory.py, docs/benchmarks.md).
-ORT_SESSION_FACTOR = 1.03
 
 
 class OperatingPoint(StrictModel):
@@ -173,8 +169,9 @@ class ModelProfile(StrictModel):
 
 def session_resident_mb(parameters: int) -> float:
     """Host memory of one ONNX Runtime session of a model of `parameters` fp32 weights (see
-    ORT_SESSION_FACTOR): the memory a server on the onnxruntime engine holds per model once its tier's
-    eager stand-in is gone (runtime/tier.py)."""
+    ORT_SESSION_FACTOR: it holds its own copy of every weight, a second session over the same file a
+    second copy, and an eager model's file-mapped weights are not reused): the memory a server on the
+    onnxruntime engine holds per model once its tier's eager stand-in is gone (runtime/tier.py)."""
     return parameters * 4 / MB * ORT_SESSION_FACTOR
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from inferpack.errors import ModelLoadFailed
+from inferpack.repository.footprint import estimate_session_bytes
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -89,10 +90,10 @@ class OrtModule:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def device_storages(self) -> dict[int, int]:
-        """The memory the session holds for the ledger: its own copy of the graph's weights, about the
-        graph file's size (ONNX Runtime copies initialisers out of the file; no torch storage holds
-        them)."""
-        return {id(self): self.bytes}
+        """The memory the session holds for the ledger: its own copy of the graph's weights and its
+        buffers (ONNX Runtime copies initialisers out of the file; no torch storage holds them), as
+        measured against the file's size (`estimate_session_bytes`)."""
+        return {id(self): estimate_session_bytes(self.bytes)}
 
 
 def load_onnx(path: Path, *, intra_op_threads: int = 1) -> OrtModule:

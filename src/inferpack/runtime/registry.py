@@ -143,7 +143,9 @@ class ModelRegistry:
         self._idle_task: asyncio.Task[None] | None = None
         self._claimed = 0  # bytes reserved by loads in progress
         # fast runtimes of stand-ins (runtime/tier.py) load on the upgrade lane, niced as the load lane
-        self._upgrades = Upgrades(self._swap, settings.load_nice)
+        self._upgrades = Upgrades(
+            self._swap, settings.load_nice, claim=self._claim_upgrade, release=self._release_upgrade
+        )
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -389,6 +391,23 @@ class ModelRegistry:
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)
         return True
+
+    async def _claim_upgrade(self, model_id: str, stand_in: LoadedModel) -> int:
+        """Budget for the fast runtime (an ONNX Runtime session: its own copy of the weights) a stand-in's
+        upgrade is about to create, held while the stand-in still is (runtime/tier.py); 0 without a
+        budget. Evicts idle models for it like a load; ModelTooLarge when the model cannot hold both
+        runtimes in the whole budget, Overloaded when nothing more can go (the stand-in keeps serving)."""
+        if self.budget_bytes is None:
+            return 0
+        claim = self._estimate(model_id, stand_in.version)
+        self._check_fits(model_id, claim + self.ledger.model_bytes(model_id))
+        await self._make_room(claim, exclude=model_id)
+        self._claimed += claim
+        return claim
+
+    def _release_upgrade(self, claimed: int) -> None:
+        """Hand back what `_claim_upgrade` held (the session is on the ledger now, or dropped)."""
+        self._claimed -= claimed
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model

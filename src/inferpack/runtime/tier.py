@@ -26,13 +26,27 @@ from inferpack.runtime.modeling import LoadedModel
 
 log = logging.getLogger("inferpack.tier")
 Swap = Callable[[str, LoadedModel, LoadedModel], Awaitable[bool]]  # model, stand-in, fast -> swapped
+# model, stand-in -> bytes of the memory budget held for the fast runtime while it is created (raises
+# when none can be had); `Release` hands them back
+Claim = Callable[[str, LoadedModel], Awaitable[int]]
+Release = Callable[[int], None]
+
+
+async def _no_claim(_model_id: str, _stand_in: LoadedModel) -> int:
+    return 0
+
+
+def _no_release(_claimed: int) -> None:
+    return None
 
 
 class Upgrades:
     """Background upgrades from stand-ins to their fast runtime, at most one per model, on a lane of their
     own (`shutdown` stops it)."""
 
-    def __init__(self, swap: Swap, nice: int) -> None:
+    def __init__(
+        self, swap: Swap, nice: int, claim: Claim = _no_claim, release: Release = _no_release
+    ) -> None:
         # one session at a time on a thread of its own, niced as the load lane: a cold load never queues
         # behind a session being created
         self._executor = ThreadPoolExecutor(
@@ -42,6 +56,9 @@ class Upgrades:
             initargs=(nice,),
         )
         self._swap = swap
+        # the session's memory is held from before it is created (the stand-in is still held: both at
+        # once) until the swap records it in the ledger, so no load counts on memory it is taking
+        self._claim, self._release = claim, release
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, model_id: str, loaded: LoadedModel) -> None:
@@ -80,6 +97,11 @@ class Upgrades:
 
     async def _run(self, model_id: str, stand_in: LoadedModel, upgrade: Callable[[], Any]) -> None:
         try:
+            claimed = await self._claim(model_id, stand_in)
+        except Exception as exc:  # no room for both runtimes: the stand-in keeps serving
+            log.warning("model %s keeps its eager runtime: no memory for its fast runtime: %s", model_id, exc)
+            return
+        try:
             fast = await asyncio.get_running_loop().run_in_executor(self._executor, upgrade)
         except asyncio.CancelledError:
             raise
@@ -88,6 +110,8 @@ class Upgrades:
                 "model %s keeps its eager runtime: its fast runtime failed to load: %s", model_id, exc
             )
             return
+        finally:
+            self._release(claimed)  # before the swap: the ledger records the session from then on
         if await self._swap(model_id, stand_in, fast):
             log.info(
                 "model %s: %s runtime took over (loaded in %.0f ms)",
