@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from inferpack.errors import PlanError
 from inferpack.planner.catalog import load_catalog
-from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem, predicted_p90_ms
+from inferpack.planner.execution import predicted_p90_ms
+from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import load_profiles
 from inferpack.planner.solve import solve, to_plan
 

@@ -20,7 +20,6 @@ copies (the router spreads load across copies).
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -29,11 +28,10 @@ from pydantic import Field
 
 from inferpack.errors import PlanError
 from inferpack.jsonfile import StrictModel
-from inferpack.plan import Execution
 from inferpack.planner.allocatable import DAEMONSET_CPU, DAEMONSET_MEMORY_MB, NodeShare, server_share
 from inferpack.planner.catalog import Catalog, InstanceType
 from inferpack.planner.profiles import DType, ModelProfile, OperatingPoint, ProfileSet
-from inferpack.planner.queueing import ServiceTime, max_rate_rps, p90_response_ms
+from inferpack.planner.queueing import ServiceTime, max_rate_rps
 from inferpack.runtime.targets import dtype_unservable_reason
 
 FloatArray = npt.NDArray[np.float64]
@@ -404,51 +402,3 @@ def _copies(
     need = np.ones(n, dtype=np.int64)
     need[hot] = np.ceil(rate[hot] / (options.max_copy_load * best[hot]) - 1e-12).astype(np.int64)
     return np.maximum(copies, need)
-
-
-def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> float | None:
-    """The P90 bound for a server of `type_index` holding `models` (the slowest class sets it)."""
-    if not models:
-        return None
-    worst = 0.0
-    classes = {int(problem.class_index[i]) for i in models}
-    load = float(problem.demand[models, type_index, 1].sum())  # share of capacity in use
-    for c in classes:
-        choice = problem.choices.get((c, type_index))
-        if choice is None:
-            return math.inf
-        rate = load * choice.capacity_rps
-        p90 = p90_response_ms(choice.workers, choice.latency_ms, choice.service_s, rate, choice.cv)
-        worst = max(worst, p90)
-    return worst
-
-
-def group_execution(problem: Problem, type_index: int, models: list[int]) -> Execution | None:
-    """The settings servers of `type_index` holding `models` were costed with (one key per type, see
-    `type_choices`): the planner's workers become inference threads, the point's threads intra-op threads,
-    its batch size the batching limit (no extra wait: batches form from what queues while every worker
-    is busy, which is how the queueing model costs them). None for a problem built without choices."""
-    inst = problem.types[type_index]
-    classes = sorted({int(problem.class_index[i]) for i in models}) or sorted(
-        c for c, t in problem.choices if t == type_index
-    )
-    choices = [problem.choices[(c, type_index)] for c in classes if (c, type_index) in problem.choices]
-    if not choices or len(choices) < len(classes):
-        return None
-    first = choices[0]
-    if any(ch.key != first.key or ch.workers != first.workers for ch in choices):
-        raise PlanError(
-            f"servers of {inst.name} would need two execution settings: {[ch.key for ch in choices]}"
-        )
-    slowest = max(choices, key=lambda ch: ch.point.latency_ms)
-    return Execution(
-        device=inst.target,
-        dtype=first.point.dtype,  # int8 never gets here: point_allowed refuses it
-        engine=first.point.engine,  # the runtime the costed figures were measured on
-        inference_threads=first.workers,
-        intra_op_threads=first.point.threads,
-        max_batch_size=first.point.batch_size,
-        max_wait_ms=0.0,
-        latency_ms=slowest.point.latency_ms,
-        profile_source=slowest.source or None,
-    )

@@ -16,6 +16,7 @@ from inferpack.errors import PlanError
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.planner.bound import lower_bound
 from inferpack.planner.catalog import InstanceType
+from inferpack.planner.execution import group_execution, predicted_p90_ms
 from inferpack.planner.heuristic import heuristic_packing
 from inferpack.planner.milp import milp_size, slot_counts, solve_milp
 from inferpack.planner.naive import NaiveResult, best_naive
@@ -23,8 +24,6 @@ from inferpack.planner.packing import Server, binding_resource, check_packing, p
 from inferpack.planner.problem import (
     PlanOptions,
     Problem,
-    group_execution,
-    predicted_p90_ms,
     server_resources,
 )
 
