@@ -8,13 +8,13 @@ import pytest
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
 from inferpack.planner.profiles import (
-    ORT_SESSION_FACTOR,
     ModelProfile,
     ProfileSet,
     load_profiles,
     session_resident_mb,
 )
 from inferpack.planner.solve import solve
+from inferpack.repository.footprint import ORT_SESSION_FACTOR
 
 INSTANCE = "c6i.2xlarge"
 

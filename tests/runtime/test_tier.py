@@ -141,17 +141,18 @@ async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_a
     session = _session_bytes(repository, model_id)
     loader = GatedLoader()
     registry = _registry(repository, loader, budget_mb=4 * session / 2**20)
-    assert registry.budget_bytes is not None
+    budget = registry.budget_bytes
+    assert budget is not None
     async with registry.use(model_id) as (batcher, _):
         await batcher.submit_many(QUESTIONS[:1])
     stand_in = registry.ledger.total_bytes
-    await _until(lambda: registry.free_budget_bytes() == registry.budget_bytes - stand_in - session)
+    await _until(lambda: registry.free_budget_bytes() == budget - stand_in - session)
     loader.gate.set()
     await _until(lambda: registry.stats.swaps == 1)
     assert registry.ledger.total_bytes == session
-    assert registry.free_budget_bytes() == registry.budget_bytes - session
+    assert registry.free_budget_bytes() == budget - session
     await registry.unload(model_id)
-    assert registry.free_budget_bytes() == registry.budget_bytes
+    assert registry.free_budget_bytes() == budget
     await registry.close()
 
 
@@ -171,7 +172,8 @@ async def test_a_model_that_cannot_hold_both_runtimes_keeps_its_stand_in(
     assert loader.upgraded == 0 and registry.stats.swaps == 0
     entry = registry.entry(model_id)
     assert entry.loaded is not None and isinstance(entry.loaded.module, TaskWrapper)
-    assert registry.free_budget_bytes() == registry.budget_bytes - registry.ledger.total_bytes  # type: ignore[operator]
+    budget = registry.budget_bytes
+    assert budget is not None and registry.free_budget_bytes() == budget - registry.ledger.total_bytes
     async with registry.use(model_id) as (batcher, _):
         assert_same_answers(await batcher.submit_many(QUESTIONS), before)
     await registry.close()
