@@ -111,14 +111,20 @@ async def test_unloading_before_the_session_is_ready_drops_it(
     repo: tuple[LocalRepository, list[str]],
 ) -> None:
     repository, (model_id,) = repo
+    session = _session_bytes(repository, model_id)
     loader = GatedLoader()
-    registry = _registry(repository, loader)
+    registry = _registry(repository, loader, budget_mb=4 * session / 2**20)
+    budget = registry.budget_bytes
+    assert budget is not None
     async with registry.use(model_id) as (batcher, _):
         await batcher.submit_many(QUESTIONS[:1])
+    await _until(lambda: registry.free_budget_bytes() == budget - registry.ledger.total_bytes - session)
     await registry.unload(model_id)  # eviction takes the same path (_unload_locked)
+    # the session being created still takes its memory: its claim stays until it arrives
+    assert registry.ledger.total_bytes == 0 and registry.free_budget_bytes() == budget - session
     loader.gate.set()
     await _until(lambda: loader.upgraded == 1)  # the session was made ...
-    await asyncio.sleep(0.05)
+    await _until(lambda: registry.free_budget_bytes() == budget)  # ... its claim handed back ...
     assert registry.stats.swaps == 0  # ... and dropped: nothing holds it
     assert registry.entry(model_id).state == "unavailable" and registry.ledger.total_bytes == 0
     # the next use loads afresh and upgrades again

@@ -10,7 +10,10 @@ one session at a time, so cold loads never queue behind it). When it is ready, t
 event loop under the model's lock: the ledger records the new runtime's memory, the batcher takes the new
 model for the batches it forms from then on (batches already running finish on the stand-in, which they
 hold), and the stand-in's weights go with its last batch. A model unloaded or evicted before its session
-is ready drops the session when it arrives: eviction frees both.
+is ready drops the session when it arrives: eviction frees both. A session holds its own copy of the
+weights (bench/bench_ort_memory.py), so the memory budget holds its estimate from before it is created
+(the stand-in still held: both at once) until the swap puts it on the ledger, or until a session no
+longer wanted has arrived; a model that cannot hold both within the budget keeps its stand-in.
 """
 
 from __future__ import annotations
@@ -101,17 +104,21 @@ class Upgrades:
         except Exception as exc:  # no room for both runtimes: the stand-in keeps serving
             log.warning("model %s keeps its eager runtime: no memory for its fast runtime: %s", model_id, exc)
             return
+        future = asyncio.get_running_loop().run_in_executor(self._executor, upgrade)
         try:
-            fast = await asyncio.get_running_loop().run_in_executor(self._executor, upgrade)
+            fast = await asyncio.shield(future)
         except asyncio.CancelledError:
+            # the thread goes on creating the session, dropped when it arrives: it holds its memory until
+            # then, so the claim goes with it, not with this task
+            future.add_done_callback(lambda _done: self._release(claimed))
             raise
         except Exception as exc:  # the stand-in keeps serving: slower, never wrong
+            self._release(claimed)
             log.warning(
                 "model %s keeps its eager runtime: its fast runtime failed to load: %s", model_id, exc
             )
             return
-        finally:
-            self._release(claimed)  # before the swap: the ledger records the session from then on
+        self._release(claimed)  # before the swap: the ledger records the session from then on
         if await self._swap(model_id, stand_in, fast):
             log.info(
                 "model %s: %s runtime took over (loaded in %.0f ms)",
