@@ -49,8 +49,8 @@ from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
-from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, load_model, recycle
+from inferpack.runtime.memory import MemoryLedger, Storages, release_free_memory
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype
@@ -136,7 +136,7 @@ class ModelRegistry:
         self.ledger = MemoryLedger()
         self.stats = RegistryStats()
         self._loader = loader or self._default_loader
-        self._measure = measure or (lambda m: module_storages(m.module))
+        self._measure = measure or model_storages
         self._estimate = estimate or self._estimate_from_files
         self._clock = clock
         self._wall = wall_clock  # access statistics outlive the process: wall-clock times

@@ -23,7 +23,7 @@ from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
 from inferpack.runtime.engines import ort_installed, with_engine
-from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
+from inferpack.runtime.hardware import usable_cores
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.skeletons import preload_libraries
 from inferpack.runtime.warmstart import WarmStart
@@ -96,8 +96,8 @@ def start_recovery(
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
-    # engine auto -> eager or onnxruntime by CPU kind; onnxruntime computes fp32 (runtime/engines.py)
-    settings = with_engine(settings, device.kind, native_bf16=cpu_has_native_bf16(), ort=ort_installed())
+    # engine auto -> mixed on CPUs with onnxruntime, else eager; onnxruntime is fp32 (runtime/engines.py)
+    settings = with_engine(settings, device.kind, ort=ort_installed())
     check_dtype(settings.dtype, device)
     log.info("inferpack server computes on %s (engine %s)", device.describe(), settings.engine)
     repo = repository if repository is not None else open_repository(settings.repository)
