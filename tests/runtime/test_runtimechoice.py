@@ -29,6 +29,7 @@ def test_the_faster_runtime_runs_and_the_other_is_probed_now_and_then() -> None:
     picks = feed(choice, 1, eager_s=0.02, alternate_s=0.01, batches=12)
     assert picks.count(False) == 3  # every 4th batch re-measures eager
     assert picks.count(True) == 9
+    assert choice.runs() == (3 + 3, 3 + 9)  # (eager, alternate), the measuring batches included
 
 
 def test_each_size_decides_for_itself() -> None:

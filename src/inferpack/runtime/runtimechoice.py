@@ -49,6 +49,7 @@ class RuntimeChoice:
         self.probe_every = probe_every
         self._sizes: dict[int, _Sizes] = {}
         self._lock = threading.Lock()
+        self._runs = [0, 0]  # batches sent to eager, to the alternate
 
     def _at(self, size: int) -> _Sizes:
         found = self._sizes.get(size)
@@ -64,10 +65,16 @@ class RuntimeChoice:
             at.chosen += 1
             if len(at.alternate) < self.min_samples or len(at.eager) < self.min_samples:
                 # measure both first, alternating (the alternate first)
-                return len(at.alternate) <= len(at.eager)
-            faster = statistics.median(at.alternate) < statistics.median(at.eager)
-            probe = at.chosen % self.probe_every == 0
-            return faster != probe
+                pick = len(at.alternate) <= len(at.eager)
+            else:
+                faster = statistics.median(at.alternate) < statistics.median(at.eager)
+                pick = faster != (at.chosen % self.probe_every == 0)  # now and then: the other
+            self._runs[pick] += 1
+            return pick
+
+    def runs(self) -> tuple[int, int]:
+        """Batches chosen so far for (eager, the alternate)."""
+        return self._runs[0], self._runs[1]
 
     def observe(self, alternate: bool, size: int, tokens: int, seconds: float) -> None:
         """A batch of `size` rows and `tokens` padded tokens took `seconds` on the runtime `alternate`

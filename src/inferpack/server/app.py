@@ -93,6 +93,18 @@ def start_recovery(
     return loop.create_task(recovery.run(), name="repository-recovery")
 
 
+def mixed_runs(registry: ModelRegistry) -> dict[str, int]:
+    """Batches the loaded models of engine mixed ran on eager and on their alternate runtime."""
+    out: dict[str, int] = {}
+    for entry in registry.entries():
+        alternate = entry.loaded.alternate if entry.loaded is not None else None
+        if alternate is not None:
+            eager, other = alternate.choice.runs()
+            out["eager"] = out.get("eager", 0) + eager
+            out[alternate.kind] = out.get(alternate.kind, 0) + other
+    return out
+
+
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
@@ -124,6 +136,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     metrics.bind_repository(lambda: float(repo.health.degraded))
 
     metrics.bind_registry(registry.stats, lambda: registry.ledger.total_bytes, registry.budget_bytes)
+    metrics.bind_runtimes(lambda: mixed_runs(registry))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
