@@ -20,7 +20,7 @@ alone); `--baseline-src DIR` also runs the eager servers from another source tre
 machine then hit every setting alike; medians and per-round ratios to the first printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
-        [--engines eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
+        [--engines auto,eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16", help="eager servers' dtypes")
     parser.add_argument(
         "--engines",
-        default="eager,onnxruntime",
+        default="auto,eager,onnxruntime",
         help="server engines (eager, onnxruntime, mixed, auto); any but eager adds an ONNX version to each "
         "model first (compile --format onnx)",
     )

@@ -249,13 +249,6 @@ class ServerSettings(_Section):
     intra_op_threads: int = Field(
         default=1, ge=1, description="torch intra-op threads per forward (1 keeps every core busy)."
     )
-    gil_switch_interval_ms: float | None = Field(
-        default=None,
-        gt=0,
-        description="The interpreter's thread switch interval (sys.setswitchinterval): the longest a "
-        "thread that wants the GIL waits before the holder is made to hand it over. None: Python's own "
-        "(5 ms).",
-    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?|neuron)$",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 
 import uvicorn
 
@@ -37,8 +36,6 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
     drain every model's queue, then exit."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
-    if settings.gil_switch_interval_ms is not None:
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     log.debug("%d long-lived objects frozen out of garbage collection", settle_heap())
     config = uvicorn.Config(
         app,
