@@ -50,6 +50,16 @@ def test_a_change_of_conditions_is_noticed_through_the_probes() -> None:
     assert feed(choice, 1, 0.02, 0.04, batches=4).count(False) >= 2
 
 
+def test_the_alternate_must_win_by_the_margin() -> None:
+    choice = RuntimeChoice(window=3, min_samples=1, probe_every=100, margin=0.1)
+    choice.observe(False, 1, 10, 0.020)
+    choice.observe(True, 1, 10, 0.019)  # 5% faster: about even, eager stays
+    assert choice.preferred(1) is False
+    choice.observe(True, 1, 10, 0.015)
+    choice.observe(True, 1, 10, 0.015)  # median 15 ms: 25% faster
+    assert choice.preferred(1) is True
+
+
 def test_times_are_compared_per_token() -> None:
     choice = RuntimeChoice(window=3, min_samples=1, probe_every=100)
     choice.observe(False, 1, 100, 0.030)  # eager ran a long request: 0.3 ms a token

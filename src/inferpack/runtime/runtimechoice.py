@@ -12,8 +12,10 @@ under the server's own load, by batch size:
 - until each runtime has `min_samples` times at a size, the runs alternate between them (the alternate
   first: an eager model's first forwards are its warm-up and would make it look slow);
 - then the one with the lower median of its last `window` times (per token of the padded batch, so
-  longer or shorter requests do not bias it) runs, and every `probe_every`-th batch of that size runs the
-  other, to notice when the machine or the load changes which is faster.
+  longer or shorter requests do not bias it) runs, the alternate only when it is faster by `margin`
+  (10%: where the two are about even, as eager bf16 and ONNX Runtime at batch 1 on a CPU with AMX, the
+  home runtime stays), and every `probe_every`-th batch of that size runs the other, to notice when the
+  machine or the load changes which is faster.
 Pure: no clock (the caller times the runs). Inference threads call it concurrently: a lock guards the
 samples (microseconds against a forward's milliseconds).
 """
@@ -41,9 +43,14 @@ class _Sizes:
 class RuntimeChoice:
     """Which of two runtimes, eager or the alternate, runs a batch of n rows (see the module's doc)."""
 
-    def __init__(self, *, window: int = 5, min_samples: int = 3, probe_every: int = 16) -> None:
-        if window < 1 or not 1 <= min_samples <= window or probe_every < 2:
-            raise ValueError("need window >= 1, 1 <= min_samples <= window and probe_every >= 2")
+    def __init__(
+        self, *, window: int = 5, min_samples: int = 3, probe_every: int = 16, margin: float = 0.1
+    ) -> None:
+        if window < 1 or not 1 <= min_samples <= window or probe_every < 2 or not 0 <= margin < 1:
+            raise ValueError(
+                "need window >= 1, 1 <= min_samples <= window, probe_every >= 2 and 0 <= margin < 1"
+            )
+        self.margin = margin
         self.window = window
         self.min_samples = min_samples
         self.probe_every = probe_every
@@ -67,8 +74,8 @@ class RuntimeChoice:
                 # measure both first, alternating (the alternate first)
                 pick = len(at.alternate) <= len(at.eager)
             else:
-                faster = statistics.median(at.alternate) < statistics.median(at.eager)
-                pick = faster != (at.chosen % self.probe_every == 0)  # now and then: the other
+                probe = at.chosen % self.probe_every == 0  # now and then: the other one
+                pick = self._alternate_wins(at) != probe
             self._runs[pick] += 1
             return pick
 
@@ -90,7 +97,12 @@ class RuntimeChoice:
             at = self._sizes.get(size)
             if at is None or min(len(at.alternate), len(at.eager)) < self.min_samples:
                 return None
-            return statistics.median(at.alternate) < statistics.median(at.eager)
+            return self._alternate_wins(at)
+
+    def _alternate_wins(self, at: _Sizes) -> bool:
+        # eager is the home runtime (it alone batches across tenants and holds a shared base once): the
+        # alternate must be faster by the margin, so two runtimes about even on a CPU do not flip-flop
+        return statistics.median(at.alternate) < (1 - self.margin) * statistics.median(at.eager)
 
 
 @dataclass
