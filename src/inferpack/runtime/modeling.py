@@ -154,7 +154,9 @@ def load_model(
     first request is its own warm-up, which is what a cold request wants: the answer sooner, not two
     forwards first). `tier`: an ONNX version compiled from a safetensors version loads as that version's
     eager fp32 model (a stand-in: fast to load, and its agreement check showed it answers alike), with
-    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`).
+    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`); with `engine`
+    mixed, an eager model whose version has an ONNX version compiled from it gets an `extra["upgrade"]`
+    that adds that version's session as its alternate runtime (`with_alternate`).
     """
     started = time.perf_counter()
     if version is None:
