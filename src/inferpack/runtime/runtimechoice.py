@@ -28,8 +28,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-ALTERNATE = True  # `choose` answers True for the alternate runtime (the session), False for eager
-
 
 @dataclass
 class _Sizes:
