@@ -83,3 +83,33 @@ async def test_the_session_joins_eager_with_equal_answers_and_both_in_the_ledger
                     assert_same_answers(await batcher.submit_many([question]), [expected])
         assert loaded.alternate.choice.preferred(1) is not None  # both runtimes measured at batch 1
     await registry.close()
+
+
+async def test_a_session_joins_only_into_free_budget_and_evicts_no_one(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, ids = repo
+    eager = [load_model(repository, m, dtype="fp32", warmup=None) for m in ids]
+    eager_mb = sum(sum(module_storages(m.module).values()) for m in eager) / 2**20
+    onnx_mb = (repository.version_dir(ids[0], 2) / "model.onnx").stat().st_size / 2**20
+    # room for both eager models and one session: the first session joins, the second does not
+    settings = ServerSettings(
+        lazy_load=True,
+        engine="mixed",
+        dtype="fp32",
+        inference_threads=2,
+        memory_budget_mb=eager_mb + 1.5 * onnx_mb,
+    )
+    registry = ModelRegistry(repository, settings, InferencePool(2))
+    async with registry.use(ids[0]) as (batcher, _):
+        await batcher.submit_many(QUESTIONS[:1])
+    await _until(lambda: registry.stats.swaps == 1)
+    async with registry.use(ids[1]) as (batcher, _):
+        await batcher.submit_many(QUESTIONS[:1])
+    await _until(lambda: not registry._upgrades.pending(ids[1]))
+    assert registry.stats.swaps == 1 and registry.stats.evictions == {"budget": 0, "idle": 0}
+    first, second = (registry.entry(m).loaded for m in ids)
+    assert first is not None and first.alternate is not None
+    assert second is not None and second.alternate is None  # stays eager, still served
+    assert registry.ledger.total_bytes <= registry.budget_bytes  # type: ignore[operator]
+    await registry.close()
