@@ -46,7 +46,7 @@ from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_byte
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype
@@ -122,7 +122,7 @@ class ModelRegistry:
         self.ledger = MemoryLedger()
         self.stats = RegistryStats()
         self._loader = loader or self._default_loader
-        self._measure = measure or (lambda m: module_storages(m.module))
+        self._measure = measure or model_storages
         self._estimate = estimate or self._estimate_from_files
         self._clock = clock
         self._wall = wall_clock  # access statistics outlive the process: wall-clock times
@@ -381,6 +381,11 @@ class ModelRegistry:
         async with entry.lock:
             if entry.state != "ready" or entry.loaded is not stand_in or entry.batcher is None:
                 return False
+            if fast.alternate is not None and not self._fits_beside(fast.alternate.module):
+                log.info(
+                    "model %s stays eager: its ONNX Runtime session does not fit the free budget", model_id
+                )
+                return False
             self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded = fast
@@ -389,6 +394,14 @@ class ModelRegistry:
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)
         return True
+
+    def _fits_beside(self, runtime: object) -> bool:
+        """Engine mixed: whether a session beside an eager model fits the free budget. A session only
+        speeds a model up, so it never evicts another model (a density server keeps its tenants)."""
+        if self.budget_bytes is None:
+            return True
+        taken = self.ledger.total_bytes + self._claimed  # loads in flight hold their share
+        return taken + sum(module_storages(runtime).values()) <= self.budget_bytes
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model
