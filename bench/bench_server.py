@@ -10,15 +10,17 @@
 Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
 share their base (all but the top layer and head), so the server runs once with cross-tenant batching
 (the default: a batch mixes models, their shared layers run once) and once without (`--cross-tenant`).
-`--engines` adds a server on the onnxruntime engine (each model gets an ONNX version first, `inferpack
-compile --format onnx`; it is measured once every model's session took over).
+`--engines` chooses the servers' engines: eager, onnxruntime, mixed, auto (the server's default: mixed
+where onnxruntime is installed); any but eager gives each model an ONNX version first (`inferpack
+compile --format onnx`), and the server is measured once every model's session took over (onnxruntime)
+or joined its eager module (mixed).
 `--batch-latency-ms 100,0` runs an eager server per batch latency objective (0: none, max_batch_size
 alone); `--baseline-src DIR` also runs the eager servers from another source tree (e.g. main's `src`);
 `--interleave R` starts every such server at once and measures them in turn, R rounds (drifts of a shared
 machine then hit every setting alike; medians and per-round ratios to the first printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
-        [--engines eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
+        [--engines auto,eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
@@ -26,6 +28,7 @@ Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -151,12 +154,20 @@ def run_server(
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout_s=180)
-    if engine == "onnxruntime":
+    # sessions load in the background: measure once every model's took over (onnxruntime) or joined its
+    # eager module (mixed; auto is mixed here when onnxruntime is installed, but not in a source tree
+    # from before engine mixed, whose auto never loads a session: `source` servers are not waited for)
+    if engine in ("onnxruntime", "mixed") or (engine == "auto" and source is None and ort_available()):
         wanted = len(LocalRepository(repo).model_ids())
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and swaps(url) < wanted:
             time.sleep(0.2)
     return proc, url
+
+
+def ort_available() -> bool:
+    """True when onnxruntime can be imported here (the servers run this interpreter)."""
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def swaps(url: str) -> float:
@@ -211,8 +222,9 @@ def interleaved(
 
 
 def server_settings(engines: str, dtypes: str, cross_tenant: str) -> list[tuple[str, str, str]]:
-    """(engine, dtype, cross-tenant on/off) of each server to measure: eager in every dtype and mode;
-    onnxruntime once (it computes fp32 and its sessions mix no tenants)."""
+    """(engine, dtype, cross-tenant on/off) of each server to measure: eager, mixed and auto (the
+    default) in every dtype and mode; onnxruntime once (it computes fp32 and its sessions mix no
+    tenants)."""
     out = []
     for engine in engines.split(","):
         if engine == "onnxruntime":
@@ -238,8 +250,9 @@ def main() -> None:
     parser.add_argument("--dtypes", default="fp32,bf16", help="eager servers' dtypes")
     parser.add_argument(
         "--engines",
-        default="eager,onnxruntime",
-        help="server engines; onnxruntime adds an ONNX version to each model first (compile --format onnx)",
+        default="auto,eager,onnxruntime",
+        help="server engines (eager, onnxruntime, mixed, auto); any but eager adds an ONNX version to each "
+        "model first (compile --format onnx)",
     )
     parser.add_argument(
         "--runtimes",
@@ -311,7 +324,7 @@ def main() -> None:
     print(f"best batch-1 loop's latency: {loop_ms:.1f} ms per request", flush=True)
     rows = []
     settings = server_settings(args.engines, args.dtypes, args.cross_tenant)
-    if any(engine == "onnxruntime" for engine, _, _ in settings):
+    if any(engine != "eager" for engine, _, _ in settings):  # auto and mixed use them too (when present)
         add_onnx_versions(repo, ids)
     variants: list[tuple[str, str | None, Path | None]] = [
         (f"/lat-{ms}", ms, None) for ms in args.batch_latency_ms.split(",") if ms
@@ -338,7 +351,10 @@ def main() -> None:
     for engine, dtype, mode in settings:
         levels = [int(x) for x in (args.bf16_concurrency if dtype == "bf16" else args.concurrency).split(",")]
         name = "ort/fp32" if engine == "onnxruntime" else f"{dtype}/xt-{mode}"
-        servers = [(name + suffix, lat, src) for suffix, lat, src in variants] if engine == "eager" else []
+        name = name if engine in ("eager", "onnxruntime") else f"{engine}/{name}"
+        servers = (
+            [(name + suffix, lat, src) for suffix, lat, src in variants] if engine != "onnxruntime" else []
+        )
         servers = servers or [(name, None, None)]
 
         def start(

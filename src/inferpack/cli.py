@@ -80,7 +80,10 @@ def serve(
     ] = None,
     engine: Annotated[
         EngineChoice | None,
-        typer.Option(help="eager (default), onnxruntime (ONNX versions, CPU) or auto (by CPU kind)."),
+        typer.Option(
+            help="auto (default: mixed on CPUs with onnxruntime, else eager), eager, onnxruntime (ONNX "
+            "versions, CPU) or mixed (eager plus ONNX Runtime, per batch by measured speed)."
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[

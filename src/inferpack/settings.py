@@ -28,7 +28,7 @@ DEFAULT_CONFIG_FILE = Path("inferpack.toml")
 _config_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("inferpack_config", default=None)
 
 DTypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
-EngineChoice = Literal["eager", "onnxruntime", "auto"]
+EngineChoice = Literal["eager", "onnxruntime", "mixed", "auto"]
 EvictionPolicy = Literal["slru", "frequency"]
 # The tag `inferpack image build` gives the image, and the image `up --runtime podman|docker` runs.
 DEFAULT_IMAGE = "inferpack:latest"
@@ -275,12 +275,16 @@ class ServerSettings(_Section):
         "Ampere+ GPUs, NeuronCores), fp16 on older GPUs (T4), else fp32. fp16 is for GPUs only.",
     )
     engine: EngineChoice = Field(
-        default="eager",
+        default="auto",
         description="Runtime that computes: eager (torch modules; cross-tenant batching), onnxruntime "
         "(versions compiled with `inferpack compile --format onnx`, CPU, fp32; a cold model answers "
-        "from its eager source version until its ONNX Runtime session is ready), or auto (onnxruntime "
-        "on CPUs without native bf16, where it is the fastest runtime measured; else eager). Needs the "
-        "`onnx` extra. See docs/runtimes.md.",
+        "from its eager source version until its ONNX Runtime session is ready), mixed (eager in the "
+        "server's dtype, plus an ONNX Runtime session beside each model with an ONNX version, loaded in "
+        "the background; each single-model batch runs on the runtime measured faster at its size in "
+        "this server, mixed-tenant batches on eager), or auto (the default: mixed on CPUs with "
+        "onnxruntime installed where eager computes fp32 (AVX2-only CPUs, dtype fp32), else eager: "
+        "a bf16 server never answers the same request in two precisions). onnxruntime and mixed "
+        "need the `onnx` extra. See docs/runtimes.md.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(

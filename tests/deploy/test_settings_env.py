@@ -44,7 +44,7 @@ SERVER = ServerSettings.model_validate(
         "inference_threads": 3,
         "intra_op_threads": 2,
         "dtype": "fp32",
-        "engine": "auto",
+        "engine": "mixed",
         "max_body_bytes": 2048,
         "max_sequence_length": 256,
         "drain_timeout_s": 12.0,

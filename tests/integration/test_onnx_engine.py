@@ -86,3 +86,32 @@ def test_onnx_engine_answers_as_eager_through_the_tier_swap_and_after_unload(
         assert again.headers["x-inferpack-model-load"] == "cold"
         _until_swaps(c, 3)
         assert _ask(c, ids[0]) == expected
+
+
+def _mixed_batches(c: httpx.Client) -> dict[str, float]:
+    found = re.findall(r'^inferpack_mixed_batches\{runtime="(\w+)"\} (\S+)$', c.get("/metrics").text, re.M)
+    return {runtime: float(count) for runtime, count in found}
+
+
+@pytest.mark.slow
+def test_the_default_engine_runs_sessions_beside_eager_with_the_same_answers(
+    repo: tuple[Path, list[str]],
+) -> None:
+    root, ids = repo
+    with (
+        running_server(root, models=ids, engine="eager", dtype="fp32") as eager,
+        httpx.Client(base_url=eager.url, timeout=60) as c,
+    ):
+        expected = {m: _ask(c, m) for m in ids}
+    with (
+        running_server(root, models=ids, dtype="fp32") as s,  # the default engine: auto -> mixed here
+        httpx.Client(base_url=s.url, timeout=60) as c,
+    ):
+        _until_swaps(c, len(ids))  # every model's session joined its eager module
+        meta = c.get(f"/v2/models/{ids[0]}").json()
+        assert (meta["platform"], meta["versions"]) == ("pytorch_safetensors", ["1", "2"])  # eager's version
+        for _ in range(4):  # enough batches of one for both runtimes to be measured and chosen
+            for model_id in ids:
+                assert _ask(c, model_id) == expected[model_id]
+        runs = _mixed_batches(c)
+        assert set(runs) == {"eager", "onnxruntime"} and min(runs.values()) >= 3 * len(ids)

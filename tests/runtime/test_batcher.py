@@ -11,6 +11,7 @@ import pytest
 
 from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from inferpack.runtime.batcher import InferencePool, ModelBatcher
+from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
 
@@ -381,4 +382,37 @@ async def test_with_the_other_thread_busy_a_batch_settles_while_requests_keep_ar
     finally:
         model.gate.set()
         await batcher.close()
+
+
+class CountingPeers(Peers):
+    """Peers that count how often a batch looked at the other models' queues."""
+
+    def __init__(self) -> None:
+        super().__init__(key=lambda m: ("base",))
+        self.looked = 0
+
+    def others(self, batcher: Any) -> list[Any]:
+        self.looked += 1
+        return super().others(batcher)
+
+
+async def test_a_batch_of_one_from_its_own_queue_does_not_look_at_the_peers() -> None:
+    pool = InferencePool(threads=2)
+    peers = CountingPeers()
+    models = [GatedModel(), GatedModel()]
+    batchers = [ModelBatcher(m, pool, BatchingSettings(), peers=peers) for m in models]  # type: ignore[arg-type]
+    peers.looked = 0  # joining looks once
+    try:
+        both = asyncio.gather(*(b.submit(TextInput(t)) for b, t in zip(batchers, "ab", strict=True)))
+        loop = asyncio.get_running_loop()
+        for model in models:  # two idle threads: two batches of one, side by side
+            assert await loop.run_in_executor(None, model.entered.acquire, True, 30)
+            model.gate.set()
+        assert [r["echo"] for r in await both] == ["a", "b"]
+        assert [m.batches for m in models] == [[["a"]], [["b"]]] and peers.looked == 0
+    finally:
+        for model in models:
+            model.gate.set()
+        for batcher in batchers:
+            await batcher.close()
         pool.shutdown()

@@ -414,7 +414,6 @@ class ModelBatcher:
         models), skipping abandoned ones and dropping those that can no longer finish by their deadline.
         Its size is the batch policy's (`runtime/batchpolicy.py`) for what is queued now."""
         batch: list[_Pending] = []
-        others = [] if self.peers is None else [o for o in self.peers.others(self) if not o._closing]
         self._formed += 1
         limit = batch_size(
             self.line.queued,  # this model's queue, and its peers' with cross-tenant batching
@@ -427,7 +426,12 @@ class ModelBatcher:
         if limit == 0:
             return batch
         now = self.clock()
-        limit = within_deadlines(limit, self.batch_cost, self._shortest_deadline(others, limit))
+        # a batch of one from this model's own queue needs nothing of the peers (their queues sorted, their
+        # deadlines read): the cross-tenant bookkeeping only runs for a batch with room for other models
+        alone = limit == 1 and bool(self._queue)
+        others = [] if self.peers is None or alone else [o for o in self.peers.others(self) if not o._closing]
+        if limit > 1:
+            limit = within_deadlines(limit, self.batch_cost, self._shortest_deadline(others, limit))
         service = self.batch_cost(limit)
         self._take_from(self, batch, limit, now, service)
         if len(batch) < limit:

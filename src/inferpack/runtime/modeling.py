@@ -26,10 +26,18 @@ from inferpack.repository.manifest import Manifest
 from inferpack.runtime.crossbatch import own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
+from inferpack.runtime.memory import Storages, module_storages
+from inferpack.runtime.runtimechoice import Alternate
 from inferpack.runtime.shared import SHARED, SharedGroup
 from inferpack.runtime.skeletons import SKELETONS, build_eager
 from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput, TextTokenizer, handler_for
-from inferpack.runtime.versions import TORCH_DTYPES, _check_target, _device_kind, choose_version
+from inferpack.runtime.versions import (
+    TORCH_DTYPES,
+    _check_target,
+    _device_kind,
+    choose_version,
+    onnx_alternate,
+)
 from inferpack.settings import DTypeChoice
 
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,11 +102,25 @@ class LoadedModel:
     hidden_size: int
     load_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # engine mixed: a second runtime (an ONNX Runtime session) that batches run on where it measured faster
+    alternate: Alternate | None = None
 
     def forward(self, batch: Encoded) -> torch.Tensor:
-        """Run the model on an encoded batch; returns float32 on the CPU."""
+        """Run the model on an encoded batch; returns float32 on the CPU. With an `alternate` runtime, the
+        batch runs on whichever of the two its measurements favour at this size (runtime/runtimechoice.py)."""
+        alternate = self.alternate
+        if alternate is None:
+            return self._run(self.module, batch)
+        rows, tokens = batch.input_ids.shape[0], batch.input_ids.numel()
+        use_alternate = alternate.choice.choose(rows)
+        started = time.perf_counter()
+        out = self._run(alternate.module if use_alternate else self.module, batch)
+        alternate.choice.observe(use_alternate, rows, tokens, time.perf_counter() - started)
+        return out
+
+    def _run(self, module: ModelCallable, batch: Encoded) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.module(
+            out = module(
                 batch.input_ids.to(self.device),
                 batch.attention_mask.to(self.device),
                 batch.token_type_ids.to(self.device),
@@ -132,7 +154,9 @@ def load_model(
     first request is its own warm-up, which is what a cold request wants: the answer sooner, not two
     forwards first). `tier`: an ONNX version compiled from a safetensors version loads as that version's
     eager fp32 model (a stand-in: fast to load, and its agreement check showed it answers alike), with
-    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`).
+    `extra["upgrade"]` loading the ONNX Runtime session later (see `runtime/tier.py`); with `engine`
+    mixed, an eager model whose version has an ONNX version compiled from it gets an `extra["upgrade"]`
+    that adds that version's session as its alternate runtime (`with_alternate`).
     """
     started = time.perf_counter()
     if version is None:
@@ -233,8 +257,47 @@ def load_model(
         loaded.extra["own_paths"] = _own_paths(module, groups)
     if warmup or (warmup is None and manifest.format in ("torchscript", "onnx")):
         _warm_up(loaded)
+    alternate = onnx_alternate(repository, model_id, chosen) if engine == "mixed" and tier else None
+    if alternate is not None and _device_kind(device) == "cpu":
+        # engine mixed: the eager model serves at once, its ONNX Runtime session joins it in the
+        # background (runtime/tier.py), then each batch runs on the faster of the two at its size
+        loaded.extra["upgrade"] = functools.partial(
+            with_alternate, loaded, repository, alternate, intra_op_threads=intra_op_threads
+        )
     loaded.load_seconds = time.perf_counter() - started
     return loaded
+
+
+def with_alternate(
+    model: LoadedModel, repository: ModelRepository, version: int, *, intra_op_threads: int = 1
+) -> LoadedModel:
+    """`model` (eager) with an ONNX Runtime session over its ONNX version `version` as its alternate
+    runtime (engine mixed; runtime/runtimechoice.py). Runs on the upgrade thread: the session is created
+    and warmed up there, not on a request."""
+    from inferpack.runtime.onnxrt import load_onnx
+
+    manifest = repository.manifest(model.model_id, version)
+    path = repository.resolve_file(model.model_id, version, manifest.weights)
+    started = time.perf_counter()
+    session = load_onnx(path, intra_op_threads=intra_op_threads)
+    extra = {k: v for k, v in model.extra.items() if k != "upgrade"}
+    mixed = dataclasses.replace(model, extra=extra, alternate=Alternate(session))
+    # the session's first runs allocate: warm it up here (an alternate-only warm-up: eager is already warm)
+    item = TextInput("warm up", "warm up the model") if model.handler.pair_input else TextInput("warm up")
+    batch = model.tokenizer.encode([item])
+    for _ in range(2):
+        mixed._run(session, batch)
+    mixed.load_seconds = time.perf_counter() - started
+    return mixed
+
+
+def model_storages(model: LoadedModel) -> Storages:
+    """The memory a loaded model holds for the ledger: its module's storages, and its alternate
+    runtime's (an ONNX Runtime session's own copy of the weights) when it has one."""
+    storages = module_storages(model.module)
+    if model.alternate is not None:
+        storages.update(module_storages(model.alternate.module))
+    return storages
 
 
 def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest) -> int | None:

@@ -46,10 +46,10 @@ from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_byte
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, load_model, recycle
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.tier import Upgrades
-from inferpack.runtime.versions import choose_version, manifest_dtype
+from inferpack.runtime.versions import choose_version, manifest_dtype, onnx_alternate
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.registry")
@@ -122,7 +122,7 @@ class ModelRegistry:
         self.ledger = MemoryLedger()
         self.stats = RegistryStats()
         self._loader = loader or self._default_loader
-        self._measure = measure or (lambda m: module_storages(m.module))
+        self._measure = measure or model_storages
         self._estimate = estimate or self._estimate_from_files
         self._clock = clock
         self._wall = wall_clock  # access statistics outlive the process: wall-clock times
@@ -383,6 +383,11 @@ class ModelRegistry:
         async with entry.lock:
             if entry.state != "ready" or entry.loaded is not stand_in or entry.batcher is None:
                 return False
+            if fast.alternate is not None and not self._fits_beside(fast.alternate.module):
+                log.info(
+                    "model %s stays eager: its ONNX Runtime session does not fit the free budget", model_id
+                )
+                return False
             self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded = fast
@@ -393,21 +398,45 @@ class ModelRegistry:
         return True
 
     async def _claim_upgrade(self, model_id: str, stand_in: LoadedModel) -> int:
-        """Budget for the fast runtime (an ONNX Runtime session: its own copy of the weights) a stand-in's
-        upgrade is about to create, held while the stand-in still is (runtime/tier.py); 0 without a
-        budget. Evicts idle models for it like a load; ModelTooLarge when the model cannot hold both
-        runtimes in the whole budget, Overloaded when nothing more can go (the stand-in keeps serving)."""
+        """Budget for the ONNX Runtime session (its own copy of the weights) an upgrade is about to create,
+        held while the eager model still is (runtime/tier.py); 0 without a budget. Engine onnxruntime
+        (the session replaces a stand-in): evicts idle models for it like a load; ModelTooLarge when the
+        model cannot hold both in the whole budget, Overloaded when nothing more can go. Engine mixed
+        (the session joins the eager model for good): only from the free budget, evicting no one
+        (`_fits_beside`), else Overloaded. On any of them the eager model keeps serving."""
         if self.budget_bytes is None:
             return 0
-        claim = self._estimate(model_id, stand_in.version)
-        self._check_fits(model_id, claim + self.ledger.model_bytes(model_id))
-        await self._make_room(claim, exclude=model_id)
+        replaces = "stand_in_for" in stand_in.extra
+        version = (
+            stand_in.version if replaces else onnx_alternate(self.repository, model_id, stand_in.version)
+        )
+        claim = self._estimate(model_id, version)
+        if not replaces:
+            free = self.free_budget_bytes() or 0
+            if claim > free:
+                raise Overloaded(
+                    f"an ONNX Runtime session of {model_id!r} ({claim / 2**20:.0f} MiB) does not fit the "
+                    f"free budget ({free / 2**20:.0f} MiB) beside its eager model",
+                    reason="memory_budget",
+                    model_id=model_id,
+                )
+        else:
+            self._check_fits(model_id, claim + self.ledger.model_bytes(model_id))
+            await self._make_room(claim, exclude=model_id)
         self._claimed += claim
         return claim
 
     def _release_upgrade(self, claimed: int) -> None:
         """Hand back what `_claim_upgrade` held (the session is on the ledger now, or dropped)."""
         self._claimed -= claimed
+
+    def _fits_beside(self, runtime: object) -> bool:
+        """Engine mixed: whether a session beside an eager model fits the free budget. A session only
+        speeds a model up, so it never evicts another model (a density server keeps its tenants)."""
+        if self.budget_bytes is None:
+            return True
+        taken = self.ledger.total_bytes + self._claimed  # loads in flight hold their share
+        return taken + sum(module_storages(runtime).values()) <= self.budget_bytes
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model

@@ -129,4 +129,6 @@ class Upgrades:
 
 
 def _kind(model: LoadedModel) -> str:
+    if model.alternate is not None:  # engine mixed: beside eager, per batch (runtime/runtimechoice.py)
+        return f"{model.alternate.kind} (beside eager)"
     return model.manifest.format

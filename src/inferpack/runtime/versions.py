@@ -85,3 +85,21 @@ def choose_version(
             if kind == "neuron" and other_dtype is None:
                 other_dtype = candidate
     return other_dtype if other_dtype is not None else versions[-1]
+
+
+def onnx_alternate(repository: ModelRepository, model_id: str, source: int) -> int | None:
+    """The newest ONNX version compiled from the safetensors version `source` that a server on engine
+    `mixed` may run beside it (runtime/runtimechoice.py): for the CPU, fp32, not quantised, agreement
+    passed (it then answers as `source` computed in fp32 does). None when there is none."""
+    for candidate in reversed(repository.versions(model_id)):
+        m = repository.manifest(model_id, candidate)
+        if (
+            m.format == "onnx"
+            and m.compiled_from == source
+            and m.target == "cpu"
+            and m.dtype == "fp32"
+            and m.quantization == "none"
+            and (m.agreement is None or m.agreement.passed)
+        ):
+            return candidate
+    return None

@@ -23,7 +23,7 @@ from inferpack.repository.local import ModelRepository, open_repository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.devices import check_dtype, default_inference_threads, open_device
 from inferpack.runtime.engines import ort_installed, with_engine
-from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
+from inferpack.runtime.hardware import usable_cores
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.skeletons import preload_libraries
 from inferpack.runtime.warmstart import WarmStart
@@ -93,11 +93,23 @@ def start_recovery(
     return loop.create_task(recovery.run(), name="repository-recovery")
 
 
+def mixed_runs(registry: ModelRegistry) -> dict[str, int]:
+    """Batches the loaded models of engine mixed ran on eager and on their alternate runtime."""
+    out: dict[str, int] = {}
+    for entry in registry.entries():
+        alternate = entry.loaded.alternate if entry.loaded is not None else None
+        if alternate is not None:
+            eager, other = alternate.choice.runs()
+            out["eager"] = out.get("eager", 0) + eager
+            out[alternate.kind] = out.get(alternate.kind, 0) + other
+    return out
+
+
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
-    # engine auto -> eager or onnxruntime by CPU kind; onnxruntime computes fp32 (runtime/engines.py)
-    settings = with_engine(settings, device.kind, native_bf16=cpu_has_native_bf16(), ort=ort_installed())
+    # engine auto -> mixed on CPUs with onnxruntime, else eager; onnxruntime is fp32 (runtime/engines.py)
+    settings = with_engine(settings, device.kind, ort=ort_installed())
     check_dtype(settings.dtype, device)
     log.info("inferpack server computes on %s (engine %s)", device.describe(), settings.engine)
     repo = repository if repository is not None else open_repository(settings.repository)
@@ -124,6 +136,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     metrics.bind_repository(lambda: float(repo.health.degraded))
 
     metrics.bind_registry(registry.stats, lambda: registry.ledger.total_bytes, registry.budget_bytes)
+    metrics.bind_runtimes(lambda: mixed_runs(registry))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -121,6 +121,10 @@ class ServerMetrics:
         """Cache hits/misses, evictions and model memory, read from the registry at scrape time."""
         self.registry.register(_RegistryCollector(stats, memory, budget))
 
+    def bind_runtimes(self, runs: Callable[[], dict[str, int]]) -> None:
+        """Batches the loaded models of engine mixed ran on each runtime, read at scrape time."""
+        self.registry.register(_RuntimeCollector(runs))
+
     def observe_request(self, model_id: str, api: str, code: int, seconds: float | None) -> None:
         """Count one inference request (and its latency when it was served)."""
         label = self.label(model_id)
@@ -190,3 +194,21 @@ class _RegistryCollector(Collector):
             budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
             budget.add_metric([], self.budget)
             yield budget
+
+
+class _RuntimeCollector(Collector):
+    """Engine mixed: which runtime its models' single-model batches ran on (runtime/runtimechoice.py)."""
+
+    def __init__(self, runs: Callable[[], dict[str, int]]) -> None:
+        self.runs = runs
+
+    def collect(self) -> Iterable[Metric]:
+        """One gauge, labelled by runtime (models unloaded since no longer count)."""
+        family = GaugeMetricFamily(
+            "inferpack_mixed_batches",
+            "Batches the loaded models with two runtimes (engine mixed) ran on each, as measured faster.",
+            labels=["runtime"],
+        )
+        for runtime, count in sorted(self.runs().items()):
+            family.add_metric([runtime], count)
+        yield family
