@@ -99,9 +99,14 @@ def main() -> None:
         tiered(repo, ids, onnx_files, base, file_mb)
         return
 
+    def per_model(
+        label: str, now: tuple[float, float], ref: tuple[float, float], count: int
+    ) -> tuple[str, float, float]:
+        return (label, (now[0] - ref[0]) / count, (now[1] - ref[1]) / count)
+
     def step(label: str, ref: tuple[float, float]) -> tuple[float, float]:
         now = snapshot()
-        rows.append((label, (now[0] - ref[0]) / n, (now[1] - ref[1]) / n))
+        rows.append(per_model(label, now, ref, n))
         return now
 
     eager = [load_model(repo, m, 1, dtype="fp32", warmup=None) for m in ids]
@@ -112,10 +117,10 @@ def main() -> None:
     for s in sessions:
         run(s)
     after_ort = step("ORT session on top of the eager model (+1 run)", after_eager)
-    rows.append(("eager + ORT session held together", *(map(lambda a, b: (a - b) / n, after_ort, base))))
+    rows.append(per_model("eager + ORT session held together", after_ort, base, n))
     del eager
     after_drop = step("eager model dropped (session alone remains)", after_ort)
-    rows.append(("ORT session alone", *(map(lambda a, b: (a - b) / n, after_drop, base))))
+    rows.append(per_model("ORT session alone", after_drop, base, n))
     twins = [OrtModule(p) for p in onnx_files]
     for s in twins:
         run(s)
