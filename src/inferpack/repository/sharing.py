@@ -132,4 +132,6 @@ def store_shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.copyfile(source, tmp)
         tmp.replace(target)
+    else:
+        os.utime(target)  # reused: fresh again for `models gc`'s grace period (see store_shared_tensors)
     return target
