@@ -136,3 +136,18 @@ def test_cli_dry_run_lists_files_and_bytes(repo: tuple[LocalRepository, dict[str
     result = CliRunner().invoke(app, ["models", "gc", "--repository", str(local.root)])
     assert result.exit_code == 0, result.output
     assert not files["cast"].exists()
+
+
+def test_the_import_index_stays_and_a_crashed_writers_temp_file_goes(
+    repo: tuple[LocalRepository, dict[str, Path]],
+) -> None:
+    local, files = repo
+    index = files["base"].parent / "groups.jsonl"  # the import's digest index: named by no manifest
+    index.write_text('{"digest": "abc"}\n')
+    temp = files["base"].parent / ".tmp-12345.safetensors"  # a writer killed before its rename
+    temp.write_bytes(b"x" * 10)
+    _age(index, 2 * HOUR)
+    _age(temp, 2 * HOUR)
+    report = collect_garbage(local.root, clock=lambda: NOW)
+    assert report.removed == [(_rel(local, temp), 10)]
+    assert index.is_file()

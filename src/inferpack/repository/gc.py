@@ -3,14 +3,16 @@
 Shared files (deduplicated tensors, bf16 casts of shared tensors, copies' weights, tokenizers) are named by
 their content and referenced by relative paths from the manifests of many versions; deleting a version or a
 model leaves its shared files behind. A file is garbage when no manifest of any version of any model names
-it (`weights`, `config`, `tokenizer` or `shared_weights`).
+it (`weights`, `config`, `tokenizer` or `shared_weights`). The import's digest index
+(`_shared/weights/groups.jsonl`) is never removed; writers' temporary files left by a crash are garbage.
 
 Safety against a concurrent writer (a `compile`, `dedup`, `demo` or `copies` running meanwhile): a writer
 stores a shared file *before* the manifest that names it, so a fresh unreferenced file may be a manifest on
 its way. Only files older than a grace period (default one hour, by modification time) are removed, and
-the writers touch a content-named file they reuse (`store_shared_tensors`, `store_shared_tokenizer`), so a
-reused file counts as fresh too. The modification time is checked again just before each removal. A
-manifest the collector cannot read stops it before it removes anything: what that version names is unknown.
+the writers touch a content-named file they reuse (`store_shared_tensors`, `store_shared_tokenizer`,
+`GroupStore.split`), so a reused file counts as fresh too. The modification time is checked again just
+before each removal. A manifest the collector cannot read stops it before it removes anything: what that
+version names is unknown.
 
 S3 repositories are read-only to inferpack (written by `inferpack models push`, which never deletes): run
 the collector on the local repository you push from; objects it removed stay in the bucket until removed
@@ -27,6 +29,7 @@ from pathlib import Path
 from inferpack.errors import RepositoryError
 from inferpack.repository.folder import SHARED_DIR
 from inferpack.repository.manifest import MANIFEST_FILE, read_manifest
+from inferpack.repository.sharing import INDEX
 
 DEFAULT_GRACE_S = 3600.0
 
@@ -91,6 +94,8 @@ def collect_garbage(
         return report
     live = referenced_files(root)
     for path in sorted(p for p in shared.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.name == INDEX:
+            continue  # the import's index of digests seen: a hint no manifest names, never garbage
         if path.resolve() in live:
             report.referenced += 1
             continue

@@ -92,6 +92,7 @@ class GroupStore:
             digest = group_digest(members)
             path = self.folder / f"g-{digest}.safetensors"
             if path.is_file():
+                os.utime(path)  # reused: fresh again for `models gc`'s grace period
                 result.shared.append(path)
             elif digest in seen:
                 self.folder.mkdir(parents=True, exist_ok=True)
