@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ from typer.testing import CliRunner
 from inferpack.cli import app
 from inferpack.errors import RepositoryError
 from inferpack.repository.dedup import store_shared_tensors
-from inferpack.repository.gc import collect_garbage
+from inferpack.repository.gc import collect_garbage, collect_s3_garbage
 from inferpack.repository.local import LocalRepository
 from inferpack.repository.manifest import MANIFEST_FILE, Manifest, write_manifest
+from inferpack.repository.s3config import make_s3_client, parse_s3_uri
+from inferpack.repository.s3push import push_repository
 from inferpack.repository.sharing import store_shared_tokenizer
 
 NOW = 1_000_000_000.0
@@ -151,3 +154,25 @@ def test_the_import_index_stays_and_a_crashed_writers_temp_file_goes(
     report = collect_garbage(local.root, clock=lambda: NOW)
     assert report.removed == [(_rel(local, temp), 10)]
     assert index.is_file()
+
+
+def test_s3_collection_after_a_version_is_deleted_in_the_bucket(
+    repo: tuple[LocalRepository, dict[str, Path]], bucket: str
+) -> None:
+    local, files = repo
+    uri = f"s3://{bucket}"
+    push_repository(local.root, uri)
+    location, client = parse_s3_uri(uri), make_s3_client()
+    for obj in client.list_objects_v2(Bucket=location.bucket, Prefix=location.key("a/2/"))["Contents"]:
+        client.delete_object(Bucket=location.bucket, Key=obj["Key"])  # version a/2 deleted in the bucket
+    later = time.time() + 2 * HOUR  # the objects were just uploaded: past the grace period by then
+    cast = _rel(local, files["cast"])
+
+    assert collect_s3_garbage(uri, grace_s=HOUR).kept_young == [cast]  # just written: spared
+    dry = collect_s3_garbage(uri, grace_s=HOUR, dry_run=True, clock=lambda: later)
+    assert dry.removed == [(cast, files["cast"].stat().st_size)]
+    report = collect_s3_garbage(uri, grace_s=HOUR, clock=lambda: later)
+    assert report.removed == dry.removed and report.referenced == 3
+    left = {location.relative(o["Key"]) for o in client.list_objects_v2(Bucket=location.bucket)["Contents"]}
+    assert cast not in left
+    assert {_rel(local, files[k]) for k in ("base", "b-only", "tok")} <= left

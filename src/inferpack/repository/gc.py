@@ -14,21 +14,24 @@ the writers touch a content-named file they reuse (`store_shared_tensors`, `stor
 before each removal. A manifest the collector cannot read stops it before it removes anything: what that
 version names is unknown.
 
-S3 repositories are read-only to inferpack (written by `inferpack models push`, which never deletes): run
-the collector on the local repository you push from; objects it removed stay in the bucket until removed
-there (see docs/repository.md).
+S3 repositories (written by `inferpack models push`, which never deletes) are collected by
+`collect_s3_garbage` the same way, by the objects' LastModified; see its docstring for its one race.
 """
 
 from __future__ import annotations
 
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from inferpack.errors import RepositoryError
+from inferpack.jsonfile import parse_json_model
 from inferpack.repository.folder import SHARED_DIR
-from inferpack.repository.manifest import MANIFEST_FILE, read_manifest
+from inferpack.repository.manifest import MANIFEST_FILE, Manifest, read_manifest
+from inferpack.repository.s3config import S3Location, make_s3_client, parse_s3_uri
 from inferpack.repository.sharing import INDEX
 
 DEFAULT_GRACE_S = 3600.0
@@ -115,3 +118,79 @@ def collect_garbage(
                 continue  # another collector got there first
         report.removed.append((relative, stat.st_size))
     return report
+
+
+def collect_s3_garbage(
+    uri: str,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    dry_run: bool = False,
+    client: Any = None,
+    clock: Callable[[], float] = time.time,
+) -> GcReport:
+    """The same collection for an S3 repository (`s3://bucket/prefix`, as `inferpack models push` wrote
+    it): objects under `_shared/` no version's manifest names, last modified more than `grace_s` ago.
+    The manifests are listed again just before deleting, so a version pushed meanwhile keeps its files;
+    a push that reuses an older unreferenced object without re-uploading it (unchanged files are skipped)
+    can still lose it if its manifest lands after that second listing: collect while no push runs."""
+    location = parse_s3_uri(uri)
+    client = client or make_s3_client()
+    report = GcReport(dry_run=dry_run)
+    candidates: list[tuple[str, int]] = []
+    live = _s3_referenced(client, location)
+    for obj in _s3_objects(client, location, f"{SHARED_DIR}/"):
+        relative = location.relative(obj["Key"])
+        if relative in live:
+            report.referenced += 1
+        elif relative.rsplit("/", 1)[-1] == INDEX:
+            continue
+        elif clock() - obj["LastModified"].timestamp() < grace_s:
+            report.kept_young.append(relative)
+        else:
+            candidates.append((relative, int(obj["Size"])))
+    if candidates and not dry_run:
+        live = _s3_referenced(client, location)  # a version pushed since the first listing
+    for relative, size in candidates:
+        if relative in live:
+            report.referenced += 1
+            continue
+        if not dry_run:
+            try:
+                client.delete_object(Bucket=location.bucket, Key=location.key(relative))
+            except Exception as exc:
+                raise RepositoryError(f"deleting {location.uri()}/{relative} failed: {exc}") from exc
+        report.removed.append((relative, size))
+    return report
+
+
+def _s3_objects(client: Any, location: S3Location, under: str) -> list[dict[str, Any]]:
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=location.bucket, Prefix=location.key(under)
+        )
+        return [obj for page in pages for obj in page.get("Contents", [])]
+    except Exception as exc:
+        raise RepositoryError(f"listing {location.uri()} failed: {exc}") from exc
+
+
+def _s3_referenced(client: Any, location: S3Location) -> set[str]:
+    """Repository-relative keys every manifest names (RepositoryError on one that cannot be read)."""
+    found: set[str] = set()
+    for obj in _s3_objects(client, location, ""):
+        relative = location.relative(obj["Key"])
+        parts = relative.split("/")
+        if len(parts) != 3 or parts[2] != MANIFEST_FILE or parts[0].startswith(("_", ".")):
+            continue
+        try:
+            body = client.get_object(Bucket=location.bucket, Key=obj["Key"])["Body"].read()
+        except Exception as exc:
+            raise RepositoryError(f"reading {location.uri()}/{relative} failed: {exc}") from exc
+        manifest = parse_json_model(
+            body.decode("utf-8", "replace"), Manifest, f"{location.uri()}/{relative}", error=RepositoryError
+        )
+        names = [manifest.weights, manifest.tokenizer, *manifest.shared_weights]
+        if manifest.config is not None:
+            names.append(manifest.config)
+        base = "/".join(parts[:2])
+        found.update(posixpath.normpath(posixpath.join(base, name)) for name in names)
+    return found
