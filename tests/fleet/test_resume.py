@@ -10,7 +10,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from inferpack.cli import app
 from inferpack.errors import FleetError
 from inferpack.fleet import journal, ops
 from inferpack.fleet.apply import ChangeApplier
@@ -190,6 +192,11 @@ def test_a_supervisor_killed_between_phases_is_reported_and_the_rerun_converges(
     assert found is not None and not found[1]
     assert "was cut short" in journal.explain(run, found[0], supervisor_alive=False)
     assert ops.resume_plan(run.root) == journal.target_file(run)
+    if phase == "cleanup":  # what an operator sees
+        shown = CliRunner().invoke(app, ["status", "--run-dir", str(run.root)], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        assert "not applied: 1 x unload copy, 1 x stop server" in shown.output
+        assert f"inferpack up --run-dir {run.root}" in shown.output
 
     # a supervisor that still has the servers (records stale) finishes it from what they hold
     save_state(run, sup.state)
