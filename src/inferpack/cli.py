@@ -296,6 +296,38 @@ def models_dedup(
     out.print(table)
 
 
+@models_app.command("gc")
+def models_gc(
+    repository: Annotated[
+        str, typer.Option(help="Repository folder, or s3://bucket/prefix (as `models push` wrote it).")
+    ] = "demo-repo",
+    grace_hours: Annotated[
+        float, typer.Option(help="Spare unreferenced files modified less than this long ago.")
+    ] = 1.0,
+    dry_run: Annotated[
+        bool, typer.Option(help="List what would be removed, with the bytes; remove nothing.")
+    ] = False,
+) -> None:
+    """Remove the files of <repo>/_shared/ that no version's manifest references (left by deleted versions
+    or models). Files younger than the grace period are spared: a concurrent writer stores a shared file
+    before the manifest naming it."""
+    from inferpack.repository.gc import collect_garbage, collect_s3_garbage
+
+    grace_s = grace_hours * 3600
+    if repository.startswith("s3://"):
+        report = collect_s3_garbage(repository, grace_s=grace_s, dry_run=dry_run)
+    else:
+        report = collect_garbage(Path(repository), grace_s=grace_s, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for relative, size in report.removed:
+        out.print(f"{verb} {relative} ({size / 1e6:.2f} MB)")
+    console.print(
+        f"{verb} {len(report.removed)} unreferenced file(s), {report.bytes_removed / 1e6:.2f} MB; "
+        f"kept {report.referenced} referenced, {len(report.kept_young)} unreferenced but younger than "
+        f"{grace_hours:g} h"
+    )
+
+
 @models_app.command("list")
 def models_list(
     repository: Annotated[Path, typer.Option(help="Repository folder.")] = Path("demo-repo"),

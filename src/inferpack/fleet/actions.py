@@ -150,6 +150,27 @@ class FleetActions:
         if verb == "load" and not self._model_ready(url, model):
             raise FleetError(f"{model} at {url} is not ready after its load")
 
+    def held_models(self, name: str) -> list[str] | None:
+        """The models server `name` holds ready copies of, by its repository index; None when it is not
+        ready or cannot be asked (the caller then goes by its records)."""
+        child = self._find(name)
+        if child is None or child.record.status != "ready" or child.record.url is None:
+            return None
+        try:
+            r = httpx.post(
+                f"{child.record.url}/v2/repository/index",
+                json={"ready": True},
+                headers=self.headers,
+                timeout=5,
+                trust_env=False,
+            )
+            entries = r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not isinstance(entries, list):
+            return None
+        return [str(e["name"]) for e in entries if isinstance(e, dict) and "name" in e]
+
     def _unsupervise(self, name: str) -> _Child:
         """Take a server out of supervision before it is stopped (a stop is not a crash to restart); a
         server that restarts keeps its place and record."""

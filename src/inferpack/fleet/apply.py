@@ -19,6 +19,7 @@ import time
 from concurrent.futures import Future
 
 from inferpack.errors import ConfigError, FleetError, InferpackError
+from inferpack.fleet import journal
 from inferpack.fleet.actions import FleetActions
 from inferpack.fleet.change import (
     ActionRecord,
@@ -30,6 +31,7 @@ from inferpack.fleet.change import (
 )
 from inferpack.fleet.reconcile import (
     Action,
+    Holdings,
     Phase,
     Route,
     StartServer,
@@ -42,7 +44,7 @@ from inferpack.fleet.reconcile import (
 )
 from inferpack.fleet.supervisor import TICK_S, LaunchSpec, ServerLaunch, Supervisor, launch_file
 from inferpack.jsonfile import write_atomic
-from inferpack.plan import load_plan
+from inferpack.plan import Plan, load_plan
 
 log = logging.getLogger("inferpack.fleet.apply")
 
@@ -65,14 +67,14 @@ def _describe(action: Action) -> str:
 class ChangeApplier:
     """Applies change requests to the fleet of one supervisor, one at a time."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, actions: FleetActions | None = None) -> None:
         self.sup = supervisor
         self.run = supervisor.run
         # A fresh supervisor starts from launch.json: a request left by an earlier fleet is void.
         request_file(self.run).unlink(missing_ok=True)
         report_file(self.run).unlink(missing_ok=True)
         self.handled: str | None = None
-        self.actions = FleetActions(supervisor)
+        self.actions = actions if actions is not None else FleetActions(supervisor)
         self.report = ChangeReport(id="", kind="plan")
         self.started = 0.0
 
@@ -125,8 +127,23 @@ class ChangeApplier:
 
     # --- the two kinds ----------------------------------------------------------------------------------
     def holdings(self) -> dict[str, list[str]]:
-        """What each running server holds now."""
+        """What each running server holds now, by the supervisor's records."""
         return {c.record.name: list(c.record.models) for c in self.sup.servers}
+
+    def actual_holdings(self, *targets: Holdings) -> dict[str, list[str]]:
+        """What each running server holds: its recorded models plus the ready copies (asked over HTTP)
+        that one of `targets` places there, i.e. the copies a change cut short already loaded, so a
+        re-plan after it loads none twice and unloads the ones its target does not want. A recorded
+        model that was evicted still counts (as before: a re-plan does not reload it)."""
+        out = {}
+        for child in self.sup.servers:
+            name = child.record.name
+            held = list(child.record.models)
+            ready = self.actions.held_models(name) or []
+            wanted = {m for t in targets for m in t.get(name, [])}
+            held += [m for m in ready if m in wanted and m not in held]
+            out[name] = held
+        return out
 
     def _apply_plan(self, request: ChangeRequest) -> None:
         new_spec, new_plan = request.launch, request.plan
@@ -138,18 +155,31 @@ class ChangeApplier:
                 f"the repository differs ({old_spec.repository} -> {new_spec.repository}): "
                 "a running fleet keeps its repository; `inferpack down` then `up` to change it"
             )
-        old = self.holdings()
         new = {s.name: list(s.models) for s in new_spec.servers}
-        self.actions.plans = [new_plan, *self.actions.plans]
+        # a change cut short may have left servers of its own target running: their groups come from it
+        earlier = journal.earlier_target(self.run)
+        old = self.actual_holdings(new, _holdings_of(earlier))
+        self.actions.plans = [new_plan, *self.actions.plans, *([earlier] if earlier else [])]
         self.report.notes = _restart_notes(old_spec, new_spec)
         phases = diff(old, new)
+        record = journal.begin(self.run, request.id, new_plan, old, new, phases)
         self.sup.spec = new_spec  # new servers start from the new spec
         try:
-            self._run(phases[:1], undoable=True)
-        except Exception:
-            self.sup.spec = old_spec
+            for number, phase in enumerate(phases):
+                try:
+                    self._run([phase], undoable=number == 0)
+                except Exception:
+                    if number == 0:
+                        self.sup.spec = old_spec
+                    raise
+                record.phases_done = number + 1
+                journal.save(self.run, record)
+        except InferpackError as exc:
+            # a failed phase 1 was undone (nothing half-done); a later failure leaves the fleet between
+            # the two placements, which the journal says (and `up --plan` again finishes)
+            record.status, record.message = "failed", str(exc)
+            journal.save(self.run, record)
             raise
-        self._run(phases[1:], undoable=False)
         # Servers that stayed restart (when they die, or `inferpack restart`) with their new models.
         launches = {s.name: s for s in new_spec.servers}
         for child in self.sup.servers:
@@ -157,6 +187,8 @@ class ChangeApplier:
             child.record.models, child.cmd, child.env = fresh.record.models, fresh.cmd, fresh.env
         write_atomic(launch_file(self.run), new_spec.model_dump_json(indent=1) + "\n")
         self.actions.route_now(new)  # plan.json holds the new plan itself (its metadata too)
+        record.status = "done"
+        journal.save(self.run, record)
 
     def _apply_restart(self, request: ChangeRequest) -> None:
         holdings = self.holdings()
@@ -249,6 +281,11 @@ class ChangeApplier:
 
     def _save_report(self) -> None:
         write_atomic(report_file(self.run), self.report.model_dump_json(indent=1) + "\n")
+
+
+def _holdings_of(plan: Plan | None) -> dict[str, list[str]]:
+    """Server -> models of a plan (none for no plan)."""
+    return {} if plan is None else {s.name: list(s.models) for s in plan.servers()}
 
 
 def _restart_notes(old: LaunchSpec, new: LaunchSpec) -> list[str]:

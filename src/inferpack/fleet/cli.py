@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from inferpack.fleet import change, changeview, ops
+from inferpack.fleet import change, changeview, journal, ops
 from inferpack.fleet.display import print_summary, start_with_progress
-from inferpack.fleet.state import is_stale
+from inferpack.fleet.state import RunDir, is_stale
 from inferpack.plan import load_plan
 from inferpack.settings import Settings, load_settings
 
@@ -89,23 +89,29 @@ def up_command(
     dark: start new servers and load new copies, wait until they are ready, route to them, then unload
     the old copies and stop the servers the plan drops; print every action and its timing. Only one
     `up`, `restart` or `down` at a time changes a run directory (the others fail at once)."""
-    settings = _settings(
-        config,
-        {
-            "plan": plan,
-            "servers": servers,
-            "copies": copies,
-            "base_port": base_port,
-            "router_port": router_port,
-            "threads_per_server": threads,
-            "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
-            "runtime": runtime,
-            "image": image,
-            "run_dir": run_dir,
-        },
-        {"repository": repository},
-    )
-    if change.is_running(settings.fleet.run_dir):
+    overrides: dict[str, Any] = {
+        "plan": plan,
+        "servers": servers,
+        "copies": copies,
+        "base_port": base_port,
+        "router_port": router_port,
+        "threads_per_server": threads,
+        "allow_cpu_fallback": allow_cpu_fallback or None,  # absent: the config file decides
+        "runtime": runtime,
+        "image": image,
+        "run_dir": run_dir,
+    }
+    settings = _settings(config, overrides, {"repository": repository})
+    running = change.is_running(settings.fleet.run_dir)
+    resume = None if plan is not None or running else ops.resume_plan(settings.fleet.run_dir)
+    if resume is not None:
+        found = ops.interrupted_change(settings.fleet.run_dir)
+        if found is not None:
+            where = RunDir(settings.fleet.run_dir.resolve())
+            console.print(escape(journal.explain(where, found[0], supervisor_alive=False)))
+        console.print(f"[yellow]resuming:[/] starting the fleet on the cut-short re-plan's target {resume}")
+        settings = _settings(config, {**overrides, "plan": resume}, {"repository": repository})
+    if running:
         new_plan = ops.settings_plan(settings)
         report = changeview.with_progress(
             lambda show: change.apply_plan(settings, new_plan, config=config, on_progress=show)
@@ -172,6 +178,9 @@ def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
         )
     elif state.message:
         console.print(escape(state.message))
+    found = ops.interrupted_change(run.root)
+    if found is not None:
+        console.print(escape(journal.explain(run, found[0], supervisor_alive=found[1])))
 
 
 def logs_command(

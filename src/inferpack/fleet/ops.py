@@ -18,6 +18,7 @@ import psutil
 from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, save_endpoints
 from inferpack.errors import ConfigError, FleetError, PlanError
+from inferpack.fleet import journal
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (
@@ -264,6 +265,7 @@ def _start(
             if state is not None and on_progress is not None:
                 on_progress(state)
             if state is not None and state.phase == "running":
+                journal.retire(run)  # the fleet now runs on this plan: a cut-short re-plan is superseded
                 return state
             code = supervisor.poll()
             if (state is not None and state.phase in ("failed", "stopped")) or code is not None:
@@ -396,7 +398,32 @@ def _down(run_dir: Path, timeout_s: float | None) -> tuple[FleetState, list[Proc
         for p in final.processes():
             p.status, p.pid, p.create_time = "stopped", None, None
         save_state(run, final)
+    journal.retire(run)  # nothing is between two placements any more
     return final, left
+
+
+def interrupted_change(run_dir: Path) -> tuple[journal.ReconcileJournal, bool] | None:
+    """The latest re-plan of the run directory when it is half-done or in progress, with whether its
+    supervisor is alive; None otherwise."""
+    run = RunDir(run_dir.resolve())
+    found = journal.load_journal(run)
+    state = load_state(run)
+    if found is None or state is None:
+        return None
+    alive = state.phase != "stopped" and not is_stale(state)
+    if found.half_done or (found.status == "running" and alive):
+        return found, alive
+    return None
+
+
+def resume_plan(run_dir: Path) -> Path | None:
+    """The target plan of a re-plan its supervisor's crash cut short, when the fleet is not running: what
+    `inferpack up` without `--plan` starts the fleet on."""
+    found = interrupted_change(run_dir)
+    target = journal.target_file(RunDir(run_dir.resolve()))
+    if found is None or found[1] or found[0].status != "running" or not target.is_file():
+        return None
+    return target
 
 
 def _stop_timeout(run: RunDir) -> float:

@@ -103,6 +103,9 @@ def store_shared_tensors(repo: LocalRepository, tensors: dict[str, torch.Tensor]
     target = folder / f"{hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]}.safetensors"
     if target.is_file():
         tmp.unlink()
+        # reused: fresh again, so `models gc` (which spares young files) does not remove it before the
+        # manifest that will name it is written
+        os.utime(target)
     else:
         tmp.replace(target)
     return target

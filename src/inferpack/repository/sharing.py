@@ -92,6 +92,7 @@ class GroupStore:
             digest = group_digest(members)
             path = self.folder / f"g-{digest}.safetensors"
             if path.is_file():
+                os.utime(path)  # reused: fresh again for `models gc`'s grace period
                 result.shared.append(path)
             elif digest in seen:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -132,4 +133,6 @@ def store_shared_tokenizer(repo: LocalRepository, source: Path) -> Path:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         shutil.copyfile(source, tmp)
         tmp.replace(target)
+    else:
+        os.utime(target)  # reused: fresh again for `models gc`'s grace period (see store_shared_tensors)
     return target
