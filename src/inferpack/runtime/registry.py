@@ -52,6 +52,7 @@ from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
+from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype
 from inferpack.settings import ServerSettings
@@ -165,6 +166,8 @@ class ModelRegistry:
             initargs=(settings.load_nice,),
         )
         self._upgrades = Upgrades(self._upgrade_executor, self._swap)
+        # module shells for the next cold loads, built in the background (one per load lane)
+        self._spares = SpareShells(SKELETONS, settings.max_concurrent_loads)
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -353,6 +356,7 @@ class ModelRegistry:
             if self._load_observer:
                 self._load_observer(model_id, entry.load_seconds, True)
             self._upgrades.start(model_id, loaded)  # a stand-in: its fast runtime loads in the background
+            self._spares.top_up(loaded.extra.get("skeleton"))  # replace the shell this load took
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)  # the estimate was low: settle with the measurement
         return entry, True
@@ -558,3 +562,4 @@ class ModelRegistry:
                 await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         self._upgrade_executor.shutdown(wait=False, cancel_futures=True)
+        self._spares.close()
