@@ -57,7 +57,7 @@ from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.modeling import load_model, recycle
 from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.skeletons import preload_libraries
+from inferpack.runtime.skeletons import SKELETONS, preload_libraries
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import ServerSettings
 
@@ -313,17 +313,18 @@ def policy_replay(n: int, fraction: float, s: float, requests: int) -> dict[str,
 
 
 def cold_loads(repo: Path, ids: list[str], count: int) -> dict[str, float]:
-    """In this process, alone: `count` cold loads of tenants (the base already held by a first tenant,
-    module shells recycled as a server does after unloads), each followed by its first and second forward
-    (one QA request); medians in ms. The time a cold first answer spends beyond a warm one, without the
-    server around it."""
+    """In this process, alone: `count` cold loads of tenants (the base already held by a first tenant),
+    each followed by its first and second forward (one QA request); medians in ms. Twice: module shells
+    recycled or ready as spares (what a server's loads find: `SpareShells`), and every shell built by
+    the load itself (what a server's loads did before spares while no model had been evicted yet). The
+    time a cold first answer spends beyond a warm one, without the server around it."""
     torch.set_num_threads(1)  # as on the load lane and the inference threads
     repository = open_repository(str(repo))
     preload_libraries()
     item = TextInput("What is the capital of France?", "Paris is the capital and largest city of France.")
     held = load_model(repository, ids[0], warmup=None)
     held.predict([item])
-    loads, first, second = [], [], []
+    loads, first, second, built = [], [], [], []
     for model_id in ids[1 : count + 1]:
         t0 = time.perf_counter()
         model = load_model(repository, model_id, warmup=None)
@@ -335,10 +336,18 @@ def cold_loads(repo: Path, ids: list[str], count: int) -> dict[str, float]:
         first.append(t2 - t1)
         second.append(time.perf_counter() - t2)
         recycle(model)
+    key = str(held.extra["skeleton"])
+    while SKELETONS.take(key) is not None:  # no shell to reuse: each load builds its own
+        pass
+    for model_id in ids[count + 1 : 2 * count + 1]:
+        t0 = time.perf_counter()
+        load_model(repository, model_id, warmup=None)
+        built.append(time.perf_counter() - t0)
     return {
         "load_ms": 1000 * statistics.median(loads),
         "first_forward_ms": 1000 * statistics.median(first),
         "second_forward_ms": 1000 * statistics.median(second),
+        "load_building_its_shell_ms": 1000 * statistics.median(built),
     }
 
 
@@ -438,7 +447,7 @@ def main() -> None:
     if args.cold_loads:
         found = cold_loads(repo, ids, args.cold_loads)
         print(
-            f"{args.cold_loads} cold loads alone (base held, shells recycled), medians: "
+            f"{args.cold_loads} cold loads alone (base held), medians: "
             + ", ".join(f"{k} {v:.1f}" for k, v in found.items())
         )
         summaries.append({"phase": "cold loads alone", **found})
