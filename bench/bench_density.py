@@ -405,6 +405,12 @@ def main() -> None:
         help="also run every configuration with the server from this source tree (e.g. main's `src`), "
         "before this tree's, for side-by-side figures on shared cores",
     )
+    parser.add_argument(
+        "--baseline-after",
+        action="store_true",
+        help="run the baseline after this tree's server, not before (alternate runs: drift on shared "
+        "cores then favours neither)",
+    )
     parser.add_argument("--zipf-s", type=float, nargs="+", default=[1.0, 1.1], help="Zipf exponents to run")
     parser.add_argument(
         "--serve",
@@ -462,7 +468,7 @@ def main() -> None:
             summaries.append({"zipf_s": s, "phase": "policy replay", **ratios})
     trees: list[tuple[str, Path | None]] = [("this tree", None)]
     if args.baseline_src is not None:
-        trees.insert(0, ("baseline", args.baseline_src))
+        trees.insert(len(trees) if args.baseline_after else 0, ("baseline", args.baseline_src))
     for s in args.zipf_s if args.serve else []:
         for policy in args.eviction_policy:
             for label, source in trees:
