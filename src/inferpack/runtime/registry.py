@@ -52,7 +52,7 @@ from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.shared import SHARED
-from inferpack.runtime.skeletons import SKELETONS, SpareShells
+from inferpack.runtime.skeletons import BACKGROUND_NICE, SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype
 from inferpack.settings import ServerSettings
@@ -163,7 +163,7 @@ class ModelRegistry:
             max_workers=1,
             thread_name_prefix="upgrade",
             initializer=load_lane_thread,
-            initargs=(settings.load_nice,),
+            initargs=(max(settings.load_nice, BACKGROUND_NICE),),  # background work: niced whatever loads are
         )
         self._upgrades = Upgrades(self._upgrade_executor, self._swap)
         # module shells for the next cold loads, built in the background (one per load lane)

@@ -29,6 +29,7 @@ from inferpack.runtime.heads import TaskWrapper, make_head
 from inferpack.runtime.shared import SharedGroup, SharedWeights, cast_floating
 
 log = logging.getLogger("inferpack.skeletons")
+BACKGROUND_NICE = 10  # work off every request's path (spare shells, fast-runtime upgrades)
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -294,7 +295,7 @@ class SpareShells:
     server whose budget is not full yet has no unloaded shells to reuse. Off the cold request's path; a
     load that finds no spare (a burst, a starved thread) builds its own, as without spares."""
 
-    def __init__(self, pool: SkeletonPool, count: int, nice: int = 10) -> None:
+    def __init__(self, pool: SkeletonPool, count: int, nice: int = BACKGROUND_NICE) -> None:
         self.pool = pool
         self.count = min(count, pool.per_architecture)
         self._pending: set[str] = set()
