@@ -15,8 +15,9 @@ loaded their model), cold - warm at the median, the hit ratio (warm answers / al
 window), loads, mean load time and evictions; then the issue's goals as met/missed lines. The budget
 defaults to a quarter of the tenants: the shared base plus N/4 tenants' own weights, in the serving dtype.
 
-    .venv/bin/python bench/bench_density.py                       # 3,000 tenants, s = 1.0 and 1.1, ~3 min
+    .venv/bin/python bench/bench_density.py                       # 3,000 tenants, s = 1.0 and 1.1, ~13 min
     .venv/bin/python bench/bench_density.py --zipf-s 1.0 --first 60 --warmup 30 --duration 120
+    .venv/bin/python bench/bench_density.py --zipf-s 1.0 --baseline-src /tmp/main-src  # before | after
     .venv/bin/python bench/bench_density.py --eviction-policy slru frequency   # policies side by side
     .venv/bin/python bench/bench_density.py --replay 40000 --no-serve   # eviction policies' hit ratios
     .venv/bin/python bench/bench_density.py --cold-loads 40 --no-serve  # cold loads timed in-process
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import statistics
@@ -55,7 +57,7 @@ from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.modeling import load_model, recycle
 from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.skeletons import preload_libraries
+from inferpack.runtime.skeletons import SKELETONS, preload_libraries
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import ServerSettings
 
@@ -118,9 +120,12 @@ class Phase:
 
 
 class Server:
-    """One lazy `inferpack serve` process with the budget, warm start and eviction policy."""
+    """One lazy `inferpack serve` process with the budget, warm start and eviction policy; `source`: run
+    the server from another source tree (`--baseline-src`), else from this one."""
 
-    def __init__(self, repo: Path, budget_mb: float, stats: Path, policy: str) -> None:
+    def __init__(
+        self, repo: Path, budget_mb: float, stats: Path, policy: str, source: Path | None = None
+    ) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         args = ["--lazy", "--memory-budget-mb", f"{budget_mb:.1f}", "--eviction-policy", policy]
@@ -133,7 +138,8 @@ class Server:
                 threads=None,
                 log_level="warning",
                 extra_args=args,
-            )
+            ),
+            env={**os.environ, "PYTHONPATH": str(source.resolve())} if source is not None else None,
         )
         wait_ready(self.url, self.proc, timeout_s=300)
 
@@ -218,13 +224,19 @@ def run_phase(name: str, server: Server, traffic: Traffic, window: Window, extra
 
 
 def one_config(
-    repo: Path, traffic: Traffic, args: argparse.Namespace, policy: str, budget_mb: float, kind: str
+    repo: Path,
+    traffic: Traffic,
+    args: argparse.Namespace,
+    policy: str,
+    budget_mb: float,
+    kind: str,
+    source: Path | None = None,
 ) -> list[Phase]:
-    """Both phases for one Zipf exponent and eviction policy."""
-    tag = f"density-{kind}-s{traffic.zipf_s:g}-{policy}"
+    """Both phases for one Zipf exponent and eviction policy (the server from `source` when given)."""
+    tag = f"density-{kind}-s{traffic.zipf_s:g}-{policy}" + ("-baseline" if source is not None else "")
     stats = ROOT / f"{tag}-access.json"
     stats.unlink(missing_ok=True)  # phase 1 starts without history
-    server = Server(repo, budget_mb, stats, policy)
+    server = Server(repo, budget_mb, stats, policy, source)
     try:
         first = run_phase(
             "first touches", server, traffic, Window(args.first, 0.0, ROOT / f"{tag}-first", seed=1), {}
@@ -232,7 +244,7 @@ def one_config(
     finally:
         first_peak = server.stop()
     first.extra["peak_rss_mb"] = first_peak
-    server = Server(repo, budget_mb, stats, policy)  # warm start from what phase 1 recorded
+    server = Server(repo, budget_mb, stats, policy, source)  # warm start from what phase 1 recorded
     try:
         warm_s = server.wait_warm_start()
         text = server.metrics()
@@ -246,7 +258,9 @@ def one_config(
         memory = metric_sum(server.metrics(), "inferpack_model_memory_bytes")
     finally:
         peak = server.stop()
-    steady.extra.update(model_memory_mb=memory / 2**20, peak_rss_mb=peak)
+    steady.extra.update(
+        model_memory_mb=memory / 2**20, budget_filled=memory / (budget_mb * 2**20), peak_rss_mb=peak
+    )
     return [first, steady]
 
 
@@ -299,17 +313,18 @@ def policy_replay(n: int, fraction: float, s: float, requests: int) -> dict[str,
 
 
 def cold_loads(repo: Path, ids: list[str], count: int) -> dict[str, float]:
-    """In this process, alone: `count` cold loads of tenants (the base already held by a first tenant,
-    module shells recycled as a server does after unloads), each followed by its first and second forward
-    (one QA request); medians in ms. The time a cold first answer spends beyond a warm one, without the
-    server around it."""
+    """In this process, alone: `count` cold loads of tenants (the base already held by a first tenant),
+    each followed by its first and second forward (one QA request); medians in ms. Twice: module shells
+    recycled or ready as spares (what a server's loads find: `SpareShells`), and every shell built by
+    the load itself (what a server's loads did before spares while no model had been evicted yet). The
+    time a cold first answer spends beyond a warm one, without the server around it."""
     torch.set_num_threads(1)  # as on the load lane and the inference threads
     repository = open_repository(str(repo))
     preload_libraries()
     item = TextInput("What is the capital of France?", "Paris is the capital and largest city of France.")
     held = load_model(repository, ids[0], warmup=None)
     held.predict([item])
-    loads, first, second = [], [], []
+    loads, first, second, built = [], [], [], []
     for model_id in ids[1 : count + 1]:
         t0 = time.perf_counter()
         model = load_model(repository, model_id, warmup=None)
@@ -321,10 +336,18 @@ def cold_loads(repo: Path, ids: list[str], count: int) -> dict[str, float]:
         first.append(t2 - t1)
         second.append(time.perf_counter() - t2)
         recycle(model)
+    key = str(held.extra["skeleton"])
+    while SKELETONS.take(key) is not None:  # no shell to reuse: each load builds its own
+        pass
+    for model_id in ids[count + 1 : 2 * count + 1]:
+        t0 = time.perf_counter()
+        load_model(repository, model_id, warmup=None)
+        built.append(time.perf_counter() - t0)
     return {
         "load_ms": 1000 * statistics.median(loads),
         "first_forward_ms": 1000 * statistics.median(first),
         "second_forward_ms": 1000 * statistics.median(second),
+        "load_building_its_shell_ms": 1000 * statistics.median(built),
     }
 
 
@@ -366,9 +389,28 @@ def main() -> None:
         help="budget = shared base + this fraction of the tenants' own weights",
     )
     parser.add_argument("--rate", type=float, default=12.0, help="open-loop arrivals per second")
-    parser.add_argument("--first", type=float, default=25.0, help="seconds of first touches (phase 1)")
+    parser.add_argument(
+        "--first",
+        type=float,
+        default=240.0,
+        help="seconds of first touches (phase 1); its history is what the steady state's warm start "
+        "loads: at 12 req/s over 3,000 Zipf(1.0) tenants ~240 s meet enough models to fill a quarter budget",
+    )
     parser.add_argument("--warmup", type=float, default=15.0, help="phase 2 warm-up seconds")
-    parser.add_argument("--duration", type=float, default=35.0, help="phase 2 measured seconds")
+    parser.add_argument("--duration", type=float, default=60.0, help="phase 2 measured seconds")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run every configuration with the server from this source tree (e.g. main's `src`), "
+        "before this tree's, for side-by-side figures on shared cores",
+    )
+    parser.add_argument(
+        "--baseline-after",
+        action="store_true",
+        help="run the baseline after this tree's server, not before (alternate runs: drift on shared "
+        "cores then favours neither)",
+    )
     parser.add_argument("--zipf-s", type=float, nargs="+", default=[1.0, 1.1], help="Zipf exponents to run")
     parser.add_argument(
         "--serve",
@@ -411,7 +453,7 @@ def main() -> None:
     if args.cold_loads:
         found = cold_loads(repo, ids, args.cold_loads)
         print(
-            f"{args.cold_loads} cold loads alone (base held, shells recycled), medians: "
+            f"{args.cold_loads} cold loads alone (base held), medians: "
             + ", ".join(f"{k} {v:.1f}" for k, v in found.items())
         )
         summaries.append({"phase": "cold loads alone", **found})
@@ -424,24 +466,31 @@ def main() -> None:
             ratios = policy_replay(args.models, args.budget_fraction, s, args.replay)
             print("  s=" + f"{s:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
             summaries.append({"zipf_s": s, "phase": "policy replay", **ratios})
+    trees: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.baseline_src is not None:
+        trees.insert(len(trees) if args.baseline_after else 0, ("baseline", args.baseline_src))
     for s in args.zipf_s if args.serve else []:
         for policy in args.eviction_policy:
-            phases = one_config(repo, Traffic(models_file, s, args.rate), args, policy, budget_mb, kind)
-            print(
-                f"\n{args.models} {kind} models, budget {budget_mb:.0f} MiB, Zipf s={s:g}, {policy}, "
-                f"{args.rate:g} req/s offered; first {args.first:g} s, then a restart with warm start, "
-                f"{args.warmup:g} s warm-up, {args.duration:g} s measured"
-            )
-            for p in phases:
-                print_phase(p)
-                summaries.append({"zipf_s": s, "policy": policy, "budget_mb": budget_mb, **p.summary()})
-            steady = phases[1].result
-            p90, extra = steady["all"]["p90_ms"], steady["cold_minus_warm_p50_ms"]
-            goals.append(
-                f"s={s:g} {policy}: steady-state P90 {p90:.1f} ms (goal <= {GOAL_P90_MS:g}: "
-                f"{'met' if p90 <= GOAL_P90_MS else 'missed'}); cold - warm at the median {extra:.1f} ms "
-                f"(goal <= {GOAL_COLD_EXTRA_MS:g}: {'met' if extra <= GOAL_COLD_EXTRA_MS else 'missed'})"
-            )
+            for label, source in trees:
+                traffic = Traffic(models_file, s, args.rate)
+                phases = one_config(repo, traffic, args, policy, budget_mb, kind, source)
+                print(
+                    f"\n[{label}] {args.models} {kind} models, budget {budget_mb:.0f} MiB, Zipf s={s:g}, "
+                    f"{policy}, {args.rate:g} req/s offered; first {args.first:g} s, then a restart with "
+                    f"warm start, {args.warmup:g} s warm-up, {args.duration:g} s measured"
+                )
+                for p in phases:
+                    print_phase(p)
+                    summaries.append(
+                        {"tree": label, "zipf_s": s, "policy": policy, "budget_mb": budget_mb, **p.summary()}
+                    )
+                steady = phases[1].result
+                p90, extra = steady["all"]["p90_ms"], steady["cold_minus_warm_p50_ms"]
+                goals.append(
+                    f"[{label}] s={s:g} {policy}: steady-state P90 {p90:.1f} ms (goal <= {GOAL_P90_MS:g}: "
+                    f"{'met' if p90 <= GOAL_P90_MS else 'missed'}); cold - warm at the median {extra:.1f} ms "
+                    f"(goal <= {GOAL_COLD_EXTRA_MS:g}: {'met' if extra <= GOAL_COLD_EXTRA_MS else 'missed'})"
+                )
     if goals:
         print("\ngoals (issue 12):")
     for line in goals:

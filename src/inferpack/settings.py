@@ -230,13 +230,15 @@ class ServerSettings(_Section):
         default=1000, ge=0, description="At most this many models load at a warm start."
     )
     load_nice: int = Field(
-        default=10,
+        default=0,
         ge=0,
         le=19,
         description=(
-            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). Loads read and "
-            "cast weights while inference runs on the same cores: niced, they take the cores' idle time "
-            "instead of stretching the requests in flight (the tail)."
+            "Scheduling niceness of the load threads (Linux; 0: as the inference threads). A cold load is "
+            "on its request's path and costs ~3 ms of CPU (MiniLM tenant of a held base, its module shell "
+            "built in the background): niced, it waits behind every busy thread of the host (~5x longer "
+            "loads measured on shared cores) for little CPU saved; a positive value suits loads that are "
+            "large and a host whose other work is this server's inference alone."
         ),
     )
     memory_wait_s: float = Field(

@@ -48,3 +48,17 @@ async def test_loads_run_niced_on_one_intra_op_thread() -> None:
     plain = _Probe()
     await _registry(plain, 0).load("a")
     assert plain.seen == [(base, 1)]  # 0: the inference threads' priority
+
+
+def test_fast_runtime_upgrades_stay_niced_when_loads_are_not() -> None:
+    """An upgrade (an ONNX Runtime session created while its stand-in serves) is off every request's path:
+    niced even at `load_nice = 0`, which puts cold loads at the inference threads' priority."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    registry = _registry(_Probe(), 0)
+    try:
+        seen = registry._upgrades._executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result(timeout=30)
+    finally:
+        registry._upgrades.shutdown()
+    assert seen == min(base + 10, 19)

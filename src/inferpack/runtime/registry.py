@@ -48,6 +48,7 @@ from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
+from inferpack.runtime.skeletons import BACKGROUND_NICE, SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype, onnx_alternate
 from inferpack.settings import ServerSettings
@@ -142,10 +143,16 @@ class ModelRegistry:
         self._known: set[str] = set()
         self._idle_task: asyncio.Task[None] | None = None
         self._claimed = 0  # bytes reserved by loads in progress
-        # fast runtimes of stand-ins (runtime/tier.py) load on the upgrade lane, niced as the load lane
+        # fast runtimes of stand-ins (runtime/tier.py) load on the upgrade lane: background work, niced
+        # whatever loads are (a cold load never queues behind a session being created)
         self._upgrades = Upgrades(
-            self._swap, settings.load_nice, claim=self._claim_upgrade, release=self._release_upgrade
+            self._swap,
+            max(settings.load_nice, BACKGROUND_NICE),
+            claim=self._claim_upgrade,
+            release=self._release_upgrade,
         )
+        # module shells for the next cold loads, built in the background (one per load lane)
+        self._spares = SpareShells(SKELETONS, settings.max_concurrent_loads)
         self.refresh()
 
     # loading helpers ------------------------------------------------------------------------------------
@@ -334,6 +341,7 @@ class ModelRegistry:
             if self._load_observer:
                 self._load_observer(model_id, entry.load_seconds, True)
             self._upgrades.start(model_id, loaded)  # a stand-in: its fast runtime loads in the background
+            self._spares.top_up(loaded.extra.get("skeleton"))  # replace the shell this load took
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)  # the estimate was low: settle with the measurement
         return entry, True
@@ -585,3 +593,4 @@ class ModelRegistry:
                 await self._unload_locked(entry, "unavailable")
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         self._upgrades.shutdown()
+        self._spares.close()

@@ -8,8 +8,14 @@ safetensors with `load_state_dict(assign=True)`. Each is wrapped in a task head 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,8 @@ from inferpack.repository.manifest import TASKS, Manifest, Pooling, Task
 from inferpack.runtime.heads import TaskWrapper, make_head
 from inferpack.runtime.shared import SharedGroup, SharedWeights, cast_floating
 
+log = logging.getLogger("inferpack.skeletons")
+BACKGROUND_NICE = 10  # work off every request's path (spare shells, fast-runtime upgrades)
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -183,9 +191,11 @@ def build_eager(
     except (OSError, ValueError) as exc:
         raise _unreadable_file(config_path, exc) from exc
     key = skeleton_key(config, manifest)
-    wrapper = SKELETONS.take(key) or build_skeleton(
-        config, manifest.task, pooling=manifest.pooling, normalize=manifest.normalize
+    build = functools.partial(
+        build_skeleton, config, manifest.task, pooling=manifest.pooling, normalize=manifest.normalize
     )
+    SKELETONS.remember(key, build)  # for SpareShells
+    wrapper = SKELETONS.take(key) or build()
     state: dict[str, torch.Tensor] = {}
     if shared is None:
         shared = [SharedWeights().get(version_dir / rel, dtype, target) for rel in manifest.shared_weights]
@@ -226,12 +236,14 @@ def skeleton_key(config: dict[str, Any], manifest: Manifest) -> str:
 class SkeletonPool:
     """Module shells of unloaded models, emptied to the meta device and refilled by the next load of the
     same architecture: a cold load then costs reading and assigning weights, not building a module tree
-    (about half of a MiniLM load here)."""
+    (about half of a MiniLM load here). `SpareShells` keeps spares ready for architectures it was told
+    of, so a cold load finds a shell even before any model was unloaded."""
 
     def __init__(self, per_architecture: int = 8) -> None:
         self.per_architecture = per_architecture
         self._lock = threading.Lock()
         self._shells: dict[str, list[TaskWrapper]] = {}
+        self._builders: dict[str, Callable[[], TaskWrapper]] = {}
 
     def take(self, key: str) -> TaskWrapper | None:
         """A shell for the architecture, or None."""
@@ -242,10 +254,93 @@ class SkeletonPool:
     def give(self, key: str, module: TaskWrapper) -> None:
         """Empty a module (its tensors are released now) and keep it for reuse."""
         module.to_empty(device="meta")
+        self._keep(key, module)
+
+    def _keep(self, key: str, module: TaskWrapper) -> bool:
         with self._lock:
             shells = self._shells.setdefault(key, [])
-            if len(shells) < self.per_architecture:
-                shells.append(module)
+            if len(shells) >= self.per_architecture:
+                return False
+            shells.append(module)
+            return True
+
+    def count(self, key: str) -> int:
+        """Shells held for the architecture."""
+        with self._lock:
+            return len(self._shells.get(key, ()))
+
+    def remember(self, key: str, build: Callable[[], TaskWrapper]) -> None:
+        """How to build a shell of this architecture (for spares; bounded: architectures are few)."""
+        with self._lock:
+            if key not in self._builders and len(self._builders) >= 256:
+                self._builders.clear()
+            self._builders[key] = build
+
+    def build_spare(self, key: str) -> bool:
+        """Build one shell of a remembered architecture, its slot list found too, and keep it; False when
+        the architecture is unknown or the pool is full for it."""
+        with self._lock:
+            build = self._builders.get(key)
+        if build is None:
+            return False
+        shell = build()
+        _slots(shell.model)  # found here, not on the next load
+        return self._keep(key, shell)
+
+
+class SpareShells:
+    """Keeps `count` shells of each architecture a load used ready in a `SkeletonPool`, built one at a time
+    on a thread of its own at a low priority (`nice`), after the load that took one: building a MiniLM
+    module tree costs ~14 ms of CPU, most of a cold load whose shell comes from the pool (~3 ms), and a
+    server whose budget is not full yet has no unloaded shells to reuse. Off the cold request's path; a
+    load that finds no spare (a burst, a starved thread) builds its own, as without spares."""
+
+    def __init__(self, pool: SkeletonPool, count: int, nice: int = BACKGROUND_NICE) -> None:
+        self.pool = pool
+        self.count = min(count, pool.per_architecture)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spare-shells", initializer=_background_thread, initargs=(nice,)
+        )
+
+    def top_up(self, key: object) -> Future[None] | None:
+        """After a load of architecture `key` (a LoadedModel's `extra["skeleton"]`): build spares until
+        `count` are held; returns the background task, or None when there is nothing to do."""
+        if not isinstance(key, str) or not key or self.count <= 0 or self.pool.count(key) >= self.count:
+            return None
+        with self._lock:
+            if key in self._pending:
+                return None  # already topping up: it builds until `count` are held
+            self._pending.add(key)
+        try:
+            return self._executor.submit(self._fill, key)
+        except RuntimeError:  # shut down: the server is stopping
+            with self._lock:
+                self._pending.discard(key)
+            return None
+
+    def _fill(self, key: str) -> None:
+        try:
+            while self.pool.count(key) < self.count and self.pool.build_spare(key):
+                pass
+        except Exception:  # a spare is an optimisation: the next load builds its own shell
+            log.exception("building a spare module shell failed")
+        finally:
+            with self._lock:
+                self._pending.discard(key)
+
+    def close(self) -> None:
+        """Stop building (a build in progress finishes on its thread)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _background_thread(nice: int) -> None:
+    """One intra-op torch thread, and on Linux a lower priority for this thread alone."""
+    torch.set_num_threads(1)
+    if nice > 0 and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):  # where not permitted: the default priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 SKELETONS = SkeletonPool()
