@@ -92,6 +92,7 @@ class PoolState:
 # The estimate's times are stretched by this many mean relative deviations of batch times: for a normal
 # spread, the mean absolute deviation is ~0.8 standard deviations, so 1.5 of them is ~P90.
 TAIL_SPREADS = 1.5
+SPREAD_CAP = 0.5  # one batch's relative deviation counts at most this much (the tail stays <= 1.75x)
 RELEASES_SIMULATED = 64  # beyond this many, releases are extrapolated at one mean interval each
 
 
@@ -143,8 +144,8 @@ class WaitEstimator:
         """One batch of `size` items computed in `seconds`."""
         size = min(max(size, 1), self.max_batch_size)
         average = self._batch_s.setdefault(size, Ewma(self.alpha))
-        if average.value:
-            self._spread.add(abs(seconds - average.value) / average.value)
+        if average.value:  # capped: one stalled batch (a pause, a cold shape) must not multiply estimates
+            self._spread.add(min(abs(seconds - average.value) / average.value, SPREAD_CAP))
         average.add(seconds)
         self._size.add(size)
 
