@@ -201,20 +201,6 @@ def test_a_request_two_threads_will_soon_serve_is_admitted() -> None:
     assert shed_reason(est.estimate(GroupState(1), 1, timed), 0.035) is None
 
 
-def test_estimates_reach_for_the_tail_of_measured_batch_times() -> None:
-    est = WaitEstimator(max_batch_size=1, alpha=1.0)
-    est.observe_batch(1, 0.020)
-    assert est.spread == 0.0  # one batch: no spread yet
-    est.observe_batch(1, 0.024)  # 20% over the average
-    assert est.spread == pytest.approx(0.2)
-    # wait and service stretched by 1 + 1.5 x 0.2 (the times near P90, not their average)
-    assert est.estimate(GroupState(0), 1, BUSY) == Estimate(
-        pytest.approx(0.050 * 1.3), pytest.approx(0.024 * 1.3)
-    )
-    est.observe_batch(1, 1.0)  # one stalled batch counts as 50% at most
-    assert est.spread == pytest.approx(0.5)
-
-
 def test_a_stale_probe_needs_an_idle_thread_an_empty_queue_and_time() -> None:
     now_only = Estimate(0.0, 0.1)
     assert stale_probe(now_only, 0.06, idle_threads=1, queued=0, since_activity_s=0.2)

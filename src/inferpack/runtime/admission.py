@@ -89,10 +89,6 @@ class PoolState:
         return times[lo] + (at - lo) * (times[min(lo + 1, len(times) - 1)] - times[lo])
 
 
-# The estimate's times are stretched by this many mean relative deviations of batch times: for a normal
-# spread, the mean absolute deviation is ~0.8 standard deviations, so 1.5 of them is ~P90.
-TAIL_SPREADS = 1.5
-SPREAD_CAP = 0.5  # one batch's relative deviation counts at most this much (the tail stays <= 1.75x)
 RELEASES_SIMULATED = 64  # beyond this many, releases are extrapolated at one mean interval each
 
 
@@ -138,23 +134,12 @@ class WaitEstimator:
         self.alpha = alpha
         self._batch_s: dict[int, Ewma] = {}
         self._size = Ewma(alpha)  # validates alpha now, not at the first batch
-        self._spread = Ewma(alpha)  # |batch time - its size's average| / that average
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """One batch of `size` items computed in `seconds`."""
         size = min(max(size, 1), self.max_batch_size)
-        average = self._batch_s.setdefault(size, Ewma(self.alpha))
-        if average.value:  # capped: one stalled batch (a pause, a cold shape) must not multiply estimates
-            self._spread.add(min(abs(seconds - average.value) / average.value, SPREAD_CAP))
-        average.add(seconds)
+        self._batch_s.setdefault(size, Ewma(self.alpha)).add(seconds)
         self._size.add(size)
-
-    @property
-    def spread(self) -> float:
-        """The moving average of how far a batch's time fell from its size's average, relative to it (0
-        before two batches of one size ran): how much a shared, contended core stretches and squeezes
-        batches."""
-        return self._spread.value or 0.0
 
     def _measured(self) -> dict[int, float]:
         return {n: e.value for n, e in self._batch_s.items() if e.value is not None}
@@ -205,11 +190,7 @@ class WaitEstimator:
         last_size = size - (turns - 1) * b  # what is queued now
         if releases:  # while it waits, later arrivals join its batch: expect the usual batch size
             last_size = min(b, max(last_size, round(self.usual_size)))
-        # times near their tail, not their average: admitted at the average, every batch that ran
-        # slower than usual (a contended core) would have made its requests late; the deadline goal is
-        # about the admitted requests' P90
-        tail = 1.0 + TAIL_SPREADS * self.spread
-        return Estimate(pool.release_time(releases) * tail, self.batch_seconds(last_size) * tail)
+        return Estimate(pool.release_time(releases), self.batch_seconds(last_size))
 
 
 DEFAULT_DEADLINE_FLOOR_S = 0.05  # a derived default never goes below this (HTTP and scheduling jitter)
