@@ -233,9 +233,7 @@ class ModelBatcher:
 
     def estimate(self, items: int = 1, deadline_s: float | None = None) -> Estimate:
         """Expected wait and service of a request of `items` items arriving now with a deadline `deadline_s`
-        from now (None: none). Batch times are the group's with cross-tenant batching: every batch of the
-        group refreshes them, where one model's own would go stale while its requests are shed."""
-        group_estimator = self.peers.estimator(self) if self.peers is not None else None
+        from now (None: none)."""
         line = self.line
         first = self.pool.position(line.tickets[0]) if line.tickets else None
         group = GroupState(line.queued, len(line.tickets), first)
@@ -244,8 +242,7 @@ class ModelBatcher:
         waiting = line.queued + max(items, 1)
         limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
         limit = within_deadlines(limit, self.batch_cost, deadline_s)
-        estimator = group_estimator or self.estimator
-        return estimator.estimate(group, items, self.pool.state(self.clock()), batch_limit=limit)
+        return self.estimator.estimate(group, items, self.pool.state(self.clock()), batch_limit=limit)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
