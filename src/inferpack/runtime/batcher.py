@@ -10,8 +10,9 @@ forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
-  shed at once, and a queued request that can no longer finish by its deadline is dropped with
-  `DeadlineExceeded` when its batch would form;
+  shed at once (unless an idle pool runs it as a probe of stale batch times, `admission.stale_probe`),
+  and a queued request that can no longer finish by its deadline is dropped with `DeadlineExceeded`
+  when its batch would form; the pool times the expected wait from the batches it is running;
 - a request whose caller went away (its task was cancelled: the transport cancels it when the client
   disconnects) leaves the queue at once, so nobody computes answers no one will read.
 With `Peers`, a batch with room left takes queued requests of other models of the same base too: their
