@@ -286,6 +286,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every phase (per server)")
     parser.add_argument(
+        "--compare-server-arg",
+        action="append",
+        default=[],
+        help="extra `serve` argument of the compared server only (repeatable; alone: a second server from "
+        "this tree with these arguments, e.g. --compare-server-arg=--threads --compare-server-arg=1)",
+    )
+    parser.add_argument(
         "--capacity-at-deadline",
         action="store_true",
         help="also measure, per deadline run, the most a closed loop gets with its P90 within the deadline "
@@ -311,7 +318,7 @@ class Server:
 
 
 def start_server(
-    name: str, src: str | None, args: argparse.Namespace, repo_dir: Path, ids: list[str]
+    name: str, src: str | None, args: argparse.Namespace, repo_dir: Path, ids: list[str], more: list[str]
 ) -> Server:
     """Start `inferpack serve` on the bench models, from `src` (a source tree's `src` folder, put first on
     the server's PYTHONPATH: an older commit for a side-by-side comparison) or from this tree."""
@@ -322,7 +329,7 @@ def start_server(
         port=port,
         threads=args.threads,
         log_level="debug" if args.admission_log else "warning",
-        extra_args=list(args.server_arg),
+        extra_args=[*args.server_arg, *more],
     )
     env = dict(os.environ)
     if src is not None:
@@ -463,9 +470,10 @@ def main() -> None:
         f"machine: {cpu_model()}, {usable_cores()} cores, CPU flags {cpu_flags()}, load average "
         f"{os.getloadavg()[0]:.1f}"
     )
-    servers = [start_server("this tree", None, args, repo_dir, ids)]
-    if args.compare_src:
-        servers.append(start_server("compared", args.compare_src, args, repo_dir, ids))
+    servers = [start_server("this tree", None, args, repo_dir, ids, [])]
+    if args.compare_src or args.compare_server_arg:
+        compared = start_server("compared", args.compare_src, args, repo_dir, ids, args.compare_server_arg)
+        servers.append(compared)
     mine = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cpus(args.generator_cpus) or mine)
     print(
