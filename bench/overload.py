@@ -21,7 +21,12 @@ dropped-disconnected counters, and the CPU the generator and the server used; th
 ratios of every run in one table.
 
     PYTHONPATH=src:bench .venv/bin/python bench/overload.py [--duration 10] [--factor 3] [--deadline-ms D]
-        [--server-cpus 0 --generator-cpus 1] [--admission-log]
+        [--server-cpus 0 --generator-cpus 1] [--admission-log] [--capacity-at-deadline]
+        [--compare-src OTHER/src --rounds N]
+
+`--compare-src` starts a second server from another source tree (e.g. `git archive main src | tar -x -C
+/tmp/base`) and runs every phase on both, alternating round by round, so contention on a shared machine
+hits both alike; the side-by-side table at the end gives each round's ratios and their means.
 
 The generator (bench/loadgen_raw.py: pre-encoded requests on keep-alive connections, callbacks, no
 per-request task) shares the machine's cores with the server unless `--server-cpus`/`--generator-cpus`
@@ -55,6 +60,7 @@ from inferpack.runtime.hardware import cpu_model, usable_cores
 NO_DEADLINE_MS = 3_600_000
 ADMITTED = re.compile(
     rb"admitted model=\S+ est_wait_ms=([\d.]+) est_service_ms=([\d.]+) wait_ms=([\d.]+) service_ms=([\d.]+)"
+    rb" batch=(\d+)"
 )
 
 
@@ -212,19 +218,26 @@ def server_counters(url: str) -> dict[str, float]:
     return out
 
 
-def admission_summary(log: Path, start: int) -> str:
-    """The calibration lines the server logged since byte `start`: estimate against what requests got."""
+def admission_summary(log: Path, start: int, seconds: float, threads: int) -> str:
+    """The calibration lines the server logged since byte `start`: estimate against what requests got,
+    and how busy the inference threads were (batch time over `threads` x `seconds`) at which batch sizes."""
     rows = np.array([[float(x) for x in m.groups()] for m in ADMITTED.finditer(log.read_bytes()[start:])])
     if not len(rows):
         return "no admitted requests logged"
     est, got = rows[:, 0] + rows[:, 1], rows[:, 2] + rows[:, 3]
     err = got - est
+    busy_s = float(np.sum(rows[:, 3] / rows[:, 4])) / 1000  # each batch logs one line per item
+    sizes, counts = np.unique(rows[:, 4].astype(int), return_counts=True)
+    mix = ", ".join(f"{s}: {c // s}" for s, c in zip(sizes, counts, strict=True))
     return (
-        f"{len(rows)} admitted: estimate P50 {np.median(est):.1f} ms, got P50 {np.median(got):.1f} ms; "
-        f"got - estimate P10/P50/P90 {np.percentile(err, 10):.1f} / {np.median(err):.1f} / "
-        f"{np.percentile(err, 90):.1f} ms; wait estimate P50 {np.median(rows[:, 0]):.1f} ms vs got "
-        f"{np.median(rows[:, 2]):.1f}; service estimate P50 {np.median(rows[:, 1]):.1f} ms vs got "
-        f"{np.median(rows[:, 3]):.1f}"
+        f"{len(rows)} admitted: estimate P50 {np.median(est):.1f} ms, got P50 {np.median(got):.1f} ms, "
+        f"P90 {np.percentile(got, 90):.1f} ms; got - estimate P10/P50/P90 {np.percentile(err, 10):.1f} / "
+        f"{np.median(err):.1f} / {np.percentile(err, 90):.1f} ms; wait estimate P50 "
+        f"{np.median(rows[:, 0]):.1f} ms vs got {np.median(rows[:, 2]):.1f} (P90 "
+        f"{np.percentile(rows[:, 0], 90):.1f} vs {np.percentile(rows[:, 2], 90):.1f}); service estimate "
+        f"P50 {np.median(rows[:, 1]):.1f} ms vs got {np.median(rows[:, 3]):.1f}; inference threads busy "
+        f"{busy_s / (threads * seconds) * 100:.0f}% (wall time; includes the drain after the load), "
+        f"batches by size {{{mix}}}"
     )
 
 
@@ -266,11 +279,187 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` argument")
     parser.add_argument(
+        "--compare-src",
+        default=None,
+        help="also run a second server from this source tree's src folder (e.g. an older commit's, from "
+        "`git archive`), alternating with this tree's round by round, so that contention hits both alike",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every phase (per server)")
+    parser.add_argument(
+        "--compare-server-arg",
+        action="append",
+        default=[],
+        help="extra `serve` argument of the compared server only (repeatable; alone: a second server from "
+        "this tree with these arguments, e.g. --compare-server-arg=--threads --compare-server-arg=1)",
+    )
+    parser.add_argument(
+        "--capacity-at-deadline",
+        action="store_true",
+        help="also measure, per deadline run, the most a closed loop gets with its P90 within the deadline "
+        "(a second denominator, printed beside the goal's)",
+    )
+    parser.add_argument(
         "--shed-cost",
         action="store_true",
         help="also measure the server's CPU per shed request (a run of hopeless requests at capacity)",
     )
     return parser.parse_args()
+
+
+@dataclass
+class Server:
+    """One server under test: its name in the output, process, address and log."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    target: Target
+    url: str
+    log_path: Path
+
+
+def start_server(
+    name: str, src: str | None, args: argparse.Namespace, repo_dir: Path, ids: list[str], more: list[str]
+) -> Server:
+    """Start `inferpack serve` on the bench models, from `src` (a source tree's `src` folder, put first on
+    the server's PYTHONPATH: an older commit for a side-by-side comparison) or from this tree."""
+    port = free_port()
+    cmd = server_command(
+        repository=str(repo_dir),
+        models=ids,
+        port=port,
+        threads=args.threads,
+        log_level="debug" if args.admission_log else "warning",
+        extra_args=[*args.server_arg, *more],
+    )
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")])
+    log_path = ROOT / f"overload-server-{name.replace(' ', '-')}.log"
+    mine = os.sched_getaffinity(0)
+    if args.server_cpus:
+        os.sched_setaffinity(0, cpus(args.server_cpus) or mine)  # the server inherits it
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stderr=log if args.admission_log else None)
+    os.sched_setaffinity(0, mine)
+    url = f"http://127.0.0.1:{port}"
+    return Server(name, proc, Target("127.0.0.1", port, ids, proc.pid), url, log_path)
+
+
+Row = tuple[
+    str, float, float, float
+]  # run label, goodput / capacity, admitted P90 / unloaded P90, recovery s
+
+
+def capacity_within(
+    target: Target, deadline_ms: float, unloaded: Phase, args: argparse.Namespace, tag: str
+) -> float:
+    """The most req/s a closed loop gets with its P90 within `deadline_ms`: 1, 2, 3, 4, 6, ... connections
+    until the P90 passes the deadline (the 1-connection figure is the unloaded phase's). A second
+    denominator for tight deadlines: `capacity` is measured with full batches at a P90 far above them."""
+    best = len(unloaded.outcomes) / unloaded.seconds if pct(unloaded.latencies(), 90) <= deadline_ms else 0.0
+    for connections in (2, 3, 4, 6, 8, 12, 16):
+        if connections > args.connections:
+            break
+        phase = asyncio.run(closed_loop(target, connections, args.duration))
+        rate, p90 = phase.count(200) / phase.seconds, pct(phase.latencies(), 90)
+        print(f"{tag}  closed loop, {connections} connections: {rate:.1f} req/s, P90 {p90:.1f} ms")
+        if p90 > deadline_ms:
+            break
+        best = max(best, rate)
+    print(f"{tag}capacity within {deadline_ms:.0f} ms (P90): {best:.1f} req/s")
+    return best
+
+
+def measure(server: Server, args: argparse.Namespace) -> list[Row]:
+    """One round on one server: unloaded, capacity, then each overload run; prints as it goes."""
+    target, url, log_path, tag = server.target, server.url, server.log_path, f"[{server.name}] "
+    asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
+    unloaded = asyncio.run(closed_loop(target, 1, args.duration))
+    p50, p90 = pct(unloaded.latencies(), 50), pct(unloaded.latencies(), 90)
+    print(
+        f"{tag}unloaded (1 connection): {len(unloaded.outcomes) / unloaded.seconds:.1f} req/s, "
+        f"P50 {p50:.1f} ms, P90 {p90:.1f} ms; {unloaded.cpu()}"
+    )
+    cap_phase = asyncio.run(closed_loop(target, args.connections, args.duration))
+    capacity = cap_phase.count(200) / cap_phase.seconds
+    print(
+        f"{tag}capacity ({args.connections} connections, closed loop): {capacity:.1f} req/s, "
+        f"P50 {pct(cap_phase.latencies(), 50):.1f} ms, P90 {pct(cap_phase.latencies(), 90):.1f} ms; "
+        f"{cap_phase.cpu()}"
+    )
+    normal = 2 * p90 / 1000
+    if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
+        pid = server.proc.pid
+        idle0, t0 = process_cpu_seconds(pid), time.perf_counter()
+        time.sleep(2.0)
+        idle = (process_cpu_seconds(pid) - idle0) / (time.perf_counter() - t0)  # CPU s per s
+        shed_rate = args.factor * capacity
+        shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
+        n = max(len(shed.outcomes), 1)
+        print(
+            f"{tag}shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} "
+            f"req/s; server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
+            f"(less its idle {idle * 100:.1f}% of a core); {shed.cpu()}"
+        )
+    rate = args.factor * capacity
+    runs: list[tuple[str, float | None]] = []
+    if not args.no_baseline:
+        runs += [("no deadline", float(NO_DEADLINE_MS)), ("server default deadline", None)]
+    multiples = [float(m) for m in args.deadline_multiples.split(",") if m]
+    if args.deadline_ms:
+        runs += [(f"deadline {d:.0f} ms", d) for d in args.deadline_ms]
+    else:
+        runs += [(f"deadline {m:g}x unloaded P90", m * p90) for m in multiples]
+    at_deadline: dict[float, float] = {}
+    if args.capacity_at_deadline:
+        for _, header in runs:
+            if header is not None and header < NO_DEADLINE_MS:
+                at_deadline[header] = capacity_within(target, header, unloaded, args, tag)
+    table: list[Row] = []
+    for label, header in runs:
+        before = server_counters(url)
+        log_start = log_path.stat().st_size
+        phase, recovery, probes = asyncio.run(
+            open_loop(target, rate, args.duration, header, args.timeout, normal)
+        )
+        after = server_counters(url)
+        limit = args.timeout if header is None or header >= NO_DEADLINE_MS else header / 1000
+        good = sum(1 for o in phase.outcomes if o.status == 200 and o.latency <= limit)
+        goodput = good / phase.seconds
+        admitted_p90 = pct(phase.latencies(), 90)
+        delta = {k.split("_total")[-1] or k: after.get(k, 0) - before.get(k, 0) for k in after}
+        print(
+            f"{tag}overload {args.factor:g}x ({rate:.0f} req/s offered, {label}, "
+            f"{limit * 1000:.0f} ms): goodput {goodput:.1f} req/s = {goodput / capacity:.2f} x capacity; "
+            f"admitted P50 {pct(phase.latencies(), 50):.0f} ms, P90 {admitted_p90:.0f} ms = "
+            f"{admitted_p90 / p90:.1f} x unloaded P90; 200: {phase.count(200)} ({good} within "
+            f"{limit * 1000:.0f} ms), 503: {phase.count(503)}, 504: {phase.count(504)}, "
+            f"time-outs/errors: {phase.count(0)}, unanswered at the end: {phase.unanswered}; "
+            f"back to normal (<= {normal * 1000:.0f} ms) {recovery:.2f} s after the load stopped "
+            f"(probes {', '.join(f'{x * 1000:.0f}' for x in probes[:6])} ms)"
+        )
+        if header in at_deadline and at_deadline[header] > 0:
+            print(
+                f"  goodput / capacity within this deadline ({at_deadline[header]:.1f} req/s): "
+                f"{goodput / at_deadline[header]:.2f}"
+            )
+        print(f"  {phase.cpu()}; server counters: {delta}")
+        if args.admission_log:
+            threads = args.threads or usable_cores()
+            print(f"  admission estimate: {admission_summary(log_path, log_start, phase.seconds, threads)}")
+        table.append((label, goodput / capacity, admitted_p90 / p90, recovery))
+    print(f"{tag}GOALS (capacity {capacity:.1f} req/s, unloaded P90 {p90:.1f} ms, {args.factor:g}x load):")
+    print(
+        f"  {'run':<28} {'goodput/capacity (>=0.9)':>26} {'admitted P90/unloaded (<=2)':>29} "
+        f"{'back to normal (<1 s)':>23}"
+    )
+    for label, ratio, tail, recovery in table:
+        met = ["met" if ok else "MISS" for ok in (ratio >= 0.9, tail <= 2, recovery < 1)]
+        print(
+            f"  {label:<28} {ratio:>20.2f} {met[0]:>5} {tail:>23.1f} {met[1]:>5} "
+            f"{recovery:>16.2f} s {met[2]:>4}"
+        )
+    return table
 
 
 def main() -> None:
@@ -281,109 +470,41 @@ def main() -> None:
         f"machine: {cpu_model()}, {usable_cores()} cores, CPU flags {cpu_flags()}, load average "
         f"{os.getloadavg()[0]:.1f}"
     )
-    port = free_port()
-    extra = list(args.server_arg)
-    cmd = server_command(
-        repository=str(repo_dir),
-        models=ids,
-        port=port,
-        threads=args.threads,
-        log_level="debug" if args.admission_log else "warning",
-        extra_args=extra,
-    )
-    log_path = ROOT / "overload-server.log"
+    servers = [start_server("this tree", None, args, repo_dir, ids, [])]
+    if args.compare_src or args.compare_server_arg:
+        compared = start_server("compared", args.compare_src, args, repo_dir, ids, args.compare_server_arg)
+        servers.append(compared)
     mine = os.sched_getaffinity(0)
-    if args.server_cpus:
-        os.sched_setaffinity(0, cpus(args.server_cpus) or mine)  # the server inherits it
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=dict(os.environ), stderr=log if args.admission_log else None)
     os.sched_setaffinity(0, cpus(args.generator_cpus) or mine)
     print(
-        f"server on CPUs {sorted(os.sched_getaffinity(proc.pid))}, generator on "
+        f"servers on CPUs {sorted(os.sched_getaffinity(servers[0].proc.pid))}, generator on "
         f"{sorted(os.sched_getaffinity(0))}"
     )
-    url = f"http://127.0.0.1:{port}"
-    target = Target("127.0.0.1", port, ids, proc.pid)
+    results: dict[str, list[list[Row]]] = {s.name: [] for s in servers}
     try:
-        wait_ready(url, proc, timeout_s=300)
-        asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
-        unloaded = asyncio.run(closed_loop(target, 1, args.duration))
-        p50, p90 = pct(unloaded.latencies(), 50), pct(unloaded.latencies(), 90)
-        print(
-            f"unloaded (1 connection): {len(unloaded.outcomes) / unloaded.seconds:.1f} req/s, "
-            f"P50 {p50:.1f} ms, P90 {p90:.1f} ms; {unloaded.cpu()}"
-        )
-        cap_phase = asyncio.run(closed_loop(target, args.connections, args.duration))
-        capacity = cap_phase.count(200) / cap_phase.seconds
-        print(
-            f"capacity ({args.connections} connections, closed loop): {capacity:.1f} req/s, "
-            f"P50 {pct(cap_phase.latencies(), 50):.1f} ms, P90 {pct(cap_phase.latencies(), 90):.1f} ms; "
-            f"{cap_phase.cpu()}"
-        )
-        normal = 2 * p90 / 1000
-        if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
-            idle0, t0 = process_cpu_seconds(proc.pid), time.perf_counter()
-            time.sleep(2.0)
-            idle = (process_cpu_seconds(proc.pid) - idle0) / (time.perf_counter() - t0)  # CPU s per s
-            shed_rate = args.factor * capacity
-            shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
-            n = max(len(shed.outcomes), 1)
-            print(
-                f"shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} req/s; "
-                f"server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
-                f"(less its idle {idle * 100:.1f}% of a core); {shed.cpu()}"
-            )
-        rate = args.factor * capacity
-        runs: list[tuple[str, float | None]] = []
-        if not args.no_baseline:
-            runs += [("no deadline", float(NO_DEADLINE_MS)), ("server default deadline", None)]
-        multiples = [float(m) for m in args.deadline_multiples.split(",") if m]
-        deadlines = args.deadline_ms or [m * p90 for m in multiples]
-        runs += [(f"deadline {d:.0f} ms", d) for d in deadlines]
-        table = []
-        for label, header in runs:
-            before = server_counters(url)
-            log_start = log_path.stat().st_size
-            phase, recovery, probes = asyncio.run(
-                open_loop(target, rate, args.duration, header, args.timeout, normal)
-            )
-            after = server_counters(url)
-            limit = args.timeout if header is None or header >= NO_DEADLINE_MS else header / 1000
-            good = sum(1 for o in phase.outcomes if o.status == 200 and o.latency <= limit)
-            goodput = good / phase.seconds
-            admitted_p90 = pct(phase.latencies(), 90)
-            delta = {k.split("_total")[-1] or k: after.get(k, 0) - before.get(k, 0) for k in after}
-            print(
-                f"overload {args.factor:g}x ({rate:.0f} req/s offered, {label}): "
-                f"goodput {goodput:.1f} req/s = {goodput / capacity:.2f} x capacity; "
-                f"admitted P50 {pct(phase.latencies(), 50):.0f} ms, P90 {admitted_p90:.0f} ms = "
-                f"{admitted_p90 / p90:.1f} x unloaded P90; 200: {phase.count(200)} ({good} within "
-                f"{limit * 1000:.0f} ms), 503: {phase.count(503)}, 504: {phase.count(504)}, "
-                f"time-outs/errors: {phase.count(0)}, unanswered at the end: {phase.unanswered}; "
-                f"back to normal (<= {normal * 1000:.0f} ms) {recovery:.2f} s after the load stopped "
-                f"(probes {', '.join(f'{x * 1000:.0f}' for x in probes[:6])} ms)"
-            )
-            print(f"  {phase.cpu()}; server counters: {delta}")
-            if args.admission_log:
-                print(f"  admission estimate: {admission_summary(log_path, log_start)}")
-            table.append((label, goodput / capacity, admitted_p90 / p90, recovery))
-        print(f"\nGOALS (capacity {capacity:.1f} req/s, unloaded P90 {p90:.1f} ms, {args.factor:g}x load):")
-        print(
-            f"  {'run':<28} {'goodput/capacity (>=0.9)':>26} {'admitted P90/unloaded (<=2)':>29} "
-            f"{'back to normal (<1 s)':>23}"
-        )
-        for label, ratio, tail, recovery in table:
-            met = ["met" if ok else "MISS" for ok in (ratio >= 0.9, tail <= 2, recovery < 1)]
-            print(
-                f"  {label:<28} {ratio:>20.2f} {met[0]:>5} {tail:>23.1f} {met[1]:>5} "
-                f"{recovery:>16.2f} s {met[2]:>4}"
-            )
+        for server in servers:
+            wait_ready(server.url, server.proc, timeout_s=300)
+        for r in range(args.rounds):
+            order = servers if r % 2 == 0 else servers[::-1]  # alternate who goes first
+            for server in order:
+                print(f"--- round {r + 1}, {server.name}, load average {os.getloadavg()[0]:.1f}")
+                results[server.name].append(measure(server, args))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for server in servers:
+            server.proc.terminate()
+            try:
+                server.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.proc.kill()
+    if len(servers) > 1 or args.rounds > 1:
+        print("\nSIDE BY SIDE (goodput/capacity, admitted P90/unloaded P90 per round; then the means):")
+        for name, rounds in results.items():
+            for i, (label, *_) in enumerate(rounds[0]):
+                cells = [(rows[i][1], rows[i][2]) for rows in rounds]
+                each = "  ".join(f"{g:.2f}/{t:.1f}" for g, t in cells)
+                mean_g = sum(g for g, _ in cells) / len(cells)
+                mean_t = sum(t for _, t in cells) / len(cells)
+                print(f"  {name:<10} {label:<28} {each}   mean {mean_g:.2f} / {mean_t:.2f}")
 
 
 if __name__ == "__main__":

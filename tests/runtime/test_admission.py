@@ -12,8 +12,10 @@ from inferpack.runtime.admission import (
     WaitEstimator,
     cannot_finish,
     default_deadline_s,
+    release_times,
     retry_after_s,
     shed_reason,
+    stale_probe,
 )
 
 IDLE = PoolState(thread_free=True, waiting=0, release_interval_s=0.05)
@@ -158,3 +160,52 @@ def test_the_default_deadline_is_configured_or_derived() -> None:
     assert default_deadline_s(None, None, 4, 0.001) == pytest.approx(0.05)
     assert default_deadline_s(None, None, 4, 30.0) == pytest.approx(10.0)
     assert default_deadline_s(None, None, 4, 0.0) == pytest.approx(10.0)
+
+
+def test_releases_follow_the_running_batches() -> None:
+    # two threads 5 and 15 ms from the end of their batches, 20 ms batches after that
+    assert release_times((0.005, 0.015), 2, 0.020, 4) == pytest.approx([0.005, 0.015, 0.025, 0.035])
+    # an idle thread is free now; a batch past its expected end could end any moment: now
+    assert release_times((0.015,), 2, 0.020, 3) == pytest.approx([0.0, 0.015, 0.020])
+    assert release_times((-0.004, 0.010), 2, 0.020, 2) == pytest.approx([0.0, 0.010])
+    # a long batch on one thread: the other thread frees up twice before it
+    assert release_times((0.005, 0.100), 2, 0.020, 3) == pytest.approx([0.005, 0.025, 0.045])
+    # past the simulated releases: one mean interval (batch / threads) each
+    far = release_times((0.0, 0.0), 2, 0.020, 70)
+    assert far[-1] - far[-2] == pytest.approx(0.010) and len(far) == 70
+
+
+def test_a_pool_that_knows_its_running_batches_times_releases_from_them() -> None:
+    busy = PoolState(False, 0, 0.010, busy_left_s=(0.002, 0.015), threads=2)
+    assert busy.release_time(0) == 0.0
+    assert busy.release_time(1) == pytest.approx(0.002)  # the first release: the nearer end
+    assert busy.release_time(2) == pytest.approx(0.015)
+    assert busy.release_time(1.5) == pytest.approx(0.0085)  # a shared turn: between the two
+    free = PoolState(True, 0, 0.010, busy_left_s=(0.015,), threads=2)
+    assert free.release_time(0) == 0.0 and free.release_time(1) == pytest.approx(0.015)
+    # without the running batches: one mean interval per release, as before
+    assert PoolState(False, 0, 0.010).release_time(2) == pytest.approx(0.020)
+
+
+def test_a_request_two_threads_will_soon_serve_is_admitted() -> None:
+    """The over-shedding at tight deadlines: a 20 ms batch time, two threads busy, one request queued.
+    One mean interval per release charged the new request 2 x 10 ms + 20 ms = 40 ms and shed it with a
+    35 ms deadline, although both threads were about to free up (3 and 6 ms left)."""
+    est = WaitEstimator(max_batch_size=1)
+    est.observe_batch(1, 0.020)
+    averaged = PoolState(False, 0, 0.010)
+    timed = PoolState(False, 0, 0.010, busy_left_s=(0.003, 0.006), threads=2)
+    assert est.estimate(GroupState(1), 1, averaged).total_s == pytest.approx(0.040)
+    assert shed_reason(est.estimate(GroupState(1), 1, averaged), 0.035) == "deadline"
+    assert est.estimate(GroupState(1), 1, timed).total_s == pytest.approx(0.026)
+    assert shed_reason(est.estimate(GroupState(1), 1, timed), 0.035) is None
+
+
+def test_a_stale_probe_needs_an_idle_thread_an_empty_queue_and_time() -> None:
+    now_only = Estimate(0.0, 0.1)
+    assert stale_probe(now_only, 0.06, idle_threads=1, queued=0, since_activity_s=0.2)
+    assert not stale_probe(now_only, 0.06, idle_threads=0, queued=0, since_activity_s=0.2)
+    assert not stale_probe(now_only, 0.06, idle_threads=1, queued=1, since_activity_s=0.2)
+    assert not stale_probe(now_only, 0.06, idle_threads=1, queued=0, since_activity_s=0.05)
+    assert not stale_probe(now_only, 0.04, idle_threads=1, queued=0, since_activity_s=0.2)
+    assert not stale_probe(Estimate(0.01, 0.1), 0.06, idle_threads=1, queued=0, since_activity_s=0.2)

@@ -415,4 +415,35 @@ async def test_a_batch_of_one_from_its_own_queue_does_not_look_at_the_peers() ->
             model.gate.set()
         for batcher in batchers:
             await batcher.close()
+
+
+async def test_an_idle_pool_probes_when_its_batch_times_say_no_request_can_make_it(make: Make) -> None:
+    # one slow measurement (0.1 s) would shed every 60 ms request for good: nothing runs to correct it
+    clock = FakeClock()
+    model, batcher = make(SlowModel(clock), clock=clock)
+    await batcher.submit(TextInput("measure"))  # 0.1 s
+    with pytest.raises(Overloaded):  # a batch just ended: the measurement is fresh, the shed stands
+        await batcher.submit(TextInput("fresh"), deadline=clock.now + 0.06)
+    clock.now += 0.2  # idle for two expected batch times
+    with pytest.raises(Overloaded):  # under half the expected time left: not worth a probe
+        await batcher.submit(TextInput("hopeless"), deadline=clock.now + 0.04)
+    assert (await batcher.submit(TextInput("probe"), deadline=clock.now + 0.06))["echo"] == "probe"
+    with pytest.raises(Overloaded):  # the probe's batch just ran: no second probe at once
+        await batcher.submit(TextInput("again"), deadline=clock.now + 0.06)
+    assert model.batches == [["measure"], ["probe"]]
+
+
+async def test_the_pool_knows_when_each_running_batch_should_end() -> None:
+    pool = InferencePool(threads=2)
+    try:
+        assert pool.state(10.0).busy_left_s == () and pool.state(10.0).threads == 2
+        first = pool.begin_batch(10.0, 0.1)
+        pool.begin_batch(10.05, 0.1)
+        assert pool.state(10.08).busy_left_s == pytest.approx((0.02, 0.07))
+        assert pool.last_activity == 10.05
+        pool.end_batch(first, 10.09)
+        assert pool.state(10.09).busy_left_s == pytest.approx((0.06,))
+        assert pool.last_activity == 10.09
+        assert pool.state().busy_left_s == ()  # without a time: the mean-interval view only
+    finally:
         pool.shutdown()

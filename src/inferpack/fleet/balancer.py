@@ -7,8 +7,11 @@ Pure logic, no I/O and no clock: the router calls `choose`/`acquire`/`release` a
 `inferpack-expected-wait-ms`, `inferpack-expected-service-ms`), passing its own clock's `now`. A reported
 wait counts down with time since it was reported (the queue drains while nobody looks), so a copy that shed
 once is tried again as soon as its queue should have drained; the compute does not (a batch still has to
-run). `expected` gives both as the server's admission `Estimate`, for the same shed rule. Everything runs
-on one event loop, so plain numbers suffice (no locks).
+run) while the report is fresh (`REPORT_FRESH_S`); an older report is forgotten, so a copy whose last
+report said no request can make a tight deadline gets one again and reports afresh (the server probes an
+idle pool whose batch times went stale: a router shedding on the stale report for good would lock the
+model out). `expected` gives both as the server's admission `Estimate`, for the same shed rule.
+Everything runs on one event loop, so plain numbers suffice (no locks).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from inferpack.plan import Plan
 from inferpack.runtime.admission import Estimate
 
 WAIT_RESOLUTION_S = 0.01  # waits closer than this are a tie: then the fewest outstanding requests win
+REPORT_FRESH_S = 5.0  # a copy's reported compute counts this long after its last report, then is forgotten
 
 
 class Balancer:
@@ -64,8 +68,10 @@ class Balancer:
 
     def expected(self, server: str, model: str, now: float) -> Estimate:
         """The wait last reported for `model` on `server` less the time since, and the compute reported
-        with it (both 0 when none reported)."""
+        with it (both 0 when none reported, or when the report is older than `REPORT_FRESH_S`)."""
         wait, at, service = self.waits.get((server, model), (0.0, now, 0.0))
+        if now - at > REPORT_FRESH_S:
+            return Estimate(0.0, 0.0)
         return Estimate(max(0.0, wait - max(0.0, now - at)), service)
 
     def expected_wait(self, server: str, model: str, now: float) -> float:

@@ -16,13 +16,16 @@ waits for is its group's queue, not its model's alone:
   with a thread idle;
 - each later turn of the group comes after the other groups' dispatchers in line have had theirs, shared
   among the group's own dispatchers in line: (others + own) / own releases;
-- the request needs ceil((queued in the group + its items) / max batch) turns.
+- the request needs ceil((queued in the group + its items) / max batch) turns;
+- releases are timed from the batches running now (each ends after its expected time left, then every
+  thread runs mean-length batches), or one mean interval each when the pool does not say.
 Everything here is read from the present state except the moving averages of compute time, so the
 estimate falls back to "no wait" as soon as the queues have emptied, however long they were a moment ago.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -60,11 +63,54 @@ class Ewma:
 @dataclass(frozen=True)
 class PoolState:
     """The shared inference threads now: whether one is idle, how many dispatchers wait in line for one,
-    and the mean time between two threads freeing up (batch time / threads)."""
+    and the mean time between two threads freeing up (batch time / threads). With `busy_left_s` (the
+    expected seconds left in each running batch) and `threads`, releases are timed from the batches
+    actually running instead of one mean interval each (see `release_times`)."""
 
     thread_free: bool
     waiting: int
     release_interval_s: float
+    busy_left_s: tuple[float, ...] = ()
+    threads: int = 0
+
+    def release_time(self, releases: float) -> float:
+        """Expected seconds until the `releases`-th thread release from now (fractional: between two);
+        with a thread free, release 0 is now."""
+        if releases <= 0:
+            return 0.0
+        if self.threads < 1 or (not self.busy_left_s and not self.thread_free):
+            return releases * self.release_interval_s  # nothing known about the running batches
+        times = release_times(
+            self.busy_left_s, self.threads, self.release_interval_s * self.threads, math.ceil(releases) + 1
+        )
+        # times[0] is the first release: now for an idle thread, else the end of the shortest running batch
+        at = releases if self.thread_free else releases - 1
+        lo = math.floor(at)
+        return times[lo] + (at - lo) * (times[min(lo + 1, len(times) - 1)] - times[lo])
+
+
+RELEASES_SIMULATED = 64  # beyond this many, releases are extrapolated at one mean interval each
+
+
+def release_times(busy_left_s: tuple[float, ...], threads: int, batch_s: float, count: int) -> list[float]:
+    """Seconds from now of the next `count` thread releases: each running batch ends after its expected
+    time left (a batch past its expected time: now), each idle thread is free now, and every thread then
+    runs batches of `batch_s` one after another. Threads freeing at known times wait less, on average,
+    than one mean interval per release (two threads half-way through their batches both free within half
+    a batch, not one and two intervals from now), which is what kept tight-deadline admission shedding
+    requests an idle-soon thread would have served in time."""
+    free = sorted(max(0.0, t) for t in busy_left_s)[:threads]
+    free += [0.0] * (threads - len(free))
+    heapq.heapify(free)
+    out: list[float] = []
+    for _ in range(min(count, RELEASES_SIMULATED)):
+        t = heapq.heappop(free)
+        out.append(t)
+        heapq.heappush(free, t + batch_s)
+    step = batch_s / threads
+    while len(out) < count:
+        out.append(out[-1] + step)
+    return out
 
 
 @dataclass(frozen=True)
@@ -144,7 +190,7 @@ class WaitEstimator:
         last_size = size - (turns - 1) * b  # what is queued now
         if releases:  # while it waits, later arrivals join its batch: expect the usual batch size
             last_size = min(b, max(last_size, round(self.usual_size)))
-        return Estimate(releases * pool.release_interval_s, self.batch_seconds(last_size))
+        return Estimate(pool.release_time(releases), self.batch_seconds(last_size))
 
 
 DEFAULT_DEADLINE_FLOOR_S = 0.05  # a derived default never goes below this (HTTP and scheduling jitter)
@@ -177,6 +223,25 @@ def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | N
     if time_left_s <= 0 or estimate.total_s > time_left_s:
         return "deadline"
     return None
+
+
+def stale_probe(
+    estimate: Estimate, time_left_s: float, idle_threads: int, queued: int, since_activity_s: float
+) -> bool:
+    """Admit a request the estimate would shed, as a probe: a thread is idle, nothing of its group is
+    queued, it would start at once, no batch started or ended for at least its expected service time, and
+    it has at least half that time left. The batch times are moving averages refreshed only by batches
+    that run, so one slow burst (a contended core) can push them past a tight deadline and keep an idle
+    pool shedding everything, with nothing left to bring them back. One probe per expected service time
+    at most bounds what a right estimate costs (a late answer per service time of idle threads), and a
+    deadline under half the expected time is not worth probing."""
+    return (
+        idle_threads > 0
+        and queued == 0
+        and estimate.wait_s == 0
+        and since_activity_s >= estimate.service_s
+        and time_left_s >= estimate.service_s / 2
+    )
 
 
 def cannot_finish(now: float, deadline: float | None, service_s: float) -> bool:

@@ -11,8 +11,9 @@ Load shedding, all at arrival or before a batch forms, never mid-forward:
 - a full queue (`max_queue`) sheds new requests with `Overloaded` at once instead of letting them wait
   without bound;
 - admission by deadline (`admission`): a request whose expected wait + service would pass its deadline is
-  shed at once, and a queued request that can no longer finish by its deadline is dropped with
-  `DeadlineExceeded` when its batch would form;
+  shed at once (unless an idle pool runs it as a probe of stale batch times, `admission.stale_probe`),
+  and a queued request that can no longer finish by its deadline is dropped with `DeadlineExceeded`
+  when its batch would form; the pool times the expected wait from the batches it is running;
 - a request whose caller went away (its task was cancelled: the transport cancels it when the client
   disconnects) leaves the queue at once, so nobody computes answers no one will read.
 With `Peers`, a batch with room left takes queued requests of other models of the same base too: their
@@ -46,6 +47,7 @@ from inferpack.runtime.admission import (
     default_deadline_s,
     retry_after_s,
     shed_reason,
+    stale_probe,
 )
 from inferpack.runtime.batchpolicy import (
     BatchLimits,
@@ -84,14 +86,34 @@ class InferencePool:
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
         self.rows_running = 0  # rows of the batches running now (the settle rule: is another core busy?)
+        self._running: dict[int, float] = {}  # batch key -> when it is expected to end (batcher clock)
+        self._keys = itertools.count()
+        self.last_activity = float("-inf")  # when a batch last started or ended (batcher clock)
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
 
-    def state(self) -> PoolState:
-        """Idle thread or not, dispatchers waiting, mean interval between threads freeing up (admission)."""
+    def state(self, now: float | None = None) -> PoolState:
+        """Idle thread or not, dispatchers waiting, mean interval between threads freeing up, and (given
+        `now`, on the batchers' clock) the expected time left in each running batch (admission)."""
         interval = (self._batch_s.value or 0.0) / self.threads
-        return PoolState(not self._slots.locked(), self._waiting, interval)
+        if now is None:
+            return PoolState(not self._slots.locked(), self._waiting, interval)
+        left = tuple(end - now for end in self._running.values())
+        return PoolState(not self._slots.locked(), self._waiting, interval, left, self.threads)
+
+    def begin_batch(self, now: float, expected_s: float) -> int:
+        """A batch starts on a thread at `now`, expected to take `expected_s`; returns its key for
+        `end_batch`."""
+        key = next(self._keys)
+        self._running[key] = now + expected_s
+        self.last_activity = now
+        return key
+
+    def end_batch(self, key: int, now: float) -> None:
+        """The batch `key` left its thread at `now`."""
+        self._running.pop(key, None)
+        self.last_activity = max(self.last_activity, now)
 
     def observe_batch(self, seconds: float) -> None:
         """A batch (of any model) held a thread for `seconds`."""
@@ -234,7 +256,7 @@ class ModelBatcher:
         waiting = line.queued + max(items, 1)
         limit = batch_size(waiting, self.limits, self.batch_cost, threads=self.pool.threads)
         limit = within_deadlines(limit, self.batch_cost, deadline_s)
-        return self.estimator.estimate(group, items, self.pool.state(), batch_limit=limit)
+        return self.estimator.estimate(group, items, self.pool.state(self.clock()), batch_limit=limit)
 
     async def submit(
         self, item: TextInput, *, raw: bool = False, deadline: float | None = None
@@ -290,6 +312,8 @@ class ModelBatcher:
         time_left = None if deadline is None else deadline - now
         estimate = self.estimate(items, time_left)
         reason = shed_reason(estimate, time_left)
+        if reason is not None and time_left is not None and self._probe(estimate, time_left, now):
+            reason = None  # an idle pool's measurements are refreshed only by a batch that runs
         if reason is not None:
             raise Overloaded(
                 f"model {model_id!r}: expected wait {estimate.wait_s * 1000:.0f} ms + service "
@@ -304,6 +328,12 @@ class ModelBatcher:
                 expected_service_s=estimate.service_s,
             )
         return estimate
+
+    def _probe(self, estimate: Estimate, time_left: float, now: float) -> bool:
+        """Whether a request the estimate sheds runs anyway, to refresh stale batch times
+        (`admission.stale_probe`)."""
+        since = now - self.pool.last_activity
+        return stale_probe(estimate, time_left, self.pool.idle_threads(), self.line.queued, since)
 
     def default_deadline_s(self) -> float | None:
         """Seconds a request that sets no deadline gets (None: none), from the batching settings and this
@@ -480,6 +510,7 @@ class ModelBatcher:
 
     async def _execute(self, batch: list[_Pending]) -> None:
         started = self.clock()
+        running = self.pool.begin_batch(started, self.batch_cost(len(batch)))
         try:
             if all(p.owner is self for p in batch):
                 items = [p.item for p in batch]
@@ -494,6 +525,7 @@ class ModelBatcher:
             return
         finally:
             self.pool.rows_running -= len(batch)
+            self.pool.end_batch(running, self.clock())
             self.pool.release()
         compute = self.clock() - started
         self.estimator.observe_batch(len(batch), compute)
