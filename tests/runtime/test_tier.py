@@ -111,13 +111,7 @@ async def test_unloading_before_the_session_is_ready_drops_it(
     repo: tuple[LocalRepository, list[str]],
 ) -> None:
     repository, (model_id,) = repo
-    session = _session_bytes(repository, model_id)
-    loader = GatedLoader()
-    registry = _registry(repository, loader, budget_mb=4 * session / 2**20)
-    budget = registry.budget_bytes
-    assert budget is not None
-    async with registry.use(model_id) as (batcher, _):
-        await batcher.submit_many(QUESTIONS[:1])
+    registry, loader, budget, session = await _answered_once_with_the_session_gated(repository, model_id)
     await _until(lambda: registry.free_budget_bytes() == budget - registry.ledger.total_bytes - session)
     await registry.unload(model_id)  # eviction takes the same path (_unload_locked)
     # the session being created still takes its memory: its claim stays until it arrives
@@ -128,7 +122,7 @@ async def test_unloading_before_the_session_is_ready_drops_it(
     assert registry.stats.swaps == 0  # ... and dropped: nothing holds it
     assert registry.entry(model_id).state == "unavailable" and registry.ledger.total_bytes == 0
     # the next use loads afresh and upgrades again
-    async with registry.use(model_id) as (batcher, cold):
+    async with registry.use(model_id) as (_, cold):
         assert cold
     await _until(lambda: registry.stats.swaps == 1)
     await registry.close()
@@ -138,12 +132,11 @@ def _session_bytes(repository: LocalRepository, model_id: str) -> int:
     return estimate_session_bytes((repository.version_dir(model_id, 2) / "model.onnx").stat().st_size)
 
 
-async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_after(
-    repo: tuple[LocalRepository, list[str]],
-) -> None:
-    """While the session is created the stand-in is still held: the budget charges both; after the swap
-    the ledger holds the session alone, and unloading releases everything."""
-    repository, (model_id,) = repo
+async def _answered_once_with_the_session_gated(
+    repository: LocalRepository, model_id: str
+) -> tuple[ModelRegistry, GatedLoader, int, int]:
+    """A registry with room for four sessions whose model answered once from its stand-in, its session's
+    creation held at the loader's gate: (registry, loader, budget, session bytes)."""
     session = _session_bytes(repository, model_id)
     loader = GatedLoader()
     registry = _registry(repository, loader, budget_mb=4 * session / 2**20)
@@ -151,6 +144,16 @@ async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_a
     assert budget is not None
     async with registry.use(model_id) as (batcher, _):
         await batcher.submit_many(QUESTIONS[:1])
+    return registry, loader, budget, session
+
+
+async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_after(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    """While the session is created the stand-in is still held: the budget charges both; after the swap
+    the ledger holds the session alone, and unloading releases everything."""
+    repository, (model_id,) = repo
+    registry, loader, budget, session = await _answered_once_with_the_session_gated(repository, model_id)
     stand_in = registry.ledger.total_bytes
     await _until(lambda: registry.free_budget_bytes() == budget - stand_in - session)
     loader.gate.set()
