@@ -86,7 +86,8 @@ class InferencePool:
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
         self.rows_running = 0  # rows of the batches running now (the settle rule: is another core busy?)
-        self._running: dict[int, float] = {}  # batch key -> when it is expected to end (batcher clock)
+        # batch key -> when it is expected to end (batcher clock), and its rows
+        self._running: dict[int, tuple[float, int]] = {}
         self._keys = itertools.count()
         self.last_activity = float("-inf")  # when a batch last started or ended (batcher clock)
 
@@ -99,20 +100,22 @@ class InferencePool:
         interval = (self._batch_s.value or 0.0) / self.threads
         if now is None:
             return PoolState(not self._slots.locked(), self._waiting, interval)
-        left = tuple(end - now for end in self._running.values())
+        left = tuple(end - now for end, _rows in self._running.values())
         return PoolState(not self._slots.locked(), self._waiting, interval, left, self.threads)
 
-    def begin_batch(self, now: float, expected_s: float) -> int:
-        """A batch starts on a thread at `now`, expected to take `expected_s`; returns its key for
+    def begin_batch(self, now: float, expected_s: float, rows: int = 1) -> int:
+        """A batch of `rows` takes a thread at `now`, expected to take `expected_s`; returns its key for
         `end_batch`."""
         key = next(self._keys)
-        self._running[key] = now + expected_s
+        self._running[key] = (now + expected_s, rows)
+        self.rows_running += rows
         self.last_activity = now
         return key
 
     def end_batch(self, key: int, now: float) -> None:
         """The batch `key` left its thread at `now`."""
-        self._running.pop(key, None)
+        _end, rows = self._running.pop(key, (0.0, 0))
+        self.rows_running -= rows
         self.last_activity = max(self.last_activity, now)
 
     def observe_batch(self, seconds: float) -> None:
@@ -379,8 +382,9 @@ class ModelBatcher:
             if not batch:
                 self.pool.release()
                 continue
-            self.pool.rows_running += len(batch)
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            # the batch holds its thread from now: the settle rule and admission's release times see it
+            running = self.pool.begin_batch(self.clock(), self.batch_cost(len(batch)), len(batch))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, running))
             # every model in the batch is busy until it ends (its unload waits; it is not evicted)
             for owner in {id(p.owner): p.owner for p in batch}.values():
                 owner._in_flight.add(task)
@@ -508,9 +512,8 @@ class ModelBatcher:
                 continue
             batch.append(pending)
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], running: int) -> None:
         started = self.clock()
-        running = self.pool.begin_batch(started, self.batch_cost(len(batch)))
         try:
             if all(p.owner is self for p in batch):
                 items = [p.item for p in batch]
@@ -524,7 +527,6 @@ class ModelBatcher:
                     pending.future.set_exception(exc)
             return
         finally:
-            self.pool.rows_running -= len(batch)
             self.pool.end_batch(running, self.clock())
             self.pool.release()
         compute = self.clock() - started
