@@ -9,6 +9,8 @@ import threading
 
 import torch
 
+BACKGROUND_NICE = 10  # work off every request's path (spare shells, fast-runtime upgrades)
+
 
 def load_lane_thread(nice: int) -> None:
     """Set up a load thread: one intra-op torch thread (a load never takes every core) and, on Linux, a

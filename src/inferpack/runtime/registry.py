@@ -44,11 +44,11 @@ from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
-from inferpack.runtime.lanes import load_lane_thread
+from inferpack.runtime.lanes import BACKGROUND_NICE, load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
-from inferpack.runtime.skeletons import BACKGROUND_NICE, SKELETONS, SpareShells
+from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
 from inferpack.runtime.versions import choose_version, manifest_dtype, onnx_alternate
 from inferpack.settings import ServerSettings

@@ -8,11 +8,9 @@ safetensors with `load_state_dict(assign=True)`. Each is wrapped in a task head 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,10 +24,10 @@ from safetensors.torch import load_file
 from inferpack.errors import ModelLoadFailed
 from inferpack.repository.manifest import TASKS, Manifest, Pooling, Task
 from inferpack.runtime.heads import TaskWrapper, make_head
+from inferpack.runtime.lanes import BACKGROUND_NICE, load_lane_thread
 from inferpack.runtime.shared import SharedGroup, SharedWeights, cast_floating
 
 log = logging.getLogger("inferpack.skeletons")
-BACKGROUND_NICE = 10  # work off every request's path (spare shells, fast-runtime upgrades)
 _IMPORT_LOCK = threading.Lock()
 
 
@@ -301,7 +299,7 @@ class SpareShells:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="spare-shells", initializer=_background_thread, initargs=(nice,)
+            max_workers=1, thread_name_prefix="spare-shells", initializer=load_lane_thread, initargs=(nice,)
         )
 
     def top_up(self, key: object) -> Future[None] | None:
@@ -333,14 +331,6 @@ class SpareShells:
     def close(self) -> None:
         """Stop building (a build in progress finishes on its thread)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _background_thread(nice: int) -> None:
-    """One intra-op torch thread, and on Linux a lower priority for this thread alone."""
-    torch.set_num_threads(1)
-    if nice > 0 and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):  # where not permitted: the default priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 SKELETONS = SkeletonPool()
