@@ -106,7 +106,7 @@ def serve(
     latency_objective_ms: Annotated[
         float | None,
         typer.Option(
-            help="Latency objective, ms (e.g. the plan's P90 objective): the deadline of requests that "
+            help="Latency objective, ms (a hard bound, not a percentile): the deadline of requests that "
             "set none, unless batching.deadline_ms is set (default: none, deadlines derived).",
         ),
     ] = None,

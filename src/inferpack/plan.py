@@ -8,8 +8,9 @@ The format is JSON, versioned, validated with pydantic; unknown fields are rejec
 
 Format 2 adds each group's `execution`: the settings its servers were costed with (inference threads,
 intra-op threads per thread, dtype, engine, batching limits, device). `inferpack up` and `inferpack k8s
-render` apply exactly those, and the plan's P90 objective as the servers' latency objective
-(`served_settings`), so a plan is deployed as it was costed. Format 1 plans (no execution) still load:
+render` apply exactly those (`served_settings`), so a plan is deployed as it was costed; the plan's P90
+objective is not passed on as the servers' deadline (`Plan.server_objective_ms`). Format 1 plans (no
+execution) still load:
 their servers run with the server's defaults, as before; a format 1 plan that names an execution is refused.
 """
 
@@ -230,8 +231,9 @@ class Plan(StrictModel):
 def served_settings(plan: Plan, group: ServerGroup, settings: ServerSettings) -> ServerSettings:
     """The settings a server of `group` runs with where the group's processor is present (Kubernetes; the
     local fleet unless it fell back to the CPU): the configuration, the group's execution over it (what
-    was costed wins), and the plan's latency objective (`Plan.server_objective_ms`). `inferpack k8s
-    render` renders these; `inferpack up` passes the same as `serve` flags (`processes.server_command`)."""
+    was costed wins), and the latency objective `Plan.server_objective_ms` passes on (a configured one).
+    `inferpack k8s render` renders these; `inferpack up` passes the same as `serve` flags
+    (`processes.server_command`)."""
     if group.execution is not None:
         settings = group.execution.apply(settings)
     objective = plan.server_objective_ms(settings)

@@ -389,7 +389,8 @@ def render_manifests(
     router (ConfigMap, Deployment, Service, optional HPA, PDB), and image pre-pull DaemonSets.
 
     Each server runs `served_settings` of its group (the configuration `settings`, the group's execution,
-    the plan's latency objective); the router its `router` settings (default: the defaults)."""
+    the objective `Plan.server_objective_ms` passes on); the router its `router` settings (default: the
+    defaults)."""
     options = options or RenderOptions()
     if not plan.servers():
         raise PlanError("the plan has no servers to render")

@@ -177,7 +177,7 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
     """The server's settings as INFERPACK_SERVER__* overrides (the server reads them at start).
 
     `settings` are what the plan's server runs (`plan.served_settings`: the configuration, the group's
-    execution as costed, the plan's latency objective): the threads, dtype, engine and batching limits
+    execution as costed, a configured latency objective): the threads, dtype, engine and batching limits
     always, and every other setting that differs from its default (`settings.env_overrides`, the one
     spelling of settings as variables), as a local server reads them from the configuration file.
     Without an execution (format 1 or hand-written plans): CPU pods one inference thread per whole core

@@ -184,7 +184,8 @@ def server_launch(
 ) -> ServerLaunch:
     """How one plan server runs here: what `plan.served_settings` gives a Kubernetes pod. A group with an
     `execution` runs exactly it (the settings the plan was costed with) when its device is here, and the
-    plan's latency objective `objective_ms` (`Plan.server_objective_ms`). Without an execution the threads
+    latency objective `objective_ms` (`Plan.server_objective_ms`: a configured one, never the plan's
+    P90). Without an execution the threads
     are the split of this machine's cores (CPU) or the device's default (0, unless threads are
     configured). Fallen back to the CPU, a group runs the server's defaults: neither its execution nor
     the objective, which were sized for its own processor."""

@@ -51,7 +51,7 @@ class ServerLaunch(StrictModel):
     threads: int
     device: str = "cpu"
     execution: Execution | None = None  # the plan group's costed settings, applied as they are
-    latency_objective_ms: float | None = None  # the plan's objective: the default deadline of requests
+    latency_objective_ms: float | None = None  # a configured objective: the default deadline of requests
 
 
 class LaunchSpec(StrictModel):
