@@ -228,19 +228,13 @@ class Plan(StrictModel):
             raise PlanError(f"plan misses {len(missing)} model(s) of the repository, e.g. {missing[:3]}")
 
 
-def served_settings(plan: Plan, group: ServerGroup, settings: ServerSettings) -> ServerSettings:
+def served_settings(group: ServerGroup, settings: ServerSettings) -> ServerSettings:
     """The settings a server of `group` runs with where the group's processor is present (Kubernetes; the
-    local fleet unless it fell back to the CPU): the configuration, the group's execution over it (what
-    was costed wins), and the latency objective `Plan.server_objective_ms` passes on (a configured one).
+    local fleet unless it fell back to the CPU): the configuration (its latency objective included: the
+    one `Plan.server_objective_ms` passes on) with the group's execution over it (what was costed wins).
     `inferpack k8s render` renders these; `inferpack up` passes the same as `serve` flags
     (`processes.server_command`)."""
-    if group.execution is not None:
-        settings = group.execution.apply(settings)
-    objective = plan.server_objective_ms(settings)
-    if objective is None:
-        return settings
-    batching = settings.batching.model_copy(update={"latency_objective_ms": objective})
-    return settings.model_copy(update={"batching": batching})
+    return settings if group.execution is None else group.execution.apply(settings)
 
 
 def load_plan(path: Path) -> Plan:

@@ -398,7 +398,7 @@ def render_manifests(
     peers = model_peers(plan)
     out: list[Manifest] = [render_namespace(options), *render_service_accounts(options)]
     for group in plan.groups:
-        served = served_settings(plan, group, settings)
+        served = served_settings(group, settings)
         for server in group.servers:
             out += render_server(server, group, peers[server.name], repository, served, options)
     out.append(
