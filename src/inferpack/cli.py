@@ -81,8 +81,9 @@ def serve(
     engine: Annotated[
         EngineChoice | None,
         typer.Option(
-            help="auto (default: mixed on CPUs with onnxruntime, else eager), eager, onnxruntime (ONNX "
-            "versions, CPU) or mixed (eager plus ONNX Runtime, per batch by measured speed)."
+            help="auto (default: mixed on CPUs with onnxruntime where eager computes fp32, else eager), "
+            "eager, onnxruntime (ONNX versions, CPU) or mixed (eager plus ONNX Runtime, per batch by "
+            "measured speed)."
         ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,

@@ -108,7 +108,7 @@ def mixed_runs(registry: ModelRegistry) -> dict[str, int]:
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
-    # engine auto -> mixed on CPUs with onnxruntime, else eager; onnxruntime is fp32 (runtime/engines.py)
+    # engine auto -> mixed where onnxruntime is installed and eager computes fp32, else eager (engines.py)
     settings = with_engine(settings, device.kind, ort=ort_installed())
     check_dtype(settings.dtype, device)
     log.info("inferpack server computes on %s (engine %s)", device.describe(), settings.engine)
