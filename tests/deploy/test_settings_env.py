@@ -45,6 +45,7 @@ SERVER = ServerSettings.model_validate(
         "intra_op_threads": 2,
         "dtype": "fp32",
         "engine": "mixed",
+        "trace_after_batches": 0,
         "max_body_bytes": 2048,
         "max_sequence_length": 256,
         "drain_timeout_s": 12.0,

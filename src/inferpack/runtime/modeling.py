@@ -45,6 +45,7 @@ ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 def recycle(model: LoadedModel) -> None:
     """After an unload (nothing runs on the model any more): keep its eager module shell for reuse."""
+    model.graph = None  # it holds the weights too: they go now, not when the model object does
     key = model.extra.get("skeleton")
     if isinstance(key, str) and isinstance(model.module, TaskWrapper):
         SKELETONS.give(key, model.module)
@@ -104,13 +105,16 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     # engine mixed: a second runtime (an ONNX Runtime session) that batches run on where it measured faster
     alternate: Alternate | None = None
+    # a hot eager model's traced graph over the same weights (runtime/tracing.py): single-model batches
+    # run on it, batches mixing tenants on `module`
+    graph: ModelCallable | None = None
 
     def forward(self, batch: Encoded) -> torch.Tensor:
         """Run the model on an encoded batch; returns float32 on the CPU. With an `alternate` runtime, the
         batch runs on whichever of the two its measurements favour at this size (runtime/runtimechoice.py)."""
         alternate = self.alternate
         if alternate is None:
-            return self._run(self.module, batch)
+            return self._run(self.module if self.graph is None else self.graph, batch)
         rows, tokens = batch.input_ids.shape[0], batch.input_ids.numel()
         use_alternate = alternate.choice.choose(rows)
         started = time.perf_counter()
@@ -295,6 +299,8 @@ def model_storages(model: LoadedModel) -> Storages:
     """The memory a loaded model holds for the ledger: its module's storages, and its alternate
     runtime's (an ONNX Runtime session's own copy of the weights) when it has one."""
     storages = module_storages(model.module)
+    if model.graph is not None:  # the eager module's own tensors (not frozen): adds nothing but for a copy
+        storages.update(module_storages(model.graph))
     if model.alternate is not None:
         storages.update(module_storages(model.alternate.module))
     return storages

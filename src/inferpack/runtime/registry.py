@@ -20,6 +20,7 @@ Policies:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -50,6 +51,7 @@ from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, 
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
+from inferpack.runtime.tracing import traceable, traced
 from inferpack.runtime.versions import choose_version, manifest_dtype, onnx_alternate
 from inferpack.settings import ServerSettings
 
@@ -73,6 +75,7 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = 0.0
     hits: int = 0  # uses since this load
+    batches: int = 0  # batches run since this load (a hot eager model is traced: runtime/tracing.py)
     reserved: int = 0  # requests holding the model (see ModelRegistry.use): never evicted meanwhile
     memory_bytes: int = 0
     load_seconds: float = 0.0
@@ -137,6 +140,10 @@ class ModelRegistry:
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
+        # hot eager models are traced (runtime/tracing.py): where the eager engine computes on the CPU
+        self._trace_after = (
+            settings.trace_after_batches if settings.engine == "eager" and device.kind == "cpu" else 0
+        )
         self._drop_observer = drop_observer
         self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
@@ -332,11 +339,11 @@ class ModelRegistry:
                 loaded,
                 self.pool,
                 self.settings.batching,
-                self._batch_observer,
+                self._observe_batch,
                 self._peers,
                 drop_observer=self._drop_observer,
             )
-            entry.state, entry.hits, entry.last_used = "ready", 0, self._clock()
+            entry.state, entry.hits, entry.batches, entry.last_used = "ready", 0, 0, self._clock()
             entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
                 self._load_observer(model_id, entry.load_seconds, True)
@@ -381,6 +388,19 @@ class ModelRegistry:
         entry.state, entry.reason = final, reason
         # hand the freed pages back to the OS, off the event loop (measured: ~2 ms after a big free, ~0 else)
         await asyncio.get_running_loop().run_in_executor(self._load_executor, release_free_memory)
+
+    def _observe_batch(self, model_id: str, size: int, waited_s: float, compute_s: float) -> None:
+        """A batch the model took part in has run (on the event loop): the metrics hear of it, and a model
+        that has now run `trace_after_batches` batches since its load is traced on the upgrade lane
+        (runtime/tracing.py), its graph taking over through `_swap`."""
+        if self._batch_observer is not None:
+            self._batch_observer(model_id, size, waited_s, compute_s)
+        entry = self._entries.get(model_id) if self._trace_after else None
+        if entry is None or entry.state != "ready" or entry.loaded is None:
+            return
+        entry.batches += 1
+        if entry.batches == self._trace_after and traceable(entry.loaded):
+            self._upgrades.start(model_id, entry.loaded, functools.partial(traced, entry.loaded))
 
     async def _swap(self, model_id: str, stand_in: LoadedModel, fast: LoadedModel) -> bool:
         """Put a stand-in's fast runtime in its place (see runtime/tier.py); False when the model was

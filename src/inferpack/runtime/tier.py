@@ -64,14 +64,20 @@ class Upgrades:
         self._claim, self._release = claim, release
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self, model_id: str, loaded: LoadedModel) -> None:
-        """Prepare `loaded`'s fast runtime in the background if it is a stand-in (else nothing)."""
-        upgrade = loaded.extra.get("upgrade")
+    def start(
+        self, model_id: str, loaded: LoadedModel, upgrade: Callable[[], LoadedModel] | None = None
+    ) -> None:
+        """Prepare `loaded`'s fast runtime in the background: `upgrade` when given (a traced graph over the
+        model's own weights, runtime/tracing.py: no budget is claimed for it), else a stand-in's
+        `extra["upgrade"]` (else nothing)."""
+        claims = upgrade is None
+        if upgrade is None:
+            upgrade = loaded.extra.get("upgrade")
         if not callable(upgrade):
             return
         self.cancel(model_id)
         task = asyncio.get_running_loop().create_task(
-            self._run(model_id, loaded, upgrade), name=f"upgrade:{model_id}"
+            self._run(model_id, loaded, upgrade, claims), name=f"upgrade:{model_id}"
         )
         self._tasks[model_id] = task
         task.add_done_callback(
@@ -98,9 +104,11 @@ class Upgrades:
         """Stop the upgrade lane (after `cancel_all`, at server shutdown): queued sessions never start."""
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, model_id: str, stand_in: LoadedModel, upgrade: Callable[[], Any]) -> None:
+    async def _run(
+        self, model_id: str, stand_in: LoadedModel, upgrade: Callable[[], Any], claims: bool
+    ) -> None:
         try:
-            claimed = await self._claim(model_id, stand_in)
+            claimed = await self._claim(model_id, stand_in) if claims else 0
         except Exception as exc:  # no room for both runtimes: the stand-in keeps serving
             log.warning("model %s keeps its eager runtime: no memory for its fast runtime: %s", model_id, exc)
             return
@@ -129,6 +137,8 @@ class Upgrades:
 
 
 def _kind(model: LoadedModel) -> str:
+    if model.graph is not None:  # a hot eager model's trace (runtime/tracing.py)
+        return "traced graph"
     if model.alternate is not None:  # engine mixed: beside eager, per batch (runtime/runtimechoice.py)
         return f"{model.alternate.kind} (beside eager)"
     return model.manifest.format

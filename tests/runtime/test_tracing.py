@@ -1,0 +1,125 @@
+"""Traced graphs of hot eager models (runtime/tracing.py): the graph computes what the eager module does
+over the very same tensors, a forward that branches on its data is refused, and the registry traces a
+model once it has run `trace_after_batches` batches, keeping its memory record and cross-tenant group."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from inferpack.errors import ModelLoadFailed
+from inferpack.repository.demo import make_demo_models
+from inferpack.repository.local import LocalRepository
+from inferpack.runtime.batcher import InferencePool
+from inferpack.runtime.crossbatch import group_key
+from inferpack.runtime.heads import TaskWrapper
+from inferpack.runtime.memory import module_storages
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
+from inferpack.runtime.registry import ModelRegistry
+from inferpack.runtime.tracing import traceable, traced
+from inferpack.settings import ServerSettings
+from tests.onnx_models import QUESTIONS, assert_same_answers
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalRepository, list[str]]:
+    root: Path = tmp_path_factory.mktemp("traced")
+    ids = make_demo_models(root, 2, arch="tiny", prefix="tqa")
+    return LocalRepository(root), ids
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_the_graph_answers_as_eager_over_the_same_tensors(
+    repo: tuple[LocalRepository, list[str]], compute_dtype: str
+) -> None:
+    repository, (model_id, _) = repo
+    eager = load_model(repository, model_id, dtype=compute_dtype)  # type: ignore[arg-type]
+    assert traceable(eager)
+    fast = traced(eager)
+    assert isinstance(fast.graph, torch.jit.ScriptModule) and fast.module is eager.module
+    assert not traceable(fast)  # traced once
+    # not frozen: the graph's parameters are the eager module's storages, so the ledger counts no copy
+    assert set(module_storages(fast.graph)) == set(module_storages(eager.module))
+    assert model_storages(fast) == model_storages(eager)
+    # a padded batch of three lengths and single items: the same answers as the eager module's
+    assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
+    for question in QUESTIONS:
+        assert_same_answers(fast.predict([question]), eager.predict([question]))
+    recycle(fast)
+    assert fast.graph is None  # an unloaded model's graph lets go of the weights at once
+
+
+def test_a_forward_that_branches_on_its_data_is_refused(repo: tuple[LocalRepository, list[str]]) -> None:
+    repository, (model_id, _) = repo
+    eager = load_model(repository, model_id, dtype="fp32")
+    module = eager.module
+    assert isinstance(module, TaskWrapper)
+
+    class Branchy(type(module)):  # type: ignore[misc]
+        """Doubles its output for long batches: a trace records one branch only."""
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = super().forward(ids, mask, types)
+            return out * 2 if bool(mask.sum() > 40) else out
+
+    module.__class__ = Branchy
+    with pytest.raises(ModelLoadFailed, match="disagrees with the eager module"):
+        traced(eager)
+
+
+def _registry(repository: LocalRepository, **settings: object) -> ModelRegistry:
+    options = ServerSettings(lazy_load=True, engine="eager", dtype="fp32", inference_threads=2)
+    return ModelRegistry(repository, options.model_copy(update=settings), InferencePool(2))
+
+
+async def test_a_hot_model_is_traced_and_keeps_its_answers_memory_and_group(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, (model_id, _) = repo
+    registry = _registry(repository, trace_after_batches=3)
+    answers = []
+    async with registry.use(model_id) as (batcher, _):
+        eager = batcher.model
+        for _ in range(2):
+            answers.append(await batcher.submit_many(QUESTIONS[:1]))
+        assert registry.stats.swaps == 0 and not registry._upgrades.pending(model_id)
+        answers.append(await batcher.submit_many(QUESTIONS[:1]))  # the third batch makes it hot
+    await _until(lambda: registry.stats.swaps == 1)
+    entry = registry.entry(model_id)
+    fast = entry.loaded
+    assert isinstance(fast, LoadedModel) and fast.graph is not None and fast.module is eager.module
+    assert entry.batcher is not None and entry.batcher.model is fast
+    assert entry.memory_bytes == sum(model_storages(eager).values())  # the graph adds no copy
+    assert group_key(fast) == group_key(eager)  # still batches across tenants (on eager)
+    async with registry.use(model_id) as (batcher, _):
+        for expected in answers:
+            assert_same_answers(await batcher.submit_many(QUESTIONS[:1]), expected)
+    await registry.close()
+
+
+async def test_no_tracing_when_disabled_or_off_the_eager_engine(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, ids = repo
+    for registry in (
+        _registry(repository, trace_after_batches=0),
+        _registry(repository, trace_after_batches=1, engine="onnxruntime"),
+    ):
+        async with registry.use(ids[1]) as (batcher, _):
+            for _ in range(4):
+                await batcher.submit_many(QUESTIONS[:1])
+        await asyncio.sleep(0.05)
+        loaded = registry.entry(ids[1]).loaded
+        assert loaded is not None and loaded.graph is None and not registry._upgrades.pending(ids[1])
+        assert registry.stats.swaps == 0
+        await registry.close()
