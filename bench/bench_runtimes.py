@@ -1,10 +1,12 @@
-"""Runtimes side by side in one run: torch eager fp32 and bf16, ONNX Runtime fp32, torch.export +
-AOTInductor fp32, on the demo MiniLM QA models and the request bench_server.py sends.
+"""Runtimes side by side in one run: torch eager fp32 and bf16, TorchScript (`torch.jit.trace` of the
+eager module) bf16 and fp32, ONNX Runtime fp32, torch.export + AOTInductor fp32, on the demo MiniLM QA
+models and the request bench_server.py sends.
 
 Per runtime: cold load (what a server pays before a cold model's first answer: eager meta build +
-safetensors fill; ORT session creation from a graph optimised at compile time, and without that
-pre-optimisation; AOTInductor package load), a cold model's first answer (its load plus its first call),
-export/compile time (once per model version, offline),
+safetensors fill; for TorchScript that eager load plus the trace and its warm-up; ORT session creation
+from a graph optimised at compile time, and without that pre-optimisation; AOTInductor package load), a
+cold model's first answer (its load plus its first call), export/compile/trace time (export and compile
+once per model version, offline; the trace per model, at load),
 per-request latency at batch 1 and batch 8 on one thread, and whole loops (tokenise + forward + decode)
 on one worker thread per core with one intra-op thread each, round-robin over the models, at batch 1 and
 batch 8. bench_server.py takes its hardware limit from these loops (`run_loops`).
@@ -35,7 +37,9 @@ from typing import Any
 
 import torch
 
+from inferpack.compile.examples import model_args
 from inferpack.compile.onnxexport import export_onnx
+from inferpack.compile.trace import jit_trace
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_flags, cpu_model, usable_cores
@@ -51,7 +55,17 @@ CONTEXT = (
     "bridge."
 )
 ROOT = Path(__file__).resolve().parent / "results"
-RUNTIMES = ("eager-fp32", "eager-bf16", "ort-fp32", "aoti-fp32")
+RUNTIMES = ("eager-fp32", "eager-bf16", "ts-bf16", "ts-fp32", "ort-fp32", "aoti-fp32")
+# The TorchScript trace example: the bench's request beside a shorter one, so the batch is padded and the
+# attention mask takes part in the recorded graph (transformers may skip the mask of a batch without
+# padding, and the trace would keep that skip for every batch; transformers 5.24 does not, a trace of the
+# unpadded request(2) agreed too, but a padded example does not depend on it). The agreement check uses
+# other texts and lengths than the trace saw.
+TRACE_EXAMPLE = (TextInput(QUESTION, CONTEXT), TextInput("Who used the bridge?", "The school buses did."))
+CHECK_BATCH = (
+    TextInput("What happened in spring?", CONTEXT),
+    TextInput("Where is the mill?", "The mill stands by the river, two miles north of the town centre."),
+)
 
 
 @dataclass
@@ -160,6 +174,58 @@ def prepare_eager(repo: LocalRepository, ids: list[str], dtype: DTypeChoice) -> 
     return Prepared(f"eager-{dtype}", [m for m, _ in loaded], [s for _, s in loaded])
 
 
+def traced(model: LoadedModel) -> LoadedModel:
+    """The model with its eager module replaced by `torch.jit.trace` of it (not frozen: the graph shares
+    the eager module's parameters, so the weights are held once), traced on the model's own tokenizer's
+    encoding of TRACE_EXAMPLE."""
+    assert isinstance(model.module, torch.nn.Module)
+    example = model.tokenizer.encode(list(TRACE_EXAMPLE))
+    return dataclasses.replace(
+        model, module=jit_trace(model.module, model_args(example, model.device), freeze=False)
+    )
+
+
+def warm_up(model: LoadedModel, calls: int = 3) -> None:
+    """A few calls at batch 1 and 8: the profiling executor's first two calls of a traced graph are slow
+    (~80 and ~47 ms for MiniLM), a cost of the load, not of the loops."""
+    for batch in (1, 8):
+        for _ in range(calls):
+            model.predict(request(batch))
+
+
+def max_logit_diff(a: LoadedModel, b: LoadedModel) -> float:
+    """Largest absolute difference of two models' logits on CHECK_BATCH (two requests of different lengths,
+    so one row is padded)."""
+    batch = a.tokenizer.encode(list(CHECK_BATCH))
+    return float((a.forward(batch) - b.forward(batch)).abs().max())
+
+
+def prepare_ts(repo: LocalRepository, ids: list[str], dtype: DTypeChoice) -> Prepared:
+    """TorchScript: each model loaded eager in `dtype` (as prepare_eager), traced and warmed up. The cold
+    load is all three; the build time is the trace alone (per model, median), paid at every load since
+    the trace is not stored. The traced logits are checked against the eager module's."""
+    torch.set_num_threads(1)
+    models, load_s, trace_s, warm_s, diffs = [], [], [], [], []
+    for m in ids:
+        eager, load = _timed(partial(load_model, repo, m, dtype=dtype, warmup=False))
+        model, trace = _timed(partial(traced, eager))
+        _, warm = _timed(partial(warm_up, model))
+        diffs.append(max_logit_diff(eager, model))
+        models.append(model)
+        load_s.append(load + trace + warm)
+        trace_s.append(trace)
+        warm_s.append(warm)
+    trace_ms, warm_ms = statistics.median(trace_s) * 1000, statistics.median(warm_s) * 1000
+    return Prepared(
+        f"ts-{dtype}",
+        models,
+        load_s,
+        statistics.median(trace_s),
+        note=f"trace {trace_ms:.0f} ms + warm-up {warm_ms:.0f} ms per model; max |logits - eager| "
+        f"{max(diffs):.3g} over {len(ids)} models",
+    )
+
+
 def prepare_ort(repo: LocalRepository, ids: list[str], cache: Path) -> Prepared:
     """ONNX Runtime sessions over each model's exported, compile-time optimised graph."""
     torch.set_num_threads(1)
@@ -229,6 +295,8 @@ def prepare(name: str, repo: LocalRepository, ids: list[str], cache: Path) -> Pr
     cache.mkdir(parents=True, exist_ok=True)
     if name in ("eager-fp32", "eager-bf16"):
         return prepare_eager(repo, ids, "fp32" if name == "eager-fp32" else "bf16")
+    if name in ("ts-fp32", "ts-bf16"):
+        return prepare_ts(repo, ids, "fp32" if name == "ts-fp32" else "bf16")
     if name == "ort-fp32":
         return prepare_ort(repo, ids, cache)
     if name == "aoti-fp32":
@@ -282,7 +350,7 @@ HEADER = (
 
 def format_row(f: Figures) -> str:
     """One table row: ms, s, req/s; wall clock, then CPU time in brackets."""
-    build = "-" if f.build_s is None else f"{f.build_s:6.1f}s"
+    build = "-" if f.build_s is None else f"{f.build_s:6.2f}s"
     return (
         f"{f.name:11s} {f.load_ms:7.1f}ms {f.first_ms:8.1f}ms {build:>7s} "
         f"{f.latency1.wall:7.2f} ({f.latency1.cpu:5.2f}) {f.latency8.wall:7.2f} ({f.latency8.cpu:5.2f}) "

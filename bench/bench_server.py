@@ -2,9 +2,10 @@
 
 1. Makes 10 unique MiniLM QA demo models (once, in bench/results/repo).
 2. The limit: bare loops (tokenise + forward + decode, the same request as the load test) of every runtime
-   evaluated (bench_runtimes.py: torch eager fp32/bf16, ONNX Runtime fp32, AOTInductor fp32) on one thread
-   per core with one intra-op thread each, round-robin over the 10 models, at batch 1 and at batch 8 (the
-   server's largest batch); servers are compared with the best batch-1 and the best batch-8 loop.
+   evaluated (bench_runtimes.py: torch eager fp32/bf16, TorchScript traces of them (ts-fp32/bf16), ONNX
+   Runtime fp32, AOTInductor fp32) on one thread per core with one intra-op thread each, round-robin over
+   the 10 models, at batch 1 and at batch 8 (the server's largest batch); servers are compared with the
+   best batch-1 and the best batch-8 loop of them all.
 3. The server: `inferpack serve` on those models, driven by wrk (an external HTTP load generator) with a Lua
    script picking a random model per request, at several concurrencies.
 Prints req/s, P50/P90/P99 and server / limit per dtype, and bf16's agreement with fp32. The demo models
@@ -20,7 +21,8 @@ alone); `--baseline-src DIR` also runs the eager servers from another source tre
 machine then hit every setting alike; medians and per-round ratios to the first printed).
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
-        [--engines auto,eager,onnxruntime] [--runtimes eager-fp32,eager-bf16,ort-fp32,aoti-fp32]
+        [--engines auto,eager,onnxruntime]
+        [--runtimes eager-fp32,eager-bf16,ts-bf16,ts-fp32,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
