@@ -20,7 +20,7 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import module_storages
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.tracing import traceable, traced
+from inferpack.runtime.tracing import graph_bytes, traceable, traced
 from inferpack.settings import ServerSettings
 from tests.onnx_models import QUESTIONS, assert_same_answers
 
@@ -48,9 +48,11 @@ def test_the_graph_answers_as_eager_over_the_same_tensors(
     fast = traced(eager)
     assert isinstance(fast.graph, torch.jit.ScriptModule) and fast.module is eager.module
     assert not traceable(fast)  # traced once
-    # not frozen: the graph's parameters are the eager module's storages, so the ledger counts no copy
+    # not frozen: the graph's parameters are the eager module's storages, so the ledger counts no copy,
+    # only the graph's own memory (its IR and plans), estimated from its size
     assert set(module_storages(fast.graph)) == set(module_storages(eager.module))
-    assert model_storages(fast) == model_storages(eager)
+    assert fast.extra["graph_bytes"] == graph_bytes(fast.graph) > 0
+    assert model_storages(fast) == {**model_storages(eager), -id(fast.graph): graph_bytes(fast.graph)}
     # a padded batch of three lengths and single items: the same answers as the eager module's
     assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
     for question in QUESTIONS:
@@ -99,7 +101,8 @@ async def test_a_hot_model_is_traced_and_keeps_its_answers_memory_and_group(
     fast = entry.loaded
     assert isinstance(fast, LoadedModel) and fast.graph is not None and fast.module is eager.module
     assert entry.batcher is not None and entry.batcher.model is fast
-    assert entry.memory_bytes == sum(model_storages(eager).values())  # the graph adds no copy
+    # the graph adds no copy of the weights, only its own memory
+    assert entry.memory_bytes == sum(model_storages(eager).values()) + fast.extra["graph_bytes"]
     assert group_key(fast) == group_key(eager)  # still batches across tenants (on eager)
     async with registry.use(model_id) as (batcher, _):
         for expected in answers:
@@ -123,3 +126,37 @@ async def test_no_tracing_when_disabled_or_off_the_eager_engine(
         assert loaded is not None and loaded.graph is None and not registry._upgrades.pending(ids[1])
         assert registry.stats.swaps == 0
         await registry.close()
+
+
+async def test_a_graph_takes_only_free_budget(repo: tuple[LocalRepository, list[str]]) -> None:
+    repository, ids = repo
+    registry = _registry(repository, trace_after_batches=2)
+    for model_id in ids:  # both loaded, one batch each
+        async with registry.use(model_id) as (batcher, _):
+            await batcher.submit_many(QUESTIONS[:1])
+    registry.budget_bytes = registry.ledger.total_bytes + 2**16  # now full: room for no graph
+    for model_id in ids:  # the second batch makes each hot: traced, but its graph does not fit
+        async with registry.use(model_id) as (batcher, _):
+            await batcher.submit_many(QUESTIONS[:1])
+    await _until(lambda: not any(registry._upgrades.pending(m) for m in ids))
+    for model_id in ids:
+        loaded = registry.entry(model_id).loaded
+        assert loaded is not None and loaded.graph is None and registry.entry(model_id).state == "ready"
+    assert registry.stats.swaps == 0 and registry.stats.evictions == {"budget": 0, "idle": 0}
+    await registry.close()
+
+
+async def test_an_unload_during_a_trace_keeps_the_module_shell_out_of_reuse(
+    repo: tuple[LocalRepository, list[str]],
+) -> None:
+    repository, (model_id, _) = repo
+    registry = _registry(repository, trace_after_batches=1)
+    async with registry.use(model_id) as (batcher, _):
+        await batcher.submit_many(QUESTIONS[:1])  # hot: its trace starts on the upgrade lane
+        module = batcher.model.module
+    assert registry._upgrades.pending(model_id)
+    await registry.unload(model_id)
+    # the trace still reads the module: its shell must not be refilled with another model's weights
+    assert all(p.device.type != "meta" for p in module.parameters())  # type: ignore[union-attr]
+    assert registry.entry(model_id).loaded is None and registry.stats.swaps == 0
+    await registry.close()

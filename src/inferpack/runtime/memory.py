@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import psutil
 import torch
 
-Storages = dict[int, int]  # storage data pointer -> bytes
+Storages = dict[int, int]  # storage data pointer -> bytes (negative keys: memory that is no tensor storage)
 
 
 def tensor_storages(tensors: Iterable[torch.Tensor]) -> Storages:

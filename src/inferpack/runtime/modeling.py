@@ -43,11 +43,12 @@ from inferpack.settings import DTypeChoice
 ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def recycle(model: LoadedModel) -> None:
-    """After an unload (nothing runs on the model any more): keep its eager module shell for reuse."""
+def recycle(model: LoadedModel, *, shell: bool = True) -> None:
+    """After an unload (nothing runs on the model any more): keep its eager module shell for reuse, unless
+    `shell` is False (a background trace may still be reading the module: runtime/tracing.py)."""
     model.graph = None  # it holds the weights too: they go now, not when the model object does
     key = model.extra.get("skeleton")
-    if isinstance(key, str) and isinstance(model.module, TaskWrapper):
+    if shell and isinstance(key, str) and isinstance(model.module, TaskWrapper):
         SKELETONS.give(key, model.module)
 
 
@@ -296,11 +297,13 @@ def with_alternate(
 
 
 def model_storages(model: LoadedModel) -> Storages:
-    """The memory a loaded model holds for the ledger: its module's storages, and its alternate
-    runtime's (an ONNX Runtime session's own copy of the weights) when it has one."""
+    """The memory a loaded model holds for the ledger: its module's storages, its traced graph's estimated
+    own memory (runtime/tracing.py; under a negative key: not a storage), and its alternate runtime's (an
+    ONNX Runtime session's own copy of the weights) when it has one."""
     storages = module_storages(model.module)
-    if model.graph is not None:  # the eager module's own tensors (not frozen): adds nothing but for a copy
+    if model.graph is not None:  # the eager module's own tensors (not frozen), and the graph's own memory
         storages.update(module_storages(model.graph))
+        storages[-id(model.graph)] = int(model.extra.get("graph_bytes", 0))  # no storage: a key of its own
     if model.alternate is not None:
         storages.update(module_storages(model.alternate.module))
     return storages

@@ -374,6 +374,8 @@ class ModelRegistry:
             await self._unload_locked(entry, "unavailable")
 
     async def _unload_locked(self, entry: ModelEntry, final: State, reason: str = "") -> None:
+        # a trace still running reads the module: its shell is then not handed to the next load
+        upgrading = self._upgrades.pending(entry.model_id)
         self._upgrades.cancel(entry.model_id)  # a session still being created is dropped when it arrives
         if entry.state != "ready" or entry.batcher is None:
             if entry.state != "failed":
@@ -383,7 +385,7 @@ class ModelRegistry:
         await entry.batcher.close(drain=True)
         self.ledger.remove(entry.model_id)
         if entry.loaded is not None:
-            recycle(entry.loaded)  # drained: nothing runs on it any more
+            recycle(entry.loaded, shell=not upgrading)  # drained: no batch runs on it any more
         entry.batcher, entry.loaded, entry.version, entry.memory_bytes = None, None, None, 0
         entry.state, entry.reason = final, reason
         # hand the freed pages back to the OS, off the event loop (measured: ~2 ms after a big free, ~0 else)
@@ -411,10 +413,13 @@ class ModelRegistry:
         async with entry.lock:
             if entry.state != "ready" or entry.loaded is not stand_in or entry.batcher is None:
                 return False
-            if fast.alternate is not None and not self._fits_beside(fast.alternate.module):
+            if fast.alternate is not None and not self._fits_free(module_storages(fast.alternate.module)):
                 log.info(
                     "model %s stays eager: its ONNX Runtime session does not fit the free budget", model_id
                 )
+                return False
+            if fast.graph is not None and not self._fits_free({-1: int(fast.extra.get("graph_bytes", 0))}):
+                log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
                 return False
             self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
             entry.memory_bytes = self.ledger.model_bytes(model_id)
@@ -431,7 +436,7 @@ class ModelRegistry:
         (the session replaces a stand-in): evicts idle models for it like a load; ModelTooLarge when the
         model cannot hold both in the whole budget, Overloaded when nothing more can go. Engine mixed
         (the session joins the eager model for good): only from the free budget, evicting no one
-        (`_fits_beside`), else Overloaded. On any of them the eager model keeps serving."""
+        (`_fits_free`), else Overloaded. On any of them the eager model keeps serving."""
         if self.budget_bytes is None:
             return 0
         replaces = "stand_in_for" in stand_in.extra
@@ -458,13 +463,14 @@ class ModelRegistry:
         """Hand back what `_claim_upgrade` held (the session is on the ledger now, or dropped)."""
         self._claimed -= claimed
 
-    def _fits_beside(self, runtime: object) -> bool:
-        """Engine mixed: whether a session beside an eager model fits the free budget. A session only
-        speeds a model up, so it never evicts another model (a density server keeps its tenants)."""
+    def _fits_free(self, storages: Storages) -> bool:
+        """Whether a runtime beside an eager model (engine mixed's session, a traced graph) fits the free
+        budget. It only speeds a model up, so it never evicts another (a density server keeps its
+        tenants)."""
         if self.budget_bytes is None:
             return True
         taken = self.ledger.total_bytes + self._claimed  # loads in flight hold their share
-        return taken + sum(module_storages(runtime).values()) <= self.budget_bytes
+        return taken + sum(storages.values()) <= self.budget_bytes
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model

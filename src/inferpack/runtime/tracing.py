@@ -14,7 +14,9 @@ base's layers), warmed up (its first two calls run the profiling executor), and 
 module on the compile step's held-out batches of other lengths and sizes (`compile.agreement`'s trace
 fidelity bounds), so a model whose forward branches on its data (a trace records one path) keeps eager.
 Tracing costs ~150 ms of Python per model, so the registry traces only models that have proven hot
-(`server.trace_after_batches` batches since their load), on the niced upgrade lane (runtime/tier.py);
+(`server.trace_after_batches` batches since their load), on the niced upgrade lane (runtime/tier.py),
+and only into free memory budget: a graph costs no copy of the weights but its own IR and executor plans
+(~12 MiB for a MiniLM, `graph_bytes`), which the ledger charges to the model;
 until then, and whenever tracing fails or disagrees, the eager module serves. Batches mixing tenants of a
 base (runtime/crossbatch.py) keep running eager: they split the module tree by rows, which a graph cannot.
 """
@@ -34,6 +36,10 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.versions import manifest_dtype
 
+# A graph's own memory besides the weights it shares (its IR, the profiling executor's plans): measured as
+# RSS growth per traced model, warm-up and check batches included, over ~500 inlined nodes for a 6-layer
+# MiniLM (12.6 MiB) and ~230 for a 2-layer test model (5.8 MiB): ~26 KiB a node.
+GRAPH_BYTES_PER_NODE = 26 * 1024
 WARM_UP_CALLS = 3  # the profiling executor optimises after its first runs (measured: ~80 and ~47 ms, then ~5)
 
 
@@ -80,6 +86,13 @@ def traced(model: LoadedModel) -> LoadedModel:
             f"{verdict.cosine:.5f}); the forward likely branches on its inputs",
             hint="the eager module keeps serving it; set server.trace_after_batches = 0 to stop tracing",
         )
-    fast = dataclasses.replace(model, graph=graph)
+    extra = {**model.extra, "graph_bytes": graph_bytes(graph)}
+    fast = dataclasses.replace(model, graph=graph, extra=extra)
     fast.load_seconds = time.perf_counter() - started
     return fast
+
+
+def graph_bytes(graph: torch.jit.ScriptModule) -> int:
+    """Estimated memory of a traced graph beyond the tensors it shares with its eager module (see
+    GRAPH_BYTES_PER_NODE): what the memory ledger charges for it."""
+    return sum(1 for _ in graph.inlined_graph.nodes()) * GRAPH_BYTES_PER_NODE
