@@ -73,6 +73,26 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class ShedFirstApp(FastAPI):
+    """FastAPI with the early shed (`shed.EarlyShed`) in front of everything, its own middleware stack
+    included: an HTTP request the shed refuses is answered with two raw ASGI messages and never enters
+    ServerErrorMiddleware, FastAPI's telemetry and body-limit layers or Starlette's app. Under overload
+    most requests are sheds, so these frames were most of what the app spent per request (measured:
+    docs/benchmarks.md, "What a shed costs")."""
+
+    early_shed: EarlyShed | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shed = self.early_shed
+        if shed is not None and scope["type"] == "http":
+            answer = shed.answer(scope)
+            if answer is not None:
+                await send(answer[0])
+                await send(answer[1])
+                return
+        await super().__call__(scope, receive, send)
+
+
 def start_recovery(
     repo: ModelRepository, registry: ModelRegistry, settings: ServerSettings
 ) -> asyncio.Task[None]:
@@ -165,12 +185,14 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
             await registry.close()
             pool.shutdown()
 
-    app = FastAPI(title="inferpack server", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = ShedFirstApp(
+        title="inferpack server", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None
+    )
+    app.early_shed = EarlyShed(registry, auth, metrics)  # before all, FastAPI's own middleware included
     app.state.dataplane = plane
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(EarlyShed, registry=registry, auth=auth, metrics=metrics)  # outermost: before all
 
     # health and server metadata: open, for probes (kubelets send no token); the names of failed models
     # and /metrics follow the auth settings (docs/security.md) --------------------------------------------
