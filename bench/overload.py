@@ -370,8 +370,9 @@ def capacity_within(
     return best
 
 
-def measure(server: Server, args: argparse.Namespace) -> list[Row]:
-    """One round on one server: unloaded, capacity, then each overload run; prints as it goes."""
+def measure(server: Server, args: argparse.Namespace, shed_costs: list[float]) -> list[Row]:
+    """One round on one server: unloaded, capacity, then each overload run; prints as it goes. With
+    `--shed-cost`, appends the server CPU per shed (us) to `shed_costs`."""
     target, url, log_path, tag = server.target, server.url, server.log_path, f"[{server.name}] "
     asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
     unloaded = asyncio.run(closed_loop(target, 1, args.duration))
@@ -396,6 +397,7 @@ def measure(server: Server, args: argparse.Namespace) -> list[Row]:
         shed_rate = args.factor * capacity
         shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
         n = max(len(shed.outcomes), 1)
+        shed_costs.append((shed.server_cpu_s - idle * shed.seconds) / n * 1e6)
         print(
             f"{tag}shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} "
             f"req/s; server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
@@ -481,6 +483,7 @@ def main() -> None:
         f"{sorted(os.sched_getaffinity(0))}"
     )
     results: dict[str, list[list[Row]]] = {s.name: [] for s in servers}
+    shed_costs: dict[str, list[float]] = {s.name: [] for s in servers}
     try:
         for server in servers:
             wait_ready(server.url, server.proc, timeout_s=300)
@@ -488,7 +491,7 @@ def main() -> None:
             order = servers if r % 2 == 0 else servers[::-1]  # alternate who goes first
             for server in order:
                 print(f"--- round {r + 1}, {server.name}, load average {os.getloadavg()[0]:.1f}")
-                results[server.name].append(measure(server, args))
+                results[server.name].append(measure(server, args, shed_costs[server.name]))
     finally:
         for server in servers:
             server.proc.terminate()
@@ -505,6 +508,11 @@ def main() -> None:
                 mean_g = sum(g for g, _ in cells) / len(cells)
                 mean_t = sum(t for _, t in cells) / len(cells)
                 print(f"  {name:<10} {label:<28} {each}   mean {mean_g:.2f} / {mean_t:.2f}")
+        if args.shed_cost:
+            print("SHED COST (server CPU us per shed request, per round; then the mean):")
+            for name, costs in shed_costs.items():
+                each = "  ".join(f"{c:.0f}" for c in costs)
+                print(f"  {name:<10} {each}   mean {sum(costs) / len(costs):.0f}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from inferpack.runtime.warmstart import WarmStart
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
+from inferpack.server.http import ARRIVED_KEY
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
 from inferpack.server.shed import EarlyShed
@@ -78,13 +79,15 @@ class ShedFirstApp(FastAPI):
     included: an HTTP request the shed refuses is answered with two raw ASGI messages and never enters
     ServerErrorMiddleware, FastAPI's telemetry and body-limit layers or Starlette's app. Under overload
     most requests are sheds, so these frames were most of what the app spent per request (measured:
-    docs/benchmarks.md, "What a shed costs")."""
+    docs/benchmarks.md, "What a shed costs"). `inferpack serve` decides earlier still, in uvicorn's HTTP
+    protocol (server/protocol.py); this covers any other server the app runs under."""
 
     early_shed: EarlyShed | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         shed = self.early_shed
-        if shed is not None and scope["type"] == "http":
+        # a request already stamped was decided on by the HTTP protocol (server/protocol.py)
+        if shed is not None and scope["type"] == "http" and ARRIVED_KEY not in scope:
             answer = shed.answer(scope)
             if answer is not None:
                 await send(answer[0])
