@@ -81,11 +81,13 @@ def app_with(shed: StandInShed) -> ShedFirstApp:
     return app
 
 
-async def exchange(protocol_class: type[HttpToolsProtocol], *chunks: bytes) -> tuple[bytes, int, bool]:
+async def exchange(
+    protocol_class: type[HttpToolsProtocol], *chunks: bytes, shed: StandInShed | None = None
+) -> tuple[bytes, int, bool]:
     """Feed `chunks` to a connection of `protocol_class` serving a ShedFirstApp; the bytes it wrote, the
     shed's decisions and whether it closed the connection. Each response completed counts in uvicorn's
     `total_requests` (`--limit-max-requests`): checked against the decisions."""
-    shed = StandInShed()
+    shed = shed or StandInShed()
     config = Config(app_with(shed), access_log=False, lifespan="off")
     config.load()
     state = ServerState()
@@ -130,3 +132,14 @@ async def test_http_1_0_sheds_close_the_connection_as_uvicorn_does() -> None:
     by_protocol, _, closed = await exchange(ShedHttpToolsProtocol, old)
     assert by_protocol == by_app and b"\r\nconnection: close\r\n" in by_protocol
     assert closed and closed_by_app
+
+
+class FaultyShed(StandInShed):
+    def answer(self, scope: Scope) -> tuple[Message, Message] | None:
+        super().answer(scope)
+        raise RuntimeError("a bug in the shed")
+
+
+async def test_a_fault_in_the_shed_leaves_the_request_to_the_app() -> None:
+    written, decisions, closed = await exchange(ShedHttpToolsProtocol, ADMITTED, ADMITTED, shed=FaultyShed())
+    assert written.count(b"HTTP/1.1 200 OK") == 2 and not closed and decisions == 2

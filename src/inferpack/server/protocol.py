@@ -13,13 +13,14 @@ response (keep-alive, pipelining, a body still arriving is read and dropped). Ev
 ASGI task as before; the app sees the arrival stamp (`http.ARRIVED_KEY`) and does not decide again.
 
 Bound to uvicorn's httptools protocol internals (`_start_asgi_task`, the cycle's response state), so the
-uvicorn version is pinned in pyproject.toml, and tests/integration/test_shed_protocol.py checks the answer
-on a real socket against the ASGI one. The cost, before and after: docs/benchmarks.md, "What a shed
-costs".
+uvicorn version is pinned in pyproject.toml, tests/server/test_shed_protocol.py checks the protocol's bytes
+against uvicorn's ASGI answer, and tests/integration/test_shed_protocol.py a shed on a real port. The
+cost, before and after: docs/benchmarks.md, "What a shed costs".
 """
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 from starlette.types import Scope
@@ -27,6 +28,8 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from inferpack.server.shed import EarlyShed
+
+log = logging.getLogger("inferpack.server")
 
 
 class ShedHttpToolsProtocol(HttpToolsProtocol):
@@ -38,9 +41,12 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         shed: EarlyShed | None = getattr(self.config.app, "early_shed", None)
         # HEAD answers carry no body: left to uvicorn, which knows that (and no route serves HEAD anyway)
         if shed is not None and cycle.scope["method"] != "HEAD":
-            answer = shed.answer(
-                cast(Scope, cycle.scope)
-            )  # stamps the arrival: the app will not decide again
+            scope = cast(Scope, cycle.scope)
+            try:
+                answer = shed.answer(scope)  # stamps the arrival: the app will not decide again
+            except Exception:  # raised here it would drop the connection: the route answers instead
+                log.exception("early shed failed on %s", scope["path"])
+                answer = None
             if answer is not None:
                 start, body = answer
                 content = [STATUS_LINE[start["status"]]]
