@@ -92,7 +92,7 @@ async def exchange(
     config.load()
     state = ServerState()
     state.default_headers = [(b"date", b"Wed, 02 Dec 2026 17:00:00 GMT"), (b"server", b"uvicorn")]
-    protocol = protocol_class(config=config, server_state=state, app_state={})  # type: ignore[call-arg]
+    protocol = protocol_class(config=config, server_state=state, app_state={})
     transport = FakeTransport()
     protocol.connection_made(transport)
     for chunk in chunks:
