@@ -3,16 +3,16 @@ request's work is done (routing, dependencies, reading and parsing the body, tok
 
 Under overload most requests are shed, so what a shed costs decides how much CPU is left for the requests
 that are admitted: a shed answered by the route (after FastAPI's routing and dependency injection, the
-body read, the JSON parsed and validated) costs several times one answered here. The shed runs first
-thing in the app, before its whole middleware stack, and looks at the path and headers only: for an
-inference route (`/predictions/{model}`, `/v2/models/{model}[/versions/{v}]/infer`) of a loaded model, it
-asks the model's batcher for the same admission decision the batcher makes at enqueue
+body read, the JSON parsed and validated) costs several times one answered here. The shed runs before
+anything else: in `inferpack serve`'s HTTP protocol once the headers are parsed (`protocol.py`), else at
+the app's entry before its whole middleware stack (`app.ShedFirstApp`). It looks at the path and headers
+only: for an inference route (`/predictions/{model}`, `/v2/models/{model}[/versions/{v}]/infer`) of a
+loaded model, it asks the model's batcher for the same admission decision the batcher makes at enqueue
 (`ModelBatcher.admit`, one item: the fewest a request can carry) and answers 503 + Retry-After at once
 when it fails. Everything else passes through untouched: a model not loaded (lazy loads, 404s), an
 invalid deadline header (400 from the route), and any caller that the auth rules refuse (the route
 answers 401/403: a shed must not tell a stranger that a model exists).
-What one shed costs the server, before and after it moved in front of the middleware stack and answered
-with raw ASGI messages: docs/benchmarks.md, "What a shed costs".
+What one shed costs the server, as an ASGI middleware and now: docs/benchmarks.md, "What a shed costs".
 
 It also stamps the request's arrival time into the scope, so the deadline counts from here
 rather than from the handler (`http.request_deadline`, key `ARRIVED_KEY`).
@@ -63,10 +63,10 @@ def header_deadline_s(value: bytes | None) -> float | bool | None:
 class EarlyShed:
     """The admission decision before anything else of the server runs (see the module's doc).
 
-    Not an ASGI middleware: the app calls `answer` first thing (`app.ShedFirstApp`), so a shed runs no
-    middleware frame at all (FastAPI's error, telemetry and body-limit layers, Starlette's app) and builds
-    no Response; it answers with two raw ASGI messages (`errors.raw_error_answer`, the same bytes as the
-    routes' error answers)."""
+    Not an ASGI middleware: serve's HTTP protocol (`protocol.ShedHttpToolsProtocol`) or the app's entry
+    (`app.ShedFirstApp`) calls `answer` first thing, so a shed runs no middleware frame at all (FastAPI's
+    error, telemetry and body-limit layers, Starlette's app) and builds no Response; it answers with two
+    raw ASGI messages (`errors.raw_error_answer`, the same bytes as the routes' error answers)."""
 
     def __init__(self, registry: ModelRegistry, auth: Authenticator, metrics: ServerMetrics) -> None:
         self.registry = registry
