@@ -241,6 +241,13 @@ def admission_summary(log: Path, start: int, seconds: float, threads: int) -> st
     )
 
 
+def idle_cpu(pid: int, seconds: float) -> float:
+    """CPU seconds per second process `pid` uses over the next `seconds` with no load offered."""
+    cpu0, t0 = process_cpu_seconds(pid), time.perf_counter()
+    time.sleep(seconds)
+    return (process_cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if len(values) else float("nan")
 
@@ -370,8 +377,9 @@ def capacity_within(
     return best
 
 
-def measure(server: Server, args: argparse.Namespace) -> list[Row]:
-    """One round on one server: unloaded, capacity, then each overload run; prints as it goes."""
+def measure(server: Server, args: argparse.Namespace, shed_costs: list[float]) -> list[Row]:
+    """One round on one server: unloaded, capacity, then each overload run; prints as it goes. With
+    `--shed-cost`, appends the server CPU per shed (us) to `shed_costs`."""
     target, url, log_path, tag = server.target, server.url, server.log_path, f"[{server.name}] "
     asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
     unloaded = asyncio.run(closed_loop(target, 1, args.duration))
@@ -389,17 +397,20 @@ def measure(server: Server, args: argparse.Namespace) -> list[Row]:
     )
     normal = 2 * p90 / 1000
     if args.shed_cost:  # every request hopeless (a 1 us deadline): what one shed costs the server
-        pid = server.proc.pid
-        idle0, t0 = process_cpu_seconds(pid), time.perf_counter()
-        time.sleep(2.0)
-        idle = (process_cpu_seconds(pid) - idle0) / (time.perf_counter() - t0)  # CPU s per s
+        # the server's idle CPU, 2 s before and 2 s after: the lesser, since background work (a model's
+        # trace upgrade, a collection) lands in one window at times and would be charged to the sheds
+        idle_before = idle_cpu(server.proc.pid, 2.0)
         shed_rate = args.factor * capacity
         shed, _, _ = asyncio.run(open_loop(target, shed_rate, args.duration, 0.001, args.timeout, 60.0))
+        idle_after = idle_cpu(server.proc.pid, 2.0)
+        idle = min(idle_before, idle_after)
         n = max(len(shed.outcomes), 1)
+        cost_us = (shed.server_cpu_s - idle * shed.seconds) / n * 1e6
+        shed_costs.append(cost_us)
         print(
             f"{tag}shed cost: {shed.count(503)} of {len(shed.outcomes)} shed (503) at {shed_rate:.0f} "
-            f"req/s; server CPU {(shed.server_cpu_s - idle * shed.seconds) / n * 1e6:.0f} us per request "
-            f"(less its idle {idle * 100:.1f}% of a core); {shed.cpu()}"
+            f"req/s; server CPU {cost_us:.0f} us per request (less its idle {idle * 100:.1f}% of a core: "
+            f"{idle_before * 100:.1f}% before, {idle_after * 100:.1f}% after); {shed.cpu()}"
         )
     rate = args.factor * capacity
     runs: list[tuple[str, float | None]] = []
@@ -481,6 +492,7 @@ def main() -> None:
         f"{sorted(os.sched_getaffinity(0))}"
     )
     results: dict[str, list[list[Row]]] = {s.name: [] for s in servers}
+    shed_costs: dict[str, list[float]] = {s.name: [] for s in servers}
     try:
         for server in servers:
             wait_ready(server.url, server.proc, timeout_s=300)
@@ -488,7 +500,7 @@ def main() -> None:
             order = servers if r % 2 == 0 else servers[::-1]  # alternate who goes first
             for server in order:
                 print(f"--- round {r + 1}, {server.name}, load average {os.getloadavg()[0]:.1f}")
-                results[server.name].append(measure(server, args))
+                results[server.name].append(measure(server, args, shed_costs[server.name]))
     finally:
         for server in servers:
             server.proc.terminate()
@@ -505,6 +517,11 @@ def main() -> None:
                 mean_g = sum(g for g, _ in cells) / len(cells)
                 mean_t = sum(t for _, t in cells) / len(cells)
                 print(f"  {name:<10} {label:<28} {each}   mean {mean_g:.2f} / {mean_t:.2f}")
+        if args.shed_cost:
+            print("SHED COST (server CPU us per shed request, per round; then the mean):")
+            for name, costs in shed_costs.items():
+                each = "  ".join(f"{c:.0f}" for c in costs)
+                print(f"  {name:<10} {each}   mean {sum(costs) / len(costs):.0f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,9 +23,16 @@ from tests.conftest import COMPUTE_DTYPES, SERVER_DTYPE
 class RunningServer:
     """A uvicorn server in a background thread; `url` is its base URL once started."""
 
-    def __init__(self, settings: ServerSettings, repository: ModelRepository | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        repository: ModelRepository | None = None,
+        http: type[asyncio.Protocol] | str = "auto",
+    ) -> None:
         self.app = create_app(settings, repository)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False, http=http
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""
@@ -47,12 +55,17 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    repo: Path, *, repository: ModelRepository | None = None, **overrides: Any
+    repo: Path,
+    *,
+    repository: ModelRepository | None = None,
+    http: type[asyncio.Protocol] | str = "auto",
+    **overrides: Any,
 ) -> Iterator[RunningServer]:
-    """Start a server on `repo` (or on the `repository` object given) with settings overrides; stop it
+    """Start a server on `repo` (or on the `repository` object given) with settings overrides and uvicorn's
+    HTTP protocol `http` (`inferpack serve`'s is server.protocol.ShedHttpToolsProtocol); stop it
     afterwards."""
     settings = ServerSettings(repository=str(repo), **{"dtype": SERVER_DTYPE, **overrides})
-    server = RunningServer(settings, repository)
+    server = RunningServer(settings, repository, http)
     server.start()
     try:
         yield server

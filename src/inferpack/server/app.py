@@ -30,6 +30,7 @@ from inferpack.runtime.warmstart import WarmStart
 from inferpack.server.auth import Authenticator
 from inferpack.server.dataplane import DataPlane
 from inferpack.server.errors import error_response, install_error_handlers
+from inferpack.server.http import ARRIVED_KEY
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.seed import seed_routes
 from inferpack.server.shed import EarlyShed
@@ -71,6 +72,28 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class ShedFirstApp(FastAPI):
+    """FastAPI with the early shed (`shed.EarlyShed`) in front of everything, its own middleware stack
+    included: an HTTP request the shed refuses is answered with two raw ASGI messages and never enters
+    ServerErrorMiddleware, FastAPI's telemetry and body-limit layers or Starlette's app. Under overload
+    most requests are sheds, so these frames were most of what the app spent per request (measured:
+    docs/benchmarks.md, "What a shed costs"). `inferpack serve` decides earlier still, in uvicorn's HTTP
+    protocol (server/protocol.py); this covers any other server the app runs under."""
+
+    early_shed: EarlyShed | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shed = self.early_shed
+        # a request already stamped was decided on by the HTTP protocol (server/protocol.py)
+        if shed is not None and scope["type"] == "http" and ARRIVED_KEY not in scope:
+            answer = shed.answer(scope)
+            if answer is not None:
+                await send(answer[0])
+                await send(answer[1])
+                return
+        await super().__call__(scope, receive, send)
 
 
 def start_recovery(
@@ -165,12 +188,14 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
             await registry.close()
             pool.shutdown()
 
-    app = FastAPI(title="inferpack server", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = ShedFirstApp(
+        title="inferpack server", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None
+    )
+    app.early_shed = EarlyShed(registry, auth, metrics)  # before all, FastAPI's own middleware included
     app.state.dataplane = plane
     app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(EarlyShed, registry=registry, auth=auth, metrics=metrics)  # outermost: before all
 
     # health and server metadata: open, for probes (kubelets send no token); the names of failed models
     # and /metrics follow the auth settings (docs/security.md) --------------------------------------------

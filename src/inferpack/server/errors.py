@@ -3,6 +3,7 @@ neutral remedies (load this model, list the models) into HTTP how-tos."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -85,8 +86,9 @@ def http_hint(exc: e.InferpackError) -> str | None:
     return exc.hint
 
 
-def error_response(exc: e.InferpackError) -> JSONResponse:
-    """A JSON error body `{"error": ..., "hint": ...}` with the right status and headers."""
+def error_parts(exc: e.InferpackError) -> tuple[int, dict[str, str], dict[str, str]]:
+    """An error's answer: status, JSON body `{"error": ..., "hint": ...}` and headers (the one place
+    that says what an error answer holds; `error_response` and `raw_error_answer` only encode it)."""
     body = {"error": exc.message}
     hint = http_hint(exc)
     if hint:
@@ -105,7 +107,35 @@ def error_response(exc: e.InferpackError) -> JSONResponse:
     kind = kind_of(exc)
     if kind is not None:
         headers[ERROR_KIND_HEADER] = kind
-    return JSONResponse(body, status_code=status_of(exc), headers=headers)
+    return status_of(exc), body, headers
+
+
+def error_response(exc: e.InferpackError) -> JSONResponse:
+    """A JSON error body `{"error": ..., "hint": ...}` with the right status and headers."""
+    status, body, headers = error_parts(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# JSONResponse's encoding (starlette.responses.JSONResponse.render), made once: json.dumps with arguments
+# builds a new encoder on every call.
+_encode_json = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+).encode
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+def raw_error_answer(exc: e.InferpackError) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two ASGI messages (`http.response.start`, `http.response.body`) of `error_response(exc)`, the
+    same bytes on the wire, without building a Response: for the early shed, which answers hundreds of
+    requests a second under overload from the event loop the inference threads share the GIL with."""
+    status, body, headers = error_parts(exc)
+    data = _encode_json(body).encode()
+    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    raw += [(b"content-length", str(len(data)).encode()), _JSON_TYPE]
+    return (
+        {"type": "http.response.start", "status": status, "headers": raw},
+        {"type": "http.response.body", "body": data},
+    )
 
 
 def problems_of(errors: Sequence[Any]) -> str:

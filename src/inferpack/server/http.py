@@ -31,7 +31,9 @@ from inferpack.server.metrics import ServerMetrics
 request_log = logging.getLogger("inferpack.server.requests")
 LOAD_HEADER = "X-Inferpack-Model-Load"
 MAX_DEADLINE_MS = 3_600_000.0
-ARRIVED_KEY = "inferpack.arrived"  # scope key: perf_counter time the request reached the app (shed.py)
+# scope key: perf_counter time the request arrived, stamped by the early shed (shed.py) in serve's HTTP
+# protocol when its headers were parsed (protocol.py), else at the app's entry (app.ShedFirstApp)
+ARRIVED_KEY = "inferpack.arrived"
 T = TypeVar("T")
 
 

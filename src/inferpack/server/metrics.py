@@ -104,6 +104,7 @@ class ServerMetrics:
             registry=r,
         )
         ProcessCollector(registry=r)  # process_resident_memory_bytes etc.: RSS next to the model ledger
+        self._early_shed: dict[tuple[str, str, str], tuple[Counter, Counter]] = {}
 
     def bind(
         self, queue_depth: Callable[[], float], loaded: Callable[[], float], known: Callable[[], float]
@@ -141,6 +142,22 @@ class ServerMetrics:
     def observe_shed(self, reason: str) -> None:
         """Count one request refused without running."""
         self.shed.labels(reason).inc()
+
+    def observe_early_shed(self, model_id: str, api: str, reason: str) -> None:
+        """Count one request the early shed refused: `observe_shed(reason)` and `observe_request(model_id,
+        api, 503, None)` in one, with the two labelled counters looked up once per (model, api, reason)
+        rather than per request (`.labels()` takes a lock and builds the label tuple each time; under
+        overload this runs hundreds of times a second). The cache holds at most loaded models x APIs x
+        reasons entries, and labels never move (`LabelLimiter`), so a cached child stays right."""
+        key = (model_id, api, reason)
+        pair = self._early_shed.get(key)
+        if pair is None:
+            pair = self._early_shed[key] = (
+                self.shed.labels(reason),
+                self.requests.labels(self.label(model_id), api, "503"),
+            )
+        pair[0].inc()
+        pair[1].inc()
 
     def observe_disconnected(self, model_id: str) -> None:
         """Count one queued request dropped because its client went away (called by the batchers)."""

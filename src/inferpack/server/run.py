@@ -9,6 +9,7 @@ import uvicorn
 
 from inferpack.runtime.skeletons import preload_libraries
 from inferpack.server.app import create_app
+from inferpack.server.protocol import ShedHttpToolsProtocol
 from inferpack.settings import ServerSettings
 
 log = logging.getLogger("inferpack.server")
@@ -43,6 +44,7 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
         port=settings.port,
         log_level=log_level,
         access_log=False,  # one line per request costs more than a MiniLM forward's framework share
+        http=ShedHttpToolsProtocol,  # sheds answered by the protocol: no ASGI task, one write
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         limit_concurrency=None,
         backlog=2048,

@@ -3,13 +3,16 @@ request's work is done (routing, dependencies, reading and parsing the body, tok
 
 Under overload most requests are shed, so what a shed costs decides how much CPU is left for the requests
 that are admitted: a shed answered by the route (after FastAPI's routing and dependency injection, the
-body read, the JSON parsed and validated) costs several times one answered here. This ASGI middleware
-looks at the path and headers only: for an inference route (`/predictions/{model}`,
-`/v2/models/{model}[/versions/{v}]/infer`) of a loaded model, it asks the model's batcher for the same
-admission decision the batcher makes at enqueue (`ModelBatcher.admit`, one item: the fewest a request can
-carry) and answers 503 + Retry-After at once when it fails. Everything else passes through untouched: a
-model not loaded (lazy loads, 404s), an invalid deadline header (400 from the route), and any caller that
-the auth rules refuse (the route answers 401/403: a shed must not tell a stranger that a model exists).
+body read, the JSON parsed and validated) costs several times one answered here. The shed runs before
+anything else: in `inferpack serve`'s HTTP protocol once the headers are parsed (`protocol.py`), else at
+the app's entry before its whole middleware stack (`app.ShedFirstApp`). It looks at the path and headers
+only: for an inference route (`/predictions/{model}`, `/v2/models/{model}[/versions/{v}]/infer`) of a
+loaded model, it asks the model's batcher for the same admission decision the batcher makes at enqueue
+(`ModelBatcher.admit`, one item: the fewest a request can carry) and answers 503 + Retry-After at once
+when it fails. Everything else passes through untouched: a model not loaded (lazy loads, 404s), an
+invalid deadline header (400 from the route), and any caller that the auth rules refuse (the route
+answers 401/403: a shed must not tell a stranger that a model exists).
+What one shed costs the server, as an ASGI middleware and now: docs/benchmarks.md, "What a shed costs".
 
 It also stamps the request's arrival time into the scope, so the deadline counts from here
 rather than from the handler (`http.request_deadline`, key `ARRIVED_KEY`).
@@ -19,12 +22,12 @@ from __future__ import annotations
 
 import time
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from inferpack.errors import InferpackError, Overloaded
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.server.auth import Authenticator
-from inferpack.server.errors import DEADLINE_HEADER, error_response
+from inferpack.server.errors import DEADLINE_HEADER, raw_error_answer
 from inferpack.server.http import ARRIVED_KEY, MAX_DEADLINE_MS
 from inferpack.server.metrics import ServerMetrics
 
@@ -58,28 +61,29 @@ def header_deadline_s(value: bytes | None) -> float | bool | None:
 
 
 class EarlyShed:
-    """ASGI middleware: the admission decision before the route runs (see the module's doc)."""
+    """The admission decision before anything else of the server runs (see the module's doc).
 
-    def __init__(
-        self, app: ASGIApp, registry: ModelRegistry, auth: Authenticator, metrics: ServerMetrics
-    ) -> None:
-        self.app = app
+    Not an ASGI middleware: serve's HTTP protocol (`protocol.ShedHttpToolsProtocol`) or the app's entry
+    (`app.ShedFirstApp`) calls `answer` first thing, so a shed runs no middleware frame at all (FastAPI's
+    error, telemetry and body-limit layers, Starlette's app) and builds no Response; it answers with two
+    raw ASGI messages (`errors.raw_error_answer`, the same bytes as the routes' error answers)."""
+
+    def __init__(self, registry: ModelRegistry, auth: Authenticator, metrics: ServerMetrics) -> None:
         self.registry = registry
         self.auth = auth
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            arrived = time.perf_counter()
-            scope[ARRIVED_KEY] = arrived
-            refusal = self._refusal(scope, arrived)
-            if refusal is not None:
-                model_id, api, exc = refusal
-                self.metrics.observe_shed(exc.reason)
-                self.metrics.observe_request(model_id, api, 503, None)
-                await error_response(exc)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    def answer(self, scope: Scope) -> tuple[Message, Message] | None:
+        """Stamp an HTTP request's arrival into its scope; the two ASGI messages of its 503 when it is
+        shed (counted in the metrics), else None (the app handles it)."""
+        arrived = time.perf_counter()
+        scope[ARRIVED_KEY] = arrived
+        refusal = self._refusal(scope, arrived)
+        if refusal is None:
+            return None
+        model_id, api, exc = refusal
+        self.metrics.observe_early_shed(model_id, api, exc.reason)
+        return raw_error_answer(exc)
 
     def _refusal(self, scope: Scope, arrived: float) -> tuple[str, str, Overloaded] | None:
         target = inference_target(scope["path"])
