@@ -160,6 +160,38 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
     assert peers.estimator(batchers["a"]) is None
 
 
+async def test_a_model_that_leaves_its_group_takes_its_queue_to_a_line_of_its_own(
+    pool: InferencePool,
+) -> None:
+    gate = threading.Event()
+    peers = Peers(key=lambda m: None if m.base is None else (m.base,))
+    settings = BatchingSettings(max_batch_size=4, max_batch_latency_ms=0, max_wait_ms=0, max_queue=16)
+    a, b = _Fake("a", "base", gate), _Fake("b", "base", gate)
+    batchers = {m.model_id: ModelBatcher(m, pool, settings, peers=peers) for m in (a, b)}  # type: ignore[arg-type]
+    first = asyncio.create_task(batchers["a"].submit(TextInput("a1")))
+    await asyncio.get_running_loop().run_in_executor(None, a.entered.acquire)  # the one thread is busy
+    queued = [
+        asyncio.create_task(batchers[name].submit(TextInput(text)))
+        for name, text in (("a", "a2"), ("b", "b1"), ("b", "b2"))
+    ]
+    while sum(x.queue_depth for x in batchers.values()) < 3 or pool.state().waiting < 2:
+        await asyncio.sleep(0)
+    shared = batchers["a"].line
+    assert batchers["b"].line is shared and shared.queued == 3
+    # b's model is replaced by one that mixes with no one (a traced graph, an ONNX Runtime session)
+    alone = _Fake("b", None, gate)  # type: ignore[arg-type]
+    batchers["b"].replace_model(alone)  # type: ignore[arg-type]
+    assert peers.others(batchers["a"]) == [] and batchers["b"].line is not shared
+    assert (shared.queued, batchers["b"].line.queued) == (1, 2)
+    gate.set()
+    results = {r["echo"]: r["by"] for r in await asyncio.gather(first, *queued)}
+    assert results == {"a1": "a", "a2": "a", "b1": "b", "b2": "b"}
+    assert (shared.queued, len(shared.tickets), batchers["b"].line.queued) == (0, 0, 0)
+    assert len(batchers["b"].line.tickets) == 0
+    for batcher in batchers.values():
+        await batcher.close()
+
+
 async def test_an_unload_waits_for_a_mixed_batch_holding_its_rows(pool: InferencePool) -> None:
     gate = threading.Event()
     started = threading.Event()

@@ -231,12 +231,24 @@ class ModelBatcher:
     def replace_model(self, model: LoadedModel) -> None:
         """Run the batches formed from now on with `model` (a stand-in's fast runtime, runtime/tier.py);
         batches already running keep the model they hold. Rejoins the peers as the new model allows (an
-        ONNX Runtime session mixes with no one)."""
-        if self.peers is not None:
-            self.peers.leave(self)
+        ONNX Runtime session or a traced graph mixes with no one), and takes its queued requests to the
+        line of the group it is in now (what admission and the settle rule read)."""
+        peers = self.peers
+        if peers is None:
+            self.model = model
+            return
+        before = peers.key(self.model)
+        peers.leave(self)
         self.model = model
-        if self.peers is not None:
-            self.peers.join(self)
+        peers.join(self)
+        if peers.key(model) == before:
+            return
+        others = peers.others(self)
+        line = others[0].line if others else GroupLine()
+        queued = len(self._queue)
+        self.line.queued -= queued
+        line.queued += queued
+        self.line = line
 
     @property
     def queue_depth(self) -> int:
@@ -367,11 +379,12 @@ class ModelBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             ticket = self.pool.next_ticket
-            self.line.tickets.append(ticket)
+            line = self.line  # the ticket leaves the line it joined (`replace_model` may change lines)
+            line.tickets.append(ticket)
             try:
                 await self.pool.acquire()
             finally:
-                self.line.tickets.remove(ticket)
+                line.tickets.remove(ticket)
             try:
                 await self._top_up()
                 await self._settle()
