@@ -293,9 +293,10 @@ class ServerSettings(_Section):
         ge=0,
         description="CPU, eager models: once a model has run this many batches since its load, its "
         "forward is traced to a TorchScript graph over the same weights in the background (checked "
-        "against eager first), and its single-model batches run on the graph: no Python between the "
-        "operators, the GIL released for the whole forward (measured 1.6x faster at batch 1 on the "
-        "MiniLM demo models). 0: never trace. See docs/runtimes.md.",
+        "against eager first), and its batches run on the graph (it then batches alone, no longer "
+        "across tenants): no Python between the operators, the GIL released for the whole forward "
+        "(measured 1.6x faster at batch 1 on the MiniLM demo models). 0: never trace. See "
+        "docs/runtimes.md.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(

@@ -144,6 +144,7 @@ class ModelRegistry:
         self._trace_after = (
             settings.trace_after_batches if settings.engine == "eager" and device.kind == "cpu" else 0
         )
+        self._graph_bytes: dict[object, int] = {}  # module layout (skeleton) -> its last graph's size
         self._drop_observer = drop_observer
         self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
@@ -401,8 +402,14 @@ class ModelRegistry:
         if entry is None or entry.state != "ready" or entry.loaded is None:
             return
         entry.batches += 1
-        if entry.batches == self._trace_after and traceable(entry.loaded):
-            self._upgrades.start(model_id, entry.loaded, functools.partial(traced, entry.loaded))
+        loaded = entry.loaded
+        if entry.batches != self._trace_after or not traceable(loaded):
+            return
+        # a graph takes only free budget (see `_swap`): none is made that could not be kept, e.g. on a
+        # density server whose budget is full of tenants (sized from an earlier graph of the same layout)
+        known = self._graph_bytes.get(loaded.extra.get("skeleton"), 0)
+        if self._fits_free({-1: known}):
+            self._upgrades.start(model_id, loaded, functools.partial(traced, loaded))
 
     async def _swap(self, model_id: str, stand_in: LoadedModel, fast: LoadedModel) -> bool:
         """Put a stand-in's fast runtime in its place (see runtime/tier.py); False when the model was
@@ -418,9 +425,12 @@ class ModelRegistry:
                     "model %s stays eager: its ONNX Runtime session does not fit the free budget", model_id
                 )
                 return False
-            if fast.graph is not None and not self._fits_free({-1: int(fast.extra.get("graph_bytes", 0))}):
-                log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
-                return False
+            if fast.graph is not None:
+                size = int(fast.extra.get("graph_bytes", 0))
+                self._graph_bytes[fast.extra.get("skeleton")] = size
+                if not self._fits_free({-1: size}):
+                    log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
+                    return False
             self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
             entry.memory_bytes = self.ledger.model_bytes(model_id)
             entry.loaded = fast

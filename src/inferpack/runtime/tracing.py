@@ -17,8 +17,9 @@ Tracing costs ~150 ms of Python per model, so the registry traces only models th
 (`server.trace_after_batches` batches since their load), on the niced upgrade lane (runtime/tier.py),
 and only into free memory budget: a graph costs no copy of the weights but its own IR and executor plans
 (~12 MiB for a MiniLM, `graph_bytes`), which the ledger charges to the model;
-until then, and whenever tracing fails or disagrees, the eager module serves. Batches mixing tenants of a
-base (runtime/crossbatch.py) keep running eager: they split the module tree by rows, which a graph cannot.
+until then, and whenever tracing fails or disagrees, the eager module serves. A traced model batches
+alone (runtime/crossbatch.py `group_key`): its own batches on the graph beat mixing it eagerly with its
+base's other tenants (measured: docs/runtimes.md).
 """
 
 from __future__ import annotations
