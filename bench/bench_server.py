@@ -79,6 +79,18 @@ def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
     return same / (len(ids) * len(texts)), max(diffs)
 
 
+def warm_up(url: str, ids: list[str], connections: int) -> None:
+    """2 s of the level's load, then until the server's background upgrades have settled: hot models'
+    traced graphs (server.trace_after_batches) and ONNX Runtime sessions take ~0.3-0.6 s of CPU each,
+    which would otherwise fall into the first measurement (at most 30 s, under the same load)."""
+    wrk(url, ids, connections, 2)
+    for _ in range(15):
+        before = swaps(url)
+        wrk(url, ids, connections, 2)
+        if swaps(url) == before:
+            return
+
+
 def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str, float]:
     """Run wrk with a random model per request; parse req/s and latency percentiles (ms)."""
     path = f"?seq_0={quote(QUESTION)}&seq_1={quote(CONTEXT)}"
@@ -173,7 +185,8 @@ def ort_available() -> bool:
 
 
 def swaps(url: str) -> float:
-    """The server's count of stand-ins replaced by their ONNX Runtime session."""
+    """The server's `inferpack_runtime_swaps_total`: stand-ins replaced by their ONNX Runtime session,
+    sessions joining eager models (engine mixed), traced graphs taking over (0 when it has none)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         text = response.read().decode()
     found = re.search(r"^inferpack_runtime_swaps_total (\S+)$", text, re.M)
@@ -200,7 +213,7 @@ def interleaved(
     try:
         for c in levels:
             for _, _, url in started:
-                wrk(url, ids, c, 2)  # warm-up
+                warm_up(url, ids, c)
             got: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in started}
             for _ in range(rounds):
                 for label, proc, url in started:
@@ -375,7 +388,7 @@ def main() -> None:
             proc, url = start(latency, source)
             try:
                 for c in levels:
-                    wrk(url, ids, c, 2)  # warm-up
+                    warm_up(url, ids, c)
                     measure(label, proc, url, c)
             finally:
                 proc.send_signal(signal.SIGTERM)
