@@ -1,16 +1,18 @@
-"""Traced graphs of hot eager models (runtime/tracing.py): the graph computes what the eager module does
+"""Traced graphs of hot eager models (compile/tracing.py): the graph computes what the eager module does
 over the very same tensors, a forward that branches on its data is refused, and the registry traces a
 model once it has run `trace_after_batches` batches, keeping its memory record and cross-tenant group."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
+from inferpack.compile.tracing import graph_bytes, trace_job, traceable, traced
 from inferpack.errors import ModelLoadFailed
 from inferpack.repository.demo import make_demo_models
 from inferpack.repository.local import LocalRepository
@@ -20,7 +22,6 @@ from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import module_storages
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.registry import ModelRegistry
-from inferpack.runtime.tracing import graph_bytes, traceable, traced
 from inferpack.settings import ServerSettings
 from tests.onnx_models import QUESTIONS, assert_same_answers
 
@@ -81,7 +82,7 @@ def test_a_forward_that_branches_on_its_data_is_refused(repo: tuple[LocalReposit
 
 def _registry(repository: LocalRepository, **settings: object) -> ModelRegistry:
     options = ServerSettings(lazy_load=True, engine="eager", dtype="fp32", inference_threads=2)
-    return ModelRegistry(repository, options.model_copy(update=settings), InferencePool(2))
+    return ModelRegistry(repository, options.model_copy(update=settings), InferencePool(2), tracer=trace_job)
 
 
 async def test_a_hot_model_is_traced_and_keeps_its_answers_memory_and_group(
@@ -158,6 +159,24 @@ async def test_an_unload_during_a_trace_keeps_the_module_shell_out_of_reuse(
     assert registry._upgrades.pending(model_id)
     await registry.unload(model_id)
     # the trace still reads the module: its shell must not be refilled with another model's weights
-    assert all(p.device.type != "meta" for p in module.parameters())  # type: ignore[union-attr]
+    assert all(p.device.type != "meta" for p in module.parameters())  # type: ignore[attr-defined]
     assert registry.entry(model_id).loaded is None and registry.stats.swaps == 0
     await registry.close()
+
+
+def test_the_server_traces_its_hot_models(repo: tuple[LocalRepository, list[str]]) -> None:
+    from fastapi.testclient import TestClient
+
+    from inferpack.server.app import create_app
+
+    repository, (model_id, _) = repo
+    settings = ServerSettings(
+        repository=str(repository.root), models=[model_id], engine="eager", trace_after_batches=2
+    )
+    with TestClient(create_app(settings, repository=repository)) as client:
+        answers = [client.get(f"/predictions/{model_id}").json() for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while "inferpack_runtime_swaps_total 1.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the hot model was not traced in time"
+            time.sleep(0.05)
+        assert client.get(f"/predictions/{model_id}").json() == answers[0]  # the graph answers alike

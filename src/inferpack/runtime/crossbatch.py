@@ -193,7 +193,7 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
 
 def group_key(model: Any) -> tuple[Any, ...] | None:
     """Models with equal keys may share a batch: eager modules of one architecture and dtype on one
-    device, holding the same shared weight groups, with one tokenizer, not traced (runtime/tracing.py).
+    device, holding the same shared weight groups, with one tokenizer, not traced (compile/tracing.py).
     None: never mixed."""
     groups = model.extra.get("shared") or []
     if not isinstance(model.module, TaskWrapper) or not groups or model.extra.get("own_paths") is None:

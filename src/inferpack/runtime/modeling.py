@@ -45,7 +45,7 @@ ModelCallable = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 def recycle(model: LoadedModel, *, shell: bool = True) -> None:
     """After an unload (nothing runs on the model any more): keep its eager module shell for reuse, unless
-    `shell` is False (a background trace may still be reading the module: runtime/tracing.py)."""
+    `shell` is False (a background trace may still be reading the module: compile/tracing.py)."""
     model.graph = None  # it holds the weights too: they go now, not when the model object does
     key = model.extra.get("skeleton")
     if shell and isinstance(key, str) and isinstance(model.module, TaskWrapper):
@@ -106,8 +106,8 @@ class LoadedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     # engine mixed: a second runtime (an ONNX Runtime session) that batches run on where it measured faster
     alternate: Alternate | None = None
-    # a hot eager model's traced graph over the same weights (runtime/tracing.py): single-model batches
-    # run on it, batches mixing tenants on `module`
+    # a hot eager model's traced graph over the same weights (compile/tracing.py): batches run on it
+    # (it then batches alone: crossbatch.group_key)
     graph: ModelCallable | None = None
 
     def forward(self, batch: Encoded) -> torch.Tensor:
@@ -298,7 +298,7 @@ def with_alternate(
 
 def model_storages(model: LoadedModel) -> Storages:
     """The memory a loaded model holds for the ledger: its module's storages, its traced graph's estimated
-    own memory (runtime/tracing.py; under a negative key: not a storage), and its alternate runtime's (an
+    own memory (compile/tracing.py; under a negative key: not a storage), and its alternate runtime's (an
     ONNX Runtime session's own copy of the weights) when it has one."""
     storages = module_storages(model.module)
     if model.graph is not None:  # the eager module's own tensors (not frozen), and the graph's own memory

@@ -20,7 +20,6 @@ Policies:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,7 +50,6 @@ from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, 
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
-from inferpack.runtime.tracing import traceable, traced
 from inferpack.runtime.versions import choose_version, manifest_dtype, onnx_alternate
 from inferpack.settings import ServerSettings
 
@@ -60,6 +58,10 @@ State = Literal["unavailable", "loading", "ready", "unloading", "failed", "evict
 Loader = Callable[[ModelRepository, str, int | None, bool], LoadedModel]  # repo, id, version, cold
 LoadObserver = Callable[[str, float, bool], None]  # model, seconds, succeeded
 PROTECTED_AFTER_HITS = 2  # uses after which a model counts as hot (segmented LRU)
+
+
+# a loaded model -> the work that makes its traced graph, or None when it cannot be traced
+Tracer = Callable[[LoadedModel], Callable[[], LoadedModel] | None]
 
 
 @dataclass
@@ -75,7 +77,7 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = 0.0
     hits: int = 0  # uses since this load
-    batches: int = 0  # batches run since this load (a hot eager model is traced: runtime/tracing.py)
+    batches: int = 0  # batches run since this load (a hot eager model is traced: compile/tracing.py)
     reserved: int = 0  # requests holding the model (see ModelRegistry.use): never evicted meanwhile
     memory_bytes: int = 0
     load_seconds: float = 0.0
@@ -109,6 +111,7 @@ class ModelRegistry:
         batch_observer: BatchObserver | None = None,
         drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
+        tracer: Tracer | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         device: ResolvedDevice = CPU_DEVICE,
@@ -140,9 +143,13 @@ class ModelRegistry:
         )
         self._entries: dict[str, ModelEntry] = {}
         self._batch_observer = batch_observer
-        # hot eager models are traced (runtime/tracing.py): where the eager engine computes on the CPU
+        # hot eager models are traced by `tracer` (compile/tracing.py, given by the server): where the
+        # eager engine computes on the CPU
+        self._tracer = tracer
         self._trace_after = (
-            settings.trace_after_batches if settings.engine == "eager" and device.kind == "cpu" else 0
+            settings.trace_after_batches
+            if tracer is not None and settings.engine == "eager" and device.kind == "cpu"
+            else 0
         )
         self._graph_bytes: dict[object, int] = {}  # module layout (skeleton) -> its last graph's size
         self._drop_observer = drop_observer
@@ -395,7 +402,7 @@ class ModelRegistry:
     def _observe_batch(self, model_id: str, size: int, waited_s: float, compute_s: float) -> None:
         """A batch the model took part in has run (on the event loop): the metrics hear of it, and a model
         that has now run `trace_after_batches` batches since its load is traced on the upgrade lane
-        (runtime/tracing.py), its graph taking over through `_swap`."""
+        (compile/tracing.py), its graph taking over through `_swap`."""
         if self._batch_observer is not None:
             self._batch_observer(model_id, size, waited_s, compute_s)
         entry = self._entries.get(model_id) if self._trace_after else None
@@ -403,13 +410,14 @@ class ModelRegistry:
             return
         entry.batches += 1
         loaded = entry.loaded
-        if entry.batches != self._trace_after or not traceable(loaded):
+        job = self._tracer(loaded) if entry.batches == self._trace_after and self._tracer else None
+        if job is None:
             return
         # a graph takes only free budget (see `_swap`): none is made that could not be kept, e.g. on a
         # density server whose budget is full of tenants (sized from an earlier graph of the same layout)
         known = self._graph_bytes.get(loaded.extra.get("skeleton"), 0)
         if self._fits_free({-1: known}):
-            self._upgrades.start(model_id, loaded, functools.partial(traced, loaded))
+            self._upgrades.start(model_id, loaded, job)
 
     async def _swap(self, model_id: str, stand_in: LoadedModel, fast: LoadedModel) -> bool:
         """Put a stand-in's fast runtime in its place (see runtime/tier.py); False when the model was

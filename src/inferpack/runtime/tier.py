@@ -68,7 +68,7 @@ class Upgrades:
         self, model_id: str, loaded: LoadedModel, upgrade: Callable[[], LoadedModel] | None = None
     ) -> None:
         """Prepare `loaded`'s fast runtime in the background: `upgrade` when given (a traced graph over the
-        model's own weights, runtime/tracing.py: no budget is claimed for it), else a stand-in's
+        model's own weights, compile/tracing.py: no budget is claimed for it), else a stand-in's
         `extra["upgrade"]` (else nothing)."""
         claims = upgrade is None
         if upgrade is None:
@@ -137,7 +137,7 @@ class Upgrades:
 
 
 def _kind(model: LoadedModel) -> str:
-    if model.graph is not None:  # a hot eager model's trace (runtime/tracing.py)
+    if model.graph is not None:  # a hot eager model's trace (compile/tracing.py)
         return "traced graph"
     if model.alternate is not None:  # engine mixed: beside eager, per batch (runtime/runtimechoice.py)
         return f"{model.alternate.kind} (beside eager)"

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferpack.compile.tracing import trace_job
 from inferpack.errors import PayloadTooLarge
 from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
@@ -147,6 +148,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         batch_observer=metrics.observe_batch,
         drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
+        tracer=trace_job,  # hot eager models get a traced graph (server.trace_after_batches)
         device=device,
     )
     plane = DataPlane(registry, metrics)

@@ -25,7 +25,9 @@ base's other tenants (measured: docs/runtimes.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,6 +44,13 @@ from inferpack.runtime.versions import manifest_dtype
 # MiniLM (12.6 MiB) and ~230 for a 2-layer test model (5.8 MiB): ~26 KiB a node.
 GRAPH_BYTES_PER_NODE = 26 * 1024
 WARM_UP_CALLS = 3  # the profiling executor optimises after its first runs (measured: ~80 and ~47 ms, then ~5)
+
+
+def trace_job(model: LoadedModel) -> Callable[[], LoadedModel] | None:
+    """The work that makes `model`'s traced graph (`traced`, run on the upgrade lane), or None when it
+    cannot be traced (`traceable`). The registry's `tracer` (runtime/registry.py): it lives here, with
+    the compile step whose tracing and checks it reuses, and is handed to the registry by the server."""
+    return functools.partial(traced, model) if traceable(model) else None
 
 
 def traceable(model: LoadedModel) -> bool:
