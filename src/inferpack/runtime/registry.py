@@ -416,7 +416,7 @@ class ModelRegistry:
         # a graph takes only free budget (see `_swap`): none is made that could not be kept, e.g. on a
         # density server whose budget is full of tenants (sized from an earlier graph of the same layout)
         known = self._graph_bytes.get(loaded.extra.get("skeleton"), 0)
-        if self._fits_free({-1: known}):
+        if self._fits_free(known):
             self._upgrades.start(model_id, loaded, job)
 
     async def _swap(self, model_id: str, stand_in: LoadedModel, fast: LoadedModel) -> bool:
@@ -428,7 +428,9 @@ class ModelRegistry:
         async with entry.lock:
             if entry.state != "ready" or entry.loaded is not stand_in or entry.batcher is None:
                 return False
-            if fast.alternate is not None and not self._fits_free(module_storages(fast.alternate.module)):
+            if fast.alternate is not None and not self._fits_free(
+                sum(module_storages(fast.alternate.module).values())
+            ):
                 log.info(
                     "model %s stays eager: its ONNX Runtime session does not fit the free budget", model_id
                 )
@@ -436,7 +438,7 @@ class ModelRegistry:
             if fast.graph is not None:
                 size = int(fast.extra.get("graph_bytes", 0))
                 self._graph_bytes[fast.extra.get("skeleton")] = size
-                if not self._fits_free({-1: size}):
+                if not self._fits_free(size):
                     log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
                     return False
             self.ledger.add(model_id, self._measure(fast))  # replaces the stand-in's record
@@ -481,14 +483,14 @@ class ModelRegistry:
         """Hand back what `_claim_upgrade` held (the session is on the ledger now, or dropped)."""
         self._claimed -= claimed
 
-    def _fits_free(self, storages: Storages) -> bool:
-        """Whether a runtime beside an eager model (engine mixed's session, a traced graph) fits the free
-        budget. It only speeds a model up, so it never evicts another (a density server keeps its
-        tenants)."""
+    def _fits_free(self, size: int) -> bool:
+        """Whether `size` bytes of a runtime beside an eager model (engine mixed's session, a traced
+        graph) fit the free budget. It only speeds a model up, so it never evicts another (a density
+        server keeps its tenants)."""
         if self.budget_bytes is None:
             return True
         taken = self.ledger.total_bytes + self._claimed  # loads in flight hold their share
-        return taken + sum(storages.values()) <= self.budget_bytes
+        return taken + size <= self.budget_bytes
 
     def _check_fits(self, model_id: str, claim: int) -> None:
         """ModelTooLarge when a model alone needs more than the whole budget: evicting every other model
