@@ -15,7 +15,17 @@ from torch import nn
 
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.batcher import InferencePool, ModelBatcher
-from inferpack.runtime.crossbatch import Part, Peers, group_key, merge_paths, own_paths, predict_together
+from inferpack.runtime.crossbatch import (
+    Part,
+    Peers,
+    Piece,
+    group_key,
+    merge_paths,
+    own_paths,
+    predict_together,
+    signature,
+    trunk_paths,
+)
 from inferpack.runtime.modeling import LoadedModel, load_model
 from inferpack.runtime.tasks import TextInput
 from inferpack.settings import BatchingSettings
@@ -53,6 +63,43 @@ def test_merge_paths_keeps_the_outermost() -> None:
     assert merge_paths([["a.b", "c"], ["a.b", "c"]]) == ["a.b", "c"]
     assert merge_paths([["a.b", "c"], ["a", "c"]]) == ["a", "c"]  # one model owns all of `a`
     assert merge_paths([["a"], None]) is None
+
+
+def test_trunk_paths_are_the_shared_subtrees_beside_the_split_points() -> None:
+    root = nn.Module()
+    root.embed = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))  # shared, with submodules: a piece
+    root.norm = nn.LayerNorm(4)  # shared but a lone leaf: no graph would pay
+    root.layers = nn.ModuleList([nn.Sequential(nn.Linear(4, 4)) for _ in range(3)])
+    root.head = nn.Linear(4, 2)
+    assert trunk_paths(root, ["layers.2", "head"]) == ["embed", "layers.0", "layers.1"]
+    assert trunk_paths(root, ["layers"]) == ["embed"]
+
+
+class _Masked(nn.Linear):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, flag: bool = False) -> torch.Tensor:
+        return super().forward(x) * (2 if flag else 1)
+
+
+def test_a_piece_runs_the_graph_of_its_call_signature_else_the_eager_module() -> None:
+    eager = _Masked(4, 4)
+    calls: list[tuple[torch.Tensor, ...]] = []
+
+    def graph(*tensors: torch.Tensor) -> torch.Tensor:
+        calls.append(tensors)
+        return torch.zeros(1)
+
+    x, mask = torch.ones(2, 4), torch.ones(2, 4)
+    traced_for = signature((x,), {"mask": None, "flag": True})
+    assert traced_for is not None
+    piece = Piece(eager, {traced_for: graph})
+    assert torch.equal(piece(x, mask=None, flag=True), torch.zeros(1)) and len(calls) == 1
+    assert calls[0][0] is x  # the graph takes the call's tensors, the constants are in it
+    # another signature (a mask given, a flag changed): the eager module, which is still right
+    with torch.no_grad():
+        assert torch.equal(piece(x, mask=None, flag=False), eager(x)) and len(calls) == 1
+    assert signature((x,), {"mask": mask}) != signature((x,), {"mask": None})
+    assert signature((x,), {"cache": object()}) is None  # a constant that cannot be compared: never traced
+    assert list(piece.parameters()) == []  # the eager module stays owned by its model
 
 
 def _load(demo_repo: Path, dtype: str) -> list[LoadedModel]:

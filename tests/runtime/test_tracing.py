@@ -17,9 +17,9 @@ from inferpack.errors import ModelLoadFailed
 from inferpack.repository.demo import make_demo_models
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.batcher import InferencePool
-from inferpack.runtime.crossbatch import group_key
+from inferpack.runtime.crossbatch import Part, group_key, predict_together
 from inferpack.runtime.heads import TaskWrapper
-from inferpack.runtime.memory import module_storages
+from inferpack.runtime.memory import MemoryLedger, module_storages
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.settings import ServerSettings
@@ -80,6 +80,44 @@ def test_a_forward_that_branches_on_its_data_is_refused(repo: tuple[LocalReposit
         traced(eager)
 
 
+def test_traced_tenants_of_one_base_mix_through_their_pieces(demo_repo: Path, compute_dtype: str) -> None:
+    repository = LocalRepository(demo_repo)
+    eager = [load_model(repository, f"qa-000{i}", dtype=compute_dtype) for i in range(2)]  # type: ignore[arg-type]
+    fast = [traced(m) for m in eager]
+    pieces = [f.pieces for f in fast]
+    assert pieces[0] is not None and pieces[1] is not None
+    # each tenant's own layer as graphs, one per call signature (a padded batch's mask, None unpadded)
+    assert (
+        list(pieces[0].own) == ["model.bert.encoder.layer.5"]
+        and len(pieces[0].own["model.bert.encoder.layer.5"]) == 2
+    )
+    # the base's trunk made once, held by both: the embeddings and the five shared layers
+    assert pieces[0].trunk is pieces[1].trunk is not None
+    assert list(pieces[0].trunk.graphs) == [
+        "model.bert.embeddings",
+        *(f"model.bert.encoder.layer.{i}" for i in range(5)),
+    ]
+    # traced tenants with pieces mix again, with each other and with an eager tenant of their base
+    assert group_key(fast[0]) == group_key(fast[1]) == group_key(eager[0]) is not None
+    split = [QUESTIONS[:2], QUESTIONS[2:]]
+    raw = [[False, False], [False, False, False]]
+    want = predict_together([Part(m, q, r) for m, q, r in zip(eager, split, raw, strict=True)])
+    for models in (fast, [fast[0], eager[1]]):
+        got = predict_together([Part(m, q, r) for m, q, r in zip(models, split, raw, strict=True)])
+        for mine, theirs in zip(got, want, strict=True):
+            assert_same_answers(mine, theirs)
+    # memory: the trunk is one record whoever holds it, each tenant's own graphs are its own
+    ledger = MemoryLedger()
+    for f in fast:
+        ledger.add(f.model_id, model_storages(f))
+    trunk = pieces[0].trunk
+    assert model_storages(fast[0])[-id(trunk)] == trunk.bytes > 0
+    assert ledger.total_bytes == sum(
+        {**model_storages(fast[0]), **model_storages(fast[1])}.values()
+    )  # shared base and trunk once
+    assert ledger.freeable_bytes(fast[0].model_id) < ledger.model_bytes(fast[0].model_id) - trunk.bytes
+
+
 def _registry(repository: LocalRepository, **settings: object) -> ModelRegistry:
     options = ServerSettings(lazy_load=True, engine="eager", dtype="fp32", inference_threads=2)
     return ModelRegistry(repository, options.model_copy(update=settings), InferencePool(2), tracer=trace_job)
@@ -104,8 +142,8 @@ async def test_a_hot_model_is_traced_and_keeps_its_answers_memory_and_group(
     assert entry.batcher is not None and entry.batcher.model is fast
     # the graph adds no copy of the weights, only its own memory
     assert entry.memory_bytes == sum(model_storages(eager).values()) + fast.extra["graph_bytes"]
-    # its own traced batches from now on: it leaves its base's cross-tenant group
-    assert group_key(fast) is None
+    # tiny demo tenants share no base: no pieces for mixed batches, so it batches alone on its graph
+    assert fast.pieces is None and group_key(fast) is None
     async with registry.use(model_id) as (batcher, _):
         for expected in answers:
             assert_same_answers(await batcher.submit_many(QUESTIONS[:1]), expected)

@@ -36,7 +36,7 @@ def require_cuda() -> None:
         )
 
 
-def jit_trace(model: nn.Module, args: Args, *, freeze: bool) -> torch.jit.ScriptModule:
+def jit_trace(model: nn.Module, args: tuple[torch.Tensor, ...], *, freeze: bool) -> torch.jit.ScriptModule:
     """`torch.jit.trace` on the model's own device, then (optionally) `torch.jit.freeze`.
 
     Freezing inlines the weights as constants and folds what depends only on them (e.g. the QA head's

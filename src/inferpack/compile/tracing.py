@@ -18,23 +18,47 @@ Tracing costs ~150 ms of Python per model, so the registry traces only models th
 and only into free memory budget: a graph costs no copy of the weights but its own IR and executor plans
 (~12 MiB for a MiniLM, `graph_bytes`), which the ledger charges to the model;
 until then, and whenever tracing fails or disagrees, the eager module serves. A traced model batches
-alone (runtime/crossbatch.py `group_key`): its own batches on the graph beat mixing it eagerly with its
-base's other tenants (measured: docs/runtimes.md).
+alone (runtime/crossbatch.py `group_key`) unless it also has its pieces for mixed batches.
+
+Pieces (`traced_pieces`): a tenant sharing its base's layers gets graphs of its own submodules (its top
+layer), and its base gets graphs of the shared subtrees between them (the embeddings, the shared layers:
+`crossbatch.trunk_paths`), made by the first traced tenant and held by every traced tenant of that base
+(a weak cache: the trunk goes with the last of them). Each piece is traced once per call signature the
+compile step's example and check batches make (an attention mask or None, ...), warmed up, and the model
+run through a composite of its pieces is checked against the eager module like the whole graph. A mixed
+batch of such tenants then runs its shared layers once, as graphs, and each tenant's layer as a graph on
+its rows: the GIL released for most of the forward, and the batch still mixing tenants.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
 from inferpack.compile.agreement import TRACE_FIDELITY, compare, output_rows
-from inferpack.compile.examples import build_examples, model_args
+from inferpack.compile.examples import ExampleSet, build_examples, model_args
 from inferpack.compile.trace import jit_trace
 from inferpack.errors import ModelLoadFailed
+from inferpack.runtime.crossbatch import (
+    Graphs,
+    Signature,
+    TracedPieces,
+    Trunk,
+    composite,
+    mix_key,
+    signature,
+    tensor_args,
+    trunk_paths,
+)
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.versions import manifest_dtype
@@ -44,6 +68,12 @@ from inferpack.runtime.versions import manifest_dtype
 # MiniLM (12.6 MiB) and ~230 for a 2-layer test model (5.8 MiB): ~26 KiB a node.
 GRAPH_BYTES_PER_NODE = 26 * 1024
 WARM_UP_CALLS = 3  # the profiling executor optimises after its first runs (measured: ~80 and ~47 ms, then ~5)
+MAX_SIGNATURES = 4  # graphs per piece at most (the examples make two: a mask, and None for no padding)
+
+log = logging.getLogger("inferpack.tracing")
+# a base's trunk graphs, by its tenants' mixing key and the trunk's paths: made once, held by its tenants
+_TRUNKS: weakref.WeakValueDictionary[tuple[Any, ...], Trunk] = weakref.WeakValueDictionary()
+_TRUNKS_LOCK = threading.Lock()
 
 
 def trace_job(model: LoadedModel) -> Callable[[], LoadedModel] | None:
@@ -97,7 +127,12 @@ def traced(model: LoadedModel) -> LoadedModel:
             hint="the eager module keeps serving it; set server.trace_after_batches = 0 to stop tracing",
         )
     extra = {**model.extra, "graph_bytes": graph_bytes(graph)}
-    fast = dataclasses.replace(model, graph=graph, extra=extra)
+    try:
+        pieces = traced_pieces(model, examples)
+    except Exception as exc:  # the whole graph still serves its own batches: it then batches alone
+        log.warning("model %s v%s: no pieces for mixed batches: %s", model.model_id, model.version, exc)
+        pieces = None
+    fast = dataclasses.replace(model, graph=graph, pieces=pieces, extra=extra)
     fast.load_seconds = time.perf_counter() - started
     return fast
 
@@ -106,3 +141,103 @@ def graph_bytes(graph: torch.jit.ScriptModule) -> int:
     """Estimated memory of a traced graph beyond the tensors it shares with its eager module (see
     GRAPH_BYTES_PER_NODE): what the memory ledger charges for it."""
     return sum(1 for _ in graph.inlined_graph.nodes()) * GRAPH_BYTES_PER_NODE
+
+
+def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | None:
+    """Graphs of `model`'s own submodules and of its base's shared subtrees for mixed batches (see the
+    module's doc); None for a model that shares no layers. ModelLoadFailed when the model run through its
+    pieces disagrees with the eager module."""
+    paths, key, module = model.extra.get("own_paths"), mix_key(model), model.module
+    if not paths or key is None or not isinstance(module, TaskWrapper):
+        return None
+    at_trunk = trunk_paths(module, paths)
+    at_own = [p for p in paths if next(module.get_submodule(p).children(), None) is not None]
+    batches = [model_args(b, model.device) for b in (examples.trace, *examples.checks)]
+    calls = _capture(module, at_own + at_trunk, batches)
+    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_own}
+    with _TRUNKS_LOCK:  # the first traced tenant of a base makes its trunk; the others reuse it
+        trunk = _TRUNKS.get((key, tuple(at_trunk)))
+        if trunk is None:
+            graphs: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_trunk}
+            trunk = Trunk(graphs, _graphs_bytes(graphs))
+            _TRUNKS[(key, tuple(at_trunk))] = trunk
+    pieces = TracedPieces(own, trunk, _graphs_bytes(own))
+    reference, candidate = [], []
+    with torch.inference_mode():
+        for batch, args in zip((examples.trace, *examples.checks), batches, strict=True):
+            # the model alone through its pieces: a composite of one model, all rows its own
+            whole = composite([module], list(paths), [(0, int(args[0].shape[0]))], [pieces])
+            reference += output_rows(module(*args), batch, model.manifest.task)
+            candidate += output_rows(whole(*args), batch, model.manifest.task)
+    verdict = compare(reference, candidate).judge(TRACE_FIDELITY[manifest_dtype(model.dtype)])
+    if not verdict.passed:
+        raise ModelLoadFailed(
+            f"model {model.model_id!r} v{model.version}: its pieces disagree with the eager module "
+            f"(max abs diff {verdict.max_abs_diff:.3g} > {verdict.tolerance:.3g})"
+        )
+    return pieces
+
+
+def _graphs_bytes(pieces: dict[str, Graphs]) -> int:
+    """The estimated own memory of pieces' graphs (`graph_bytes` of each)."""
+    graphs = [g for by_signature in pieces.values() for g in by_signature.values()]
+    return sum(graph_bytes(g) for g in graphs if isinstance(g, torch.jit.ScriptModule))
+
+
+class _Bound(nn.Module):
+    """A submodule called as one recorded call was, its tensors taken from `forward`'s arguments in order
+    and its other arguments fixed (what a trace of it records): the submodule stays a child, so the
+    graph's parameters are its tensors, not constants."""
+
+    def __init__(self, sub: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.sub = sub
+        self.template = [(isinstance(a, torch.Tensor), a) for a in args]
+        self.keywords = {k: (isinstance(v, torch.Tensor), v) for k, v in kwargs.items()}
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        """The submodule's output for these tensors and the recorded constants."""
+        given = iter(tensors)
+        args = [next(given) if is_tensor else value for is_tensor, value in self.template]
+        kwargs = {k: (next(given) if is_tensor else value) for k, (is_tensor, value) in self.keywords.items()}
+        return self.sub(*args, **kwargs)
+
+
+def _capture(
+    module: nn.Module, paths: list[str], batches: Sequence[tuple[torch.Tensor, ...]]
+) -> dict[str, dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """The first call of each signature that each submodule at `paths` gets while the model runs `batches`."""
+    calls: dict[str, dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]]] = {p: {} for p in paths}
+
+    def hook(path: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+        def record(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            key = signature(args, kwargs)
+            if key is not None and len(calls[path]) < MAX_SIGNATURES:
+                calls[path].setdefault(key, (args, dict(kwargs)))
+
+        return record
+
+    handles = [module.get_submodule(p).register_forward_pre_hook(hook(p), with_kwargs=True) for p in paths]
+    try:
+        with torch.inference_mode():
+            for args in batches:
+                module(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _trace_calls(
+    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]]
+) -> dict[Signature, Callable[..., Any]]:
+    """A warmed-up graph of `sub` per recorded call signature."""
+    graphs: dict[Signature, Callable[..., Any]] = {}
+    for key, (args, kwargs) in calls.items():
+        inputs = tensor_args(args, kwargs)
+        graph = jit_trace(_Bound(sub, args, kwargs), inputs, freeze=False)
+        with torch.inference_mode():
+            for _ in range(WARM_UP_CALLS):
+                graph(*inputs)
+        graphs[key] = graph
+    return graphs

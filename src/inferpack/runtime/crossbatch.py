@@ -18,12 +18,20 @@ outputs equal what it computes alone up to the float rounding that any change of
 (tested against each model run alone). A tensor argument is sliced when it is batch-major: at least two
 dimensions and the batch's row count as the first (hidden states, 4-D attention masks); other arguments
 (position ids, flags) pass whole.
+
+Traced pieces (compile/tracing.py): a hot tenant's own submodules, and once per base the shared subtrees
+between them (`trunk_paths`: the embeddings, the shared encoder layers), get TorchScript graphs over the
+same tensors, one per call signature seen (`signature`: which arguments are tensors, None or constants,
+e.g. an attention mask that is None for an unpadded batch). `composite` puts a `Piece` at each: it runs
+the graph made for the call's signature, or the eager submodule for a signature never traced. The Python
+left is the glue between them (the encoder's loop, the masks), so a mixed batch of traced tenants runs
+with the GIL released for most of its forward, as a traced model's own batches do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -86,6 +94,86 @@ def merge_paths(per_model: Sequence[list[str] | None]) -> list[str] | None:
     return [p for p in union if not any(p.startswith(f"{q}.") for q in union if q != p)]
 
 
+def trunk_paths(module: nn.Module, paths: Sequence[str]) -> list[str]:
+    """The shared subtrees a composite over split `paths` runs whole for every row: the children of each
+    split path's ancestors that neither are a split path nor hold one (for a BERT tenant owning its top
+    layer and head: the embeddings and every other encoder layer). Only subtrees with submodules of their
+    own are listed (a lone linear layer gains nothing from a graph)."""
+    ancestors = {".".join(p.split(".")[:i]) for p in paths for i in range(len(p.split(".")))}
+    out = []
+    for parent in sorted(ancestors, key=lambda a: (a.count("."), a)):
+        node = module.get_submodule(parent) if parent else module
+        for name, child in node.named_children():
+            path = f"{parent}.{name}" if parent else name
+            if path in ancestors or path in paths or next(child.children(), None) is None:
+                continue
+            out.append(path)
+    return out
+
+
+Signature = tuple[Any, ...]
+Graphs = Mapping[Signature, Callable[..., Any]]  # a piece's graphs by call signature
+
+
+def signature(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Signature | None:
+    """What a graph traced from this call fixes: for each argument, a tensor's dtype and rank, or the
+    constant itself (None, a flag, a length). None when a constant cannot be compared (never traced)."""
+
+    def one(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", value.dtype, value.dim())
+        if value is None or isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError
+
+    try:
+        return (tuple(one(a) for a in args), tuple((k, one(v)) for k, v in kwargs.items()))
+    except TypeError:
+        return None
+
+
+def tensor_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The call's tensors in order (positional, then keyword): a piece graph's inputs."""
+    return tuple(a for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor))
+
+
+class Piece(nn.Module):
+    """A submodule in a composite, run by the graph traced for the call's signature when there is one,
+    else by the eager submodule (an unseen signature: still correct, only slower)."""
+
+    def __init__(self, eager: nn.Module, graphs: Graphs) -> None:
+        super().__init__()
+        # plain attributes, not registered: the submodule stays owned (and listed) by its own model
+        self.__dict__["eager"] = eager
+        self.graphs = graphs
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The graph's output for this call, or the eager submodule's."""
+        key = signature(args, kwargs)
+        graph = self.graphs.get(key) if key is not None else None
+        if graph is None:
+            return self.__dict__["eager"](*args, **kwargs)
+        return graph(*tensor_args(args, kwargs))
+
+
+@dataclass(eq=False)
+class Trunk:
+    """The graphs of a base's shared subtrees (`trunk_paths`), made once and held by every traced tenant of
+    the base (their shared tensors, so no copy), with their estimated own memory."""
+
+    graphs: dict[str, Graphs]
+    bytes: int = 0
+
+
+@dataclass(eq=False)
+class TracedPieces:
+    """A traced tenant's graphs for mixed batches: its own submodules' (by path) and its base's trunk."""
+
+    own: dict[str, Graphs] = field(default_factory=dict)
+    trunk: Trunk | None = None
+    own_bytes: int = 0
+
+
 def _rows(value: Any, start: int, end: int, rows: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:
         return value[start:end]
@@ -131,9 +219,15 @@ def _shallow(module: nn.Module) -> nn.Module:
     return copy
 
 
-def composite(modules: list[nn.Module], paths: list[str], segments: list[tuple[int, int]]) -> nn.Module:
+def composite(
+    modules: list[nn.Module],
+    paths: list[str],
+    segments: list[tuple[int, int]],
+    pieces: Sequence[TracedPieces | None] = (),
+) -> nn.Module:
     """The first module's tree with a `RowSplit` of every model's submodule at each path (see the module
-    docstring); the models themselves are not changed."""
+    docstring), and a `Piece` wherever `pieces` (one per model, or none) hold graphs: the models' own
+    submodules, and the trunk's shared subtrees. The models themselves are not changed."""
     root = _shallow(modules[0])
     copied: set[int] = {id(root)}
     for path in paths:
@@ -148,8 +242,24 @@ def composite(modules: list[nn.Module], paths: list[str], segments: list[tuple[i
                 node._modules[name] = child
             node = child
         parts = [m.get_submodule(path) for m in modules]
+        if pieces:
+            parts = [
+                _piece(part, p.own.get(path) if p else None) for part, p in zip(parts, pieces, strict=True)
+            ]
         node._modules[names[-1]] = RowSplit(parts, segments)
+    trunk = next((p.trunk for p in pieces if p is not None and p.trunk is not None), None)
+    if trunk is not None:
+        for path, graphs in trunk.graphs.items():
+            parent, _, name = path.rpartition(".")
+            node = root.get_submodule(parent) if parent else root
+            if id(node) in copied and isinstance(node._modules.get(name), nn.Module):
+                # only under the composite's own copies: the models' trees stay as they are
+                node._modules[name] = Piece(node._modules[name], graphs)  # type: ignore[arg-type]
     return root
+
+
+def _piece(module: nn.Module, graphs: Graphs | None) -> nn.Module:
+    return module if not graphs else Piece(module, graphs)
 
 
 @dataclass
@@ -175,7 +285,8 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
     for part in parts:
         segments.append((start, start + len(part.items)))
         start += len(part.items)
-    module = composite([p.model.module for p in parts], paths, segments)
+    pieces = [getattr(p.model, "pieces", None) for p in parts]
+    module = composite([p.model.module for p in parts], paths, segments, pieces)
     with torch.inference_mode():
         out = module(
             batch.input_ids.to(first.device),
@@ -192,15 +303,20 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
 
 
 def group_key(model: Any) -> tuple[Any, ...] | None:
-    """Models with equal keys may share a batch: eager modules of one architecture and dtype on one
-    device, holding the same shared weight groups, with one tokenizer, not traced (compile/tracing.py).
-    None: never mixed."""
+    """Models with equal keys may share a batch: those with one `mix_key`, a traced model only with its
+    pieces for mixed batches (compile/tracing.py). None: never mixed."""
+    if getattr(model, "graph", None) is not None and getattr(model, "pieces", None) is None:
+        # a traced model's own batches beat mixing it eagerly with its base's other tenants: measured
+        # quiet, 10 traced MiniLM tenants at 16 connections, 310 against 265 req/s (docs/benchmarks.md)
+        return None
+    return mix_key(model)
+
+
+def mix_key(model: Any) -> tuple[Any, ...] | None:
+    """What models must share to run in one batch: eager modules of one architecture and dtype on one
+    device, holding the same shared weight groups, with one tokenizer (None: this one shares nothing)."""
     groups = model.extra.get("shared") or []
     if not isinstance(model.module, TaskWrapper) or not groups or model.extra.get("own_paths") is None:
-        return None
-    if getattr(model, "graph", None) is not None:
-        # a traced model's own batches beat mixing it (eager) with its base's other tenants: measured
-        # quiet, 10 traced MiniLM tenants at 16 connections, 310 against 265 req/s (docs/benchmarks.md)
         return None
     return (
         model.module.skeleton_key,

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from inferpack.errors import DeviceUnavailable, InsufficientStorage, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
-from inferpack.runtime.crossbatch import own_paths
+from inferpack.runtime.crossbatch import TracedPieces, own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import Storages, module_storages
@@ -47,6 +47,7 @@ def recycle(model: LoadedModel, *, shell: bool = True) -> None:
     """After an unload (nothing runs on the model any more): keep its eager module shell for reuse, unless
     `shell` is False (a background trace may still be reading the module: compile/tracing.py)."""
     model.graph = None  # it holds the weights too: they go now, not when the model object does
+    model.pieces = None
     key = model.extra.get("skeleton")
     if shell and isinstance(key, str) and isinstance(model.module, TaskWrapper):
         SKELETONS.give(key, model.module)
@@ -107,8 +108,10 @@ class LoadedModel:
     # engine mixed: a second runtime (an ONNX Runtime session) that batches run on where it measured faster
     alternate: Alternate | None = None
     # a hot eager model's traced graph over the same weights (compile/tracing.py): batches run on it
-    # (it then batches alone: crossbatch.group_key)
+    # (it then batches alone: crossbatch.group_key, unless it has `pieces`)
     graph: ModelCallable | None = None
+    # its graphs for mixed batches with its base's other tenants (its own layers', its base's trunk's)
+    pieces: TracedPieces | None = None
 
     def forward(self, batch: Encoded) -> torch.Tensor:
         """Run the model on an encoded batch; returns float32 on the CPU. With an `alternate` runtime, the
@@ -299,14 +302,29 @@ def with_alternate(
 def model_storages(model: LoadedModel) -> Storages:
     """The memory a loaded model holds for the ledger: its module's storages, its traced graph's estimated
     own memory (compile/tracing.py; under a negative key: not a storage), and its alternate runtime's (an
-    ONNX Runtime session's own copy of the weights) when it has one."""
+    ONNX Runtime session's own copy of the weights) when it has one. Graphs for mixed batches count the
+    same way: its own pieces' under a key of their own, its base's trunk under the trunk's key (once for
+    every tenant holding it)."""
     storages = module_storages(model.module)
     if model.graph is not None:  # the eager module's own tensors (not frozen), and the graph's own memory
         storages.update(module_storages(model.graph))
         storages[-id(model.graph)] = int(model.extra.get("graph_bytes", 0))  # no storage: a key of its own
+    if model.pieces is not None:
+        storages[-id(model.pieces)] = model.pieces.own_bytes
+        if model.pieces.trunk is not None:
+            storages[-id(model.pieces.trunk)] = model.pieces.trunk.bytes
     if model.alternate is not None:
         storages.update(module_storages(model.alternate.module))
     return storages
+
+
+def graphs_bytes(model: LoadedModel) -> int:
+    """The estimated own memory of a traced model's graphs: its whole graph's and its pieces' (its base's
+    trunk included, which other tenants may already hold): what a trace asks of the free budget."""
+    size = int(model.extra.get("graph_bytes", 0)) if model.graph is not None else 0
+    if model.pieces is not None:
+        size += model.pieces.own_bytes + (model.pieces.trunk.bytes if model.pieces.trunk else 0)
+    return size
 
 
 def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest) -> int | None:

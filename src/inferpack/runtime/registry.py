@@ -46,7 +46,7 @@ from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_byte
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.lanes import BACKGROUND_NICE, load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
+from inferpack.runtime.modeling import LoadedModel, graphs_bytes, load_model, model_storages, recycle
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
@@ -436,7 +436,7 @@ class ModelRegistry:
                 )
                 return False
             if fast.graph is not None:
-                size = int(fast.extra.get("graph_bytes", 0))
+                size = graphs_bytes(fast)
                 self._graph_bytes[fast.extra.get("skeleton")] = size
                 if not self._fits_free(size):
                     log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
