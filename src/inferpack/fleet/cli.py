@@ -119,6 +119,12 @@ def up_command(
         changeview.print_report(report, f"re-plan of the fleet in {settings.fleet.run_dir}")
         return
     state = start_with_progress(settings, config)
+    for p in state.processes():
+        if p.adopted:  # the dead supervisor's process kept serving: watched now, not restarted
+            console.print(
+                f"adopted {p.name} (pid {p.pid}): its supervisor had died; it kept running and is now "
+                f"watched by supervisor pid {state.supervisor.pid}"
+            )
     print_summary(state, settings.fleet.run_dir)
 
 
@@ -164,7 +170,7 @@ def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
             str(row.pid) if row.alive else "-",
             str(row.port),
             models if row.role == "server" else "(all)",
-            row.status,
+            row.status + (" (adopted)" if row.adopted else ""),
             "[green]yes[/]" if row.ready else "[red]no[/]",
             f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-",
             f"{row.requests:.0f}" if row.requests is not None else "-",
@@ -300,12 +306,16 @@ def router_command(
 @fleet_app.command("supervise")
 def supervise_command(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory prepared by `up`.")],
+    adopt: Annotated[
+        bool,
+        typer.Option("--adopt", help="Take over the live processes a dead supervisor left (not restart)."),
+    ] = False,
 ) -> None:
     """Run and supervise the fleet of a run directory (started by `inferpack up`)."""
     from inferpack.fleet.apply import attach
     from inferpack.fleet.supervisor import supervise
 
-    sys.exit(supervise(run_dir, attach))
+    sys.exit(supervise(run_dir, attach, adopt=adopt))
 
 
 @config_app.command("show")
