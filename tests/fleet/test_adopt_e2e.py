@@ -1,11 +1,13 @@
 """End to end, with real processes: the supervisor of a running fleet is SIGKILLed; its servers and router
 keep serving; `inferpack up` again (same plan) starts a supervisor that adopts them, with requests flowing
 through the router all along: none fails and the same server processes serve afterwards. The new
-supervisor then detects the SIGKILL of an adopted server and starts it again as its own child, and
-`inferpack down` stops everything."""
+supervisor then detects the SIGKILL of an adopted server and starts it again as its own child. That
+supervisor is SIGKILLed too, and `inferpack up --plan OTHER` adopts the fleet and re-plans it, again
+without a failed request; `inferpack down` stops everything."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,23 @@ class Load:
             t.join(60)
 
 
+def _up_under_load(
+    router: str, models: list[str], plan_file: Path, run_dir: Path, what: str
+) -> subprocess.CompletedProcess[str]:
+    """`inferpack up --plan PLAN_FILE` while requests flow through the router: it succeeds, none fails."""
+    with Load(router, models) as load:
+        _wait(lambda: load.counted()[1] >= 4, 60, "requests through the router")
+        args = ["up", "--plan", str(plan_file), "--run-dir", str(run_dir), "--base-port", "0"]
+        done = _run([*args, "--router-port", "0"])
+        flowing = load.counted()[1]
+        _wait(lambda: load.counted()[1] >= flowing + 4, 60, f"requests after the {what}")
+    failed, total = load.counted()
+    print(f"\n{what} under load: {failed} failed / {total} requests through the router")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert failed == 0, load.failures[:5]
+    return done
+
+
 @pytest.fixture
 def repo_and_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     repo, run_dir = tmp_path / "repo", tmp_path / "run"
@@ -108,27 +127,7 @@ def test_a_dead_supervisors_fleet_is_adopted_without_a_failed_request(
     old = psutil.Process(state.supervisor.pid)
     old.kill()
     old.wait(10)  # it is this test's child: reaped here, so no zombie of ours is left either
-    with Load(router, models) as load:
-        _wait(lambda: load.counted()[1] >= 4, 60, "requests through the orphaned router")
-        again = _run(
-            [
-                "up",
-                "--plan",
-                str(plan_file),
-                "--run-dir",
-                str(run_dir),
-                "--base-port",
-                "0",
-                "--router-port",
-                "0",
-            ]
-        )
-        flowing = load.counted()[1]
-        _wait(lambda: load.counted()[1] >= flowing + 4, 60, "requests after the adoption")
-    failed, total = load.counted()
-    print(f"\nadoption under load: {failed} failed / {total} requests through the router")
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert failed == 0, load.failures[:5]
+    again = _up_under_load(router, models, plan_file, run_dir, "adoption")
     assert "adopted server-0" in again.stderr and "adopted router" in again.stderr, again.stderr
 
     adopted = load_state(run)
@@ -159,6 +158,23 @@ def test_a_dead_supervisors_fleet_is_adopted_without_a_failed_request(
     children = supervisor.children()
     assert [c.pid for c in children] == [server0.pid]  # its own child now; server-1 and the router are not
     assert all(c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+    # Another plan after another crash: adopted as it runs, then re-planned (server-1 drops a copy).
+    psutil.Process(adopted.supervisor.pid).kill()
+    psutil.Process(adopted.supervisor.pid).wait(10)
+    other = plan.model_copy(deep=True)
+    other.groups[0].servers[1].models = models[:1]
+    other_file = run_dir.parent / "other.json"
+    save_plan(other, other_file)
+    replanned = _up_under_load(router, models, other_file, run_dir, "adoption then re-plan")
+    assert "adopted server-1" in replanned.stderr and "re-plan" in replanned.stdout + replanned.stderr
+    moved = load_state(run)
+    assert moved is not None and moved.supervisor.pid not in (adopted.supervisor.pid, None)
+    assert {s.name: (s.pid, s.models) for s in moved.servers} == {
+        "server-0": (server0.pid, models),
+        "server-1": (pids["server-1"][0], models[:1]),
+    }
+    pids["server-0"] = (server0.pid, server0.create_time)
 
     down = _run(["down", "--run-dir", str(run_dir)])
     assert down.returncode == 0, down.stdout + down.stderr

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from inferpack.fleet import change, changeview, journal, ops
 from inferpack.fleet.display import print_summary, start_with_progress
-from inferpack.fleet.state import RunDir, is_stale
+from inferpack.fleet.state import FleetState, RunDir, is_stale
 from inferpack.plan import load_plan
 from inferpack.settings import Settings, load_settings
 
@@ -111,21 +111,32 @@ def up_command(
             console.print(escape(journal.explain(where, found[0], supervisor_alive=False)))
         console.print(f"[yellow]resuming:[/] starting the fleet on the cut-short re-plan's target {resume}")
         settings = _settings(config, {**overrides, "plan": resume}, {"repository": repository})
+    new_plan = ops.settings_plan(settings)
+    if not running and resume is None:
+        # A dead supervisor's fleet on another plan: adopted as it runs, then re-planned (no downtime).
+        with console.status("adopting the fleet its dead supervisor left running"):
+            adopted = ops.adopt_for_replan(settings, new_plan, config)
+        if adopted is not None:
+            _print_adopted(adopted)
+            running = True
     if running:
-        new_plan = ops.settings_plan(settings)
         report = changeview.with_progress(
             lambda show: change.apply_plan(settings, new_plan, config=config, on_progress=show)
         )
         changeview.print_report(report, f"re-plan of the fleet in {settings.fleet.run_dir}")
         return
-    state = start_with_progress(settings, config)
+    state = start_with_progress(settings, config, new_plan)
+    _print_adopted(state)
+    print_summary(state, settings.fleet.run_dir)
+
+
+def _print_adopted(state: FleetState) -> None:
     for p in state.processes():
         if p.adopted:  # the dead supervisor's process kept serving: watched now, not restarted
             console.print(
                 f"adopted {p.name} (pid {p.pid}): its supervisor had died; it kept running and is now "
                 f"watched by supervisor pid {state.supervisor.pid}"
             )
-    print_summary(state, settings.fleet.run_dir)
 
 
 def restart_command(

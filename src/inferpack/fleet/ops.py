@@ -247,6 +247,24 @@ def up(
         return _start(settings, plan, config, on_progress)
 
 
+def adopt_for_replan(
+    settings: Settings,
+    plan: Plan,
+    config: Path | None = None,
+    on_progress: Callable[[FleetState], None] | None = None,
+) -> FleetState | None:
+    """When the dead supervisor's fleet is adoptable but runs another launch than `plan`'s: adopt it on its
+    recorded launch (so nothing stops) and return its state; the caller then moves it to `plan` by a
+    re-plan (`change.apply_plan`), which keeps every model served. None (nothing done) otherwise: the
+    same launch (`up` adopts it) or nothing to adopt (`up` starts afresh)."""
+    with run_lock(settings.fleet.run_dir.resolve()):
+        run = RunDir(settings.fleet.run_dir.resolve())
+        found = adoptable(settings, plan, config, run)
+        if found is None or found[1]:
+            return None
+        return _adopt(run, found[0], on_progress)
+
+
 def adoptable(
     settings: Settings, plan: Plan, config: Path | None, run: RunDir
 ) -> tuple[Leftovers, bool] | None:
