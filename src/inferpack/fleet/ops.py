@@ -235,8 +235,10 @@ def up(
     """Start the fleet and return its state once every server and the router are ready.
 
     Without a plan: `fleet.plan` when set, else the simple plan of `fleet.servers` x `fleet.copies` over
-    the repository. Raises FleetError (with the failing process's log tail) when start-up fails, or at
-    once when another command holds the run directory's lock.
+    the repository. On a run directory whose supervisor died, with the same launch (`adoptable`), the new
+    supervisor adopts the processes that still run instead of starting them again. Raises FleetError
+    (with the failing process's log tail) when start-up fails, or at once when another command holds the
+    run directory's lock.
     """
     plan = plan if plan is not None else settings_plan(settings)
     with run_lock(settings.fleet.run_dir.resolve()):
