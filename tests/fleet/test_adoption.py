@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from inferpack.errors import FleetError
 from inferpack.fleet import journal, ops
 from inferpack.fleet.adoption import UNKNOWN_EXIT, AdoptedProcess, sort_leftovers
 from inferpack.fleet.runners import HostRunner
 from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
-from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, Supervisor, load_launch
+from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, Supervisor, load_launch, supervise
 from inferpack.processes import free_port
 from inferpack.settings import Settings, load_settings
 from tests.fleet.test_liveness import SLEEPER, _stopping, _tick_until
@@ -276,3 +277,12 @@ def test_up_does_not_adopt_a_fleet_cut_short_mid_replan_or_with_a_live_superviso
     state.supervisor.pid, state.supervisor.create_time = me, start_time(me)
     save_state(run, state)
     assert ops.adoptable(_settings(tmp_path), plan, None, run) is None  # not stale: nothing to adopt
+
+
+def test_an_adopting_supervisor_refuses_a_fleet_whose_supervisor_lives(tmp_path: Path) -> None:
+    me = os.getpid()
+    state = _stale(_record("router", me, ROUTER), _record("server-0", me, SERVER, ["m0"]))
+    state.supervisor.pid, state.supervisor.create_time = me, start_time(me)
+    save_state(RunDir(tmp_path), state)
+    with pytest.raises(FleetError, match="has a live supervisor"):
+        supervise(tmp_path, adopt=True)
