@@ -1,5 +1,5 @@
 """End to end, with real processes: the supervisor of a running fleet is SIGKILLed; its servers and router
-keep serving; `inferpack up` again (same plan) starts a supervisor that adopts them, with requests flowing
+keep serving; `inferpack up` again (no `--plan`: the fleet's own plan) starts a supervisor that adopts them, with requests flowing
 through the router all along: none fails and the same server processes serve afterwards. The new
 supervisor then detects the SIGKILL of an adopted server and starts it again as its own child. That
 supervisor is SIGKILLed too, and `inferpack up --plan OTHER` adopts the fleet and re-plans it, again
@@ -68,13 +68,13 @@ class Load:
 
 
 def _up_under_load(
-    router: str, models: list[str], plan_file: Path, run_dir: Path, what: str
+    router: str, models: list[str], plan_file: Path | None, run_dir: Path, what: str
 ) -> subprocess.CompletedProcess[str]:
-    """`inferpack up --plan PLAN_FILE` while requests flow through the router: it succeeds, none fails."""
+    """`inferpack up [--plan PLAN_FILE]` while requests flow through the router: it succeeds, none fails."""
     with Load(router, models) as load:
         _wait(lambda: load.counted()[1] >= 4, 60, "requests through the router")
-        args = ["up", "--plan", str(plan_file), "--run-dir", str(run_dir), "--base-port", "0"]
-        done = _run([*args, "--router-port", "0"])
+        args = ["up", "--run-dir", str(run_dir), "--base-port", "0", "--router-port", "0"]
+        done = _run([*args, *(["--plan", str(plan_file)] if plan_file is not None else [])])
         flowing = load.counted()[1]
         _wait(lambda: load.counted()[1] >= flowing + 4, 60, f"requests after the {what}")
     failed, total = load.counted()
@@ -116,8 +116,6 @@ def test_a_dead_supervisors_fleet_is_adopted_without_a_failed_request(
             )
         ],
     )
-    plan_file = run_dir.parent / "plan.json"
-    save_plan(plan, plan_file)
     settings = load_settings(None, {"fleet": {"run_dir": run_dir, "base_port": 0, "router_port": 0}})
     state = ops.up(settings, plan)
     router = state.router.url
@@ -127,7 +125,9 @@ def test_a_dead_supervisors_fleet_is_adopted_without_a_failed_request(
     old = psutil.Process(state.supervisor.pid)
     old.kill()
     old.wait(10)  # it is this test's child: reaped here, so no zombie of ours is left either
-    again = _up_under_load(router, models, plan_file, run_dir, "adoption")
+    # without --plan: the fleet keeps its own plan (not the simple plan of the settings)
+    again = _up_under_load(router, models, None, run_dir, "adoption")
+    assert "keeping its plan" in again.stderr, again.stderr
     assert "adopted server-0" in again.stderr and "adopted router" in again.stderr, again.stderr
 
     adopted = load_state(run)

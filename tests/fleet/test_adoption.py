@@ -259,6 +259,9 @@ def test_up_adopts_only_the_recorded_launch(
     assert ops.adoptable(_settings(tmp_path, router_port=spec.router_port + 1), same, None, run) is None
     assert ops.adoptable(_settings(tmp_path, base_port=1), same, None, run) is None
     assert load_launch(run) == spec  # deciding writes nothing
+    # `up` without a plan keeps the fleet's own (rather than re-plan it to the simple plan)
+    assert ops.adoptable_plan(_settings(tmp_path)) == run.plan_file
+    assert ops.adoptable_plan(_settings(tmp_path, router_port=spec.router_port + 1)) is None
 
 
 def test_up_does_not_adopt_a_fleet_cut_short_mid_replan_or_with_a_live_supervisor(
@@ -269,6 +272,7 @@ def test_up_does_not_adopt_a_fleet_cut_short_mid_replan_or_with_a_live_superviso
     record = journal.ReconcileJournal(id="x", started_at=0.0, old={}, target={}, phases=["a", "b"])
     journal.save(run, record)
     assert ops.adoptable(_settings(tmp_path), plan, None, run) is None  # `up` resumes on its target
+    assert ops.adoptable_plan(_settings(tmp_path)) is None
     journal.retire(run)
     assert ops.adoptable(_settings(tmp_path), plan, None, run) is not None
 

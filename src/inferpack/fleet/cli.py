@@ -113,6 +113,14 @@ def up_command(
             console.print(escape(journal.explain(where, found[0], supervisor_alive=False)))
         console.print(f"[yellow]resuming:[/] starting the fleet on the cut-short re-plan's target {resume}")
         settings = _settings(config, {**overrides, "plan": resume}, {"repository": repository})
+    elif not running and plan is None and servers is None and copies is None and settings.fleet.plan is None:
+        # No plan asked for, a dead supervisor's fleet still serving: keep it as it is (adopt it).
+        keep = ops.adoptable_plan(settings, config)
+        if keep is not None:
+            console.print(
+                f"[yellow]adopting:[/] the fleet's supervisor is gone; keeping its plan {escape(str(keep))}"
+            )
+            settings = _settings(config, {**overrides, "plan": keep}, {"repository": repository})
     new_plan = ops.settings_plan(settings)
     if not running and resume is None:
         # A dead supervisor's fleet on another plan: adopted as it runs, then re-planned (no downtime).

@@ -20,7 +20,7 @@ import psutil
 
 from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, save_endpoints
-from inferpack.errors import ConfigError, FleetError, PlanError
+from inferpack.errors import ConfigError, FleetError, InferpackError, PlanError
 from inferpack.fleet import journal
 from inferpack.fleet.adoption import Leftovers, sort_leftovers
 from inferpack.fleet.lock import run_lock
@@ -265,6 +265,20 @@ def adopt_for_replan(
         if found is None or found[1]:
             return None
         return _adopt(run, found[0], on_progress)
+
+
+def adoptable_plan(settings: Settings, config: Path | None = None) -> Path | None:
+    """The run directory's own plan file when its dead supervisor's fleet can be adopted on it: what
+    `inferpack up` without a plan (nor `fleet.plan`, `--servers`, `--copies`) keeps, as the resume path
+    keeps a cut-short re-plan's target, rather than moving the fleet to the simple plan. None otherwise."""
+    run = RunDir(settings.fleet.run_dir.resolve())
+    if not run.plan_file.is_file():
+        return None
+    try:
+        plan = load_plan(run.plan_file)
+        return run.plan_file if adoptable(settings, plan, config, run) is not None else None
+    except InferpackError:  # an unreadable plan, or one naming models the repository lost: not this way
+        return None
 
 
 def adoptable(
