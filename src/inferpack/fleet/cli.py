@@ -89,8 +89,8 @@ def up_command(
     dark: start new servers and load new copies, wait until they are ready, route to them, then unload
     the old copies and stop the servers the plan drops; print every action and its timing. On a fleet
     whose supervisor died, adopt the servers and router that still run instead of restarting them (then
-    re-plan as above when the plan differs). Only one `up`, `restart` or `down` at a time changes a run
-    directory (the others fail at once)."""
+    re-plan as above when the plan differs; without --plan, keep the fleet's own plan). Only one `up`,
+    `restart` or `down` at a time changes a run directory (the others fail at once)."""
     overrides: dict[str, Any] = {
         "plan": plan,
         "servers": servers,
