@@ -15,7 +15,7 @@ from rich.table import Table
 
 from inferpack.fleet import change, changeview, journal, ops
 from inferpack.fleet.display import print_summary, start_with_progress
-from inferpack.fleet.state import RunDir, is_stale
+from inferpack.fleet.state import FleetState, RunDir, is_stale
 from inferpack.plan import load_plan
 from inferpack.settings import Settings, load_settings
 
@@ -87,8 +87,10 @@ def up_command(
 
     On a fleet already running from the run directory, move it to the plan instead, without a model going
     dark: start new servers and load new copies, wait until they are ready, route to them, then unload
-    the old copies and stop the servers the plan drops; print every action and its timing. Only one
-    `up`, `restart` or `down` at a time changes a run directory (the others fail at once)."""
+    the old copies and stop the servers the plan drops; print every action and its timing. On a fleet
+    whose supervisor died, adopt the servers and router that still run instead of restarting them (then
+    re-plan as above when the plan differs; without --plan, keep the fleet's own plan). Only one `up`,
+    `restart` or `down` at a time changes a run directory (the others fail at once)."""
     overrides: dict[str, Any] = {
         "plan": plan,
         "servers": servers,
@@ -111,15 +113,40 @@ def up_command(
             console.print(escape(journal.explain(where, found[0], supervisor_alive=False)))
         console.print(f"[yellow]resuming:[/] starting the fleet on the cut-short re-plan's target {resume}")
         settings = _settings(config, {**overrides, "plan": resume}, {"repository": repository})
+    elif not running and plan is None and servers is None and copies is None and settings.fleet.plan is None:
+        # No plan asked for, a dead supervisor's fleet still serving: keep it as it is (adopt it).
+        keep = ops.adoptable_plan(settings, config)
+        if keep is not None:
+            console.print(
+                f"[yellow]adopting:[/] the fleet's supervisor is gone; keeping its plan {escape(str(keep))}"
+            )
+            settings = _settings(config, {**overrides, "plan": keep}, {"repository": repository})
+    new_plan = ops.settings_plan(settings)
+    if not running and resume is None:
+        # A dead supervisor's fleet on another plan: adopted as it runs, then re-planned (no downtime).
+        with console.status("adopting the fleet its dead supervisor left running"):
+            adopted = ops.adopt_for_replan(settings, new_plan, config)
+        if adopted is not None:
+            _print_adopted(adopted)
+            running = True
     if running:
-        new_plan = ops.settings_plan(settings)
         report = changeview.with_progress(
             lambda show: change.apply_plan(settings, new_plan, config=config, on_progress=show)
         )
         changeview.print_report(report, f"re-plan of the fleet in {settings.fleet.run_dir}")
         return
-    state = start_with_progress(settings, config)
+    state = start_with_progress(settings, config, new_plan)
+    _print_adopted(state)
     print_summary(state, settings.fleet.run_dir)
+
+
+def _print_adopted(state: FleetState) -> None:
+    for p in state.processes():
+        if p.adopted:  # the dead supervisor's process kept serving: watched now, not restarted
+            console.print(
+                f"adopted {p.name} (pid {p.pid}): its supervisor had died; it kept running and is now "
+                f"watched by supervisor pid {state.supervisor.pid}"
+            )
 
 
 def restart_command(
@@ -164,7 +191,7 @@ def status_command(run_dir: RunDirOpt = None, config: ConfigOpt = None) -> None:
             str(row.pid) if row.alive else "-",
             str(row.port),
             models if row.role == "server" else "(all)",
-            row.status,
+            row.status + (" (adopted)" if row.adopted else ""),
             "[green]yes[/]" if row.ready else "[red]no[/]",
             f"{row.rss_mb:.0f}" if row.rss_mb is not None else "-",
             f"{row.requests:.0f}" if row.requests is not None else "-",
@@ -300,12 +327,16 @@ def router_command(
 @fleet_app.command("supervise")
 def supervise_command(
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory prepared by `up`.")],
+    adopt: Annotated[
+        bool,
+        typer.Option("--adopt", help="Take over the live processes a dead supervisor left (not restart)."),
+    ] = False,
 ) -> None:
     """Run and supervise the fleet of a run directory (started by `inferpack up`)."""
     from inferpack.fleet.apply import attach
     from inferpack.fleet.supervisor import supervise
 
-    sys.exit(supervise(run_dir, attach))
+    sys.exit(supervise(run_dir, attach, adopt=adopt))
 
 
 @config_app.command("show")

@@ -2,12 +2,15 @@
 
 `up` prepares the run directory (plan, endpoints, launch spec) and starts the supervisor detached (its own
 session, so closing the shell does not stop the fleet); every later command reads the state file the
-supervisor keeps, so they work from any shell.
+supervisor keeps, so they work from any shell. On a run directory whose supervisor died while its
+processes kept serving, `up` with the same launch adopts them (`adoptable`, `fleet.adoption`) instead of
+stopping and starting them again.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,8 +20,9 @@ import psutil
 
 from inferpack import processes as P
 from inferpack.endpoints import ServerEndpoints, save_endpoints
-from inferpack.errors import ConfigError, FleetError, PlanError
+from inferpack.errors import ConfigError, FleetError, InferpackError, PlanError
 from inferpack.fleet import journal
+from inferpack.fleet.adoption import Leftovers, sort_leftovers
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.runners import HostRunner, ProcessRunner
 from inferpack.fleet.state import (
@@ -231,12 +235,108 @@ def up(
     """Start the fleet and return its state once every server and the router are ready.
 
     Without a plan: `fleet.plan` when set, else the simple plan of `fleet.servers` x `fleet.copies` over
-    the repository. Raises FleetError (with the failing process's log tail) when start-up fails, or at
-    once when another command holds the run directory's lock.
+    the repository. On a run directory whose supervisor died, with the same launch (`adoptable`), the new
+    supervisor adopts the processes that still run instead of starting them again. Raises FleetError
+    (with the failing process's log tail) when start-up fails, or at once when another command holds the
+    run directory's lock.
     """
     plan = plan if plan is not None else settings_plan(settings)
     with run_lock(settings.fleet.run_dir.resolve()):
+        run = RunDir(settings.fleet.run_dir.resolve())
+        found = adoptable(settings, plan, config, run)
+        if found is not None and found[1]:
+            return _adopt(run, found[0], on_progress)
         return _start(settings, plan, config, on_progress)
+
+
+def adopt_for_replan(
+    settings: Settings,
+    plan: Plan,
+    config: Path | None = None,
+    on_progress: Callable[[FleetState], None] | None = None,
+) -> FleetState | None:
+    """When the dead supervisor's fleet is adoptable but runs another launch than `plan`'s: adopt it on its
+    recorded launch (so nothing stops) and return its state; the caller then moves it to `plan` by a
+    re-plan (`change.apply_plan`), which keeps every model served. None (nothing done) otherwise: the
+    same launch (`up` adopts it) or nothing to adopt (`up` starts afresh)."""
+    with run_lock(settings.fleet.run_dir.resolve()):
+        run = RunDir(settings.fleet.run_dir.resolve())
+        found = adoptable(settings, plan, config, run)
+        if found is None or found[1]:
+            return None
+        return _adopt(run, found[0], on_progress)
+
+
+def adoptable_plan(settings: Settings, config: Path | None = None) -> Path | None:
+    """The run directory's own plan file when its dead supervisor's fleet can be adopted on it: what
+    `inferpack up` without a plan (nor `fleet.plan`, `--servers`, `--copies`) keeps, as the resume path
+    keeps a cut-short re-plan's target, rather than moving the fleet to the simple plan. None otherwise."""
+    run = RunDir(settings.fleet.run_dir.resolve())
+    if not run.plan_file.is_file():
+        return None
+    try:
+        plan = load_plan(run.plan_file)
+        return run.plan_file if adoptable(settings, plan, config, run) is not None else None
+    except InferpackError:  # an unreadable plan, or one naming models the repository lost: not this way
+        return None
+
+
+def adoptable(
+    settings: Settings, plan: Plan, config: Path | None, run: RunDir
+) -> tuple[Leftovers, bool] | None:
+    """What a new supervisor can take over from the dead one of `run`, and whether `plan` is the plan it
+    runs (the same launch: servers, ports, models and their settings); None when nothing is to be
+    adopted: no stale fleet there, none of its processes alive and as launched, a container runtime
+    (containers are started again), a re-plan its supervisor's death cut short (the fleet is between two
+    placements: `up` starts it on the target, as before), or ports or a repository other than the
+    recorded ones asked for."""
+    existing = load_state(run)
+    if existing is None or not is_stale(existing):
+        return None
+    record = journal.load_journal(run)
+    if record is not None and record.half_done:
+        return None
+    try:
+        recorded = load_launch(run)
+    except ConfigError:
+        return None
+    fleet = settings.fleet
+    if recorded.runtime != "host" or fleet.runtime != "host":
+        return None
+    if fleet.router_port and fleet.router_port != recorded.router_port:
+        return None
+    ports = {s.name: s.port for s in recorded.servers}
+    if fleet.base_port and list(ports.values()) != [fleet.base_port + i for i in range(len(ports))]:
+        return None
+    if str(Path(plan.repository or settings.server.repository).resolve()) != recorded.repository:
+        return None
+    found = sort_leftovers(
+        existing, recorded.router_port, {s.name: (s.port, s.models) for s in recorded.servers}
+    )
+    if not found.adopt:
+        return None
+    servers = checked_servers(settings, plan)
+    same = False
+    if all(s.name in ports for s in servers):
+        _, spec = launch_spec(settings, plan, config, recorded.router_port, [ports[s.name] for s in servers])
+        same = spec == recorded
+    return found, same
+
+
+def _adopt(run: RunDir, found: Leftovers, on_progress: Callable[[FleetState], None] | None) -> FleetState:
+    """Start a supervisor that adopts the live processes of the dead one (on the run directory's plan,
+    endpoints and launch spec as they are); the strays it would not adopt are stopped first."""
+    if found.strays:
+        log.warning("stopping %s: not part of the fleet's launch", ", ".join(p.name for p in found.strays))
+        _terminate(found.strays)
+    spec = load_launch(run)
+    supervisor = P.spawn(
+        [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root), "--adopt"],
+        run.log_path("supervisor"),
+        P.child_env(),
+        new_session=True,
+    )
+    return _await_supervisor(run, spec, supervisor, on_progress)
 
 
 def settings_plan(settings: Settings) -> Plan:
@@ -258,11 +358,24 @@ def _start(
         P.child_env(),
         new_session=True,
     )
+    return _await_supervisor(run, spec, supervisor, on_progress)
+
+
+def _await_supervisor(
+    run: RunDir,
+    spec: LaunchSpec,
+    supervisor: subprocess.Popen[bytes],
+    on_progress: Callable[[FleetState], None] | None,
+) -> FleetState:
+    """Wait until the supervisor just started reports the fleet running (FleetError with the failing
+    log's tail if it fails or times out; an interrupt stops it)."""
     wait_s = spec.ready_timeout_s * 2 + 30  # servers, then the router, each within the ready timeout
     deadline = time.monotonic() + wait_s
     try:
         while True:
             state = load_state(run)
+            if state is not None and state.supervisor.pid != supervisor.pid:
+                state = None  # the dead supervisor's state, until this one writes its own
             if state is not None and on_progress is not None:
                 on_progress(state)
             if state is not None and state.phase == "running":
@@ -298,15 +411,20 @@ def _start_failure(run: RunDir, state: FleetState | None, message: str | None = 
 def cleanup_stale(state: FleetState) -> list[ProcessState]:
     """Stop what a dead supervisor left running (only processes whose pid and start time match)."""
     left = leftover_processes(state)
+    _terminate(left)
+    return left
+
+
+def _terminate(processes: list[ProcessState]) -> None:
+    """SIGTERM recorded processes (they drain), SIGKILL after 10 s."""
     procs = []
-    for p in left:
+    for p in processes:
         assert p.pid is not None
         try:
             procs.append(psutil.Process(p.pid))
         except psutil.NoSuchProcess:
             continue
     P.terminate(procs, 10.0)
-    return left
 
 
 def read_state(run_dir: Path) -> tuple[RunDir, FleetState]:
@@ -333,6 +451,7 @@ class ProcessRow:
     rss_mb: float | None
     requests: float | None
     restarts: int
+    adopted: bool = False  # taken over from a supervisor that died (fleet.adoption)
 
 
 def runner_of(run: RunDir) -> ProcessRunner:
@@ -360,7 +479,18 @@ def status_rows(
         requests = P.scrape_requests(p.url, metric, token=metrics_token) if ready and p.url else None
         rows.append(
             ProcessRow(
-                p.name, p.role, p.pid, p.port, p.models, p.status, alive, ready, rss, requests, p.restarts
+                p.name,
+                p.role,
+                p.pid,
+                p.port,
+                p.models,
+                p.status,
+                alive,
+                ready,
+                rss,
+                requests,
+                p.restarts,
+                p.adopted,
             )
         )
     return rows

@@ -47,6 +47,25 @@ PASSED_ENV = (
 CONTAINER_BIND = "0.0.0.0"
 
 
+class ChildProcess(Protocol):
+    """A fleet process as the supervisor holds it: a `subprocess.Popen` it started, or a process it
+    adopted from a dead supervisor (`fleet.adoption.AdoptedProcess`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 class ProcessRunner(Protocol):
     """Starts and stops the fleet's processes somewhere (this host, containers)."""
 
@@ -72,12 +91,12 @@ class ProcessRunner(Protocol):
         """Start process `name` (`cmd` begins with `cli`), its output appended to `log_path`."""
         ...
 
-    def stop(self, children: Sequence[tuple[str, subprocess.Popen[bytes]]], timeout_s: float) -> list[str]:
+    def stop(self, children: Sequence[tuple[str, ChildProcess]], timeout_s: float) -> list[str]:
         """SIGTERM every running child (they drain), SIGKILL what is left after `timeout_s`, reap them;
         returns the names that had to be killed."""
         ...
 
-    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+    def kill(self, name: str, child: ChildProcess) -> None:
         """SIGKILL process `name` at once (a hung or stopped one ignores SIGTERM); the caller reaps it."""
 
     def close(self) -> None:
@@ -123,7 +142,7 @@ class HostRunner:
     ) -> subprocess.Popen[bytes]:
         return P.spawn(cmd, log_path, env)
 
-    def stop(self, children: Sequence[tuple[str, subprocess.Popen[bytes]]], timeout_s: float) -> list[str]:
+    def stop(self, children: Sequence[tuple[str, ChildProcess]], timeout_s: float) -> list[str]:
         procs: dict[int, str] = {}
         handles = []
         for name, child in children:
@@ -136,7 +155,7 @@ class HostRunner:
             child.poll()  # reap
         return [procs[p.pid] for p in killed]
 
-    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+    def kill(self, name: str, child: ChildProcess) -> None:
         with contextlib.suppress(ProcessLookupError):
             child.kill()
 
@@ -261,7 +280,7 @@ class ContainerRunner:
         self.call([self.tool, "rm", "--force", self.container(name)])  # one left by a crash: same name
         return P.spawn(self.run_command(name, cmd, env), log_path, env)
 
-    def stop(self, children: Sequence[tuple[str, subprocess.Popen[bytes]]], timeout_s: float) -> list[str]:
+    def stop(self, children: Sequence[tuple[str, ChildProcess]], timeout_s: float) -> list[str]:
         running = [(name, child) for name, child in children if child.poll() is None]
         if running:
             # `stop` sends SIGTERM, waits, then SIGKILL: as the host runner does, inside the containers.
@@ -278,7 +297,7 @@ class ContainerRunner:
                 killed.append(name)
         return killed
 
-    def kill(self, name: str, child: subprocess.Popen[bytes]) -> None:
+    def kill(self, name: str, child: ChildProcess) -> None:
         # the container itself: killing only the `run` client would leave the hung server running
         self.call([self.tool, "kill", "--signal", "KILL", self.container(name)])
         with contextlib.suppress(ProcessLookupError):

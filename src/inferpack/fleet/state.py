@@ -46,6 +46,10 @@ class ProcessState(StrictModel):
     last_restart_reason: str | None = Field(
         default=None, description="Why it was last restarted: its exit, or the supervisor's kill and why."
     )
+    adopted: bool = Field(
+        default=False,
+        description="Started by an earlier supervisor that died and taken over by this one (not its child).",
+    )
     message: str | None = None
 
     @property

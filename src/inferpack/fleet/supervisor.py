@@ -8,6 +8,11 @@ timeout, is killed with SIGKILL (SIGTERM does nothing to a stopped process) and 
 (`last_restart_reason`) and the log say why. On SIGTERM (`inferpack down`) it stops the router, then the
 servers (SIGTERM, drain, SIGKILL after the timeout), records phase "stopped" and exits. Being the
 servers' parent, it learns of a death at once (`poll`) and leaves no zombies.
+
+Started with the state of a supervisor that died (`previous`), it first adopts that supervisor's live
+processes that still match its launch (`fleet.adoption`): they keep running and serving, and are watched,
+probed, killed when hung and stopped like its own children; one that dies is started again as its own
+child. Init, not this supervisor, reaps an adopted process that exits.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -29,9 +33,18 @@ from pydantic import Field, ValidationError
 
 from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
+from inferpack.fleet.adoption import UNKNOWN_EXIT, AdoptedProcess, sort_leftovers
 from inferpack.fleet.liveness import LivenessProber, LivenessTracker
-from inferpack.fleet.runners import ProcessRunner, Runtime, config_mounts, make_runner
-from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
+from inferpack.fleet.runners import ChildProcess, ProcessRunner, Runtime, config_mounts, make_runner
+from inferpack.fleet.state import (
+    FleetState,
+    ProcessState,
+    RunDir,
+    is_stale,
+    load_state,
+    save_state,
+    start_time,
+)
 from inferpack.jsonfile import StrictModel
 from inferpack.plan import Execution
 from inferpack.settings import DEFAULT_IMAGE
@@ -116,7 +129,7 @@ class _Child:
     cmd: list[str]
     env: dict[str, str]
     liveness: LivenessTracker
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ChildProcess | None = None
     started: float = 0.0
     backoff_s: float | None = None
     restart_at: float | None = None
@@ -128,9 +141,17 @@ class _Child:
 class Supervisor:
     """Runs and watches the fleet described by a run directory."""
 
-    def __init__(self, run: RunDir, spec: LaunchSpec, runner: ProcessRunner | None = None) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        spec: LaunchSpec,
+        runner: ProcessRunner | None = None,
+        previous: FleetState | None = None,
+    ) -> None:
         self.run = run
         self.spec = spec
+        # the state a dead supervisor left: its live processes that match `spec` are adopted at start
+        self.previous = previous
         self.runner = runner if runner is not None else launch_runner(run, spec)
         self.stop_requested = threading.Event()
         host, cli = self.runner.bind_host, self.runner.cli
@@ -203,7 +224,49 @@ class Supervisor:
         child.record.pid = child.proc.pid
         child.record.create_time = start_time(child.proc.pid)
         child.record.status = "starting"
+        child.record.adopted = False
         log.info("started %s (pid %d)", child.record.name, child.proc.pid)
+
+    def adopt(self) -> list[_Child]:
+        """Take over the live processes of `previous` that match the launch (host processes only; a
+        container runtime starts everything again). Returns the adopted children."""
+        if self.previous is None or self.spec.runtime != "host":
+            return []
+        found = sort_leftovers(
+            self.previous,
+            self.spec.router_port,
+            {s.name: (s.port, s.models) for s in self.spec.servers},
+        )
+        old = {p.name: p for p in found.adopt}
+        adopted = []
+        for child in self._children():
+            was = old.get(child.record.name)
+            if was is None or was.pid is None:
+                continue
+            proc = AdoptedProcess(was.pid, was.create_time)
+            if proc.poll() is not None:  # died since it was sorted
+                continue
+            child.proc = proc
+            child.started = time.monotonic()
+            child.ready_by = child.started + self.spec.ready_timeout_s
+            rec = child.record
+            rec.pid, rec.create_time, rec.status, rec.adopted = was.pid, was.create_time, "starting", True
+            rec.restarts, rec.last_exit, rec.last_restart_reason = (
+                was.restarts,
+                was.last_exit,
+                was.last_restart_reason,
+            )
+            rec.message = f"adopted from supervisor pid {self.previous.supervisor.pid} (which is gone)"
+            log.info(
+                "adopted %s (pid %d) from supervisor pid %s, which is gone",
+                rec.name,
+                was.pid,
+                self.previous.supervisor.pid,
+            )
+            adopted.append(child)
+        for p in found.strays:
+            log.warning("%s (pid %s) is not part of this launch: not adopted", p.name, p.pid)
+        return adopted
 
     def _children(self) -> list[_Child]:
         return [*self.servers, self.router]
@@ -226,8 +289,8 @@ class Supervisor:
                 code = child.proc.poll()
                 if code is not None:
                     child.record.status = "failed"
-                    child.record.last_exit = code
-                    self.state.message = f"{child.record.name} exited with status {code} during start-up"
+                    child.record.last_exit = _status(code)
+                    self.state.message = f"{child.record.name} {_exited(code)} during start-up"
                     return False
                 if time.monotonic() > child.ready_by:
                     child.record.status = "failed"
@@ -255,12 +318,15 @@ class Supervisor:
         except (ConfigError, FleetError) as exc:
             self.state.message = str(exc)
             return False
+        adopted = self.adopt()
         for child in self.servers:
-            self._start(child)
+            if child not in adopted:
+                self._start(child)
         self._save()
         if not self._await_ready(self.servers):
             return False
-        self._start(self.router)
+        if self.router not in adopted:
+            self._start(self.router)
         self._save()
         if not self._await_ready([self.router]):
             return False
@@ -283,8 +349,13 @@ class Supervisor:
                         child.backoff_s, uptime, self.spec.restart_backoff_s, self.spec.restart_backoff_max_s
                     )
                     child.restart_at = now + child.backoff_s
-                    reason = child.kill_reason or f"exited with status {code}"
-                    rec.status, rec.last_exit, rec.pid, rec.create_time = "restarting", code, None, None
+                    reason = child.kill_reason or _exited(code)
+                    rec.status, rec.last_exit, rec.pid, rec.create_time = (
+                        "restarting",
+                        _status(code),
+                        None,
+                        None,
+                    )
                     rec.last_restart_reason = reason
                     rec.message = f"{reason} after {uptime:.1f} s; restart in {child.backoff_s:g} s"
                     log.warning("%s %s", rec.name, rec.message)
@@ -353,7 +424,7 @@ class Supervisor:
             killed = self.runner.stop(running, self.spec.stop_timeout_s)
             for child in group:
                 if child.proc is not None:
-                    child.record.last_exit = child.proc.returncode
+                    child.record.last_exit = _status(child.proc.returncode)
                 if child.record.status != "failed":  # keep which process made start-up fail
                     child.record.status = "stopped"
                 child.record.pid = child.record.create_time = None
@@ -386,13 +457,30 @@ class Supervisor:
         return 0
 
 
-def supervise(run_dir: Path, attach: Callable[[Supervisor], None] | None = None) -> int:
+def _status(code: int | None) -> int | None:
+    """An exit status to record: None when it is unknown (an adopted process, which init reaps)."""
+    return None if code == UNKNOWN_EXIT else code
+
+
+def _exited(code: int) -> str:
+    if code == UNKNOWN_EXIT:
+        return "exited (adopted, so its exit status is unknown)"
+    return f"exited with status {code}"
+
+
+def supervise(
+    run_dir: Path, attach: Callable[[Supervisor], None] | None = None, *, adopt: bool = False
+) -> int:
     """Entry point of `inferpack fleet supervise`: run the fleet of `run_dir` until told to stop.
-    `attach` gets the supervisor before it starts (to set `on_tick`)."""
+    `attach` gets the supervisor before it starts (to set `on_tick`). With `adopt`, the live processes of
+    the state a dead supervisor left in the run directory are taken over rather than started again."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe is noise
     run = RunDir(run_dir)
-    supervisor = Supervisor(run, load_launch(run))
+    previous = load_state(run) if adopt else None
+    if previous is not None and previous.phase != "stopped" and not is_stale(previous):
+        raise FleetError(f"the fleet of {run.root} has a live supervisor (pid {previous.supervisor.pid})")
+    supervisor = Supervisor(run, load_launch(run), previous=previous)
     if attach is not None:
         attach(supervisor)
     return supervisor.run_forever()
