@@ -56,7 +56,8 @@ from inferpack.compile.options import CompileOptions
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
-from inferpack.runtime.hardware import usable_cores
+from inferpack.runtime.engines import resolve_engine
+from inferpack.runtime.hardware import cpu_has_native_bf16, usable_cores
 from inferpack.runtime.modeling import load_model
 from inferpack.runtime.tasks import TextInput
 
@@ -171,12 +172,20 @@ def run_server(
     # sessions load in the background: measure once every model's took over (onnxruntime) or joined its
     # eager module (mixed; auto is mixed here when onnxruntime is installed, but not in a source tree
     # from before engine mixed, whose auto never loads a session: `source` servers are not waited for)
-    if engine in ("onnxruntime", "mixed") or (engine == "auto" and source is None and ort_available()):
+    if engine in ("onnxruntime", "mixed") or (engine == "auto" and source is None and auto_is_mixed(dtype)):
         wanted = len(LocalRepository(repo).model_ids())
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and swaps(url) < wanted:
             time.sleep(0.2)
     return proc, url
+
+
+def auto_is_mixed(dtype: str) -> bool:
+    """True when engine auto means ONNX Runtime sessions beside the eager models here (where eager
+    computes fp32 and onnxruntime is installed: runtime/engines.py); where eager computes bf16 it is
+    eager, and waiting for sessions would wait for ever."""
+    eager_fp32 = dtype == "fp32" or (dtype == "auto" and not cpu_has_native_bf16())
+    return resolve_engine("auto", "cpu", ort_installed=ort_available(), eager_fp32=eager_fp32) == "mixed"
 
 
 def ort_available() -> bool:
