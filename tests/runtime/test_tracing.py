@@ -18,6 +18,7 @@ from inferpack.repository.demo import make_demo_models
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.batcher import InferencePool
 from inferpack.runtime.crossbatch import Part, group_key, predict_together
+from inferpack.runtime.devices import ResolvedDevice
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import MemoryLedger, module_storages
 from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, recycle
@@ -166,6 +167,20 @@ async def test_no_tracing_when_disabled_or_off_the_eager_engine(
         assert loaded is not None and loaded.graph is None and not registry._upgrades.pending(ids[1])
         assert registry.stats.swaps == 0
         await registry.close()
+
+
+@pytest.mark.parametrize("kind", ["cuda", "neuron"])
+def test_no_tracing_off_the_cpu(repo: tuple[LocalRepository, list[str]], kind: str) -> None:
+    """A trace of a GPU model would run there too, unchecked on this machine (no GPU), and a Neuron
+    model is a compiled graph already: the registry never asks for one off the CPU, whatever the
+    setting (this builds no model on the device, so it runs here)."""
+    repository, _ = repo
+    device = ResolvedDevice(requested=kind, name=kind, kind=kind, detail=f"a {kind} device")  # type: ignore[arg-type]
+    options = ServerSettings(engine="eager", trace_after_batches=1, memory_budget_mb=64)
+    registry = ModelRegistry(repository, options, InferencePool(1), tracer=trace_job, device=device)
+    assert registry._trace_after == 0
+    on_cpu = ModelRegistry(repository, options, InferencePool(1), tracer=trace_job)
+    assert on_cpu._trace_after == 1
 
 
 async def test_a_graph_takes_only_free_budget(repo: tuple[LocalRepository, list[str]]) -> None:
