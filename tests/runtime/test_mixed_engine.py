@@ -4,9 +4,6 @@ stays in its cross-tenant group and the ledger counts both runtimes."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import pytest
 
 from inferpack.repository.local import LocalRepository
@@ -20,18 +17,12 @@ from inferpack.runtime.registry import ModelRegistry
 from inferpack.runtime.versions import onnx_alternate
 from inferpack.settings import ServerSettings
 from tests.onnx_models import QUESTIONS, assert_same_answers, onnx_repo
+from tests.waiting import until
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalRepository, list[str]]:
     return onnx_repo(tmp_path_factory.mktemp("mixed"), count=2)
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_the_alternate_is_the_onnx_version_compiled_from_the_served_one(
@@ -62,7 +53,7 @@ async def test_the_session_joins_eager_with_equal_answers_and_both_in_the_ledger
             assert cold and batcher.model.alternate is None  # eager answers the cold request
             eager[model_id] = batcher.model
             before[model_id] = await batcher.submit_many(QUESTIONS)
-    await _until(lambda: registry.stats.swaps == len(ids))
+    await until(lambda: registry.stats.swaps == len(ids))
     for model_id in ids:
         entry = registry.entry(model_id)
         loaded = entry.loaded
@@ -103,10 +94,10 @@ async def test_a_session_joins_only_into_free_budget_and_evicts_no_one(
     registry = ModelRegistry(repository, settings, InferencePool(2))
     async with registry.use(ids[0]) as (batcher, _):
         await batcher.submit_many(QUESTIONS[:1])
-    await _until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1)
     async with registry.use(ids[1]) as (batcher, _):
         await batcher.submit_many(QUESTIONS[:1])
-    await _until(lambda: not registry._upgrades.pending(ids[1]))
+    await until(lambda: not registry._upgrades.pending(ids[1]))
     assert registry.stats.swaps == 1 and registry.stats.evictions == {"budget": 0, "idle": 0}
     first, second = (registry.entry(m).loaded for m in ids)
     assert first is not None and first.alternate is not None

@@ -20,6 +20,7 @@ from inferpack.runtime.onnxrt import OrtModule
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.settings import BatchingSettings, ServerSettings
 from tests.onnx_models import QUESTIONS, assert_same_answers, onnx_repo
+from tests.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,6 @@ def _registry(repo: LocalRepository, loader: GatedLoader, budget_mb: float | Non
         memory_wait_s=0,
     )
     return ModelRegistry(repo, settings, InferencePool(2), loader=loader)  # type: ignore[arg-type]
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_the_session_takes_over_with_equal_answers_and_no_failed_request(
@@ -112,19 +106,19 @@ async def test_unloading_before_the_session_is_ready_drops_it(
 ) -> None:
     repository, (model_id,) = repo
     registry, loader, budget, session = await _answered_once_with_the_session_gated(repository, model_id)
-    await _until(lambda: registry.free_budget_bytes() == budget - registry.ledger.total_bytes - session)
+    await until(lambda: registry.free_budget_bytes() == budget - registry.ledger.total_bytes - session)
     await registry.unload(model_id)  # eviction takes the same path (_unload_locked)
     # the session being created still takes its memory: its claim stays until it arrives
     assert registry.ledger.total_bytes == 0 and registry.free_budget_bytes() == budget - session
     loader.gate.set()
-    await _until(lambda: loader.upgraded == 1)  # the session was made ...
-    await _until(lambda: registry.free_budget_bytes() == budget)  # ... its claim handed back ...
+    await until(lambda: loader.upgraded == 1)  # the session was made ...
+    await until(lambda: registry.free_budget_bytes() == budget)  # ... its claim handed back ...
     assert registry.stats.swaps == 0  # ... and dropped: nothing holds it
     assert registry.entry(model_id).state == "unavailable" and registry.ledger.total_bytes == 0
     # the next use loads afresh and upgrades again
     async with registry.use(model_id) as (_, cold):
         assert cold
-    await _until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1)
     await registry.close()
 
 
@@ -155,9 +149,9 @@ async def test_the_budget_holds_the_session_while_it_is_created_and_the_ledger_a
     repository, (model_id,) = repo
     registry, loader, budget, session = await _answered_once_with_the_session_gated(repository, model_id)
     stand_in = registry.ledger.total_bytes
-    await _until(lambda: registry.free_budget_bytes() == budget - stand_in - session)
+    await until(lambda: registry.free_budget_bytes() == budget - stand_in - session)
     loader.gate.set()
-    await _until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1)
     assert registry.ledger.total_bytes == session
     assert registry.free_budget_bytes() == budget - session
     await registry.unload(model_id)
@@ -177,7 +171,7 @@ async def test_a_model_that_cannot_hold_both_runtimes_keeps_its_stand_in(
     registry = _registry(repository, loader, budget_mb=1.5 * session / 2**20)
     async with registry.use(model_id) as (batcher, _):
         before = await batcher.submit_many(QUESTIONS)
-    await _until(lambda: not registry._upgrades.pending(model_id))
+    await until(lambda: not registry._upgrades.pending(model_id))
     assert loader.upgraded == 0 and registry.stats.swaps == 0
     entry = registry.entry(model_id)
     assert entry.loaded is not None and isinstance(entry.loaded.module, TaskWrapper)

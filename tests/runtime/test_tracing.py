@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from inferpack.runtime.modeling import LoadedModel, load_model, model_storages, 
 from inferpack.runtime.registry import ModelRegistry
 from inferpack.settings import ServerSettings
 from tests.onnx_models import QUESTIONS, assert_same_answers
+from tests.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +32,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalRepository, lis
     root: Path = tmp_path_factory.mktemp("traced")
     ids = make_demo_models(root, 2, arch="tiny", prefix="tqa")
     return LocalRepository(root), ids
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_the_graph_answers_as_eager_over_the_same_tensors(
@@ -136,7 +129,7 @@ async def test_a_hot_model_is_traced_and_keeps_its_answers_memory_and_group(
             answers.append(await batcher.submit_many(QUESTIONS[:1]))
         assert registry.stats.swaps == 0 and not registry._upgrades.pending(model_id)
         answers.append(await batcher.submit_many(QUESTIONS[:1]))  # the third batch makes it hot
-    await _until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1)
     entry = registry.entry(model_id)
     fast = entry.loaded
     assert isinstance(fast, LoadedModel) and fast.graph is not None and fast.module is eager.module
@@ -193,7 +186,7 @@ async def test_a_graph_takes_only_free_budget(repo: tuple[LocalRepository, list[
     for model_id in ids:  # the second batch makes each hot: traced, but its graph does not fit
         async with registry.use(model_id) as (batcher, _):
             await batcher.submit_many(QUESTIONS[:1])
-    await _until(lambda: not any(registry._upgrades.pending(m) for m in ids))
+    await until(lambda: not any(registry._upgrades.pending(m) for m in ids))
     for model_id in ids:
         loaded = registry.entry(model_id).loaded
         assert loaded is not None and loaded.graph is None and registry.entry(model_id).state == "ready"
