@@ -165,4 +165,5 @@ def test_metrics_count_requests(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert 'inferpack_requests_total{api="seed",code="200",model="qa-0000"}' in text
     assert "inferpack_batch_size_bucket" in text
+    assert "inferpack_batch_rows_bucket" in text and "inferpack_batch_models_bucket" in text
     assert "inferpack_models_loaded" in text

@@ -169,6 +169,8 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
         return [[{"echo": i.text, "by": p.model.model_id, "mixed": True} for i in p.items] for p in parts]
 
     peers = Peers(key=lambda m: (m.base,), run=run)
+    forwards: list[tuple[int, int]] = []  # what the server's metrics hear: rows and models per forward
+    pool.forward_observer = lambda rows, models: forwards.append((rows, models))
     settings = BatchingSettings(max_batch_size=4, max_batch_latency_ms=0, max_wait_ms=0, max_queue=16)
     a, b, c = _Fake("a", "base", gate), _Fake("b", "base", gate), _Fake("c", "other", gate)
     batchers = {m.model_id: ModelBatcher(m, pool, settings, peers=peers) for m in (a, b, c)}  # type: ignore[arg-type]
@@ -197,6 +199,7 @@ async def test_a_free_thread_takes_queued_requests_of_the_same_base(pool: Infere
     # batch limit of 4: one batch mixing both models, one forward for the four
     assert len(mixed) == 1 and {name for name, _ in mixed[0]} == {"a", "b"}
     assert sorted(text for _, texts in mixed[0] for text in texts) == ["a2", "b1", "b2", "b3"]
+    assert sorted(forwards) == [(1, 1), (1, 1), (4, 2)]  # a1 alone, c1 alone, the mixed batch of 4 rows
     # the base's batch times (which size its batches) hold the mixed batch, whoever formed it
     group = peers.estimator(batchers["a"])
     assert group is not None and group is peers.estimator(batchers["b"])

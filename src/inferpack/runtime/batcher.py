@@ -90,6 +90,8 @@ class InferencePool:
         self._running: dict[int, tuple[float, int]] = {}
         self._keys = itertools.count()
         self.last_activity = float("-inf")  # when a batch last started or ended (batcher clock)
+        # told of every forward run: its rows, and the models they were for (the server's metrics)
+        self.forward_observer: Callable[[int, int], None] | None = None
 
     def _init_thread(self) -> None:
         torch.set_num_threads(self.intra_op_threads)
@@ -118,9 +120,11 @@ class InferencePool:
         self.rows_running -= rows
         self.last_activity = max(self.last_activity, now)
 
-    def observe_batch(self, seconds: float) -> None:
-        """A batch (of any model) held a thread for `seconds`."""
+    def observe_batch(self, seconds: float, rows: int = 1, models: int = 1) -> None:
+        """A batch (of any model) of `rows` rows for `models` models held a thread for `seconds`."""
         self._batch_s.add(seconds)
+        if self.forward_observer is not None:
+            self.forward_observer(rows, models)
 
     def idle_threads(self) -> int:
         """Threads free with no dispatcher waiting in line for them (a batch shares its queue with them)."""
@@ -547,14 +551,15 @@ class ModelBatcher:
         group = self.peers.estimator(self) if self.peers is not None else None
         if group is not None:  # the base's batch times, which size the batches its models form
             group.observe_batch(len(batch), compute)
-        self.pool.observe_batch(compute)
+        owners = _by_owner(batch)
+        self.pool.observe_batch(compute, len(batch), len(owners))
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
         if admission_log.isEnabledFor(logging.DEBUG):
             _log_admissions(batch, started, compute)
         if self.observer is not None:
-            for owner, rows in _by_owner(batch).items():
+            for owner, rows in owners.items():
                 waited = started - min(p.enqueued for p in rows)
                 self.observer(owner.model.model_id, len(rows), waited, compute)
 

@@ -141,6 +141,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     threads = settings.inference_threads or default_inference_threads(device, usable_cores())
     metrics = ServerMetrics(settings.metrics_top_k)
     pool = InferencePool(threads, settings.intra_op_threads)
+    pool.forward_observer = metrics.observe_forward
     registry = ModelRegistry(
         repo,
         settings,

@@ -73,7 +73,22 @@ class ServerMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "inferpack_batch_size", "Items per executed batch.", buckets=BATCH_BUCKETS, registry=r
+            "inferpack_batch_size",
+            "Items of one model per executed batch (a batch mixing tenants counts once per model).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "inferpack_batch_rows",
+            "Rows per forward an inference thread ran, every model of a mixed batch together.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_models = Histogram(
+            "inferpack_batch_models",
+            "Models per forward (above 1: cross-tenant batches through shared layers).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.loads = Counter("inferpack_model_loads", "Model loads by outcome.", ["outcome"], registry=r)
         self.load_time = Histogram(
@@ -138,6 +153,11 @@ class ServerMetrics:
         self.batch_size.observe(size)
         self.queue_wait.observe(waited)
         self.compute.observe(compute)
+
+    def observe_forward(self, rows: int, models: int) -> None:
+        """Record one forward an inference thread ran: its rows and how many models they were for."""
+        self.batch_rows.observe(rows)
+        self.batch_models.observe(models)
 
     def observe_shed(self, reason: str) -> None:
         """Count one request refused without running."""
