@@ -5,18 +5,29 @@ model once it has run `trace_after_batches` batches, keeping its memory record a
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from inferpack.compile.tracing import graph_bytes, trace_job, traceable, traced
 from inferpack.errors import ModelLoadFailed
 from inferpack.repository.demo import make_demo_models
 from inferpack.repository.local import LocalRepository
 from inferpack.runtime.batcher import InferencePool
-from inferpack.runtime.crossbatch import Part, group_key, predict_together
+from inferpack.runtime.crossbatch import (
+    TRUNKS,
+    Part,
+    Piece,
+    TracedPieces,
+    Trunk,
+    composite,
+    group_key,
+    predict_together,
+)
 from inferpack.runtime.devices import ResolvedDevice
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import MemoryLedger, module_storages
@@ -110,6 +121,30 @@ def test_traced_tenants_of_one_base_mix_through_their_pieces(demo_repo: Path, co
         {**model_storages(fast[0]), **model_storages(fast[1])}.values()
     )  # shared base and trunk once
     assert ledger.freeable_bytes(fast[0].model_id) < ledger.model_bytes(fast[0].model_id) - trunk.bytes
+    # an eager tenant of the base runs its own batches through the trunk too (its own layer eager)
+    assert TRUNKS.of(eager[1]) is trunk
+    assert_same_answers(eager[1].predict(QUESTIONS), fast[1].predict(QUESTIONS))
+    # the trunk lives as long as a traced tenant holds it; then eager tenants are plain eager again
+    del fast, pieces, trunk, models, got, ledger, f
+    gc.collect()
+    assert TRUNKS.of(eager[1]) is None
+    assert eager[1]._module_for(1) is eager[1].module
+
+
+def test_a_trunk_serves_only_the_split_it_was_made_for() -> None:
+    """A trunk made where layer 1 is shared must not stand in for layer 1 in a batch where a tenant owns it."""
+    shared = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    own = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    root = nn.Module()
+    root.layers = nn.ModuleList([shared, own, nn.Sequential(nn.Linear(4, 4))])
+    calls: list[str] = []
+    trunk = Trunk({"layers.1": {}}, split=("layers.2",))
+    for split, expect in ((["layers.2"], True), (["layers.1", "layers.2"], False)):
+        module = composite([root], split, [(0, 2)], [TracedPieces(trunk=trunk)])
+        layer = module.get_submodule("layers.1")
+        calls.append(type(layer).__name__)
+        assert isinstance(layer, Piece) is expect
+    assert calls == ["Piece", "RowSplit"]
 
 
 def _registry(repository: LocalRepository, **settings: object) -> ModelRegistry:

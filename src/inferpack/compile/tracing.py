@@ -35,9 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +47,7 @@ from inferpack.compile.examples import ExampleSet, build_examples, model_args
 from inferpack.compile.trace import jit_trace
 from inferpack.errors import ModelLoadFailed
 from inferpack.runtime.crossbatch import (
+    TRUNKS,
     Graphs,
     Signature,
     TracedPieces,
@@ -71,9 +70,6 @@ WARM_UP_CALLS = 3  # the profiling executor optimises after its first runs (meas
 MAX_SIGNATURES = 4  # graphs per piece at most (the examples make two: a mask, and None for no padding)
 
 log = logging.getLogger("inferpack.tracing")
-# a base's trunk graphs, by its tenants' mixing key and the trunk's paths: made once, held by its tenants
-_TRUNKS: weakref.WeakValueDictionary[tuple[Any, ...], Trunk] = weakref.WeakValueDictionary()
-_TRUNKS_LOCK = threading.Lock()
 
 
 def trace_job(model: LoadedModel) -> Callable[[], LoadedModel] | None:
@@ -155,12 +151,12 @@ def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | No
     batches = [model_args(b, model.device) for b in (examples.trace, *examples.checks)]
     calls = _capture(module, at_own + at_trunk, batches)
     own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_own}
-    with _TRUNKS_LOCK:  # the first traced tenant of a base makes its trunk; the others reuse it
-        trunk = _TRUNKS.get((key, tuple(at_trunk)))
+    with TRUNKS.lock:  # the first traced tenant of a base makes its trunk; the others reuse it
+        trunk = TRUNKS.get(key, paths)
         if trunk is None:
             graphs: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_trunk}
-            trunk = Trunk(graphs, _graphs_bytes(graphs))
-            _TRUNKS[(key, tuple(at_trunk))] = trunk
+            trunk = Trunk(graphs, tuple(paths), _graphs_bytes(graphs))
+            TRUNKS.add(key, trunk)
     pieces = TracedPieces(own, trunk, _graphs_bytes(own))
     reference, candidate = [], []
     with torch.inference_mode():

@@ -30,6 +30,8 @@ with the GIL released for most of its forward, as a traced model's own batches d
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,11 +160,43 @@ class Piece(nn.Module):
 
 @dataclass(eq=False)
 class Trunk:
-    """The graphs of a base's shared subtrees (`trunk_paths`), made once and held by every traced tenant of
-    the base (their shared tensors, so no copy), with their estimated own memory."""
+    """The graphs of a base's shared subtrees (`trunk_paths` of the `split` paths it was made for), made
+    once and held by every traced tenant of the base (their shared tensors, so no copy), with their
+    estimated own memory. A composite over other split paths does not use it: one of its subtrees may
+    be a tenant's own there."""
 
     graphs: dict[str, Graphs]
+    split: tuple[str, ...]
     bytes: int = 0
+
+
+class Trunks:
+    """Each base's trunk while a traced tenant holds it (weakly: it goes with the last of them), by the
+    tenants' `mix_key` and split paths: batches of the base's other tenants, eager ones included, run
+    their shared layers on it too."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held by whoever makes a trunk (one per base)
+        self._by_key: weakref.WeakValueDictionary[tuple[Any, ...], Trunk] = weakref.WeakValueDictionary()
+
+    def get(self, key: tuple[Any, ...] | None, split: Sequence[str] | None) -> Trunk | None:
+        """The trunk of the base with mixing `key` for `split` paths, if one is held."""
+        if key is None or split is None or not self._by_key:
+            return None
+        return self._by_key.get((key, tuple(sorted(split))))
+
+    def add(self, key: tuple[Any, ...], trunk: Trunk) -> None:
+        """Make `trunk` findable for its base (held as long as its tenants hold it)."""
+        self._by_key[(key, tuple(sorted(trunk.split)))] = trunk
+
+    def of(self, model: Any) -> Trunk | None:
+        """The trunk an eager `model` may run its shared layers on (None: no traced tenant of its base)."""
+        if not self._by_key:
+            return None
+        return self.get(mix_key(model), model.extra.get("own_paths"))
+
+
+TRUNKS = Trunks()
 
 
 @dataclass(eq=False)
@@ -248,7 +282,7 @@ def composite(
             ]
         node._modules[names[-1]] = RowSplit(parts, segments)
     trunk = next((p.trunk for p in pieces if p is not None and p.trunk is not None), None)
-    if trunk is not None:
+    if trunk is not None and tuple(sorted(trunk.split)) == tuple(sorted(paths)):
         for path, graphs in trunk.graphs.items():
             parent, _, name = path.rpartition(".")
             node = root.get_submodule(parent) if parent else root
@@ -285,7 +319,10 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
     for part in parts:
         segments.append((start, start + len(part.items)))
         start += len(part.items)
-    pieces = [getattr(p.model, "pieces", None) for p in parts]
+    pieces: list[TracedPieces | None] = [getattr(p.model, "pieces", None) for p in parts]
+    if not any(pieces):  # eager tenants only: the base's trunk if a traced tenant made one
+        trunk = TRUNKS.get(mix_key(first), paths)
+        pieces = [TracedPieces(trunk=trunk)] + [None] * (len(parts) - 1) if trunk else []
     module = composite([p.model.module for p in parts], paths, segments, pieces)
     with torch.inference_mode():
         out = module(

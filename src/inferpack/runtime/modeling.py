@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from inferpack.errors import DeviceUnavailable, InsufficientStorage, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
-from inferpack.runtime.crossbatch import TracedPieces, own_paths
+from inferpack.runtime.crossbatch import TRUNKS, TracedPieces, composite, own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import Storages, module_storages
@@ -118,13 +118,25 @@ class LoadedModel:
         batch runs on whichever of the two its measurements favour at this size (runtime/runtimechoice.py)."""
         alternate = self.alternate
         if alternate is None:
-            return self._run(self.module if self.graph is None else self.graph, batch)
+            return self._run(self._module_for(batch.input_ids.shape[0]), batch)
         rows, tokens = batch.input_ids.shape[0], batch.input_ids.numel()
         use_alternate = alternate.choice.choose(rows)
         started = time.perf_counter()
         out = self._run(alternate.module if use_alternate else self.module, batch)
         alternate.choice.observe(use_alternate, rows, tokens, time.perf_counter() - started)
         return out
+
+    def _module_for(self, rows: int) -> ModelCallable:
+        """What runs a batch of this model alone: its traced graph; an eager module whose base has a
+        trunk of graphs (a traced tenant made it: compile/tracing.py) through it, its own layers eager;
+        else the eager module."""
+        if self.graph is not None:
+            return self.graph
+        trunk = TRUNKS.of(self) if "own_paths" in self.extra else None
+        if trunk is None:
+            return self.module
+        pieces = [TracedPieces(trunk=trunk)]
+        return cast(ModelCallable, composite([self.module], list(trunk.split), [(0, rows)], pieces))  # type: ignore[list-item]
 
     def _run(self, module: ModelCallable, batch: Encoded) -> torch.Tensor:
         with torch.inference_mode():
