@@ -193,6 +193,23 @@ def ort_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def forwards(url: str) -> tuple[float, float, float]:
+    """The server's forwards so far, their rows and their models (`inferpack_batch_rows` and
+    `inferpack_batch_models`; zeros from a server without them)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return (
+        value("inferpack_batch_rows_count"),
+        value("inferpack_batch_rows_sum"),
+        value("inferpack_batch_models_sum"),
+    )
+
+
 def swaps(url: str) -> float:
     """The server's `inferpack_runtime_swaps_total`: stand-ins replaced by their ONNX Runtime session,
     sessions joining eager models (engine mixed), traced graphs taking over (0 when it has none)."""
@@ -357,17 +374,20 @@ def main() -> None:
         variants.insert(0, ("/base", None, args.baseline_src))
 
     def measure(label: str, proc: Server, url: str, c: int) -> dict[str, float]:
-        cpu_before = process_cpu_s(proc.pid)
+        cpu_before, forwards_before = process_cpu_s(proc.pid), forwards(url)
         r = wrk(url, ids, c, args.duration)
         cpu_s = process_cpu_s(proc.pid) - cpu_before
         r["cpu_rps"] = r["rps"] * int(args.duration) / max(cpu_s, 1e-9) * usable_cores()
+        done = [after - before for after, before in zip(forwards(url), forwards_before, strict=True)]
+        r["rows"], r["models"] = (done[1] / done[0], done[2] / done[0]) if done[0] else (0.0, 0.0)
         rows.append((label, c, r))
         print(
             f"{label:20s} c={c:<3d} {r['rps']:7.1f} req/s  "
             f"P50 {r['p50']:6.1f} ms  P90 {r['p90']:6.1f} ms  P99 {r['p99']:6.1f} ms  "
             f"errors {int(r['errors'])}  of best b1 loop {r['rps'] / limit1:.2f} "
             f"(CPU {r['cpu_rps'] / cpu1.loop1.cpu:.2f})  of best b8 loop {r['rps'] / limit8:.2f} "
-            f"(CPU {r['cpu_rps'] / cpu8.loop8.cpu:.2f})  P90 / b1 loop's latency {r['p90'] / loop_ms:.2f}",
+            f"(CPU {r['cpu_rps'] / cpu8.loop8.cpu:.2f})  P90 / b1 loop's latency {r['p90'] / loop_ms:.2f}  "
+            f"per forward: {r['rows']:.1f} rows, {r['models']:.1f} models",
             flush=True,
         )
         return r
