@@ -267,3 +267,48 @@ def test_the_server_traces_its_hot_models(repo: tuple[LocalRepository, list[str]
             assert time.monotonic() < deadline, "the hot model was not traced in time"
             time.sleep(0.05)
         assert client.get(f"/predictions/{model_id}").json() == answers[0]  # the graph answers alike
+
+
+def test_the_server_mixes_its_traced_tenants(demo_repo: Path) -> None:
+    """Two MiniLM tenants of one base, one inference thread: once both are traced, concurrent requests
+    for both still form mixed forwards (inferpack_batch_models above 1), answered as before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from inferpack.server.app import create_app
+
+    ids = ["qa-0000", "qa-0001"]
+    settings = ServerSettings(
+        repository=str(demo_repo), models=ids, engine="eager", trace_after_batches=2, inference_threads=1
+    )
+    query = {"seq_0": "Who wrote it?", "seq_1": "The book was written by Jane Austen in 1811."}
+    with TestClient(create_app(settings, repository=LocalRepository(demo_repo))) as client:
+        before = {m: client.get(f"/predictions/{m}", params=query).json() for m in ids}
+        for _ in range(2):
+            for m in ids:
+                client.get(f"/predictions/{m}", params=query)
+        deadline = time.monotonic() + 120
+        while "inferpack_runtime_swaps_total 2.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the hot tenants were not traced in time"
+            time.sleep(0.05)
+        assert TRUNKS.of(load_model(LocalRepository(demo_repo), ids[0], warmup=False)) is not None
+
+        def models_per_forward() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            values = dict(
+                line.rsplit(" ", 1)
+                for line in text.splitlines()
+                if line.startswith("inferpack_batch_models_")
+            )
+            return float(values["inferpack_batch_models_sum"]), float(values["inferpack_batch_models_count"])
+
+        start = models_per_forward()
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(20):  # bursts of 8 over one thread: the queued requests of both form mixed batches
+                got = list(pool.map(lambda m: client.get(f"/predictions/{m}", params=query).json(), ids * 4))
+                assert_same_answers(got, [before[m] for m in ids * 4])  # rounding aside (batch shapes)
+                models, forwards = models_per_forward()
+                if models - start[0] > forwards - start[1]:
+                    break
+        assert models - start[0] > forwards - start[1], "no mixed forward after tracing"
