@@ -119,6 +119,9 @@ def test_service_time_under_load_is_measured_through_a_real_server(tiny_repo: Pa
     )  # fmt: skip
     load = timing.under_load
     assert timing.models == 2 and load.sent == 40 and 0 <= load.waited < 40
+    # 20 batches per model would make both hot (trace_after_batches 16): the eager forward it is compared
+    # with stays what the server ran, no traced graph took over mid-measurement
+    assert timing.runtime_swaps == 0
     assert 0 < load.median_ms <= load.p90_ms and 0 < load.busy < 1
     assert load.median_ms <= load.response_median_ms  # the waits are left out
     assert load.rate_rps == pytest.approx(0.3 * 1000 / timing.sequential_median_ms)

@@ -4,8 +4,8 @@
 HTTP parsing, JSON, tokenising, the batcher's hand-off to a worker thread and the answer's decoding, and
 under load it shares the cores with the other requests' HTTP work, the client and the idle gaps between
 arrivals. This starts a real server process (`inferpack serve`, one inference thread, the profiled dtype,
-batches of 1, up to `SERVER_MODELS` models of the architecture taken in turn, on a free loopback port),
-and sends it:
+the eager engine without traced graphs (the runtime of the bare forward), batches of 1, up to
+`SERVER_MODELS` models of the architecture taken in turn, on a free loopback port), and sends it:
 
 1. a few sequential requests (warm-up, and a first estimate of the service time);
 2. `requests` requests as Poisson arrivals at `utilisation` of that estimate (`underload`): each one's
@@ -40,7 +40,15 @@ import psutil
 from inferpack.errors import InferpackError
 from inferpack.planner.profiles import ModelProfile, ProfileFile
 from inferpack.planner.underload import ServiceUnderLoad, mean_timings, measure_under_load, read_timers
-from inferpack.processes import child_env, free_port, server_command, spawn, terminate, wait_ready
+from inferpack.processes import (
+    child_env,
+    free_port,
+    metric_sum,
+    server_command,
+    spawn,
+    terminate,
+    wait_ready,
+)
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.tasks import TextInput
 
@@ -62,6 +70,8 @@ class ServerTiming:
     models: int  # models the server held (requests rotated over them)
     forward_median_ms: float | None = None
     forward_p90_ms: float | None = None
+    # fast runtimes that took over during the measurement (traced graphs, sessions): 0, one runtime throughout
+    runtime_swaps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,10 +154,17 @@ def measure_server_timing(
         threads=1,
         device="cpu",
         log_level="warning",
-        extra_args=["--dtype", dtype, "--intra-op-threads", str(intra_op_threads), "--max-batch-size", "1"],
+        extra_args=[
+            *("--dtype", dtype, "--intra-op-threads", str(intra_op_threads), "--max-batch-size", "1"),
+            *("--engine", "eager"),  # the runtime of the bare forward it is compared with
+        ],
     )
     base = f"http://127.0.0.1:{port}"
-    proc = spawn(cmd, log_path, child_env(threads=1, intra_op_threads=intra_op_threads))
+    env = child_env(threads=1, intra_op_threads=intra_op_threads)
+    # nor traced graphs (server.trace_after_batches): a hot model's graph mid-measurement would make the
+    # service time a mix of two runtimes, and the bare forward it is compared with is eager
+    env["INFERPACK_SERVER__TRACE_AFTER_BATCHES"] = "0"
+    proc = spawn(cmd, log_path, env)
     try:
         try:
             wait_ready(base, proc, timeout_s=start_timeout_s)
@@ -166,6 +183,8 @@ def measure_server_timing(
             base, _rotating(urls, requests), service_ms=seq_median, utilisation=utilisation
         )
         forwards += [forward() for _ in range(FORWARDS)] if forward is not None else []
+        metrics = httpx.get(f"{base}/metrics", timeout=30.0, trust_env=False).text
+        swaps = metric_sum(metrics, "inferpack_runtime_swaps_total")
     finally:
         if proc.poll() is None:  # a server that died is reaped already: the error above is the one to see
             terminate([psutil.Process(proc.pid)], timeout_s=15.0)
@@ -178,6 +197,7 @@ def measure_server_timing(
         models=len(items),
         forward_median_ms=float(statistics.median(forwards)) if forwards else None,
         forward_p90_ms=float(np.quantile(forwards, 0.9)) if forwards else None,
+        runtime_swaps=swaps,
     )
 
 
