@@ -34,6 +34,9 @@ class Load:
     def __init__(self, router: str, models: list[str]) -> None:
         self.router, self.models = router, models
         self.outcomes: Counter[str] = Counter()
+        # every request that did not get a 200: (when it was sent, monotonic; outcome; error kind header;
+        # body): the evidence a failed run needs (a router's refusal and a server's shed read differently)
+        self.failures: list[tuple[float, str, str, str]] = []
         self.slowest_s = 0.0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(USERS)]
@@ -46,8 +49,12 @@ class Load:
                 try:
                     resp = client.get(f"/predictions/{self.models[i % len(self.models)]}", params=QUESTION)
                     outcome = str(resp.status_code)
+                    if resp.status_code != 200:
+                        kind = resp.headers.get("inferpack-error-kind", "")
+                        self.failures.append((started, outcome, kind, resp.text[:300]))
                 except httpx.HTTPError as exc:
                     outcome = type(exc).__name__
+                    self.failures.append((started, outcome, "", str(exc)[:300]))
                 self.slowest_s = max(self.slowest_s, time.monotonic() - started)
                 self.outcomes[outcome] += 1
                 i += 1
@@ -158,7 +165,8 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
         # Two copies of every model: a request that hits the stopped copy misses its deadline (>= 2 s) and
         # is retried on the other one; requests still held by it when it is killed fail their connection
         # and are retried too. So none fails.
-        assert failed == 0, load.outcomes
+        failures = [(f"{at - stopped_at:+.2f} s", *rest) for at, *rest in load.failures]
+        assert failed == 0, (load.outcomes, failures)
         # It stops getting requests once its readiness probe times out (2 s) or it is ejected after three
         # missed deadlines (~2 s each): a few seconds; 20 s leaves room for a loaded machine.
         assert stop_sending_s < 20 and stop_sending_s < killed_at - stopped_at

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -412,3 +414,61 @@ def test_the_router_sheds_by_the_servers_rule_wait_plus_compute(
     for _ in range(4):
         client.get("/predictions/a")
     assert client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"}).status_code == 200
+
+
+class ResettingServer:
+    """A port that accepts a connection, reads the request and resets it without an answer: what the router
+    meets when the supervisor SIGKILLs a stopped server that holds its request."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.resets = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+            conn.close()
+            self.resets += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_copy_killed_while_it_holds_the_request_is_retried_on_the_other(
+    fake: FakeServers, method: str
+) -> None:
+    killed = ResettingServer()
+    try:
+        urls = {**fake.urls, "s0": killed.url}
+        config = RouterSettings(probe_interval_s=3600, upstream_timeout_s=5)
+        with TestClient(create_router_app(_plan(), urls, config)) as client:
+            balancer = client.app.state.balancer  # type: ignore[attr-defined]
+            for _ in range(4):  # each copy is chosen in turn: s0 gets some of them
+                if method == "GET":
+                    resp = client.get("/predictions/a")
+                else:
+                    resp = client.post("/v2/models/a/infer", content=b"{}")
+                assert resp.status_code == 200 and resp.headers["x-served-by"] == "s1"
+            assert killed.resets >= 1 and not balancer.healthy["s0"]
+    finally:
+        killed.close()
+
+
+def test_an_ejected_copy_and_a_copy_marked_down_still_serve_through_the_second(
+    client: TestClient, fake: FakeServers
+) -> None:
+    # s0 ejected (missed deadlines) while a readiness probe of s1 timed out on a busy host: the router
+    # tries s1 anyway (a mark may be older than its recovery), never answers 503 for a model s1 holds
+    balancer = client.app.state.balancer  # type: ignore[attr-defined]
+    balancer.eject("s0")
+    balancer.mark_down("s1")
+    resp = client.get("/predictions/a")
+    assert resp.status_code == 200 and resp.headers["x-served-by"] == "s1"

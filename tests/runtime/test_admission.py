@@ -162,6 +162,24 @@ def test_the_default_deadline_is_configured_or_derived() -> None:
     assert default_deadline_s(None, None, 4, 0.0) == pytest.approx(10.0)
 
 
+def test_a_full_batch_is_never_cheaper_than_a_measured_smaller_one() -> None:
+    # A contended host: batches of one slowed by a descheduled thread, the one batch of four timed on a
+    # quiet core and not refreshed since. The full batch read from that stale figure (6 ms) made a default
+    # deadline (floor: 50 ms) shorter than the 67 ms admission expected for the next request of one, so an
+    # idle server shed everything (wait 0 + service 67 ms > 50 ms); the envelope keeps them consistent.
+    est = WaitEstimator(max_batch_size=8, alpha=0.2)
+    est.observe_batch(4, 0.003)
+    est.observe_batch(1, 0.003)
+    est.observe_batch(1, 0.325)  # one batch of one held up ~0.3 s: the average is now ~67 ms
+    assert est.batch_seconds(8) == pytest.approx(0.006)  # unchanged: extrapolated from the batch of four
+    assert est.full_batch_seconds() == pytest.approx(est.batch_seconds(1)) == pytest.approx(0.0674)
+    deadline = default_deadline_s(None, None, 8, est.full_batch_seconds())
+    idle = PoolState(thread_free=True, waiting=0, release_interval_s=0.0)
+    assert shed_reason(est.estimate(GroupState(0), 1, idle), deadline) is None
+    assert shed_reason(est.estimate(GroupState(0), 1, idle), default_deadline_s(None, None, 8, 0.006))
+    assert WaitEstimator(max_batch_size=8).full_batch_seconds() == 0.0  # nothing measured: 10 s default
+
+
 def test_releases_follow_the_running_batches() -> None:
     # two threads 5 and 15 ms from the end of their batches, 20 ms batches after that
     assert release_times((0.005, 0.015), 2, 0.020, 4) == pytest.approx([0.005, 0.015, 0.025, 0.035])

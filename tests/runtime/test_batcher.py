@@ -212,6 +212,41 @@ async def test_a_queued_request_that_can_no_longer_make_its_deadline_is_dropped(
     assert model.batches == [["a"], ["on time"]]
 
 
+@pytest.mark.parametrize("case", ["stall", "backlog", "client", "configured"])
+async def test_the_derived_default_deadline_drops_a_queued_request_only_with_a_backlog(
+    make: Make, case: str
+) -> None:
+    # The derived default deadline (the client set none) bounds a backlog. A request queued past it while
+    # less than a full batch waits behind it met a stall (a contended host descheduled the server), not an
+    # overload: it runs. With a full batch behind it, with a client's deadline, or with a configured
+    # default (deadline_ms), it is dropped as before.
+    clock = FakeClock()
+    model, batcher = make(
+        clock=clock, max_batch_size=2, **({"deadline_ms": 1000} if case == "configured" else {})
+    )
+    first = asyncio.create_task(batcher.submit(TextInput("a")))
+    await _entered(model)
+    default = case != "client"
+    late = asyncio.create_task(
+        batcher.submit_many([TextInput("late")], deadline=clock.now + 1.0, default_deadline=default)
+    )
+    behind = (
+        [asyncio.create_task(batcher.submit(TextInput(t))) for t in ("b", "c")] if case == "backlog" else []
+    )
+    while batcher.queue_depth < 1 + len(behind):
+        await asyncio.sleep(0)
+    clock.now += 2.0  # the thread stays busy past the deadline
+    model.gate.set()
+    await first
+    if case == "stall":
+        assert (await late)[0]["echo"] == "late"
+        assert model.batches == [["a"], ["late"]]
+    else:
+        with pytest.raises(DeadlineExceeded):
+            await late
+    assert [(await t)["echo"] for t in behind] == [t for t in ("b", "c") if behind]
+
+
 class SlowModel(GatedModel):
     """Each batch moves the fake clock on by 0.1 s per item: the batcher measures that as compute time."""
 

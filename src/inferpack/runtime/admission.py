@@ -164,6 +164,18 @@ class WaitEstimator:
         hi = above[0]
         return measured[lo] + (size - lo) / (hi - lo) * (measured[hi] - measured[lo])
 
+    def full_batch_seconds(self) -> float:
+        """Expected compute time of a full batch (`max_batch_size`), never less than any batch size's own
+        measured average: a full batch does at least a smaller one's work. Each size has its own moving
+        average, refreshed only by batches of that size, so on a host whose cores are shared the sizes
+        disagree: a batch of one slowed by a descheduled thread (tens of ms) next to a batch of four timed
+        on a quiet core (a few ms, not refreshed since: a few closed-loop clients rarely make one). The
+        default deadline (`default_deadline_s`) read from the stale full-batch figure then came out shorter
+        than the service time admission expected for the very next request, and an idle server shed it
+        (measured: "expected wait 0 ms + service 67 ms exceeds the request's deadline (50 ms left)")."""
+        measured = self._measured()
+        return max([self.batch_seconds(self.max_batch_size), *measured.values()]) if measured else 0.0
+
     @property
     def usual_size(self) -> float:
         """The moving average of the batch sizes this model ran (1 before any)."""

@@ -191,6 +191,9 @@ class _Pending:
     enqueued: float
     deadline: float | None = field(default=None)
     estimate: Estimate | None = field(default=None)  # at admission (for the calibration log)
+    # the deadline is the server's derived default (the client set none, no default is configured): it
+    # bounds a backlog, so it drops a queued request only when a backlog is there (`_take_from`)
+    soft: bool = field(default=False)
 
 
 class ModelBatcher:
@@ -284,19 +287,32 @@ class ModelBatcher:
         return (await self.submit_many([item], raw=raw, deadline=deadline))[0]
 
     async def submit_many(
-        self, items: list[TextInput], *, raw: bool = False, deadline: float | None = None
+        self,
+        items: list[TextInput],
+        *,
+        raw: bool = False,
+        deadline: float | None = None,
+        default_deadline: bool = False,
     ) -> list[dict[str, Any]]:
         """Queue one request's items and wait for their results (`raw`: the model's own outputs, not decoded
         answers; they share batches with decoded items). `deadline`: on this batcher's clock, when the
         caller stops waiting. Sheds with `Overloaded` when the queue is full or the expected wait misses
         the deadline; raises `DeadlineExceeded` when the request was dropped in the queue; if the caller
-        is cancelled (its client disconnected), its items still queued leave the queue at once."""
+        is cancelled (its client disconnected), its items still queued leave the queue at once.
+        `default_deadline`: `deadline` is this batcher's `default_deadline_s` (the caller set none)."""
         if self._closing:
             raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
         now = self.clock()
         estimate = self.admit(len(items), deadline, now)
         loop = asyncio.get_running_loop()
-        mine = [_Pending(item, raw, loop.create_future(), self, now, deadline, estimate) for item in items]
+        soft = (
+            default_deadline
+            and self.settings.deadline_ms is None
+            and self.settings.latency_objective_ms is None
+        )
+        mine = [
+            _Pending(item, raw, loop.create_future(), self, now, deadline, estimate, soft) for item in items
+        ]
         self._queue.extend(mine)
         self.line.queued += len(mine)
         self.line.last_arrival = loop.time()
@@ -358,7 +374,7 @@ class ModelBatcher:
         """Seconds a request that sets no deadline gets (None: none), from the batching settings and this
         model's measured full-batch time (`admission.default_deadline_s`)."""
         s = self.settings
-        full = self.estimator.batch_seconds(s.max_batch_size)
+        full = self.estimator.full_batch_seconds()
         return default_deadline_s(s.deadline_ms, s.latency_objective_ms, s.deadline_factor, full)
 
     def _withdraw(self, pendings: list[_Pending]) -> bool:
@@ -517,6 +533,13 @@ class ModelBatcher:
             # batch time refreshes the measurements that admission relies on)
             expected_late = cannot_finish(now, pending.deadline, service) and (batch or source._queue)
             if expected_late or cannot_finish(now, pending.deadline, 0.0):
+                if pending.soft and source.line.queued < source.settings.max_batch_size:
+                    # The server chose this deadline to keep a backlog from building up (its client set
+                    # none and waits on); with less than a full batch behind it there is no backlog, only
+                    # a stall (a contended host descheduled this process: 139 ms queued with 2 closed-loop
+                    # clients, measured), and dropping it would free room nobody waits for: it runs.
+                    batch.append(pending)
+                    continue
                 model_id = source.model.model_id
                 pending.future.set_exception(
                     DeadlineExceeded(

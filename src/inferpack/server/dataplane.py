@@ -138,11 +138,13 @@ class DataPlane:
                     hint="load that version first",
                     model_id=model_id,
                 )
-            deadline = request.deadline
+            deadline, default = request.deadline, False
             if deadline is None and (default_s := batcher.default_deadline_s()) is not None:
-                deadline = time.perf_counter() + default_s
+                deadline, default = time.perf_counter() + default_s, True
             try:
-                results = await batcher.submit_many(request.items, raw=raw, deadline=deadline)
+                results = await batcher.submit_many(
+                    request.items, raw=raw, deadline=deadline, default_deadline=default
+                )
             except Overloaded as exc:
                 self.metrics.observe_shed(exc.reason)
                 raise
