@@ -8,70 +8,27 @@ without a failed request; `inferpack down` stops everything."""
 from __future__ import annotations
 
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
 from inferpack.fleet import ops
 from inferpack.fleet.state import RunDir, is_alive, load_state
-from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
+from inferpack.plan import save_plan
 from inferpack.settings import load_settings
-from tests.fleet.test_fleet_e2e import QUESTION, _ours, _reap, _run, _wait
+from tests.fleet.routerload import RouterLoad, two_servers
+from tests.fleet.test_fleet_e2e import _ours, _reap, _run, _wait
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Two closed-loop users sending seed requests through the router; failures are kept."""
-
-    def __init__(self, router: str, models: list[str]) -> None:
-        self.router, self.models = router, models
-        self.total = 0
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(2)]
-
-    def _user(self, index: int) -> None:
-        with httpx.Client(base_url=self.router, timeout=30, trust_env=False) as client:
-            i = index
-            while not self._stop.is_set():
-                model = self.models[i % len(self.models)]
-                i += 1
-                try:
-                    r = client.get(f"/predictions/{model}", params=QUESTION)
-                    failure = None if r.status_code == 200 else f"{model}: {r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    failure = f"{model}: {exc!r}"
-                with self._lock:
-                    self.total += 1
-                    if failure is not None:
-                        self.failures.append(failure)
-
-    def counted(self) -> tuple[int, int]:
-        with self._lock:
-            return len(self.failures), self.total
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
 
 
 def _up_under_load(
     router: str, models: list[str], plan_file: Path | None, run_dir: Path, what: str
 ) -> subprocess.CompletedProcess[str]:
     """`inferpack up [--plan PLAN_FILE]` while requests flow through the router: it succeeds, none fails."""
-    with Load(router, models) as load:
+    with RouterLoad(router, models) as load:
         _wait(lambda: load.counted()[1] >= 4, 60, "requests through the router")
         args = ["up", "--run-dir", str(run_dir), "--base-port", "0", "--router-port", "0"]
         done = _run([*args, *(["--plan", str(plan_file)] if plan_file is not None else [])])
@@ -102,20 +59,7 @@ def test_a_dead_supervisors_fleet_is_adopted_without_a_failed_request(
     repo, run_dir = repo_and_run
     run = RunDir(run_dir.resolve())
     models = make_demo_models(repo, 2, arch="tiny")
-    plan = Plan(
-        created_by="test",
-        repository=str(repo),
-        groups=[
-            ServerGroup(
-                name="local",
-                resources=Resources(cpu=1, memory_mb=1000),
-                servers=[
-                    ServerPlan(name="server-0", models=models),
-                    ServerPlan(name="server-1", models=models),
-                ],
-            )
-        ],
-    )
+    plan = two_servers(repo, models, models)
     settings = load_settings(None, {"fleet": {"run_dir": run_dir, "base_port": 0, "router_port": 0}})
     state = ops.up(settings, plan)
     router = state.router.url

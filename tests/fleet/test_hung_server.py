@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,55 +17,13 @@ import pytest
 from inferpack import processes as P
 from inferpack.fleet import ops
 from inferpack.fleet.state import RunDir, load_state
-from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
 from inferpack.settings import load_settings
+from tests.fleet.routerload import RouterLoad, two_servers
 from tests.fleet.test_fleet_e2e import QUESTION, _reap, _wait
 
 pytestmark = pytest.mark.slow
 USERS = 4
 FORWARDED = "inferpack_router_forwarded_total"
-
-
-class Load:
-    """Closed-loop users sending seed requests through the router; every outcome is kept."""
-
-    def __init__(self, router: str, models: list[str]) -> None:
-        self.router, self.models = router, models
-        self.outcomes: Counter[str] = Counter()
-        # every request that did not get a 200: (when it was sent, monotonic; outcome; error kind header;
-        # body): the evidence a failed run needs (a router's refusal and a server's shed read differently)
-        self.failures: list[tuple[float, str, str, str]] = []
-        self.slowest_s = 0.0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(USERS)]
-
-    def _user(self, index: int) -> None:
-        with httpx.Client(base_url=self.router, timeout=30, trust_env=False) as client:
-            i = index
-            while not self._stop.is_set():
-                started = time.monotonic()
-                try:
-                    resp = client.get(f"/predictions/{self.models[i % len(self.models)]}", params=QUESTION)
-                    outcome = str(resp.status_code)
-                    if resp.status_code != 200:
-                        kind = resp.headers.get("inferpack-error-kind", "")
-                        self.failures.append((started, outcome, kind, resp.text[:300]))
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__
-                    self.failures.append((started, outcome, "", str(exc)[:300]))
-                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
-                self.outcomes[outcome] += 1
-                i += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
 
 
 def _forwarded(router: str, server: str) -> float | None:
@@ -83,20 +39,7 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
 
     repo, run_dir = tmp_path / "repo", tmp_path / "run"
     models = make_demo_models(repo, 4, arch="tiny")
-    plan = Plan(
-        created_by="test",
-        repository=str(repo),
-        groups=[
-            ServerGroup(
-                name="local",
-                resources=Resources(cpu=1, memory_mb=1000),
-                servers=[
-                    ServerPlan(name="server-0", models=models),
-                    ServerPlan(name="server-1", models=models),
-                ],
-            )
-        ],
-    )
+    plan = two_servers(repo, models, models)
     # The router runs on its defaults ([router]: 2 s deadline floor, ejection after 3 failures); the
     # supervisor probes liveness faster than its defaults (every 1 s, 1 s timeout, 3 in a row: a kill
     # ~6 s after the stop) to keep the test short. The config file reaches the router and the servers as `--config`.
@@ -112,7 +55,7 @@ def test_sigstopped_server_is_ejected_killed_and_restarted_without_failed_reques
                 assert client.get(f"/predictions/{models[i % 4]}", params=QUESTION).status_code == 200
         victim = state.server("server-0")
         assert victim.pid is not None
-        with Load(router, models) as load:
+        with RouterLoad(router, models, users=USERS) as load:
             time.sleep(2.0)
             assert sum(load.outcomes.values()) > 0
             before_stop = last_count = _forwarded(router, "server-0")

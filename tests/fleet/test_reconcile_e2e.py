@@ -7,10 +7,8 @@ naming the holder."""
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,64 +18,17 @@ from inferpack.fleet import ops
 from inferpack.fleet.change import load_report
 from inferpack.fleet.lock import run_lock
 from inferpack.fleet.state import RunDir
-from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan, save_plan
+from inferpack.plan import Plan, save_plan
 from inferpack.settings import load_settings
-from tests.fleet.test_fleet_e2e import QUESTION, _reap, _run
+from tests.fleet.routerload import RouterLoad, two_servers
+from tests.fleet.test_fleet_e2e import _reap, _run
 
 pytestmark = pytest.mark.slow
 MODELS = [f"minilm-qa-000{i}" for i in range(4)]
 
 
 def _plan(repo: Path, zero: list[str], one: list[str]) -> Plan:
-    return Plan(
-        created_by="test",
-        repository=str(repo),
-        groups=[
-            ServerGroup(
-                name="local",
-                resources=Resources(cpu=1, memory_mb=2000),
-                servers=[ServerPlan(name="server-0", models=zero), ServerPlan(name="server-1", models=one)],
-            )
-        ],
-    )
-
-
-@dataclass
-class Load:
-    """A closed loop of a few users sending requests for every model through the router."""
-
-    url: str
-    users: int = 3
-    total: int = 0
-    failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _user(self, k: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as client:
-            i = k
-            while not self.stop.is_set():
-                model = MODELS[i % len(MODELS)]
-                i += 1
-                try:
-                    r = client.get(f"/predictions/{model}", params=QUESTION)
-                    failure = None if r.status_code == 200 else f"{model}: {r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    failure = f"{model}: {exc!r}"
-                with self.lock:
-                    self.total += 1
-                    if failure is not None:
-                        self.failures.append(failure)
-
-    def run(self) -> list[threading.Thread]:
-        threads = [threading.Thread(target=self._user, args=(k,), daemon=True) for k in range(self.users)]
-        for t in threads:
-            t.start()
-        return threads
-
-    def counted(self) -> tuple[int, int]:
-        with self.lock:
-            return len(self.failures), self.total
+    return two_servers(repo, zero, one, memory_mb=2000)
 
 
 @pytest.fixture
@@ -97,17 +48,13 @@ def repo_and_run(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 def _under_load(router: str, args: list[str], what: str, *, succeeds: bool = True) -> str:
     """Run `inferpack ARGS` while the load runs; assert it succeeds (or fails) and no request failed."""
-    load = Load(router)
-    threads = load.run()
-    deadline = time.monotonic() + 120
-    while load.counted()[1] < 8:  # the load is flowing before the change starts
-        assert time.monotonic() < deadline, f"no load flows: {load.failures[:3]}"
-        time.sleep(0.2)
-    done = _run(args)
-    time.sleep(1.0)  # and keeps flowing after it
-    load.stop.set()
-    for t in threads:
-        t.join(90)
+    with RouterLoad(router, MODELS, users=3, timeout_s=60) as load:
+        deadline = time.monotonic() + 120
+        while load.counted()[1] < 8:  # the load is flowing before the change starts
+            assert time.monotonic() < deadline, f"no load flows: {load.failures[:3]}"
+            time.sleep(0.2)
+        done = _run(args)
+        time.sleep(1.0)  # and keeps flowing after it
     failed, total = load.counted()
     report = load_report(RunDir(Path(args[args.index("--run-dir") + 1]).resolve()))
     took = f"{report.duration_s:.1f} s" if report is not None and report.duration_s is not None else "?"
