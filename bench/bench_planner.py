@@ -10,9 +10,9 @@ catalog and reference profiles, and prints the figures recorded in docs/benchmar
 
 `--onnx-speedup X` adds to every CPU profile of bert-base its fp32 points measured again on ONNX Runtime,
 X times faster (hypothetical figures; any faster than the hardware's peak are left out): a CPU type may
-then offer two execution keys of different capacity and memory per model (eager bf16 or fp32, and onnxruntime fp32), so
-the planner's columns (instance type x execution key, `problem.type_variants`) multiply; the run prints
-how many columns the problem has.
+then offer two execution keys of different capacity and memory per model (eager bf16 or fp32, and
+onnxruntime fp32), so the planner's columns (instance type x execution key, `problem.type_variants`)
+multiply; the run prints how many columns the problem has.
 
 Planning time (wall-clock, and CPU time of this process, since the cores may be shared) covers
 everything `inferpack plan` does after reading its inputs: building the problem, the lower bound, the
