@@ -22,7 +22,7 @@ from inferpack.plan import Execution, Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem, point_allowed
 from inferpack.planner.profiles import OperatingPoint, ProfileSet, load_profiles
-from inferpack.planner.solve import solve, to_plan
+from inferpack.planner.solve import group_names, solve, to_plan
 from inferpack.processes import child_env, server_command
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
 from inferpack.settings import ServerSettings, load_settings
@@ -36,18 +36,22 @@ SLO_MS = 150.0  # the plans' P90 objective (a percentile: never the servers' dea
 def family_plan(
     family: str, tmp_path: Path, profiles: ProfileSet | None = None
 ) -> tuple[Plan, dict[str, Execution]]:
-    """The plan of eight bert-base models on one family, read back from its file, and per instance type
-    the execution the planner costed (from the problem's choices, not from the plan)."""
+    """The plan of eight bert-base models on one family, read back from its file, and per group (one
+    instance type at one execution key) the execution the planner costed (from the problem's choices,
+    not from the plan)."""
     models = [ModelDemand(f"m-{i}", 460.0, 1.0 + i) for i in range(8)]
     options = PlanOptions(instance_types=[f"{family}.*"], slo_p90_ms=SLO_MS)
     problem = build_problem(models, load_catalog(), profiles or load_profiles(), options)
     solution = solve(problem, method="heuristic", with_naive=False)
     costed = {}
+    names = group_names(problem, solution.servers)  # column -> the name of its group in the plan
     for (_, t), choice in problem.choices.items():
+        if t not in names:
+            continue
         inst = problem.types[t]
-        costed[inst.name] = Execution(
+        costed[names[t]] = Execution(
             device=inst.target,
-            dtype=choice.point.dtype,  # type: ignore[arg-type]
+            dtype=choice.point.dtype,
             inference_threads=choice.workers,
             intra_op_threads=choice.point.threads,
             max_batch_size=choice.point.batch_size,
@@ -117,7 +121,7 @@ def check_deployed_as_costed(
     plan: Plan, costed: dict[str, Execution], family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every server of `plan`, rendered for Kubernetes and started by the local fleet, runs the execution
-    the planner costed for its instance type and the plan's latency objective."""
+    the planner costed for its group (instance type and execution key) and the plan's latency objective."""
     manifests = {
         m["metadata"]["name"]: m
         for m in render_manifests(plan, load_settings(None).server, RenderOptions())
@@ -126,7 +130,7 @@ def check_deployed_as_costed(
     for group in plan.groups:
         ex = group.execution
         assert ex is not None and group.instance_type.startswith(f"{family}.")
-        assert costed_fields(ex) == costed_fields(costed[group.instance_type])
+        assert costed_fields(ex) == costed_fields(costed[group.name])
         want = deployed_fields(ex)
         # the server accepts this device and dtype on this hardware (its own start-up check)
         check_dtype(ex.dtype, server_device(group))
