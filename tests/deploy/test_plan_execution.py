@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from tests.deploy.test_commands_contract import parse
+from tests.planner.test_execution_keys import mixed_plan
 from typer.testing import CliRunner
 
 from inferpack.cli import app
-from inferpack.deploy.options import RenderOptions
+from inferpack.deploy.eks import render_eksctl_config
+from inferpack.deploy.options import INSTANCE_TYPE_LABEL, RenderOptions
 from inferpack.deploy.render import render_manifests
 from inferpack.errors import ConfigError
 from inferpack.fleet.ops import server_launch
@@ -214,6 +216,48 @@ def test_a_plan_costed_on_onnx_runtime_is_served_on_it(
     check_deployed_as_costed(plan, costed, "c6i", monkeypatch)
     slower, _ = family_plan("c6i", tmp_path, with_onnx_points(load_profiles(), "c6i.2xlarge", 0.5))
     assert {g.execution.engine for g in slower.groups if g.execution} == {"eager"}
+
+
+def test_two_keys_on_one_instance_type_deploy_as_two_groups_each_as_costed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan that runs onnxruntime servers for hot models and eager bf16 servers for the cold tail on
+    one instance type (tests/planner/test_execution_keys.py): each group's servers are rendered and
+    started with their own group's execution, and the EKS node group counts both groups' servers."""
+    monkeypatch.chdir(tmp_path)
+    problem, solution, plan = mixed_plan()
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    plan = load_plan(path)
+    names = group_names(problem, solution.servers)
+    costed = {
+        names[t]: Execution(
+            device="cpu",
+            dtype=choice.point.dtype,
+            inference_threads=choice.workers,
+            intra_op_threads=choice.point.threads,
+            max_batch_size=choice.point.batch_size,
+            engine=choice.point.engine,
+        )
+        for (_, t), choice in problem.choices.items()
+        if t in names
+    }
+    assert len(plan.groups) == 2 and {g.execution.engine for g in plan.groups if g.execution} == {
+        "onnxruntime",
+        "eager",
+    }
+    check_deployed_as_costed(plan, costed, "box", monkeypatch)
+    # one EKS node group for the type, sized for both groups' servers, whose taint both tolerate
+    (nodes,) = [
+        g for g in render_eksctl_config(plan)["managedNodeGroups"] if g["instanceType"] == "box.2xlarge"
+    ]
+    assert nodes["desiredCapacity"] == len(plan.servers())
+    for manifest in render_manifests(plan, load_settings(None).server, RenderOptions()):
+        if manifest["kind"] == "Deployment" and manifest["metadata"]["name"].startswith("srv-"):
+            spec = manifest["spec"]["template"]["spec"]
+            assert spec["nodeSelector"][INSTANCE_TYPE_LABEL] == "box.2xlarge"
+            (taint,) = nodes["taints"]
+            assert {**taint, "operator": "Equal"} in spec["tolerations"]
 
 
 def test_onnx_points_are_never_costed_where_the_server_cannot_run_them() -> None:

@@ -1,7 +1,7 @@
 """The planner chooses each server's execution key (threads, dtype, batch size, engine) by cost.
 
 A key sets both a model's capacity and its memory: an ONNX Runtime session holds its own fp32 copy of
-the weights, eager bf16 halves them. One instance type "box" (8 cores, 16 GiB, 1 USD/h) and a MiniLM
+the weights, eager bf16 halves them. One instance type "box.2xlarge" (8 cores, 16 GiB, 1 USD/h) and a MiniLM
 class with three points: eager fp32 35 ms (40 MB), eager bf16 21 ms (25 MB) and onnxruntime fp32 10 ms
 (the session's memory, derived from the class's parameters: ~89 MB). ONNX Runtime has the most capacity;
 eager bf16 the least memory; eager fp32 is dominated by bf16 (slower and bigger) and never offered.
@@ -28,7 +28,7 @@ from inferpack.planner.problem import (
 from inferpack.planner.profiles import ModelProfile, OperatingPoint, ProfileSet, load_profiles
 from inferpack.planner.solve import Method, Solution, solve, to_plan
 
-BOX = InstanceType(name="box", vcpus=8, threads_per_core=1, memory_mb=16384, price_per_hour=1.0)
+BOX = InstanceType(name="box.2xlarge", vcpus=8, threads_per_core=1, memory_mb=16384, price_per_hour=1.0)
 CLASS = "minilm-l6"
 SOURCE = "measured: test figures"
 FP32 = OperatingPoint(threads=1, dtype="fp32", latency_ms=35.0, source=SOURCE)
@@ -42,7 +42,7 @@ def _profile(points: list[OperatingPoint], model_class: str = CLASS) -> ModelPro
     return base.model_copy(
         update={
             "model_class": model_class,
-            "instance_types": ["box"],
+            "instance_types": ["box.*"],
             "points": points,
             "resident_mb": 40.0,
             "memory_by_dtype": {"fp32": 40.0, "bf16": 25.0},
@@ -59,6 +59,13 @@ def _profiles(*profiles: ModelProfile) -> ProfileSet:
 
 ALL = _profiles(_profile([FP32, BF16, ORT]))
 ORT_ONLY = _profiles(_profile([ORT]))  # the capacity-best key alone: what every box ran before
+
+
+def mixed_plan(method: Method = "auto") -> tuple[Problem, Solution, Plan]:
+    """32 hot and 110 cold models (10x the class's memory): 1 onnxruntime + 3 eager bf16 servers."""
+    hot = [ModelDemand(f"hot-{i}", 100.0, 40.0, CLASS) for i in range(32)]
+    cold = [ModelDemand(f"cold-{i}", 1000.0, 0.0, CLASS) for i in range(110)]
+    return _plan(hot + cold, ALL, method)
 
 
 def _plan(
@@ -142,7 +149,7 @@ def test_hot_models_on_onnx_servers_and_the_cold_tail_on_bf16_servers_of_one_typ
     cold = [ModelDemand(f"cold-{i}", 1000.0, 0.0, CLASS) for i in range(110)]  # 10x the class's memory
     problem, solution, plan = _plan(hot + cold, ALL, method)
     _servers_run_one_key(problem, solution.servers)
-    assert [g.instance_type for g in plan.groups] == ["box", "box"]
+    assert [g.instance_type for g in plan.groups] == ["box.2xlarge", "box.2xlarge"]
     assert len({g.name for g in plan.groups}) == 2
     assert _engines(plan.groups) == {("onnxruntime", "fp32"), ("eager", "bf16")}
     assert plan.cost_per_hour == pytest.approx(4.0)  # 1 onnxruntime server + 3 bf16 (proven optimal)
