@@ -136,7 +136,7 @@ def test_a_throughput_bound_plan_keeps_the_capacity_best_key() -> None:
     assert _engines(bf16.groups) == {("eager", "bf16")}
     assert chosen.cost_per_hour is not None and bf16.cost_per_hour is not None
     assert chosen.cost_per_hour < bf16.cost_per_hour
-    assert chosen.metadata["groups"][0]["execution"] == "fp32 onnxruntime, 1 thread, batch 1"
+    assert chosen.metadata["groups"][0]["execution"] == "fp32 ort 1t b1"
 
 
 @pytest.mark.parametrize("method", ["heuristic", "milp"])

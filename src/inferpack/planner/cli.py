@@ -217,7 +217,7 @@ def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     table = Table(title=f"plan ({plan.created_by}), P90 objective {plan.slo_p90_ms:g} ms")
     columns = (
         "type",
-        "execution",
+        "runs",
         "servers",
         "copies",
         "mem",
@@ -229,8 +229,8 @@ def _print_plan(console: Console, plan: Plan, out: Path) -> None:
         "binding",
     )
     for col in columns:
-        left = col in ("type", "execution", "binding")
-        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+        left = col in ("type", "runs", "binding")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("type", "binding"))
     for row in meta["groups"]:
         p90 = row["predicted_p90_ms_max"]
         table.add_row(
