@@ -102,6 +102,19 @@ def test_dominated_keys_are_not_offered_and_the_capacity_best_comes_first() -> N
     assert [v[0].key[3] for v in fp32_only] == ["onnxruntime", "eager"]
 
 
+def test_a_key_serving_fewer_classes_is_kept_only_where_it_beats_a_shared_one() -> None:
+    """Two classes: bf16 serves both; onnxruntime serves class 0 only, faster (kept: a server of class-0
+    models may want it); a 2-thread fp32 point serves class 0 only, slower and bigger than bf16 (dropped)."""
+    slow = OperatingPoint(threads=2, dtype="fp32", latency_ms=40.0, source=SOURCE)
+    profs = {0: _profile([BF16, ORT, slow]), 1: _profile([BF16], model_class="other")}
+    params = {0: ALL.classes[CLASS].parameters, 1: ALL.classes[CLASS].parameters}
+    variants = type_variants(BOX, profs, PlanOptions(), None, params)
+    assert [(v[0].key, sorted(v)) for v in variants] == [
+        ((1, "bf16", 1, "eager"), [0, 1]),
+        ((1, "fp32", 1, "onnxruntime"), [0]),
+    ]
+
+
 def test_a_memory_bound_plan_runs_eager_bf16_not_the_capacity_best_onnx_key() -> None:
     """1,000 idle tenants: servers fill by memory, so the key with the smallest model wins, and the plan
     costs what the memory arithmetic says, against the capacity-best key's plan."""
