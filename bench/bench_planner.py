@@ -6,6 +6,13 @@ catalog and reference profiles, and prints the figures recorded in docs/benchmar
     .venv/bin/python bench/bench_planner.py                      # 3,000 and 10,000 models, P90 100 ms
     .venv/bin/python bench/bench_planner.py --models 3000 --slo-sweep 50,100,200,400
     .venv/bin/python bench/bench_planner.py --models 3000 --write-csv skewed-3000.csv   # for `inferpack plan`
+    .venv/bin/python bench/bench_planner.py --models 3000 --onnx-speedup 1.3   # + ONNX Runtime points
+
+`--onnx-speedup X` adds to every CPU profile of bert-base its fp32 points measured again on ONNX Runtime,
+X times faster (hypothetical figures; any faster than the hardware's peak are left out): a CPU type may
+then offer two execution keys of different capacity and memory per model (eager bf16 or fp32, and
+onnxruntime fp32), so the planner's columns (instance type x execution key, `problem.type_variants`)
+multiply; the run prints how many columns the problem has.
 
 Planning time (wall-clock, and CPU time of this process, since the cores may be shared) covers
 everything `inferpack plan` does after reading its inputs: building the problem, the lower bound, the
@@ -25,7 +32,7 @@ from inferpack.planner.catalog import load_catalog
 from inferpack.planner.cli import quiet_fd1
 from inferpack.planner.packing import check_packing, packing_cost
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import load_profiles
+from inferpack.planner.profiles import ProfileSet, check_peak, load_profiles, peak_violations
 from inferpack.planner.solve import solve
 
 
@@ -37,10 +44,57 @@ def make_models(n: int, seed: int, median_rps: float, sigma: float) -> list[Mode
     return [ModelDemand(f"tenant-{i:05d}", float(memory[i]), float(rates[i])) for i in range(n)]
 
 
+def with_onnx_points(profiles: ProfileSet, speedup: float) -> ProfileSet:
+    """`profiles` plus, for every CPU profile of bert-base, its fp32 points on ONNX Runtime `speedup` times
+    faster (later profiles win for the same instance types); refused if faster than the hardware."""
+    extra = []
+    for prof in profiles.profiles:
+        if prof.model_class != "bert-base" or prof.accelerator_mb > 0 or prof.hardware.accelerator:
+            continue
+        onnx = [
+            pt.model_copy(
+                update={
+                    "engine": "onnxruntime",
+                    "latency_ms": pt.latency_ms / speedup,
+                    "latency_p90_ms": None if pt.latency_p90_ms is None else pt.latency_p90_ms / speedup,
+                    "throughput_rps": None if pt.throughput_rps is None else pt.throughput_rps * speedup,
+                    "source": f"derived: hypothetical, the eager fp32 point x {speedup:g} ({pt.source})",
+                }
+            )
+            for pt in prof.points
+            if pt.dtype == "fp32" and pt.engine == "eager"
+        ]
+        # a point faster than the hardware's peak is left out (load_profiles would refuse it)
+        onnx = [
+            pt
+            for pt in onnx
+            if not peak_violations(
+                profiles.model_copy(update={"profiles": [prof.model_copy(update={"points": [pt]})]})
+            )
+        ]
+        extra.append(prof.model_copy(update={"points": [*prof.points, *onnx]}))
+    out = profiles.model_copy(update={"profiles": [*profiles.profiles, *extra]})
+    check_peak(out)
+    return out
+
+
+def column_name(problem: object, t: int) -> str:
+    """A problem column's instance type, with its engine when not eager (older code, without `keys`: the
+    engine of the column's choices)."""
+    types = problem.types  # type: ignore[attr-defined]
+    keys = getattr(problem, "keys", [])
+    engines = {ch.point.engine for (_, col), ch in problem.choices.items() if col == t}  # type: ignore[attr-defined]
+    if t < len(keys) and keys[t] is not None:
+        engines = {keys[t][3]}
+    return str(types[t].name) + "".join(f" ({e})" for e in sorted(engines) if e != "eager")
+
+
 def run(n: int, args: argparse.Namespace, slo_ms: float) -> dict[str, object]:
     """Plan once and return the figures."""
     models = make_models(n, args.seed, args.median_rps, args.sigma)
     catalog, profiles = load_catalog(), load_profiles()
+    if args.onnx_speedup > 0:
+        profiles = with_onnx_points(profiles, args.onnx_speedup)
     start, cpu_start = time.perf_counter(), time.process_time()
     problem = build_problem(models, catalog, profiles, PlanOptions(slo_p90_ms=slo_ms))
     with quiet_fd1():
@@ -50,7 +104,7 @@ def run(n: int, args: argparse.Namespace, slo_ms: float) -> dict[str, object]:
     rates = np.array([m.rate_rps for m in models])
     top = np.sort(rates)[::-1][: max(1, n // 100)].sum() / rates.sum()
     naive_cost = packing_cost(problem, solution.naive.servers) if solution.naive else float("nan")
-    mix = Counter(problem.types[s.type_index].name for s in solution.servers)
+    mix = Counter(column_name(problem, s.type_index) for s in solution.servers)
     return {
         "models": n,
         "slo_ms": slo_ms,
@@ -64,6 +118,8 @@ def run(n: int, args: argparse.Namespace, slo_ms: float) -> dict[str, object]:
         "naive_servers": len(solution.naive.servers) if solution.naive else 0,
         "saving": 1 - solution.cost / naive_cost if solution.naive else float("nan"),
         "mix": ", ".join(f"{count} x {name}" for name, count in sorted(mix.items())),
+        "columns": len(problem.types),
+        "instance_types": len({i.name for i in problem.types}),
         "seconds": elapsed,
         "cpu_seconds": cpu,
     }
@@ -79,6 +135,12 @@ def main() -> None:
     parser.add_argument("--median-rps", type=float, default=0.1, help="median request rate per model")
     parser.add_argument("--sigma", type=float, default=1.8, help="lognormal sigma of the rates (skew)")
     parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--onnx-speedup",
+        type=float,
+        default=0.0,
+        help="add onnxruntime copies of the CPU profiles' fp32 points, this many times faster (0: none)",
+    )
     parser.add_argument("--slo-sweep", default="", help="comma-separated objectives for a cost curve")
     parser.add_argument("--plot", default="", help="write the cost curve (with --slo-sweep) to this PNG")
     parser.add_argument(
@@ -106,7 +168,8 @@ def main() -> None:
             f"  lower bound: {r['bound']:.2f} USD/h  gap {r['gap']:.1%}\n"
             f"  naive:       {r['naive_cost']:.2f} USD/h  ({r['naive_servers']} x {r['naive_type']}, "
             f"models dealt evenly)  saving {r['saving']:.1%}\n"
-            f"  planning time: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU"
+            f"  planning time: {r['seconds']:.2f} s wall, {r['cpu_seconds']:.2f} s CPU "
+            f"({r['columns']} columns over {r['instance_types']} instance types)"
         )
     sweep = [float(x) for x in args.slo_sweep.split(",") if x]
     if sweep:

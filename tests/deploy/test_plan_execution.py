@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from tests.deploy.test_commands_contract import parse
+from tests.planner.test_execution_keys import mixed_plan
 from typer.testing import CliRunner
 
 from inferpack.cli import app
-from inferpack.deploy.options import RenderOptions
+from inferpack.deploy.eks import render_eksctl_config
+from inferpack.deploy.options import INSTANCE_TYPE_LABEL, RenderOptions
 from inferpack.deploy.render import render_manifests
 from inferpack.errors import ConfigError
 from inferpack.fleet.ops import server_launch
@@ -22,7 +24,7 @@ from inferpack.plan import Execution, Plan, ServerGroup, load_plan, save_plan
 from inferpack.planner.catalog import load_catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem, point_allowed
 from inferpack.planner.profiles import OperatingPoint, ProfileSet, load_profiles
-from inferpack.planner.solve import solve, to_plan
+from inferpack.planner.solve import group_names, solve, to_plan
 from inferpack.processes import child_env, server_command
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
 from inferpack.settings import ServerSettings, load_settings
@@ -36,18 +38,22 @@ SLO_MS = 150.0  # the plans' P90 objective (a percentile: never the servers' dea
 def family_plan(
     family: str, tmp_path: Path, profiles: ProfileSet | None = None
 ) -> tuple[Plan, dict[str, Execution]]:
-    """The plan of eight bert-base models on one family, read back from its file, and per instance type
-    the execution the planner costed (from the problem's choices, not from the plan)."""
+    """The plan of eight bert-base models on one family, read back from its file, and per group (one
+    instance type at one execution key) the execution the planner costed (from the problem's choices,
+    not from the plan)."""
     models = [ModelDemand(f"m-{i}", 460.0, 1.0 + i) for i in range(8)]
     options = PlanOptions(instance_types=[f"{family}.*"], slo_p90_ms=SLO_MS)
     problem = build_problem(models, load_catalog(), profiles or load_profiles(), options)
     solution = solve(problem, method="heuristic", with_naive=False)
     costed = {}
+    names = group_names(problem, solution.servers)  # column -> the name of its group in the plan
     for (_, t), choice in problem.choices.items():
+        if t not in names:
+            continue
         inst = problem.types[t]
-        costed[inst.name] = Execution(
+        costed[names[t]] = Execution(
             device=inst.target,
-            dtype=choice.point.dtype,  # type: ignore[arg-type]
+            dtype=choice.point.dtype,
             inference_threads=choice.workers,
             intra_op_threads=choice.point.threads,
             max_batch_size=choice.point.batch_size,
@@ -117,7 +123,7 @@ def check_deployed_as_costed(
     plan: Plan, costed: dict[str, Execution], family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every server of `plan`, rendered for Kubernetes and started by the local fleet, runs the execution
-    the planner costed for its instance type and the plan's latency objective."""
+    the planner costed for its group (instance type and execution key) and the plan's latency objective."""
     manifests = {
         m["metadata"]["name"]: m
         for m in render_manifests(plan, load_settings(None).server, RenderOptions())
@@ -126,7 +132,7 @@ def check_deployed_as_costed(
     for group in plan.groups:
         ex = group.execution
         assert ex is not None and group.instance_type.startswith(f"{family}.")
-        assert costed_fields(ex) == costed_fields(costed[group.instance_type])
+        assert costed_fields(ex) == costed_fields(costed[group.name])
         want = deployed_fields(ex)
         # the server accepts this device and dtype on this hardware (its own start-up check)
         check_dtype(ex.dtype, server_device(group))
@@ -210,6 +216,48 @@ def test_a_plan_costed_on_onnx_runtime_is_served_on_it(
     check_deployed_as_costed(plan, costed, "c6i", monkeypatch)
     slower, _ = family_plan("c6i", tmp_path, with_onnx_points(load_profiles(), "c6i.2xlarge", 0.5))
     assert {g.execution.engine for g in slower.groups if g.execution} == {"eager"}
+
+
+def test_two_keys_on_one_instance_type_deploy_as_two_groups_each_as_costed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan that runs onnxruntime servers for hot models and eager bf16 servers for the cold tail on
+    one instance type (tests/planner/test_execution_keys.py): each group's servers are rendered and
+    started with their own group's execution, and the EKS node group counts both groups' servers."""
+    monkeypatch.chdir(tmp_path)
+    problem, solution, plan = mixed_plan()
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    plan = load_plan(path)
+    names = group_names(problem, solution.servers)
+    costed = {
+        names[t]: Execution(
+            device="cpu",
+            dtype=choice.point.dtype,
+            inference_threads=choice.workers,
+            intra_op_threads=choice.point.threads,
+            max_batch_size=choice.point.batch_size,
+            engine=choice.point.engine,
+        )
+        for (_, t), choice in problem.choices.items()
+        if t in names
+    }
+    assert len(plan.groups) == 2 and {g.execution.engine for g in plan.groups if g.execution} == {
+        "onnxruntime",
+        "eager",
+    }
+    check_deployed_as_costed(plan, costed, "box", monkeypatch)
+    # one EKS node group for the type, sized for both groups' servers, whose taint both tolerate
+    (nodes,) = [
+        g for g in render_eksctl_config(plan)["managedNodeGroups"] if g["instanceType"] == "box.2xlarge"
+    ]
+    assert nodes["desiredCapacity"] == len(plan.servers())
+    for manifest in render_manifests(plan, load_settings(None).server, RenderOptions()):
+        if manifest["kind"] == "Deployment" and manifest["metadata"]["name"].startswith("srv-"):
+            spec = manifest["spec"]["template"]["spec"]
+            assert spec["nodeSelector"][INSTANCE_TYPE_LABEL] == "box.2xlarge"
+            (taint,) = nodes["taints"]
+            assert {**taint, "operator": "Equal"} in spec["tolerations"]
 
 
 def test_onnx_points_are_never_costed_where_the_server_cannot_run_them() -> None:

@@ -60,10 +60,18 @@ def test_plan_file_respects_every_constraint(
         # every server fits its pod's memory (the EKS node's allocatable, not the instance's size)
         assert group.resources.memory_mb < inst.memory_mb
         usable = group.resources.memory_mb * options.max_memory_fraction - prof.server_overhead_mb
-        t = problem.types.index(inst)
+        # a model's memory at the execution the plan gives the group (bf16 halves eager weights, an
+        # ONNX Runtime session holds its own fp32 copy), read from the plan file, not the solver
+        assert group.execution is not None
+        parameters = PROFILES.classes["bert-base"].parameters
+        resident = prof.resident_for(group.execution.dtype, group.execution.engine, parameters)
+        ex = group.execution
+        key = (ex.intra_op_threads, ex.dtype, ex.max_batch_size, ex.engine)
+        # the problem's column for this instance type at this key (one per type and key)
+        (t,) = [k for k, col in enumerate(problem.types) if col == inst and problem.keys[k] == key]
         for server in group.servers:
             assert limit is None or len(server.models) <= limit
-            host = sum(memory_of[m] / reference * prof.resident_mb for m in server.models)
+            host = sum(memory_of[m] / reference * resident for m in server.models)
             assert host <= usable * (1 + 1e-6), (inst.name, host, usable)
             if prof.accelerator_mb:
                 device = sum(memory_of[m] / reference * prof.accelerator_mb for m in server.models)

@@ -215,14 +215,27 @@ def _print_simple(console: Console, plan: Plan, out: Path) -> None:
 def _print_plan(console: Console, plan: Plan, out: Path) -> None:
     meta = plan.metadata
     table = Table(title=f"plan ({plan.created_by}), P90 objective {plan.slo_p90_ms:g} ms")
-    columns = ("type", "servers", "copies", "mem", "cpu", "acc", "rps", "P90", "USD/h", "binding")
+    columns = (
+        "type",
+        "runs",
+        "servers",
+        "copies",
+        "mem",
+        "cpu",
+        "acc",
+        "rps",
+        "P90",
+        "USD/h",
+        "binding",
+    )
     for col in columns:
-        left = col in ("type", "binding")
-        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+        left = col in ("type", "runs", "binding")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("type", "binding"))
     for row in meta["groups"]:
         p90 = row["predicted_p90_ms_max"]
         table.add_row(
             row["instance_type"],
+            row.get("execution") or "-",  # the key its servers run (chosen by cost: problem.type_variants)
             str(row["servers"]),
             str(row["copies"]),
             f"{row['memory_util']:.0%}",

@@ -31,10 +31,11 @@ def predicted_p90_ms(problem: Problem, type_index: int, models: list[int]) -> fl
 
 
 def group_execution(problem: Problem, type_index: int, models: list[int]) -> Execution | None:
-    """The settings servers of `type_index` holding `models` were costed with (one key per type, see
-    `type_choices`): the planner's workers become inference threads, the point's threads intra-op threads,
-    its batch size the batching limit (no extra wait: batches form from what queues while every worker
-    is busy, which is how the queueing model costs them). None for a problem built without choices."""
+    """The settings servers of column `type_index` holding `models` were costed with (a column is one
+    instance type at one execution key, `problem.type_variants`): the planner's workers become inference
+    threads, the point's threads intra-op threads, its batch size the batching limit (no extra wait:
+    batches form from what queues while every worker is busy, which is how the queueing model costs
+    them). None for a problem built without choices."""
     inst = problem.types[type_index]
     classes = sorted({int(problem.class_index[i]) for i in models}) or sorted(
         c for c, t in problem.choices if t == type_index

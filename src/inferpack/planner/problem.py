@@ -15,6 +15,12 @@ fraction `D[i, t, r]` of it:
 Plus a limit on the number of models per server, and copies of one model on different servers. A model
 hotter than `max_copy_load` of the best server gets extra copies, and its rate is split evenly between
 copies (the router spreads load across copies).
+
+A "type" `t` of the problem is an instance type at one execution key (threads, dtype, batch size, engine:
+what one server runs for every model it holds). An instance type appears once per key worth offering on
+it (`type_variants`: every key not dominated in both capacity and memory by another), each column with
+that key's capacity and that key's memory per model, so the solvers choose the key by cost, and one
+server, being one column, never mixes keys.
 """
 
 from __future__ import annotations
@@ -130,11 +136,14 @@ class Problem:
     memory_mb: FloatArray  # (n,)
     rate_per_copy: FloatArray  # (n,)
     copies: IntArray  # (n,)
-    types: list[InstanceType]
+    types: list[InstanceType]  # (T,) one per column: an instance type run at one execution key
     prices: FloatArray  # (T,)
     coef: FloatArray  # (C, T, 3): D[i,t,0]=mem*coef0, D[i,t,1]=rate*coef1, D[i,t,2]=mem*coef2
     max_models: int
     choices: dict[tuple[int, int], TypeChoice] = field(default_factory=dict)  # (class, type) -> choice
+    # (T,) the execution key of each column: `types` may repeat an instance type, once per key worth
+    # offering on it (`type_variants`); empty for a problem built without profiles (tests)
+    keys: list[ExecKey | None] = field(default_factory=list)
     demand: FloatArray = field(init=False)  # (n, T, 3)
     fits: BoolArray = field(init=False)  # (n, T): one copy fits an empty server of that type
 
@@ -250,24 +259,60 @@ def point_choices(
     return out
 
 
-def type_choices(
-    inst: InstanceType, profs: dict[int, ModelProfile], options: PlanOptions, native: list[DType] | None
-) -> dict[int, TypeChoice]:
-    """Class index -> its choice on `inst`, all at ONE execution key (a server runs one setting for every
-    model it holds): the key most classes can run, then the one losing least capacity (the sum over
-    classes of capacity / that class's best). Classes that cannot run the chosen key are left out."""
-    options_by_class = {c: point_choices(inst, prof, options, native) for c, prof in profs.items()}
-    best = {c: max((x.capacity_rps for x in ch.values()), default=0.0) for c, ch in options_by_class.items()}
-    keys = sorted({k for ch in options_by_class.values() for k in ch})
-    if not keys:
-        return {}
+def _resident(prof: ModelProfile, point: OperatingPoint, parameters: int | None) -> float:
+    """Host memory of one model of the profile's class served at `point` (its dtype and engine)."""
+    return prof.resident_for(point.dtype, point.engine, parameters)
+
+
+def type_variants(
+    inst: InstanceType,
+    profs: dict[int, ModelProfile],
+    options: PlanOptions,
+    native: list[DType] | None,
+    parameters: dict[int, int | None] | None = None,
+) -> list[dict[int, TypeChoice]]:
+    """The execution keys worth offering on `inst`, each as class index -> its choice at that ONE key (a
+    server runs one setting for every model it holds; a class that cannot run a key is not in its dict).
+
+    Which key is cheapest is the optimisation's business, not this function's: capacity alone is not
+    cost, since a key also sets each model's memory (`ModelProfile.resident_for`: bf16 halves the eager
+    weights, an ONNX Runtime session holds its own fp32 copy), and in a memory-bound plan servers fill by
+    memory long before by throughput. So every key is offered as its own variant of the type, except keys
+    that can never be needed: key K is dominated by K' when K' serves every class K serves, with at least
+    its capacity and at most its memory per model for each (ties: the earlier in the capacity order wins).
+    The order is the former single choice's: the key most classes can run, then the one losing least
+    capacity (the sum over classes of capacity / that class's best), so the first variant is that key."""
+    by_class = {c: point_choices(inst, prof, options, native) for c, prof in profs.items()}
+    best = {c: max((x.capacity_rps for x in ch.values()), default=0.0) for c, ch in by_class.items()}
+    keys = sorted({k for ch in by_class.values() for k in ch})
+    params = parameters or {}
 
     def score(key: ExecKey) -> tuple[int, float]:
-        covered = [c for c, ch in options_by_class.items() if key in ch]
-        return len(covered), sum(options_by_class[c][key].capacity_rps / best[c] for c in covered)
+        covered = [c for c, ch in by_class.items() if key in ch]
+        return len(covered), sum(by_class[c][key].capacity_rps / best[c] for c in covered)
 
-    chosen = max(keys, key=score)
-    return {c: ch[chosen] for c, ch in options_by_class.items() if chosen in ch}
+    order = sorted(keys, key=score, reverse=True)  # stable: ties keep the sorted keys' order
+    # (capacity, memory) of each class at each key it can run
+    figures = {
+        key: {
+            c: (ch[key].capacity_rps, _resident(profs[c], ch[key].point, params.get(c)))
+            for c, ch in by_class.items()
+            if key in ch
+        }
+        for key in order
+    }
+
+    def dominates(a: ExecKey, b: ExecKey) -> bool:
+        fa, fb = figures[a], figures[b]
+        if not fb.keys() <= fa.keys():
+            return False
+        if any(fa[c][0] < fb[c][0] or fa[c][1] > fb[c][1] for c in fb):
+            return False
+        strictly = fa.keys() > fb.keys() or any(fa[c][0] > fb[c][0] or fa[c][1] < fb[c][1] for c in fb)
+        return strictly or order.index(a) < order.index(b)
+
+    kept = [k for k in order if not any(dominates(other, k) for other in order if other != k)]
+    return [{c: ch[key] for c, ch in by_class.items() if key in ch} for key in kept]
 
 
 def choose_point(
@@ -320,40 +365,50 @@ def build_problem(
     if not types:
         raise PlanError("no allowed instance type has a profile for these models")
 
-    n_c, n_t = len(classes), len(types)
-    coef = np.full((n_c, n_t, 3), np.inf)
-    overhead = np.zeros(n_t)
-    acc_overhead = np.zeros(n_t)
+    # One column per (instance type, execution key): a server is one column, so it runs one key by
+    # construction, and the solvers pick the cheapest mix of types AND keys (see `type_variants`).
+    n_c = len(classes)
+    columns: list[InstanceType] = []
+    keys: list[ExecKey | None] = []
+    column_coef: list[FloatArray] = []
     choices: dict[tuple[int, int], TypeChoice] = {}
-    for t, inst in enumerate(types):
-        for name in classes:
-            prof = profiles.lookup(name, inst.name)
-            if prof is not None:
-                overhead[t] = max(overhead[t], prof.server_overhead_mb)
-                acc_overhead[t] = max(acc_overhead[t], prof.accelerator_overhead_mb)
-    for t, inst in enumerate(types):
-        usable = usable_memory_mb(inst, options) - overhead[t]
-        usable_acc = inst.accelerator_memory_mb - acc_overhead[t]
-        if usable <= 0:
-            continue
+    for inst in types:
         profs = {
             c: p for c, name in enumerate(classes) if (p := profiles.lookup(name, inst.name)) is not None
         }
+        usable = usable_memory_mb(inst, options) - max(p.server_overhead_mb for p in profs.values())
+        usable_acc = inst.accelerator_memory_mb - max(p.accelerator_overhead_mb for p in profs.values())
         proc = profiles.processor(inst.name)
-        for c, choice in type_choices(inst, profs, options, proc.native_dtypes if proc else None).items():
-            name, prof = classes[c], profs[c]
-            scale = 1.0 / profiles.classes[name].reference_memory_mb
-            if prof.accelerator_mb > 0:
-                if inst.accelerator_count == 0 or usable_acc <= 0:
-                    continue
-                acc_coef = scale * prof.accelerator_mb / usable_acc
-            else:
-                acc_coef = 0.0
-            # the engine's own figure: an ONNX Runtime session holds its own copy of the weights
-            point = choice.point
-            resident = prof.resident_for(point.dtype, point.engine, profiles.classes[name].parameters)
-            coef[c, t] = (scale * resident / usable, 1.0 / choice.capacity_rps, acc_coef)
-            choices[(c, t)] = choice
+        params = {c: profiles.classes[classes[c]].parameters for c in profs}
+        variants = type_variants(inst, profs, options, proc.native_dtypes if proc else None, params)
+        placed = False
+        for variant in variants if usable > 0 else []:
+            col = np.full((n_c, 3), np.inf)
+            t = len(columns)
+            for c, choice in variant.items():
+                name, prof = classes[c], profs[c]
+                scale = 1.0 / profiles.classes[name].reference_memory_mb
+                if prof.accelerator_mb > 0:
+                    if inst.accelerator_count == 0 or usable_acc <= 0:
+                        continue
+                    acc_coef = scale * prof.accelerator_mb / usable_acc
+                else:
+                    acc_coef = 0.0
+                # the key's own memory: bf16 halves eager weights, an ONNX Runtime session holds its own
+                # fp32 copy of them
+                resident = _resident(prof, choice.point, params[c])
+                col[c] = (scale * resident / usable, 1.0 / choice.capacity_rps, acc_coef)
+                choices[(c, t)] = choice
+            if np.isfinite(col).any():
+                columns.append(inst)
+                keys.append(next(iter(variant.values())).key)
+                column_coef.append(col)
+                placed = True
+        if not placed:  # kept as a column nothing fits, as every allowed type always was
+            columns.append(inst)
+            keys.append(None)
+            column_coef.append(np.full((n_c, 3), np.inf))
+    coef = np.stack(column_coef, axis=1)
 
     class_of = {name: c for c, name in enumerate(classes)}
     class_index = np.array([class_of[m.model_class] for m in models], dtype=np.int64)
@@ -370,11 +425,12 @@ def build_problem(
         memory_mb=mem,
         rate_per_copy=rate / copies,
         copies=copies,
-        types=types,
-        prices=np.array([i.price_per_hour for i in types], dtype=np.float64),
+        types=columns,
+        prices=np.array([i.price_per_hour for i in columns], dtype=np.float64),
         coef=coef,
         max_models=max_models,
         choices=choices,
+        keys=keys,
     )
     homeless = np.flatnonzero(~problem.fits.any(axis=1))
     if homeless.size:

@@ -7,6 +7,7 @@ Either way the lower bound from `bound` is reported, so the gap to the optimum i
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,10 +110,45 @@ def _dns(name: str) -> str:
     return s[:50] or "group"
 
 
+def _column_order(problem: Problem, servers: list[Server]) -> list[int]:
+    """The columns (instance type at one execution key) the servers use, by instance type name, then
+    by column (the capacity-best key of a type first)."""
+    return sorted({s.type_index for s in servers}, key=lambda t: (problem.types[t].name, t))
+
+
+def execution_label(problem: Problem, t: int) -> str | None:
+    """The execution key of column `t`, short for the plan's table: dtype, engine when not eager (as the
+    plan file omits it), intra-op threads and batch size, e.g. `bf16 8t b1`, `fp32 ort 4t b1`; None
+    without a key."""
+    key = problem.keys[t] if t < len(problem.keys) else None
+    if key is None:
+        return None
+    threads, dtype, batch, engine = key
+    runtime = {"eager": "", "onnxruntime": " ort"}.get(engine, f" {engine}")
+    return f"{dtype}{runtime} {threads}t b{batch}"
+
+
+def group_names(problem: Problem, servers: list[Server]) -> dict[int, str]:
+    """Column -> its group's name: the instance type's DNS name, and where servers of one instance type
+    run two execution keys (two columns), each group also named after its key, so names stay unique."""
+    columns = _column_order(problem, servers)
+    per_type = Counter(problem.types[t].name for t in columns)
+    names: dict[int, str] = {}
+    for t in columns:
+        inst, key = problem.types[t], problem.keys[t] if t < len(problem.keys) else None
+        if per_type[inst.name] > 1 and key is not None:
+            threads, dtype, batch, engine = key
+            names[t] = _dns(f"{inst.name}-{dtype}-{engine}-t{threads}-b{batch}")
+        else:
+            names[t] = _dns(inst.name)
+    return names
+
+
 def group_rows(problem: Problem, servers: list[Server]) -> list[dict[str, Any]]:
-    """One row per instance type used: count, models, utilisation, cost/h, binding constraint, P90."""
+    """One row per group (instance type at one execution key): count, models, utilisation, cost/h,
+    binding constraint, P90, and the execution key in words."""
     rows: list[dict[str, Any]] = []
-    for t in sorted({s.type_index for s in servers}, key=lambda t: problem.types[t].name):
+    for t in _column_order(problem, servers):
         group = [s for s in servers if s.type_index == t]
         uses = np.array([usage(problem, s) for s in group])
         p90 = [predicted_p90_ms(problem, t, s.models) for s in group]
@@ -128,6 +164,7 @@ def group_rows(problem: Problem, servers: list[Server]) -> list[dict[str, Any]]:
                 "binding": binding_resource(problem, group),
                 "predicted_p90_ms_max": max((x for x in p90 if x is not None), default=None),
                 "rps": float(sum(problem.rate_per_copy[s.models].sum() for s in group)),
+                "execution": execution_label(problem, t),
             }
         )
     return rows
@@ -153,11 +190,13 @@ def to_plan(
     repository: str | None = None,
     extra_metadata: dict[str, Any] | None = None,
 ) -> Plan:
-    """The `Plan` file for a solution: one group per instance type, servers named after it."""
+    """The `Plan` file for a solution: one group per instance type and execution key (one per instance
+    type unless the plan runs two keys on one type), servers named after it."""
     groups: list[ServerGroup] = []
-    for t in sorted({s.type_index for s in solution.servers}, key=lambda t: problem.types[t].name):
+    names = group_names(problem, solution.servers)
+    for t in _column_order(problem, solution.servers):
         inst = problem.types[t]
-        name = _dns(inst.name)
+        name = names[t]
         members = [s for s in solution.servers if s.type_index == t]
         groups.append(
             ServerGroup(
