@@ -52,14 +52,10 @@ def with_onnx_points(profiles: ProfileSet, speedup: float) -> ProfileSet:
         if prof.model_class != "bert-base" or prof.accelerator_mb > 0 or prof.hardware.accelerator:
             continue
         onnx = [
-            pt.model_copy(
-                update={
-                    "engine": "onnxruntime",
-                    "latency_ms": pt.latency_ms / speedup,
-                    "latency_p90_ms": None if pt.latency_p90_ms is None else pt.latency_p90_ms / speedup,
-                    "throughput_rps": None if pt.throughput_rps is None else pt.throughput_rps * speedup,
-                    "source": f"derived: hypothetical, the eager fp32 point x {speedup:g} ({pt.source})",
-                }
+            pt.scaled(
+                1 / speedup,
+                engine="onnxruntime",
+                source=f"derived: hypothetical, the eager fp32 point x {speedup:g} ({pt.source})",
             )
             for pt in prof.points
             if pt.dtype == "fp32" and pt.engine == "eager"

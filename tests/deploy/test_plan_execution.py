@@ -187,18 +187,7 @@ def with_onnx_points(profiles: ProfileSet, instance_type: str, speedup: float) -
     ONNX Runtime `speedup` times faster (a later profile wins for the same instance types)."""
     prof = profiles.lookup("bert-base", instance_type)
     assert prof is not None
-    onnx = [
-        pt.model_copy(
-            update={
-                "engine": "onnxruntime",
-                "latency_ms": pt.latency_ms / speedup,
-                "latency_p90_ms": None if pt.latency_p90_ms is None else pt.latency_p90_ms / speedup,
-                "throughput_rps": None if pt.throughput_rps is None else pt.throughput_rps * speedup,
-            }
-        )
-        for pt in prof.points
-        if pt.dtype == "fp32"
-    ]
+    onnx = [pt.scaled(1 / speedup, engine="onnxruntime") for pt in prof.points if pt.dtype == "fp32"]
     both = prof.model_copy(update={"points": [*prof.points, *onnx]})
     return profiles.model_copy(update={"profiles": [*profiles.profiles, both]})
 

@@ -71,6 +71,19 @@ class OperatingPoint(StrictModel):
     def _omit_eager(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
         return omit_default_engine(handler(self), info)
 
+    def scaled(self, factor: float, **update: Any) -> OperatingPoint:
+        """This point with every time `factor` times longer (its median and P90; its throughput `factor`
+        times lower), and the fields of `update` replaced (e.g. another engine for a derived point)."""
+        p90, rps = self.latency_p90_ms, self.throughput_rps
+        return self.model_copy(
+            update={
+                "latency_ms": self.latency_ms * factor,
+                "latency_p90_ms": None if p90 is None else p90 * factor,
+                "throughput_rps": None if rps is None else rps / factor,
+                **update,
+            }
+        )
+
     @model_validator(mode="after")
     def _p90_not_below_median(self) -> OperatingPoint:
         if self.latency_p90_ms is not None and self.latency_p90_ms < self.latency_ms:

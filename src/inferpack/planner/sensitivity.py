@@ -21,29 +21,18 @@ from rich.table import Table
 from inferpack.errors import PlanError
 from inferpack.planner.catalog import Catalog
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
-from inferpack.planner.profiles import ModelProfile, OperatingPoint, ProfileSet
+from inferpack.planner.profiles import ModelProfile, ProfileSet
 from inferpack.planner.solve import Method, solve
 
 KINDS: dict[str, str] = {"cpu": "CPU only", "cuda": "GPU (CUDA) only", "neuron": "Inferentia only"}
 DEFAULT_SLOWER = 1.25
 
 
-def _scale_point(point: OperatingPoint, factor: float) -> OperatingPoint:
-    p90 = point.latency_p90_ms
-    return point.model_copy(
-        update={
-            "latency_ms": point.latency_ms * factor,
-            "latency_p90_ms": None if p90 is None else p90 * factor,
-            "throughput_rps": None if point.throughput_rps is None else point.throughput_rps / factor,
-        }
-    )
-
-
 def _scale_profile(profile: ModelProfile, factor: float) -> ModelProfile:
     overhead, overhead_p90 = profile.request_overhead_ms, profile.request_overhead_p90_ms
     return profile.model_copy(
         update={
-            "points": [_scale_point(p, factor) for p in profile.points],
+            "points": [p.scaled(factor) for p in profile.points],
             "request_overhead_ms": None if overhead is None else overhead * factor,
             "request_overhead_p90_ms": None if overhead_p90 is None else overhead_p90 * factor,
         }
