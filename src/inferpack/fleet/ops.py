@@ -10,7 +10,6 @@ stopping and starting them again.
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -329,14 +328,7 @@ def _adopt(run: RunDir, found: Leftovers, on_progress: Callable[[FleetState], No
     if found.strays:
         log.warning("stopping %s: not part of the fleet's launch", ", ".join(p.name for p in found.strays))
         _terminate(found.strays)
-    spec = load_launch(run)
-    supervisor = P.spawn(
-        [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root), "--adopt"],
-        run.log_path("supervisor"),
-        P.child_env(),
-        new_session=True,
-    )
-    return _await_supervisor(run, spec, supervisor, on_progress)
+    return _run_supervisor(run, load_launch(run), on_progress, adopt=True)
 
 
 def settings_plan(settings: Settings) -> Plan:
@@ -352,23 +344,25 @@ def _start(
 ) -> FleetState:
     run, spec = prepare(settings, plan, config)
     launch_runner(run, spec).check()  # a missing container runtime or image: said now, not in a log
+    return _run_supervisor(run, spec, on_progress)
+
+
+def _run_supervisor(
+    run: RunDir,
+    spec: LaunchSpec,
+    on_progress: Callable[[FleetState], None] | None,
+    *,
+    adopt: bool = False,
+) -> FleetState:
+    """Start the supervisor detached (`adopt`: taking over the dead one's live processes) and wait until
+    it reports the fleet running (FleetError with the failing log's tail if it fails or times out; an
+    interrupt stops it)."""
     supervisor = P.spawn(
-        [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root)],
+        [*P.python_cli(), "fleet", "supervise", "--run-dir", str(run.root), *(["--adopt"] if adopt else [])],
         run.log_path("supervisor"),
         P.child_env(),
         new_session=True,
     )
-    return _await_supervisor(run, spec, supervisor, on_progress)
-
-
-def _await_supervisor(
-    run: RunDir,
-    spec: LaunchSpec,
-    supervisor: subprocess.Popen[bytes],
-    on_progress: Callable[[FleetState], None] | None,
-) -> FleetState:
-    """Wait until the supervisor just started reports the fleet running (FleetError with the failing
-    log's tail if it fails or times out; an interrupt stops it)."""
     wait_s = spec.ready_timeout_s * 2 + 30  # servers, then the router, each within the ready timeout
     deadline = time.monotonic() + wait_s
     try:

@@ -333,10 +333,7 @@ def model_storages(model: LoadedModel) -> Storages:
 def graphs_bytes(model: LoadedModel) -> int:
     """The estimated own memory of a traced model's graphs: its whole graph's and its pieces' (its base's
     trunk included, which other tenants may already hold): what a trace asks of the free budget."""
-    size = int(model.extra.get("graph_bytes", 0)) if model.graph is not None else 0
-    if model.pieces is not None:
-        size += model.pieces.own_bytes + (model.pieces.trunk.bytes if model.pieces.trunk else 0)
-    return size
+    return sum(size for key, size in model_storages(model).items() if key < 0)  # negative keys: no storage
 
 
 def _eager_source(repository: ModelRepository, model_id: str, manifest: Manifest) -> int | None:
