@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import statistics
 import threading
 import time
@@ -42,6 +43,7 @@ from inferpack.compile.onnxexport import export_onnx
 from inferpack.compile.trace import jit_trace
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
+from inferpack.runtime.crossbatch import Part, predict_together
 from inferpack.runtime.hardware import cpu_flags, cpu_model, usable_cores
 from inferpack.runtime.modeling import LoadedModel, load_model
 from inferpack.runtime.onnxrt import OrtModule
@@ -120,6 +122,45 @@ def loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> Ra
     """Requests/s of the bare loop (tokenise + forward + decode of `batch` requests at a time): one thread
     per core, one intra-op thread each, round-robin over the models."""
     item = request(batch)
+    for m in models:  # warm-up outside the timed window
+        m.predict(item)
+    return threads_loop(lambda k, i: models[i % len(models)].predict(item), batch, seconds)
+
+
+def mixed_batch(models: list[LoadedModel], picks: list[int]) -> list[Part]:
+    """A batch of bench_server's request for the models at `picks` (one row each), grouped by model as the
+    server's batcher groups a mixed batch (runtime/batcher.py `_execute_mixed`)."""
+    rows: dict[int, int] = {}
+    for k in picks:
+        rows[k] = rows.get(k, 0) + 1
+    return [Part(models[k], request(n), [False] * n) for k, n in rows.items()]
+
+
+def run_mixed(parts: list[Part]) -> None:
+    """What the server runs for one batch: the model's own forward when one model owns every row, else one
+    forward mixing them through their shared layers (`predict_together`)."""
+    if len(parts) == 1:
+        parts[0].model.predict(parts[0].items)
+    else:
+        predict_together(parts)
+
+
+def mixed_loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> tuple[Rate, float]:
+    """Requests/s of the bare loop over batches of `batch` requests each for a model drawn at random (what
+    random traffic over the models gives a server whose batches fill), run with the server's cross-tenant
+    batching (`run_mixed`): one thread per core as `loop_throughput`, no HTTP, no queues. Returns the rate
+    and the mean number of models per batch. Seeded: every run draws the same batches."""
+    draws = random.Random(42)
+    batches = [mixed_batch(models, [draws.randrange(len(models)) for _ in range(batch)]) for _ in range(512)]
+    for parts in batches[:8]:  # warm-up outside the timed window
+        run_mixed(parts)
+    rate = threads_loop(lambda k, i: run_mixed(batches[i % len(batches)]), batch, seconds)
+    return rate, statistics.mean(len(parts) for parts in batches)
+
+
+def threads_loop(step: Callable[[int, int], Any], batch: int, seconds: float) -> Rate:
+    """Run `step(thread, i)` (i counting from the thread's number) on one thread per core, one intra-op
+    thread each, for `seconds`; each step serves `batch` requests."""
     counts = [0] * usable_cores()
     cpu = [0.0] * len(counts)
 
@@ -128,14 +169,12 @@ def loop_throughput(models: list[LoadedModel], batch: int, seconds: float) -> Ra
         i = k
         cpu_started = time.thread_time()
         while time.perf_counter() < stop:
-            models[i % len(models)].predict(item)
+            step(k, i)
             i += 1
             counts[k] += batch
         cpu[k] = time.thread_time() - cpu_started
 
     torch.set_num_threads(1)
-    for m in models:  # warm-up outside the timed window
-        m.predict(item)
     threads = [threading.Thread(target=loop, args=(k,)) for k in range(len(counts))]
     started = time.perf_counter()
     stop = started + seconds

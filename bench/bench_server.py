@@ -46,13 +46,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psutil
+import torch
 from bench_runtimes import CONTEXT as CONTEXT
-from bench_runtimes import HEADER, LEGEND, RUNTIMES, machine_line, run_loops
+from bench_runtimes import HEADER, LEGEND, RUNTIMES, Rate, machine_line, mixed_loop_throughput, run_loops
 from bench_runtimes import QUESTION as QUESTION
 from bench_runtimes import ROOT as ROOT
 
 from inferpack.compile.compiler import compile_model
 from inferpack.compile.options import CompileOptions
+from inferpack.compile.tracing import traced
 from inferpack.processes import free_port, server_command, wait_ready
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
@@ -333,6 +335,14 @@ def main() -> None:
         help="also run each eager server from this source tree (e.g. a checkout of main's src/), labelled "
         "'base' (the reference of --interleave's ratios)",
     )
+    parser.add_argument(
+        "--mixed-loops",
+        default="ts-bf16",
+        help="bare loops over batches of random models mixed by the server's cross-tenant batching "
+        "(eager-bf16, ts-bf16: traced as the server traces a hot model, its pieces included; '' for none): "
+        "the ceiling of a server with random traffic over tenants sharing a base, without HTTP",
+    )
+    parser.add_argument("--mixed-batches", default="8", help="rows per batch of the mixed loops")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
@@ -363,6 +373,18 @@ def main() -> None:
     # at 2 connections the server's P90 within 1.3x of it)
     loop_ms = 1000 * usable_cores() / limit1
     print(f"best batch-1 loop's latency: {loop_ms:.1f} ms per request", flush=True)
+    mixed = {
+        (name, batch): mixed_loop(repo, ids, name, int(batch), args.duration)
+        for name in filter(None, args.mixed_loops.split(","))
+        for batch in args.mixed_batches.split(",")
+    }
+    for (name, batch), (rate, models) in mixed.items():
+        print(
+            f"mixed b{batch} loop {name} (random models per batch, the server's cross-tenant batching, no "
+            f"HTTP): {rate.wall:.1f} req/s (by CPU time {rate.cpu:.1f}), {models:.1f} models per batch = "
+            f"{rate.wall / limit8:.2f} ({rate.cpu / cpu8.loop8.cpu:.2f}) of the best batch-8 loop",
+            flush=True,
+        )
     rows = []
     settings = server_settings(args.engines, args.dtypes, args.cross_tenant)
     if any(engine != "eager" for engine, _, _ in settings):  # auto and mixed use them too (when present)
@@ -433,6 +455,22 @@ def main() -> None:
             f"({by_cpu / cpu1.loop1.cpu:.2f}) of the best batch-1 loop ({best1.name}), {rps / limit8:.2f} "
             f"({by_cpu / cpu8.loop8.cpu:.2f}) of the best batch-8 loop ({best8.name})"
         )
+
+
+def mixed_loop(
+    repo: LocalRepository, ids: list[str], name: str, batch: int, seconds: float
+) -> tuple[Rate, float]:
+    """`mixed_loop_throughput` of the models loaded as the server loads them in `name`'s dtype, and for
+    ts-*, traced as the server traces a hot model (`compile.tracing.traced`: the whole graph and the pieces
+    for mixed batches, the base's trunk among them)."""
+    kind, dtype = name.split("-")
+    if kind not in ("eager", "ts") or dtype not in ("fp32", "bf16"):
+        raise SystemExit(f"--mixed-loops: {name!r} is not one of eager-fp32, eager-bf16, ts-fp32, ts-bf16")
+    torch.set_num_threads(1)
+    models = [load_model(repo, m, dtype="bf16" if dtype == "bf16" else "fp32") for m in ids]
+    if kind == "ts":
+        models = [traced(m) for m in models]
+    return mixed_loop_throughput(models, batch, seconds)
 
 
 def process_cpu_s(pid: int) -> float:
