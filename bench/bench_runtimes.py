@@ -1,5 +1,6 @@
 """Runtimes side by side in one run: torch eager fp32 and bf16, TorchScript (`torch.jit.trace` of the
-eager module) bf16 and fp32, ONNX Runtime fp32, torch.export + AOTInductor fp32, on the demo MiniLM QA
+eager module) bf16 and fp32, the bf16 trace of a copy with its linear weights prepacked for oneDNN (tsp-bf16:
+what the server traces hot bf16 models into, compile/packing.py), ONNX Runtime fp32, torch.export + AOTInductor fp32, on the demo MiniLM QA
 models and the request bench_server.py sends.
 
 Per runtime: cold load (what a server pays before a cold model's first answer: eager meta build +
@@ -40,6 +41,7 @@ import torch
 
 from inferpack.compile.examples import model_args
 from inferpack.compile.onnxexport import export_onnx
+from inferpack.compile.packing import packed_copy
 from inferpack.compile.trace import jit_trace
 from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
@@ -57,7 +59,7 @@ CONTEXT = (
     "bridge."
 )
 ROOT = Path(__file__).resolve().parent / "results"
-RUNTIMES = ("eager-fp32", "eager-bf16", "ts-bf16", "ts-fp32", "ort-fp32", "aoti-fp32")
+RUNTIMES = ("eager-fp32", "eager-bf16", "ts-bf16", "tsp-bf16", "ts-fp32", "ort-fp32", "aoti-fp32")
 # The TorchScript trace example: the bench's request beside a shorter one, so the batch is padded and the
 # attention mask takes part in the recorded graph (transformers may skip the mask of a batch without
 # padding, and the trace would keep that skip for every batch; transformers 5.24 does not, a trace of the
@@ -213,14 +215,16 @@ def prepare_eager(repo: LocalRepository, ids: list[str], dtype: DTypeChoice) -> 
     return Prepared(f"eager-{dtype}", [m for m, _ in loaded], [s for _, s in loaded])
 
 
-def traced(model: LoadedModel) -> LoadedModel:
+def traced(model: LoadedModel, packed: bool = False) -> LoadedModel:
     """The model with its eager module replaced by `torch.jit.trace` of it (not frozen: the graph shares
     the eager module's parameters, so the weights are held once), traced on the model's own tokenizer's
-    encoding of TRACE_EXAMPLE."""
+    encoding of TRACE_EXAMPLE. `packed`: of its copy with linear weights prepacked for oneDNN
+    (compile/packing.py: what the server traces a hot bf16 model into on a CPU with native bf16)."""
     assert isinstance(model.module, torch.nn.Module)
     example = model.tokenizer.encode(list(TRACE_EXAMPLE))
+    module = packed_copy(model.module) if packed else model.module
     return dataclasses.replace(
-        model, module=jit_trace(model.module, model_args(example, model.device), freeze=False)
+        model, module=jit_trace(module, model_args(example, model.device), freeze=False)
     )
 
 
@@ -239,15 +243,16 @@ def max_logit_diff(a: LoadedModel, b: LoadedModel) -> float:
     return float((a.forward(batch) - b.forward(batch)).abs().max())
 
 
-def prepare_ts(repo: LocalRepository, ids: list[str], dtype: DTypeChoice) -> Prepared:
-    """TorchScript: each model loaded eager in `dtype` (as prepare_eager), traced and warmed up. The cold
-    load is all three; the build time is the trace alone (per model, median), paid at every load since
-    the trace is not stored. The traced logits are checked against the eager module's."""
+def prepare_ts(repo: LocalRepository, ids: list[str], dtype: DTypeChoice, packed: bool = False) -> Prepared:
+    """TorchScript: each model loaded eager in `dtype` (as prepare_eager), traced (`packed`: with its linear
+    weights prepacked) and warmed up. The cold load is all three; the build time is the trace alone (per
+    model, median), paid at every load since the trace is not stored. The traced logits are checked
+    against the eager module's."""
     torch.set_num_threads(1)
     models, load_s, trace_s, warm_s, diffs = [], [], [], [], []
     for m in ids:
         eager, load = _timed(partial(load_model, repo, m, dtype=dtype, warmup=False))
-        model, trace = _timed(partial(traced, eager))
+        model, trace = _timed(partial(traced, eager, packed))
         _, warm = _timed(partial(warm_up, model))
         diffs.append(max_logit_diff(eager, model))
         models.append(model)
@@ -256,7 +261,7 @@ def prepare_ts(repo: LocalRepository, ids: list[str], dtype: DTypeChoice) -> Pre
         warm_s.append(warm)
     trace_ms, warm_ms = statistics.median(trace_s) * 1000, statistics.median(warm_s) * 1000
     return Prepared(
-        f"ts-{dtype}",
+        f"tsp-{dtype}" if packed else f"ts-{dtype}",
         models,
         load_s,
         statistics.median(trace_s),
@@ -334,8 +339,8 @@ def prepare(name: str, repo: LocalRepository, ids: list[str], cache: Path) -> Pr
     cache.mkdir(parents=True, exist_ok=True)
     if name in ("eager-fp32", "eager-bf16"):
         return prepare_eager(repo, ids, "fp32" if name == "eager-fp32" else "bf16")
-    if name in ("ts-fp32", "ts-bf16"):
-        return prepare_ts(repo, ids, "fp32" if name == "ts-fp32" else "bf16")
+    if name in ("ts-fp32", "ts-bf16", "tsp-bf16"):
+        return prepare_ts(repo, ids, "fp32" if name == "ts-fp32" else "bf16", packed=name == "tsp-bf16")
     if name == "ort-fp32":
         return prepare_ort(repo, ids, cache)
     if name == "aoti-fp32":

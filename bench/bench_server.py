@@ -2,7 +2,8 @@
 
 1. Makes 10 unique MiniLM QA demo models (once, in bench/results/repo).
 2. The limit: bare loops (tokenise + forward + decode, the same request as the load test) of every runtime
-   evaluated (bench_runtimes.py: torch eager fp32/bf16, TorchScript traces of them (ts-fp32/bf16), ONNX
+   evaluated (bench_runtimes.py: torch eager fp32/bf16, TorchScript traces of them (ts-fp32/bf16;
+   tsp-bf16 with linear weights prepacked, as the server traces hot bf16 models), ONNX
    Runtime fp32, AOTInductor fp32) on one thread per core with one intra-op thread each, round-robin over
    the 10 models, at batch 1 and at batch 8 (the server's largest batch); servers are compared with the
    best batch-1 and the best batch-8 loop of them all.
@@ -22,7 +23,7 @@ machine then hit every setting alike; medians and per-round ratios to the first 
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
         [--engines auto,eager,onnxruntime]
-        [--runtimes eager-fp32,eager-bf16,ts-bf16,ts-fp32,ort-fp32,aoti-fp32]
+        [--runtimes eager-fp32,eager-bf16,ts-bf16,tsp-bf16,ts-fp32,ort-fp32,aoti-fp32]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """

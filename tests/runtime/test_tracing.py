@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from inferpack.compile.packing import packs
 from inferpack.compile.tracing import graph_bytes, trace_job, traceable, traced
 from inferpack.errors import ModelLoadFailed
 from inferpack.repository.demo import make_demo_models
@@ -55,10 +56,23 @@ def test_the_graph_answers_as_eager_over_the_same_tensors(
     assert isinstance(fast.graph, torch.jit.ScriptModule) and fast.module is eager.module
     assert not traceable(fast)  # traced once
     # not frozen: the graph's parameters are the eager module's storages, so the ledger counts no copy,
-    # only the graph's own memory (its IR and plans), estimated from its size
-    assert set(module_storages(fast.graph)) == set(module_storages(eager.module))
+    # only the graph's own memory (its IR and plans), estimated from its size, and where linear weights
+    # are prepacked (bf16 on a CPU with native bf16: compile/packing.py) the packed copies, under keys
+    # of their own (no storage), as many bytes as the plain weights
+    in_graph = module_storages(fast.graph)
+    assert {k: v for k, v in in_graph.items() if k >= 0} == module_storages(eager.module)
+    packed = {k: v for k, v in in_graph.items() if k < 0}
+    linears = [m.weight for m in eager.module.modules() if type(m) is torch.nn.Linear]
+    assert sum(packed.values()) == (
+        sum(w.numel() * w.element_size() for w in linears) if packs(eager.module) else 0
+    )
+    assert len(packed) == (len(linears) if packs(eager.module) else 0)
     assert fast.extra["graph_bytes"] == graph_bytes(fast.graph) > 0
-    assert model_storages(fast) == {**model_storages(eager), -id(fast.graph): graph_bytes(fast.graph)}
+    assert model_storages(fast) == {
+        **model_storages(eager),
+        **packed,
+        -id(fast.graph): graph_bytes(fast.graph),
+    }
     # a padded batch of three lengths and single items: the same answers as the eager module's
     assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
     for question in QUESTIONS:

@@ -44,6 +44,7 @@ from torch import nn
 
 from inferpack.compile.agreement import TRACE_FIDELITY, compare, output_rows
 from inferpack.compile.examples import ExampleSet, build_examples, model_args
+from inferpack.compile.packing import packed_copy
 from inferpack.compile.trace import jit_trace
 from inferpack.errors import ModelLoadFailed
 from inferpack.runtime.crossbatch import (
@@ -101,7 +102,7 @@ def traced(model: LoadedModel) -> LoadedModel:
     if not isinstance(module, TaskWrapper):
         raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} has no eager module to trace")
     try:
-        graph = jit_trace(module, model_args(examples.trace, model.device), freeze=False)
+        graph = jit_trace(packed_copy(module), model_args(examples.trace, model.device), freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*model_args(examples.trace, model.device))
@@ -231,7 +232,7 @@ def _trace_calls(
     graphs: dict[Signature, Callable[..., Any]] = {}
     for key, (args, kwargs) in calls.items():
         inputs = tensor_args(args, kwargs)
-        graph = jit_trace(_Bound(sub, args, kwargs), inputs, freeze=False)
+        graph = jit_trace(_Bound(packed_copy(sub), args, kwargs), inputs, freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*inputs)

@@ -207,6 +207,11 @@ class TracedPieces:
     trunk: Trunk | None = None
     own_bytes: int = 0
 
+    def graphs(self) -> list[Any]:
+        """Every graph it holds, its own and the trunk's."""
+        held = [*self.own.values(), *(self.trunk.graphs.values() if self.trunk is not None else ())]
+        return [graph for by_signature in held for graph in by_signature.values()]
+
 
 def _rows(value: Any, start: int, end: int, rows: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == rows:

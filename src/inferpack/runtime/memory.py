@@ -20,10 +20,15 @@ Storages = dict[int, int]  # storage data pointer -> bytes (negative keys: memor
 
 
 def tensor_storages(tensors: Iterable[torch.Tensor]) -> Storages:
-    """Distinct storages behind some tensors (meta tensors and empty storages skipped)."""
+    """Distinct storages behind some tensors (meta tensors and empty storages skipped). An opaque oneDNN
+    tensor (a prepacked weight: compile/packing.py) has no storage: it counts its elements' bytes under
+    its tensor's own address, negated (a key of its own, as a graph's memory is: runtime/modeling.py)."""
     out: Storages = {}
     for tensor in tensors:
         if tensor.device.type == "meta":
+            continue
+        if tensor.is_mkldnn:
+            out[-tensor._cdata] = tensor.numel() * tensor.element_size()
             continue
         storage = tensor.untyped_storage()
         if storage.nbytes():

@@ -316,7 +316,8 @@ def model_storages(model: LoadedModel) -> Storages:
     own memory (compile/tracing.py; under a negative key: not a storage), and its alternate runtime's (an
     ONNX Runtime session's own copy of the weights) when it has one. Graphs for mixed batches count the
     same way: its own pieces' under a key of their own, its base's trunk under the trunk's key (once for
-    every tenant holding it)."""
+    every tenant holding it). A graph's prepacked weights (compile/packing.py) count once each, under
+    their own keys, however many graphs hold them."""
     storages = module_storages(model.module)
     if model.graph is not None:  # the eager module's own tensors (not frozen), and the graph's own memory
         storages.update(module_storages(model.graph))
@@ -325,6 +326,8 @@ def model_storages(model: LoadedModel) -> Storages:
         storages[-id(model.pieces)] = model.pieces.own_bytes
         if model.pieces.trunk is not None:
             storages[-id(model.pieces.trunk)] = model.pieces.trunk.bytes
+        for graph in model.pieces.graphs():  # their tensors: the module's own, and any prepacked weights
+            storages.update(module_storages(graph))
     if model.alternate is not None:
         storages.update(module_storages(model.alternate.module))
     return storages
