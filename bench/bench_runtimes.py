@@ -1,7 +1,7 @@
 """Runtimes side by side in one run: torch eager fp32 and bf16, TorchScript (`torch.jit.trace` of the
-eager module) bf16 and fp32, the bf16 trace of a copy with its linear weights prepacked for oneDNN (tsp-bf16:
-what the server traces hot bf16 models into, compile/packing.py), ONNX Runtime fp32, torch.export + AOTInductor fp32, on the demo MiniLM QA
-models and the request bench_server.py sends.
+eager module) bf16 and fp32, the bf16 trace of a copy with its linear weights prepacked for oneDNN
+(tsp-bf16: what the server traces hot bf16 models into, compile/packing.py), ONNX Runtime fp32,
+torch.export + AOTInductor fp32, on the demo MiniLM QA models and the request bench_server.py sends.
 
 Per runtime: cold load (what a server pays before a cold model's first answer: eager meta build +
 safetensors fill; for TorchScript that eager load plus the trace and its warm-up; ORT session creation
