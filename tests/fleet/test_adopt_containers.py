@@ -1,7 +1,7 @@
 """Adopting a dead supervisor's containers, with a stand-in for podman (tests/fleet/test_runners.py's
 recording engine answering `ps` and `inspect`) and a real process standing for `podman wait`: which
 containers are left, which one matches its launch, the handle on an adopted one, the network holder kept,
-and the supervisor taking them over and noticing a death. Real podman: tests/fleet/test_adopt_containers_e2e.py."""
+and the supervisor taking them over and noticing a death. Real podman: tests/fleet/test_fleet_containers.py."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from inferpack.fleet import ops
 from inferpack.fleet.adoption import AdoptedContainer, container_mismatch, sort_leftovers
 from inferpack.fleet.runners import LABEL, ContainerRunner, fleet_id
-from inferpack.fleet.state import FleetState, ProcessState, RunDir, start_time
+from inferpack.fleet.state import FleetState, ProcessState, RunDir, save_state, start_time
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, Supervisor
+from tests.fleet.test_adoption import _settings
 from tests.fleet.test_liveness import _stopping, _tick_until
 from tests.fleet.test_runners import FakeEngine, runner
 
@@ -106,15 +108,20 @@ def answers(r: ContainerRunner, running: list[str], found: dict[str, dict[str, A
 def test_a_container_is_adopted_only_as_its_launch_would_run_it(tmp_path: Path) -> None:
     r = runner(tmp_path, FakeEngine())
     cmd = ["inferpack", "serve", "--port", "8101", "--models", "m0"]
-    want = {
-        "cmd": cmd,
-        "image_id": IMAGE_ID,
-        "labels": {LABEL: fleet_id(r.run_root)},
-        "networks": {f"container:{HOLDER_ID}", f"container:{r.holder}"},
-    }
-    assert container_mismatch(inspected(r, cmd), **want) is None  # type: ignore[arg-type]
-    by_name = inspected(r, cmd, HostConfig={"NetworkMode": f"container:{r.holder}"})  # docker's spelling
-    assert container_mismatch(by_name, **want) is None  # type: ignore[arg-type]
+
+    def mismatch(found: dict[str, Any]) -> str | None:
+        return container_mismatch(
+            found,
+            cmd=cmd,
+            image_id=IMAGE_ID,
+            labels={LABEL: fleet_id(r.run_root)},
+            networks={f"container:{HOLDER_ID}", f"container:{r.holder}"},
+        )
+
+    assert mismatch(inspected(r, cmd)) is None
+    assert (
+        mismatch(inspected(r, cmd, HostConfig={"NetworkMode": f"container:{r.holder}"})) is None
+    )  # docker's
     reasons = {
         "not running": inspected(r, cmd, running=False),
         "labels": inspected(r, cmd, Config={"Labels": {LABEL: "another-fleet"}}),
@@ -123,7 +130,7 @@ def test_a_container_is_adopted_only_as_its_launch_would_run_it(tmp_path: Path) 
         "command": inspected(r, [*cmd[:-1], "m1"]),  # another launch: other models, port, threads...
     }
     for reason, found in reasons.items():
-        why = container_mismatch(found, **want)  # type: ignore[arg-type]
+        why = mismatch(found)
         assert why is not None and why.startswith(reason), (reason, why)
 
 
@@ -245,3 +252,29 @@ def test_the_supervisor_adopts_matching_containers_and_notices_their_death(
         assert rec.last_exit == 137 and rec.last_restart_reason == "exited with status 137"
         assert rec.pid is None and s0.restart_at is not None
         waiters.release("cr", 0)  # let the router's watcher end too: no process left behind
+
+
+def test_up_adopts_a_container_fleet_only_on_its_runtime_and_image(
+    demo_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    podman = _settings(tmp_path, runtime="podman", image="inferpack:1")
+    plan = ops.local_plan(demo_repo, 2, 1)
+    run, spec = ops.prepare(podman, plan, None)
+    s0, s1 = spec.servers
+    dead = _state(
+        _record("router", spec.router_port),
+        _record(s0.name, s0.port, s0.models),
+        _record(s1.name, s1.port, s1.models),
+    )
+    save_state(run, dead)
+    r = runner(tmp_path, FakeEngine())
+    r.call = answers(r, [r.holder, r.container("server-1")], {})
+    monkeypatch.setattr(ops, "launch_runner", lambda run, spec: r)  # the stand-in runtime
+    found = ops.adoptable(podman, plan, None, run)
+    assert found is not None and found[1]  # the same launch: adopt
+    assert [p.name for p in found[0].adopt] == ["server-1"] and found[0].strays == []
+    # another runtime or image than the recorded ones: start afresh
+    assert ops.adoptable(_settings(tmp_path), plan, None, run) is None
+    assert ops.adoptable(_settings(tmp_path, runtime="podman", image="inferpack:2"), plan, None, run) is None
+    r.call = answers(r, [r.container("server-1")], {})  # the network holder is gone: nothing to keep
+    assert ops.adoptable(podman, plan, None, run) is None
