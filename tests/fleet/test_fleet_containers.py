@@ -27,7 +27,7 @@ from inferpack.fleet.state import RunDir, is_alive, load_state
 from inferpack.plan import load_plan, save_plan
 from inferpack.repository.local import LocalRepository
 from tests.containers import BuiltImage, podman
-from tests.fleet.routerload import RouterLoad
+from tests.fleet.routerload import run_under_load
 from tests.fleet.test_fleet_e2e import _wait as wait_for
 
 # The session's image build runs in the first test's set-up: minutes on 2 busy cores.
@@ -176,22 +176,6 @@ def kill_supervisor(run: Path) -> None:
     wait_for(lambda: not is_alive(sup.pid, sup.create_time), 30, "the supervisor to die")
 
 
-def up_under_load(
-    args: list[str], router: str, models: list[str], what: str
-) -> subprocess.CompletedProcess[str]:
-    """`inferpack up ARGS` while requests flow through the router: it succeeds and no request fails."""
-    with RouterLoad(router, models) as load:
-        wait_for(lambda: load.counted()[1] >= 4, 120, "requests through the router")
-        done = cli("up", *args)
-        flowing = load.counted()[1]
-        wait_for(lambda: load.counted()[1] >= flowing + 4, 120, f"requests after the {what}")
-    failed, total = load.counted()
-    print(f"\n{what} under load: {failed} failed / {total} requests through the router")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert failed == 0, load.failures[:5]
-    return done
-
-
 def test_a_dead_supervisors_containers_are_adopted_without_a_failed_request(
     inferpack_image: BuiltImage, small_repo: Path, run_dir: Path
 ) -> None:
@@ -212,7 +196,7 @@ def test_a_dead_supervisors_containers_are_adopted_without_a_failed_request(
     kill_supervisor(run_dir)
     assert container_ids(run_dir) == ids  # orphans, still serving
     # without --plan (nor --servers/--copies): the fleet's own plan, adopted as it runs
-    again = up_under_load(common, router, models, "container adoption")
+    again = run_under_load(router, models, lambda: cli("up", *common), "container adoption", 120)
     said = again.stdout + again.stderr
     assert "keeping its plan" in said and "adopted server-0" in said and "adopted router" in said, said
     assert container_ids(run_dir) == ids  # the same containers, the network holder included
@@ -250,7 +234,8 @@ def test_a_dead_supervisors_containers_are_adopted_without_a_failed_request(
     other.groups[0].servers[1].models = sorted(models)
     other_file = run_dir.parent / "other.json"
     save_plan(other, other_file)
-    replanned = up_under_load([*common, "--plan", str(other_file)], router, models, "adoption then re-plan")
+    replan = [*common, "--plan", str(other_file)]
+    replanned = run_under_load(router, models, lambda: cli("up", *replan), "adoption then re-plan", 120)
     said = replanned.stdout + replanned.stderr
     assert "adopted server-1" in said and "re-plan" in said, said
     moved = load_state(run)
