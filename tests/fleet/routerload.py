@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import httpx
 
 from inferpack.plan import Plan, Resources, ServerGroup, ServerPlan
-from tests.fleet.test_fleet_e2e import QUESTION
+from tests.fleet.test_fleet_e2e import QUESTION, _wait
 
 
 def two_servers(repo: Path, zero: list[str], one: list[str], memory_mb: int = 1000) -> Plan:
@@ -91,3 +93,24 @@ class RouterLoad:
         self._stop.set()
         for t in self._threads:
             t.join(90)
+
+
+def run_under_load(
+    router: str,
+    models: list[str],
+    command: Callable[[], subprocess.CompletedProcess[str]],
+    what: str,
+    wait_s: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` (an `inferpack` CLI call) while requests flow through the router, from before it
+    starts until some after it returned: it succeeds and no request fails (the counts are printed)."""
+    with RouterLoad(router, models) as load:
+        _wait(lambda: load.counted()[1] >= 4, wait_s, "requests through the router")
+        done = command()
+        flowing = load.counted()[1]
+        _wait(lambda: load.counted()[1] >= flowing + 4, wait_s, f"requests after the {what}")
+    failed, total = load.counted()
+    print(f"\n{what} under load: {failed} failed / {total} requests through the router")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert failed == 0, load.failures[:5]
+    return done

@@ -122,11 +122,13 @@ def test_leftovers_are_adopted_only_as_launched() -> None:
     launch = {f"server-{i}": (8101 + i, [f"m{i}"]) for i in range(4)}
     launch["server-1"] = (8102, ["m1", "m9"])
     launch["server-5"] = (8106, ["m5"])
-    found = sort_leftovers(state, 8100, launch)
+    live = HostRunner().leftovers(state)
+    assert [p.name for p in live] == ["router", "server-0", "server-1", "server-2", "server-4", "server-5"]
+    found = sort_leftovers(live, 8100, launch)
     assert [p.name for p in found.adopt] == ["router", "server-0"]
     # server-5 has no start time: it cannot be told from a process that reused its pid
     assert [p.name for p in found.strays] == ["server-1", "server-2", "server-4", "server-5"]
-    assert next(p.name for p in sort_leftovers(state, 9999, launch).strays) == "router"
+    assert next(p.name for p in sort_leftovers(live, 9999, launch).strays) == "router"
 
 
 # --- the supervisor ----------------------------------------------------------------------------------------
@@ -198,13 +200,6 @@ def test_stopping_the_fleet_stops_adopted_processes(
     assert start_time(server.pid) is None and start_time(router.pid) is None
     assert all(c.record.status == "stopped" and c.record.pid is None for c in sup._children())
     assert sup.state.phase == "stopped"
-
-
-def test_a_container_fleet_is_not_adopted(tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
-    server = _sleeper(sleepers)
-    previous = _stale(_record("router", None, ROUTER), _record("server-0", server.pid, SERVER, ["m0"]))
-    sup = Supervisor(RunDir(tmp_path / "run"), _spec(tmp_path, runtime="podman"), HostRunner(), previous)
-    assert sup.adopt() == []
 
 
 # --- when `up` adopts --------------------------------------------------------------------------------------

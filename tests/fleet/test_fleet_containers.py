@@ -1,6 +1,8 @@
 """`inferpack up --runtime podman`: the plan's servers and router as containers of the image the session
-built (tests/containers.py), with the same `status`, `logs`, restarts and `down` as host processes, and
-`down` finding the containers by name after the supervisor was killed.
+built (tests/containers.py), with the same `status`, `logs`, restarts and `down` as host processes,
+`down` finding the containers by name after the supervisor was killed, and a killed supervisor's
+containers adopted by the next `up` (the same containers, no failed request through the router, a killed
+adopted container started again, then `up --plan OTHER` adopting and re-planning).
 
 Marked `container` (CI requires it; elsewhere it skips without podman)."""
 
@@ -22,8 +24,10 @@ import pytest
 from inferpack.fleet import ops
 from inferpack.fleet.runners import LABEL, fleet_id
 from inferpack.fleet.state import RunDir, is_alive, load_state
+from inferpack.plan import load_plan, save_plan
 from inferpack.repository.local import LocalRepository
 from tests.containers import BuiltImage, podman
+from tests.fleet.routerload import run_under_load
 from tests.fleet.test_fleet_e2e import _wait as wait_for
 
 # The session's image build runs in the first test's set-up: minutes on 2 busy cores.
@@ -153,3 +157,93 @@ def test_down_removes_the_containers_after_the_supervisor_crashed(
     final = load_state(RunDir(run_dir))
     assert final is not None and final.phase == "stopped"
     assert json.loads(RunDir(run_dir).state_file.read_text())["phase"] == "stopped"
+
+
+# --- a dead supervisor's containers are adopted ---------------------------------------------------------
+def container_ids(run: Path) -> dict[str, str]:
+    """Running containers of the fleet of `run`: name -> full id."""
+    label = f"label={LABEL}={fleet_id(run)}"
+    listed = podman("ps", "--no-trunc", "--filter", label, "--format", "{{.Names}} {{.ID}}")
+    return dict(line.split() for line in listed.stdout.splitlines() if line.strip())
+
+
+def kill_supervisor(run: Path) -> None:
+    """SIGKILL the fleet's supervisor (not this test's child: init reaps it) and wait until it is gone."""
+    state = load_state(RunDir(run))
+    assert state is not None and state.supervisor.pid is not None
+    sup = state.supervisor
+    psutil.Process(sup.pid).send_signal(signal.SIGKILL)
+    wait_for(lambda: not is_alive(sup.pid, sup.create_time), 30, "the supervisor to die")
+
+
+def test_a_dead_supervisors_containers_are_adopted_without_a_failed_request(
+    inferpack_image: BuiltImage, small_repo: Path, run_dir: Path
+) -> None:
+    common = [
+        "--runtime", "podman", "--image", inferpack_image.tag, "--repository", str(small_repo),
+        "--threads", "1", "--base-port", "0", "--router-port", "0", "--run-dir", str(run_dir),
+    ]  # fmt: skip
+    started = cli("up", *common, "--servers", "2", "--copies", "1")
+    assert started.returncode == 0, started.stdout + started.stderr
+    run = RunDir(run_dir)
+    first = load_state(run)
+    assert first is not None and first.phase == "running" and first.router.url is not None
+    router, models = first.router.url, LocalRepository(small_repo).model_ids()
+    prefix = f"inferpack-{fleet_id(run_dir)}"
+    ids = container_ids(run_dir)
+    assert sorted(ids) == sorted(f"{prefix}-{n}" for n in ("net", "router", "server-0", "server-1"))
+
+    kill_supervisor(run_dir)
+    assert container_ids(run_dir) == ids  # orphans, still serving
+    # without --plan (nor --servers/--copies): the fleet's own plan, adopted as it runs
+    again = run_under_load(router, models, lambda: cli("up", *common), "container adoption", 120)
+    said = again.stdout + again.stderr
+    assert "keeping its plan" in said and "adopted server-0" in said and "adopted router" in said, said
+    assert container_ids(run_dir) == ids  # the same containers, the network holder included
+    adopted = load_state(run)
+    assert adopted is not None and adopted.phase == "running"
+    assert adopted.supervisor.pid not in (None, first.supervisor.pid)
+    assert all(p.adopted and p.status == "ready" for p in adopted.processes())
+    shown = cli("status", "--run-dir", str(run_dir))
+    assert shown.stdout.count("(adopted)") == 3, shown.stdout
+    assert adopted.supervisor.pid is not None
+    watchers = [c.cmdline()[:2] for c in psutil.Process(adopted.supervisor.pid).children()]
+    assert watchers.count(["podman", "wait"]) == 3, watchers
+
+    # An adopted server container that dies is started again: a new container, its exit status known.
+    assert podman("kill", f"{prefix}-server-0").returncode == 0
+
+    def restarted() -> bool:
+        s = load_state(run)
+        return s is not None and s.server("server-0").status == "ready" and s.server("server-0").restarts >= 1
+
+    wait_for(restarted, 300, "the adopted server container's restart")
+    after = load_state(run)
+    assert after is not None
+    server0 = after.server("server-0")
+    assert not server0.adopted and server0.last_exit == 137, server0
+    now = container_ids(run_dir)
+    assert now[f"{prefix}-server-0"] != ids[f"{prefix}-server-0"]
+    assert {k: v for k, v in now.items() if not k.endswith("server-0")} == {
+        k: v for k, v in ids.items() if not k.endswith("server-0")
+    }
+
+    # Another crash, another plan: adopted as it runs, then re-planned (server-1 takes a copy of both).
+    kill_supervisor(run_dir)
+    other = load_plan(run.plan_file)
+    other.groups[0].servers[1].models = sorted(models)
+    other_file = run_dir.parent / "other.json"
+    save_plan(other, other_file)
+    replan = [*common, "--plan", str(other_file)]
+    replanned = run_under_load(router, models, lambda: cli("up", *replan), "adoption then re-plan", 120)
+    said = replanned.stdout + replanned.stderr
+    assert "adopted server-1" in said and "re-plan" in said, said
+    moved = load_state(run)
+    assert moved is not None and moved.server("server-1").models == sorted(models)
+    assert container_ids(run_dir)[f"{prefix}-server-1"] == ids[f"{prefix}-server-1"]
+
+    down = cli("down", "--run-dir", str(run_dir))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert containers(run_dir) == []
+    final = load_state(run)
+    assert final is not None and final.phase == "stopped"

@@ -3,8 +3,8 @@
 `up` prepares the run directory (plan, endpoints, launch spec) and starts the supervisor detached (its own
 session, so closing the shell does not stop the fleet); every later command reads the state file the
 supervisor keeps, so they work from any shell. On a run directory whose supervisor died while its
-processes kept serving, `up` with the same launch adopts them (`adoptable`, `fleet.adoption`) instead of
-stopping and starting them again.
+processes (or containers) kept serving, `up` with the same launch adopts them (`adoptable`,
+`fleet.adoption`) instead of stopping and starting them again.
 """
 
 from __future__ import annotations
@@ -285,10 +285,11 @@ def adoptable(
 ) -> tuple[Leftovers, bool] | None:
     """What a new supervisor can take over from the dead one of `run`, and whether `plan` is the plan it
     runs (the same launch: servers, ports, models and their settings); None when nothing is to be
-    adopted: no stale fleet there, none of its processes alive and as launched, a container runtime
-    (containers are started again), a re-plan its supervisor's death cut short (the fleet is between two
-    placements: `up` starts it on the target, as before), or ports or a repository other than the
-    recorded ones asked for."""
+    adopted: no stale fleet there, none of its processes (containers, under a container runtime: found
+    by the fleet's names, with its network holder running) alive and as launched, a re-plan its
+    supervisor's death cut short (the fleet is between two placements: `up` starts it on the target, as
+    before), or ports, a repository, a runtime or an image other than the recorded ones asked for. The
+    supervisor checks each container's command and image again before it adopts it."""
     existing = load_state(run)
     if existing is None or not is_stale(existing):
         return None
@@ -300,7 +301,7 @@ def adoptable(
     except ConfigError:
         return None
     fleet = settings.fleet
-    if recorded.runtime != "host" or fleet.runtime != "host":
+    if fleet.runtime != recorded.runtime or (fleet.runtime != "host" and fleet.image != recorded.image):
         return None
     if fleet.router_port and fleet.router_port != recorded.router_port:
         return None
@@ -309,9 +310,11 @@ def adoptable(
         return None
     if str(Path(plan.repository or settings.server.repository).resolve()) != recorded.repository:
         return None
-    found = sort_leftovers(
-        existing, recorded.router_port, {s.name: (s.port, s.models) for s in recorded.servers}
-    )
+    try:
+        live = launch_runner(run, recorded).leftovers(existing)
+    except ConfigError:  # the container runtime is gone
+        return None
+    found = sort_leftovers(live, recorded.router_port, {s.name: (s.port, s.models) for s in recorded.servers})
     if not found.adopt:
         return None
     servers = checked_servers(settings, plan)
@@ -327,7 +330,9 @@ def _adopt(run: RunDir, found: Leftovers, on_progress: Callable[[FleetState], No
     endpoints and launch spec as they are); the strays it would not adopt are stopped first."""
     if found.strays:
         log.warning("stopping %s: not part of the fleet's launch", ", ".join(p.name for p in found.strays))
-        _terminate(found.strays)
+        # a container's recorded pid is its `run` client's, which may be gone: only a live one is signalled
+        # (it passes SIGTERM on); the supervisor removes the stray containers themselves
+        _terminate([p for p in found.strays if is_alive(p.pid, p.create_time)])
     return _run_supervisor(run, load_launch(run), on_progress, adopt=True)
 
 

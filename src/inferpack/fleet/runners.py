@@ -12,26 +12,35 @@ file, so exits, restarts, `status`, `logs` and `down` work the same:
   Each runs as the image's non-root user with a read-only root filesystem, no capabilities, tmpfs for
   /tmp and the cache, the repository, run directory and config file mounted read-only at their host paths,
   and its environment's INFERPACK_* settings passed by name (`-e NAME`: values never on a command line).
-  Containers are named and labelled after the run directory, so `down` finds them after a crash.
+  Containers are named and labelled after the run directory, so `down` finds them after a crash, and
+  the next `up` adopts them (`leftovers`, `adopt`: `fleet.adoption`) when their supervisor died.
+
+Both take over a dead supervisor's processes the same way (`fleet.adoption`): `leftovers` says which of its
+records still run, `adopt` returns a handle on one that runs what the launch would start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import math
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import psutil
 
 from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
+from inferpack.fleet.adoption import AdoptedContainer, AdoptedProcess, container_mismatch
+from inferpack.fleet.state import FleetState, ProcessState, leftover_processes, start_time
 
 Runtime = Literal["host", "podman", "docker"]
 CONTAINER_RUNTIMES = ("podman", "docker")
@@ -45,6 +54,7 @@ PASSED_ENV = (
 # The process inside a container binds every address of the fleet's network namespace: the holder
 # publishes the ports on the host's 127.0.0.1 only.
 CONTAINER_BIND = "0.0.0.0"
+log = logging.getLogger("inferpack.fleet.runners")
 
 
 class ChildProcess(Protocol):
@@ -66,6 +76,13 @@ class ChildProcess(Protocol):
     def kill(self) -> None: ...
 
 
+class AdoptedChild(ChildProcess, Protocol):
+    """A process taken over from a dead supervisor, with the start time that identifies it."""
+
+    @property
+    def create_time(self) -> float | None: ...
+
+
 class ProcessRunner(Protocol):
     """Starts and stops the fleet's processes somewhere (this host, containers)."""
 
@@ -82,8 +99,18 @@ class ProcessRunner(Protocol):
     def check(self) -> None:
         """What this runner needs is there (ConfigError saying what to do otherwise)."""
 
-    def open(self) -> None:
-        """Before the first start: set up what the processes share."""
+    def open(self, keep: Collection[str] = ()) -> None:
+        """Before the first start: set up what the processes share, keeping what the adopted processes
+        `keep` (names) run in."""
+
+    def leftovers(self, state: FleetState) -> list[ProcessState]:
+        """The records of a dead supervisor's `state` whose processes still run here."""
+        ...
+
+    def adopt(self, name: str, record: ProcessState, cmd: list[str]) -> AdoptedChild | None:
+        """A handle on leftover process `name` (`record`) if it still runs what `cmd` would start; None
+        (it is then started again) otherwise."""
+        ...
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str], log_path: Path
@@ -134,8 +161,18 @@ class HostRunner:
     def check(self) -> None:
         return None
 
-    def open(self) -> None:
+    def open(self, keep: Collection[str] = ()) -> None:
         return None
+
+    def leftovers(self, state: FleetState) -> list[ProcessState]:
+        return leftover_processes(state)  # same pid and start time
+
+    def adopt(self, name: str, record: ProcessState, cmd: list[str]) -> AdoptedChild | None:
+        # Its command line is not compared: the launch's name, port and models (`sort_leftovers`) are.
+        if record.pid is None:
+            return None
+        proc = AdoptedProcess(record.pid, record.create_time)
+        return proc if proc.poll() is None else None
 
     def start(
         self, name: str, cmd: list[str], env: dict[str, str], log_path: Path
@@ -184,6 +221,10 @@ def _quiet(cmd: list[str], timeout_s: float = 60.0) -> subprocess.CompletedProce
         return subprocess.CompletedProcess(cmd, 124, "", why)
 
 
+def _waiter(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
 @dataclass
 class ContainerRunner:
     """The fleet's processes as containers of `image`, run by `tool` (podman or docker)."""
@@ -194,6 +235,8 @@ class ContainerRunner:
     ports: list[int]
     mounts: list[Path]
     call: Callable[[list[str]], subprocess.CompletedProcess[str]] = field(default=_quiet)
+    # starts the `TOOL wait ID` that watches an adopted container (a stand-in in tests)
+    spawn_waiter: Callable[[list[str]], subprocess.Popen[bytes]] = field(default=_waiter)
 
     @property
     def cli(self) -> list[str]:
@@ -216,9 +259,11 @@ class ContainerRunner:
         """The container name of fleet process `name`."""
         return f"{self.prefix}-{name}"
 
+    def _label_values(self) -> dict[str, str]:
+        return {LABEL: fleet_id(self.run_root), f"{LABEL}.run-dir": str(self.run_root)}
+
     def _labels(self) -> list[str]:
-        fleet = fleet_id(self.run_root)
-        return ["--label", f"{LABEL}={fleet}", "--label", f"{LABEL}.run-dir={self.run_root}"]
+        return [arg for key, value in self._label_values().items() for arg in ("--label", f"{key}={value}")]
 
     def _must(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
         proc = self.call(cmd)
@@ -252,8 +297,13 @@ class ContainerRunner:
                 hint=f"build it with `inferpack image build --tag {self.image}`, or pass --image",
             )
 
-    def open(self) -> None:
-        self.cleanup()  # a previous fleet of this run directory that was never taken down
+    def open(self, keep: Collection[str] = ()) -> None:
+        kept = {self.container(name) for name in keep}
+        if kept:  # adopted containers live in the holder's network namespace: it stays too
+            kept.add(self.holder)
+        self.cleanup(keep=kept)  # a previous fleet of this run directory that was never taken down
+        if self.holder in kept:
+            return
         published = [arg for port in self.ports for arg in ("-p", f"127.0.0.1:{port}:{port}")]
         self._must(
             [
@@ -307,10 +357,53 @@ class ContainerRunner:
         self.call([self.tool, "kill", self.holder])  # `sleep` as pid 1 ignores SIGTERM: nothing to drain
         self.call([self.tool, "rm", "--force", self.holder])
 
-    def cleanup(self) -> list[str]:
+    def _listed(self, *flags: str) -> list[str]:
+        """Names of the fleet's containers (`ps` with `flags`: `--all` for stopped ones too)."""
         label = f"label={LABEL}={fleet_id(self.run_root)}"
-        listed = self.call([self.tool, "ps", "--all", "--filter", label, "--format", "{{.Names}}"])
-        names = sorted(line.strip() for line in listed.stdout.splitlines() if line.strip())
+        listed = self.call([self.tool, "ps", *flags, "--filter", label, "--format", "{{.Names}}"])
+        return sorted(line.strip() for line in listed.stdout.splitlines() if line.strip())
+
+    def _inspect(self, name: str) -> dict[str, Any] | None:
+        proc = self.call([self.tool, "inspect", "--type", "container", name])
+        try:
+            found = json.loads(proc.stdout) if proc.returncode == 0 else []
+        except json.JSONDecodeError:
+            return None
+        return found[0] if isinstance(found, list) and found and isinstance(found[0], dict) else None
+
+    def leftovers(self, state: FleetState) -> list[ProcessState]:
+        running = set(self._listed())
+        if self.holder not in running:  # the others' network namespace and published ports are gone
+            return []
+        return [p for p in state.processes() if self.container(p.name) in running]
+
+    def adopt(self, name: str, record: ProcessState, cmd: list[str]) -> AdoptedChild | None:
+        holder, found = self._inspect(self.holder), self._inspect(self.container(name))
+        image = self.call([self.tool, "image", "inspect", "--format", "{{.Id}}", self.image])
+        if holder is None or found is None or image.returncode != 0:
+            return None
+        networks = {f"container:{holder.get('Id')}", f"container:{self.holder}"}
+        why = container_mismatch(
+            found,
+            cmd=cmd,
+            image_id=image.stdout.strip(),
+            labels=self._label_values(),
+            networks=networks,
+        )
+        if why is None and not (holder.get("State") or {}).get("Running"):
+            why = f"its network holder {self.holder} is not running"
+        if why is not None:
+            log.warning("%s: container %s is not adopted: %s", name, self.container(name), why)
+            return None
+        cid, pid = str(found["Id"]), int((found.get("State") or {}).get("Pid") or 0)
+        waiter = self.spawn_waiter([self.tool, "wait", cid])
+        return AdoptedContainer(pid, start_time(pid) if pid > 0 else None, waiter, partial(self._signal, cid))
+
+    def _signal(self, container: str, sig: int) -> None:
+        self.call([self.tool, "kill", "--signal", str(sig), container])
+
+    def cleanup(self, keep: Collection[str] = ()) -> list[str]:
+        names = [name for name in self._listed("--all") if name not in keep]
         # One at a time (a container that goes away meanwhile fails only its own removal), the network
         # holder last: the others live in its namespace.
         for name in sorted(names, key=lambda n: n == self.holder):

@@ -10,9 +10,10 @@ servers (SIGTERM, drain, SIGKILL after the timeout), records phase "stopped" and
 servers' parent, it learns of a death at once (`poll`) and leaves no zombies.
 
 Started with the state of a supervisor that died (`previous`), it first adopts that supervisor's live
-processes that still match its launch (`fleet.adoption`): they keep running and serving, and are watched,
-probed, killed when hung and stopped like its own children; one that dies is started again as its own
-child. Init, not this supervisor, reaps an adopted process that exits.
+processes or containers that still match its launch (`fleet.adoption`, through its runner): they keep
+running and serving, and are watched, probed, killed when hung and stopped like its own children; one
+that dies is started again as its own child. Init, not this supervisor, reaps an adopted host process
+that exits. Under a container runtime the fleet's network holder is kept when anything is adopted.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pydantic import Field, ValidationError
 
 from inferpack import processes as P
 from inferpack.errors import ConfigError, FleetError
-from inferpack.fleet.adoption import UNKNOWN_EXIT, AdoptedProcess, sort_leftovers
+from inferpack.fleet.adoption import UNKNOWN_EXIT, sort_leftovers
 from inferpack.fleet.liveness import LivenessProber, LivenessTracker
 from inferpack.fleet.runners import ChildProcess, ProcessRunner, Runtime, config_mounts, make_runner
 from inferpack.fleet.state import (
@@ -228,12 +229,12 @@ class Supervisor:
         log.info("started %s (pid %d)", child.record.name, child.proc.pid)
 
     def adopt(self) -> list[_Child]:
-        """Take over the live processes of `previous` that match the launch (host processes only; a
-        container runtime starts everything again). Returns the adopted children."""
-        if self.previous is None or self.spec.runtime != "host":
+        """Take over the processes (or containers) of `previous` that still run what the launch would
+        start (`sort_leftovers`, then the runner's own check). Returns the adopted children."""
+        if self.previous is None:
             return []
         found = sort_leftovers(
-            self.previous,
+            self.runner.leftovers(self.previous),
             self.spec.router_port,
             {s.name: (s.port, s.models) for s in self.spec.servers},
         )
@@ -241,16 +242,14 @@ class Supervisor:
         adopted = []
         for child in self._children():
             was = old.get(child.record.name)
-            if was is None or was.pid is None:
-                continue
-            proc = AdoptedProcess(was.pid, was.create_time)
-            if proc.poll() is not None:  # died since it was sorted
+            proc = self.runner.adopt(child.record.name, was, child.cmd) if was is not None else None
+            if was is None or proc is None:  # died since it was sorted, or runs something else
                 continue
             child.proc = proc
             child.started = time.monotonic()
             child.ready_by = child.started + self.spec.ready_timeout_s
             rec = child.record
-            rec.pid, rec.create_time, rec.status, rec.adopted = was.pid, was.create_time, "starting", True
+            rec.pid, rec.create_time, rec.status, rec.adopted = proc.pid, proc.create_time, "starting", True
             rec.restarts, rec.last_exit, rec.last_restart_reason = (
                 was.restarts,
                 was.last_exit,
@@ -260,7 +259,7 @@ class Supervisor:
             log.info(
                 "adopted %s (pid %d) from supervisor pid %s, which is gone",
                 rec.name,
-                was.pid,
+                proc.pid,
                 self.previous.supervisor.pid,
             )
             adopted.append(child)
@@ -313,12 +312,12 @@ class Supervisor:
     def start_fleet(self) -> bool:
         """Servers first (all at once), then the router once every server is ready."""
         self._save()
+        adopted = self.adopt()  # first: what is adopted keeps what it runs in (a container's network)
         try:
-            self.runner.open()
+            self.runner.open(keep=[c.record.name for c in adopted])
         except (ConfigError, FleetError) as exc:
             self.state.message = str(exc)
             return False
-        adopted = self.adopt()
         for child in self.servers:
             if child not in adopted:
                 self._start(child)
