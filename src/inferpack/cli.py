@@ -86,6 +86,14 @@ def serve(
             "measured speed)."
         ),
     ] = None,
+    trace_after_batches: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="CPU, eager: trace a model to a TorchScript graph once it has run this many batches "
+            "(default 16; 0: never).",
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
@@ -147,6 +155,7 @@ def serve(
             "device": device,
             "dtype": dtype,
             "engine": engine,
+            "trace_after_batches": trace_after_batches,
             "inference_threads": threads,
             "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,
