@@ -4,6 +4,12 @@ Per architecture (models whose weights differ but whose shape does not are measu
 time, resident memory added (an RSS delta, measured), latency at each batch size, thread count and
 dtype, and peak throughput per core. The result is tagged with the hardware it ran on.
 
+Where a server would trace the model (compile/tracing.py `traceable`: an eager module of a safetensors
+version on the CPU; servers costed on such points run engine eager, which traces), every point is timed a
+second time on the traced graph made by `traced` itself (the server's own function: packed weights,
+warm-up and fidelity checks included), and the graph's extra memory per model is recorded
+(`ModelProfile.traced_mb`): a hot model on a server runs that graph, not the eager forward.
+
 Measurement needs a clock, an RSS reader and a model loader; they are parameters so the logic can be
 tested without timing real models.
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import platform
 import statistics
 import time
@@ -24,6 +31,7 @@ import numpy as np
 import psutil
 import torch
 
+from inferpack.compile.tracing import WARM_UP_CALLS, traceable, traced
 from inferpack.errors import ConfigError, InferpackError, ModelLoadFailed
 from inferpack.planner.profiles import (
     DType,
@@ -36,10 +44,11 @@ from inferpack.planner.profiles import (
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
 from inferpack.runtime.hardware import cpu_model, usable_cores
-from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages
 from inferpack.runtime.tasks import TextInput, handler_for
 
 MB = 2**20
+log = logging.getLogger("inferpack.profile")
 # Long enough to be truncated to any model's max_sequence_length, so latencies are at full length.
 _WORDS = (
     "inferpack serves thousands of unique models behind one endpoint and plans the cheapest fleet "
@@ -47,6 +56,8 @@ _WORDS = (
 ) * 40
 
 Loader = Callable[[ModelRepository, str, DType], LoadedModel]
+# a loaded eager model -> the same model with its traced graph, as the server makes it (`traced`)
+Tracer = Callable[[LoadedModel], LoadedModel]
 
 
 @dataclass
@@ -61,6 +72,7 @@ class ProfileRequest:
     model_class: str | None = (
         None  # the planner class these models belong to (e.g. bert-base); default: shape key
     )
+    traced: bool = True  # also time the traced graph where a server would trace the model
 
 
 def default_loader(repository: ModelRepository, model_id: str, dtype: DType) -> LoadedModel:
@@ -139,12 +151,16 @@ def batch_of(model: LoadedModel, size: int) -> list[TextInput]:
 
 
 def time_forward(
-    model: LoadedModel, size: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+    model: LoadedModel,
+    size: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    warm_up: int = 2,
 ) -> tuple[float, float]:
-    """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, two warm-up
-    runs)."""
+    """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, `warm_up`
+    runs first: a traced graph's profiling executor optimises for a new shape over its first calls)."""
     encoded = model.tokenizer.encode(batch_of(model, size))
-    for _ in range(2):
+    for _ in range(warm_up):
         model.forward(encoded)
     times = []
     for _ in range(max(1, repeats)):
@@ -182,6 +198,8 @@ class Measured:
     points: list[OperatingPoint]
     failed: dict[str, str]
     shape: dict[str, int] = field(default_factory=dict)  # ModelClass shape fields (FLOPs per request)
+    traced_mb: dict[DType, float] = field(default_factory=dict)  # a traced graph's memory per model
+    traced_notes: list[str] = field(default_factory=list)  # how each traced_mb figure was found
 
 
 def measure_architecture(
@@ -194,8 +212,11 @@ def measure_architecture(
     rss: Callable[[], int] = process_rss,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
+    tracer: Tracer = traced,
+    can_trace: Callable[[LoadedModel], bool] = traceable,
 ) -> Measured:
-    """Load one or two models of an architecture and time it at every requested point.
+    """Load one or two models of an architecture and time it at every requested point, and at every
+    point again on its traced graph where a server would trace it (`measure_traced`).
 
     Memory is the RSS delta of loading (and running) a model. The first model of a process also pays
     one-off costs (kernels, tokenizer), so when a second model of the same shape exists its delta is
@@ -223,6 +244,8 @@ def measure_architecture(
     del loaded, candidate
     parameters = model.manifest.parameters
     points: list[OperatingPoint] = []
+    traced_mb: dict[DType, float] = {}
+    traced_notes: list[str] = []
     old_threads = torch.get_num_threads()
     try:
         for dtype in request.dtypes:
@@ -230,24 +253,107 @@ def measure_architecture(
                 del model
                 gc.collect()
                 model = loader(repository, model_ids[0], dtype)
-            for threads in request.threads:
-                torch.set_num_threads(threads)
-                for size in request.batch_sizes:
-                    if progress is not None:
-                        progress(f"{key}: {dtype}, {threads} thread(s), batch {size}")
-                    latency, p90 = time_forward(model, size, request.repeats, clock)
-                    point = OperatingPoint(
-                        batch_size=size, threads=threads, dtype=dtype, latency_ms=latency, latency_p90_ms=p90
-                    )
-                    points.append(point)
+            points += time_points(model, dtype, request, clock, progress, label=key)
+            if request.traced and can_trace(model):
+                found = measure_traced(model, dtype, request, tracer, rss=rss, clock=clock, progress=progress)
+                if found is not None:
+                    traced_points, traced_mb[dtype], note = found
+                    points += traced_points
+                    traced_notes.append(note)
+                else:
+                    traced_notes.append(f"{dtype}: no traced points (tracing failed or disagreed)")
     finally:
         torch.set_num_threads(old_threads)
         del model
         gc.collect()
     shape = model_shape(repository, model_ids[0])
     return Measured(
-        key, model_ids, load_s, max(resident, 1.0), from_second, parameters, points, failed, shape
+        key,
+        model_ids,
+        load_s,
+        max(resident, 1.0),
+        from_second,
+        parameters,
+        points,
+        failed,
+        shape,
+        traced_mb,
+        traced_notes,
     )
+
+
+def time_points(
+    model: LoadedModel,
+    dtype: DType,
+    request: ProfileRequest,
+    clock: Callable[[], float],
+    progress: Callable[[str], None] | None,
+    *,
+    label: str,
+    traced_graph: bool = False,
+) -> list[OperatingPoint]:
+    """One point per (threads, batch size) of `request`, timed on `model` as it runs batches (its traced
+    graph when it has one: `traced_graph` marks the points so)."""
+    points = []
+    warm_up = max(2, WARM_UP_CALLS) if traced_graph else 2
+    for threads in request.threads:
+        torch.set_num_threads(threads)
+        for size in request.batch_sizes:
+            if progress is not None:
+                how = " traced" if traced_graph else ""
+                progress(f"{label}: {dtype}{how}, {threads} thread(s), batch {size}")
+            latency, p90 = time_forward(model, size, request.repeats, clock, warm_up)
+            points.append(
+                OperatingPoint(
+                    batch_size=size,
+                    threads=threads,
+                    dtype=dtype,
+                    traced=traced_graph,
+                    latency_ms=latency,
+                    latency_p90_ms=p90,
+                )
+            )
+    return points
+
+
+def measure_traced(
+    model: LoadedModel,
+    dtype: DType,
+    request: ProfileRequest,
+    tracer: Tracer,
+    *,
+    rss: Callable[[], int] = process_rss,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[OperatingPoint], float, str] | None:
+    """The traced graph's points, its extra memory per model (MiB) and how that was found; None when the
+    model cannot be traced (tracing fails or the graph disagrees: the server then keeps eager too).
+
+    Memory is the larger of two figures. The RSS growth of tracing is what a server process grows by
+    (its memory limit is RSS), but the first trace of a process also pays one-off costs (TorchScript's
+    and oneDNN's own state), and after an earlier dtype's graph was freed it may reuse freed pages and
+    read low. The ledger's figure (runtime/modeling.py `model_storages`: the graph's IR estimate and the
+    prepacked weights) is what the server's memory budget charges before it keeps a graph. The larger
+    never under-counts what the plan must hold."""
+    gc.collect()
+    before_rss, before_ledger = rss(), sum(model_storages(model).values())
+    try:
+        fast = tracer(model)
+    except InferpackError as exc:
+        log.warning("%s %s: no traced points: %s", model.model_id, dtype, exc)
+        return None
+    grown = (rss() - before_rss) / MB
+    ledger = (sum(model_storages(fast).values()) - before_ledger) / MB
+    try:
+        points = time_points(fast, dtype, request, clock, progress, label=model.model_id, traced_graph=True)
+    finally:
+        del fast
+        gc.collect()
+    note = (
+        f"{dtype}: max(RSS growth of tracing {grown:.1f} MiB, ledger estimate {ledger:.1f} MiB) "
+        f"= {'RSS' if grown >= ledger else 'ledger'}"
+    )
+    return points, max(grown, ledger, 0.1), note
 
 
 def dtype_memory(m: Measured, dtypes: list[DType]) -> dict[DType, float]:
@@ -285,6 +391,7 @@ def to_profile_file(
             )
         )
         memory = dtype_memory(m, request.dtypes)
+        traced_note = f"; traced graph memory = {'; '.join(m.traced_notes)}" if m.traced_notes else ""
         memory_note = (
             "second model's RSS delta" if m.resident_from_second_model else "first model's RSS delta"
         )
@@ -296,6 +403,7 @@ def to_profile_file(
                 cold_load_s=m.cold_load_s,
                 resident_mb=m.resident_mb,
                 memory_by_dtype=memory,
+                traced_mb=m.traced_mb,
                 server_overhead_mb=server_overhead_mb,
                 points=points,
                 peak_throughput_per_core=peak,
@@ -309,6 +417,7 @@ def to_profile_file(
                         if "bf16" in memory and len(memory) > 1
                         else ""
                     )
+                    + traced_note
                 ),
             )
         )
@@ -330,6 +439,7 @@ def profile_repository(
     rss: Callable[[], int] = process_rss,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
+    tracer: Tracer = traced,
 ) -> tuple[ProfileFile, dict[str, str]]:
     """Measure every architecture among `model_ids`; returns the file and what failed (model id or
     architecture -> reason)."""
@@ -342,7 +452,15 @@ def profile_repository(
     for key, ids in groups.items():
         try:
             result = measure_architecture(
-                repository, key, ids, request, loader=loader, rss=rss, clock=clock, progress=progress
+                repository,
+                key,
+                ids,
+                request,
+                loader=loader,
+                rss=rss,
+                clock=clock,
+                progress=progress,
+                tracer=tracer,
             )
         except InferpackError as exc:
             failed[key] = str(exc)
