@@ -222,7 +222,7 @@ def measure_architecture(
     one-off costs (kernels, tokenizer), so when a second model of the same shape exists its delta is
     the one reported: the marginal memory of one more model on a server."""
     first_dtype = request.dtypes[0]
-    loaded: list[tuple[LoadedModel, float, float]] = []
+    loaded: list[tuple[str, LoadedModel, float, float]] = []
     failed: dict[str, str] = {}
     for model_id in model_ids:
         if len(loaded) == 2:
@@ -234,13 +234,15 @@ def measure_architecture(
         except InferpackError as exc:  # a broken model is reported; its shape-mates stand in for it
             failed[model_id] = str(exc)
             continue
-        loaded.append((candidate, clock() - start, (rss() - before) / MB))
+        loaded.append((model_id, candidate, clock() - start, (rss() - before) / MB))
     if not loaded:
         raise ModelLoadFailed(f"no model of architecture {key} loads: {failed}")
-    model, load_s, resident = loaded[0]
+    first_id, model, load_s, resident = loaded[0]
     from_second = len(loaded) > 1
+    # the second model stays for the traced graph's memory: a second graph's is the marginal one
+    mate_id, mate = (loaded[1][0], loaded[1][1]) if from_second and request.traced else (None, None)
     if from_second:
-        _, load_s, resident = loaded[1]
+        _, _, load_s, resident = loaded[1]
     del loaded, candidate
     parameters = model.manifest.parameters
     points: list[OperatingPoint] = []
@@ -250,12 +252,23 @@ def measure_architecture(
     try:
         for dtype in request.dtypes:
             if dtype != first_dtype:
-                del model
+                del model, mate
                 gc.collect()
-                model = loader(repository, model_ids[0], dtype)
+                model = loader(repository, first_id, dtype)
+                mate = None if mate_id is None else loader(repository, mate_id, dtype)
             points += time_points(model, dtype, request, clock, progress, label=key)
             if request.traced and can_trace(model):
-                found = measure_traced(model, dtype, request, tracer, rss=rss, clock=clock, progress=progress)
+                found = measure_traced(
+                    model,
+                    dtype,
+                    request,
+                    tracer,
+                    mate=mate,
+                    can_trace=can_trace,
+                    rss=rss,
+                    clock=clock,
+                    progress=progress,
+                )
                 if found is not None:
                     traced_points, traced_mb[dtype], note = found
                     points += traced_points
@@ -264,7 +277,7 @@ def measure_architecture(
                     traced_notes.append(f"{dtype}: no traced points (tracing failed or disagreed)")
     finally:
         torch.set_num_threads(old_threads)
-        del model
+        del model, mate
         gc.collect()
     shape = model_shape(repository, model_ids[0])
     return Measured(
@@ -322,6 +335,8 @@ def measure_traced(
     request: ProfileRequest,
     tracer: Tracer,
     *,
+    mate: LoadedModel | None = None,
+    can_trace: Callable[[LoadedModel], bool] = traceable,
     rss: Callable[[], int] = process_rss,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
@@ -329,31 +344,55 @@ def measure_traced(
     """The traced graph's points, its extra memory per model (MiB) and how that was found; None when the
     model cannot be traced (tracing fails or the graph disagrees: the server then keeps eager too).
 
-    Memory is the larger of two figures. The RSS growth of tracing is what a server process grows by
-    (its memory limit is RSS), but the first trace of a process also pays one-off costs (TorchScript's
-    and oneDNN's own state), and after an earlier dtype's graph was freed it may reuse freed pages and
-    read low. The ledger's figure (runtime/modeling.py `model_storages`: the graph's IR estimate and the
-    prepacked weights) is what the server's memory budget charges before it keeps a graph. The larger
-    never under-counts what the plan must hold."""
+    Memory is that of the second traced model (`mate`, a model of the same shape, traced while the first
+    graph lives) when there is one, as `resident_mb` is the second model's: the first trace of a process
+    pays one-off costs (TorchScript's and oneDNN's own state), and the first tenant of a base also makes
+    the graphs and packed weights its base's other tenants share (compile/tracing.py). Of that model it
+    is the larger of two figures: the RSS growth of tracing, what a server process grows by (its memory
+    limit is RSS; it may read low where freed pages of an earlier dtype are reused), and the ledger's
+    growth (runtime/modeling.py `model_storages`: graph IR estimates and prepacked weights, each shared
+    one once), what the server's memory budget charges before it keeps a graph. The larger never
+    under-counts what the plan must hold."""
     gc.collect()
-    before_rss, before_ledger = rss(), sum(model_storages(model).values())
+    before_rss, before_ledger = rss(), _ledger_bytes([model, *([mate] if mate else [])])
     try:
         fast = tracer(model)
     except InferpackError as exc:
         log.warning("%s %s: no traced points: %s", model.model_id, dtype, exc)
         return None
     grown = (rss() - before_rss) / MB
-    ledger = (sum(model_storages(fast).values()) - before_ledger) / MB
+    ledger = (_ledger_bytes([fast, *([mate] if mate else [])]) - before_ledger) / MB
+    which = "first"
+    if mate is not None and can_trace(mate):
+        before_rss, before_ledger = rss(), _ledger_bytes([fast, mate])
+        try:
+            second = tracer(mate)
+        except InferpackError as exc:  # the first model's figures stand
+            log.warning("%s %s: not traced: %s", mate.model_id, dtype, exc)
+        else:
+            grown = (rss() - before_rss) / MB
+            ledger = (_ledger_bytes([fast, second]) - before_ledger) / MB
+            which = "second"
+            del second
     try:
         points = time_points(fast, dtype, request, clock, progress, label=model.model_id, traced_graph=True)
     finally:
         del fast
         gc.collect()
     note = (
-        f"{dtype}: max(RSS growth of tracing {grown:.1f} MiB, ledger estimate {ledger:.1f} MiB) "
+        f"{dtype}: {which} traced model's max(RSS growth {grown:.1f} MiB, ledger growth {ledger:.1f} MiB) "
         f"= {'RSS' if grown >= ledger else 'ledger'}"
     )
     return points, max(grown, ledger, 0.1), note
+
+
+def _ledger_bytes(models: list[LoadedModel]) -> int:
+    """What the server's ledger holds for `models` together: each storage (a shared layer, a packed
+    weight, a base's trunk of graphs) once."""
+    storages: dict[int, int] = {}
+    for m in models:
+        storages.update(model_storages(m))
+    return sum(storages.values())
 
 
 def dtype_memory(m: Measured, dtypes: list[DType]) -> dict[DType, float]:
