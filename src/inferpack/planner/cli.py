@@ -423,7 +423,7 @@ def profile_command(
                 prof.model_class if k == 0 else "",
                 f"{prof.cold_load_s:.2f} s" if k == 0 else "",
                 f"{prof.resident_mb:.0f} MB" if k == 0 else "",
-                point.dtype,
+                f"{point.dtype} traced" if point.traced else point.dtype,
                 str(point.threads),
                 str(point.batch_size),
                 f"{point.latency_ms:.1f} ms",
