@@ -283,3 +283,17 @@ def test_inferpack_up_passes_what_the_real_cli_reads_as_tracing() -> None:
         repository="repo", models=["cold-0"], port=0, threads=None, execution=eager.execution
     )
     assert _parse_serve(argv)["trace_after_batches"] == 0
+
+
+def test_eager_points_are_timed_without_a_traced_tenant_s_trunk(demo_repo: Path) -> None:
+    """Beside a traced tenant, an eager tenant of its base runs the base's layers through the traced
+    tenant's trunk; the profile's eager points time what a plan's eager servers (which never trace) run."""
+    from inferpack.compile.tracing import traced
+    from inferpack.planner.profiler import default_loader, untraced
+
+    repo = open_repository(demo_repo)
+    hot, cold = (default_loader(repo, m, "fp32") for m in ("qa-0000", "qa-0001"))
+    fast = traced(hot)
+    assert fast.pieces is not None and fast.pieces.trunk is not None  # the demo tenants share a base
+    assert cold._module_for(1) is not cold.module  # through the trunk
+    assert untraced(cold)._module_for(1) is cold.module

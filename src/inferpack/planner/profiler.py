@@ -7,7 +7,8 @@ dtype, and peak throughput per core. The result is tagged with the hardware it r
 Where a server would trace the model (compile/tracing.py `traceable`: an eager module of a safetensors
 version on the CPU; servers costed on such points run engine eager, which traces), every point is timed a
 second time on the traced graph made by `traced` itself (the server's own function: packed weights,
-warm-up and fidelity checks included), and the graph's extra memory per model is recorded
+warm-up and fidelity checks included), its forwards alternating with the eager ones (a shared host's
+load weighs on both alike), and the graph's extra memory per model is recorded
 (`ModelProfile.traced_mb`): a hot model on a server runs that graph, not the eager forward.
 
 Measurement needs a clock, an RSS reader and a model loader; they are parameters so the logic can be
@@ -16,6 +17,7 @@ tested without timing real models.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -159,15 +161,30 @@ def time_forward(
 ) -> tuple[float, float]:
     """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, `warm_up`
     runs first: a traced graph's profiling executor optimises for a new shape over its first calls)."""
-    encoded = model.tokenizer.encode(batch_of(model, size))
-    for _ in range(warm_up):
-        model.forward(encoded)
-    times = []
+    return time_side_by_side([model], size, repeats, clock, warm_up)[0]
+
+
+def time_side_by_side(
+    models: list[LoadedModel],
+    size: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    warm_up: int = 2,
+) -> list[tuple[float, float]]:
+    """`time_forward` of each of `models` (runtimes of one model: the eager module, its traced graph),
+    their forwards alternating, so a change in what else runs on the cores (a shared host) weighs on
+    each alike and their ratio holds."""
+    encoded = models[0].tokenizer.encode(batch_of(models[0], size))
+    for model in models:
+        for _ in range(warm_up):
+            model.forward(encoded)
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(max(1, repeats)):
-        start = clock()
-        model.forward(encoded)
-        times.append((clock() - start) * 1000.0)
-    return float(statistics.median(times)), float(np.quantile(times, 0.9))
+        for model, taken in zip(models, times, strict=True):
+            start = clock()
+            model.forward(encoded)
+            taken.append((clock() - start) * 1000.0)
+    return [(float(statistics.median(t)), float(np.quantile(t, 0.9))) for t in times]
 
 
 def hardware() -> HardwareTag:
@@ -216,7 +233,7 @@ def measure_architecture(
     can_trace: Callable[[LoadedModel], bool] = traceable,
 ) -> Measured:
     """Load one or two models of an architecture and time it at every requested point, and at every
-    point again on its traced graph where a server would trace it (`measure_traced`).
+    point again on its traced graph where a server would trace it (`trace_memory`, `time_points`).
 
     Memory is the RSS delta of loading (and running) a model. The first model of a process also pays
     one-off costs (kernels, tokenizer), so when a second model of the same shape exists its delta is
@@ -256,25 +273,16 @@ def measure_architecture(
                 gc.collect()
                 model = loader(repository, first_id, dtype)
                 mate = None if mate_id is None else loader(repository, mate_id, dtype)
-            points += time_points(model, dtype, request, clock, progress, label=key)
+            fast = None
             if request.traced and can_trace(model):
-                found = measure_traced(
-                    model,
-                    dtype,
-                    request,
-                    tracer,
-                    mate=mate,
-                    can_trace=can_trace,
-                    rss=rss,
-                    clock=clock,
-                    progress=progress,
-                )
+                found = trace_memory(model, dtype, tracer, mate=mate, can_trace=can_trace, rss=rss)
                 if found is not None:
-                    traced_points, traced_mb[dtype], note = found
-                    points += traced_points
+                    fast, traced_mb[dtype], note = found
                     traced_notes.append(note)
                 else:
                     traced_notes.append(f"{dtype}: no traced points (tracing failed or disagreed)")
+            points += time_points(model, fast, dtype, request, clock, progress, label=key)
+            del fast
     finally:
         torch.set_num_threads(old_threads)
         del model, mate
@@ -297,52 +305,62 @@ def measure_architecture(
 
 def time_points(
     model: LoadedModel,
+    fast: LoadedModel | None,
     dtype: DType,
     request: ProfileRequest,
     clock: Callable[[], float],
     progress: Callable[[str], None] | None,
     *,
     label: str,
-    traced_graph: bool = False,
 ) -> list[OperatingPoint]:
-    """One point per (threads, batch size) of `request`, timed on `model` as it runs batches (its traced
-    graph when it has one: `traced_graph` marks the points so)."""
-    points = []
-    warm_up = max(2, WARM_UP_CALLS) if traced_graph else 2
+    """One point per (threads, batch size) of `request` on `model`'s eager forward, and with `fast` (the
+    same model traced) one more on its graph (`traced`), timed side by side with the eager one; eager
+    points first, then traced ones."""
+    eager: list[OperatingPoint] = []
+    graph: list[OperatingPoint] = []
+    runtimes = [model] if fast is None else [untraced(model), fast]
+    warm_up = 2 if fast is None else max(2, WARM_UP_CALLS)
     for threads in request.threads:
         torch.set_num_threads(threads)
         for size in request.batch_sizes:
             if progress is not None:
-                how = " traced" if traced_graph else ""
+                how = "" if fast is None else " eager and traced"
                 progress(f"{label}: {dtype}{how}, {threads} thread(s), batch {size}")
-            latency, p90 = time_forward(model, size, request.repeats, clock, warm_up)
-            points.append(
-                OperatingPoint(
-                    batch_size=size,
-                    threads=threads,
-                    dtype=dtype,
-                    traced=traced_graph,
-                    latency_ms=latency,
-                    latency_p90_ms=p90,
+            timed = time_side_by_side(runtimes, size, request.repeats, clock, warm_up)
+            for (latency, p90), out in zip(timed, (eager, graph), strict=False):
+                out.append(
+                    OperatingPoint(
+                        batch_size=size,
+                        threads=threads,
+                        dtype=dtype,
+                        traced=out is graph,
+                        latency_ms=latency,
+                        latency_p90_ms=p90,
+                    )
                 )
-            )
-    return points
+    return eager + graph
 
 
-def measure_traced(
+def untraced(model: LoadedModel) -> LoadedModel:
+    """`model` as a server that never traces runs it: its eager module alone. (Beside a traced tenant of
+    its base, an eager tenant runs the base's shared layers through that tenant's trunk of graphs,
+    runtime/modeling.py `_module_for`; a plan's eager servers trace nothing, so no trunk exists there.)"""
+    extra = {k: v for k, v in model.extra.items() if k != "own_paths"}
+    return dataclasses.replace(model, extra=extra)
+
+
+def trace_memory(
     model: LoadedModel,
     dtype: DType,
-    request: ProfileRequest,
     tracer: Tracer,
     *,
     mate: LoadedModel | None = None,
     can_trace: Callable[[LoadedModel], bool] = traceable,
     rss: Callable[[], int] = process_rss,
-    clock: Callable[[], float] = time.perf_counter,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[list[OperatingPoint], float, str] | None:
-    """The traced graph's points, its extra memory per model (MiB) and how that was found; None when the
-    model cannot be traced (tracing fails or the graph disagrees: the server then keeps eager too).
+) -> tuple[LoadedModel, float, str] | None:
+    """`model` traced (as a server traces it), the graph's extra memory per model (MiB) and how that was
+    found; None when the model cannot be traced (tracing fails or the graph disagrees: the server then
+    keeps eager too, so the profile has no traced point).
 
     Memory is that of the second traced model (`mate`, a model of the same shape, traced while the first
     graph lives) when there is one, as `resident_mb` is the second model's: the first trace of a process
@@ -374,16 +392,12 @@ def measure_traced(
             ledger = (_ledger_bytes([fast, second]) - before_ledger) / MB
             which = "second"
             del second
-    try:
-        points = time_points(fast, dtype, request, clock, progress, label=model.model_id, traced_graph=True)
-    finally:
-        del fast
-        gc.collect()
+            gc.collect()
     note = (
         f"{dtype}: {which} traced model's max(RSS growth {grown:.1f} MiB, ledger growth {ledger:.1f} MiB) "
         f"= {'RSS' if grown >= ledger else 'ledger'}"
     )
-    return points, max(grown, ledger, 0.1), note
+    return fast, max(grown, ledger, 0.1), note
 
 
 def _ledger_bytes(models: list[LoadedModel]) -> int:
