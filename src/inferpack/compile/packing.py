@@ -109,6 +109,8 @@ def _copy(module: nn.Module) -> nn.Module:
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted: nn.Module = torch.jit.script(PackedLinear(module))
             return scripted
+    if not any(_packable(m) for m in module.modules()):
+        return module  # nothing to pack below: the subtree itself
     twin = copy.copy(module)  # a new object sharing every attribute but the children's dict
     twin._modules = {name: None if child is None else _copy(child) for name, child in module._modules.items()}
     return twin
