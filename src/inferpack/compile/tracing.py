@@ -73,11 +73,11 @@ MAX_SIGNATURES = 4  # graphs per piece at most (the examples make two: a mask, a
 log = logging.getLogger("inferpack.tracing")
 
 
-def trace_job(model: LoadedModel) -> Callable[[], LoadedModel] | None:
+def trace_job(model: LoadedModel, pack: bool = True) -> Callable[[], LoadedModel] | None:
     """The work that makes `model`'s traced graph (`traced`, run on the upgrade lane), or None when it
     cannot be traced (`traceable`). The registry's `tracer` (runtime/registry.py): it lives here, with
     the compile step whose tracing and checks it reuses, and is handed to the registry by the server."""
-    return functools.partial(traced, model) if traceable(model) else None
+    return functools.partial(traced, model, pack) if traceable(model) else None
 
 
 def traceable(model: LoadedModel) -> bool:
@@ -93,7 +93,7 @@ def traceable(model: LoadedModel) -> bool:
     )
 
 
-def traced(model: LoadedModel) -> LoadedModel:
+def traced(model: LoadedModel, pack: bool = True) -> LoadedModel:
     """`model` with a traced graph of its module for single-model batches (see the module's doc). Runs on
     the upgrade thread. ModelLoadFailed when tracing fails or the graph disagrees with the eager module."""
     started = time.perf_counter()
@@ -102,7 +102,8 @@ def traced(model: LoadedModel) -> LoadedModel:
     if not isinstance(module, TaskWrapper):
         raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} has no eager module to trace")
     try:
-        graph = jit_trace(packed_copy(module), model_args(examples.trace, model.device), freeze=False)
+        traceable_module = packed_copy(module) if pack else module
+        graph = jit_trace(traceable_module, model_args(examples.trace, model.device), freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*model_args(examples.trace, model.device))
@@ -125,7 +126,7 @@ def traced(model: LoadedModel) -> LoadedModel:
         )
     extra = {**model.extra, "graph_bytes": graph_bytes(graph)}
     try:
-        pieces = traced_pieces(model, examples)
+        pieces = traced_pieces(model, examples, pack)
     except Exception as exc:  # the whole graph still serves its own batches: it then batches alone
         log.warning("model %s v%s: no pieces for mixed batches: %s", model.model_id, model.version, exc)
         pieces = None
@@ -140,7 +141,7 @@ def graph_bytes(graph: torch.jit.ScriptModule) -> int:
     return sum(1 for _ in graph.inlined_graph.nodes()) * GRAPH_BYTES_PER_NODE
 
 
-def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | None:
+def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: bool = True) -> TracedPieces | None:
     """Graphs of `model`'s own submodules and of its base's shared subtrees for mixed batches (see the
     module's doc); None for a model that shares no layers. ModelLoadFailed when the model run through its
     pieces disagrees with the eager module."""
@@ -151,11 +152,13 @@ def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | No
     at_own = [p for p in paths if next(module.get_submodule(p).children(), None) is not None]
     batches = [model_args(b, model.device) for b in (examples.trace, *examples.checks)]
     calls = _capture(module, at_own + at_trunk, batches)
-    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_own}
+    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_own}
     with TRUNKS.lock:  # the first traced tenant of a base makes its trunk; the others reuse it
         trunk = TRUNKS.get(key, paths)
         if trunk is None:
-            graphs: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_trunk}
+            graphs: dict[str, Graphs] = {
+                p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_trunk
+            }
             trunk = Trunk(graphs, tuple(paths), _graphs_bytes(graphs))
             TRUNKS.add(key, trunk)
     pieces = TracedPieces(own, trunk, _graphs_bytes(own))
@@ -226,13 +229,14 @@ def _capture(
 
 
 def _trace_calls(
-    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]]
+    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]], pack: bool
 ) -> dict[Signature, Callable[..., Any]]:
-    """A warmed-up graph of `sub` per recorded call signature."""
+    """A warmed-up graph of `sub` (`pack`: of its copy with prepacked linear weights) per recorded call
+    signature."""
     graphs: dict[Signature, Callable[..., Any]] = {}
     for key, (args, kwargs) in calls.items():
         inputs = tensor_args(args, kwargs)
-        graph = jit_trace(_Bound(packed_copy(sub), args, kwargs), inputs, freeze=False)
+        graph = jit_trace(_Bound(packed_copy(sub) if pack else sub, args, kwargs), inputs, freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*inputs)
