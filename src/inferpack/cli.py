@@ -94,6 +94,14 @@ def serve(
             "(default 16; 0: never).",
         ),
     ] = None,
+    pack_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack-weights/--no-pack-weights",
+            help="bf16 on native-bf16 CPUs: traced graphs run on linear weights prepacked for oneDNN "
+            "(default) or on the plain weights (less memory per process).",
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
@@ -156,6 +164,7 @@ def serve(
             "dtype": dtype,
             "engine": engine,
             "trace_after_batches": trace_after_batches,
+            "pack_weights": pack_weights,
             "inference_threads": threads,
             "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,

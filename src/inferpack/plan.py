@@ -92,7 +92,8 @@ class Execution(StrictModel):
         default=False,
         description="Costed on traced graphs (profile points with `traced`): the servers trace every "
         "model they hold once it has run `server.trace_after_batches` batches (kept at the default, "
-        "never 0), and the plan sized their memory for the graphs. False on eager (CPU): the servers "
+        "never 0), over packed weights (`server.pack_weights`, as profiled), and the plan sized their "
+        "memory for the graphs. False on eager (CPU): the servers "
         "never trace (`trace_after_batches` 0), since the plan counted no graph memory. Absent: False.",
     )
     inference_threads: int = Field(ge=1, description="Parallel forwards per server (the planner's workers).")
@@ -135,6 +136,8 @@ class Execution(StrictModel):
         }
         if self.engine == "eager" and self.device == "cpu":
             fields["trace_after_batches"] = TRACE_AFTER_BATCHES if self.traced else 0
+        if self.traced:  # the graphs `inferpack profile` timed: `compile.tracing.traced`'s, packed
+            fields["pack_weights"] = True
         return fields
 
     def apply(self, settings: ServerSettings) -> ServerSettings:

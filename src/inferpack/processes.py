@@ -60,6 +60,8 @@ def server_command(
         fields = execution.server_fields()
         if "trace_after_batches" in fields:  # traced exactly where the plan costed traced graphs
             cmd += ["--trace-after-batches", str(fields["trace_after_batches"])]
+        if fields.get("pack_weights"):  # over the packed weights the profile timed
+            cmd += ["--pack-weights"]
         cmd += [
             "--max-batch-size",
             str(execution.max_batch_size),

@@ -246,9 +246,11 @@ def _groups() -> tuple[ServerGroup, ServerGroup]:
 def test_a_traced_group_s_servers_trace_and_an_eager_group_s_never() -> None:
     """Through `served_settings` (Kubernetes) and the registry's own rule, whatever the configuration."""
     traced, eager = _groups()
-    for configured in (ServerSettings(), ServerSettings(trace_after_batches=0, memory_budget_mb=64)):
+    quiet = ServerSettings(trace_after_batches=0, memory_budget_mb=64, pack_weights=False)
+    for configured in (ServerSettings(), quiet):
         served = served_settings(traced, configured)
         assert traces_after(served, "cpu") == TRACE_AFTER_BATCHES > 0
+        assert served.pack_weights  # over the packed weights the profile timed
         # the budget the server traces into holds every model with its graph (the plan's memory)
         assert served.memory_budget_mb is None or served.memory_budget_mb >= traced.resources.memory_mb
         assert traces_after(served_settings(eager, configured), "cpu") == 0
@@ -278,6 +280,7 @@ def test_inferpack_up_passes_what_the_real_cli_reads_as_tracing() -> None:
     )
     params = _parse_serve(argv)
     assert params["trace_after_batches"] == TRACE_AFTER_BATCHES and params["engine"] == "eager"
+    assert params["pack_weights"] is True  # the graphs the profile timed
     assert params["memory_budget_mb"] == traced.resources.memory_mb
     argv = server_command(
         repository="repo", models=["cold-0"], port=0, threads=None, execution=eager.execution
