@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import typer
 
-from inferpack.cli import app
 from inferpack.deploy.options import RenderOptions
 from inferpack.deploy.servers import server_env
 from inferpack.errors import ModelLoadFailed
@@ -41,6 +40,7 @@ from inferpack.repository.local import open_repository
 from inferpack.runtime.modeling import LoadedModel
 from inferpack.runtime.registry import traces_after
 from inferpack.settings import ServerSettings
+from tests.deploy.test_commands_contract import parse
 
 BOX = InstanceType(name="box.2xlarge", vcpus=8, threads_per_core=1, memory_mb=16384, price_per_hour=1.0)
 CLASS = "minilm-l6"
@@ -114,7 +114,7 @@ def test_a_traced_point_needs_its_graph_memory_and_an_eager_engine() -> None:
 # --- the profiler --------------------------------------------------------------------------------------
 
 
-def _fake_tracer(graph_mb: float, calls: list[str]) -> object:
+def _fake_tracer(graph_mb: float, calls: list[str]) -> Callable[[LoadedModel], LoadedModel]:
     """A tracer that makes no graph: the model's own module stands in, its estimated own memory
     `graph_mb` (what the ledger charges for a graph, under a key of its own)."""
 
@@ -227,11 +227,7 @@ def test_hot_models_traced_and_the_cold_tail_eager(method: Method) -> None:
 
 def _parse_serve(argv: list[str]) -> dict[str, object]:
     """The real CLI's parse of a `serve` command line (raises on an unknown flag)."""
-    command = typer.main.get_command(app)
-    words = argv[argv.index("serve") :]
-    with command.make_context("inferpack", list(words), resilient_parsing=True) as ctx:  # type: ignore[attr-defined]
-        serve = command.get_command(ctx, "serve")  # type: ignore[attr-defined]
-    return dict(serve.make_context("serve", words[1:]).params)
+    return dict(parse(["inferpack", *argv[argv.index("serve") :]]).params)
 
 
 def _groups() -> tuple[ServerGroup, ServerGroup]:
