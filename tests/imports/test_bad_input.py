@@ -68,6 +68,12 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...], tuple[str, 
         (),
         ("config.json", "BertForMaskedLM", "supported", "--task"),
     ),
+    "no architectures entry": (
+        "bert-qa",
+        _edit_config(architectures=None),
+        (),
+        ("config.json has no architectures entry", "--task", "model.save_pretrained"),
+    ),
     "task without its head": (
         "all-MiniLM-L6-v2",
         lambda f: None,

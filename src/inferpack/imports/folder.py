@@ -100,9 +100,15 @@ def _task_from(config: dict[str, Any], *, sentence_transformers: bool, path: Pat
         return "text-classification"
     if name.endswith("Model") and "For" not in name:
         return "feature-extraction"
-    shown = name or "no architectures entry"
+    if not name:
+        # config.save_pretrained (or a hand-written config) leaves it out; model.save_pretrained writes it.
+        raise ImportFailed(
+            f"{path} has no architectures entry, so the task of the checkpoint is unknown",
+            hint=f"name the task with --task ({', '.join(TASKS)}), or save the model with "
+            "model.save_pretrained(DIR), which records its architecture",
+        )
     raise ImportFailed(
-        f"{path}: cannot serve {shown}; supported: {SUPPORTED}",
+        f"{path}: cannot serve {name}; supported: {SUPPORTED}",
         hint=f"name the task with --task ({', '.join(TASKS)}) to use this checkpoint's encoder for it",
     )
 
