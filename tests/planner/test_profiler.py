@@ -74,7 +74,7 @@ def test_the_closing_hint_names_the_measured_class_and_the_local_catalog(tmp_pat
     local = plan_command_hint(out, ["bert-l2-h32"], None)
     assert f"--profiles {out} --model-class bert-l2-h32" in local
     assert "--catalog local.json --instance-types local" in local
-    assert "--model-class <architecture>" in plan_command_hint(out, ["a", "b"], None)
+    assert "--model-class <one of: a, b>" in plan_command_hint(out, ["a", "b"], None)
     family = plan_command_hint(out, ["bert-base"], ["c7g.*"])
     assert family.endswith("--model-class bert-base --instance-types c7g.*") and "--catalog" not in family
 

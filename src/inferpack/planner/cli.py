@@ -438,7 +438,8 @@ def profile_command(
 def plan_command_hint(out: Path, classes: list[str], instance_types: list[str] | None) -> str:
     """The `inferpack plan` command that uses a fresh profile: its measured class by name (one class), and
     for the default instance type `local` (no catalog entry ships for it) the local catalog it needs."""
-    model_class = classes[0] if len(classes) == 1 else "<architecture>"
+    # By name: the profile table's architecture column is cut short on an 80-column terminal.
+    model_class = classes[0] if len(classes) == 1 else f"<one of: {', '.join(classes)}>"
     command = f"inferpack plan --profiles {out} --model-class {model_class}"
     if instance_types:
         return f"{command} --instance-types {','.join(instance_types)}"
