@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -381,9 +382,11 @@ def main() -> None:
     try:
         app()
     except InferpackError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}")
+        # Escaped: messages quote shapes and lists ("[batch, tokens, 2]"), which rich would take for markup
+        # tags and drop.
+        console.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            console.print(f"[yellow]next:[/] {exc.hint}")
+            console.print(f"[yellow]next:[/] {escape(exc.hint)}")
         sys.exit(2)
 
 

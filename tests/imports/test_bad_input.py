@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.imports.conftest import CliRunner, tree
 
@@ -118,6 +119,28 @@ def test_bad_input_is_refused_and_changes_nothing(
     for word in words:  # rich wraps long lines anywhere: compare without white space
         assert word.replace(" ", "") in result.err.replace(" ", ""), (word, result.err)
     assert tree(repo) == before
+
+
+class _TokenScores(torch.nn.Module):
+    """A TorchScript candidate of the wrong contract: [batch, tokens] scores, no QA pair per token."""
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return (ids * mask + types).float()
+
+
+def test_messages_in_brackets_reach_the_terminal_whole(
+    cli: CliRunner, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # The hint names shapes such as [batch, tokens, 2]; printed as rich markup they vanished ("returns
+    # QA logits,  class logits or  embeddings").
+    scripted = torch.jit.script(_TokenScores())
+    path = tmp_path / "scores.pt"
+    scripted.save(str(path))  # type: ignore[no-untyped-call]
+    tokenizer = str(sources["bert-qa"] / "tokenizer.json")
+    args = ("--task", "question-answering", "--tokenizer", tokenizer, "--repository", str(tmp_path / "r"))
+    result = cli("models", "import", str(path), *args)
+    assert result.code == 2, result.out + result.err
+    assert "[batch, tokens, 2] QA logits, [batch, labels] class logits" in result.err, result.err
 
 
 def test_refused_import_into_a_new_repository_leaves_no_folder(

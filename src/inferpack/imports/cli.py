@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -107,7 +108,7 @@ def _bulk(importer: Importer, csv_path: Path) -> None:
         f"{len(report.failed)} in {report.seconds:.1f} s; repository {_size_mb(importer.repo.root):.1f} MB"
     )
     for model_id, message in report.failed:
-        err.print(f"[red]{model_id}[/]: {message}")
+        err.print(f"[red]{model_id}[/]: {escape(message)}")
     if report.failed:
         raise ImportFailed(
             f"{len(report.failed)} of {len(rows)} models failed to import (listed above); the others are in",
