@@ -127,6 +127,16 @@ def test_v2_bad_inputs(client: httpx.Client) -> None:
         assert r.json()["error"], name
 
 
+def test_deeply_nested_json_is_a_client_error(client: httpx.Client) -> None:
+    # Deep nesting made json.loads raise RecursionError: a 500 "internal error".
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v2/models/cls-0000/infer", "/predictions/cls-0000"):
+        r = client.post(path, content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        assert "nested too deeply" in r.json()["error"]
+    assert client.get("/predictions/cls-0000").status_code == 200
+
+
 def test_v2_non_utf8_binary_text_rejected(client: httpx.Client) -> None:
     raw = b"\xff\xfe\xfd"
     blob = struct.pack("<I", len(raw)) + raw
