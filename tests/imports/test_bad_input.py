@@ -143,6 +143,17 @@ def test_messages_in_brackets_reach_the_terminal_whole(
     assert "[batch, tokens, 2] QA logits, [batch, labels] class logits" in result.err, result.err
 
 
+def test_a_folder_name_that_is_no_model_id_asks_for_id(
+    cli: CliRunner, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # The user gave no id: "invalid model id 'My Model (v2)'" alone did not say where it came from.
+    folder = shutil.copytree(sources["bert-qa"], tmp_path / "My Model (v2)")
+    result = cli("models", "import", str(folder), "--repository", str(tmp_path / "repo"))
+    assert result.code == 2
+    assert "defaults to the source's name 'My Model (v2)'" in result.err and "--id" in result.err
+    assert not (tmp_path / "repo").exists()
+
+
 def test_refused_import_into_a_new_repository_leaves_no_folder(
     cli: CliRunner, sources: dict[str, Path], tmp_path: Path
 ) -> None:
