@@ -3,6 +3,7 @@ function of the Python API, and turns InferpackError into a clear message and ex
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -375,6 +376,23 @@ def models_push(
 
 def _progress() -> Progress:
     return counting_progress(console)
+
+
+def one_line_summaries(group: typer.Typer) -> None:
+    """Give every command of `group` (and of its sub-groups) without a `short_help` the first paragraph
+    of its docstring on one line. Typer's rich help lists commands with their docstrings' line breaks
+    kept, so `inferpack --help` broke summaries mid-sentence ("... instance types within the" / "latency
+    objective") wherever a docstring wrapped."""
+    for command in group.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None)
+        if command.short_help is None and doc:
+            command.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            one_line_summaries(sub.typer_instance)
+
+
+one_line_summaries(app)  # after every command is registered (all of them above)
 
 
 def main() -> None:
