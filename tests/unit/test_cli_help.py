@@ -22,3 +22,9 @@ def test_command_summaries_are_one_line_each() -> None:
     assert "cheapest mix of instance types within the latency objective (default)" in text
     assert "(left by deleted versions or models)" in _help("models")
 
+
+def test_router_help_keeps_its_settings_name() -> None:
+    # "the [router] settings" lost "[router]" to rich markup: "the  settings".
+    text = " ".join(_help("router").split())
+    assert "the router settings (`router` in the config file, INFERPACK_ROUTER__*)" in text
+    assert "the settings" not in text
