@@ -63,6 +63,9 @@ def test_missing_repository_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError) as info:
         LocalRepository(tmp_path / "nope").model_ids()
     assert info.value.hint and "models demo" in info.value.hint
+    # a user with models of their own was pointed only at the demo zoo
+    assert "inferpack models import SOURCE --repository DIR" in info.value.hint
+    assert "--repository DIR" in info.value.hint.split(",")[0]
 
 
 def test_invalid_manifest_names_the_file(tmp_path: Path) -> None:

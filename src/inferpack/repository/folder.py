@@ -144,7 +144,9 @@ class LocalRepository:
         if not self.root.is_dir():
             raise RepositoryError(
                 f"model repository {self.root} does not exist",
-                hint="create demo models with `inferpack models demo --out DIR`",
+                hint="name your repository with --repository DIR, import your own models into one with "
+                "`inferpack models import SOURCE --repository DIR`, or create demo models with "
+                "`inferpack models demo --out DIR`",
             )
         ids, faults = [], {}
         for entry in self.root.iterdir():
