@@ -199,6 +199,7 @@ class Importer:
             tokenizer="tokenizer.json",
             max_sequence_length=model.max_sequence_length,
             labels=model.labels,
+            class_scores=model.class_scores,
             hidden_size=hidden,
             parameters=sum(p.numel() for p in reference.parameters()),
             pooling=model.pooling,
@@ -369,7 +370,7 @@ def _tokenizer_text(path: Path) -> str:
     found = _tokenizer(path, path)
     if found is not None:
         return found.read_text(encoding="utf-8")
-    stub = FolderModel(path, {}, "feature-extraction", None, "mean", True, [], None, 128)
+    stub = FolderModel(path, {}, "feature-extraction", None, "softmax", "mean", True, [], None, 128)
     converted: str = load(stub).backend_tokenizer.to_str()
     return converted
 
