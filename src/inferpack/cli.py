@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
@@ -341,9 +342,12 @@ def models_list(
     from inferpack.repository.local import LocalRepository
 
     repo = LocalRepository(repository)
-    table = Table(title=f"models in {repo.describe()}")
-    for col in ("model", "versions", "latest format", "task", "dtype", "max seq"):
-        table.add_column(col)
+    # No vertical rules, and only the id may fold: on 80 columns (a pipe too) the task stays whole (a boxed
+    # table cut it to "question-answe…").
+    table = Table(title=f"models in {repo.describe()}", box=box.SIMPLE_HEAD)
+    table.add_column("model", overflow="fold")
+    for col in ("versions", "latest format", "task", "dtype", "max seq"):
+        table.add_column(col, no_wrap=True)
     for model_id in repo.model_ids():
         try:
             m = repo.manifest(model_id)

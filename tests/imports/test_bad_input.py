@@ -186,10 +186,13 @@ def test_models_list_shows_invalid_folders_with_reasons(
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "manifest.json").write_text("{not json")
     (repo / ".import-0123456789ab").mkdir()
+    shutil.copytree(repo / "bert-qa", repo / "tenant-0001-bert-qa")  # a longer id widens the table
     result = cli("models", "list", "--repository", str(repo))
     assert result.code == 0
     text = " ".join(result.out.split())
     assert "bert-qa" in text
+    assert "tenant-0001-bert-qa" in "".join(result.out.split())
+    assert "question-answering" in result.out  # whole on the captured console's 80 columns
     for name, reason in [
         ("no-versions", "no version folder"),
         ("bad id!", "not a valid model id"),
