@@ -3,12 +3,15 @@ function of the Python API, and turns InferpackError into a clear message and ex
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -357,9 +360,12 @@ def models_list(
     from inferpack.repository.local import LocalRepository
 
     repo = LocalRepository(repository)
-    table = Table(title=f"models in {repo.describe()}")
-    for col in ("model", "versions", "latest format", "task", "dtype", "max seq"):
-        table.add_column(col)
+    # No vertical rules, and only the id may fold: on 80 columns (a pipe too) the task stays whole (a boxed
+    # table cut it to "question-answe…").
+    table = Table(title=f"models in {repo.describe()}", box=box.SIMPLE_HEAD)
+    table.add_column("model", overflow="fold")
+    for col in ("versions", "latest format", "task", "dtype", "max seq"):
+        table.add_column(col, no_wrap=True)
     for model_id in repo.model_ids():
         try:
             m = repo.manifest(model_id)
@@ -394,14 +400,33 @@ def _progress() -> Progress:
     return counting_progress(console)
 
 
+def one_line_summaries(group: typer.Typer) -> None:
+    """Give every command of `group` (and of its sub-groups) without a `short_help` the first paragraph
+    of its docstring on one line. Typer's rich help lists commands with their docstrings' line breaks
+    kept, so `inferpack --help` broke summaries mid-sentence ("... instance types within the" / "latency
+    objective") wherever a docstring wrapped."""
+    for command in group.registered_commands:
+        doc = command.help or (command.callback.__doc__ if command.callback else None)
+        if command.short_help is None and doc:
+            command.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            one_line_summaries(sub.typer_instance)
+
+
+one_line_summaries(app)  # after every command is registered (all of them above)
+
+
 def main() -> None:
     """Entry point: run the app, mapping InferpackError to a one-line message and exit status 2."""
     try:
         app()
     except InferpackError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}")
+        # Escaped: messages quote shapes and lists ("[batch, tokens, 2]"), which rich would take for markup
+        # tags and drop.
+        console.print(f"[bold red]error:[/] {escape(exc.message)}")
         if exc.hint:
-            console.print(f"[yellow]next:[/] {exc.hint}")
+            console.print(f"[yellow]next:[/] {escape(exc.hint)}")
         sys.exit(2)
 
 

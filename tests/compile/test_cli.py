@@ -83,3 +83,19 @@ def test_a_refused_compile_surfaces_the_compile_error(repo_copy: RepoFactory) ->
     assert isinstance(result.exception, CompileError)
     assert "Neuron SDK" in result.exception.message
     assert repo.versions("qa-0000") == [1]
+
+
+def test_failure_reasons_under_the_table_keep_their_brackets(
+    repo_copy: RepoFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Printed as rich markup, "[batch, tokens]" in a reason vanished.
+    import inferpack.compile.compiler as compiler
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise CompileError("returns [batch, tokens] instead of [batch, labels]")
+
+    monkeypatch.setattr(compiler, "compile_model", refuse)
+    repo = repo_copy("cls-0000")
+    result = runner.invoke(app, ["compile", "--all", "--repository", str(repo.root)], env={"COLUMNS": "200"})
+    assert isinstance(result.exception, CompileError)  # "1 of 1 models failed" (main() prints it)
+    assert "cls-0000: returns [batch, tokens] instead of [batch, labels]" in _plain(result.stderr)

@@ -203,6 +203,15 @@ def test_unknown_model_is_404_naming_it(client: TestClient, fake: FakeServers) -
     assert fake.seen == []
 
 
+def test_an_invalid_model_id_is_400_as_on_a_server(client: TestClient, fake: FakeServers) -> None:
+    # The router said 404 "not held by any server of this fleet; check the plan" for ".." or "café".
+    for path in ("/predictions/%2e%2e", "/predictions/caf%C3%A9", "/v2/models/%2e%2e/infer"):
+        resp = client.post(path, content=b"{}")
+        assert resp.status_code == 400, (path, resp.text)
+        assert "invalid model id" in resp.json()["error"] and "ids are" in resp.json()["hint"]
+    assert fake.seen == []
+
+
 def test_copies_share_the_load(client: TestClient) -> None:
     served = [client.get("/predictions/a").headers["x-served-by"] for _ in range(10)]
     assert sorted(set(served)) == ["s0", "s1"]

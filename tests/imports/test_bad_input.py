@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.imports.conftest import CliRunner, tree
 
@@ -68,6 +69,12 @@ CASES: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...], tuple[str, 
         (),
         ("config.json", "BertForMaskedLM", "supported", "--task"),
     ),
+    "no architectures entry": (
+        "bert-qa",
+        _edit_config(architectures=None),
+        (),
+        ("config.json has no architectures entry", "--task", "model.save_pretrained"),
+    ),
     "task without its head": (
         "all-MiniLM-L6-v2",
         lambda f: None,
@@ -114,6 +121,39 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert tree(repo) == before
 
 
+class _TokenScores(torch.nn.Module):
+    """A TorchScript candidate of the wrong contract: [batch, tokens] scores, no QA pair per token."""
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return (ids * mask + types).float()
+
+
+def test_messages_in_brackets_reach_the_terminal_whole(
+    cli: CliRunner, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # The hint names shapes such as [batch, tokens, 2]; printed as rich markup they vanished ("returns
+    # QA logits,  class logits or  embeddings").
+    scripted = torch.jit.script(_TokenScores())
+    path = tmp_path / "scores.pt"
+    scripted.save(str(path))  # type: ignore[no-untyped-call]
+    tokenizer = str(sources["bert-qa"] / "tokenizer.json")
+    args = ("--task", "question-answering", "--tokenizer", tokenizer, "--repository", str(tmp_path / "r"))
+    result = cli("models", "import", str(path), *args)
+    assert result.code == 2, result.out + result.err
+    assert "[batch, tokens, 2] QA logits, [batch, labels] class logits" in result.err, result.err
+
+
+def test_a_folder_name_that_is_no_model_id_asks_for_id(
+    cli: CliRunner, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    # The user gave no id: "invalid model id 'My Model (v2)'" alone did not say where it came from.
+    folder = shutil.copytree(sources["bert-qa"], tmp_path / "My Model (v2)")
+    result = cli("models", "import", str(folder), "--repository", str(tmp_path / "repo"))
+    assert result.code == 2
+    assert "defaults to the source's name 'My Model (v2)'" in result.err and "--id" in result.err
+    assert not (tmp_path / "repo").exists()
+
+
 def test_refused_import_into_a_new_repository_leaves_no_folder(
     cli: CliRunner, sources: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -146,10 +186,13 @@ def test_models_list_shows_invalid_folders_with_reasons(
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "manifest.json").write_text("{not json")
     (repo / ".import-0123456789ab").mkdir()
+    shutil.copytree(repo / "bert-qa", repo / "tenant-0001-bert-qa")  # a longer id widens the table
     result = cli("models", "list", "--repository", str(repo))
     assert result.code == 0
     text = " ".join(result.out.split())
     assert "bert-qa" in text
+    assert "tenant-0001-bert-qa" in "".join(result.out.split())
+    assert "question-answering" in result.out  # whole on the captured console's 80 columns
     for name, reason in [
         ("no-versions", "no version folder"),
         ("bad id!", "not a valid model id"),

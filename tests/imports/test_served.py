@@ -158,3 +158,7 @@ def test_cli_import_prints_the_check(cli: CliRunner, sources: dict[str, Path], t
     )
     assert result.code == 0, result.err
     assert "passed" in result.out
+    # Whole values on the 80 columns a captured console has (a table cut them to `questio…`, `1.0000…`).
+    assert "…" not in result.out
+    assert "question-answering" in result.out and "cosine 1.000000" in result.out
+    assert str(sources["bert-qa"]) in "".join(result.out.split())

@@ -168,6 +168,18 @@ def test_not_ready_while_a_required_model_failed_to_load(demo_repo: Path) -> Non
         wait_ready(s.url, timeout_s=30)
 
 
+def test_not_ready_while_a_required_model_is_not_in_the_repository(demo_repo: Path) -> None:
+    """A typo in --models used to leave the server ready (the load found no entry to mark failed), with
+    only a log line saying the model was not found: the fleet then started a server that lacks it."""
+    with running_server(demo_repo, inference_threads=1, models=["qa-0000", "qa-9999"]) as s:
+        r = httpx.get(f"{s.url}/v2/health/ready", timeout=30)
+        assert r.status_code == 503
+        assert r.json()["failed_models"] == {"qa-9999": "model 'qa-9999' is not in the repository"}
+        with pytest.raises(RuntimeError, match=r"cannot load required model.*qa-9999"):
+            wait_ready(s.url, timeout_s=30)
+        assert httpx.get(f"{s.url}/predictions/qa-0000", timeout=30).status_code == 200
+
+
 def test_readiness_can_ignore_failed_models(demo_repo: Path) -> None:
     """`ready_requires_models=False` keeps the old behaviour; loading the whole repository (no --models)
     is best effort: the broken model is reported by the index but never holds readiness back."""

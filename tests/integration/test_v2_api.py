@@ -127,6 +127,27 @@ def test_v2_bad_inputs(client: httpx.Client) -> None:
         assert r.json()["error"], name
 
 
+def test_deeply_nested_json_is_a_client_error(client: httpx.Client) -> None:
+    # Deep nesting made json.loads raise RecursionError: a 500 "internal error".
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for path in ("/v2/models/cls-0000/infer", "/predictions/cls-0000"):
+        r = client.post(path, content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (path, r.text)
+        assert "nested too deeply" in r.json()["error"]
+    assert client.get("/predictions/cls-0000").status_code == 200
+
+
+def test_v2_more_items_than_the_queue_holds_is_413(client: httpx.Client) -> None:
+    # It was shed as 503 "0 requests queued (limit 64)" with Retry-After, though never admissible.
+    texts = ["hello"] * 65  # the default server.batching.max_queue is 64
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
+    r = _infer(client, "cls-0000", body)
+    assert r.status_code == 413, r.text
+    assert "65 items" in r.json()["error"] and "at most 64 items per request" in r.json()["hint"]
+    body["inputs"][0]["shape"], body["inputs"][0]["data"] = [64], texts[:64]
+    assert _infer(client, "cls-0000", body).status_code == 200
+
+
 def test_v2_non_utf8_binary_text_rejected(client: httpx.Client) -> None:
     raw = b"\xff\xfe\xfd"
     blob = struct.pack("<I", len(raw)) + raw

@@ -8,13 +8,16 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import cast
 
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from inferpack.loadtest import histograms as H
 from inferpack.loadtest.cli import app
 from inferpack.loadtest.report import PLOTS
-from inferpack.loadtest.result import load_result
+from inferpack.loadtest.result import BenchResult, load_result
 
 from .conftest import FakeServer
 
@@ -187,3 +190,17 @@ def test_bench_sends_the_first_token_of_the_token_file(fake_server: FakeServer, 
     empty.write_text("# none\n")
     bad = runner.invoke(app, [*worker, "--token-file", str(empty)])
     assert bad.exit_code != 0 and "holds no token" in str(bad.exception or bad.output)
+
+
+def test_the_no_report_note_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Printed as rich markup, "pip install 'inferpack[report]'" lost "[report]".
+    import inferpack.loadtest.cli as bench_cli
+    from inferpack.errors import ConfigError
+
+    def missing() -> None:
+        raise ConfigError("a report needs matplotlib (absent)", hint="pip install 'inferpack[report]'")
+
+    monkeypatch.setattr(bench_cli, "_report_writer", missing)
+    console = Console(record=True, width=200)
+    bench_cli._report(cast(BenchResult, None), Path("unused"), console)
+    assert "pip install 'inferpack[report]'" in console.export_text()

@@ -191,3 +191,18 @@ def test_measured_overhead_and_spread_in_a_profile_lower_capacity_and_the_flag_o
 def test_a_p90_below_the_median_is_refused() -> None:
     with pytest.raises(ValueError, match="below latency_ms"):
         OperatingPoint(latency_ms=10.0, latency_p90_ms=9.0)
+
+
+def test_profiles_for_types_the_catalog_lacks_say_which_types_and_what_to_do(tmp_path: Path) -> None:
+    # `inferpack profile` records `local` unless told otherwise; the shipped catalog has no such entry.
+    mine = json.loads(load_profiles().model_dump_json(exclude_none=True))
+    prof = next(p for p in mine["profiles"] if p["model_class"] == "bert-base")
+    f = tmp_path / "p.json"
+    local = {**prof, "instance_types": ["local"]}
+    classes = list(mine["classes"].values())
+    f.write_text(json.dumps({"created_by": "test", "model_classes": classes, "profiles": [local]}))
+    models = [ModelDemand("a", 460, 1.0, "bert-base")]
+    with pytest.raises(PlanError, match="no allowed instance type has a profile") as raised:
+        build_problem(models, load_catalog(), load_profiles([f], use_reference=False), PlanOptions())
+    assert raised.value.hint is not None
+    assert "['local']" in raised.value.hint and "--catalog" in raised.value.hint

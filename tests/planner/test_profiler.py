@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from inferpack.cli import app
 from inferpack.plan import load_plan
+from inferpack.planner.cli import plan_command_hint
 from inferpack.planner.overhead import overheads_for_repository
 from inferpack.planner.profiler import (
     ProfileRequest,
@@ -71,6 +72,18 @@ def test_real_profile_skips_the_broken_model_and_feeds_the_planner(demo_repo: Pa
     plan = load_plan(out)
     plan.validate_against(repo.model_ids())  # the plan reads the repository: the broken model is in it
     assert {g.instance_type for g in plan.groups} == {"local"}
+
+
+def test_the_closing_hint_names_the_measured_class_and_the_local_catalog(tmp_path: Path) -> None:
+    # The hint printed to stdout after `inferpack profile` was `--model-class <architecture>` with no way
+    # to plan a `local` profile: the shipped catalog has no `local` type, so that plan failed.
+    out = tmp_path / "p.json"
+    local = plan_command_hint(out, ["bert-l2-h32"], None)
+    assert f"--profiles {out} --model-class bert-l2-h32" in local
+    assert "--catalog local.json --instance-types local" in local
+    assert "--model-class <one of: a, b>" in plan_command_hint(out, ["a", "b"], None)
+    family = plan_command_hint(out, ["bert-base"], ["c7g.*"])
+    assert family.endswith("--model-class bert-base --instance-types c7g.*") and "--catalog" not in family
 
 
 def test_profile_cli_rejects_unknown_models_and_dtypes(demo_repo: Path) -> None:

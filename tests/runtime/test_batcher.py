@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from inferpack.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, ShuttingDown
 from inferpack.runtime.batcher import InferencePool, ModelBatcher
 from inferpack.runtime.crossbatch import Peers
 from inferpack.runtime.tasks import TextInput
@@ -108,6 +108,16 @@ async def test_full_queue_sheds_with_overloaded(make: Make) -> None:
     assert info.value.retry_after_s >= 1
     model.gate.set()
     await asyncio.gather(running, *queued)  # the admitted ones still complete
+
+
+async def test_a_request_larger_than_the_whole_queue_is_refused_as_too_large(make: Make) -> None:
+    # It was shed with 503 "0 requests queued (limit 2)" and Retry-After: no retry could ever succeed.
+    model, batcher = make(max_batch_size=1, max_queue=2)
+    with pytest.raises(PayloadTooLarge, match="request of 3 items") as info:
+        await batcher.submit_many([TextInput(str(i)) for i in range(3)])
+    assert info.value.hint is not None and "at most 2 items per request" in info.value.hint
+    model.gate.set()
+    assert len(await batcher.submit_many([TextInput("a"), TextInput("b")])) == 2  # the limit itself is fine
 
 
 async def test_cancelled_requests_are_skipped(make: Make) -> None:

@@ -63,6 +63,19 @@ def test_missing_repository_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError) as info:
         LocalRepository(tmp_path / "nope").model_ids()
     assert info.value.hint and "models demo" in info.value.hint
+    # a user with models of their own was pointed only at the demo zoo
+    assert "inferpack models import SOURCE --repository DIR" in info.value.hint
+    assert "--repository DIR" in info.value.hint.split(",")[0]
+
+
+def test_a_url_is_not_taken_for_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Path("s3://bucket/prefix") is the relative folder "s3:/bucket/prefix", which writers created.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RepositoryError, match="is not a folder") as info:
+        LocalRepository(Path("s3://bucket/prefix"))
+    assert info.value.hint is not None and "models push" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
+    assert LocalRepository(Path("C:/models")).root.name == "models"  # a drive letter is no scheme
 
 
 def test_invalid_manifest_names_the_file(tmp_path: Path) -> None:

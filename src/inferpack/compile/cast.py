@@ -96,7 +96,7 @@ def cast_model(
         tokenizer = TOKENIZERS.get(
             repo.resolve_file(model_id, src, manifest.tokenizer), manifest.max_sequence_length
         )
-        handler = handler_for(manifest.task, manifest.labels)
+        handler = handler_for(manifest.task, manifest.labels, manifest.class_scores)
         # the check runs on exactly what a server will load: the new folder's files, in their dtype
         candidate = build_eager(new_dir, cast, dtype=dtype, device=device)
         eager = build_eager(repo.version_dir(model_id, src), manifest)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -78,7 +79,7 @@ def compile_command(
     out.print(result_table(results, options))
     failures = [r for r in results if isinstance(r, tuple)]
     for model_id, reason in failures:
-        err.print(f"[red]{model_id}:[/] {reason}")
+        err.print(f"[red]{model_id}:[/] {escape(reason)}")  # reasons quote shapes: "[batch, tokens]"
     if failures:
         raise CompileError(f"{len(failures)} of {len(results)} models failed to compile (reasons above)")
 

@@ -61,7 +61,7 @@ def compile_model(
         raise CompileError(
             f"model {model_id!r} v{src} could not be built: {type(exc).__name__}: {exc}"
         ) from exc
-    handler = handler_for(manifest.task, manifest.labels)
+    handler = handler_for(manifest.task, manifest.labels, manifest.class_scores)
     examples = build_examples(tokenizer, handler.pair_input)
     if options.target == "neuron":
         examples = _static_shapes(examples, manifest.max_sequence_length)
@@ -118,6 +118,7 @@ def _store(
         # the server pads every batch to this shape (inferpack.runtime.neuron)
         static_shape=(1, manifest.max_sequence_length) if options.target == "neuron" else None,
         labels=manifest.labels,
+        class_scores=manifest.class_scores,
         pooling=manifest.pooling,  # baked into the trace; kept as metadata
         normalize=manifest.normalize,
         hidden_size=hidden,

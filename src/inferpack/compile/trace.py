@@ -4,7 +4,10 @@ ready to save; none of them judges the result (see `inferpack.compile.agreement`
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -52,13 +55,36 @@ def jit_trace(model: nn.Module, args: tuple[torch.Tensor, ...], *, freeze: bool)
         warnings.simplefilter("ignore", TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        with torch.no_grad():
+        with torch.no_grad(), _no_loss_type_notice():
             traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
                 model, args, check_trace=False
             )
             if freeze:
                 traced = torch.jit.freeze(traced.eval())
     return traced
+
+
+class _LossTypeNotice(logging.Filter):
+    """Drops transformers' "`loss_type=None` was set in the config but it is unrecognized" record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("`loss_type=")
+
+
+@contextmanager
+def _no_loss_type_notice() -> Iterator[None]:
+    """Silence one transformers notice while tracing. `torch.jit.trace` looks for exported methods by
+    reading every attribute of every submodule, which evaluates transformers' `loss_function` property;
+    on a model class without a loss (a bare encoder such as `BertModel`) that property logs the notice,
+    so every compile and every server tracing a hot model printed it. Tracing computes no loss, so the
+    notice says nothing about the graph; other transformers messages still pass."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    notice = _LossTypeNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def neuron_trace(model: nn.Module, args: Args) -> torch.jit.ScriptModule:

@@ -298,7 +298,7 @@ def router_command(
     config: ConfigOpt = None,
 ) -> None:
     """Run the model-aware router in front of a plan's servers (what `up` starts, and the Kubernetes pod).
-    Deadlines, ejection and probes: the [router] settings (config file or INFERPACK_ROUTER__*).
+    Deadlines, ejection and probes: the router settings (`router` in the config file, INFERPACK_ROUTER__*).
 
     SIGHUP makes it re-read both files and route by them (`inferpack up --plan` on a running fleet).
     It takes the servers' auth settings (`server.auth` of the config file, INFERPACK_SERVER__AUTH__*) and

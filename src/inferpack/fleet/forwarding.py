@@ -35,10 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferpack.errors import InvalidModelId
 from inferpack.fleet.balancer import Balancer
 from inferpack.fleet.outliers import Deadlines, OutlierDetector
 from inferpack.fleet.routermetrics import RouterMetrics
 from inferpack.fleet.upstream import Answer, Failure, UpstreamClient
+from inferpack.repository.ids import validate_model_id
 from inferpack.runtime.admission import Estimate, retry_after_s, shed_reason
 from inferpack.server.errors import (
     DEADLINE_HEADER,
@@ -161,6 +163,10 @@ class Forwarder:
     ) -> Answer | Refusal:
         """Forward a model-scoped request to one copy, retrying on others as the module docstring says."""
         balancer, metrics = self.balancer, self.metrics
+        try:
+            validate_model_id(model)
+        except InvalidModelId as exc:  # the servers' answer (400), not "no server holds it" (404)
+            return Refusal(400, {"error": exc.message, "hint": exc.hint})
         if balancer.holders(model) is None:
             return Refusal(
                 404,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -83,7 +84,7 @@ def import_command(
         result = importer.import_source(
             source, model_id=model_id, task=task, tokenizer=tokenizer, new_version=new_version
         )
-        Console().print(_table([result], "imported"))
+        Console().print(_summary(result))
         return
     assert from_list is not None
     _bulk(importer, from_list)
@@ -107,7 +108,7 @@ def _bulk(importer: Importer, csv_path: Path) -> None:
         f"{len(report.failed)} in {report.seconds:.1f} s; repository {_size_mb(importer.repo.root):.1f} MB"
     )
     for model_id, message in report.failed:
-        err.print(f"[red]{model_id}[/]: {message}")
+        err.print(f"[red]{model_id}[/]: {escape(message)}")
     if report.failed:
         raise ImportFailed(
             f"{len(report.failed)} of {len(rows)} models failed to import (listed above); the others are in",
@@ -115,22 +116,21 @@ def _bulk(importer: Importer, csv_path: Path) -> None:
         )
 
 
-def _table(results: list[ImportResult], title: str) -> Table:
-    table = Table(title=title)
-    for col in ("model", "version", "task", "source", "max abs diff", "cosine", "check", "seconds"):
-        table.add_column(col)
-    for r in results:
-        a = r.agreement
-        table.add_row(
-            r.model_id,
-            str(r.version),
-            r.task,
-            r.source,
-            "-" if a is None else f"{a.max_abs_diff:.2g}",
-            "-" if a is None else f"{a.cosine:.6f}",
-            "-" if a is None else ("passed" if a.passed else "FAILED"),
-            f"{r.seconds:.2f}",
-        )
+def _summary(result: ImportResult) -> Table:
+    """The imported version, one field per line: a one-row table squeezed its task, source and cosine
+    into `text-c…`, `/tmp/a…` and `1.0000…` on an 80-column terminal (and in a pipe, which rich treats as
+    80 columns). Values fold rather than end in an ellipsis, so a long source path stays whole."""
+    a = result.agreement
+    check = "-" if a is None else f"max abs diff {a.max_abs_diff:.2g}, cosine {a.cosine:.6f}: "
+    check += "" if a is None else ("passed" if a.passed else "FAILED")
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    table.add_row("imported", f"{result.model_id} version {result.version}")
+    table.add_row("task", result.task)
+    table.add_row("source", result.source)
+    table.add_row("agreement", check)
+    table.add_row("seconds", f"{result.seconds:.2f}")
     return table
 
 

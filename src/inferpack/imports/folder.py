@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inferpack.errors import ImportFailed
-from inferpack.repository.manifest import TASKS, Pooling, Task
+from inferpack.repository.manifest import TASKS, ClassScores, Pooling, Task
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -37,6 +37,7 @@ class FolderModel:
     config: dict[str, Any]
     task: Task
     labels: list[str] | None
+    class_scores: ClassScores
     pooling: Pooling
     normalize: bool
     weight_files: list[Path]
@@ -81,6 +82,7 @@ def inspect_folder(folder: Path, task: Task | None = None) -> FolderModel:
         config=config,
         task=chosen,
         labels=labels,
+        class_scores=_class_scores(config),
         pooling=pooling or "mean",
         normalize=normalize,
         weight_files=weight_files(root),
@@ -100,11 +102,27 @@ def _task_from(config: dict[str, Any], *, sentence_transformers: bool, path: Pat
         return "text-classification"
     if name.endswith("Model") and "For" not in name:
         return "feature-extraction"
-    shown = name or "no architectures entry"
+    if not name:
+        # config.save_pretrained (or a hand-written config) leaves it out; model.save_pretrained writes it.
+        raise ImportFailed(
+            f"{path} has no architectures entry, so the task of the checkpoint is unknown",
+            hint=f"name the task with --task ({', '.join(TASKS)}), or save the model with "
+            "model.save_pretrained(DIR), which records its architecture",
+        )
     raise ImportFailed(
-        f"{path}: cannot serve {shown}; supported: {SUPPORTED}",
+        f"{path}: cannot serve {name}; supported: {SUPPORTED}",
         hint=f"name the task with --task ({', '.join(TASKS)}) to use this checkpoint's encoder for it",
     )
+
+
+def _class_scores(config: dict[str, Any]) -> ClassScores:
+    """transformers' text-classification pipeline rule: a sigmoid per label for a multi-label checkpoint
+    or a one-label head (num_labels defaults to id2label's size), else a softmax over the labels."""
+    id2label = config.get("id2label")
+    num_labels = len(id2label) if isinstance(id2label, dict) and id2label else config.get("num_labels", 2)
+    if config.get("problem_type") == "multi_label_classification" or num_labels == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 def _labels(config: dict[str, Any]) -> list[str] | None:

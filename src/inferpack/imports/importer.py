@@ -28,7 +28,7 @@ import torch
 from tokenizers import Tokenizer
 
 from inferpack.compile.agreement import TOLERANCES, compare, output_rows
-from inferpack.errors import ImportFailed, InferpackError
+from inferpack.errors import ImportFailed, InferpackError, InvalidModelId
 from inferpack.imports.folder import FolderModel, fingerprint, inspect_folder, source_files
 from inferpack.imports.reference import (
     ReferenceOutput,
@@ -99,7 +99,7 @@ class Importer:
         """
         started = self.clock()
         resolved = resolve_source(source, base)
-        chosen = validate_model_id(model_id or resolved.default_id)
+        chosen = validate_model_id(model_id) if model_id else _default_id(resolved.default_id)
         files = source_files(resolved.path) if resolved.kind == "folder" else [resolved.path]
         print_ = fingerprint(files, resolved.path if resolved.kind == "folder" else resolved.path.parent)
         if skip_if_imported and self._already_imported(chosen, resolved, print_):
@@ -199,6 +199,7 @@ class Importer:
             tokenizer="tokenizer.json",
             max_sequence_length=model.max_sequence_length,
             labels=model.labels,
+            class_scores=model.class_scores,
             hidden_size=hidden,
             parameters=sum(p.numel() for p in reference.parameters()),
             pooling=model.pooling,
@@ -369,7 +370,7 @@ def _tokenizer_text(path: Path) -> str:
     found = _tokenizer(path, path)
     if found is not None:
         return found.read_text(encoding="utf-8")
-    stub = FolderModel(path, {}, "feature-extraction", None, "mean", True, [], None, 128)
+    stub = FolderModel(path, {}, "feature-extraction", None, "softmax", "mean", True, [], None, 128)
     converted: str = load(stub).backend_tokenizer.to_str()
     return converted
 
@@ -393,3 +394,15 @@ def _relative(path: Path) -> str:
 def _architecture(model: FolderModel) -> str:
     names = model.config.get("architectures") or [model.config.get("model_type", "?")]
     return str(names[0])
+
+
+def _default_id(name: str) -> str:
+    """The source's name as the model id, or an error that says the id came from the name (the user gave
+    none, so "invalid model id 'My Model (v2)'" alone does not say what to change)."""
+    try:
+        return validate_model_id(name)
+    except InvalidModelId as exc:
+        raise InvalidModelId(
+            f"the model id defaults to the source's name {name!r}, which is not a valid id",
+            hint=f"name the model with --id; {exc.hint}",
+        ) from exc

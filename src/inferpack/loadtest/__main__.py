@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from inferpack.errors import InferpackError
 from inferpack.loadtest.cli import app
@@ -19,7 +20,7 @@ def main() -> None:
     try:
         app()
     except InferpackError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")  # brackets are not markup
         sys.exit(2)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from inferpack.errors import ConfigError
 from inferpack.loadtest.config import BenchConfig, Mode, TrafficSpec, load_config
@@ -248,7 +249,7 @@ def _report(result: BenchResult, out: Path, console: Console) -> None:
     try:
         write_report = _report_writer()
     except ConfigError as exc:
-        console.print(f"[yellow]note:[/] no report: {exc}")
+        console.print(f"[yellow]note:[/] no report: {escape(str(exc))}")  # keeps "inferpack[report]"
         return
     console.print(f"report: {write_report(result, out)}")
 

@@ -440,5 +440,19 @@ def profile_command(
             )
     for key, reason in failed.items():
         console.print(f"[yellow]skipped[/] {key}: {reason}")
-    plan_class = model_class or "<architecture>"
-    console.print(f"wrote {out}; plan with: inferpack plan --profiles {out} --model-class {plan_class}")
+    classes = sorted({prof.model_class for prof in profile.profiles})
+    console.print(f"wrote {out}; plan with: {plan_command_hint(out, classes, instance_type)}")
+
+
+def plan_command_hint(out: Path, classes: list[str], instance_types: list[str] | None) -> str:
+    """The `inferpack plan` command that uses a fresh profile: its measured class by name (one class), and
+    for the default instance type `local` (no catalog entry ships for it) the local catalog it needs."""
+    # By name: the profile table's architecture column is cut short on an 80-column terminal.
+    model_class = classes[0] if len(classes) == 1 else f"<one of: {', '.join(classes)}>"
+    command = f"inferpack plan --profiles {out} --model-class {model_class}"
+    if instance_types:
+        return f"{command} --instance-types {','.join(instance_types)}"
+    return (
+        f"{command} --no-reference-profiles --catalog local.json --instance-types local (local.json: a "
+        "catalog entry named local for this host, docs/planner.md 'Planning the local fleet')"
+    )

@@ -181,6 +181,17 @@ def _allowed(name: str, patterns: list[str] | None) -> bool:
     return patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _no_type_hint(classes: list[str], profiles: ProfileSet) -> str:
+    """What to do when no catalog entry matches the profiles: name the instance types they were measured
+    for (`inferpack profile` says `local` unless told otherwise, which no shipped catalog entry is)."""
+    measured = sorted({t for p in profiles.profiles if p.model_class in classes for t in p.instance_types})
+    return (
+        f"the profiles of {classes} are for instance types {measured}: allow them with --instance-types and "
+        "give the catalog an entry of that name (--catalog FILE; for this host, docs/planner.md 'Planning "
+        "the local fleet'), or profile with --instance-type naming catalog types"
+    )
+
+
 def _on_accelerator(inst: InstanceType) -> bool:
     return inst.target != "cpu" and inst.accelerator_count > 0
 
@@ -368,7 +379,9 @@ def build_problem(
     types = [i for i in catalog.instances if _allowed(i.name, options.instance_types)]
     types = [i for i in types if any(profiles.lookup(c, i.name) is not None for c in classes)]
     if not types:
-        raise PlanError("no allowed instance type has a profile for these models")
+        raise PlanError(
+            "no allowed instance type has a profile for these models", hint=_no_type_hint(classes, profiles)
+        )
 
     # One column per (instance type, execution key): a server is one column, so it runs one key by
     # construction, and the solvers pick the cheapest mix of types AND keys (see `type_variants`).

@@ -22,6 +22,7 @@ The served version is the highest-numbered one unless a version is asked for.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Protocol
@@ -79,10 +80,23 @@ class ModelRepository(Protocol):
         ...
 
 
+# A URL scheme ("s3:", "https:") as the first part of a path; two letters at least, so "C:/" is a folder.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
 class LocalRepository:
     """A repository in a local folder (see the module docstring for the layout)."""
 
     def __init__(self, root: Path) -> None:
+        if _URL.match(str(root)):
+            # Path("s3://bucket/prefix") is the relative folder "s3:/bucket/prefix": commands that write a
+            # local repository (import, compile, demo, dedup) created it there without a word.
+            raise RepositoryError(
+                f"{root} is not a folder: this command works on a local repository (an s3:// location "
+                "is served with `inferpack serve --repository s3://...`, and written with `models push`)",
+                hint="run it on a local folder, then upload that with `inferpack models push DIR "
+                "s3://bucket/prefix`",
+            )
         self.root = root.resolve()
         self.health = RepositoryHealth(str(self.root))
         self._listed: list[str] | None = None  # the last listing that succeeded
@@ -144,7 +158,9 @@ class LocalRepository:
         if not self.root.is_dir():
             raise RepositoryError(
                 f"model repository {self.root} does not exist",
-                hint="create demo models with `inferpack models demo --out DIR`",
+                hint="name your repository with --repository DIR, import your own models into one with "
+                "`inferpack models import SOURCE --repository DIR`, or create demo models with "
+                "`inferpack models demo --out DIR`",
             )
         ids, faults = [], {}
         for entry in self.root.iterdir():

@@ -19,6 +19,7 @@ Format = Literal["safetensors", "torchscript", "onnx"]
 DType = Literal["fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8-dynamic"]
 Pooling = Literal["mean", "cls", "max"]
+ClassScores = Literal["softmax", "sigmoid"]
 TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
 MANIFEST_FILE = "manifest.json"
 
@@ -72,6 +73,12 @@ class Manifest(StrictModel):
         "every batch to it.",
     )
     labels: list[str] | None = Field(default=None, description="Class names (text-classification).")
+    class_scores: ClassScores = Field(
+        default="softmax",
+        description="text-classification: how logits become scores, by transformers' rule for the "
+        "checkpoint: softmax over the labels (single-label), or a sigmoid per label (problem_type "
+        "multi_label_classification, or a one-label head).",
+    )
     hidden_size: int | None = Field(default=None, ge=1, description="Width of embeddings (metadata).")
     parameters: int | None = Field(default=None, ge=0, description="Parameter count.")
     compiled_from: int | None = Field(default=None, description="Version this one was compiled from.")

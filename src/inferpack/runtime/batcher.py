@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from inferpack.errors import DeadlineExceeded, Overloaded, ShuttingDown
+from inferpack.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, ShuttingDown
 from inferpack.runtime.admission import (
     Estimate,
     Ewma,
@@ -332,6 +332,14 @@ class ModelBatcher:
         misses the deadline. Cheap, and without side effects: the server's early shed calls it too, before
         a request's body is read (`server/shed.py`)."""
         model_id = self.model.model_id
+        if items > self.settings.max_queue:
+            # Never admissible, however empty the queue: a 503 "retry later" would be retried in vain.
+            raise PayloadTooLarge(
+                f"a request of {items} items is more than model {model_id!r} may queue "
+                f"({self.settings.max_queue} items)",
+                hint=f"send at most {self.settings.max_queue} items per request, or raise "
+                "server.batching.max_queue",
+            )
         if len(self._queue) + items > self.settings.max_queue:
             estimate = self.estimate()
             raise Overloaded(

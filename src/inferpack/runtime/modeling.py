@@ -267,7 +267,7 @@ def load_model(
         manifest=manifest,
         module=module,
         tokenizer=tokenizer,
-        handler=handler_for(manifest.task, manifest.labels),
+        handler=handler_for(manifest.task, manifest.labels, manifest.class_scores),
         dtype=torch_dtype,
         device=torch_device,
         hidden_size=hidden,

@@ -264,12 +264,15 @@ class ModelRegistry:
         return list(dict.fromkeys([*self.settings.pinned_models, *named]))
 
     def failed_required(self) -> dict[str, str]:
-        """Required models whose last load failed, with the reason (sorted by id)."""
+        """Required models whose last load failed, with the reason, and those the repository lacks (a typo
+        in --models: the load found no entry to mark failed), sorted by id."""
         failed: dict[str, str] = {}
         for model_id in sorted(self.required_models()):
             entry = self._entries.get(model_id)
             if entry is not None and entry.state == "failed":
                 failed[model_id] = entry.reason
+            elif entry is None and model_id not in self._known:
+                failed[model_id] = f"model {model_id!r} is not in the repository"
         return failed
 
     def ready_models(self) -> list[str]:

@@ -23,7 +23,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 
 from inferpack.errors import InvalidInput
-from inferpack.repository.manifest import Task
+from inferpack.repository.manifest import ClassScores, Task
 
 MAX_ANSWER_TOKENS = 30
 OutputKind = Literal["text", "float", "int"]
@@ -224,11 +224,16 @@ class TextClassification(TaskHandler):
     task: Task = "text-classification"
     pair_input = False
 
-    def __init__(self, labels: list[str] | None) -> None:
+    def __init__(self, labels: list[str] | None, class_scores: ClassScores = "softmax") -> None:
         self.labels = labels
+        self.class_scores = class_scores
 
     def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
-        probs = torch.softmax(output.float(), dim=-1).numpy()
+        logits = output.float()
+        # as transformers' text-classification pipeline: independent labels (multi-label, or one label)
+        # each get a sigmoid; a softmax would make one label always 1.0 and multi-label scores compete
+        scores = torch.sigmoid(logits) if self.class_scores == "sigmoid" else torch.softmax(logits, dim=-1)
+        probs = scores.numpy()
         labels = self.labels or [f"LABEL_{i}" for i in range(probs.shape[1])]
         best = probs.argmax(axis=1)
         return [
@@ -272,12 +277,14 @@ class FeatureExtraction(TaskHandler):
         return [OutputSpec("embedding", "float", (hidden_size,))]
 
 
-def handler_for(task: Task, labels: list[str] | None = None) -> TaskHandler:
-    """The handler of a task."""
+def handler_for(
+    task: Task, labels: list[str] | None = None, class_scores: ClassScores = "softmax"
+) -> TaskHandler:
+    """The handler of a task (a classifier's labels and scores: the manifest's `labels`, `class_scores`)."""
     if task == "question-answering":
         return QuestionAnswering()
     if task == "text-classification":
-        return TextClassification(labels)
+        return TextClassification(labels, class_scores)
     if task == "feature-extraction":
         return FeatureExtraction()
     raise InvalidInput(f"unknown task {task!r}")

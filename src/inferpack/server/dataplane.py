@@ -175,7 +175,8 @@ class DataPlane:
             self._check_version(model_id, version)
         chosen = version or self.registry.default_version(model_id)
         manifest = self.registry.repository.manifest(model_id, chosen)
-        return _description(model_id, chosen, manifest, handler_for(manifest.task, manifest.labels))
+        handler = handler_for(manifest.task, manifest.labels, manifest.class_scores)
+        return _description(model_id, chosen, manifest, handler)
 
     def model_ready(self, model_id: str, version: int | None = None) -> bool:
         """True when the model (and that version, if given) is loaded and serving."""

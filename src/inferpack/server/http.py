@@ -25,6 +25,7 @@ from fastapi.responses import Response
 from inferpack.errors import ClientDisconnected, InferpackError, InvalidInput
 from inferpack.server.errors import DEADLINE_HEADER, EXPECTED_SERVICE_HEADER, EXPECTED_WAIT_HEADER, status_of
 from inferpack.server.metrics import ServerMetrics
+from inferpack.server.v2 import NESTED_TOO_DEEPLY
 
 # One line per inference request at DEBUG (the reference's quiet=False); its own logger, so it can be
 # turned on alone. Off by default: a log line costs more than the framework's share of a MiniLM forward.
@@ -128,6 +129,8 @@ async def optional_json(request: Request) -> dict[str, Any]:
         doc = json.loads(body)
     except ValueError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput(NESTED_TOO_DEEPLY) from exc
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
     return doc

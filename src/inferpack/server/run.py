@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 
 import uvicorn
 
+from inferpack.errors import ConfigError
 from inferpack.runtime.skeletons import preload_libraries
 from inferpack.server.app import create_app
 from inferpack.server.protocol import ShedHttpToolsProtocol
@@ -32,10 +34,32 @@ def settle_heap() -> int:
     return gc.get_freeze_count()
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ConfigError when `host:port` cannot be bound. uvicorn binds only after start-up, once every model
+    has loaded (minutes for a large repository), and then exits with status 3 and its own ERROR line;
+    checking first fails at once, saying what to do. (A port taken in between still fails in uvicorn.)"""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}", hint="pass --host an address") from exc
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="stop what uses the port, or pass another --port (0 picks a free one)",
+            ) from exc
+
+
 def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish in-flight requests (up to the drain timeout),
     drain every model's queue, then exit."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_port_free(settings.host, settings.port)
     app = create_app(settings)
     log.debug("%d long-lived objects frozen out of garbage collection", settle_heap())
     config = uvicorn.Config(

@@ -23,6 +23,10 @@ from inferpack.runtime.tasks import TextInput
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
 
+# json.loads recurses once per nesting level: a body of a few kB of "[[[[..." exceeds Python's recursion
+# limit, which is the client's malformed input (400), not a server fault (it was a 500).
+NESTED_TOO_DEEPLY = "request body is not valid JSON: it is nested too deeply"
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -60,6 +64,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput(NESTED_TOO_DEEPLY) from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InvalidInput('request must be a JSON object with a non-empty "inputs" list')
     offset = 0
