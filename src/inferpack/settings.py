@@ -299,6 +299,16 @@ class ServerSettings(_Section):
         "(measured 1.6x faster at batch 1 on the MiniLM demo models). 0: never trace. See "
         "docs/runtimes.md.",
     )
+    trunk_after_batches: int = Field(
+        default=32,
+        ge=0,
+        description="CPU, eager models: once the loaded tenants of one base (models sharing its layers) "
+        "have run this many batches together, the registry makes the base's trunk in the background: "
+        "graphs of its shared layers (checked against eager first), which every tenant of the base then "
+        "runs its shared layers on, traced or not (cold tenants of a density server included). Held while "
+        "a tenant of the base is loaded, charged once to the memory budget. 0: only traced tenants make "
+        "one. See docs/runtimes.md.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(
         default=None, ge=8, description="Cap on tokens per text (default: each model's manifest)."

@@ -161,19 +161,26 @@ class Piece(nn.Module):
 @dataclass(eq=False)
 class Trunk:
     """The graphs of a base's shared subtrees (`trunk_paths` of the `split` paths it was made for), made
-    once and held by every traced tenant of the base (their shared tensors, so no copy), with their
-    estimated own memory. A composite over other split paths does not use it: one of its subtrees may
-    be a tenant's own there."""
+    once and held by the registry while any tenant of the base is loaded and by every traced tenant of
+    the base (their shared tensors, so no copy), with their estimated own memory and the seconds making
+    them took. A composite over other split paths does not use it: one of its subtrees may be a
+    tenant's own there."""
 
     graphs: dict[str, Graphs]
     split: tuple[str, ...]
     bytes: int = 0
+    seconds: float = 0.0
+
+    def graph_list(self) -> list[Any]:
+        """Every graph of the trunk (one per piece and call signature)."""
+        return [graph for by_signature in self.graphs.values() for graph in by_signature.values()]
 
 
 class Trunks:
-    """Each base's trunk while a traced tenant holds it (weakly: it goes with the last of them), by the
-    tenants' `mix_key` and split paths: batches of the base's other tenants, eager ones included, run
-    their shared layers on it too."""
+    """Each base's trunk while someone holds it (weakly: it goes with the last holder: the registry, for
+    as long as a tenant of the base is loaded, and the base's traced tenants), by the tenants' `mix_key`
+    and split paths (`key`): batches of the base's tenants, eager ones included, run their shared
+    layers on it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held by whoever makes a trunk (one per base)
@@ -184,6 +191,13 @@ class Trunks:
         if key is None or split is None or not self._by_key:
             return None
         return self._by_key.get((key, tuple(sorted(split))))
+
+    @staticmethod
+    def key(model: Any) -> tuple[Any, ...] | None:
+        """Which base (and split) `model`'s trunk is for: its `mix_key` and its sorted split paths (None:
+        it shares no layers, so it has no trunk)."""
+        mixing, split = mix_key(model), model.extra.get("own_paths")
+        return None if mixing is None or not split else (mixing, tuple(sorted(split)))
 
     def add(self, key: tuple[Any, ...], trunk: Trunk) -> None:
         """Make `trunk` findable for its base (held as long as its tenants hold it)."""

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferpack.compile.tracing import trace_job
+from inferpack.compile.tracing import trace_job, trunk_job
 from inferpack.errors import PayloadTooLarge
 from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
@@ -150,6 +150,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
         tracer=trace_job,  # hot eager models get a traced graph (server.trace_after_batches)
+        trunker=trunk_job,  # busy bases get a trunk of graphs (server.trunk_after_batches)
         device=device,
     )
     plane = DataPlane(registry, metrics)
