@@ -300,14 +300,15 @@ class ServerSettings(_Section):
         "docs/runtimes.md.",
     )
     trunk_after_batches: int = Field(
-        default=32,
+        default=256,
         ge=0,
         description="CPU, eager models: once the loaded tenants of one base (models sharing its layers) "
         "have run this many batches together, the registry makes the base's trunk in the background: "
         "graphs of its shared layers (checked against eager first), which every tenant of the base then "
         "runs its shared layers on, traced or not (cold tenants of a density server included). Held while "
-        "a tenant of the base is loaded, charged once to the memory budget. 0: only traced tenants make "
-        "one. See docs/runtimes.md.",
+        "a tenant of the base is loaded, charged once to the memory budget. The default is where making it "
+        "(~0.55 s of background CPU for a MiniLM base) has paid for itself at the forwards it saves "
+        "(~1.6-2.7 ms each). 0: only traced tenants make one. See docs/runtimes.md.",
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(

@@ -77,10 +77,11 @@ Tracer = Callable[[LoadedModel], Callable[[], LoadedModel] | None]
 # a loaded tenant -> the work that makes its base's trunk, or None when it has no base to share one with
 Trunker = Callable[[LoadedModel], Callable[[], Trunk] | None]
 # A base's trunk may evict idle tenants for its memory when it is at most this share of the budget: it
-# speeds up every forward of every tenant of the base, and costs a few tenants' worth of memory (a MiniLM
-# base's, bf16: ~10 MiB of graphs and ~18 MiB of packed weights, ~8 tenants' own layers of ~3.5 MiB),
-# a small share of a density server's resident tenants (docs/benchmarks.md, Density). Bigger (a budget
-# that holds a few tenants), it takes only free budget, as a traced graph does.
+# makes every forward of every tenant of the base ~18-28% cheaper (MiniLM bf16), for about a dozen
+# tenants' worth of memory (a MiniLM base's: ~24 MiB of graphs, estimated, and ~17 MiB of packed weights,
+# against ~3.5 MiB of a tenant's own layer), a small share of a density server's resident tenants, and
+# the least valued of them (docs/benchmarks.md, Density). Bigger (a budget that holds a few tenants), it
+# takes only free budget, as a traced graph does.
 TRUNK_EVICTS_UNDER = 0.1
 
 
