@@ -22,8 +22,12 @@ alone (runtime/crossbatch.py `group_key`) unless it also has its pieces for mixe
 
 Pieces (`traced_pieces`): a tenant sharing its base's layers gets graphs of its own submodules (its top
 layer), and its base gets graphs of the shared subtrees between them (the embeddings, the shared layers:
-`crossbatch.trunk_paths`), made by the first traced tenant and held by every traced tenant of that base
-(a weak cache: the trunk goes with the last of them). Each piece is traced once per call signature the
+`crossbatch.trunk_paths`): the base's *trunk* (`base_trunk`), made once per base, by the registry when
+the base's tenants have proven busy (`trunk_job`, even with none of them traced: the cold tenants of a
+density server) or by its first traced tenant, and reused by every other. The registry holds it while a
+tenant of the base is loaded and charges it once, to the base (runtime/registry.py); traced tenants hold
+it too (`crossbatch.TRUNKS` is a weak cache: it goes with the last holder). Each piece is traced once per
+call signature the
 compile step's example and check batches make (an attention mask or None, ...), warmed up, and the model
 run through a composite of its pieces is checked against the eager module like the whole graph. A mixed
 batch of such tenants then runs its shared layers once, as graphs, and each tenant's layer as a graph on

@@ -20,7 +20,8 @@ dimensions and the batch's row count as the first (hidden states, 4-D attention 
 (position ids, flags) pass whole.
 
 Traced pieces (compile/tracing.py): a hot tenant's own submodules, and once per base the shared subtrees
-between them (`trunk_paths`: the embeddings, the shared encoder layers), get TorchScript graphs over the
+between them (`trunk_paths`: the embeddings, the shared encoder layers: the base's trunk, made for a busy
+base by the registry or by its first traced tenant), get TorchScript graphs over the
 same tensors, one per call signature seen (`signature`: which arguments are tensors, None or constants,
 e.g. an attention mask that is None for an unpadded batch). `composite` puts a `Piece` at each: it runs
 the graph made for the call's signature, or the eager submodule for a signature never traced. The Python
@@ -339,7 +340,7 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
         segments.append((start, start + len(part.items)))
         start += len(part.items)
     pieces: list[TracedPieces | None] = [getattr(p.model, "pieces", None) for p in parts]
-    if not any(pieces):  # eager tenants only: the base's trunk if a traced tenant made one
+    if not any(pieces):  # eager tenants only: the base's trunk if one is held
         trunk = TRUNKS.get(mix_key(first), paths)
         pieces = [TracedPieces(trunk=trunk)] + [None] * (len(parts) - 1) if trunk else []
     module = composite([p.model.module for p in parts], paths, segments, pieces)

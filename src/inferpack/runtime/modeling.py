@@ -128,8 +128,8 @@ class LoadedModel:
 
     def _module_for(self, rows: int) -> ModelCallable:
         """What runs a batch of this model alone: its traced graph; an eager module whose base has a
-        trunk of graphs (a traced tenant made it: compile/tracing.py) through it, its own layers eager;
-        else the eager module."""
+        trunk of graphs (made for a busy base, or by a traced tenant: compile/tracing.py) through it,
+        its own layers eager; else the eager module."""
         if self.graph is not None:
             return self.graph
         trunk = TRUNKS.of(self) if "own_paths" in self.extra else None
