@@ -72,3 +72,12 @@ def test_a_shared_weight_is_packed_once_and_freed_with_its_last_graph() -> None:
     del graphs
     gc.collect()
     assert len(_PACKED) == before
+
+
+@native_bf16
+def test_only_bf16_linear_layers_are_packed() -> None:
+    module = _mlp(torch.bfloat16)
+    module[2][0] = module[2][0].float()  # a head kept in fp32 (its input cast by whoever calls it)
+    copy = packed_copy(module)
+    assert copy[0].original_name == PackedLinear.__name__  # type: ignore[operator,index]
+    assert copy[2][0] is module[2][0]  # left as it is

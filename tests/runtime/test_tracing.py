@@ -81,6 +81,16 @@ def test_the_graph_answers_as_eager_over_the_same_tensors(
     assert fast.graph is None  # an unloaded model's graph lets go of the weights at once
 
 
+def test_without_packing_the_graphs_read_the_plain_weights(repo: tuple[LocalRepository, list[str]]) -> None:
+    repository, (model_id, _) = repo
+    eager = load_model(repository, model_id, dtype="bf16")
+    fast = traced(eager, pack=False)  # server.pack_weights = false
+    assert fast.graph is not None
+    graphs = [fast.graph, *(fast.pieces.graphs() if fast.pieces is not None else ())]
+    assert all(k >= 0 for g in graphs for k in module_storages(g))  # no packed copy anywhere
+    assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
+
+
 def test_a_forward_that_branches_on_its_data_is_refused(repo: tuple[LocalRepository, list[str]]) -> None:
     repository, (model_id, _) = repo
     eager = load_model(repository, model_id, dtype="fp32")

@@ -39,16 +39,23 @@ _LOCK = threading.Lock()
 
 
 def packs(module: nn.Module) -> bool:
-    """True where `packed_copy` changes `module`: bf16 linear weights on the CPU, oneDNN's packed linear in
-    this torch build, and a CPU with native bf16."""
-    linear = next((m for m in module.modules() if type(m) is nn.Linear), None)
+    """True where `packed_copy` changes `module`: it has a bf16 linear layer on the CPU, this torch build
+    has oneDNN's packed linear, and the CPU has native bf16."""
     return (
-        linear is not None
-        and linear.weight.dtype == torch.bfloat16
-        and linear.weight.device.type == "cpu"
+        any(_packable(m) for m in module.modules())
         and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and cpu_has_native_bf16()
+    )
+
+
+def _packable(module: nn.Module) -> bool:
+    """A plain `nn.Linear` (not a subclass: its forward may differ) with a bf16 weight on the CPU (a layer
+    kept in another dtype stays as it is)."""
+    return (
+        type(module) is nn.Linear
+        and module.weight.dtype == torch.bfloat16
+        and module.weight.device.type == "cpu"
     )
 
 
@@ -87,7 +94,7 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
 
 
 def packed_copy(module: nn.Module) -> nn.Module:
-    """A copy of `module`'s tree (shallow: the same tensors) with each `nn.Linear` a scripted
+    """A copy of `module`'s tree (shallow: the same tensors) with each bf16 `nn.Linear` a scripted
     `PackedLinear` (scripted: a trace cannot record the packed call's empty scalar list), for tracing.
     `module` itself is unchanged; where `packs(module)` is False, `module` is returned as it is."""
     if not packs(module):
@@ -96,11 +103,14 @@ def packed_copy(module: nn.Module) -> nn.Module:
 
 
 def _copy(module: nn.Module) -> nn.Module:
-    if type(module) is nn.Linear:
+    if _packable(module):
+        assert isinstance(module, nn.Linear)
         with warnings.catch_warnings():  # torch.jit's deprecation notice: see compile/trace.py
             warnings.simplefilter("ignore", DeprecationWarning)
             scripted: nn.Module = torch.jit.script(PackedLinear(module))
             return scripted
+    if not any(_packable(m) for m in module.modules()):
+        return module  # nothing to pack below: the subtree itself
     twin = copy.copy(module)  # a new object sharing every attribute but the children's dict
     twin._modules = {name: None if child is None else _copy(child) for name, child in module._modules.items()}
     return twin

@@ -77,11 +77,11 @@ MAX_SIGNATURES = 4  # graphs per piece at most (the examples make two: a mask, a
 log = logging.getLogger("inferpack.tracing")
 
 
-def trace_job(model: LoadedModel) -> Callable[[], LoadedModel] | None:
+def trace_job(model: LoadedModel, pack: bool = True) -> Callable[[], LoadedModel] | None:
     """The work that makes `model`'s traced graph (`traced`, run on the upgrade lane), or None when it
     cannot be traced (`traceable`). The registry's `tracer` (runtime/registry.py): it lives here, with
     the compile step whose tracing and checks it reuses, and is handed to the registry by the server."""
-    return functools.partial(traced, model) if traceable(model) else None
+    return functools.partial(traced, model, pack) if traceable(model) else None
 
 
 def traceable(model: LoadedModel) -> bool:
@@ -97,7 +97,7 @@ def traceable(model: LoadedModel) -> bool:
     )
 
 
-def traced(model: LoadedModel) -> LoadedModel:
+def traced(model: LoadedModel, pack: bool = True) -> LoadedModel:
     """`model` with a traced graph of its module for single-model batches (see the module's doc). Runs on
     the upgrade thread. ModelLoadFailed when tracing fails or the graph disagrees with the eager module."""
     started = time.perf_counter()
@@ -106,7 +106,8 @@ def traced(model: LoadedModel) -> LoadedModel:
     if not isinstance(module, TaskWrapper):
         raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} has no eager module to trace")
     try:
-        graph = jit_trace(packed_copy(module), model_args(examples.trace, model.device), freeze=False)
+        traceable_module = packed_copy(module) if pack else module
+        graph = jit_trace(traceable_module, model_args(examples.trace, model.device), freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*model_args(examples.trace, model.device))
@@ -129,7 +130,7 @@ def traced(model: LoadedModel) -> LoadedModel:
         )
     extra = {**model.extra, "graph_bytes": graph_bytes(graph)}
     try:
-        pieces = traced_pieces(model, examples)
+        pieces = traced_pieces(model, examples, pack)
     except Exception as exc:  # the whole graph still serves its own batches: it then batches alone
         log.warning("model %s v%s: no pieces for mixed batches: %s", model.model_id, model.version, exc)
         pieces = None
@@ -144,7 +145,7 @@ def graph_bytes(graph: torch.jit.ScriptModule) -> int:
     return sum(1 for _ in graph.inlined_graph.nodes()) * GRAPH_BYTES_PER_NODE
 
 
-def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | None:
+def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: bool = True) -> TracedPieces | None:
     """Graphs of `model`'s own submodules and of its base's shared subtrees for mixed batches (see the
     module's doc); None for a model that shares no layers. The base's trunk is the one already held
     (`base_trunk`: made by the registry for a busy base, or by an earlier traced tenant), else made here.
@@ -153,20 +154,20 @@ def traced_pieces(model: LoadedModel, examples: ExampleSet) -> TracedPieces | No
     if not paths or mix_key(model) is None or not isinstance(module, TaskWrapper):
         return None
     batches = _batches(model, examples)
-    trunk = base_trunk(model, examples)
+    trunk = base_trunk(model, examples, pack)
     at_own = [p for p in paths if next(module.get_submodule(p).children(), None) is not None]
     calls = _capture(module, at_own, batches)
-    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_own}
+    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_own}
     pieces = TracedPieces(own, trunk, _graphs_bytes(own))
     _check_pieces(model, examples, batches, pieces, "its pieces disagree")
     return pieces
 
 
-def trunk_job(model: LoadedModel) -> Callable[[], Trunk] | None:
+def trunk_job(model: LoadedModel, pack: bool = True) -> Callable[[], Trunk] | None:
     """The work that makes the trunk of `model`'s base (`base_trunk`, run on the upgrade lane), or None
     for a model with no base to share one with (`trunkable`). The registry's `trunker`: a busy base gets
     its trunk even when none of its tenants is traced (runtime/registry.py)."""
-    return functools.partial(base_trunk, model) if trunkable(model) else None
+    return functools.partial(base_trunk, model, None, pack) if trunkable(model) else None
 
 
 def trunkable(model: LoadedModel) -> bool:
@@ -181,12 +182,12 @@ def trunkable(model: LoadedModel) -> bool:
     )
 
 
-def base_trunk(model: LoadedModel, examples: ExampleSet | None = None) -> Trunk:
+def base_trunk(model: LoadedModel, examples: ExampleSet | None = None, pack: bool = True) -> Trunk:
     """The trunk of `model`'s base for its split paths: the one held already (`TRUNKS`), else graphs of
     the shared subtrees (`trunk_paths`) traced from `model`'s module over the shared tensors, warmed up
     and checked: `model` run through them (its own layers eager) must answer as its eager module does.
-    Made once per base (under `TRUNKS.lock`). Runs on the upgrade thread; ModelLoadFailed when it cannot
-    be made or disagrees."""
+    Made once per base (under `TRUNKS.lock`; `pack`: over prepacked linear weights, as `traced`). Runs on
+    the upgrade thread; ModelLoadFailed when it cannot be made or disagrees."""
     paths, key, module = model.extra.get("own_paths"), mix_key(model), model.module
     if not paths or key is None or not isinstance(module, TaskWrapper):
         raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} shares no layers: no trunk")
@@ -200,7 +201,9 @@ def base_trunk(model: LoadedModel, examples: ExampleSet | None = None) -> Trunk:
         at_trunk = trunk_paths(module, paths)
         try:
             calls = _capture(module, at_trunk, batches)
-            graphs: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p]) for p in at_trunk}
+            graphs: dict[str, Graphs] = {
+                p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_trunk
+            }
         except Exception as exc:
             raise ModelLoadFailed(
                 f"model {model.model_id!r} v{model.version}: its base's trunk could not be traced: "
@@ -295,13 +298,14 @@ def _capture(
 
 
 def _trace_calls(
-    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]]
+    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]], pack: bool
 ) -> dict[Signature, Callable[..., Any]]:
-    """A warmed-up graph of `sub` per recorded call signature."""
+    """A warmed-up graph of `sub` (`pack`: of its copy with prepacked linear weights) per recorded call
+    signature."""
     graphs: dict[Signature, Callable[..., Any]] = {}
     for key, (args, kwargs) in calls.items():
         inputs = tensor_args(args, kwargs)
-        graph = jit_trace(_Bound(packed_copy(sub), args, kwargs), inputs, freeze=False)
+        graph = jit_trace(_Bound(packed_copy(sub) if pack else sub, args, kwargs), inputs, freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*inputs)

@@ -8,6 +8,7 @@ The request path: transport (`seed`, `v2_api`: parse, auth, format) -> dataplane
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -149,8 +150,10 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         batch_observer=metrics.observe_batch,
         drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
-        tracer=trace_job,  # hot eager models get a traced graph (server.trace_after_batches)
-        trunker=trunk_job,  # busy bases get a trunk of graphs (server.trunk_after_batches)
+        # hot eager models get a traced graph (server.trace_after_batches), busy bases a trunk of graphs
+        # (server.trunk_after_batches), packed per server.pack_weights
+        tracer=functools.partial(trace_job, pack=settings.pack_weights),
+        trunker=functools.partial(trunk_job, pack=settings.pack_weights),
         device=device,
     )
     plane = DataPlane(registry, metrics)
