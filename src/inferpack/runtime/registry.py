@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from inferpack.errors import (
     InferpackError,
@@ -196,8 +196,9 @@ class ModelRegistry:
             if trunker is not None and settings.engine == "eager" and device.kind == "cpu"
             else 0
         )
-        self._bases: dict[tuple[object, ...], BaseTrunk] = {}  # by `Trunks.key`
-        self._base_of: dict[str, tuple[object, ...]] = {}  # loaded tenant -> its base
+        self._bases: dict[tuple[Any, ...], BaseTrunk] = {}  # by `Trunks.key`
+        self._base_of: dict[str, tuple[Any, ...]] = {}  # loaded tenant -> its base
+        self._base_records = 0  # bases seen: each base's ledger record gets a name of its own
         self._trunk_tasks: set[asyncio.Task[None]] = set()
         self._drop_observer = drop_observer
         self._peers = Peers() if settings.batching.cross_tenant else None
@@ -513,7 +514,8 @@ class ModelRegistry:
             return
         base = self._bases.get(key)
         if base is None:
-            base = self._bases[key] = BaseTrunk(record=f"trunk:{model_id}")  # no model id has a colon
+            self._base_records += 1  # no model id has a colon: the record's name is no model's
+            base = self._bases[key] = BaseTrunk(record=f"trunk:{self._base_records}:{model_id}")
         base.tenants.add(model_id)
         self._base_of[model_id] = key
 
@@ -547,32 +549,32 @@ class ModelRegistry:
         key = self._base_of.get(model_id)
         base = self._bases.get(key) if key is not None else None
         entry = self._entries.get(model_id)
-        if base is None or entry is None or entry.loaded is None or entry.state != "ready":
+        if key is None or base is None or entry is None or entry.loaded is None or entry.state != "ready":
             return
         base.batches += 1
         if base.batches < self._trunk_after or base.trunk is not None or base.making or base.failed:
             return
-        held = TRUNKS.get(*key) if key is not None else None  # type: ignore[arg-type]
-        if held is not None:  # a traced tenant made it already (its swap may be on its way)
-            self._hold_trunk(model_id, held)
-            return
-        job = self._trunker(entry.loaded) if self._trunker is not None else None
-        if job is None:
+        # a traced tenant may have made one already (its swap on its way, or refused: then it is on no
+        # record of the ledger, and takes the budget as a new one would)
+        work: Trunk | Callable[[], Trunk] | None = TRUNKS.get(*key)
+        if work is None and self._trunker is not None:
+            work = self._trunker(entry.loaded)
+        if work is None:
             base.failed = True
             return
         base.making = model_id
-        task = asyncio.get_running_loop().create_task(self._make_trunk(key, base, model_id, job))  # type: ignore[arg-type]
+        made = self._make_trunk(key, base, model_id, work)
+        task = asyncio.get_running_loop().create_task(made)
         self._trunk_tasks.add(task)
         task.add_done_callback(self._trunk_tasks.discard)
 
     async def _make_trunk(
-        self, key: tuple[object, ...], base: BaseTrunk, model_id: str, job: Callable[[], Trunk]
+        self, key: tuple[Any, ...], base: BaseTrunk, model_id: str, work: Trunk | Callable[[], Trunk]
     ) -> None:
-        """Make a base's trunk on the upgrade lane, then hold it for the base (see `_hold_trunk`)."""
+        """Make a base's trunk on the upgrade lane (`work`; or take one already made), then hold it for
+        the base if its memory can be had (see `_fit_trunk`, `_hold_trunk`)."""
         try:
-            trunk = await self._upgrades.run(job)
-        except asyncio.CancelledError:
-            raise
+            trunk = work if isinstance(work, Trunk) else await self._upgrades.run(work)
         except Exception as exc:  # its tenants stay eager: slower, never wrong
             base.failed = True
             log.warning("no base trunk for %s's base: %s", model_id, exc)
@@ -584,7 +586,7 @@ class ModelRegistry:
         if await self._fit_trunk(trunk, model_id):
             self._hold_trunk(model_id, trunk)
         else:
-            base.failed = True  # not made again while the budget stays this full
+            base.failed = True  # not made again while the base stays loaded
 
     async def _fit_trunk(self, trunk: Trunk, model_id: str) -> bool:
         """Whether the trunk's memory can be had: free budget, or, for a trunk at most `TRUNK_EVICTS_UNDER`
