@@ -25,6 +25,9 @@ from tests.onnx_models import QUESTIONS, assert_same_answers
 from tests.waiting import until
 
 TENANTS = ["qa-0000", "qa-0001"]
+# a trunk is made on the upgrade lane, niced (runtime/lanes.py): ~0.6 s of CPU that can take a minute on
+# cores other processes keep busy
+LANE_S = 240.0
 
 
 def _registry(repository: LocalRepository, **settings: object) -> ModelRegistry:
@@ -64,7 +67,7 @@ async def test_a_busy_base_gets_its_trunk_with_no_tenant_traced(demo_repo: Path,
     before = [await _ask(registry, m) for m in TENANTS]  # two batches of the base: plain eager
     assert registry.stats.trunks["made"] == 0 and TRUNKS.of(_loaded(registry, TENANTS[0])) is None
     await _ask(registry, TENANTS[0])  # the third batch of its tenants makes the base busy
-    await until(lambda: registry.stats.trunks["made"] == 1)
+    await until(lambda: registry.stats.trunks["made"] == 1, timeout=LANE_S)
     models = [_loaded(registry, m) for m in TENANTS]
     trunk = TRUNKS.of(models[0])
     assert trunk is not None and TRUNKS.of(models[1]) is trunk
@@ -88,7 +91,7 @@ async def test_a_busy_base_gets_its_trunk_with_no_tenant_traced(demo_repo: Path,
     assert registry.stats.trunks == {"made": 1, "dropped": 1} and registry.stats.trunks_held == 0
     assert registry.ledger.models() == [] and registry.ledger.total_bytes == 0
     del trunk
-    await until(lambda: gc.collect() >= 0 and TRUNKS.of(models[1]) is None)
+    await until(lambda: gc.collect() >= 0 and TRUNKS.of(models[1]) is None, LANE_S)
     await registry.close()
 
 
@@ -97,12 +100,12 @@ async def test_a_traced_tenant_reuses_its_base_trunk_charged_once(demo_repo: Pat
     registry = _registry(repository, trace_after_batches=3, trunk_after_batches=2)
     for model_id in TENANTS:  # one batch each: the base is busy, its trunk is made (no tenant is hot yet)
         await _ask(registry, model_id)
-    await until(lambda: registry.stats.trunks["made"] == 1)
+    await until(lambda: registry.stats.trunks["made"] == 1, timeout=LANE_S)
     trunk = TRUNKS.of(_loaded(registry, TENANTS[0]))
     assert trunk is not None
     for _ in range(2):  # its third batch makes the first tenant hot: traced, its pieces on the same trunk
         await _ask(registry, TENANTS[0])
-    await until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1, timeout=LANE_S)
     fast = _loaded(registry, TENANTS[0])
     assert fast.graph is not None and fast.pieces is not None and fast.pieces.trunk is trunk
     assert registry.stats.trunks["made"] == 1  # not a second one
@@ -124,7 +127,7 @@ async def test_a_trunk_a_traced_tenant_made_is_held_for_its_base(demo_repo: Path
     await _ask(registry, TENANTS[1])
     for _ in range(2):  # the first tenant is hot: its trace makes the base's trunk
         await _ask(registry, TENANTS[0])
-    await until(lambda: registry.stats.swaps == 1)
+    await until(lambda: registry.stats.swaps == 1, timeout=LANE_S)
     trunk = TRUNKS.of(_loaded(registry, TENANTS[1]))
     assert trunk is not None and registry.stats.trunks["made"] == 1  # the base holds it: one charge
     await registry.unload(TENANTS[0])  # its traced tenant goes; its eager tenant keeps the trunk
@@ -132,6 +135,26 @@ async def test_a_trunk_a_traced_tenant_made_is_held_for_its_base(demo_repo: Path
     await registry.unload(TENANTS[1])
     assert registry.stats.trunks["dropped"] == 1 and registry.ledger.total_bytes == 0
     await registry.close()
+
+
+async def test_a_trunk_made_from_a_tenant_unloaded_meanwhile_serves_the_others(demo_repo: Path) -> None:
+    repository = LocalRepository(demo_repo)
+    registry = _registry(repository, trace_after_batches=0, trunk_after_batches=2)
+    answers = {m: await _ask(registry, m) for m in TENANTS}  # busy: its trunk is on its way
+    (base,) = registry._bases.values()
+    source = base.making  # the tenant whose batch made the base busy: the trunk reads its module
+    assert source in TENANTS and registry._trunk_source(source)
+    (other,) = [m for m in TENANTS if m != source]
+    module = _loaded(registry, source).module
+    await registry.unload(source)
+    # the trunk's tracing still reads the module: its shell must not be refilled with another's weights
+    assert all(p.device.type != "meta" for p in module.parameters())  # type: ignore[attr-defined]
+    # the base still has a tenant: it holds the trunk
+    await until(lambda: registry.stats.trunks["made"] == 1, timeout=LANE_S)
+    assert TRUNKS.of(_loaded(registry, other)) is not None
+    assert_same_answers(await _ask(registry, other), answers[other])
+    await registry.close()
+    assert registry.stats.trunks == {"made": 1, "dropped": 1} and registry.ledger.total_bytes == 0
 
 
 async def _full(registry: ModelRegistry, loaded: list[str]) -> list[list[Result]]:
@@ -149,11 +172,11 @@ async def test_a_full_budget_makes_no_big_trunk_and_evicts_no_one(demo_repo: Pat
     answers = await _full(registry, TENANTS)
     await _ask(registry, TENANTS[0])  # busy: its trunk is made, then refused for want of free budget
     base = registry._bases[next(iter(registry._bases))]
-    await until(lambda: base.failed)
+    await until(lambda: base.failed, timeout=LANE_S)
     assert registry.stats.trunks["made"] == 0 and registry.stats.evictions == {"budget": 0, "idle": 0}
     assert registry.ledger.total_bytes <= registry.budget_bytes  # type: ignore[operator]
     # not held: eager as before (once the upgrade thread has let go of the job's result too)
-    await until(lambda: gc.collect() >= 0 and TRUNKS.of(_loaded(registry, TENANTS[1])) is None)
+    await until(lambda: gc.collect() >= 0 and TRUNKS.of(_loaded(registry, TENANTS[1])) is None, LANE_S)
     for model_id, expected in zip(TENANTS, answers, strict=True):
         assert_same_answers(await _ask(registry, model_id), expected)
     await registry.close()
@@ -170,7 +193,7 @@ async def test_a_full_budget_evicts_idle_models_for_a_small_trunk(
     registry = _registry(repository, trace_after_batches=0, trunk_after_batches=3)
     answers = await _full(registry, ["cls-0000", "emb-0000", *TENANTS])  # the oldest go first
     await _ask(registry, TENANTS[1])  # busy
-    await until(lambda: registry.stats.trunks["made"] == 1)
+    await until(lambda: registry.stats.trunks["made"] == 1, timeout=LANE_S)
     assert registry.stats.evictions["budget"] >= 1
     assert registry.entry("cls-0000").state == "evicted"
     assert registry.ledger.total_bytes <= registry.budget_bytes  # type: ignore[operator]

@@ -500,8 +500,11 @@ class ModelRegistry:
             entry.loaded = fast
             entry.batcher.replace_model(fast)
             self.stats.swaps += 1
-            if fast.pieces is not None and fast.pieces.trunk is not None:
-                self._hold_trunk(model_id, fast.pieces.trunk)  # its base keeps it: one trunk, one charge
+            base = self._bases.get(self._base_of.get(model_id, ()))
+            if base is not None and fast.pieces is not None and fast.pieces.trunk is not None:
+                self._hold_trunk(
+                    base, fast.pieces.trunk, model_id
+                )  # its base keeps it: one trunk, one charge
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)
         return True
@@ -583,8 +586,8 @@ class ModelRegistry:
             base.making = None
         if self._bases.get(key) is not base:
             return  # the base's last tenant went meanwhile: the trunk goes with this task
-        if await self._fit_trunk(trunk, model_id):
-            self._hold_trunk(model_id, trunk)
+        if await self._fit_trunk(trunk, model_id) and self._bases.get(key) is base:  # evictions may take
+            self._hold_trunk(base, trunk, model_id)  # the base's last tenant
         else:
             base.failed = True  # not made again while the base stays loaded
 
@@ -606,14 +609,12 @@ class ModelRegistry:
         except Overloaded:
             log.info("no base trunk for %s's base: no idle tenant to make room", model_id)
             return False
-        return model_id in self._base_of  # the evictions may have taken the base's last tenant
+        return True
 
-    def _hold_trunk(self, model_id: str, trunk: Trunk) -> None:
-        """Hold `trunk` for `model_id`'s base while any of its tenants is loaded, charged once to the base
-        (tenants holding it too count its storages once: the ledger's keys are shared)."""
-        key = self._base_of.get(model_id)
-        base = self._bases.get(key) if key is not None else None
-        if base is None or base.trunk is not None:
+    def _hold_trunk(self, base: BaseTrunk, trunk: Trunk, model_id: str) -> None:
+        """Hold `trunk` for `base` while any of its tenants is loaded, charged once to the base (tenants
+        holding it too count its storages once: the ledger's keys are shared); `model_id` made it."""
+        if base.trunk is not None:
             return
         base.trunk = trunk
         self.ledger.add(base.record, trunk_storages(trunk))
