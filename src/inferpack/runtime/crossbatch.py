@@ -204,6 +204,10 @@ class Trunks:
         """Make `trunk` findable for its base (held as long as its tenants hold it)."""
         self._by_key[(key, tuple(sorted(trunk.split)))] = trunk
 
+    def held(self) -> int:
+        """How many trunks someone holds now."""
+        return len(self._by_key)
+
     def of(self, model: Any) -> Trunk | None:
         """The trunk an eager `model` may run its shared layers on (None: no traced tenant of its base)."""
         if not self._by_key:
