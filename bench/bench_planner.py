@@ -8,6 +8,17 @@ catalog and reference profiles, and prints the figures recorded in docs/benchmar
     .venv/bin/python bench/bench_planner.py --models 3000 --write-csv skewed-3000.csv   # for `inferpack plan`
     .venv/bin/python bench/bench_planner.py --models 3000 --onnx-speedup 1.3   # + ONNX Runtime points
 
+Traced graphs (what a server runs for a hot eager model, compile/tracing.py): `--profile FILE` adds a
+profile written by `inferpack profile` (which times every point again on the traced graph and records its
+memory), `--model-class` plans models of its class, `--box VCPUS,MEMORY_MB,PRICE` plans them on one
+instance type `here` standing for the profiled machine (profile with `--instance-type here`: the
+reference processor record of `local` is another CPU), and `--compare-traced` plans each
+size twice in one run, with the profile's traced points and without them (the planner before it knew of
+graphs: eager points only), and prints both:
+
+    .venv/bin/python bench/bench_planner.py --profile minilm.json --model-class minilm-l6 \
+        --box 8,16384,1.0 --models 3000 --median-rps 1 --compare-traced
+
 `--onnx-speedup X` adds to every CPU profile of bert-base its fp32 points measured again on ONNX Runtime,
 X times faster (hypothetical figures; any faster than the hardware's peak are left out): a CPU type may
 then offer two execution keys of different capacity and memory per model (eager bf16 or fp32, and
@@ -25,10 +36,11 @@ import argparse
 import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
-from inferpack.planner.catalog import load_catalog
+from inferpack.planner.catalog import Catalog, InstanceType, load_catalog
 from inferpack.planner.cli import quiet_fd1
 from inferpack.planner.packing import check_packing, packing_cost
 from inferpack.planner.problem import ModelDemand, PlanOptions, build_problem
@@ -36,12 +48,39 @@ from inferpack.planner.profiles import ProfileSet, check_peak, load_profiles, pe
 from inferpack.planner.solve import solve
 
 
-def make_models(n: int, seed: int, median_rps: float, sigma: float) -> list[ModelDemand]:
-    """n bert-base-class models: memory 420-500 MB, rates lognormal (median, sigma), one per tenant."""
+def make_models(
+    n: int,
+    seed: int,
+    median_rps: float,
+    sigma: float,
+    model_class: str = "bert-base",
+    memory_mb: float = 460.0,
+) -> list[ModelDemand]:
+    """n models of `model_class`: memory within -9%/+9% of `memory_mb` (bert-base: 420-500 MB), rates
+    lognormal (median, sigma), one per tenant."""
     rng = np.random.default_rng(seed)
-    memory = rng.uniform(420, 500, n)
+    memory = rng.uniform(memory_mb * 420 / 460, memory_mb * 500 / 460, n)
     rates = rng.lognormal(np.log(median_rps), sigma, n)
-    return [ModelDemand(f"tenant-{i:05d}", float(memory[i]), float(rates[i])) for i in range(n)]
+    return [ModelDemand(f"tenant-{i:05d}", float(memory[i]), float(rates[i]), model_class) for i in range(n)]
+
+
+def without_traced(profiles: ProfileSet) -> ProfileSet:
+    """`profiles` with no traced point (and so no graph memory): what the planner costed before."""
+    kept = [
+        p.model_copy(update={"points": [pt for pt in p.points if not pt.traced], "traced_mb": {}})
+        for p in profiles.profiles
+    ]
+    return profiles.model_copy(update={"profiles": [p for p in kept if p.points]})
+
+
+def box_catalog(spec: str) -> Catalog:
+    """One instance type `here` (profile with `--instance-type here`) from `VCPUS,MEMORY_MB,PRICE` (one
+    thread per core)."""
+    vcpus, memory, price = (float(x) for x in spec.split(","))
+    box = InstanceType(
+        name="here", vcpus=int(vcpus), threads_per_core=1, memory_mb=int(memory), price_per_hour=price
+    )
+    return Catalog(instances=[box])
 
 
 def with_onnx_points(profiles: ProfileSet, speedup: float) -> ProfileSet:
@@ -81,16 +120,21 @@ def column_name(problem: object, t: int) -> str:
     keys = getattr(problem, "keys", [])
     engines = {ch.point.engine for (_, col), ch in problem.choices.items() if col == t}  # type: ignore[attr-defined]
     if t < len(keys) and keys[t] is not None:
-        engines = {keys[t][3]}
+        engines = {keys[t][3]}  # the runtime: engine, or "traced"
+        engines |= {f"{keys[t][1]} b{keys[t][2]}"} if len(types) < 4 else set()  # one box: the key too
     return str(types[t].name) + "".join(f" ({e})" for e in sorted(engines) if e != "eager")
 
 
-def run(n: int, args: argparse.Namespace, slo_ms: float) -> dict[str, object]:
-    """Plan once and return the figures."""
-    models = make_models(n, args.seed, args.median_rps, args.sigma)
-    catalog, profiles = load_catalog(), load_profiles()
+def run(n: int, args: argparse.Namespace, slo_ms: float, traced: bool = True) -> dict[str, object]:
+    """Plan once and return the figures (`traced` False: without the profiles' traced points)."""
+    profiles = load_profiles([Path(p) for p in args.profile])
+    memory = profiles.classes[args.model_class].reference_memory_mb if args.profile else 460.0
+    models = make_models(n, args.seed, args.median_rps, args.sigma, args.model_class, memory)
+    catalog = box_catalog(args.box) if args.box else load_catalog()
     if args.onnx_speedup > 0:
         profiles = with_onnx_points(profiles, args.onnx_speedup)
+    if not traced:
+        profiles = without_traced(profiles)
     start, cpu_start = time.perf_counter(), time.process_time()
     problem = build_problem(models, catalog, profiles, PlanOptions(slo_p90_ms=slo_ms))
     with quiet_fd1():
@@ -137,6 +181,14 @@ def main() -> None:
         default=0.0,
         help="add onnxruntime copies of the CPU profiles' fp32 points, this many times faster (0: none)",
     )
+    parser.add_argument(
+        "--profile", action="append", default=[], help="a profile file to add (e.g. `inferpack profile`'s)"
+    )
+    parser.add_argument("--model-class", default="bert-base", help="class of the planned models")
+    parser.add_argument("--box", default="", help="VCPUS,MEMORY_MB,PRICE: plan on one type `here` only")
+    parser.add_argument(
+        "--compare-traced", action="store_true", help="plan each size with and without traced points"
+    )
     parser.add_argument("--slo-sweep", default="", help="comma-separated objectives for a cost curve")
     parser.add_argument("--plot", default="", help="write the cost curve (with --slo-sweep) to this PNG")
     parser.add_argument(
@@ -156,6 +208,9 @@ def main() -> None:
 
     print(f"cpu cores: {os.cpu_count()}; rates lognormal(median {args.median_rps}, sigma {args.sigma})")
     for n in [int(x) for x in args.models.split(",") if x]:
+        if args.compare_traced:
+            compare_traced(n, args)
+            continue
         r = run(n, args, args.slo_ms)
         print(
             f"\n{r['models']} models, P90 <= {r['slo_ms']:g} ms, total {r['total_rps']:.0f} req/s "
@@ -183,6 +238,25 @@ def main() -> None:
 
         if args.plot:
             plot_curve(rows, n, args.plot)
+
+
+def compare_traced(n: int, args: argparse.Namespace) -> None:
+    """Plan `n` models with the profiles' traced points and without them, and print both side by side."""
+    rows = [
+        (label, run(n, args, args.slo_ms, traced=traced))
+        for label, traced in (("eager", False), ("traced", True))
+    ]
+    first = rows[0][1]
+    print(
+        f"\n{n} {args.model_class} models, P90 <= {args.slo_ms:g} ms, total {first['total_rps']:.0f} req/s "
+        f"(top 1% of models: {first['top1pct_share']:.0%} of requests)"
+    )
+    print("  points          | plan USD/h | lower bound | servers [mix]")
+    for label, r in rows:
+        name = "eager only" if label == "eager" else "eager + traced"
+        print(f"  {name:15} | {r['cost']:10.2f} | {r['bound']:11.2f} | {r['mix']}")
+    saved = 1 - float(str(rows[1][1]["cost"])) / float(str(first["cost"]))
+    print(f"  traced points save {saved:.1%} of the plan's cost")
 
 
 def plot_curve(rows: list[dict[str, object]], n: int, path: str) -> None:

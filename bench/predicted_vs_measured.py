@@ -105,6 +105,7 @@ SERVE_FLAGS = {
     "--max-wait-ms": "max_wait_ms",
 }
 OBJECTIVE_FLAG = "--latency-objective-ms"  # a configured objective: the server's default deadline
+TRACE_FLAG = "--trace-after-batches"  # 0 on eager CPU groups, the default on traced ones
 OVERRIDES = ("DEVICE", "DTYPE", "ENGINE", "INFERENCE_THREADS", "INTRA_OP_THREADS", "BATCHING__")
 
 
@@ -122,6 +123,11 @@ def deployed_settings(pid: int, execution: Execution, objective_ms: float | None
         for flag, field in SERVE_FLAGS.items()
         if flag not in flags or type(planned[field])(flags[flag]) != planned[field]
     ]
+    # traced exactly where the plan costed traced graphs (`Execution.server_fields`)
+    tracing = execution.server_fields().get("trace_after_batches")
+    given = [argv[k + 1] for k, flag in enumerate(argv[:-1]) if flag == TRACE_FLAG]
+    if tracing is not None and given != [str(tracing)]:
+        wrong.append(f"{TRACE_FLAG} (plan: {tracing})")
     served = flags.get(OBJECTIVE_FLAG)
     if (None if served is None else float(served)) != objective_ms:
         wrong.append(f"{OBJECTIVE_FLAG} {served} (plan: {objective_ms})")
@@ -133,7 +139,8 @@ def deployed_settings(pid: int, execution: Execution, objective_ms: float | None
         raise SystemExit(f"the server does not run the plan's settings: {wrong}; overriding variables {env}")
     return (
         f"{execution.inference_threads} inference thread(s) x {execution.intra_op_threads} intra-op "
-        f"thread(s), {execution.dtype} on {execution.engine}, batches <= {execution.max_batch_size}, "
+        f"thread(s), {execution.dtype} on {execution.engine}{' traced' if execution.traced else ''}, "
+        f"batches <= {execution.max_batch_size}, "
         f"latency objective {objective_ms} ms, "
         f"wait {execution.max_wait_ms:g} ms, "
         f"device {execution.device}: equal to the plan's execution (server command line and "

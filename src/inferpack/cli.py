@@ -86,6 +86,22 @@ def serve(
             "measured speed)."
         ),
     ] = None,
+    trace_after_batches: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="CPU, eager: trace a model to a TorchScript graph once it has run this many batches "
+            "(default 16; 0: never).",
+        ),
+    ] = None,
+    pack_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--pack-weights/--no-pack-weights",
+            help="bf16 on native-bf16 CPUs: traced graphs run on linear weights prepacked for oneDNN "
+            "(default) or on the plain weights (less memory per process).",
+        ),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads (default: one per core).")] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(min=1, help="torch intra-op threads per forward (default 1).")
@@ -147,6 +163,8 @@ def serve(
             "device": device,
             "dtype": dtype,
             "engine": engine,
+            "trace_after_batches": trace_after_batches,
+            "pack_weights": pack_weights,
             "inference_threads": threads,
             "intra_op_threads": intra_op_threads,
             "lazy_load": lazy,

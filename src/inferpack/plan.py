@@ -51,6 +51,19 @@ def omit_default_engine(data: Any, info: SerializationInfo) -> Any:
     return data
 
 
+# What a traced execution's servers wait for before tracing a model: the server's default (measured there)
+TRACE_AFTER_BATCHES: int = ServerSettings.model_fields["trace_after_batches"].default
+
+
+def omit_untraced(data: Any, info: SerializationInfo) -> Any:
+    """A serialised plan execution or profile point without `traced` when it is False (JSON only), as
+    `omit_default_engine` does for eager: readers from before the field still read untraced files, and
+    refuse a file whose servers must trace."""
+    if info.mode_is_json() and isinstance(data, dict) and data.get("traced") is False:
+        data = {k: v for k, v in data.items() if k != "traced"}
+    return data
+
+
 class Resources(StrictModel):
     """What one server may use: CPU cores, memory, and accelerators of the group's kind."""
 
@@ -75,6 +88,14 @@ class Execution(StrictModel):
         "eager (torch modules) or onnxruntime (ONNX versions; CPU, fp32). Absent: eager, what every "
         "profile before the field was measured with.",
     )
+    traced: bool = Field(
+        default=False,
+        description="Costed on traced graphs (profile points with `traced`): the servers trace every "
+        "model they hold once it has run `server.trace_after_batches` batches (kept at the default, "
+        "never 0), over packed weights (`server.pack_weights`, as profiled), and the plan sized their "
+        "memory for the graphs. False on eager (CPU): the servers "
+        "never trace (`trace_after_batches` 0), since the plan counted no graph memory. Absent: False.",
+    )
     inference_threads: int = Field(ge=1, description="Parallel forwards per server (the planner's workers).")
     intra_op_threads: int = Field(ge=1, description="torch intra-op threads per forward.")
     max_batch_size: int = Field(ge=1, description="Largest batch one forward runs.")
@@ -86,10 +107,15 @@ class Execution(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_eager(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return omit_default_engine(handler(self), info)
+        return omit_untraced(omit_default_engine(handler(self), info), info)
 
     @model_validator(mode="after")
     def _engine_runs_here(self) -> Execution:
+        # the server traces eager models on the CPU only (runtime/registry.py): nothing else can be costed
+        if self.traced and (self.engine != "eager" or self.device != "cpu"):
+            raise ValueError(
+                f"traced graphs run on engine eager on the CPU, not {self.engine} on {self.device}"
+            )
         # what the server refuses at start (runtime/engines.py) is refused when the plan is read
         if self.engine == "onnxruntime" and (self.device != "cpu" or self.dtype != "fp32"):
             raise ValueError(
@@ -98,14 +124,21 @@ class Execution(StrictModel):
         return self
 
     def server_fields(self) -> dict[str, Any]:
-        """The `ServerSettings` fields this execution sets (everything else keeps the configured value)."""
-        return {
+        """The `ServerSettings` fields this execution sets (everything else keeps the configured value):
+        on eager CPU servers `trace_after_batches` too, so they trace exactly when the plan costed traced
+        graphs (their speed and their memory) and never otherwise."""
+        fields: dict[str, Any] = {
             "device": self.device,
             "dtype": self.dtype,
             "engine": self.engine,
             "inference_threads": self.inference_threads,
             "intra_op_threads": self.intra_op_threads,
         }
+        if self.engine == "eager" and self.device == "cpu":
+            fields["trace_after_batches"] = TRACE_AFTER_BATCHES if self.traced else 0
+        if self.traced:  # the graphs `inferpack profile` timed: `compile.tracing.traced`'s, packed
+            fields["pack_weights"] = True
+        return fields
 
     def apply(self, settings: ServerSettings) -> ServerSettings:
         """`settings` with this execution's device, dtype, engine, threads and batching limits: what the
@@ -234,7 +267,25 @@ def served_settings(group: ServerGroup, settings: ServerSettings) -> ServerSetti
     one `Plan.server_objective_ms` passes on) with the group's execution over it (what was costed wins).
     `inferpack k8s render` renders these; `inferpack up` passes the same as `serve` flags
     (`processes.server_command`)."""
-    return settings if group.execution is None else group.execution.apply(settings)
+    if group.execution is None:
+        return settings
+    served = group.execution.apply(settings)
+    budget = traced_memory_budget_mb(group, served)
+    return served if budget is None else served.model_copy(update={"memory_budget_mb": budget})
+
+
+def traced_memory_budget_mb(group: ServerGroup, settings: ServerSettings) -> float | None:
+    """The memory budget a server of a traced group must run with instead of the configured one, or None
+    when the configured one will do (none, or at least the server's memory). The server traces only into
+    free budget (runtime/registry.py), and the planner sized the server's memory (`resources.memory_mb`,
+    an RSS figure, above the ledger's tensor bytes) for every model it holds with its graph: a smaller
+    configured budget could keep out graphs whose speed the plan counted on."""
+    if group.execution is None or not group.execution.traced:
+        return None
+    budget = settings.memory_budget_mb
+    if budget is None or budget >= group.resources.memory_mb:
+        return None
+    return float(group.resources.memory_mb)
 
 
 def load_plan(path: Path) -> Plan:

@@ -34,13 +34,15 @@ def server_command(
     extra_args: Sequence[str] = (),
     execution: Execution | None = None,
     latency_objective_ms: float | None = None,
+    memory_budget_mb: float | None = None,
     host: str = "127.0.0.1",
     cli: Sequence[str] | None = None,
 ) -> list[str]:
     """argv of one server process on `host`:`port` holding `models` (None: every model of the repository)
     with `threads` inference threads (None: the server's default) on `device` (None: the server's default);
     `execution` (a plan group's) sets every costed setting, threads, device and engine included;
-    `latency_objective_ms` (the plan's, `Plan.server_objective_ms`) the default deadline; `extra_args` are
+    `latency_objective_ms` (the plan's, `Plan.server_objective_ms`) the default deadline;
+    `memory_budget_mb` a budget over the configured one (`plan.traced_memory_budget_mb`); `extra_args` are
     more `serve` flags; `cli` is how inferpack is invoked (default: `python_cli()`)."""
     if execution is not None:
         threads, device = execution.inference_threads, execution.device
@@ -55,6 +57,11 @@ def server_command(
     if execution is not None:
         cmd += ["--intra-op-threads", str(execution.intra_op_threads), "--dtype", execution.dtype]
         cmd += ["--engine", execution.engine]
+        fields = execution.server_fields()
+        if "trace_after_batches" in fields:  # traced exactly where the plan costed traced graphs
+            cmd += ["--trace-after-batches", str(fields["trace_after_batches"])]
+        if fields.get("pack_weights"):  # over the packed weights the profile timed
+            cmd += ["--pack-weights"]
         cmd += [
             "--max-batch-size",
             str(execution.max_batch_size),
@@ -63,6 +70,8 @@ def server_command(
             "--max-wait-ms",
             f"{execution.max_wait_ms:g}",
         ]
+    if memory_budget_mb is not None:
+        cmd += ["--memory-budget-mb", f"{memory_budget_mb:g}"]
     if latency_objective_ms is not None:
         cmd += ["--latency-objective-ms", str(latency_objective_ms)]  # exact: it is the deadline
     cmd += ["--log-level", log_level]

@@ -1,7 +1,7 @@
 """A plan is deployed as it was costed: for every instance family of the catalog, the servers that
 `inferpack k8s render` and `inferpack up` start run exactly the execution the planner costed (device, dtype,
-engine, inference threads, intra-op threads, batching limits) and the plan's latency objective, and the
-server accepts that device and dtype."""
+engine, inference threads, intra-op threads, batching limits, whether they trace their models) and the
+plan's latency objective, and the server accepts that device and dtype."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from inferpack.planner.profiles import OperatingPoint, ProfileSet, load_profiles
 from inferpack.planner.solve import group_names, solve, to_plan
 from inferpack.processes import child_env, server_command
 from inferpack.runtime.devices import CPU_DEVICE, CudaDevice, ResolvedDevice, check_dtype
+from inferpack.runtime.registry import traces_after
 from inferpack.settings import ServerSettings, load_settings
 
 FAMILIES = sorted({inst.family for inst in load_catalog().instances})
@@ -58,6 +59,7 @@ def family_plan(
             intra_op_threads=choice.point.threads,
             max_batch_size=choice.point.batch_size,
             engine=choice.point.engine,
+            traced=choice.point.traced,
         )
     path = tmp_path / "plan.json"
     save_plan(to_plan(problem, solution, options, repository="s3://bucket/repo"), path)
@@ -74,7 +76,13 @@ def costed_fields(ex: Execution) -> dict[str, Any]:
         "max_batch_size": ex.max_batch_size,
         "max_batch_latency_ms": 0.0,  # no objective: the plan costed batches up to the size
         "max_wait_ms": ex.max_wait_ms,
+        "traces": ex.traced,  # the servers trace their models exactly where the plan costed graphs
     }
+
+
+def traces(settings: ServerSettings, device: str) -> bool:
+    """Whether a server with these settings on `device` traces its models (the registry's own rule)."""
+    return traces_after(settings, "cpu" if device == "cpu" else "accelerator") > 0
 
 
 def deployed_fields(ex: Execution) -> dict[str, Any]:
@@ -115,6 +123,7 @@ def rendered_settings(manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
         "max_batch_latency_ms": server.batching.max_batch_latency_ms,
         "max_wait_ms": server.batching.max_wait_ms,
         "latency_objective_ms": server.batching.latency_objective_ms,
+        "traces": traces(server, params["device"]),
         "omp": int(env["OMP_NUM_THREADS"] or 0),
     }
 
@@ -165,11 +174,19 @@ def check_deployed_as_costed(
                 "max_batch_latency_ms": local["max_batch_latency_ms"],
                 "max_wait_ms": local["max_wait_ms"],
                 "latency_objective_ms": local["latency_objective_ms"],
+                "traces": traces(served_from(local), local["device"]),
             }
             assert got == want, group.instance_type
             assert child_env(launch.threads, ex.intra_op_threads)["OMP_NUM_THREADS"] == str(
                 ex.intra_op_threads
             )
+
+
+def served_from(params: dict[str, Any]) -> ServerSettings:
+    """The server settings a parsed `serve` command line gives (the fields tracing depends on; an absent
+    flag keeps the default)."""
+    flags = {"engine": params["engine"], "trace_after_batches": params["trace_after_batches"]}
+    return ServerSettings.model_validate({k: v for k, v in flags.items() if v is not None})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -207,6 +224,28 @@ def test_a_plan_costed_on_onnx_runtime_is_served_on_it(
     assert {g.execution.engine for g in slower.groups if g.execution} == {"eager"}
 
 
+def with_traced_points(profiles: ProfileSet, instance_type: str, speedup: float) -> ProfileSet:
+    """`profiles` plus, for bert-base on `instance_type`'s profile, every point measured again on its
+    traced graph `speedup` times faster, each graph costing 30 MB per model."""
+    prof = profiles.lookup("bert-base", instance_type)
+    assert prof is not None
+    graphs = [pt.scaled(1 / speedup, traced=True) for pt in prof.points if pt.engine == "eager"]
+    traced_mb = dict.fromkeys({pt.dtype for pt in graphs}, 30.0)
+    both = prof.model_copy(update={"points": [*prof.points, *graphs], "traced_mb": traced_mb})
+    return profiles.model_copy(update={"profiles": [*profiles.profiles, both]})
+
+
+def test_a_plan_costed_on_traced_graphs_makes_its_servers_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traced points (faster here) win the plan; its servers trace their models, in the pods and the local
+    fleet alike (and the eager plans of every other test never do)."""
+    monkeypatch.chdir(tmp_path)
+    plan, costed = family_plan("c6i", tmp_path, with_traced_points(load_profiles(), "c6i.2xlarge", 1.5))
+    assert {g.execution.traced for g in plan.groups if g.execution} == {True}
+    check_deployed_as_costed(plan, costed, "c6i", monkeypatch)
+
+
 def test_two_keys_on_one_instance_type_deploy_as_two_groups_each_as_costed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,6 +266,7 @@ def test_two_keys_on_one_instance_type_deploy_as_two_groups_each_as_costed(
             intra_op_threads=choice.point.threads,
             max_batch_size=choice.point.batch_size,
             engine=choice.point.engine,
+            traced=choice.point.traced,
         )
         for (_, t), choice in problem.choices.items()
         if t in names

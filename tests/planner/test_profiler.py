@@ -40,7 +40,14 @@ def test_real_profile_skips_the_broken_model_and_feeds_the_planner(demo_repo: Pa
     assert list(failed) == ["broken-0000"]  # sorted first; the next two models stand in for it
     (prof,) = profile.profiles
     assert prof.instance_types == ["local"] and not prof.estimated
-    assert [(p.batch_size, p.threads) for p in prof.points] == [(1, 1), (2, 1)]
+    # each point twice: on the eager forward, and on the graph the server traces a hot model into
+    assert [(p.batch_size, p.threads, p.traced) for p in prof.points] == [
+        (1, 1, False),
+        (2, 1, False),
+        (1, 1, True),
+        (2, 1, True),
+    ]
+    assert prof.traced_mb["fp32"] > 0
     assert all(p.latency_ms > 0 for p in prof.points)
     assert prof.resident_mb >= 1 and prof.cold_load_s > 0 and prof.server_overhead_mb > 0
     assert prof.peak_throughput_per_core is not None and prof.peak_throughput_per_core > 0

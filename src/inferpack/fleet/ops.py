@@ -35,7 +35,7 @@ from inferpack.fleet.state import (
     save_state,
 )
 from inferpack.fleet.supervisor import LaunchSpec, ServerLaunch, launch_file, launch_runner, load_launch
-from inferpack.plan import Plan, ServerGroup, ServerPlan, load_plan, save_plan
+from inferpack.plan import Plan, ServerGroup, ServerPlan, load_plan, save_plan, traced_memory_budget_mb
 from inferpack.planner.inputs import model_memory_mb
 from inferpack.planner.naive import local_simple_plan
 from inferpack.repository.local import LocalRepository
@@ -156,6 +156,7 @@ def launch_spec(
                 threads,
                 fleet.threads_per_server,
                 objective_ms=plan.server_objective_ms(settings.server),
+                memory_budget_mb=traced_memory_budget_mb(plan.group_of(s.name), settings.server),
             )
             for s, p in zip(servers, ports, strict=True)
         ],
@@ -184,11 +185,14 @@ def server_launch(
     configured_threads: int,
     *,
     objective_ms: float | None = None,
+    memory_budget_mb: float | None = None,
 ) -> ServerLaunch:
     """How one plan server runs here: what `plan.served_settings` gives a Kubernetes pod. A group with an
     `execution` runs exactly it (the settings the plan was costed with) when its device is here, and the
     latency objective `objective_ms` (`Plan.server_objective_ms`: a configured one, never the plan's
-    P90). Without an execution the threads
+    P90), and `memory_budget_mb` when it must replace the configured budget (`plan.traced_memory_budget_mb`:
+    a traced group's servers must have room for the graphs the plan counted on). Without an execution the
+    threads
     are the split of this machine's cores (CPU) or the device's default (0, unless threads are
     configured). Fallen back to the CPU, a group runs the server's defaults: neither its execution nor
     the objective, which were sized for its own processor."""
@@ -204,6 +208,7 @@ def server_launch(
             device=device,
             execution=ex,
             latency_objective_ms=objective,
+            memory_budget_mb=memory_budget_mb,
         )
     threads = cpu_threads if device == "cpu" else configured_threads
     return ServerLaunch(

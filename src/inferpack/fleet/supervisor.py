@@ -66,6 +66,7 @@ class ServerLaunch(StrictModel):
     device: str = "cpu"
     execution: Execution | None = None  # the plan group's costed settings, applied as they are
     latency_objective_ms: float | None = None  # a configured objective: the default deadline of requests
+    memory_budget_mb: float | None = None  # over the configured one: room for a traced group's graphs
 
 
 class LaunchSpec(StrictModel):
@@ -204,6 +205,7 @@ class Supervisor:
                 log_level=spec.log_level,
                 execution=s.execution,
                 latency_objective_ms=s.latency_objective_ms,
+                memory_budget_mb=s.memory_budget_mb,
                 host=self.runner.bind_host,
                 cli=self.runner.cli,
             ),

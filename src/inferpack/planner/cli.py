@@ -311,6 +311,14 @@ def profile_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the profile ('-': stdout, and nothing else).")
     ] = Path("profile.json"),
+    traced: Annotated[
+        bool,
+        typer.Option(
+            "--traced/--no-traced",
+            help="Also time each point on the model's traced graph (what a server runs for a hot model: "
+            "CPU, safetensors versions) and record the graph's memory per model.",
+        ),
+    ] = True,
     server_overhead: Annotated[
         bool,
         typer.Option(
@@ -364,8 +372,9 @@ def profile_command(
         repeats=repeats,
         instance_types=instance_type or None,
         model_class=model_class,
+        traced=traced,
     )
-    steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes)
+    steps = len(request.dtypes) * len(request.threads) * len(request.batch_sizes) * (2 if traced else 1)
     with counting_progress(console) as bar:
         task = bar.add_task("profiling", total=None)
 
@@ -414,7 +423,7 @@ def profile_command(
                 prof.model_class if k == 0 else "",
                 f"{prof.cold_load_s:.2f} s" if k == 0 else "",
                 f"{prof.resident_mb:.0f} MB" if k == 0 else "",
-                point.dtype,
+                f"{point.dtype} traced" if point.traced else point.dtype,
                 str(point.threads),
                 str(point.batch_size),
                 f"{point.latency_ms:.1f} ms",

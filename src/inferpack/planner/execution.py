@@ -53,6 +53,7 @@ def group_execution(problem: Problem, type_index: int, models: list[int]) -> Exe
         device=inst.target,
         dtype=first.point.dtype,  # int8 never gets here: point_allowed refuses it
         engine=first.point.engine,  # the runtime the costed figures were measured on
+        traced=first.point.traced,  # servers costed on traced graphs must trace (and only they)
         inference_threads=first.workers,
         intra_op_threads=first.point.threads,
         max_batch_size=first.point.batch_size,

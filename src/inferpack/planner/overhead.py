@@ -203,8 +203,10 @@ def measure_server_timing(
 
 def forward_reference(profile: ModelProfile) -> tuple[float, float, int, str]:
     """The bare-forward point a one-thread-worker server at batch 1 runs: (median ms, P90 ms, intra-op
-    threads, dtype) of the batch-1 point with the fewest threads (of the first dtype measured)."""
-    ones = [p for p in profile.points if p.batch_size == 1 and p.dtype == profile.points[0].dtype]
+    threads, dtype) of the batch-1 point with the fewest threads (of the first dtype measured), on the eager
+    forward: the server it is compared with does not trace."""
+    first = profile.points[0].dtype
+    ones = [p for p in profile.points if p.batch_size == 1 and p.dtype == first and not p.traced]
     if not ones:
         raise InferpackError(
             f"profile {profile.model_class} has no batch-1 point to compare the server with",

@@ -16,11 +16,11 @@ Plus a limit on the number of models per server, and copies of one model on diff
 hotter than `max_copy_load` of the best server gets extra copies, and its rate is split evenly between
 copies (the router spreads load across copies).
 
-A "type" `t` of the problem is an instance type at one execution key (threads, dtype, batch size, engine:
-what one server runs for every model it holds). An instance type appears once per key worth offering on
-it (`type_variants`: every key not dominated in both capacity and memory by another), each column with
-that key's capacity and that key's memory per model, so the solvers choose the key by cost, and one
-server, being one column, never mixes keys.
+A "type" `t` of the problem is an instance type at one execution key (threads, dtype, batch size, engine
+or traced graphs: what one server runs for every model it holds). An instance type appears once per key
+worth offering on it (`type_variants`: every key not dominated in both capacity and memory by another),
+each column with that key's capacity and that key's memory per model, so the solvers choose the key by
+cost, and one server, being one column, never mixes keys.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ BoolArray = npt.NDArray[np.bool_]
 RESOURCES = ("memory", "compute", "accelerator memory")
 _DEFAULT_DTYPES: tuple[DType, ...] = ("fp32", "bf16", "fp16")
 EPS = 1e-9  # tolerance on capacity checks, so sums of floats that equal 1 still fit
-# What one server runs for every model it holds: intra-op threads, dtype, batch size, engine.
+# What one server runs for every model it holds: intra-op threads, dtype, batch size, runtime (the engine,
+# or "traced" for the eager module's traced graphs: `OperatingPoint.runtime`).
 ExecKey = tuple[int, str, int, str]
 
 
@@ -122,8 +123,9 @@ class TypeChoice:
 
     @property
     def key(self) -> ExecKey:
-        """What a server must be told to run this point: intra-op threads, dtype, batch size, engine."""
-        return (self.point.threads, self.point.dtype, self.point.batch_size, self.point.engine)
+        """What a server must be told to run this point: intra-op threads, dtype, batch size, runtime
+        (engine, or traced: a server that traces its models is told so, `plan.Execution.traced`)."""
+        return (self.point.threads, self.point.dtype, self.point.batch_size, self.point.runtime)
 
 
 @dataclass
@@ -217,6 +219,8 @@ def point_allowed(
     target = inst.target if _on_accelerator(inst) else "cpu"
     if point.engine == "onnxruntime" and (target != "cpu" or point.dtype != "fp32"):
         return False
+    if point.traced and target != "cpu":  # the server traces eager models on the CPU only
+        return False
     if dtype_unservable_reason(target, accelerator, point.dtype) is not None:
         return False
     return point.dtype == "fp32" or native is None or point.dtype in native
@@ -260,8 +264,9 @@ def point_choices(
 
 
 def _resident(prof: ModelProfile, point: OperatingPoint, parameters: int | None) -> float:
-    """Host memory of one model of the profile's class served at `point` (its dtype and engine)."""
-    return prof.resident_for(point.dtype, point.engine, parameters)
+    """Host memory of one model of the profile's class served at `point` (its dtype and engine, and its
+    traced graph for a traced point)."""
+    return prof.resident_for(point.dtype, point.engine, parameters, traced=point.traced)
 
 
 def type_variants(

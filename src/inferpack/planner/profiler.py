@@ -4,14 +4,23 @@ Per architecture (models whose weights differ but whose shape does not are measu
 time, resident memory added (an RSS delta, measured), latency at each batch size, thread count and
 dtype, and peak throughput per core. The result is tagged with the hardware it ran on.
 
+Where a server would trace the model (compile/tracing.py `traceable`: an eager module of a safetensors
+version on the CPU; servers costed on such points run engine eager, which traces), every point is timed a
+second time on the traced graph made by `traced` itself (the server's own function: packed weights,
+warm-up and fidelity checks included), its forwards alternating with the eager ones (a shared host's
+load weighs on both alike), and the graph's extra memory per model is recorded
+(`ModelProfile.traced_mb`): a hot model on a server runs that graph, not the eager forward.
+
 Measurement needs a clock, an RSS reader and a model loader; they are parameters so the logic can be
 tested without timing real models.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
+import logging
 import platform
 import statistics
 import time
@@ -24,6 +33,7 @@ import numpy as np
 import psutil
 import torch
 
+from inferpack.compile.tracing import WARM_UP_CALLS, traceable, traced
 from inferpack.errors import ConfigError, InferpackError, ModelLoadFailed
 from inferpack.planner.profiles import (
     DType,
@@ -36,10 +46,11 @@ from inferpack.planner.profiles import (
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
 from inferpack.runtime.hardware import cpu_model, usable_cores
-from inferpack.runtime.modeling import LoadedModel, load_model
+from inferpack.runtime.modeling import LoadedModel, load_model, model_storages
 from inferpack.runtime.tasks import TextInput, handler_for
 
 MB = 2**20
+log = logging.getLogger("inferpack.profile")
 # Long enough to be truncated to any model's max_sequence_length, so latencies are at full length.
 _WORDS = (
     "inferpack serves thousands of unique models behind one endpoint and plans the cheapest fleet "
@@ -47,6 +58,8 @@ _WORDS = (
 ) * 40
 
 Loader = Callable[[ModelRepository, str, DType], LoadedModel]
+# a loaded eager model -> the same model with its traced graph, as the server makes it (`traced`)
+Tracer = Callable[[LoadedModel], LoadedModel]
 
 
 @dataclass
@@ -61,6 +74,7 @@ class ProfileRequest:
     model_class: str | None = (
         None  # the planner class these models belong to (e.g. bert-base); default: shape key
     )
+    traced: bool = True  # also time the traced graph where a server would trace the model
 
 
 def default_loader(repository: ModelRepository, model_id: str, dtype: DType) -> LoadedModel:
@@ -139,19 +153,38 @@ def batch_of(model: LoadedModel, size: int) -> list[TextInput]:
 
 
 def time_forward(
-    model: LoadedModel, size: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+    model: LoadedModel,
+    size: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    warm_up: int = 2,
 ) -> tuple[float, float]:
-    """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, two warm-up
-    runs)."""
-    encoded = model.tokenizer.encode(batch_of(model, size))
-    for _ in range(2):
-        model.forward(encoded)
-    times = []
+    """Median and P90 milliseconds of one forward of a batch of `size` (tokenised once, `warm_up`
+    runs first: a traced graph's profiling executor optimises for a new shape over its first calls)."""
+    return time_side_by_side([model], size, repeats, clock, warm_up)[0]
+
+
+def time_side_by_side(
+    models: list[LoadedModel],
+    size: int,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    warm_up: int = 2,
+) -> list[tuple[float, float]]:
+    """`time_forward` of each of `models` (runtimes of one model: the eager module, its traced graph),
+    their forwards alternating, so a change in what else runs on the cores (a shared host) weighs on
+    each alike and their ratio holds."""
+    encoded = models[0].tokenizer.encode(batch_of(models[0], size))
+    for model in models:
+        for _ in range(warm_up):
+            model.forward(encoded)
+    times: list[list[float]] = [[] for _ in models]
     for _ in range(max(1, repeats)):
-        start = clock()
-        model.forward(encoded)
-        times.append((clock() - start) * 1000.0)
-    return float(statistics.median(times)), float(np.quantile(times, 0.9))
+        for model, taken in zip(models, times, strict=True):
+            start = clock()
+            model.forward(encoded)
+            taken.append((clock() - start) * 1000.0)
+    return [(float(statistics.median(t)), float(np.quantile(t, 0.9))) for t in times]
 
 
 def hardware() -> HardwareTag:
@@ -182,6 +215,8 @@ class Measured:
     points: list[OperatingPoint]
     failed: dict[str, str]
     shape: dict[str, int] = field(default_factory=dict)  # ModelClass shape fields (FLOPs per request)
+    traced_mb: dict[DType, float] = field(default_factory=dict)  # a traced graph's memory per model
+    traced_notes: list[str] = field(default_factory=list)  # how each traced_mb figure was found
 
 
 def measure_architecture(
@@ -194,14 +229,17 @@ def measure_architecture(
     rss: Callable[[], int] = process_rss,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
+    tracer: Tracer = traced,
+    can_trace: Callable[[LoadedModel], bool] = traceable,
 ) -> Measured:
-    """Load one or two models of an architecture and time it at every requested point.
+    """Load one or two models of an architecture and time it at every requested point, and at every
+    point again on its traced graph where a server would trace it (`trace_memory`, `time_points`).
 
     Memory is the RSS delta of loading (and running) a model. The first model of a process also pays
     one-off costs (kernels, tokenizer), so when a second model of the same shape exists its delta is
     the one reported: the marginal memory of one more model on a server."""
     first_dtype = request.dtypes[0]
-    loaded: list[tuple[LoadedModel, float, float]] = []
+    loaded: list[tuple[str, LoadedModel, float, float]] = []
     failed: dict[str, str] = {}
     for model_id in model_ids:
         if len(loaded) == 2:
@@ -213,41 +251,162 @@ def measure_architecture(
         except InferpackError as exc:  # a broken model is reported; its shape-mates stand in for it
             failed[model_id] = str(exc)
             continue
-        loaded.append((candidate, clock() - start, (rss() - before) / MB))
+        loaded.append((model_id, candidate, clock() - start, (rss() - before) / MB))
     if not loaded:
         raise ModelLoadFailed(f"no model of architecture {key} loads: {failed}")
-    model, load_s, resident = loaded[0]
+    first_id, model, load_s, resident = loaded[0]
     from_second = len(loaded) > 1
+    # the second model stays for the traced graph's memory: a second graph's is the marginal one
+    mate_id, mate = (loaded[1][0], loaded[1][1]) if from_second and request.traced else (None, None)
     if from_second:
-        _, load_s, resident = loaded[1]
+        _, _, load_s, resident = loaded[1]
     del loaded, candidate
     parameters = model.manifest.parameters
     points: list[OperatingPoint] = []
+    traced_mb: dict[DType, float] = {}
+    traced_notes: list[str] = []
     old_threads = torch.get_num_threads()
     try:
         for dtype in request.dtypes:
             if dtype != first_dtype:
-                del model
+                del model, mate
                 gc.collect()
-                model = loader(repository, model_ids[0], dtype)
-            for threads in request.threads:
-                torch.set_num_threads(threads)
-                for size in request.batch_sizes:
-                    if progress is not None:
-                        progress(f"{key}: {dtype}, {threads} thread(s), batch {size}")
-                    latency, p90 = time_forward(model, size, request.repeats, clock)
-                    point = OperatingPoint(
-                        batch_size=size, threads=threads, dtype=dtype, latency_ms=latency, latency_p90_ms=p90
-                    )
-                    points.append(point)
+                model = loader(repository, first_id, dtype)
+                mate = None if mate_id is None else loader(repository, mate_id, dtype)
+            fast = None
+            if request.traced and can_trace(model):
+                found = trace_memory(model, dtype, tracer, mate=mate, can_trace=can_trace, rss=rss)
+                if found is not None:
+                    fast, traced_mb[dtype], note = found
+                    traced_notes.append(note)
+                else:
+                    traced_notes.append(f"{dtype}: no traced points (tracing failed or disagreed)")
+            points += time_points(model, fast, dtype, request, clock, progress, label=key)
+            del fast
     finally:
         torch.set_num_threads(old_threads)
-        del model
+        del model, mate
         gc.collect()
     shape = model_shape(repository, model_ids[0])
     return Measured(
-        key, model_ids, load_s, max(resident, 1.0), from_second, parameters, points, failed, shape
+        key,
+        model_ids,
+        load_s,
+        max(resident, 1.0),
+        from_second,
+        parameters,
+        points,
+        failed,
+        shape,
+        traced_mb,
+        traced_notes,
     )
+
+
+def time_points(
+    model: LoadedModel,
+    fast: LoadedModel | None,
+    dtype: DType,
+    request: ProfileRequest,
+    clock: Callable[[], float],
+    progress: Callable[[str], None] | None,
+    *,
+    label: str,
+) -> list[OperatingPoint]:
+    """One point per (threads, batch size) of `request` on `model`'s eager forward, and with `fast` (the
+    same model traced) one more on its graph (`traced`), timed side by side with the eager one; eager
+    points first, then traced ones."""
+    eager: list[OperatingPoint] = []
+    graph: list[OperatingPoint] = []
+    runtimes = [model] if fast is None else [untraced(model), fast]
+    warm_up = 2 if fast is None else max(2, WARM_UP_CALLS)
+    for threads in request.threads:
+        torch.set_num_threads(threads)
+        for size in request.batch_sizes:
+            if progress is not None:
+                how = "" if fast is None else " eager and traced"
+                progress(f"{label}: {dtype}{how}, {threads} thread(s), batch {size}")
+            timed = time_side_by_side(runtimes, size, request.repeats, clock, warm_up)
+            for (latency, p90), out in zip(timed, (eager, graph), strict=False):
+                out.append(
+                    OperatingPoint(
+                        batch_size=size,
+                        threads=threads,
+                        dtype=dtype,
+                        traced=out is graph,
+                        latency_ms=latency,
+                        latency_p90_ms=p90,
+                    )
+                )
+    return eager + graph
+
+
+def untraced(model: LoadedModel) -> LoadedModel:
+    """`model` as a server that never traces runs it: its eager module alone. (Beside a traced tenant of
+    its base, an eager tenant runs the base's shared layers through that tenant's trunk of graphs,
+    runtime/modeling.py `_module_for`; a plan's eager servers trace nothing, so no trunk exists there.)"""
+    extra = {k: v for k, v in model.extra.items() if k != "own_paths"}
+    return dataclasses.replace(model, extra=extra)
+
+
+def trace_memory(
+    model: LoadedModel,
+    dtype: DType,
+    tracer: Tracer,
+    *,
+    mate: LoadedModel | None = None,
+    can_trace: Callable[[LoadedModel], bool] = traceable,
+    rss: Callable[[], int] = process_rss,
+) -> tuple[LoadedModel, float, str] | None:
+    """`model` traced (as a server traces it), the graph's extra memory per model (MiB) and how that was
+    found; None when the model cannot be traced (tracing fails or the graph disagrees: the server then
+    keeps eager too, so the profile has no traced point).
+
+    Memory is that of the second traced model (`mate`, a model of the same shape, traced while the first
+    graph lives) when there is one, as `resident_mb` is the second model's: the first trace of a process
+    pays one-off costs (TorchScript's and oneDNN's own state), and the first tenant of a base also makes
+    the graphs and packed weights its base's other tenants share (compile/tracing.py). Of that model it
+    is the larger of two figures: the RSS growth of tracing, what a server process grows by (its memory
+    limit is RSS; it may read low where freed pages of an earlier dtype are reused), and the ledger's
+    growth (runtime/modeling.py `model_storages`: graph IR estimates and prepacked weights, each shared
+    one once), what the server's memory budget charges before it keeps a graph. The larger never
+    under-counts what the plan must hold."""
+    gc.collect()
+    before_rss, before_ledger = rss(), _ledger_bytes([model, *([mate] if mate else [])])
+    try:
+        fast = tracer(model)
+    except InferpackError as exc:
+        log.warning("%s %s: no traced points: %s", model.model_id, dtype, exc)
+        return None
+    grown = (rss() - before_rss) / MB
+    ledger = (_ledger_bytes([fast, *([mate] if mate else [])]) - before_ledger) / MB
+    which = "first"
+    if mate is not None and can_trace(mate):
+        before_rss, before_ledger = rss(), _ledger_bytes([fast, mate])
+        try:
+            second = tracer(mate)
+        except InferpackError as exc:  # the first model's figures stand
+            log.warning("%s %s: not traced: %s", mate.model_id, dtype, exc)
+        else:
+            grown = (rss() - before_rss) / MB
+            ledger = (_ledger_bytes([fast, second]) - before_ledger) / MB
+            which = "second"
+            del second
+            gc.collect()
+    note = (
+        f"{dtype}: {which} traced model's max(RSS growth {grown:.1f} MiB, ledger growth {ledger:.1f} MiB) "
+        f"= {'RSS' if grown >= ledger else 'ledger'}"
+    )
+    return fast, max(grown, ledger, 0.1), note
+
+
+def _ledger_bytes(models: list[LoadedModel]) -> int:
+    """What the server's ledger holds for `models` together: each storage (a shared layer, a packed
+    weight, a base's trunk of graphs) once."""
+    storages: dict[int, int] = {}
+    for m in models:
+        storages.update(model_storages(m))
+    return sum(storages.values())
 
 
 def dtype_memory(m: Measured, dtypes: list[DType]) -> dict[DType, float]:
@@ -285,6 +444,7 @@ def to_profile_file(
             )
         )
         memory = dtype_memory(m, request.dtypes)
+        traced_note = f"; traced graph memory = {'; '.join(m.traced_notes)}" if m.traced_notes else ""
         memory_note = (
             "second model's RSS delta" if m.resident_from_second_model else "first model's RSS delta"
         )
@@ -296,6 +456,7 @@ def to_profile_file(
                 cold_load_s=m.cold_load_s,
                 resident_mb=m.resident_mb,
                 memory_by_dtype=memory,
+                traced_mb=m.traced_mb,
                 server_overhead_mb=server_overhead_mb,
                 points=points,
                 peak_throughput_per_core=peak,
@@ -309,6 +470,7 @@ def to_profile_file(
                         if "bf16" in memory and len(memory) > 1
                         else ""
                     )
+                    + traced_note
                 ),
             )
         )
@@ -330,6 +492,7 @@ def profile_repository(
     rss: Callable[[], int] = process_rss,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[str], None] | None = None,
+    tracer: Tracer = traced,
 ) -> tuple[ProfileFile, dict[str, str]]:
     """Measure every architecture among `model_ids`; returns the file and what failed (model id or
     architecture -> reason)."""
@@ -342,7 +505,15 @@ def profile_repository(
     for key, ids in groups.items():
         try:
             result = measure_architecture(
-                repository, key, ids, request, loader=loader, rss=rss, clock=clock, progress=progress
+                repository,
+                key,
+                ids,
+                request,
+                loader=loader,
+                rss=rss,
+                clock=clock,
+                progress=progress,
+                tracer=tracer,
             )
         except InferpackError as exc:
             failed[key] = str(exc)

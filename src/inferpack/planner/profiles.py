@@ -31,7 +31,7 @@ from pydantic import (
 
 from inferpack.errors import ConfigError
 from inferpack.jsonfile import StrictModel, parse_json_model
-from inferpack.plan import Engine, omit_default_engine
+from inferpack.plan import Engine, omit_default_engine, omit_untraced
 from inferpack.repository.footprint import ORT_SESSION_FACTOR  # what a session holds, measured
 
 DType = Literal["fp32", "bf16", "fp16", "int8"]
@@ -51,6 +51,14 @@ class OperatingPoint(StrictModel):
         "measures) or onnxruntime (ONNX versions, CPU, fp32). A plan's servers run the engine their "
         "point was measured on.",
     )
+    traced: bool = Field(
+        default=False,
+        description="True for a figure of the eager module's traced graph (compile/tracing.py `traced`: "
+        "what a server runs for a model once it has run `server.trace_after_batches` batches; CPU, "
+        "safetensors versions). A plan's servers costed on a traced point trace every model they hold "
+        "(`plan.Execution.traced`), and its memory per model counts the graph "
+        "(`ModelProfile.traced_mb`). Absent: the eager forward.",
+    )
     latency_ms: float = Field(gt=0, description="Median time to run one batch.")
     latency_p90_ms: float | None = Field(
         default=None,
@@ -69,7 +77,13 @@ class OperatingPoint(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_eager(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
-        return omit_default_engine(handler(self), info)
+        return omit_untraced(omit_default_engine(handler(self), info), info)
+
+    @property
+    def runtime(self) -> str:
+        """What computes this point: its engine, or "traced" for the eager module's traced graph (the
+        planner's execution keys tell them apart: their capacity and memory differ)."""
+        return "traced" if self.traced else self.engine
 
     def scaled(self, factor: float, **update: Any) -> OperatingPoint:
         """This point with every time `factor` times longer (its median and P90; its throughput `factor`
@@ -86,6 +100,8 @@ class OperatingPoint(StrictModel):
 
     @model_validator(mode="after")
     def _p90_not_below_median(self) -> OperatingPoint:
+        if self.traced and self.engine != "eager":
+            raise ValueError(f"a traced point is a graph of the eager module, not of {self.engine}")
         if self.latency_p90_ms is not None and self.latency_p90_ms < self.latency_ms:
             raise ValueError(f"latency_p90_ms {self.latency_p90_ms} is below latency_ms {self.latency_ms}")
         return self
@@ -128,6 +144,13 @@ class ModelProfile(StrictModel):
         description="Host memory per loaded model on an engine other than eager (onnxruntime: a session's "
         "own copy of the fp32 weights); absent: derived (`resident_for`).",
     )
+    traced_mb: dict[DType, float] = Field(
+        default_factory=dict,
+        description="Host memory one traced model adds beside its eager one, by dtype: its graph's own IR "
+        "and plans and the prepacked copies of its linear weights (bf16 on native-bf16 CPUs). "
+        "`inferpack profile` records the larger of the RSS growth of tracing and the server ledger's "
+        "estimate. Every traced point's dtype needs a figure; absent: no traced points.",
+    )
     server_overhead_mb: float = Field(ge=0, description="Host memory of a server holding no model.")
     accelerator_overhead_mb: float = Field(default=0, ge=0, description="Device memory per device, idle.")
     workers_per_accelerator: int = Field(
@@ -156,22 +179,39 @@ class ModelProfile(StrictModel):
         """No `memory_by_engine` in a file when empty: readers from before the field (which reject unknown
         fields) still read an eager profile, as `OperatingPoint` omits its eager engine."""
         data = handler(self)
-        if info.mode_is_json() and isinstance(data, dict) and not self.memory_by_engine:
-            data = {k: v for k, v in data.items() if k != "memory_by_engine"}
+        if info.mode_is_json() and isinstance(data, dict):
+            empty = {k for k in ("memory_by_engine", "traced_mb") if not getattr(self, k)}
+            data = {k: v for k, v in data.items() if k not in empty}
         return data
+
+    @model_validator(mode="after")
+    def _traced_memory_known(self) -> ModelProfile:
+        # a traced point without its graph's memory would be costed as if the graph were free
+        missing = sorted({p.dtype for p in self.points if p.traced} - set(self.traced_mb))
+        if missing:
+            raise ValueError(f"traced points in {missing} have no traced_mb figure (a graph's own memory)")
+        return self
 
     def matches(self, instance_type: str) -> bool:
         """Whether this profile applies to the named instance type."""
         return any(fnmatch.fnmatchcase(instance_type, pat) for pat in self.instance_types)
 
-    def resident_for(self, dtype: DType, engine: Engine = "eager", parameters: int | None = None) -> float:
-        """Host memory one loaded model adds when served in `dtype` on `engine`. On onnxruntime without a
+    def resident_for(
+        self,
+        dtype: DType,
+        engine: Engine = "eager",
+        parameters: int | None = None,
+        *,
+        traced: bool = False,
+    ) -> float:
+        """Host memory one loaded model adds when served in `dtype` on `engine` (`traced`: with its traced
+        graph, `traced_mb` beside the eager figure). On onnxruntime without a
         figure of its own: `session_resident_mb` of the class's `parameters`, and never less than the
         eager fp32 figure (a profile's eager figure counts only the weight pages its forwards touched:
         a session copies them all); without parameters, the eager fp32 figure x ORT_SESSION_FACTOR."""
         eager = self.memory_by_dtype.get(dtype, self.resident_mb)
         if engine == "eager":
-            return eager
+            return eager + (self.traced_mb[dtype] if traced else 0.0)
         if engine in self.memory_by_engine:
             return self.memory_by_engine[engine]
         fp32 = self.memory_by_dtype.get("fp32", self.resident_mb)

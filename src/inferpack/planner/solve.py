@@ -118,13 +118,13 @@ def _column_order(problem: Problem, servers: list[Server]) -> list[int]:
 
 def execution_label(problem: Problem, t: int) -> str | None:
     """The execution key of column `t`, short for the plan's table: dtype, engine when not eager (as the
-    plan file omits it), intra-op threads and batch size, e.g. `bf16 8t b1`, `fp32 ort 4t b1`; None
-    without a key."""
+    plan file omits it; traced for traced graphs), intra-op threads and batch size, e.g. `bf16 8t b1`,
+    `fp32 ort 4t b1`, `bf16 traced 1t b8`; None without a key."""
     key = problem.keys[t] if t < len(problem.keys) else None
     if key is None:
         return None
     threads, dtype, batch, engine = key
-    runtime = {"eager": "", "onnxruntime": " ort"}.get(engine, f" {engine}")
+    runtime = {"eager": "", "onnxruntime": " ort", "traced": " traced"}.get(engine, f" {engine}")
     return f"{dtype}{runtime} {threads}t b{batch}"
 
 

@@ -132,6 +132,13 @@ class RegistryStats:
     warm_start_pending: int = 0
 
 
+def traces_after(settings: ServerSettings, device_kind: str) -> int:
+    """Batches since its load after which a server with these settings traces a model (compile/tracing.py),
+    0 for never: only engine eager computing on the CPU traces (the planner costs traced points only for
+    servers that do: plan.Execution.traced)."""
+    return settings.trace_after_batches if settings.engine == "eager" and device_kind == "cpu" else 0
+
+
 class ModelRegistry:
     """Owns model lifecycles and memory for one server."""
 
@@ -183,11 +190,7 @@ class ModelRegistry:
         # hot eager models are traced by `tracer` (compile/tracing.py, given by the server): where the
         # eager engine computes on the CPU
         self._tracer = tracer
-        self._trace_after = (
-            settings.trace_after_batches
-            if tracer is not None and settings.engine == "eager" and device.kind == "cpu"
-            else 0
-        )
+        self._trace_after = traces_after(settings, device.kind) if tracer is not None else 0
         self._graph_bytes: dict[object, int] = {}  # module layout (skeleton) -> its last graph's size
         # busy bases get a trunk of graphs (`trunker`: compile/tracing.py), where models are traced
         self._trunker = trunker
