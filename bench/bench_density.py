@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import torch
 from safetensors import safe_open
 
@@ -214,12 +215,30 @@ def drive(server: Server, traffic: Traffic, window: Window) -> dict[str, Any]:
     }
 
 
+def server_cpu_s(server: Server) -> float:
+    """CPU seconds the server process has used (user + system, all its threads)."""
+    times = psutil.Process(server.proc.pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def run_phase(name: str, server: Server, traffic: Traffic, window: Window, extra: dict[str, float]) -> Phase:
-    """Drive the server and read its load and eviction counters before and after."""
+    """Drive the server and read its load and eviction counters before and after, and its CPU time per
+    answer over the whole run (warm-up included: a robust figure on shared cores, where latencies are
+    not); and how many base trunks it made and holds (0 on a tree without them)."""
     before = counters(server.metrics())
+    cpu = server_cpu_s(server)
     result = drive(server, traffic, window)
-    after = counters(server.metrics())
+    cpu = server_cpu_s(server) - cpu
+    text = server.metrics()
+    after = counters(text)
     loads, load_s, evictions = (a - b for a, b in zip(after, before, strict=True))
+    answers = result["throughput"] * (window.seconds + window.warmup)  # offered rate, open loop
+    extra = {
+        **extra,
+        "server_cpu_ms_per_answer": 1000 * cpu / max(1.0, answers),
+        "base_trunks_made": metric_sum(text, "inferpack_base_trunks_total", {"event": "made"}),
+        "base_trunks_held": metric_sum(text, "inferpack_base_trunks_held"),
+    }
     return Phase(name, result, loads, load_s, evictions, extra)
 
 

@@ -46,6 +46,7 @@ SERVER = ServerSettings.model_validate(
         "dtype": "fp32",
         "engine": "mixed",
         "trace_after_batches": 0,
+        "trunk_after_batches": 64,
         "pack_weights": False,
         "max_body_bytes": 2048,
         "max_sequence_length": 256,

@@ -22,8 +22,12 @@ alone (runtime/crossbatch.py `group_key`) unless it also has its pieces for mixe
 
 Pieces (`traced_pieces`): a tenant sharing its base's layers gets graphs of its own submodules (its top
 layer), and its base gets graphs of the shared subtrees between them (the embeddings, the shared layers:
-`crossbatch.trunk_paths`), made by the first traced tenant and held by every traced tenant of that base
-(a weak cache: the trunk goes with the last of them). Each piece is traced once per call signature the
+`crossbatch.trunk_paths`): the base's *trunk* (`base_trunk`), made once per base, by the registry when
+the base's tenants have proven busy (`trunk_job`, even with none of them traced: the cold tenants of a
+density server) or by its first traced tenant, and reused by every other. The registry holds it while a
+tenant of the base is loaded and charges it once, to the base (runtime/registry.py); traced tenants hold
+it too (`crossbatch.TRUNKS` is a weak cache: it goes with the last holder). Each piece is traced once per
+call signature the
 compile step's example and check batches make (an attention mask or None, ...), warmed up, and the model
 run through a composite of its pieces is checked against the eager module like the whole graph. A mixed
 batch of such tenants then runs its shared layers once, as graphs, and each tenant's layer as a graph on
@@ -143,39 +147,104 @@ def graph_bytes(graph: torch.jit.ScriptModule) -> int:
 
 def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: bool = True) -> TracedPieces | None:
     """Graphs of `model`'s own submodules and of its base's shared subtrees for mixed batches (see the
-    module's doc); None for a model that shares no layers. ModelLoadFailed when the model run through its
-    pieces disagrees with the eager module."""
+    module's doc); None for a model that shares no layers. The base's trunk is the one already held
+    (`base_trunk`: made by the registry for a busy base, or by an earlier traced tenant), else made here.
+    ModelLoadFailed when the model run through its pieces disagrees with the eager module."""
+    paths, module = model.extra.get("own_paths"), model.module
+    if not paths or mix_key(model) is None or not isinstance(module, TaskWrapper):
+        return None
+    batches = _batches(model, examples)
+    trunk = base_trunk(model, examples, pack)
+    at_own = [p for p in paths if next(module.get_submodule(p).children(), None) is not None]
+    calls = _capture(module, at_own, batches)
+    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_own}
+    pieces = TracedPieces(own, trunk, _graphs_bytes(own))
+    _check_pieces(model, examples, batches, pieces, "its pieces disagree")
+    return pieces
+
+
+def trunk_job(model: LoadedModel, pack: bool = True) -> Callable[[], Trunk] | None:
+    """The work that makes the trunk of `model`'s base (`base_trunk`, run on the upgrade lane), or None
+    for a model with no base to share one with (`trunkable`). The registry's `trunker`: a busy base gets
+    its trunk even when none of its tenants is traced (runtime/registry.py)."""
+    return functools.partial(base_trunk, model, None, pack) if trunkable(model) else None
+
+
+def trunkable(model: LoadedModel) -> bool:
+    """True for a tenant whose base may have a trunk: an eager module of a safetensors version on the CPU
+    that shares layers with its base's other tenants (`own_paths`, `mix_key`)."""
+    return (
+        isinstance(model.module, TaskWrapper)
+        and model.manifest.format == "safetensors"
+        and model.device.type == "cpu"
+        and bool(model.extra.get("own_paths"))
+        and mix_key(model) is not None
+    )
+
+
+def base_trunk(model: LoadedModel, examples: ExampleSet | None = None, pack: bool = True) -> Trunk:
+    """The trunk of `model`'s base for its split paths: the one held already (`TRUNKS`), else graphs of
+    the shared subtrees (`trunk_paths`) traced from `model`'s module over the shared tensors, warmed up
+    and checked: `model` run through them (its own layers eager) must answer as its eager module does.
+    Made once per base (under `TRUNKS.lock`; `pack`: over prepacked linear weights, as `traced`). Runs on
+    the upgrade thread; ModelLoadFailed when it cannot be made or disagrees."""
     paths, key, module = model.extra.get("own_paths"), mix_key(model), model.module
     if not paths or key is None or not isinstance(module, TaskWrapper):
-        return None
-    at_trunk = trunk_paths(module, paths)
-    at_own = [p for p in paths if next(module.get_submodule(p).children(), None) is not None]
-    batches = [model_args(b, model.device) for b in (examples.trace, *examples.checks)]
-    calls = _capture(module, at_own + at_trunk, batches)
-    own: dict[str, Graphs] = {p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_own}
-    with TRUNKS.lock:  # the first traced tenant of a base makes its trunk; the others reuse it
+        raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} shares no layers: no trunk")
+    with TRUNKS.lock:  # one maker per base; the others reuse what it made
         trunk = TRUNKS.get(key, paths)
-        if trunk is None:
+        if trunk is not None:
+            return trunk
+        started = time.perf_counter()
+        examples = examples or build_examples(model.tokenizer, model.handler.pair_input)
+        batches = _batches(model, examples)
+        at_trunk = trunk_paths(module, paths)
+        try:
+            calls = _capture(module, at_trunk, batches)
             graphs: dict[str, Graphs] = {
                 p: _trace_calls(module.get_submodule(p), calls[p], pack) for p in at_trunk
             }
-            trunk = Trunk(graphs, tuple(paths), _graphs_bytes(graphs))
-            TRUNKS.add(key, trunk)
-    pieces = TracedPieces(own, trunk, _graphs_bytes(own))
+        except Exception as exc:
+            raise ModelLoadFailed(
+                f"model {model.model_id!r} v{model.version}: its base's trunk could not be traced: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        trunk = Trunk(graphs, tuple(paths), _graphs_bytes(graphs))
+        _check_pieces(model, examples, batches, TracedPieces(trunk=trunk), "its base's trunk disagrees")
+        trunk.seconds = time.perf_counter() - started
+        TRUNKS.add(key, trunk)
+        return trunk
+
+
+def _batches(model: LoadedModel, examples: ExampleSet) -> list[tuple[torch.Tensor, ...]]:
+    """The model's arguments for the trace example and each check batch, in that order."""
+    return [model_args(b, model.device) for b in (examples.trace, *examples.checks)]
+
+
+def _check_pieces(
+    model: LoadedModel,
+    examples: ExampleSet,
+    batches: Sequence[tuple[torch.Tensor, ...]],
+    pieces: TracedPieces,
+    what: str,
+) -> None:
+    """ModelLoadFailed unless `model` run alone through `pieces` (a composite of one model, all rows its
+    own) answers the example and check batches as its eager module does (the trace fidelity bounds);
+    `what` names the pieces in the message ("its pieces disagree")."""
+    module, paths = model.module, list(model.extra.get("own_paths") or ())
+    assert isinstance(module, TaskWrapper)
     reference, candidate = [], []
     with torch.inference_mode():
         for batch, args in zip((examples.trace, *examples.checks), batches, strict=True):
-            # the model alone through its pieces: a composite of one model, all rows its own
-            whole = composite([module], list(paths), [(0, int(args[0].shape[0]))], [pieces])
+            whole = composite([module], paths, [(0, int(args[0].shape[0]))], [pieces])
             reference += output_rows(module(*args), batch, model.manifest.task)
             candidate += output_rows(whole(*args), batch, model.manifest.task)
     verdict = compare(reference, candidate).judge(TRACE_FIDELITY[manifest_dtype(model.dtype)])
     if not verdict.passed:
         raise ModelLoadFailed(
-            f"model {model.model_id!r} v{model.version}: its pieces disagree with the eager module "
+            f"model {model.model_id!r} v{model.version}: {what} with the eager module "
             f"(max abs diff {verdict.max_abs_diff:.3g} > {verdict.tolerance:.3g})"
         )
-    return pieces
 
 
 def _graphs_bytes(pieces: dict[str, Graphs]) -> int:

@@ -20,7 +20,8 @@ dimensions and the batch's row count as the first (hidden states, 4-D attention 
 (position ids, flags) pass whole.
 
 Traced pieces (compile/tracing.py): a hot tenant's own submodules, and once per base the shared subtrees
-between them (`trunk_paths`: the embeddings, the shared encoder layers), get TorchScript graphs over the
+between them (`trunk_paths`: the embeddings, the shared encoder layers: the base's trunk, made for a busy
+base by the registry or by its first traced tenant), get TorchScript graphs over the
 same tensors, one per call signature seen (`signature`: which arguments are tensors, None or constants,
 e.g. an attention mask that is None for an unpadded batch). `composite` puts a `Piece` at each: it runs
 the graph made for the call's signature, or the eager submodule for a signature never traced. The Python
@@ -161,19 +162,26 @@ class Piece(nn.Module):
 @dataclass(eq=False)
 class Trunk:
     """The graphs of a base's shared subtrees (`trunk_paths` of the `split` paths it was made for), made
-    once and held by every traced tenant of the base (their shared tensors, so no copy), with their
-    estimated own memory. A composite over other split paths does not use it: one of its subtrees may
-    be a tenant's own there."""
+    once and held by the registry while any tenant of the base is loaded and by every traced tenant of
+    the base (their shared tensors, so no copy), with their estimated own memory and the seconds making
+    them took. A composite over other split paths does not use it: one of its subtrees may be a
+    tenant's own there."""
 
     graphs: dict[str, Graphs]
     split: tuple[str, ...]
     bytes: int = 0
+    seconds: float = 0.0
+
+    def graph_list(self) -> list[Any]:
+        """Every graph of the trunk (one per piece and call signature)."""
+        return [graph for by_signature in self.graphs.values() for graph in by_signature.values()]
 
 
 class Trunks:
-    """Each base's trunk while a traced tenant holds it (weakly: it goes with the last of them), by the
-    tenants' `mix_key` and split paths: batches of the base's other tenants, eager ones included, run
-    their shared layers on it too."""
+    """Each base's trunk while someone holds it (weakly: it goes with the last holder: the registry, for
+    as long as a tenant of the base is loaded, and the base's traced tenants), by the tenants' `mix_key`
+    and split paths (`key`): batches of the base's tenants, eager ones included, run their shared
+    layers on it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()  # held by whoever makes a trunk (one per base)
@@ -185,9 +193,20 @@ class Trunks:
             return None
         return self._by_key.get((key, tuple(sorted(split))))
 
+    @staticmethod
+    def key(model: Any) -> tuple[Any, ...] | None:
+        """Which base (and split) `model`'s trunk is for: its `mix_key` and its sorted split paths (None:
+        it shares no layers, so it has no trunk)."""
+        mixing, split = mix_key(model), model.extra.get("own_paths")
+        return None if mixing is None or not split else (mixing, tuple(sorted(split)))
+
     def add(self, key: tuple[Any, ...], trunk: Trunk) -> None:
         """Make `trunk` findable for its base (held as long as its tenants hold it)."""
         self._by_key[(key, tuple(sorted(trunk.split)))] = trunk
+
+    def held(self) -> int:
+        """How many trunks someone holds now."""
+        return len(self._by_key)
 
     def of(self, model: Any) -> Trunk | None:
         """The trunk an eager `model` may run its shared layers on (None: no traced tenant of its base)."""
@@ -325,7 +344,7 @@ def predict_together(parts: list[Part]) -> list[list[Result]]:
         segments.append((start, start + len(part.items)))
         start += len(part.items)
     pieces: list[TracedPieces | None] = [getattr(p.model, "pieces", None) for p in parts]
-    if not any(pieces):  # eager tenants only: the base's trunk if a traced tenant made one
+    if not any(pieces):  # eager tenants only: the base's trunk if one is held
         trunk = TRUNKS.get(mix_key(first), paths)
         pieces = [TracedPieces(trunk=trunk)] + [None] * (len(parts) - 1) if trunk else []
     module = composite([p.model.module for p in parts], paths, segments, pieces)

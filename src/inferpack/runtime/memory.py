@@ -102,6 +102,10 @@ class MemoryLedger:
                 self.total_bytes -= size
         return freed
 
+    def added_bytes(self, storages: Storages) -> int:
+        """Bytes of `storages` no record holds yet: what recording them would add to the total."""
+        return sum(size for ptr, size in storages.items() if ptr not in self._users)
+
     def model_bytes(self, model_id: str) -> int:
         """All bytes a model holds, shared ones included."""
         return sum(self._by_model.get(model_id, {}).values())

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from inferpack.errors import DeviceUnavailable, InsufficientStorage, ModelLoadFailed, RepositoryError
 from inferpack.repository.local import ModelRepository
 from inferpack.repository.manifest import Manifest
-from inferpack.runtime.crossbatch import TRUNKS, TracedPieces, composite, own_paths
+from inferpack.runtime.crossbatch import TRUNKS, TracedPieces, Trunk, composite, own_paths
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.heads import TaskWrapper
 from inferpack.runtime.memory import Storages, module_storages
@@ -128,8 +128,8 @@ class LoadedModel:
 
     def _module_for(self, rows: int) -> ModelCallable:
         """What runs a batch of this model alone: its traced graph; an eager module whose base has a
-        trunk of graphs (a traced tenant made it: compile/tracing.py) through it, its own layers eager;
-        else the eager module."""
+        trunk of graphs (made for a busy base, or by a traced tenant: compile/tracing.py) through it,
+        its own layers eager; else the eager module."""
         if self.graph is not None:
             return self.graph
         trunk = TRUNKS.of(self) if "own_paths" in self.extra else None
@@ -324,12 +324,23 @@ def model_storages(model: LoadedModel) -> Storages:
         storages[-id(model.graph)] = int(model.extra.get("graph_bytes", 0))  # no storage: a key of its own
     if model.pieces is not None:
         storages[-id(model.pieces)] = model.pieces.own_bytes
+        for by_signature in model.pieces.own.values():  # their tensors: the module's, any packed weights
+            for graph in by_signature.values():
+                storages.update(module_storages(graph))
         if model.pieces.trunk is not None:
-            storages[-id(model.pieces.trunk)] = model.pieces.trunk.bytes
-        for graph in model.pieces.graphs():  # their tensors: the module's own, and any prepacked weights
-            storages.update(module_storages(graph))
+            storages.update(trunk_storages(model.pieces.trunk))
     if model.alternate is not None:
         storages.update(module_storages(model.alternate.module))
+    return storages
+
+
+def trunk_storages(trunk: Trunk) -> Storages:
+    """The memory a base's trunk holds: its graphs' estimated own memory under the trunk's key (one key
+    whoever holds it: the registry for the base, its traced tenants), and its graphs' tensors: the
+    shared weights its tenants hold already, and the packed copies of their linear weights."""
+    storages: Storages = {-id(trunk): trunk.bytes}
+    for graph in trunk.graph_list():
+        storages.update(module_storages(graph))
     return storages
 
 

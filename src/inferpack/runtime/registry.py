@@ -14,7 +14,12 @@ Policies:
   the hot set; or (`frequency`) the model with the lowest decayed use count goes first, counted over its
   whole history, loaded or not (`inferpack.runtime.accessstats`);
 - pinned models load at start and are never evicted; busy models (queued or running work) are never evicted;
-- idle unload (optional): models unused for `idle_unload_s` are unloaded in the background.
+- idle unload (optional): models unused for `idle_unload_s` are unloaded in the background;
+- base trunks (CPU, eager): once the loaded tenants of one base have run `trunk_after_batches` batches
+  together, the base's trunk (graphs of its shared layers, compile/tracing.py `base_trunk`) is made on the
+  upgrade lane and held here while any tenant of the base is loaded: every tenant, traced or not, runs its
+  shared layers on it. It is charged once, to the base (`BaseTrunk.record`), and may evict idle tenants
+  when it is small beside the budget (`TRUNK_EVICTS_UNDER`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from inferpack.errors import (
     InferpackError,
@@ -41,12 +46,19 @@ from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import ModelRepository
 from inferpack.runtime.accessstats import AccessStats
 from inferpack.runtime.batcher import BatchObserver, DropObserver, InferencePool, ModelBatcher
-from inferpack.runtime.crossbatch import Peers
+from inferpack.runtime.crossbatch import TRUNKS, Peers, Trunk
 from inferpack.runtime.devices import CPU_DEVICE, ResolvedDevice, cuda_free_bytes
 from inferpack.runtime.hardware import resolve_dtype
 from inferpack.runtime.lanes import BACKGROUND_NICE, load_lane_thread
 from inferpack.runtime.memory import MemoryLedger, Storages, module_storages, release_free_memory
-from inferpack.runtime.modeling import LoadedModel, graphs_bytes, load_model, model_storages, recycle
+from inferpack.runtime.modeling import (
+    LoadedModel,
+    graphs_bytes,
+    load_model,
+    model_storages,
+    recycle,
+    trunk_storages,
+)
 from inferpack.runtime.shared import SHARED
 from inferpack.runtime.skeletons import SKELETONS, SpareShells
 from inferpack.runtime.tier import Upgrades
@@ -62,6 +74,28 @@ PROTECTED_AFTER_HITS = 2  # uses after which a model counts as hot (segmented LR
 
 # a loaded model -> the work that makes its traced graph, or None when it cannot be traced
 Tracer = Callable[[LoadedModel], Callable[[], LoadedModel] | None]
+# a loaded tenant -> the work that makes its base's trunk, or None when it has no base to share one with
+Trunker = Callable[[LoadedModel], Callable[[], Trunk] | None]
+# A base's trunk may evict idle tenants for its memory when it is at most this share of the budget: it
+# makes every forward of every tenant of the base ~18-28% cheaper (MiniLM bf16), for about a dozen
+# tenants' worth of memory (a MiniLM base's: ~24 MiB of graphs, estimated, and ~17 MiB of packed weights,
+# against ~3.5 MiB of a tenant's own layer), a small share of a density server's resident tenants, and
+# the least valued of them (docs/benchmarks.md, Density). Bigger (a budget that holds a few tenants), it
+# takes only free budget, as a traced graph does.
+TRUNK_EVICTS_UNDER = 0.1
+
+
+@dataclass
+class BaseTrunk:
+    """A base some loaded tenants share (`crossbatch.Trunks.key`): its tenants here, the batches they ran
+    together since the first of them loaded, and its trunk once made. `record` names its ledger record."""
+
+    record: str
+    tenants: set[str] = field(default_factory=set)
+    batches: int = 0
+    trunk: Trunk | None = None
+    making: str | None = None  # the tenant whose module the trunk is being made from
+    failed: bool = False  # its trunk could not be made or disagreed: not tried again while it is loaded
 
 
 @dataclass
@@ -92,6 +126,8 @@ class RegistryStats:
     evictions: dict[str, int] = field(default_factory=lambda: {"budget": 0, "idle": 0})
     load_failures: int = 0
     swaps: int = 0  # stand-ins replaced by their fast runtime (runtime/tier.py)
+    trunks: dict[str, int] = field(default_factory=lambda: {"made": 0, "dropped": 0})  # bases' trunks
+    trunks_held: int = 0
     warm_start_loads: int = 0
     warm_start_pending: int = 0
 
@@ -119,6 +155,7 @@ class ModelRegistry:
         drop_observer: DropObserver | None = None,
         load_observer: LoadObserver | None = None,
         tracer: Tracer | None = None,
+        trunker: Trunker | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         device: ResolvedDevice = CPU_DEVICE,
@@ -155,6 +192,17 @@ class ModelRegistry:
         self._tracer = tracer
         self._trace_after = traces_after(settings, device.kind) if tracer is not None else 0
         self._graph_bytes: dict[object, int] = {}  # module layout (skeleton) -> its last graph's size
+        # busy bases get a trunk of graphs (`trunker`: compile/tracing.py), where models are traced
+        self._trunker = trunker
+        self._trunk_after = (
+            settings.trunk_after_batches
+            if trunker is not None and settings.engine == "eager" and device.kind == "cpu"
+            else 0
+        )
+        self._bases: dict[tuple[Any, ...], BaseTrunk] = {}  # by `Trunks.key`
+        self._base_of: dict[str, tuple[Any, ...]] = {}  # loaded tenant -> its base
+        self._base_records = 0  # bases seen: each base's ledger record gets a name of its own
+        self._trunk_tasks: set[asyncio.Task[None]] = set()
         self._drop_observer = drop_observer
         self._peers = Peers() if settings.batching.cross_tenant else None
         self._load_observer = load_observer
@@ -358,6 +406,7 @@ class ModelRegistry:
                 drop_observer=self._drop_observer,
             )
             entry.state, entry.hits, entry.batches, entry.last_used = "ready", 0, 0, self._clock()
+            self._join_base(model_id, loaded)
             entry.load_seconds = time.perf_counter() - started
             if self._load_observer:
                 self._load_observer(model_id, entry.load_seconds, True)
@@ -389,7 +438,7 @@ class ModelRegistry:
 
     async def _unload_locked(self, entry: ModelEntry, final: State, reason: str = "") -> None:
         # a trace still running reads the module: its shell is then not handed to the next load
-        upgrading = self._upgrades.pending(entry.model_id)
+        upgrading = self._upgrades.pending(entry.model_id) or self._trunk_source(entry.model_id)
         self._upgrades.cancel(entry.model_id)  # a session still being created is dropped when it arrives
         if entry.state != "ready" or entry.batcher is None:
             if entry.state != "failed":
@@ -398,6 +447,7 @@ class ModelRegistry:
         entry.state = "unloading"
         await entry.batcher.close(drain=True)
         self.ledger.remove(entry.model_id)
+        self._leave_base(entry.model_id)
         if entry.loaded is not None:
             recycle(entry.loaded, shell=not upgrading)  # drained: no batch runs on it any more
         entry.batcher, entry.loaded, entry.version, entry.memory_bytes = None, None, None, 0
@@ -411,6 +461,8 @@ class ModelRegistry:
         (compile/tracing.py), its graph taking over through `_swap`."""
         if self._batch_observer is not None:
             self._batch_observer(model_id, size, waited_s, compute_s)
+        if self._trunk_after:
+            self._count_base_batch(model_id)
         entry = self._entries.get(model_id) if self._trace_after else None
         if entry is None or entry.state != "ready" or entry.loaded is None:
             return
@@ -442,8 +494,10 @@ class ModelRegistry:
                 )
                 return False
             if fast.graph is not None:
-                size = graphs_bytes(fast)
-                self._graph_bytes[fast.extra.get("skeleton")] = size
+                # what the graphs add: its base's trunk (and the packed weights it shares) already held
+                # for the base is charged already
+                size = self.ledger.added_bytes(self._measure(fast))
+                self._graph_bytes[fast.extra.get("skeleton")] = graphs_bytes(fast)
                 if not self._fits_free(size):
                     log.info("model %s stays eager: its traced graph does not fit the free budget", model_id)
                     return False
@@ -452,9 +506,136 @@ class ModelRegistry:
             entry.loaded = fast
             entry.batcher.replace_model(fast)
             self.stats.swaps += 1
+            base = self._bases.get(self._base_of.get(model_id, ()))
+            if base is not None and fast.pieces is not None and fast.pieces.trunk is not None:
+                self._hold_trunk(
+                    base, fast.pieces.trunk, model_id
+                )  # its base keeps it: one trunk, one charge
         if self.budget_bytes is not None and self.ledger.total_bytes > self.budget_bytes:
             await self._make_room(0, exclude=model_id)
         return True
+
+    # base trunks ----------------------------------------------------------------------------------------
+    def _join_base(self, model_id: str, loaded: LoadedModel) -> None:
+        """A tenant of a base is loaded: count it among the base's tenants (its trunk is held meanwhile)."""
+        key = TRUNKS.key(loaded) if self._trunk_after else None
+        if key is None:
+            return
+        base = self._bases.get(key)
+        if base is None:
+            self._base_records += 1  # no model id has a colon: the record's name is no model's
+            base = self._bases[key] = BaseTrunk(record=f"trunk:{self._base_records}:{model_id}")
+        base.tenants.add(model_id)
+        self._base_of[model_id] = key
+
+    def _leave_base(self, model_id: str) -> None:
+        """A tenant is unloaded: with the last tenant of its base the base's trunk is dropped, and its
+        memory (graphs, packed weights) freed with it."""
+        key = self._base_of.pop(model_id, None)
+        base = self._bases.get(key) if key is not None else None
+        if key is None or base is None:
+            return
+        base.tenants.discard(model_id)
+        if base.tenants:
+            return
+        del self._bases[key]
+        if base.trunk is not None:
+            freed = self.ledger.remove(base.record)
+            self.stats.trunks["dropped"] += 1
+            self.stats.trunks_held -= 1
+            log.info(
+                "base trunk dropped with the base's last tenant %s (%.1f MiB freed)", model_id, freed / 2**20
+            )
+            base.trunk = None
+
+    def _trunk_source(self, model_id: str) -> bool:
+        """True while a base's trunk is being made from this tenant's module (its shell is not reused)."""
+        return any(base.making == model_id for base in self._bases.values())
+
+    def _count_base_batch(self, model_id: str) -> None:
+        """A batch the tenant took part in has run: once its base's tenants have run `trunk_after_batches`
+        together, the base's trunk is made on the upgrade lane from this tenant's module."""
+        key = self._base_of.get(model_id)
+        base = self._bases.get(key) if key is not None else None
+        entry = self._entries.get(model_id)
+        if key is None or base is None or entry is None or entry.loaded is None or entry.state != "ready":
+            return
+        base.batches += 1
+        if base.batches < self._trunk_after or base.trunk is not None or base.making or base.failed:
+            return
+        # a traced tenant may have made one already (its swap on its way, or refused: then it is on no
+        # record of the ledger, and takes the budget as a new one would)
+        work: Trunk | Callable[[], Trunk] | None = TRUNKS.get(*key)
+        if work is None and self._trunker is not None:
+            work = self._trunker(entry.loaded)
+        if work is None:
+            base.failed = True
+            return
+        base.making = model_id
+        made = self._make_trunk(key, base, model_id, work)
+        task = asyncio.get_running_loop().create_task(made)
+        self._trunk_tasks.add(task)
+        task.add_done_callback(self._trunk_tasks.discard)
+
+    async def _make_trunk(
+        self, key: tuple[Any, ...], base: BaseTrunk, model_id: str, work: Trunk | Callable[[], Trunk]
+    ) -> None:
+        """Make a base's trunk on the upgrade lane (`work`; or take one already made), then hold it for
+        the base if its memory can be had (see `_fit_trunk`, `_hold_trunk`)."""
+        try:
+            trunk = work if isinstance(work, Trunk) else await self._upgrades.run(work)
+        except Exception as exc:  # its tenants stay eager: slower, never wrong
+            base.failed = True
+            log.warning("no base trunk for %s's base: %s", model_id, exc)
+            return
+        finally:
+            base.making = None
+        if self._bases.get(key) is not base:
+            return  # the base's last tenant went meanwhile: the trunk goes with this task
+        if await self._fit_trunk(trunk, model_id) and self._bases.get(key) is base:  # evictions may take
+            self._hold_trunk(base, trunk, model_id)  # the base's last tenant
+        else:
+            base.failed = True  # not made again while the base stays loaded
+
+    async def _fit_trunk(self, trunk: Trunk, model_id: str) -> bool:
+        """Whether the trunk's memory can be had: free budget, or, for a trunk at most `TRUNK_EVICTS_UNDER`
+        of the budget, idle tenants evicted for it (least valued first, as for a load)."""
+        if self.budget_bytes is None:
+            return True
+        size = self.ledger.added_bytes(trunk_storages(trunk))
+        if self._fits_free(size):
+            return True
+        if size > TRUNK_EVICTS_UNDER * self.budget_bytes:
+            log.info(
+                "no base trunk for %s's base: %.1f MiB do not fit the free budget", model_id, size / 2**20
+            )
+            return False
+        try:
+            await self._make_room(size, exclude=model_id)
+        except Overloaded:
+            log.info("no base trunk for %s's base: no idle tenant to make room", model_id)
+            return False
+        return True
+
+    def _hold_trunk(self, base: BaseTrunk, trunk: Trunk, model_id: str) -> None:
+        """Hold `trunk` for `base` while any of its tenants is loaded, charged once to the base (tenants
+        holding it too count its storages once: the ledger's keys are shared); `model_id` made it."""
+        if base.trunk is not None:
+            return
+        base.trunk = trunk
+        self.ledger.add(base.record, trunk_storages(trunk))
+        self.stats.trunks["made"] += 1
+        self.stats.trunks_held += 1
+        log.info(
+            "base trunk made for %s's base (%d tenants loaded, %d batches): %d graphs, %.1f MiB charged, "
+            "%.0f ms",
+            model_id,
+            len(base.tenants),
+            base.batches,
+            len(trunk.graph_list()),
+            self.ledger.model_bytes(base.record) / 2**20,
+            trunk.seconds * 1000,
+        )
 
     async def _claim_upgrade(self, model_id: str, stand_in: LoadedModel) -> int:
         """Budget for the ONNX Runtime session (its own copy of the weights) an upgrade is about to create,
@@ -640,6 +821,8 @@ class ModelRegistry:
         if self._idle_task is not None:
             self._idle_task.cancel()
         self._upgrades.cancel_all()
+        for task in list(self._trunk_tasks):
+            task.cancel()
         for entry in list(self._entries.values()):
             async with entry.lock:
                 await self._unload_locked(entry, "unavailable")

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from inferpack.runtime.lanes import load_lane_thread
 from inferpack.runtime.modeling import LoadedModel
@@ -33,6 +33,7 @@ Swap = Callable[[str, LoadedModel, LoadedModel], Awaitable[bool]]  # model, stan
 # when none can be had); `Release` hands them back
 Claim = Callable[[str, LoadedModel], Awaitable[int]]
 Release = Callable[[int], None]
+T = TypeVar("T")
 
 
 async def _no_claim(_model_id: str, _stand_in: LoadedModel) -> int:
@@ -83,6 +84,11 @@ class Upgrades:
         task.add_done_callback(
             lambda t: self._tasks.pop(model_id, None) if self._tasks.get(model_id) is t else None
         )
+
+    def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Run other background work (a base's trunk: runtime/registry.py) on the upgrade lane, after the
+        upgrades queued before it: the same niced thread, so it never competes with a cold load."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     def pending(self, model_id: str) -> bool:
         """True while the model's fast runtime is being prepared."""

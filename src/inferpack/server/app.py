@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferpack.compile.tracing import trace_job
+from inferpack.compile.tracing import trace_job, trunk_job
 from inferpack.errors import PayloadTooLarge
 from inferpack.repository.health import Backoff, RecoveryLoop
 from inferpack.repository.local import ModelRepository, open_repository
@@ -150,8 +150,10 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         batch_observer=metrics.observe_batch,
         drop_observer=metrics.observe_disconnected,
         load_observer=metrics.observe_load,
-        # hot eager models get a traced graph (server.trace_after_batches), packed per server.pack_weights
+        # hot eager models get a traced graph (server.trace_after_batches), busy bases a trunk of graphs
+        # (server.trunk_after_batches), packed per server.pack_weights
         tracer=functools.partial(trace_job, pack=settings.pack_weights),
+        trunker=functools.partial(trunk_job, pack=settings.pack_weights),
         device=device,
     )
     plane = DataPlane(registry, metrics)

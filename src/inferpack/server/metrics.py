@@ -226,7 +226,16 @@ class _RegistryCollector(Collector):
             "inferpack_warm_start_pending", "Models the warm start has yet to try (0 when done or off)."
         )
         pending.add_metric([], self.stats.warm_start_pending)
-        yield from (hits, misses, evictions, memory, swaps, warm_loads, pending)
+        trunks = CounterMetricFamily(
+            "inferpack_base_trunks",
+            "Bases' trunks (graphs of their shared layers, which all their tenants run on) made and dropped.",
+            labels=["event"],
+        )
+        for event, count in sorted(self.stats.trunks.items()):
+            trunks.add_metric([event], count)
+        held = GaugeMetricFamily("inferpack_base_trunks_held", "Bases whose trunk is held now.")
+        held.add_metric([], self.stats.trunks_held)
+        yield from (hits, misses, evictions, memory, swaps, warm_loads, pending, trunks, held)
         if self.budget is not None:
             budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
             budget.add_metric([], self.budget)
