@@ -20,10 +20,14 @@ or joined its eager module (mixed).
 alone); `--baseline-src DIR` also runs the eager servers from another source tree (e.g. main's `src`);
 `--interleave R` starts every such server at once and measures them in turn, R rounds (drifts of a shared
 machine then hit every setting alike; medians and per-round ratios to the first printed).
+`--server-cpus 0 --generator-cpus 1` pins the bare loops and the servers to some CPUs and wrk to others, so
+the load generator stops sharing the server's cores: both the loops and the servers then get the same
+cores (fewer of them), and the ratios say what the server's own overhead costs against the bare loop.
 
     .venv/bin/python bench/bench_server.py [--duration 10] [--concurrency 1,2,4,8,16] [--cross-tenant on,off]
         [--engines auto,eager,onnxruntime]
         [--runtimes eager-fp32,eager-bf16,ts-bf16,tsp-bf16,ts-fp32,ort-fp32,aoti-fp32]
+        [--server-cpus 0 --generator-cpus 1]
 
 Needs `wrk` (Debian: apt-get install wrk). Compare ratios within one run; cores here are shared.
 """
@@ -95,6 +99,15 @@ def warm_up(url: str, ids: list[str], connections: int) -> None:
             return
 
 
+GENERATOR_CPUS: set[int] | None = None  # --generator-cpus: wrk runs on these (None: wherever it may)
+
+
+def pin_generator() -> None:
+    """In wrk's child process before exec: keep it on the generator's CPUs (--generator-cpus)."""
+    if GENERATOR_CPUS is not None:
+        os.sched_setaffinity(0, GENERATOR_CPUS)
+
+
 def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str, float]:
     """Run wrk with a random model per request; parse req/s and latency percentiles (ms)."""
     path = f"?seq_0={quote(QUESTION)}&seq_1={quote(CONTEXT)}"
@@ -121,6 +134,7 @@ def wrk(url: str, ids: list[str], connections: int, seconds: float) -> dict[str,
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=pin_generator,
     ).stdout
     os.unlink(fh.name)
 
@@ -344,13 +358,30 @@ def main() -> None:
         "the ceiling of a server with random traffic over tenants sharing a base, without HTTP",
     )
     parser.add_argument("--mixed-batches", default="8", help="rows per batch of the mixed loops")
+    parser.add_argument(
+        "--server-cpus",
+        default=None,
+        help="run the bare loops and the servers on these CPUs only, e.g. 0 (with --generator-cpus: the load "
+        "generator off the server's cores)",
+    )
+    parser.add_argument("--generator-cpus", default=None, help="run wrk on these CPUs only, e.g. 1")
     args = parser.parse_args()
+    global GENERATOR_CPUS
+    if args.generator_cpus is not None:
+        GENERATOR_CPUS = {int(c) for c in args.generator_cpus.split(",")}
+    if args.server_cpus is not None:  # this process's loops and its server children inherit it
+        os.sched_setaffinity(0, {int(c) for c in args.server_cpus.split(",")})
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     repo_dir = args.repository or ROOT / "repo"
     ids = make_demo_models(repo_dir, 10, prefix="bench-qa")  # existing models are kept as they are
     repo = LocalRepository(repo_dir)
     print(machine_line())
+    print(
+        f"loops and servers on CPUs {sorted(os.sched_getaffinity(0))}, wrk on "
+        f"{sorted(GENERATOR_CPUS) if GENERATOR_CPUS is not None else 'any CPU'}",
+        flush=True,
+    )
     same, score_diff = agreement(repo, ids)
     print(
         f"bf16 vs fp32 over {len(ids)} models x 4 inputs: identical answers {same:.0%}, "
