@@ -250,7 +250,7 @@ def models_demo(
         raise typer.BadParameter("--arch must be minilm, bert-base or tiny")
     if task not in TASKS:
         raise typer.BadParameter(f"--task must be one of {', '.join(TASKS)}")
-    task_name: Task = task  # type: ignore[assignment]
+    task_name: Task = task  # narrowed by the check against TASKS above
     with _progress() as progress:
         bar = progress.add_task(f"creating {count} {arch} models", total=count)
         ids = make_demo_models(
