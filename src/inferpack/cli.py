@@ -24,7 +24,7 @@ from inferpack.imports.cli import import_command
 from inferpack.loadtest.cli import app as bench_app
 from inferpack.planner.cli import plan_command, profile_command
 from inferpack.progress import counting_progress
-from inferpack.repository.manifest import Task
+from inferpack.repository.manifest import TASKS, Task
 from inferpack.settings import DTypeChoice, EngineChoice, EvictionPolicy, load_settings
 
 app = typer.Typer(
@@ -209,7 +209,10 @@ def models_demo(
         str, typer.Option(help="minilm (real MiniLM weights), bert-base (random, 110M) or tiny (random, 4M).")
     ] = "minilm",
     task: Annotated[
-        str, typer.Option(help="question-answering, text-classification or feature-extraction.")
+        str,
+        typer.Option(
+            help="question-answering, text-classification, token-classification or feature-extraction."
+        ),
     ] = ("question-answering"),
     prefix: Annotated[str | None, typer.Option(help="Model id prefix (default: <arch>-<task>).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for heads and perturbations.")] = 0,
@@ -245,11 +248,9 @@ def models_demo(
         return
     if arch not in ("minilm", "bert-base", "tiny"):
         raise typer.BadParameter("--arch must be minilm, bert-base or tiny")
-    if task not in ("question-answering", "text-classification", "feature-extraction"):
-        raise typer.BadParameter(
-            "--task must be question-answering, text-classification or feature-extraction"
-        )
-    task_name: Task = task  # type: ignore[assignment]
+    if task not in TASKS:
+        raise typer.BadParameter(f"--task must be one of {', '.join(TASKS)}")
+    task_name: Task = task  # narrowed by the check against TASKS above
     with _progress() as progress:
         bar = progress.add_task(f"creating {count} {arch} models", total=count)
         ids = make_demo_models(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 MODELS = {
     "question-answering": "qa-0000",
     "text-classification": "cls-0000",
+    "token-classification": "ner-0000",
     "feature-extraction": "emb-0000",
 }
 
@@ -35,6 +36,7 @@ def compile_source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("compile-src")
     make_demo_models(root, 1, task="question-answering", prefix="qa")
     make_demo_models(root, 1, task="text-classification", prefix="cls")
+    make_demo_models(root, 1, task="token-classification", prefix="ner")
     make_demo_models(root, 1, task="feature-extraction", prefix="emb")
     return root
 

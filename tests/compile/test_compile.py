@@ -26,7 +26,7 @@ def test_fp32_trace_agrees_with_eager(fp32_compiled: Compiled, task: str) -> Non
     assert a.cosine > 0.99999
     assert result.trace_fidelity.passed
     assert (result.source_version, result.version, result.variant) == (1, 2, "fp32")
-    # Every decoded answer (QA span, label) is unchanged; embeddings have no discrete answer.
+    # Every decoded answer (QA span, label, entities) is unchanged; embeddings have no discrete answer.
     assert result.same_answers == (None if task == "feature-extraction" else 1.0)
 
 

@@ -74,6 +74,25 @@ def test_a_neuron_version_serves_batches_padded_to_its_traced_shape(repo_copy: R
     _same_answers(eager.predict(ITEMS[1:2]), served.predict(ITEMS[1:2]))
 
 
+@pytest.mark.usefixtures("fake_torch_neuronx")
+def test_a_neuron_tagger_cuts_its_per_token_output_back_to_the_batch(repo_copy: RepoFactory) -> None:
+    repo = repo_copy("ner-0000")
+    result = compile_model(repo, "ner-0000", CompileOptions(target="neuron"))
+    served = load_model(repo, "ner-0000", device="neuron")
+    assert served.version == result.version and isinstance(served.module, StaticShapeModule)
+    items = [TextInput(item.text_pair or item.text) for item in ITEMS]
+    batch = served.tokenizer.encode(items)
+    out = served.forward(batch)  # traced at [1, 128]: padded to it, then cut back to the batch's width
+    assert out.shape[:2] == batch.input_ids.shape and out.shape[2] == len(served.manifest.labels or [])
+    eager = load_model(repo, "ner-0000", 1, dtype="fp32")
+    for e, g in zip(eager.predict(items), served.predict(items), strict=True):
+        spans = [(x["entity_group"], x["start"], x["end"]) for x in g["entities"]]
+        assert spans == [(x["entity_group"], x["start"], x["end"]) for x in e["entities"]]
+        assert [x["score"] for x in g["entities"]] == pytest.approx(
+            [x["score"] for x in e["entities"]], rel=1e-3
+        )
+
+
 def test_static_shape_module_chunks_and_pads_rows_and_width(repo_copy: RepoFactory) -> None:
     repo = repo_copy("qa-0000")
     manifest = repo.manifest("qa-0000", 1)

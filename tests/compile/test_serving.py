@@ -43,6 +43,11 @@ def test_compiled_version_answers_like_eager(fp32_compiled: Compiled, task: str)
             elif task == "text-classification":
                 assert g["label"] == e["label"]
                 np.testing.assert_allclose(g["probabilities"], e["probabilities"], rtol=1e-4, atol=1e-6)
+            elif task == "token-classification":
+                spans = [(x["entity_group"], x["word"], x["start"], x["end"]) for x in g["entities"]]
+                assert spans == [(x["entity_group"], x["word"], x["start"], x["end"]) for x in e["entities"]]
+                scores = [x["score"] for x in e["entities"]]
+                assert [x["score"] for x in g["entities"]] == pytest.approx(scores, rel=1e-4)
             else:
                 np.testing.assert_allclose(g["embedding"], e["embedding"], rtol=1e-4, atol=1e-6)
 

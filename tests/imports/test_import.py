@@ -26,6 +26,9 @@ from inferpack.runtime.tasks import TextInput
         ("electra", "ForQuestionAnswering", "question-answering", "vocab"),
         ("deberta-v2", "ForSequenceClassification", "text-classification", "json"),
         ("deberta-v2", "ForQuestionAnswering", "question-answering", "json"),
+        # taggers: no token types (DistilBERT), one token type (RoBERTa)
+        ("distilbert", "ForTokenClassification", "token-classification", "vocab"),
+        ("roberta", "ForTokenClassification", "token-classification", "json"),
         # only a sentencepiece slow tokenizer: converted to tokenizer.json at import
         ("xlm-roberta", "ForQuestionAnswering", "question-answering", "sentencepiece"),
         ("deberta-v2", "ForSequenceClassification", "text-classification", "sentencepiece"),

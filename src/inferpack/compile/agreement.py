@@ -1,8 +1,8 @@
 """How closely a compiled model's outputs match a reference, and the tolerance each variant must meet.
 
-Outputs are compared per item on what the task's answer depends on: QA start/end logits over real tokens
-only (padding positions are never read), class logits, embeddings. Two numbers come out: the largest
-absolute difference and the mean cosine similarity of the items' output vectors.
+Outputs are compared per item on what the task's answer depends on: QA start/end logits and token tag
+logits over real tokens only (padding positions are never read), class logits, embeddings. Two numbers
+come out: the largest absolute difference and the mean cosine similarity of the items' output vectors.
 
 Output scales differ a lot between tasks (untrained demo heads give class logits around 0.01, QA logits
 around 0.5, unit-length embeddings), so the absolute bound is a fraction of the reference's largest
@@ -11,13 +11,14 @@ magnitude on the same inputs, which the manifest then records as an absolute num
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from inferpack.repository.manifest import Agreement, Task
-from inferpack.runtime.tasks import Encoded, TaskHandler, TextInput
+from inferpack.repository.manifest import PER_TOKEN_TASKS, Agreement, Task
+from inferpack.runtime.tasks import Encoded, Result, TaskHandler, TextInput
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def output_rows(output: torch.Tensor, batch: Encoded, task: Task) -> list[torch.
     out = output.detach().float().cpu()
     rows = []
     for i in range(int(out.shape[0])):
-        if task == "question-answering":
+        if task in PER_TOKEN_TASKS:
             real = batch.attention_mask[i].bool()
             rows.append(out[i, : real.shape[0]][real].reshape(-1))
         else:
@@ -111,19 +112,32 @@ def same_answers(
     batches: Sequence[Encoded],
     items: Sequence[list[TextInput]],
 ) -> float | None:
-    """The fraction of check items whose served answer is unchanged: the same QA span, the same label.
+    """The fraction of check items whose served answer is unchanged: the same QA span, the same label, the
+    same entities (type and character span; their scores are continuous, like logits).
 
     Logit differences say little about whether a user sees a different answer; this decodes both outputs
     with the task's own handler. None for embeddings, which have no discrete answer (see the cosine).
     """
-    key = {"question-answering": ("start", "end"), "text-classification": ("label",)}.get(handler.task)
-    if key is None:
+    answer = _ANSWERS.get(handler.task)
+    if answer is None:
         return None
     same = total = 0
     for ref, cand, batch, batch_items in zip(reference, candidate, batches, items, strict=True):
         for r, c in zip(
             handler.decode(ref, batch, batch_items), handler.decode(cand, batch, batch_items), strict=True
         ):
-            same += all(r[k] == c[k] for k in key)
+            same += answer(r) == answer(c)
             total += 1
     return same / total
+
+
+def _entity_spans(result: Result) -> tuple[tuple[Any, ...], ...]:
+    return tuple((e["entity_group"], e["start"], e["end"]) for e in result["entities"])
+
+
+# What identifies a decoded answer, per task with a discrete one.
+_ANSWERS: dict[Task, Callable[[Result], Any]] = {
+    "question-answering": lambda r: (r["start"], r["end"]),
+    "text-classification": lambda r: r["label"],
+    "token-classification": _entity_spans,
+}

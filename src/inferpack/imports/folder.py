@@ -23,7 +23,8 @@ WEIGHT_FILES = (SAFETENSORS, f"{SAFETENSORS}.index.json", PYTORCH_BIN, f"{PYTORC
 SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model", "tokenizer.model")
 SUPPORTED = (
     "...ForQuestionAnswering (question-answering), ...ForSequenceClassification (text-classification, "
-    "labels from id2label), a bare encoder ...Model or a sentence-transformers folder (feature-extraction)"
+    "labels from id2label), ...ForTokenClassification (token-classification, tags such as B-PER from "
+    "id2label), a bare encoder ...Model or a sentence-transformers folder (feature-extraction)"
 )
 MAX_SEQUENCE_LENGTH = 512  # the longest input a server pads to; longer encoders are cut here
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")  # position ids start after the padding index
@@ -76,13 +77,14 @@ def inspect_folder(folder: Path, task: Task | None = None) -> FolderModel:
             hint="save the model with transformers' save_pretrained(DIR)",
         )
     chosen = task or _task_from(config, sentence_transformers=pooling is not None, path=config_path)
-    labels = _labels(config) if chosen == "text-classification" else None
+    labels = _labels(config) if chosen in ("text-classification", "token-classification") else None
     return FolderModel(
         root=root,
         config=config,
         task=chosen,
         labels=labels,
-        class_scores=_class_scores(config),
+        # a tagger's scores are a softmax over the tags whatever the config says (the pipeline's rule)
+        class_scores="softmax" if chosen == "token-classification" else _class_scores(config),
         pooling=pooling or "mean",
         normalize=normalize,
         weight_files=weight_files(root),
@@ -100,6 +102,8 @@ def _task_from(config: dict[str, Any], *, sentence_transformers: bool, path: Pat
         return "question-answering"
     if name.endswith("ForSequenceClassification"):
         return "text-classification"
+    if name.endswith("ForTokenClassification"):
+        return "token-classification"
     if name.endswith("Model") and "For" not in name:
         return "feature-extraction"
     if not name:

@@ -42,7 +42,14 @@ from inferpack.imports.source import Source, resolve_source
 from inferpack.repository.files import save_tensors
 from inferpack.repository.ids import validate_model_id
 from inferpack.repository.local import LocalRepository
-from inferpack.repository.manifest import MANIFEST_FILE, Agreement, Manifest, Task, write_manifest
+from inferpack.repository.manifest import (
+    MANIFEST_FILE,
+    PER_TOKEN_TASKS,
+    Agreement,
+    Manifest,
+    Task,
+    write_manifest,
+)
 from inferpack.repository.sharing import GroupStore, store_shared_tokenizer
 from inferpack.runtime.modeling import LoadedModel, load_model, recycle
 from inferpack.runtime.tasks import TextInput
@@ -277,12 +284,13 @@ class Importer:
                 f"{str(exc).splitlines()[0] if str(exc) else ''}",
                 hint="a TorchScript model takes (input_ids, attention_mask, token_type_ids) int64 tensors",
             ) from exc
-        wanted = {"question-answering": 3, "text-classification": 2, "feature-extraction": 2}[task]
+        wanted = 3 if task in PER_TOKEN_TASKS else 2  # [batch, tokens, ...] or [batch, ...]
         if out.dim() != wanted or out.shape[0] != len(items) or not bool(torch.isfinite(out).all()):
             raise ImportFailed(
                 f"{source.path} returns {tuple(out.shape)} for a batch of {len(items)}, not a {task} output",
                 hint="a TorchScript model takes (input_ids, attention_mask, token_type_ids) and returns "
-                "[batch, tokens, 2] QA logits, [batch, labels] class logits or [batch, hidden] embeddings",
+                "[batch, tokens, 2] QA logits, [batch, labels] class logits, [batch, tokens, labels] "
+                "token tag logits or [batch, hidden] embeddings",
             )
         hidden = int(out.shape[1]) if task == "feature-extraction" else None
         write_manifest(vdir / MANIFEST_FILE, manifest.model_copy(update={"hidden_size": hidden}))

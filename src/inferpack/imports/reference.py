@@ -175,8 +175,8 @@ def reference_outputs(
             out = model(**enc, return_dict=True)
             if task == "question-answering":
                 row = torch.stack([out.start_logits[0], out.end_logits[0]], dim=-1)
-            elif task == "text-classification":
-                row = out.logits[0]
+            elif task in ("text-classification", "token-classification"):
+                row = out.logits[0]  # [labels], or [tokens, labels] for a tagger
             else:
                 hidden = out.last_hidden_state[0].float()
                 row = {"cls": hidden[0], "max": hidden.max(dim=0).values, "mean": hidden.mean(dim=0)}[pooling]

@@ -24,6 +24,8 @@ SMALL = {
     "max_position_embeddings": 128,
 }
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+# IOB tags of a named-entity tagger (CoNLL-2003's entity types)
+TAGS = dict(enumerate(("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")))
 
 
 def bert_vocab_size() -> int:
@@ -38,8 +40,9 @@ def make_config(arch: str, head: str, **extra: Any) -> Any:
     vocab = bert_vocab_size()
     shape = {**SMALL, **{k: v for k, v in extra.items() if k in SMALL}}
     common: dict[str, Any] = {"vocab_size": vocab, **{k: v for k, v in extra.items() if k not in SMALL}}
-    if head == "ForSequenceClassification":
-        common.update(id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    if head in ("ForSequenceClassification", "ForTokenClassification"):
+        names = LABELS if head == "ForSequenceClassification" else TAGS
+        common.update(id2label=names, label2id={v: k for k, v in names.items()})
     if arch == "bert":
         return transformers.BertConfig(**shape, **common)
     if arch == "distilbert":
@@ -75,9 +78,10 @@ def make_folder(
     **extra: Any,
 ) -> Path:
     """A save_pretrained folder: a random `arch` model with `head` ("ForQuestionAnswering",
-    "ForSequenceClassification" or "Model"), weights as safetensors or pytorch_model.bin, and the BERT
-    tokenizer as tokenizer.json ("json") or only the slow tokenizer's vocab.txt ("vocab"), or
-    ("sentencepiece", xlm-roberta and deberta-v2) only a small sentencepiece model trained here."""
+    "ForSequenceClassification", "ForTokenClassification" (IOB tags: `TAGS`) or "Model"), weights as
+    safetensors or pytorch_model.bin, and the BERT tokenizer as tokenizer.json ("json") or only the slow
+    tokenizer's vocab.txt ("vocab"), or ("sentencepiece", xlm-roberta and deberta-v2) only a small
+    sentencepiece model trained here."""
     import transformers
 
     torch.manual_seed(seed)

@@ -34,6 +34,7 @@ from inferpack.repository.sharing import store_shared_tokenizer
 Arch = Literal["minilm", "bert-base", "tiny"]
 PERTURBATION = 0.02  # noise std relative to each top-layer tensor's own std
 DEMO_LABELS = ["negative", "positive"]
+DEMO_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]  # token-classification (IOB)
 TINY_SHAPE = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
 BERT_BASE_SHAPE = {
     "hidden_size": 768,
@@ -106,6 +107,9 @@ def unique_weights(base: DemoBase, task: Task, model_id: str, seed: int) -> dict
     if task == "question-answering":
         out["qa_outputs.weight"] = torch.randn((2, hidden), generator=gen) * std
         out["qa_outputs.bias"] = torch.zeros(2)
+    elif task == "token-classification":  # a per-token linear head; no pooler (transformers has none)
+        out["classifier.weight"] = torch.randn((len(DEMO_TAGS), hidden), generator=gen) * std
+        out["classifier.bias"] = torch.zeros(len(DEMO_TAGS))
     elif task == "text-classification":
         out["bert.pooler.dense.weight"] = base.weights["pooler.dense.weight"].clone()
         out["bert.pooler.dense.bias"] = base.weights["pooler.dense.bias"].clone()
@@ -154,9 +158,10 @@ def make_demo_models(
     tokenizer = store_shared_tokenizer(repo, base.tokenizer_file)
     config = dict(base.config)
     config["architectures"] = [_architecture(task)]
-    if task == "text-classification":
-        config["id2label"] = dict(enumerate(DEMO_LABELS))
-        config["label2id"] = {label: i for i, label in enumerate(DEMO_LABELS)}
+    labels = _labels(task)
+    if labels is not None:
+        config["id2label"] = dict(enumerate(labels))
+        config["label2id"] = {label: i for i, label in enumerate(labels)}
     first = unique_weights(base, task, ids[0], seed)
     params = sum(t.numel() for t in first.values())
     shared: list[str] = []
@@ -183,7 +188,7 @@ def make_demo_models(
             tokenizer=str(Path("..", "..", "_shared", "tokenizers", tokenizer.name)),
             shared_weights=shared,
             max_sequence_length=max_sequence_length,
-            labels=DEMO_LABELS if task == "text-classification" else None,
+            labels=labels,
             hidden_size=int(config["hidden_size"]),
             parameters=params,
             description=f"inferpack demo model ({arch}, seed {seed}); the task head is untrained",
@@ -195,12 +200,22 @@ def make_demo_models(
 
 
 def _short(task: Task) -> str:
-    return {"question-answering": "qa", "text-classification": "cls", "feature-extraction": "emb"}[task]
+    return {
+        "question-answering": "qa",
+        "text-classification": "cls",
+        "token-classification": "ner",
+        "feature-extraction": "emb",
+    }[task]
+
+
+def _labels(task: Task) -> list[str] | None:
+    return {"text-classification": DEMO_LABELS, "token-classification": DEMO_TAGS}.get(task)
 
 
 def _architecture(task: Task) -> str:
     return {
         "question-answering": "BertForQuestionAnswering",
         "text-classification": "BertForSequenceClassification",
+        "token-classification": "BertForTokenClassification",
         "feature-extraction": "BertModel",
     }[task]

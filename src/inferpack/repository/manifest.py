@@ -14,13 +14,20 @@ from inferpack.jsonfile import StrictModel, read_json_model
 from inferpack.plan import TargetName as TargetName  # one name for the processor kind, shared with plans
 from inferpack.repository.files import umask_mode
 
-Task = Literal["question-answering", "text-classification", "feature-extraction"]
+Task = Literal["question-answering", "text-classification", "token-classification", "feature-extraction"]
 Format = Literal["safetensors", "torchscript", "onnx"]
 DType = Literal["fp32", "bf16", "fp16"]
 Quantization = Literal["none", "int8-dynamic"]
 Pooling = Literal["mean", "cls", "max"]
 ClassScores = Literal["softmax", "sigmoid"]
-TASKS: tuple[Task, ...] = ("question-answering", "text-classification", "feature-extraction")
+TASKS: tuple[Task, ...] = (
+    "question-answering",
+    "text-classification",
+    "token-classification",
+    "feature-extraction",
+)
+# Tasks whose model output has a tokens dimension ([batch, tokens, ...]): padding columns are cut from it.
+PER_TOKEN_TASKS: tuple[Task, ...] = ("question-answering", "token-classification")
 MANIFEST_FILE = "manifest.json"
 
 
@@ -72,7 +79,11 @@ class Manifest(StrictModel):
         description="[batch, tokens] a static-shape graph (target neuron) was traced with; the server pads "
         "every batch to it.",
     )
-    labels: list[str] | None = Field(default=None, description="Class names (text-classification).")
+    labels: list[str] | None = Field(
+        default=None,
+        description="Class names (text-classification) or token tags such as B-PER, I-PER, O "
+        "(token-classification), in the head's output order.",
+    )
     class_scores: ClassScores = Field(
         default="softmax",
         description="text-classification: how logits become scores, by transformers' rule for the "

@@ -64,7 +64,8 @@ class QAHead(TaskWrapper):
 
 
 class ClassifierHead(TaskWrapper):
-    """Class logits [batch, labels]."""
+    """Class logits [batch, labels]; for a token classifier, per-token tag logits [batch, tokens, labels]
+    (its head is a linear layer over every token's hidden state, like QA's)."""
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
@@ -107,6 +108,6 @@ def make_head(
     """The task's wrapper around a transformers module (pooling applies to feature-extraction only)."""
     if task == "question-answering":
         return QAHead(model)
-    if task == "text-classification":
+    if task in ("text-classification", "token-classification"):
         return ClassifierHead(model)
     return Pooler(model, pooling, normalize)

@@ -4,8 +4,9 @@ A Neuron graph takes exactly the shape it was traced with (`[batch, width]`, rec
 `static_shape`), while the server pads each batch only to its longest item. `StaticShapeModule` bridges
 the two: it cuts a batch into chunks of the traced batch size, pads each chunk to the traced width (pad
 token 0, attention mask 0) and to the traced batch size (repeating the last real row, so no row is
-degenerate), runs the graph and cuts the output back to the real rows and, for per-token outputs (QA
-logits), to the real width. The answers are those of the unpadded batch: padding positions are masked.
+degenerate), runs the graph and cuts the output back to the real rows and, for per-token outputs (QA and
+token-classification logits), to the real width. The answers are those of the unpadded batch: padding
+positions are masked.
 
 Models load with torch-neuronx's default placement: each `torch.jit.load` puts the model on the next
 NeuronCore the process owns, so a server's models are spread over its cores (one inference thread each).
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from inferpack.errors import DeviceUnavailable
-from inferpack.repository.manifest import Manifest
+from inferpack.repository.manifest import PER_TOKEN_TASKS, Manifest
 from inferpack.runtime.devices import NEURON_INSTALL_HINT
 from inferpack.runtime.memory import Storages
 
@@ -101,6 +102,6 @@ def load_neuron(path: Path, manifest: Manifest) -> StaticShapeModule:
         scripted,
         batch,
         width,
-        per_token=manifest.task == "question-answering",
+        per_token=manifest.task in PER_TOKEN_TASKS,
         file_bytes=path.stat().st_size,
     )

@@ -42,6 +42,7 @@ def _transformers() -> Any:
             "AutoModel",
             "AutoModelForQuestionAnswering",
             "AutoModelForSequenceClassification",
+            "AutoModelForTokenClassification",
         ):
             getattr(transformers, name)  # resolve the lazy attributes while holding the lock
         return transformers
@@ -61,6 +62,7 @@ def transformers_class(task: Task) -> Any:
     return {
         "question-answering": transformers.AutoModelForQuestionAnswering,
         "text-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
         "feature-extraction": transformers.AutoModel,
     }[task]
 

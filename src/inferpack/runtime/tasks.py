@@ -1,9 +1,10 @@
-"""Task handlers: text in, tensors to the model, tensors out, answers back. One interface, three tasks.
+"""Task handlers: text in, tensors to the model, tensors out, answers back. One interface, four tasks.
 
 Every model, eager or TorchScript, is called as `module(input_ids, attention_mask, token_type_ids)` and
 returns one tensor whose meaning the task fixes (see `inferpack.runtime.modeling`):
 - question-answering: [batch, tokens, 2] start/end logits
 - text-classification: [batch, labels] logits
+- token-classification: [batch, tokens, labels] logits (one tag per token: B-PER, I-PER, O, ...)
 - feature-extraction: [batch, hidden] mean-pooled, L2-normalised embeddings
 
 Handlers describe their inputs and outputs in neutral terms (names, kinds, per-item shapes); transports turn
@@ -26,8 +27,11 @@ from inferpack.errors import InvalidInput
 from inferpack.repository.manifest import ClassScores, Task
 
 MAX_ANSWER_TOKENS = 30
-OutputKind = Literal["text", "float", "int"]
+# "json": one JSON document per item (a list or an object) whose size varies from item to item, such as
+# token-classification's entities; a transport sends it as a structure (seed API) or as JSON text (V2).
+OutputKind = Literal["text", "float", "int", "json"]
 Result = dict[str, Any]  # one item's outputs by name
+IGNORED_TAGS = ("O",)  # the "outside any entity" tag: its groups are not entities (as transformers' pipeline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +262,103 @@ class TextClassification(TaskHandler):
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class TaggedToken:
+    """One real token of a text with its most likely tag, that tag's probability and its characters."""
+
+    tag: str
+    score: float
+    start: int
+    end: int
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    """(position, entity type) of an IOB tag: B-PER -> (B, PER), I-PER -> (I, PER); a tag without a B-/I-
+    prefix (PER, O) continues a run of the same tag, as an I- tag would."""
+    if tag.startswith(("B-", "I-")):
+        return tag[0], tag[2:]
+    return "I", tag
+
+
+def group_entities(tokens: Sequence[TaggedToken], text: str) -> list[Result]:
+    """Entities from tagged tokens, by the rule of transformers' "simple" aggregation: a token joins the
+    run before it when its entity type is the run's last token's type and it is not a B- tag; each run
+    becomes one entity of its first tag's type, scored by the mean of its tokens' scores, spanning the
+    first token's start to the last token's end. Runs of an ignored tag (O) are dropped. `word` is the
+    text's own characters over that span (case and spacing kept), not the tokens joined back."""
+    runs: list[list[TaggedToken]] = []
+    for token in tokens:
+        if runs:
+            position, kind = _split_tag(token.tag)
+            if kind == _split_tag(runs[-1][-1].tag)[1] and position != "B":
+                runs[-1].append(token)
+                continue
+        runs.append([token])
+    entities: list[Result] = []
+    for run in runs:
+        kind = run[0].tag.split("-", 1)[-1]
+        if kind in IGNORED_TAGS:
+            continue
+        start, end = run[0].start, run[-1].end
+        entities.append(
+            {
+                "entity_group": kind,
+                "score": float(np.mean([t.score for t in run])),
+                "word": text[start:end],
+                "start": start,
+                "end": end,
+            }
+        )
+    return entities
+
+
+class TokenClassification(TaskHandler):
+    """Text -> named entities (or any IOB tagging): one tag per token, runs of tokens grouped into entities
+    with their character offsets in the text, as transformers' token-classification pipeline with
+    `aggregation_strategy="simple"` answers."""
+
+    task: Task = "token-classification"
+    pair_input = False
+
+    def __init__(self, labels: list[str] | None) -> None:
+        self.labels = labels
+
+    def decode(self, output: torch.Tensor, batch: Encoded, items: list[TextInput]) -> list[Result]:
+        # one tag per token: a softmax over the tags (the pipeline's rule; no multi-label tagging)
+        probs = torch.softmax(output.float(), dim=-1).numpy()
+        labels = self.labels or [f"LABEL_{i}" for i in range(probs.shape[-1])]
+        best = probs.argmax(axis=-1)
+        results = []
+        for row, (enc, item) in enumerate(zip(batch.encodings, items, strict=True)):
+            tokens = [
+                TaggedToken(labels[int(best[row, i])], float(probs[row, i, best[row, i]]), start, end)
+                # the encoding has the item's own tokens only: padding columns are never read
+                for i, (special, sequence, (start, end)) in enumerate(
+                    zip(enc.special_tokens_mask, enc.sequence_ids, enc.offsets, strict=True)
+                )
+                if not special and sequence == 0  # [CLS], [SEP] carry no characters of the text
+            ]
+            results.append({"entities": group_entities(tokens, item.text)})
+        return results
+
+    def raw(self, output: torch.Tensor, batch: Encoded) -> list[Result]:
+        """logits: [tokens, labels] over the item's tokens (special tokens too, padding cut)."""
+        logits = output.float().numpy()
+        return [
+            {"logits": logits[row, : len(enc.ids)].astype(np.float32)}
+            for row, enc in enumerate(batch.encodings)
+        ]
+
+    def inputs(self) -> list[InputSpec]:
+        """text (offsets and words refer to it)."""
+        return [InputSpec("text")]
+
+    def outputs(self, hidden_size: int, labels: list[str] | None) -> list[OutputSpec]:
+        """entities: per item a list of {entity_group, score, word, start, end}, as long as the text has
+        entities (a JSON document: V2 sends it as one BYTES element per item)."""
+        return [OutputSpec("entities", "json")]
+
+
 class FeatureExtraction(TaskHandler):
     """Text -> a normalised sentence embedding (mean pooling over real tokens)."""
 
@@ -280,11 +381,14 @@ class FeatureExtraction(TaskHandler):
 def handler_for(
     task: Task, labels: list[str] | None = None, class_scores: ClassScores = "softmax"
 ) -> TaskHandler:
-    """The handler of a task (a classifier's labels and scores: the manifest's `labels`, `class_scores`)."""
+    """The handler of a task (a classifier's labels and scores, a tagger's tags: the manifest's `labels`,
+    `class_scores`)."""
     if task == "question-answering":
         return QuestionAnswering()
     if task == "text-classification":
         return TextClassification(labels, class_scores)
+    if task == "token-classification":
+        return TokenClassification(labels)
     if task == "feature-extraction":
         return FeatureExtraction()
     raise InvalidInput(f"unknown task {task!r}")

@@ -2,7 +2,8 @@
 
 `seq_0` / `seq_1` come from query parameters, form fields or a JSON object; QA answers `seq_0` about the
 context `seq_1`, other tasks take `seq_0` as their text. The answer is `{"detail": ...}`: the answer text,
-the label or the embedding, or with `postprocess=false` the model's own output tensors by name.
+the label, the entities (token-classification) or the embedding, or with `postprocess=false` the model's
+own output tensors by name.
 """
 
 from __future__ import annotations
@@ -116,11 +117,14 @@ def parse_flag(value: object, field: str) -> bool:
 
 
 def detail_of(task: Task, result: Result, postprocess: bool) -> Any:
-    """The seed answer: QA's answer text, the label, or the embedding; raw outputs as nested lists."""
+    """The seed answer: QA's answer text, the label, the entities (a list of {entity_group, score, word,
+    start, end}) or the embedding; raw outputs as nested lists."""
     if not postprocess:
         return {name: np.asarray(value).tolist() for name, value in result.items()}
     if task == "question-answering":
         return result["answer"]
     if task == "text-classification":
         return result["label"]
+    if task == "token-classification":
+        return result["entities"]
     return [float(x) for x in result["embedding"]]

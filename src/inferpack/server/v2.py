@@ -21,6 +21,9 @@ from inferpack.errors import InvalidInput
 from inferpack.runtime.tasks import TextInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A BYTES output whose metadata carries this `content_type` parameter holds one JSON document per item (a
+# variable-length structure such as token-classification's entities), encoded as UTF-8 JSON text.
+JSON_CONTENT_TYPE = "application/json"
 _NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
 
 # json.loads recurses once per nesting level: a body of a few kB of "[[[[..." exceeds Python's recursion
@@ -171,9 +174,13 @@ def texts_of(tensor: Tensor) -> list[str]:
 _ALIASES = {"question": ("question", "seq_0"), "context": ("context", "seq_1"), "text": ("text", "seq_0")}
 
 
-def items_from_inputs(inputs: list[Tensor], pair_input: bool) -> list[TextInput]:
-    """Map V2 input tensors to task items (QA: question + context; else text [+ text_pair])."""
+def items_from_inputs(inputs: list[Tensor], pair_input: bool, *, text_pair: bool = True) -> list[TextInput]:
+    """Map V2 input tensors to task items (QA: question + context; else text [+ text_pair]). `text_pair`:
+    whether the model takes an optional second text; one that does not (a tagger, an embedder: their
+    metadata lists `text` alone) refuses a `text_pair` input instead of silently encoding it with the text."""
     by_name = {t.name: t for t in inputs}
+    if not pair_input and not text_pair and "text_pair" in by_name:
+        raise InvalidInput("this model takes one text per item (input 'text'); it has no 'text_pair' input")
 
     def pick(role: str, required: bool) -> list[str] | None:
         for name in _ALIASES.get(role, (role,)):
@@ -217,12 +224,14 @@ def build_response(
         name, datatype = meta["name"], meta["datatype"]
         values = [r[name] for r in results]
         binary = request.outputs.get(name, request.binary_output)
+        parameters: dict[str, Any] = dict(meta.get("parameters") or {})  # e.g. the JSON content type
         if datatype == "BYTES":
             shape = [len(values)]
+            texts = [_as_text(v, parameters.get("content_type")) for v in values]
             if binary:
-                blob = b"".join(struct.pack("<I", len(b)) + b for b in (str(v).encode() for v in values))
+                blob = b"".join(struct.pack("<I", len(b)) + b for b in (t.encode() for t in texts))
             else:
-                data: list[Any] = [str(v) for v in values]
+                data: list[Any] = texts
         else:
             array = np.asarray(values, dtype=_NUMPY_OF[datatype])
             shape = list(array.shape)
@@ -232,10 +241,12 @@ def build_response(
                 data = array.reshape(-1).tolist()
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            entry["parameters"] = {"binary_data_size": len(blob)}
+            parameters["binary_data_size"] = len(blob)
             blobs.append(blob)
         else:
             entry["data"] = data
+        if parameters:
+            entry["parameters"] = parameters
         json_outputs.append(entry)
     doc: dict[str, Any] = {"model_name": model_name, "model_version": str(version), "outputs": json_outputs}
     if request.id is not None:
@@ -244,3 +255,11 @@ def build_response(
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
+
+
+def _as_text(value: Any, content_type: object) -> str:
+    """One BYTES element's text: a JSON document for an output of the JSON content type (ensure_ascii off:
+    the text's own characters, UTF-8 on the wire), else the value as a string."""
+    if content_type == JSON_CONTENT_TYPE:
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

@@ -26,7 +26,9 @@ PLATFORMS = {
     "torchscript": "pytorch_torchscript",
     "onnx": "onnxruntime_onnx",
 }
-DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "INT64"}
+DATATYPES: dict[OutputKind, str] = {"text": "BYTES", "float": "FP32", "int": "INT64", "json": "BYTES"}
+# Kinds whose BYTES elements have a content type of their own, said in the tensor's `parameters`.
+CONTENT_TYPES: dict[OutputKind, str] = {"json": v2.JSON_CONTENT_TYPE}
 
 
 # documents ------------------------------------------------------------------------------------------------
@@ -47,8 +49,15 @@ def inputs_metadata(inputs: list[InputSpec]) -> list[dict[str, Any]]:
 
 
 def outputs_metadata(outputs: list[OutputSpec]) -> list[dict[str, Any]]:
-    """Outputs as V2 tensor metadata: datatype from the kind, -1 for the batch dimension."""
-    return [{"name": o.name, "datatype": DATATYPES[o.kind], "shape": [-1, *o.shape]} for o in outputs]
+    """Outputs as V2 tensor metadata: datatype from the kind, -1 for the batch dimension, and for a JSON
+    output (one variable-length document per item, e.g. entities) `parameters.content_type`."""
+    out: list[dict[str, Any]] = []
+    for o in outputs:
+        meta: dict[str, Any] = {"name": o.name, "datatype": DATATYPES[o.kind], "shape": [-1, *o.shape]}
+        if o.kind in CONTENT_TYPES:
+            meta["parameters"] = {"content_type": CONTENT_TYPES[o.kind]}
+        out.append(meta)
+    return out
 
 
 def model_metadata(model: ModelDescription, versions: list[int]) -> dict[str, Any]:
@@ -86,13 +95,14 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
     router = APIRouter(dependencies=[Depends(auth.require_model)], responses=schema.errors(401, 403))
     described = schema.errors(400, 404, 503)
 
-    @router.get("/v2/models/{model_id}", response_model=schema.ModelMetadata, responses=described)
+    # exclude_none: a field a tensor does not have (optional, parameters) is left out, not sent as null
+    meta_doc: dict[str, Any] = {"response_model": schema.ModelMetadata, "response_model_exclude_none": True}
+
+    @router.get("/v2/models/{model_id}", responses=described, **meta_doc)
     async def metadata(model_id: str) -> dict[str, Any]:
         return model_metadata(plane.describe(model_id), plane.versions(model_id))
 
-    @router.get(
-        "/v2/models/{model_id}/versions/{version}", response_model=schema.ModelMetadata, responses=described
-    )
+    @router.get("/v2/models/{model_id}/versions/{version}", responses=described, **meta_doc)
     async def version_metadata(model_id: str, version: int) -> dict[str, Any]:
         return model_metadata(plane.describe(model_id, version), plane.versions(model_id))
 
@@ -121,7 +131,8 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
             model = plane.describe(model_id, version)  # unknown model or version: 404 before the body
             deadline = request_deadline(request, arrived)
             parsed = v2.parse_request(await request.body(), request.headers.get(v2.HEADER_LENGTH))
-            items = v2.items_from_inputs(parsed.inputs, model.pair_input)
+            takes_pair = any(spec.name == "text_pair" for spec in model.inputs)
+            items = v2.items_from_inputs(parsed.inputs, model.pair_input, text_pair=takes_pair)
             prediction = await until_disconnect(
                 request, plane.infer(InferenceRequest(model_id, items, version, deadline=deadline))
             )

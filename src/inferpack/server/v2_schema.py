@@ -32,9 +32,15 @@ class _Doc(BaseModel):
 
 
 class TensorParameters(_Doc):
-    """Per-tensor parameters: the binary extension's size of this tensor's bytes after the JSON header."""
+    """Per-tensor parameters: the binary extension's size of this tensor's bytes after the JSON header, and
+    for an output of JSON documents (token-classification's `entities`) their content type."""
 
     binary_data_size: int | None = Field(default=None, ge=0)
+    content_type: str | None = Field(
+        default=None,
+        description=f"{v2.JSON_CONTENT_TYPE!r} on a BYTES output: each element is one item's JSON "
+        "document (UTF-8 text), e.g. its list of entities.",
+    )
 
 
 class RequestInput(BaseModel):
@@ -96,6 +102,16 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
+class MetadataParameters(_Doc):
+    """Parameters of an input or output in model metadata."""
+
+    content_type: str | None = Field(
+        default=None,
+        description=f"{v2.JSON_CONTENT_TYPE!r}: a BYTES output of one JSON document per item, of any "
+        "length (token-classification's `entities`: a list of {entity_group, score, word, start, end}).",
+    )
+
+
 class TensorMetadata(BaseModel):
     """An input or output as model metadata describes it (-1: any size)."""
 
@@ -103,6 +119,7 @@ class TensorMetadata(BaseModel):
     datatype: Datatype
     shape: list[int]
     optional: bool | None = None
+    parameters: MetadataParameters | None = None
 
 
 class ModelMetadata(BaseModel):
@@ -220,7 +237,7 @@ INFER_BODY: dict[str, Any] = {
                 "schema": {"$ref": REF.format(model="InferenceRequest")},
                 "examples": {
                     "question-answering": {"value": _example(question="Who climbs?", context="The engine.")},
-                    "text": {"value": _example(text="A short text to classify or embed.")},
+                    "text": {"value": _example(text="A short text to classify, tag or embed.")},
                 },
             },
             "application/octet-stream": {
