@@ -118,18 +118,30 @@ def test_tenants_own_only_their_top_layer_and_head(demo_repo: Path) -> None:
     assert group_key(classifier) not in (None, group_key(models[0]))  # another architecture: never mixed
 
 
+Compared = tuple[LoadedModel, list[TextInput], list[bool], list[Any], list[Any], list[Any]]
+
+
+def _mixed_and_alone(
+    models: list[LoadedModel], split: list[list[TextInput]], raw: list[list[bool]]
+) -> list[Compared]:
+    """Per model: its items and raw flags, its results from one batch mixing every model, and its own
+    results alone (raw for every item, then decoded)."""
+    mixed = predict_together(
+        [Part(m, items, flags) for m, items, flags in zip(models, split, raw, strict=True)]
+    )
+    return [
+        (model, items, flags, results, model.predict(items, [True] * len(items)), model.predict(items))
+        for model, items, flags, results in zip(models, split, raw, mixed, strict=True)
+    ]
+
+
 def test_a_mixed_batch_equals_each_model_alone(demo_repo: Path, compute_dtype: str) -> None:
     models = _load(demo_repo, compute_dtype)
     split = [QUESTIONS[:2], QUESTIONS[2:]]  # 2 + 4 rows
     raw = [[True, False], [False, True, False, True]]
-    mixed = predict_together(
-        [Part(m, items, flags) for m, items, flags in zip(models, split, raw, strict=True)]
-    )
     # fp32: rounding only (a batch of other rows changes nothing else); bf16 rounds each layer to 8 bits
     atol = 1e-4 if compute_dtype == "fp32" else 0.05
-    for model, items, flags, results in zip(models, split, raw, mixed, strict=True):
-        alone_raw = model.predict(items, [True] * len(items))
-        alone = model.predict(items)
+    for model, _, flags, results, alone_raw, alone in _mixed_and_alone(models, split, raw):
         for i, result in enumerate(results):
             if flags[i]:
                 for key in ("start_logits", "end_logits"):
@@ -169,13 +181,8 @@ def test_token_classification_tenants_mix_like_each_alone(ner_repo: Path, comput
     assert len({group_key(m) for m in models}) == 1 and group_key(models[0]) is not None
     split = [SENTENCES[:2], SENTENCES[2:]]  # 2 + 3 rows of different lengths: one padded batch
     raw = [[True, False], [False, True, False]]
-    mixed = predict_together(
-        [Part(m, items, flags) for m, items, flags in zip(models, split, raw, strict=True)]
-    )
     atol = 1e-4 if compute_dtype == "fp32" else 0.05
-    for model, items, flags, results in zip(models, split, raw, mixed, strict=True):
-        alone_raw = model.predict(items, [True] * len(items))
-        alone = model.predict(items)
+    for _, items, flags, results, alone_raw, alone in _mixed_and_alone(models, split, raw):
         for i, result in enumerate(results):
             if flags[i]:  # the item's own tokens only, whatever the mixed batch's width
                 assert result["logits"].shape == alone_raw[i]["logits"].shape
