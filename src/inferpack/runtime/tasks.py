@@ -296,7 +296,7 @@ def group_entities(tokens: Sequence[TaggedToken], text: str) -> list[Result]:
         runs.append([token])
     entities: list[Result] = []
     for run in runs:
-        kind = run[0].tag.split("-", 1)[-1]
+        kind = _split_tag(run[0].tag)[1]  # the same reading of a tag as the grouping above
         if kind in IGNORED_TAGS:
             continue
         start, end = run[0].start, run[-1].end
