@@ -130,6 +130,7 @@ class RegistryStats:
     trunks_held: int = 0
     warm_start_loads: int = 0
     warm_start_pending: int = 0
+    upgrades_busy: int = 0  # jobs on the upgrade lane: fast runtimes, traced graphs, trunks (runtime/tier.py)
 
 
 def traces_after(settings: ServerSettings, device_kind: str) -> int:
@@ -216,10 +217,14 @@ class ModelRegistry:
             max(settings.load_nice, BACKGROUND_NICE),
             claim=self._claim_upgrade,
             release=self._release_upgrade,
+            on_busy=self._upgrades_busy,
         )
         # module shells for the next cold loads, built in the background (one per load lane)
         self._spares = SpareShells(SKELETONS, settings.max_concurrent_loads)
         self.refresh()
+
+    def _upgrades_busy(self, jobs: int) -> None:
+        self.stats.upgrades_busy = jobs
 
     # loading helpers ------------------------------------------------------------------------------------
     def _default_loader(

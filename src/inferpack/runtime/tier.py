@@ -49,7 +49,12 @@ class Upgrades:
     own (`shutdown` stops it)."""
 
     def __init__(
-        self, swap: Swap, nice: int, claim: Claim = _no_claim, release: Release = _no_release
+        self,
+        swap: Swap,
+        nice: int,
+        claim: Claim = _no_claim,
+        release: Release = _no_release,
+        on_busy: Callable[[int], None] | None = None,
     ) -> None:
         # one session at a time on a thread of its own, niced as the load lane: a cold load never queues
         # behind a session being created
@@ -64,6 +69,8 @@ class Upgrades:
         # once) until the swap records it in the ledger, so no load counts on memory it is taking
         self._claim, self._release = claim, release
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.busy = 0  # jobs queued on the lane or running there (a dropped session counts until it ends)
+        self._on_busy = on_busy  # told each new `busy` (the registry's stats: a metric)
 
     def start(
         self, model_id: str, loaded: LoadedModel, upgrade: Callable[[], LoadedModel] | None = None
@@ -88,7 +95,20 @@ class Upgrades:
     def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
         """Run other background work (a base's trunk: runtime/registry.py) on the upgrade lane, after the
         upgrades queued before it: the same niced thread, so it never competes with a cold load."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return self._submit(job)
+
+    def _submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue `job` on the lane, counted in `busy` until it has ended (its done callback runs on the
+        event loop, as every change of `busy` does)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        self._count(1)
+        future.add_done_callback(lambda _done: self._count(-1))
+        return future
+
+    def _count(self, change: int) -> None:
+        self.busy += change
+        if self._on_busy is not None:
+            self._on_busy(self.busy)
 
     def pending(self, model_id: str) -> bool:
         """True while the model's fast runtime is being prepared."""
@@ -118,7 +138,7 @@ class Upgrades:
         except Exception as exc:  # no room for both runtimes: the stand-in keeps serving
             log.warning("model %s keeps its eager runtime: no memory for its fast runtime: %s", model_id, exc)
             return
-        future = asyncio.get_running_loop().run_in_executor(self._executor, upgrade)
+        future = self._submit(upgrade)
         try:
             fast = await asyncio.shield(future)
         except asyncio.CancelledError:

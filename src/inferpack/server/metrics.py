@@ -235,7 +235,13 @@ class _RegistryCollector(Collector):
             trunks.add_metric([event], count)
         held = GaugeMetricFamily("inferpack_base_trunks_held", "Bases whose trunk is held now.")
         held.add_metric([], self.stats.trunks_held)
-        yield from (hits, misses, evictions, memory, swaps, warm_loads, pending, trunks, held)
+        upgrading = GaugeMetricFamily(
+            "inferpack_upgrades_in_progress",
+            "Background jobs queued or running on the upgrade lane: fast runtimes being prepared, hot "
+            "models' traced graphs, bases' trunks (0 when the server has settled).",
+        )
+        upgrading.add_metric([], self.stats.upgrades_busy)
+        yield from (hits, misses, evictions, memory, swaps, warm_loads, pending, trunks, held, upgrading)
         if self.budget is not None:
             budget = GaugeMetricFamily("inferpack_model_memory_budget_bytes", "The model memory budget.")
             budget.add_metric([], self.budget)
