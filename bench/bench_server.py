@@ -88,21 +88,26 @@ def agreement(repo: LocalRepository, ids: list[str]) -> tuple[float, float]:
 
 
 def warm_up(url: str, ids: list[str], connections: int) -> None:
-    """2 s of the level's load, then until the server's background upgrades have settled: hot models'
-    traced graphs (server.trace_after_batches), bases' trunks (server.trunk_after_batches) and ONNX Runtime
-    sessions take ~0.3-0.6 s of CPU each, which would otherwise fall into the measurement. Settled: a 2 s
-    window of the load in which no upgrade was made and after which none is in progress
+    """The level's load (wrk) until the server's background upgrades have settled (`settle`)."""
+    settle(url, lambda: wrk(url, ids, connections, 2))
+
+
+def settle(url: str, load: Callable[[], object]) -> None:
+    """Run `load` (~2 s of a benchmark's traffic) until the server's background upgrades have settled: hot
+    models' traced graphs (server.trace_after_batches), bases' trunks (server.trunk_after_batches) and
+    ONNX Runtime sessions take ~0.3-0.6 s of CPU each, which would otherwise fall into the measurement.
+    Settled: a window of the load in which no upgrade was made and after which none is in progress
     (`inferpack_upgrades_in_progress`). The upgrade lane is niced, so under a load that fills the cores
     (one pinned core above all) it gets almost no CPU: while it has work the load pauses for it. At most
-    ~3 min; a server from a source tree without the gauge settles by swaps alone, as it always did."""
-    wrk(url, ids, connections, 2)
+    ~3 min; a server from a source tree without the gauge settles by swaps and trunks alone."""
+    load()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         idle_deadline = time.monotonic() + 60
         while upgrades(url)["in_progress"] and time.monotonic() < idle_deadline:
             time.sleep(0.2)  # no load: the niced lane takes the idle cores
         before = upgrades(url)
-        wrk(url, ids, connections, 2)
+        load()
         after = upgrades(url)
         if after == before and not after["in_progress"]:
             return

@@ -50,7 +50,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from bench_server import CONTEXT, QUESTION, ROOT  # the same request and results folder as the server bench
+from bench_server import (  # the same request and results folder as the server bench
+    CONTEXT,
+    QUESTION,
+    ROOT,
+    settle,
+)
 from loadgen_raw import Pool, cpu_seconds, encode_get, process_cpu_seconds
 
 from inferpack.processes import free_port, server_command, wait_ready
@@ -381,7 +386,9 @@ def measure(server: Server, args: argparse.Namespace, shed_costs: list[float]) -
     """One round on one server: unloaded, capacity, then each overload run; prints as it goes. With
     `--shed-cost`, appends the server CPU per shed (us) to `shed_costs`."""
     target, url, log_path, tag = server.target, server.url, server.log_path, f"[{server.name}] "
-    asyncio.run(closed_loop(target, 4, 2.0))  # warm-up
+    # the capacity level's load until hot models' graphs and trunks are made: measured before, the
+    # unloaded and capacity phases met models still running eager
+    settle(url, lambda: asyncio.run(closed_loop(target, args.connections, 2.0)))
     unloaded = asyncio.run(closed_loop(target, 1, args.duration))
     p50, p90 = pct(unloaded.latencies(), 50), pct(unloaded.latencies(), 90)
     print(
