@@ -8,6 +8,7 @@ from inferpack.runtime.admission import (
     Estimate,
     Ewma,
     GroupState,
+    Lateness,
     PoolState,
     WaitEstimator,
     cannot_finish,
@@ -227,3 +228,29 @@ def test_a_stale_probe_needs_an_idle_thread_an_empty_queue_and_time() -> None:
     assert not stale_probe(now_only, 0.06, idle_threads=1, queued=0, since_activity_s=0.05)
     assert not stale_probe(now_only, 0.04, idle_threads=1, queued=0, since_activity_s=0.2)
     assert not stale_probe(Estimate(0.01, 0.1), 0.06, idle_threads=1, queued=0, since_activity_s=0.2)
+
+
+def test_lateness_is_a_high_quantile_of_recent_ratios_never_below_one() -> None:
+    late = Lateness(q=0.9, window=20, every=10)
+    late.observe(0.5, 0.0)  # nothing was estimated (no measurement yet): not a sample
+    for _ in range(9):
+        late.observe(0.03, 0.01)
+    assert late.factor == 1.0  # recomputed every 10 samples only
+    late.observe(0.03, 0.01)
+    assert late.factor == pytest.approx(3.0)
+    for got in [0.008] * 9 + [0.02]:  # the window: ten of 3.0, nine of 0.8, one of 2.0
+        late.observe(got, 0.01)
+    assert late.factor == pytest.approx(3.0)  # 90th of 20: a request 3x its estimate
+    for _ in range(20):  # estimates that were pessimistic: the factor never goes below 1
+        late.observe(0.008, 0.01)
+    assert late.factor == 1.0
+    with pytest.raises(ValueError):
+        Lateness(q=1.0)
+
+
+def test_the_lateness_applies_to_the_estimate() -> None:
+    estimate = Estimate(0.010, 0.005)
+    assert shed_reason(estimate, 0.020) is None
+    assert shed_reason(estimate, 0.020, lateness=1.3) is None
+    assert shed_reason(estimate, 0.020, lateness=1.4) == "deadline"
+    assert shed_reason(estimate, None, lateness=5.0) is None  # no deadline: nothing to miss

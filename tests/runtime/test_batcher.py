@@ -492,3 +492,43 @@ async def test_the_pool_knows_when_each_running_batch_should_end() -> None:
         assert pool.state().busy_left_s == ()  # without a time: the mean-interval view only
     finally:
         pool.shutdown()
+
+
+class UnevenModel(SlowModel):
+    """Batches alternately fast and slow (0.1 s, then 0.3 s per item): a moving average of its batch time
+    is right on average and wrong for every batch."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.calls = 0
+
+    def predict(self, items: list[TextInput], raw: Any = None) -> list[dict[str, Any]]:
+        self.calls += 1
+        self.clock.now += (0.1 if self.calls % 2 else 0.3) * len(items)
+        return GatedModel.predict(self, items, raw)
+
+
+async def test_admission_adds_how_late_admitted_requests_have_been(make: Make) -> None:
+    """An estimate that is right on average admits requests that just fit and then half of them finish
+    late; once admitted requests have run past their estimates, the shed applies the recent lateness (a
+    high quantile of got / estimated) to the estimate, and says so."""
+    clock = FakeClock()
+    model, batcher = make(model=UnevenModel(clock), clock=clock)
+    await batcher.submit(TextInput("first"))  # nothing measured yet: admitted with no wait expected
+    lateness = batcher.pool.lateness
+    assert lateness.factor == 1.0
+    for i in range(40):
+        await batcher.submit(TextInput(f"r{i}"))
+    assert 1.2 < lateness.factor < 3.0  # a slow batch takes 0.3 s against a moving average of ~0.2
+    service = batcher.estimate().service_s
+    assert service < 0.25 < service * lateness.factor  # the estimate alone would admit 0.25 s left
+    with pytest.raises(Overloaded) as info:
+        await batcher.submit(TextInput("tight"), deadline=clock.now + 0.25)
+    assert info.value.reason == "deadline" and "recent lateness" in str(info.value)
+    ran = len(model.batches)
+    assert (await batcher.submit(TextInput("roomy"), deadline=clock.now + 0.5))["echo"] == "roomy"
+    assert len(model.batches) == ran + 1 and all("tight" not in b for b in model.batches)
+    # the server's own derived default deadline (the client set none and waits on) is not made stricter
+    assert batcher.default_is_soft
+    soft = await batcher.submit_many([TextInput("soft")], deadline=clock.now + 0.25, default_deadline=True)
+    assert soft[0]["echo"] == "soft"

@@ -25,6 +25,7 @@ estimate falls back to "no wait" as soon as the queues have emptied, however lon
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 from dataclasses import dataclass
@@ -58,6 +59,38 @@ class Ewma:
     def add(self, sample: float) -> float:
         self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
         return self.value
+
+
+class Lateness:
+    """How much longer than estimated admitted requests took: a high quantile (`q`) of (wait + compute got)
+    / (wait + service estimated) over the last `window` requests, never below 1, recomputed every `every`
+    samples. Admission multiplies the estimate by it. An unbiased estimate admits requests that just fit
+    their deadline and about half of them then miss it (measured under 3x overload with a deadline of 2x
+    the unloaded P90: 780 of 1,624 admitted answers in time), each a forward spent on an answer its client
+    no longer wants. A factor, not an added margin: what goes wrong grows with what is estimated (a queue
+    ahead, a contended core's slower forwards), and a margin measured on long waits would refuse even a
+    request that an idle thread starts at once (measured: goodput fell from 0.28 to 0.20 of capacity at
+    that deadline). While estimates are right (a light load) it stays 1 and changes nothing."""
+
+    def __init__(self, q: float = 0.9, window: int = 256, every: int = 16) -> None:
+        if not 0 < q < 1:
+            raise ValueError("q must be in (0, 1)")
+        self.q, self.every = q, every
+        self._ratios: collections.deque[float] = collections.deque(maxlen=window)
+        self._since = 0
+        self.factor = 1.0
+
+    def observe(self, got_s: float, estimated_s: float) -> None:
+        """One admitted request: seconds it waited and ran, and its estimate (none kept for an estimate of
+        0: nothing was measured yet)."""
+        if estimated_s <= 0:
+            return
+        self._ratios.append(got_s / estimated_s)
+        self._since += 1
+        if self._since >= self.every:
+            self._since = 0
+            ordered = sorted(self._ratios)
+            self.factor = max(1.0, ordered[min(len(ordered) - 1, int(self.q * len(ordered)))])
 
 
 @dataclass(frozen=True)
@@ -227,12 +260,13 @@ def default_deadline_s(
     return min(max(factor * full_batch_s, DEFAULT_DEADLINE_FLOOR_S), DEFAULT_DEADLINE_CAP_S)
 
 
-def shed_reason(estimate: Estimate, time_left_s: float | None) -> ShedReason | None:
+def shed_reason(estimate: Estimate, time_left_s: float | None, lateness: float = 1.0) -> ShedReason | None:
     """Why a request with `time_left_s` before its deadline is refused at arrival, or None to admit it
-    (None for `time_left_s`: no deadline)."""
+    (None for `time_left_s`: no deadline). `lateness`: how much longer than estimated admitted requests
+    have taken lately (`Lateness.factor`), applied to the estimate."""
     if time_left_s is None:
         return None
-    if time_left_s <= 0 or estimate.total_s > time_left_s:
+    if time_left_s <= 0 or estimate.total_s * lateness > time_left_s:
         return "deadline"
     return None
 

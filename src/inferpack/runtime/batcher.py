@@ -41,6 +41,7 @@ from inferpack.runtime.admission import (
     Estimate,
     Ewma,
     GroupState,
+    Lateness,
     PoolState,
     WaitEstimator,
     cannot_finish,
@@ -85,6 +86,9 @@ class InferencePool:
         self._issued = 0  # tickets: the line for a thread is first come, first served
         self._left = 0  # tickets that left the line (granted or cancelled)
         self._batch_s = Ewma()
+        # how much later than estimated admitted requests of every model finished lately: contention
+        # (the event loop, other processes) is the pool's, not one model's
+        self.lateness = Lateness()
         self.rows_running = 0  # rows of the batches running now (the settle rule: is another core busy?)
         # batch key -> when it is expected to end (batcher clock), and its rows
         self._running: dict[int, tuple[float, int]] = {}
@@ -303,13 +307,9 @@ class ModelBatcher:
         if self._closing:
             raise ShuttingDown(f"model {self.model.model_id!r} is being unloaded")
         now = self.clock()
-        estimate = self.admit(len(items), deadline, now)
+        soft = default_deadline and self.default_is_soft
+        estimate = self.admit(len(items), deadline, now, soft=soft)
         loop = asyncio.get_running_loop()
-        soft = (
-            default_deadline
-            and self.settings.deadline_ms is None
-            and self.settings.latency_objective_ms is None
-        )
         mine = [
             _Pending(item, raw, loop.create_future(), self, now, deadline, estimate, soft) for item in items
         ]
@@ -326,11 +326,19 @@ class ModelBatcher:
                 self.drop_observer(self.model.model_id)
             raise
 
-    def admit(self, items: int, deadline: float | None, now: float) -> Estimate:
+    @property
+    def default_is_soft(self) -> bool:
+        """Whether the deadline a request without one gets is the server's own derived default (no
+        `deadline_ms`, no latency objective): set only to keep a backlog from building up."""
+        return self.settings.deadline_ms is None and self.settings.latency_objective_ms is None
+
+    def admit(self, items: int, deadline: float | None, now: float, *, soft: bool = False) -> Estimate:
         """The estimate for a request of `items` items arriving at `now` with `deadline` (both on this
         batcher's clock; None: no deadline), or `Overloaded` when its model's queue is full or the estimate
         misses the deadline. Cheap, and without side effects: the server's early shed calls it too, before
-        a request's body is read (`server/shed.py`)."""
+        a request's body is read (`server/shed.py`). The recent lateness (`admission.Lateness`) applies to
+        a deadline someone set (the client, or the configured default), not to a `soft` one (the derived
+        default: its client set none and waits on, so an answer a little late is still wanted)."""
         model_id = self.model.model_id
         if items > self.settings.max_queue:
             # Never admissible, however empty the queue: a 503 "retry later" would be retried in vain.
@@ -354,13 +362,16 @@ class ModelBatcher:
             )
         time_left = None if deadline is None else deadline - now
         estimate = self.estimate(items, time_left)
-        reason = shed_reason(estimate, time_left)
+        lateness = 1.0 if soft else self.pool.lateness.factor
+        reason = shed_reason(estimate, time_left, lateness)
         if reason is not None and time_left is not None and self._probe(estimate, time_left, now):
             reason = None  # an idle pool's measurements are refreshed only by a batch that runs
         if reason is not None:
             raise Overloaded(
                 f"model {model_id!r}: expected wait {estimate.wait_s * 1000:.0f} ms + service "
-                f"{estimate.service_s * 1000:.0f} ms exceeds the request's deadline "
+                f"{estimate.service_s * 1000:.0f} ms"
+                + (f" (x {lateness:.2f}, the recent lateness)" if lateness > 1 else "")
+                + " exceeds the request's deadline "
                 f"({max(0.0, (deadline or now) - now) * 1000:.0f} ms left)",
                 retry_after_s=retry_after_s(estimate),
                 hint="retry after the Retry-After delay with a longer deadline (inferpack-deadline-ms), "
@@ -584,6 +595,10 @@ class ModelBatcher:
             group.observe_batch(len(batch), compute)
         owners = _by_owner(batch)
         self.pool.observe_batch(compute, len(batch), len(owners))
+        for pending in batch:
+            if pending.estimate is not None:
+                got = started - pending.enqueued + compute
+                self.pool.lateness.observe(got, pending.estimate.total_s)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)

@@ -106,10 +106,11 @@ class EarlyShed:
             self.auth.check_model(authorization, model_id)
         except InferpackError:
             return None  # the route gives the auth answer
+        soft = budget is None and batcher.default_is_soft
         if budget is None:
             budget = batcher.default_deadline_s()
         try:
-            batcher.admit(1, None if budget is None else arrived + budget, arrived)
+            batcher.admit(1, None if budget is None else arrived + budget, arrived, soft=soft)
         except Overloaded as exc:
             return model_id, api, exc
         return None
