@@ -93,13 +93,10 @@ class Upgrades:
         )
 
     def run(self, job: Callable[[], T]) -> asyncio.Future[T]:
-        """Run other background work (a base's trunk: runtime/registry.py) on the upgrade lane, after the
-        upgrades queued before it: the same niced thread, so it never competes with a cold load."""
-        return self._submit(job)
-
-    def _submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue `job` on the lane, counted in `busy` until it has ended (its done callback runs on the
-        event loop, as every change of `busy` does)."""
+        """Run `job` on the upgrade lane after the jobs queued before it (upgrades, and other background
+        work: a base's trunk, runtime/registry.py): the same niced thread, so it never competes with a cold
+        load. It counts in `busy` until it has ended (its done callback runs on the event loop, as every
+        change of `busy` does)."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
         self._count(1)
         future.add_done_callback(lambda _done: self._count(-1))
@@ -138,7 +135,7 @@ class Upgrades:
         except Exception as exc:  # no room for both runtimes: the stand-in keeps serving
             log.warning("model %s keeps its eager runtime: no memory for its fast runtime: %s", model_id, exc)
             return
-        future = self._submit(upgrade)
+        future = self.run(upgrade)
         try:
             fast = await asyncio.shield(future)
         except asyncio.CancelledError:
