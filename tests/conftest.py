@@ -23,6 +23,15 @@ COMPUTE_DTYPES = [FORCED_DTYPE] if FORCED_DTYPE else ["fp32", "bf16"]
 SERVER_DTYPE = FORCED_DTYPE or "auto"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def packed_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the servers the tests start share their packed weights (server.packed_weights_dir): a directory
+    of the test session's, not the user's cache."""
+    path = tmp_path_factory.mktemp("packed-weights")
+    os.environ.setdefault("INFERPACK_SERVER__PACKED_WEIGHTS_DIR", str(path))
+    return path
+
+
 @pytest.fixture(params=COMPUTE_DTYPES)
 def compute_dtype(request: pytest.FixtureRequest) -> str:
     """Each compute dtype the numeric tests must hold in (see COMPUTE_DTYPES)."""

@@ -319,6 +319,24 @@ class ServerSettings(_Section):
         "graphs read the plain weights (memory-tight hosts running many server processes). See "
         "docs/runtimes.md.",
     )
+    share_packed_weights: bool = Field(
+        default=True,
+        description="With pack_weights: the packed copies live in files (server.packed_weights_dir) that "
+        "every server process on this host maps, so a hot model's packed weights are held once per host, "
+        "not once per process (a local fleet keeps each model on fleet.copies servers). false: each "
+        "process packs in its own memory. See docs/runtimes.md.",
+    )
+    packed_weights_dir: str | None = Field(
+        default=None,
+        description="Where shared packed weights are kept (default: $XDG_CACHE_HOME or ~/.cache, under "
+        "inferpack/packed-weights). Must be one directory for all the servers that should share them.",
+    )
+    packed_weights_max_bytes: int = Field(
+        default=4 * 2**30,
+        ge=0,
+        description="Disk kept for shared packed weights; past it, the least recently used files go "
+        "(a process still mapping one keeps its pages).",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Larger bodies get 413.")
     max_sequence_length: int | None = Field(
         default=None, ge=8, description="Cap on tokens per text (default: each model's manifest)."

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from inferpack.compile.packedfiles import PackedFiles, weight_key
 from inferpack.compile.packing import packs
 from inferpack.compile.tracing import graph_bytes, trace_job, traceable, traced
 from inferpack.errors import ModelLoadFailed
@@ -89,6 +90,22 @@ def test_without_packing_the_graphs_read_the_plain_weights(repo: tuple[LocalRepo
     graphs = [fast.graph, *(fast.pieces.graphs() if fast.pieces is not None else ())]
     assert all(k >= 0 for g in graphs for k in module_storages(g))  # no packed copy anywhere
     assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
+
+
+def test_packed_weights_shared_through_files_answer_as_eager(
+    repo: tuple[LocalRepository, list[str]], tmp_path: Path
+) -> None:
+    repository, (model_id, _) = repo
+    eager = load_model(repository, model_id, dtype="bf16")
+    fast = traced(eager, pack=PackedFiles(tmp_path))  # the server's default (server.share_packed_weights)
+    assert fast.graph is not None
+    if packs(eager.module):  # the packed copies are the files, one per linear weight of the model
+        linears = {weight_key(m.weight) for m in eager.module.modules() if type(m) is torch.nn.Linear}
+        assert {p.stem for p in tmp_path.rglob("*.packed")} == linears
+        assert len([k for k in module_storages(fast.graph) if k < 0]) == len(linears)
+    assert_same_answers(fast.predict(QUESTIONS), eager.predict(QUESTIONS))
+    for question in QUESTIONS:
+        assert_same_answers(fast.predict([question]), eager.predict([question]))
 
 
 def test_a_forward_that_branches_on_its_data_is_refused(repo: tuple[LocalRepository, list[str]]) -> None:

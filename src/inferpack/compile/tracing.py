@@ -48,7 +48,7 @@ from torch import nn
 
 from inferpack.compile.agreement import TRACE_FIDELITY, compare, output_rows
 from inferpack.compile.examples import ExampleSet, build_examples, model_args
-from inferpack.compile.packing import packed_copy
+from inferpack.compile.packing import Pack, packed_copy
 from inferpack.compile.trace import jit_trace
 from inferpack.errors import ModelLoadFailed
 from inferpack.runtime.crossbatch import (
@@ -77,7 +77,7 @@ MAX_SIGNATURES = 4  # graphs per piece at most (the examples make two: a mask, a
 log = logging.getLogger("inferpack.tracing")
 
 
-def trace_job(model: LoadedModel, pack: bool = True) -> Callable[[], LoadedModel] | None:
+def trace_job(model: LoadedModel, pack: Pack = True) -> Callable[[], LoadedModel] | None:
     """The work that makes `model`'s traced graph (`traced`, run on the upgrade lane), or None when it
     cannot be traced (`traceable`). The registry's `tracer` (runtime/registry.py): it lives here, with
     the compile step whose tracing and checks it reuses, and is handed to the registry by the server."""
@@ -97,7 +97,7 @@ def traceable(model: LoadedModel) -> bool:
     )
 
 
-def traced(model: LoadedModel, pack: bool = True) -> LoadedModel:
+def traced(model: LoadedModel, pack: Pack = True) -> LoadedModel:
     """`model` with a traced graph of its module for single-model batches (see the module's doc). Runs on
     the upgrade thread. ModelLoadFailed when tracing fails or the graph disagrees with the eager module."""
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def traced(model: LoadedModel, pack: bool = True) -> LoadedModel:
     if not isinstance(module, TaskWrapper):
         raise ModelLoadFailed(f"model {model.model_id!r} v{model.version} has no eager module to trace")
     try:
-        traceable_module = packed_copy(module) if pack else module
+        traceable_module = packed_copy(module, pack)
         graph = jit_trace(traceable_module, model_args(examples.trace, model.device), freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
@@ -145,7 +145,7 @@ def graph_bytes(graph: torch.jit.ScriptModule) -> int:
     return sum(1 for _ in graph.inlined_graph.nodes()) * GRAPH_BYTES_PER_NODE
 
 
-def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: bool = True) -> TracedPieces | None:
+def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: Pack = True) -> TracedPieces | None:
     """Graphs of `model`'s own submodules and of its base's shared subtrees for mixed batches (see the
     module's doc); None for a model that shares no layers. The base's trunk is the one already held
     (`base_trunk`: made by the registry for a busy base, or by an earlier traced tenant), else made here.
@@ -163,7 +163,7 @@ def traced_pieces(model: LoadedModel, examples: ExampleSet, pack: bool = True) -
     return pieces
 
 
-def trunk_job(model: LoadedModel, pack: bool = True) -> Callable[[], Trunk] | None:
+def trunk_job(model: LoadedModel, pack: Pack = True) -> Callable[[], Trunk] | None:
     """The work that makes the trunk of `model`'s base (`base_trunk`, run on the upgrade lane), or None
     for a model with no base to share one with (`trunkable`). The registry's `trunker`: a busy base gets
     its trunk even when none of its tenants is traced (runtime/registry.py)."""
@@ -182,7 +182,7 @@ def trunkable(model: LoadedModel) -> bool:
     )
 
 
-def base_trunk(model: LoadedModel, examples: ExampleSet | None = None, pack: bool = True) -> Trunk:
+def base_trunk(model: LoadedModel, examples: ExampleSet | None = None, pack: Pack = True) -> Trunk:
     """The trunk of `model`'s base for its split paths: the one held already (`TRUNKS`), else graphs of
     the shared subtrees (`trunk_paths`) traced from `model`'s module over the shared tensors, warmed up
     and checked: `model` run through them (its own layers eager) must answer as its eager module does.
@@ -298,14 +298,14 @@ def _capture(
 
 
 def _trace_calls(
-    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]], pack: bool
+    sub: nn.Module, calls: dict[Signature, tuple[tuple[Any, ...], dict[str, Any]]], pack: Pack
 ) -> dict[Signature, Callable[..., Any]]:
     """A warmed-up graph of `sub` (`pack`: of its copy with prepacked linear weights) per recorded call
     signature."""
     graphs: dict[Signature, Callable[..., Any]] = {}
     for key, (args, kwargs) in calls.items():
         inputs = tensor_args(args, kwargs)
-        graph = jit_trace(_Bound(packed_copy(sub) if pack else sub, args, kwargs), inputs, freeze=False)
+        graph = jit_trace(_Bound(packed_copy(sub, pack), args, kwargs), inputs, freeze=False)
         with torch.inference_mode():
             for _ in range(WARM_UP_CALLS):
                 graph(*inputs)

@@ -12,12 +12,15 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inferpack.compile.packedfiles import PackedFiles, default_directory
+from inferpack.compile.packing import Pack
 from inferpack.compile.tracing import trace_job, trunk_job
 from inferpack.errors import PayloadTooLarge
 from inferpack.repository.health import Backoff, RecoveryLoop
@@ -130,6 +133,17 @@ def mixed_runs(registry: ModelRegistry) -> dict[str, int]:
     return out
 
 
+def packing(settings: ServerSettings) -> Pack:
+    """How traced graphs read their linear weights: plain, packed in this process, or packed in files this
+    host's server processes share (server.pack_weights, share_packed_weights, packed_weights_dir)."""
+    if not settings.pack_weights or not settings.share_packed_weights:
+        return settings.pack_weights
+    directory = settings.packed_weights_dir
+    return PackedFiles(
+        Path(directory).expanduser() if directory else default_directory(), settings.packed_weights_max_bytes
+    )
+
+
 def create_app(settings: ServerSettings, repository: ModelRepository | None = None) -> FastAPI:
     """Build a server app: registry, batchers and routes; start-up models load in the lifespan."""
     device = open_device(settings.device)  # DeviceUnavailable (exit status 2) before anything starts
@@ -143,6 +157,7 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
     metrics = ServerMetrics(settings.metrics_top_k)
     pool = InferencePool(threads, settings.intra_op_threads)
     pool.forward_observer = metrics.observe_forward
+    pack = packing(settings)
     registry = ModelRegistry(
         repo,
         settings,
@@ -152,8 +167,8 @@ def create_app(settings: ServerSettings, repository: ModelRepository | None = No
         load_observer=metrics.observe_load,
         # hot eager models get a traced graph (server.trace_after_batches), busy bases a trunk of graphs
         # (server.trunk_after_batches), packed per server.pack_weights
-        tracer=functools.partial(trace_job, pack=settings.pack_weights),
-        trunker=functools.partial(trunk_job, pack=settings.pack_weights),
+        tracer=functools.partial(trace_job, pack=pack),
+        trunker=functools.partial(trunk_job, pack=pack),
         device=device,
     )
     plane = DataPlane(registry, metrics)
