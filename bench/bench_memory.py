@@ -10,13 +10,21 @@ server converts them at load, a private copy) and `bf16-mapped` (the same models
 Every server first answers requests for every model, as many in flight as it has threads, so the pages
 the forwards read are resident (an mmap'ed page is read from the file the first time it is touched).
 
+Two more modes drive every model hot first, the bf16-mapped models on a CPU with native bf16: each model
+gets more than `server.trace_after_batches` requests, and the server is measured once every model's
+traced graph took over and no upgrade is in progress. Its traced graphs then read prepacked linear
+weights (compile/packing.py): `hot-shared` keeps them in files every server maps (the default,
+`server.share_packed_weights`; a fresh directory per run, so the first server writes them), `hot-private`
+packs them in each process's own memory (`share_packed_weights = false`, the behaviour before). The
+packed files' mappings are counted apart ("pRSS" / "pPSS").
+
 Per server process, from /proc/PID/smaps: RSS, PSS, USS (pages no other process maps), anonymous memory
 (the heap: private copies of weights, activations, the interpreter) and the RSS and PSS of its mappings
 of safetensors files (file-backed weights). PSS divides each shared page between the processes mapping
 it, so the sum of the servers' PSS is what they use together: that is what must not grow with processes.
 
     .venv/bin/python bench/bench_memory.py [--models 10] [--threads 1,2,4] [--processes 3]
-                                           [--modes fp32,bf16-convert,bf16-mapped]
+                                           [--modes fp32,bf16-convert,bf16-mapped,hot-shared,hot-private]
 
 Linux only (reads /proc). The models are made once in bench/results/memory-fp32, and cast once (a copy
 with hard links, then one `compile --format safetensors` per model) in bench/results/memory-bf16.
@@ -30,13 +38,14 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-from bench_server import CONTEXT, QUESTION, ROOT, run_server  # the same request and server start-up
+from bench_server import CONTEXT, QUESTION, ROOT, run_server, upgrades  # the same request and start-up
 
 from inferpack.compile.compiler import compile_model
 from inferpack.compile.options import CompileOptions
@@ -44,7 +53,14 @@ from inferpack.repository import LocalRepository
 from inferpack.repository.demo import make_demo_models
 from inferpack.runtime.hardware import cpu_flags, cpu_model, usable_cores
 
-MODES = {"fp32": "fp32", "bf16-convert": "bf16", "bf16-mapped": "bf16"}  # mode -> the servers' dtype
+MODES = {  # mode -> the servers' dtype
+    "fp32": "fp32",
+    "bf16-convert": "bf16",
+    "bf16-mapped": "bf16",
+    "hot-shared": "bf16",
+    "hot-private": "bf16",
+}
+HOT = {"hot-shared": "true", "hot-private": "false"}  # hot modes -> server.share_packed_weights
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
 MIB = 2**20
 
@@ -59,26 +75,31 @@ class Memory:
     anon: int = 0
     weights_rss: int = 0
     weights_pss: int = 0
+    packed_rss: int = 0
+    packed_pss: int = 0
 
     def __add__(self, other: Memory) -> Memory:
         return Memory(*(a + b for a, b in zip(vars(self).values(), vars(other).values(), strict=True)))
 
 
 def smaps(pid: int) -> Memory:
-    """A process's memory, with its mappings of safetensors files (the weights) also counted apart."""
+    """A process's memory, with its mappings of safetensors files (the weights) and of shared packed weights'
+    files (compile/packedfiles.py) also counted apart."""
     fields = {"Rss": 0, "Pss": 0, "Private_Clean": 0, "Private_Dirty": 0, "Anonymous": 0}
     weights = {"Rss": 0, "Pss": 0}
-    in_weights = False
+    packed = {"Rss": 0, "Pss": 0}
+    kind = None
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         if _MAPPING.match(line):
-            in_weights = line.rstrip().endswith(".safetensors")
+            name = line.rstrip()
+            kind = weights if name.endswith(".safetensors") else packed if name.endswith(".packed") else None
             continue
         key, _, value = line.partition(":")
         if key in fields:
             size = int(value.split()[0]) * 1024
             fields[key] += size
-            if in_weights and key in weights:
-                weights[key] += size
+            if kind is not None and key in kind:
+                kind[key] += size
     return Memory(
         rss=fields["Rss"],
         pss=fields["Pss"],
@@ -86,6 +107,8 @@ def smaps(pid: int) -> Memory:
         anon=fields["Anonymous"],
         weights_rss=weights["Rss"],
         weights_pss=weights["Pss"],
+        packed_rss=packed["Rss"],
+        packed_pss=packed["Pss"],
     )
 
 
@@ -120,7 +143,7 @@ def repositories(count: int) -> tuple[list[str], dict[str, Path]]:
         for model_id in ids:
             compile_model(cast, model_id, CompileOptions(dtype="bf16", output_format="safetensors"))
             print(f"cast {model_id} to bf16", flush=True)
-    return ids, {"fp32": fp32, "bf16-convert": fp32, "bf16-mapped": bf16}
+    return ids, {mode: fp32 if mode in ("fp32", "bf16-convert") else bf16 for mode in MODES}
 
 
 def touch(url: str, ids: list[str], threads: int) -> None:
@@ -132,6 +155,21 @@ def touch(url: str, ids: list[str], threads: int) -> None:
             client.get(f"{url}/predictions/{quote(model_id)}", params=params).raise_for_status()
 
         list(pool.map(get, ids * max(2, threads)))
+
+
+def make_hot(url: str, ids: list[str], threads: int) -> None:
+    """Every model past `server.trace_after_batches` (16) batches, until each one's traced graph took over
+    and nothing is left on the upgrade lane (at most 5 minutes), then `touch` again over the graphs."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        touch(url, ids, 10)  # 20 requests a model (10 in flight: ones and twos per batch)
+        now = upgrades(url)
+        if now["swaps"] >= len(ids) and not now["in_progress"]:
+            break
+        time.sleep(1)
+    else:
+        raise SystemExit(f"{url}: the models' graphs did not all take over within 5 minutes: {now}")
+    touch(url, ids, threads)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -147,10 +185,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def measure(mode: str, repo: Path, ids: list[str], threads: list[int], processes: int) -> list[Row]:
     """The mode's rows: one server per thread count, then 1..`processes` servers side by side."""
     dtype, rows = MODES[mode], []
+    warm = make_hot if mode in HOT else touch
+    if mode in HOT:  # the packed weights: a fresh directory for the run, or none (each process's memory)
+        packed = ROOT / "memory-packed"
+        shutil.rmtree(packed, ignore_errors=True)
+        os.environ["INFERPACK_SERVER__PACKED_WEIGHTS_DIR"] = str(packed)
+        os.environ["INFERPACK_SERVER__SHARE_PACKED_WEIGHTS"] = HOT[mode]
     for n in threads:
         proc, url = run_server(repo, dtype, threads=n)
         try:
-            touch(url, ids, n)
+            warm(url, ids, n)
             rows.append(Row(mode, "threads", 1, n, [smaps(proc.pid)]))
         finally:
             stop(proc)
@@ -159,7 +203,7 @@ def measure(mode: str, repo: Path, ids: list[str], threads: list[int], processes
     try:
         for k in range(1, processes + 1):
             running.append(run_server(repo, dtype, threads=1))
-            touch(running[-1][1], ids, 1)
+            warm(running[-1][1], ids, 1)
             rows.append(Row(mode, "processes", k, 1, [smaps(p.pid) for p, _ in running]))
             print(_line(rows[-1]), flush=True)
     finally:
@@ -170,7 +214,8 @@ def measure(mode: str, repo: Path, ids: list[str], threads: list[int], processes
 
 HEADER = (
     f"{'mode':13s} {'procs':>5s} {'thr':>3s} | per process (MiB): {'RSS':>5s} {'PSS':>5s} {'USS':>5s} "
-    f"{'anon':>5s} {'wRSS':>5s} | all processes (MiB): {'PSS':>6s} {'anon':>6s} {'wPSS':>5s}"
+    f"{'anon':>5s} {'wRSS':>5s} {'pRSS':>5s} | all processes (MiB): {'PSS':>6s} {'anon':>6s} {'wPSS':>5s} "
+    f"{'pPSS':>5s}"
 )
 
 
@@ -179,8 +224,8 @@ def _line(row: Row) -> str:
     return (
         f"{row.mode:13s} {row.processes:5d} {row.threads:3d} | {'':19s}"
         f"{t.rss / n / MIB:5.0f} {t.pss / n / MIB:5.0f} {t.uss / n / MIB:5.0f} {t.anon / n / MIB:5.0f} "
-        f"{t.weights_rss / n / MIB:5.0f} | {'':20s}{t.pss / MIB:6.0f} {t.anon / MIB:6.0f} "
-        f"{t.weights_pss / MIB:5.0f}"
+        f"{t.weights_rss / n / MIB:5.0f} {t.packed_rss / n / MIB:5.0f} | {'':20s}{t.pss / MIB:6.0f} "
+        f"{t.anon / MIB:6.0f} {t.weights_pss / MIB:5.0f} {t.packed_pss / MIB:5.0f}"
     )
 
 
@@ -199,6 +244,7 @@ def ratios(rows: list[Row]) -> list[str]:
                 f"{mode:13s} {label:9s} {last.processes}x{last.threads} vs {series[0].processes}x"
                 f"{series[0].threads}: total PSS "
                 f"{b.pss / a.pss:.2f}x, mapped weights PSS {_ratio(b.weights_pss, a.weights_pss)}, "
+                f"packed files PSS {_ratio(b.packed_pss, a.packed_pss)}, "
                 f"anonymous {b.anon / a.anon:.2f}x (+{(b.anon - a.anon) / MIB:.0f} MiB)"
             )
     converted = {(r.processes, r.threads): r.total.anon for r in rows if r.mode == "bf16-convert"}
@@ -209,6 +255,16 @@ def ratios(rows: list[Row]) -> list[str]:
             out.append(
                 f"bf16 converted at load vs mapped, {processes}x{threads}: "
                 f"+{copies / MIB:.0f} MiB of private weight copies"
+            )
+    private = {(r.processes, r.threads): r.total for r in rows if r.mode == "hot-private"}
+    for row in (r for r in rows if r.mode == "hot-shared"):
+        other = private.get((row.processes, row.threads))
+        if other is not None:
+            out.append(
+                f"hot, packed weights shared vs each process's own, {row.processes}x{row.threads}: total PSS "
+                f"{row.total.pss / MIB:.0f} vs {other.pss / MIB:.0f} MiB "
+                f"({(row.total.pss - other.pss) / MIB:+.0f}), "
+                f"anonymous {(row.total.anon - other.anon) / MIB:+.0f} MiB"
             )
     return out
 
