@@ -198,6 +198,9 @@ def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOpti
         "INFERPACK_SERVER__BATCHING__MAX_QUEUE": str(settings.batching.max_queue),
         "INFERPACK_SERVER__BATCHING__DEADLINE_FACTOR": str(settings.batching.deadline_factor),
         "INFERPACK_SERVER__LAZY_LOAD": str(settings.lazy_load).lower(),
+        # one server per pod: no other process to share packed weights' files with, and the files would
+        # take the pod's ephemeral storage (its request holds the model cache and scratch only)
+        "INFERPACK_SERVER__SHARE_PACKED_WEIGHTS": "false",
         # torch sizes its pools from the host's cores unless told: tell it the pod's share.
         "OMP_NUM_THREADS": str(settings.intra_op_threads),
     }
