@@ -207,3 +207,13 @@ def test_k8s_render_takes_the_configs_server_and_router_sections(
     (router,) = containers(docs, "router").values()
     _, got = loaded_from(router["env"], monkeypatch)
     assert (got.eject_base_s, got.upstream_timeout_s) == (3.0, 20.0)
+
+
+def test_pods_pack_weights_in_memory(plan: Plan, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One server per pod: no other process to share packed weights' files with, whatever is configured."""
+    monkeypatch.chdir(tmp_path)
+    configured = SERVER.model_copy(update={"share_packed_weights": True, "packed_weights_dir": "/home/me/p"})
+    for container in containers(render_manifests(plan, configured), "server").values():
+        got, _ = loaded_from(container["env"], monkeypatch)
+        assert got.share_packed_weights is False
+        assert "/home/me" not in str(container["env"])  # the rendering machine's path is no path in a pod

@@ -169,8 +169,12 @@ def spread_constraints(peers: list[str]) -> list[Manifest]:
 
 # Server settings a pod gets another way, or that mean nothing in a pod: the command line sets the
 # repository, models, address and device; `auth_env` the auth section (Secrets, never literal tokens); an
-# access statistics file named on the rendering machine is no path in a pod (the default lies in HOME).
-POD_SKIPPED = ("repository", "models", "host", "port", "device", "auth", "access_stats_file")
+# access statistics file named on the rendering machine is no path in a pod (the default lies in HOME); a pod
+# holds one server, so there is no process to share packed weights' files with (rendered off, below).
+POD_SKIPPED = (
+    "repository", "models", "host", "port", "device", "auth", "access_stats_file",
+    "share_packed_weights", "packed_weights_dir", "packed_weights_max_bytes",
+)  # fmt: skip
 
 
 def server_env(settings: ServerSettings, group: ServerGroup, options: RenderOptions) -> list[Manifest]:
