@@ -67,7 +67,8 @@ class Overloaded(InferpackError):
 
     `reason` says which (`queue_full`, `deadline`, `memory_budget`), `retry_after_s` when
     the queue ahead is expected to have drained, `expected_wait_s` and `expected_service_s` the wait and
-    compute the estimate found.
+    compute the estimate found, `lateness` how much longer than estimated admitted requests took lately
+    (the factor admission applied).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Overloaded(InferpackError):
         reason: str = "queue_full",
         expected_wait_s: float | None = None,
         expected_service_s: float = 0.0,
+        lateness: float = 1.0,
     ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
@@ -87,6 +89,7 @@ class Overloaded(InferpackError):
         self.reason = reason
         self.expected_wait_s = expected_wait_s
         self.expected_service_s = expected_service_s
+        self.lateness = lateness
 
 
 class DeadlineExceeded(InferpackError):

@@ -115,6 +115,16 @@ def test_reported_waits_count_down_and_steer_the_choice() -> None:
     assert ("s0", "zzz") not in b.waits
 
 
+def test_the_reported_lateness_is_kept_with_its_report_and_forgotten_with_it() -> None:
+    b = Balancer({"a": ["s0"]})
+    assert b.lateness("s0", "a", 10.0) == 1.0  # never reported
+    b.note_wait("s0", "a", 0.5, now=10.0, service_s=0.3, lateness=1.4)
+    assert b.lateness("s0", "a", 11.0) == 1.4  # a factor: it does not count down as the wait does
+    b.note_wait("s0", "a", 0.5, now=12.0, service_s=0.3, lateness=0.7)
+    assert b.lateness("s0", "a", 12.0) == 1.0  # never below 1: admission's own floor
+    assert b.lateness("s0", "a", 12.0 + 3600) == 1.0  # stale with its report
+
+
 def test_the_reported_compute_does_not_count_down() -> None:
     b = Balancer({"a": ["s0"]})
     b.note_wait("s0", "a", 2.0, now=10.0, service_s=0.3)

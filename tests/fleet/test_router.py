@@ -67,6 +67,8 @@ class FakeServers:
     wait_ms: dict[str, int] = field(default_factory=dict)
     # server -> the compute (ms) it reports a new request's batch would take
     service_ms: dict[str, int] = field(default_factory=dict)
+    # server -> the lateness it reports (how much longer than estimated its admitted requests took lately)
+    lateness: dict[str, str] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     servers: dict[str, uvicorn.Server] = field(default_factory=dict)
     threads: dict[str, threading.Thread] = field(default_factory=dict)
@@ -103,6 +105,7 @@ class FakeServers:
                     "x-served-by": name,
                     "inferpack-expected-wait-ms": str(self.wait_ms.get(name, 0)),
                     "inferpack-expected-service-ms": str(self.service_ms.get(name, 0)),
+                    "inferpack-lateness": self.lateness.get(name, "1.00"),
                 },
             )
 
@@ -420,6 +423,28 @@ def test_the_router_sheds_by_the_servers_rule_wait_plus_compute(
     assert shed.status_code == 503 and len(fake.seen) == before, shed.text
     assert "service 60000 ms" in shed.json()["error"] and int(shed.headers["retry-after"]) >= 60
     fake.service_ms.update(s0=10, s1=10)
+    for _ in range(4):
+        client.get("/predictions/a")
+    assert client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"}).status_code == 200
+
+
+def test_the_router_multiplies_the_estimate_by_the_copys_lateness(
+    client: TestClient, fake: FakeServers
+) -> None:
+    """As the server's admission does for a deadline someone set (admission.Lateness): an estimate that fits
+    the deadline alone, but not times the copy's recent lateness, is shed by the router, not forwarded
+    only to be shed by the server."""
+    fake.service_ms.update(s0=1500, s1=1500)
+    fake.lateness.update(s0="1.50", s1="1.50")
+    for _ in range(4):
+        client.get("/predictions/a")
+    before = len(fake.seen)
+    shed = client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"})
+    assert shed.status_code == 503 and len(fake.seen) == before, shed.text
+    assert "service 1500 ms (x 1.50, the copy's recent lateness)" in shed.json()["error"]
+    assert shed.json()["reason"] == "deadline"
+    # on time again (or an older server that reports no lateness, or garbage): the estimate alone decides
+    fake.lateness.update(s0="1.00", s1="not a number")
     for _ in range(4):
         client.get("/predictions/a")
     assert client.get("/predictions/a", headers={"inferpack-deadline-ms": "2000"}).status_code == 200

@@ -61,6 +61,7 @@ def test_a_shed_answered_by_the_protocol(server: RunningServer) -> None:
             assert (
                 int(r.headers["inferpack-expected-service-ms"]) >= 0
                 and "inferpack-expected-wait-ms" in r.headers
+                and float(r.headers["inferpack-lateness"]) >= 1  # what a router multiplies the estimate by
             )
             assert r.headers["content-type"] == "application/json" and "date" in r.headers
             body = r.json()

@@ -525,6 +525,7 @@ async def test_admission_adds_how_late_admitted_requests_have_been(make: Make) -
     with pytest.raises(Overloaded) as info:
         await batcher.submit(TextInput("tight"), deadline=clock.now + 0.25)
     assert info.value.reason == "deadline" and "recent lateness" in str(info.value)
+    assert info.value.lateness == lateness.factor  # reported with the shed (a router applies it too)
     ran = len(model.batches)
     assert (await batcher.submit(TextInput("roomy"), deadline=clock.now + 0.5))["echo"] == "roomy"
     assert len(model.batches) == ran + 1 and all("tight" not in b for b in model.batches)

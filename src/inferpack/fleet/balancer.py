@@ -30,8 +30,8 @@ class Balancer:
         self.outstanding: dict[str, int] = {}
         self.healthy: dict[str, bool] = {}
         self.ejected: dict[str, bool] = {}
-        # (server, model) -> (wait s, at, service s)
-        self.waits: dict[tuple[str, str], tuple[float, float, float]] = {}
+        # (server, model) -> (wait s, at, service s, lateness)
+        self.waits: dict[tuple[str, str], tuple[float, float, float, float]] = {}
         self._turn = 0
         self.replace(placement)
 
@@ -60,19 +60,33 @@ class Balancer:
         """Servers holding `model` in plan order, or None when no server holds it."""
         return self.placement.get(model)
 
-    def note_wait(self, server: str, model: str, wait_s: float, now: float, service_s: float = 0.0) -> None:
+    def note_wait(
+        self,
+        server: str,
+        model: str,
+        wait_s: float,
+        now: float,
+        service_s: float = 0.0,
+        lateness: float = 1.0,
+    ) -> None:
         """`server` reported at `now` that a new request for `model` would wait `wait_s` there, then compute
-        for `service_s`."""
+        for `service_s`, and that its admitted requests have lately taken `lateness` times their estimate."""
         if model in self.placement:  # bounded by the placement, whatever ids requests carry
-            self.waits[(server, model)] = (max(wait_s, 0.0), now, max(service_s, 0.0))
+            self.waits[(server, model)] = (max(wait_s, 0.0), now, max(service_s, 0.0), max(lateness, 1.0))
 
     def expected(self, server: str, model: str, now: float) -> Estimate:
         """The wait last reported for `model` on `server` less the time since, and the compute reported
         with it (both 0 when none reported, or when the report is older than `REPORT_FRESH_S`)."""
-        wait, at, service = self.waits.get((server, model), (0.0, now, 0.0))
+        wait, at, service, _ = self.waits.get((server, model), (0.0, now, 0.0, 1.0))
         if now - at > REPORT_FRESH_S:
             return Estimate(0.0, 0.0)
         return Estimate(max(0.0, wait - max(0.0, now - at)), service)
+
+    def lateness(self, server: str, model: str, now: float) -> float:
+        """The lateness `server` last reported with its estimate for `model` (1 when none, or stale): the
+        factor its admission multiplies that estimate by for a deadline someone set."""
+        _, at, _, lateness = self.waits.get((server, model), (0.0, now, 0.0, 1.0))
+        return 1.0 if now - at > REPORT_FRESH_S else lateness
 
     def expected_wait(self, server: str, model: str, now: float) -> float:
         """The wait last reported for `model` on `server`, less the time since (0 when none reported)."""

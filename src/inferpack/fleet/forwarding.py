@@ -47,6 +47,7 @@ from inferpack.server.errors import (
     ERROR_KIND_HEADER,
     EXPECTED_SERVICE_HEADER,
     EXPECTED_WAIT_HEADER,
+    LATENESS_HEADER,
     RETRY_ELSEWHERE,
 )
 
@@ -54,6 +55,7 @@ Headers = list[tuple[str, str]]
 _KIND = ERROR_KIND_HEADER.encode()
 _WAIT = EXPECTED_WAIT_HEADER.encode()
 _SERVICE = EXPECTED_SERVICE_HEADER.encode()
+_LATENESS = LATENESS_HEADER.encode()
 _RETRY_KINDS = frozenset(k.encode() for k in RETRY_ELSEWHERE)
 log = logging.getLogger("inferpack.router")
 
@@ -68,17 +70,26 @@ def not_ready_kind(answer: Answer) -> str | None:
     return None
 
 
-def reported_estimate(answer: Answer) -> Estimate | None:
-    """The expected wait and compute (s) a server reported on its answer, if it did (a missing compute
-    header counts as 0: an older server)."""
+def reported_estimate(answer: Answer) -> tuple[Estimate, float] | None:
+    """The expected wait and compute (s) a server reported on its answer, if it did, and the lateness it
+    reported with them (a missing compute header counts as 0, a missing or invalid lateness as 1: an older
+    server)."""
     found: dict[bytes, float] = {}
+    lateness = 1.0
     for name, value in answer.headers:
         if name in (_WAIT, _SERVICE):
             try:
                 found[name] = float(value) / 1000
             except ValueError:
                 return None
-    return Estimate(found[_WAIT], found.get(_SERVICE, 0.0)) if _WAIT in found else None
+        elif name == _LATENESS:
+            try:
+                lateness = float(value)
+            except ValueError:
+                lateness = 1.0
+    if _WAIT not in found:
+        return None
+    return Estimate(found[_WAIT], found.get(_SERVICE, 0.0)), lateness if math.isfinite(lateness) else 1.0
 
 
 def deadline_budget_s(headers: Headers) -> float | None:
@@ -109,14 +120,16 @@ class Refusal:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def shed_refusal(model: str, estimate: Estimate, left_s: float) -> Refusal:
-    """Every copy of `model` expects a longer wait + compute than the request has left: 503 + Retry-After."""
+def shed_refusal(model: str, estimate: Estimate, left_s: float, lateness: float = 1.0) -> Refusal:
+    """Every copy of `model` expects a longer wait + compute (times the copy's recent lateness) than the
+    request has left: 503 + Retry-After."""
     return Refusal(
         503,
         {
             "error": f"every copy of model {model!r} expects a wait of at least {estimate.wait_s * 1000:.0f} "
-            f"ms + service {estimate.service_s * 1000:.0f} ms, past the request's deadline "
-            f"({max(left_s, 0.0) * 1000:.0f} ms left)",
+            f"ms + service {estimate.service_s * 1000:.0f} ms"
+            + (f" (x {lateness:.2f}, the copy's recent lateness)" if lateness > 1 else "")
+            + f", past the request's deadline ({max(left_s, 0.0) * 1000:.0f} ms left)",
             "hint": "retry after the Retry-After delay with a longer deadline, or add copies of this model",
             "model": model,
             "reason": "deadline",
@@ -186,8 +199,10 @@ class Forwarder:
             if budget is not None:
                 left = budget - (now - arrived)
                 expected = balancer.expected(server, model, now)
-                if shed_reason(expected, left) is not None:  # the server's rule; the least-wait copy
-                    return shed_refusal(model, expected, left)  # would miss it: so would every other
+                lateness = balancer.lateness(server, model, now)
+                # the server's rule (its lateness included) on the least-wait copy: the others wait longer
+                if shed_reason(expected, left, lateness) is not None:
+                    return shed_refusal(model, expected, left, lateness)
                 headers = with_deadline(headers, left)
             if tried or reconnected:
                 metrics.retries.inc()
@@ -204,7 +219,10 @@ class Forwarder:
                 self.outliers.success(server)
                 reported = reported_estimate(answer)
                 if reported is not None:
-                    balancer.note_wait(server, model, reported.wait_s, self.clock(), reported.service_s)
+                    estimate, lateness = reported
+                    balancer.note_wait(
+                        server, model, estimate.wait_s, self.clock(), estimate.service_s, lateness
+                    )
                 kind = not_ready_kind(answer)
                 if kind is None:
                     if answer.status < 300:

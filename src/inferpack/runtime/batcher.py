@@ -359,6 +359,7 @@ class ModelBatcher:
                 reason="queue_full",
                 expected_wait_s=estimate.wait_s,
                 expected_service_s=estimate.service_s,
+                lateness=self.pool.lateness.factor,
             )
         time_left = None if deadline is None else deadline - now
         estimate = self.estimate(items, time_left)
@@ -380,6 +381,7 @@ class ModelBatcher:
                 reason=reason,
                 expected_wait_s=estimate.wait_s,
                 expected_service_s=estimate.service_s,
+                lateness=self.pool.lateness.factor,
             )
         return estimate
 

@@ -41,8 +41,8 @@ class InferenceRequest:
 @dataclass(frozen=True)
 class Prediction:
     """Results of one request (one per item), the version that served it, whether it paid for a load, and
-    the wait and compute a new request for the model would expect now (what a router balances and sheds
-    on)."""
+    the wait and compute a new request for the model would expect now and how late such estimates have
+    come lately (what a router balances and sheds on)."""
 
     model_id: str
     version: int
@@ -50,6 +50,7 @@ class Prediction:
     cold: bool
     expected_wait_s: float = 0.0
     expected_service_s: float = 0.0
+    lateness: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,15 @@ class DataPlane:
                 self.metrics.observe_shed("expired")
                 raise
             after = batcher.estimate()
-        return Prediction(model_id, batcher.model.version, results, cold, after.wait_s, after.service_s)
+        return Prediction(
+            model_id,
+            batcher.model.version,
+            results,
+            cold,
+            after.wait_s,
+            after.service_s,
+            batcher.pool.lateness.factor,
+        )
 
     # metadata -----------------------------------------------------------------------------------------
     def _check_version(self, model_id: str, version: int) -> None:

@@ -45,6 +45,9 @@ EXPECTED_WAIT_HEADER = "inferpack-expected-wait-ms"
 # ... and the compute its batch would take (ms): wait + service against the time left is the admission rule
 # (runtime/admission.py), which the router applies to what the servers report.
 EXPECTED_SERVICE_HEADER = "inferpack-expected-service-ms"
+# ... and how much longer than that estimate admitted requests have taken lately (`admission.Lateness`, >= 1),
+# which admission multiplies the estimate by for a deadline someone set: so does the router.
+LATENESS_HEADER = "inferpack-lateness"
 
 # A 503 says why in this header, so a router can tell "this copy cannot serve the model now" (try
 # another copy) from "this copy is overloaded" (a shed: retrying elsewhere would only spread the overload).
@@ -100,6 +103,7 @@ def error_parts(exc: e.InferpackError) -> tuple[int, dict[str, str], dict[str, s
         if exc.expected_wait_s is not None:
             headers[EXPECTED_WAIT_HEADER] = str(round(exc.expected_wait_s * 1000))
             headers[EXPECTED_SERVICE_HEADER] = str(round(exc.expected_service_s * 1000))
+            headers[LATENESS_HEADER] = f"{exc.lateness:.2f}"
     if isinstance(exc, e.Overloaded | e.DeadlineExceeded) and exc.model_id is not None:
         body["model"] = exc.model_id
     if isinstance(exc, e.Unauthorized):

@@ -23,7 +23,13 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from inferpack.errors import ClientDisconnected, InferpackError, InvalidInput
-from inferpack.server.errors import DEADLINE_HEADER, EXPECTED_SERVICE_HEADER, EXPECTED_WAIT_HEADER, status_of
+from inferpack.server.errors import (
+    DEADLINE_HEADER,
+    EXPECTED_SERVICE_HEADER,
+    EXPECTED_WAIT_HEADER,
+    LATENESS_HEADER,
+    status_of,
+)
 from inferpack.server.metrics import ServerMetrics
 from inferpack.server.v2 import NESTED_TOO_DEEPLY
 
@@ -38,13 +44,16 @@ ARRIVED_KEY = "inferpack.arrived"
 T = TypeVar("T")
 
 
-def load_header(cold: bool, expected_wait_s: float = 0.0, expected_service_s: float = 0.0) -> dict[str, str]:
-    """The headers that say whether this request waited for its model to load, and how long a new request
-    for the model would wait now and then compute (ms)."""
+def load_header(
+    cold: bool, expected_wait_s: float = 0.0, expected_service_s: float = 0.0, lateness: float = 1.0
+) -> dict[str, str]:
+    """The headers that say whether this request waited for its model to load, how long a new request
+    for the model would wait now and then compute (ms), and the recent lateness of such estimates."""
     return {
         LOAD_HEADER: "cold" if cold else "warm",
         EXPECTED_WAIT_HEADER: str(round(expected_wait_s * 1000)),
         EXPECTED_SERVICE_HEADER: str(round(expected_service_s * 1000)),
+        LATENESS_HEADER: f"{lateness:.2f}",
     }
 
 

@@ -56,7 +56,12 @@ def seed_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) -
                 request, plane.infer(InferenceRequest(model_id, [item], options=options, deadline=deadline))
             )
             detail = detail_of(model.task, prediction.results[0], postprocess)
-            headers = load_header(prediction.cold, prediction.expected_wait_s, prediction.expected_service_s)
+            headers = load_header(
+                prediction.cold,
+                prediction.expected_wait_s,
+                prediction.expected_service_s,
+                prediction.lateness,
+            )
             return JSONResponse({"detail": detail}, headers=headers)
 
         return await timed(metrics, model_id, "seed", call)

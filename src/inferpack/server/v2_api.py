@@ -141,7 +141,12 @@ def model_routes(plane: DataPlane, metrics: ServerMetrics, auth: Authenticator) 
             payload, head = v2.build_response(
                 model_id, prediction.version, parsed, prediction.results, outputs_metadata(model.outputs)
             )
-            headers = load_header(prediction.cold, prediction.expected_wait_s, prediction.expected_service_s)
+            headers = load_header(
+                prediction.cold,
+                prediction.expected_wait_s,
+                prediction.expected_service_s,
+                prediction.lateness,
+            )
             if head is None:
                 return Response(payload, media_type="application/json", headers=headers)
             headers[v2.HEADER_LENGTH] = str(head)
