@@ -26,6 +26,7 @@ from inferpack.fleet.runners import LABEL, fleet_id
 from inferpack.fleet.state import RunDir, is_alive, load_state
 from inferpack.plan import load_plan, save_plan
 from inferpack.repository.local import LocalRepository
+from inferpack.runtime.hardware import cpu_has_native_bf16
 from tests.containers import BuiltImage, podman
 from tests.fleet.routerload import run_under_load
 from tests.fleet.test_fleet_e2e import _wait as wait_for
@@ -34,6 +35,14 @@ from tests.fleet.test_fleet_e2e import _wait as wait_for
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3000)]
 CLI = [sys.executable, "-m", "inferpack.cli"]
 QUESTION = {"seq_0": "Who went home?", "seq_1": "Bob went home after the game."}
+# run inside a server container: pack one bf16 weight through the fleet's shared directory, print the
+# files there with their inodes
+PACK_ONE = (
+    "import os, torch; from pathlib import Path; from inferpack.compile.packedfiles import PackedFiles;"
+    "root = Path(os.environ['INFERPACK_SERVER__PACKED_WEIGHTS_DIR']); torch.manual_seed(0);"
+    "assert PackedFiles(root).packed(torch.randn(64, 32).to(torch.bfloat16)) is not None;"
+    "print(sorted((str(p), p.stat().st_ino) for p in root.rglob('*.packed')))"
+)
 
 
 def cli(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
@@ -106,6 +115,18 @@ def test_up_runs_the_fleet_as_containers_with_status_logs_restart_and_down(
         r = httpx.post(f"{urls['router']}/predictions/{model}", json=QUESTION, timeout=60, trust_env=False)
         assert r.status_code == 200, r.text
         assert r.json()["detail"] in QUESTION["seq_1"]
+
+    # the servers share one directory of packed weights on the host (compile/packedfiles.py), writable by
+    # the image's user: what one server packs, the other maps from the same file
+    for server in ("server-0", "server-1"):
+        writable = podman(
+            "exec", f"{prefix}-{server}", "sh", "-c", 'test -w "$INFERPACK_SERVER__PACKED_WEIGHTS_DIR"'
+        )
+        assert writable.returncode == 0, writable.stderr
+    if cpu_has_native_bf16():  # elsewhere no server packs (nothing to share)
+        seen = [podman("exec", f"{prefix}-{s}", "python3", "-c", PACK_ONE) for s in ("server-0", "server-1")]
+        assert all(p.returncode == 0 for p in seen), [p.stderr for p in seen]
+        assert seen[0].stdout == seen[1].stdout and str(run_dir) in seen[0].stdout  # one file, not rewritten
 
     status = cli("status", "--run-dir", str(run_dir))
     assert status.returncode == 0, status.stderr

@@ -47,11 +47,25 @@ def test_a_container_runs_unprivileged_read_only_with_settings_passed_by_name(tm
     assert f"--network container:{r.holder}" in text
     assert "--read-only" in cmd and "--cap-drop ALL" in text and "--tmpfs /tmp" in text
     assert f"-v {tmp_path / 'repo'}:{tmp_path / 'repo'}:ro" in text
+    # but the servers' shared packed weights: read-write, one directory for every container of the fleet
+    packed = tmp_path / "run" / "packed-weights"
+    assert f"-v {packed}:{packed}:rw" in text
     # settings travel by name (the value comes from the client's environment, never the command line)
     assert "-e INFERPACK_SERVER__AUTH__TOKENS" in text and "s3cret" not in text
     assert "-e OMP_NUM_THREADS" in text and "HOME" not in text
     assert cmd[-5:] == ["inferpack:latest", "inferpack", "serve", "--port", "8101"]
     assert f"--label {LABEL}={fleet_id(tmp_path / 'run')}" in text
+
+
+def test_the_containers_are_pointed_at_the_shared_packed_weights(tmp_path: Path) -> None:
+    r = runner(tmp_path, FakeEngine())
+    env = r.container_env({"OMP_NUM_THREADS": "1"})
+    assert env["INFERPACK_SERVER__PACKED_WEIGHTS_DIR"] == str(r.packed_weights)
+    assert "-e INFERPACK_SERVER__PACKED_WEIGHTS_DIR" in " ".join(r.run_command("server-0", ["x"], env))
+    configured = {"INFERPACK_SERVER__PACKED_WEIGHTS_DIR": "/elsewhere"}  # a host path: not mounted
+    assert r.container_env(configured)["INFERPACK_SERVER__PACKED_WEIGHTS_DIR"] == str(r.packed_weights)
+    r.open()  # made before any container starts, writable by the image's uid (sticky, like /tmp)
+    assert r.packed_weights.is_dir() and r.packed_weights.stat().st_mode & 0o7777 == 0o1777
 
 
 def test_open_publishes_every_port_on_loopback_from_one_network_container(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ file, so exits, restarts, `status`, `logs` and `down` work the same:
   share the network namespace of one holder container that publishes every port on 127.0.0.1, so the
   router reaches the servers at the same 127.0.0.1 URLs as on the host, and the host reaches all of them.
   Each runs as the image's non-root user with a read-only root filesystem, no capabilities, tmpfs for
-  /tmp and the cache, the repository, run directory and config file mounted read-only at their host paths,
-  and its environment's INFERPACK_* settings passed by name (`-e NAME`: values never on a command line).
+  /tmp and the cache, the repository, run directory and config file mounted read-only at their host paths
+  (but the run directory's `packed-weights`, read-write: the servers' shared packed weights), and its
+  environment's INFERPACK_* settings passed by name (`-e NAME`: values never on a command line).
   Containers are named and labelled after the run directory, so `down` finds them after a crash, and
   the next `up` adopts them (`leftovers`, `adopt`: `fleet.adoption`) when their supervisor died.
 
@@ -54,6 +55,7 @@ PASSED_ENV = (
 # The process inside a container binds every address of the fleet's network namespace: the holder
 # publishes the ports on the host's 127.0.0.1 only.
 CONTAINER_BIND = "0.0.0.0"
+PACKED_WEIGHTS_ENV = "INFERPACK_SERVER__PACKED_WEIGHTS_DIR"
 log = logging.getLogger("inferpack.fleet.runners")
 
 
@@ -297,7 +299,21 @@ class ContainerRunner:
                 hint=f"build it with `inferpack image build --tag {self.image}`, or pass --image",
             )
 
+    @property
+    def packed_weights(self) -> Path:
+        """The host directory the server containers share their packed weights in (compile/packedfiles.py),
+        mounted read-write at the same path in each: one copy per host, as for host processes. Writable by
+        the image's user (sticky, like /tmp), whatever uid the engine maps it to."""
+        return self.run_root / "packed-weights"
+
+    def container_env(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` with the server setting pointed at `packed_weights`: a directory configured for host
+        processes is not mounted, so inside a container it is no place to share."""
+        return {**env, PACKED_WEIGHTS_ENV: str(self.packed_weights)}
+
     def open(self, keep: Collection[str] = ()) -> None:
+        self.packed_weights.mkdir(parents=True, exist_ok=True)
+        self.packed_weights.chmod(0o1777)
         kept = {self.container(name) for name in keep}
         if kept:  # adopted containers live in the holder's network namespace: it stays too
             kept.add(self.holder)
@@ -316,6 +332,7 @@ class ContainerRunner:
     def run_command(self, name: str, cmd: list[str], env: dict[str, str]) -> list[str]:
         """The `TOOL run` command line of process `name` (variables passed by name, values from `env`)."""
         mounts = [arg for path in self.mounts for arg in ("-v", f"{path}:{path}:ro")]
+        mounts += ["-v", f"{self.packed_weights}:{self.packed_weights}:rw"]  # over the run directory's
         tmpfs = [arg for path in TMPFS for arg in ("--tmpfs", path)]
         names = sorted(k for k in env if k.startswith("INFERPACK_") or k in PASSED_ENV)
         return [
@@ -328,6 +345,7 @@ class ContainerRunner:
         self, name: str, cmd: list[str], env: dict[str, str], log_path: Path
     ) -> subprocess.Popen[bytes]:
         self.call([self.tool, "rm", "--force", self.container(name)])  # one left by a crash: same name
+        env = self.container_env(env)
         return P.spawn(self.run_command(name, cmd, env), log_path, env)
 
     def stop(self, children: Sequence[tuple[str, ChildProcess]], timeout_s: float) -> list[str]:
