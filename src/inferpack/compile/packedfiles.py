@@ -59,6 +59,7 @@ def default_directory() -> Path:
     return Path(cache) / "inferpack" / "packed-weights"
 
 
+@functools.cache
 def machine_tag() -> str:
     """The part of a packed file's path that says which builds and CPUs its layout is for."""
     flags = ",".join(f for f in _FLAGS if f in cpu_flags())

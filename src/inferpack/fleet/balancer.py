@@ -77,16 +77,22 @@ class Balancer:
     def expected(self, server: str, model: str, now: float) -> Estimate:
         """The wait last reported for `model` on `server` less the time since, and the compute reported
         with it (both 0 when none reported, or when the report is older than `REPORT_FRESH_S`)."""
-        wait, at, service, _ = self.waits.get((server, model), (0.0, now, 0.0, 1.0))
-        if now - at > REPORT_FRESH_S:
+        report = self._fresh(server, model, now)
+        if report is None:
             return Estimate(0.0, 0.0)
+        wait, at, service, _ = report
         return Estimate(max(0.0, wait - max(0.0, now - at)), service)
 
     def lateness(self, server: str, model: str, now: float) -> float:
         """The lateness `server` last reported with its estimate for `model` (1 when none, or stale): the
         factor its admission multiplies that estimate by for a deadline someone set."""
-        _, at, _, lateness = self.waits.get((server, model), (0.0, now, 0.0, 1.0))
-        return 1.0 if now - at > REPORT_FRESH_S else lateness
+        report = self._fresh(server, model, now)
+        return 1.0 if report is None else report[3]
+
+    def _fresh(self, server: str, model: str, now: float) -> tuple[float, float, float, float] | None:
+        """`server`'s last report for `model`, unless there is none or it is older than `REPORT_FRESH_S`."""
+        report = self.waits.get((server, model))
+        return None if report is None or now - report[1] > REPORT_FRESH_S else report
 
     def expected_wait(self, server: str, model: str, now: float) -> float:
         """The wait last reported for `model` on `server`, less the time since (0 when none reported)."""

@@ -28,6 +28,7 @@ Transport-free: it takes the request's method, target, body and headers and retu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -83,13 +84,11 @@ def reported_estimate(answer: Answer) -> tuple[Estimate, float] | None:
             except ValueError:
                 return None
         elif name == _LATENESS:
-            try:
+            with contextlib.suppress(ValueError):
                 lateness = float(value)
-            except ValueError:
-                lateness = 1.0
     if _WAIT not in found:
         return None
-    return Estimate(found[_WAIT], found.get(_SERVICE, 0.0)), lateness if math.isfinite(lateness) else 1.0
+    return Estimate(found[_WAIT], found.get(_SERVICE, 0.0)), (lateness if math.isfinite(lateness) else 1.0)
 
 
 def deadline_budget_s(headers: Headers) -> float | None:
